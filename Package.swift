@@ -1,0 +1,59 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Layers, lowest first; each module imports only modules above it in this list.
+//   CPtrace                 thin C: variadic ptrace, fork/exec launcher, waitpid, process_vm_*
+//   PageWatchAddressSpace   pure Swift: RemoteAddress, AddressRange, Mapping, maps parser, PageSet
+//   PageWatchPtrace         Tracee, StopEvent, RemoteSyscall, per-arch registers
+//   PageWatchEngine         selection, tracked regions, the event loop, sweeps
+//   PageWatchReport         JSON Lines log and the human summary
+//   pagewatch               the CLI (swift-argument-parser), thin
+
+let fixtureNames = [
+    "fx_phases", "fx_threads", "fx_fixed_late", "fx_segv", "fx_exit3",
+    "fx_blocked_read", "fx_sleeper", "fx_writer", "fx_baseline",
+]
+
+let fixtureTargets: [Target] = fixtureNames.map { name in
+    .executableTarget(
+        name: name,
+        path: "fixtures",
+        exclude: fixtureNames.filter { $0 != name }.map { "\($0).c" } + ["README.md", "fixture.h", "fx_bench.h"],
+        sources: ["\(name).c"],
+        cSettings: [.unsafeFlags(["-O1", "-Wall"])],
+        linkerSettings: [.linkedLibrary("pthread")]
+    )
+}
+
+let package = Package(
+    name: "PageWatch",
+    products: [
+        .executable(name: "pagewatch", targets: ["pagewatch"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        .target(name: "CPtrace"),
+        .target(name: "PageWatchAddressSpace"),
+        .target(name: "PageWatchPtrace", dependencies: ["CPtrace", "PageWatchAddressSpace"]),
+        .target(name: "PageWatchEngine", dependencies: ["PageWatchPtrace", "PageWatchAddressSpace"]),
+        .target(name: "PageWatchReport", dependencies: ["PageWatchEngine", "PageWatchAddressSpace"]),
+        .executableTarget(
+            name: "pagewatch",
+            dependencies: [
+                "PageWatchEngine", "PageWatchReport",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
+        .testTarget(name: "PageWatchPtraceTests",
+                    dependencies: ["PageWatchPtrace", "fx_blocked_read", "fx_sleeper"]),
+        .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine"]),
+        .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport"]),
+        .testTarget(
+            name: "EndToEndTests",
+            dependencies: ["pagewatch"] + fixtureNames.map { .target(name: $0) }
+        ),
+    ] + fixtureTargets
+)

@@ -1,0 +1,165 @@
+#define _GNU_SOURCE
+#include "cptrace.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <fcntl.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/ptrace.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <sys/wait.h>
+
+#ifndef PTRACE_GET_RSEQ_CONFIGURATION
+#define PTRACE_GET_RSEQ_CONFIGURATION 0x420f
+#endif
+
+#define RETURN_ERRNO(expr) do { if ((expr) == -1) return -errno; return 0; } while (0)
+
+int pw_ptrace_resume(int request, pid_t tid, int signal) {
+    RETURN_ERRNO(ptrace((enum __ptrace_request)request, tid, 0, (void *)(long)signal));
+}
+
+int pw_ptrace_seize(pid_t tid, unsigned long options) {
+    RETURN_ERRNO(ptrace(PTRACE_SEIZE, tid, 0, (void *)options));
+}
+
+int pw_ptrace_setoptions(pid_t tid, unsigned long options) {
+    RETURN_ERRNO(ptrace(PTRACE_SETOPTIONS, tid, 0, (void *)options));
+}
+
+int pw_ptrace_geteventmsg(pid_t tid, unsigned long *message) {
+    RETURN_ERRNO(ptrace(PTRACE_GETEVENTMSG, tid, 0, message));
+}
+
+int pw_ptrace_getregs(pid_t tid, struct user_regs_struct *regs) {
+    RETURN_ERRNO(ptrace(PTRACE_GETREGS, tid, 0, regs));
+}
+
+int pw_ptrace_setregs(pid_t tid, const struct user_regs_struct *regs) {
+    RETURN_ERRNO(ptrace(PTRACE_SETREGS, tid, 0, regs));
+}
+
+int pw_ptrace_getsiginfo_raw(pid_t tid, siginfo_t *info) {
+    RETURN_ERRNO(ptrace(PTRACE_GETSIGINFO, tid, 0, info));
+}
+
+int pw_ptrace_setsiginfo_raw(pid_t tid, const siginfo_t *info) {
+    RETURN_ERRNO(ptrace(PTRACE_SETSIGINFO, tid, 0, info));
+}
+
+int pw_ptrace_getsiginfo(pid_t tid, pw_siginfo *out) {
+    siginfo_t info;
+    memset(&info, 0, sizeof info);
+    if (ptrace(PTRACE_GETSIGINFO, tid, 0, &info) == -1) return -errno;
+    memset(out, 0, sizeof *out);
+    out->signo = info.si_signo;
+    out->code = info.si_code;
+    out->errno_value = info.si_errno;
+    out->fault_address = (uint64_t)(uintptr_t)info.si_addr;
+    out->sender_pid = info.si_pid;
+    return 0;
+}
+
+int pw_ptrace_peekdata(pid_t tid, uint64_t address, uint64_t *word) {
+    errno = 0;
+    long value = ptrace(PTRACE_PEEKDATA, tid, (void *)(uintptr_t)address, 0);
+    if (value == -1 && errno != 0) return -errno;
+    *word = (uint64_t)value;
+    return 0;
+}
+
+int pw_ptrace_pokedata(pid_t tid, uint64_t address, uint64_t word) {
+    RETURN_ERRNO(ptrace(PTRACE_POKEDATA, tid, (void *)(uintptr_t)address, (void *)(uintptr_t)word));
+}
+
+int pw_ptrace_get_rseq_configuration(pid_t tid, pw_rseq_configuration *config) {
+    memset(config, 0, sizeof *config);
+    long n = ptrace((enum __ptrace_request)PTRACE_GET_RSEQ_CONFIGURATION, tid, (void *)sizeof *config, config);
+    if (n == -1) return -errno;
+    return 0;
+}
+
+int pw_wait(pid_t pid, int *status, int options) {
+    int flags = __WALL;
+    if (options & PW_WNOHANG) flags |= WNOHANG;
+    if (options & PW_WUNTRACED) flags |= WUNTRACED;
+    pid_t r = waitpid(pid, status, flags);
+    if (r == -1) return -errno;
+    return r;
+}
+
+long pw_read_memory(pid_t pid, uint64_t remote, void *local, size_t length) {
+    struct iovec l = { local, length };
+    struct iovec r = { (void *)(uintptr_t)remote, length };
+    ssize_t n = process_vm_readv(pid, &l, 1, &r, 1, 0);
+    if (n == -1) return -errno;
+    return n;
+}
+
+long pw_write_memory(pid_t pid, uint64_t remote, const void *local, size_t length) {
+    struct iovec l = { (void *)local, length };
+    struct iovec r = { (void *)(uintptr_t)remote, length };
+    ssize_t n = process_vm_writev(pid, &l, 1, &r, 1, 0);
+    if (n == -1) return -errno;
+    return n;
+}
+
+int pw_tgkill(pid_t tgid, pid_t tid, int signal) {
+    RETURN_ERRNO(syscall(SYS_tgkill, tgid, tid, signal));
+}
+
+int pw_kill(pid_t pid, int signal) {
+    RETURN_ERRNO(kill(pid, signal));
+}
+
+pid_t pw_gettid(void) {
+    return (pid_t)syscall(SYS_gettid);
+}
+
+static void pw_wakeup(int signal) { (void)signal; }
+
+int pw_install_wakeup_handler(int signal) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = pw_wakeup;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0;  // no SA_RESTART: waitpid must return EINTR
+    RETURN_ERRNO(sigaction(signal, &action, NULL));
+}
+
+pid_t pw_spawn_stopped(const char *path, char *const argv[], int *exec_error_fd) {
+    int fds[2];
+    if (pipe2(fds, O_CLOEXEC) == -1) return -errno;
+    pid_t pid = fork();
+    if (pid == -1) {
+        int e = errno;
+        close(fds[0]);
+        close(fds[1]);
+        return -e;
+    }
+    if (pid == 0) {
+        // Child: only async-signal-safe calls from here to exec.
+        close(fds[0]);
+        // The mask and ignored dispositions are inherited as they are, as
+        // from a shell; the tracer's own handlers are reset by exec.
+        kill(getpid(), SIGSTOP);
+        execvp(path, argv);
+        int e = errno;
+        ssize_t ignored = write(fds[1], &e, sizeof e);
+        (void)ignored;
+        _exit(127);
+    }
+    close(fds[1]);
+    *exec_error_fd = fds[0];
+    return pid;
+}
+
+int pw_block_signal(int signal, int block) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, signal);
+    int r = pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+    return r == 0 ? 0 : -r;
+}

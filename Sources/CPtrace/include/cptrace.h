@@ -1,0 +1,102 @@
+// Thin C over what Swift cannot call: variadic ptrace, the code between fork
+// and exec, and a few libc calls with awkward signatures. Every function
+// returns 0 (or a count) on success and -errno on failure. No policy here.
+#ifndef CPTRACE_H
+#define CPTRACE_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include <sys/types.h>
+#include <sys/user.h>
+#include <signal.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ptrace request numbers Swift needs (the glibc enum does not import well).
+enum {
+    PW_PTRACE_CONT = 7,
+    PW_PTRACE_KILL = 8,
+    PW_PTRACE_DETACH = 17,
+    PW_PTRACE_SYSCALL = 24,
+    PW_PTRACE_SEIZE = 0x4206,
+    PW_PTRACE_INTERRUPT = 0x4207,
+    PW_PTRACE_LISTEN = 0x4208,
+};
+
+enum {
+    PW_O_TRACESYSGOOD = 0x01,
+    PW_O_TRACEFORK = 0x02,
+    PW_O_TRACEVFORK = 0x04,
+    PW_O_TRACECLONE = 0x08,
+    PW_O_TRACEEXEC = 0x10,
+    PW_O_TRACEVFORKDONE = 0x20,
+    PW_O_TRACEEXIT = 0x40,
+    PW_O_TRACESECCOMP = 0x80,
+    PW_O_EXITKILL = 0x100000,
+};
+
+// Mirrors struct ptrace_rseq_configuration (Linux 5.13+).
+typedef struct {
+    uint64_t rseq_abi_pointer;
+    uint32_t rseq_abi_size;
+    uint32_t signature;
+    uint32_t flags;
+    uint32_t pad;
+} pw_rseq_configuration;
+
+// The fields of siginfo_t PageWatch reads, copied out of the kernel's union.
+typedef struct {
+    int32_t signo;
+    int32_t code;
+    int32_t errno_value;
+    int32_t pad;
+    uint64_t fault_address;  // si_addr for SIGSEGV/SIGBUS/SIGTRAP
+    int32_t sender_pid;      // si_pid for kill/tgkill
+} pw_siginfo;
+
+// Resume-style requests: PTRACE_CONT, SYSCALL, DETACH, LISTEN, INTERRUPT, KILL.
+int pw_ptrace_resume(int request, pid_t tid, int signal);
+int pw_ptrace_seize(pid_t tid, unsigned long options);
+int pw_ptrace_setoptions(pid_t tid, unsigned long options);
+int pw_ptrace_geteventmsg(pid_t tid, unsigned long *message);
+int pw_ptrace_getregs(pid_t tid, struct user_regs_struct *regs);
+int pw_ptrace_setregs(pid_t tid, const struct user_regs_struct *regs);
+int pw_ptrace_getsiginfo(pid_t tid, pw_siginfo *info);
+// Raw siginfo, for holding a signal and re-injecting it unchanged.
+int pw_ptrace_getsiginfo_raw(pid_t tid, siginfo_t *info);
+int pw_ptrace_setsiginfo_raw(pid_t tid, const siginfo_t *info);
+int pw_ptrace_peekdata(pid_t tid, uint64_t address, uint64_t *word);
+int pw_ptrace_pokedata(pid_t tid, uint64_t address, uint64_t word);
+int pw_ptrace_get_rseq_configuration(pid_t tid, pw_rseq_configuration *config);
+
+enum { PW_WNOHANG = 1, PW_WUNTRACED = 2 };
+// waitpid(pid, &status, __WALL | options). Returns the pid, 0 for WNOHANG, or -errno.
+int pw_wait(pid_t pid, int *status, int options);
+
+// Bulk copies between this process and the tracee. Return bytes or -errno.
+long pw_read_memory(pid_t pid, uint64_t remote, void *local, size_t length);
+long pw_write_memory(pid_t pid, uint64_t remote, const void *local, size_t length);
+
+int pw_tgkill(pid_t tgid, pid_t tid, int signal);
+int pw_kill(pid_t pid, int signal);
+
+// fork + exec for `pagewatch run`. The child stops itself with SIGSTOP before
+// exec so the parent can PTRACE_SEIZE it; if exec fails the child reports
+// errno through a close-on-exec pipe and exits 127.
+// Returns the child pid (>0) or -errno; *exec_error_fd receives the read end.
+pid_t pw_spawn_stopped(const char *path, char *const argv[], int *exec_error_fd);
+
+// Install a no-op handler for `signal` without SA_RESTART, so that a blocking
+// waitpid in the tracer returns EINTR when it arrives.
+int pw_install_wakeup_handler(int signal);
+// Block (1) or unblock (0) `signal` in the calling thread.
+int pw_block_signal(int signal, int block);
+// gettid of the calling thread.
+pid_t pw_gettid(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,50 @@
+import Glibc
+import PageWatchAddressSpace
+
+/// Why a sweep happened (the log's `reason`).
+public enum SweepReason: String, Sendable {
+    case interval, signal, exit, detach
+}
+
+/// One sweep: the pages dirtied since the previous sweep re-armed them.
+public struct SweepRecord: Sendable, Equatable {
+    public var seq: Int
+    public var pid: Int32
+    public var reason: SweepReason
+    public var timeNs: UInt64
+    /// Sorted, coalesced, half-open, page-aligned.
+    public var ranges: [AddressRange]
+    public var faults: Int
+
+    public var dirtyPages: UInt64 { ranges.reduce(0) { $0 + $1.pageCount } }
+}
+
+/// How the traced program ended.
+public enum ProgramEnd: Sendable, Equatable {
+    case exited(code: Int32)
+    case killed(signal: Int32)
+
+    /// The status a shell would report: the code, or 128 + the signal.
+    public var shellStatus: Int32 {
+        switch self {
+        case .exited(let c): return c
+        case .killed(let s): return 128 + s
+        }
+    }
+}
+
+/// Every line the engine emits, in order.
+public enum LogRecord: Sendable, Equatable {
+    case start(pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64)
+    /// The program called exec: tracking restarted on the new image.
+    case exec(pid: Int32, path: String, timeNs: UInt64)
+    case sweep(SweepRecord)
+    case end(pid: Int32, end: ProgramEnd, sweeps: Int, faults: Int, timeNs: UInt64)
+}
+
+/// CLOCK_REALTIME in nanoseconds, for `time_ns`.
+func wallClockNs() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_REALTIME, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}

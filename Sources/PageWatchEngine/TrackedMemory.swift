@@ -1,0 +1,256 @@
+import PageWatchAddressSpace
+
+/// A contiguous run of tracked pages with one intended protection.
+/// State per page, one bit each: armed (read-only by us) and dirty (written,
+/// or new, since the last sweep re-armed it). Invariant: a tracked page that
+/// is not armed is dirty, unless it is pinned.
+public struct TrackedRegion: Sendable {
+    public var range: AddressRange
+    /// The protection the program itself set (maps shows `armed` pages without write).
+    public var protection: Protection
+    public var armed: PageBitmap
+    public var dirty: PageBitmap
+
+    public init(range: AddressRange, protection: Protection) {
+        self.range = range
+        self.protection = protection
+        armed = PageBitmap(pageCount: Int(range.pageCount))
+        dirty = PageBitmap(pageCount: Int(range.pageCount))
+    }
+
+    public func index(of a: RemoteAddress) -> Int { Int((Page.floor(a) - range.start) / Page.size) }
+    public func address(ofPage i: Int) -> RemoteAddress { range.start + UInt64(i) * Page.size }
+    public func range(ofPages r: Range<Int>) -> AddressRange {
+        AddressRange(start: address(ofPage: r.lowerBound), end: address(ofPage: r.upperBound))
+    }
+}
+
+/// An `mprotect` the engine must run.
+public struct ProtectionChange: Equatable, Sendable {
+    public var range: AddressRange
+    public var protection: Protection
+}
+
+/// PageWatch's model of the tracked part of the tracee's address space.
+public struct TrackedMemory: Sendable {
+    public private(set) var regions: [TrackedRegion] = []
+    /// Pages never armed because the kernel writes them behind the program's
+    /// back (rseq areas, thread control blocks); reported dirty every sweep.
+    public private(set) var pinned = PageSet()
+
+    public init() {}
+
+    public var trackedPageCount: UInt64 { regions.reduce(0) { $0 + $1.range.pageCount } }
+    public var trackedRanges: PageSet { PageSet(regions.map(\.range)) }
+
+    /// Index of the region containing `a`.
+    public func regionIndex(containing a: RemoteAddress) -> Int? {
+        var lo = 0, hi = regions.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if regions[mid].range.end <= a { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < regions.count && regions[lo].range.contains(a) ? lo : nil
+    }
+
+    public enum PageState: Equatable { case untracked, armed(Protection), writable(Protection) }
+
+    public func state(of a: RemoteAddress) -> PageState {
+        guard let r = regionIndex(containing: a) else { return .untracked }
+        let i = regions[r].index(of: a)
+        return regions[r].armed[i] ? .armed(regions[r].protection) : .writable(regions[r].protection)
+    }
+
+    /// A write fault at an armed page: it is now writable and dirty.
+    public mutating func markWritten(_ a: RemoteAddress) {
+        guard let r = regionIndex(containing: a) else { return }
+        let i = regions[r].index(of: a)
+        regions[r].armed[i] = false
+        regions[r].dirty[i] = true
+    }
+
+    /// Marks every page of region `r` writable and dirty (the fallback when a
+    /// single-page mprotect fails at vm.max_map_count, hazard 12).
+    public mutating func markRegionWritten(containing a: RemoteAddress) -> ProtectionChange? {
+        guard let r = regionIndex(containing: a) else { return nil }
+        regions[r].armed.clearAll()
+        regions[r].dirty.setAll()
+        return ProtectionChange(range: regions[r].range, protection: regions[r].protection)
+    }
+
+    /// Rebuilds the tracked set from a fresh `/proc/PID/maps`. A page keeps
+    /// its state when maps shows the protection PageWatch expects for it
+    /// (`armed` → without write); any other page is new or was changed by the
+    /// program, so it takes the protection maps shows and counts as dirty.
+    public mutating func reconcile(maps: [Mapping], selection: Selection, stackAnchors: [RemoteAddress]) {
+        var built: [TrackedRegion] = []
+        var old = 0  // cursor into regions, which are sorted like maps
+
+        for group in MappingGroup.group(maps) {
+            let isThreadStack = stackAnchors.contains { group.mapping.range.contains($0) }
+            for entry in group.entries {
+                var probe = group.mapping
+                probe.range = entry.range
+                // Which pages would be selected if writable; protection is decided per page below.
+                let parts = selection.selectedPart(of: probe, protection: [.read, .write], isThreadStack: isThreadStack)
+                for part in parts {
+                    var page = part.start
+                    while page < part.end {
+                        while old < regions.count && regions[old].range.end <= page { old += 1 }
+                        var intended = entry.protection
+                        var armed = false, dirty = true
+                        if old < regions.count && regions[old].range.contains(page) {
+                            let r = regions[old], i = r.index(of: page)
+                            let expected = r.armed[i] ? r.protection.armed : r.protection
+                            if expected == entry.protection {
+                                intended = r.protection
+                                armed = r.armed[i]
+                                dirty = r.dirty[i]
+                            }
+                        }
+                        if intended.contains(.write) {
+                            if let last = built.last, last.range.end == page, last.protection == intended {
+                                built[built.count - 1].append(armed: armed, dirty: dirty)
+                            } else {
+                                if !built.isEmpty { built[built.count - 1].compact() }
+                                var r = TrackedRegion(range: AddressRange(start: page, end: page), protection: intended)
+                                r.append(armed: armed, dirty: dirty)
+                                built.append(r)
+                            }
+                        }
+                        page = page + Page.size
+                    }
+                }
+            }
+        }
+        if !built.isEmpty { built[built.count - 1].compact() }
+        regions = built
+    }
+
+    /// Pins `range`: its pages are never armed again. Returns the armed pages
+    /// that must be made writable now.
+    public mutating func pin(_ range: AddressRange) -> [ProtectionChange] {
+        pinned.insert(range)
+        var changes: [ProtectionChange] = []
+        for r in regions.indices where regions[r].range.overlaps(range) {
+            let x = regions[r].range.intersection(range)!.pageAligned
+            let lo = regions[r].index(of: x.start), hi = regions[r].index(of: RemoteAddress(x.end.value - 1)) + 1
+            for i in lo..<hi where regions[r].armed[i] {
+                regions[r].armed[i] = false
+                regions[r].dirty[i] = true
+                changes.append(ProtectionChange(range: regions[r].range(ofPages: i..<(i + 1)),
+                                                protection: regions[r].protection))
+            }
+        }
+        return changes
+    }
+
+    public func isPinned(_ a: RemoteAddress) -> Bool { pinned.contains(a) }
+
+    /// Everything to report for this interval: dirty pages plus the tracked pinned pages.
+    public func dirtyPages() -> PageSet {
+        var set = PageSet()
+        for r in regions {
+            for run in r.dirty.runs() { set.insert(r.range(ofPages: run)) }
+        }
+        set.formUnion(pinned.intersection(trackedRanges))
+        return set
+    }
+
+    /// The `mprotect` calls that re-arm every dirty, unpinned page, coalesced per region.
+    public func rearmPlan() -> [ProtectionChange] {
+        var plan: [ProtectionChange] = []
+        for r in regions {
+            for run in r.dirty.runs() {
+                var rest = PageSet([r.range(ofPages: run)])
+                for p in pinned.intersection(r.range(ofPages: run)).ranges { rest.remove(p) }
+                for piece in rest.ranges {
+                    plan.append(ProtectionChange(range: piece, protection: r.protection.armed))
+                }
+            }
+        }
+        return plan
+    }
+
+    /// Records that `change` (from `rearmPlan`) was applied: armed, no longer dirty.
+    public mutating func markArmed(_ range: AddressRange) {
+        for r in regions.indices where regions[r].range.overlaps(range) {
+            let x = regions[r].range.intersection(range)!
+            let lo = regions[r].index(of: x.start), hi = regions[r].index(of: RemoteAddress(x.end.value - 1)) + 1
+            for i in lo..<hi {
+                regions[r].armed[i] = true
+                regions[r].dirty[i] = false
+            }
+        }
+    }
+
+    /// Clears the dirty bits of pinned pages once a sweep has reported them.
+    public mutating func clearPinnedDirty() {
+        for p in pinned.ranges {
+            for r in regions.indices where regions[r].range.overlaps(p) {
+                let x = regions[r].range.intersection(p)!
+                let lo = regions[r].index(of: x.start), hi = regions[r].index(of: RemoteAddress(x.end.value - 1)) + 1
+                for i in lo..<hi { regions[r].dirty[i] = false }
+            }
+        }
+    }
+
+    /// Forgets everything (exec replaced the address space).
+    public mutating func reset() {
+        regions = []
+        pinned = PageSet()
+    }
+}
+
+extension TrackedRegion {
+    /// Grows the region by one page with the given state.
+    mutating func append(armed a: Bool, dirty d: Bool) {
+        let n = Int(range.pageCount) + 1
+        range = AddressRange(start: range.start, end: range.end + Page.size)
+        if armed.pageCount < n {
+            var na = PageBitmap(pageCount: max(n, armed.pageCount * 2))
+            var nd = PageBitmap(pageCount: na.pageCount)
+            for run in armed.runs() { na.set(run, to: true) }
+            for run in dirty.runs() { nd.set(run, to: true) }
+            armed = na
+            dirty = nd
+        }
+        armed[n - 1] = a
+        dirty[n - 1] = d
+    }
+
+    /// Trims the bitmaps to the region's page count (they grow in doublings).
+    mutating func compact() {
+        let n = Int(range.pageCount)
+        guard armed.pageCount != n else { return }
+        var na = PageBitmap(pageCount: n), nd = PageBitmap(pageCount: n)
+        for run in armed.runs() where run.lowerBound < n { na.set(run.lowerBound..<min(run.upperBound, n), to: true) }
+        for run in dirty.runs() where run.lowerBound < n { nd.set(run.lowerBound..<min(run.upperBound, n), to: true) }
+        armed = na
+        dirty = nd
+    }
+}
+
+/// Adjacent maps lines that are one mapping as the program made it: the
+/// kernel splits a VMA wherever PageWatch arms part of it.
+struct MappingGroup {
+    var mapping: Mapping
+    var entries: [Mapping]
+
+    static func group(_ maps: [Mapping]) -> [MappingGroup] {
+        var out: [MappingGroup] = []
+        for m in maps {
+            if var last = out.last, last.mapping.range.end == m.range.start,
+               last.mapping.isPrivate == m.isPrivate, last.mapping.inode == m.inode,
+               last.mapping.path == m.path, last.mapping.device == m.device,
+               last.entries.last!.protection.union(.write) == m.protection.union(.write) {
+                last.mapping.range = AddressRange(start: last.mapping.range.start, end: m.range.end)
+                last.entries.append(m)
+                out[out.count - 1] = last
+            } else {
+                out.append(MappingGroup(mapping: m, entries: [m]))
+            }
+        }
+        return out
+    }
+}

@@ -1,0 +1,410 @@
+import Glibc
+import PageWatchAddressSpace
+import PageWatchPtrace
+
+/// What `pagewatch run` was asked to do.
+public struct TrackerConfiguration: Sendable {
+    public var command: [String]
+    public var selection: Selection
+    /// Nanoseconds between periodic sweeps; 0 = none.
+    public var intervalNs: UInt64
+    /// Deliveries of this signal trigger a sweep and are swallowed.
+    public var sweepSignal: Int32?
+
+    public init(command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?) {
+        self.command = command
+        self.selection = selection
+        self.intervalNs = intervalNs
+        self.sweepSignal = sweepSignal
+    }
+}
+
+/// Per-thread bookkeeping of the event loop.
+struct ThreadState {
+    /// Set when the thread is at its `PTRACE_EVENT_EXIT` stop: it can run no more code.
+    var exiting = false
+    var inGroupStop = false
+    /// A `PTRACE_INTERRUPT` was sent and its stop not yet seen.
+    var interruptPending = false
+    /// Its rseq area was looked up and pinned (hazard 3).
+    var rseqKnown = false
+    /// The page of a fault resumed without unprotecting anything (hazard 11);
+    /// a second fault there from this thread is not PageWatch's (hazard 14).
+    var lastSuppressedFault: RemoteAddress?
+    /// Signals that arrived while PageWatch ran code in this thread (hazard 16).
+    var held: [HeldSignal] = []
+}
+
+/// The tracking engine for `pagewatch run`: launches the program, keeps its
+/// selected memory armed, handles write faults, sweeps, and emits records.
+/// Everything runs on the calling thread (the kernel ties a tracee to it).
+public final class Tracker {
+    typealias Arch = HostArchitecture
+
+    let config: TrackerConfiguration
+    let emit: (LogRecord) -> Void
+
+    var pid: Int32 = 0
+    var threads: [Int32: ThreadState] = [:]
+    var injector: RemoteSyscall?
+    var memory = TrackedMemory()
+    /// Addresses inside thread stacks (stack pointers seen at clone), for `--track stack`.
+    var stackAnchors: [RemoteAddress] = []
+    var pendingSweep: SweepReason?
+    var sweeps = 0
+    var faultsThisInterval = 0
+    var totalFaults = 0
+    var finalSweepDone = false
+    var end: ProgramEnd?
+    var timer: SweepTimer?
+
+    public init(configuration: TrackerConfiguration, emit: @escaping (LogRecord) -> Void) {
+        config = configuration
+        self.emit = emit
+    }
+
+    static let options: TraceOptions = [.exitKill, .traceSysGood, .traceClone, .traceExec, .traceExit]
+
+    /// Runs the program to its end. Throws when it cannot be started or traced.
+    public func run() throws -> ProgramEnd {
+        pid = try Launcher.launch(config.command, options: Self.options)
+        threads[pid] = ThreadState()
+        try startImage(tid: pid)
+        emit(.start(pid: pid, pageSize: Page.size, command: config.command,
+                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs()))
+        // The program shares our terminal: Ctrl-C and Ctrl-\ are for it, and
+        // PageWatch reports how it ended. (Ignored only now, after the fork,
+        // so the program inherits the dispositions PageWatch was started with.)
+        signal(SIGINT, SIG_IGN)
+        signal(SIGQUIT, SIG_IGN)
+        if config.intervalNs > 0 {
+            let t = try SweepTimer(intervalNs: config.intervalNs)
+            t.start()
+            timer = t
+        }
+        defer { timer?.stop() }
+        try resume(pid)
+        try eventLoop()
+        return end!
+    }
+
+    // MARK: - The event loop
+
+    func eventLoop() throws {
+        while end == nil {
+            if let t = timer, t.takeDue() { requestSweep(.interval) }
+            if pendingSweep != nil { requestInterruptIfNeeded() }
+            if timer != nil { setSignalBlocked(SweepTimer.signal, false) }
+            let next = try Wait.next(-1)
+            if timer != nil { setSignalBlocked(SweepTimer.signal, true) }
+            guard let event = next else { continue }
+            do {
+                try handle(event)
+            } catch TraceError.traceeGone(let tid) {
+                threadGone(tid)
+            } catch TraceError.call(_, let errno, let tid, _) where errno == .ESRCH {
+                // The thread was killed under us (SIGKILL): its exit event follows.
+                threadGone(tid)
+            }
+        }
+    }
+
+    func handle(_ event: StopEvent) throws {
+        let tid = event.tid
+        if threads[tid] == nil, case .interruptStop = event {
+            // A new thread's first stop can come before its creator's clone event.
+            threads[tid] = ThreadState()
+        }
+        switch event {
+        case .exited(_, let code):
+            if tid == pid { finish(.exited(code: code)) } else { threadGone(tid) }
+        case .killed(_, let sig, _):
+            if tid == pid { finish(.killed(signal: sig)) } else { threadGone(tid) }
+        case .event(_, .exit):
+            threads[tid]?.exiting = true
+            if threads.values.allSatisfy(\.exiting) && !finalSweepDone {
+                // The last thread: memory is still readable, nothing can run.
+                try finalSweep(reason: .exit)
+            }
+            try Ptrace.cont(tid)
+        case .event(_, .clone):
+            let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
+            if threads[child] == nil { threads[child] = ThreadState() }
+            try noteClone(parent: tid)
+            try sweepIfPending(in: tid)
+            try resume(tid)
+        case .event(_, .exec):
+            try startImage(tid: tid)
+            try resume(tid)
+        case .event:
+            try sweepIfPending(in: tid)
+            try resume(tid)
+        case .interruptStop:
+            threads[tid]?.interruptPending = false
+            threads[tid]?.inGroupStop = false
+            try learnRseq(tid)
+            try sweepIfPending(in: tid)
+            try resume(tid)
+        case .groupStop:
+            // Stay stopped as without the tool until SIGCONT (hazard 18).
+            threads[tid]?.inGroupStop = true
+            threads[tid]?.interruptPending = false
+            try Ptrace.listen(tid)
+        case .syscallStop, .unknown:
+            try resume(tid)
+        case .signalDelivery(_, let sig):
+            threads[tid]?.inGroupStop = false
+            try handleSignal(sig, tid: tid)
+        }
+    }
+
+    func handleSignal(_ sig: Int32, tid: Int32) throws {
+        if sig == Signal.SIGSEGV {
+            let info = try Ptrace.signalInfo(tid)
+            if try handleSegv(info, tid: tid) { return }
+        }
+        if sig == config.sweepSignal {
+            try learnRseq(tid)
+            try sweep(reason: .signal, in: tid)
+            try resume(tid)  // swallowed
+            return
+        }
+        if pendingSweep != nil {
+            // Keep the program's signal with its siginfo across our injections.
+            let own = try Ptrace.holdSignal(tid)
+            try learnRseq(tid)
+            try sweepIfPending(in: tid)
+            threads[tid]?.held.insert(own, at: 0)
+            try resume(tid)
+            return
+        }
+        try Ptrace.cont(tid, signal: sig)
+    }
+
+    /// Returns true when the SIGSEGV was PageWatch's and has been handled.
+    func handleSegv(_ info: SignalInfo, tid: Int32) throws -> Bool {
+        if info.code == SignalInfo.SI_KERNEL {
+            // The kernel could not update the thread's rseq area (hazard 3).
+            return try rescueRseq(tid)
+        }
+        guard info.code == SignalInfo.SEGV_ACCERR else { return false }
+        let page = Page.floor(info.faultAddress)
+        switch memory.state(of: page) {
+        case .untracked:
+            return false
+        case .armed(let protection):
+            try unarm(page, protection, tid: tid)
+            threads[tid]?.lastSuppressedFault = nil
+            faultsThisInterval += 1
+            totalFaults += 1
+            try resume(tid)
+            return true
+        case .writable(let protection):
+            // Another thread got there first (hazard 11): just retry the write.
+            // Twice in a row at the same page, the fault is not ours (hazard 14).
+            guard protection.contains(.write), threads[tid]?.lastSuppressedFault != page else {
+                threads[tid]?.lastSuppressedFault = nil
+                return false
+            }
+            threads[tid]?.lastSuppressedFault = page
+            faultsThisInterval += 1
+            totalFaults += 1
+            try resume(tid)
+            return true
+        }
+    }
+
+    /// Makes one armed page writable again and marks it dirty.
+    func unarm(_ page: RemoteAddress, _ protection: Protection, tid: Int32) throws {
+        let range = AddressRange(start: page, end: page + Page.size)
+        do {
+            try protect(range, protection, tid: tid)
+            memory.markWritten(page)
+        } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
+            // vm.max_map_count reached (hazard 12): un-arm the whole region,
+            // which merges its VMAs, and count all of it dirty.
+            if let whole = memory.markRegionWritten(containing: page) {
+                try protect(whole.range, whole.protection, tid: tid)
+            }
+        }
+    }
+
+    func protect(_ range: AddressRange, _ protection: Protection, tid: Int32) throws {
+        guard let injector else { return }
+        let held = try injector.mprotect(range, protection, in: tid)
+        threads[tid]?.held.append(contentsOf: held)
+    }
+
+    /// Resumes a stopped thread, first delivering anything held for it.
+    func resume(_ tid: Int32) throws {
+        guard var state = threads[tid], !state.held.isEmpty else {
+            try Ptrace.cont(tid)
+            return
+        }
+        let first = state.held.removeFirst()
+        let rest = state.held
+        state.held = []
+        threads[tid] = state
+        try Ptrace.deliver(first, to: tid)
+        // Only one signal can ride on a resume; the rest are sent again (their
+        // siginfo becomes SI_TKILL). In practice at most one arrives.
+        for h in rest { try? Ptrace.tgkill(pid, tid, h.signal) }
+    }
+
+    // MARK: - Threads and images
+
+    /// A new program image (the first exec, or a later one): forget the old
+    /// address space and place the injection gadget in the new one (hazard 9).
+    func startImage(tid: Int32) throws {
+        if tid != pid {
+            // A non-leader thread exec'd: it takes over the leader's pid.
+            threads[tid] = nil
+        }
+        threads = [pid: threads[pid] ?? ThreadState()]
+        threads[pid]?.rseqKnown = false
+        memory.reset()
+        stackAnchors = []
+        injector = try RemoteSyscall.bootstrap(in: pid)
+        if sweeps > 0 || totalFaults > 0 {
+            let path = ProcFS.executable(of: pid) ?? config.command[0]
+            emit(.exec(pid: pid, path: path, timeNs: wallClockNs()))
+        }
+    }
+
+    /// At a clone event the parent still holds the clone arguments: remember
+    /// the child's stack and pin its thread control block, which the kernel
+    /// writes (clear_child_tid at exit, hazard 4; rseq beside it, hazard 3).
+    func noteClone(parent: Int32) throws {
+        let regs = try Arch.readRegisters(tid: parent)
+        let nr = Arch.syscallNumber(regs)
+        let args = Arch.syscallArguments(regs)
+        var stackTop: UInt64 = 0
+        var tidWords: [UInt64] = []
+        if nr == Arch.syscalls.clone3 {
+            // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size
+            let raw = try Ptrace.readMemory(pid, RemoteAddress(args[0]), count: 56)
+            guard raw.count == 56 else { return }
+            let word = { (i: Int) in raw[(i * 8)..<(i * 8 + 8)].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << UInt64(8 * $1.offset) } }
+            tidWords = [word(2), word(3)]
+            stackTop = word(5) &+ word(6)
+        } else if nr == Arch.syscalls.clone {
+            stackTop = args[1]
+            tidWords = [args[2], args[3]]
+        }
+        if stackTop != 0 { stackAnchors.append(RemoteAddress(stackTop &- 1)) }
+        for w in tidWords where w != 0 {
+            // The TCB spans the tid word's page and the next (glibc's struct pthread).
+            let start = Page.floor(RemoteAddress(w))
+            try pin(AddressRange(start: start, end: start + 2 * Page.size), tid: parent)
+        }
+    }
+
+    func pin(_ range: AddressRange, tid: Int32) throws {
+        for change in memory.pin(range) {
+            try protect(change.range, change.protection, tid: tid)
+        }
+    }
+
+    /// Looks up the thread's rseq area once it has one and pins it (hazard 3).
+    func learnRseq(_ tid: Int32) throws {
+        guard let state = threads[tid], !state.rseqKnown else { return }
+        guard let area = try? Ptrace.rseqArea(tid) else { return }
+        threads[tid]?.rseqKnown = true
+        try pin(area.range.pageAligned, tid: tid)
+    }
+
+    /// A SIGSEGV the kernel forced because it could not write the rseq area:
+    /// pin the area and let the thread go on, as it would have without us.
+    func rescueRseq(_ tid: Int32) throws -> Bool {
+        guard let area = try? Ptrace.rseqArea(tid) else { return false }
+        guard case .armed = memory.state(of: area.address) else { return false }
+        threads[tid]?.rseqKnown = true
+        try pin(area.range.pageAligned, tid: tid)
+        try resume(tid)
+        return true
+    }
+
+    func threadGone(_ tid: Int32) {
+        threads[tid] = nil
+    }
+
+    // MARK: - Sweeps
+
+    func requestSweep(_ reason: SweepReason) {
+        if pendingSweep == nil { pendingSweep = reason }
+    }
+
+    /// Interval sweeps need a stopped thread to inject into: interrupt one.
+    func requestInterruptIfNeeded() {
+        guard !threads.values.contains(where: \.interruptPending) else { return }
+        let candidates = threads.keys.sorted().filter { t in
+            let s = threads[t]!
+            return !s.exiting && !s.inGroupStop
+        }
+        for t in candidates {
+            if (try? Ptrace.interrupt(t)) != nil {
+                threads[t]?.interruptPending = true
+                return
+            }
+        }
+    }
+
+    func sweepIfPending(in tid: Int32) throws {
+        guard let reason = pendingSweep else { return }
+        try sweep(reason: reason, in: tid)
+    }
+
+    /// Reports and re-arms. Re-protection comes before the dirty bits are
+    /// cleared, so a write racing with the sweep lands in the next interval
+    /// (hazard 19): pages written while we work are unarmed, hence dirty, and
+    /// writes after their re-arm fault and are handled after this sweep.
+    func sweep(reason: SweepReason, in tid: Int32) throws {
+        pendingSweep = nil
+        try refreshMaps()
+        let dirty = memory.dirtyPages()
+        for change in memory.rearmPlan() {
+            do {
+                try protect(change.range, change.protection, tid: tid)
+                memory.markArmed(change.range)
+            } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
+                // vm.max_map_count (hazard 12): leave these pages writable and
+                // dirty; they are reported again next sweep (never missed).
+                continue
+            }
+        }
+        memory.clearPinnedDirty()
+        emitSweep(reason: reason, dirty: dirty)
+    }
+
+    /// The last sweep: report without re-arming (the program is exiting).
+    func finalSweep(reason: SweepReason) throws {
+        finalSweepDone = true
+        pendingSweep = nil
+        try? refreshMaps()
+        emitSweep(reason: reason, dirty: memory.dirtyPages())
+    }
+
+    func emitSweep(reason: SweepReason, dirty: PageSet) {
+        sweeps += 1
+        emit(.sweep(SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
+                                ranges: dirty.ranges, faults: faultsThisInterval)))
+        faultsThisInterval = 0
+    }
+
+    /// Re-reads `/proc/PID/maps`: new selected mappings become tracked (and
+    /// dirty), vanished ones are forgotten.
+    func refreshMaps() throws {
+        let maps = try ProcFS.maps(of: pid)
+        memory.reconcile(maps: maps, selection: config.selection, stackAnchors: stackAnchors)
+    }
+
+    func finish(_ how: ProgramEnd) {
+        if !finalSweepDone {
+            // Killed without an exit stop: report what is known.
+            finalSweepDone = true
+            emitSweep(reason: .exit, dirty: memory.dirtyPages())
+        }
+        end = how
+        emit(.end(pid: pid, end: how, sweeps: sweeps, faults: totalFaults, timeNs: wallClockNs()))
+    }
+}

@@ -1,0 +1,54 @@
+import PageWatchAddressSpace
+
+/// What generic code needs to know about an instruction set. Generic code
+/// never names a register or a syscall number; each arch implements this once
+/// in its own file (`X86_64.swift`; `AArch64.swift` to follow).
+public protocol Architecture {
+    associatedtype Registers: Sendable
+
+    static var name: String { get }
+
+    static func readRegisters(tid: Int32) throws -> Registers
+    static func writeRegisters(_ regs: Registers, tid: Int32) throws
+
+    static func instructionPointer(_ regs: Registers) -> RemoteAddress
+    static func stackPointer(_ regs: Registers) -> RemoteAddress
+    /// The syscall number the thread entered (x86_64 `orig_rax`), or -1 outside a syscall.
+    static func syscallNumber(_ regs: Registers) -> Int64
+    /// The first six syscall arguments as the thread entered the call.
+    static func syscallArguments(_ regs: Registers) -> [UInt64]
+
+    /// Registers for running syscall `number(arguments)` at `gadget`. Marks the
+    /// thread as not being inside a syscall so the kernel applies no restart
+    /// logic to the injected call (hazard 15).
+    static func preparingSyscall(_ regs: Registers, number: Int64, arguments: [UInt64], gadget: RemoteAddress) -> Registers
+    /// The injected call's raw return value (a negative errno on failure).
+    static func syscallResult(_ regs: Registers) -> Int64
+
+    /// Machine code placed once in the tracee: a syscall instruction followed
+    /// by a breakpoint. `trapOffset` is the instruction pointer after the breakpoint.
+    static var syscallGadget: [UInt8] { get }
+    static var gadgetTrapOffset: UInt64 { get }
+
+    /// Bytes below the stack pointer a leaf function may use without moving it.
+    static var redZone: UInt64 { get }
+
+    static var syscalls: SyscallNumbers { get }
+}
+
+/// The syscall numbers the engine injects or interprets.
+public struct SyscallNumbers: Sendable {
+    public var getpid: Int64
+    public var mmap: Int64
+    public var munmap: Int64
+    public var mprotect: Int64
+    public var clone: Int64
+    public var clone3: Int64
+}
+
+#if arch(x86_64)
+/// The architecture this build of PageWatch traces.
+public typealias HostArchitecture = X86_64
+#else
+#error("PageWatch supports x86_64 only so far; add Arch/<arch>.swift implementing Architecture")
+#endif

@@ -1,0 +1,61 @@
+internal import CPtrace
+import Glibc
+
+/// Starts a program traced from its first instruction (`pagewatch run`).
+public enum Launcher {
+    /// Forks, lets the child stop itself, seizes it with `options`, and runs
+    /// it to its `PTRACE_EVENT_EXEC` stop. Returns the pid, stopped there.
+    /// Throws `TraceError.execFailed` when the program cannot be executed.
+    public static func launch(_ command: [String], options: TraceOptions) throws -> Int32 {
+        precondition(!command.isEmpty)
+        var errorFD: Int32 = -1
+        let pid: Int32 = withCStrings(command) { argv in
+            pw_spawn_stopped(argv[0], argv, &errorFD)
+        }
+        if pid < 0 { throw TraceError.call("fork", Errno(-pid), tid: getpid()) }
+        defer { close(errorFD) }
+
+        // The child stops itself before exec; seize it there.
+        let status = try Wait.untraced(pid)
+        guard status & 0xff == 0x7f else {
+            throw TraceError.traceeGone(tid: pid)
+        }
+        do {
+            try Ptrace.seize(pid, options: options)
+        } catch {
+            _ = pw_kill(pid, Signal.SIGKILL)
+            _ = try? Wait.untraced(pid)
+            throw error
+        }
+        try Ptrace.kill(pid, Signal.SIGCONT)
+        while true {
+            guard let event = try Wait.next(pid) else { continue }
+            switch event {
+            case .event(_, .exec):
+                return pid
+            case .groupStop:
+                try Ptrace.listen(pid)
+            case .signalDelivery(_, let sig):
+                // SIGCONT (ours) and anything else before exec: deliver as is.
+                try Ptrace.cont(pid, signal: sig)
+            case .exited(_, let code):
+                var e: Int32 = 0
+                if read(errorFD, &e, MemoryLayout<Int32>.size) == MemoryLayout<Int32>.size {
+                    throw TraceError.execFailed(path: command[0], Errno(e))
+                }
+                throw TraceError.execFailed(path: command[0], Errno(code == 127 ? 2 : code))
+            case .killed:
+                throw TraceError.traceeGone(tid: pid)
+            default:
+                try Ptrace.cont(pid)
+            }
+        }
+    }
+}
+
+/// Calls `body` with a NULL-terminated C argv for `strings`.
+func withCStrings<R>(_ strings: [String], _ body: ([UnsafeMutablePointer<CChar>?]) -> R) -> R {
+    let pointers = strings.map { strdup($0) }
+    defer { pointers.forEach { free($0) } }
+    return body(pointers + [nil])
+}

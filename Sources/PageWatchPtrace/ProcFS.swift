@@ -1,0 +1,35 @@
+import Glibc
+import PageWatchAddressSpace
+
+/// Reads of `/proc/PID/...`, with errors that carry the path and pid.
+public enum ProcFS {
+    /// The whole file (procfs files report size 0, so read until EOF).
+    public static func read(_ path: String, pid: Int32) throws -> String {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw TraceError.call("open \(path)", Errno(errno), tid: pid) }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw TraceError.call("read \(path)", Errno(errno), tid: pid)
+            }
+            if n == 0 { break }
+            bytes.append(contentsOf: chunk[0..<n])
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    public static func maps(of pid: Int32) throws -> [Mapping] {
+        try MapsParser.parse(read("/proc/\(pid)/maps", pid: pid))
+    }
+
+    public static func executable(of pid: Int32) -> String? {
+        var buffer = [CChar](repeating: 0, count: 4097)
+        let n = readlink("/proc/\(pid)/exe", &buffer, 4096)
+        guard n > 0 else { return nil }
+        return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+}

@@ -1,0 +1,197 @@
+internal import CPtrace
+import PageWatchAddressSpace
+import Glibc
+
+/// The ptrace options every traced thread carries.
+public struct TraceOptions: OptionSet, Sendable {
+    public let rawValue: UInt
+    public init(rawValue: UInt) { self.rawValue = rawValue }
+    public static let traceSysGood = TraceOptions(rawValue: UInt(PW_O_TRACESYSGOOD))
+    public static let traceFork = TraceOptions(rawValue: UInt(PW_O_TRACEFORK))
+    public static let traceVfork = TraceOptions(rawValue: UInt(PW_O_TRACEVFORK))
+    public static let traceClone = TraceOptions(rawValue: UInt(PW_O_TRACECLONE))
+    public static let traceExec = TraceOptions(rawValue: UInt(PW_O_TRACEEXEC))
+    public static let traceExit = TraceOptions(rawValue: UInt(PW_O_TRACEEXIT))
+    public static let traceSeccomp = TraceOptions(rawValue: UInt(PW_O_TRACESECCOMP))
+    /// The tracee is killed when the tracer exits (launch mode; hazard 20).
+    public static let exitKill = TraceOptions(rawValue: UInt(PW_O_EXITKILL))
+}
+
+/// A raw siginfo held by the tracer, to deliver a signal later unchanged.
+public struct HeldSignal: @unchecked Sendable {
+    public let signal: Int32
+    var info: siginfo_t
+}
+
+/// The fields of a siginfo PageWatch decides on.
+public struct SignalInfo: Sendable, Equatable {
+    public var signal: Int32
+    public var code: Int32
+    public var faultAddress: RemoteAddress
+    public var senderPid: Int32
+
+    public static let SEGV_MAPERR: Int32 = 1
+    public static let SEGV_ACCERR: Int32 = 2
+    public static let SI_KERNEL: Int32 = 0x80
+}
+
+/// A thread's registered rseq area (hazard 3).
+public struct RseqArea: Sendable, Equatable {
+    public var address: RemoteAddress
+    public var size: UInt32
+    public var range: AddressRange { AddressRange(start: address, end: address + UInt64(size)) }
+}
+
+/// Thin, typed wrappers over the ptrace requests PageWatch makes. Every call
+/// happens on the one tracer thread; ESRCH surfaces as `TraceError.call` with
+/// `.ESRCH`, which callers treat as the thread having gone.
+public enum Ptrace {
+    public static func seize(_ tid: Int32, options: TraceOptions) throws {
+        try check(pw_ptrace_seize(tid, options.rawValue), "PTRACE_SEIZE", tid: tid)
+    }
+
+    public static func setOptions(_ tid: Int32, _ options: TraceOptions) throws {
+        try check(pw_ptrace_setoptions(tid, options.rawValue), "PTRACE_SETOPTIONS", tid: tid)
+    }
+
+    /// Resume a stopped thread, delivering `signal` (0 = none).
+    public static func cont(_ tid: Int32, signal: Int32 = 0) throws {
+        try check(pw_ptrace_resume(Int32(PW_PTRACE_CONT), tid, signal), "PTRACE_CONT", tid: tid)
+    }
+
+    /// Leave a group-stopped thread stopped but let it report SIGCONT (seize only).
+    public static func listen(_ tid: Int32) throws {
+        try check(pw_ptrace_resume(Int32(PW_PTRACE_LISTEN), tid, 0), "PTRACE_LISTEN", tid: tid)
+    }
+
+    public static func interrupt(_ tid: Int32) throws {
+        try check(pw_ptrace_resume(Int32(PW_PTRACE_INTERRUPT), tid, 0), "PTRACE_INTERRUPT", tid: tid)
+    }
+
+    public static func detach(_ tid: Int32, signal: Int32 = 0) throws {
+        try check(pw_ptrace_resume(Int32(PW_PTRACE_DETACH), tid, signal), "PTRACE_DETACH", tid: tid)
+    }
+
+    public static func eventMessage(_ tid: Int32) throws -> UInt {
+        var m: UInt = 0
+        try check(pw_ptrace_geteventmsg(tid, &m), "PTRACE_GETEVENTMSG", tid: tid)
+        return m
+    }
+
+    public static func signalInfo(_ tid: Int32) throws -> SignalInfo {
+        var i = pw_siginfo()
+        try check(pw_ptrace_getsiginfo(tid, &i), "PTRACE_GETSIGINFO", tid: tid)
+        return SignalInfo(signal: i.signo, code: i.code, faultAddress: RemoteAddress(i.fault_address),
+                          senderPid: i.sender_pid)
+    }
+
+    /// The siginfo of the signal the thread is stopped for, to be re-delivered later.
+    public static func holdSignal(_ tid: Int32) throws -> HeldSignal {
+        var info = siginfo_t()
+        try check(pw_ptrace_getsiginfo_raw(tid, &info), "PTRACE_GETSIGINFO", tid: tid)
+        return HeldSignal(signal: info.si_signo, info: info)
+    }
+
+    /// Resume a thread stopped in a signal-delivery-stop, delivering `held`
+    /// with its original siginfo.
+    public static func deliver(_ held: HeldSignal, to tid: Int32) throws {
+        var info = held.info
+        try check(pw_ptrace_setsiginfo_raw(tid, &info), "PTRACE_SETSIGINFO", tid: tid)
+        try cont(tid, signal: held.signal)
+    }
+
+    public static func rseqArea(_ tid: Int32) throws -> RseqArea? {
+        var c = pw_rseq_configuration()
+        try check(pw_ptrace_get_rseq_configuration(tid, &c), "PTRACE_GET_RSEQ_CONFIGURATION", tid: tid)
+        guard c.rseq_abi_pointer != 0, c.rseq_abi_size != 0 else { return nil }
+        return RseqArea(address: RemoteAddress(c.rseq_abi_pointer), size: c.rseq_abi_size)
+    }
+
+    public static func peek(_ tid: Int32, _ address: RemoteAddress) throws -> UInt64 {
+        var w: UInt64 = 0
+        try check(pw_ptrace_peekdata(tid, address.value, &w), "PTRACE_PEEKDATA", tid: tid, address: address)
+        return w
+    }
+
+    /// Writes through ptrace, which (unlike process_vm_writev) may write read-only or executable pages.
+    public static func poke(_ tid: Int32, _ address: RemoteAddress, _ word: UInt64) throws {
+        try check(pw_ptrace_pokedata(tid, address.value, word), "PTRACE_POKEDATA", tid: tid, address: address)
+    }
+
+    /// Writes `bytes` at `address` word by word, keeping the bytes around them.
+    public static func pokeBytes(_ tid: Int32, _ address: RemoteAddress, _ bytes: [UInt8]) throws {
+        var offset = 0
+        while offset < bytes.count {
+            let at = address + UInt64(offset)
+            var word = try peek(tid, at)
+            for i in 0..<min(8, bytes.count - offset) {
+                word &= ~(UInt64(0xff) << UInt64(8 * i))
+                word |= UInt64(bytes[offset + i]) << UInt64(8 * i)
+            }
+            try poke(tid, at, word)
+            offset += 8
+        }
+    }
+
+    public static func readMemory(_ pid: Int32, _ address: RemoteAddress, count: Int) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: count)
+        let n = buffer.withUnsafeMutableBytes { pw_read_memory(pid, address.value, $0.baseAddress, count) }
+        if n < 0 { throw TraceError.call("process_vm_readv", Errno(Int32(-n)), tid: pid, address: address) }
+        buffer.removeLast(count - n)
+        return buffer
+    }
+
+    public static func tgkill(_ tgid: Int32, _ tid: Int32, _ signal: Int32) throws {
+        try check(pw_tgkill(tgid, tid, signal), "tgkill", tid: tid)
+    }
+
+    public static func kill(_ pid: Int32, _ signal: Int32) throws {
+        try check(pw_kill(pid, signal), "kill", tid: pid)
+    }
+}
+
+/// `waitpid` with `__WALL`, decoded.
+public enum Wait {
+    /// Blocks for the next event of `pid` (-1: any tracee). Returns nil when
+    /// interrupted by a signal (EINTR), so the caller can look at its timers.
+    public static func next(_ pid: Int32 = -1) throws -> StopEvent? {
+        var status: Int32 = 0
+        let r = pw_wait(pid, &status, 0)
+        if r == -Int32(EINTR) { return nil }
+        try check(r, "waitpid", tid: pid)
+        return StopEvent.decode(tid: r, status: status)
+    }
+
+    /// The next event of `pid`, if one is waiting.
+    public static func poll(_ pid: Int32 = -1) throws -> StopEvent? {
+        var status: Int32 = 0
+        let r = pw_wait(pid, &status, Int32(PW_WNOHANG))
+        if r == 0 || r == -Int32(EINTR) { return nil }
+        try check(r, "waitpid", tid: pid)
+        return StopEvent.decode(tid: r, status: status)
+    }
+
+    /// Waits for a non-traced child to stop or exit (`WUNTRACED`).
+    static func untraced(_ pid: Int32) throws -> Int32 {
+        var status: Int32 = 0
+        while true {
+            let r = pw_wait(pid, &status, Int32(PW_WUNTRACED))
+            if r == -Int32(EINTR) { continue }
+            try check(r, "waitpid", tid: pid)
+            return status
+        }
+    }
+}
+
+/// The calling thread's kernel tid.
+public func currentThreadID() -> Int32 { pw_gettid() }
+
+/// Install a handler for `signal` that only interrupts blocking calls (no SA_RESTART).
+public func installWakeupHandler(_ signal: Int32) throws {
+    try check(pw_install_wakeup_handler(signal), "sigaction", tid: getpid())
+}
+
+/// Blocks or unblocks `signal` for the calling thread.
+public func setSignalBlocked(_ signal: Int32, _ blocked: Bool) {
+    _ = pw_block_signal(signal, blocked ? 1 : 0)
+}

@@ -1,0 +1,116 @@
+import PageWatchAddressSpace
+
+/// A syscall run inside a stopped tracee thread through the `syscall; int3`
+/// gadget placed once in a scratch page (CRIU compel's approach). Every run
+/// saves all registers and restores them on every exit path, errors included.
+public struct RemoteSyscall: Sendable {
+    public typealias Arch = HostArchitecture
+
+    /// Where the gadget is in the tracee.
+    public let gadget: RemoteAddress
+
+    public init(gadget: RemoteAddress) { self.gadget = gadget }
+
+    /// What came back from one injection.
+    public struct Outcome {
+        /// The raw return value: >= 0, or -errno.
+        public var value: Int64
+        /// Signals that arrived for the thread while the injected call ran
+        /// (hazard 16); the caller delivers them once the thread is restored.
+        public var heldSignals: [HeldSignal]
+    }
+
+    /// Runs `number(arguments)` in `tid`, which must be in a ptrace-stop from
+    /// which it can run user code (not an exit stop, not a group-stop). On
+    /// return the thread is stopped again with its registers exactly as before.
+    public func run(_ number: Int64, _ arguments: [UInt64], in tid: Int32) throws -> Outcome {
+        let saved = try Arch.readRegisters(tid: tid)
+        let prepared = Arch.preparingSyscall(saved, number: number, arguments: arguments, gadget: gadget)
+        var restored = false
+        defer {
+            // Scoped restore: whatever happened, put the thread back as it was.
+            if !restored { try? Arch.writeRegisters(saved, tid: tid) }
+        }
+        try Arch.writeRegisters(prepared, tid: tid)
+        try Ptrace.cont(tid)
+        var held: [HeldSignal] = []
+        let trapAt = gadget + Arch.gadgetTrapOffset
+        while true {
+            guard let event = try Wait.next(tid) else { continue }
+            switch event {
+            case .signalDelivery(_, let sig):
+                if sig == Signal.SIGTRAP {
+                    let regs = try Arch.readRegisters(tid: tid)
+                    if Arch.instructionPointer(regs) == trapAt {
+                        try Arch.writeRegisters(saved, tid: tid)
+                        restored = true
+                        return Outcome(value: Arch.syscallResult(regs), heldSignals: held)
+                    }
+                }
+                // A signal for the program arrived first: keep it for later.
+                held.append(try Ptrace.holdSignal(tid))
+                try Ptrace.cont(tid)
+            case .interruptStop, .syscallStop, .unknown:
+                try Ptrace.cont(tid)
+            case .groupStop:
+                // Another thread started a group-stop; finish the injection first.
+                try Ptrace.cont(tid)
+            case .event(_, .exit):
+                // SIGKILL while injecting: let it die.
+                restored = true
+                try? Ptrace.cont(tid)
+                throw TraceError.traceeGone(tid: tid)
+            case .event:
+                try Ptrace.cont(tid)
+            case .exited, .killed:
+                restored = true
+                throw TraceError.traceeGone(tid: tid)
+            }
+        }
+    }
+
+    /// Runs a call and throws `TraceError.remoteSyscall` when it returns -errno.
+    public func call(_ name: String, _ number: Int64, _ arguments: [UInt64], in tid: Int32,
+                     address: RemoteAddress? = nil) throws -> (value: UInt64, held: [HeldSignal]) {
+        let o = try run(number, arguments, in: tid)
+        if o.value < 0 && o.value > -4096 {
+            throw TraceError.remoteSyscall(name, Errno(Int32(-o.value)), tid: tid, address: address)
+        }
+        return (UInt64(bitPattern: o.value), o.heldSignals)
+    }
+
+    public func mprotect(_ range: AddressRange, _ protection: Protection, in tid: Int32) throws -> [HeldSignal] {
+        try call("mprotect", Arch.syscalls.mprotect,
+                 [range.start.value, range.length, UInt64(protection.rawValue)], in: tid, address: range.start).held
+    }
+
+    /// Places the gadget in the tracee: borrows the bytes at the thread's
+    /// instruction pointer to run one `mmap` of a private read+exec page, puts
+    /// the bytes back, and writes the gadget into the new page.
+    public static func bootstrap(in tid: Int32) throws -> RemoteSyscall {
+        let regs = try Arch.readRegisters(tid: tid)
+        let ip = Arch.instructionPointer(regs)
+        let original = try Ptrace.peek(tid, ip)
+        try Ptrace.pokeBytes(tid, ip, Arch.syscallGadget)
+        let page: UInt64
+        do {
+            defer { try? Ptrace.poke(tid, ip, original) }
+            let borrowed = RemoteSyscall(gadget: ip)
+            let prot = UInt64((Protection.read.union(.execute)).rawValue)
+            let mapPrivateAnonymous: UInt64 = 0x02 | 0x20
+            let r = try borrowed.call("mmap", Arch.syscalls.mmap,
+                                      [0, Page.size, prot, mapPrivateAnonymous, UInt64(bitPattern: -1), 0], in: tid)
+            page = r.value
+            // Signals held during the bootstrap are re-raised by the caller's
+            // normal delivery; there is none this early in practice.
+        }
+        try Ptrace.pokeBytes(tid, RemoteAddress(page), Arch.syscallGadget)
+        return RemoteSyscall(gadget: RemoteAddress(page))
+    }
+
+    /// Removes the scratch page (for detach).
+    public func unmapScratch(in tid: Int32) throws {
+        _ = try call("munmap", Arch.syscalls.munmap, [Page.floor(gadget).value, Page.size], in: tid,
+                     address: gadget)
+    }
+}

@@ -1,0 +1,48 @@
+import PageWatchAddressSpace
+import PageWatchEngine
+
+/// Encodes log records as JSON Lines, schema `pagewatch/1` (docs/format.md).
+/// Written by hand so the field order is stable and the encoding cheap.
+public enum JSONLines {
+    public static let schema = "pagewatch/1"
+
+    public static func encode(_ record: LogRecord) -> String {
+        switch record {
+        case let .start(pid, pageSize, command, tracked, timeNs):
+            return "{\"type\":\"start\",\"schema\":\"\(schema)\",\"pid\":\(pid),\"page_size\":\(pageSize),"
+                + "\"command\":\(array(command)),\"tracked\":\(array(tracked)),\"time_ns\":\(timeNs)}"
+        case let .exec(pid, path, timeNs):
+            return "{\"type\":\"exec\",\"pid\":\(pid),\"path\":\(string(path)),\"time_ns\":\(timeNs)}"
+        case let .sweep(s):
+            let ranges = s.ranges.map { "[\"\($0.start.hex)\",\"\($0.end.hex)\"]" }.joined(separator: ",")
+            return "{\"type\":\"sweep\",\"seq\":\(s.seq),\"pid\":\(s.pid),\"reason\":\"\(s.reason.rawValue)\","
+                + "\"time_ns\":\(s.timeNs),\"dirty_pages\":\(s.dirtyPages),\"faults\":\(s.faults),\"ranges\":[\(ranges)]}"
+        case let .end(pid, end, sweeps, faults, timeNs):
+            var signal = ""
+            if case .killed(let s) = end { signal = ",\"signal\":\(s)" }
+            return "{\"type\":\"end\",\"pid\":\(pid),\"exit_status\":\(end.shellStatus)\(signal),"
+                + "\"sweeps\":\(sweeps),\"faults\":\(faults),\"time_ns\":\(timeNs)}"
+        }
+    }
+
+    static func array(_ items: [String]) -> String { "[" + items.map(string).joined(separator: ",") + "]" }
+
+    /// A JSON string literal (RFC 8259 escaping; other bytes pass through as UTF-8).
+    public static func string(_ s: String) -> String {
+        var out = "\""
+        for u in s.unicodeScalars {
+            switch u {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where u.value < 0x20:
+                let h = String(u.value, radix: 16)
+                out += "\\u" + String(repeating: "0", count: 4 - h.count) + h
+            default: out.unicodeScalars.append(u)
+            }
+        }
+        return out + "\""
+    }
+}

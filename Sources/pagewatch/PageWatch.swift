@@ -1,0 +1,142 @@
+import ArgumentParser
+import Glibc
+import PageWatchAddressSpace
+import PageWatchEngine
+import PageWatchPtrace
+import PageWatchReport
+
+@main
+struct PageWatch: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "pagewatch",
+        abstract: "Report which memory pages a process writes, on any Linux kernel (ptrace + mprotect).",
+        subcommands: [Run.self]
+    )
+}
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run PROGRAM and report the pages it writes, sweep by sweep.",
+        discussion: """
+        Tracked memory is made read-only; each first write to a page is caught, recorded, \
+        and the page made writable again. A sweep reports the pages written since the \
+        previous sweep and re-arms them. Tracking starts at the first sweep, which reports \
+        every selected page (all of it is new to PageWatch).
+
+        Shared mappings (MAP_SHARED, SysV shm, memfd), [vdso], [vvar] and [vsyscall] are \
+        never tracked.
+
+        The program runs under ptrace with PTRACE_O_EXITKILL: if pagewatch dies, the program \
+        is killed with it. Ctrl-C goes to the program; pagewatch reports how it ended.
+
+        Exit status: the program's, or 128+N when signal N killed it; 127 when it cannot be \
+        started; 2 for a usage error; 1 when tracing fails.
+        """
+    )
+
+    @Option(name: .long, help: ArgumentHelp(
+        "What to track (repeatable): writable, anon, heap, stack, file:PATH, or 0xSTART-0xEND.",
+        discussion: "writable = every private writable mapping (default); anon = private anonymous memory including heap and stacks; stack = the main and all thread stacks.",
+        valueName: "SPEC"))
+    var track: [String] = []
+
+    @Option(name: .long, help: ArgumentHelp("Time between periodic sweeps: 250ms, 2s, ...; 0 = none.", valueName: "DURATION"))
+    var interval: String = "1s"
+
+    @Option(name: .long, help: ArgumentHelp("Each delivery of this signal to the program triggers a sweep and is swallowed (e.g. USR2).", valueName: "SIG"))
+    var sweepSignal: String?
+
+    @Option(name: .long, help: ArgumentHelp("Write the JSON Lines log (schema pagewatch/1) here; - for stdout. Without it a summary goes to stderr.", valueName: "PATH"))
+    var output: String?
+
+    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments, after --.", valueName: "PROGRAM"))
+    var command: [String] = []
+
+    var program: [String] { command.first == "--" ? Array(command.dropFirst()) : command }
+
+    func validate() throws {
+        if program.isEmpty { throw ValidationError("missing PROGRAM (pagewatch run [OPTIONS] -- PROGRAM [ARGS...])") }
+        for t in track {
+            do { _ = try TrackSpec.parse(t) } catch { throw ValidationError(String(describing: error)) }
+        }
+        if IntervalParser.parse(interval) == nil {
+            throw ValidationError("invalid --interval '\(interval)' (expected 0, or a number with ns, us, ms, s, m or h: 250ms, 2s)")
+        }
+        if let s = sweepSignal, Signal.parse(s) == nil {
+            throw ValidationError("invalid --sweep-signal '\(s)' (expected a signal name or number: USR2, SIGUSR1, 12)")
+        }
+        if let s = sweepSignal.flatMap(Signal.parse), [Signal.SIGKILL, Signal.SIGSTOP].contains(s) {
+            throw ValidationError("--sweep-signal cannot be \(Signal.name(s)): the kernel never lets a tracer see it")
+        }
+    }
+
+    func run() throws {
+        let selection = Selection(try track.map(TrackSpec.parse))
+        let configuration = TrackerConfiguration(
+            command: program, selection: selection, intervalNs: IntervalParser.parse(interval)!,
+            sweepSignal: sweepSignal.flatMap(Signal.parse))
+        let sink: LogSink
+        do {
+            sink = try LogSink(path: output)
+        } catch {
+            fail("cannot open --output '\(output ?? "")': \(error)", status: 1)
+        }
+        let tracker = Tracker(configuration: configuration) { sink.write($0) }
+        do {
+            let end = try tracker.run()
+            sink.finish()
+            throw ExitCode(end.shellStatus)
+        } catch let error as TraceError {
+            sink.finish()
+            if case .execFailed = error { fail(error.description, status: 127) }
+            fail(error.description, hint: error.hint, status: 1)
+        }
+    }
+}
+
+/// Where log records go: a JSON Lines file or stdout, else a summary on stderr.
+final class LogSink {
+    let fd: Int32?
+    var summary = Summary()
+
+    init(path: String?) throws {
+        switch path {
+        case nil: fd = nil
+        case "-": fd = STDOUT_FILENO
+        case let p?:
+            let f = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard f >= 0 else { throw Errno(errno) }
+            fd = f
+        }
+    }
+
+    func write(_ record: LogRecord) {
+        guard let fd else { summary.add(record); return }
+        writeAll(fd, JSONLines.encode(record) + "\n")
+    }
+
+    func finish() {
+        if let fd {
+            if fd != STDOUT_FILENO { close(fd) }
+        } else {
+            writeAll(STDERR_FILENO, summary.render())
+        }
+    }
+}
+
+/// write(2) until done; EINTR retried.
+func writeAll(_ fd: Int32, _ text: String) {
+    var bytes = Array(text.utf8)
+    var offset = 0
+    while offset < bytes.count {
+        let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
+        if n < 0 { if errno == EINTR { continue }; return }
+        offset += n
+    }
+}
+
+/// Prints `pagewatch: MESSAGE` (and a hint line) and exits.
+func fail(_ message: String, hint: String? = nil, status: Int32) -> Never {
+    writeAll(STDERR_FILENO, "pagewatch: \(message)\n" + (hint.map { "hint: \($0)\n" } ?? ""))
+    exit(status)
+}

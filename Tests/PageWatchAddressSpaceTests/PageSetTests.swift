@@ -1,0 +1,84 @@
+import Testing
+@testable import PageWatchAddressSpace
+
+@Suite struct PageSetTests {
+    let p = Page.size
+
+    @Test func coalescesAdjacentAndOverlapping() {
+        var s = PageSet()
+        s.insert(AddressRange(0x10000, 0x12000))
+        s.insert(AddressRange(0x14000, 0x15000))
+        s.insert(AddressRange(0x12000, 0x13000))  // touches the first
+        #expect(s.ranges == [AddressRange(0x10000, 0x13000), AddressRange(0x14000, 0x15000)])
+        s.insert(AddressRange(0x11000, 0x14800))  // bridges both, unaligned end widens
+        #expect(s.ranges == [AddressRange(0x10000, 0x15000)])
+        #expect(s.pageCount == 5)
+    }
+
+    @Test func insertsBeforeAndAtZero() {
+        var s = PageSet([AddressRange(0x5000, 0x6000)])
+        s.insert(AddressRange(0, 0x1000))
+        s.insert(page: RemoteAddress(0x4fff))
+        #expect(s.ranges == [AddressRange(0, 0x1000), AddressRange(0x4000, 0x6000)])
+        #expect(s.contains(RemoteAddress(0x4000)))
+        #expect(!s.contains(RemoteAddress(0x6000)))
+        #expect(!s.contains(RemoteAddress(0x1000)))
+    }
+
+    @Test func removesSplittingRanges() {
+        var s = PageSet([AddressRange(0x10000, 0x20000)])
+        s.remove(AddressRange(0x12000, 0x14000))
+        #expect(s.ranges == [AddressRange(0x10000, 0x12000), AddressRange(0x14000, 0x20000)])
+        s.remove(AddressRange(0x0, 0x11000))
+        s.remove(AddressRange(0x1f000, 0x30000))
+        #expect(s.ranges == [AddressRange(0x11000, 0x12000), AddressRange(0x14000, 0x1f000)])
+    }
+
+    @Test func intersects() {
+        let s = PageSet([AddressRange(0x10000, 0x13000), AddressRange(0x20000, 0x22000)])
+        #expect(s.intersection(AddressRange(0x12000, 0x21000)).ranges
+                == [AddressRange(0x12000, 0x13000), AddressRange(0x20000, 0x21000)])
+        let t = PageSet([AddressRange(0x11000, 0x21000)])
+        #expect(s.intersection(t).pageCount == 3)
+    }
+
+    @Test func matchesAReferenceModel() {
+        // Random inserts and removes against a Set of page indexes.
+        var rng = SystemRandomNumberGenerator()
+        var s = PageSet()
+        var model = Set<UInt64>()
+        for _ in 0..<2000 {
+            let a = UInt64.random(in: 0..<200, using: &rng), n = UInt64.random(in: 1...8, using: &rng)
+            let r = AddressRange(a * p, (a + n) * p)
+            if Bool.random(using: &rng) { s.insert(r); model.formUnion(a..<(a + n)) }
+            else { s.remove(r); model.subtract(a..<(a + n)) }
+        }
+        #expect(s.pageCount == UInt64(model.count))
+        for i in 0..<210 as Range<UInt64> { #expect(s.contains(RemoteAddress(i * p)) == model.contains(i)) }
+        for (x, y) in zip(s.ranges, s.ranges.dropFirst()) { #expect(x.end < y.start) }
+    }
+
+    @Test func bitmapRunsAndCounts() {
+        var b = PageBitmap(pageCount: 200)
+        b.set(3..<7, to: true)
+        b[64] = true; b[65] = true
+        b.set(128..<200, to: true)
+        #expect(b.runs() == [3..<7, 64..<66, 128..<200])
+        #expect(b.setCount == 4 + 2 + 72)
+        b[5] = false
+        #expect(b.runs().first == 3..<5)
+        b.setAll()
+        #expect(b.runs() == [0..<200] && b.setCount == 200)
+        b.clearAll()
+        #expect(b.runs().isEmpty && b.setCount == 0)
+    }
+
+    @Test func pageArithmetic() {
+        #expect(Page.floor(RemoteAddress(0x1fff)) == RemoteAddress(0x1000))
+        #expect(Page.ceil(RemoteAddress(0x1001)) == RemoteAddress(0x2000))
+        #expect(Page.ceil(RemoteAddress(0x2000)) == RemoteAddress(0x2000))
+        #expect(Page.ceil(RemoteAddress(UInt64.max)) == RemoteAddress(~(Page.size - 1)))
+        #expect(AddressRange(0x1800, 0x2001).pageAligned == AddressRange(0x1000, 0x3000))
+        #expect(RemoteAddress(0xabc).hex == "0xabc")
+    }
+}
