@@ -92,8 +92,14 @@ public final class Tracker {
 
     func eventLoop() throws {
         while end == nil {
-            if let t = timer, t.takeDue() { requestSweep(.interval) }
-            if pendingSweep != nil { requestInterruptIfNeeded() }
+            if let t = timer, t.takeDue() {
+                if pendingSweep != nil {
+                    // The last interval's sweep found no thread to stop: report anyway.
+                    try reportOnlySweep(reason: .interval)
+                }
+                requestSweep(.interval)
+                if !requestInterruptIfNeeded() { try reportOnlySweep(reason: .interval) }
+            }
             if timer != nil { setSignalBlocked(SweepTimer.signal, false) }
             let next = try Wait.next(-1)
             if timer != nil { setSignalBlocked(SweepTimer.signal, true) }
@@ -334,19 +340,56 @@ public final class Tracker {
         if pendingSweep == nil { pendingSweep = reason }
     }
 
-    /// Interval sweeps need a stopped thread to inject into: interrupt one.
-    func requestInterruptIfNeeded() {
-        guard !threads.values.contains(where: \.interruptPending) else { return }
+    /// Interval sweeps need a stopped thread to inject into: interrupt one
+    /// that is safe to interrupt. A thread blocked in a call that writes user
+    /// memory when interrupted (nanosleep's remaining time) into an armed page
+    /// would get EFAULT (hazard 1), so such threads are left alone; when no
+    /// thread is safe, the sweep reports without re-arming (`reportOnlySweep`).
+    /// Returns false when no thread could be interrupted.
+    @discardableResult
+    func requestInterruptIfNeeded() -> Bool {
+        if threads.values.contains(where: \.interruptPending) { return true }
         let candidates = threads.keys.sorted().filter { t in
             let s = threads[t]!
             return !s.exiting && !s.inGroupStop
         }
-        for t in candidates {
+        for t in candidates where safeToInterrupt(t) {
             if (try? Ptrace.interrupt(t)) != nil {
                 threads[t]?.interruptPending = true
-                return
+                return true
             }
         }
+        return false
+    }
+
+    func safeToInterrupt(_ tid: Int32) -> Bool {
+        switch ProcFS.activity(pid: pid, tid: tid) {
+        case .running: return true
+        case .unknown: return false
+        case let .inSyscall(number, arguments):
+            guard let written = Arch.memoryWrittenOnInterruption(number: number, arguments: arguments) else {
+                return false
+            }
+            return written.allSatisfy { range in
+                var page = Page.floor(range.start)
+                while page < range.end {
+                    if case .armed = memory.state(of: page) { return false }
+                    page = page + Page.size
+                }
+                return true
+            }
+        }
+    }
+
+    /// An interval sweep with no thread to run code in: report what is known.
+    /// Dirty pages stay unarmed and dirty, so they are reported again next
+    /// time: extra pages, never a missed one.
+    func reportOnlySweep(reason: SweepReason) throws {
+        pendingSweep = nil
+        try refreshMaps()
+        let dirty = memory.dirtyPages()
+        memory.clearPinnedDirty()
+        emitSweep(reason: reason, dirty: dirty)
     }
 
     func sweepIfPending(in tid: Int32) throws {

@@ -32,4 +32,20 @@ public enum ProcFS {
         guard n > 0 else { return nil }
         return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
+
+    /// What a thread is doing now, from `/proc/PID/task/TID/syscall`.
+    public enum ThreadActivity: Equatable, Sendable {
+        case running
+        case inSyscall(number: Int64, arguments: [UInt64])
+        case unknown
+    }
+
+    public static func activity(pid: Int32, tid: Int32) -> ThreadActivity {
+        guard let text = try? read("/proc/\(pid)/task/\(tid)/syscall", pid: tid) else { return .unknown }
+        let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
+        if fields.first == "running" { return .running }
+        guard fields.count >= 7, let nr = Int64(fields[0]) else { return .unknown }
+        let args = fields[1...6].compactMap { UInt64($0.dropFirst(2), radix: 16) }
+        return args.count == 6 ? .inSyscall(number: nr, arguments: args) : .unknown
+    }
 }

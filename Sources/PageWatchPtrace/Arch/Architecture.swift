@@ -34,6 +34,12 @@ public protocol Architecture {
     static var redZone: UInt64 { get }
 
     static var syscalls: SyscallNumbers { get }
+
+    /// For a thread blocked in syscall `number(arguments)`: the user memory
+    /// the kernel writes if the call is interrupted (nanosleep's remaining
+    /// time, select's timeout), or nil when PageWatch does not know the call
+    /// and must not interrupt it while memory is armed (hazard 1).
+    static func memoryWrittenOnInterruption(number: Int64, arguments: [UInt64]) -> [AddressRange]?
 }
 
 /// The syscall numbers the engine injects or interprets.

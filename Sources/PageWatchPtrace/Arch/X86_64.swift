@@ -57,4 +57,29 @@ public enum X86_64: Architecture {
     public static let redZone: UInt64 = 128
 
     public static let syscalls = SyscallNumbers(getpid: 39, mmap: 9, munmap: 11, mprotect: 10, clone: 56, clone3: 435)
+
+    /// Blocking calls that write no user memory when interrupted and restarted.
+    static let quietWhenInterrupted: Set<Int64> = [
+        0, 1, 17, 18, 19, 20,  // read, write, pread64, pwrite64, readv, writev
+        7, 34, 42, 43, 44, 45, 46, 47, 61, 72, 73,  // poll, pause, connect, accept, sendto, recvfrom, sendmsg, recvmsg, wait4, fcntl, flock
+        128, 130, 202, 232, 247, 257, 281, 288, 299, 441,
+        // rt_sigtimedwait, rt_sigsuspend, futex, epoll_wait, waitid, openat, epoll_pwait, accept4, recvmmsg, epoll_pwait2
+    ]
+
+    public static func memoryWrittenOnInterruption(number: Int64, arguments a: [UInt64]) -> [AddressRange]? {
+        func block(_ address: UInt64, _ length: UInt64) -> [AddressRange] {
+            address == 0 ? [] : [AddressRange(start: RemoteAddress(address), end: RemoteAddress(address) + length)]
+        }
+        let timespecSize: UInt64 = 16
+        switch number {
+        case _ where quietWhenInterrupted.contains(number): return []
+        case 35: return block(a[1], timespecSize)  // nanosleep(req, rem)
+        case 230: return a[1] & 1 != 0 ? [] : block(a[3], timespecSize)  // clock_nanosleep, unless TIMER_ABSTIME
+        case 23, 270:  // select / pselect6: the fd sets and the timeout are written back
+            let setBytes = (a[0] + 63) / 64 * 8
+            return block(a[1], setBytes) + block(a[2], setBytes) + block(a[3], setBytes) + block(a[4], timespecSize)
+        case 271: return block(a[2], timespecSize)  // ppoll's timeout
+        default: return nil
+        }
+    }
 }
