@@ -129,7 +129,8 @@ int pw_install_wakeup_handler(int signal) {
     RETURN_ERRNO(sigaction(signal, &action, NULL));
 }
 
-pid_t pw_spawn_stopped(const char *path, char *const argv[], int *exec_error_fd) {
+pid_t pw_spawn_stopped(const char *path, char *const argv[], int stdin_fd, int stdout_fd,
+                       int empty_mask, int *exec_error_fd) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) == -1) return -errno;
     pid_t pid = fork();
@@ -142,6 +143,13 @@ pid_t pw_spawn_stopped(const char *path, char *const argv[], int *exec_error_fd)
     if (pid == 0) {
         // Child: only async-signal-safe calls from here to exec.
         close(fds[0]);
+        if (stdin_fd >= 0 && dup2(stdin_fd, 0) == -1) _exit(127);
+        if (stdout_fd >= 0 && dup2(stdout_fd, 1) == -1) _exit(127);
+        if (empty_mask) {
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, NULL);
+        }
         // The mask and ignored dispositions are inherited as they are, as
         // from a shell; the tracer's own handlers are reset by exec.
         kill(getpid(), SIGSTOP);

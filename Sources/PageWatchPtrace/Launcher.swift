@@ -6,11 +6,15 @@ public enum Launcher {
     /// Forks, lets the child stop itself, seizes it with `options`, and runs
     /// it to its `PTRACE_EVENT_EXEC` stop. Returns the pid, stopped there.
     /// Throws `TraceError.execFailed` when the program cannot be executed.
-    public static func launch(_ command: [String], options: TraceOptions) throws -> Int32 {
+    /// The program inherits the caller's signal mask, as from a shell, unless
+    /// `emptySignalMask` (for callers on threads that block signals).
+    public static func launch(_ command: [String], options: TraceOptions,
+                              standardInput: Int32 = -1, standardOutput: Int32 = -1,
+                              emptySignalMask: Bool = false) throws -> Int32 {
         precondition(!command.isEmpty)
         var errorFD: Int32 = -1
         let pid: Int32 = withCStrings(command) { argv in
-            pw_spawn_stopped(argv[0], argv, &errorFD)
+            pw_spawn_stopped(argv[0], argv, standardInput, standardOutput, emptySignalMask ? 1 : 0, &errorFD)
         }
         if pid < 0 { throw TraceError.call("fork", Errno(-pid), tid: getpid()) }
         defer { close(errorFD) }

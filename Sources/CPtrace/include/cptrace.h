@@ -86,7 +86,10 @@ int pw_kill(pid_t pid, int signal);
 // exec so the parent can PTRACE_SEIZE it; if exec fails the child reports
 // errno through a close-on-exec pipe and exits 127.
 // Returns the child pid (>0) or -errno; *exec_error_fd receives the read end.
-pid_t pw_spawn_stopped(const char *path, char *const argv[], int *exec_error_fd);
+// stdin_fd/stdout_fd >= 0 are dup2'ed onto 0/1 in the child; -1 inherits.
+// empty_mask != 0 starts the program with no signal blocked.
+pid_t pw_spawn_stopped(const char *path, char *const argv[], int stdin_fd, int stdout_fd,
+                       int empty_mask, int *exec_error_fd);
 
 // Install a no-op handler for `signal` without SA_RESTART, so that a blocking
 // waitpid in the tracer returns EINTR when it arrives.

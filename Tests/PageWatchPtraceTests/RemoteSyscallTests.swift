@@ -1,0 +1,202 @@
+import Glibc
+import Testing
+import PageWatchAddressSpace
+@testable import PageWatchPtrace
+
+/// Live ptrace: each test launches a fixture stopped at its exec, works on it
+/// with the real kernel, and checks what the program itself observed.
+@Suite(.serialized) struct RemoteSyscallTests {
+    typealias Arch = HostArchitecture
+
+    /// Where SwiftPM put the fixtures: beside the test bundle.
+    static func fixture(_ name: String) -> String {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, 4095)
+        let exe = String(decoding: buffer[0..<max(0, n)].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        var dir = exe
+        while !dir.isEmpty && !dir.hasSuffix("/") { dir.removeLast() }
+        return dir + name
+    }
+
+    static let options: TraceOptions = [.exitKill, .traceSysGood, .traceClone, .traceExec, .traceExit]
+
+    /// Waits for a stop of `tid` that the test expects, resuming anything else.
+    func waitForExit(_ pid: Int32) throws -> Int32 {
+        while true {
+            guard let e = try Wait.next(pid) else { continue }
+            switch e {
+            case .exited(_, let code): return code
+            case .killed(_, let sig, _): return 128 + sig
+            case .signalDelivery(_, let sig): try Ptrace.cont(pid, signal: sig)
+            case .groupStop: try Ptrace.listen(pid)
+            default: try Ptrace.cont(pid)
+            }
+        }
+    }
+
+    /// Resumes `pid` until /proc shows it blocked in one of `syscalls`, then interrupts it.
+    func interruptWhenBlocked(_ pid: Int32, in syscalls: Set<Int64>) throws {
+        for _ in 0..<2000 {
+            if case let .inSyscall(nr, _) = ProcFS.activity(pid: pid, tid: pid), syscalls.contains(nr) {
+                try Ptrace.interrupt(pid)
+                while true {
+                    guard let e = try Wait.next(pid) else { continue }
+                    if case .interruptStop = e { return }
+                    if case .signalDelivery(_, let sig) = e { try Ptrace.cont(pid, signal: sig); continue }
+                    Issue.record("unexpected stop \(e)")
+                    return
+                }
+            }
+            usleep(1000)
+        }
+        Issue.record("pid \(pid) never blocked in \(syscalls)")
+    }
+
+    func readAll(_ fd: Int32) -> String {
+        var out: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = read(fd, &buf, buf.count)
+            if n <= 0 { break }
+            out += buf[0..<n]
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    @Test func remoteGetpidReturnsTheTraceesPid() throws {
+        let pid = try Launcher.launch([Self.fixture("fx_exit3")], options: Self.options, emptySignalMask: true)
+        let injector = try RemoteSyscall.bootstrap(in: pid)
+        let before = try Arch.readRegisters(tid: pid)
+        let r = try injector.call("getpid", Arch.syscalls.getpid, [], in: pid)
+        #expect(Int32(r.value) == pid)
+        let after = try Arch.readRegisters(tid: pid)
+        #expect(withUnsafeBytes(of: before) { Array($0) } == withUnsafeBytes(of: after) { Array($0) })
+        try Ptrace.cont(pid)
+        #expect(try waitForExit(pid) == 3)
+    }
+
+    @Test func remoteMprotectShowsInMaps() throws {
+        let pid = try Launcher.launch([Self.fixture("fx_exit3")], options: Self.options, emptySignalMask: true)
+        let injector = try RemoteSyscall.bootstrap(in: pid)
+        let rw = UInt64(Protection([.read, .write]).rawValue)
+        let page = try injector.call("mmap", Arch.syscalls.mmap,
+                                     [0, 2 * Page.size, rw, 0x22, UInt64(bitPattern: -1), 0], in: pid).value
+        let range = AddressRange(start: RemoteAddress(page), end: RemoteAddress(page) + Page.size)
+        _ = try injector.mprotect(range, [.read], in: pid)
+        let maps = try ProcFS.maps(of: pid)
+        let hit = maps.first { $0.range.contains(range.start) }
+        #expect(hit?.range == range)
+        #expect(hit?.protection == [.read])
+        // The page beside it keeps its protection.
+        #expect(maps.first { $0.range.contains(range.end) }?.protection == [.read, .write])
+        // The gadget page itself is read+exec, never writable.
+        #expect(maps.first { $0.range.contains(injector.gadget) }?.protection == [.read, .execute])
+        // An injected call's own failure comes back as the remote channel.
+        #expect(throws: TraceError.self) {
+            _ = try injector.mprotect(AddressRange(0x1000, 0x2000), [.read], in: pid)
+        }
+        try Ptrace.cont(pid)
+        #expect(try waitForExit(pid) == 3)
+    }
+
+    @Test func blockedReadResumesAndReadsLaterData() throws {
+        var input: [Int32] = [0, 0], output: [Int32] = [0, 0]
+        #expect(pipe(&input) == 0 && pipe(&output) == 0)
+        let pid = try Launcher.launch([Self.fixture("fx_blocked_read")], options: Self.options,
+                                      standardInput: input[0], standardOutput: output[1], emptySignalMask: true)
+        close(input[0]); close(output[1])
+        let injector = try RemoteSyscall.bootstrap(in: pid)
+        try Ptrace.cont(pid)
+        try interruptWhenBlocked(pid, in: [0])  // read
+        let regs = try Arch.readRegisters(tid: pid)
+        #expect(Arch.syscallNumber(regs) == 0)
+        for _ in 0..<3 {
+            let r = try injector.call("getpid", Arch.syscalls.getpid, [], in: pid)
+            #expect(Int32(r.value) == pid)
+        }
+        try Ptrace.cont(pid)
+        usleep(50_000)
+        _ = "hello".withCString { write(input[1], $0, 5) }
+        close(input[1])
+        #expect(try waitForExit(pid) == 0)
+        #expect(readAll(output[0]) == "ready\nread 5 hello\n")
+        close(output[0])
+    }
+
+    @Test func blockedNanosleepSleepsItsFullTime() throws {
+        var output: [Int32] = [0, 0]
+        #expect(pipe(&output) == 0)
+        let pid = try Launcher.launch([Self.fixture("fx_sleeper")], options: Self.options,
+                                      standardOutput: output[1], emptySignalMask: true)
+        close(output[1])
+        let injector = try RemoteSyscall.bootstrap(in: pid)
+        try Ptrace.cont(pid)
+        try interruptWhenBlocked(pid, in: [35, 230])  // nanosleep, clock_nanosleep
+        let r = try injector.call("getpid", Arch.syscalls.getpid, [], in: pid)
+        #expect(Int32(r.value) == pid)
+        try Ptrace.cont(pid)
+        #expect(try waitForExit(pid) == 0)
+        #expect(readAll(output[0]) == "ready\nslept full\n")
+        close(output[0])
+    }
+
+    @Test func signalSentAroundAnInjectionIsNeitherLostNorDoubled() throws {
+        var output: [Int32] = [0, 0]
+        #expect(pipe(&output) == 0)
+        let pid = try Launcher.launch([Self.fixture("fx_sleeper")], options: Self.options,
+                                      standardOutput: output[1], emptySignalMask: true)
+        close(output[1])
+        let injector = try RemoteSyscall.bootstrap(in: pid)
+        // A signal queued while the thread is stopped is either held by the
+        // injection (dequeued before the gadget ran) or still pending in the
+        // kernel (the int3's SIGTRAP is dequeued first, being synchronous).
+        try Ptrace.kill(pid, Signal.SIGTERM)
+        let outcome = try injector.run(Arch.syscalls.getpid, [], in: pid)
+        #expect(Int32(outcome.value) == pid)
+        #expect(outcome.heldSignals.allSatisfy { $0.signal == Signal.SIGTERM })
+        #expect(outcome.heldSignals.count <= 1)
+        if let held = outcome.heldSignals.first {
+            try Ptrace.deliver(held, to: pid)
+        } else {
+            try Ptrace.cont(pid)
+        }
+        // Either way it reaches the program exactly once: SIGTERM kills it.
+        #expect(try waitForExit(pid) == 128 + Signal.SIGTERM)
+        close(output[0])
+    }
+
+    @Test func decodesWaitStatuses() {
+        #expect(StopEvent.decode(tid: 7, status: 3 << 8) == .exited(tid: 7, status: 3))
+        #expect(StopEvent.decode(tid: 7, status: 11 | 0x80) == .killed(tid: 7, signal: 11, coreDumped: true))
+        #expect(StopEvent.decode(tid: 7, status: 0x7f | (11 << 8)) == .signalDelivery(tid: 7, signal: 11))
+        #expect(StopEvent.decode(tid: 7, status: 0x7f | ((5 | 0x80) << 8)) == .syscallStop(tid: 7))
+        #expect(StopEvent.decode(tid: 7, status: 0x7f | (5 << 8) | (3 << 16)) == .event(tid: 7, .clone))
+        #expect(StopEvent.decode(tid: 7, status: 0x7f | (19 << 8) | (128 << 16)) == .groupStop(tid: 7, signal: 19))
+        #expect(StopEvent.decode(tid: 7, status: 0x7f | (5 << 8) | (128 << 16)) == .interruptStop(tid: 7))
+    }
+
+    @Test func gadgetIsSyscallThenBreakpoint() {
+        #expect(Arch.syscallGadget.count == Int(Arch.gadgetTrapOffset))
+        #expect(Arch.syscallGadget.suffix(3) == [0x0f, 0x05, 0xcc])
+    }
+
+    @Test func parsesSignalNames() {
+        #expect(Signal.parse("USR2") == 12)
+        #expect(Signal.parse("SIGUSR1") == 10)
+        #expect(Signal.parse("sigterm") == 15)
+        #expect(Signal.parse("12") == 12)
+        #expect(Signal.parse("RTMIN+2") == 36)
+        #expect(Signal.parse("NOPE") == nil)
+        #expect(Signal.parse("0") == nil)
+        #expect(Signal.name(11) == "SIGSEGV")
+    }
+
+    @Test func launchFailureIsExecFailed() {
+        #expect {
+            _ = try Launcher.launch(["/nonexistent/program"], options: Self.options, emptySignalMask: true)
+        } throws: { error in
+            guard case TraceError.execFailed(let path, let errno) = error else { return false }
+            return path == "/nonexistent/program" && errno == .ENOENT
+        }
+    }
+}
