@@ -57,6 +57,8 @@ public final class Tracker {
     var finalSweepDone = false
     var end: ProgramEnd?
     var timer: SweepTimer?
+    /// The program runs and the start record is out.
+    public private(set) var started = false
 
     public init(configuration: TrackerConfiguration, emit: @escaping (LogRecord) -> Void) {
         config = configuration
@@ -72,6 +74,7 @@ public final class Tracker {
         try startImage(tid: pid)
         emit(.start(pid: pid, pageSize: Page.size, command: config.command,
                     tracked: config.selection.specs.map(\.description), timeNs: wallClockNs()))
+        started = true
         // The program shares our terminal: Ctrl-C and Ctrl-\ are for it, and
         // PageWatch reports how it ended. (Ignored only now, after the fork,
         // so the program inherits the dispositions PageWatch was started with.)

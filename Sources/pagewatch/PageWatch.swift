@@ -12,6 +12,23 @@ struct PageWatch: ParsableCommand {
         abstract: "Report which memory pages a process writes, on any Linux kernel (ptrace + mprotect).",
         subcommands: [Run.self]
     )
+
+    /// Usage errors exit 2, as in most Linux tools (ArgumentParser's default is 64).
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch {
+            let code = exitCode(for: error)
+            if code == .validationFailure {
+                var message = fullMessage(for: error)
+                if message.hasPrefix("Error: ") { message.removeFirst(7) }
+                writeAll(STDERR_FILENO, "pagewatch: " + message + "\n")
+                Glibc.exit(2)
+            }
+            exit(withError: error)
+        }
+    }
 }
 
 struct Run: ParsableCommand {
@@ -49,13 +66,11 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Write the JSON Lines log (schema pagewatch/1) here; - for stdout. Without it a summary goes to stderr.", valueName: "PATH"))
     var output: String?
 
-    @Argument(parsing: .captureForPassthrough, help: ArgumentHelp("The program and its arguments, after --.", valueName: "PROGRAM"))
-    var command: [String] = []
-
-    var program: [String] { command.first == "--" ? Array(command.dropFirst()) : command }
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("The program and its arguments, after --.", valueName: "PROGRAM"))
+    var program: [String] = []
 
     func validate() throws {
-        if program.isEmpty { throw ValidationError("missing PROGRAM (pagewatch run [OPTIONS] -- PROGRAM [ARGS...])") }
+        if program.isEmpty { throw ValidationError("missing PROGRAM after -- (pagewatch run [OPTIONS] -- PROGRAM [ARGS...])") }
         for t in track {
             do { _ = try TrackSpec.parse(t) } catch { throw ValidationError(String(describing: error)) }
         }
@@ -87,7 +102,7 @@ struct Run: ParsableCommand {
             sink.finish()
             throw ExitCode(end.shellStatus)
         } catch let error as TraceError {
-            sink.finish()
+            if tracker.started { sink.finish() }
             if case .execFailed = error { fail(error.description, status: 127) }
             fail(error.description, hint: error.hint, status: 1)
         }

@@ -1,0 +1,54 @@
+import Foundation
+import Testing
+
+/// Bad input: one clear line, the conventional status, nothing run.
+@Suite struct CommandLineTests {
+    func pagewatch(_ args: [String]) throws -> Harness.Result {
+        try Harness.run([Harness.pagewatch] + args)
+    }
+
+    @Test(arguments: [
+        (["run", "--track", "bogus", "--", "/bin/true"], "unknown --track SPEC 'bogus'"),
+        (["run", "--track", "0x2000-0x1000", "--", "/bin/true"], "malformed range '0x2000-0x1000'"),
+        (["run", "--track", "0xzz-0x1000", "--", "/bin/true"], "malformed range"),
+        (["run", "--interval", "fast", "--", "/bin/true"], "invalid --interval 'fast'"),
+        (["run", "--interval=-1s", "--", "/bin/true"], "invalid --interval"),
+        (["run", "/bin/true"], "missing PROGRAM after --"),
+        (["run", "--sweep-signal", "NOPE", "--", "/bin/true"], "invalid --sweep-signal 'NOPE'"),
+        (["run", "--sweep-signal", "KILL", "--", "/bin/true"], "cannot be SIGKILL"),
+        (["run"], "missing PROGRAM"),
+    ])
+    func usageErrorsExitTwo(_ args: [String], _ message: String) throws {
+        let r = try pagewatch(args)
+        #expect(r.status == 2)
+        #expect(r.stderr.hasPrefix("pagewatch: "))
+        #expect(r.stderr.contains(message))
+        #expect(r.stdout.isEmpty)
+    }
+
+    @Test func missingProgramExits127LikeAShell() throws {
+        let r = try pagewatch(["run", "--", "/nonexistent/program"])
+        #expect(r.status == 127)
+        #expect(r.stderr == "pagewatch: cannot run '/nonexistent/program': No such file or directory\n")
+    }
+
+    @Test func programFoundOnPath() throws {
+        let r = try pagewatch(["run", "--interval", "0", "--", "sh", "-c", "echo hi; exit 5"])
+        #expect(r.stdout == "hi\n")
+        #expect(r.status == 5)
+    }
+
+    @Test func helpNamesWhatIsNeverTracked() throws {
+        let r = try pagewatch(["run", "--help"])
+        #expect(r.status == 0)
+        #expect(r.stdout.contains("[vdso]"))
+        #expect(r.stdout.contains("Shared mappings"))
+        #expect(r.stdout.contains("PTRACE_O_EXITKILL"))
+    }
+
+    @Test func unwritableOutputIsAClearError() throws {
+        let r = try pagewatch(["run", "--output", "/nonexistent/dir/log.jsonl", "--", "/bin/true"])
+        #expect(r.status == 1)
+        #expect(r.stderr.hasPrefix("pagewatch: cannot open --output '/nonexistent/dir/log.jsonl'"))
+    }
+}

@@ -1,0 +1,93 @@
+import Foundation
+import Testing
+
+/// Every fixture, untracked and under `pagewatch run`: the same stdout and
+/// exit status, and per phase exactly the pages the fixture says it wrote.
+@Suite(.serialized) struct FixtureTests {
+    struct Case: CustomStringConvertible, Sendable {
+        var fixture: String
+        var extraArguments: [String] = []
+        var expectedStatus: Int32
+        var description: String { fixture }
+    }
+
+    static let cases: [Case] = [
+        Case(fixture: "fx_phases", expectedStatus: 0),
+        Case(fixture: "fx_threads", expectedStatus: 0),
+        Case(fixture: "fx_fixed_late", extraArguments: ["--track", "0x120000000000-0x120000010000"], expectedStatus: 0),
+        Case(fixture: "fx_segv", expectedStatus: 128 + 11),
+        Case(fixture: "fx_exit3", expectedStatus: 3),
+    ]
+
+    @Test(arguments: cases)
+    func dirtySetsMatchTheFixturesTruth(_ c: Case) throws {
+        let program = Harness.fixture(c.fixture)
+        let untracked = try Harness.run([program])
+        #expect(untracked.status == c.expectedStatus)
+
+        let log = Harness.temporaryPath("\(c.fixture).jsonl")
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0",
+                                       "--output", log] + c.extraArguments + ["--", program])
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == untracked.status)
+
+        let truth = try FixtureTruth(stdout: untracked.stdout)
+        let records = try Harness.readLog(log)
+        #expect(records.first?["type"] as? String == "start")
+        #expect(records.first?["schema"] as? String == "pagewatch/1")
+        #expect(records.last?["type"] as? String == "end")
+        #expect(records.last?["exit_status"] as? Int == Int(c.expectedStatus))
+        let sweeps = records.filter { $0["type"] as? String == "sweep" }
+        #expect(sweeps.map { $0["seq"] as? Int } == Array(1...sweeps.count).map { $0 })
+
+        // Phase K's writes are reported by sweep K: signal sweeps, then the exit sweep.
+        let lastPhase = truth.phases.keys.max() ?? 0
+        #expect(sweeps.count >= lastPhase)
+        for (k, sweep) in sweeps.enumerated() {
+            let phase = k + 1
+            let expected = truth.phases[phase] ?? []
+            #expect(truth.pagesInRegion(sweep) == expected, "sweep \(phase) of \(c.fixture)")
+            let isLast = k == sweeps.count - 1
+            #expect(sweep["reason"] as? String == (isLast ? "exit" : "signal"))
+        }
+        for sweep in sweeps {
+            // dirty_pages counts the pages the ranges cover; ranges are sorted and coalesced.
+            let ranges = (sweep["ranges"] as? [[String]] ?? []).map {
+                (UInt64($0[0].dropFirst(2), radix: 16)!, UInt64($0[1].dropFirst(2), radix: 16)!)
+            }
+            #expect(sweep["dirty_pages"] as? Int == Int(ranges.reduce(0) { $0 + ($1.1 - $1.0) / 4096 }))
+            for (a, b) in zip(ranges, ranges.dropFirst()) { #expect(a.1 < b.0) }
+            for r in ranges { #expect(r.0 % 4096 == 0 && r.1 % 4096 == 0 && r.0 < r.1) }
+        }
+    }
+
+    @Test func intervalSweepsLeaveASleeperUnchanged() throws {
+        let program = Harness.fixture("fx_sleeper")
+        let untracked = try Harness.run([program])
+        let log = Harness.temporaryPath("sleeper.jsonl")
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--interval", "50ms", "--output", log, "--", program])
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.stdout == "ready\nslept full\n")
+        #expect(tracked.status == 0)
+        let reasons = try Harness.readLog(log).compactMap { $0["reason"] as? String }
+        #expect(reasons.filter { $0 == "interval" }.count >= 3)
+        #expect(reasons.last == "exit")
+    }
+
+    @Test func summaryGoesToStderrWithoutOutput() throws {
+        let r = try Harness.run([Harness.pagewatch, "run", "--sweep-signal", "USR2", "--", Harness.fixture("fx_exit3")])
+        #expect(r.status == 3)
+        #expect(r.stdout == "region 0x140000000000 0x140000004000\nphase 1 pages 0-3\nphase 2 pages 1\nok\n")
+        #expect(r.stderr.contains("sweep  reason"))
+        #expect(r.stderr.contains("program exited with status 3"))
+    }
+
+    @Test func logToStdoutInterleavesWithTheProgram() throws {
+        let r = try Harness.run([Harness.pagewatch, "run", "--interval", "0", "--output", "-", "--",
+                                 Harness.fixture("fx_exit3")])
+        let lines = r.stdout.split(separator: "\n")
+        #expect(lines.first?.hasPrefix("{\"type\":\"start\",\"schema\":\"pagewatch/1\"") == true)
+        #expect(lines.last?.hasPrefix("{\"type\":\"end\"") == true)
+        #expect(lines.contains("ok"))
+    }
+}

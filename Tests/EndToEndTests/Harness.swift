@@ -1,0 +1,116 @@
+import Foundation
+import Testing
+
+/// Runs built binaries the way a user would and reads what they print.
+enum Harness {
+    /// SwiftPM puts the products (pagewatch, the fixtures) beside the test binary.
+    static let products: URL = {
+        let exe = URL(fileURLWithPath: "/proc/self/exe").resolvingSymlinksInPath()
+        return exe.deletingLastPathComponent()
+    }()
+
+    static var pagewatch: String { products.appendingPathComponent("pagewatch").path }
+    static func fixture(_ name: String) -> String { products.appendingPathComponent(name).path }
+
+    struct Result: Equatable {
+        var stdout: String
+        var stderr: String
+        /// The shell's view: the exit code, or 128 + the signal.
+        var status: Int32
+    }
+
+    static func run(_ argv: [String], stdin: String? = nil, timeout: TimeInterval = 120) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: argv[0])
+        p.arguments = Array(argv.dropFirst())
+        // Output goes to files: no pipe can fill up and block the child.
+        let outPath = temporaryPath("out-\(UUID().uuidString)"), errPath = temporaryPath("err-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: outPath, contents: nil)
+        FileManager.default.createFile(atPath: errPath, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: outPath); try? FileManager.default.removeItem(atPath: errPath) }
+        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
+        let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+        let input = Pipe()
+        p.standardOutput = out
+        p.standardError = err
+        p.standardInput = input
+        // Children inherit the signal mask of the spawning thread, and test
+        // threads block signals: run the program as from a shell, with none blocked.
+        var none = sigset_t(), saved = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, &saved)
+        defer { pthread_sigmask(SIG_SETMASK, &saved, nil) }
+        try p.run()
+        try out.close(); try err.close()
+        if let stdin { input.fileHandleForWriting.write(stdin.data(using: .utf8)!) }
+        try input.fileHandleForWriting.close()
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { usleep(1000) }
+        if p.isRunning { p.terminate(); Issue.record("\(argv) timed out") }
+        p.waitUntilExit()
+        let outData = FileManager.default.contents(atPath: outPath) ?? Data()
+        let errData = FileManager.default.contents(atPath: errPath) ?? Data()
+        let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
+        return Result(stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self),
+                      status: status)
+    }
+
+    static func temporaryPath(_ name: String) -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pagewatch-tests-\(getpid())")
+        try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir.appendingPathComponent(name).path
+    }
+
+    /// The JSON Lines log, one dictionary per line.
+    static func readLog(_ path: String) throws -> [[String: Any]] {
+        let text = try String(contentsOfFile: path, encoding: .utf8)
+        return try text.split(separator: "\n").map { line in
+            let obj = try JSONSerialization.jsonObject(with: Data(line.utf8))
+            guard let dict = obj as? [String: Any] else { throw HarnessError.notAnObject(String(line)) }
+            return dict
+        }
+    }
+
+    enum HarnessError: Error { case notAnObject(String), badTruth(String) }
+}
+
+/// What a fixture says about itself (fixtures/README.md): its region and the
+/// pages (relative to the region) it wrote in each phase.
+struct FixtureTruth {
+    var region: (start: UInt64, end: UInt64)
+    var phases: [Int: Set<UInt64>]
+
+    init(stdout: String) throws {
+        var region: (UInt64, UInt64)?
+        var phases: [Int: Set<UInt64>] = [:]
+        for line in stdout.split(separator: "\n") {
+            let f = line.split(separator: " ", omittingEmptySubsequences: false)
+            if f.first == "region", f.count == 3 {
+                region = (UInt64(f[1].dropFirst(2), radix: 16)!, UInt64(f[2].dropFirst(2), radix: 16)!)
+            } else if f.first == "phase", f.count >= 3, let k = Int(f[1]) {
+                var pages = Set<UInt64>()
+                if f.count == 4 && !f[3].isEmpty {
+                    for item in f[3].split(separator: ",") {
+                        let bounds = item.split(separator: "-").map { UInt64($0)! }
+                        pages.formUnion(bounds[0]...(bounds.count == 2 ? bounds[1] : bounds[0]))
+                    }
+                }
+                phases[k] = pages
+            }
+        }
+        guard let region else { throw Harness.HarnessError.badTruth(stdout) }
+        self.region = region
+        self.phases = phases
+    }
+
+    /// The pages of one sweep's ranges inside the region, relative to it.
+    func pagesInRegion(_ sweep: [String: Any]) -> Set<UInt64> {
+        var pages = Set<UInt64>()
+        for pair in sweep["ranges"] as? [[String]] ?? [] {
+            let a = UInt64(pair[0].dropFirst(2), radix: 16)!, b = UInt64(pair[1].dropFirst(2), radix: 16)!
+            var p = max(a, region.start)
+            while p < min(b, region.end) { pages.insert((p - region.start) / 4096); p += 4096 }
+        }
+        return pages
+    }
+}
