@@ -17,6 +17,15 @@ public struct SweepRecord: Sendable, Equatable {
     public var faults: Int
 
     public var dirtyPages: UInt64 { ranges.reduce(0) { $0 + $1.pageCount } }
+
+    public init(seq: Int, pid: Int32, reason: SweepReason, timeNs: UInt64, ranges: [AddressRange], faults: Int) {
+        self.seq = seq
+        self.pid = pid
+        self.reason = reason
+        self.timeNs = timeNs
+        self.ranges = ranges
+        self.faults = faults
+    }
 }
 
 /// How the traced program ended.

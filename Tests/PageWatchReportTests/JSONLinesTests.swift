@@ -1,0 +1,45 @@
+import Foundation
+import Testing
+import PageWatchAddressSpace
+import PageWatchEngine
+@testable import PageWatchReport
+
+@Suite struct JSONLinesTests {
+    @Test func encodesTheStartRecordExactly() {
+        let line = JSONLines.encode(.start(pid: 42, pageSize: 4096, command: ["/bin/echo", "a \"b\"\n"],
+                                           tracked: ["writable", "0x1000-0x2000"], timeNs: 7))
+        #expect(line == #"{"type":"start","schema":"pagewatch/1","pid":42,"page_size":4096,"command":["/bin/echo","a \"b\"\n"],"tracked":["writable","0x1000-0x2000"],"time_ns":7}"#)
+    }
+
+    @Test func encodesSweepAndEnd() {
+        let s = SweepRecord(seq: 3, pid: 42, reason: .signal, timeNs: 9,
+                            ranges: [AddressRange(0x1000, 0x3000), AddressRange(0x10000, 0x11000)], faults: 2)
+        #expect(JSONLines.encode(.sweep(s)) == #"{"type":"sweep","seq":3,"pid":42,"reason":"signal","time_ns":9,"dirty_pages":3,"faults":2,"ranges":[["0x1000","0x3000"],["0x10000","0x11000"]]}"#)
+        #expect(JSONLines.encode(.end(pid: 42, end: .exited(code: 3), sweeps: 4, faults: 5, timeNs: 10))
+                == #"{"type":"end","pid":42,"exit_status":3,"sweeps":4,"faults":5,"time_ns":10}"#)
+        #expect(JSONLines.encode(.end(pid: 42, end: .killed(signal: 11), sweeps: 1, faults: 0, timeNs: 10))
+                == #"{"type":"end","pid":42,"exit_status":139,"signal":11,"sweeps":1,"faults":0,"time_ns":10}"#)
+    }
+
+    @Test func escapedStringsRoundTripThroughAJSONParser() throws {
+        let nasty = "tab\t nl\n cr\r quote\" backslash\\ ctl\u{01}\u{1f} unicode é ✓"
+        let line = JSONLines.encode(.exec(pid: 1, path: nasty, timeNs: 2))
+        let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+        #expect(obj?["path"] as? String == nasty)
+        #expect(obj?["type"] as? String == "exec")
+    }
+
+    @Test func summaryShowsEverySweepAndTheEnd() {
+        var summary = Summary()
+        summary.add(.start(pid: 5, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: 0))
+        summary.add(.sweep(SweepRecord(seq: 1, pid: 5, reason: .interval, timeNs: 1,
+                                       ranges: [AddressRange(0, 256 * 4096)], faults: 0)))
+        summary.add(.sweep(SweepRecord(seq: 2, pid: 5, reason: .exit, timeNs: 2,
+                                       ranges: [AddressRange(0, 4096)], faults: 1)))
+        summary.add(.end(pid: 5, end: .killed(signal: 9), sweeps: 2, faults: 1, timeNs: 3))
+        let text = summary.render()
+        #expect(text.contains("      1  interval          256       1.0        0       1"))
+        #expect(text.contains("total: 2 sweeps, 257 dirty pages (1.0 MiB), 1 write faults"))
+        #expect(text.contains("program killed by SIGKILL"))
+    }
+}
