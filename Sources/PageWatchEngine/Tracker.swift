@@ -104,7 +104,7 @@ public final class Tracker {
                 if !requestInterruptIfNeeded() { try reportOnlySweep(reason: .interval) }
             }
             if timer != nil { setSignalBlocked(SweepTimer.signal, false) }
-            let next = try Wait.next(-1)
+            let next = try Wait.nextSpinning(-1)
             if timer != nil { setSignalBlocked(SweepTimer.signal, true) }
             guard let event = next else { continue }
             do {

@@ -162,6 +162,30 @@ public enum Wait {
         return StopEvent.decode(tid: r, status: status)
     }
 
+    /// How long `nextSpinning` polls before it blocks. A tracer that blocks at
+    /// once lets its CPU go idle, and waking an idle vCPU costs tens of
+    /// microseconds per stop on virtual machines; a tracee that stops again
+    /// soon (the next write fault, the injected call's trap) is caught by
+    /// the poll instead. Set to 0 to always block.
+    nonisolated(unsafe) public static var spinNs: UInt64 = 50_000
+
+    /// Like `next`, but polls for up to `spinNs` first.
+    public static func nextSpinning(_ pid: Int32 = -1) throws -> StopEvent? {
+        if spinNs > 0 {
+            let deadline = monotonicNow() &+ spinNs
+            repeat {
+                if let e = try poll(pid) { return e }
+            } while monotonicNow() < deadline
+        }
+        return try next(pid)
+    }
+
+    static func monotonicNow() -> UInt64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &ts)
+        return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+    }
+
     /// The next event of `pid`, if one is waiting.
     public static func poll(_ pid: Int32 = -1) throws -> StopEvent? {
         var status: Int32 = 0

@@ -36,7 +36,7 @@ public struct RemoteSyscall: Sendable {
         var held: [HeldSignal] = []
         let trapAt = gadget + Arch.gadgetTrapOffset
         while true {
-            guard let event = try Wait.next(tid) else { continue }
+            guard let event = try Wait.nextSpinning(tid) else { continue }
             switch event {
             case .signalDelivery(_, let sig):
                 if sig == Signal.SIGTRAP {

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what PageWatch needs that a fresh machine of our kind may lack.
+# Idempotent: installs nothing when everything is present.
+set -euo pipefail
+
+packages=(libunwind-dev pkg-config)   # libunwind-ptrace for attribution (issue 5); pkg-config finds it
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install-deps: installing ${missing[*]}" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo_cmd apt-get update -qq
+    $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v swift >/dev/null 2>&1; then
+    if [ -x /opt/swift/usr/bin/swift ]; then
+        echo "install-deps: swift is at /opt/swift/usr/bin; add it to PATH" >&2
+    else
+        echo "install-deps: no Swift toolchain found (Swift 6 is needed: https://www.swift.org/install/linux/)" >&2
+    fi
+    exit 1
+fi
