@@ -3,7 +3,9 @@
 # Idempotent: installs nothing when everything is present.
 set -euo pipefail
 
-packages=(libunwind-dev pkg-config)   # libunwind-ptrace for attribution (issue 5); pkg-config finds it
+# libunwind-ptrace for attribution (issue 5) and pkg-config to find it; strace for
+# the test that attaches PageWatch under another tracer; python3 for `make bench`.
+packages=(libunwind-dev pkg-config strace python3)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

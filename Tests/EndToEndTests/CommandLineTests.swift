@@ -52,3 +52,19 @@ import Testing
         #expect(r.stderr.hasPrefix("pagewatch: cannot open --output '/nonexistent/dir/log.jsonl'"))
     }
 }
+
+@Suite struct PtraceRefusedTests {
+    /// Under `strace -f` the program is already traced when PageWatch seizes it.
+    @Test func alreadyTracedIsOneClearLineWithAHint() throws {
+        let r = try Harness.run(["/usr/bin/strace", "-f", "-o", "/dev/null", Harness.pagewatch, "run", "--",
+                                 "/bin/true"])
+        #expect(r.status == 1)
+        let lines = r.stderr.split(separator: "\n")
+        #expect(lines.count == 2)
+        #expect(lines.first?.hasPrefix("pagewatch: ptrace(PTRACE_SEIZE, pid ") == true)
+        #expect(lines.first?.hasSuffix("): Operation not permitted (EPERM)") == true)
+        #expect(lines.last?.contains("CAP_SYS_PTRACE") == true)
+        #expect(lines.last?.contains("kernel.yama.ptrace_scope") == true)
+        #expect(lines.last?.contains("already be traced") == true)
+    }
+}
