@@ -10,7 +10,7 @@ import PackageDescription
 //   pagewatch               the CLI (swift-argument-parser), thin
 
 let fixtureNames = [
-    "fx_phases", "fx_threads", "fx_fixed_late", "fx_segv", "fx_exit3",
+    "fx_phases", "fx_threads", "fx_fixed_late", "fx_segv", "fx_exit3", "fx_sigframe",
     "fx_blocked_read", "fx_sleeper", "fx_writer", "fx_baseline",
 ]
 

@@ -178,9 +178,11 @@ public final class Tracker {
             try resume(tid)  // swallowed
             return
         }
-        if pendingSweep != nil {
+        let frame = try signalFrameArmedPages(sig, tid: tid)
+        if pendingSweep != nil || !frame.isEmpty {
             // Keep the program's signal with its siginfo across our injections.
             let own = try Ptrace.holdSignal(tid)
+            for page in frame.ranges { try unarmRange(page, tid: tid) }
             try learnRseq(tid)
             try sweepIfPending(in: tid)
             threads[tid]?.held.insert(own, at: 0)
@@ -188,6 +190,50 @@ public final class Tracker {
             return
         }
         try Ptrace.cont(tid, signal: sig)
+    }
+
+    /// Hazard 2: to run a handler the kernel writes the signal frame below
+    /// the stack pointer (past the red zone); on an armed page that write
+    /// fails and the kernel kills the program. Returns the armed pages the
+    /// frame may cover when `sig` has a handler. (SA_ONSTACK frames on a
+    /// sigaltstack are not covered yet: that needs the sigaltstack calls.)
+    func signalFrameArmedPages(_ sig: Int32, tid: Int32) throws -> PageSet {
+        guard memory.trackedPageCount > 0, try caughtSignals() & (1 << UInt64(sig - 1)) != 0 else { return PageSet() }
+        let sp = Arch.stackPointer(try Arch.readRegisters(tid: tid))
+        let frameBytes = Arch.redZone + signalFrameSize
+        let low = RemoteAddress(sp.value &- frameBytes)
+        var armed = PageSet()
+        var page = Page.floor(low)
+        while page < sp {
+            if case .armed = memory.state(of: page) { armed.insert(page: page) }
+            page = page + Page.size
+        }
+        return armed
+    }
+
+    /// The largest signal frame the kernel builds here: AT_MINSIGSTKSZ from
+    /// the auxiliary vector (xsave state + rt_sigframe), plus alignment slack.
+    lazy var signalFrameSize: UInt64 = {
+        let minimum = (try? ProcFS.auxiliaryValue(pid: pid, key: 51)) ?? nil  // AT_MINSIGSTKSZ
+        return max(minimum ?? 0, 4096) + 256
+    }()
+
+    /// SigCgt of /proc/PID/status: the signals with a handler.
+    func caughtSignals() throws -> UInt64 {
+        let status = try ProcFS.read("/proc/\(pid)/status", pid: pid)
+        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigCgt:") }),
+              let mask = UInt64(line.dropFirst(7).trimmingPrefix(while: { $0 == " " || $0 == "\t" }), radix: 16)
+        else { return 0 }
+        return mask
+    }
+
+    /// Un-arms every armed page in `range` (they become dirty).
+    func unarmRange(_ range: AddressRange, tid: Int32) throws {
+        var page = range.start
+        while page < range.end {
+            if case .armed(let protection) = memory.state(of: page) { try unarm(page, protection, tid: tid) }
+            page = page + Page.size
+        }
     }
 
     /// Returns true when the SIGSEGV was PageWatch's and has been handled.

@@ -33,6 +33,19 @@ public enum ProcFS {
         return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// A value of the process's auxiliary vector (`/proc/PID/auxv`), or nil.
+    public static func auxiliaryValue(pid: Int32, key: UInt64) throws -> UInt64? {
+        let fd = open("/proc/\(pid)/auxv", O_RDONLY | O_CLOEXEC)
+        if fd < 0 { throw TraceError.call("open /proc/\(pid)/auxv", Errno(errno), tid: pid) }
+        defer { close(fd) }
+        var pair = (UInt64(0), UInt64(0))
+        while withUnsafeMutableBytes(of: &pair, { Glibc.read(fd, $0.baseAddress, 16) }) == 16 {
+            if pair.0 == 0 { return nil }
+            if pair.0 == key { return pair.1 }
+        }
+        return nil
+    }
+
     /// What a thread is doing now, from `/proc/PID/task/TID/syscall`.
     public enum ThreadActivity: Equatable, Sendable {
         case running

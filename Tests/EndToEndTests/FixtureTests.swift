@@ -17,6 +17,7 @@ import Testing
         Case(fixture: "fx_fixed_late", extraArguments: ["--track", "0x120000000000-0x120000010000"], expectedStatus: 0),
         Case(fixture: "fx_segv", expectedStatus: 128 + 11),
         Case(fixture: "fx_exit3", expectedStatus: 3),
+        Case(fixture: "fx_sigframe", expectedStatus: 0),
     ]
 
     @Test(arguments: cases)
