@@ -157,16 +157,20 @@ public struct TrackedMemory: Sendable {
         return set
     }
 
-    /// The `mprotect` calls that re-arm every dirty, unpinned page, coalesced per region.
+    /// The `mprotect` calls that re-arm every dirty, unpinned page: one per
+    /// region, from its first dirty page to its last, split only around
+    /// pinned pages. Clean pages in between are armed already, and arming
+    /// them again is harmless, so scattered dirty pages cost one call, and
+    /// the VMAs the faults split merge back (hazard 12).
     public func rearmPlan() -> [ProtectionChange] {
         var plan: [ProtectionChange] = []
-        for r in regions {
-            for run in r.dirty.runs() {
-                var rest = PageSet([r.range(ofPages: run)])
-                for p in pinned.intersection(r.range(ofPages: run)).ranges { rest.remove(p) }
-                for piece in rest.ranges {
-                    plan.append(ProtectionChange(range: piece, protection: r.protection.armed))
-                }
+        for r in regions where r.dirty.setCount > 0 {
+            let runs = r.dirty.runs()
+            let span = r.range(ofPages: runs.first!.lowerBound..<runs.last!.upperBound)
+            var rest = PageSet([span])
+            for p in pinned.intersection(span).ranges { rest.remove(p) }
+            for piece in rest.ranges {
+                plan.append(ProtectionChange(range: piece, protection: r.protection.armed))
             }
         }
         return plan
