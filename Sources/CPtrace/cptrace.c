@@ -6,6 +6,9 @@
 #include <fcntl.h>
 #include <string.h>
 #include <unistd.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -129,8 +132,18 @@ int pw_install_wakeup_handler(int signal) {
     RETURN_ERRNO(sigaction(signal, &action, NULL));
 }
 
+static int pw_install_filter(const pw_bpf_instruction *filter, int length) {
+    struct sock_fprog prog = { (unsigned short)length, (struct sock_filter *)filter };
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0) return 0;
+    if (errno != EACCES) return errno;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1) return errno;
+    if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0) return 0;
+    return errno;
+}
+
 pid_t pw_spawn_stopped(const char *path, char *const argv[], int stdin_fd, int stdout_fd,
-                       int empty_mask, int *exec_error_fd) {
+                       int empty_mask, const pw_bpf_instruction *filter, int filter_length,
+                       int *exec_error_fd) {
     int fds[2];
     if (pipe2(fds, O_CLOEXEC) == -1) return -errno;
     pid_t pid = fork();
@@ -153,9 +166,17 @@ pid_t pw_spawn_stopped(const char *path, char *const argv[], int stdin_fd, int s
         // The mask and ignored dispositions are inherited as they are, as
         // from a shell; the tracer's own handlers are reset by exec.
         kill(getpid(), SIGSTOP);
+        // Seized now: a SECCOMP_RET_TRACE filter has its tracer.
+        int report[2] = { 1, 0 };
+        if (filter != NULL && (report[1] = pw_install_filter(filter, filter_length)) != 0) {
+            ssize_t ignored = write(fds[1], report, sizeof report);
+            (void)ignored;
+            _exit(127);
+        }
         execvp(path, argv);
-        int e = errno;
-        ssize_t ignored = write(fds[1], &e, sizeof e);
+        report[0] = 2;
+        report[1] = errno;
+        ssize_t ignored = write(fds[1], report, sizeof report);
         (void)ignored;
         _exit(127);
     }

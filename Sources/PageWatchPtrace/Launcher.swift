@@ -10,11 +10,17 @@ public enum Launcher {
     /// `emptySignalMask` (for callers on threads that block signals).
     public static func launch(_ command: [String], options: TraceOptions,
                               standardInput: Int32 = -1, standardOutput: Int32 = -1,
-                              emptySignalMask: Bool = false) throws -> Int32 {
+                              emptySignalMask: Bool = false, seccompFilter: SeccompFilter? = nil) throws -> Int32 {
         precondition(!command.isEmpty)
         var errorFD: Int32 = -1
+        let instructions = (seccompFilter?.instructions ?? []).map {
+            pw_bpf_instruction(code: $0.code, jt: $0.jt, jf: $0.jf, k: $0.k)
+        }
         let pid: Int32 = withCStrings(command) { argv in
-            pw_spawn_stopped(argv[0], argv, standardInput, standardOutput, emptySignalMask ? 1 : 0, &errorFD)
+            instructions.withUnsafeBufferPointer { filter in
+                pw_spawn_stopped(argv[0], argv, standardInput, standardOutput, emptySignalMask ? 1 : 0,
+                                 seccompFilter == nil ? nil : filter.baseAddress, Int32(filter.count), &errorFD)
+            }
         }
         if pid < 0 { throw TraceError.call("fork", Errno(-pid), tid: getpid()) }
         defer { close(errorFD) }
@@ -43,9 +49,10 @@ public enum Launcher {
                 // SIGCONT (ours) and anything else before exec: deliver as is.
                 try Ptrace.cont(pid, signal: sig)
             case .exited(_, let code):
-                var e: Int32 = 0
-                if read(errorFD, &e, MemoryLayout<Int32>.size) == MemoryLayout<Int32>.size {
-                    throw TraceError.execFailed(path: command[0], Errno(e))
+                var report: (Int32, Int32) = (0, 0)
+                if withUnsafeMutableBytes(of: &report, { read(errorFD, $0.baseAddress, 8) }) == 8 {
+                    if report.0 == 1 { throw TraceError.call("seccomp(SECCOMP_SET_MODE_FILTER)", Errno(report.1), tid: pid) }
+                    throw TraceError.execFailed(path: command[0], Errno(report.1))
                 }
                 throw TraceError.execFailed(path: command[0], Errno(code == 127 ? 2 : code))
             case .killed:

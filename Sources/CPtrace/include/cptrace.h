@@ -86,10 +86,24 @@ int pw_kill(pid_t pid, int signal);
 // exec so the parent can PTRACE_SEIZE it; if exec fails the child reports
 // errno through a close-on-exec pipe and exits 127.
 // Returns the child pid (>0) or -errno; *exec_error_fd receives the read end.
+// One classic-BPF instruction (struct sock_filter).
+typedef struct {
+    uint16_t code;
+    uint8_t jt;
+    uint8_t jf;
+    uint32_t k;
+} pw_bpf_instruction;
+
 // stdin_fd/stdout_fd >= 0 are dup2'ed onto 0/1 in the child; -1 inherits.
 // empty_mask != 0 starts the program with no signal blocked.
+// filter (filter_length instructions, may be NULL) is installed as a seccomp
+// filter after the tracer has seized the child and before exec; without
+// CAP_SYS_ADMIN that needs PR_SET_NO_NEW_PRIVS, which is set only then.
+// If setup fails the child reports {stage, errno} through the pipe
+// (stage 1: seccomp, 2: exec) and exits 127.
 pid_t pw_spawn_stopped(const char *path, char *const argv[], int stdin_fd, int stdout_fd,
-                       int empty_mask, int *exec_error_fd);
+                       int empty_mask, const pw_bpf_instruction *filter, int filter_length,
+                       int *exec_error_fd);
 
 // Install a no-op handler for `signal` without SA_RESTART, so that a blocking
 // waitpid in the tracer returns EINTR when it arrives.

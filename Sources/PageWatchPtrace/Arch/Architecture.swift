@@ -35,11 +35,42 @@ public protocol Architecture {
 
     static var syscalls: SyscallNumbers { get }
 
+    /// `AUDIT_ARCH_*` as seccomp's `seccomp_data.arch` reports it.
+    static var auditArch: UInt32 { get }
+    /// Numbers of the calls in `Syscall` and `Syscall.neverWritesUserMemory`, by name.
+    static var syscallNumbers: [String: Int64] { get }
+    /// Sizes of the kernel structures syscalls copy out.
+    static var layout: ABILayout { get }
+    /// Registers that make the thread execute its syscall instruction again
+    /// (after PageWatch ran code at a syscall-entry stop, abandoning the call).
+    static func rewindingSyscall(_ regs: Registers) -> Registers
+    static func settingSyscallArgument(_ regs: Registers, _ index: Int, to value: UInt64) -> Registers
+
     /// For a thread blocked in syscall `number(arguments)`: the user memory
     /// the kernel writes if the call is interrupted (nanosleep's remaining
     /// time, select's timeout), or nil when PageWatch does not know the call
     /// and must not interrupt it while memory is armed (hazard 1).
     static func memoryWrittenOnInterruption(number: Int64, arguments: [UInt64]) -> [AddressRange]?
+}
+
+/// Sizes, in bytes, of the user structures the kernel writes, for one ABI.
+public struct ABILayout: Sendable {
+    public var stat, statfs, statx, utsname, sysinfo, rusage, rlimit, kernelSigaction, stackT: UInt64
+    public var timespec, timeval, itimerval, itimerspec, siginfo, epollEvent, pollfd, ioEvent, flock: UInt64
+    public var tms, iovec, msghdr, mmsghdr, pointer: UInt64
+}
+
+extension Architecture {
+    public static func number(_ call: Syscall) -> Int64? { syscallNumbers[call.rawValue] }
+
+    /// Number → name, for the calls PageWatch handles.
+    public static func syscall(number: Int64) -> Syscall? { syscallsByNumber[number] }
+
+    static var syscallsByNumber: [Int64: Syscall] {
+        var map: [Int64: Syscall] = [:]
+        for c in Syscall.allCases { if let n = number(c) { map[n] = c } }
+        return map
+    }
 }
 
 /// The syscall numbers the engine injects or interprets.

@@ -1,0 +1,42 @@
+/// The syscalls PageWatch knows by name. Each architecture maps its numbers
+/// to these (`Architecture.syscall(number:)`); generic code never uses numbers.
+public enum Syscall: String, CaseIterable, Sendable {
+    // Memory management (hazard 5).
+    case mmap, munmap, mprotect, pkey_mprotect, mremap, brk, madvise, shmat, shmdt
+    // Copy-out to user memory (hazard 1).
+    case read, pread64, readv, preadv, preadv2, recvfrom, recvmsg, recvmmsg, getrandom, pipe, pipe2
+    case socketpair, wait4, waitid, fstat, stat, lstat, newfstatat, statx, statfs, fstatfs, getdents64
+    case getdents, getcwd, readlink, readlinkat, uname, sysinfo, getrusage, getrlimit, prlimit64, times
+    case rt_sigaction, rt_sigprocmask, sigaltstack, rt_sigtimedwait, rt_sigpending, clock_gettime
+    case clock_getres, clock_nanosleep, nanosleep, gettimeofday, poll, ppoll, select, pselect6
+    case epoll_wait, epoll_pwait, epoll_pwait2, accept, accept4, getsockname, getpeername, getsockopt
+    case ioctl, io_getevents, sched_getaffinity, futex, process_vm_readv, getitimer, setitimer
+    case mincore, get_robust_list, sched_getparam, getresuid, getresgid, getgroups, capget, time
+    case sendmmsg, sendfile, splice, timer_gettime, timerfd_gettime, timerfd_settime, fcntl
+    case get_mempolicy, getcpu, arch_prctl, prctl, shmctl, msgrcv, semctl, msgctl
+    // Threads, processes, images.
+    case clone, clone3, fork, vfork, execve, execveat, rseq, exit, exit_group, seccomp, set_robust_list
+    case restart_syscall
+}
+
+extension Syscall {
+    /// Calls that never write user memory, so the seccomp filter lets them
+    /// run without a stop. Everything not listed here and not in `Syscall`
+    /// is traced as unknown and checked for EFAULT at its exit.
+    public static let neverWritesUserMemory: Set<String> = [
+        "write", "close", "lseek", "pwrite64", "writev", "pwritev", "pwritev2", "access", "faccessat",
+        "faccessat2", "open", "openat", "openat2", "creat", "dup", "dup2", "dup3", "sched_yield", "pause",
+        "alarm", "getpid", "getppid", "gettid", "getuid", "geteuid", "getgid", "getegid", "getpgrp",
+        "getpgid", "getsid", "setpgid", "setsid", "setuid", "setgid", "setreuid", "setregid", "setresuid",
+        "setresgid", "kill", "tkill", "tgkill", "socket", "connect", "bind", "listen", "shutdown", "sendto",
+        "sendmsg", "setsockopt", "fsync", "fdatasync", "ftruncate", "truncate", "rename", "renameat",
+        "renameat2", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "link", "linkat", "symlink",
+        "symlinkat", "chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat", "umask",
+        "chdir", "fchdir", "sync", "syncfs", "set_tid_address", "sched_setaffinity", "setpriority",
+        "getpriority", "eventfd2", "epoll_create1", "epoll_ctl", "inotify_init1", "inotify_add_watch",
+        "inotify_rm_watch", "timerfd_create", "memfd_create", "fadvise64", "fallocate", "mlock", "munlock",
+        "mlockall", "munlockall", "membarrier", "flock", "msync", "utimensat", "rt_sigreturn",
+        "rt_sigqueueinfo", "rt_tgsigqueueinfo", "sched_setscheduler", "sched_setparam", "sched_getscheduler",
+        "signalfd4", "close_range", "pidfd_open", "pidfd_send_signal", "mount", "umount2", "sethostname",
+    ]
+}
