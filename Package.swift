@@ -38,7 +38,7 @@ let package = Package(
         .target(name: "PageWatchAddressSpace"),
         .target(name: "PageWatchPtrace", dependencies: ["CPtrace", "PageWatchAddressSpace"]),
         .target(name: "PageWatchEngine", dependencies: ["PageWatchPtrace", "PageWatchAddressSpace"]),
-        .target(name: "PageWatchReport", dependencies: ["PageWatchEngine", "PageWatchAddressSpace"]),
+        .target(name: "PageWatchReport", dependencies: ["PageWatchEngine", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .executableTarget(
             name: "pagewatch",
             dependencies: [

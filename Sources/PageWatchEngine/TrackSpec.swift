@@ -93,7 +93,8 @@ public struct Selection: Sendable, CustomStringConvertible {
             }
             if whole { return [mapping.range] }
         }
-        return pieces
+        // Several ranges may overlap: sorted and disjoint, as callers walk them in order.
+        return PageSet(pieces).ranges
     }
 }
 

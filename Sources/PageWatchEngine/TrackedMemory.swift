@@ -127,6 +127,24 @@ public struct TrackedMemory: Sendable {
         regions = built
     }
 
+    /// The calls that arm the whole region containing `a` (its pinned pages
+    /// excepted), used to merge its VMAs back at vm.max_map_count (hazard 12).
+    public func rearmRegionPlan(containing a: RemoteAddress) -> [ProtectionChange]? {
+        guard let r = regionIndex(containing: a) else { return nil }
+        var rest = PageSet([regions[r].range])
+        for p in pinned.intersection(regions[r].range).ranges { rest.remove(p) }
+        return rest.ranges.map { ProtectionChange(range: $0, protection: regions[r].protection.armed) }
+    }
+
+    /// Marks the region containing `a` armed (its pinned pages excepted), keeping dirty bits.
+    public mutating func markRegionArmedKeepingDirty(containing a: RemoteAddress) {
+        guard let r = regionIndex(containing: a) else { return }
+        let range = regions[r].range
+        for i in 0..<Int(range.pageCount) where !pinned.contains(regions[r].address(ofPage: i)) {
+            regions[r].armed[i] = true
+        }
+    }
+
     /// Pins `range`: its pages are never armed again. Returns the armed pages
     /// that must be made writable now.
     public mutating func pin(_ range: AddressRange) -> [ProtectionChange] {

@@ -31,8 +31,12 @@ struct ThreadState {
     /// The page of a fault resumed without unprotecting anything (hazard 11);
     /// a second fault there from this thread is not PageWatch's (hazard 14).
     var lastSuppressedFault: RemoteAddress?
+    var suppressedRepeats = 0
     /// Signals that arrived while PageWatch ran code in this thread (hazard 16).
     var held: [HeldSignal] = []
+    /// At an event stop inside a syscall (clone, fork, exec): the value that
+    /// call returns, which an injection must put back (see `RemoteSyscall.run`).
+    var completingSyscall: Int64?
 }
 
 /// The tracking engine for `pagewatch run`: launches the program, keeps its
@@ -139,10 +143,12 @@ public final class Tracker {
         case .event(_, .clone):
             let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
             if threads[child] == nil { threads[child] = ThreadState() }
+            threads[tid]?.completingSyscall = Int64(child)
             try noteClone(parent: tid)
             try sweepIfPending(in: tid)
             try resume(tid)
         case .event(_, .exec):
+            threads[tid]?.completingSyscall = 0
             try startImage(tid: tid)
             try resume(tid)
         case .event:
@@ -182,9 +188,10 @@ public final class Tracker {
         if pendingSweep != nil || !frame.isEmpty {
             // Keep the program's signal with its siginfo across our injections.
             let own = try Ptrace.holdSignal(tid)
-            for page in frame.ranges { try unarmRange(page, tid: tid) }
             try learnRseq(tid)
+            // The sweep first: it re-arms pages, and the frame's must stay writable.
             try sweepIfPending(in: tid)
+            for range in try signalFrameArmedPages(sig, tid: tid).ranges { try unarmRange(range, tid: tid) }
             threads[tid]?.held.insert(own, at: 0)
             try resume(tid)
             return
@@ -214,13 +221,13 @@ public final class Tracker {
     /// The largest signal frame the kernel builds here: AT_MINSIGSTKSZ from
     /// the auxiliary vector (xsave state + rt_sigframe), plus alignment slack.
     lazy var signalFrameSize: UInt64 = {
-        let minimum = (try? ProcFS.auxiliaryValue(pid: pid, key: 51)) ?? nil  // AT_MINSIGSTKSZ
+        let minimum = (try? ProcFS.auxiliaryValue(pid: liveThread(), key: 51)) ?? nil  // AT_MINSIGSTKSZ
         return max(minimum ?? 0, 4096) + 256
     }()
 
     /// SigCgt of /proc/PID/status: the signals with a handler.
     func caughtSignals() throws -> UInt64 {
-        let status = try ProcFS.read("/proc/\(pid)/status", pid: pid)
+        let status = try ProcFS.read("/proc/\(liveThread())/status", pid: pid)
         guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigCgt:") }),
               let mask = UInt64(line.dropFirst(7).trimmingPrefix(while: { $0 == " " || $0 == "\t" }), radix: 16)
         else { return 0 }
@@ -256,12 +263,22 @@ public final class Tracker {
             return true
         case .writable(let protection):
             // Another thread got there first (hazard 11): just retry the write.
-            // Twice in a row at the same page, the fault is not ours (hazard 14).
-            guard protection.contains(.write), threads[tid]?.lastSuppressedFault != page else {
+            // At the same page again, make sure the kernel has the program's
+            // protection there; a third time the fault is not ours (hazard 14).
+            guard protection.contains(.write) else { return false }
+            var state = threads[tid] ?? ThreadState()
+            let repeats: Int
+            if state.lastSuppressedFault == page { repeats = state.suppressedRepeats + 1 } else { repeats = 0 }
+            state.lastSuppressedFault = page
+            state.suppressedRepeats = repeats
+            threads[tid] = state
+            if repeats >= 2 {
                 threads[tid]?.lastSuppressedFault = nil
                 return false
             }
-            threads[tid]?.lastSuppressedFault = page
+            if repeats == 1 {
+                try protect(AddressRange(start: page, end: page + Page.size), protection, tid: tid)
+            }
             faultsThisInterval += 1
             totalFaults += 1
             try resume(tid)
@@ -275,23 +292,44 @@ public final class Tracker {
         do {
             try protect(range, protection, tid: tid)
             memory.markWritten(page)
+            return
         } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
-            // vm.max_map_count reached (hazard 12): un-arm the whole region,
-            // which merges its VMAs, and count all of it dirty.
-            if let whole = memory.markRegionWritten(containing: page) {
-                try protect(whole.range, whole.protection, tid: tid)
+            // vm.max_map_count reached (hazard 12): every page made writable
+            // inside an armed range split a VMA. Below: re-arm the whole
+            // region early, keeping its dirty bits (the report stays exact),
+            // which merges its VMAs back into one; then try again.
+        }
+        if let plan = memory.rearmRegionPlan(containing: page) {
+            do {
+                for change in plan { try protect(change.range, change.protection, tid: tid) }
+                memory.markRegionArmedKeepingDirty(containing: page)
+                try protect(range, protection, tid: tid)
+                memory.markWritten(page)
+                return
+            } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
+                // Still no room: fall through to the last resort.
             }
+        }
+        try unarmRegion(containing: page, tid: tid)
+    }
+
+    /// The last resort at vm.max_map_count: the region's program protection
+    /// everywhere (one VMA again), every page dirty until the next sweep.
+    func unarmRegion(containing page: RemoteAddress, tid: Int32) throws {
+        if let whole = memory.markRegionWritten(containing: page) {
+            try protect(whole.range, whole.protection, tid: tid)
         }
     }
 
     func protect(_ range: AddressRange, _ protection: Protection, tid: Int32) throws {
         guard let injector else { return }
-        let held = try injector.mprotect(range, protection, in: tid)
+        let held = try injector.mprotect(range, protection, in: tid, completing: threads[tid]?.completingSyscall)
         threads[tid]?.held.append(contentsOf: held)
     }
 
     /// Resumes a stopped thread, first delivering anything held for it.
     func resume(_ tid: Int32) throws {
+        threads[tid]?.completingSyscall = nil
         guard var state = threads[tid], !state.held.isEmpty else {
             try Ptrace.cont(tid)
             return
@@ -315,11 +353,16 @@ public final class Tracker {
             // A non-leader thread exec'd: it takes over the leader's pid.
             threads[tid] = nil
         }
+        let completing = threads[pid]?.completingSyscall ?? threads[tid]?.completingSyscall ?? 0
         threads = [pid: threads[pid] ?? ThreadState()]
         threads[pid]?.rseqKnown = false
+        threads[pid]?.completingSyscall = completing
         memory.reset()
         stackAnchors = []
-        injector = try RemoteSyscall.bootstrap(in: pid)
+        faultsThisInterval = 0
+        let (gadget, held) = try RemoteSyscall.bootstrap(in: pid, completing: completing)
+        injector = gadget
+        threads[pid]?.held.append(contentsOf: held)
         if sweeps > 0 || totalFaults > 0 {
             let path = ProcFS.executable(of: pid) ?? config.command[0]
             emit(.exec(pid: pid, path: path, timeNs: wallClockNs()))
@@ -337,7 +380,7 @@ public final class Tracker {
         var tidWords: [UInt64] = []
         if nr == Arch.syscalls.clone3 {
             // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size
-            let raw = try Ptrace.readMemory(pid, RemoteAddress(args[0]), count: 56)
+            let raw = try Ptrace.readMemory(parent, RemoteAddress(args[0]), count: 56)
             guard raw.count == 56 else { return }
             let word = { (i: Int) in raw[(i * 8)..<(i * 8 + 8)].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << UInt64(8 * $1.offset) } }
             tidWords = [word(2), word(3)]
@@ -377,6 +420,13 @@ public final class Tracker {
         try pin(area.range.pageAligned, tid: tid)
         try resume(tid)
         return true
+    }
+
+    /// A thread to name in /proc paths: the main thread may have exited (pthread_exit).
+    func liveThread() -> Int32 {
+        if let main = threads[pid], !main.exiting { return pid }
+        for (tid, state) in threads where !state.exiting { return tid }
+        return threads.keys.first ?? pid
     }
 
     func threadGone(_ tid: Int32) {
@@ -452,6 +502,8 @@ public final class Tracker {
     /// writes after their re-arm fault and are handled after this sweep.
     func sweep(reason: SweepReason, in tid: Int32) throws {
         pendingSweep = nil
+        // Re-armed pages may fault again legitimately: forget the race markers (hazards 11, 14).
+        for t in threads.keys { threads[t]?.lastSuppressedFault = nil }
         try refreshMaps()
         let dirty = memory.dirtyPages()
         for change in memory.rearmPlan() {
@@ -459,9 +511,10 @@ public final class Tracker {
                 try protect(change.range, change.protection, tid: tid)
                 memory.markArmed(change.range)
             } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
-                // vm.max_map_count (hazard 12): leave these pages writable and
-                // dirty; they are reported again next sweep (never missed).
-                continue
+                // vm.max_map_count (hazard 12), possibly applied in part: give
+                // the region its program protection everywhere; its pages stay
+                // dirty and are reported again next sweep (never missed).
+                try unarmRegion(containing: change.range.start, tid: tid)
             }
         }
         memory.clearPinnedDirty()
@@ -486,7 +539,8 @@ public final class Tracker {
     /// Re-reads `/proc/PID/maps`: new selected mappings become tracked (and
     /// dirty), vanished ones are forgotten.
     func refreshMaps() throws {
-        let maps = try ProcFS.maps(of: pid)
+        // Through a live thread: once the main thread has exited, /proc/PID/maps is empty.
+        let maps = try ProcFS.maps(of: liveThread())
         memory.reconcile(maps: maps, selection: config.selection, stackAnchors: stackAnchors)
     }
 

@@ -23,8 +23,14 @@ public struct RemoteSyscall: Sendable {
     /// Runs `number(arguments)` in `tid`, which must be in a ptrace-stop from
     /// which it can run user code (not an exit stop, not a group-stop). On
     /// return the thread is stopped again with its registers exactly as before.
-    public func run(_ number: Int64, _ arguments: [UInt64], in tid: Int32) throws -> Outcome {
-        let saved = try Arch.readRegisters(tid: tid)
+    ///
+    /// At an event stop inside a syscall (clone, fork, exec) the kernel has
+    /// not yet stored that call's return value: running the gadget completes
+    /// the call, and the value it would have returned must be passed as
+    /// `completing` so the restored registers carry it.
+    public func run(_ number: Int64, _ arguments: [UInt64], in tid: Int32, completing: Int64? = nil) throws -> Outcome {
+        var saved = try Arch.readRegisters(tid: tid)
+        if let completing { saved = Arch.settingSyscallResult(saved, completing) }
         let prepared = Arch.preparingSyscall(saved, number: number, arguments: arguments, gadget: gadget)
         var restored = false
         defer {
@@ -71,41 +77,43 @@ public struct RemoteSyscall: Sendable {
 
     /// Runs a call and throws `TraceError.remoteSyscall` when it returns -errno.
     public func call(_ name: String, _ number: Int64, _ arguments: [UInt64], in tid: Int32,
-                     address: RemoteAddress? = nil) throws -> (value: UInt64, held: [HeldSignal]) {
-        let o = try run(number, arguments, in: tid)
+                     address: RemoteAddress? = nil, completing: Int64? = nil) throws -> (value: UInt64, held: [HeldSignal]) {
+        let o = try run(number, arguments, in: tid, completing: completing)
         if o.value < 0 && o.value > -4096 {
             throw TraceError.remoteSyscall(name, Errno(Int32(-o.value)), tid: tid, address: address)
         }
         return (UInt64(bitPattern: o.value), o.heldSignals)
     }
 
-    public func mprotect(_ range: AddressRange, _ protection: Protection, in tid: Int32) throws -> [HeldSignal] {
-        try call("mprotect", Arch.syscalls.mprotect,
-                 [range.start.value, range.length, UInt64(protection.rawValue)], in: tid, address: range.start).held
+    public func mprotect(_ range: AddressRange, _ protection: Protection, in tid: Int32,
+                         completing: Int64? = nil) throws -> [HeldSignal] {
+        try call("mprotect", Arch.syscalls.mprotect, [range.start.value, range.length, UInt64(protection.rawValue)],
+                 in: tid, address: range.start, completing: completing).held
     }
 
     /// Places the gadget in the tracee: borrows the bytes at the thread's
     /// instruction pointer to run one `mmap` of a private read+exec page, puts
     /// the bytes back, and writes the gadget into the new page.
-    public static func bootstrap(in tid: Int32) throws -> RemoteSyscall {
+    public static func bootstrap(in tid: Int32, completing: Int64? = nil) throws -> (RemoteSyscall, [HeldSignal]) {
         let regs = try Arch.readRegisters(tid: tid)
         let ip = Arch.instructionPointer(regs)
         let original = try Ptrace.peek(tid, ip)
         try Ptrace.pokeBytes(tid, ip, Arch.syscallGadget)
         let page: UInt64
+        let held: [HeldSignal]
         do {
             defer { try? Ptrace.poke(tid, ip, original) }
             let borrowed = RemoteSyscall(gadget: ip)
             let prot = UInt64((Protection.read.union(.execute)).rawValue)
             let mapPrivateAnonymous: UInt64 = 0x02 | 0x20
             let r = try borrowed.call("mmap", Arch.syscalls.mmap,
-                                      [0, Page.size, prot, mapPrivateAnonymous, UInt64(bitPattern: -1), 0], in: tid)
+                                      [0, Page.size, prot, mapPrivateAnonymous, UInt64(bitPattern: -1), 0], in: tid,
+                                      completing: completing)
             page = r.value
-            // Signals held during the bootstrap are re-raised by the caller's
-            // normal delivery; there is none this early in practice.
+            held = r.held  // the caller delivers them when it resumes the thread
         }
         try Ptrace.pokeBytes(tid, RemoteAddress(page), Arch.syscallGadget)
-        return RemoteSyscall(gadget: RemoteAddress(page))
+        return (RemoteSyscall(gadget: RemoteAddress(page)), held)
     }
 
     /// Removes the scratch page (for detach).

@@ -63,6 +63,9 @@ import PageWatchAddressSpace
         #expect(picks(Selection([.file("/usr/bin/x")]), data) && !picks(Selection([.file("/usr/bin/y")]), data))
         let range = Selection([.range(AddressRange(0x11000, 0x20800))])
         #expect(range.selectedPart(of: anon, protection: rw, isThreadStack: false) == [AddressRange(0x11000, 0x12000)])
-        #expect(range.selectedPart(of: data, protection: rw, isThreadStack: false) == [AddressRange(0x20000, 0x20800)])
+        // Pieces are whole pages, sorted and disjoint.
+        #expect(range.selectedPart(of: data, protection: rw, isThreadStack: false) == [AddressRange(0x20000, 0x21000)])
+        let overlapping = Selection([.range(AddressRange(0x11000, 0x12000)), .range(AddressRange(0x10000, 0x11800))])
+        #expect(overlapping.selectedPart(of: anon, protection: rw, isThreadStack: false) == [AddressRange(0x10000, 0x12000)])
     }
 }

@@ -65,7 +65,7 @@ import PageWatchAddressSpace
 
     @Test func remoteGetpidReturnsTheTraceesPid() throws {
         let pid = try Launcher.launch([Self.fixture("fx_exit3")], options: Self.options, emptySignalMask: true)
-        let injector = try RemoteSyscall.bootstrap(in: pid)
+        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
         let before = try Arch.readRegisters(tid: pid)
         let r = try injector.call("getpid", Arch.syscalls.getpid, [], in: pid)
         #expect(Int32(r.value) == pid)
@@ -77,7 +77,7 @@ import PageWatchAddressSpace
 
     @Test func remoteMprotectShowsInMaps() throws {
         let pid = try Launcher.launch([Self.fixture("fx_exit3")], options: Self.options, emptySignalMask: true)
-        let injector = try RemoteSyscall.bootstrap(in: pid)
+        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
         let rw = UInt64(Protection([.read, .write]).rawValue)
         let page = try injector.call("mmap", Arch.syscalls.mmap,
                                      [0, 2 * Page.size, rw, 0x22, UInt64(bitPattern: -1), 0], in: pid).value
@@ -105,7 +105,7 @@ import PageWatchAddressSpace
         let pid = try Launcher.launch([Self.fixture("fx_blocked_read")], options: Self.options,
                                       standardInput: input[0], standardOutput: output[1], emptySignalMask: true)
         close(input[0]); close(output[1])
-        let injector = try RemoteSyscall.bootstrap(in: pid)
+        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
         try Ptrace.cont(pid)
         try interruptWhenBlocked(pid, in: [0])  // read
         let regs = try Arch.readRegisters(tid: pid)
@@ -129,7 +129,7 @@ import PageWatchAddressSpace
         let pid = try Launcher.launch([Self.fixture("fx_sleeper")], options: Self.options,
                                       standardOutput: output[1], emptySignalMask: true)
         close(output[1])
-        let injector = try RemoteSyscall.bootstrap(in: pid)
+        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
         try Ptrace.cont(pid)
         try interruptWhenBlocked(pid, in: [35, 230])  // nanosleep, clock_nanosleep
         let r = try injector.call("getpid", Arch.syscalls.getpid, [], in: pid)
@@ -146,7 +146,7 @@ import PageWatchAddressSpace
         let pid = try Launcher.launch([Self.fixture("fx_sleeper")], options: Self.options,
                                       standardOutput: output[1], emptySignalMask: true)
         close(output[1])
-        let injector = try RemoteSyscall.bootstrap(in: pid)
+        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
         // A signal queued while the thread is stopped is either held by the
         // injection (dequeued before the gadget ran) or still pending in the
         // kernel (the int3's SIGTRAP is dequeued first, being synchronous).

@@ -44,6 +44,8 @@ public protocol Architecture {
     /// Registers that make the thread execute its syscall instruction again
     /// (after PageWatch ran code at a syscall-entry stop, abandoning the call).
     static func rewindingSyscall(_ regs: Registers) -> Registers
+    /// Registers with the syscall's return value set (x86_64 rax).
+    static func settingSyscallResult(_ regs: Registers, _ value: Int64) -> Registers
     static func settingSyscallArgument(_ regs: Registers, _ index: Int, to value: UInt64) -> Registers
 
     /// For a thread blocked in syscall `number(arguments)`: the user memory

@@ -116,6 +116,12 @@ public enum X86_64: Architecture {
         return Registers(raw: r)
     }
 
+    public static func settingSyscallResult(_ regs: Registers, _ value: Int64) -> Registers {
+        var r = regs.raw
+        r.rax = UInt64(bitPattern: value)
+        return Registers(raw: r)
+    }
+
     public static func settingSyscallArgument(_ regs: Registers, _ index: Int, to value: UInt64) -> Registers {
         var r = regs.raw
         switch index {
@@ -132,7 +138,7 @@ public enum X86_64: Architecture {
     /// Blocking calls that write no user memory when interrupted and restarted.
     static let quietWhenInterrupted: Set<Int64> = [
         0, 1, 17, 18, 19, 20,  // read, write, pread64, pwrite64, readv, writev
-        7, 34, 42, 43, 44, 45, 46, 47, 61, 72, 73,  // poll, pause, connect, accept, sendto, recvfrom, sendmsg, recvmsg, wait4, fcntl, flock
+        34, 42, 43, 44, 45, 46, 47, 61, 72, 73,  // pause, connect, accept, sendto, recvfrom, sendmsg, recvmsg, wait4, fcntl, flock
         128, 130, 202, 232, 247, 257, 281, 288, 299, 441,
         // rt_sigtimedwait, rt_sigsuspend, futex, epoll_wait, waitid, openat, epoll_pwait, accept4, recvmmsg, epoll_pwait2
     ]
@@ -149,7 +155,9 @@ public enum X86_64: Architecture {
         case 23, 270:  // select / pselect6: the fd sets and the timeout are written back
             let setBytes = (a[0] + 63) / 64 * 8
             return block(a[1], setBytes) + block(a[2], setBytes) + block(a[3], setBytes) + block(a[4], timespecSize)
-        case 271: return block(a[2], timespecSize)  // ppoll's timeout
+        // poll writes revents back even when interrupted; ppoll also its timeout.
+        case 7: return block(a[0], a[1] * 8)
+        case 271: return block(a[0], a[1] * 8) + block(a[2], timespecSize)
         default: return nil
         }
     }
