@@ -87,6 +87,13 @@ public struct TrackedMemory: Sendable {
         var old = 0  // cursor into regions, which are sorted like maps
 
         for group in MappingGroup.group(maps) {
+            if group.mapping.isMainStack {
+                // The kernel grows [stack] by extending its lowest VMA, with
+                // that VMA's protection: were its lowest page armed, the new
+                // pages would be read-only too and the program's first push
+                // there a fatal fault. The lowest page is never armed.
+                pinned.insert(page: group.mapping.range.start)
+            }
             let isThreadStack = stackAnchors.contains { group.mapping.range.contains($0) }
             for entry in group.entries {
                 var probe = group.mapping
@@ -108,7 +115,7 @@ public struct TrackedMemory: Sendable {
                                 dirty = r.dirty[i]
                             }
                         }
-                        if intended.contains(.write) {
+                        if intended.contains(.write) || (old < regions.count && regions[old].range.contains(page) && intended == regions[old].protection) {
                             if let last = built.last, last.range.end == page, last.protection == intended {
                                 built[built.count - 1].append(armed: armed, dirty: dirty)
                             } else {
@@ -182,7 +189,7 @@ public struct TrackedMemory: Sendable {
     /// the VMAs the faults split merge back (hazard 12).
     public func rearmPlan() -> [ProtectionChange] {
         var plan: [ProtectionChange] = []
-        for r in regions where r.dirty.setCount > 0 {
+        for r in regions where r.dirty.setCount > 0 && r.protection.contains(.write) {
             let runs = r.dirty.runs()
             let span = r.range(ofPages: runs.first!.lowerBound..<runs.last!.upperBound)
             var rest = PageSet([span])
@@ -206,6 +213,13 @@ public struct TrackedMemory: Sendable {
         }
     }
 
+    /// After a sweep: pages the program keeps read-only cannot be written
+    /// until it makes them writable again (which arms them), so their dirty
+    /// bits, reported now, are cleared without re-arming.
+    public mutating func clearReadOnlyDirty() {
+        for i in regions.indices where !regions[i].protection.contains(.write) { regions[i].dirty.clearAll() }
+    }
+
     /// Clears the dirty bits of pinned pages once a sweep has reported them.
     public mutating func clearPinnedDirty() {
         for p in pinned.ranges {
@@ -215,6 +229,131 @@ public struct TrackedMemory: Sendable {
                 for i in lo..<hi { regions[r].dirty[i] = false }
             }
         }
+    }
+
+    // MARK: - Edits for the program's own memory syscalls (hazard 5)
+
+    /// Makes a region boundary at `a` (splitting the region containing it).
+    mutating func split(at a: RemoteAddress) {
+        guard let r = regionIndex(containing: a), regions[r].range.start != a else { return }
+        let old = regions[r]
+        let cut = old.index(of: a)
+        var left = TrackedRegion(range: AddressRange(start: old.range.start, end: a), protection: old.protection)
+        var right = TrackedRegion(range: AddressRange(start: a, end: old.range.end), protection: old.protection)
+        for i in 0..<Int(old.range.pageCount) {
+            if i < cut {
+                left.armed[i] = old.armed[i]; left.dirty[i] = old.dirty[i]
+            } else {
+                right.armed[i - cut] = old.armed[i]; right.dirty[i - cut] = old.dirty[i]
+            }
+        }
+        regions.replaceSubrange(r...r, with: [left, right])
+    }
+
+    /// Indices of the regions inside `range`, after splitting at its ends.
+    mutating func isolate(_ range: AddressRange) -> Range<Int> {
+        split(at: range.start)
+        split(at: range.end)
+        let lo = regions.firstIndex { $0.range.end > range.start } ?? regions.count
+        var hi = lo
+        while hi < regions.count && regions[hi].range.start < range.end { hi += 1 }
+        return lo..<hi
+    }
+
+    /// munmap: the pages are gone.
+    public mutating func forget(_ range: AddressRange) {
+        let r = range.pageAligned
+        regions.removeSubrange(isolate(r))
+    }
+
+    /// Tracks `range` afresh with the given state (replacing what was there).
+    public mutating func insert(_ range: AddressRange, protection: Protection, armed: Bool, dirty: Bool) {
+        let r = range.pageAligned
+        forget(r)
+        var region = TrackedRegion(range: r, protection: protection)
+        if armed { region.armed.setAll() }
+        if dirty { region.dirty.setAll() }
+        let at = regions.firstIndex { $0.range.start > r.start } ?? regions.count
+        regions.insert(region, at: at)
+    }
+
+    /// The program's mprotect on tracked pages: their protection becomes
+    /// `protection`; with `armAll` (PageWatch ran the call without write)
+    /// every page is armed, dirty bits kept.
+    public mutating func setProtection(_ range: AddressRange, _ protection: Protection, armAll: Bool) {
+        for i in isolate(range.pageAligned) {
+            regions[i].protection = protection
+            if !protection.contains(.write) {
+                // Read-only to the program itself: nothing PageWatch armed;
+                // dirty bits are kept (written before) and the page stays
+                // known, so making it writable again is no new mapping.
+                regions[i].armed.clearAll()
+            } else if armAll {
+                for p in 0..<Int(regions[i].range.pageCount) where !pinned.contains(regions[i].address(ofPage: p)) {
+                    regions[i].armed[p] = true
+                }
+            }
+        }
+    }
+
+    /// madvise(MADV_DONTNEED/FREE/REMOVE): the contents changed without a store.
+    public mutating func markDirty(_ range: AddressRange) {
+        for i in regions.indices where regions[i].range.overlaps(range) {
+            let x = regions[i].range.intersection(range.pageAligned)!
+            for p in regions[i].index(of: x.start)..<regions[i].index(of: RemoteAddress(x.end.value - 1)) + 1 {
+                regions[i].dirty[p] = true
+            }
+        }
+    }
+
+    /// Armed pages of `range`, as the changes that un-arm them.
+    public func armedPieces(in range: AddressRange) -> [ProtectionChange] {
+        var out: [ProtectionChange] = []
+        for r in regions where r.range.overlaps(range) {
+            let x = r.range.intersection(range.pageAligned)!
+            let lo = r.index(of: x.start), hi = r.index(of: RemoteAddress(x.end.value - 1)) + 1
+            var i = lo
+            while i < hi {
+                if r.armed[i] {
+                    var j = i
+                    while j < hi && r.armed[j] { j += 1 }
+                    out.append(ProtectionChange(range: r.range(ofPages: i..<j), protection: r.protection))
+                    i = j
+                } else { i += 1 }
+            }
+        }
+        return out
+    }
+
+    /// Tracked parts of `range`, with their regions' protections.
+    public func trackedPieces(in range: AddressRange) -> [ProtectionChange] {
+        regions.compactMap { r in
+            r.range.intersection(range.pageAligned).map { ProtectionChange(range: $0, protection: r.protection) }
+        }
+    }
+
+    /// After PageWatch armed `range` itself: armed, dirty bits kept (a new mapping stays dirty).
+    public mutating func markArmedKeepingDirty(_ range: AddressRange) {
+        for i in regions.indices where regions[i].range.overlaps(range) {
+            let x = regions[i].range.intersection(range)!
+            for p in regions[i].index(of: x.start)..<regions[i].index(of: RemoteAddress(x.end.value - 1)) + 1
+            where !pinned.contains(regions[i].address(ofPage: p)) {
+                regions[i].armed[p] = true
+            }
+        }
+    }
+
+    /// Whether the armed state is the same for every tracked page of `range`.
+    public func isUniform(_ range: AddressRange) -> Bool {
+        var seen: Bool?
+        for r in regions where r.range.overlaps(range) {
+            let x = r.range.intersection(range.pageAligned)!
+            for p in r.index(of: x.start)..<r.index(of: RemoteAddress(x.end.value - 1)) + 1 {
+                if let s = seen, s != r.armed[p] { return false }
+                seen = r.armed[p]
+            }
+        }
+        return true
     }
 
     /// Forgets everything (exec replaced the address space).
@@ -264,9 +403,10 @@ struct MappingGroup {
         for m in maps {
             if var last = out.last, last.mapping.range.end == m.range.start,
                last.mapping.isPrivate == m.isPrivate, last.mapping.inode == m.inode,
-               last.mapping.path == m.path, last.mapping.device == m.device,
+               samePath(last.entries.last!.path, m.path), last.mapping.device == m.device,
                last.entries.last!.protection.union(.write) == m.protection.union(.write) {
                 last.mapping.range = AddressRange(start: last.mapping.range.start, end: m.range.end)
+                if m.path == "[stack]" { last.mapping.path = m.path }
                 last.entries.append(m)
                 out[out.count - 1] = last
             } else {
@@ -274,5 +414,11 @@ struct MappingGroup {
             }
         }
         return out
+    }
+
+    /// The kernel labels only the piece of the main stack that holds the
+    /// initial stack pointer `[stack]`; its other pieces show no path.
+    static func samePath(_ a: String, _ b: String) -> Bool {
+        a == b || (a == "[stack]" && b.isEmpty) || (a.isEmpty && b == "[stack]")
     }
 }

@@ -37,6 +37,18 @@ struct ThreadState {
     /// At an event stop inside a syscall (clone, fork, exec): the value that
     /// call returns, which an injection must put back (see `RemoteSyscall.run`).
     var completingSyscall: Int64?
+    /// At a syscall-entry (seccomp) stop: the registers there. An injection
+    /// abandons the call, so the thread is then rewound to run it again.
+    var entryRegisters: HostArchitecture.Registers?
+    var injectedAtEntry = false
+    /// Sent to the call's exit with PTRACE_SYSCALL, for this.
+    var pendingExit: PendingSyscallExit?
+    var unknownAttempt = 0
+    /// Its sigaltstack (hazard 2, SA_ONSTACK handlers).
+    var altStack: AddressRange?
+    /// A vfork child: another process, but sharing this address space
+    /// until it execs or exits (hazard 7).
+    var vforkChild = false
 }
 
 /// The tracking engine for `pagewatch run`: launches the program, keeps its
@@ -61,6 +73,15 @@ public final class Tracker {
     var finalSweepDone = false
     var end: ProgramEnd?
     var timer: SweepTimer?
+    /// Signals whose handler runs on the sigaltstack (SA_ONSTACK).
+    var onStackSignals: UInt64 = 0
+    /// Descendant processes that are not tracked but must stay traced for
+    /// their whole life (the seccomp filter, hazard 8), by tid.
+    var untracked: Set<Int32> = []
+    /// fork/vfork children by pid, from their parent's event, until their first stop.
+    var newChildren: [Int32: PtraceEvent] = [:]
+    /// New tasks whose first stop came before their parent's event.
+    var unclassified: Set<Int32> = []
     /// The program runs and the start record is out.
     public private(set) var started = false
 
@@ -69,11 +90,12 @@ public final class Tracker {
         self.emit = emit
     }
 
-    static let options: TraceOptions = [.exitKill, .traceSysGood, .traceClone, .traceExec, .traceExit]
+    static let options: TraceOptions = [.exitKill, .traceSysGood, .traceClone, .traceExec, .traceExit,
+                                        .traceSeccomp, .traceFork, .traceVfork]
 
     /// Runs the program to its end. Throws when it cannot be started or traced.
     public func run() throws -> ProgramEnd {
-        pid = try Launcher.launch(config.command, options: Self.options)
+        pid = try Launcher.launch(config.command, options: Self.options, seccompFilter: Self.interceptionFilter())
         threads[pid] = ThreadState()
         try startImage(tid: pid)
         emit(.start(pid: pid, pageSize: Page.size, command: config.command,
@@ -98,18 +120,24 @@ public final class Tracker {
     // MARK: - The event loop
 
     func eventLoop() throws {
-        while end == nil {
-            if let t = timer, t.takeDue() {
-                if pendingSweep != nil {
-                    // The last interval's sweep found no thread to stop: report anyway.
-                    try reportOnlySweep(reason: .interval)
-                }
+        // Until the program ends, and then until every descendant has: they
+        // carry the seccomp filter and need their tracer (hazard 8).
+        while end == nil || !untracked.isEmpty || threads.values.contains(where: \.vforkChild) {
+            // Stops first: a thread waits for us at each one, and a pending
+            // sweep is served at the next of them.
+            var next = try Wait.poll(-1)
+            if next == nil, let t = timer, t.takeDue(), end == nil, pendingSweep == nil {
                 requestSweep(.interval)
+            }
+            if next == nil, pendingSweep != nil, !threads.values.contains(where: \.interruptPending) {
+                // No thread safe to stop: report now, re-arm at a later stop.
                 if !requestInterruptIfNeeded() { try reportOnlySweep(reason: .interval) }
             }
-            if timer != nil { setSignalBlocked(SweepTimer.signal, false) }
-            let next = try Wait.nextSpinning(-1)
-            if timer != nil { setSignalBlocked(SweepTimer.signal, true) }
+            if next == nil {
+                if timer != nil { setSignalBlocked(SweepTimer.signal, false) }
+                next = try Wait.nextSpinning(-1)
+                if timer != nil { setSignalBlocked(SweepTimer.signal, true) }
+            }
             guard let event = next else { continue }
             do {
                 try handle(event)
@@ -122,20 +150,31 @@ public final class Tracker {
         }
     }
 
+    /// PAGEWATCH_DEBUG=1: every stop and decision on stderr (for developers).
+    static let debug = getenv("PAGEWATCH_DEBUG") != nil
+
+    func trace(_ message: @autoclosure () -> String) {
+        guard Self.debug else { return }
+        let line = Array("pagewatch[debug] \(message())\n".utf8)
+        _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    }
+
     func handle(_ event: StopEvent) throws {
         let tid = event.tid
+        trace("\(event)")
+        if untracked.contains(tid) { return try handleUntracked(event) }
         if threads[tid] == nil, case .interruptStop = event {
-            // A new thread's first stop can come before its creator's clone event.
-            threads[tid] = ThreadState()
+            // A new task's first stop can come before its creator's event.
+            return try firstStopOfNewTask(tid)
         }
         switch event {
         case .exited(_, let code):
-            if tid == pid { finish(.exited(code: code)) } else { threadGone(tid) }
+            if tid == pid && end == nil { finish(.exited(code: code)) } else { threadGone(tid) }
         case .killed(_, let sig, _):
-            if tid == pid { finish(.killed(signal: sig)) } else { threadGone(tid) }
+            if tid == pid && end == nil { finish(.killed(signal: sig)) } else { threadGone(tid) }
         case .event(_, .exit):
             threads[tid]?.exiting = true
-            if threads.values.allSatisfy(\.exiting) && !finalSweepDone {
+            if threads.values.allSatisfy({ $0.exiting || $0.vforkChild }) && !finalSweepDone && threads[tid]?.vforkChild != true {
                 // The last thread: memory is still readable, nothing can run.
                 try finalSweep(reason: .exit)
             }
@@ -147,14 +186,33 @@ public final class Tracker {
             try noteClone(parent: tid)
             try sweepIfPending(in: tid)
             try resume(tid)
+        case .event(_, .exec) where threads[tid]?.vforkChild == true:
+            // The vfork child has its own address space now: untracked from here.
+            threads[tid] = nil
+            untracked.insert(tid)
+            try Ptrace.cont(tid)
         case .event(_, .exec):
             threads[tid]?.completingSyscall = 0
             try startImage(tid: tid)
+            try resume(tid)
+        case .event(_, .seccomp):
+            try handleSyscallEntry(tid: tid)
+        case .event(_, let kind) where kind == .fork || kind == .vfork:
+            let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
+            threads[tid]?.completingSyscall = Int64(child)
+            newChildren[child] = kind
+            if unclassified.remove(child) != nil { try firstStopOfNewTask(child) }
+            // Not after vfork: the parent runs no code of ours until the child
+            // execs or exits, and the child waits for us.
+            if kind == .fork { try sweepIfPending(in: tid) }
             try resume(tid)
         case .event:
             try sweepIfPending(in: tid)
             try resume(tid)
         case .interruptStop:
+            if Self.debug, let r = try? Arch.readRegisters(tid: tid) {
+                trace("  at \(Arch.instructionPointer(r)) syscall \(Arch.syscallNumber(r)) result \(Arch.syscallResult(r))")
+            }
             threads[tid]?.interruptPending = false
             threads[tid]?.inGroupStop = false
             try learnRseq(tid)
@@ -165,7 +223,14 @@ public final class Tracker {
             threads[tid]?.inGroupStop = true
             threads[tid]?.interruptPending = false
             try Ptrace.listen(tid)
-        case .syscallStop, .unknown:
+        case .syscallStop:
+            if let pending = threads[tid]?.pendingExit {
+                threads[tid]?.pendingExit = nil
+                try handleSyscallExit(tid: tid, pending)
+            } else {
+                try resume(tid)
+            }
+        case .unknown:
             try resume(tid)
         case .signalDelivery(_, let sig):
             threads[tid]?.inGroupStop = false
@@ -206,8 +271,12 @@ public final class Tracker {
     /// sigaltstack are not covered yet: that needs the sigaltstack calls.)
     func signalFrameArmedPages(_ sig: Int32, tid: Int32) throws -> PageSet {
         guard memory.trackedPageCount > 0, try caughtSignals() & (1 << UInt64(sig - 1)) != 0 else { return PageSet() }
-        let sp = Arch.stackPointer(try Arch.readRegisters(tid: tid))
-        let frameBytes = Arch.redZone + signalFrameSize
+        var sp = Arch.stackPointer(try Arch.readRegisters(tid: tid))
+        var frameBytes = Arch.redZone + signalFrameSize
+        if onStackSignals & (1 << UInt64(sig - 1)) != 0, let alt = threads[tid]?.altStack, !alt.contains(sp) {
+            sp = alt.end  // the kernel switches to the top of the sigaltstack
+            frameBytes = signalFrameSize
+        }
         let low = RemoteAddress(sp.value &- frameBytes)
         var armed = PageSet()
         var page = Page.floor(low)
@@ -251,6 +320,7 @@ public final class Tracker {
         }
         guard info.code == SignalInfo.SEGV_ACCERR else { return false }
         let page = Page.floor(info.faultAddress)
+        trace("  fault at \(info.faultAddress): \(memory.state(of: page))")
         switch memory.state(of: page) {
         case .untracked:
             return false
@@ -322,19 +392,40 @@ public final class Tracker {
     }
 
     func protect(_ range: AddressRange, _ protection: Protection, tid: Int32) throws {
+        trace("  mprotect \(range) \(protection) in \(tid)")
         guard let injector else { return }
-        let held = try injector.mprotect(range, protection, in: tid, completing: threads[tid]?.completingSyscall)
-        threads[tid]?.held.append(contentsOf: held)
+        if threads[tid]?.entryRegisters != nil { threads[tid]?.injectedAtEntry = true }
+        let outcome = try injector.mprotect(range, protection, in: tid, completing: threads[tid]?.completingSyscall)
+        threads[tid]?.held.append(contentsOf: outcome.heldSignals)
+        if outcome.consumedInterrupt { threads[tid]?.interruptPending = false }
     }
 
     /// Resumes a stopped thread, first delivering anything held for it.
-    func resume(_ tid: Int32) throws {
+    func resume(_ tid: Int32, exit pending: PendingSyscallExit? = nil) throws {
         threads[tid]?.completingSyscall = nil
+        var rewound = false
+        if let entry = threads[tid]?.entryRegisters {
+            threads[tid]?.entryRegisters = nil
+            if threads[tid]?.injectedAtEntry == true {
+                // PageWatch ran code at this syscall entry, which abandoned the
+                // call: run the syscall instruction again (it stops here again).
+                threads[tid]?.injectedAtEntry = false
+                try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid)
+                rewound = true
+            }
+        }
+        if let pending, !rewound {
+            threads[tid]?.pendingExit = pending
+            try Ptrace.resumeToSyscallExit(tid)
+            return
+        }
+        try absorbHeldFaults(tid)
         guard var state = threads[tid], !state.held.isEmpty else {
             try Ptrace.cont(tid)
             return
         }
         let first = state.held.removeFirst()
+        trace("  delivering held \(Signal.name(first.signal)) to \(tid)")
         let rest = state.held
         state.held = []
         threads[tid] = state
@@ -342,6 +433,30 @@ public final class Tracker {
         // Only one signal can ride on a resume; the rest are sent again (their
         // siginfo becomes SI_TKILL). In practice at most one arrives.
         for h in rest { try? Ptrace.tgkill(pid, tid, h.signal) }
+    }
+
+    /// A write fault can be pending when PageWatch stops a thread (it
+    /// faulted just before a PTRACE_INTERRUPT): it then arrives during an
+    /// injection and is held. Such a SIGSEGV is PageWatch's like any other:
+    /// handle it here instead of delivering it; the instruction runs again.
+    func absorbHeldFaults(_ tid: Int32) throws {
+        var rounds = 0
+        while rounds < 8, let state = threads[tid],
+              let i = state.held.firstIndex(where: { $0.signal == Signal.SIGSEGV && $0.code == SignalInfo.SEGV_ACCERR }) {
+            rounds += 1
+            let page = Page.floor(state.held[i].faultAddress)
+            switch memory.state(of: page) {
+            case .armed(let protection):
+                threads[tid]?.held.remove(at: i)
+                try unarm(page, protection, tid: tid)
+                faultsThisInterval += 1
+                totalFaults += 1
+            case .writable(let protection) where protection.contains(.write):
+                threads[tid]?.held.remove(at: i)
+            default:
+                return  // the program's own fault: delivered as it is
+            }
+        }
     }
 
     // MARK: - Threads and images
@@ -398,6 +513,7 @@ public final class Tracker {
     }
 
     func pin(_ range: AddressRange, tid: Int32) throws {
+        trace("  pin \(range)")
         for change in memory.pin(range) {
             try protect(change.range, change.protection, tid: tid)
         }
@@ -518,6 +634,7 @@ public final class Tracker {
             }
         }
         memory.clearPinnedDirty()
+        memory.clearReadOnlyDirty()
         emitSweep(reason: reason, dirty: dirty)
     }
 

@@ -20,6 +20,10 @@ public struct TraceOptions: OptionSet, Sendable {
 /// A raw siginfo held by the tracer, to deliver a signal later unchanged.
 public struct HeldSignal: @unchecked Sendable {
     public let signal: Int32
+    /// si_code and, for faults, si_addr: a held SIGSEGV may be a write fault
+    /// that happened before PageWatch stopped the thread.
+    public let code: Int32
+    public let faultAddress: RemoteAddress
     var info: siginfo_t
 }
 
@@ -89,7 +93,8 @@ public enum Ptrace {
     public static func holdSignal(_ tid: Int32) throws -> HeldSignal {
         var info = siginfo_t()
         try check(pw_ptrace_getsiginfo_raw(tid, &info), "PTRACE_GETSIGINFO", tid: tid)
-        return HeldSignal(signal: info.si_signo, info: info)
+        let fields = try signalInfo(tid)
+        return HeldSignal(signal: info.si_signo, code: fields.code, faultAddress: fields.faultAddress, info: info)
     }
 
     /// Resume a thread stopped in a signal-delivery-stop, delivering `held`
@@ -218,4 +223,11 @@ public func installWakeupHandler(_ signal: Int32) throws {
 /// Blocks or unblocks `signal` for the calling thread.
 public func setSignalBlocked(_ signal: Int32, _ blocked: Bool) {
     _ = pw_block_signal(signal, blocked ? 1 : 0)
+}
+
+extension Ptrace {
+    /// Resume until the next syscall stop (here: the exit of the call the thread is in).
+    public static func resumeToSyscallExit(_ tid: Int32, signal: Int32 = 0) throws {
+        try check(pw_ptrace_resume(Int32(PW_PTRACE_SYSCALL), tid, signal), "PTRACE_SYSCALL", tid: tid)
+    }
 }

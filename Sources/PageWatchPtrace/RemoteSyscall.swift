@@ -1,3 +1,4 @@
+import Glibc
 import PageWatchAddressSpace
 
 /// A syscall run inside a stopped tracee thread through the `syscall; int3`
@@ -18,6 +19,8 @@ public struct RemoteSyscall: Sendable {
         /// Signals that arrived for the thread while the injected call ran
         /// (hazard 16); the caller delivers them once the thread is restored.
         public var heldSignals: [HeldSignal]
+        /// A PTRACE_INTERRUPT stop of the thread was passed on the way.
+        public var consumedInterrupt = false
     }
 
     /// Runs `number(arguments)` in `tid`, which must be in a ptrace-stop from
@@ -40,6 +43,7 @@ public struct RemoteSyscall: Sendable {
         try Arch.writeRegisters(prepared, tid: tid)
         try Ptrace.cont(tid)
         var held: [HeldSignal] = []
+        var consumedInterrupt = false
         let trapAt = gadget + Arch.gadgetTrapOffset
         while true {
             guard let event = try Wait.nextSpinning(tid) else { continue }
@@ -50,13 +54,24 @@ public struct RemoteSyscall: Sendable {
                     if Arch.instructionPointer(regs) == trapAt {
                         try Arch.writeRegisters(saved, tid: tid)
                         restored = true
-                        return Outcome(value: Arch.syscallResult(regs), heldSignals: held)
+                        return Outcome(value: Arch.syscallResult(regs), heldSignals: held,
+                                       consumedInterrupt: consumedInterrupt)
                     }
                 }
                 // A signal for the program arrived first: keep it for later.
-                held.append(try Ptrace.holdSignal(tid))
+                let h = try Ptrace.holdSignal(tid)
+                if getenv("PAGEWATCH_DEBUG") != nil {
+                    let regs = try Arch.readRegisters(tid: tid)
+                    let info = try Ptrace.signalInfo(tid)
+                    let line = Array("pagewatch[debug]   held \(Signal.name(sig)) code \(info.code) addr \(info.faultAddress) at \(Arch.instructionPointer(regs)) sp \(Arch.stackPointer(regs))\n".utf8)
+                    _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+                }
+                held.append(h)
                 try Ptrace.cont(tid)
-            case .interruptStop, .syscallStop, .unknown:
+            case .interruptStop:
+                consumedInterrupt = true
+                try Ptrace.cont(tid)
+            case .syscallStop, .unknown:
                 try Ptrace.cont(tid)
             case .groupStop:
                 // Another thread started a group-stop; finish the injection first.
@@ -86,9 +101,13 @@ public struct RemoteSyscall: Sendable {
     }
 
     public func mprotect(_ range: AddressRange, _ protection: Protection, in tid: Int32,
-                         completing: Int64? = nil) throws -> [HeldSignal] {
-        try call("mprotect", Arch.syscalls.mprotect, [range.start.value, range.length, UInt64(protection.rawValue)],
-                 in: tid, address: range.start, completing: completing).held
+                         completing: Int64? = nil) throws -> Outcome {
+        let o = try run(Arch.syscalls.mprotect, [range.start.value, range.length, UInt64(protection.rawValue)],
+                        in: tid, completing: completing)
+        if o.value < 0 && o.value > -4096 {
+            throw TraceError.remoteSyscall("mprotect", Errno(Int32(-o.value)), tid: tid, address: range.start)
+        }
+        return o
     }
 
     /// Places the gadget in the tracee: borrows the bytes at the thread's

@@ -23,6 +23,12 @@ enum Harness {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: argv[0])
         p.arguments = Array(argv.dropFirst())
+        // SwiftPM links the C fixtures with the Swift runtime, whose crash
+        // handler spawns a backtracer that wants to ptrace the crashed
+        // program: impossible under any tracer. Off in both runs alike.
+        var environment = ProcessInfo.processInfo.environment
+        environment["SWIFT_BACKTRACE"] = "enable=no"
+        p.environment = environment
         // Output goes to files: no pipe can fill up and block the child.
         let outPath = temporaryPath("out-\(UUID().uuidString)"), errPath = temporaryPath("err-\(UUID().uuidString)")
         FileManager.default.createFile(atPath: outPath, contents: nil)
@@ -75,19 +81,23 @@ enum Harness {
 }
 
 /// What a fixture says about itself (fixtures/README.md): its region and the
-/// pages (relative to the region) it wrote in each phase.
+/// pages (relative to the region) it wrote in each phase. A fixture that
+/// execs prints a second `region` line: each image is a segment, and the
+/// phases of all segments follow each other, one sweep each.
 struct FixtureTruth {
-    var region: (start: UInt64, end: UInt64)
-    var phases: [Int: Set<UInt64>]
+    struct Segment {
+        var region: (start: UInt64, end: UInt64)
+        var phases: [Int: Set<UInt64>]
+    }
+    var segments: [Segment] = []
 
     init(stdout: String) throws {
-        var region: (UInt64, UInt64)?
-        var phases: [Int: Set<UInt64>] = [:]
         for line in stdout.split(separator: "\n") {
             let f = line.split(separator: " ", omittingEmptySubsequences: false)
             if f.first == "region", f.count == 3 {
-                region = (UInt64(f[1].dropFirst(2), radix: 16)!, UInt64(f[2].dropFirst(2), radix: 16)!)
-            } else if f.first == "phase", f.count >= 3, let k = Int(f[1]) {
+                segments.append(Segment(region: (UInt64(f[1].dropFirst(2), radix: 16)!, UInt64(f[2].dropFirst(2), radix: 16)!),
+                                        phases: [:]))
+            } else if f.first == "phase", f.count >= 3, let k = Int(f[1]), !segments.isEmpty {
                 var pages = Set<UInt64>()
                 if f.count == 4 && !f[3].isEmpty {
                     for item in f[3].split(separator: ",") {
@@ -95,16 +105,21 @@ struct FixtureTruth {
                         pages.formUnion(bounds[0]...(bounds.count == 2 ? bounds[1] : bounds[0]))
                     }
                 }
-                phases[k] = pages
+                segments[segments.count - 1].phases[k] = pages
             }
         }
-        guard let region else { throw Harness.HarnessError.badTruth(stdout) }
-        self.region = region
-        self.phases = phases
+        guard !segments.isEmpty else { throw Harness.HarnessError.badTruth(stdout) }
     }
 
-    /// The pages of one sweep's ranges inside the region, relative to it.
-    func pagesInRegion(_ sweep: [String: Any]) -> Set<UInt64> {
+    /// Sweep by sweep: the segment's region and the pages expected in it.
+    var expectedSweeps: [(region: (start: UInt64, end: UInt64), pages: Set<UInt64>)] {
+        segments.flatMap { seg in
+            (1...(seg.phases.keys.max() ?? 0)).map { (seg.region, seg.phases[$0] ?? []) }
+        }
+    }
+
+    /// The pages of one sweep's ranges inside `region`, relative to it.
+    static func pages(in region: (start: UInt64, end: UInt64), of sweep: [String: Any]) -> Set<UInt64> {
         var pages = Set<UInt64>()
         for pair in sweep["ranges"] as? [[String]] ?? [] {
             let a = UInt64(pair[0].dropFirst(2), radix: 16)!, b = UInt64(pair[1].dropFirst(2), radix: 16)!
