@@ -1,0 +1,78 @@
+import Foundation
+import Testing
+
+/// Real programs from the machine, untracked and under
+/// `pagewatch run --track writable --interval 50ms`: same stdout and status.
+@Suite(.serialized) struct RealProgramTests {
+    static let programs: [[String]] = [
+        ["python3", "-c", """
+            import json, hashlib
+            d = {str(i): i * i for i in range(200000)}
+            for i in range(0, 200000, 3): d.pop(str(i))
+            s = json.dumps(d, sort_keys=True)
+            print(len(d), hashlib.sha256(json.dumps(json.loads(s)).encode()).hexdigest())
+            """],
+        ["sh", "-c", "seq 1 200000 | sort -r | sha256sum"],
+        ["sh", "-c", "seq 1 300000 > \"$0\" && gzip -c \"$0\" | sha256sum", Harness.temporaryPath("gzip-input.txt")],
+    ]
+
+    @Test(arguments: programs)
+    func sameOutputAsUntracked(_ command: [String]) throws {
+        let untracked = try Harness.run(["/usr/bin/env"] + command)
+        #expect(untracked.status == 0)
+        let log = Harness.temporaryPath("real.jsonl")
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--track", "writable", "--interval", "50ms",
+                                       "--output", log, "--"] + command, timeout: 300)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == untracked.status)
+        let records = try Harness.readLog(log)
+        #expect(records.last?["type"] as? String == "end")
+        #expect(records.contains { $0["reason"] as? String == "exit" })
+    }
+}
+
+/// Hazard 18: SIGSTOP stops the program as without the tool, SIGCONT resumes it.
+@Suite struct GroupStopTests {
+    func state(_ pid: Int32) -> Character? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        return text[text.index(close, offsetBy: 2)]
+    }
+
+    @Test func stopAndContinue() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: Harness.pagewatch)
+        p.arguments = ["run", "--interval", "20ms", "--output", Harness.temporaryPath("stopcont.jsonl"), "--",
+                       Harness.fixture("fx_stopcont")]
+        let out = Pipe()
+        p.standardOutput = out
+        var environment = ProcessInfo.processInfo.environment
+        environment["SWIFT_BACKTRACE"] = "enable=no"
+        p.environment = environment
+        try p.run()
+        // The fixture is pagewatch's child.
+        var child: Int32 = 0
+        for _ in 0..<500 where child == 0 {
+            if let text = try? String(contentsOfFile: "/proc/\(p.processIdentifier)/task/\(p.processIdentifier)/children",
+                                      encoding: .utf8), let c = Int32(text.split(separator: " ").first ?? "") {
+                child = c
+            }
+            usleep(2000)
+        }
+        #expect(child != 0)
+        usleep(100_000)
+        kill(child, SIGSTOP)
+        usleep(200_000)
+        #expect(state(child) == "t" || state(child) == "T")
+        let before = try String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8)
+        usleep(200_000)
+        // Stopped: no CPU time passes while it stays stopped.
+        #expect(try String(contentsOfFile: "/proc/\(child)/stat", encoding: .utf8) == before)
+        kill(child, SIGCONT)
+        p.waitUntilExit()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        #expect(p.terminationStatus == 0)
+        #expect(text.hasSuffix("ok\n"))
+        #expect(text.contains("ready\n"))
+    }
+}
