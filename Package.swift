@@ -13,7 +13,7 @@ let fixtureNames = [
     "fx_phases", "fx_threads", "fx_fixed_late", "fx_segv", "fx_exit3", "fx_sigframe",
     "fx_blocked_read", "fx_sleeper", "fx_writer", "fx_baseline",
     "fx_syscall_out", "fx_own_mprotect", "fx_mmap_churn", "fx_fork", "fx_exec", "fx_maxmap", "fx_guard",
-    "fx_thread_churn", "fx_stopcont", "fx_sigaltstack",
+    "fx_thread_churn", "fx_stopcont", "fx_sigaltstack", "fx_futex_wait",
 ]
 
 let fixtureTargets: [Target] = fixtureNames.map { name in
@@ -50,7 +50,7 @@ let package = Package(
         ),
         .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
         .testTarget(name: "PageWatchPtraceTests",
-                    dependencies: ["PageWatchPtrace", "fx_blocked_read", "fx_sleeper"]),
+                    dependencies: ["PageWatchPtrace", "fx_blocked_read", "fx_sleeper", "fx_futex_wait"]),
         .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine"]),
         .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport"]),
         .testTarget(

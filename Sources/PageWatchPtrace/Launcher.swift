@@ -31,7 +31,8 @@ public enum Launcher {
             throw TraceError.traceeGone(tid: pid)
         }
         do {
-            try Ptrace.seize(pid, options: options)
+            // The exec event is how the launch knows the program started.
+            try Ptrace.seize(pid, options: options.union(.traceExec))
         } catch {
             _ = pw_kill(pid, Signal.SIGKILL)
             _ = try? Wait.untraced(pid)

@@ -140,6 +140,26 @@ import PageWatchAddressSpace
         close(output[0])
     }
 
+    @Test func blockedFutexWaitWaitsForTheThread() throws {
+        var output: [Int32] = [0, 0]
+        #expect(pipe(&output) == 0)
+        // Without PTRACE_O_TRACECLONE only the main thread is traced (the launch adds TRACEEXEC).
+        let pid = try Launcher.launch([Self.fixture("fx_futex_wait")], options: [.exitKill, .traceSysGood],
+                                      standardOutput: output[1], emptySignalMask: true)
+        close(output[1])
+        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
+        try Ptrace.cont(pid)
+        try interruptWhenBlocked(pid, in: [202])  // futex (pthread_join)
+        for _ in 0..<3 {
+            let r = try injector.call("getpid", Arch.syscalls.getpid, [], in: pid)
+            #expect(Int32(r.value) == pid)
+        }
+        try Ptrace.cont(pid)
+        #expect(try waitForExit(pid) == 0)
+        #expect(readAll(output[0]) == "ready\njoined after the thread ended\n")
+        close(output[0])
+    }
+
     @Test func signalSentAroundAnInjectionIsNeitherLostNorDoubled() throws {
         var output: [Int32] = [0, 0]
         #expect(pipe(&output) == 0)
