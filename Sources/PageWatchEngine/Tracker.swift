@@ -183,7 +183,7 @@ public final class Tracker {
             let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
             if threads[child] == nil { threads[child] = ThreadState() }
             threads[tid]?.completingSyscall = Int64(child)
-            try noteClone(parent: tid)
+            // Its thread control block was pinned at the clone's entry (cloneEntry).
             try sweepIfPending(in: tid)
             try resume(tid)
         case .event(_, .exec) where threads[tid]?.vforkChild == true:
@@ -481,34 +481,6 @@ public final class Tracker {
         if sweeps > 0 || totalFaults > 0 {
             let path = ProcFS.executable(of: pid) ?? config.command[0]
             emit(.exec(pid: pid, path: path, timeNs: wallClockNs()))
-        }
-    }
-
-    /// At a clone event the parent still holds the clone arguments: remember
-    /// the child's stack and pin its thread control block, which the kernel
-    /// writes (clear_child_tid at exit, hazard 4; rseq beside it, hazard 3).
-    func noteClone(parent: Int32) throws {
-        let regs = try Arch.readRegisters(tid: parent)
-        let nr = Arch.syscallNumber(regs)
-        let args = Arch.syscallArguments(regs)
-        var stackTop: UInt64 = 0
-        var tidWords: [UInt64] = []
-        if nr == Arch.syscalls.clone3 {
-            // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size
-            let raw = try Ptrace.readMemory(parent, RemoteAddress(args[0]), count: 56)
-            guard raw.count == 56 else { return }
-            let word = { (i: Int) in raw[(i * 8)..<(i * 8 + 8)].enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << UInt64(8 * $1.offset) } }
-            tidWords = [word(2), word(3)]
-            stackTop = word(5) &+ word(6)
-        } else if nr == Arch.syscalls.clone {
-            stackTop = args[1]
-            tidWords = [args[2], args[3]]
-        }
-        if stackTop != 0 { stackAnchors.append(RemoteAddress(stackTop &- 1)) }
-        for w in tidWords where w != 0 {
-            // The TCB spans the tid word's page and the next (glibc's struct pthread).
-            let start = Page.floor(RemoteAddress(w))
-            try pin(AddressRange(start: start, end: start + 2 * Page.size), tid: parent)
         }
     }
 

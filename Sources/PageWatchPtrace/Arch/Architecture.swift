@@ -81,8 +81,6 @@ public struct SyscallNumbers: Sendable {
     public var mmap: Int64
     public var munmap: Int64
     public var mprotect: Int64
-    public var clone: Int64
-    public var clone3: Int64
 }
 
 #if arch(x86_64)
