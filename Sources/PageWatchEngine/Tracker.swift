@@ -594,7 +594,15 @@ public final class Tracker {
         for t in threads.keys { threads[t]?.lastSuppressedFault = nil }
         try refreshMaps()
         let dirty = memory.dirtyPages()
-        for change in memory.rearmPlan() {
+        let busy = outputsOfBlockedCalls(excluding: tid)
+        for planned in memory.rearmPlan() {
+            // Buffers another thread's blocked call will still write stay
+            // writable (and dirty, so reported again): re-arming them now would
+            // turn its copy-out into EFAULT (hazard 1).
+            var pieces = PageSet([planned.range])
+            for b in busy.intersection(planned.range).ranges { pieces.remove(b) }
+            for range in pieces.ranges {
+            let change = ProtectionChange(range: range, protection: planned.protection)
             do {
                 try protect(change.range, change.protection, tid: tid)
                 memory.markArmed(change.range)
@@ -604,10 +612,24 @@ public final class Tracker {
                 // dirty and are reported again next sweep (never missed).
                 try unarmRegion(containing: change.range.start, tid: tid)
             }
+            }
         }
         memory.clearPinnedDirty()
         memory.clearReadOnlyDirty()
         emitSweep(reason: reason, dirty: dirty)
+    }
+
+    /// The output buffers of the calls other threads are blocked in now
+    /// (from /proc/PID/task/TID/syscall), page-aligned.
+    func outputsOfBlockedCalls(excluding tid: Int32) -> PageSet {
+        var busy = PageSet()
+        for other in threads.keys where other != tid {
+            guard case let .inSyscall(number, arguments) = ProcFS.activity(pid: liveThread(), tid: other),
+                  let call = Arch.syscall(number: number) else { continue }
+            let outputs = SyscallOutputs(read: { a, n in (try? Ptrace.readMemory(other, a, count: n)) ?? [] })
+            for r in outputs.ranges(call, arguments) ?? [] { busy.insert(r.pageAligned) }
+        }
+        return busy
     }
 
     /// The last sweep: report without re-arming (the program is exiting).
