@@ -52,6 +52,25 @@ import PageWatchAddressSpace
         Issue.record("pid \(pid) never blocked in \(syscalls)")
     }
 
+    /// A fixture launched stopped at its exec, its stdout on a pipe, the gadget placed.
+    func launch(_ fixture: String, options: TraceOptions = RemoteSyscallTests.options,
+                standardInput: Int32 = -1) throws -> (pid: Int32, injector: RemoteSyscall, output: Int32) {
+        var output: [Int32] = [0, 0]
+        #expect(pipe(&output) == 0)
+        let pid = try Launcher.launch([Self.fixture(fixture)], options: options, standardInput: standardInput,
+                                      standardOutput: output[1], emptySignalMask: true)
+        close(output[1])
+        return (pid, try RemoteSyscall.bootstrap(in: pid, completing: 0).0, output[0])
+    }
+
+    /// Injects getpid `times` times into a stopped `pid` and checks each result.
+    func injectGetpid(_ times: Int, into pid: Int32, with injector: RemoteSyscall) throws {
+        for _ in 0..<times {
+            let r = try injector.call("getpid", Arch.syscalls.getpid, [], in: pid)
+            #expect(Int32(r.value) == pid)
+        }
+    }
+
     func readAll(_ fd: Int32) -> String {
         var out: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 4096)
@@ -100,73 +119,49 @@ import PageWatchAddressSpace
     }
 
     @Test func blockedReadResumesAndReadsLaterData() throws {
-        var input: [Int32] = [0, 0], output: [Int32] = [0, 0]
-        #expect(pipe(&input) == 0 && pipe(&output) == 0)
-        let pid = try Launcher.launch([Self.fixture("fx_blocked_read")], options: Self.options,
-                                      standardInput: input[0], standardOutput: output[1], emptySignalMask: true)
-        close(input[0]); close(output[1])
-        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
+        var input: [Int32] = [0, 0]
+        #expect(pipe(&input) == 0)
+        let (pid, injector, output) = try launch("fx_blocked_read", standardInput: input[0])
+        close(input[0])
         try Ptrace.cont(pid)
         try interruptWhenBlocked(pid, in: [0])  // read
         let regs = try Arch.readRegisters(tid: pid)
         #expect(Arch.syscallNumber(regs) == 0)
-        for _ in 0..<3 {
-            let r = try injector.call("getpid", Arch.syscalls.getpid, [], in: pid)
-            #expect(Int32(r.value) == pid)
-        }
+        try injectGetpid(3, into: pid, with: injector)
         try Ptrace.cont(pid)
         usleep(50_000)
         _ = "hello".withCString { write(input[1], $0, 5) }
         close(input[1])
         #expect(try waitForExit(pid) == 0)
-        #expect(readAll(output[0]) == "ready\nread 5 hello\n")
-        close(output[0])
+        #expect(readAll(output) == "ready\nread 5 hello\n")
+        close(output)
     }
 
     @Test func blockedNanosleepSleepsItsFullTime() throws {
-        var output: [Int32] = [0, 0]
-        #expect(pipe(&output) == 0)
-        let pid = try Launcher.launch([Self.fixture("fx_sleeper")], options: Self.options,
-                                      standardOutput: output[1], emptySignalMask: true)
-        close(output[1])
-        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
+        let (pid, injector, output) = try launch("fx_sleeper")
         try Ptrace.cont(pid)
         try interruptWhenBlocked(pid, in: [35, 230])  // nanosleep, clock_nanosleep
-        let r = try injector.call("getpid", Arch.syscalls.getpid, [], in: pid)
-        #expect(Int32(r.value) == pid)
+        try injectGetpid(1, into: pid, with: injector)
         try Ptrace.cont(pid)
         #expect(try waitForExit(pid) == 0)
-        #expect(readAll(output[0]) == "ready\nslept full\n")
-        close(output[0])
+        #expect(readAll(output) == "ready\nslept full\n")
+        close(output)
     }
 
     @Test func blockedFutexWaitWaitsForTheThread() throws {
-        var output: [Int32] = [0, 0]
-        #expect(pipe(&output) == 0)
         // Without PTRACE_O_TRACECLONE only the main thread is traced (the launch adds TRACEEXEC).
-        let pid = try Launcher.launch([Self.fixture("fx_futex_wait")], options: [.exitKill, .traceSysGood],
-                                      standardOutput: output[1], emptySignalMask: true)
-        close(output[1])
-        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
+        let (pid, injector, output) = try launch("fx_futex_wait", options: [.exitKill, .traceSysGood])
         try Ptrace.cont(pid)
         try interruptWhenBlocked(pid, in: [202])  // futex (pthread_join)
-        for _ in 0..<3 {
-            let r = try injector.call("getpid", Arch.syscalls.getpid, [], in: pid)
-            #expect(Int32(r.value) == pid)
-        }
+        try injectGetpid(3, into: pid, with: injector)
         try Ptrace.cont(pid)
         #expect(try waitForExit(pid) == 0)
-        #expect(readAll(output[0]) == "ready\njoined after the thread ended\n")
-        close(output[0])
+        #expect(readAll(output) == "ready\njoined after the thread ended\n")
+        close(output)
     }
 
     @Test func signalSentAroundAnInjectionIsNeitherLostNorDoubled() throws {
-        var output: [Int32] = [0, 0]
-        #expect(pipe(&output) == 0)
-        let pid = try Launcher.launch([Self.fixture("fx_sleeper")], options: Self.options,
-                                      standardOutput: output[1], emptySignalMask: true)
-        close(output[1])
-        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
+        let (pid, injector, output) = try launch("fx_sleeper")
         // A signal queued while the thread is stopped is either held by the
         // injection (dequeued before the gadget ran) or still pending in the
         // kernel (the int3's SIGTRAP is dequeued first, being synchronous).
@@ -182,7 +177,7 @@ import PageWatchAddressSpace
         }
         // Either way it reaches the program exactly once: SIGTERM kills it.
         #expect(try waitForExit(pid) == 128 + Signal.SIGTERM)
-        close(output[0])
+        close(output)
     }
 
     @Test func decodesWaitStatuses() {
