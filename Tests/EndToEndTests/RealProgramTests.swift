@@ -24,7 +24,7 @@ import Testing
         let tracked = try Harness.run([Harness.pagewatch, "run", "--track", "writable", "--interval", "50ms",
                                        "--output", log, "--"] + command, timeout: 300)
         #expect(tracked.stdout == untracked.stdout)
-        #expect(tracked.status == untracked.status)
+        #expect(tracked.status == untracked.status, "pagewatch's stderr: \(tracked.stderr.suffix(3000))")
         let records = try Harness.readLog(log)
         #expect(records.last?["type"] as? String == "end")
         #expect(records.contains { $0["reason"] as? String == "exit" })
