@@ -1,6 +1,13 @@
 import PageWatchAddressSpace
 import PageWatchPtrace
 
+/// The `size`-byte little-endian integer at `offset` of tracee bytes.
+func littleEndian(_ bytes: [UInt8], at offset: Int, size: Int = 8) -> UInt64 {
+    var v: UInt64 = 0
+    for i in 0..<size { v |= UInt64(bytes[offset + i]) << UInt64(8 * i) }
+    return v
+}
+
 /// Hazard 1: the user memory a syscall writes, found from its arguments
 /// before it runs (one row per syscall). The kernel's copy into a read-only
 /// page fails with EFAULT instead of faulting, so these pages must be made
@@ -12,10 +19,7 @@ struct SyscallOutputs {
 
     func word(_ a: UInt64, _ size: Int = 8) -> UInt64 {
         let b = read(RemoteAddress(a), size)
-        guard b.count == size else { return 0 }
-        var v: UInt64 = 0
-        for i in 0..<size { v |= UInt64(b[i]) << UInt64(8 * i) }
-        return v
+        return b.count == size ? littleEndian(b, at: 0, size: size) : 0
     }
 
     func block(_ address: UInt64, _ length: UInt64) -> [AddressRange] {

@@ -20,6 +20,12 @@ public struct TrackedRegion: Sendable {
 
     public func index(of a: RemoteAddress) -> Int { Int((Page.floor(a) - range.start) / Page.size) }
     public func address(ofPage i: Int) -> RemoteAddress { range.start + UInt64(i) * Page.size }
+    /// Indices of this region's pages that `range` touches, or nil.
+    public func pageIndices(touching range: AddressRange) -> Range<Int>? {
+        guard let x = self.range.intersection(range.pageAligned) else { return nil }
+        return index(of: x.start)..<index(of: RemoteAddress(x.end.value - 1)) + 1
+    }
+
     public func range(ofPages r: Range<Int>) -> AddressRange {
         AddressRange(start: address(ofPage: r.lowerBound), end: address(ofPage: r.upperBound))
     }
@@ -157,10 +163,9 @@ public struct TrackedMemory: Sendable {
     public mutating func pin(_ range: AddressRange) -> [ProtectionChange] {
         pinned.insert(range)
         var changes: [ProtectionChange] = []
-        for r in regions.indices where regions[r].range.overlaps(range) {
-            let x = regions[r].range.intersection(range)!.pageAligned
-            let lo = regions[r].index(of: x.start), hi = regions[r].index(of: RemoteAddress(x.end.value - 1)) + 1
-            for i in lo..<hi where regions[r].armed[i] {
+        for r in regions.indices {
+            guard let pages = regions[r].pageIndices(touching: range) else { continue }
+            for i in pages where regions[r].armed[i] {
                 regions[r].armed[i] = false
                 regions[r].dirty[i] = true
                 changes.append(ProtectionChange(range: regions[r].range(ofPages: i..<(i + 1)),
@@ -203,10 +208,9 @@ public struct TrackedMemory: Sendable {
 
     /// Records that `change` (from `rearmPlan`) was applied: armed, no longer dirty.
     public mutating func markArmed(_ range: AddressRange) {
-        for r in regions.indices where regions[r].range.overlaps(range) {
-            let x = regions[r].range.intersection(range)!
-            let lo = regions[r].index(of: x.start), hi = regions[r].index(of: RemoteAddress(x.end.value - 1)) + 1
-            for i in lo..<hi {
+        for r in regions.indices {
+            guard let pages = regions[r].pageIndices(touching: range) else { continue }
+            for i in pages {
                 regions[r].armed[i] = true
                 regions[r].dirty[i] = false
             }
@@ -223,10 +227,9 @@ public struct TrackedMemory: Sendable {
     /// Clears the dirty bits of pinned pages once a sweep has reported them.
     public mutating func clearPinnedDirty() {
         for p in pinned.ranges {
-            for r in regions.indices where regions[r].range.overlaps(p) {
-                let x = regions[r].range.intersection(p)!
-                let lo = regions[r].index(of: x.start), hi = regions[r].index(of: RemoteAddress(x.end.value - 1)) + 1
-                for i in lo..<hi { regions[r].dirty[i] = false }
+            for r in regions.indices {
+                guard let pages = regions[r].pageIndices(touching: p) else { continue }
+                for i in pages { regions[r].dirty[i] = false }
             }
         }
     }
@@ -298,21 +301,19 @@ public struct TrackedMemory: Sendable {
 
     /// madvise(MADV_DONTNEED/FREE/REMOVE): the contents changed without a store.
     public mutating func markDirty(_ range: AddressRange) {
-        for i in regions.indices where regions[i].range.overlaps(range) {
-            let x = regions[i].range.intersection(range.pageAligned)!
-            for p in regions[i].index(of: x.start)..<regions[i].index(of: RemoteAddress(x.end.value - 1)) + 1 {
-                regions[i].dirty[p] = true
-            }
+        for i in regions.indices {
+            guard let pages = regions[i].pageIndices(touching: range) else { continue }
+            for p in pages { regions[i].dirty[p] = true }
         }
     }
 
     /// Armed pages of `range`, as the changes that un-arm them.
     public func armedPieces(in range: AddressRange) -> [ProtectionChange] {
         var out: [ProtectionChange] = []
-        for r in regions where r.range.overlaps(range) {
-            let x = r.range.intersection(range.pageAligned)!
-            let lo = r.index(of: x.start), hi = r.index(of: RemoteAddress(x.end.value - 1)) + 1
-            var i = lo
+        for r in regions {
+            guard let pages = r.pageIndices(touching: range) else { continue }
+            let hi = pages.upperBound
+            var i = pages.lowerBound
             while i < hi {
                 if r.armed[i] {
                     var j = i
@@ -334,10 +335,9 @@ public struct TrackedMemory: Sendable {
 
     /// After PageWatch armed `range` itself: armed, dirty bits kept (a new mapping stays dirty).
     public mutating func markArmedKeepingDirty(_ range: AddressRange) {
-        for i in regions.indices where regions[i].range.overlaps(range) {
-            let x = regions[i].range.intersection(range)!
-            for p in regions[i].index(of: x.start)..<regions[i].index(of: RemoteAddress(x.end.value - 1)) + 1
-            where !pinned.contains(regions[i].address(ofPage: p)) {
+        for i in regions.indices {
+            guard let pages = regions[i].pageIndices(touching: range) else { continue }
+            for p in pages where !pinned.contains(regions[i].address(ofPage: p)) {
                 regions[i].armed[p] = true
             }
         }
@@ -346,9 +346,9 @@ public struct TrackedMemory: Sendable {
     /// Whether the armed state is the same for every tracked page of `range`.
     public func isUniform(_ range: AddressRange) -> Bool {
         var seen: Bool?
-        for r in regions where r.range.overlaps(range) {
-            let x = r.range.intersection(range.pageAligned)!
-            for p in r.index(of: x.start)..<r.index(of: RemoteAddress(x.end.value - 1)) + 1 {
+        for r in regions {
+            guard let pages = r.pageIndices(touching: range) else { continue }
+            for p in pages {
                 if let s = seen, s != r.armed[p] { return false }
                 seen = r.armed[p]
             }

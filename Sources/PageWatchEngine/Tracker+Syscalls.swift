@@ -117,7 +117,7 @@ extension Tracker {
         if call == .clone3 {
             let raw = (try? Ptrace.readMemory(tid, RemoteAddress(args[0]), count: 56)) ?? []
             if raw.count == 56 {
-                func word(_ i: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(raw[i * 8 + $1]) << UInt64(8 * $1) } }
+                func word(_ i: Int) -> UInt64 { littleEndian(raw, at: i * 8) }
                 flags = word(0)
                 tidWords = [word(2), word(3)]
                 stackTop = word(5) &+ word(6)
@@ -146,7 +146,7 @@ extension Tracker {
         guard newStack != 0 else { return }
         let raw = (try? Ptrace.readMemory(tid, RemoteAddress(newStack), count: 24)) ?? []
         guard raw.count == 24 else { return }
-        func word(_ o: Int) -> UInt64 { (0..<8).reduce(UInt64(0)) { $0 | UInt64(raw[o + $1]) << UInt64(8 * $1) } }
+        func word(_ o: Int) -> UInt64 { littleEndian(raw, at: o) }
         let sp = word(0), flags = word(8) & 0xffff_ffff, size = word(16)
         let disable: UInt64 = 2
         threads[tid]?.altStack = flags & disable != 0 || size == 0 ? nil
@@ -158,7 +158,7 @@ extension Tracker {
         guard action != 0, (1...64).contains(signal) else { return }
         let raw = (try? Ptrace.readMemory(liveThread(), RemoteAddress(action + 8), count: 8)) ?? []
         guard raw.count == 8 else { return }
-        let flags = raw.enumerated().reduce(UInt64(0)) { $0 | UInt64($1.element) << UInt64(8 * $1.offset) }
+        let flags = littleEndian(raw, at: 0)
         let onStack: UInt64 = 0x0800_0000, bit = UInt64(1) << (signal - 1)
         if flags & onStack != 0 { onStackSignals |= bit } else { onStackSignals &= ~bit }
     }

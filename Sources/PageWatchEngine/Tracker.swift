@@ -254,9 +254,12 @@ public final class Tracker {
             // Keep the program's signal with its siginfo across our injections.
             let own = try Ptrace.holdSignal(tid)
             try learnRseq(tid)
-            // The sweep first: it re-arms pages, and the frame's must stay writable.
+            // The sweep first: it re-arms pages, and the frame's must stay
+            // writable (so after a sweep the frame's armed pages are found again).
+            let swept = pendingSweep != nil
             try sweepIfPending(in: tid)
-            for range in try signalFrameArmedPages(sig, tid: tid).ranges { try unarmRange(range, tid: tid) }
+            let frameNow = swept ? try signalFrameArmedPages(sig, tid: tid) : frame
+            for range in frameNow.ranges { try unarmRange(range, tid: tid) }
             threads[tid]?.held.insert(own, at: 0)
             try resume(tid)
             return
