@@ -327,10 +327,11 @@ extension Tracker {
         }
     }
 
-    /// Restores every tracked region's protection in a forked copy.
+    /// Restores the program's protection in a forked copy, for every region
+    /// that was armed when it was forked.
     func disarmCopy(_ child: Int32) throws {
         guard let injector else { return }
-        for region in memory.regions where region.armed.setCount > 0 {
+        for region in armedAtFork.removeValue(forKey: child) ?? [] {
             let o = try injector.run(Arch.syscalls.mprotect, [region.range.start.value, region.range.length,
                                                                 UInt64(region.protection.rawValue)], in: child)
             for h in o.heldSignals { try? Ptrace.tgkill(child, child, h.signal) }

@@ -80,6 +80,10 @@ public final class Tracker {
     var untracked: Set<Int32> = []
     /// fork/vfork children by pid, from their parent's event, until their first stop.
     var newChildren: [Int32: PtraceEvent] = [:]
+    /// For each fork child: the regions armed in the parent at its fork
+    /// event, when both address spaces were the same (the parent may change
+    /// its own before the child's first stop is handled).
+    var armedAtFork: [Int32: [ProtectionChange]] = [:]
     /// New tasks whose first stop came before their parent's event.
     var unclassified: Set<Int32> = []
     /// The program runs and the start record is out.
@@ -201,6 +205,10 @@ public final class Tracker {
             let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
             threads[tid]?.completingSyscall = Int64(child)
             newChildren[child] = kind
+            if kind == .fork {
+                armedAtFork[child] = memory.regions.filter { $0.armed.setCount > 0 }
+                    .map { ProtectionChange(range: $0.range, protection: $0.protection) }
+            }
             if unclassified.remove(child) != nil { try firstStopOfNewTask(child) }
             // Not after vfork: the parent runs no code of ours until the child
             // execs or exits, and the child waits for us.
