@@ -48,6 +48,11 @@ public enum LogRecord: Sendable, Equatable {
     /// The program called exec: tracking restarted on the new image.
     case exec(pid: Int32, path: String, timeNs: UInt64)
     case sweep(SweepRecord)
+    /// `--follow-forks`: a new tracked process (a fork child, or a vfork
+    /// child at its exec), with its own sweeps from here on.
+    case fork(pid: Int32, parent: Int32, timeNs: UInt64)
+    /// `--follow-forks`: a tracked process other than the program ended.
+    case exit(pid: Int32, end: ProgramEnd, sweeps: Int, faults: Int, timeNs: UInt64)
     case end(pid: Int32, end: ProgramEnd, sweeps: Int, faults: Int, timeNs: UInt64)
 }
 

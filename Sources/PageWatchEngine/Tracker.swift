@@ -10,80 +10,46 @@ public struct TrackerConfiguration: Sendable {
     public var intervalNs: UInt64
     /// Deliveries of this signal trigger a sweep and are swallowed.
     public var sweepSignal: Int32?
+    /// Track the processes the program forks too, each with its own sweeps.
+    public var followForks: Bool
 
-    public init(command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?) {
+    public init(command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,
+                followForks: Bool = false) {
         self.command = command
         self.selection = selection
         self.intervalNs = intervalNs
         self.sweepSignal = sweepSignal
+        self.followForks = followForks
     }
 }
 
-/// Per-thread bookkeeping of the event loop.
-struct ThreadState {
-    /// Set when the thread is at its `PTRACE_EVENT_EXIT` stop: it can run no more code.
-    var exiting = false
-    var inGroupStop = false
-    /// A `PTRACE_INTERRUPT` was sent and its stop not yet seen.
-    var interruptPending = false
-    /// Its rseq area was looked up and pinned (hazard 3).
-    var rseqKnown = false
-    /// The page of a fault resumed without unprotecting anything (hazard 11);
-    /// a second fault there from this thread is not PageWatch's (hazard 14).
-    var lastSuppressedFault: RemoteAddress?
-    var suppressedRepeats = 0
-    /// Signals that arrived while PageWatch ran code in this thread (hazard 16).
-    var held: [HeldSignal] = []
-    /// At an event stop inside a syscall (clone, fork, exec): the value that
-    /// call returns, which an injection must put back (see `RemoteSyscall.run`).
-    var completingSyscall: Int64?
-    /// At a syscall-entry (seccomp) stop: the registers there. An injection
-    /// abandons the call, so the thread is then rewound to run it again.
-    var entryRegisters: HostArchitecture.Registers?
-    var injectedAtEntry = false
-    /// Sent to the call's exit with PTRACE_SYSCALL, for this.
-    var pendingExit: PendingSyscallExit?
-    var unknownAttempt = 0
-    /// Its sigaltstack (hazard 2, SA_ONSTACK handlers).
-    var altStack: AddressRange?
-    /// A vfork child: another process, but sharing this address space
-    /// until it execs or exits (hazard 7).
-    var vforkChild = false
-}
-
-/// The tracking engine for `pagewatch run`: launches the program, keeps its
-/// selected memory armed, handles write faults, sweeps, and emits records.
-/// Everything runs on the calling thread (the kernel ties a tracee to it).
+/// The tracking session of `pagewatch run`: launches the program, waits for
+/// every stop of every traced task and routes it to the `ProcessTracker` of
+/// its process, or handles it here for the descendants PageWatch keeps traced
+/// but does not track. Everything runs on the calling thread (the kernel ties
+/// a tracee to it).
 public final class Tracker {
-    typealias Arch = HostArchitecture
-
     let config: TrackerConfiguration
     let emit: (LogRecord) -> Void
 
-    var pid: Int32 = 0
-    var threads: [Int32: ThreadState] = [:]
-    var injector: RemoteSyscall?
-    var memory = TrackedMemory()
-    /// Addresses inside thread stacks (stack pointers seen at clone), for `--track stack`.
-    var stackAnchors: [RemoteAddress] = []
-    var pendingSweep: SweepReason?
-    var sweeps = 0
-    var faultsThisInterval = 0
-    var totalFaults = 0
-    var finalSweepDone = false
-    var end: ProgramEnd?
+    /// The program.
+    var main: ProcessTracker!
+    /// Tracked processes by pid: the program and, with `--follow-forks`, its
+    /// descendants until they end.
+    var processes: [Int32: ProcessTracker] = [:]
     var timer: SweepTimer?
-    /// Signals whose handler runs on the sigaltstack (SA_ONSTACK).
-    var onStackSignals: UInt64 = 0
     /// Descendant processes that are not tracked but must stay traced for
     /// their whole life (the seccomp filter, hazard 8), by tid.
     var untracked: Set<Int32> = []
-    /// fork/vfork children by pid, from their parent's event, until their first stop.
-    var newChildren: [Int32: PtraceEvent] = [:]
-    /// For each fork child: the regions armed in the parent at its fork
-    /// event, when both address spaces were the same (the parent may change
-    /// its own before the child's first stop is handled).
-    var armedAtFork: [Int32: [ProtectionChange]] = [:]
+    /// fork/vfork children by pid, from their parent's event until their first stop.
+    var newChildren: [Int32: (kind: PtraceEvent, parent: ProcessTracker)] = [:]
+    /// Followed fork children, modelled at their fork event, until their first stop.
+    var followedChildren: [Int32: ProcessTracker] = [:]
+    /// For each fork child not followed: the regions armed in the parent at
+    /// its fork event, when both address spaces were the same (the parent may
+    /// change its own before the child's first stop is handled), and the
+    /// parent's gadget, which the child has too.
+    var armedAtFork: [Int32: (injector: RemoteSyscall?, regions: [ProtectionChange])] = [:]
     /// New tasks whose first stop came before their parent's event.
     var unclassified: Set<Int32> = []
     /// The program runs and the start record is out.
@@ -99,9 +65,12 @@ public final class Tracker {
 
     /// Runs the program to its end. Throws when it cannot be started or traced.
     public func run() throws -> ProgramEnd {
-        pid = try Launcher.launch(config.command, options: Self.options, seccompFilter: Self.interceptionFilter())
-        threads[pid] = ThreadState()
-        try startImage(tid: pid)
+        let pid = try Launcher.launch(config.command, options: Self.options,
+                                      seccompFilter: ProcessTracker.interceptionFilter())
+        main = ProcessTracker(session: self, pid: pid, parent: nil)
+        processes[pid] = main
+        main.threads[pid] = ThreadState()
+        try main.startImage(tid: pid)
         emit(.start(pid: pid, pageSize: Page.size, command: config.command,
                     tracked: config.selection.specs.map(\.description), timeNs: wallClockNs()))
         started = true
@@ -116,9 +85,11 @@ public final class Tracker {
             timer = t
         }
         defer { timer?.stop() }
-        try resume(pid)
+        try main.resume(pid)
         try eventLoop()
-        return end!
+        let end = main.end!
+        emit(.end(pid: pid, end: end, sweeps: main.sweeps, faults: main.totalFaults, timeNs: main.endTimeNs))
+        return end
     }
 
     // MARK: - The event loop
@@ -126,16 +97,24 @@ public final class Tracker {
     func eventLoop() throws {
         // Until the program ends, and then until every descendant has: they
         // carry the seccomp filter and need their tracer (hazard 8).
-        while end == nil || !untracked.isEmpty || threads.values.contains(where: \.vforkChild) {
+        while processes.values.contains(where: { !$0.isDone }) || !untracked.isEmpty || !followedChildren.isEmpty {
             // Stops first: a thread waits for us at each one, and a pending
             // sweep is served at the next of them.
             var next = try Wait.poll(-1)
-            if next == nil, let t = timer, t.takeDue(), end == nil, pendingSweep == nil {
-                requestSweep(.interval)
+            if next == nil, let t = timer, t.takeDue() {
+                for p in processes.values where p.end == nil { p.requestSweep(.interval) }
             }
-            if next == nil, pendingSweep != nil, !threads.values.contains(where: \.interruptPending) {
-                // No thread safe to stop: report now, re-arm at a later stop.
-                if !requestInterruptIfNeeded() { try reportOnlySweep(reason: .interval) }
+            if next == nil {
+                for p in processes.values.sorted(by: { $0.pid < $1.pid })
+                where p.pendingSweep != nil && !p.threads.values.contains(where: \.interruptPending) {
+                    // No thread safe to stop: report now, re-arm at a later stop.
+                    do {
+                        if !p.requestInterruptIfNeeded() { try p.reportOnlySweep(reason: .interval) }
+                    } catch let error as TraceError where p !== main {
+                        trace("  process \(p.pid) vanished during a sweep: \(error)")
+                        p.pendingSweep = nil
+                    }
+                }
             }
             if next == nil {
                 if timer != nil { setSignalBlocked(SweepTimer.signal, false) }
@@ -143,14 +122,16 @@ public final class Tracker {
                 if timer != nil { setSignalBlocked(SweepTimer.signal, true) }
             }
             guard let event = next else { continue }
+            let owner = process(ofThread: event.tid)
             do {
-                try handle(event)
+                try handle(event, owner: owner)
             } catch TraceError.traceeGone(let tid) {
-                threadGone(tid)
+                owner?.threadGone(tid)
             } catch TraceError.call(_, let errno, let tid, _) where errno == .ESRCH {
                 // The thread was killed under us (SIGKILL): its exit event follows.
-                threadGone(tid)
+                owner?.threadGone(tid)
             }
+            if let owner, owner !== main, owner.isDone { processEnded(owner) }
         }
     }
 
@@ -163,516 +144,152 @@ public final class Tracker {
         _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
     }
 
-    func handle(_ event: StopEvent) throws {
+    /// The tracked process a task belongs to (its leader's pid stays routed
+    /// to it after the thread itself is forgotten, for the final exit).
+    func process(ofThread tid: Int32) -> ProcessTracker? {
+        if let p = processes[tid] { return p }
+        return processes.values.first { $0.threads[tid] != nil }
+    }
+
+    func handle(_ event: StopEvent, owner: ProcessTracker?) throws {
         let tid = event.tid
         trace("\(event)")
         if untracked.contains(tid) { return try handleUntracked(event) }
-        if threads[tid] == nil, case .interruptStop = event {
-            // A new task's first stop can come before its creator's event.
-            return try firstStopOfNewTask(tid)
-        }
+        if let owner { return try owner.handle(event) }
         switch event {
-        case .exited(_, let code):
-            if tid == pid && end == nil { finish(.exited(code: code)) } else { threadGone(tid) }
-        case .killed(_, let sig, _):
-            if tid == pid && end == nil { finish(.killed(signal: sig)) } else { threadGone(tid) }
-        case .event(_, .exit):
-            threads[tid]?.exiting = true
-            if threads.values.allSatisfy({ $0.exiting || $0.vforkChild }) && !finalSweepDone && threads[tid]?.vforkChild != true {
-                // The last thread: memory is still readable, nothing can run.
-                try finalSweep(reason: .exit)
-            }
+        case .interruptStop:
+            // A new task's first stop can come before its creator's event.
+            try firstStopOfNewTask(tid)
+        case .exited, .killed:
+            break  // a task PageWatch had already let go of
+        default:
             try Ptrace.cont(tid)
-        case .event(_, .clone):
-            let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
-            if threads[child] == nil { threads[child] = ThreadState() }
-            threads[tid]?.completingSyscall = Int64(child)
-            // Its thread control block was pinned at the clone's entry (cloneEntry).
-            try sweepIfPending(in: tid)
-            try resume(tid)
-        case .event(_, .exec) where threads[tid]?.vforkChild == true:
-            // The vfork child has its own address space now: untracked from here.
-            threads[tid] = nil
+        }
+    }
+
+    /// A followed process ended: its `exit` record; it leaves the session.
+    func processEnded(_ p: ProcessTracker) {
+        processes[p.pid] = nil
+        guard let end = p.end else { return }
+        emit(.exit(pid: p.pid, end: end, sweeps: p.sweeps, faults: p.totalFaults, timeNs: p.endTimeNs))
+    }
+}
+
+// MARK: - New tasks and the processes PageWatch does not track (hazards 7, 8)
+
+extension Tracker {
+    /// A tracked process forked or vforked `child` (its event stop, in `thread`).
+    func forked(_ child: Int32, kind: PtraceEvent, parent: ProcessTracker, thread tid: Int32) throws {
+        newChildren[child] = (kind, parent)
+        if kind == .fork {
+            if config.followForks {
+                followedChildren[child] = parent.forkedCopy(pid: child, thread: tid)
+                emit(.fork(pid: child, parent: parent.pid, timeNs: wallClockNs()))
+            } else {
+                armedAtFork[child] = (parent.injector, parent.armedRegions())
+            }
+        }
+        if unclassified.remove(child) != nil { try firstStopOfNewTask(child) }
+    }
+
+    /// A vfork child of a tracked process exec'd: it has its own address
+    /// space now. Followed, it is a tracked process from its new image on.
+    func vforkChildExeced(_ child: Int32, parent: ProcessTracker) throws {
+        guard config.followForks else {
+            untracked.insert(child)
+            try Ptrace.cont(child)
+            return
+        }
+        let p = ProcessTracker(session: self, pid: child, parent: parent.pid)
+        var state = ThreadState()
+        state.completingSyscall = 0
+        p.threads[child] = state
+        processes[child] = p
+        emit(.fork(pid: child, parent: parent.pid, timeNs: wallClockNs()))
+        try p.startImage(tid: child)
+        try p.resume(child)
+    }
+
+    /// The first stop of a task PageWatch has not seen: a thread of a
+    /// tracked process, or a process forked by one.
+    func firstStopOfNewTask(_ tid: Int32) throws {
+        if let (kind, parent) = newChildren.removeValue(forKey: tid) {
+            if kind == .vfork {
+                // Shares the parent's memory until it execs: its writes and
+                // syscalls are handled like the parent's own.
+                var state = ThreadState()
+                state.vforkChild = true
+                parent.threads[tid] = state
+                try Ptrace.cont(tid)
+            } else if let followed = followedChildren.removeValue(forKey: tid) {
+                // Its pages are armed as the parent's were: tracked as they are.
+                processes[tid] = followed
+                try followed.learnRseq(tid)
+                try followed.resume(tid)
+            } else {
+                // A copy of the address space with the armed pages armed: give
+                // it the program's protections back before it runs an instruction.
+                untracked.insert(tid)
+                try disarmCopy(tid)
+                try Ptrace.cont(tid)
+            }
+            return
+        }
+        if let group = threadGroup(of: tid), let p = processes[group] {
+            p.threads[tid] = ThreadState()
+            try p.learnRseq(tid)
+            try p.sweepIfPending(in: tid)
+            try p.resume(tid)
+        } else if let group = threadGroup(of: tid), untracked.contains(group) || untracked.contains(parentProcess(of: tid)) {
+            // A descendant of an untracked process: nothing of ours is armed in it.
             untracked.insert(tid)
             try Ptrace.cont(tid)
-        case .event(_, .exec):
-            threads[tid]?.completingSyscall = 0
-            try startImage(tid: tid)
-            try resume(tid)
-        case .event(_, .seccomp):
-            try handleSyscallEntry(tid: tid)
-        case .event(_, let kind) where kind == .fork || kind == .vfork:
-            let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
-            threads[tid]?.completingSyscall = Int64(child)
-            newChildren[child] = kind
-            if kind == .fork {
-                armedAtFork[child] = memory.regions.filter { $0.armed.setCount > 0 }
-                    .map { ProtectionChange(range: $0.range, protection: $0.protection) }
-            }
-            if unclassified.remove(child) != nil { try firstStopOfNewTask(child) }
-            // Not after vfork: the parent runs no code of ours until the child
-            // execs or exits, and the child waits for us.
-            if kind == .fork { try sweepIfPending(in: tid) }
-            try resume(tid)
-        case .event:
-            try sweepIfPending(in: tid)
-            try resume(tid)
-        case .interruptStop:
-            if Self.debug, let r = try? Arch.readRegisters(tid: tid) {
-                trace("  at \(Arch.instructionPointer(r)) syscall \(Arch.syscallNumber(r)) result \(Arch.syscallResult(r))")
-            }
-            threads[tid]?.interruptPending = false
-            threads[tid]?.inGroupStop = false
-            try learnRseq(tid)
-            try sweepIfPending(in: tid)
-            try resume(tid)
-        case .groupStop:
-            // Stay stopped as without the tool until SIGCONT (hazard 18).
-            threads[tid]?.inGroupStop = true
-            threads[tid]?.interruptPending = false
-            try Ptrace.listen(tid)
-        case .syscallStop:
-            if let pending = threads[tid]?.pendingExit {
-                threads[tid]?.pendingExit = nil
-                try handleSyscallExit(tid: tid, pending)
-            } else {
-                try resume(tid)
-            }
-        case .unknown:
-            try resume(tid)
+        } else {
+            // Its parent's fork event has not come yet: wait for it.
+            unclassified.insert(tid)
+        }
+    }
+
+    /// Restores the program's protection in a forked copy, for every region
+    /// that was armed when it was forked.
+    func disarmCopy(_ child: Int32) throws {
+        guard let (injector, regions) = armedAtFork.removeValue(forKey: child), let injector else { return }
+        for region in regions {
+            let o = try injector.run(HostArchitecture.syscalls.mprotect,
+                                     [region.range.start.value, region.range.length, UInt64(region.protection.rawValue)],
+                                     in: child)
+            for h in o.heldSignals { try? Ptrace.tgkill(child, child, h.signal) }
+        }
+    }
+
+    func threadGroup(of tid: Int32) -> Int32? { statusField("Tgid", tid) }
+    func parentProcess(of tid: Int32) -> Int32 { statusField("PPid", tid) ?? 0 }
+
+    func statusField(_ name: String, _ tid: Int32) -> Int32? {
+        guard let text = try? ProcFS.read("/proc/\(tid)/status", pid: tid) else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix(name + ":") {
+            return Int32(line.dropFirst(name.count + 1).trimmingPrefix(while: { $0 == " " || $0 == "\t" }))
+        }
+        return nil
+    }
+
+    /// An untracked descendant: resumed exactly as without PageWatch.
+    func handleUntracked(_ event: StopEvent) throws {
+        let tid = event.tid
+        switch event {
+        case .exited, .killed:
+            untracked.remove(tid)
         case .signalDelivery(_, let sig):
-            threads[tid]?.inGroupStop = false
-            try handleSignal(sig, tid: tid)
-        }
-    }
-
-    func handleSignal(_ sig: Int32, tid: Int32) throws {
-        if sig == Signal.SIGSEGV {
-            let info = try Ptrace.signalInfo(tid)
-            if try handleSegv(info, tid: tid) { return }
-        }
-        if sig == config.sweepSignal {
-            try learnRseq(tid)
-            try sweep(reason: .signal, in: tid)
-            try resume(tid)  // swallowed
-            return
-        }
-        let frame = try signalFrameArmedPages(sig, tid: tid)
-        if pendingSweep != nil || !frame.isEmpty {
-            // Keep the program's signal with its siginfo across our injections.
-            let own = try Ptrace.holdSignal(tid)
-            try learnRseq(tid)
-            // The sweep first: it re-arms pages, and the frame's must stay
-            // writable (so after a sweep the frame's armed pages are found again).
-            let swept = pendingSweep != nil
-            try sweepIfPending(in: tid)
-            let frameNow = swept ? try signalFrameArmedPages(sig, tid: tid) : frame
-            for range in frameNow.ranges { try unarmRange(range, tid: tid) }
-            threads[tid]?.held.insert(own, at: 0)
-            try resume(tid)
-            return
-        }
-        try Ptrace.cont(tid, signal: sig)
-    }
-
-    /// Hazard 2: to run a handler the kernel writes the signal frame below
-    /// the stack pointer (past the red zone); on an armed page that write
-    /// fails and the kernel kills the program. Returns the armed pages the
-    /// frame may cover when `sig` has a handler. (SA_ONSTACK frames on a
-    /// sigaltstack are not covered yet: that needs the sigaltstack calls.)
-    func signalFrameArmedPages(_ sig: Int32, tid: Int32) throws -> PageSet {
-        guard memory.trackedPageCount > 0, try caughtSignals() & (1 << UInt64(sig - 1)) != 0 else { return PageSet() }
-        var sp = Arch.stackPointer(try Arch.readRegisters(tid: tid))
-        var frameBytes = Arch.redZone + signalFrameSize
-        if onStackSignals & (1 << UInt64(sig - 1)) != 0, let alt = threads[tid]?.altStack, !alt.contains(sp) {
-            sp = alt.end  // the kernel switches to the top of the sigaltstack
-            frameBytes = signalFrameSize
-        }
-        let low = RemoteAddress(sp.value &- frameBytes)
-        var armed = PageSet()
-        var page = Page.floor(low)
-        while page < sp {
-            if case .armed = memory.state(of: page) { armed.insert(page: page) }
-            page = page + Page.size
-        }
-        return armed
-    }
-
-    /// The largest signal frame the kernel builds here: AT_MINSIGSTKSZ from
-    /// the auxiliary vector (xsave state + rt_sigframe), plus alignment slack.
-    lazy var signalFrameSize: UInt64 = {
-        let minimum = (try? ProcFS.auxiliaryValue(pid: liveThread(), key: 51)) ?? nil  // AT_MINSIGSTKSZ
-        return max(minimum ?? 0, 4096) + 256
-    }()
-
-    /// SigCgt of /proc/PID/status: the signals with a handler.
-    func caughtSignals() throws -> UInt64 {
-        let status = try ProcFS.read("/proc/\(liveThread())/status", pid: pid)
-        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigCgt:") }),
-              let mask = UInt64(line.dropFirst(7).trimmingPrefix(while: { $0 == " " || $0 == "\t" }), radix: 16)
-        else { return 0 }
-        return mask
-    }
-
-    /// Un-arms every armed page in `range` (they become dirty).
-    func unarmRange(_ range: AddressRange, tid: Int32) throws {
-        var page = range.start
-        while page < range.end {
-            if case .armed(let protection) = memory.state(of: page) { try unarm(page, protection, tid: tid) }
-            page = page + Page.size
-        }
-    }
-
-    /// Returns true when the SIGSEGV was PageWatch's and has been handled.
-    func handleSegv(_ info: SignalInfo, tid: Int32) throws -> Bool {
-        if info.code == SignalInfo.SI_KERNEL {
-            // The kernel could not update the thread's rseq area (hazard 3).
-            return try rescueRseq(tid)
-        }
-        guard info.code == SignalInfo.SEGV_ACCERR else { return false }
-        let page = Page.floor(info.faultAddress)
-        trace("  fault at \(info.faultAddress): \(memory.state(of: page))")
-        switch memory.state(of: page) {
-        case .untracked:
-            return false
-        case .armed(let protection):
-            try unarm(page, protection, tid: tid)
-            threads[tid]?.lastSuppressedFault = nil
-            faultsThisInterval += 1
-            totalFaults += 1
-            try resume(tid)
-            return true
-        case .writable(let protection):
-            // Another thread got there first (hazard 11): just retry the write.
-            // At the same page again, make sure the kernel has the program's
-            // protection there; a third time the fault is not ours (hazard 14).
-            guard protection.contains(.write) else { return false }
-            var state = threads[tid] ?? ThreadState()
-            let repeats: Int
-            if state.lastSuppressedFault == page { repeats = state.suppressedRepeats + 1 } else { repeats = 0 }
-            state.lastSuppressedFault = page
-            state.suppressedRepeats = repeats
-            threads[tid] = state
-            if repeats >= 2 {
-                threads[tid]?.lastSuppressedFault = nil
-                return false
-            }
-            if repeats == 1 {
-                try protect(AddressRange(start: page, end: page + Page.size), protection, tid: tid)
-            }
-            faultsThisInterval += 1
-            totalFaults += 1
-            try resume(tid)
-            return true
-        }
-    }
-
-    /// Makes one armed page writable again and marks it dirty.
-    func unarm(_ page: RemoteAddress, _ protection: Protection, tid: Int32) throws {
-        let range = AddressRange(start: page, end: page + Page.size)
-        do {
-            try protect(range, protection, tid: tid)
-            memory.markWritten(page)
-            return
-        } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
-            // vm.max_map_count reached (hazard 12): every page made writable
-            // inside an armed range split a VMA. Below: re-arm the whole
-            // region early, keeping its dirty bits (the report stays exact),
-            // which merges its VMAs back into one; then try again.
-        }
-        if let plan = memory.rearmRegionPlan(containing: page) {
-            do {
-                for change in plan { try protect(change.range, change.protection, tid: tid) }
-                memory.markRegionArmedKeepingDirty(containing: page)
-                try protect(range, protection, tid: tid)
-                memory.markWritten(page)
-                return
-            } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
-                // Still no room: fall through to the last resort.
-            }
-        }
-        try unarmRegion(containing: page, tid: tid)
-    }
-
-    /// The last resort at vm.max_map_count: the region's program protection
-    /// everywhere (one VMA again), every page dirty until the next sweep.
-    func unarmRegion(containing page: RemoteAddress, tid: Int32) throws {
-        if let whole = memory.markRegionWritten(containing: page) {
-            try protect(whole.range, whole.protection, tid: tid)
-        }
-    }
-
-    func protect(_ range: AddressRange, _ protection: Protection, tid: Int32) throws {
-        trace("  mprotect \(range) \(protection) in \(tid)")
-        guard let injector else { return }
-        if threads[tid]?.entryRegisters != nil { threads[tid]?.injectedAtEntry = true }
-        let outcome = try injector.mprotect(range, protection, in: tid, completing: threads[tid]?.completingSyscall)
-        threads[tid]?.held.append(contentsOf: outcome.heldSignals)
-        if outcome.consumedInterrupt { threads[tid]?.interruptPending = false }
-    }
-
-    /// Resumes a stopped thread, first delivering anything held for it.
-    func resume(_ tid: Int32, exit pending: PendingSyscallExit? = nil) throws {
-        threads[tid]?.completingSyscall = nil
-        var rewound = false
-        if let entry = threads[tid]?.entryRegisters {
-            threads[tid]?.entryRegisters = nil
-            if threads[tid]?.injectedAtEntry == true {
-                // PageWatch ran code at this syscall entry, which abandoned the
-                // call: run the syscall instruction again (it stops here again).
-                threads[tid]?.injectedAtEntry = false
-                try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid)
-                rewound = true
-            }
-        }
-        if let pending, !rewound {
-            threads[tid]?.pendingExit = pending
-            try Ptrace.resumeToSyscallExit(tid)
-            return
-        }
-        try absorbHeldFaults(tid)
-        guard var state = threads[tid], !state.held.isEmpty else {
+            try Ptrace.cont(tid, signal: sig)
+        case .groupStop:
+            try Ptrace.listen(tid)
+        case .event(_, let kind) where kind == .fork || kind == .vfork || kind == .clone:
+            let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
+            untracked.insert(child)
+            if unclassified.remove(child) != nil { try Ptrace.cont(child) }
             try Ptrace.cont(tid)
-            return
+        default:
+            try Ptrace.cont(tid)
         }
-        let first = state.held.removeFirst()
-        trace("  delivering held \(Signal.name(first.signal)) to \(tid)")
-        let rest = state.held
-        state.held = []
-        threads[tid] = state
-        try Ptrace.deliver(first, to: tid)
-        // Only one signal can ride on a resume; the rest are sent again (their
-        // siginfo becomes SI_TKILL). In practice at most one arrives.
-        for h in rest { try? Ptrace.tgkill(pid, tid, h.signal) }
-    }
-
-    /// A write fault can be pending when PageWatch stops a thread (it
-    /// faulted just before a PTRACE_INTERRUPT): it then arrives during an
-    /// injection and is held. Such a SIGSEGV is PageWatch's like any other:
-    /// handle it here instead of delivering it; the instruction runs again.
-    func absorbHeldFaults(_ tid: Int32) throws {
-        var rounds = 0
-        while rounds < 8, let state = threads[tid],
-              let i = state.held.firstIndex(where: { $0.signal == Signal.SIGSEGV && $0.code == SignalInfo.SEGV_ACCERR }) {
-            rounds += 1
-            let page = Page.floor(state.held[i].faultAddress)
-            switch memory.state(of: page) {
-            case .armed(let protection):
-                threads[tid]?.held.remove(at: i)
-                try unarm(page, protection, tid: tid)
-                faultsThisInterval += 1
-                totalFaults += 1
-            case .writable(let protection) where protection.contains(.write):
-                threads[tid]?.held.remove(at: i)
-            default:
-                return  // the program's own fault: delivered as it is
-            }
-        }
-    }
-
-    // MARK: - Threads and images
-
-    /// A new program image (the first exec, or a later one): forget the old
-    /// address space and place the injection gadget in the new one (hazard 9).
-    func startImage(tid: Int32) throws {
-        if tid != pid {
-            // A non-leader thread exec'd: it takes over the leader's pid.
-            threads[tid] = nil
-        }
-        let completing = threads[pid]?.completingSyscall ?? threads[tid]?.completingSyscall ?? 0
-        threads = [pid: threads[pid] ?? ThreadState()]
-        threads[pid]?.rseqKnown = false
-        threads[pid]?.completingSyscall = completing
-        memory.reset()
-        stackAnchors = []
-        faultsThisInterval = 0
-        let (gadget, held) = try RemoteSyscall.bootstrap(in: pid, completing: completing)
-        injector = gadget
-        threads[pid]?.held.append(contentsOf: held)
-        if sweeps > 0 || totalFaults > 0 {
-            let path = ProcFS.executable(of: pid) ?? config.command[0]
-            emit(.exec(pid: pid, path: path, timeNs: wallClockNs()))
-        }
-    }
-
-    func pin(_ range: AddressRange, tid: Int32) throws {
-        trace("  pin \(range)")
-        for change in memory.pin(range) {
-            try protect(change.range, change.protection, tid: tid)
-        }
-    }
-
-    /// Looks up the thread's rseq area once it has one and pins it (hazard 3).
-    func learnRseq(_ tid: Int32) throws {
-        guard let state = threads[tid], !state.rseqKnown else { return }
-        guard let area = try? Ptrace.rseqArea(tid) else { return }
-        threads[tid]?.rseqKnown = true
-        try pin(area.range.pageAligned, tid: tid)
-    }
-
-    /// A SIGSEGV the kernel forced because it could not write the rseq area:
-    /// pin the area and let the thread go on, as it would have without us.
-    func rescueRseq(_ tid: Int32) throws -> Bool {
-        guard let area = try? Ptrace.rseqArea(tid) else { return false }
-        guard case .armed = memory.state(of: area.address) else { return false }
-        threads[tid]?.rseqKnown = true
-        try pin(area.range.pageAligned, tid: tid)
-        try resume(tid)
-        return true
-    }
-
-    /// A thread to name in /proc paths: the main thread may have exited (pthread_exit).
-    func liveThread() -> Int32 {
-        if let main = threads[pid], !main.exiting { return pid }
-        for (tid, state) in threads where !state.exiting { return tid }
-        return threads.keys.first ?? pid
-    }
-
-    func threadGone(_ tid: Int32) {
-        threads[tid] = nil
-    }
-
-    // MARK: - Sweeps
-
-    func requestSweep(_ reason: SweepReason) {
-        if pendingSweep == nil { pendingSweep = reason }
-    }
-
-    /// Interval sweeps need a stopped thread to inject into: interrupt one
-    /// that is safe to interrupt. A thread blocked in a call that writes user
-    /// memory when interrupted (nanosleep's remaining time) into an armed page
-    /// would get EFAULT (hazard 1), so such threads are left alone; when no
-    /// thread is safe, the sweep reports without re-arming (`reportOnlySweep`).
-    /// Returns false when no thread could be interrupted.
-    @discardableResult
-    func requestInterruptIfNeeded() -> Bool {
-        if threads.values.contains(where: \.interruptPending) { return true }
-        let candidates = threads.keys.sorted().filter { t in
-            let s = threads[t]!
-            return !s.exiting && !s.inGroupStop
-        }
-        for t in candidates where safeToInterrupt(t) {
-            if (try? Ptrace.interrupt(t)) != nil {
-                threads[t]?.interruptPending = true
-                return true
-            }
-        }
-        return false
-    }
-
-    func safeToInterrupt(_ tid: Int32) -> Bool {
-        switch ProcFS.activity(pid: pid, tid: tid) {
-        case .running: return true
-        case .unknown: return false
-        case let .inSyscall(number, arguments):
-            guard let written = Arch.memoryWrittenOnInterruption(number: number, arguments: arguments) else {
-                return false
-            }
-            return written.allSatisfy { range in
-                var page = Page.floor(range.start)
-                while page < range.end {
-                    if case .armed = memory.state(of: page) { return false }
-                    page = page + Page.size
-                }
-                return true
-            }
-        }
-    }
-
-    /// An interval sweep with no thread to run code in: report what is known.
-    /// Dirty pages stay unarmed and dirty, so they are reported again next
-    /// time: extra pages, never a missed one.
-    func reportOnlySweep(reason: SweepReason) throws {
-        pendingSweep = nil
-        try refreshMaps()
-        let dirty = memory.dirtyPages()
-        memory.clearPinnedDirty()
-        emitSweep(reason: reason, dirty: dirty)
-    }
-
-    func sweepIfPending(in tid: Int32) throws {
-        guard let reason = pendingSweep else { return }
-        try sweep(reason: reason, in: tid)
-    }
-
-    /// Reports and re-arms. Re-protection comes before the dirty bits are
-    /// cleared, so a write racing with the sweep lands in the next interval
-    /// (hazard 19): pages written while we work are unarmed, hence dirty, and
-    /// writes after their re-arm fault and are handled after this sweep.
-    func sweep(reason: SweepReason, in tid: Int32) throws {
-        pendingSweep = nil
-        // Re-armed pages may fault again legitimately: forget the race markers (hazards 11, 14).
-        for t in threads.keys { threads[t]?.lastSuppressedFault = nil }
-        try refreshMaps()
-        let dirty = memory.dirtyPages()
-        let busy = outputsOfBlockedCalls(excluding: tid)
-        for planned in memory.rearmPlan() {
-            // Buffers another thread's blocked call will still write stay
-            // writable (and dirty, so reported again): re-arming them now would
-            // turn its copy-out into EFAULT (hazard 1).
-            var pieces = PageSet([planned.range])
-            for b in busy.intersection(planned.range).ranges { pieces.remove(b) }
-            for range in pieces.ranges {
-            let change = ProtectionChange(range: range, protection: planned.protection)
-            do {
-                try protect(change.range, change.protection, tid: tid)
-                memory.markArmed(change.range)
-            } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
-                // vm.max_map_count (hazard 12), possibly applied in part: give
-                // the region its program protection everywhere; its pages stay
-                // dirty and are reported again next sweep (never missed).
-                try unarmRegion(containing: change.range.start, tid: tid)
-            }
-            }
-        }
-        memory.clearPinnedDirty()
-        memory.clearReadOnlyDirty()
-        emitSweep(reason: reason, dirty: dirty)
-    }
-
-    /// The output buffers of the calls other threads are blocked in now
-    /// (from /proc/PID/task/TID/syscall), page-aligned.
-    func outputsOfBlockedCalls(excluding tid: Int32) -> PageSet {
-        var busy = PageSet()
-        for other in threads.keys where other != tid {
-            guard case let .inSyscall(number, arguments) = ProcFS.activity(pid: liveThread(), tid: other),
-                  let call = Arch.syscall(number: number) else { continue }
-            let outputs = SyscallOutputs(read: { a, n in (try? Ptrace.readMemory(other, a, count: n)) ?? [] })
-            for r in outputs.ranges(call, arguments) ?? [] { busy.insert(r.pageAligned) }
-        }
-        return busy
-    }
-
-    /// The last sweep: report without re-arming (the program is exiting).
-    func finalSweep(reason: SweepReason) throws {
-        finalSweepDone = true
-        pendingSweep = nil
-        try? refreshMaps()
-        emitSweep(reason: reason, dirty: memory.dirtyPages())
-    }
-
-    func emitSweep(reason: SweepReason, dirty: PageSet) {
-        sweeps += 1
-        emit(.sweep(SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
-                                ranges: dirty.ranges, faults: faultsThisInterval)))
-        faultsThisInterval = 0
-    }
-
-    /// Re-reads `/proc/PID/maps`: new selected mappings become tracked (and
-    /// dirty), vanished ones are forgotten.
-    func refreshMaps() throws {
-        // Through a live thread: once the main thread has exited, /proc/PID/maps is empty.
-        let maps = try ProcFS.maps(of: liveThread())
-        memory.reconcile(maps: maps, selection: config.selection, stackAnchors: stackAnchors)
-    }
-
-    func finish(_ how: ProgramEnd) {
-        if !finalSweepDone {
-            // Killed without an exit stop: report what is known.
-            finalSweepDone = true
-            emitSweep(reason: .exit, dirty: memory.dirtyPages())
-        }
-        end = how
-        emit(.end(pid: pid, end: how, sweeps: sweeps, faults: totalFaults, timeNs: wallClockNs()))
     }
 }

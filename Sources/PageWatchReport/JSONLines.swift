@@ -17,12 +17,21 @@ public enum JSONLines {
             let ranges = s.ranges.map { "[\"\($0.start.hex)\",\"\($0.end.hex)\"]" }.joined(separator: ",")
             return "{\"type\":\"sweep\",\"seq\":\(s.seq),\"pid\":\(s.pid),\"reason\":\"\(s.reason.rawValue)\","
                 + "\"time_ns\":\(s.timeNs),\"dirty_pages\":\(s.dirtyPages),\"faults\":\(s.faults),\"ranges\":[\(ranges)]}"
+        case let .fork(pid, parent, timeNs):
+            return "{\"type\":\"fork\",\"pid\":\(pid),\"parent\":\(parent),\"time_ns\":\(timeNs)}"
+        case let .exit(pid, end, sweeps, faults, timeNs):
+            return ending("exit", pid, end, sweeps, faults, timeNs)
         case let .end(pid, end, sweeps, faults, timeNs):
-            var signal = ""
-            if case .killed(let s) = end { signal = ",\"signal\":\(s)" }
-            return "{\"type\":\"end\",\"pid\":\(pid),\"exit_status\":\(end.shellStatus)\(signal),"
-                + "\"sweeps\":\(sweeps),\"faults\":\(faults),\"time_ns\":\(timeNs)}"
+            return ending("end", pid, end, sweeps, faults, timeNs)
         }
+    }
+
+    /// `end` (the program) and `exit` (a followed process) share their fields.
+    static func ending(_ type: String, _ pid: Int32, _ end: ProgramEnd, _ sweeps: Int, _ faults: Int, _ timeNs: UInt64) -> String {
+        var signal = ""
+        if case .killed(let s) = end { signal = ",\"signal\":\(s)" }
+        return "{\"type\":\"\(type)\",\"pid\":\(pid),\"exit_status\":\(end.shellStatus)\(signal),"
+            + "\"sweeps\":\(sweeps),\"faults\":\(faults),\"time_ns\":\(timeNs)}"
     }
 
     static func array(_ items: [String]) -> String { "[" + items.map(string).joined(separator: ",") + "]" }

@@ -9,6 +9,8 @@ public struct Summary {
     var sweeps: [SweepRecord] = []
     var end: ProgramEnd?
     var execs = 0
+    /// `--follow-forks`: the other processes, in the order they appeared.
+    var followed: [(pid: Int32, parent: Int32, pages: UInt64, faults: Int, end: ProgramEnd?)] = []
 
     public init() {}
 
@@ -16,7 +18,15 @@ public struct Summary {
         switch record {
         case let .start(p, _, c, _, _): pid = p; command = c
         case .exec: execs += 1
-        case .sweep(let s): sweeps.append(s)
+        case .sweep(let s) where s.pid == pid: sweeps.append(s)
+        case .sweep(let s):
+            if let i = followed.firstIndex(where: { $0.pid == s.pid }) {
+                followed[i].pages += s.dirtyPages
+                followed[i].faults += s.faults
+            }
+        case let .fork(child, parent, _): followed.append((child, parent, 0, 0, nil))
+        case let .exit(child, e, _, _, _):
+            if let i = followed.firstIndex(where: { $0.pid == child }) { followed[i].end = e }
         case .end(_, let e, _, _, _): end = e
         }
     }
@@ -36,12 +46,20 @@ public struct Summary {
         let totalFaults = sweeps.reduce(0) { $0 + $1.faults }
         lines.append("  total: \(sweeps.count) sweeps, \(totalPages) dirty pages (\(mib(totalPages)) MiB), \(totalFaults) write faults")
         if execs > 0 { lines.append("  the program called exec \(execs) time(s); tracking restarted each time") }
-        switch end {
-        case .exited(let c)?: lines.append("  program exited with status \(c)")
-        case .killed(let s)?: lines.append("  program killed by \(Signal.name(s))")
-        case nil: break
+        for f in followed {
+            lines.append("  process \(f.pid) (forked by \(f.parent)): \(f.pages) dirty pages, \(f.faults) write faults, "
+                         + ended(f.end))
         }
+        if let end { lines.append("  program " + ended(end)) }
         return lines.joined(separator: "\n") + "\n"
+    }
+
+    func ended(_ end: ProgramEnd?) -> String {
+        switch end {
+        case .exited(let c)?: return "exited with status \(c)"
+        case .killed(let s)?: return "killed by \(Signal.name(s))"
+        case nil: return "still running"
+        }
     }
 
     func pad(_ s: String, _ width: Int) -> String {

@@ -66,6 +66,10 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Write the JSON Lines log (schema pagewatch/1) here; - for stdout. Without it a summary goes to stderr.", valueName: "PATH"))
     var output: String?
 
+    @Flag(name: .long, help: ArgumentHelp("Track the processes the program forks too: each gets its own sweeps, and every record carries its pid.",
+                                           discussion: "Without it, forked children get the program's protections back and run untracked (still traced)."))
+    var followForks = false
+
     @Argument(parsing: .postTerminator, help: ArgumentHelp("The program and its arguments, after --.", valueName: "PROGRAM"))
     var program: [String] = []
 
@@ -89,7 +93,7 @@ struct Run: ParsableCommand {
         let selection = Selection(try track.map(TrackSpec.parse))
         let configuration = TrackerConfiguration(
             command: program, selection: selection, intervalNs: IntervalParser.parse(interval)!,
-            sweepSignal: sweepSignal.flatMap(Signal.parse))
+            sweepSignal: sweepSignal.flatMap(Signal.parse), followForks: followForks)
         let sink: LogSink
         do {
             sink = try LogSink(path: output)

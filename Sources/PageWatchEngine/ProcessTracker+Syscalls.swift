@@ -14,7 +14,7 @@ enum PendingSyscallExit {
 /// Launch mode's syscall interception (issue 3): a seccomp filter stops the
 /// program at the entry of every call that is not known to leave user memory
 /// alone; each stop is handled here.
-extension Tracker {
+extension ProcessTracker {
     /// Traces everything but the calls known never to write user memory, and
     /// `futex` unless it is FUTEX_WAKE_OP (which writes *uaddr2).
     static func interceptionFilter() -> SeccompFilter {
@@ -285,87 +285,6 @@ extension Tracker {
                 try protect(r, piece.protection.armed, tid: tid)
                 memory.markArmedKeepingDirty(r)
             }
-        }
-    }
-}
-
-// MARK: - New tasks and the processes PageWatch does not track (hazards 7, 8)
-
-extension Tracker {
-    /// The first stop of a task PageWatch has not seen: a thread of the
-    /// program, or a process forked by it.
-    func firstStopOfNewTask(_ tid: Int32) throws {
-        if let kind = newChildren.removeValue(forKey: tid) {
-            if kind == .vfork {
-                // Shares the parent's memory until it execs: its writes and
-                // syscalls are handled like the program's own.
-                var state = ThreadState()
-                state.vforkChild = true
-                threads[tid] = state
-                try Ptrace.cont(tid)
-            } else {
-                // A copy of the address space with the armed pages armed: give
-                // it the program's protections back before it runs an instruction.
-                untracked.insert(tid)
-                try disarmCopy(tid)
-                try Ptrace.cont(tid)
-            }
-            return
-        }
-        if threadGroup(of: tid) == pid {
-            threads[tid] = ThreadState()
-            try learnRseq(tid)
-            try sweepIfPending(in: tid)
-            try resume(tid)
-        } else if let group = threadGroup(of: tid), untracked.contains(group) || untracked.contains(parentProcess(of: tid)) {
-            // A descendant of an untracked process: nothing of ours is armed in it.
-            untracked.insert(tid)
-            try Ptrace.cont(tid)
-        } else {
-            // Its parent's fork event has not come yet: wait for it.
-            unclassified.insert(tid)
-        }
-    }
-
-    /// Restores the program's protection in a forked copy, for every region
-    /// that was armed when it was forked.
-    func disarmCopy(_ child: Int32) throws {
-        guard let injector else { return }
-        for region in armedAtFork.removeValue(forKey: child) ?? [] {
-            let o = try injector.run(Arch.syscalls.mprotect, [region.range.start.value, region.range.length,
-                                                                UInt64(region.protection.rawValue)], in: child)
-            for h in o.heldSignals { try? Ptrace.tgkill(child, child, h.signal) }
-        }
-    }
-
-    func threadGroup(of tid: Int32) -> Int32? { statusField("Tgid", tid) }
-    func parentProcess(of tid: Int32) -> Int32 { statusField("PPid", tid) ?? 0 }
-
-    func statusField(_ name: String, _ tid: Int32) -> Int32? {
-        guard let text = try? ProcFS.read("/proc/\(tid)/status", pid: tid) else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix(name + ":") {
-            return Int32(line.dropFirst(name.count + 1).trimmingPrefix(while: { $0 == " " || $0 == "\t" }))
-        }
-        return nil
-    }
-
-    /// An untracked descendant: resumed exactly as without PageWatch.
-    func handleUntracked(_ event: StopEvent) throws {
-        let tid = event.tid
-        switch event {
-        case .exited, .killed:
-            untracked.remove(tid)
-        case .signalDelivery(_, let sig):
-            try Ptrace.cont(tid, signal: sig)
-        case .groupStop:
-            try Ptrace.listen(tid)
-        case .event(_, let kind) where kind == .fork || kind == .vfork || kind == .clone:
-            let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
-            untracked.insert(child)
-            if unclassified.remove(child) != nil { try Ptrace.cont(child) }
-            try Ptrace.cont(tid)
-        default:
-            try Ptrace.cont(tid)
         }
     }
 }
