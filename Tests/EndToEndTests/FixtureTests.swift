@@ -8,7 +8,7 @@ import Testing
         var fixture: String
         var extraArguments: [String] = []
         var expectedStatus: Int32
-        var description: String { fixture }
+        var description: String { ([fixture] + extraArguments).joined(separator: " ") }
     }
 
     static let cases: [Case] = [
@@ -29,6 +29,9 @@ import Testing
         Case(fixture: "fx_stopcont", expectedStatus: 0),
         Case(fixture: "fx_sigaltstack", expectedStatus: 0),
         Case(fixture: "fx_blocked_reader", expectedStatus: 0),
+        // Followed children must leave the program's own report exact.
+        Case(fixture: "fx_fork", extraArguments: ["--follow-forks"], expectedStatus: 0),
+        Case(fixture: "fx_follow", extraArguments: ["--follow-forks"], expectedStatus: 0),
     ]
 
     @Test(arguments: cases)
@@ -49,7 +52,8 @@ import Testing
         #expect(records.first?["schema"] as? String == "pagewatch/1")
         #expect(records.last?["type"] as? String == "end")
         #expect(records.last?["exit_status"] as? Int == Int(c.expectedStatus))
-        let sweeps = records.filter { $0["type"] as? String == "sweep" }
+        let pid = records.first?["pid"] as? Int
+        let sweeps = records.filter { $0["type"] as? String == "sweep" && $0["pid"] as? Int == pid }
         #expect(sweeps.map { $0["seq"] as? Int } == Array(1...sweeps.count).map { $0 })
 
         // Phase K's writes are reported by sweep K: signal sweeps, then the exit sweep.
@@ -85,6 +89,53 @@ import Testing
         let reasons = try Harness.readLog(log).compactMap { $0["reason"] as? String }
         #expect(reasons.filter { $0 == "interval" }.count >= 3)
         #expect(reasons.last == "exit")
+    }
+
+    /// `--follow-forks`: the fixture's child is a process of its own, with its
+    /// own exact sweeps; its fork child and the shell system() runs are
+    /// followed too, and every followed process has a `fork` and an `exit`.
+    @Test func followedChildrenHaveTheirOwnSweeps() throws {
+        let program = Harness.fixture("fx_follow")
+        let untracked = try Harness.run([program])
+        let log = Harness.temporaryPath("follow.jsonl")
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--follow-forks", "--sweep-signal", "USR2",
+                                       "--interval", "0", "--output", log, "--", program])
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == 0)
+        let records = try Harness.readLog(log)
+        let main = try #require(records.first?["pid"] as? Int)
+        let forks = records.filter { $0["type"] as? String == "fork" }
+        // The child, its grandchild, and the shell of system().
+        #expect(forks.count == 3)
+        let child = try #require(forks.first { $0["parent"] as? Int == main }?["pid"] as? Int)
+        let grandchild = try #require(forks.first { $0["parent"] as? Int == child }?["pid"] as? Int)
+        let shell = try #require(forks.last { $0["parent"] as? Int == main }?["pid"] as? Int)
+        #expect(Set([child, grandchild, shell]).count == 3)
+
+        func sweeps(of pid: Int) -> [[String: Any]] {
+            records.filter { $0["type"] as? String == "sweep" && $0["pid"] as? Int == pid }
+        }
+        func exitStatus(of pid: Int) -> Int? {
+            records.first { $0["type"] as? String == "exit" && $0["pid"] as? Int == pid }?["exit_status"] as? Int
+        }
+        #expect(exitStatus(of: child) == 5)
+        #expect(exitStatus(of: grandchild) == 0)
+        #expect(exitStatus(of: shell) == 0)
+        #expect(records.last?["type"] as? String == "end")
+        #expect(records.last?["pid"] as? Int == main)
+
+        let truth = try FixtureTruth(stdout: untracked.stdout, prefix: "child ").expectedSweeps
+        let got = sweeps(of: child)
+        #expect(got.map { $0["seq"] as? Int } == Array(1...truth.count).map { $0 })
+        for (k, sweep) in got.enumerated() where k < truth.count {
+            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "child sweep \(k + 1)")
+        }
+        // The grandchild: one exit sweep, everything new to it; the shell
+        // exec'd an image without the region.
+        let region = truth[0].region
+        #expect(sweeps(of: grandchild).map { FixtureTruth.pages(in: region, of: $0) } == [Set(0..<8)])
+        #expect(sweeps(of: shell).allSatisfy { FixtureTruth.pages(in: region, of: $0).isEmpty })
+        #expect(!sweeps(of: shell).isEmpty)
     }
 
     @Test func summaryGoesToStderrWithoutOutput() throws {

@@ -91,9 +91,15 @@ struct FixtureTruth {
     }
     var segments: [Segment] = []
 
-    init(stdout: String) throws {
+    /// `prefix`: read the lines of a forked child that prints its own truth
+    /// ("child phase K pages ..."), under the one region line.
+    init(stdout: String, prefix: String = "") throws {
         for line in stdout.split(separator: "\n") {
-            let f = line.split(separator: " ", omittingEmptySubsequences: false)
+            var f = line.split(separator: " ", omittingEmptySubsequences: false)
+            if !prefix.isEmpty, f.first != "region" {
+                guard line.hasPrefix(prefix) else { continue }
+                f = line.dropFirst(prefix.count).split(separator: " ", omittingEmptySubsequences: false)
+            }
             if f.first == "region", f.count == 3 {
                 segments.append(Segment(region: (UInt64(f[1].dropFirst(2), radix: 16)!, UInt64(f[2].dropFirst(2), radix: 16)!),
                                         phases: [:]))
