@@ -21,6 +21,27 @@ import PageWatchEngine
                 == #"{"type":"end","pid":42,"exit_status":139,"signal":11,"sweeps":1,"faults":0,"time_ns":10}"#)
     }
 
+    @Test func encodesForkAndExitOfFollowedProcesses() {
+        #expect(JSONLines.encode(.fork(pid: 43, parent: 42, timeNs: 11))
+                == #"{"type":"fork","pid":43,"parent":42,"time_ns":11}"#)
+        #expect(JSONLines.encode(.exit(pid: 43, end: .exited(code: 5), sweeps: 3, faults: 2, timeNs: 12))
+                == #"{"type":"exit","pid":43,"exit_status":5,"sweeps":3,"faults":2,"time_ns":12}"#)
+    }
+
+    @Test func summaryListsFollowedProcessesApartFromTheProgram() {
+        var summary = Summary()
+        summary.add(.start(pid: 5, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: 0))
+        summary.add(.fork(pid: 6, parent: 5, timeNs: 1))
+        summary.add(.sweep(SweepRecord(seq: 1, pid: 6, reason: .exit, timeNs: 2, ranges: [AddressRange(0, 3 * 4096)], faults: 2)))
+        summary.add(.exit(pid: 6, end: .exited(code: 5), sweeps: 1, faults: 2, timeNs: 3))
+        summary.add(.sweep(SweepRecord(seq: 1, pid: 5, reason: .exit, timeNs: 4, ranges: [AddressRange(0, 4096)], faults: 1)))
+        summary.add(.end(pid: 5, end: .exited(code: 0), sweeps: 1, faults: 1, timeNs: 5))
+        let text = summary.render()
+        #expect(text.contains("total: 1 sweeps, 1 dirty pages"))
+        #expect(text.contains("process 6 (forked by 5): 3 dirty pages, 2 write faults, exited with status 5"))
+        #expect(text.contains("program exited with status 0"))
+    }
+
     @Test func escapedStringsRoundTripThroughAJSONParser() throws {
         let nasty = "tab\t nl\n cr\r quote\" backslash\\ ctl\u{01}\u{1f} unicode é ✓"
         let line = JSONLines.encode(.exec(pid: 1, path: nasty, timeNs: 2))
