@@ -117,6 +117,14 @@ int pw_kill(pid_t pid, int signal) {
     RETURN_ERRNO(kill(pid, signal));
 }
 
+int pw_get_robust_list(pid_t tid, uint64_t *head) {
+    void *h = NULL;
+    size_t len = 0;
+    if (syscall(SYS_get_robust_list, tid, &h, &len) != 0) return -errno;
+    *head = (uint64_t)(uintptr_t)h;
+    return 0;
+}
+
 pid_t pw_gettid(void) {
     return (pid_t)syscall(SYS_gettid);
 }

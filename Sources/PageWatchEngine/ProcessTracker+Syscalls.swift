@@ -64,6 +64,11 @@ extension ProcessTracker {
             try resume(tid)
         case .clone, .clone3:
             try cloneEntry(call, args, tid: tid)
+        case .set_tid_address:
+            threads[tid]?.clearChildTid = args[0] == 0 ? nil : RemoteAddress(args[0])
+            try resume(tid)
+        case .exit:
+            try threadExitEntry(tid: tid)
         case .rseq:
             // Hazard 3: the kernel writes the area on every return to user space.
             if args[2] & 1 == 0, args[0] != 0 {  // registration, not RSEQ_FLAG_UNREGISTER
@@ -109,37 +114,98 @@ extension ProcessTracker {
         try resume(tid, exit: .memory(call, args, rewrittenProtection: args[2]))
     }
 
-    /// clone/clone3 entry: before the kernel writes the new thread's tid
-    /// (CLONE_PARENT_SETTID) or clears it at its exit (CLONE_CHILD_CLEARTID,
-    /// hazard 4), pin the thread control block those words live in.
+    /// clone/clone3 entry: the tid words the kernel writes in this address
+    /// space are un-armed first (counted dirty): CLONE_PARENT_SETTID's, and
+    /// CLONE_CHILD_SETTID's, which the child writes in the shared memory (a
+    /// thread) or in its copy of this page as it is now (a fork). The
+    /// CLONE_CHILD_CLEARTID word is remembered for the new thread's exit
+    /// (hazard 4, `threadExitEntry`).
     func cloneEntry(_ call: Syscall, _ args: [UInt64], tid: Int32) throws {
-        var flags: UInt64 = 0, tidWords: [UInt64] = [], stackTop: UInt64 = 0
+        var flags: UInt64 = 0, parentTid: UInt64 = 0, childTid: UInt64 = 0, stackTop: UInt64 = 0
         if call == .clone3 {
+            // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, ...
             let raw = (try? Ptrace.readMemory(tid, RemoteAddress(args[0]), count: 56)) ?? []
             if raw.count == 56 {
                 func word(_ i: Int) -> UInt64 { littleEndian(raw, at: i * 8) }
                 flags = word(0)
-                tidWords = [word(2), word(3)]
+                childTid = word(2)
+                parentTid = word(3)
                 stackTop = word(5) &+ word(6)
             }
         } else {
+            // x86_64 clone(flags, stack, parent_tid, child_tid, tls)
             flags = args[0]
-            tidWords = [args[2], args[3]]
             stackTop = args[1]
+            parentTid = args[2]
+            childTid = args[3]
         }
-        let cloneVM: UInt64 = 0x100
-        if flags & cloneVM != 0 {
-            if stackTop != 0 { stackAnchors.append(RemoteAddress(stackTop &- 1)) }
-            for w in tidWords where w != 0 {
-                // glibc's struct pthread spans the tid word's page and the next.
-                let start = Page.floor(RemoteAddress(w))
-                try pin(AddressRange(start: start, end: start + 2 * Page.size), tid: tid)
-            }
-        } else {
-            // fork-like: only the parent's tid word is written in this address space.
-            if tidWords.count > 1, tidWords[1] != 0 { try unarmForKernel(AddressRange(start: RemoteAddress(tidWords[1]), end: RemoteAddress(tidWords[1]) + 4), tid: tid) }
+        let cloneVM: UInt64 = 0x100, parentSetTid: UInt64 = 0x10_0000
+        let childClearTid: UInt64 = 0x20_0000, childSetTid: UInt64 = 0x100_0000
+        threads[tid]?.newThreadClearTid = flags & childClearTid != 0 && childTid != 0 ? RemoteAddress(childTid) : nil
+        if flags & cloneVM != 0, stackTop != 0 { stackAnchors.append(RemoteAddress(stackTop &- 1)) }
+        for (flag, word) in [(parentSetTid, parentTid), (childSetTid, childTid)] where flags & flag != 0 && word != 0 {
+            try unarmForKernel(AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4), tid: tid)
         }
         try resume(tid)
+    }
+
+    /// Hazard 4: a thread's `exit`. The kernel will write 0 to its
+    /// `clear_child_tid` word (and wake `pthread_join`) and set
+    /// FUTEX_OWNER_DIED in every robust mutex it still holds; on an armed page
+    /// those writes fail silently and the waiters hang. At the call's entry
+    /// the thread can still run PageWatch's code (at its exit event it no
+    /// longer can): un-arm those words' pages, counted dirty; the call is
+    /// then rewound and runs. (exit_group and fatal signals end every thread:
+    /// only other processes could wait there, through shared memory, which is
+    /// never tracked.)
+    func threadExitEntry(tid: Int32) throws {
+        var words: [RemoteAddress] = []
+        if let w = threads[tid]?.clearChildTid ?? clearTidFromPendingClone(of: tid) { words.append(w) }
+        words += robustFutexesHeld(by: tid)
+        for w in words { try unarmForKernel(AddressRange(start: w, end: w + 4), tid: tid) }
+        try resume(tid)
+    }
+
+    /// A thread that exits before its creator's clone event was handled
+    /// (waitpid reports newer tracees first) has no word yet: it is the one
+    /// a creator's pending clone named that holds its tid (the kernel wrote
+    /// CLONE_PARENT_SETTID's or CLONE_CHILD_SETTID's before it ran).
+    func clearTidFromPendingClone(of tid: Int32) -> RemoteAddress? {
+        for (creator, state) in threads where creator != tid {
+            guard let w = state.newThreadClearTid,
+                  let v = try? Ptrace.readMemory(tid, w, count: 4), v.count == 4,
+                  littleEndian(v, at: 0, size: 4) == UInt64(UInt32(bitPattern: tid)) else { continue }
+            return w
+        }
+        return nil
+    }
+
+    /// The futex words of the robust mutexes `tid` holds, which the kernel
+    /// marks at its exit: its robust list (`get_robust_list`), walked as the
+    /// kernel walks it (`struct robust_list_head`: next, futex_offset,
+    /// list_op_pending; at most ROBUST_LIST_LIMIT entries), keeping the
+    /// words whose owner is `tid`.
+    func robustFutexesHeld(by tid: Int32) -> [RemoteAddress] {
+        guard let head = try? Ptrace.robustListHead(tid),
+              let raw = try? Ptrace.readMemory(tid, head, count: 24), raw.count == 24 else { return [] }
+        let offset = littleEndian(raw, at: 8), pending = littleEndian(raw, at: 16)
+        func word(at entry: UInt64) -> RemoteAddress? {
+            let address = RemoteAddress(entry &+ offset)
+            guard let v = try? Ptrace.readMemory(tid, address, count: 4), v.count == 4 else { return nil }
+            let futexTidMask: UInt64 = 0x3fff_ffff
+            return littleEndian(v, at: 0, size: 4) & futexTidMask == UInt64(UInt32(bitPattern: tid)) ? address : nil
+        }
+        var held: [RemoteAddress] = []
+        var entry = littleEndian(raw, at: 0)
+        var count = 0
+        while entry != head.value, entry != 0, count < 2048 {
+            if entry != pending, let w = word(at: entry) { held.append(w) }
+            guard let next = try? Ptrace.readMemory(tid, RemoteAddress(entry), count: 8), next.count == 8 else { break }
+            entry = littleEndian(next, at: 0)
+            count += 1
+        }
+        if pending != 0, let w = word(at: pending) { held.append(w) }
+        return held
     }
 
     func noteAltStack(_ newStack: UInt64, tid: Int32) {

@@ -29,6 +29,11 @@ struct ThreadState {
     var unknownAttempt = 0
     /// Its sigaltstack (hazard 2, SA_ONSTACK handlers).
     var altStack: AddressRange?
+    /// Its `clear_child_tid` word (`set_tid_address`, or the clone that
+    /// created it with CLONE_CHILD_CLEARTID), written by the kernel at its exit (hazard 4).
+    var clearChildTid: RemoteAddress?
+    /// At a clone's entry: the new thread's CLONE_CHILD_CLEARTID word, for its state at the event.
+    var newThreadClearTid: RemoteAddress?
     /// A vfork child: another process, but sharing this address space
     /// until it execs or exits (hazard 7).
     var vforkChild = false
@@ -87,6 +92,7 @@ final class ProcessTracker {
         var state = ThreadState()
         state.altStack = threads[tid]?.altStack
         state.rseqKnown = threads[tid]?.rseqKnown ?? false  // inherited registration, pinned in the copy
+        state.clearChildTid = threads[tid]?.newThreadClearTid
         copy.threads[child] = state
         return copy
     }
@@ -117,6 +123,9 @@ final class ProcessTracker {
         case .event(_, .clone):
             let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
             if threads[child] == nil { threads[child] = ThreadState() }
+            let clearTid = threads[tid]?.newThreadClearTid
+            threads[child]?.clearChildTid = clearTid
+            threads[tid]?.newThreadClearTid = nil
             threads[tid]?.completingSyscall = Int64(child)
             // Its thread control block was pinned at the clone's entry (cloneEntry).
             try sweepIfPending(in: tid)
@@ -356,10 +365,15 @@ final class ProcessTracker {
             return
         }
         try absorbHeldFaults(tid)
-        guard var state = threads[tid], !state.held.isEmpty else {
+        guard let next = threads[tid]?.held.first else {
             try Ptrace.cont(tid)
             return
         }
+        // A signal that arrived during PageWatch's injections (a sweep's
+        // re-arming among them) gets its frame's pages un-armed like any
+        // other (hazard 2): a shell's SIGCHLD handler died by SIGSEGV here.
+        for range in try signalFrameArmedPages(next.signal, tid: tid).ranges { try unarmRange(range, tid: tid) }
+        guard var state = threads[tid], !state.held.isEmpty else { return try Ptrace.cont(tid) }
         let first = state.held.removeFirst()
         trace("  delivering held \(Signal.name(first.signal)) to \(tid)")
         let rest = state.held

@@ -139,7 +139,7 @@ struct SyscallOutputs {
         case .msgrcv: return block(a[1], a[2] &+ 8)
         case .prctl, .shmctl, .semctl, .msgctl, .restart_syscall: return nil
         case .clone, .clone3, .fork, .vfork, .execve, .execveat, .rseq, .exit, .exit_group, .seccomp,
-             .set_robust_list, .mmap, .munmap, .mprotect, .pkey_mprotect, .mremap, .brk, .madvise, .shmat, .shmdt:
+             .set_robust_list, .set_tid_address, .mmap, .munmap, .mprotect, .pkey_mprotect, .mremap, .brk, .madvise, .shmat, .shmdt:
             return []  // handled elsewhere (Tracker+Syscalls)
         }
     }

@@ -112,6 +112,13 @@ public enum Ptrace {
         return RseqArea(address: RemoteAddress(c.rseq_abi_pointer), size: c.rseq_abi_size)
     }
 
+    /// The thread's robust-futex list head (`get_robust_list`); nil when none.
+    public static func robustListHead(_ tid: Int32) throws -> RemoteAddress? {
+        var head: UInt64 = 0
+        try check(pw_get_robust_list(tid, &head), "get_robust_list", tid: tid)
+        return head == 0 ? nil : RemoteAddress(head)
+    }
+
     public static func peek(_ tid: Int32, _ address: RemoteAddress) throws -> UInt64 {
         var w: UInt64 = 0
         try check(pw_ptrace_peekdata(tid, address.value, &w), "PTRACE_PEEKDATA", tid: tid, address: address)

@@ -16,6 +16,7 @@ public enum Syscall: String, CaseIterable, Sendable {
     case get_mempolicy, getcpu, arch_prctl, prctl, shmctl, msgrcv, semctl, msgctl
     // Threads, processes, images.
     case clone, clone3, fork, vfork, execve, execveat, rseq, exit, exit_group, seccomp, set_robust_list
+    case set_tid_address
     case restart_syscall
 }
 
@@ -32,7 +33,7 @@ extension Syscall {
         "sendmsg", "setsockopt", "fsync", "fdatasync", "ftruncate", "truncate", "rename", "renameat",
         "renameat2", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "link", "linkat", "symlink",
         "symlinkat", "chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat", "umask",
-        "chdir", "fchdir", "sync", "syncfs", "set_tid_address", "sched_setaffinity", "setpriority",
+        "chdir", "fchdir", "sync", "syncfs", "sched_setaffinity", "setpriority",
         "getpriority", "eventfd2", "epoll_create1", "epoll_ctl", "inotify_init1", "inotify_add_watch",
         "inotify_rm_watch", "timerfd_create", "memfd_create", "fadvise64", "fallocate", "mlock", "munlock",
         "mlockall", "munlockall", "membarrier", "flock", "msync", "utimensat", "rt_sigreturn",

@@ -29,6 +29,7 @@ import Testing
         Case(fixture: "fx_stopcont", expectedStatus: 0),
         Case(fixture: "fx_sigaltstack", expectedStatus: 0),
         Case(fixture: "fx_blocked_reader", expectedStatus: 0),
+        Case(fixture: "fx_robust", expectedStatus: 0),
         // Followed children must leave the program's own report exact.
         Case(fixture: "fx_fork", extraArguments: ["--follow-forks"], expectedStatus: 0),
         Case(fixture: "fx_follow", extraArguments: ["--follow-forks"], expectedStatus: 0),

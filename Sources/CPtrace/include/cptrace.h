@@ -110,6 +110,9 @@ pid_t pw_spawn_stopped(const char *path, char *const argv[], int stdin_fd, int s
 int pw_install_wakeup_handler(int signal);
 // Block (1) or unblock (0) `signal` in the calling thread.
 int pw_block_signal(int signal, int block);
+// get_robust_list(2) of another thread: the address of its robust-futex list head.
+int pw_get_robust_list(pid_t tid, uint64_t *head);
+
 // gettid of the calling thread.
 pid_t pw_gettid(void);
 
