@@ -127,7 +127,6 @@ final class ProcessTracker {
             threads[child]?.clearChildTid = clearTid
             threads[tid]?.newThreadClearTid = nil
             threads[tid]?.completingSyscall = Int64(child)
-            // Its thread control block was pinned at the clone's entry (cloneEntry).
             try sweepIfPending(in: tid)
             try resume(tid)
         case .event(_, .exec) where threads[tid]?.vforkChild == true:

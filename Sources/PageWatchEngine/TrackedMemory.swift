@@ -41,7 +41,7 @@ public struct ProtectionChange: Equatable, Sendable {
 public struct TrackedMemory: Sendable {
     public private(set) var regions: [TrackedRegion] = []
     /// Pages never armed because the kernel writes them behind the program's
-    /// back (rseq areas, thread control blocks); reported dirty every sweep.
+    /// back (rseq areas, the lowest page of the main stack); reported dirty every sweep.
     public private(set) var pinned = PageSet()
 
     public init() {}
