@@ -69,6 +69,12 @@ extension ProcessTracker {
             try resume(tid)
         case .exit:
             try threadExitEntry(tid: tid)
+        case .seccomp where args[0] <= 1, .prctl where args[0] == 22 && (args[1] == 1 || args[1] == 2):
+            // seccomp(SECCOMP_SET_MODE_STRICT/FILTER, flags, prog) or
+            // prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT/FILTER, prog) (hazard 17).
+            let strict = call == .seccomp ? args[0] == 0 : args[1] == 1
+            if try ownSeccompFilterEntry(strict: strict, program: args[2], tid: tid) { return }
+            try resume(tid, exit: call == .prctl ? .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0) : nil)
         case .rseq:
             // Hazard 3: the kernel writes the area on every return to user space.
             if args[2] & 1 == 0, args[0] != 0 {  // registration, not RSEQ_FLAG_UNREGISTER
@@ -147,6 +153,44 @@ extension ProcessTracker {
             try unarmForKernel(AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4), tid: tid)
         }
         try resume(tid)
+    }
+
+    /// Hazard 17: the program installs a seccomp filter of its own. Filters
+    /// stack and the strictest answer wins, so once this one is in place it
+    /// judges every `mprotect` PageWatch injects. Run it now, on the calls
+    /// PageWatch would make (`mprotect` from the gadget, every protection),
+    /// while it is not yet installed. If it would kill, trap or fail any of
+    /// them, PageWatch cannot go on without changing the program: it reports
+    /// what it saw, gives every page the program's protection back and lets
+    /// the process go (traced, untracked), with an `untracked` record.
+    /// Returns true when it did.
+    func ownSeccompFilterEntry(strict: Bool, program: UInt64, tid: Int32) throws -> Bool {
+        var verdict: String?
+        if strict {
+            verdict = "SECCOMP_MODE_STRICT"  // only read, write, exit and sigreturn
+        } else {
+            guard let header = try? Ptrace.readMemory(tid, RemoteAddress(program), count: 16), header.count == 16 else {
+                return false  // the kernel will fail the call with EFAULT itself
+            }
+            let count = Int(littleEndian(header, at: 0, size: 2))
+            let address = RemoteAddress(littleEndian(header, at: 8))
+            guard let raw = try? Ptrace.readMemory(tid, address, count: count * 8), raw.count == count * 8 else { return false }
+            let filter = SeccompFilter.decode(raw)
+            let ip = (injector?.gadget.value ?? 0) &+ Arch.gadgetTrapOffset &- 1  // just past the syscall instruction
+            for prot in UInt64(0)...7 {
+                let data = SeccompData(nr: Int32(Arch.syscalls.mprotect), arch: Arch.auditArch, instructionPointer: ip,
+                                       arguments: [memory.regions.first?.range.start.value ?? 0x10000, Page.size, prot, 0, 0, 0])
+                let action = SeccompFilter.run(filter, on: data)
+                if !SeccompFilter.lets(action) {
+                    verdict = SeccompFilter.actionName(action)
+                    break
+                }
+            }
+        }
+        guard let verdict else { return false }
+        try stopTracking(because: "the program installed a seccomp filter that answers mprotect with \(verdict) (hazard 17)", tid: tid)
+        try resume(tid)  // rewinds: the call runs again, and is let through
+        return true
     }
 
     /// Hazard 4: a thread's `exit`. The kernel will write 0 to its

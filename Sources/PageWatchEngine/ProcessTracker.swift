@@ -72,6 +72,10 @@ final class ProcessTracker {
         self.parent = parent
     }
 
+    /// PageWatch let go of this process (`stopTracking`): nothing is armed in
+    /// it, and its stops are resumed as without PageWatch.
+    var trackingStopped = false
+
     /// Ended, and no vfork child still borrows its address space.
     var isDone: Bool { end != nil && !threads.values.contains(where: \.vforkChild) }
 
@@ -602,6 +606,23 @@ final class ProcessTracker {
         // Through a live thread: once the main thread has exited, /proc/PID/maps is empty.
         let maps = try ProcFS.maps(of: liveThread())
         memory.reconcile(maps: maps, selection: config.selection, stackAnchors: stackAnchors)
+    }
+
+    /// Gives up tracking this process without changing it: a last sweep
+    /// (reason `untracked`) reports what was written, every armed page gets
+    /// the program's protection back, and an `untracked` record says why.
+    func stopTracking(because reason: String, tid: Int32) throws {
+        try? refreshMaps()
+        let dirty = memory.dirtyPages()
+        for region in memory.regions where region.armed.setCount > 0 {
+            try protect(region.range, region.protection, tid: tid)
+        }
+        pendingSweep = nil
+        finalSweepDone = true
+        emitSweep(reason: .untracked, dirty: dirty)
+        emit(.untracked(pid: pid, reason: reason, timeNs: wallClockNs()))
+        memory.reset()
+        trackingStopped = true
     }
 
     func finish(_ how: ProgramEnd) {

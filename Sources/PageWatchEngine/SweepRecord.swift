@@ -4,6 +4,8 @@ import PageWatchAddressSpace
 /// Why a sweep happened (the log's `reason`).
 public enum SweepReason: String, Sendable {
     case interval, signal, exit, detach
+    /// The last sweep of a process PageWatch stops tracking (an `untracked` record follows).
+    case untracked
 }
 
 /// One sweep: the pages dirtied since the previous sweep re-armed them.
@@ -51,6 +53,8 @@ public enum LogRecord: Sendable, Equatable {
     /// `--follow-forks`: a new tracked process (a fork child, or a vfork
     /// child at its exec), with its own sweeps from here on.
     case fork(pid: Int32, parent: Int32, timeNs: UInt64)
+    /// PageWatch stopped tracking this process and let it run on unchanged.
+    case untracked(pid: Int32, reason: String, timeNs: UInt64)
     /// `--follow-forks`: a tracked process other than the program ended.
     case exit(pid: Int32, end: ProgramEnd, sweeps: Int, faults: Int, timeNs: UInt64)
     case end(pid: Int32, end: ProgramEnd, sweeps: Int, faults: Int, timeNs: UInt64)

@@ -102,7 +102,7 @@ public final class Tracker {
             // sweep is served at the next of them.
             var next = try Wait.poll(-1)
             if next == nil, let t = timer, t.takeDue() {
-                for p in processes.values where p.end == nil { p.requestSweep(.interval) }
+                for p in processes.values where p.end == nil && !p.trackingStopped { p.requestSweep(.interval) }
             }
             if next == nil {
                 for p in processes.values.sorted(by: { $0.pid < $1.pid })
@@ -155,6 +155,7 @@ public final class Tracker {
         let tid = event.tid
         trace("\(event)")
         if untracked.contains(tid) { return try handleUntracked(event) }
+        if let owner, owner.trackingStopped { return try handleLetGo(event, of: owner) }
         if let owner { return try owner.handle(event) }
         switch event {
         case .interruptStop:
@@ -235,7 +236,10 @@ extension Tracker {
             }
             return
         }
-        if let group = threadGroup(of: tid), let p = processes[group] {
+        if let group = threadGroup(of: tid), let p = processes[group], p.trackingStopped {
+            untracked.insert(tid)
+            try Ptrace.cont(tid)
+        } else if let group = threadGroup(of: tid), let p = processes[group] {
             p.threads[tid] = ThreadState()
             try p.learnRseq(tid)
             try p.sweepIfPending(in: tid)
@@ -271,6 +275,26 @@ extension Tracker {
             return Int32(line.dropFirst(name.count + 1).trimmingPrefix(while: { $0 == " " || $0 == "\t" }))
         }
         return nil
+    }
+
+    /// A stop of a process PageWatch stopped tracking: resumed as an
+    /// untracked one, but its end is its own (the program's `end`, or a
+    /// followed process's `exit`). A thread PageWatch had sent to a syscall
+    /// exit is just resumed.
+    func handleLetGo(_ event: StopEvent, of p: ProcessTracker) throws {
+        switch event {
+        case .exited(let tid, let code) where tid == p.pid:
+            p.finish(.exited(code: code))
+        case .killed(let tid, let sig, _) where tid == p.pid:
+            p.finish(.killed(signal: sig))
+        case .exited(let tid, _), .killed(let tid, _, _):
+            p.threads[tid] = nil
+        case .syscallStop(let tid) where p.threads[tid]?.pendingExit != nil:
+            p.threads[tid]?.pendingExit = nil
+            try Ptrace.cont(tid)
+        default:
+            try handleUntracked(event)
+        }
     }
 
     /// An untracked descendant: resumed exactly as without PageWatch.

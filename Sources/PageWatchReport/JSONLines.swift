@@ -19,6 +19,8 @@ public enum JSONLines {
                 + "\"time_ns\":\(s.timeNs),\"dirty_pages\":\(s.dirtyPages),\"faults\":\(s.faults),\"ranges\":[\(ranges)]}"
         case let .fork(pid, parent, timeNs):
             return "{\"type\":\"fork\",\"pid\":\(pid),\"parent\":\(parent),\"time_ns\":\(timeNs)}"
+        case let .untracked(pid, reason, timeNs):
+            return "{\"type\":\"untracked\",\"pid\":\(pid),\"reason\":\(string(reason)),\"time_ns\":\(timeNs)}"
         case let .exit(pid, end, sweeps, faults, timeNs):
             return ending("exit", pid, end, sweeps, faults, timeNs)
         case let .end(pid, end, sweeps, faults, timeNs):

@@ -9,6 +9,7 @@ public struct Summary {
     var sweeps: [SweepRecord] = []
     var end: ProgramEnd?
     var execs = 0
+    var untracked: [String] = []
     /// `--follow-forks`: the other processes, in the order they appeared.
     var followed: [(pid: Int32, parent: Int32, pages: UInt64, faults: Int, end: ProgramEnd?)] = []
 
@@ -27,6 +28,7 @@ public struct Summary {
         case let .fork(child, parent, _): followed.append((child, parent, 0, 0, nil))
         case let .exit(child, e, _, _, _):
             if let i = followed.firstIndex(where: { $0.pid == child }) { followed[i].end = e }
+        case let .untracked(p, reason, _): untracked.append("process \(p): tracking stopped: \(reason)")
         case .end(_, let e, _, _, _): end = e
         }
     }
@@ -50,6 +52,7 @@ public struct Summary {
             lines.append("  process \(f.pid) (forked by \(f.parent)): \(f.pages) dirty pages, \(f.faults) write faults, "
                          + ended(f.end))
         }
+        for u in untracked { lines.append("  " + u) }
         if let end { lines.append("  program " + ended(end)) }
         return lines.joined(separator: "\n") + "\n"
     }

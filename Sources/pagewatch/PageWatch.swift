@@ -130,6 +130,10 @@ final class LogSink {
     }
 
     func write(_ record: LogRecord) {
+        if case let .untracked(pid, reason, _) = record {
+            // Never only in the log: the user must know the report stops here.
+            writeAll(STDERR_FILENO, "pagewatch: pid \(pid): \(reason): tracking stopped; its later writes are not reported\n")
+        }
         guard let fd else { summary.add(record); return }
         writeAll(fd, JSONLines.encode(record) + "\n")
     }

@@ -45,6 +45,7 @@ import Testing
         let tracked = try Harness.run([Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0",
                                        "--output", log] + c.extraArguments + ["--", program])
         #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.stderr == untracked.stderr)
         #expect(tracked.status == untracked.status)
 
         let truth = try FixtureTruth(stdout: untracked.stdout)
@@ -137,6 +138,35 @@ import Testing
         #expect(sweeps(of: grandchild).map { FixtureTruth.pages(in: region, of: $0) } == [Set(0..<8)])
         #expect(sweeps(of: shell).allSatisfy { FixtureTruth.pages(in: region, of: $0).isEmpty })
         #expect(!sweeps(of: shell).isEmpty)
+    }
+
+    /// Hazard 17: a program that forbids mprotect with a seccomp filter of
+    /// its own. PageWatch reports what it saw up to the filter exactly, then
+    /// lets the program go, unchanged, and says so.
+    @Test(arguments: [[], ["seccomp"]])
+    func ownSeccompFilterStopsTrackingCleanly(_ arguments: [String]) throws {
+        let program = Harness.fixture("fx_own_seccomp")
+        let untracked = try Harness.run([program] + arguments)
+        #expect(untracked.stdout.contains("own mprotect denied\nok\n"))
+        let log = Harness.temporaryPath("own_seccomp.jsonl")
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0",
+                                       "--output", log, "--", program] + arguments)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == untracked.status)
+        let records = try Harness.readLog(log)
+        let pid = try #require(records.first?["pid"] as? Int)
+        #expect(tracked.stderr == untracked.stderr + "pagewatch: pid \(pid): the program installed a seccomp filter that answers mprotect with SECCOMP_RET_ERRNO (hazard 17): tracking stopped; its later writes are not reported\n")
+
+        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
+        let sweeps = records.filter { $0["type"] as? String == "sweep" }
+        #expect(sweeps.count == 3)
+        #expect(sweeps.map { $0["reason"] as? String } == ["signal", "signal", "untracked"])
+        for (k, sweep) in sweeps.enumerated() where k < truth.count {
+            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
+        }
+        let types = records.compactMap { $0["type"] as? String }
+        #expect(types.suffix(2) == ["untracked", "end"])
+        #expect(records.last?["exit_status"] as? Int == 0)
     }
 
     @Test func summaryGoesToStderrWithoutOutput() throws {
