@@ -3,8 +3,11 @@ import PackageDescription
 
 // Layers, lowest first; each module imports only modules above it in this list.
 //   CPtrace                 thin C: variadic ptrace, fork/exec launcher, waitpid, process_vm_*
+//   CLibUnwind              system library: libunwind-ptrace (remote unwinding)
+//   CUnwind                 thin C: libunwind's macro API and its accessor callbacks (a process_vm_readv page cache)
 //   PageWatchAddressSpace   pure Swift: RemoteAddress, AddressRange, Mapping, maps parser, PageSet
 //   PageWatchPtrace         Tracee, StopEvent, RemoteSyscall, per-arch registers
+//   PageWatchAttribution    Unwinder (the writer's call stack at a stop)
 //   PageWatchEngine         selection, tracked regions, the event loop, sweeps
 //   PageWatchReport         JSON Lines log and the human summary
 //   pagewatch               the CLI (swift-argument-parser), thin
@@ -39,6 +42,15 @@ let package = Package(
         .target(name: "CPtrace"),
         .target(name: "PageWatchAddressSpace"),
         .target(name: "PageWatchPtrace", dependencies: ["CPtrace", "PageWatchAddressSpace"]),
+        .systemLibrary(name: "CLibUnwind", pkgConfig: "libunwind-ptrace", providers: [.apt(["libunwind-dev"])]),
+        .target(
+            name: "CUnwind",
+            dependencies: ["CLibUnwind"],
+            // Debian's libunwind-ptrace.so uses lzma without linking it (libunwind issue 586).
+            linkerSettings: [.linkedLibrary("lzma")]
+        ),
+        .target(name: "PageWatchAttribution",
+                dependencies: ["CUnwind", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .target(name: "PageWatchEngine", dependencies: ["PageWatchPtrace", "PageWatchAddressSpace"]),
         .target(name: "PageWatchReport", dependencies: ["PageWatchEngine", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .executableTarget(
