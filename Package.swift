@@ -3,11 +3,11 @@ import PackageDescription
 
 // Layers, lowest first; each module imports only modules above it in this list.
 //   CPtrace                 thin C: variadic ptrace, fork/exec launcher, waitpid, process_vm_*
-//   CLibUnwind              system library: libunwind-ptrace (remote unwinding)
+//   CLibUnwind, CLibDW      system libraries: libunwind-ptrace (remote unwinding), elfutils libdw (DWARF lines)
 //   CUnwind                 thin C: libunwind's macro API and its accessor callbacks (a process_vm_readv page cache)
 //   PageWatchAddressSpace   pure Swift: RemoteAddress, AddressRange, Mapping, maps parser, PageSet
 //   PageWatchPtrace         Tracee, StopEvent, RemoteSyscall, per-arch registers
-//   PageWatchAttribution    Unwinder (the writer's call stack at a stop)
+//   PageWatchAttribution    Unwinder (the writer's call stack at a stop), Symbolizer (ELF symbols, demangling, lines)
 //   PageWatchEngine         selection, tracked regions, the event loop, sweeps
 //   PageWatchReport         JSON Lines log and the human summary
 //   pagewatch               the CLI (swift-argument-parser), thin
@@ -43,6 +43,7 @@ let package = Package(
         .target(name: "PageWatchAddressSpace"),
         .target(name: "PageWatchPtrace", dependencies: ["CPtrace", "PageWatchAddressSpace"]),
         .systemLibrary(name: "CLibUnwind", pkgConfig: "libunwind-ptrace", providers: [.apt(["libunwind-dev"])]),
+        .systemLibrary(name: "CLibDW", pkgConfig: "libdw", providers: [.apt(["libdw-dev"])]),
         .target(
             name: "CUnwind",
             dependencies: ["CLibUnwind"],
@@ -50,7 +51,7 @@ let package = Package(
             linkerSettings: [.linkedLibrary("lzma")]
         ),
         .target(name: "PageWatchAttribution",
-                dependencies: ["CUnwind", "PageWatchPtrace", "PageWatchAddressSpace"]),
+                dependencies: ["CUnwind", "CLibDW", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .target(name: "PageWatchEngine", dependencies: ["PageWatchPtrace", "PageWatchAddressSpace"]),
         .target(name: "PageWatchReport", dependencies: ["PageWatchEngine", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .executableTarget(
