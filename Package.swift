@@ -17,6 +17,14 @@ let fixtureNames = [
     "fx_blocked_read", "fx_sleeper", "fx_writer", "fx_baseline",
     "fx_syscall_out", "fx_own_mprotect", "fx_mmap_churn", "fx_fork", "fx_exec", "fx_maxmap", "fx_guard",
     "fx_thread_churn", "fx_stopcont", "fx_sigaltstack", "fx_futex_wait", "fx_blocked_reader",
+    "fx_callsites",
+]
+
+/// Extra C flags of fixtures that need them. fx_callsites is unwound and
+/// symbolized by the attribution tests: DWARF lines, frame pointers, and no
+/// sibling calls so that every frame of its call chain exists.
+let fixtureExtraFlags: [String: [String]] = [
+    "fx_callsites": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
 ]
 
 let fixtureTargets: [Target] = fixtureNames.map { name in
@@ -25,7 +33,7 @@ let fixtureTargets: [Target] = fixtureNames.map { name in
         path: "fixtures",
         exclude: fixtureNames.filter { $0 != name }.map { "\($0).c" } + ["README.md", "fixture.h", "fx_bench.h"],
         sources: ["\(name).c"],
-        cSettings: [.unsafeFlags(["-O1", "-Wall"])],
+        cSettings: [.unsafeFlags(["-O1", "-Wall"] + (fixtureExtraFlags[name] ?? []))],
         linkerSettings: [.linkedLibrary("pthread")]
     )
 }
@@ -64,6 +72,8 @@ let package = Package(
         .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
         .testTarget(name: "PageWatchPtraceTests",
                     dependencies: ["PageWatchPtrace", "fx_blocked_read", "fx_sleeper", "fx_futex_wait"]),
+        .testTarget(name: "PageWatchAttributionTests",
+                    dependencies: ["PageWatchAttribution", "PageWatchPtrace", "CUnwind", "fx_callsites"]),
         .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine"]),
         .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport"]),
         .testTarget(
