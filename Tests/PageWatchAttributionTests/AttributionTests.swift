@@ -158,8 +158,16 @@ import PageWatchPtrace
         let frames = Symbolizer().frames(callStack: ips, in: f.maps)
         let (status, sites) = try finish(f)
         #expect(status == 0)
-        #expect(frames.first?.module?.contains("/libc.so") == true, "\(frames.map(\.display))")
-        #expect(frames.first?.function?.contains("memset") == true, "\(frames.map(\.display))")
+        let libc = try #require(frames.first?.module)
+        #expect(libc.contains("/libc.so"), "\(frames.map(\.display))")
+        // The memset variant that ran (__memset_avx2_unaligned_erms, ...) is a
+        // local symbol: named only with libc's debug file (libc6-dbg), else libc+offset.
+        if let id = ElfFile(path: libc)?.buildID,
+           access("/usr/lib/debug/.build-id/\(id.prefix(2))/\(id.dropFirst(2)).debug", R_OK) == 0 {
+            #expect(frames.first?.function?.contains("memset") == true, "\(frames.map(\.display))")
+        } else {
+            #expect(frames.first?.function == nil || frames.first?.function?.contains("memset") == true)
+        }
         #expect(expectChain(frames, sites: sites) == 1)
     }
 
