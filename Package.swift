@@ -3,8 +3,11 @@ import PackageDescription
 
 // Layers, lowest first; each module imports only modules above it in this list.
 //   CPtrace                 thin C: variadic ptrace, fork/exec launcher, waitpid, process_vm_*
+//   CLibUnwind, CLibDW      system libraries: libunwind-ptrace (remote unwinding), elfutils libdw (DWARF lines)
+//   CUnwind                 thin C: libunwind's macro API and its accessor callbacks (a process_vm_readv page cache)
 //   PageWatchAddressSpace   pure Swift: RemoteAddress, AddressRange, Mapping, maps parser, PageSet
 //   PageWatchPtrace         Tracee, StopEvent, RemoteSyscall, per-arch registers
+//   PageWatchAttribution    Unwinder (the writer's call stack at a stop), Symbolizer (ELF symbols, demangling, lines)
 //   PageWatchEngine         selection, tracked regions, the event loop, sweeps
 //   PageWatchReport         JSON Lines log and the human summary
 //   pagewatch               the CLI (swift-argument-parser), thin
@@ -14,6 +17,14 @@ let fixtureNames = [
     "fx_blocked_read", "fx_sleeper", "fx_writer", "fx_baseline",
     "fx_syscall_out", "fx_own_mprotect", "fx_mmap_churn", "fx_fork", "fx_exec", "fx_maxmap", "fx_guard",
     "fx_thread_churn", "fx_stopcont", "fx_sigaltstack", "fx_futex_wait", "fx_blocked_reader", "fx_follow", "fx_robust", "fx_own_seccomp",
+    "fx_callsites",
+]
+
+/// Extra C flags of fixtures that need them. fx_callsites is unwound and
+/// symbolized by the attribution tests: DWARF lines, frame pointers, and no
+/// sibling calls so that every frame of its call chain exists.
+let fixtureExtraFlags: [String: [String]] = [
+    "fx_callsites": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
 ]
 
 let fixtureTargets: [Target] = fixtureNames.map { name in
@@ -22,7 +33,7 @@ let fixtureTargets: [Target] = fixtureNames.map { name in
         path: "fixtures",
         exclude: fixtureNames.filter { $0 != name }.map { "\($0).c" } + ["README.md", "fixture.h", "fx_bench.h"],
         sources: ["\(name).c"],
-        cSettings: [.unsafeFlags(["-O1", "-Wall"])],
+        cSettings: [.unsafeFlags(["-O1", "-Wall"] + (fixtureExtraFlags[name] ?? []))],
         linkerSettings: [.linkedLibrary("pthread")]
     )
 }
@@ -39,6 +50,16 @@ let package = Package(
         .target(name: "CPtrace"),
         .target(name: "PageWatchAddressSpace"),
         .target(name: "PageWatchPtrace", dependencies: ["CPtrace", "PageWatchAddressSpace"]),
+        .systemLibrary(name: "CLibUnwind", pkgConfig: "libunwind-ptrace", providers: [.apt(["libunwind-dev"])]),
+        .systemLibrary(name: "CLibDW", pkgConfig: "libdw", providers: [.apt(["libdw-dev"])]),
+        .target(
+            name: "CUnwind",
+            dependencies: ["CLibUnwind"],
+            // Debian's libunwind-ptrace.so uses lzma without linking it (libunwind issue 586).
+            linkerSettings: [.linkedLibrary("lzma")]
+        ),
+        .target(name: "PageWatchAttribution",
+                dependencies: ["CUnwind", "CLibDW", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .target(name: "PageWatchEngine", dependencies: ["PageWatchPtrace", "PageWatchAddressSpace"]),
         .target(name: "PageWatchReport", dependencies: ["PageWatchEngine", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .executableTarget(
@@ -51,6 +72,8 @@ let package = Package(
         .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
         .testTarget(name: "PageWatchPtraceTests",
                     dependencies: ["PageWatchPtrace", "fx_blocked_read", "fx_sleeper", "fx_futex_wait"]),
+        .testTarget(name: "PageWatchAttributionTests",
+                    dependencies: ["PageWatchAttribution", "PageWatchPtrace", "CUnwind", "fx_callsites"]),
         .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine"]),
         .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport"]),
         .testTarget(

@@ -1,0 +1,347 @@
+// libunwind's remote API behind a page cache. See cunwind.h for the contract.
+#define _GNU_SOURCE 1
+#include "cunwind.h"
+
+#include <errno.h>
+#include <libunwind-ptrace.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ptrace.h>
+#include <sys/uio.h>
+#include <sys/user.h>
+
+#define CU_PAGE_SIZE 4096u
+// 256 pages (1 MiB) per process: a deep stack plus the .eh_frame_hdr and
+// .eh_frame pages of a few dozen modules.
+#define CU_SLOTS 256u
+
+struct cu_page {
+    uint64_t base;
+    // Stable pages (file-backed, read-only) are valid until a flush; others only
+    // during the call stack whose generation they carry: the stack changes between stops.
+    uint64_t generation;
+    int used;
+    int stable;
+    unsigned char bytes[CU_PAGE_SIZE];
+};
+
+struct cu_unwinder {
+    pid_t pid;
+    unw_addr_space_t as;
+    uint64_t generation;
+    struct cu_page *pages;
+    uint64_t *stable_starts, *stable_ends;
+    size_t stable_count;
+    // One libunwind-ptrace handle per stable range, made on first use, for
+    // find_proc_info: a handle caches the unwind table of the one module it
+    // last looked in and reloads (maps read, file mapped, tables parsed: about
+    // a millisecond) when the IP is elsewhere, so a stack alternating between
+    // libc and the program would reload at every switch with a single handle.
+    void **module_handles;
+    cu_stats stats;
+};
+
+// The call stack being unwound on this thread. libunwind gives the callbacks
+// only the argument of unw_init_remote, which must be the _UPT_ handle because
+// the delegated _UPT_* callbacks cast it to theirs; so the cache is found here.
+// Callbacks run synchronously inside cu_call_stack, on the caller's thread.
+struct cu_call {
+    cu_unwinder *unwinder;
+    void *thread;
+    struct user_regs_struct regs;
+    int in_find_proc_info;
+};
+static __thread struct cu_call *current_call;
+
+static struct cu_call *call_for(unw_addr_space_t as)
+{
+    struct cu_call *call = current_call;
+    return call != NULL && call->unwinder->as == as ? call : NULL;
+}
+
+// The index of the stable range holding `address`, or -1.
+static ptrdiff_t stable_range(const cu_unwinder *u, uint64_t address)
+{
+    size_t lo = 0, hi = u->stable_count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (address < u->stable_starts[mid])
+            hi = mid;
+        else if (address >= u->stable_ends[mid])
+            lo = mid + 1;
+        else
+            return (ptrdiff_t)mid;
+    }
+    return -1;
+}
+
+static int page_valid(const cu_unwinder *u, const struct cu_page *p, uint64_t base)
+{
+    return p->used && p->base == base && (p->stable || p->generation == u->generation);
+}
+
+// The cached page at `base`, read with process_vm_readv on a miss; NULL when
+// the page cannot be read that way (unmapped, or not readable: PROT_NONE).
+// Two-way set associative: a stack page does not evict the .eh_frame page it collides with.
+static const struct cu_page *page_at(cu_unwinder *u, uint64_t base)
+{
+    size_t set = (size_t)((base / CU_PAGE_SIZE) % (CU_SLOTS / 2)) * 2;
+    struct cu_page *a = &u->pages[set], *b = &u->pages[set + 1];
+    if (page_valid(u, a, base))
+        return a;
+    if (page_valid(u, b, base))
+        return b;
+    // Replace an invalid slot first, then a per-call one, then the first.
+    struct cu_page *victim = !page_valid(u, a, a->base) ? a
+                           : !page_valid(u, b, b->base) ? b
+                           : !a->stable ? a
+                           : !b->stable ? b
+                           : a;
+    struct iovec local = { victim->bytes, CU_PAGE_SIZE };
+    struct iovec remote = { (void *)(uintptr_t)base, CU_PAGE_SIZE };
+    victim->used = 0;
+    if (process_vm_readv(u->pid, &local, 1, &remote, 1, 0) != (ssize_t)CU_PAGE_SIZE)
+        return NULL;
+    u->stats.page_fills++;
+    victim->base = base;
+    victim->generation = u->generation;
+    victim->stable = stable_range(u, base) >= 0;
+    victim->used = 1;
+    return victim;
+}
+
+static int cached_access_mem(unw_addr_space_t as, unw_word_t address, unw_word_t *value, int write, void *arg)
+{
+    struct cu_call *call = call_for(as);
+    if (call == NULL || write)
+        return _UPT_access_mem(as, address, value, write, arg);
+    cu_unwinder *u = call->unwinder;
+    u->stats.memory_reads++;
+    if (call->in_find_proc_info)
+        u->stats.proc_info_memory_reads++;
+    uint64_t base = address & ~(uint64_t)(CU_PAGE_SIZE - 1);
+    uint64_t offset = address - base;
+    if (offset + sizeof *value <= CU_PAGE_SIZE) {
+        const struct cu_page *page = page_at(u, base);
+        if (page != NULL) {
+            memcpy(value, page->bytes + offset, sizeof *value);
+            return 0;
+        }
+    }
+    // A word straddling two pages (libunwind asks for aligned words, so not
+    // expected), or a page process_vm_readv refuses but ptrace can read. With
+    // the stopped thread's handle: `arg` may be a module handle (find_proc_info).
+    u->stats.word_peeks++;
+    return _UPT_access_mem(as, address, value, write, call->thread);
+}
+
+// Registers from the PTRACE_GETREGS copy taken at the start of the call stack;
+// libunwind numbers them in DWARF order (libunwind-x86_64.h).
+static unw_word_t *register_slot(struct user_regs_struct *r, unw_regnum_t reg)
+{
+    switch (reg) {
+    case UNW_X86_64_RAX: return (unw_word_t *)&r->rax;
+    case UNW_X86_64_RDX: return (unw_word_t *)&r->rdx;
+    case UNW_X86_64_RCX: return (unw_word_t *)&r->rcx;
+    case UNW_X86_64_RBX: return (unw_word_t *)&r->rbx;
+    case UNW_X86_64_RSI: return (unw_word_t *)&r->rsi;
+    case UNW_X86_64_RDI: return (unw_word_t *)&r->rdi;
+    case UNW_X86_64_RBP: return (unw_word_t *)&r->rbp;
+    case UNW_X86_64_RSP: return (unw_word_t *)&r->rsp;
+    case UNW_X86_64_R8: return (unw_word_t *)&r->r8;
+    case UNW_X86_64_R9: return (unw_word_t *)&r->r9;
+    case UNW_X86_64_R10: return (unw_word_t *)&r->r10;
+    case UNW_X86_64_R11: return (unw_word_t *)&r->r11;
+    case UNW_X86_64_R12: return (unw_word_t *)&r->r12;
+    case UNW_X86_64_R13: return (unw_word_t *)&r->r13;
+    case UNW_X86_64_R14: return (unw_word_t *)&r->r14;
+    case UNW_X86_64_R15: return (unw_word_t *)&r->r15;
+    case UNW_X86_64_RIP: return (unw_word_t *)&r->rip;
+    default: return NULL;
+    }
+}
+
+static int cached_access_reg(unw_addr_space_t as, unw_regnum_t reg, unw_word_t *value, int write, void *arg)
+{
+    struct cu_call *call = call_for(as);
+    unw_word_t *slot = call != NULL && !write ? register_slot(&call->regs, reg) : NULL;
+    if (slot == NULL)
+        return _UPT_access_reg(as, reg, value, write, arg);
+    call->unwinder->stats.register_reads++;
+    *value = *slot;
+    return 0;
+}
+
+// Delegated, marked so the statistics show that its memory reads (the
+// .eh_frame_hdr search table, CIEs and FDEs) come through cached_access_mem.
+// With the handle of the module holding `ip`, so each module's unwind table
+// is loaded once (until a flush); see module_handles.
+static int module_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t *info, int need_unwind_info,
+                                 void *arg)
+{
+    struct cu_call *call = call_for(as);
+    if (call == NULL)
+        return _UPT_find_proc_info(as, ip, info, need_unwind_info, arg);
+    cu_unwinder *u = call->unwinder;
+    void *handle = arg;
+    ptrdiff_t range = stable_range(u, ip);
+    if (range >= 0) {
+        if (u->module_handles[range] == NULL)
+            u->module_handles[range] = _UPT_create(u->pid);
+        if (u->module_handles[range] != NULL)
+            handle = u->module_handles[range];
+    }
+    call->in_find_proc_info++;
+    int r = _UPT_find_proc_info(as, ip, info, need_unwind_info, handle);
+    call->in_find_proc_info--;
+    return r;
+}
+
+static void destroy_module_handles(cu_unwinder *u)
+{
+    for (size_t i = 0; u->module_handles != NULL && i < u->stable_count; i++) {
+        if (u->module_handles[i] != NULL)
+            _UPT_destroy(u->module_handles[i]);
+        u->module_handles[i] = NULL;
+    }
+}
+
+static unw_accessors_t cached_accessors = {
+    .find_proc_info = module_find_proc_info,
+    .put_unwind_info = _UPT_put_unwind_info,
+    .get_dyn_info_list_addr = _UPT_get_dyn_info_list_addr,
+    .access_mem = cached_access_mem,
+    .access_reg = cached_access_reg,
+    .access_fpreg = _UPT_access_fpreg,
+    .resume = _UPT_resume,
+    .get_proc_name = _UPT_get_proc_name,
+};
+
+cu_unwinder *cu_unwinder_create(int32_t pid)
+{
+    cu_unwinder *u = calloc(1, sizeof *u);
+    if (u == NULL)
+        return NULL;
+    u->pid = pid;
+    u->generation = 1;
+    u->pages = calloc(CU_SLOTS, sizeof *u->pages);
+    u->as = unw_create_addr_space(&cached_accessors, 0);
+    if (u->pages == NULL || u->as == NULL) {
+        cu_unwinder_destroy(u);
+        return NULL;
+    }
+    // Unwind info (the register-state cache keyed by IP) is kept across call stacks.
+    unw_set_caching_policy(u->as, UNW_CACHE_GLOBAL);
+    return u;
+}
+
+void cu_unwinder_destroy(cu_unwinder *u)
+{
+    if (u == NULL)
+        return;
+    if (u->as != NULL)
+        unw_destroy_addr_space(u->as);
+    destroy_module_handles(u);
+    free(u->pages);
+    free(u->stable_starts);
+    free(u->stable_ends);
+    free(u->module_handles);
+    free(u);
+}
+
+int cu_set_stable_ranges(cu_unwinder *u, const uint64_t *starts, const uint64_t *ends, size_t count)
+{
+    uint64_t *s = NULL, *e = NULL;
+    void **h = NULL;
+    if (count > 0) {
+        s = malloc(count * sizeof *s);
+        e = malloc(count * sizeof *e);
+        h = calloc(count, sizeof *h);
+        if (s == NULL || e == NULL || h == NULL) {
+            free(s);
+            free(e);
+            free(h);
+            return -ENOMEM;
+        }
+        memcpy(s, starts, count * sizeof *s);
+        memcpy(e, ends, count * sizeof *e);
+    }
+    destroy_module_handles(u);
+    free(u->stable_starts);
+    free(u->stable_ends);
+    free(u->module_handles);
+    u->stable_starts = s;
+    u->stable_ends = e;
+    u->module_handles = h;
+    u->stable_count = count;
+    return 0;
+}
+
+void cu_unwinder_flush(cu_unwinder *u)
+{
+    unw_flush_cache(u->as, 0, 0);
+    destroy_module_handles(u);
+    for (size_t i = 0; i < CU_SLOTS; i++)
+        u->pages[i].used = 0;
+}
+
+void *cu_thread_create(int32_t tid)
+{
+    return _UPT_create(tid);
+}
+
+void cu_thread_destroy(void *thread)
+{
+    if (thread != NULL)
+        _UPT_destroy(thread);
+}
+
+// The walk itself: the IP of each frame, innermost first.
+static int walk(unw_addr_space_t as, void *thread, uint64_t *ips, int max_depth)
+{
+    unw_cursor_t cursor;
+    int count = 0;
+    int r = unw_init_remote(&cursor, as, thread);
+    if (r < 0)
+        return r;
+    for (;;) {
+        unw_word_t ip;
+        if (unw_get_reg(&cursor, UNW_REG_IP, &ip) < 0 || ip == 0)
+            break;
+        ips[count++] = ip;
+        if (count == max_depth || unw_step(&cursor) <= 0)
+            break;
+    }
+    return count;
+}
+
+int cu_call_stack(cu_unwinder *u, int32_t tid, void *thread, uint64_t *ips, int max_depth)
+{
+    if (max_depth <= 0)
+        return 0;
+    struct cu_call call = { .unwinder = u, .thread = thread };
+    if (ptrace(PTRACE_GETREGS, tid, NULL, &call.regs) != 0)
+        return -errno;
+    u->generation++;
+    current_call = &call;
+    int count = walk(u->as, thread, ips, max_depth);
+    current_call = NULL;
+    return count;
+}
+
+int cu_stock_call_stack(void *thread, uint64_t *ips, int max_depth)
+{
+    if (max_depth <= 0)
+        return 0;
+    unw_addr_space_t as = unw_create_addr_space(&_UPT_accessors, 0);
+    if (as == NULL)
+        return -ENOMEM;
+    int count = walk(as, thread, ips, max_depth);
+    unw_destroy_addr_space(as);
+    return count;
+}
+
+void cu_unwinder_stats(const cu_unwinder *u, cu_stats *stats)
+{
+    *stats = u->stats;
+}

@@ -1,0 +1,175 @@
+import Glibc
+import PageWatchAddressSpace
+
+/// One symbolized stack frame.
+public struct Frame: Sendable, Equatable {
+    public var ip: UInt64
+    /// The path of the mapping holding `ip` (`[vdso]` included); nil for anonymous memory.
+    public var module: String?
+    /// The file offset of `ip` in `module`.
+    public var offset: UInt64?
+    /// Demangled function name; nil when no symbol covers `ip`.
+    public var function: String?
+    public var file: String?
+    public var line: Int?
+
+    public init(ip: UInt64, module: String? = nil, offset: UInt64? = nil, function: String? = nil,
+                file: String? = nil, line: Int? = nil) {
+        self.ip = ip
+        self.module = module
+        self.offset = offset
+        self.function = function
+        self.file = file
+        self.line = line
+    }
+
+    /// The function if known, else `module+0xOFFSET`, else `0xIP`.
+    public var display: String {
+        if let function { return function }
+        if let module, let offset { return "\(module)+0x\(String(offset, radix: 16))" }
+        return "0x\(String(ip, radix: 16))"
+    }
+}
+
+/// Names instruction pointers: module, function (ELF `.symtab`, a separate
+/// debug file's `.symtab`, or `.dynsym`), demangled, and file and line from
+/// DWARF (libdw). Off the fault path: the first address of a module opens and
+/// indexes its ELF file; results are cached per module and per address.
+/// Not thread-safe; one per report.
+public final class Symbolizer {
+    /// By mapping identity (device, inode, path); nil when the file could not be read.
+    private var modules: [ModuleKey: Module?] = [:]
+    private var sites: [SiteKey: Site] = [:]
+    private let debugRoot: String
+
+    public convenience init() { self.init(debugRoot: "/usr/lib/debug") }
+
+    /// `debugRoot`: where separate debug files live (`.build-id/xx/yyyy.debug`, and debuglink paths).
+    init(debugRoot: String) { self.debugRoot = debugRoot }
+
+    /// The frame of `ip` in the process whose `/proc/PID/maps` snapshot (taken
+    /// when the stack was recorded) is `maps`. `isReturnAddress`: `ip` is a
+    /// caller's return address (every frame of a call stack but the first), so
+    /// the call instruction before it is looked up: the return address may be
+    /// past the end of the calling function, or on the next source line.
+    /// `offset` always describes `ip` itself.
+    public func frame(ip: UInt64, in maps: [Mapping], isReturnAddress: Bool = false) -> Frame {
+        // Anonymous memory ([heap], [stack], JIT code) has no module; [vdso] is one.
+        guard let mapping = maps.first(where: { $0.range.contains(RemoteAddress(ip)) }), !mapping.isAnonymous
+        else { return Frame(ip: ip) }
+        let offset = ip - mapping.range.start.value + mapping.offset
+        var frame = Frame(ip: ip, module: mapping.path, offset: offset)
+        guard mapping.isFileBacked, !mapping.isDeleted else { return frame }
+        let key = SiteKey(module: ModuleKey(mapping), offset: offset, isReturnAddress: isReturnAddress)
+        let site: Site
+        if let cached = sites[key] {
+            site = cached
+        } else {
+            site = module(key.module)?.site(atFileOffset: offset, isReturnAddress: isReturnAddress) ?? Site()
+            sites[key] = site
+        }
+        frame.function = site.function
+        frame.file = site.file
+        frame.line = site.line
+        return frame
+    }
+
+    /// The frames of a call stack from `Unwinder.callStack`: the first IP is
+    /// exact, the others are return addresses.
+    public func frames(callStack ips: [UInt64], in maps: [Mapping]) -> [Frame] {
+        ips.enumerated().map { frame(ip: $0.element, in: maps, isReturnAddress: $0.offset > 0) }
+    }
+
+    private func module(_ key: ModuleKey) -> Module? {
+        if let known = modules[key] { return known }
+        let module = Module(path: key.path, debugRoot: debugRoot)
+        modules[key] = .some(module)
+        return module
+    }
+}
+
+private struct ModuleKey: Hashable {
+    var device: String
+    var inode: UInt64
+    var path: String
+    init(_ m: Mapping) {
+        device = m.device
+        inode = m.inode
+        path = m.path
+    }
+}
+
+private struct SiteKey: Hashable {
+    var module: ModuleKey
+    var offset: UInt64
+    var isReturnAddress: Bool
+}
+
+private struct Site {
+    var function: String?
+    var file: String?
+    var line: Int?
+}
+
+/// One ELF file, with what symbolizes it: its function table and line table,
+/// each from the file itself or from its separate debug file.
+private final class Module {
+    let image: ElfFile
+    let functions: FunctionTable
+    let lines: DwarfLines?
+
+    init?(path: String, debugRoot: String) {
+        guard let image = ElfFile(path: path) else { return nil }
+        self.image = image
+        let debug = Module.separateDebugFile(of: image, debugRoot: debugRoot)
+        // .symtab has every function (static ones too); a separate debug file
+        // keeps the .symtab a stripped file lost; .dynsym has the exported ones only.
+        if image.hasSymtab {
+            functions = FunctionTable(symbols: image.functionSymbols(type: ElfFile.SHT_SYMTAB))
+        } else if let debug, debug.hasSymtab {
+            functions = FunctionTable(symbols: debug.functionSymbols(type: ElfFile.SHT_SYMTAB))
+        } else {
+            functions = FunctionTable(symbols: image.functionSymbols(type: ElfFile.SHT_DYNSYM))
+        }
+        if let debug, debug.hasDebugLines {
+            lines = DwarfLines(path: debug.path)
+        } else if image.hasDebugLines {
+            lines = DwarfLines(path: image.path)
+        } else {
+            lines = nil
+        }
+    }
+
+    func site(atFileOffset offset: UInt64, isReturnAddress: Bool) -> Site {
+        guard var address = image.virtualAddress(ofFileOffset: offset) else { return Site() }
+        if isReturnAddress && address > 0 { address -= 1 }
+        var site = Site()
+        if let symbol = functions.function(containing: address) {
+            site.function = Demangler.demangle(symbol.name)
+        }
+        if let location = lines?.location(of: address) {
+            site.file = location.file
+            site.line = location.line
+        }
+        return site
+    }
+
+    /// The separate debug file GDB would use: by build-id
+    /// (`ROOT/.build-id/xx/yyyy.debug`), else by `.gnu_debuglink` next to the
+    /// file, in its `.debug/`, or under ROOT with the file's directory.
+    static func separateDebugFile(of image: ElfFile, debugRoot: String) -> ElfFile? {
+        var candidates: [String] = []
+        if let id = image.buildID, id.count > 2 {
+            candidates.append("\(debugRoot)/.build-id/\(id.prefix(2))/\(id.dropFirst(2)).debug")
+        }
+        if let link = image.debugLink, !link.isEmpty {
+            let directory = image.path.split(separator: "/", omittingEmptySubsequences: false).dropLast()
+                .joined(separator: "/")
+            candidates += ["\(directory)/\(link)", "\(directory)/.debug/\(link)", "\(debugRoot)\(directory)/\(link)"]
+        }
+        for candidate in candidates where candidate != image.path {
+            if let file = ElfFile(path: candidate) { return file }
+        }
+        return nil
+    }
+}
