@@ -17,7 +17,7 @@ let fixtureNames = [
     "fx_blocked_read", "fx_sleeper", "fx_writer", "fx_baseline",
     "fx_syscall_out", "fx_own_mprotect", "fx_mmap_churn", "fx_fork", "fx_exec", "fx_maxmap", "fx_guard",
     "fx_thread_churn", "fx_stopcont", "fx_sigaltstack", "fx_futex_wait", "fx_blocked_reader", "fx_follow", "fx_robust", "fx_own_seccomp",
-    "fx_callsites",
+    "fx_callsites", "fx_writers",
 ]
 
 /// Extra C flags of fixtures that need them. fx_callsites is unwound and
@@ -25,6 +25,7 @@ let fixtureNames = [
 /// sibling calls so that every frame of its call chain exists.
 let fixtureExtraFlags: [String: [String]] = [
     "fx_callsites": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
+    "fx_writers": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
 ]
 
 let fixtureTargets: [Target] = fixtureNames.map { name in
@@ -60,8 +61,8 @@ let package = Package(
         ),
         .target(name: "PageWatchAttribution",
                 dependencies: ["CUnwind", "CLibDW", "PageWatchPtrace", "PageWatchAddressSpace"]),
-        .target(name: "PageWatchEngine", dependencies: ["PageWatchPtrace", "PageWatchAddressSpace"]),
-        .target(name: "PageWatchReport", dependencies: ["PageWatchEngine", "PageWatchPtrace", "PageWatchAddressSpace"]),
+        .target(name: "PageWatchEngine", dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace"]),
+        .target(name: "PageWatchReport", dependencies: ["PageWatchEngine", "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .executableTarget(
             name: "pagewatch",
             dependencies: [

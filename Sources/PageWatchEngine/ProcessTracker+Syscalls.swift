@@ -1,4 +1,5 @@
 import PageWatchAddressSpace
+import PageWatchAttribution
 import PageWatchPtrace
 
 /// What a thread stopped at a syscall's entry still needs at its exit.
@@ -90,18 +91,25 @@ extension ProcessTracker {
                 try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
                 return
             }
-            for range in ranges { try unarmForKernel(range, tid: tid) }
+            if !ranges.isEmpty {
+                let kernel = writer(call.rawValue, tid: tid)
+                for range in ranges { try unarmForKernel(range, by: kernel, tid: tid) }
+            }
             try resume(tid)
         }
     }
 
     /// Un-arms the armed pages the kernel is about to write for the program;
     /// they count as dirty (hazard 1).
-    func unarmForKernel(_ range: AddressRange, tid: Int32) throws {
+    func unarmForKernel(_ range: AddressRange, by writer: Writer, tid: Int32) throws {
         for piece in memory.armedPieces(in: range) {
             try protect(piece.range, piece.protection, tid: tid)
             var page = piece.range.start
-            while page < piece.range.end { memory.markWritten(page); page = page + Page.size }
+            while page < piece.range.end {
+                memory.markWritten(page)
+                ledger.record(page, by: writer, fault: false)
+                page = page + Page.size
+            }
         }
     }
 
@@ -150,7 +158,8 @@ extension ProcessTracker {
         threads[tid]?.newThreadClearTid = flags & childClearTid != 0 && childTid != 0 ? RemoteAddress(childTid) : nil
         if flags & cloneVM != 0, stackTop != 0 { stackAnchors.append(RemoteAddress(stackTop &- 1)) }
         for (flag, word) in [(parentSetTid, parentTid), (childSetTid, childTid)] where flags & flag != 0 && word != 0 {
-            try unarmForKernel(AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4), tid: tid)
+            try unarmForKernel(AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4),
+                               by: writer(call.rawValue, tid: tid), tid: tid)
         }
         try resume(tid)
     }
@@ -206,7 +215,10 @@ extension ProcessTracker {
         var words: [RemoteAddress] = []
         if let w = threads[tid]?.clearChildTid ?? clearTidFromPendingClone(of: tid) { words.append(w) }
         words += robustFutexesHeld(by: tid)
-        for w in words { try unarmForKernel(AddressRange(start: w, end: w + 4), tid: tid) }
+        if !words.isEmpty {
+            let kernel = writer(Syscall.exit.rawValue, tid: tid)
+            for w in words { try unarmForKernel(AddressRange(start: w, end: w + 4), by: kernel, tid: tid) }
+        }
         try resume(tid)
     }
 
@@ -295,6 +307,8 @@ extension ProcessTracker {
                 let page = Page.floor(RemoteAddress(a))
                 for p in [page, page + Page.size] {
                     if case .armed(let protection) = memory.state(of: p) {
+                        let nr = Arch.syscallNumber(entry)
+                        ledger.record(p, by: writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid), fault: false)
                         try unarm(p, protection, tid: tid)
                         changed = true
                     }

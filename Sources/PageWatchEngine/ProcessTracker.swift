@@ -1,5 +1,6 @@
 import Glibc
 import PageWatchAddressSpace
+import PageWatchAttribution
 import PageWatchPtrace
 
 /// Per-thread bookkeeping of the event loop.
@@ -65,6 +66,12 @@ final class ProcessTracker {
     var endTimeNs: UInt64 = 0
     /// Signals whose handler runs on the sigaltstack (SA_ONSTACK).
     var onStackSignals: UInt64 = 0
+    /// The writers of the pages dirtied since the last sweep (issue 5).
+    var ledger = WriterLedger()
+    /// Unwinds writers' stacks; made at the first need, per image.
+    var unwinder: Unwinder?
+    /// `/proc/PID/maps` as last read: writers are symbolized against it.
+    var lastMaps: [Mapping] = []
 
     init(session: Tracker, pid: Int32, parent: Int32?) {
         self.session = session
@@ -99,6 +106,15 @@ final class ProcessTracker {
         state.clearChildTid = threads[tid]?.newThreadClearTid
         copy.threads[child] = state
         return copy
+    }
+
+    /// The writer at `tid`'s stop: its call stack (`--stack-depth` frames),
+    /// and `kernel` when the kernel writes for it. Empty stacks when
+    /// attribution is off.
+    func writer(_ kernel: String?, tid: Int32) -> Writer {
+        guard config.stackDepth > 0 else { return Writer(kernel: kernel, stack: []) }
+        if unwinder == nil { unwinder = try? Unwinder(pid: pid) }
+        return Writer(kernel: kernel, stack: unwinder?.callStack(tid: tid, maxDepth: config.stackDepth) ?? [])
     }
 
     /// The regions armed now: what a fork child not followed must get back.
@@ -204,7 +220,8 @@ final class ProcessTracker {
             let swept = pendingSweep != nil
             try sweepIfPending(in: tid)
             let frameNow = swept ? try signalFrameArmedPages(sig, tid: tid) : frame
-            for range in frameNow.ranges { try unarmRange(range, tid: tid) }
+            let framer = writer("signal frame " + Signal.name(sig), tid: tid)
+            for range in frameNow.ranges { try unarmRange(range, by: framer, tid: tid) }
             threads[tid]?.held.insert(own, at: 0)
             try resume(tid)
             return
@@ -251,11 +268,14 @@ final class ProcessTracker {
         return mask
     }
 
-    /// Un-arms every armed page in `range` (they become dirty).
-    func unarmRange(_ range: AddressRange, tid: Int32) throws {
+    /// Un-arms every armed page in `range` (they become dirty), written by `writer`.
+    func unarmRange(_ range: AddressRange, by writer: Writer, tid: Int32) throws {
         var page = range.start
         while page < range.end {
-            if case .armed(let protection) = memory.state(of: page) { try unarm(page, protection, tid: tid) }
+            if case .armed(let protection) = memory.state(of: page) {
+                ledger.record(page, by: writer, fault: false)
+                try unarm(page, protection, tid: tid)
+            }
             page = page + Page.size
         }
     }
@@ -273,6 +293,7 @@ final class ProcessTracker {
         case .untracked:
             return false
         case .armed(let protection):
+            ledger.record(page, by: writer(nil, tid: tid), fault: true)
             try unarm(page, protection, tid: tid)
             threads[tid]?.lastSuppressedFault = nil
             faultsThisInterval += 1
@@ -297,6 +318,7 @@ final class ProcessTracker {
             if repeats == 1 {
                 try protect(AddressRange(start: page, end: page + Page.size), protection, tid: tid)
             }
+            ledger.countFault(at: page)
             faultsThisInterval += 1
             totalFaults += 1
             try resume(tid)
@@ -375,7 +397,11 @@ final class ProcessTracker {
         // A signal that arrived during PageWatch's injections (a sweep's
         // re-arming among them) gets its frame's pages un-armed like any
         // other (hazard 2): a shell's SIGCHLD handler died by SIGSEGV here.
-        for range in try signalFrameArmedPages(next.signal, tid: tid).ranges { try unarmRange(range, tid: tid) }
+        let frame = try signalFrameArmedPages(next.signal, tid: tid)
+        if !frame.isEmpty {
+            let framer = writer("signal frame " + Signal.name(next.signal), tid: tid)
+            for range in frame.ranges { try unarmRange(range, by: framer, tid: tid) }
+        }
         guard var state = threads[tid], !state.held.isEmpty else { return try Ptrace.cont(tid) }
         let first = state.held.removeFirst()
         trace("  delivering held \(Signal.name(first.signal)) to \(tid)")
@@ -401,6 +427,7 @@ final class ProcessTracker {
             switch memory.state(of: page) {
             case .armed(let protection):
                 threads[tid]?.held.remove(at: i)
+                ledger.record(page, by: writer(nil, tid: tid), fault: true)
                 try unarm(page, protection, tid: tid)
                 faultsThisInterval += 1
                 totalFaults += 1
@@ -428,6 +455,9 @@ final class ProcessTracker {
         memory.reset()
         stackAnchors = []
         faultsThisInterval = 0
+        ledger = WriterLedger()
+        unwinder = nil
+        lastMaps = []
         let (gadget, held) = try RemoteSyscall.bootstrap(in: pid, completing: completing)
         injector = gadget
         threads[pid]?.held.append(contentsOf: held)
@@ -471,6 +501,7 @@ final class ProcessTracker {
     }
 
     func threadGone(_ tid: Int32) {
+        unwinder?.threadGone(tid: tid)
         threads[tid] = nil
     }
 
@@ -529,7 +560,7 @@ final class ProcessTracker {
         try refreshMaps()
         let dirty = memory.dirtyPages()
         memory.clearPinnedDirty()
-        emitSweep(reason: reason, dirty: dirty)
+        emitSweep(reason: reason, dirty: dirty, reportedAgain: true)
     }
 
     func sweepIfPending(in tid: Int32) throws {
@@ -593,10 +624,19 @@ final class ProcessTracker {
         emitSweep(reason: reason, dirty: memory.dirtyPages())
     }
 
-    func emitSweep(reason: SweepReason, dirty: PageSet) {
+    /// `reported again`: the pages stay dirty for the next sweep (nothing
+    /// was re-armed), so their writers are kept.
+    func emitSweep(reason: SweepReason, dirty: PageSet, reportedAgain: Bool = false) {
         sweeps += 1
+        var sites: [WriteSite]?
+        if config.stackDepth > 0 {
+            let maps = lastMaps, symbolizer = session.symbolizer
+            sites = ledger.sites(of: dirty, pinned: memory.pinned, keepingWriters: reportedAgain) {
+                symbolizer.frames(callStack: $0, in: maps)
+            }
+        }
         emit(.sweep(SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
-                                ranges: dirty.ranges, faults: faultsThisInterval)))
+                                ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)))
         faultsThisInterval = 0
     }
 
@@ -606,6 +646,16 @@ final class ProcessTracker {
         // Through a live thread: once the main thread has exited, /proc/PID/maps is empty.
         let maps = try ProcFS.maps(of: liveThread())
         memory.reconcile(maps: maps, selection: config.selection, stackAnchors: stackAnchors)
+        if let unwinder, code(of: maps) != code(of: lastMaps) {
+            // A module came or went: the unwinder's cached unwind tables may be stale.
+            unwinder.mappingsChanged(maps: maps)
+        }
+        lastMaps = maps
+    }
+
+    /// The mappings unwinding and symbolizing read: file-backed, not writable.
+    func code(of maps: [Mapping]) -> [Mapping] {
+        maps.filter { $0.isFileBacked && !$0.protection.contains(.write) }
     }
 
     /// Gives up tracking this process without changing it: a last sweep

@@ -17,10 +17,15 @@ public struct SweepRecord: Sendable, Equatable {
     /// Sorted, coalesced, half-open, page-aligned.
     public var ranges: [AddressRange]
     public var faults: Int
+    /// Who wrote the pages (issue 5), most pages first; nil when
+    /// attribution is off (`--stack-depth 0`).
+    public var sites: [WriteSite]?
 
     public var dirtyPages: UInt64 { ranges.reduce(0) { $0 + $1.pageCount } }
 
-    public init(seq: Int, pid: Int32, reason: SweepReason, timeNs: UInt64, ranges: [AddressRange], faults: Int) {
+    public init(seq: Int, pid: Int32, reason: SweepReason, timeNs: UInt64, ranges: [AddressRange], faults: Int,
+                sites: [WriteSite]? = nil) {
+        self.sites = sites
         self.seq = seq
         self.pid = pid
         self.reason = reason

@@ -1,5 +1,6 @@
 import Glibc
 import PageWatchAddressSpace
+import PageWatchAttribution
 import PageWatchPtrace
 
 /// What `pagewatch run` was asked to do.
@@ -12,9 +13,12 @@ public struct TrackerConfiguration: Sendable {
     public var sweepSignal: Int32?
     /// Track the processes the program forks too, each with its own sweeps.
     public var followForks: Bool
+    /// Frames recorded per writer (issue 5); 0 turns attribution off.
+    public var stackDepth: Int
 
     public init(command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,
-                followForks: Bool = false) {
+                followForks: Bool = false, stackDepth: Int = 16) {
+        self.stackDepth = stackDepth
         self.command = command
         self.selection = selection
         self.intervalNs = intervalNs
@@ -52,6 +56,8 @@ public final class Tracker {
     var armedAtFork: [Int32: (injector: RemoteSyscall?, regions: [ProtectionChange])] = [:]
     /// New tasks whose first stop came before their parent's event.
     var unclassified: Set<Int32> = []
+    /// Names writers' instruction pointers at sweeps, cached across processes.
+    let symbolizer = Symbolizer()
     /// The program runs and the start record is out.
     public private(set) var started = false
 

@@ -1,4 +1,5 @@
 import PageWatchAddressSpace
+import PageWatchAttribution
 import PageWatchEngine
 
 /// Encodes log records as JSON Lines, schema `pagewatch/1` (docs/format.md).
@@ -14,9 +15,9 @@ public enum JSONLines {
         case let .exec(pid, path, timeNs):
             return "{\"type\":\"exec\",\"pid\":\(pid),\"path\":\(string(path)),\"time_ns\":\(timeNs)}"
         case let .sweep(s):
-            let ranges = s.ranges.map { "[\"\($0.start.hex)\",\"\($0.end.hex)\"]" }.joined(separator: ",")
+            let sites = s.sites.map { ",\"sites\":[" + $0.map(site).joined(separator: ",") + "]" } ?? ""
             return "{\"type\":\"sweep\",\"seq\":\(s.seq),\"pid\":\(s.pid),\"reason\":\"\(s.reason.rawValue)\","
-                + "\"time_ns\":\(s.timeNs),\"dirty_pages\":\(s.dirtyPages),\"faults\":\(s.faults),\"ranges\":[\(ranges)]}"
+                + "\"time_ns\":\(s.timeNs),\"dirty_pages\":\(s.dirtyPages),\"faults\":\(s.faults),\"ranges\":\(ranges(s.ranges))\(sites)}"
         case let .fork(pid, parent, timeNs):
             return "{\"type\":\"fork\",\"pid\":\(pid),\"parent\":\(parent),\"time_ns\":\(timeNs)}"
         case let .untracked(pid, reason, timeNs):
@@ -34,6 +35,28 @@ public enum JSONLines {
         if case .killed(let s) = end { signal = ",\"signal\":\(s)" }
         return "{\"type\":\"\(type)\",\"pid\":\(pid),\"exit_status\":\(end.shellStatus)\(signal),"
             + "\"sweeps\":\(sweeps),\"faults\":\(faults),\"time_ns\":\(timeNs)}"
+    }
+
+    /// `{"pages":N,"faults":F,"frames":[...]}`, frames innermost first.
+    static func site(_ s: WriteSite) -> String {
+        "{\"pages\":\(s.pages),\"faults\":\(s.faults),\"frames\":[" + s.frames.map(frame).joined(separator: ",") + "],"
+            + "\"ranges\":\(ranges(s.ranges))}"
+    }
+
+    /// A frame's known fields only; a pseudo-frame (`[kernel] read`) has no `ip`.
+    static func frame(_ f: Frame) -> String {
+        var fields: [String] = []
+        if f.ip != 0 { fields.append("\"ip\":\"0x\(String(f.ip, radix: 16))\"") }
+        if let v = f.function { fields.append("\"function\":" + string(v)) }
+        if let v = f.module { fields.append("\"module\":" + string(v)) }
+        if let v = f.offset { fields.append("\"offset\":\"0x\(String(v, radix: 16))\"") }
+        if let v = f.file { fields.append("\"file\":" + string(v)) }
+        if let v = f.line { fields.append("\"line\":\(v)") }
+        return "{" + fields.joined(separator: ",") + "}"
+    }
+
+    static func ranges(_ rs: [AddressRange]) -> String {
+        "[" + rs.map { "[\"\($0.start.hex)\",\"\($0.end.hex)\"]" }.joined(separator: ",") + "]"
     }
 
     static func array(_ items: [String]) -> String { "[" + items.map(string).joined(separator: ",") + "]" }

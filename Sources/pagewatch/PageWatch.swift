@@ -66,6 +66,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Write the JSON Lines log (schema pagewatch/1) here; - for stdout. Without it a summary goes to stderr.", valueName: "PATH"))
     var output: String?
 
+    @Option(name: .long, help: ArgumentHelp("Frames recorded for each page's writer (its call stack at the first write, or at the syscall the kernel wrote for); 0 = no attribution, a cheaper fault path.", valueName: "N"))
+    var stackDepth: Int = 16
+
     @Flag(name: .long, help: ArgumentHelp("Track the processes the program forks too: each gets its own sweeps, and every record carries its pid.",
                                            discussion: "Without it, forked children get the program's protections back and run untracked (still traced)."))
     var followForks = false
@@ -81,6 +84,9 @@ struct Run: ParsableCommand {
         if IntervalParser.parse(interval) == nil {
             throw ValidationError("invalid --interval '\(interval)' (expected 0, or a number with ns, us, ms, s, m or h: 250ms, 2s)")
         }
+        if !(0...256).contains(stackDepth) {
+            throw ValidationError("invalid --stack-depth \(stackDepth) (expected 0 to 256)")
+        }
         if let s = sweepSignal, Signal.parse(s) == nil {
             throw ValidationError("invalid --sweep-signal '\(s)' (expected a signal name or number: USR2, SIGUSR1, 12)")
         }
@@ -93,7 +99,7 @@ struct Run: ParsableCommand {
         let selection = Selection(try track.map(TrackSpec.parse))
         let configuration = TrackerConfiguration(
             command: program, selection: selection, intervalNs: IntervalParser.parse(interval)!,
-            sweepSignal: sweepSignal.flatMap(Signal.parse), followForks: followForks)
+            sweepSignal: sweepSignal.flatMap(Signal.parse), followForks: followForks, stackDepth: stackDepth)
         let sink: LogSink
         do {
             sink = try LogSink(path: output)
