@@ -8,6 +8,8 @@ import Testing
         var fixture: String
         var extraArguments: [String] = []
         var expectedStatus: Int32
+        /// Memory that must appear in no sweep (shared mappings, hazard 6).
+        var neverReported: Range<UInt64>? = nil
         var description: String { ([fixture] + extraArguments).joined(separator: " ") }
     }
 
@@ -30,6 +32,8 @@ import Testing
         Case(fixture: "fx_sigaltstack", expectedStatus: 0),
         Case(fixture: "fx_blocked_reader", expectedStatus: 0),
         Case(fixture: "fx_robust", expectedStatus: 0),
+        Case(fixture: "fx_jit", expectedStatus: 0),
+        Case(fixture: "fx_shared", expectedStatus: 0, neverReported: 0x2980_0000_0000..<0x2980_0000_4000),
         // Followed children must leave the program's own report exact.
         Case(fixture: "fx_fork", extraArguments: ["--follow-forks"], expectedStatus: 0),
         Case(fixture: "fx_follow", extraArguments: ["--follow-forks"], expectedStatus: 0),
@@ -68,6 +72,11 @@ import Testing
             #expect(got == want.pages, "sweep \(k + 1) of \(c.fixture): extra \(got.subtracting(want.pages).sorted().prefix(20)), missing \(want.pages.subtracting(got).sorted().prefix(20))")
             let isLast = k == sweeps.count - 1
             #expect(sweep["reason"] as? String == (isLast ? "exit" : "signal"))
+        }
+        if let never = c.neverReported {
+            for sweep in records where sweep["type"] as? String == "sweep" {
+                #expect(FixtureTruth.pages(in: (never.lowerBound, never.upperBound), of: sweep).isEmpty)
+            }
         }
         for sweep in sweeps {
             // dirty_pages counts the pages the ranges cover; ranges are sorted and coalesced.
