@@ -140,6 +140,32 @@ int pw_install_wakeup_handler(int signal) {
     RETURN_ERRNO(sigaction(signal, &action, NULL));
 }
 
+int pw_ptrace_syscall_info_op(pid_t tid) {
+    unsigned char info[128];  // struct ptrace_syscall_info; op is its first byte
+    memset(info, 0, sizeof info);
+    if (ptrace((enum __ptrace_request)0x420e, tid, (void *)sizeof info, info) < 0) return -errno;
+    return info[0];
+}
+
+static volatile sig_atomic_t pw_raised_signal;
+
+static void pw_flag(int signal) { pw_raised_signal = signal; }
+
+int pw_install_flag_handler(int signal) {
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = pw_flag;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = 0;  // no SA_RESTART: waitpid must return EINTR
+    RETURN_ERRNO(sigaction(signal, &action, NULL));
+}
+
+int pw_take_raised_signal(void) {
+    int s = pw_raised_signal;
+    pw_raised_signal = 0;
+    return s;
+}
+
 static int pw_install_filter(const pw_bpf_instruction *filter, int length) {
     struct sock_fprog prog = { (unsigned short)length, (struct sock_filter *)filter };
     if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) == 0) return 0;

@@ -24,6 +24,8 @@ extension ProcessTracker {
                              futex: Arch.number(.futex)!, futexWakeOp: 5)
     }
 
+    static let harmless = Set(Syscall.neverWritesUserMemory.compactMap { Arch.syscallNumbers[$0] })
+
     /// A `PTRACE_EVENT_SECCOMP` stop: the thread is at the entry of a call.
     func handleSyscallEntry(tid: Int32) throws {
         let regs = try Arch.readRegisters(tid: tid)
@@ -35,6 +37,9 @@ extension ProcessTracker {
         // the call, which is then rewound to stop here again; a sweep due at
         // every entry would never let it run. Interval sweeps take the
         // interrupted thread's stop instead.
+        // Attach mode stops at every call: those known to leave user memory
+        // alone go on at once (launch mode's filter never stops them).
+        if Self.harmless.contains(nr) { return try resume(tid) }
         guard let call = Arch.syscall(number: nr) else {
             try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
             return

@@ -35,6 +35,8 @@ struct ThreadState {
     var clearChildTid: RemoteAddress?
     /// At a clone's entry: the new thread's CLONE_CHILD_CLEARTID word, for its state at the event.
     var newThreadClearTid: RemoteAddress?
+    /// It existed before `pagewatch attach`: its clone was not seen.
+    var preexisting = false
     /// A vfork child: another process, but sharing this address space
     /// until it execs or exits (hazard 7).
     var vforkChild = false
@@ -139,7 +141,7 @@ final class ProcessTracker {
                 // The last thread: memory is still readable, nothing can run.
                 try finalSweep(reason: .exit)
             }
-            try Ptrace.cont(tid)
+            try session.proceed(tid)
         case .event(_, .clone):
             let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
             if threads[child] == nil { threads[child] = ThreadState() }
@@ -177,17 +179,32 @@ final class ProcessTracker {
             threads[tid]?.interruptPending = false
             threads[tid]?.inGroupStop = false
             try learnRseq(tid)
+            if threads[tid]?.preexisting == true { try firstAttachStop(tid) }
             try sweepIfPending(in: tid)
             try resume(tid)
         case .groupStop:
             // Stay stopped as without the tool until SIGCONT (hazard 18).
             threads[tid]?.inGroupStop = true
             threads[tid]?.interruptPending = false
-            try Ptrace.listen(tid)
+            if threads[tid]?.preexisting == true {
+                // Attached while stopped: learn what can be learned without running code.
+                try learnRseq(tid)
+                learnClearTid(tid)
+                threads[tid]?.preexisting = false
+                session.firstStopSeen(tid)
+            }
+            if session.detaching != nil {
+                session.parked.insert(tid)  // detached from here, it stays stopped
+            } else {
+                try Ptrace.listen(tid)
+            }
         case .syscallStop:
             if let pending = threads[tid]?.pendingExit {
                 threads[tid]?.pendingExit = nil
                 try handleSyscallExit(tid: tid, pending)
+            } else if session.resumeMode == .syscallStops, try Ptrace.syscallStopKind(tid) == .entry {
+                // Attach mode: every syscall entry, as the seccomp stops of launch mode.
+                try handleSyscallEntry(tid: tid)
             } else {
                 try resume(tid)
             }
@@ -226,7 +243,7 @@ final class ProcessTracker {
             try resume(tid)
             return
         }
-        try Ptrace.cont(tid, signal: sig)
+        try session.proceed(tid, signal: sig)
     }
 
     /// Hazard 2: to run a handler the kernel writes the signal frame below
@@ -390,8 +407,9 @@ final class ProcessTracker {
             return
         }
         try absorbHeldFaults(tid)
-        guard let next = threads[tid]?.held.first else {
-            try Ptrace.cont(tid)
+        guard let next = threads[tid]?.held.first, session.detaching == nil else {
+            // (Detaching: held signals are sent again after the detach.)
+            try session.proceed(tid)
             return
         }
         // A signal that arrived during PageWatch's injections (a sweep's
@@ -402,13 +420,13 @@ final class ProcessTracker {
             let framer = writer("signal frame " + Signal.name(next.signal), tid: tid)
             for range in frame.ranges { try unarmRange(range, by: framer, tid: tid) }
         }
-        guard var state = threads[tid], !state.held.isEmpty else { return try Ptrace.cont(tid) }
+        guard var state = threads[tid], !state.held.isEmpty else { return try session.proceed(tid) }
         let first = state.held.removeFirst()
         trace("  delivering held \(Signal.name(first.signal)) to \(tid)")
         let rest = state.held
         state.held = []
         threads[tid] = state
-        try Ptrace.deliver(first, to: tid)
+        try Ptrace.deliver(first, to: tid, mode: session.resumeMode)
         // Only one signal can ride on a resume; the rest are sent again (their
         // siginfo becomes SI_TKILL). In practice at most one arrives.
         for h in rest { try? Ptrace.tgkill(pid, tid, h.signal) }

@@ -4,6 +4,8 @@ import PageWatchAddressSpace
 /// Why a sweep happened (the log's `reason`).
 public enum SweepReason: String, Sendable {
     case interval, signal, exit, detach
+    /// The first sweep of `pagewatch attach`: every selected page is new to PageWatch.
+    case attach
     /// The last sweep of a process PageWatch stops tracking (an `untracked` record follows).
     case untracked
 }
@@ -58,6 +60,11 @@ public enum LogRecord: Sendable, Equatable {
     /// `--follow-forks`: a new tracked process (a fork child, or a vfork
     /// child at its exec), with its own sweeps from here on.
     case fork(pid: Int32, parent: Int32, timeNs: UInt64)
+    /// `pagewatch attach` seized the running process (right after `start`).
+    case attach(pid: Int32, threads: Int, timeNs: UInt64)
+    /// `pagewatch attach` let go of the process, which runs on (the last line
+    /// instead of `end` when the program did not end meanwhile).
+    case detach(pid: Int32, sweeps: Int, faults: Int, timeNs: UInt64)
     /// PageWatch stopped tracking this process and let it run on unchanged.
     case untracked(pid: Int32, reason: String, timeNs: UInt64)
     /// `--follow-forks`: a tracked process other than the program ended.

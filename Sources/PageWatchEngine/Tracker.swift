@@ -15,6 +15,10 @@ public struct TrackerConfiguration: Sendable {
     public var followForks: Bool
     /// Frames recorded per writer (issue 5); 0 turns attribution off.
     public var stackDepth: Int
+    /// `attach`: detach by itself after this long (nanoseconds) ...
+    public var durationNs: UInt64?
+    /// ... or after this many sweeps of the program.
+    public var maxSweeps: Int?
 
     public init(command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,
                 followForks: Bool = false, stackDepth: Int = 16) {
@@ -59,7 +63,19 @@ public final class Tracker {
     /// Names writers' instruction pointers at sweeps, cached across processes.
     let symbolizer = Symbolizer()
     /// The program runs and the start record is out.
-    public private(set) var started = false
+    public internal(set) var started = false
+    /// `PTRACE_CONT` in launch mode (the seccomp filter picks the syscalls),
+    /// `PTRACE_SYSCALL` in attach mode (no filter can be used there, hazard 8).
+    var resumeMode: ResumeMode = .continuing
+    /// Attach mode: why PageWatch is detaching, once it is; every thread is
+    /// then parked at its next stop instead of resumed.
+    var detaching: SweepReason?
+    /// Threads stopped and left so, for the detach.
+    var parked: Set<Int32> = []
+    /// Attach mode: the threads seized whose first stop is still to come.
+    var awaitingFirstStop: Set<Int32> = []
+    /// The signal a thread was parked at (its signal-delivery stop), for PTRACE_DETACH to deliver.
+    var parkedSignals: [Int32: HeldSignal] = [:]
 
     public init(configuration: TrackerConfiguration, emit: @escaping (LogRecord) -> Void) {
         config = configuration
@@ -122,10 +138,12 @@ public final class Tracker {
                     }
                 }
             }
+            if next == nil, let stop = detachCondition() { try startDetach(stop) }
+            if next == nil, detaching != nil, try finishDetachIfParked() { return }
             if next == nil {
-                if timer != nil { setSignalBlocked(SweepTimer.signal, false) }
+                setWakeupSignalsBlocked(false)
                 next = try Wait.nextSpinning(-1)
-                if timer != nil { setSignalBlocked(SweepTimer.signal, true) }
+                setWakeupSignalsBlocked(true)
             }
             guard let event = next else { continue }
             let owner = process(ofThread: event.tid)
@@ -139,6 +157,24 @@ public final class Tracker {
             }
             if let owner, owner !== main, owner.isDone { processEnded(owner) }
         }
+    }
+
+    /// The signals that may interrupt `waitpid`: the timer's, and in attach
+    /// mode those that ask PageWatch to detach. Unblocked only around it.
+    func setWakeupSignalsBlocked(_ blocked: Bool) {
+        if timer != nil { setSignalBlocked(SweepTimer.signal, blocked) }
+        if resumeMode == .syscallStops { for s in Self.detachSignals { setSignalBlocked(s, blocked) } }
+    }
+
+    /// Resumes a thread of a tracked process as the mode wants; while
+    /// detaching, parks it instead (keeping the signal it was stopped for).
+    func proceed(_ tid: Int32, signal: Int32 = 0) throws {
+        if detaching != nil {
+            if signal != 0 { parkedSignals[tid] = try Ptrace.holdSignal(tid) }
+            parked.insert(tid)
+            return
+        }
+        try Ptrace.resume(tid, signal: signal, mode: resumeMode)
     }
 
     /// PAGEWATCH_DEBUG=1: every stop and decision on stderr (for developers).
@@ -203,6 +239,7 @@ extension Tracker {
     /// space now. Followed, it is a tracked process from its new image on.
     func vforkChildExeced(_ child: Int32, parent: ProcessTracker) throws {
         guard config.followForks else {
+            if resumeMode == .syscallStops { return try Ptrace.detach(child) }
             untracked.insert(child)
             try Ptrace.cont(child)
             return
@@ -236,9 +273,13 @@ extension Tracker {
             } else {
                 // A copy of the address space with the armed pages armed: give
                 // it the program's protections back before it runs an instruction.
-                untracked.insert(tid)
                 try disarmCopy(tid)
-                try Ptrace.cont(tid)
+                if resumeMode == .syscallStops {
+                    try Ptrace.detach(tid)  // attach mode: no filter, so no need to stay traced
+                } else {
+                    untracked.insert(tid)
+                    try Ptrace.cont(tid)
+                }
             }
             return
         }

@@ -76,6 +76,13 @@ public enum Ptrace {
         try check(pw_ptrace_resume(Int32(PW_PTRACE_DETACH), tid, signal), "PTRACE_DETACH", tid: tid)
     }
 
+    /// Detach a thread stopped at a signal-delivery stop, delivering `held` with its siginfo.
+    public static func detach(_ tid: Int32, delivering held: HeldSignal) throws {
+        var info = held.info
+        try check(pw_ptrace_setsiginfo_raw(tid, &info), "PTRACE_SETSIGINFO", tid: tid)
+        try detach(tid, signal: held.signal)
+    }
+
     public static func eventMessage(_ tid: Int32) throws -> UInt {
         var m: UInt = 0
         try check(pw_ptrace_geteventmsg(tid, &m), "PTRACE_GETEVENTMSG", tid: tid)
@@ -99,10 +106,10 @@ public enum Ptrace {
 
     /// Resume a thread stopped in a signal-delivery-stop, delivering `held`
     /// with its original siginfo.
-    public static func deliver(_ held: HeldSignal, to tid: Int32) throws {
+    public static func deliver(_ held: HeldSignal, to tid: Int32, mode: ResumeMode = .continuing) throws {
         var info = held.info
         try check(pw_ptrace_setsiginfo_raw(tid, &info), "PTRACE_SETSIGINFO", tid: tid)
-        try cont(tid, signal: held.signal)
+        try resume(tid, signal: held.signal, mode: mode)
     }
 
     public static func rseqArea(_ tid: Int32) throws -> RseqArea? {
@@ -232,9 +239,50 @@ public func setSignalBlocked(_ signal: Int32, _ blocked: Bool) {
     _ = pw_block_signal(signal, blocked ? 1 : 0)
 }
 
+/// Install a handler for `signal` that records it and interrupts blocking calls.
+public func installFlagHandler(_ signal: Int32) throws {
+    try check(pw_install_flag_handler(signal), "sigaction", tid: getpid())
+}
+
+/// The last signal a flag handler recorded since the previous call (nil: none).
+public func takeRaisedSignal() -> Int32? {
+    let s = pw_take_raised_signal()
+    return s == 0 ? nil : s
+}
+
+/// How a stopped thread is resumed: `PTRACE_CONT`, or `PTRACE_SYSCALL` to
+/// stop again at the next syscall entry or exit (attach mode, where no
+/// seccomp filter can pick the calls).
+public enum ResumeMode: Sendable {
+    case continuing, syscallStops
+}
+
+/// The kind of syscall stop a thread is in (`PTRACE_GET_SYSCALL_INFO`).
+public enum SyscallStopKind: Sendable {
+    case entry, exit, seccomp, none
+}
+
 extension Ptrace {
     /// Resume until the next syscall stop (here: the exit of the call the thread is in).
     public static func resumeToSyscallExit(_ tid: Int32, signal: Int32 = 0) throws {
         try check(pw_ptrace_resume(Int32(PW_PTRACE_SYSCALL), tid, signal), "PTRACE_SYSCALL", tid: tid)
+    }
+
+    public static func resume(_ tid: Int32, signal: Int32 = 0, mode: ResumeMode) throws {
+        switch mode {
+        case .continuing: try cont(tid, signal: signal)
+        case .syscallStops: try resumeToSyscallExit(tid, signal: signal)
+        }
+    }
+
+    public static func syscallStopKind(_ tid: Int32) throws -> SyscallStopKind {
+        let op = pw_ptrace_syscall_info_op(tid)
+        try check(op < 0 ? op : 0, "PTRACE_GET_SYSCALL_INFO", tid: tid)
+        switch op {
+        case 1: return .entry
+        case 2: return .exit
+        case 3: return .seccomp
+        default: return .none
+        }
     }
 }

@@ -135,9 +135,16 @@ public struct RemoteSyscall: Sendable {
         return (RemoteSyscall(gadget: RemoteAddress(page)), held)
     }
 
-    /// Removes the scratch page (for detach).
-    public func unmapScratch(in tid: Int32) throws {
-        _ = try call("munmap", Arch.syscalls.munmap, [Page.floor(gadget).value, Page.size], in: tid,
-                     address: gadget)
+    /// Removes the scratch page (for detach). Run from borrowed bytes at the
+    /// thread's instruction pointer, as `bootstrap` does: the gadget cannot
+    /// unmap its own page and then reach its `int3`. Every other thread of the
+    /// process must be stopped (they could run the borrowed bytes).
+    public func unmapScratch(in tid: Int32) throws -> [HeldSignal] {
+        let ip = Arch.instructionPointer(try Arch.readRegisters(tid: tid))
+        let original = try Ptrace.peek(tid, ip)
+        try Ptrace.pokeBytes(tid, ip, Arch.syscallGadget)
+        defer { try? Ptrace.poke(tid, ip, original) }
+        return try RemoteSyscall(gadget: ip).call("munmap", Arch.syscalls.munmap, [Page.floor(gadget).value, Page.size],
+                                                  in: tid, address: gadget).held
     }
 }

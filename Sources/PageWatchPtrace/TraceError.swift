@@ -12,6 +12,8 @@ public enum TraceError: Error, CustomStringConvertible {
     case traceeGone(tid: Int32)
     /// The program could not be executed (the shell's 127).
     case execFailed(path: String, Errno)
+    /// `pagewatch attach` refuses this target (gone, a zombie, a kernel thread, traced already).
+    case cannotAttach(pid: Int32, reason: String, hint: String?)
 
     public var description: String {
         switch self {
@@ -26,6 +28,8 @@ public enum TraceError: Error, CustomStringConvertible {
             return "pid \(tid) exited while being traced"
         case let .execFailed(path, errno):
             return "cannot run '\(path)': \(errno.message)"
+        case let .cannotAttach(pid, reason, _):
+            return "cannot attach to pid \(pid): \(reason)"
         }
     }
 
@@ -34,6 +38,8 @@ public enum TraceError: Error, CustomStringConvertible {
         switch self {
         case let .call(name, errno, _, _) where errno == .EPERM && name.hasPrefix("PTRACE_"):
             return "ptrace was refused: PageWatch needs CAP_SYS_PTRACE or kernel.yama.ptrace_scope <= 1, and the process must not already be traced (gdb, strace)"
+        case let .cannotAttach(_, _, hint):
+            return hint
         case let .remoteSyscall(_, errno, _, _) where errno == .ENOMEM:
             return "the process may have reached vm.max_map_count (sysctl vm.max_map_count)"
         default:

@@ -20,6 +20,10 @@ public enum JSONLines {
                 + "\"time_ns\":\(s.timeNs),\"dirty_pages\":\(s.dirtyPages),\"faults\":\(s.faults),\"ranges\":\(ranges(s.ranges))\(sites)}"
         case let .fork(pid, parent, timeNs):
             return "{\"type\":\"fork\",\"pid\":\(pid),\"parent\":\(parent),\"time_ns\":\(timeNs)}"
+        case let .attach(pid, threads, timeNs):
+            return "{\"type\":\"attach\",\"pid\":\(pid),\"threads\":\(threads),\"time_ns\":\(timeNs)}"
+        case let .detach(pid, sweeps, faults, timeNs):
+            return "{\"type\":\"detach\",\"pid\":\(pid),\"sweeps\":\(sweeps),\"faults\":\(faults),\"time_ns\":\(timeNs)}"
         case let .untracked(pid, reason, timeNs):
             return "{\"type\":\"untracked\",\"pid\":\(pid),\"reason\":\(string(reason)),\"time_ns\":\(timeNs)}"
         case let .exit(pid, end, sweeps, faults, timeNs):

@@ -10,6 +10,7 @@ public struct Summary {
     var end: ProgramEnd?
     var execs = 0
     var untracked: [String] = []
+    var attached = false, detached = false
     /// `--follow-forks`: the other processes, in the order they appeared.
     var followed: [(pid: Int32, parent: Int32, pages: UInt64, faults: Int, end: ProgramEnd?)] = []
 
@@ -28,6 +29,8 @@ public struct Summary {
         case let .fork(child, parent, _): followed.append((child, parent, 0, 0, nil))
         case let .exit(child, e, _, _, _):
             if let i = followed.firstIndex(where: { $0.pid == child }) { followed[i].end = e }
+        case .attach: attached = true
+        case .detach: detached = true
         case let .untracked(p, reason, _): untracked.append("process \(p): tracking stopped: \(reason)")
         case .end(_, let e, _, _, _): end = e
         }
@@ -54,6 +57,7 @@ public struct Summary {
         }
         for u in untracked { lines.append("  " + u) }
         if let end { lines.append("  program " + ended(end)) }
+        if detached { lines.append("  detached; the program runs on") }
         return lines.joined(separator: "\n") + "\n"
     }
 

@@ -10,7 +10,7 @@ struct PageWatch: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pagewatch",
         abstract: "Report which memory pages a process writes, on any Linux kernel (ptrace + mprotect).",
-        subcommands: [Run.self]
+        subcommands: [Run.self, Attach.self]
     )
 
     /// Usage errors exit 2, as in most Linux tools (ArgumentParser's default is 64).
@@ -51,6 +51,33 @@ struct Run: ParsableCommand {
         """
     )
 
+    @OptionGroup var tracking: TrackingOptions
+
+    @Argument(parsing: .postTerminator, help: ArgumentHelp("The program and its arguments, after --.", valueName: "PROGRAM"))
+    var program: [String] = []
+
+    func validate() throws {
+        if program.isEmpty { throw ValidationError("missing PROGRAM after -- (pagewatch run [OPTIONS] -- PROGRAM [ARGS...])") }
+    }
+
+    func run() throws {
+        let configuration = try tracking.configuration(command: program)
+        let sink = tracking.openSink()
+        let tracker = Tracker(configuration: configuration) { sink.write($0) }
+        do {
+            let end = try tracker.run()
+            sink.finish()
+            throw ExitCode(end.shellStatus)
+        } catch let error as TraceError {
+            if tracker.started { sink.finish() }
+            if case .execFailed = error { fail(error.description, status: 127) }
+            fail(error.description, hint: error.hint, status: 1)
+        }
+    }
+}
+
+/// The options `run` and `attach` share (a public interface: names and meanings stay).
+struct TrackingOptions: ParsableArguments {
     @Option(name: .long, help: ArgumentHelp(
         "What to track (repeatable): writable, anon, heap, stack, file:PATH, or 0xSTART-0xEND.",
         discussion: "writable = every private writable mapping (default); anon = private anonymous memory including heap and stacks; stack = the main and all thread stacks.",
@@ -73,11 +100,7 @@ struct Run: ParsableCommand {
                                            discussion: "Without it, forked children get the program's protections back and run untracked (still traced)."))
     var followForks = false
 
-    @Argument(parsing: .postTerminator, help: ArgumentHelp("The program and its arguments, after --.", valueName: "PROGRAM"))
-    var program: [String] = []
-
     func validate() throws {
-        if program.isEmpty { throw ValidationError("missing PROGRAM after -- (pagewatch run [OPTIONS] -- PROGRAM [ARGS...])") }
         for t in track {
             do { _ = try TrackSpec.parse(t) } catch { throw ValidationError(String(describing: error)) }
         }
@@ -95,27 +118,93 @@ struct Run: ParsableCommand {
         }
     }
 
-    func run() throws {
-        let selection = Selection(try track.map(TrackSpec.parse))
-        let configuration = TrackerConfiguration(
-            command: program, selection: selection, intervalNs: IntervalParser.parse(interval)!,
-            sweepSignal: sweepSignal.flatMap(Signal.parse), followForks: followForks, stackDepth: stackDepth)
-        let sink: LogSink
+    func configuration(command: [String]) throws -> TrackerConfiguration {
+        TrackerConfiguration(command: command, selection: Selection(try track.map(TrackSpec.parse)),
+                             intervalNs: IntervalParser.parse(interval)!, sweepSignal: sweepSignal.flatMap(Signal.parse),
+                             followForks: followForks, stackDepth: stackDepth)
+    }
+
+    func openSink() -> LogSink {
         do {
-            sink = try LogSink(path: output)
+            return try LogSink(path: output)
         } catch {
             fail("cannot open --output '\(output ?? "")': \(error)", status: 1)
         }
+    }
+}
+
+struct Attach: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Attach to a running process, report the pages it writes, and detach without a trace.",
+        discussion: """
+        Every thread is seized (PTRACE_SEIZE); the first sweep (reason attach) arms the \
+        selection and reports every selected page. Without a seccomp filter (it would outlive \
+        the detach), every syscall of the program stops twice: expect it to run slower while \
+        attached.
+
+        Ctrl-C, SIGTERM or SIGHUP, --duration or --sweeps: a final sweep (reason detach), every \
+        page's protection restored to the program's own, PageWatch's scratch page removed, \
+        every thread detached with its pending signals. The program runs on.
+
+        Exit status: 0 after a detach; the program's shell status if it ended while attached \
+        (128+N when signal N killed it); 1 when the process cannot be attached to or tracing \
+        fails; 2 for a usage error.
+        """
+    )
+
+    @OptionGroup var tracking: TrackingOptions
+
+    @Option(name: .long, help: ArgumentHelp("Detach after this long: 500ms, 10s, 2m.", valueName: "DURATION"))
+    var duration: String?
+
+    @Option(name: .long, help: ArgumentHelp("Detach once this many sweeps have been made (the detach adds its own).", valueName: "N"))
+    var sweeps: Int?
+
+    @Argument(help: ArgumentHelp("The process to attach to.", valueName: "PID"))
+    var pid: Int32
+
+    func validate() throws {
+        if let d = duration, IntervalParser.parse(d) == nil || IntervalParser.parse(d) == 0 {
+            throw ValidationError("invalid --duration '\(d)' (expected a number with ns, us, ms, s, m or h: 500ms, 10s)")
+        }
+        if let n = sweeps, n < 1 { throw ValidationError("invalid --sweeps \(n) (expected 1 or more)") }
+    }
+
+    func run() throws {
+        let cmdline = (try? String(contentsOfProcFile: "/proc/\(pid)/cmdline")) ?? ""
+        var configuration = try tracking.configuration(command: cmdline.split(separator: "\0").map(String.init))
+        configuration.durationNs = duration.flatMap(IntervalParser.parse)
+        configuration.maxSweeps = sweeps
+        let sink = tracking.openSink()
         let tracker = Tracker(configuration: configuration) { sink.write($0) }
         do {
-            let end = try tracker.run()
+            let end = try tracker.attach(pid: pid)
             sink.finish()
-            throw ExitCode(end.shellStatus)
+            if case .programEnded(let how) = end {
+                writeAll(STDERR_FILENO, "pagewatch: pid \(pid) ended while attached (status \(how.shellStatus))\n")
+                throw ExitCode(how.shellStatus == 0 ? 0 : how.shellStatus)
+            }
         } catch let error as TraceError {
             if tracker.started { sink.finish() }
-            if case .execFailed = error { fail(error.description, status: 127) }
             fail(error.description, hint: error.hint, status: 1)
         }
+    }
+}
+
+extension String {
+    /// A /proc file read whole (stat-size 0 files included).
+    init(contentsOfProcFile path: String) throws {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { throw Errno(errno) }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, 4096) }
+            if n <= 0 { break }
+            bytes += chunk[0..<n]
+        }
+        self = String(decoding: bytes, as: UTF8.self)
     }
 }
 

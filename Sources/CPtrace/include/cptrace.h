@@ -110,6 +110,15 @@ pid_t pw_spawn_stopped(const char *path, char *const argv[], int stdin_fd, int s
 int pw_install_wakeup_handler(int signal);
 // Block (1) or unblock (0) `signal` in the calling thread.
 int pw_block_signal(int signal, int block);
+// PTRACE_GET_SYSCALL_INFO (Linux 5.3): the `op` of the stop the thread is in:
+// 0 none, 1 syscall entry, 2 syscall exit, 3 seccomp; or -errno.
+int pw_ptrace_syscall_info_op(pid_t tid);
+
+// A handler for `signal` that records it (no SA_RESTART, so waitpid returns
+// EINTR); pw_take_raised_signal returns and clears the last one recorded (0: none).
+int pw_install_flag_handler(int signal);
+int pw_take_raised_signal(void);
+
 // get_robust_list(2) of another thread: the address of its robust-futex list head.
 int pw_get_robust_list(pid_t tid, uint64_t *head);
 

@@ -13,6 +13,8 @@ public protocol Architecture {
 
     static func instructionPointer(_ regs: Registers) -> RemoteAddress
     static func stackPointer(_ regs: Registers) -> RemoteAddress
+    /// The thread pointer (TLS base), where glibc and musl keep the thread control block.
+    static func threadPointer(_ regs: Registers) -> RemoteAddress
     /// The syscall number the thread entered (x86_64 `orig_rax`), or -1 outside a syscall.
     static func syscallNumber(_ regs: Registers) -> Int64
     /// The first six syscall arguments as the thread entered the call.

@@ -22,6 +22,7 @@ public enum X86_64: Architecture {
 
     public static func instructionPointer(_ regs: Registers) -> RemoteAddress { RemoteAddress(regs.raw.rip) }
     public static func stackPointer(_ regs: Registers) -> RemoteAddress { RemoteAddress(regs.raw.rsp) }
+    public static func threadPointer(_ regs: Registers) -> RemoteAddress { RemoteAddress(regs.raw.fs_base) }
     public static func syscallNumber(_ regs: Registers) -> Int64 { Int64(bitPattern: regs.raw.orig_rax) }
 
     public static func syscallArguments(_ regs: Registers) -> [UInt64] {

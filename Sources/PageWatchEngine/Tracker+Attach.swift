@@ -1,0 +1,173 @@
+import Glibc
+import PageWatchAddressSpace
+import PageWatchPtrace
+
+/// `pagewatch attach` (issue 4): take a running process, track it, and
+/// leave it as it was found.
+extension Tracker {
+    /// What asks PageWatch to detach: Ctrl-C, kill, a closed terminal.
+    static let detachSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP]
+    /// No EXITKILL (PageWatch dying must not kill the program, hazard 20)
+    /// and no seccomp filter (it would outlive the detach, hazard 8).
+    static let attachOptions: TraceOptions = [.traceSysGood, .traceClone, .traceExec, .traceExit,
+                                              .traceFork, .traceVfork]
+
+    /// How an attach ended.
+    public enum AttachEnd: Sendable, Equatable {
+        /// PageWatch let go; the program runs on.
+        case detached
+        /// The program ended while PageWatch was attached.
+        case programEnded(ProgramEnd)
+    }
+
+    /// Attaches to `pid`, tracks it until a detach is asked for (signal,
+    /// `durationNs`, `maxSweeps`) or the program ends, and detaches.
+    public func attach(pid: Int32) throws -> AttachEnd {
+        try Attacher.check(pid)
+        resumeMode = .syscallStops
+        for s in Self.detachSignals {
+            setSignalBlocked(s, true)
+            try installFlagHandler(s)
+        }
+        let tids = try Attacher.seizeAll(pid, options: Self.attachOptions)
+        main = ProcessTracker(session: self, pid: pid, parent: nil)
+        processes[pid] = main
+        for tid in tids {
+            var state = ThreadState()
+            state.preexisting = true
+            state.interruptPending = true
+            main.threads[tid] = state
+            // Each thread stops once so its rseq area and tid word can be
+            // learned; the first sweep waits for all of them.
+            do { try Ptrace.interrupt(tid) } catch TraceError.call(_, let e, _, _) where e == .ESRCH { main.threads[tid] = nil }
+        }
+        awaitingFirstStop = Set(main.threads.keys)
+        emit(.start(pid: pid, pageSize: Page.size, command: config.command,
+                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs()))
+        emit(.attach(pid: pid, threads: main.threads.count, timeNs: wallClockNs()))
+        started = true
+        if config.intervalNs > 0 || config.durationNs != nil {
+            let t = try SweepTimer(intervalNs: config.intervalNs, durationNs: config.durationNs)
+            t.start()
+            timer = t
+        }
+        defer { timer?.stop() }
+        try eventLoop()
+        if let end = main.end {
+            emit(.end(pid: pid, end: end, sweeps: main.sweeps, faults: main.totalFaults, timeNs: main.endTimeNs))
+            return .programEnded(end)
+        }
+        emit(.detach(pid: pid, sweeps: main.sweeps, faults: main.totalFaults, timeNs: wallClockNs()))
+        return .detached
+    }
+
+    /// A pre-existing thread's first stop was handled; once every one has
+    /// been seen, the first sweep arms the selection.
+    func firstStopSeen(_ tid: Int32) {
+        guard awaitingFirstStop.remove(tid) != nil, awaitingFirstStop.isEmpty else { return }
+        main.requestSweep(.attach)
+    }
+
+    /// Why to detach now, if at all.
+    func detachCondition() -> SweepReason? {
+        guard resumeMode == .syscallStops, detaching == nil, main.end == nil else { return nil }
+        if takeRaisedSignal() != nil { return .detach }
+        if timer?.hasExpired == true { return .detach }
+        if let n = config.maxSweeps, main.sweeps >= n { return .detach }
+        return nil
+    }
+
+    /// Stops every thread: each is parked at its next stop (`proceed`).
+    func startDetach(_ reason: SweepReason) throws {
+        detaching = reason
+        for p in processes.values where p.end == nil {
+            p.pendingSweep = nil
+            for tid in p.threads.keys where !parked.contains(tid) {
+                _ = try? Ptrace.interrupt(tid)
+            }
+        }
+    }
+
+    /// Once every thread is parked: the last sweep (reason `detach`), the
+    /// program's protections back, the gadget page gone, every thread
+    /// detached with the signal it was stopped for; signals held during
+    /// PageWatch's injections are sent again. Returns true when done.
+    func finishDetachIfParked() throws -> Bool {
+        let live = processes.values.filter { $0.end == nil }
+        guard live.allSatisfy({ $0.threads.keys.allSatisfy(parked.contains) }) else { return false }
+        for p in live {
+            try p.detachSweep()
+        }
+        for p in live {
+            for tid in p.threads.keys.sorted() {
+                do {
+                    if let s = parkedSignals[tid] {
+                        try Ptrace.detach(tid, delivering: s)
+                    } else {
+                        try Ptrace.detach(tid)
+                    }
+                } catch TraceError.call(_, let e, _, _) where e == .ESRCH {
+                    continue  // it died meanwhile
+                }
+                for h in p.threads[tid]?.held ?? [] { try? Ptrace.tgkill(p.pid, tid, h.signal) }
+            }
+        }
+        return true
+    }
+}
+
+extension ProcessTracker {
+    /// The detach of this process: report, restore, remove the gadget, from
+    /// a parked thread that can run code (not exiting; best not at a
+    /// syscall entry, where running code abandons the call: it is rewound).
+    func detachSweep() throws {
+        try? refreshMaps()
+        let dirty = memory.dirtyPages()
+        let candidates = threads.keys.filter { !(threads[$0]?.exiting ?? true) }.map { tid in
+            (tid, (try? Ptrace.syscallStopKind(tid)) ?? .none, threads[tid]?.inGroupStop ?? false)
+        }.sorted { a, b in
+            func rank(_ c: (Int32, SyscallStopKind, Bool)) -> Int { (c.2 ? 4 : 0) + (c.1 == .entry ? 2 : c.1 == .exit ? 1 : 0) }
+            return (rank(a), a.0) < (rank(b), b.0)
+        }
+        if let (tid, kind, _) = candidates.first {
+            let entry = kind == .entry ? try Arch.readRegisters(tid: tid) : nil
+            for region in memory.regions where region.armed.setCount > 0 {
+                try protect(region.range, region.protection, tid: tid)
+            }
+            if let injector { threads[tid]?.held += try injector.unmapScratch(in: tid) }
+            if let entry { try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid) }
+        }
+        injector = nil
+        memory.reset()
+        finalSweepDone = true
+        emitSweep(reason: .detach, dirty: dirty)
+    }
+
+    /// Hazard 4 for a thread whose clone PageWatch did not see: glibc and
+    /// musl keep its `clear_child_tid` word (`&pthread->tid`) in the thread
+    /// control block at the thread pointer; the first 4-byte-aligned word
+    /// there holding the thread's tid is taken for it.
+    func learnClearTid(_ tid: Int32) {
+        guard threads[tid]?.clearChildTid == nil, let regs = try? Arch.readRegisters(tid: tid) else { return }
+        let tcb = Arch.threadPointer(regs)
+        guard tcb.value != 0, let raw = try? Ptrace.readMemory(tid, tcb, count: 2048), raw.count == 2048 else { return }
+        for offset in stride(from: 16, to: raw.count, by: 4)
+        where littleEndian(raw, at: offset, size: 4) == UInt64(UInt32(bitPattern: tid)) {
+            threads[tid]?.clearChildTid = tcb + UInt64(offset)
+            return
+        }
+    }
+
+    /// The first stop of a thread `pagewatch attach` seized: place the
+    /// gadget (once), learn its rseq area and tid word.
+    func firstAttachStop(_ tid: Int32) throws {
+        if injector == nil {
+            let (gadget, held) = try RemoteSyscall.bootstrap(in: tid)
+            injector = gadget
+            threads[tid]?.held.append(contentsOf: held)
+        }
+        learnClearTid(tid)
+        threads[tid]?.preexisting = false
+        session.firstStopSeen(tid)
+    }
+}
