@@ -147,6 +147,36 @@ int pw_ptrace_syscall_info_op(pid_t tid) {
     return info[0];
 }
 
+pid_t pw_spawn_guardian(const char *path, char *const argv[], int state_fd, int watch_fd) {
+    pid_t pid = fork();
+    if (pid < 0) return -errno;
+    if (pid > 0) return pid;
+    // Child: async-signal-safe calls only.
+    setsid();
+    int s = fcntl(state_fd, F_DUPFD, 10), w = fcntl(watch_fd, F_DUPFD, 10);
+    if (s < 0 || w < 0 || dup2(s, 3) < 0 || dup2(w, 4) < 0) _exit(127);
+    for (int fd = 5; fd < 1024; fd++) close(fd);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    execv(path, argv);
+    _exit(127);
+}
+
+void pw_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
+uint64_t pw_load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
+
+int pw_shared_memory(const char *name, size_t size) {
+    int fd = (int)syscall(SYS_memfd_create, name, 1 /* MFD_CLOEXEC */);
+    if (fd < 0) return -errno;
+    if (ftruncate(fd, (off_t)size) != 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
 static volatile sig_atomic_t pw_raised_signal;
 
 static void pw_flag(int signal) { pw_raised_signal = signal; }

@@ -300,6 +300,7 @@ extension ProcessTracker {
                 try Arch.writeRegisters(Arch.settingSyscallArgument(regs, 2, to: rewritten), tid: tid)
             }
             try memoryExit(call, args, result: result, tid: tid)
+            publishForGuardian()
             try resume(tid)
         case let .unknown(entry, attempt):
             threads[tid]?.unknownAttempt = 0

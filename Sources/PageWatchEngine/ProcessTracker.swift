@@ -131,6 +131,14 @@ final class ProcessTracker {
     func handle(_ event: StopEvent) throws {
         let tid = event.tid
         switch event {
+        case .interruptStop, .groupStop: break
+        default:
+            // The kernel drops a pending PTRACE_INTERRUPT at any other trap
+            // (ptrace_stop: "any trap clears pending STOP trap"): the next
+            // interval asks again instead of waiting for it forever.
+            threads[tid]?.interruptPending = false
+        }
+        switch event {
         case .exited(_, let code):
             if tid == pid && end == nil { finish(.exited(code: code)) } else { threadGone(tid) }
         case .killed(_, let sig, _):
@@ -206,6 +214,8 @@ final class ProcessTracker {
                 // Attach mode: every syscall entry, as the seccomp stops of launch mode.
                 try handleSyscallEntry(tid: tid)
             } else {
+                // A syscall exit (attach mode) can serve a sweep like an interrupt stop.
+                try sweepIfPending(in: tid)
                 try resume(tid)
             }
         case .unknown:
@@ -618,6 +628,7 @@ final class ProcessTracker {
         }
         memory.clearPinnedDirty()
         memory.clearReadOnlyDirty()
+        publishForGuardian()
         emitSweep(reason: reason, dirty: dirty)
     }
 

@@ -29,7 +29,14 @@ extension Tracker {
             setSignalBlocked(s, true)
             try installFlagHandler(s)
         }
-        let tids = try Attacher.seizeAll(pid, options: Self.attachOptions)
+        try startGuardian(for: pid)
+        let tids: [Int32]
+        do {
+            tids = try Attacher.seizeAll(pid, options: Self.attachOptions)
+        } catch {
+            releaseGuardian()
+            throw error
+        }
         main = ProcessTracker(session: self, pid: pid, parent: nil)
         processes[pid] = main
         for tid in tids {
@@ -53,6 +60,7 @@ extension Tracker {
         }
         defer { timer?.stop() }
         try eventLoop()
+        releaseGuardian()
         if let end = main.end {
             emit(.end(pid: pid, end: end, sweeps: main.sweeps, faults: main.totalFaults, timeNs: main.endTimeNs))
             return .programEnded(end)
@@ -135,6 +143,9 @@ extension ProcessTracker {
                 try protect(region.range, region.protection, tid: tid)
             }
             if let injector { threads[tid]?.held += try injector.unmapScratch(in: tid) }
+        injector = nil
+        memory.reset()
+        publishForGuardian()
             if let entry { try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid) }
         }
         injector = nil
@@ -165,6 +176,7 @@ extension ProcessTracker {
             let (gadget, held) = try RemoteSyscall.bootstrap(in: tid)
             injector = gadget
             threads[tid]?.held.append(contentsOf: held)
+            publishForGuardian()
         }
         learnClearTid(tid)
         threads[tid]?.preexisting = false

@@ -72,6 +72,8 @@ public final class Tracker {
     var detaching: SweepReason?
     /// Threads stopped and left so, for the detach.
     var parked: Set<Int32> = []
+    /// Attach mode: the guardian's shared state and the pipe it watches (hazard 20).
+    var guardian: (state: GuardianState, watch: Int32)?
     /// Attach mode: the threads seized whose first stop is still to come.
     var awaitingFirstStop: Set<Int32> = []
     /// The signal a thread was parked at (its signal-delivery stop), for PTRACE_DETACH to deliver.

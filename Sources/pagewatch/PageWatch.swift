@@ -10,7 +10,7 @@ struct PageWatch: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pagewatch",
         abstract: "Report which memory pages a process writes, on any Linux kernel (ptrace + mprotect).",
-        subcommands: [Run.self, Attach.self]
+        subcommands: [Run.self, Attach.self, GuardianCommand.self]
     )
 
     /// Usage errors exit 2, as in most Linux tools (ArgumentParser's default is 64).
@@ -188,6 +188,17 @@ struct Attach: ParsableCommand {
             if tracker.started { sink.finish() }
             fail(error.description, hint: error.hint, status: 1)
         }
+    }
+}
+
+/// The watchdog `attach` starts (hazard 20); not for people.
+struct GuardianCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "guardian", abstract: "Internal: restores an attached process if pagewatch dies.",
+        shouldDisplay: false)
+
+    func run() throws {
+        throw ExitCode(Guardian.watch())
     }
 }
 

@@ -105,6 +105,18 @@ pid_t pw_spawn_stopped(const char *path, char *const argv[], int stdin_fd, int s
                        int empty_mask, const pw_bpf_instruction *filter, int filter_length,
                        int *exec_error_fd);
 
+// Starts a watchdog (`pagewatch guardian`): fork, setsid (so the terminal's
+// Ctrl-C and hang-up do not reach it), `state_fd` and `watch_fd` moved to 3
+// and 4 (all other descriptors but 0-2 closed), execv. Returns its pid or -errno.
+pid_t pw_spawn_guardian(const char *path, char *const argv[], int state_fd, int watch_fd);
+
+// Ordered access to memory shared with another process (a seqlock's words).
+void pw_store_release(uint64_t *p, uint64_t v);
+uint64_t pw_load_acquire(const uint64_t *p);
+
+// memfd_create(name, MFD_CLOEXEC) sized to `size`; the fd or -errno.
+int pw_shared_memory(const char *name, size_t size);
+
 // Install a no-op handler for `signal` without SA_RESTART, so that a blocking
 // waitpid in the tracer returns EINTR when it arrives.
 int pw_install_wakeup_handler(int signal);

@@ -1,0 +1,118 @@
+import Glibc
+import PageWatchAddressSpace
+import PageWatchPtrace
+
+/// Hazard 20 in attach mode: PageWatch killed (SIGKILL, a crash) leaves the
+/// program with armed pages, and it would die at its next write to one. The
+/// guardian is a small process `pagewatch attach` starts before seizing
+/// (`pagewatch guardian`, in its own session). It blocks reading a pipe only
+/// PageWatch can write: a `D` means PageWatch detached cleanly; end of file
+/// means PageWatch is gone. The kernel closes a dying process's files before
+/// it releases its tracees, so the guardian wakes first: it stops the
+/// program (SIGSTOP), waits until the kernel has let go of it, seizes every
+/// thread, gives the regions PageWatch published (`GuardianState`) the
+/// program's protection back, unmaps the gadget page, detaches and sends
+/// SIGCONT.
+public enum Guardian {
+    /// The guardian process's work; returns its exit status.
+    public static func watch(stateFD: Int32 = 3, watchFD: Int32 = 4) -> Int32 {
+        guard let state = try? GuardianState(fd: stateFD) else { return 1 }
+        var byte: UInt8 = 0
+        var n = 0
+        repeat { n = read(watchFD, &byte, 1) } while n < 0 && errno == EINTR
+        if n == 1 && byte == UInt8(ascii: "D") { return 0 }
+        guard let snapshot = state.snapshot(), snapshot.pid > 0 else { return 1 }
+        let pid = snapshot.pid
+        _ = kill(pid, SIGSTOP)
+        for _ in 0..<5000 where tracer(of: pid) != 0 { usleep(1000) }
+        let final = state.snapshot() ?? snapshot
+        do {
+            try rescue(pid, gadget: final.gadget, regions: final.regions)
+        } catch {
+            report("pagewatch guardian: could not restore pid \(pid): \(error)")
+            _ = kill(pid, SIGCONT)
+            return 1
+        }
+        _ = kill(pid, SIGCONT)
+        report("pagewatch guardian: PageWatch died; pid \(pid) restored and released")
+        return 0
+    }
+
+    static func report(_ line: String) {
+        let bytes = Array((line + "\n").utf8)
+        _ = bytes.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+    }
+
+    static func tracer(of pid: Int32) -> Int32 {
+        guard let status = try? ProcFS.read("/proc/\(pid)/status", pid: pid),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("TracerPid:") }) else { return 0 }
+        return Int32(line.dropFirst(10).trimmingPrefix(while: { $0 == " " || $0 == "\t" })) ?? 0
+    }
+
+    static func rescue(_ pid: Int32, gadget: RemoteAddress?, regions: [(AddressRange, Protection)]) throws {
+        let tids = try Attacher.seizeAll(pid, options: [])
+        for tid in tids { _ = try? Ptrace.interrupt(tid) }
+        var stopped: [Int32] = []
+        var gone = Set<Int32>()
+        var signals: [Int32: HeldSignal] = [:]
+        while stopped.count + gone.count < tids.count {
+            guard let event = try Wait.next(-1) else { continue }
+            switch event {
+            case .groupStop(let tid, _), .interruptStop(let tid):
+                if !stopped.contains(tid) { stopped.append(tid) }
+            case .signalDelivery(let tid, _):
+                signals[tid] = try Ptrace.holdSignal(tid)  // our SIGSTOP, most likely: delivered at the detach
+                if !stopped.contains(tid) { stopped.append(tid) }
+            case .exited(let tid, _), .killed(let tid, _, _):
+                gone.insert(tid)
+            default:
+                try Ptrace.cont(event.tid)
+            }
+        }
+        if let gadget, let tid = stopped.first {
+            let injector = RemoteSyscall(gadget: gadget)
+            for (range, protection) in regions {
+                _ = try? injector.run(HostArchitecture.syscalls.mprotect,
+                                      [range.start.value, range.length, UInt64(protection.rawValue)], in: tid)
+            }
+            _ = try? injector.unmapScratch(in: tid)
+        }
+        for tid in stopped {
+            if let s = signals[tid] { try? Ptrace.detach(tid, delivering: s) } else { try? Ptrace.detach(tid) }
+        }
+    }
+}
+
+extension Tracker {
+    /// Starts the guardian for `pid` (before seizing it).
+    func startGuardian(for pid: Int32) throws {
+        let state = try GuardianState(pid: pid)
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        guard n > 0 else { throw TraceError.call("readlink(/proc/self/exe)", Errno(errno), tid: getpid()) }
+        let path = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let (_, watch) = try spawnGuardian(path: path, arguments: ["guardian"], state: state)
+        guardian = (state, watch)
+    }
+
+    /// PageWatch is done with the process (detached, or it ended): the guardian can go.
+    func releaseGuardian() {
+        guard let (_, watch) = guardian else { return }
+        var d = UInt8(ascii: "D")
+        _ = write(watch, &d, 1)
+        close(watch)
+        guardian = nil
+    }
+}
+
+extension ProcessTracker {
+    /// Tells the guardian what to restore should PageWatch die now: every
+    /// region with armed pages and the program's protection there, and the
+    /// gadget. Called whenever those change (sweeps, the program's memory
+    /// calls, images), for the attached process.
+    func publishForGuardian() {
+        guard let (state, _) = session.guardian, self === session.main else { return }
+        let armed = memory.regions.filter { $0.armed.setCount > 0 }.map { ($0.range, $0.protection) }
+        state.publish(gadget: injector?.gadget, regions: armed)
+    }
+}

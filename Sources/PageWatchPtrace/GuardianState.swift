@@ -1,0 +1,90 @@
+internal import CPtrace
+import Glibc
+import PageWatchAddressSpace
+
+/// What a guardian needs to undo PageWatch in an attached process if
+/// PageWatch dies (hazard 20): the gadget page and every region PageWatch
+/// may have armed, with the program's own protection. Lives in a memfd
+/// shared by PageWatch (writer) and the guardian (reader), as a seqlock:
+/// words [magic, sequence, pid, gadget, count, (start, end, protection)...];
+/// the sequence is odd while PageWatch writes.
+public final class GuardianState: @unchecked Sendable {
+    public static let size = 1 << 20
+    static let magic: UInt64 = 0x3144_5241_5547_5750  // "PWGUARD1"
+    static let capacity = (size / 8 - 5) / 3
+
+    public let fd: Int32
+    private let words: UnsafeMutablePointer<UInt64>
+
+    /// A new, empty state (PageWatch's side).
+    public convenience init(pid: Int32) throws {
+        let fd = pw_shared_memory("pagewatch-guardian", Self.size)
+        if fd < 0 { throw TraceError.call("memfd_create", Errno(-fd), tid: getpid()) }
+        try self.init(fd: fd)
+        words[0] = Self.magic
+        words[2] = UInt64(UInt32(bitPattern: pid))
+    }
+
+    /// The state behind an inherited descriptor (the guardian's side).
+    public init(fd: Int32) throws {
+        guard let p = mmap(nil, Self.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
+            throw TraceError.call("mmap", Errno(errno), tid: getpid())
+        }
+        self.fd = fd
+        words = p.bindMemory(to: UInt64.self, capacity: Self.size / 8)
+    }
+
+    /// Replaces the published state (at most `capacity` regions: a larger
+    /// set keeps the first ones, the guardian restores those).
+    public func publish(gadget: RemoteAddress?, regions: [(AddressRange, Protection)]) {
+        let sequence = words[1]
+        pw_store_release(words + 1, sequence | 1)
+        words[3] = gadget?.value ?? 0
+        let count = min(regions.count, Self.capacity)
+        for (i, (range, protection)) in regions.prefix(count).enumerated() {
+            words[5 + 3 * i] = range.start.value
+            words[6 + 3 * i] = range.end.value
+            words[7 + 3 * i] = UInt64(protection.rawValue)
+        }
+        words[4] = UInt64(count)
+        pw_store_release(words + 1, (sequence | 1) + 1)
+    }
+
+    /// A consistent snapshot, or nil if the memory is not a state.
+    public func snapshot() -> (pid: Int32, gadget: RemoteAddress?, regions: [(AddressRange, Protection)])? {
+        guard words[0] == Self.magic else { return nil }
+        for _ in 0..<1000 {
+            let before = pw_load_acquire(words + 1)
+            if before & 1 == 1 { continue }  // PageWatch died mid-write, or is writing: retry
+            let count = min(Int(words[4]), Self.capacity)
+            let regions = (0..<count).map { i in
+                (AddressRange(start: RemoteAddress(words[5 + 3 * i]), end: RemoteAddress(words[6 + 3 * i])),
+                 Protection(rawValue: Int32(truncatingIfNeeded: words[7 + 3 * i])))
+            }
+            let gadget = words[3]
+            if pw_load_acquire(words + 1) == before {
+                return (Int32(truncatingIfNeeded: words[2]), gadget == 0 ? nil : RemoteAddress(gadget), regions)
+            }
+        }
+        return nil
+    }
+}
+
+/// Starts the guardian process: `path guardian --pid PID` with the state on
+/// descriptor 3 and the read end of a pipe on 4, whose write end only
+/// PageWatch holds: end of file there means PageWatch is gone.
+public func spawnGuardian(path: String, arguments: [String], state: GuardianState) throws -> (pid: Int32, watch: Int32) {
+    var fds: [Int32] = [0, 0]
+    guard pipe(&fds) == 0 else { throw TraceError.call("pipe", Errno(errno), tid: getpid()) }
+    // Neither end may leak into anything PageWatch starts but the guardian (which gets a copy as 4).
+    for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
+    let pid: Int32 = withCStrings([path] + arguments) { argv in
+        pw_spawn_guardian(path, argv, state.fd, fds[0])
+    }
+    close(fds[0])
+    if pid < 0 {
+        close(fds[1])
+        throw TraceError.call("fork", Errno(-pid), tid: getpid())
+    }
+    return (pid, fds[1])
+}
