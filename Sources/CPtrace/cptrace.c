@@ -163,6 +163,30 @@ pid_t pw_spawn_guardian(const char *path, char *const argv[], int state_fd, int 
     _exit(127);
 }
 
+int pw_timer_start(int signal, int64_t first_ns, int64_t period_ns, void **timer) {
+    struct sigevent event;
+    memset(&event, 0, sizeof event);
+    event.sigev_notify = SIGEV_THREAD_ID;
+    event.sigev_signo = signal;
+    event._sigev_un._tid = (pid_t)syscall(SYS_gettid);
+    timer_t id;
+    if (timer_create(CLOCK_MONOTONIC, &event, &id) != 0) return -errno;
+    struct itimerspec when;
+    when.it_value.tv_sec = first_ns / 1000000000;
+    when.it_value.tv_nsec = first_ns % 1000000000;
+    when.it_interval.tv_sec = period_ns / 1000000000;
+    when.it_interval.tv_nsec = period_ns % 1000000000;
+    if (timer_settime(id, 0, &when, NULL) != 0) {
+        int e = errno;
+        timer_delete(id);
+        return -e;
+    }
+    *timer = (void *)id;
+    return 0;
+}
+
+void pw_timer_delete(void *timer) { timer_delete((timer_t)timer); }
+
 void pw_store_release(uint64_t *p, uint64_t v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
 uint64_t pw_load_acquire(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
 

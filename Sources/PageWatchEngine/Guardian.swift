@@ -17,6 +17,10 @@ public enum Guardian {
     /// The guardian process's work; returns its exit status.
     public static func watch(stateFD: Int32 = 3, watchFD: Int32 = 4) -> Int32 {
         guard let state = try? GuardianState(fd: stateFD) else { return 1 }
+        // Wake first when PageWatch dies: the program runs free from the
+        // moment the kernel releases it (where permitted; otherwise as is).
+        var param = sched_param(sched_priority: 1)
+        _ = sched_setscheduler(0, SCHED_FIFO, &param)
         var byte: UInt8 = 0
         var n = 0
         repeat { n = read(watchFD, &byte, 1) } while n < 0 && errno == EINTR
@@ -24,6 +28,9 @@ public enum Guardian {
         guard let snapshot = state.snapshot(), snapshot.pid > 0 else { return 1 }
         let pid = snapshot.pid
         _ = kill(pid, SIGSTOP)
+        // The race is won or lost: back to normal scheduling before any loop.
+        var normal = sched_param(sched_priority: 0)
+        _ = sched_setscheduler(0, SCHED_OTHER, &normal)
         for _ in 0..<5000 where tracer(of: pid) != 0 { usleep(1000) }
         let final = state.snapshot() ?? snapshot
         do {
@@ -55,8 +62,10 @@ public enum Guardian {
         var stopped: [Int32] = []
         var gone = Set<Int32>()
         var signals: [Int32: HeldSignal] = [:]
+        let deadline = monotonicNs() + 10_000_000_000
         while stopped.count + gone.count < tids.count {
-            guard let event = try Wait.next(-1) else { continue }
+            guard monotonicNs() < deadline else { throw TraceError.traceeGone(tid: pid) }
+            guard let event = try Wait.poll(-1) else { usleep(1000); continue }
             switch event {
             case .groupStop(let tid, _), .interruptStop(let tid):
                 if !stopped.contains(tid) { stopped.append(tid) }

@@ -130,6 +130,11 @@ final class ProcessTracker {
     /// A stop of one of this process's threads (routed by the session).
     func handle(_ event: StopEvent) throws {
         let tid = event.tid
+        if threads[tid]?.interruptPending == true, case .interruptStop = event {
+            try undoInterruptEINTR(tid)
+        } else if threads[tid]?.interruptPending == true, case .syscallStop = event {
+            try undoInterruptEINTR(tid)
+        }
         switch event {
         case .interruptStop, .groupStop: break
         default:
@@ -520,6 +525,21 @@ final class ProcessTracker {
         try resume(tid)
         return true
     }
+
+    /// Hazards 15 and 16: PageWatch's PTRACE_INTERRUPT of a thread blocked
+    /// in `epoll_wait` and a few others ends the call with EINTR, which the
+    /// kernel never restarts (as after SIGSTOP and SIGCONT without the tool).
+    /// The program would see an error it would not have had: the call is
+    /// rewound to run again (with its full timeout again, if it had one).
+    func undoInterruptEINTR(_ tid: Int32) throws {
+        let regs = try Arch.readRegisters(tid: tid)
+        guard Arch.syscallResult(regs) == -Int64(Errno.EINTR.rawValue),
+              Self.endedByStops.contains(Arch.syscallNumber(regs)) else { return }
+        trace("  interrupt ended syscall \(Arch.syscallNumber(regs)) with EINTR: rewound")
+        try Arch.writeRegisters(Arch.rewindingSyscall(regs), tid: tid)
+    }
+
+    static let endedByStops = Set(Syscall.failWithEINTRWhenStopped.compactMap { Arch.syscallNumbers[$0] })
 
     /// A thread to name in /proc paths: the main thread may have exited (pthread_exit).
     func liveThread() -> Int32 {

@@ -55,7 +55,6 @@ extension Tracker {
         started = true
         if config.intervalNs > 0 || config.durationNs != nil {
             let t = try SweepTimer(intervalNs: config.intervalNs, durationNs: config.durationNs)
-            t.start()
             timer = t
         }
         defer { timer?.stop() }
@@ -91,7 +90,7 @@ extension Tracker {
         for p in processes.values where p.end == nil {
             p.pendingSweep = nil
             for tid in p.threads.keys where !parked.contains(tid) {
-                _ = try? Ptrace.interrupt(tid)
+                if (try? Ptrace.interrupt(tid)) != nil { p.threads[tid]?.interruptPending = true }
             }
         }
     }

@@ -105,7 +105,6 @@ public final class Tracker {
         signal(SIGQUIT, SIG_IGN)
         if config.intervalNs > 0 {
             let t = try SweepTimer(intervalNs: config.intervalNs)
-            t.start()
             timer = t
         }
         defer { timer?.stop() }

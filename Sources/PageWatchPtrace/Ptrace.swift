@@ -286,3 +286,21 @@ extension Ptrace {
         }
     }
 }
+
+/// A kernel timer (`timer_create` on CLOCK_MONOTONIC) that sends `signal` to
+/// the thread that made it, first after `firstNs`, then every `periodNs` (0: once).
+public final class KernelTimer {
+    private var handle: UnsafeMutableRawPointer?
+
+    public init(signal: Int32, firstNs: UInt64, periodNs: UInt64) throws {
+        let r = pw_timer_start(signal, Int64(firstNs), Int64(periodNs), &handle)
+        if r < 0 { throw TraceError.call("timer_create", Errno(-r), tid: getpid()) }
+    }
+
+    public func cancel() {
+        if let handle { pw_timer_delete(handle) }
+        handle = nil
+    }
+
+    deinit { cancel() }
+}

@@ -21,6 +21,13 @@ public enum Syscall: String, CaseIterable, Sendable {
 }
 
 extension Syscall {
+    /// Calls the kernel ends with EINTR, never restarting them, when the
+    /// thread merely stops (a stop signal, or a ptrace interrupt): signal(7),
+    /// "Interruption of system calls and library functions by stop signals".
+    public static let failWithEINTRWhenStopped: Set<String> = [
+        "epoll_wait", "epoll_pwait", "epoll_pwait2", "semop", "semtimedop", "rt_sigtimedwait",
+    ]
+
     /// Calls that never write user memory, so the seccomp filter lets them
     /// run without a stop. Everything not listed here and not in `Syscall`
     /// is traced as unknown and checked for EFAULT at its exit.

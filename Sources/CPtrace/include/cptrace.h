@@ -110,6 +110,12 @@ pid_t pw_spawn_stopped(const char *path, char *const argv[], int stdin_fd, int s
 // and 4 (all other descriptors but 0-2 closed), execv. Returns its pid or -errno.
 pid_t pw_spawn_guardian(const char *path, char *const argv[], int state_fd, int watch_fd);
 
+// A POSIX timer on CLOCK_MONOTONIC that sends `signal` to the calling thread
+// (SIGEV_THREAD_ID) first after `first_ns`, then every `period_ns` (0: once).
+// *timer receives its handle for pw_timer_delete. 0 or -errno.
+int pw_timer_start(int signal, int64_t first_ns, int64_t period_ns, void **timer);
+void pw_timer_delete(void *timer);
+
 // Ordered access to memory shared with another process (a seqlock's words).
 void pw_store_release(uint64_t *p, uint64_t v);
 uint64_t pw_load_acquire(const uint64_t *p);

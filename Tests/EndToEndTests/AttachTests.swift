@@ -1,0 +1,227 @@
+import Foundation
+import Testing
+
+/// A program started outside PageWatch, running in the background: its
+/// output is read to files as it comes; stdin stays open until closed.
+final class Background {
+    let process = Process()
+    let input = Pipe()
+    let outPath = Harness.temporaryPath("bg-out-\(UUID().uuidString)")
+    let errPath = Harness.temporaryPath("bg-err-\(UUID().uuidString)")
+    var pid: Int32 { process.processIdentifier }
+
+    init(_ argv: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: argv[0])
+        process.arguments = Array(argv.dropFirst())
+        var environment = ProcessInfo.processInfo.environment
+        environment["SWIFT_BACKTRACE"] = "enable=no"
+        process.environment = environment
+        FileManager.default.createFile(atPath: outPath, contents: nil)
+        FileManager.default.createFile(atPath: errPath, contents: nil)
+        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
+        let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = input
+        var none = sigset_t(), saved = sigset_t()
+        sigemptyset(&none)
+        pthread_sigmask(SIG_SETMASK, &none, &saved)
+        defer { pthread_sigmask(SIG_SETMASK, &saved, nil) }
+        try process.run()
+        try out.close()
+        try err.close()
+    }
+
+    var stdout: String { String(decoding: FileManager.default.contents(atPath: outPath) ?? Data(), as: UTF8.self) }
+    var stderr: String { String(decoding: FileManager.default.contents(atPath: errPath) ?? Data(), as: UTF8.self) }
+
+    /// Waits until `text` has been printed (stdout, or stderr).
+    func waitFor(_ text: String, onStderr: Bool = false, timeout: TimeInterval = 30) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if (onStderr ? stderr : stdout).contains(text) { return true }
+            usleep(2000)
+        }
+        return false
+    }
+
+    func send(_ text: String) { input.fileHandleForWriting.write(text.data(using: .utf8)!) }
+
+    /// Waits for the end; the shell's status.
+    func finish(timeout: TimeInterval = 60) -> Int32 {
+        try? input.fileHandleForWriting.close()
+        let deadline = Date().addingTimeInterval(timeout)
+        while process.isRunning && Date() < deadline { usleep(1000) }
+        if process.isRunning { process.terminate(); Issue.record("\(process.arguments ?? []) timed out") }
+        process.waitUntilExit()
+        return process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+    }
+}
+
+/// Issue 4: `pagewatch attach` on programs started outside PageWatch.
+@Suite(.serialized) struct AttachTests {
+    func attach(_ pid: Int32, _ extra: [String], log: String) throws -> Harness.Result {
+        try Harness.run([Harness.pagewatch, "attach", "--output", log] + extra + [String(pid)], timeout: 120)
+    }
+
+    /// fx_attach driven through its FIFO: `g` starts the phases, `d` ends them.
+    func driveAttachFixture(attaching: Bool) throws -> (stdout: String, status: Int32, log: [[String: Any]]) {
+        let fifo = Harness.temporaryPath("attach-\(UUID().uuidString).fifo")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let fixture = try Background([Harness.fixture("fx_attach"), fifo])
+        #expect(fixture.waitFor("ready\n"))
+        let log = Harness.temporaryPath("attach.jsonl")
+        if attaching {
+            let pagewatch = try Background([Harness.pagewatch, "attach", "--output", log, "--track", "0x2c0000000000-0x2c0000010000",
+                                            "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "3", String(fixture.pid)])
+            // Go once the attach sweep has armed the region.
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"reason\":\"attach\"") {
+                usleep(2000)
+            }
+            try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
+            #expect(pagewatch.finish() == 0)
+            #expect(pagewatch.stderr == "")
+        } else {
+            try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
+        }
+        try "d".write(toFile: fifo, atomically: false, encoding: .utf8)
+        let status = fixture.finish()
+        return (fixture.stdout, status, attaching ? try Harness.readLog(log) : [])
+    }
+
+    @Test func phasesAreExactAndTheProgramRunsOnAfterTheDetach() throws {
+        let untracked = try driveAttachFixture(attaching: false)
+        let tracked = try driveAttachFixture(attaching: true)
+        #expect(untracked.status == 0)
+        #expect(tracked.status == 0)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.stdout.hasSuffix("wrote every page after the detach\nok\n"))
+        let types = tracked.log.compactMap { $0["type"] as? String }
+        #expect(types.first == "start")
+        #expect(types.dropFirst().first == "attach")
+        #expect(types.last == "detach")
+        let sweeps = tracked.log.filter { $0["type"] as? String == "sweep" }
+        #expect(sweeps.map { $0["reason"] as? String } == ["attach", "signal", "signal", "detach"])
+        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
+        #expect(truth.count == sweeps.count)
+        for (k, sweep) in sweeps.enumerated() where k < truth.count {
+            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
+        }
+    }
+
+    /// Blocked at attach time and still blocked at detach time: the call
+    /// completes as without the tool (hazards 15, 16).
+    @Test(.serialized, arguments: ["read", "nanosleep", "futex", "accept", "epoll"])
+    func blockedCallsCompleteAsWithoutTheTool(_ mode: String) throws {
+        func run(attaching: Bool) throws -> (String, Int32) {
+            let fixture = try Background([Harness.fixture("fx_blocking"), mode])
+            #expect(fixture.waitFor("ready\n"))
+            usleep(50_000)  // into the call
+            if attaching {
+                let r = try attach(fixture.pid, ["--interval", "20ms", "--duration", "300ms"],
+                                   log: Harness.temporaryPath("blocking-\(mode).jsonl"))
+                #expect(r.status == 0, "\(r.stderr)")
+            }
+            switch mode {
+            case "accept":
+                #expect(fixture.waitFor("port ", onStderr: true))
+                let port = fixture.stderr.split(separator: " ").last.flatMap { UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+                try Self.sendOverTCP(port: port ?? 0, "hello")
+            case "nanosleep":
+                break
+            default:
+                fixture.send("wake!")
+            }
+            let status = fixture.finish()  // before reading its output
+            return (fixture.stdout, status)
+        }
+        let untracked = try run(attaching: false)
+        let tracked = try run(attaching: true)
+        #expect(untracked.1 == 0)
+        #expect(tracked.0 == untracked.0)
+        #expect(tracked.1 == untracked.1)
+    }
+
+    static func sendOverTCP(port: UInt16, _ text: String) throws {
+        let s = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(s) }
+        var a = sockaddr_in()
+        a.sin_family = sa_family_t(AF_INET)
+        a.sin_port = port.bigEndian
+        a.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
+        let r = withUnsafePointer(to: &a) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        #expect(r == 0)
+        _ = text.withCString { write(s, $0, strlen($0)) }
+    }
+
+    @Test func attachedAndDetachedFiftyTimesTheProgramFinishesTheSame() throws {
+        let untracked = try Harness.run([Harness.fixture("fx_busy"), "3000"])
+        let fixture = try Background([Harness.fixture("fx_busy"), "3000"])
+        #expect(fixture.waitFor("ready\n"))
+        var statuses: [Int32] = []
+        for i in 0..<50 {
+            let r = try attach(fixture.pid, ["--interval", "5ms", "--duration", "15ms"],
+                               log: Harness.temporaryPath("fifty-\(i).jsonl"))
+            statuses.append(r.status)
+            if r.status != 0 { Issue.record("attach \(i): \(r.stderr)"); break }
+        }
+        #expect(statuses == Array(repeating: 0, count: 50))
+        #expect(fixture.finish() == 0)
+        #expect(fixture.stdout == untracked.stdout)
+    }
+
+    /// Hazard 20: PageWatch killed mid-run; the guardian puts the program
+    /// back and it finishes as without the tool.
+    @Test func killingPageWatchLeavesTheProgramRunning() throws {
+        let untracked = try Harness.run([Harness.fixture("fx_busy"), "2500"])
+        let fixture = try Background([Harness.fixture("fx_busy"), "2500"])
+        #expect(fixture.waitFor("ready\n"))
+        let log = Harness.temporaryPath("killed.jsonl")
+        let pagewatch = try Background([Harness.pagewatch, "attach", "--interval", "20ms", "--output", log, String(fixture.pid)])
+        // Killed once it has armed and re-armed the program a few times.
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline, (((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").components(separatedBy: "\"type\":\"sweep\"").count) < 5 {
+            usleep(2000)
+        }
+        kill(pagewatch.pid, SIGKILL)
+        #expect(pagewatch.finish() == 128 + SIGKILL)
+        #expect(fixture.finish() == 0, "the guardian said: \(pagewatch.stderr)")
+        #expect(fixture.stdout == untracked.stdout)
+        // Released: nobody traces it any more, and no guardian is left behind.
+        #expect(!FileManager.default.fileExists(atPath: "/proc/\(fixture.pid)/status"))
+    }
+
+    @Test func badTargetsGiveOneClearLineAndAreLeftAlone() throws {
+        // A pid that does not exist.
+        let gone = try attach(4_194_303, [], log: Harness.temporaryPath("bad.jsonl"))
+        #expect(gone.status == 1)
+        #expect(gone.stderr == "pagewatch: cannot attach to pid 4194303: no such process\n")
+        // A kernel thread.
+        let kthread = try attach(2, [], log: Harness.temporaryPath("bad.jsonl"))
+        #expect(kthread.status == 1)
+        #expect(kthread.stderr.hasPrefix("pagewatch: cannot attach to pid 2: it is a kernel thread"))
+        // A zombie: `sleep 0` whose parent execs into `sleep 3` and never reaps it.
+        let parent = try Background(["/bin/sh", "-c", "sleep 0 & echo $!; exec sleep 3"])
+        #expect(parent.waitFor("\n"))
+        usleep(200_000)
+        let zombie = Int32(parent.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        let z = try attach(zombie, [], log: Harness.temporaryPath("bad.jsonl"))
+        #expect(z.status == 1)
+        #expect(z.stderr.hasPrefix("pagewatch: cannot attach to pid \(zombie): it is a zombie"))
+        // Traced already (by strace): refused with a hint, and strace keeps it.
+        let traced = try Background(["/usr/bin/strace", "-o", "/dev/null", "/bin/sh", "-c", "echo $$; exec sleep 3"])
+        #expect(traced.waitFor("\n"))
+        let pid = Int32(traced.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) ?? 0
+        usleep(200_000)
+        let t = try attach(pid, [], log: Harness.temporaryPath("bad.jsonl"))
+        #expect(t.status == 1)
+        #expect(t.stderr.hasPrefix("pagewatch: cannot attach to pid \(pid): it is already traced by pid"))
+        #expect(t.stderr.contains("strace"))
+        #expect(t.stderr.split(separator: "\n").count == 2)  // the line and its hint
+        #expect(traced.finish() == 0)
+        _ = parent.finish()
+    }
+}
