@@ -1,4 +1,5 @@
 import Foundation
+import Glibc
 import PageWatchAddressSpace
 import PageWatchAttribution
 import PageWatchEngine
@@ -133,30 +134,38 @@ public enum LogReader {
         if path == "-" {
             data = FileHandle.standardInput.readDataToEndOfFile()
         } else {
-            // FileManager says only "nil" on failure: open(2) gives the errno to show.
-            let fd = open(path, O_RDONLY | O_CLOEXEC)
-            guard fd >= 0 else {
-                throw LogReadError(source: path, line: nil, problem: .unreadable(reason: String(cString: strerror(errno))))
-            }
-            let handle = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
-            do {
-                data = try handle.readToEnd() ?? Data()
-            } catch {
-                throw LogReadError(source: path, line: nil, problem: .unreadable(reason: "\(error)"))
-            }
+            data = try readFile(path)
         }
         return try parse(data, source: path == "-" ? "<stdin>" : path)
+    }
+
+    /// open(2) and read(2) rather than FileManager or FileHandle: their
+    /// errors wrap the errno in NSError text, and the message should be
+    /// strerror's one line (`No such file or directory`, `Is a directory`).
+    static func readFile(_ path: String) throws(LogReadError) -> Data {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else {
+            throw LogReadError(source: path, line: nil, problem: .unreadable(reason: String(cString: strerror(errno))))
+        }
+        defer { close(fd) }
+        var data = Data()
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw LogReadError(source: path, line: nil, problem: .unreadable(reason: String(cString: strerror(errno))))
+            }
+            if n == 0 { return data }
+            data.append(contentsOf: buffer[0..<n])
+        }
     }
 
     public static func parse(_ data: Data, source: String) throws(LogReadError) -> ParsedLog {
         var log: ParsedLog?
         var lineNumber = 0
-        var lineStart = data.startIndex
-        while lineStart < data.endIndex {
+        for line in lines(data) {
             lineNumber += 1
-            let newline = data[lineStart...].firstIndex(of: UInt8(ascii: "\n")) ?? data.endIndex
-            let line = data[lineStart..<newline]
-            lineStart = newline == data.endIndex ? newline : data.index(after: newline)
             let record = try Record(parsing: line, source: source, line: lineNumber)
             if var current = log {
                 try record.apply(to: &current)
@@ -167,6 +176,27 @@ public enum LogReader {
         }
         guard let log else { throw LogReadError(source: source, line: nil, problem: .empty) }
         return log
+    }
+}
+
+extension LogReader {
+    /// The lines of `data` without their `\n`; no empty last line after a
+    /// final `\n`. memchr rather than Data.firstIndex: logs run to tens of
+    /// megabytes, and the generic search goes byte by byte through Data's
+    /// indexing in an unoptimized build.
+    static func lines(_ data: Data) -> [Data] {
+        data.withUnsafeBytes { (bytes: UnsafeRawBufferPointer) -> [Data] in
+            guard let base = bytes.baseAddress else { return [] }
+            var out: [Data] = []
+            var start = 0
+            while start < bytes.count {
+                let end = memchr(base + start, Int32(UInt8(ascii: "\n")), bytes.count - start)
+                    .map { $0 - UnsafeMutableRawPointer(mutating: base) } ?? bytes.count
+                out.append(Data(bytes: base + start, count: end - start))
+                start = end + 1
+            }
+            return out
+        }
     }
 }
 

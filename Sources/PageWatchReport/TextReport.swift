@@ -26,7 +26,9 @@ public enum TextReport {
         out.append("rate      " + rateLine(report))
         let others = log.processes.filter { $0.pid != process.pid }
         if !others.isEmpty {
-            let list = others.map { p in p.parent.map { "\(p.pid) (forked by \($0))" } ?? "\(p.pid)" }
+            let list = others.map { p in
+                p.pid == log.pid ? "\(p.pid) (the program)" : p.parent.map { "\(p.pid) (forked by \($0))" } ?? "\(p.pid)"
+            }
             out.append("processes also in the log: \(list.joined(separator: ", ")); --pid PID reports one of them")
         }
 
@@ -56,6 +58,7 @@ public enum TextReport {
     }
 
     static func writersTable(_ report: ProcessReport) -> [String] {
+        guard !report.sweeps.isEmpty else { return ["top writers: none (no sweeps in this log)"] }
         guard report.hasSites else {
             return ["top writers: none in this log (it was written with --stack-depth 0)"]
         }

@@ -110,8 +110,9 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: profile) }
         let common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=\(profile)",
                       "--enable-logging=stderr", "--v=0", "--window-size=1200,900"]
+        // Headless Chromium on two busy cores can take tens of seconds to start: 120 s each.
         // The DOM after the page's script ran: it writes whether any script error happened.
-        let dom = try Harness.run(common + ["--dump-dom", "file://\(html)"], timeout: 60)
+        let dom = try Harness.run(common + ["--dump-dom", "file://\(html)"], timeout: 120)
         #expect(dom.status == 0, "\(dom.stderr)")
         #expect(dom.stdout.contains("<p id=\"render-check\" class=\"ok\">rendered: 4 bars, 14 map cells, chart 900x300</p>"),
                 "\(dom.stdout.suffix(600))")
@@ -120,7 +121,7 @@ import Testing
 
         let png = Harness.temporaryPath("report.png")
         try? FileManager.default.removeItem(atPath: png)
-        let shot = try Harness.run(common + ["--screenshot=\(png)", "file://\(html)"], timeout: 60)
+        let shot = try Harness.run(common + ["--screenshot=\(png)", "file://\(html)"], timeout: 120)
         #expect(shot.status == 0, "\(shot.stderr)")
         // The bars' colour is used nowhere else: its pixels are the chart, drawn.
         let pixels = try Self.countPixels(png, colour: "d6336c")
@@ -201,7 +202,7 @@ import Testing
             prev = row
         print(width, height, count)
         """
-        let result = try Harness.run(["/usr/bin/python3", "-c", script, png, colour], timeout: 60)
+        let result = try Harness.run(["/usr/bin/python3", "-c", script, png, colour], timeout: 120)
         let numbers = result.stdout.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
         guard result.status == 0, numbers.count == 3 else { throw Harness.HarnessError.badTruth("PNG decoding failed: \(result.stderr)") }
         return (numbers[0], numbers[1], numbers[2])
