@@ -47,7 +47,12 @@ struct Report: ParsableCommand {
         let text: String
         switch format {
         case .text: text = TextReport.render(report)
-        case .folded: text = FoldedReport.render(report)
+        case .folded:
+            text = FoldedReport.render(report)
+            // An empty flame graph says nothing about why: say it once, off the data stream.
+            if !report.hasSites && !report.sweeps.isEmpty {
+                writeAll(STDERR_FILENO, "pagewatch: \(report.log.source) has no call sites (written with --stack-depth 0): no stacks to fold\n")
+            }
         case .html: text = HTMLReport.render(report)
         }
         guard let output, output != "-" else {
