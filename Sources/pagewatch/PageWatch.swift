@@ -10,7 +10,7 @@ struct PageWatch: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pagewatch",
         abstract: "Report which memory pages a process writes, on any Linux kernel (ptrace + mprotect).",
-        subcommands: [Run.self, Attach.self, GuardianCommand.self]
+        subcommands: [Run.self, Attach.self, Report.self, GuardianCommand.self]
     )
 
     /// Usage errors exit 2, as in most Linux tools (ArgumentParser's default is 64).

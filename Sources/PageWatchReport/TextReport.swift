@@ -1,0 +1,99 @@
+import PageWatchAttribution
+
+/// `pagewatch report --format text`: the run's summary, a table of sweeps,
+/// the dirty rate, and the top writers in the manner of `perf report --stdio`.
+public enum TextReport {
+    public static func render(_ report: ProcessReport) -> String {
+        var out: [String] = []
+        let log = report.log, process = report.process
+        let isProgram = process.pid == log.pid
+        out.append("program   \(log.command.joined(separator: " "))")
+        if isProgram {
+            out.append("pid       \(process.pid), \(Format.ending(process.ending))")
+        } else {
+            out.append("pid       \(process.pid), forked by \(process.parent.map(String.init) ?? "?"), \(Format.ending(process.ending))")
+        }
+        out.append("log       \(log.source), schema \(JSONLines.schema), page size \(log.pageSize)")
+        out.append("tracked   \(log.tracked.joined(separator: " "))")
+        if let d = report.durationNs {
+            out.append("duration  \(Format.duration(ns: d)) (from \(isProgram ? "the start record" : "its fork record") to \(process.ending == nil ? "its last sweep" : "its end"))")
+        }
+        for path in process.execs { out.append("exec      \(path) (tracking restarted)") }
+        for reason in process.untracked { out.append("untracked \(reason): later writes are not in the log") }
+        let mib = { (pages: UInt64) in Format.fixed(report.mib(pages), 2) }
+        out.append("sweeps    \(report.sweeps.count)")
+        out.append("dirty     \(report.totalPages) pages (\(mib(report.totalPages)) MiB) over all sweeps, \(report.totalFaults) write faults")
+        out.append("rate      " + rateLine(report))
+        let others = log.processes.filter { $0.pid != process.pid }
+        if !others.isEmpty {
+            let list = others.map { p in
+                p.pid == log.pid ? "\(p.pid) (the program)" : p.parent.map { "\(p.pid) (forked by \($0))" } ?? "\(p.pid)"
+            }
+            out.append("processes also in the log: \(list.joined(separator: ", ")); --pid PID reports one of them")
+        }
+
+        out.append("")
+        out.append("  seq  reason       at (ms)  dirty pages       MiB   faults")
+        for s in report.sweeps {
+            let at = s.timeNs >= process.beginNs ? Format.fixed(Double(s.timeNs - process.beginNs) / 1e6, 1) : "-"
+            out.append(Format.padLeft(String(s.seq), 5) + "  " + Format.padRight(s.reason, 10)
+                       + Format.padLeft(at, 10) + Format.padLeft(String(s.dirtyPages), 13)
+                       + Format.padLeft(mib(s.dirtyPages), 10) + Format.padLeft(String(s.faults), 9))
+        }
+
+        out.append("")
+        out += writersTable(report)
+        return out.joined(separator: "\n") + "\n"
+    }
+
+    static func rateLine(_ report: ProcessReport) -> String {
+        guard let r = report.dirtyRate else {
+            return "n/a: it needs two sweeps at different times (the rate is measured between the first and the last sweep)"
+        }
+        let mibPerSecond = report.mib(r.pages) / r.seconds
+        let last = report.sweeps.count
+        return "\(Format.fixed(r.pagesPerSecond, 1)) pages/s, \(Format.fixed(mibPerSecond, 2)) MiB/s: "
+            + "the \(r.pages) pages of sweeps 2-\(last) over the \(Format.duration(ns: UInt64(r.seconds * 1e9))) "
+            + "from sweep 1 to sweep \(last) (sweep 1 reports everything tracked, so it is left out)"
+    }
+
+    static func writersTable(_ report: ProcessReport) -> [String] {
+        guard !report.sweeps.isEmpty else { return ["top writers: none (no sweeps in this log)"] }
+        guard report.hasSites else {
+            return ["top writers: none in this log (it was written with --stack-depth 0)"]
+        }
+        let writers = report.writers
+        let total = writers.reduce(UInt64(0)) { $0 + $1.pages }
+        var out = ["top writers: \(writers.count) call stacks, \(total) pages (each sweep's sites summed by call stack)"]
+        let names = writers.map { FrameNaming.writer($0.frames) }
+        let width = min(60, max(8, names.map(\.function.count).max() ?? 0))
+        out.append("     pages    share   faults  " + Format.padRight("function", width) + "  file:line")
+        for (w, name) in zip(writers, names) {
+            let share = total == 0 ? 0 : Double(w.pages) * 100 / Double(total)
+            out.append(Format.padLeft(String(w.pages), 10) + Format.padLeft(Format.fixed(share, 2) + "%", 9)
+                       + Format.padLeft(String(w.faults), 9) + "  " + Format.padRight(name.function, width)
+                       + "  " + (name.location ?? "-"))
+            let callers = callerChain(w.frames)
+            if !callers.isEmpty { out.append(String(repeating: " ", count: 30) + callers) }
+        }
+        return out
+    }
+
+    /// `<- main (fx_writers.c:71) <- __libc_start_main <- _start`: who called
+    /// the writer, so that two rows with the same function are told apart.
+    /// A recursion's repeated frames are folded into one `×N`.
+    static func callerChain(_ frames: [Frame], limit: Int = 6) -> String {
+        let skip = frames.first.map(FrameNaming.isKernel) == true ? 2 : 1
+        var groups: [(name: String, count: Int)] = []
+        for (i, f) in frames.dropFirst(skip).enumerated() {
+            var name = FrameNaming.name(f)
+            // Only the immediate caller's line: where the writer was called from.
+            if i == 0, let loc = FrameNaming.location(f) { name += " (\(loc))" }
+            if groups.last?.name == name { groups[groups.count - 1].count += 1 } else { groups.append((name, 1)) }
+        }
+        guard !groups.isEmpty else { return "" }
+        var parts = groups.prefix(limit).map { "<- " + $0.name + ($0.count > 1 ? " ×\($0.count)" : "") }
+        if groups.count > limit { parts.append("<- …") }
+        return parts.joined(separator: " ")
+    }
+}

@@ -1,0 +1,67 @@
+import ArgumentParser
+import Glibc
+import PageWatchReport
+
+/// `pagewatch report`: reads a log written by `pagewatch run --output` and
+/// presents it. Only parsing and I/O here; the reports are PageWatchReport's.
+struct Report: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Summarize a pagewatch/1 log: sweeps, dirty rate and the top writers.",
+        discussion: """
+        Formats: text (default) is a summary, a table of sweeps and the top writers; \
+        folded is one `outer;...;inner PAGES` line per call stack for flamegraph.pl, \
+        inferno or speedscope; html is one self-contained page with a chart of the dirty \
+        rate, a map of the pages each sweep dirtied and the top writers.
+
+        With --follow-forks logs, the program is reported unless --pid names another process.
+
+        Exit status: 0; 1 when the log cannot be read or has no such process; 2 for a usage error.
+        """
+    )
+
+    enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
+        case text, folded, html
+    }
+
+    @Option(name: .long, help: ArgumentHelp("text, folded or html.", valueName: "FORMAT"))
+    var format: OutputFormat = .text
+
+    @Option(name: .long, help: ArgumentHelp("Write the report here instead of stdout; - for stdout.", valueName: "PATH"))
+    var output: String?
+
+    @Option(name: .long, help: ArgumentHelp("Report this process of the log (default: the program).", valueName: "PID"))
+    var pid: Int32?
+
+    @Argument(help: ArgumentHelp("The JSON Lines log (pagewatch run --output); - for stdin.", valueName: "LOG.jsonl"))
+    var log: String
+
+    func run() throws {
+        let report: ProcessReport
+        do {
+            report = try ProcessReport(log: try LogReader.read(path: log), pid: pid)
+        } catch let error as LogReadError {
+            fail(error.description, status: 1)
+        } catch let error as ProcessReport.SelectionError {
+            fail(error.description, status: 1)
+        }
+        let text: String
+        switch format {
+        case .text: text = TextReport.render(report)
+        case .folded:
+            text = FoldedReport.render(report)
+            // An empty flame graph says nothing about why: say it once, off the data stream.
+            if !report.hasSites && !report.sweeps.isEmpty {
+                writeAll(STDERR_FILENO, "pagewatch: \(report.log.source) has no call sites (written with --stack-depth 0): no stacks to fold\n")
+            }
+        case .html: text = HTMLReport.render(report)
+        }
+        guard let output, output != "-" else {
+            writeAll(STDOUT_FILENO, text)
+            return
+        }
+        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { fail("cannot open --output '\(output)': \(String(cString: strerror(errno)))", status: 1) }
+        writeAll(fd, text)
+        close(fd)
+    }
+}

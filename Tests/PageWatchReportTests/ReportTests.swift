@@ -1,0 +1,272 @@
+import Foundation
+import Testing
+import PageWatchAddressSpace
+import PageWatchAttribution
+import PageWatchEngine
+@testable import PageWatchReport
+
+/// A small log, written by the real encoder: two sweeps of the program with
+/// the same writers in both, the kernel writing for read(), and a followed child.
+enum SampleLog {
+    static let pid: Int32 = 100
+    /// Odd and above 2^53: a Double would round it.
+    static let startNs: UInt64 = 1_795_748_901_457_949_727
+
+    static func frame(_ function: String, _ ip: UInt64, line: Int? = nil) -> Frame {
+        Frame(ip: ip, module: "/bin/prog", offset: ip - 0x1000, function: function, file: line.map { _ in "prog.c" }, line: line)
+    }
+
+    static let main = frame("main", 0x1500, line: 30)
+    static let start = frame("_start", 0x1100)
+    static let fill = [frame("fill", 0x1200, line: 10), main, start]
+    static let poke = [frame("poke", 0x1300, line: 20), main, start]
+    static let kernelRead = [Frame(ip: 0, function: "[kernel] read"), frame("read", 0x1400, line: 5), main, start]
+    static let unseen = [Frame(ip: 0, function: "[unseen]")]
+
+    static func site(_ frames: [Frame], pages: UInt64, faults: Int, at page: UInt64) -> WriteSite {
+        WriteSite(pages: pages, faults: faults, ranges: [AddressRange(page * 4096, (page + pages) * 4096)], frames: frames)
+    }
+
+    static func sweep(_ seq: Int, pid: Int32 = pid, reason: SweepReason = .signal, at ns: UInt64, _ sites: [WriteSite]) -> LogRecord {
+        let ranges = sites.flatMap(\.ranges).sorted()
+        return .sweep(SweepRecord(seq: seq, pid: pid, reason: reason, timeNs: ns, ranges: ranges,
+                                  faults: sites.reduce(0) { $0 + $1.faults }, sites: sites))
+    }
+
+    static var records: [LogRecord] {
+        [
+            .start(pid: pid, pageSize: 4096, command: ["prog", "a;b"], tracked: ["writable"], timeNs: startNs),
+            sweep(1, at: startNs + 1_000_000, [site(unseen, pages: 10, faults: 0, at: 0x100)]),
+            sweep(2, at: startNs + 2_000_000, [site(fill, pages: 3, faults: 3, at: 0x100), site(poke, pages: 1, faults: 1, at: 0x104),
+                                                site(kernelRead, pages: 1, faults: 0, at: 0x106)]),
+            .fork(pid: 101, parent: pid, timeNs: startNs + 2_500_000),
+            sweep(1, pid: 101, reason: .exit, at: startNs + 2_600_000, [site(unseen, pages: 7, faults: 0, at: 0x100)]),
+            .exit(pid: 101, end: .exited(code: 0), sweeps: 1, faults: 0, timeNs: startNs + 2_700_000),
+            sweep(3, reason: .exit, at: startNs + 3_000_000, [site(fill, pages: 2, faults: 2, at: 0x100), site(poke, pages: 1, faults: 1, at: 0x104)]),
+            .end(pid: pid, end: .exited(code: 0), sweeps: 3, faults: 7, timeNs: startNs + 4_000_000),
+        ]
+    }
+
+    static var text: String { records.map { JSONLines.encode($0) + "\n" }.joined() }
+
+    static func parsed(_ text: String = text) throws -> ParsedLog { try LogReader.parse(Data(text.utf8), source: "sample.jsonl") }
+}
+
+@Suite struct LogReaderTests {
+    @Test func readsEveryRecordWithExactTimes() throws {
+        let log = try SampleLog.parsed()
+        #expect(log.pid == 100)
+        #expect(log.pageSize == 4096)
+        #expect(log.command == ["prog", "a;b"])
+        #expect(log.startNs == 1_795_748_901_457_949_727)
+        #expect(log.program.sweeps.map(\.timeNs) == [1_795_748_901_458_949_727, 1_795_748_901_459_949_727, 1_795_748_901_460_949_727])
+        #expect(log.program.sweeps.map(\.seq) == [1, 2, 3])
+        #expect(log.program.sweeps[1].sites?.map(\.frames) == [SampleLog.fill, SampleLog.poke, SampleLog.kernelRead])
+        #expect(log.end?.timeNs == 1_795_748_901_461_949_727)
+        #expect(log.processes.map(\.pid) == [100, 101])
+        #expect(log.processes[1].parent == 100)
+        #expect(log.processes[1].ending?.exitStatus == 0)
+    }
+
+    @Test func keepsTheFullUnsigned64BitRange() throws {
+        let text = #"{"type":"start","schema":"pagewatch/1","pid":1,"page_size":4096,"command":[],"tracked":[],"time_ns":18446744073709551615}"#
+        #expect(try SampleLog.parsed(text).startNs == UInt64.max)
+    }
+
+    @Test func ignoresUnknownRecordsAndFieldsAndKeepsUnknownReasons() throws {
+        var lines = SampleLog.text.split(separator: "\n").map(String.init)
+        lines.insert(#"{"type":"checkpoint","pid":100,"time_ns":5,"whatever":[1,2,{"x":null}]}"#, at: 2)
+        lines[1] = lines[1].replacingOccurrences(of: "\"reason\":\"signal\"", with: "\"reason\":\"attach\",\"new_field\":{\"a\":true}")
+        let log = try SampleLog.parsed(lines.joined(separator: "\n") + "\n")
+        #expect(log.program.sweeps.count == 3)
+        #expect(log.program.sweeps[0].reason == "attach")
+    }
+
+    @Test func refusesAnotherSchemaOnItsFirstLine() {
+        let text = SampleLog.text.replacingOccurrences(of: "pagewatch/1", with: "pagewatch/2")
+        #expect(throws: LogReadError(source: "sample.jsonl", line: 1, problem: .unsupportedSchema("pagewatch/2"))) {
+            try SampleLog.parsed(text)
+        }
+        let error = LogReadError(source: "sample.jsonl", line: 1, problem: .unsupportedSchema("pagewatch/2"))
+        #expect(error.description == "sample.jsonl:1: schema 'pagewatch/2' is not supported: this pagewatch reads pagewatch/1 only")
+    }
+
+    @Test func namesTheLineOfABadRecord() {
+        var lines = SampleLog.text.split(separator: "\n").map(String.init)
+        lines[3] = "{\"type\":\"sweep\",\"seq\":"
+        #expect(throws: LogReadError(source: "sample.jsonl", line: 4, problem: .notJSON(detail: "'{\"type\":\"sweep\",\"seq\":'"))) {
+            try SampleLog.parsed(lines.joined(separator: "\n"))
+        }
+        lines[3] = #"{"type":"fork","pid":true,"parent":1,"time_ns":3}"#
+        #expect(throws: LogReadError(source: "sample.jsonl", line: 4, problem: .wrongType(record: "fork", field: "pid", expected: "an integer"))) {
+            try SampleLog.parsed(lines.joined(separator: "\n"))
+        }
+        #expect(throws: LogReadError(source: "sample.jsonl", line: 1, problem: .notStartFirst(type: "sweep"))) {
+            try SampleLog.parsed(lines.dropFirst().joined(separator: "\n"))
+        }
+        #expect(throws: LogReadError(source: "sample.jsonl", line: nil, problem: .empty)) { try SampleLog.parsed("") }
+    }
+
+    @Test func aMissingFileIsOneLineNamingIt() {
+        do {
+            _ = try LogReader.read(path: "/nonexistent/log.jsonl")
+            Issue.record("read a missing file")
+        } catch {
+            #expect(error.description == "cannot read /nonexistent/log.jsonl: No such file or directory")
+        }
+    }
+
+    @Test func selectsAProcessByPid() throws {
+        let log = try SampleLog.parsed()
+        #expect(try ProcessReport(log: log).process.pid == 100)
+        #expect(try ProcessReport(log: log, pid: 101).sweeps.count == 1)
+        #expect(throws: ProcessReport.SelectionError.noSuchProcess(pid: 7, source: "sample.jsonl", present: [100, 101])) {
+            try ProcessReport(log: log, pid: 7)
+        }
+    }
+}
+
+@Suite struct TextReportTests {
+    @Test func aggregatesWritersAcrossSweepsSortedByPages() throws {
+        let report = try ProcessReport(log: SampleLog.parsed())
+        let writers = report.writers
+        #expect(writers.map(\.pages) == [10, 5, 2, 1])
+        #expect(writers.map { FrameNaming.writer($0.frames).function } == ["[unseen]", "fill", "poke", "[kernel] read <- read"])
+        #expect(writers[1].faults == 5)
+        #expect(writers[1].sweeps == 2)
+    }
+
+    @Test func listsTopWritersWithSharesAndLines() throws {
+        let text = TextReport.render(try ProcessReport(log: SampleLog.parsed()))
+        let rows = text.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+        #expect(rows.contains("10 55.56% 0 [unseen] -"))
+        #expect(rows.contains("5 27.78% 5 fill prog.c:10"))
+        #expect(rows.contains("2 11.11% 2 poke prog.c:20"))
+        #expect(rows.contains("1 5.56% 0 [kernel] read <- read prog.c:5"))
+        #expect(rows.contains("<- main (prog.c:30) <- _start"))
+        // Rows in order of pages.
+        let order = ["[unseen]", " fill ", " poke ", "[kernel] read"].map { text.range(of: $0)!.lowerBound }
+        #expect(order == order.sorted())
+        #expect(text.contains("sweeps    3"))
+        #expect(text.contains("dirty     18 pages (0.07 MiB) over all sweeps, 7 write faults"))
+        // Sweeps 2 and 3: 8 pages in the 2 ms from sweep 1 to sweep 3.
+        #expect(text.contains("rate      4000.0 pages/s, 15.63 MiB/s: the 8 pages of sweeps 2-3 over the 2.0 ms from sweep 1 to sweep 3"))
+        #expect(text.contains("processes also in the log: 101 (forked by 100)"))
+    }
+
+    @Test func reportsAFollowedProcessOnItsOwn() throws {
+        let text = TextReport.render(try ProcessReport(log: SampleLog.parsed(), pid: 101))
+        #expect(text.contains("pid       101, forked by 100, exited with status 0"))
+        #expect(text.contains("sweeps    1"))
+        #expect(text.contains("rate      n/a"))
+    }
+
+    @Test func saysSoWhenTheLogHasNoSites() throws {
+        let text = SampleLog.text.replacing(/,"sites":\[.*\]\}$/.anchorsMatchLineEndings(), with: "}")
+        #expect(!text.contains("sites"))
+        let report = try ProcessReport(log: SampleLog.parsed(text))
+        #expect(TextReport.render(report).contains("top writers: none in this log (it was written with --stack-depth 0)"))
+        #expect(FoldedReport.render(report).isEmpty)
+    }
+}
+
+@Suite struct FoldedReportTests {
+    /// What flamegraph.pl accepts: `frames COUNT`, frames joined by `;`.
+    static func check(_ folded: String) -> [(frames: [String], count: UInt64)] {
+        folded.split(separator: "\n", omittingEmptySubsequences: false).dropLast().compactMap { line in
+            guard let m = line.wholeMatch(of: /(.+) (\d+)/) else {
+                Issue.record("not a folded line: '\(line)'")
+                return nil
+            }
+            return (m.1.split(separator: ";", omittingEmptySubsequences: false).map(String.init), UInt64(m.2)!)
+        }
+    }
+
+    @Test func oneLinePerStackOutermostFirstWeightedByPages() throws {
+        let report = try ProcessReport(log: SampleLog.parsed())
+        let folded = FoldedReport.render(report)
+        #expect(folded.hasSuffix("\n"))
+        let lines = Self.check(folded)
+        let totalSitePages = report.sweeps.flatMap { $0.sites ?? [] }.reduce(UInt64(0)) { $0 + $1.pages }
+        #expect(lines.reduce(0) { $0 + $1.count } == totalSitePages)
+        #expect(lines.map(\.frames) == [["[unseen]"], ["_start", "main", "fill"], ["_start", "main", "poke"],
+                                        ["_start", "main", "read", "[kernel] read"]])
+        #expect(lines.map(\.count) == [10, 5, 2, 1])
+        #expect(lines.allSatisfy { $0.frames.allSatisfy { !$0.isEmpty } })
+    }
+
+    @Test func namesFramesWithoutSymbolsAndReplacesSemicolons() {
+        #expect(FoldedReport.frameName(Frame(ip: 0x7f00, module: "/lib/libx.so", offset: 0x1f0)) == "libx.so+0x1f0")
+        #expect(FoldedReport.frameName(Frame(ip: 0x7f00)) == "0x7f00")
+        #expect(FoldedReport.frameName(Frame(ip: 1, function: "operator;(a;b)")) == "operator:(a:b)")
+    }
+}
+
+@Suite struct HTMLReportTests {
+    @Test func isOneSelfContainedPageWithTheChartMapAndWriters() throws {
+        let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed()))
+        #expect(!html.contains("http://") && !html.contains("https://"))
+        #expect(!html.contains(" src=") && !html.contains("<link"))
+        #expect(html.hasPrefix("<!DOCTYPE html>"))
+        #expect(html.contains("<svg id=\"rate-chart\""))
+        #expect(html.contains("<svg id=\"page-map\""))
+        #expect(html.components(separatedBy: "class=\"rate-bar\"").count - 1 == 3)
+        #expect(html.contains("<table id=\"writers\""))
+        #expect(html.contains("[kernel] read &lt;- read"))
+        // One cell per dirty page here: 10 + 5 + 3 pages, one column per page.
+        #expect(html.components(separatedBy: "class=\"map-cell\"").count - 1 == 18)
+        #expect(html.contains("id=\"render-check\""))
+    }
+
+    @Test func escapesWhatTheProgramNamed() throws {
+        let text = SampleLog.text.replacingOccurrences(of: "\"prog\",\"a;b\"", with: "\"<script>alert(1)</script>\"")
+        let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(text)))
+        #expect(!html.contains("<script>alert"))
+        #expect(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"))
+    }
+
+    @Test func roundsTheRateAxis() {
+        #expect(HTMLReport.niceCeiling(0) == 1)
+        #expect(HTMLReport.niceCeiling(1_100) == 2_000)
+        #expect(HTMLReport.niceCeiling(56_000) == 100_000)
+        #expect(HTMLReport.niceCeiling(0.3) == 0.5)
+        #expect(HTMLReport.compact(1_600) == "1.6k")
+        #expect(HTMLReport.compact(20_000) == "20k")
+    }
+}
+
+@Suite struct AddressMapTests {
+    func sweep(_ ranges: [AddressRange]) -> LoggedSweep {
+        LoggedSweep(seq: 1, pid: 1, reason: "signal", timeNs: 0, dirtyPages: ranges.reduce(0) { $0 + $1.pageCount },
+                    faults: 0, ranges: ranges, sites: nil)
+    }
+
+    @Test func squeezesOutTheGapsBetweenMappings() {
+        // 4 pages of heap and 2 pages 0x7f… far away: six columns, two blocks.
+        let heap = AddressRange(0x5555_0000_0000, 0x5555_0000_4000), lib = AddressRange(0x7f00_0000_0000, 0x7f00_0000_2000)
+        let map = AddressMap([sweep([heap, lib])], pageSize: 4096)
+        #expect(map.pagesPerColumn == 1)
+        #expect(map.columns == 6)
+        #expect(map.blocks.map(\.span) == [heap, lib])
+        #expect(map.dirtyPerColumn([AddressRange(0x5555_0000_1000, 0x5555_0000_3000)]) == [1: 1, 2: 1])
+        #expect(map.dirtyPerColumn([lib]) == [4: 1, 5: 1])
+        #expect(map.bucket(5).start == 0x7f00_0000_1000)
+    }
+
+    @Test func bucketsManyPagesPerColumnAndCountsThemAll() {
+        let big = AddressRange(0x1000_0000, 0x1000_0000 + 1000 * 4096)
+        let map = AddressMap([sweep([big])], pageSize: 4096, columns: 100)
+        #expect(map.pagesPerColumn == 11)
+        let counts = map.dirtyPerColumn([big])
+        #expect(counts.values.reduce(0, +) == 1000)
+        #expect(map.bucket(map.columns - 1).end == big.end.value)
+    }
+
+    @Test func cutsAtMostTheWidestGaps() {
+        let ranges = (0..<40).map { i in AddressRange(UInt64(i) * 0x10_0000 + (i >= 20 ? 0x1_0000_0000 : 0), UInt64(i) * 0x10_0000 + 0x1000 + (i >= 20 ? 0x1_0000_0000 : 0)) }
+        let map = AddressMap([sweep(ranges)], pageSize: 4096, maxBlocks: 4)
+        #expect(map.blocks.count == 4)
+        #expect(map.blocks.contains { $0.span.start.value == 0x1_0000_0000 + 20 * 0x10_0000 })
+        #expect(map.dirtyPerColumn(ranges).values.reduce(0, +) == 40)
+    }
+}
