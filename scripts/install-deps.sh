@@ -5,8 +5,9 @@ set -euo pipefail
 
 # libunwind-ptrace for attribution (issue 5), libdw (elfutils) for its file:line
 # names, and pkg-config to find them; strace for the test that attaches PageWatch
-# under another tracer; python3 for `make bench`.
-packages=(libunwind-dev libdw-dev pkg-config strace python3)
+# under another tracer; python3 for `make bench`; binutils for `strip` (the
+# stripped-program attribution test).
+packages=(libunwind-dev libdw-dev pkg-config strace python3 binutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
