@@ -20,23 +20,41 @@ let fixtureNames = [
     "fx_callsites", "fx_writers",
 ]
 
+/// C++ fixtures: one `NAME.cpp` in fixtures/ each, built like the C ones
+/// (SwiftPM compiles a target's `.cpp` sources as C++ and links libstdc++).
+let cxxFixtureNames = ["fx_cxx_writer"]
+
+/// Swift fixtures: an executable target each, its `main.swift` in `fixtures/NAME/`.
+let swiftFixtureNames = ["fx_swift_writer"]
+
 /// Extra C flags of fixtures that need them. fx_callsites is unwound and
 /// symbolized by the attribution tests: DWARF lines, frame pointers, and no
 /// sibling calls so that every frame of its call chain exists.
 let fixtureExtraFlags: [String: [String]] = [
     "fx_callsites": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
     "fx_writers": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
+    "fx_cxx_writer": ["-g", "-fno-omit-frame-pointer"],
 ]
 
-let fixtureTargets: [Target] = fixtureNames.map { name in
-    .executableTarget(
+/// The one source file of each C and C++ fixture, by fixture name.
+let fixtureSources: [String: String] = Dictionary(
+    uniqueKeysWithValues: fixtureNames.map { ($0, "\($0).c") } + cxxFixtureNames.map { ($0, "\($0).cpp") })
+
+let fixtureTargets: [Target] = (fixtureNames + cxxFixtureNames).map { name in
+    let flags: [String] = ["-O1", "-Wall"] + (fixtureExtraFlags[name] ?? [])
+    return .executableTarget(
         name: name,
         path: "fixtures",
-        exclude: fixtureNames.filter { $0 != name }.map { "\($0).c" } + ["README.md", "fixture.h", "fx_bench.h"],
-        sources: ["\(name).c"],
-        cSettings: [.unsafeFlags(["-O1", "-Wall"] + (fixtureExtraFlags[name] ?? []))],
+        // Every fixture shares the folder: each target excludes the others' sources.
+        exclude: fixtureSources.values.filter { $0 != fixtureSources[name] }.sorted() + swiftFixtureNames
+            + ["README.md", "fixture.h", "fx_bench.h"],
+        sources: [fixtureSources[name]!],
+        cSettings: [.unsafeFlags(flags)],
+        cxxSettings: [.unsafeFlags(flags)],
         linkerSettings: [.linkedLibrary("pthread")]
     )
+} + swiftFixtureNames.map { name in
+    .executableTarget(name: name, path: "fixtures/\(name)")
 }
 
 let package = Package(
@@ -79,7 +97,7 @@ let package = Package(
         .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport"]),
         .testTarget(
             name: "EndToEndTests",
-            dependencies: ["pagewatch"] + fixtureNames.map { .target(name: $0) }
+            dependencies: ["pagewatch"] + (fixtureNames + cxxFixtureNames + swiftFixtureNames).map { .target(name: $0) }
         ),
     ] + fixtureTargets
 )

@@ -6,8 +6,9 @@ set -euo pipefail
 # libunwind-ptrace for attribution (issue 5), libdw (elfutils) for its file:line
 # names, and pkg-config to find them; strace for the test that attaches PageWatch
 # under another tracer; python3 for `make bench` (and to decode a screenshot in the
-# report tests); chromium, headless, to render `pagewatch report --format html` in them.
-packages=(libunwind-dev libdw-dev pkg-config strace python3 chromium)
+# report tests); chromium, headless, to render `pagewatch report --format html` in them;
+# binutils for `strip` (the stripped-program attribution test).
+packages=(libunwind-dev libdw-dev pkg-config strace python3 chromium binutils)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -34,6 +34,9 @@ import Testing
         Case(fixture: "fx_robust", expectedStatus: 0),
         Case(fixture: "fx_jit", expectedStatus: 0),
         Case(fixture: "fx_shared", expectedStatus: 0, neverReported: 0x2980_0000_0000..<0x2980_0000_4000),
+        // Attribution fixtures that print the truth too: a C++ and a Swift program.
+        Case(fixture: "fx_cxx_writer", expectedStatus: 0),
+        Case(fixture: "fx_swift_writer", expectedStatus: 0),
         // Followed children must leave the program's own report exact.
         Case(fixture: "fx_fork", extraArguments: ["--follow-forks"], expectedStatus: 0),
         Case(fixture: "fx_follow", extraArguments: ["--follow-forks"], expectedStatus: 0),
