@@ -60,6 +60,15 @@ public struct RemoteSyscall: Sendable {
                 }
                 // A signal for the program arrived first: keep it for later.
                 let h = try Ptrace.holdSignal(tid)
+                // Unless the injected code itself faults (the gadget gone, or
+                // registers that were not the thread's): it would fault again
+                // at every resume. Give up, with the thread put back.
+                let at = Arch.instructionPointer(try Arch.readRegisters(tid: tid))
+                if [Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGTRAP].contains(sig),
+                   Page.floor(at) == Page.floor(gadget) || held.filter({ $0.signal == sig }).count >= 3 {
+                    throw TraceError.remoteSyscall("injected call (\(Signal.name(sig)) at \(at.hex))", .EFAULT,
+                                                   tid: tid, address: gadget)
+                }
                 if getenv("PAGEWATCH_DEBUG") != nil {
                     let regs = try Arch.readRegisters(tid: tid)
                     let info = try Ptrace.signalInfo(tid)
