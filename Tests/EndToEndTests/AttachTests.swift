@@ -230,3 +230,52 @@ final class Background {
         _ = parent.finish()
     }
 }
+
+/// Issue 4's real program: `python3 -m http.server` serving a fixed file to a
+/// bounded loop of requests, attached for part of the loop and detached:
+/// every response intact.
+@Suite struct AttachRealProgramTests {
+    @Test func httpServerServesEveryResponseIntact() throws {
+        let dir = Harness.temporaryPath("www-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        let body = Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 7) })
+        try body.write(to: URL(fileURLWithPath: dir + "/data.bin"))
+        let server = try Background(["/usr/bin/env", "python3", "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+                                     "--directory", dir])
+        defer { kill(server.pid, SIGTERM); _ = server.finish() }
+        #expect(server.waitFor(" port "))
+        let port = server.stdout.components(separatedBy: " port ").last?.split(separator: " ").first.map(String.init) ?? ""
+        // 80 requests, 25 ms apart; each prints the body's length and whether it was intact.
+        let client = try Background(["/usr/bin/env", "python3", "-c", """
+            import hashlib, sys, time, urllib.request
+            want = hashlib.sha256(open(sys.argv[2], 'rb').read()).hexdigest()
+            bad = 0
+            for i in range(80):
+                data = urllib.request.urlopen('http://127.0.0.1:' + sys.argv[1] + '/data.bin', timeout=30).read()
+                bad += hashlib.sha256(data).hexdigest() != want
+                print(i, len(data), flush=True)
+                time.sleep(0.025)
+            print('bad', bad)
+            """, port, dir + "/data.bin"])
+        #expect(client.waitFor("10 300000\n"))
+        // Attached for part of the loop, then detached while it goes on.
+        let log = Harness.temporaryPath("http.jsonl")
+        let attached = try Harness.run([Harness.pagewatch, "attach", "--interval", "50ms", "--duration", "700ms",
+                                        "--output", log, String(server.pid)])
+        #expect(attached.status == 0, "\(attached.stderr)")
+        #expect(client.finish() == 0)
+        #expect(client.stdout.hasSuffix("79 300000\nbad 0\n"))
+        let records = try Harness.readLog(log)
+        #expect(records.last?["type"] as? String == "detach")
+        #expect(records.filter { $0["type"] as? String == "sweep" }.count >= 3)
+        // The server still serves after the detach.
+        #expect(Self.get(port: port, path: "/data.bin") == body.count)
+    }
+
+    static func get(port: String, path: String) -> Int? {
+        let r = try? Harness.run(["/usr/bin/env", "python3", "-c",
+                                  "import urllib.request,sys; print(len(urllib.request.urlopen(sys.argv[1], timeout=30).read()))",
+                                  "http://127.0.0.1:\(port)\(path)"])
+        return r.flatMap { Int($0.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
+}
