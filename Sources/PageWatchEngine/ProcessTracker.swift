@@ -74,6 +74,9 @@ final class ProcessTracker {
     var unwinder: Unwinder?
     /// `/proc/PID/maps` as last read: writers are symbolized against it.
     var lastMaps: [Mapping] = []
+    /// Frames by instruction pointer (inner frames looked up at IP-1 have
+    /// their own entries), kept while the code mappings stay the same.
+    var frameCache: [FrameKey: Frame] = [:]
 
     init(session: Tracker, pid: Int32, parent: Int32?) {
         self.session = session
@@ -135,12 +138,13 @@ final class ProcessTracker {
         } else if threads[tid]?.interruptPending == true, case .syscallStop = event {
             try undoInterruptEINTR(tid)
         }
-        switch event {
-        case .interruptStop, .groupStop: break
-        default:
-            // The kernel drops a pending PTRACE_INTERRUPT at any other trap
-            // (ptrace_stop: "any trap clears pending STOP trap"): the next
-            // interval asks again instead of waiting for it forever.
+        if case .syscallStop = event {
+            // The kernel drops a pending PTRACE_INTERRUPT at a syscall stop
+            // (ptrace_stop: "any trap clears pending STOP trap"): attach
+            // mode, resuming with PTRACE_SYSCALL, serves the sweep at the
+            // call's exit instead, or asks again. (Not at other stops: at a
+            // seccomp stop no sweep is served, and asking again at each
+            // would interrupt every call of a busy program.)
             threads[tid]?.interruptPending = false
         }
         switch event {
@@ -491,6 +495,7 @@ final class ProcessTracker {
         ledger = WriterLedger()
         unwinder = nil
         lastMaps = []
+        frameCache = [:]
         let (gadget, held) = try RemoteSyscall.bootstrap(in: pid, completing: completing)
         injector = gadget
         threads[pid]?.held.append(contentsOf: held)
@@ -679,9 +684,8 @@ final class ProcessTracker {
         sweeps += 1
         var sites: [WriteSite]?
         if config.stackDepth > 0 {
-            let maps = lastMaps, symbolizer = session.symbolizer
-            sites = ledger.sites(of: dirty, pinned: memory.pinned, keepingWriters: reportedAgain) {
-                symbolizer.frames(callStack: $0, in: maps)
+            sites = ledger.sites(of: dirty, pinned: memory.pinned, keepingWriters: reportedAgain) { stack in
+                stack.enumerated().map { i, ip in frame(ip, isReturnAddress: i > 0) }
             }
         }
         emit(.sweep(SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
@@ -695,11 +699,20 @@ final class ProcessTracker {
         // Through a live thread: once the main thread has exited, /proc/PID/maps is empty.
         let maps = try ProcFS.maps(of: liveThread())
         memory.reconcile(maps: maps, selection: config.selection, stackAnchors: stackAnchors)
-        if let unwinder, code(of: maps) != code(of: lastMaps) {
-            // A module came or went: the unwinder's cached unwind tables may be stale.
-            unwinder.mappingsChanged(maps: maps)
+        if unwinder != nil || !frameCache.isEmpty, code(of: maps) != code(of: lastMaps) {
+            // A module came or went: cached unwind tables and names may be stale.
+            unwinder?.mappingsChanged(maps: maps)
+            frameCache = [:]
         }
         lastMaps = maps
+    }
+
+    func frame(_ ip: UInt64, isReturnAddress: Bool) -> Frame {
+        let key = FrameKey(ip: ip, isReturnAddress: isReturnAddress)
+        if let known = frameCache[key] { return known }
+        let f = session.symbolizer.frame(ip: ip, in: lastMaps, isReturnAddress: isReturnAddress)
+        frameCache[key] = f
+        return f
     }
 
     /// The mappings unwinding and symbolizing read: file-backed, not writable.

@@ -12,6 +12,11 @@ struct Writer: Hashable {
     var stack: [UInt64]
 }
 
+struct FrameKey: Hashable {
+    var ip: UInt64
+    var isReturnAddress: Bool
+}
+
 /// One writer's share of a sweep: the `sites` of the log.
 public struct WriteSite: Sendable, Equatable {
     public var pages: UInt64

@@ -63,10 +63,12 @@ public struct RemoteSyscall: Sendable {
                 // Unless the injected code itself faults (the gadget gone, or
                 // registers that were not the thread's): it would fault again
                 // at every resume. Give up, with the thread put back.
-                let at = Arch.instructionPointer(try Arch.readRegisters(tid: tid))
-                if [Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGTRAP].contains(sig),
-                   Page.floor(at) == Page.floor(gadget) || held.filter({ $0.signal == sig }).count >= 3 {
-                    throw TraceError.remoteSyscall("injected call (\(Signal.name(sig)) at \(at.hex))", .EFAULT,
+                // (A fault the program took just before PageWatch stopped it
+                // arrives here once, at the gadget's first instruction: held.)
+                let synchronous = [Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGTRAP].contains(sig)
+                if synchronous && (Page.floor(h.faultAddress) == Page.floor(gadget)
+                                   || held.filter({ $0.signal == sig && $0.faultAddress == h.faultAddress }).count >= 2) {
+                    throw TraceError.remoteSyscall("injected call (\(Signal.name(sig)) at \(h.faultAddress.hex))", .EFAULT,
                                                    tid: tid, address: gadget)
                 }
                 if getenv("PAGEWATCH_DEBUG") != nil {

@@ -67,6 +67,10 @@ public enum JSONLines {
 
     /// A JSON string literal (RFC 8259 escaping; other bytes pass through as UTF-8).
     public static func string(_ s: String) -> String {
+        // Most strings (paths, function names) need no escaping: copy them whole.
+        if !s.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
+            return "\"" + s + "\""
+        }
         var out = "\""
         for u in s.unicodeScalars {
             switch u {
