@@ -561,7 +561,7 @@ final class ProcessTracker {
     // MARK: - Sweeps
 
     func requestSweep(_ reason: SweepReason) {
-        if pendingSweep == nil { pendingSweep = reason }
+        if pendingSweep == nil, !finalSweepDone { pendingSweep = reason }
     }
 
     /// Interval sweeps need a stopped thread to inject into: interrupt one

@@ -125,7 +125,10 @@ public final class Tracker {
             // sweep is served at the next of them.
             var next = try Wait.poll(-1)
             if next == nil, let t = timer, t.takeDue() {
-                for p in processes.values where p.end == nil && !p.trackingStopped { p.requestSweep(.interval) }
+                // (Not after a process's exit sweep: its threads are exiting.)
+                for p in processes.values where p.end == nil && !p.trackingStopped && !p.finalSweepDone {
+                    p.requestSweep(.interval)
+                }
             }
             if next == nil {
                 for p in processes.values.sorted(by: { $0.pid < $1.pid })

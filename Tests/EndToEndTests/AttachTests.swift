@@ -11,6 +11,8 @@ final class Background {
     var pid: Int32 { process.processIdentifier }
 
     init(_ argv: [String]) throws {
+        // A program that ended early must fail its test, not kill the runner with SIGPIPE.
+        signal(SIGPIPE, SIG_IGN)
         process.executableURL = URL(fileURLWithPath: argv[0])
         process.arguments = Array(argv.dropFirst())
         var environment = ProcessInfo.processInfo.environment
