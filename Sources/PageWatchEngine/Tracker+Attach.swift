@@ -142,15 +142,13 @@ extension ProcessTracker {
                 try protect(region.range, region.protection, tid: tid)
             }
             if let injector { threads[tid]?.held += try injector.unmapScratch(in: tid) }
-        injector = nil
-        memory.reset()
-        publishForGuardian()
             if let entry { try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid) }
         }
-        injector = nil
-        memory.reset()
         finalSweepDone = true
         emitSweep(reason: .detach, dirty: dirty)
+        injector = nil
+        memory.reset()
+        publishForGuardian()  // nothing left for the guardian to restore
     }
 
     /// Hazard 4 for a thread whose clone PageWatch did not see: glibc and
