@@ -131,14 +131,17 @@ pid_t pw_gettid(void) {
 
 static void pw_wakeup(int signal) { (void)signal; }
 
-int pw_install_wakeup_handler(int signal) {
+// No SA_RESTART: a blocking waitpid in the tracer must return EINTR.
+static int pw_install_handler(int signal, void (*handler)(int)) {
     struct sigaction action;
     memset(&action, 0, sizeof action);
-    action.sa_handler = pw_wakeup;
+    action.sa_handler = handler;
     sigemptyset(&action.sa_mask);
-    action.sa_flags = 0;  // no SA_RESTART: waitpid must return EINTR
+    action.sa_flags = 0;
     RETURN_ERRNO(sigaction(signal, &action, NULL));
 }
+
+int pw_install_wakeup_handler(int signal) { return pw_install_handler(signal, pw_wakeup); }
 
 int pw_ptrace_syscall_info_op(pid_t tid) {
     unsigned char info[128];  // struct ptrace_syscall_info; op is its first byte
@@ -205,14 +208,7 @@ static volatile sig_atomic_t pw_raised_signal;
 
 static void pw_flag(int signal) { pw_raised_signal = signal; }
 
-int pw_install_flag_handler(int signal) {
-    struct sigaction action;
-    memset(&action, 0, sizeof action);
-    action.sa_handler = pw_flag;
-    sigemptyset(&action.sa_mask);
-    action.sa_flags = 0;  // no SA_RESTART: waitpid must return EINTR
-    RETURN_ERRNO(sigaction(signal, &action, NULL));
-}
+int pw_install_flag_handler(int signal) { return pw_install_handler(signal, pw_flag); }
 
 int pw_take_raised_signal(void) {
     int s = pw_raised_signal;

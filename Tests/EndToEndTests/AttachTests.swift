@@ -201,6 +201,28 @@ final class Background {
         #expect(!FileManager.default.fileExists(atPath: "/proc/\(fixture.pid)/status"))
     }
 
+    /// Ctrl-C, SIGTERM, SIGHUP: a clean detach, exit status 0.
+    @Test(arguments: [SIGINT, SIGTERM, SIGHUP])
+    func signalsToPageWatchDetach(_ sig: Int32) throws {
+        let untracked = try Harness.run([Harness.fixture("fx_busy"), "1500"])
+        let fixture = try Background([Harness.fixture("fx_busy"), "1500"])
+        #expect(fixture.waitFor("ready\n"))
+        let log = Harness.temporaryPath("signalled-\(sig).jsonl")
+        let pagewatch = try Background([Harness.pagewatch, "attach", "--interval", "20ms", "--output", log, String(fixture.pid)])
+        let deadline = Date().addingTimeInterval(30)
+        while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"reason\":\"attach\"") {
+            usleep(2000)
+        }
+        usleep(100_000)
+        kill(pagewatch.pid, sig)
+        #expect(pagewatch.finish() == 0)
+        #expect(fixture.finish() == 0)
+        #expect(fixture.stdout == untracked.stdout)
+        let records = try Harness.readLog(log)
+        #expect(records.last?["type"] as? String == "detach")
+        #expect(records.filter { $0["type"] as? String == "sweep" }.last?["reason"] as? String == "detach")
+    }
+
     @Test func badTargetsGiveOneClearLineAndAreLeftAlone() throws {
         // A pid that does not exist.
         let gone = try attach(4_194_303, [], log: Harness.temporaryPath("bad.jsonl"))
