@@ -18,8 +18,8 @@ final class Background {
         var environment = ProcessInfo.processInfo.environment
         environment["SWIFT_BACKTRACE"] = "enable=no"
         process.environment = environment
-        FileManager.default.createFile(atPath: outPath, contents: nil)
-        FileManager.default.createFile(atPath: errPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: outPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: errPath, contents: nil)
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
         let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
         process.standardOutput = out
@@ -160,8 +160,12 @@ final class Background {
     }
 
     @Test func attachedAndDetachedFiftyTimesTheProgramFinishesTheSame() throws {
-        let untracked = try Harness.run([Harness.fixture("fx_busy"), "3000"])
-        let fixture = try Background([Harness.fixture("fx_busy"), "3000"])
+        // fx_busy runs until told to stop, however long 50 cycles take here.
+        let untracked = try Background([Harness.fixture("fx_busy"), "stdin"])
+        #expect(untracked.waitFor("ready\n"))
+        untracked.send("stop")
+        #expect(untracked.finish() == 0)
+        let fixture = try Background([Harness.fixture("fx_busy"), "stdin"])
         #expect(fixture.waitFor("ready\n"))
         var statuses: [Int32] = []
         for i in 0..<50 {
@@ -171,8 +175,10 @@ final class Background {
             if r.status != 0 { Issue.record("attach \(i): \(r.stderr)"); break }
         }
         #expect(statuses == Array(repeating: 0, count: 50))
+        fixture.send("stop")
         #expect(fixture.finish() == 0)
         #expect(fixture.stdout == untracked.stdout)
+        #expect(fixture.stdout.hasSuffix("ok\n"))
     }
 
     /// Hazard 20: PageWatch killed mid-run; the guardian puts the program
