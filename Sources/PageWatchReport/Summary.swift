@@ -38,7 +38,7 @@ public struct Summary {
 
     public func render() -> String {
         var lines: [String] = []
-        lines.append("pagewatch: pid \(pid) \(command.joined(separator: " "))")
+        lines.append("pagewatch: \(attached ? "attached to " : "")pid \(pid) \(command.joined(separator: " "))")
         let mib = { (pages: UInt64) in String(format1(Double(pages * Page.size) / 1_048_576)) }
         lines.append("  sweep  reason    dirty pages       MiB   faults  ranges")
         for s in sweeps {

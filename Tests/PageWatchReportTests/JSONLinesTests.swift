@@ -42,6 +42,21 @@ import PageWatchEngine
         #expect(text.contains("program exited with status 0"))
     }
 
+    @Test func summaryOfAnAttachSaysSoAndEndsWithTheDetach() {
+        var summary = Summary()
+        summary.add(.start(pid: 7, pageSize: 4096, command: ["server"], tracked: ["writable"], timeNs: 0))
+        summary.add(.attach(pid: 7, threads: 3, timeNs: 1))
+        summary.add(.sweep(SweepRecord(seq: 1, pid: 7, reason: .attach, timeNs: 2, ranges: [AddressRange(0, 4096)], faults: 0)))
+        summary.add(.sweep(SweepRecord(seq: 2, pid: 7, reason: .detach, timeNs: 3, ranges: [], faults: 0)))
+        summary.add(.detach(pid: 7, sweeps: 2, faults: 0, timeNs: 4))
+        let text = summary.render()
+        #expect(text.hasPrefix("pagewatch: attached to pid 7 server\n"))
+        #expect(text.contains("detached; the program runs on"))
+        #expect(JSONLines.encode(.detach(pid: 7, sweeps: 2, faults: 0, timeNs: 4))
+                == #"{"type":"detach","pid":7,"sweeps":2,"faults":0,"time_ns":4}"#)
+        #expect(JSONLines.encode(.attach(pid: 7, threads: 3, timeNs: 1)) == #"{"type":"attach","pid":7,"threads":3,"time_ns":1}"#)
+    }
+
     @Test func escapedStringsRoundTripThroughAJSONParser() throws {
         let nasty = "tab\t nl\n cr\r quote\" backslash\\ ctl\u{01}\u{1f} unicode é ✓"
         let line = JSONLines.encode(.exec(pid: 1, path: nasty, timeNs: 2))
