@@ -51,9 +51,7 @@ public enum Guardian {
     }
 
     static func tracer(of pid: Int32) -> Int32 {
-        guard let status = try? ProcFS.read("/proc/\(pid)/status", pid: pid),
-              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("TracerPid:") }) else { return 0 }
-        return Int32(line.dropFirst(10).trimmingPrefix(while: { $0 == " " || $0 == "\t" })) ?? 0
+        ProcFS.statusField("TracerPid", of: pid).flatMap { Int32($0) } ?? 0
     }
 
     static func rescue(_ pid: Int32, gadget: RemoteAddress?, regions: [(AddressRange, Protection)]) throws {

@@ -133,10 +133,11 @@ final class ProcessTracker {
     /// A stop of one of this process's threads (routed by the session).
     func handle(_ event: StopEvent) throws {
         let tid = event.tid
-        if threads[tid]?.interruptPending == true, case .interruptStop = event {
-            try undoInterruptEINTR(tid)
-        } else if threads[tid]?.interruptPending == true, case .syscallStop = event {
-            try undoInterruptEINTR(tid)
+        if threads[tid]?.interruptPending == true {
+            switch event {
+            case .interruptStop, .syscallStop: try undoInterruptEINTR(tid)
+            default: break
+            }
         }
         if case .syscallStop = event {
             // The kernel drops a pending PTRACE_INTERRUPT at a syscall stop
@@ -298,10 +299,7 @@ final class ProcessTracker {
     /// SigCgt of /proc/PID/status: the signals with a handler.
     func caughtSignals() throws -> UInt64 {
         let status = try ProcFS.read("/proc/\(liveThread())/status", pid: pid)
-        guard let line = status.split(separator: "\n").first(where: { $0.hasPrefix("SigCgt:") }),
-              let mask = UInt64(line.dropFirst(7).trimmingPrefix(while: { $0 == " " || $0 == "\t" }), radix: 16)
-        else { return 0 }
-        return mask
+        return ProcFS.statusField("SigCgt", in: status).flatMap { UInt64($0, radix: 16) } ?? 0
     }
 
     /// Un-arms every armed page in `range` (they become dirty), written by `writer`.

@@ -320,13 +320,7 @@ extension Tracker {
     func threadGroup(of tid: Int32) -> Int32? { statusField("Tgid", tid) }
     func parentProcess(of tid: Int32) -> Int32 { statusField("PPid", tid) ?? 0 }
 
-    func statusField(_ name: String, _ tid: Int32) -> Int32? {
-        guard let text = try? ProcFS.read("/proc/\(tid)/status", pid: tid) else { return nil }
-        for line in text.split(separator: "\n") where line.hasPrefix(name + ":") {
-            return Int32(line.dropFirst(name.count + 1).trimmingPrefix(while: { $0 == " " || $0 == "\t" }))
-        }
-        return nil
-    }
+    func statusField(_ name: String, _ tid: Int32) -> Int32? { ProcFS.statusField(name, of: tid).flatMap { Int32($0) } }
 
     /// A stop of a process PageWatch stopped tracking: resumed as an
     /// untracked one, but its end is its own (the program's `end`, or a

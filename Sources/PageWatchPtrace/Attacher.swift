@@ -14,10 +14,7 @@ public enum Attacher {
         guard let status = try? ProcFS.read("/proc/\(pid)/status", pid: pid) else {
             throw refuse("no such process")
         }
-        func field(_ name: String) -> Substring? {
-            status.split(separator: "\n").first { $0.hasPrefix(name + ":") }?
-                .dropFirst(name.count + 1).drop { $0 == " " || $0 == "\t" }
-        }
+        func field(_ name: String) -> Substring? { ProcFS.statusField(name, in: status) }
         if let tgid = field("Tgid").flatMap({ Int32($0) }), tgid != pid {
             throw refuse("it is a thread of process \(tgid)", "attach to the process: pagewatch attach \(tgid)")
         }

@@ -3,6 +3,17 @@ import PageWatchAddressSpace
 
 /// Reads of `/proc/PID/...`, with errors that carry the path and pid.
 public enum ProcFS {
+    /// The value of the `name:` line of a `/proc/PID/status` text, blanks trimmed.
+    public static func statusField(_ name: String, in status: String) -> Substring? {
+        status.split(separator: "\n").first { $0.hasPrefix(name + ":") }?
+            .dropFirst(name.count + 1).drop { $0 == " " || $0 == "\t" }
+    }
+
+    /// `statusField` of thread `tid`'s status; nil when it cannot be read.
+    public static func statusField(_ name: String, of tid: Int32) -> Substring? {
+        (try? read("/proc/\(tid)/status", pid: tid)).flatMap { statusField(name, in: $0) }
+    }
+
     /// The whole file (procfs files report size 0, so read until EOF).
     public static func read(_ path: String, pid: Int32) throws -> String {
         let fd = open(path, O_RDONLY | O_CLOEXEC)

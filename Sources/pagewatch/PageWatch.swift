@@ -182,7 +182,7 @@ struct Attach: ParsableCommand {
             sink.finish()
             if case .programEnded(let how) = end {
                 writeAll(STDERR_FILENO, "pagewatch: pid \(pid) ended while attached (status \(how.shellStatus))\n")
-                throw ExitCode(how.shellStatus == 0 ? 0 : how.shellStatus)
+                throw ExitCode(how.shellStatus)
             }
         } catch let error as TraceError {
             if tracker.started { sink.finish() }
