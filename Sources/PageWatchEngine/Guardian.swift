@@ -76,16 +76,45 @@ public enum Guardian {
                 try Ptrace.cont(event.tid)
             }
         }
+        // A write fault pending at a stop is PageWatch's: dropped below.
+        var later: [Int32: [HeldSignal]] = [:]
+        for tid in stopped where signals[tid] == nil {
+            later[tid] = (try? Ptrace.takePendingFault(tid)) ?? []
+        }
         if let gadget, let tid = stopped.first {
             let injector = RemoteSyscall(gadget: gadget)
             for (range, protection) in regions {
-                _ = try? injector.run(HostArchitecture.syscalls.mprotect,
-                                      [range.start.value, range.length, UInt64(protection.rawValue)], in: tid)
+                if let o = try? injector.run(HostArchitecture.syscalls.mprotect,
+                                             [range.start.value, range.length, UInt64(protection.rawValue)], in: tid) {
+                    later[tid, default: []] += o.heldSignals
+                }
             }
-            _ = try? injector.unmapScratch(in: tid)
+            if let held = try? injector.unmapScratch(in: tid) { later[tid, default: []] += held }
         }
+        let armed = regions.map(\.0)
         for tid in stopped {
-            if let s = signals[tid] { try? Ptrace.detach(tid, delivering: s) } else { try? Ptrace.detach(tid) }
+            if let s = signals[tid], !isFault(s, of: tid, in: armed) {
+                try? Ptrace.detach(tid, delivering: s)
+            } else {
+                try? Ptrace.detach(tid)
+            }
+            for h in later[tid] ?? [] where !isFault(h, of: tid, in: armed) { try? Ptrace.tgkill(pid, tid, h.signal) }
+        }
+    }
+
+    /// A SIGSEGV that PageWatch's armed pages caused: a write fault in them,
+    /// or the kernel's forced SIGSEGV for an rseq area in them (hazard 3).
+    /// With the pages given back, the program would not have had it.
+    static func isFault(_ h: HeldSignal, of tid: Int32, in armed: [AddressRange]) -> Bool {
+        guard h.signal == Signal.SIGSEGV else { return false }
+        switch h.code {
+        case SignalInfo.SEGV_ACCERR:
+            return armed.contains { $0.contains(h.faultAddress) }
+        case SignalInfo.SI_KERNEL:
+            guard let area = try? Ptrace.rseqArea(tid) else { return false }
+            return armed.contains { $0.contains(area.address) }
+        default:
+            return false
         }
     }
 }

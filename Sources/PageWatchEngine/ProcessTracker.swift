@@ -453,6 +453,10 @@ final class ProcessTracker {
     /// faulted just before a PTRACE_INTERRUPT): it then arrives during an
     /// injection and is held. Such a SIGSEGV is PageWatch's like any other:
     /// handle it here instead of delivering it; the instruction runs again.
+    /// Also called when PageWatch lets go of the process (detach, untracked):
+    /// a held fault there would otherwise be sent again after the release and
+    /// kill the program (the pages are the program's again by then). The
+    /// same goes for the kernel's forced SIGSEGV for an armed rseq area.
     func absorbHeldFaults(_ tid: Int32) throws {
         var rounds = 0
         while rounds < 8, let state = threads[tid],
@@ -471,6 +475,12 @@ final class ProcessTracker {
             default:
                 return  // the program's own fault: delivered as it is
             }
+        }
+        if let i = threads[tid]?.held.firstIndex(where: { $0.signal == Signal.SIGSEGV && $0.code == SignalInfo.SI_KERNEL }),
+           let area = try? Ptrace.rseqArea(tid), case .armed = memory.state(of: area.address) {
+            threads[tid]?.held.remove(at: i)
+            threads[tid]?.rseqKnown = true
+            try pin(area.range.pageAligned, tid: tid)
         }
     }
 
@@ -723,10 +733,11 @@ final class ProcessTracker {
     /// the program's protection back, and an `untracked` record says why.
     func stopTracking(because reason: String, tid: Int32) throws {
         try? refreshMaps()
-        let dirty = memory.dirtyPages()
         for region in memory.regions where region.armed.setCount > 0 {
             try protect(region.range, region.protection, tid: tid)
         }
+        try absorbHeldFaults(tid)
+        let dirty = memory.dirtyPages()
         pendingSweep = nil
         finalSweepDone = true
         emitSweep(reason: .untracked, dirty: dirty)

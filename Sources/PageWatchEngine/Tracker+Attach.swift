@@ -129,7 +129,12 @@ extension ProcessTracker {
     /// syscall entry, where running code abandons the call: it is rewound).
     func detachSweep() throws {
         try? refreshMaps()
-        let dirty = memory.dirtyPages()
+        // Write faults pending at the parking stops (taken before anything
+        // runs: one would otherwise kill its thread after the detach).
+        for tid in threads.keys.sorted() where session.parkedSignals[tid] == nil
+            && !(threads[tid]?.inGroupStop ?? true) && !(threads[tid]?.exiting ?? true) {
+            if let taken = try? Ptrace.takePendingFault(tid) { threads[tid]?.held += taken }
+        }
         let candidates = threads.keys.filter { !(threads[$0]?.exiting ?? true) }.map { tid in
             (tid, (try? Ptrace.syscallStopKind(tid)) ?? .none, threads[tid]?.inGroupStop ?? false)
         }.sorted { a, b in
@@ -141,9 +146,14 @@ extension ProcessTracker {
             for region in memory.regions where region.armed.setCount > 0 {
                 try protect(region.range, region.protection, tid: tid)
             }
+            // A write fault pending when the thread was parked arrives during
+            // those calls: PageWatch's, its page reported; the write itself
+            // runs again after the detach, on a page that is writable now.
+            for held in threads.keys.sorted() { try absorbHeldFaults(held) }
             if let injector { threads[tid]?.held += try injector.unmapScratch(in: tid) }
             if let entry { try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid) }
         }
+        let dirty = memory.dirtyPages()
         finalSweepDone = true
         emitSweep(reason: .detach, dirty: dirty)
         injector = nil

@@ -104,6 +104,40 @@ public enum Ptrace {
         return HeldSignal(signal: info.si_signo, code: fields.code, faultAddress: fields.faultAddress, info: info)
     }
 
+    /// A thread that faulted just before a PTRACE_INTERRUPT reaches the
+    /// interrupt stop with the SIGSEGV still pending: the kernel handles the
+    /// interrupt first. Released like that (detached), it would take the
+    /// signal and die even though its page is writable again. When the
+    /// thread's own pending set holds a SIGSEGV, this runs the thread on to
+    /// its signal-delivery-stops and returns what it took (the SIGSEGV last;
+    /// the kernel takes synchronous signals first). The thread is left in
+    /// that stop; resuming or detaching it with no signal discards it.
+    public static func takePendingFault(_ tid: Int32) throws -> [HeldSignal] {
+        // (A fault unblocks SIGSEGV; one the program sent itself while
+        // blocking it stays pending and is none of ours.)
+        let status = try ProcFS.read("/proc/\(tid)/status", pid: tid)
+        func mask(_ name: String) -> UInt64 { ProcFS.statusField(name, in: status).flatMap { UInt64($0, radix: 16) } ?? 0 }
+        let bit = UInt64(1) << UInt64(Signal.SIGSEGV - 1)
+        guard mask("SigPnd") & ~mask("SigBlk") & bit != 0 else { return [] }
+        var taken: [HeldSignal] = []
+        try cont(tid)
+        while true {
+            guard let event = try Wait.nextSpinning(tid) else { continue }
+            switch event {
+            case .signalDelivery(_, let sig):
+                taken.append(try holdSignal(tid))
+                if sig == Signal.SIGSEGV || taken.count > 8 { return taken }
+                try cont(tid)
+            case .exited, .killed, .event(_, .exit):
+                throw TraceError.traceeGone(tid: tid)
+            case .groupStop:
+                return taken  // stopped for good: the fault stays pending
+            default:
+                try cont(tid)
+            }
+        }
+    }
+
     /// Resume a thread stopped in a signal-delivery-stop, delivering `held`
     /// with its original siginfo.
     public static func deliver(_ held: HeldSignal, to tid: Int32, mode: ResumeMode = .continuing) throws {

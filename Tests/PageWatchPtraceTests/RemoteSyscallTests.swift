@@ -180,6 +180,24 @@ import PageWatchAddressSpace
         close(output)
     }
 
+    /// A SIGSEGV pending at an interrupt stop (a thread that faulted just
+    /// before PTRACE_INTERRUPT) is taken, and the thread left in its
+    /// signal-delivery-stop: resumed with no signal, it never sees it.
+    @Test func pendingSegvAtAnInterruptStopIsTakenAndDiscarded() throws {
+        let (pid, _, output) = try launch("fx_sleeper")
+        #expect(try Ptrace.takePendingFault(pid).isEmpty)  // nothing pending: left where it is
+        try Ptrace.cont(pid)
+        try interruptWhenBlocked(pid, in: [35, 230])
+        try Ptrace.tgkill(pid, pid, Signal.SIGSEGV)
+        let taken = try Ptrace.takePendingFault(pid)
+        #expect(taken.map(\.signal) == [Signal.SIGSEGV])
+        #expect(try Ptrace.signalInfo(pid).signal == Signal.SIGSEGV)  // in that stop now
+        try Ptrace.cont(pid)
+        #expect(try waitForExit(pid) == 0)
+        #expect(readAll(output) == "ready\nslept full\n")
+        close(output)
+    }
+
     @Test func decodesWaitStatuses() {
         #expect(StopEvent.decode(tid: 7, status: 3 << 8) == .exited(tid: 7, status: 3))
         #expect(StopEvent.decode(tid: 7, status: 11 | 0x80) == .killed(tid: 7, signal: 11, coreDumped: true))
