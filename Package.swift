@@ -17,7 +17,7 @@ let fixtureNames = [
     "fx_blocked_read", "fx_sleeper", "fx_writer", "fx_baseline",
     "fx_syscall_out", "fx_own_mprotect", "fx_mmap_churn", "fx_fork", "fx_exec", "fx_maxmap", "fx_guard",
     "fx_thread_churn", "fx_stopcont", "fx_sigaltstack", "fx_futex_wait", "fx_blocked_reader", "fx_follow", "fx_robust", "fx_own_seccomp", "fx_jit", "fx_shared", "fx_attach", "fx_busy", "fx_blocking",
-    "fx_callsites", "fx_writers",
+    "fx_callsites", "fx_writers", "fx_trampoline",
 ]
 
 /// C++ fixtures: one `NAME.cpp` in fixtures/ each, built like the C ones
@@ -34,6 +34,8 @@ let fixtureExtraFlags: [String: [String]] = [
     "fx_callsites": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
     "fx_writers": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
     "fx_cxx_writer": ["-g", "-fno-omit-frame-pointer"],
+    // Its inline assembly pushes the flags: no red zone for it to clobber.
+    "fx_trampoline": ["-mno-red-zone"],
 ]
 
 /// The one source file of each C and C++ fixture, by fixture name.

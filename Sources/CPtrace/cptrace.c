@@ -52,6 +52,15 @@ int pw_ptrace_setsiginfo_raw(pid_t tid, const siginfo_t *info) {
     RETURN_ERRNO(ptrace(PTRACE_SETSIGINFO, tid, 0, info));
 }
 
+/* The kernel's sigset for 64 signals: one word (addr = its size). */
+int pw_ptrace_getsigmask(pid_t tid, uint64_t *mask) {
+    RETURN_ERRNO(ptrace(PTRACE_GETSIGMASK, tid, (void *)sizeof *mask, mask));
+}
+
+int pw_ptrace_setsigmask(pid_t tid, uint64_t mask) {
+    RETURN_ERRNO(ptrace(PTRACE_SETSIGMASK, tid, (void *)sizeof mask, &mask));
+}
+
 int pw_ptrace_getsiginfo(pid_t tid, pw_siginfo *out) {
     siginfo_t info;
     memset(&info, 0, sizeof info);

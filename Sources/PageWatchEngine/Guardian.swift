@@ -76,6 +76,15 @@ public enum Guardian {
                 try Ptrace.cont(event.tid)
             }
         }
+        // A thread inside a fault trampoline slot: the registers the slot
+        // would leave (the scratch pages go below).
+        if let gadget {
+            for tid in stopped {
+                if let regs = try? HostArchitecture.readRegisters(tid: tid) {
+                    _ = try? RemoteSyscall(gadget: gadget).trampoline.settle(tid: tid, registers: regs)
+                }
+            }
+        }
         // A write fault pending at a stop is PageWatch's: dropped below.
         var later: [Int32: [HeldSignal]] = [:]
         for tid in stopped where signals[tid] == nil {

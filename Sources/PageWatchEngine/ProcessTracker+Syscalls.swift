@@ -20,8 +20,10 @@ extension ProcessTracker {
     /// `futex` unless it is FUTEX_WAKE_OP (which writes *uaddr2).
     static func interceptionFilter() -> SeccompFilter {
         let allowed = Syscall.neverWritesUserMemory.compactMap { Arch.syscallNumbers[$0] }
+        let scratch = AddressRange(start: RemoteAddress(Arch.scratchAddressHint),
+                                   end: RemoteAddress(Arch.scratchAddressHint) + RemoteSyscall.scratchSize)
         return SeccompFilter(auditArch: Arch.auditArch, allowing: allowed,
-                             futex: Arch.number(.futex)!, futexWakeOp: 5)
+                             futex: Arch.number(.futex)!, futexWakeOp: 5, scratch: scratch)
     }
 
     static let harmless = Set(Syscall.neverWritesUserMemory.compactMap { Arch.syscallNumbers[$0] })

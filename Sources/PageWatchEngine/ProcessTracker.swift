@@ -40,6 +40,12 @@ struct ThreadState {
     /// A vfork child: another process, but sharing this address space
     /// until it execs or exits (hazard 7).
     var vforkChild = false
+    /// Its slot in the fault trampoline, once it has used one.
+    var trampolineSlot: Int?
+    /// Sent through its slot to un-arm this page, not seen stopped since.
+    var trampolinePage: RemoteAddress?
+    /// Its slot's call failed for this page: the next fault there takes the slow path.
+    var slowPathPage: RemoteAddress?
 }
 
 /// One traced process whose memory PageWatch tracks: the program, or with
@@ -133,6 +139,7 @@ final class ProcessTracker {
     /// A stop of one of this process's threads (routed by the session).
     func handle(_ event: StopEvent) throws {
         let tid = event.tid
+        if threads[tid]?.trampolinePage != nil, try settleTrampoline(tid, at: event) { return }
         if threads[tid]?.interruptPending == true {
             switch event {
             case .interruptStop, .syscallStop: try undoInterruptEINTR(tid)
@@ -328,10 +335,11 @@ final class ProcessTracker {
             return false
         case .armed(let protection):
             ledger.record(page, by: writer(nil, tid: tid), fault: true)
-            try unarm(page, protection, tid: tid)
             threads[tid]?.lastSuppressedFault = nil
             faultsThisInterval += 1
             totalFaults += 1
+            if try unarmThroughTrampoline(page, protection, tid: tid) { return true }
+            try unarm(page, protection, tid: tid)
             try resume(tid)
             return true
         case .writable(let protection):
@@ -706,7 +714,9 @@ final class ProcessTracker {
     func refreshMaps() throws {
         // Through a live thread: once the main thread has exited, /proc/PID/maps is empty.
         let maps = try ProcFS.maps(of: liveThread())
-        memory.reconcile(maps: maps, selection: config.selection, stackAnchors: stackAnchors)
+        // PageWatch's own scratch pages (the trampoline's data page is writable) are never tracked.
+        let programs = maps.filter { m in injector.map { !$0.scratch.contains(m.range.start) } ?? true }
+        memory.reconcile(maps: programs, selection: config.selection, stackAnchors: stackAnchors)
         if unwinder != nil || !frameCache.isEmpty, code(of: maps) != code(of: lastMaps) {
             // A module came or went: cached unwind tables and names may be stale.
             unwinder?.mappingsChanged(maps: maps)
@@ -732,6 +742,7 @@ final class ProcessTracker {
     /// (reason `untracked`) reports what was written, every armed page gets
     /// the program's protection back, and an `untracked` record says why.
     func stopTracking(because reason: String, tid: Int32) throws {
+        try settleAllTrampolines()
         try? refreshMaps()
         for region in memory.regions where region.armed.setCount > 0 {
             try protect(region.range, region.protection, tid: tid)

@@ -128,6 +128,7 @@ extension ProcessTracker {
     /// a parked thread that can run code (not exiting; best not at a
     /// syscall entry, where running code abandons the call: it is rewound).
     func detachSweep() throws {
+        try settleAllTrampolines()
         try? refreshMaps()
         // Write faults pending at the parking stops (taken before anything
         // runs: one would otherwise kill its thread after the detach).

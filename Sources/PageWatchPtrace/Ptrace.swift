@@ -138,6 +138,17 @@ public enum Ptrace {
         }
     }
 
+    /// The thread's blocked-signal mask (bit N-1 for signal N).
+    public static func signalMask(_ tid: Int32) throws -> UInt64 {
+        var mask: UInt64 = 0
+        try check(pw_ptrace_getsigmask(tid, &mask), "PTRACE_GETSIGMASK", tid: tid)
+        return mask
+    }
+
+    public static func setSignalMask(_ tid: Int32, _ mask: UInt64) throws {
+        try check(pw_ptrace_setsigmask(tid, mask), "PTRACE_SETSIGMASK", tid: tid)
+    }
+
     /// Resume a thread stopped in a signal-delivery-stop, delivering `held`
     /// with its original siginfo.
     public static func deliver(_ held: HeldSignal, to tid: Int32, mode: ResumeMode = .continuing) throws {

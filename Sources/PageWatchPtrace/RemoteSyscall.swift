@@ -1,4 +1,5 @@
 import Glibc
+internal import CPtrace
 import PageWatchAddressSpace
 
 /// A syscall run inside a stopped tracee thread through the `syscall; int3`
@@ -44,6 +45,11 @@ public struct RemoteSyscall: Sendable {
         try Ptrace.cont(tid)
         var held: [HeldSignal] = []
         var consumedInterrupt = false
+        // Once a signal was held, the rest wait (blocked) until the call is
+        // done: a timer faster than one hold-and-continue cycle would
+        // otherwise keep the gadget from ever running (hazard 16).
+        var savedMask: UInt64?
+        defer { if let savedMask { try? Ptrace.setSignalMask(tid, savedMask) } }
         let trapAt = gadget + Arch.gadgetTrapOffset
         while true {
             guard let event = try Wait.nextSpinning(tid) else { continue }
@@ -78,6 +84,10 @@ public struct RemoteSyscall: Sendable {
                     _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
                 }
                 held.append(h)
+                if savedMask == nil {
+                    savedMask = try Ptrace.signalMask(tid)
+                    try Ptrace.setSignalMask(tid, Self.blockedDuringInjection)
+                }
                 try Ptrace.cont(tid)
             case .interruptStop:
                 consumedInterrupt = true
@@ -101,6 +111,12 @@ public struct RemoteSyscall: Sendable {
         }
     }
 
+    /// Every signal but the synchronous ones: the kernel resets the handler
+    /// of a blocked signal it must force (the gadget's SIGTRAP, a fault) to
+    /// the default, which would change the program.
+    static let blockedDuringInjection: UInt64 = [Signal.SIGTRAP, Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGFPE]
+        .reduce(~UInt64(0)) { $0 & ~(UInt64(1) << UInt64($1 - 1)) }
+
     /// Runs a call and throws `TraceError.remoteSyscall` when it returns -errno.
     public func call(_ name: String, _ number: Int64, _ arguments: [UInt64], in tid: Int32,
                      address: RemoteAddress? = nil, completing: Int64? = nil) throws -> (value: UInt64, held: [HeldSignal]) {
@@ -121,28 +137,53 @@ public struct RemoteSyscall: Sendable {
         return o
     }
 
-    /// Places the gadget in the tracee: borrows the bytes at the thread's
-    /// instruction pointer to run one `mmap` of a private read+exec page, puts
-    /// the bytes back, and writes the gadget into the new page.
+    /// The scratch pages: the code page (gadget and `FaultTrampoline`
+    /// slots) and the slots' data page.
+    public static let scratchSize = 2 * Page.size
+
+    public var trampoline: FaultTrampoline { FaultTrampoline(code: Page.floor(gadget)) }
+    public var scratch: AddressRange { AddressRange(start: Page.floor(gadget), end: Page.floor(gadget) + Self.scratchSize) }
+
+    /// Places the scratch pages in the tracee: borrows the bytes at the
+    /// thread's instruction pointer to run an `mmap` of two private pages
+    /// (at `scratchAddressHint` if free: the seccomp filter lets calls from
+    /// there run untraced), writes the code page and makes it read+exec
+    /// (the data page stays read+write), and puts the bytes back.
     public static func bootstrap(in tid: Int32, completing: Int64? = nil) throws -> (RemoteSyscall, [HeldSignal]) {
         let regs = try Arch.readRegisters(tid: tid)
         let ip = Arch.instructionPointer(regs)
         let original = try Ptrace.peek(tid, ip)
         try Ptrace.pokeBytes(tid, ip, Arch.syscallGadget)
         let page: UInt64
-        let held: [HeldSignal]
+        var held: [HeldSignal] = []  // the caller delivers them when it resumes the thread
         do {
             defer { try? Ptrace.poke(tid, ip, original) }
             let borrowed = RemoteSyscall(gadget: ip)
-            let prot = UInt64((Protection.read.union(.execute)).rawValue)
-            let mapPrivateAnonymous: UInt64 = 0x02 | 0x20
-            let r = try borrowed.call("mmap", Arch.syscalls.mmap,
-                                      [0, Page.size, prot, mapPrivateAnonymous, UInt64(bitPattern: -1), 0], in: tid,
-                                      completing: completing)
-            page = r.value
-            held = r.held  // the caller delivers them when it resumes the thread
+            let rw = UInt64(Protection.read.union(.write).rawValue)
+            let mapPrivateAnonymous: UInt64 = 0x02 | 0x20, fixedNoReplace: UInt64 = 0x100000
+            let hinted = try borrowed.run(Arch.syscalls.mmap, [Arch.scratchAddressHint, scratchSize, rw,
+                                                               mapPrivateAnonymous | fixedNoReplace, UInt64(bitPattern: -1), 0],
+                                          in: tid, completing: completing)
+            held += hinted.heldSignals
+            if hinted.value == Int64(bitPattern: Arch.scratchAddressHint) {
+                page = Arch.scratchAddressHint
+            } else {
+                // Taken (EEXIST): anywhere; the trampoline's calls then stop at the filter.
+                let r = try borrowed.call("mmap", Arch.syscalls.mmap,
+                                          [0, scratchSize, rw, mapPrivateAnonymous, UInt64(bitPattern: -1), 0], in: tid,
+                                          completing: completing)
+                page = r.value
+                held += r.held
+            }
+            let code = FaultTrampoline.codePage(at: RemoteAddress(page))
+            let n = code.withUnsafeBytes { pw_write_memory(tid, page, $0.baseAddress, $0.count) }
+            if n != code.count {
+                throw TraceError.call("process_vm_writev", Errno(n < 0 ? Int32(-n) : EIO), tid: tid, address: RemoteAddress(page))
+            }
+            let rx = UInt64(Protection.read.union(.execute).rawValue)
+            held += try borrowed.call("mprotect", Arch.syscalls.mprotect, [page, Page.size, rx], in: tid,
+                                      address: RemoteAddress(page)).held
         }
-        try Ptrace.pokeBytes(tid, RemoteAddress(page), Arch.syscallGadget)
         return (RemoteSyscall(gadget: RemoteAddress(page)), held)
     }
 
@@ -155,7 +196,7 @@ public struct RemoteSyscall: Sendable {
         let original = try Ptrace.peek(tid, ip)
         try Ptrace.pokeBytes(tid, ip, Arch.syscallGadget)
         defer { try? Ptrace.poke(tid, ip, original) }
-        return try RemoteSyscall(gadget: ip).call("munmap", Arch.syscalls.munmap, [Page.floor(gadget).value, Page.size],
+        return try RemoteSyscall(gadget: ip).call("munmap", Arch.syscalls.munmap, [scratch.start.value, scratch.length],
                                                   in: tid, address: gadget).held
     }
 }

@@ -1,3 +1,5 @@
+import PageWatchAddressSpace
+
 /// A seccomp-bpf program that stops the tracee (`SECCOMP_RET_TRACE`) at the
 /// entry of syscalls and lets the listed harmless ones run at full speed
 /// (strace's `--seccomp-bpf` is the precedent). Inherited by every descendant and never
@@ -11,6 +13,7 @@ public struct SeccompFilter: Sendable {
 
     static let ldAbsW: UInt16 = 0x20      // BPF_LD | BPF_W | BPF_ABS
     static let jeqK: UInt16 = 0x15        // BPF_JMP | BPF_JEQ | BPF_K
+    static let jgeK: UInt16 = 0x35        // BPF_JMP | BPF_JGE | BPF_K
     static let retK: UInt16 = 0x06        // BPF_RET | BPF_K
     static let allow: UInt32 = 0x7fff_0000  // SECCOMP_RET_ALLOW
     static let trace: UInt32 = 0x7ff0_0000  // SECCOMP_RET_TRACE
@@ -19,21 +22,35 @@ public struct SeccompFilter: Sendable {
 
     /// Traces every syscall of `auditArch` except `allowed`, and `futex`
     /// only when its operation (args[1] & 0x7f) is `futexWakeOp`.
-    public init(auditArch: UInt32, allowing allowed: [Int64], futex: Int64, futexWakeOp: UInt32) {
+    /// `scratch`: calls made from there (PageWatch's own code in the
+    /// tracee: the fault trampoline's `mprotect`) run untraced. It must not
+    /// cross a 4 GiB boundary (the filter compares the two 32-bit halves).
+    public init(auditArch: UInt32, allowing allowed: [Int64], futex: Int64, futexWakeOp: UInt32,
+                scratch: AddressRange? = nil) {
         let numbers = Array(Set(allowed)).sorted()
-        precondition(numbers.count < 240, "one BPF jump reaches at most 255 instructions")
+        precondition(numbers.count < 230, "one BPF jump reaches at most 255 instructions")
         let n = numbers.count
         var p: [Instruction] = []
-        // 0: arch; 1: other ABI → ALLOW; 2: nr; 3: futex → FUTEX; 4..<4+n: allowed → ALLOW;
-        // 4+n: TRACE; 5+n: ALLOW; 6+n: FUTEX: args[1] low word & 0x7f == op ? TRACE : ALLOW.
-        let allowAt = 5 + n, futexAt = 6 + n
+        // 0: arch; 1: other ABI → ALLOW; 2..<7: instruction pointer in scratch → ALLOW;
+        // 7: nr; 8: futex → FUTEX; 9..<9+n: allowed → ALLOW;
+        // 9+n: TRACE; 10+n: ALLOW; 11+n: FUTEX: args[1] low word & 0x7f == op ? TRACE : ALLOW.
+        let allowAt = 10 + n, futexAt = 11 + n
         func jump(from i: Int, to t: Int) -> UInt8 { UInt8(t - i - 1) }
         p.append(Instruction(code: Self.ldAbsW, jt: 0, jf: 0, k: 4))
         p.append(Instruction(code: Self.jeqK, jt: 0, jf: jump(from: 1, to: allowAt), k: auditArch))
+        // seccomp_data.instruction_pointer at offset 8: low word, then high word.
+        let start = scratch?.start.value ?? 0, end = scratch?.end.value ?? 0
+        precondition(start >> 32 == (end &- 1) >> 32 || scratch == nil, "scratch crosses a 4 GiB boundary")
+        p.append(Instruction(code: Self.ldAbsW, jt: 0, jf: 0, k: 12))
+        p.append(Instruction(code: Self.jeqK, jt: 0, jf: jump(from: 3, to: 7), k: UInt32(truncatingIfNeeded: start >> 32)))
+        p.append(Instruction(code: Self.ldAbsW, jt: 0, jf: 0, k: 8))
+        p.append(Instruction(code: Self.jgeK, jt: 0, jf: jump(from: 5, to: 7), k: UInt32(truncatingIfNeeded: start)))
+        p.append(Instruction(code: Self.jgeK, jt: jump(from: 6, to: 7), jf: jump(from: 6, to: allowAt),
+                             k: UInt32(truncatingIfNeeded: end)))
         p.append(Instruction(code: Self.ldAbsW, jt: 0, jf: 0, k: 0))
-        p.append(Instruction(code: Self.jeqK, jt: jump(from: 3, to: futexAt), jf: 0, k: UInt32(futex)))
+        p.append(Instruction(code: Self.jeqK, jt: jump(from: 8, to: futexAt), jf: 0, k: UInt32(futex)))
         for (i, nr) in numbers.enumerated() {
-            p.append(Instruction(code: Self.jeqK, jt: jump(from: 4 + i, to: allowAt), jf: 0, k: UInt32(nr)))
+            p.append(Instruction(code: Self.jeqK, jt: jump(from: 9 + i, to: allowAt), jf: 0, k: UInt32(nr)))
         }
         p.append(Instruction(code: Self.retK, jt: 0, jf: 0, k: Self.trace))
         p.append(Instruction(code: Self.retK, jt: 0, jf: 0, k: Self.allow))
@@ -46,10 +63,10 @@ public struct SeccompFilter: Sendable {
         instructions = p
     }
 
-    /// What the filter returns for syscall `nr` of `arch` (args[1] = `arg1`):
-    /// true = trace. For tests.
-    public func traces(nr: Int64, arch: UInt32, arg1: UInt64 = 0) -> Bool {
-        let data = SeccompData(nr: Int32(truncatingIfNeeded: nr), arch: arch, instructionPointer: 0,
+    /// What the filter returns for syscall `nr` of `arch` (args[1] = `arg1`)
+    /// made from `ip`: true = trace. For tests.
+    public func traces(nr: Int64, arch: UInt32, arg1: UInt64 = 0, ip: UInt64 = 0) -> Bool {
+        let data = SeccompData(nr: Int32(truncatingIfNeeded: nr), arch: arch, instructionPointer: ip,
                                arguments: [0, arg1, 0, 0, 0, 0])
         return Self.run(instructions, on: data) == Self.trace
     }

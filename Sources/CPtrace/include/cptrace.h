@@ -66,6 +66,8 @@ int pw_ptrace_setregs(pid_t tid, const struct user_regs_struct *regs);
 int pw_ptrace_getsiginfo(pid_t tid, pw_siginfo *info);
 // Raw siginfo, for holding a signal and re-injecting it unchanged.
 int pw_ptrace_getsiginfo_raw(pid_t tid, siginfo_t *info);
+int pw_ptrace_getsigmask(pid_t tid, uint64_t *mask);
+int pw_ptrace_setsigmask(pid_t tid, uint64_t mask);
 int pw_ptrace_setsiginfo_raw(pid_t tid, const siginfo_t *info);
 int pw_ptrace_peekdata(pid_t tid, uint64_t address, uint64_t *word);
 int pw_ptrace_pokedata(pid_t tid, uint64_t address, uint64_t word);

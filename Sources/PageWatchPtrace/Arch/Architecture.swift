@@ -32,6 +32,19 @@ public protocol Architecture {
     static var syscallGadget: [UInt8] { get }
     static var gadgetTrapOffset: UInt64 { get }
 
+    /// The one-stop fault path (`FaultTrampoline`): where the scratch pages
+    /// are asked for, each slot's code size, and the code itself.
+    static var scratchAddressHint: UInt64 { get }
+    static var trampolineSlotSize: UInt64 { get }
+    /// The instruction pointer's offset in a slot once its syscall has run.
+    static var trampolineSyscallEnd: UInt64 { get }
+    static var trampolineResultWord: Int { get }
+    static var trampolineWordCount: Int { get }
+    static func trampolineCode(at code: RemoteAddress, data: RemoteAddress) -> [UInt8]
+    static func enteringTrampoline(_ regs: Registers, number: Int64, arguments: [UInt64],
+                                   code: RemoteAddress) -> (Registers, [UInt64])
+    static func leavingTrampoline(_ regs: Registers, words: [UInt64]) -> Registers
+
     /// Bytes below the stack pointer a leaf function may use without moving it.
     static var redZone: UInt64 { get }
 

@@ -54,6 +54,78 @@ public enum X86_64: Architecture {
     public static let syscallGadget: [UInt8] = [0x4c, 0x89, 0xd8, 0x0f, 0x05, 0xcc]
     public static let gadgetTrapOffset: UInt64 = 6
 
+    // MARK: The fault trampoline (issue 6)
+
+    /// Where PageWatch asks for its scratch pages (gadget and trampoline
+    /// code, then the slots' data): a fixed address the seccomp filter,
+    /// built before the exec, can let make syscalls untraced. Far from where
+    /// the kernel places the program, its heap, its mmaps and its stack.
+    public static let scratchAddressHint: UInt64 = 0x3f00_0000_0000
+
+    /// Each slot's code, 64 bytes, with RIP-relative operands into its data:
+    /// `syscall` (the mprotect), `mov [res], rax`, then rax, rcx, r11 (the
+    /// registers `syscall` clobbers) and rdi, rsi, rdx (its arguments) back
+    /// from the data, `jmp [rip]` to the faulting instruction. The flags are
+    /// the program's throughout (the kernel restores them after `syscall`,
+    /// and `mov` and `jmp` leave them alone); the stack is never touched.
+    public static let trampolineSlotSize: UInt64 = 64
+    /// The data words of a slot, in order.
+    enum TrampolineWord: Int, CaseIterable { case result, rax, rcx, r11, rdi, rsi, rdx, rip }
+    /// The instruction pointer after the slot's `syscall`.
+    public static let trampolineSyscallEnd: UInt64 = 2
+
+    public static func trampolineCode(at code: RemoteAddress, data: RemoteAddress) -> [UInt8] {
+        var bytes: [UInt8] = [0x0f, 0x05]  // syscall
+        func ripRelative(_ opcode: [UInt8], _ word: TrampolineWord) {
+            let next = Int64(bitPattern: code.value) + Int64(bytes.count + opcode.count + 4)
+            let target = Int64(bitPattern: data.value) + Int64(word.rawValue * 8)
+            let disp = Int32(truncatingIfNeeded: target - next)
+            bytes += opcode + withUnsafeBytes(of: disp.littleEndian) { Array($0) }
+        }
+        ripRelative([0x48, 0x89, 0x05], .result)  // mov [rip+d], rax
+        ripRelative([0x48, 0x8b, 0x05], .rax)     // mov rax, [rip+d]
+        ripRelative([0x48, 0x8b, 0x0d], .rcx)
+        ripRelative([0x4c, 0x8b, 0x1d], .r11)
+        ripRelative([0x48, 0x8b, 0x3d], .rdi)
+        ripRelative([0x48, 0x8b, 0x35], .rsi)
+        ripRelative([0x48, 0x8b, 0x15], .rdx)
+        ripRelative([0xff, 0x25], .rip)           // jmp [rip+d]
+        precondition(UInt64(bytes.count) <= trampolineSlotSize)
+        return bytes + Array(repeating: 0xcc, count: Int(trampolineSlotSize) - bytes.count)
+    }
+
+    /// Registers that send the thread through the slot's code running
+    /// `number(arguments)` (at most three), and the slot's data words
+    /// (the result word set to 1, which no mprotect returns).
+    public static func enteringTrampoline(_ regs: Registers, number: Int64, arguments: [UInt64],
+                                          code: RemoteAddress) -> (Registers, [UInt64]) {
+        precondition(arguments.count <= 3)
+        let o = regs.raw
+        let words = [1, o.rax, o.rcx, o.r11, o.rdi, o.rsi, o.rdx, o.rip]
+        var r = o
+        let a = arguments + Array(repeating: 0, count: 3 - arguments.count)
+        r.rax = UInt64(bitPattern: number)
+        r.rdi = a[0]; r.rsi = a[1]; r.rdx = a[2]
+        r.rip = code.value
+        r.orig_rax = UInt64(bitPattern: -1)
+        return (Registers(raw: r), words)
+    }
+
+    /// The registers the slot's code leaves the thread with: what it would
+    /// have done from wherever it is stopped inside it.
+    public static func leavingTrampoline(_ regs: Registers, words: [UInt64]) -> Registers {
+        var r = regs.raw
+        r.rax = words[TrampolineWord.rax.rawValue]; r.rcx = words[TrampolineWord.rcx.rawValue]
+        r.r11 = words[TrampolineWord.r11.rawValue]; r.rdi = words[TrampolineWord.rdi.rawValue]
+        r.rsi = words[TrampolineWord.rsi.rawValue]; r.rdx = words[TrampolineWord.rdx.rawValue]
+        r.rip = words[TrampolineWord.rip.rawValue]
+        r.orig_rax = UInt64(bitPattern: -1)
+        return Registers(raw: r)
+    }
+
+    public static let trampolineResultWord = TrampolineWord.result.rawValue
+    public static let trampolineWordCount = TrampolineWord.allCases.count
+
     /// The System V x86_64 ABI's 128-byte red zone.
     public static let redZone: UInt64 = 128
 

@@ -1,0 +1,87 @@
+import Glibc
+import PageWatchAddressSpace
+import PageWatchPtrace
+
+/// The one-stop fault path (issue 6, `FaultTrampoline`): the thread runs
+/// the un-arming `mprotect` itself on its way back to the faulting
+/// instruction, so PageWatch does not wait for a second stop.
+extension ProcessTracker {
+    /// Set PAGEWATCH_FAULT_PATH=two-stop to take the injected-gadget path
+    /// for every fault (for the benchmark's comparison, and for debugging).
+    static let oneStopFaults = getenv("PAGEWATCH_FAULT_PATH").map { String(cString: $0) != "two-stop" } ?? true
+
+    /// Un-arms `page` through the thread's trampoline slot and resumes the
+    /// thread. False when it cannot be used here (no slot free, signals
+    /// held for the thread, a syscall stop); the caller takes the slow path.
+    func unarmThroughTrampoline(_ page: RemoteAddress, _ protection: Protection, tid: Int32) throws -> Bool {
+        guard Self.oneStopFaults, let injector, let state = threads[tid], state.held.isEmpty,
+              state.entryRegisters == nil, state.pendingExit == nil, state.completingSyscall == nil,
+              session.detaching == nil, let slot = state.trampolineSlot ?? freeTrampolineSlot() else { return false }
+        if state.slowPathPage == page {
+            threads[tid]?.slowPathPage = nil
+            return false
+        }
+        let regs = try Arch.readRegisters(tid: tid)
+        try injector.trampoline.enter(slot, tid: tid, registers: regs,
+                                      mprotect: AddressRange(start: page, end: page + Page.size), protection)
+        threads[tid]?.trampolineSlot = slot
+        threads[tid]?.trampolinePage = page
+        memory.markWritten(page)
+        try Ptrace.resume(tid, mode: session.resumeMode)
+        return true
+    }
+
+    /// A slot no thread holds, if any (more threads than slots take the slow path).
+    func freeTrampolineSlot() -> Int? {
+        let used = Set(threads.values.compactMap(\.trampolineSlot))
+        return (0..<FaultTrampoline.slotCount).first { !used.contains($0) }
+    }
+
+    /// At a thread's first stop after it was sent through its slot. Its own
+    /// `mprotect`'s syscall stops (attach mode, or a filter that does not
+    /// know the scratch address): resumed at once, true. Anywhere else in
+    /// the slot's code (a signal or an interrupt came first): the registers
+    /// the slot would have left; if its call has not run, or failed (ENOMEM
+    /// at vm.max_map_count, hazard 12), the page is still protected: armed
+    /// again in the model, keeping its dirty bit, and the write faults again
+    /// (then the slow path handles the failure).
+    func settleTrampoline(_ tid: Int32, at event: StopEvent) throws -> Bool {
+        guard let page = threads[tid]?.trampolinePage, let slot = threads[tid]?.trampolineSlot,
+              let injector else { return false }
+        let trampoline = injector.trampoline
+        let regs = try Arch.readRegisters(tid: tid)
+        let inside = trampoline.slot(at: Arch.instructionPointer(regs)) == slot
+        switch event {
+        case .syscallStop where inside, .event(_, .seccomp) where inside:
+            try Ptrace.resume(tid, mode: session.resumeMode)
+            // The kernel dropped a pending PTRACE_INTERRUPT at this stop: ask again.
+            if threads[tid]?.interruptPending == true { try? Ptrace.interrupt(tid) }
+            return true
+        case .exited, .killed, .event(_, .exit):
+            threads[tid]?.trampolinePage = nil
+            return false
+        default:
+            break
+        }
+        threads[tid]?.trampolinePage = nil
+        if inside, threads[tid]?.exiting != true {
+            let settled = try trampoline.settle(tid: tid, registers: regs)
+            trace("  settled slot \(slot) of \(tid) (call ran: \(settled?.ran ?? false))")
+        }
+        let result = try trampoline.result(slot, tid: tid)
+        if result != 0, case .writable = memory.state(of: page) {
+            trace("  slot \(slot) mprotect of \(page) gave \(result): armed again, slow path next")
+            memory.markArmedKeepingDirty(AddressRange(start: page, end: page + Page.size))
+            threads[tid]?.slowPathPage = page
+        }
+        return false
+    }
+
+    /// Before PageWatch lets go of the process (detach, untracked): every
+    /// thread out of its slot, the model true to the kernel.
+    func settleAllTrampolines() throws {
+        for tid in threads.keys.sorted() where threads[tid]?.trampolinePage != nil && threads[tid]?.exiting != true {
+            _ = try settleTrampoline(tid, at: .interruptStop(tid: tid))
+        }
+    }
+}

@@ -1,0 +1,90 @@
+import Glibc
+internal import CPtrace
+import PageWatchAddressSpace
+
+/// The one-stop fault path (issue 6). At a write fault the tracer saves the
+/// registers a syscall clobbers into the thread's slot, points the thread at
+/// the slot's code and resumes it: the code runs `mprotect` on the page,
+/// puts those registers back itself and jumps to the faulting instruction.
+/// One stop per fault instead of two, and no moment where the thread needs
+/// the tracer to get its registers back: should PageWatch die, a thread
+/// inside a slot still finishes it (hazard 20).
+///
+/// Scratch layout, two pages at `code`: the code page (read+execute) holds
+/// the two-stop gadget in its first slot-sized cell and the slots' code in
+/// the others; the data page (read+write, never tracked) holds each slot's
+/// saved words.
+public struct FaultTrampoline: Sendable {
+    public typealias Arch = HostArchitecture
+
+    /// The code page (the scratch pages' start, where the gadget is).
+    public let code: RemoteAddress
+    public var data: RemoteAddress { code + Page.size }
+
+    public init(code: RemoteAddress) { self.code = code }
+
+    public static var slotCount: Int { Int(Page.size / Arch.trampolineSlotSize) - 1 }
+
+    public func slotCode(_ slot: Int) -> RemoteAddress { code + Arch.trampolineSlotSize * UInt64(slot + 1) }
+    public func slotData(_ slot: Int) -> RemoteAddress { data + UInt64(slot * Arch.trampolineWordCount * 8) }
+
+    /// The code page's bytes: the gadget, then every slot's code.
+    public static func codePage(at code: RemoteAddress) -> [UInt8] {
+        let t = FaultTrampoline(code: code)
+        var bytes = Arch.syscallGadget + Array(repeating: 0xcc, count: Int(Arch.trampolineSlotSize) - Arch.syscallGadget.count)
+        for slot in 0..<slotCount { bytes += Arch.trampolineCode(at: t.slotCode(slot), data: t.slotData(slot)) }
+        return bytes + Array(repeating: 0xcc, count: Int(Page.size) - bytes.count)
+    }
+
+    /// The slot whose code `ip` is in, if any.
+    public func slot(at ip: RemoteAddress) -> Int? {
+        guard ip >= slotCode(0), ip < code + Page.size else { return nil }
+        return Int((ip.value - slotCode(0).value) / Arch.trampolineSlotSize)
+    }
+
+    /// Sends `tid`, stopped at a fault with `registers`, through `slot` to
+    /// run mprotect(range, protection). The caller resumes it with no signal.
+    public func enter(_ slot: Int, tid: Int32, registers: Arch.Registers,
+                      mprotect range: AddressRange, _ protection: Protection) throws {
+        let (regs, words) = Arch.enteringTrampoline(registers, number: Arch.syscalls.mprotect,
+                                                    arguments: [range.start.value, range.length, UInt64(protection.rawValue)],
+                                                    code: slotCode(slot))
+        try write(words, at: slotData(slot), tid: tid)
+        try Arch.writeRegisters(regs, tid: tid)
+    }
+
+    /// A thread stopped inside a slot's code (a signal, an interrupt, the
+    /// tracer's death came first) is given the registers the slot would have
+    /// left it with: back at its faulting instruction. Returns the slot and
+    /// whether the slot's call has run (if not, the page is still protected
+    /// and the instruction faults again); nil when `registers` are not in a slot.
+    public func settle(tid: Int32, registers: Arch.Registers) throws -> (slot: Int, ran: Bool)? {
+        let ip = Arch.instructionPointer(registers)
+        guard let slot = slot(at: ip) else { return nil }
+        let words = try read(at: slotData(slot), tid: tid)
+        try Arch.writeRegisters(Arch.leavingTrampoline(registers, words: words), tid: tid)
+        return (slot, ip != slotCode(slot))
+    }
+
+    /// What the slot's last call returned (1 until it has run).
+    public func result(_ slot: Int, tid: Int32) throws -> Int64 {
+        Int64(bitPattern: try read(at: slotData(slot), tid: tid)[Arch.trampolineResultWord])
+    }
+
+    func write(_ words: [UInt64], at address: RemoteAddress, tid: Int32) throws {
+        let n = words.withUnsafeBytes { pw_write_memory(tid, address.value, $0.baseAddress, $0.count) }
+        if n != words.count * 8 {
+            throw TraceError.call("process_vm_writev", Errno(n < 0 ? Int32(-n) : EIO), tid: tid, address: address)
+        }
+    }
+
+    func read(at address: RemoteAddress, tid: Int32) throws -> [UInt64] {
+        let bytes = try Ptrace.readMemory(tid, address, count: Arch.trampolineWordCount * 8)
+        guard bytes.count == Arch.trampolineWordCount * 8 else {
+            throw TraceError.call("process_vm_readv", .EIO, tid: tid, address: address)
+        }
+        return stride(from: 0, to: bytes.count, by: 8).map { o in
+            (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[o + $1]) << UInt64(8 * $1) }
+        }
+    }
+}
