@@ -99,6 +99,8 @@ let package = Package(
                     dependencies: ["PageWatchAttribution", "PageWatchPtrace", "CUnwind", "fx_callsites"]),
         .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine"]),
         .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport"]),
+        .testTarget(name: "PageWatchKitTests",
+                    dependencies: ["PageWatchKit", "fx_writers", "fx_phases", "fx_syscall_out", "fx_threads", "fx_exit3", "fx_sleeper"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: ["pagewatch"] + (fixtureNames + cxxFixtureNames + swiftFixtureNames).map { .target(name: $0) }
