@@ -10,6 +10,7 @@ import PackageDescription
 //   PageWatchAttribution    Unwinder (the writer's call stack at a stop), Symbolizer (ELF symbols, demangling, lines)
 //   PageWatchEngine         selection, tracked regions, the event loop, sweeps
 //   PageWatchReport         JSON Lines log and the human summary
+//   PageWatchKit            the library for test authors: run a program, get its write events and sweeps
 //   pagewatch               the CLI (swift-argument-parser), thin
 
 let fixtureNames = [
@@ -63,6 +64,7 @@ let package = Package(
     name: "PageWatch",
     products: [
         .executable(name: "pagewatch", targets: ["pagewatch"]),
+        .library(name: "PageWatchKit", targets: ["PageWatchKit"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -83,6 +85,8 @@ let package = Package(
                 dependencies: ["CUnwind", "CLibDW", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .target(name: "PageWatchEngine", dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .target(name: "PageWatchReport", dependencies: ["PageWatchEngine", "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace"]),
+        .target(name: "PageWatchKit",
+                dependencies: ["PageWatchEngine", "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .executableTarget(
             name: "pagewatch",
             dependencies: [
@@ -97,6 +101,8 @@ let package = Package(
                     dependencies: ["PageWatchAttribution", "PageWatchPtrace", "CUnwind", "fx_callsites"]),
         .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine"]),
         .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport"]),
+        .testTarget(name: "PageWatchKitTests",
+                    dependencies: ["PageWatchKit", "fx_writers", "fx_phases", "fx_syscall_out", "fx_threads", "fx_exit3", "fx_sleeper"]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: ["pagewatch"] + (fixtureNames + cxxFixtureNames + swiftFixtureNames).map { .target(name: $0) }

@@ -94,7 +94,11 @@ int pw_ptrace_get_rseq_configuration(pid_t tid, pw_rseq_configuration *config) {
 }
 
 int pw_wait(pid_t pid, int *status, int options) {
-    int flags = __WALL;
+    // __WNOTHREAD: only this thread's children and tracees. The kernel ties
+    // a tracee to the thread that seized it; in a process with other
+    // threads (PageWatchKit in a test runner) waitpid(-1) would otherwise
+    // reap their children too, and they would never see them end.
+    int flags = __WALL | __WNOTHREAD;
     if (options & PW_WNOHANG) flags |= WNOHANG;
     if (options & PW_WUNTRACED) flags |= WUNTRACED;
     pid_t r = waitpid(pid, status, flags);

@@ -114,7 +114,7 @@ extension ProcessTracker {
             var page = piece.range.start
             while page < piece.range.end {
                 memory.markWritten(page)
-                ledger.record(page, by: writer, fault: false)
+                noteWrite(page, by: writer, fault: false, tid: tid)
                 page = page + Page.size
             }
         }
@@ -316,7 +316,7 @@ extension ProcessTracker {
                 for p in [page, page + Page.size] {
                     if case .armed(let protection) = memory.state(of: p) {
                         let nr = Arch.syscallNumber(entry)
-                        ledger.record(p, by: writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid), fault: false)
+                        noteWrite(p, by: writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid), fault: false, tid: tid)
                         try unarm(p, protection, tid: tid)
                         changed = true
                     }

@@ -314,7 +314,7 @@ final class ProcessTracker {
         var page = range.start
         while page < range.end {
             if case .armed(let protection) = memory.state(of: page) {
-                ledger.record(page, by: writer, fault: false)
+                noteWrite(page, by: writer, fault: false, tid: tid)
                 try unarm(page, protection, tid: tid)
             }
             page = page + Page.size
@@ -334,7 +334,7 @@ final class ProcessTracker {
         case .untracked:
             return false
         case .armed(let protection):
-            ledger.record(page, by: writer(nil, tid: tid), fault: true)
+            noteWrite(page, by: writer(nil, tid: tid), fault: true, tid: tid)
             threads[tid]?.lastSuppressedFault = nil
             faultsThisInterval += 1
             totalFaults += 1
@@ -474,7 +474,7 @@ final class ProcessTracker {
             switch memory.state(of: page) {
             case .armed(let protection):
                 threads[tid]?.held.remove(at: i)
-                ledger.record(page, by: writer(nil, tid: tid), fault: true)
+                noteWrite(page, by: writer(nil, tid: tid), fault: true, tid: tid)
                 try unarm(page, protection, tid: tid)
                 faultsThisInterval += 1
                 totalFaults += 1
@@ -703,6 +703,10 @@ final class ProcessTracker {
             sites = ledger.sites(of: dirty, pinned: memory.pinned, keepingWriters: reportedAgain) { stack in
                 stack.enumerated().map { i, ip in frame(ip, isReturnAddress: i > 0) }
             }
+        } else if !reportedAgain {
+            // No sites to name, but the ledger still starts again: it tells
+            // the next interval's first writes (`noteWrite`).
+            ledger = WriterLedger()
         }
         emit(.sweep(SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
                                 ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)))

@@ -19,6 +19,11 @@ public struct TrackerConfiguration: Sendable {
     public var durationNs: UInt64?
     /// ... or after this many sweeps of the program.
     public var maxSweeps: Int?
+    /// `run`: the program's standard output (a descriptor of this process,
+    /// -1: inherited), and whether it starts with no signal blocked whatever
+    /// the calling thread blocks (a library caller on a worker thread).
+    public var standardOutput: Int32 = -1
+    public var emptySignalMask = false
 
     public init(command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,
                 followForks: Bool = false, stackDepth: Int = 16) {
@@ -39,6 +44,10 @@ public struct TrackerConfiguration: Sendable {
 public final class Tracker {
     let config: TrackerConfiguration
     let emit: (LogRecord) -> Void
+    /// Called with each page write as it is recorded, on this thread, the
+    /// writer stopped (PageWatchKit). Its frames are symbolized at the write
+    /// only when this is set: nil (the CLI) keeps the fault path unchanged.
+    public var writeObserver: ((PageWrite) -> Void)?
 
     /// The program.
     var main: ProcessTracker!
@@ -89,7 +98,8 @@ public final class Tracker {
 
     /// Runs the program to its end. Throws when it cannot be started or traced.
     public func run() throws -> ProgramEnd {
-        let pid = try Launcher.launch(config.command, options: Self.options,
+        let pid = try Launcher.launch(config.command, options: Self.options, standardOutput: config.standardOutput,
+                                      emptySignalMask: config.emptySignalMask,
                                       seccompFilter: ProcessTracker.interceptionFilter())
         main = ProcessTracker(session: self, pid: pid, parent: nil)
         processes[pid] = main

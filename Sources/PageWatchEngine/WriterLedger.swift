@@ -46,8 +46,10 @@ struct WriterLedger {
     /// write un-arms it, and later stores do not fault.
     private var pageWriter: [UInt64: Int] = [:]
 
-    /// `page` written by `writer`; `fault`: it took a write fault.
-    mutating func record(_ page: RemoteAddress, by writer: Writer, fault: Bool) {
+    /// `page` written by `writer`; `fault`: it took a write fault. True when
+    /// this is the page's first write of the interval (it has no writer yet).
+    @discardableResult
+    mutating func record(_ page: RemoteAddress, by writer: Writer, fault: Bool) -> Bool {
         let i: Int
         if let known = index[writer] {
             i = known
@@ -58,8 +60,10 @@ struct WriterLedger {
             faults.append(0)
         }
         let number = Page.floor(page).value / Page.size
-        if pageWriter[number] == nil { pageWriter[number] = i }
         if fault { faults[i] += 1 }
+        guard pageWriter[number] == nil else { return false }
+        pageWriter[number] = i
+        return true
     }
 
     /// A fault at a page another thread had just made writable (hazard 11):

@@ -214,7 +214,8 @@ public enum Ptrace {
     }
 }
 
-/// `waitpid` with `__WALL`, decoded.
+/// `waitpid` with `__WALL`, decoded: only the calling thread's children and
+/// tracees (`__WNOTHREAD`), so another thread's children are left to it.
 public enum Wait {
     /// Blocks for the next event of `pid` (-1: any tracee). Returns nil when
     /// interrupted by a signal (EINTR), so the caller can look at its timers.

@@ -74,7 +74,8 @@ int pw_ptrace_pokedata(pid_t tid, uint64_t address, uint64_t word);
 int pw_ptrace_get_rseq_configuration(pid_t tid, pw_rseq_configuration *config);
 
 enum { PW_WNOHANG = 1, PW_WUNTRACED = 2 };
-// waitpid(pid, &status, __WALL | options). Returns the pid, 0 for WNOHANG, or -errno.
+// waitpid(pid, &status, __WALL | __WNOTHREAD | options): the calling thread's
+// children and tracees only. Returns the pid, 0 for WNOHANG, or -errno.
 int pw_wait(pid_t pid, int *status, int options);
 
 // Bulk copies between this process and the tracee. Return bytes or -errno.
