@@ -22,6 +22,9 @@ public struct TrackerConfiguration: Sendable {
     /// `run`: the program's standard output (a descriptor of this process,
     /// -1: inherited), and whether it starts with no signal blocked whatever
     /// the calling thread blocks (a library caller on a worker thread).
+    /// How long to poll for the next stop before sleeping in waitpid
+    /// (`Wait.spinNs`; 0: never poll).
+    public var spinNs: UInt64 = Wait.spinNs
     public var standardOutput: Int32 = -1
     public var emptySignalMask = false
 
@@ -91,6 +94,7 @@ public final class Tracker {
     public init(configuration: TrackerConfiguration, emit: @escaping (LogRecord) -> Void) {
         config = configuration
         self.emit = emit
+        Wait.spinNs = configuration.spinNs  // process-wide: PageWatch traces from one thread
     }
 
     static let options: TraceOptions = [.exitKill, .traceSysGood, .traceClone, .traceExec, .traceExit,

@@ -100,7 +100,15 @@ struct TrackingOptions: ParsableArguments {
                                            discussion: "Without it, forked children get the program's protections back and run untracked (still traced)."))
     var followForks = false
 
+    @Option(name: .long, help: ArgumentHelp("Poll for the next stop this long before sleeping in waitpid: keeps PageWatch's CPU awake for the program's next fault; 0 = always sleep.",
+                                             discussion: "Costs at most this much of PageWatch's CPU per stop (docs/performance.md).",
+                                             valueName: "DURATION"))
+    var spinWait: String = "50us"
+
     func validate() throws {
+        if IntervalParser.parse(spinWait).map({ $0 > 1_000_000_000 }) ?? true {
+            throw ValidationError("invalid --spin-wait '\(spinWait)' (expected 0 or a duration up to 1s: 50us, 200us)")
+        }
         for t in track {
             do { _ = try TrackSpec.parse(t) } catch { throw ValidationError(String(describing: error)) }
         }
@@ -119,9 +127,11 @@ struct TrackingOptions: ParsableArguments {
     }
 
     func configuration(command: [String]) throws -> TrackerConfiguration {
-        TrackerConfiguration(command: command, selection: Selection(try track.map(TrackSpec.parse)),
-                             intervalNs: IntervalParser.parse(interval)!, sweepSignal: sweepSignal.flatMap(Signal.parse),
-                             followForks: followForks, stackDepth: stackDepth)
+        var c = TrackerConfiguration(command: command, selection: Selection(try track.map(TrackSpec.parse)),
+                                     intervalNs: IntervalParser.parse(interval)!, sweepSignal: sweepSignal.flatMap(Signal.parse),
+                                     followForks: followForks, stackDepth: stackDepth)
+        c.spinNs = IntervalParser.parse(spinWait)!
+        return c
     }
 
     func openSink() -> LogSink {

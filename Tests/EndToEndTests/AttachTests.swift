@@ -171,12 +171,17 @@ final class Background {
         // Under load this once killed the program: a write fault pending at
         // the thread's parking stop was held during the detach's injections
         // and sent again after the detach (fixed by absorbing such faults).
+        // Each detach leaves the address space as it found it: every
+        // protection back, the scratch pages (gadget, trampoline) gone.
+        let mapsBefore = try String(contentsOfFile: "/proc/\(fixture.pid)/maps", encoding: .utf8)
         var statuses: [Int32] = []
         for i in 0..<50 {
             let r = try attach(fixture.pid, ["--interval", "5ms", "--duration", "15ms"],
                                log: Harness.temporaryPath("fifty-\(i).jsonl"))
             statuses.append(r.status)
             if r.status != 0 { Issue.record("attach \(i): \(r.stderr)"); break }
+            let maps = try String(contentsOfFile: "/proc/\(fixture.pid)/maps", encoding: .utf8)
+            if maps != mapsBefore { Issue.record("after detach \(i):\n\(maps)\nbefore:\n\(mapsBefore)"); break }
         }
         #expect(statuses == Array(repeating: 0, count: 50))
         fixture.send("stop")

@@ -16,6 +16,7 @@ import Testing
         (["run", "/bin/true"], "missing PROGRAM after --"),
         (["run", "--sweep-signal", "NOPE", "--", "/bin/true"], "invalid --sweep-signal 'NOPE'"),
         (["run", "--sweep-signal", "KILL", "--", "/bin/true"], "cannot be SIGKILL"),
+        (["run", "--spin-wait", "2s", "--", "/bin/true"], "invalid --spin-wait '2s'"),
         (["run"], "missing PROGRAM"),
     ])
     func usageErrorsExitTwo(_ args: [String], _ message: String) throws {
@@ -36,6 +37,26 @@ import Testing
         let r = try pagewatch(["run", "--interval", "0", "--", "sh", "-c", "echo hi; exit 5"])
         #expect(r.stdout == "hi\n")
         #expect(r.status == 5)
+    }
+
+    /// Scheduling off (issue 6): the tracer always sleeps in waitpid; the
+    /// same program output and the same sweeps as with polling.
+    @Test func spinWaitZeroSleepsAndTracksAlike() throws {
+        var ranges: [[String]] = []
+        var outputs: [String] = []
+        for spin in ["0", "50us"] {
+            let log = Harness.temporaryPath("spin-\(spin).jsonl")
+            // Its region only: how many stack pages a run dirties varies with where ASLR puts the stack.
+            let r = try pagewatch(["run", "--spin-wait", spin, "--interval", "0", "--sweep-signal", "USR2",
+                                   "--track", "0x100000000000-0x100000040000", "--output", log, "--", Harness.fixture("fx_phases")])
+            #expect(r.status == 0)
+            outputs.append(r.stdout)
+            let sweeps = try Harness.readLog(log).filter { $0["type"] as? String == "sweep" }
+            ranges.append(sweeps.map { "\($0["reason"] ?? "") \($0["dirty_pages"] ?? "")" })
+        }
+        #expect(outputs[0] == outputs[1])
+        #expect(ranges[0] == ["signal 64", "signal 4", "signal 20", "signal 0", "exit 2"])  // fx_phases' truth
+        #expect(ranges[1] == ranges[0])
     }
 
     @Test func helpNamesWhatIsNeverTracked() throws {
