@@ -31,6 +31,9 @@ extension ProcessTracker {
     /// sweep does not pay twice); without an observer (the CLI) the fault
     /// path stays as it was, unwinding only.
     func noteWrite(_ page: RemoteAddress, by writer: Writer, fault: Bool, tid: Int32) {
+        // Attribution off and nobody observing: no writer to keep (the
+        // ledger's map would cost memory per dirty page, issue 6).
+        guard config.stackDepth > 0 || session.writeObserver != nil else { return }
         guard ledger.record(page, by: writer, fault: fault), let observe = session.writeObserver else { return }
         let frames = writer.stack.enumerated().map { i, ip in frame(ip, isReturnAddress: i > 0) }
         observe(PageWrite(pid: pid, tid: tid, page: Page.floor(page), phase: sweeps + 1, kernel: writer.kernel,
