@@ -403,6 +403,28 @@ final class ProcessTracker {
         }
     }
 
+    /// Several `mprotect`s in one injection when there are several (the
+    /// batch loop, issue 6), else one; their results in order (0 or -errno).
+    func protectAll(_ changes: [ProtectionChange], tid: Int32) throws -> [Int64] {
+        guard changes.count > 1, Self.batchedSweeps, let injector else {
+            return try changes.map { c in
+                do { try protect(c.range, c.protection, tid: tid); return 0 } catch TraceError.remoteSyscall(_, let e, _, _) {
+                    return -Int64(e.rawValue)
+                }
+            }
+        }
+        trace("  mprotect batch of \(changes.count) in \(tid)")
+        if threads[tid]?.entryRegisters != nil { threads[tid]?.injectedAtEntry = true }
+        let (results, outcome) = try injector.mprotectBatch(changes.map { ($0.range, $0.protection) }, in: tid,
+                                                            completing: threads[tid]?.completingSyscall)
+        threads[tid]?.held.append(contentsOf: outcome.heldSignals)
+        if outcome.consumedInterrupt { threads[tid]?.interruptPending = false }
+        return results
+    }
+
+    /// PAGEWATCH_SWEEP=one-by-one: one injection per re-armed range (for the benchmark's comparison).
+    static let batchedSweeps = getenv("PAGEWATCH_SWEEP").map { String(cString: $0) != "one-by-one" } ?? true
+
     func protect(_ range: AddressRange, _ protection: Protection, tid: Int32) throws {
         trace("  mprotect \(range) \(protection) in \(tid)")
         guard let injector else { return }
@@ -648,23 +670,25 @@ final class ProcessTracker {
         try refreshMaps()
         let dirty = memory.dirtyPages()
         let busy = outputsOfBlockedCalls(excluding: tid)
+        var changes: [ProtectionChange] = []
         for planned in memory.rearmPlan() {
             // Buffers another thread's blocked call will still write stay
             // writable (and dirty, so reported again): re-arming them now would
             // turn its copy-out into EFAULT (hazard 1).
             var pieces = PageSet([planned.range])
             for b in busy.intersection(planned.range).ranges { pieces.remove(b) }
-            for range in pieces.ranges {
-            let change = ProtectionChange(range: range, protection: planned.protection)
-            do {
-                try protect(change.range, change.protection, tid: tid)
+            changes += pieces.ranges.map { ProtectionChange(range: $0, protection: planned.protection) }
+        }
+        for (change, result) in zip(changes, try protectAll(changes, tid: tid)) {
+            if result >= 0 {
                 memory.markArmed(change.range)
-            } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
+            } else if result == -Int64(Errno.ENOMEM.rawValue) {
                 // vm.max_map_count (hazard 12), possibly applied in part: give
                 // the region its program protection everywhere; its pages stay
                 // dirty and are reported again next sweep (never missed).
                 try unarmRegion(containing: change.range.start, tid: tid)
-            }
+            } else {
+                throw TraceError.remoteSyscall("mprotect", Errno(Int32(-result)), tid: tid, address: change.range.start)
             }
         }
         memory.clearPinnedDirty()

@@ -10,10 +10,11 @@ import PageWatchAddressSpace
 /// the tracer to get its registers back: should PageWatch die, a thread
 /// inside a slot still finishes it (hazard 20).
 ///
-/// Scratch layout, two pages at `code`: the code page (read+execute) holds
-/// the two-stop gadget in its first slot-sized cell and the slots' code in
-/// the others; the data page (read+write, never tracked) holds each slot's
-/// saved words.
+/// Scratch layout, three pages at `code`: the code page (read+execute)
+/// holds the two-stop gadget in its first slot-sized cell, the slots' code
+/// in the next 62 and the batch loop (`RemoteSyscall.mprotectBatch`) in the
+/// last; the data page (read+write, never tracked) holds each slot's saved
+/// words; the third page (read+write) the batch's array.
 public struct FaultTrampoline: Sendable {
     public typealias Arch = HostArchitecture
 
@@ -23,7 +24,8 @@ public struct FaultTrampoline: Sendable {
 
     public init(code: RemoteAddress) { self.code = code }
 
-    public static var slotCount: Int { Int(Page.size / Arch.trampolineSlotSize) - 1 }
+    /// The code page's cells after the gadget, but the last (the batch loop).
+    public static var slotCount: Int { Int(Page.size / Arch.trampolineSlotSize) - 2 }
 
     public func slotCode(_ slot: Int) -> RemoteAddress { code + Arch.trampolineSlotSize * UInt64(slot + 1) }
     public func slotData(_ slot: Int) -> RemoteAddress { data + UInt64(slot * Arch.trampolineWordCount * 8) }
@@ -33,12 +35,14 @@ public struct FaultTrampoline: Sendable {
         let t = FaultTrampoline(code: code)
         var bytes = Arch.syscallGadget + Array(repeating: 0xcc, count: Int(Arch.trampolineSlotSize) - Arch.syscallGadget.count)
         for slot in 0..<slotCount { bytes += Arch.trampolineCode(at: t.slotCode(slot), data: t.slotData(slot)) }
+        bytes += Array(repeating: 0xcc, count: Int(Arch.batchCodeOffset) - bytes.count)
+        bytes += Arch.batchCode
         return bytes + Array(repeating: 0xcc, count: Int(Page.size) - bytes.count)
     }
 
     /// The slot whose code `ip` is in, if any.
     public func slot(at ip: RemoteAddress) -> Int? {
-        guard ip >= slotCode(0), ip < code + Page.size else { return nil }
+        guard ip >= slotCode(0), ip < slotCode(Self.slotCount) else { return nil }
         return Int((ip.value - slotCode(0).value) / Arch.trampolineSlotSize)
     }
 
@@ -72,10 +76,7 @@ public struct FaultTrampoline: Sendable {
     }
 
     func write(_ words: [UInt64], at address: RemoteAddress, tid: Int32) throws {
-        let n = words.withUnsafeBytes { pw_write_memory(tid, address.value, $0.baseAddress, $0.count) }
-        if n != words.count * 8 {
-            throw TraceError.call("process_vm_writev", Errno(n < 0 ? Int32(-n) : EIO), tid: tid, address: address)
-        }
+        try RemoteSyscall.writeWords(words, at: address, tid: tid)
     }
 
     func read(at address: RemoteAddress, tid: Int32) throws -> [UInt64] {

@@ -33,9 +33,19 @@ public struct RemoteSyscall: Sendable {
     /// the call, and the value it would have returned must be passed as
     /// `completing` so the restored registers carry it.
     public func run(_ number: Int64, _ arguments: [UInt64], in tid: Int32, completing: Int64? = nil) throws -> Outcome {
+        try execute(in: tid, completing: completing, trapAt: gadget + Arch.gadgetTrapOffset) { saved in
+            Arch.preparingSyscall(saved, number: number, arguments: arguments, gadget: gadget)
+        }
+    }
+
+    /// Runs injected code in `tid` from the registers `prepare` makes of its
+    /// saved ones, until its breakpoint leaves the instruction pointer at
+    /// `trapAt`; restores the saved registers on every path.
+    func execute(in tid: Int32, completing: Int64?, trapAt: RemoteAddress,
+                 prepare: (Arch.Registers) -> Arch.Registers) throws -> Outcome {
         var saved = try Arch.readRegisters(tid: tid)
         if let completing { saved = Arch.settingSyscallResult(saved, completing) }
-        let prepared = Arch.preparingSyscall(saved, number: number, arguments: arguments, gadget: gadget)
+        let prepared = prepare(saved)
         var restored = false
         defer {
             // Scoped restore: whatever happened, put the thread back as it was.
@@ -50,7 +60,6 @@ public struct RemoteSyscall: Sendable {
         // otherwise keep the gadget from ever running (hazard 16).
         var savedMask: UInt64?
         defer { if let savedMask { try? Ptrace.setSignalMask(tid, savedMask) } }
-        let trapAt = gadget + Arch.gadgetTrapOffset
         while true {
             guard let event = try Wait.nextSpinning(tid) else { continue }
             switch event {
@@ -117,6 +126,46 @@ public struct RemoteSyscall: Sendable {
     static let blockedDuringInjection: UInt64 = [Signal.SIGTRAP, Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGFPE]
         .reduce(~UInt64(0)) { $0 & ~(UInt64(1) << UInt64($1 - 1)) }
 
+    /// Runs `mprotect` on every range in one injection (a sweep's re-arming,
+    /// issue 6): the scratch code page's batch loop walks an array of
+    /// (start, length, protection) in the third scratch page and stores each
+    /// call's result beside it. Returns the results in order (0 or -errno).
+    public func mprotectBatch(_ changes: [(range: AddressRange, protection: Protection)], in tid: Int32,
+                              completing: Int64? = nil) throws -> (results: [Int64], outcome: Outcome) {
+        var results: [Int64] = []
+        var outcome = Outcome(value: 0, heldSignals: [])
+        let array = scratch.start + 2 * Page.size
+        for start in stride(from: 0, to: changes.count, by: Self.batchCapacity) {
+            let chunk = changes[start..<min(changes.count, start + Self.batchCapacity)]
+            var words: [UInt64] = []
+            for c in chunk { words += [c.range.start.value, c.range.length, UInt64(c.protection.rawValue), 1] }
+            try Self.writeWords(words, at: array, tid: tid)
+            let code = scratch.start + Arch.batchCodeOffset
+            let o = try execute(in: tid, completing: completing, trapAt: code + Arch.batchTrapOffset) { saved in
+                Arch.preparingBatch(saved, array: array, count: chunk.count, code: code)
+            }
+            outcome.heldSignals += o.heldSignals
+            outcome.consumedInterrupt = outcome.consumedInterrupt || o.consumedInterrupt
+            let back = try Ptrace.readMemory(tid, array, count: words.count * 8)
+            guard back.count == words.count * 8 else { throw TraceError.call("process_vm_readv", .EIO, tid: tid, address: array) }
+            for i in 0..<chunk.count {
+                let o = (i * 4 + 3) * 8
+                results.append(Int64(bitPattern: (0..<8).reduce(UInt64(0)) { $0 | UInt64(back[o + $1]) << UInt64(8 * $1) }))
+            }
+        }
+        return (results, outcome)
+    }
+
+    /// Entries one batch holds: the third scratch page, 32 bytes each.
+    public static let batchCapacity = Int(Page.size / 32)
+
+    static func writeWords(_ words: [UInt64], at address: RemoteAddress, tid: Int32) throws {
+        let n = words.withUnsafeBytes { pw_write_memory(tid, address.value, $0.baseAddress, $0.count) }
+        if n != words.count * 8 {
+            throw TraceError.call("process_vm_writev", Errno(n < 0 ? Int32(-n) : EIO), tid: tid, address: address)
+        }
+    }
+
     /// Runs a call and throws `TraceError.remoteSyscall` when it returns -errno.
     public func call(_ name: String, _ number: Int64, _ arguments: [UInt64], in tid: Int32,
                      address: RemoteAddress? = nil, completing: Int64? = nil) throws -> (value: UInt64, held: [HeldSignal]) {
@@ -137,9 +186,9 @@ public struct RemoteSyscall: Sendable {
         return o
     }
 
-    /// The scratch pages: the code page (gadget and `FaultTrampoline`
-    /// slots) and the slots' data page.
-    public static let scratchSize = 2 * Page.size
+    /// The scratch pages: the code page (gadget, `FaultTrampoline` slots,
+    /// the batch loop), the slots' data page and the batch array.
+    public static let scratchSize = 3 * Page.size
 
     public var trampoline: FaultTrampoline { FaultTrampoline(code: Page.floor(gadget)) }
     public var scratch: AddressRange { AddressRange(start: Page.floor(gadget), end: Page.floor(gadget) + Self.scratchSize) }
@@ -180,7 +229,7 @@ public struct RemoteSyscall: Sendable {
             if n != code.count {
                 throw TraceError.call("process_vm_writev", Errno(n < 0 ? Int32(-n) : EIO), tid: tid, address: RemoteAddress(page))
             }
-            let rx = UInt64(Protection.read.union(.execute).rawValue)
+            let rx = UInt64(Protection.read.union(.execute).rawValue)  // the code page only
             held += try borrowed.call("mprotect", Arch.syscalls.mprotect, [page, Page.size, rx], in: tid,
                                       address: RemoteAddress(page)).held
         }

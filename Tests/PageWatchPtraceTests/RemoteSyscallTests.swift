@@ -198,6 +198,33 @@ import PageWatchAddressSpace
         close(output)
     }
 
+    /// A sweep's re-arming in one injection: each entry's own result, the
+    /// protections in maps, registers as before.
+    @Test func batchedMprotectsEachReportTheirResult() throws {
+        let pid = try Launcher.launch([Self.fixture("fx_exit3")], options: Self.options, emptySignalMask: true)
+        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
+        let rw = UInt64(Protection([.read, .write]).rawValue)
+        let base = RemoteAddress(try injector.call("mmap", Arch.syscalls.mmap,
+                                                   [0, 4 * Page.size, rw, 0x22, UInt64(bitPattern: -1), 0], in: pid).value)
+        func page(_ i: UInt64) -> AddressRange { AddressRange(start: base + i * Page.size, end: base + (i + 1) * Page.size) }
+        let before = try Arch.readRegisters(tid: pid)
+        var changes: [(range: AddressRange, protection: Protection)] = [(page(0), [.read]), (page(2), [.read]), (page(3), [])]
+        changes.append((AddressRange(start: base + 1, end: base + 1 + Page.size), [.read]))  // unaligned: EINVAL
+        // More than one batch holds: the rest go in a second run.
+        changes += Array(repeating: (page(1), Protection([.read, .write])), count: RemoteSyscall.batchCapacity)
+        let (results, _) = try injector.mprotectBatch(changes, in: pid)
+        #expect(results.count == changes.count)
+        #expect(Array(results.prefix(4)) == [0, 0, 0, -Int64(EINVAL)])
+        #expect(results.dropFirst(4).allSatisfy { $0 == 0 })
+        let after = try Arch.readRegisters(tid: pid)
+        #expect(withUnsafeBytes(of: before) { Array($0) } == withUnsafeBytes(of: after) { Array($0) })
+        let maps = try ProcFS.maps(of: pid)
+        let protections = (0..<4).map { i in maps.first { $0.range.contains(page(UInt64(i)).start) }?.protection }
+        #expect(protections == [[.read], [.read, .write], [.read], []])
+        try Ptrace.cont(pid)
+        #expect(try waitForExit(pid) == 3)
+    }
+
     @Test func decodesWaitStatuses() {
         #expect(StopEvent.decode(tid: 7, status: 3 << 8) == .exited(tid: 7, status: 3))
         #expect(StopEvent.decode(tid: 7, status: 11 | 0x80) == .killed(tid: 7, signal: 11, coreDumped: true))

@@ -45,6 +45,14 @@ public protocol Architecture {
                                    code: RemoteAddress) -> (Registers, [UInt64])
     static func leavingTrampoline(_ regs: Registers, words: [UInt64]) -> Registers
 
+    /// The sweep's batch loop (`RemoteSyscall.mprotectBatch`): its code, where
+    /// it sits in the code page, the offset after its breakpoint, and the
+    /// registers that run it over `count` entries at `array`.
+    static var batchCode: [UInt8] { get }
+    static var batchCodeOffset: UInt64 { get }
+    static var batchTrapOffset: UInt64 { get }
+    static func preparingBatch(_ regs: Registers, array: RemoteAddress, count: Int, code: RemoteAddress) -> Registers
+
     /// Bytes below the stack pointer a leaf function may use without moving it.
     static var redZone: UInt64 { get }
 

@@ -123,6 +123,39 @@ public enum X86_64: Architecture {
         return Registers(raw: r)
     }
 
+    /// The batch loop, in the code page's last 64 bytes: rbx = array of
+    /// (start, length, protection, result) entries, r12 = their count.
+    ///   loop: test r12, r12 ; jz done ; mov rdi, [rbx] ; mov rsi, [rbx+8]
+    ///         mov rdx, [rbx+16] ; mov eax, 10 (mprotect) ; syscall
+    ///         mov [rbx+24], rax ; add rbx, 32 ; dec r12 ; jmp loop
+    ///   done: int3
+    public static let batchCode: [UInt8] = [
+        0x4d, 0x85, 0xe4,              // test r12, r12
+        0x74, 0x1f,                    // jz done (+31)
+        0x48, 0x8b, 0x3b,              // mov rdi, [rbx]
+        0x48, 0x8b, 0x73, 0x08,        // mov rsi, [rbx+8]
+        0x48, 0x8b, 0x53, 0x10,        // mov rdx, [rbx+16]
+        0xb8, 0x0a, 0x00, 0x00, 0x00,  // mov eax, 10
+        0x0f, 0x05,                    // syscall
+        0x48, 0x89, 0x43, 0x18,        // mov [rbx+24], rax
+        0x48, 0x83, 0xc3, 0x20,        // add rbx, 32
+        0x49, 0xff, 0xcc,              // dec r12
+        0xeb, 0xdc,                    // jmp loop (-36)
+        0xcc,                          // done: int3
+    ]
+    public static let batchCodeOffset: UInt64 = 4096 - 64
+    /// The instruction pointer after the loop's `int3`, from its start.
+    public static let batchTrapOffset = UInt64(batchCode.count)
+
+    public static func preparingBatch(_ regs: Registers, array: RemoteAddress, count: Int, code: RemoteAddress) -> Registers {
+        var r = regs.raw
+        r.rbx = array.value
+        r.r12 = UInt64(count)
+        r.rip = code.value
+        r.orig_rax = UInt64(bitPattern: -1)  // no restart logic for the injected calls (hazard 15)
+        return Registers(raw: r)
+    }
+
     public static let trampolineResultWord = TrampolineWord.result.rawValue
     public static let trampolineWordCount = TrampolineWord.allCases.count
 
