@@ -33,8 +33,9 @@ public enum Guardian {
         _ = sched_setscheduler(0, SCHED_OTHER, &normal)
         for _ in 0..<5000 where tracer(of: pid) != 0 { usleep(1000) }
         let final = state.snapshot() ?? snapshot
+        let inside = state.injection(registerWords: HostArchitecture.registerWordCount)
         do {
-            try rescue(pid, gadget: final.gadget, regions: final.regions)
+            try rescue(pid, gadget: final.gadget, regions: final.regions, injection: inside)
         } catch {
             report("pagewatch guardian: could not restore pid \(pid): \(error)")
             _ = kill(pid, SIGCONT)
@@ -54,7 +55,8 @@ public enum Guardian {
         ProcFS.statusField("TracerPid", of: pid).flatMap { Int32($0) } ?? 0
     }
 
-    static func rescue(_ pid: Int32, gadget: RemoteAddress?, regions: [(AddressRange, Protection)]) throws {
+    static func rescue(_ pid: Int32, gadget: RemoteAddress?, regions: [(AddressRange, Protection)],
+                       injection: (tid: Int32, saved: [UInt64])? = nil) throws {
         let tids = try Attacher.seizeAll(pid, options: [])
         for tid in tids { _ = try? Ptrace.interrupt(tid) }
         var stopped: [Int32] = []
@@ -77,11 +79,17 @@ public enum Guardian {
             }
         }
         // A thread inside a fault trampoline slot: the registers the slot
-        // would leave (the scratch pages go below).
+        // would leave. A thread PageWatch left inside an injected call (it
+        // stopped itself at the gadget's end, or is still in it): its saved
+        // registers from the journal. (The scratch pages go below.)
         if let gadget {
+            let code = AddressRange(start: Page.floor(gadget), end: Page.floor(gadget) + Page.size)
             for tid in stopped {
-                if let regs = try? HostArchitecture.readRegisters(tid: tid) {
-                    _ = try? RemoteSyscall(gadget: gadget).trampoline.settle(tid: tid, registers: regs)
+                guard let regs = try? HostArchitecture.readRegisters(tid: tid) else { continue }
+                if (try? RemoteSyscall(gadget: gadget).trampoline.settle(tid: tid, registers: regs)) ?? nil != nil { continue }
+                if let injection, injection.tid == tid, code.contains(HostArchitecture.instructionPointer(regs)),
+                   let saved = HostArchitecture.registers(words: injection.saved) {
+                    try? HostArchitecture.writeRegisters(saved, tid: tid)
                 }
             }
         }
@@ -92,11 +100,8 @@ public enum Guardian {
         }
         if let gadget, let tid = stopped.first {
             let injector = RemoteSyscall(gadget: gadget)
-            for (range, protection) in regions {
-                if let o = try? injector.run(HostArchitecture.syscalls.mprotect,
-                                             [range.start.value, range.length, UInt64(protection.rawValue)], in: tid) {
-                    later[tid, default: []] += o.heldSignals
-                }
+            if let (_, o) = try? injector.mprotectBatch(regions.map { (range: $0.0, protection: $0.1) }, in: tid) {
+                later[tid, default: []] += o.heldSignals
             }
             if let held = try? injector.unmapScratch(in: tid) { later[tid, default: []] += held }
         }
@@ -151,13 +156,25 @@ extension Tracker {
 }
 
 extension ProcessTracker {
-    /// Tells the guardian what to restore should PageWatch die now: every
-    /// region with armed pages and the program's protection there, and the
-    /// gadget. Called whenever those change (sweeps, the program's memory
-    /// calls, images), for the attached process.
-    func publishForGuardian() {
+    /// Tells the guardian what to restore should PageWatch die now: the
+    /// regions and the program's protection there, and the gadget. Called
+    /// whenever the model's regions change (`refreshMaps`, before any
+    /// arming), before `armNow` and the program's rewritten `mprotect`, for
+    /// the attached process.
+    /// Where injections publish the registers they replace, for the
+    /// guardian (the attached process only).
+    var guardianJournal: GuardianState? {
+        guard let (state, _) = session.guardian, self === session.main else { return nil }
+        return state
+    }
+
+    /// Every tracked region, armed or not yet, and `extra` (a range about to
+    /// be armed that the model does not hold yet): published BEFORE anything
+    /// is armed there, so that PageWatch dying between an arming call and
+    /// the next publication leaves nothing read-only behind (giving a
+    /// region its own protection again is harmless where nothing is armed).
+    func publishForGuardian(extra: [(AddressRange, Protection)] = []) {
         guard let (state, _) = session.guardian, self === session.main else { return }
-        let armed = memory.regions.filter { $0.armed.setCount > 0 }.map { ($0.range, $0.protection) }
-        state.publish(gadget: injector?.gadget, regions: armed)
+        state.publish(gadget: injector?.gadget, regions: memory.regions.map { ($0.range, $0.protection) } + extra)
     }
 }

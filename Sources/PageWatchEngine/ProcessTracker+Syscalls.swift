@@ -130,6 +130,8 @@ extension ProcessTracker {
             return
         }
         let withoutWrite = UInt64(prot.armed.rawValue) | (args[2] & ~UInt64(7))
+        let target = AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + args[1]).pageAligned
+        publishForGuardian(extra: [(target, prot)])
         try Arch.writeRegisters(Arch.settingSyscallArgument(regs, 2, to: withoutWrite), tid: tid)
         threads[tid]?.entryRegisters = nil  // registers changed on purpose; nothing to rewind
         try resume(tid, exit: .memory(call, args, rewrittenProtection: args[2]))
@@ -410,6 +412,7 @@ extension ProcessTracker {
     /// "New mappings in the selection are armed at once": arm the dirty,
     /// unarmed tracked pages of `range`, keeping them dirty for the next sweep.
     func armNow(_ range: AddressRange, tid: Int32) throws {
+        publishForGuardian()
         for piece in memory.trackedPieces(in: range) {
             var rest = PageSet([piece.range])
             for p in memory.pinned.intersection(piece.range).ranges { rest.remove(p) }

@@ -107,6 +107,7 @@ final class ProcessTracker {
     func forkedCopy(pid child: Int32, thread tid: Int32) -> ProcessTracker {
         let copy = ProcessTracker(session: session, pid: child, parent: pid)
         copy.injector = injector  // the gadget page is copied with the rest
+        copy.injector?.journal = nil  // the guardian watches the attached process only
         copy.memory = memory
         for region in memory.regions { copy.memory.markDirty(region.range) }
         copy.stackAnchors = stackAnchors
@@ -536,6 +537,7 @@ final class ProcessTracker {
         frameCache = [:]
         let (gadget, held) = try RemoteSyscall.bootstrap(in: pid, completing: completing)
         injector = gadget
+        injector?.journal = guardianJournal
         threads[pid]?.held.append(contentsOf: held)
         if sweeps > 0 || totalFaults > 0 {
             let path = ProcFS.executable(of: pid) ?? (parent == nil ? config.command[0] : "")
@@ -680,7 +682,7 @@ final class ProcessTracker {
             changes += pieces.ranges.map { ProtectionChange(range: $0, protection: planned.protection) }
         }
         for (change, result) in zip(changes, try protectAll(changes, tid: tid)) {
-            if result >= 0 {
+            if result == 0 {
                 memory.markArmed(change.range)
             } else if result == -Int64(Errno.ENOMEM.rawValue) {
                 // vm.max_map_count (hazard 12), possibly applied in part: give
@@ -688,7 +690,9 @@ final class ProcessTracker {
                 // dirty and are reported again next sweep (never missed).
                 try unarmRegion(containing: change.range.start, tid: tid)
             } else {
-                throw TraceError.remoteSyscall("mprotect", Errno(Int32(-result)), tid: tid, address: change.range.start)
+                // (1: the batch never reached it.)
+                throw TraceError.remoteSyscall("mprotect", Errno(result < 0 ? Int32(-result) : EIO), tid: tid,
+                                               address: change.range.start)
             }
         }
         memory.clearPinnedDirty()
@@ -745,6 +749,7 @@ final class ProcessTracker {
         // PageWatch's own scratch pages (the trampoline's data page is writable) are never tracked.
         let programs = maps.filter { m in injector.map { !$0.scratch.contains(m.range.start) } ?? true }
         memory.reconcile(maps: programs, selection: config.selection, stackAnchors: stackAnchors)
+        publishForGuardian()
         if unwinder != nil || !frameCache.isEmpty, code(of: maps) != code(of: lastMaps) {
             // A module came or went: cached unwind tables and names may be stale.
             unwinder?.mappingsChanged(maps: maps)

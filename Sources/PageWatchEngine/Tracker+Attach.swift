@@ -183,6 +183,7 @@ extension ProcessTracker {
         if injector == nil {
             let (gadget, held) = try RemoteSyscall.bootstrap(in: tid)
             injector = gadget
+            injector?.journal = guardianJournal
             threads[tid]?.held.append(contentsOf: held)
             publishForGuardian()
         }

@@ -33,7 +33,7 @@ public struct FaultTrampoline: Sendable {
     /// The code page's bytes: the gadget, then every slot's code.
     public static func codePage(at code: RemoteAddress) -> [UInt8] {
         let t = FaultTrampoline(code: code)
-        var bytes = Arch.syscallGadget + Array(repeating: 0xcc, count: Int(Arch.trampolineSlotSize) - Arch.syscallGadget.count)
+        var bytes = Arch.scratchGadget + Array(repeating: 0xcc, count: Int(Arch.trampolineSlotSize) - Arch.scratchGadget.count)
         for slot in 0..<slotCount { bytes += Arch.trampolineCode(at: t.slotCode(slot), data: t.slotData(slot)) }
         bytes += Array(repeating: 0xcc, count: Int(Arch.batchCodeOffset) - bytes.count)
         bytes += Arch.batchCode

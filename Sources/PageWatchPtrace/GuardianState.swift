@@ -7,11 +7,16 @@ import PageWatchAddressSpace
 /// may have armed, with the program's own protection. Lives in a memfd
 /// shared by PageWatch (writer) and the guardian (reader), as a seqlock:
 /// words [magic, sequence, pid, gadget, count, (start, end, protection)...];
-/// the sequence is odd while PageWatch writes.
+/// the sequence is odd while PageWatch writes. The last 64 words are the
+/// injection journal: [tid, the thread's saved registers...] while a thread
+/// runs an injected call (tid 0 otherwise), so that the guardian can put
+/// back a thread PageWatch left inside one.
 public final class GuardianState: @unchecked Sendable {
     public static let size = 1 << 20
     static let magic: UInt64 = 0x3144_5241_5547_5750  // "PWGUARD1"
-    static let capacity = (size / 8 - 5) / 3
+    static let capacity = (size / 8 - 5 - journalWords) / 3
+    static let journalWords = 64
+    static let journalAt = size / 8 - journalWords
 
     public let fd: Int32
     private let words: UnsafeMutablePointer<UInt64>
@@ -48,6 +53,27 @@ public final class GuardianState: @unchecked Sendable {
         }
         words[4] = UInt64(count)
         pw_store_release(words + 1, (sequence | 1) + 1)
+    }
+
+    /// `tid` is about to run injected code; `saved` its registers (words).
+    /// The registers first, the tid last (release): a tid is never seen
+    /// with another thread's registers.
+    public func injectionStarted(tid: Int32, saved: [UInt64]) {
+        precondition(saved.count < Self.journalWords)
+        pw_store_release(words + Self.journalAt, 0)
+        for (i, w) in saved.enumerated() { words[Self.journalAt + 1 + i] = w }
+        pw_store_release(words + Self.journalAt, UInt64(UInt32(bitPattern: tid)))
+    }
+
+    public func injectionEnded() {
+        pw_store_release(words + Self.journalAt, 0)
+    }
+
+    /// The thread inside an injected call and its saved registers, if any.
+    public func injection(registerWords: Int) -> (tid: Int32, saved: [UInt64])? {
+        let tid = Int32(truncatingIfNeeded: pw_load_acquire(words + Self.journalAt))
+        guard tid > 0 else { return nil }
+        return (tid, (0..<registerWords).map { words[Self.journalAt + 1 + $0] })
     }
 
     /// A consistent snapshot, or nil if the memory is not a state.

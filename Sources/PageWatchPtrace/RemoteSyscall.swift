@@ -2,16 +2,32 @@ import Glibc
 internal import CPtrace
 import PageWatchAddressSpace
 
-/// A syscall run inside a stopped tracee thread through the `syscall; int3`
-/// gadget placed once in a scratch page (CRIU compel's approach). Every run
+/// A syscall run inside a stopped tracee thread through a gadget placed once
+/// in a scratch page (CRIU compel's approach): the call, then a stop
+/// (`X86_64.scratchGadget`; a borrowed copy at the thread's instruction
+/// pointer, before the scratch page exists, is `syscall; int3`). Every run
 /// saves all registers and restores them on every exit path, errors included.
 public struct RemoteSyscall: Sendable {
     public typealias Arch = HostArchitecture
 
     /// Where the gadget is in the tracee.
     public let gadget: RemoteAddress
+    /// A `syscall; int3` borrowed over program text (`bootstrap`, `unmapScratch`).
+    let borrowed: Bool
+    /// Where the saved registers of a thread inside an injection are
+    /// published for the guardian (attach mode), if anywhere.
+    public var journal: GuardianState?
 
-    public init(gadget: RemoteAddress) { self.gadget = gadget }
+    public init(gadget: RemoteAddress, journal: GuardianState? = nil) {
+        self.gadget = gadget
+        self.borrowed = false
+        self.journal = journal
+    }
+
+    init(borrowing ip: RemoteAddress) {
+        gadget = ip
+        borrowed = true
+    }
 
     /// What came back from one injection.
     public struct Outcome {
@@ -33,15 +49,16 @@ public struct RemoteSyscall: Sendable {
     /// the call, and the value it would have returned must be passed as
     /// `completing` so the restored registers carry it.
     public func run(_ number: Int64, _ arguments: [UInt64], in tid: Int32, completing: Int64? = nil) throws -> Outcome {
-        try execute(in: tid, completing: completing, trapAt: gadget + Arch.gadgetTrapOffset) { saved in
+        let stop = gadget + (borrowed ? Arch.gadgetTrapOffset : Arch.scratchGadgetStopOffset)
+        return try execute(in: tid, completing: completing, stopAt: stop) { saved in
             Arch.preparingSyscall(saved, number: number, arguments: arguments, gadget: gadget)
         }
     }
 
     /// Runs injected code in `tid` from the registers `prepare` makes of its
-    /// saved ones, until its breakpoint leaves the instruction pointer at
-    /// `trapAt`; restores the saved registers on every path.
-    func execute(in tid: Int32, completing: Int64?, trapAt: RemoteAddress,
+    /// saved ones, until it stops itself at `stop` (SIGSTOP; SIGTRAP for a
+    /// borrowed gadget); restores the saved registers on every path.
+    func execute(in tid: Int32, completing: Int64?, stopAt stop: RemoteAddress,
                  prepare: (Arch.Registers) -> Arch.Registers) throws -> Outcome {
         var saved = try Arch.readRegisters(tid: tid)
         if let completing { saved = Arch.settingSyscallResult(saved, completing) }
@@ -50,7 +67,9 @@ public struct RemoteSyscall: Sendable {
         defer {
             // Scoped restore: whatever happened, put the thread back as it was.
             if !restored { try? Arch.writeRegisters(saved, tid: tid) }
+            journal?.injectionEnded()
         }
+        journal?.injectionStarted(tid: tid, saved: Arch.words(of: saved))
         try Arch.writeRegisters(prepared, tid: tid)
         try Ptrace.cont(tid)
         var held: [HeldSignal] = []
@@ -64,13 +83,13 @@ public struct RemoteSyscall: Sendable {
             guard let event = try Wait.nextSpinning(tid) else { continue }
             switch event {
             case .signalDelivery(_, let sig):
-                if sig == Signal.SIGTRAP {
+                if sig == (borrowed ? Signal.SIGTRAP : Signal.SIGSTOP) {
                     let regs = try Arch.readRegisters(tid: tid)
-                    if Arch.instructionPointer(regs) == trapAt {
+                    if Arch.instructionPointer(regs) == stop {
                         try Arch.writeRegisters(saved, tid: tid)
                         restored = true
-                        return Outcome(value: Arch.syscallResult(regs), heldSignals: held,
-                                       consumedInterrupt: consumedInterrupt)
+                        let value = borrowed ? Arch.syscallResult(regs) : Arch.scratchGadgetResult(regs)
+                        return Outcome(value: value, heldSignals: held, consumedInterrupt: consumedInterrupt)
                     }
                 }
                 // A signal for the program arrived first: keep it for later.
@@ -141,7 +160,7 @@ public struct RemoteSyscall: Sendable {
             for c in chunk { words += [c.range.start.value, c.range.length, UInt64(c.protection.rawValue), 1] }
             try Self.writeWords(words, at: array, tid: tid)
             let code = scratch.start + Arch.batchCodeOffset
-            let o = try execute(in: tid, completing: completing, trapAt: code + Arch.batchTrapOffset) { saved in
+            let o = try execute(in: tid, completing: completing, stopAt: code + Arch.batchTrapOffset) { saved in
                 Arch.preparingBatch(saved, array: array, count: chunk.count, code: code)
             }
             outcome.heldSignals += o.heldSignals
@@ -207,7 +226,7 @@ public struct RemoteSyscall: Sendable {
         var held: [HeldSignal] = []  // the caller delivers them when it resumes the thread
         do {
             defer { try? Ptrace.poke(tid, ip, original) }
-            let borrowed = RemoteSyscall(gadget: ip)
+            let borrowed = RemoteSyscall(borrowing: ip)
             let rw = UInt64(Protection.read.union(.write).rawValue)
             let mapPrivateAnonymous: UInt64 = 0x02 | 0x20, fixedNoReplace: UInt64 = 0x100000
             let hinted = try borrowed.run(Arch.syscalls.mmap, [Arch.scratchAddressHint, scratchSize, rw,
@@ -245,7 +264,7 @@ public struct RemoteSyscall: Sendable {
         let original = try Ptrace.peek(tid, ip)
         try Ptrace.pokeBytes(tid, ip, Arch.syscallGadget)
         defer { try? Ptrace.poke(tid, ip, original) }
-        return try RemoteSyscall(gadget: ip).call("munmap", Arch.syscalls.munmap, [scratch.start.value, scratch.length],
+        return try RemoteSyscall(borrowing: ip).call("munmap", Arch.syscalls.munmap, [scratch.start.value, scratch.length],
                                                   in: tid, address: gadget).held
     }
 }

@@ -318,3 +318,4 @@ final class Background {
         return r.flatMap { Int($0.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
 }
+

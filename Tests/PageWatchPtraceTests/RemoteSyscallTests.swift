@@ -225,6 +225,45 @@ import PageWatchAddressSpace
         #expect(try waitForExit(pid) == 3)
     }
 
+    /// Hazard 20: a thread PageWatch leaves inside an injected call (it
+    /// died) runs the call untraced and then stops the process with
+    /// SIGSTOP, where a `syscall; int3` gadget would kill it with SIGTRAP;
+    /// a new tracer (the guardian) puts the saved registers back (its
+    /// journal), and the program runs on as if nothing had happened.
+    @Test func aThreadLeftInsideAnInjectionStopsAndIsPutBack() throws {
+        let (pid, injector, output) = try launch("fx_sleeper")
+        let saved = try Arch.readRegisters(tid: pid)
+        let prepared = Arch.preparingSyscall(saved, number: Arch.syscalls.getpid, arguments: [], gadget: injector.gadget)
+        try Arch.writeRegisters(prepared, tid: pid)
+        try Ptrace.detach(pid)  // as when the tracer dies
+        var state = ""
+        for _ in 0..<2000 where state != "T" {
+            usleep(1000)
+            let stat = (try? ProcFS.read("/proc/\(pid)/stat", pid: pid)) ?? ""
+            state = stat.split(separator: ")").last.map { String($0.dropFirst().prefix(1)) } ?? ""
+        }
+        #expect(state == "T")  // stopped, not dead
+        try Ptrace.seize(pid, options: [])
+        var stopped = false
+        while !stopped {
+            guard let e = try Wait.next(pid) else { continue }
+            switch e {
+            case .groupStop: stopped = true
+            case .exited, .killed: Issue.record("the program ended: \(e)"); return
+            default: try Ptrace.cont(pid)
+            }
+        }
+        #expect(injector.gadget.value <= Arch.instructionPointer(try Arch.readRegisters(tid: pid)).value)
+        try Arch.writeRegisters(saved, tid: pid)
+        try Ptrace.detach(pid)
+        kill(pid, SIGCONT)
+        var status: Int32 = 0
+        #expect(waitpid(pid, &status, 0) == pid)
+        #expect(status & 0x7f == 0 && (status >> 8) & 0xff == 0)  // exited 0
+        #expect(readAll(output) == "ready\nslept full\n")
+        close(output)
+    }
+
     @Test func decodesWaitStatuses() {
         #expect(StopEvent.decode(tid: 7, status: 3 << 8) == .exited(tid: 7, status: 3))
         #expect(StopEvent.decode(tid: 7, status: 11 | 0x80) == .killed(tid: 7, signal: 11, coreDumped: true))

@@ -31,6 +31,15 @@ public protocol Architecture {
     /// by a breakpoint. `trapOffset` is the instruction pointer after the breakpoint.
     static var syscallGadget: [UInt8] { get }
     static var gadgetTrapOffset: UInt64 { get }
+    /// The scratch page's gadget, which stops its thread with SIGSTOP (not a
+    /// breakpoint, fatal once untraced); where it stops; its call's result there.
+    static var scratchGadget: [UInt8] { get }
+    static var scratchGadgetStopOffset: UInt64 { get }
+    static func scratchGadgetResult(_ regs: Registers) -> Int64
+    /// All registers as words (the guardian's journal), and back.
+    static func words(of regs: Registers) -> [UInt64]
+    static func registers(words: [UInt64]) -> Registers?
+    static var registerWordCount: Int { get }
 
     /// The one-stop fault path (`FaultTrampoline`): where the scratch pages
     /// are asked for, each slot's code size, and the code itself.

@@ -54,6 +54,41 @@ public enum X86_64: Architecture {
     public static let syscallGadget: [UInt8] = [0x4c, 0x89, 0xd8, 0x0f, 0x05, 0xcc]
     public static let gadgetTrapOffset: UInt64 = 6
 
+    /// The scratch page's gadget: the call, its result kept in r14, then the
+    /// thread stops itself with SIGSTOP (`tkill(gettid(), SIGSTOP)`) instead
+    /// of an `int3`: traced, that is a signal-delivery stop PageWatch
+    /// suppresses, like the breakpoint's; should PageWatch die meanwhile, it
+    /// stops the process instead of killing it with SIGTRAP, and the
+    /// guardian puts the registers back (hazard 20).
+    ///   mov rax, r11 ; syscall ; mov r14, rax ; mov eax, 186 (gettid) ; syscall
+    ///   mov rdi, rax ; mov esi, 19 (SIGSTOP) ; mov eax, 200 (tkill) ; syscall
+    public static let scratchGadget: [UInt8] = [0x4c, 0x89, 0xd8, 0x0f, 0x05, 0x49, 0x89, 0xc6] + selfStop
+    static let selfStop: [UInt8] = [
+        0xb8, 0xba, 0x00, 0x00, 0x00,  // mov eax, 186 (gettid)
+        0x0f, 0x05,                    // syscall
+        0x48, 0x89, 0xc7,              // mov rdi, rax
+        0xbe, 0x13, 0x00, 0x00, 0x00,  // mov esi, 19 (SIGSTOP)
+        0xb8, 0xc8, 0x00, 0x00, 0x00,  // mov eax, 200 (tkill)
+        0x0f, 0x05,                    // syscall
+    ]
+    public static let scratchGadgetStopOffset = UInt64(scratchGadget.count)
+    /// The injected call's result at the scratch gadget's stop.
+    public static func scratchGadgetResult(_ regs: Registers) -> Int64 { Int64(bitPattern: regs.raw.r14) }
+
+    /// The registers as words, for the guardian's journal, and back.
+    public static func words(of regs: Registers) -> [UInt64] {
+        withUnsafeBytes(of: regs.raw) { Array($0.bindMemory(to: UInt64.self)) }
+    }
+
+    public static func registers(words: [UInt64]) -> Registers? {
+        guard words.count * 8 == MemoryLayout<user_regs_struct>.size else { return nil }
+        var r = user_regs_struct()
+        withUnsafeMutableBytes(of: &r) { raw in words.withUnsafeBytes { raw.copyMemory(from: $0) } }
+        return Registers(raw: r)
+    }
+
+    public static var registerWordCount: Int { MemoryLayout<user_regs_struct>.size / 8 }
+
     // MARK: The fault trampoline (issue 6)
 
     /// Where PageWatch asks for its scratch pages (gadget and trampoline
@@ -128,7 +163,7 @@ public enum X86_64: Architecture {
     ///   loop: test r12, r12 ; jz done ; mov rdi, [rbx] ; mov rsi, [rbx+8]
     ///         mov rdx, [rbx+16] ; mov eax, 10 (mprotect) ; syscall
     ///         mov [rbx+24], rax ; add rbx, 32 ; dec r12 ; jmp loop
-    ///   done: int3
+    ///   done: tkill(gettid(), SIGSTOP), as the scratch gadget
     public static let batchCode: [UInt8] = [
         0x4d, 0x85, 0xe4,              // test r12, r12
         0x74, 0x1f,                    // jz done (+31)
@@ -141,10 +176,9 @@ public enum X86_64: Architecture {
         0x48, 0x83, 0xc3, 0x20,        // add rbx, 32
         0x49, 0xff, 0xcc,              // dec r12
         0xeb, 0xdc,                    // jmp loop (-36)
-        0xcc,                          // done: int3
-    ]
+    ] + selfStop                       // done: stop, as the scratch gadget does
     public static let batchCodeOffset: UInt64 = 4096 - 64
-    /// The instruction pointer after the loop's `int3`, from its start.
+    /// The instruction pointer at the loop's stop, from its start.
     public static let batchTrapOffset = UInt64(batchCode.count)
 
     public static func preparingBatch(_ regs: Registers, array: RemoteAddress, count: Int, code: RemoteAddress) -> Registers {
