@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <string.h>
 #include <unistd.h>
 #include <linux/filter.h>
@@ -161,6 +162,18 @@ int pw_ptrace_syscall_info_op(pid_t tid) {
     memset(info, 0, sizeof info);
     if (ptrace((enum __ptrace_request)0x420e, tid, (void *)sizeof info, info) < 0) return -errno;
     return info[0];
+}
+
+/* `pagewatch attach`'s tracer child: fork; in the child, SIGHUP when the
+ * parent dies (PR_SET_PDEATHSIG), sent at once if it died before. Returns
+ * the child's pid in the parent, 0 in the child, -errno. */
+pid_t pw_fork_tracer(void) {
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid != 0) return pid < 0 ? -errno : pid;
+    prctl(PR_SET_PDEATHSIG, SIGHUP);
+    if (getppid() != parent) kill(getpid(), SIGHUP);
+    return 0;
 }
 
 pid_t pw_spawn_guardian(const char *path, char *const argv[], int state_fd, int watch_fd) {

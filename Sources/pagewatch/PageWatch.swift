@@ -153,8 +153,10 @@ struct Attach: ParsableCommand {
         attached.
 
         Ctrl-C, SIGTERM or SIGHUP, --duration or --sweeps: a final sweep (reason detach), every \
-        page's protection restored to the program's own, PageWatch's scratch page removed, \
-        every thread detached with its pending signals. The program runs on.
+        page's protection restored to the program's own, PageWatch's scratch pages removed, \
+        every thread detached with its pending signals. The program runs on. The tracing runs \
+        in a child process: killing this one (even with SIGKILL) makes it detach the same way; \
+        should the tracer itself die, a guardian process gives the program its protections back.
 
         Exit status: 0 after a detach; the program's shell status if it ended while attached \
         (128+N when signal N killed it); 1 when the process cannot be attached to or tracing \
@@ -180,23 +182,51 @@ struct Attach: ParsableCommand {
         if let n = sweeps, n < 1 { throw ValidationError("invalid --sweeps \(n) (expected 1 or more)") }
     }
 
+    /// The tracing runs in a child process (`TracerProcess`): SIGKILL to
+    /// this one makes the child detach cleanly (hazard 20).
     func run() throws {
+        let end: TracerProcess.End
+        do {
+            end = try TracerProcess.run { trace() }
+        } catch let error as TraceError {
+            fail(error.description, hint: error.hint, status: 1)
+        }
+        switch end {
+        case .exited(0): return
+        case .exited(let status): throw ExitCode(status)
+        case .killed(let sig):
+            writeAll(STDERR_FILENO, "pagewatch: its tracer process was killed by \(Signal.name(sig)); the guardian gives pid \(pid) back\n")
+            throw ExitCode(128 + sig)
+        }
+    }
+
+    /// The tracer child's work; its exit status.
+    func trace() -> Int32 {
         let cmdline = (try? String(contentsOfProcFile: "/proc/\(pid)/cmdline")) ?? ""
-        var configuration = try tracking.configuration(command: cmdline.split(separator: "\0").map(String.init))
-        configuration.durationNs = duration.flatMap(IntervalParser.parse)
-        configuration.maxSweeps = sweeps
-        let sink = tracking.openSink()
-        let tracker = Tracker(configuration: configuration) { sink.write($0) }
+        let sink: LogSink
+        let tracker: Tracker
+        do {
+            var configuration = try tracking.configuration(command: cmdline.split(separator: "\0").map(String.init))
+            configuration.durationNs = duration.flatMap(IntervalParser.parse)
+            configuration.maxSweeps = sweeps
+            sink = tracking.openSink()
+            tracker = Tracker(configuration: configuration) { sink.write($0) }
+        } catch {
+            fail("\(error)", status: 2)
+        }
         do {
             let end = try tracker.attach(pid: pid)
             sink.finish()
             if case .programEnded(let how) = end {
                 writeAll(STDERR_FILENO, "pagewatch: pid \(pid) ended while attached (status \(how.shellStatus))\n")
-                throw ExitCode(how.shellStatus)
+                return how.shellStatus
             }
+            return 0
         } catch let error as TraceError {
             if tracker.started { sink.finish() }
             fail(error.description, hint: error.hint, status: 1)
+        } catch {
+            fail("\(error)", status: 1)
         }
     }
 }

@@ -190,30 +190,89 @@ final class Background {
         #expect(fixture.stdout.hasSuffix("ok\n"))
     }
 
-    /// Hazard 20: PageWatch killed mid-run; the guardian puts the program
-    /// back and it finishes as without the tool.
-    @Test func killingPageWatchLeavesTheProgramRunning() throws {
+    /// Hazard 20: the tracer (the child of the `pagewatch attach` process)
+    /// killed mid-run; the guardian puts the program back and it finishes as
+    /// without the tool.
+    @Test func killingTheTracerLeavesTheProgramToTheGuardian() throws {
         let untracked = try Harness.run([Harness.fixture("fx_busy"), "2500"])
         let fixture = try Background([Harness.fixture("fx_busy"), "2500"])
         #expect(fixture.waitFor("ready\n"))
         let log = Harness.temporaryPath("killed.jsonl")
         // No interval sweeps: after the attach sweep armed everything, a
         // fault happens only when the program first writes a page, so the
-        // kill is unlikely to land inside an injected call (a known limit,
-        // docs/design.md), and most of the region is still armed: the
-        // program writes it after the kill.
+        // program rarely writes an armed page between the tracer's death and
+        // the guardian's SIGSTOP (the race docs/design.md describes), and
+        // most of the region is still armed: the program writes it after.
         let pagewatch = try Background([Harness.pagewatch, "attach", "--interval", "0", "--output", log, String(fixture.pid)])
         let deadline = Date().addingTimeInterval(30)
         while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"reason\":\"attach\"") {
             usleep(2000)
         }
         usleep(300_000)
-        kill(pagewatch.pid, SIGKILL)
-        #expect(pagewatch.finish() == 128 + SIGKILL)
+        let tracers = Self.children(of: pagewatch.pid)
+        #expect(tracers.count == 1)
+        for t in tracers { kill(t, SIGKILL) }
+        #expect(pagewatch.finish() == 128 + SIGKILL)  // it reports how its tracer ended
+        #expect(pagewatch.stderr.contains("pagewatch: its tracer process was killed by SIGKILL"))
         #expect(fixture.finish() == 0, "the guardian said: \(pagewatch.stderr)")
         #expect(fixture.stdout == untracked.stdout)
-        // Released: nobody traces it any more, and no guardian is left behind.
-        #expect(!FileManager.default.fileExists(atPath: "/proc/\(fixture.pid)/status"))
+        #expect(pagewatch.stderr.contains("pagewatch guardian: PageWatch died; pid \(fixture.pid) restored and released"))
+    }
+
+    /// Hazard 20, the process the user started SIGKILLed, many times, while
+    /// PageWatch sweeps every millisecond (the program writes armed pages
+    /// all the time, and PageWatch is often inside an injected call): its
+    /// tracer child is told (PR_SET_PDEATHSIG) and detaches cleanly every
+    /// time; the address space is as found, the program finishes as untracked.
+    @Test func killingPageWatchMidSweepLeavesTheProgramRunning() throws {
+        let untracked = try Background([Harness.fixture("fx_busy"), "stdin"])
+        #expect(untracked.waitFor("ready\n"))
+        untracked.send("stop")
+        #expect(untracked.finish() == 0)
+        let fixture = try Background([Harness.fixture("fx_busy"), "stdin"])
+        #expect(fixture.waitFor("ready\n"))
+        let mapsBefore = try String(contentsOfFile: "/proc/\(fixture.pid)/maps", encoding: .utf8)
+        for i in 0..<15 {
+            let log = Harness.temporaryPath("midsweep-\(i).jsonl")
+            let pagewatch = try Background([Harness.pagewatch, "attach", "--interval", "1ms", "--output", log, String(fixture.pid)])
+            let deadline = Date().addingTimeInterval(30)
+            while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"seq\":3,") {
+                usleep(1000)
+            }
+            usleep(UInt32(1000 * (7 * i % 23)))
+            kill(pagewatch.pid, SIGKILL)
+            #expect(pagewatch.finish() == 128 + SIGKILL)
+            var detached = false
+            for _ in 0..<5000 where !detached {
+                detached = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"type\":\"detach\"")
+                if !detached { usleep(1000) }
+            }
+            #expect(detached, "cycle \(i): no detach record")
+            while Self.tracer(of: fixture.pid) != 0 { usleep(1000) }
+            guard kill(fixture.pid, 0) == 0 else { Issue.record("cycle \(i): the program died"); break }
+            let maps = try String(contentsOfFile: "/proc/\(fixture.pid)/maps", encoding: .utf8)
+            if maps != mapsBefore { Issue.record("cycle \(i): maps changed:\n\(maps)"); break }
+        }
+        fixture.send("stop")
+        #expect(fixture.finish() == 0)
+        #expect(fixture.stdout == untracked.stdout)
+    }
+
+    /// The processes whose parent is `pid` (/proc/PID/stat's fourth field).
+    static func children(of pid: Int32) -> [Int32] {
+        let all = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return all.compactMap(Int32.init).filter { p in
+            guard let stat = try? String(contentsOfFile: "/proc/\(p)/stat", encoding: .utf8),
+                  let close = stat.lastIndex(of: ")") else { return false }
+            let fields = stat[stat.index(after: close)...].split(separator: " ")
+            return fields.count > 2 && Int32(fields[1]) == pid
+        }
+    }
+
+    static func tracer(of pid: Int32) -> Int32 {
+        guard let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return 0 }
+        let line = status.split(separator: "\n").first { $0.hasPrefix("TracerPid:") }
+        return line.flatMap { Int32($0.dropFirst("TracerPid:".count).trimmingCharacters(in: .whitespaces)) } ?? 0
     }
 
     /// Ctrl-C, SIGTERM, SIGHUP: a clean detach, exit status 0.

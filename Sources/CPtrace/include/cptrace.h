@@ -111,6 +111,7 @@ pid_t pw_spawn_stopped(const char *path, char *const argv[], int stdin_fd, int s
 // Starts a watchdog (`pagewatch guardian`): fork, setsid (so the terminal's
 // Ctrl-C and hang-up do not reach it), `state_fd` and `watch_fd` moved to 3
 // and 4 (all other descriptors but 0-2 closed), execv. Returns its pid or -errno.
+pid_t pw_fork_tracer(void);
 pid_t pw_spawn_guardian(const char *path, char *const argv[], int state_fd, int watch_fd);
 
 // A POSIX timer on CLOCK_MONOTONIC that sends `signal` to the calling thread
