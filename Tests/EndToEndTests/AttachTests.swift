@@ -160,20 +160,27 @@ final class Background {
         _ = text.withCString { write(s, $0, strlen($0)) }
     }
 
-    @Test func attachedAndDetachedFiftyTimesTheProgramFinishesTheSame() throws {
-        // fx_busy runs until told to stop, however long 50 cycles take here.
+    /// fx_busy in its run-until-told mode: what an untracked run prints, and
+    /// a running one (with its maps) for the test to attach to, however long
+    /// its cycles take here.
+    func busyUntilStopped() throws -> (untrackedOutput: String, fixture: Background, maps: String) {
         let untracked = try Background([Harness.fixture("fx_busy"), "stdin"])
         #expect(untracked.waitFor("ready\n"))
         untracked.send("stop")
         #expect(untracked.finish() == 0)
         let fixture = try Background([Harness.fixture("fx_busy"), "stdin"])
         #expect(fixture.waitFor("ready\n"))
+        let maps = try String(contentsOfFile: "/proc/\(fixture.pid)/maps", encoding: .utf8)
+        return (untracked.stdout, fixture, maps)
+    }
+
+    @Test func attachedAndDetachedFiftyTimesTheProgramFinishesTheSame() throws {
+        let (untrackedOutput, fixture, mapsBefore) = try busyUntilStopped()
         // Under load this once killed the program: a write fault pending at
         // the thread's parking stop was held during the detach's injections
         // and sent again after the detach (fixed by absorbing such faults).
         // Each detach leaves the address space as it found it: every
         // protection back, the scratch pages (gadget, trampoline) gone.
-        let mapsBefore = try String(contentsOfFile: "/proc/\(fixture.pid)/maps", encoding: .utf8)
         var statuses: [Int32] = []
         for i in 0..<50 {
             let r = try attach(fixture.pid, ["--interval", "5ms", "--duration", "15ms"],
@@ -186,7 +193,7 @@ final class Background {
         #expect(statuses == Array(repeating: 0, count: 50))
         fixture.send("stop")
         #expect(fixture.finish() == 0)
-        #expect(fixture.stdout == untracked.stdout)
+        #expect(fixture.stdout == untrackedOutput)
         #expect(fixture.stdout.hasSuffix("ok\n"))
     }
 
@@ -225,13 +232,7 @@ final class Background {
     /// tracer child is told (PR_SET_PDEATHSIG) and detaches cleanly every
     /// time; the address space is as found, the program finishes as untracked.
     @Test func killingPageWatchMidSweepLeavesTheProgramRunning() throws {
-        let untracked = try Background([Harness.fixture("fx_busy"), "stdin"])
-        #expect(untracked.waitFor("ready\n"))
-        untracked.send("stop")
-        #expect(untracked.finish() == 0)
-        let fixture = try Background([Harness.fixture("fx_busy"), "stdin"])
-        #expect(fixture.waitFor("ready\n"))
-        let mapsBefore = try String(contentsOfFile: "/proc/\(fixture.pid)/maps", encoding: .utf8)
+        let (untrackedOutput, fixture, mapsBefore) = try busyUntilStopped()
         for i in 0..<15 {
             let log = Harness.temporaryPath("midsweep-\(i).jsonl")
             let pagewatch = try Background([Harness.pagewatch, "attach", "--interval", "1ms", "--output", log, String(fixture.pid)])
@@ -255,7 +256,7 @@ final class Background {
         }
         fixture.send("stop")
         #expect(fixture.finish() == 0)
-        #expect(fixture.stdout == untracked.stdout)
+        #expect(fixture.stdout == untrackedOutput)
     }
 
     /// The processes whose parent is `pid` (/proc/PID/stat's fourth field).
