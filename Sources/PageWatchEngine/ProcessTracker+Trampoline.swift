@@ -70,9 +70,10 @@ extension ProcessTracker {
         }
         let result = try trampoline.result(slot, tid: tid)
         if result != 0, case .writable = memory.state(of: page) {
-            trace("  slot \(slot) mprotect of \(page) gave \(result): armed again, slow path next")
+            trace("  slot \(slot) mprotect of \(page) gave \(result): armed again")
             memory.markArmedKeepingDirty(AddressRange(start: page, end: page + Page.size))
-            threads[tid]?.slowPathPage = page
+            // A failure (1: the call never ran, it may just run next time).
+            if result < 0 { threads[tid]?.slowPathPage = page }
         }
         return false
     }
