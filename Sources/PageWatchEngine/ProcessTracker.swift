@@ -423,6 +423,16 @@ final class ProcessTracker {
         return results
     }
 
+    /// Every region with armed pages gets the program's protection back
+    /// (detach, untracked), in one injection.
+    func giveBackProtections(tid: Int32) throws {
+        let changes = armedRegions()
+        for (change, result) in zip(changes, try protectAll(changes, tid: tid)) where result != 0 {
+            throw TraceError.remoteSyscall("mprotect", Errno(result < 0 ? Int32(-result) : EIO), tid: tid,
+                                           address: change.range.start)
+        }
+    }
+
     /// PAGEWATCH_SWEEP=one-by-one: one injection per re-armed range (for the benchmark's comparison).
     static let batchedSweeps = getenv("PAGEWATCH_SWEEP").map { String(cString: $0) != "one-by-one" } ?? true
 
@@ -777,9 +787,7 @@ final class ProcessTracker {
     func stopTracking(because reason: String, tid: Int32) throws {
         try settleAllTrampolines()
         try? refreshMaps()
-        for region in memory.regions where region.armed.setCount > 0 {
-            try protect(region.range, region.protection, tid: tid)
-        }
+        try giveBackProtections(tid: tid)
         try absorbHeldFaults(tid)
         let dirty = memory.dirtyPages()
         pendingSweep = nil

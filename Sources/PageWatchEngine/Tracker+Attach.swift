@@ -144,9 +144,7 @@ extension ProcessTracker {
         }
         if let (tid, kind, _) = candidates.first {
             let entry = kind == .entry ? try Arch.readRegisters(tid: tid) : nil
-            for region in memory.regions where region.armed.setCount > 0 {
-                try protect(region.range, region.protection, tid: tid)
-            }
+            try giveBackProtections(tid: tid)
             // A write fault pending when the thread was parked arrives during
             // those calls: PageWatch's, its page reported; the write itself
             // runs again after the detach, on a page that is writable now.
