@@ -290,6 +290,10 @@ def sweep_rounds(a, dirty):
     return 3 if dirty <= 65536 else 1
 
 
+def sweep_runs(a, dirty):
+    return a.sweep_runs if dirty <= 65536 else a.sweep_runs_large
+
+
 def run_sweeps(a, results):
     region = a.sweep_region_pages
     track = f"0x{SWEEP_BASE:x}-0x{SWEEP_BASE + region * PAGE:x}"
@@ -297,8 +301,10 @@ def run_sweeps(a, results):
     cases = [(n, pattern) for n in a.sweep_sizes for pattern in ("contiguous", "scattered")]
     data = {c: {"pw": [], "inproc": [], "pw_vmas": [], "in_vmas": [], "fallbacks": [], "pw_fault": [],
                 "in_fault": [], "extra": [], "rss": []} for c in cases}
-    for _ in range(a.sweep_runs):
+    for run in range(max(a.sweep_runs, a.sweep_runs_large)):
         for n, pattern in cases:
+            if run >= sweep_runs(a, n):
+                continue
             d = data[(n, pattern)]
             rounds = sweep_rounds(a, n)
             args = [pattern, str(n), str(rounds), str(region)]
@@ -327,7 +333,7 @@ def run_sweeps(a, results):
     os.rmdir(logs)
 
     print(f"Sweeps: region of {region} pages ({region * PAGE / 2**30:g} GiB, MAP_NORESERVE), "
-          f"{a.sweep_runs} run(s) x {', '.join(f'{sweep_rounds(a, n)} round(s) at {n}' for n in a.sweep_sizes)}; "
+          f"{', '.join(f'{sweep_runs(a, n)} run(s) x {sweep_rounds(a, n)} round(s) at {n}' for n in a.sweep_sizes)}; "
           f"median (min..max) over every round, milliseconds to re-arm the dirty pages")
     print(f"pagewatch: --stack-depth {a.sweep_depth}, a timed raise(SIGUSR2) (stop, /proc/PID/maps, re-arming, "
           f"the sweep's log record); in-process: one mprotect per contiguous run of dirty pages")
@@ -469,7 +475,8 @@ def main():
                     help="faults: limit of (cost per fault at the default depth) / (at depth 0), the exit status")
     ap.add_argument("--sweep-sizes", default="1024,65536",
                     help="sweeps: dirty pages, comma separated (1048576 adds about 3 minutes and 4 GiB resident)")
-    ap.add_argument("--sweep-runs", type=int, default=2, help="sweeps: runs of each case")
+    ap.add_argument("--sweep-runs", type=int, default=2, help="sweeps: runs of each case up to 65536 dirty pages")
+    ap.add_argument("--sweep-runs-large", type=int, default=1, help="sweeps: runs of each case above 65536 dirty pages")
     ap.add_argument("--sweep-rounds", type=int, default=None,
                     help="sweeps: rounds (sweeps) a run; default 3, 1 above 65536 dirty pages")
     ap.add_argument("--sweep-region-pages", type=int, default=2 * 1024 * 1024, help="sweeps: the region's size")
