@@ -306,6 +306,7 @@ def run_sweeps(a, results):
             if run >= sweep_runs(a, n):
                 continue
             d = data[(n, pattern)]
+            t0 = time.monotonic()
             rounds = sweep_rounds(a, n)
             args = [pattern, str(n), str(rounds), str(region)]
             r = Run([f"{a.bin}/fx_sweep", "inproc"] + args)
@@ -330,6 +331,8 @@ def run_sweeps(a, results):
                 fail(f"fx_sweep {' '.join(args)}: sweeps reported {[s['dirty_pages'] for s in sweeps]} pages")
             d["extra"] += [s["faults"] - n for s in sweeps]
             os.remove(log)
+            if n > 65536:
+                results["large_sweeps_s"] = results.get("large_sweeps_s", 0) + time.monotonic() - t0
     os.rmdir(logs)
 
     print(f"Sweeps: region of {region} pages ({region * PAGE / 2**30:g} GiB, MAP_NORESERVE), "
@@ -432,6 +435,7 @@ def run_rss(a, results):
     os.rmdir(logs)
     m, lo, hi = stats(peaks)
     results["rss"] = m
+    results["rss_region"] = f"{region * PAGE / 2**30:g} GiB region, {a.rss_dirty} pages written"
     print(f"Tracker peak RSS: pagewatch run --track {track} ({region * PAGE / 2**30:g} GiB, {region} pages, "
           f"default depth) -- fx_sweep writing {a.rss_dirty} contiguous pages ({a.rss_dirty * PAGE / 2**30:g} GiB "
           f"resident in the program) in {a.rss_rounds} round(s); {len(peaks)} run(s) of {statistics.median(walls):.0f} s; "
@@ -458,7 +462,8 @@ def print_targets(a, results):
     sw = results.get("sweeps", {}).get((SWEEP_TARGET_PAGES, "scattered"))
     line(f"re-arming {SWEEP_TARGET_PAGES} scattered pages / in-process mprotect loop",
          sw[0] / sw[1] if sw else None, SWEEP_TARGET)
-    line("tracker peak RSS, 16 GiB region", results.get("rss"), RSS_TARGET_MIB, unit=" MiB")
+    line(f"tracker peak RSS, {results.get('rss_region', '16 GiB region')}", results.get("rss"), RSS_TARGET_MIB,
+         unit=" MiB")
 
 
 def main():
@@ -501,21 +506,24 @@ def main():
     exit_status = 0
     blocks = []
     if "faults" in a.sections or "floor" in a.sections:
-        blocks.append(lambda: run_faults_and_floor(a, results))
-    if "sweeps" in a.sections:
-        blocks.append(lambda: run_sweeps(a, results))
-    if "python" in a.sections:
-        blocks.append(lambda: run_python(a, results))
-    if "rss" in a.sections:
-        blocks.append(lambda: run_rss(a, results))
-    for block in blocks:
+        blocks.append(("faults+floor" if "faults" in a.sections and "floor" in a.sections
+                       else "faults" if "faults" in a.sections else "floor", run_faults_and_floor))
+    for name, block in (("sweeps", run_sweeps), ("python", run_python), ("rss", run_rss)):
+        if name in a.sections:
+            blocks.append((name, block))
+    took = []
+    for name, block in blocks:
         print()
         sys.stdout.flush()
-        exit_status = block() or exit_status
+        t0 = time.monotonic()
+        exit_status = block(a, results) or exit_status
+        took.append(f"{name} {time.monotonic() - t0:.0f} s")
         sys.stdout.flush()
     print()
     print_targets(a, results)
-    print(f"\n{time.monotonic() - started:.0f} s; at the end: {machine()}")
+    large = results.get("large_sweeps_s")
+    print(f"\n{time.monotonic() - started:.0f} s ({', '.join(took)}"
+          f"{f'; sweeps above 65536 pages {large:.0f} s' if large else ''}); at the end: {machine()}")
     sys.exit(exit_status)
 
 
