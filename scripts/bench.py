@@ -1,118 +1,530 @@
 #!/usr/bin/env python3
-"""PageWatch fault-path benchmark.
+"""PageWatch benchmark (issue 6): fault path, ptrace floor, sweeps, a real program, peak RSS.
 
-Runs the same writer (one byte into every page of a region, several rounds,
-PageWatch re-arming the whole region between rounds) several ways in one run:
-untracked, tracked by an in-process mprotect + SIGSEGV handler in C (the
-Boehm-GC-style baseline), and tracked by `pagewatch run` at each
-`--stack-depth` asked for (each fault records that many frames of the
-writer's stack; 0 turns attribution off). The writer's loop runs below
-`--frames` extra stack frames, so that every depth has frames to unwind.
-The fixtures time their own write loops, so process start-up and sweeps are
-not counted. Prints medians with min and max over repeated runs, side by
-side, and checks that the default depth costs less than `--max-ratio` times
-depth 0 per tracked fault (exit status 1 otherwise).
+Sections (--sections, comma separated; all by default):
+
+faults  The same writer (one byte into every page of a region, several
+        rounds, PageWatch re-arming the whole region between rounds) run
+        several ways: untracked, tracked by an in-process mprotect + SIGSEGV
+        handler in C (the Boehm-GC-style baseline), and tracked by `pagewatch
+        run` at each `--stack-depth` asked for (each fault records that many
+        frames of the writer's stack; 0 turns attribution off), plus depth 0
+        on the old two-stop fault path (PAGEWATCH_FAULT_PATH=two-stop). The
+        writer's loop runs below `--frames` extra stack frames, so that every
+        depth has frames to unwind. The fixtures time their own write loops,
+        so process start-up and sweeps are not counted.
+floor   A bare ptrace stop round trip, no PageWatch (fx_ptrace_floor): a
+        traced child's `int3`, the tracer's waitpid and PTRACE_CONT; also
+        with a blocking waitpid, and a real write fault on a read-only page
+        (SIGSEGV stop, GETSIGINFO, GETREGS, SETREGS stepping over the store,
+        CONT). Run interleaved with the faults section, same pages and rounds.
+sweeps  Sweep time against the number of dirty pages, contiguous and
+        scattered (every other page), in a fixed region (fx_sweep):
+        PageWatch's sweep as the program sees it (a timed raise(SIGUSR2))
+        beside an in-process loop re-arming the same pages with one mprotect
+        per contiguous run.
+python  Wall time of python3 running a fixed workload
+        (scripts/bench_workload.py) untracked and under `pagewatch run
+        --interval 100ms`, at --stack-depth 0 and at the default depth.
+rss     PageWatch's peak RSS (VmHWM of its /proc/PID/status, polled) while
+        it tracks a 16 GiB region (fx_sweep, MAP_NORESERVE) in which 1 Mi
+        pages are written.
+
+Prints medians with min and max over repeated runs, side by side, then the
+issue 6 targets with their measured ratios (met or NOT met: informative, not
+the exit status). Exits 1 when the default depth costs `--max-ratio` times
+depth 0 per tracked fault or more (faults section).
 """
 import argparse
 import json
 import os
+import platform
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 DEFAULT_DEPTH = 16  # pagewatch's --stack-depth default
+SECTIONS = ["faults", "floor", "sweeps", "python", "rss"]
+SWEEP_BASE = 0x300000000000  # fx_sweep's region
+PAGE = 4096
+MIB = 1024 * 1024
+
+# Issue 6's targets.
+FLOOR_TARGET = 1.3      # depth-0 fault <= 1.3x the bare ptrace stop round trip
+DEPTH_TARGET = 2.0      # depth 16 <= 2x depth 0, per tracked fault
+SWEEP_TARGET = 1.5      # re-arming 64 Ki scattered pages <= 1.5x the in-process loop
+SWEEP_TARGET_PAGES = 65536
+RSS_TARGET_MIB = 64     # tracker peak RSS for the 16 GiB case
 
 
-def rounds_ns(cmd):
-    """Per-round write-loop times (ns) that the fixture printed on stderr."""
-    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False)
+def fail(message):
+    sys.exit(f"bench: {message}")
+
+
+def rounds_ns(cmd, env=None):
+    """Per-round times (ns) that a fixture printed on stderr ("round <r> <n> <ns>")."""
+    p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False, env=env)
     if p.returncode != 0 or p.stdout != "ok\n":
-        sys.exit(f"bench: {' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[:400]}")
+        fail(f"{' '.join(cmd)} failed ({p.returncode}): {p.stderr.strip()[:400]}")
+    return parse_counts(p.stderr, "round")
+
+
+def parse_counts(text, key):
+    """(n, value) of each "<key> <round> <n> <value>" line, or value of "<key> <round> <value>"."""
     out = []
-    for line in p.stderr.splitlines():
+    for line in text.splitlines():
         f = line.split()
-        if len(f) == 4 and f[0] == "round":
-            out.append((int(f[2]), int(f[3])))
+        if f and f[0] == key:
+            if key == "round" and len(f) == 4:
+                out.append((int(f[2]), int(f[3])))
+            elif key != "round" and len(f) == 3:
+                out.append(int(f[2]))
     return out
+
+
+class Run:
+    """One process run with its output in files, optionally its peak RSS polled."""
+
+    def __init__(self, cmd, env=None, timeout=None, poll_rss=False):
+        self.cmd = cmd
+        with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+            t0 = time.monotonic()
+            p = subprocess.Popen(cmd, stdout=out, stderr=err, env=env, text=True)
+            self.hwm_kib = 0
+            self.timed_out = False
+            while True:
+                try:
+                    p.wait(timeout=0.02)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                if poll_rss:
+                    self.hwm_kib = max(self.hwm_kib, vm_hwm_kib(p.pid))
+                if timeout is not None and time.monotonic() - t0 > timeout:
+                    # pagewatch run kills its program when it dies (PTRACE_O_EXITKILL).
+                    p.send_signal(signal.SIGKILL)
+                    p.wait()
+                    self.timed_out = True
+                    break
+            self.wall = time.monotonic() - t0
+            self.returncode = p.returncode
+            out.seek(0)
+            err.seek(0)
+            self.stdout = out.read()
+            self.stderr = err.read()
+
+    def check(self, stdout="ok\n"):
+        if self.timed_out:
+            return
+        if self.returncode != 0 or (stdout is not None and self.stdout != stdout):
+            fail(f"{' '.join(self.cmd)} failed ({self.returncode}): {self.stderr.strip()[-400:]}")
+
+
+def vm_hwm_kib(pid):
+    """VmHWM (peak RSS) of a live process, 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def log_records(log, kind):
+    with open(log) as f:
+        for line in f:
+            record = json.loads(line)
+            if record.get("type") == kind:
+                yield record
 
 
 def deepest_stack(log):
     """The most frames any site of the log's sweeps has (None: no sites, attribution off)."""
-    depths = []
-    with open(log) as f:
-        for line in f:
-            record = json.loads(line)
-            for site in record.get("sites", []) if record.get("type") == "sweep" else []:
-                depths.append(len(site.get("frames", [])))
+    depths = [len(site.get("frames", [])) for r in log_records(log, "sweep") for site in r.get("sites", [])]
     return max(depths) if depths else None
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bin", required=True, help="folder with pagewatch, fx_writer, fx_baseline")
-    ap.add_argument("--pages", type=int, default=4096)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--runs", type=int, default=7)  # 7 x 6 variants: about 2 minutes here
-    ap.add_argument("--depths", default="0,8,16,32", help="--stack-depth values, comma separated")
-    ap.add_argument("--frames", type=int, default=32, help="extra stack frames above the writer's loop")
-    ap.add_argument("--max-ratio", type=float, default=3.0,
-                    help="limit of (cost per fault at the default depth) / (at depth 0)")
-    a = ap.parse_args()
-    depths = [int(d) for d in a.depths.split(",")]
+def stats(values):
+    return statistics.median(values), min(values), max(values)
 
+
+def machine():
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+    except OSError:
+        pass
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return f"{os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}, load average {load}"
+
+
+def map_count_limit():
+    try:
+        with open("/proc/sys/vm/max_map_count") as f:
+            return int(f.read())
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------- sections
+
+
+def fault_variants(a, logs):
+    """(label, command, environment, tracked (depth, log) or None, group) of the faults and floor sections."""
     writer = [f"{a.bin}/fx_writer", str(a.pages), str(a.rounds), str(a.frames)]
-    logs = tempfile.mkdtemp(prefix="pagewatch-bench-")
-    variants = [
-        ("untracked writes", writer, None),
-        ("in-process mprotect+SIGSEGV (baseline)", [f"{a.bin}/fx_baseline", str(a.pages), str(a.rounds)], None),
-    ]
-    for depth in depths:
-        label = f"pagewatch run --stack-depth {depth}" + (" (default)" if depth == DEFAULT_DEPTH else "")
-        # The log is written at sweeps, which are not timed; it shows how deep the stacks really were.
-        log = os.path.join(logs, f"depth-{depth}.jsonl")
-        cmd = [f"{a.bin}/pagewatch", "run", "--sweep-signal", "USR2", "--interval", "0",
-               "--track", "0x180000000000-0x190000000000", "--stack-depth", str(depth), "--output", log, "--"] + writer
-        variants.append((label, cmd, (depth, log)))
+    variants = []
+    if "faults" in a.sections:
+        variants += [
+            ("untracked writes", writer, None, None, "faults"),
+            ("in-process mprotect+SIGSEGV (baseline)", [f"{a.bin}/fx_baseline", str(a.pages), str(a.rounds)],
+             None, None, "faults"),
+        ]
+        runs = [(d, False) for d in a.depths] + ([(0, True)] if not a.no_two_stop else [])
+        for depth, two_stop in runs:
+            label = f"pagewatch run --stack-depth {depth}" + (" (default)" if depth == DEFAULT_DEPTH else "")
+            env = None
+            if two_stop:
+                label = f"pagewatch run --stack-depth {depth}, two-stop path"
+                env = dict(os.environ, PAGEWATCH_FAULT_PATH="two-stop")
+            # The log is written at sweeps, which are not timed; it shows how deep the stacks really were.
+            log = os.path.join(logs, f"depth-{depth}{'-two-stop' if two_stop else ''}.jsonl")
+            cmd = [f"{a.bin}/pagewatch", "run", "--sweep-signal", "USR2", "--interval", "0",
+                   "--track", "0x180000000000-0x190000000000", "--stack-depth", str(depth), "--output", log, "--"] + writer
+            variants.append((label, cmd, env, (depth, log), "faults"))
+    if "floor" in a.sections:
+        floor = [f"{a.bin}/fx_ptrace_floor", str(a.pages), str(a.rounds)]
+        variants += [
+            ("ptrace stop round trip: int3, CONT (floor)", floor + ["int3", "spin"], None, None, "floor"),
+            ("  the same, blocking waitpid (no spin)", floor + ["int3", "block"], None, None, "floor"),
+            ("ptrace SIGSEGV stop: write to PROT_READ page", floor + ["segv", "spin"], None, None, "floor"),
+        ]
+    return variants
 
-    per_page_us = {name: [] for name, _, _ in variants}
+
+def run_faults_and_floor(a, results):
+    logs = tempfile.mkdtemp(prefix="pagewatch-bench-")
+    variants = fault_variants(a, logs)
+    per_page_us = {name: [] for name, *_ in variants}
     for _ in range(a.runs):
-        for name, cmd, tracked in variants:  # interleaved, so drift hits all of them alike
-            samples = [ns / pages / 1000.0 for pages, ns in rounds_ns(cmd)]
+        for name, cmd, env, tracked, _group in variants:  # interleaved, so drift hits all of them alike
+            samples = [ns / pages / 1000.0 for pages, ns in rounds_ns(cmd, env)]
             per_page_us[name].append(statistics.median(samples))
             if tracked:
                 depth, log = tracked
                 deepest = deepest_stack(log)
                 # Depth 0 records no sites; any other depth must find that many frames above the loop.
                 if deepest != (None if depth == 0 else depth):
-                    sys.exit(f"bench: --stack-depth {depth} recorded stacks of {deepest} frames")
+                    fail(f"--stack-depth {depth} recorded stacks of {deepest} frames")
                 os.remove(log)
     os.rmdir(logs)
 
-    print(f"PageWatch fault-path benchmark: {a.pages} pages x {a.rounds} rounds, {a.runs} runs, "
-          f"writes {a.frames} frames deep, median of per-run medians (min..max), microseconds per page written")
-    print(f"{'':42} {'median':>9} {'min':>9} {'max':>9} {'vs baseline':>12}")
-    base = statistics.median(per_page_us[variants[1][0]])
-    for name, _, _ in variants:
-        v = per_page_us[name]
-        m = statistics.median(v)
-        print(f"{name:42} {m:9.2f} {min(v):9.2f} {max(v):9.2f} {m / base:11.1f}x")
+    exit_status = 0
+    faults = [v for v in variants if v[4] == "faults"]
+    if faults:
+        print(f"Fault path: {a.pages} pages x {a.rounds} rounds, {a.runs} runs, writes {a.frames} frames deep, "
+              f"median of per-run medians (min..max), microseconds per page written")
+        print(f"{'':46} {'median':>9} {'min':>9} {'max':>9} {'vs baseline':>12}")
+        base = statistics.median(per_page_us[faults[1][0]])
+        for name, *_ in faults:
+            m, lo, hi = stats(per_page_us[name])
+            print(f"{name:46} {m:9.2f} {lo:9.2f} {hi:9.2f} {m / base:11.1f}x")
 
-    untracked = statistics.median(per_page_us[variants[0][0]])
-    cost = {}
-    print(f"\npagewatch cost per tracked fault (baseline: {base - untracked:.2f} us per fault):")
-    for name, _, tracked in variants[2:]:
-        depth = tracked[0]
-        cost[depth] = statistics.median(per_page_us[name]) - untracked
-        print(f"  --stack-depth {depth:<3} {cost[depth]:9.2f} us")
+        untracked = statistics.median(per_page_us[faults[0][0]])
+        cost = {}
+        print(f"\npagewatch cost per tracked fault, minus the untracked write (baseline: {base - untracked:.2f} us per fault):")
+        for name, _, env, tracked, _ in faults[2:]:
+            depth = tracked[0]
+            c = statistics.median(per_page_us[name]) - untracked
+            if env is None:
+                cost[depth] = c
+                print(f"  --stack-depth {depth:<3}                {c:9.2f} us")
+            else:
+                results["two_stop"] = c
+                print(f"  --stack-depth {depth:<3} two-stop path  {c:9.2f} us")
+        results["cost"] = cost
+        if 0 in cost and "two_stop" in results:
+            print(f"  one-stop fault path at depth 0: {results['two_stop'] / cost[0]:.2f}x faster than two-stop "
+                  f"({results['two_stop'] - cost[0]:.2f} us less per fault)")
 
-    if 0 in cost and DEFAULT_DEPTH in cost:
-        ratio = cost[DEFAULT_DEPTH] / cost[0]
-        verdict = "ok" if ratio < a.max_ratio else "TOO SLOW"
-        print(f"\ndepth {DEFAULT_DEPTH} / depth 0: {ratio:.2f}x per tracked fault "
-              f"(limit {a.max_ratio:g}x): {verdict}")
-        if ratio >= a.max_ratio:
-            sys.exit(1)
+        if 0 in cost and DEFAULT_DEPTH in cost:
+            ratio = cost[DEFAULT_DEPTH] / cost[0]
+            verdict = "ok" if ratio < a.max_ratio else "TOO SLOW"
+            print(f"\ndepth {DEFAULT_DEPTH} / depth 0: {ratio:.2f}x per tracked fault "
+                  f"(limit {a.max_ratio:g}x): {verdict}")
+            if ratio >= a.max_ratio:
+                exit_status = 1
+
+    floor = [v for v in variants if v[4] == "floor"]
+    if floor:
+        if faults:
+            print()
+        print(f"Ptrace floor (fx_ptrace_floor, no PageWatch): {a.pages} stops x {a.rounds} rounds, {a.runs} runs, "
+              f"median of per-run medians (min..max), microseconds per stop, timed in the traced child")
+        d0 = results.get("cost", {}).get(0)
+        print(f"{'':46} {'median':>9} {'min':>9} {'max':>9} {'depth 0 / this':>15}")
+        for name, *_ in floor:
+            m, lo, hi = stats(per_page_us[name])
+            ratio = f"{d0 / m:14.2f}x" if d0 is not None else f"{'-':>15}"
+            print(f"{name:46} {m:9.2f} {lo:9.2f} {hi:9.2f} {ratio}")
+        # The floor: the faster of the two waits for the bare int3 round trip.
+        spin, block = (statistics.median(per_page_us[floor[i][0]]) for i in (0, 1))
+        results["floor"] = min(spin, block)
+        results["floor_wait"] = "spinning" if spin <= block else "blocking"
+        print("  int3, CONT: the tracer waits for the SIGTRAP stop (polling WNOHANG for 50 us before blocking, as "
+              "PageWatch does, or blocking at once) and resumes it with the signal suppressed")
+        print("  SIGSEGV stop: + PTRACE_GETSIGINFO, GETREGS, SETREGS (steps over the store; the page stays read-only)")
+        print(f"  the floor in the targets: the faster int3 wait in this run ({results['floor_wait']}, "
+              f"{results['floor']:.2f} us)")
+    return exit_status
+
+
+def sweep_rounds(a, dirty):
+    if a.sweep_rounds is not None:
+        return a.sweep_rounds
+    return 3 if dirty <= 65536 else 1
+
+
+def sweep_runs(a, dirty):
+    return a.sweep_runs if dirty <= 65536 else a.sweep_runs_large
+
+
+def run_sweeps(a, results):
+    region = a.sweep_region_pages
+    track = f"0x{SWEEP_BASE:x}-0x{SWEEP_BASE + region * PAGE:x}"
+    logs = tempfile.mkdtemp(prefix="pagewatch-bench-")
+    cases = [(n, pattern) for n in a.sweep_sizes for pattern in ("contiguous", "scattered")]
+    data = {c: {"pw": [], "inproc": [], "pw_vmas": [], "in_vmas": [], "fallbacks": [], "pw_fault": [],
+                "in_fault": [], "extra": [], "rss": []} for c in cases}
+    for run in range(max(a.sweep_runs, a.sweep_runs_large)):
+        for n, pattern in cases:
+            if run >= sweep_runs(a, n):
+                continue
+            d = data[(n, pattern)]
+            t0 = time.monotonic()
+            rounds = sweep_rounds(a, n)
+            args = [pattern, str(n), str(rounds), str(region)]
+            r = Run([f"{a.bin}/fx_sweep", "inproc"] + args)
+            r.check()
+            d["inproc"] += [ns / 1e6 for _, ns in parse_counts(r.stderr, "round")]
+            d["in_vmas"] += parse_counts(r.stderr, "vmas")
+            d["fallbacks"] += parse_counts(r.stderr, "fallbacks")
+            d["in_fault"] += [ns / n / 1000 for ns in parse_counts(r.stderr, "writes")]
+
+            log = os.path.join(logs, "sweep.jsonl")
+            cmd = [f"{a.bin}/pagewatch", "run", "--sweep-signal", "USR2", "--interval", "0", "--track", track,
+                   "--stack-depth", str(a.sweep_depth), "--output", log, "--", f"{a.bin}/fx_sweep", "tracked"] + args
+            r = Run(cmd, poll_rss=True)
+            r.check()
+            d["pw"] += [ns / 1e6 for _, ns in parse_counts(r.stderr, "round")]
+            d["pw_vmas"] += parse_counts(r.stderr, "vmas")
+            d["pw_fault"] += [ns / n / 1000 for ns in parse_counts(r.stderr, "writes")]
+            d["rss"].append(r.hwm_kib / 1024)
+            # Sweep 1 takes the region in; each round's sweep must report exactly its pages.
+            sweeps = [s for s in log_records(log, "sweep") if s["reason"] == "signal"][1:]
+            if len(sweeps) != rounds or any(s["dirty_pages"] != n for s in sweeps):
+                fail(f"fx_sweep {' '.join(args)}: sweeps reported {[s['dirty_pages'] for s in sweeps]} pages")
+            d["extra"] += [s["faults"] - n for s in sweeps]
+            os.remove(log)
+            if n > 65536:
+                results["large_sweeps_s"] = results.get("large_sweeps_s", 0) + time.monotonic() - t0
+    os.rmdir(logs)
+
+    print(f"Sweeps: region of {region} pages ({region * PAGE / 2**30:g} GiB, MAP_NORESERVE), "
+          f"{', '.join(f'{sweep_runs(a, n)} run(s) x {sweep_rounds(a, n)} round(s) at {n}' for n in a.sweep_sizes)}; "
+          f"median (min..max) over every round, milliseconds to re-arm the dirty pages")
+    print(f"pagewatch: --stack-depth {a.sweep_depth}, a timed raise(SIGUSR2) (stop, /proc/PID/maps, re-arming, "
+          f"the sweep's log record); in-process: one mprotect per contiguous run of dirty pages")
+    print(f"{'dirty pages':>11}  {'pattern':10}   {'pagewatch':>9} {'min':>9} {'max':>9}   "
+          f"{'in-process':>10} {'min':>8} {'max':>8}   {'ratio':>8}")
+    for n, pattern in cases:
+        d = data[(n, pattern)]
+        pm, plo, phi = stats(d["pw"])
+        im, ilo, ihi = stats(d["inproc"])
+        print(f"{n:11}  {pattern:10}   {pm:9.2f} {plo:9.2f} {phi:9.2f}   {im:10.2f} {ilo:8.2f} {ihi:8.2f}   "
+              f"{pm / im:7.1f}x")
+        results.setdefault("sweeps", {})[(n, pattern)] = (pm, im)
+    limit = map_count_limit()
+    print(f"\nWhat happened (medians over the rounds; vm.max_map_count = {limit}): the region's VMAs just before "
+          f"re-arming, in-process ENOMEM fallbacks (the handler re-armed the whole region, as PageWatch does), "
+          f"PageWatch's extra faults (a page whose un-arming failed with ENOMEM faults again and takes the slow path), "
+          f"microseconds per first write while dirtying, PageWatch's peak RSS")
+    print(f"{'dirty pages':>11}  {'pattern':10}   {'VMAs pw':>8} {'in-proc':>8}   {'fallbacks':>9} {'extra faults':>12}   "
+          f"{'us/fault pw':>11} {'in-proc':>8}   {'pw RSS MiB':>10}")
+    for n, pattern in cases:
+        d = data[(n, pattern)]
+        med = statistics.median
+        print(f"{n:11}  {pattern:10}   {med(d['pw_vmas']):8.0f} {med(d['in_vmas']):8.0f}   "
+              f"{med(d['fallbacks']):9.0f} {med(d['extra']):12.0f}   {med(d['pw_fault']):11.2f} "
+              f"{med(d['in_fault']):8.2f}   {max(d['rss']):10.1f}")
+
+
+def run_python(a, results):
+    workload = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_workload.py")]
+    logs = tempfile.mkdtemp(prefix="pagewatch-bench-")
+    log = os.path.join(logs, "python.jsonl")
+    pw = [f"{a.bin}/pagewatch", "run", "--interval", "100ms"]
+    variants = [
+        ("python3 untracked", workload, False),
+        ("pagewatch run --interval 100ms --stack-depth 0", pw + ["--stack-depth", "0", "--output", log, "--"] + workload, True),
+        (f"pagewatch run --interval 100ms (depth {DEFAULT_DEPTH})", pw + ["--output", log, "--"] + workload, True),
+    ]
+    wall = {name: [] for name, *_ in variants}
+    extra = {name: {"sweeps": [], "faults": [], "rss": [], "timeouts": 0} for name, *_ in variants}
+    expected = None
+    for _ in range(a.python_runs):
+        for name, cmd, tracked in variants:
+            r = Run(cmd, timeout=a.python_timeout if tracked else None, poll_rss=tracked)
+            if r.timed_out:
+                extra[name]["timeouts"] += 1
+                continue
+            r.check(stdout=expected)
+            expected = expected or r.stdout
+            wall[name].append(r.wall)
+            if tracked:
+                sweeps = list(log_records(log, "sweep"))
+                extra[name]["sweeps"].append(len(sweeps))
+                extra[name]["faults"].append(sum(s["faults"] for s in sweeps))
+                extra[name]["rss"].append(r.hwm_kib / 1024)
+                os.remove(log)
+    if os.path.exists(log):
+        os.remove(log)
+    os.rmdir(logs)
+
+    print(f"Real program: {os.path.basename(sys.executable)} {platform.python_version()} running "
+          f"scripts/bench_workload.py (a 200,000-entry dict, two sorts), {a.python_runs} runs, "
+          f"median (min..max) wall seconds, process start included")
+    print(f"{'':48} {'median':>8} {'min':>8} {'max':>8} {'vs untracked':>13}   {'sweeps':>6} {'faults':>7} {'pw RSS MiB':>11}")
+    base = statistics.median(wall[variants[0][0]]) if wall[variants[0][0]] else None
+    for name, _, tracked in variants:
+        v = wall[name]
+        e = extra[name]
+        note = f"   ({e['timeouts']} run(s) killed after {a.python_timeout:g} s)" if e["timeouts"] else ""
+        if not v:
+            print(f"{name:48} did not finish within {a.python_timeout:g} s{note}")
+            continue
+        m, lo, hi = stats(v)
+        more = (f"   {statistics.median(e['sweeps']):6.0f} {statistics.median(e['faults']):7.0f} "
+                f"{max(e['rss']):11.1f}") if tracked else ""
+        print(f"{name:48} {m:8.2f} {lo:8.2f} {hi:8.2f} {m / base:12.1f}x{more}{note}")
+
+
+def run_rss(a, results):
+    region = a.rss_region_pages
+    track = f"0x{SWEEP_BASE:x}-0x{SWEEP_BASE + region * PAGE:x}"
+    logs = tempfile.mkdtemp(prefix="pagewatch-bench-")
+    log = os.path.join(logs, "rss.jsonl")
+    peaks, walls = [], []
+    for _ in range(a.rss_runs):
+        cmd = [f"{a.bin}/pagewatch", "run", "--sweep-signal", "USR2", "--interval", "0", "--track", track,
+               "--output", log, "--", f"{a.bin}/fx_sweep", "tracked", "contiguous", str(a.rss_dirty),
+               str(a.rss_rounds), str(region)]
+        r = Run(cmd, poll_rss=True)
+        r.check()
+        sweeps = list(log_records(log, "sweep"))
+        if not any(s["dirty_pages"] == a.rss_dirty for s in sweeps):
+            fail(f"rss: no sweep reported {a.rss_dirty} pages: {[s['dirty_pages'] for s in sweeps]}")
+        peaks.append(r.hwm_kib / 1024)
+        walls.append(r.wall)
+        os.remove(log)
+    os.rmdir(logs)
+    m, lo, hi = stats(peaks)
+    results["rss"] = m
+    results["rss_region"] = f"{region * PAGE / 2**30:g} GiB region, {a.rss_dirty} pages written"
+    print(f"Tracker peak RSS: pagewatch run --track {track} ({region * PAGE / 2**30:g} GiB, {region} pages, "
+          f"default depth) -- fx_sweep writing {a.rss_dirty} contiguous pages ({a.rss_dirty * PAGE / 2**30:g} GiB "
+          f"resident in the program) in {a.rss_rounds} round(s); {len(peaks)} run(s) of {statistics.median(walls):.0f} s; "
+          f"{len(sweeps)} sweeps a run")
+    print(f"  pagewatch VmHWM (polled every 20 ms): median {m:.1f} MiB (min {lo:.1f}, max {hi:.1f})")
+
+
+def print_targets(a, results):
+    print("Issue 6 targets, each measured in this run:")
+
+    def line(text, ratio, limit, unit="x"):
+        if ratio is None:
+            print(f"  {text:62} not measured (section not run)")
+            return
+        verdict = "met" if ratio <= limit else "NOT met"
+        print(f"  {text:62} {ratio:8.2f}{unit} (target <= {limit:g}{unit}): {verdict}")
+
+    cost = results.get("cost", {})
+    floor = results.get("floor")
+    line("depth-0 fault / bare ptrace stop round trip (floor)",
+         cost[0] / floor if 0 in cost and floor else None, FLOOR_TARGET)
+    line(f"depth-{DEFAULT_DEPTH} fault / depth-0 fault",
+         cost[DEFAULT_DEPTH] / cost[0] if 0 in cost and DEFAULT_DEPTH in cost else None, DEPTH_TARGET)
+    sw = results.get("sweeps", {}).get((SWEEP_TARGET_PAGES, "scattered"))
+    line(f"re-arming {SWEEP_TARGET_PAGES} scattered pages / in-process mprotect loop",
+         sw[0] / sw[1] if sw else None, SWEEP_TARGET)
+    line(f"tracker peak RSS, {results.get('rss_region', '16 GiB region')}", results.get("rss"), RSS_TARGET_MIB,
+         unit=" MiB")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bin", required=True, help="folder with pagewatch and the fixtures")
+    ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma separated, of {','.join(SECTIONS)}")
+    ap.add_argument("--pages", type=int, default=4096, help="faults, floor: pages (stops) a round")
+    ap.add_argument("--rounds", type=int, default=5, help="faults, floor: rounds a run")
+    ap.add_argument("--runs", type=int, default=5, help="faults, floor: runs of each variant")
+    ap.add_argument("--depths", default="0,8,16,32", help="faults: --stack-depth values, comma separated")
+    ap.add_argument("--no-two-stop", action="store_true", help="faults: leave out the two-stop fault path")
+    ap.add_argument("--frames", type=int, default=32, help="faults: extra stack frames above the writer's loop")
+    ap.add_argument("--max-ratio", type=float, default=3.0,
+                    help="faults: limit of (cost per fault at the default depth) / (at depth 0), the exit status")
+    ap.add_argument("--sweep-sizes", default="1024,65536",
+                    help="sweeps: dirty pages, comma separated (1048576 adds about 3 minutes and 4 GiB resident)")
+    ap.add_argument("--sweep-runs", type=int, default=2, help="sweeps: runs of each case up to 65536 dirty pages")
+    ap.add_argument("--sweep-runs-large", type=int, default=1, help="sweeps: runs of each case above 65536 dirty pages")
+    ap.add_argument("--sweep-rounds", type=int, default=None,
+                    help="sweeps: rounds (sweeps) a run; default 3, 1 above 65536 dirty pages")
+    ap.add_argument("--sweep-region-pages", type=int, default=2 * 1024 * 1024, help="sweeps: the region's size")
+    ap.add_argument("--sweep-depth", type=int, default=0, help="sweeps: pagewatch's --stack-depth")
+    ap.add_argument("--python-runs", type=int, default=3)
+    ap.add_argument("--python-timeout", type=float, default=120.0, help="python: seconds before a tracked run is killed")
+    ap.add_argument("--rss-region-pages", type=int, default=4 * 1024 * 1024, help="rss: the region's size (16 GiB)")
+    ap.add_argument("--rss-dirty", type=int, default=1024 * 1024, help="rss: pages written a round")
+    ap.add_argument("--rss-rounds", type=int, default=1)
+    ap.add_argument("--rss-runs", type=int, default=1)
+    a = ap.parse_args()
+    a.depths = [int(d) for d in a.depths.split(",")]
+    a.sweep_sizes = [int(n) for n in a.sweep_sizes.split(",")]
+    a.sections = [s for s in a.sections.split(",") if s]
+    unknown = [s for s in a.sections if s not in SECTIONS]
+    if unknown:
+        fail(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
+
+    started = time.monotonic()
+    print(f"PageWatch benchmark: {machine()}; sections {','.join(a.sections)}")
+    results = {}
+    exit_status = 0
+    blocks = []
+    if "faults" in a.sections or "floor" in a.sections:
+        blocks.append(("faults+floor" if "faults" in a.sections and "floor" in a.sections
+                       else "faults" if "faults" in a.sections else "floor", run_faults_and_floor))
+    for name, block in (("sweeps", run_sweeps), ("python", run_python), ("rss", run_rss)):
+        if name in a.sections:
+            blocks.append((name, block))
+    took = []
+    for name, block in blocks:
+        print()
+        sys.stdout.flush()
+        t0 = time.monotonic()
+        exit_status = block(a, results) or exit_status
+        took.append(f"{name} {time.monotonic() - t0:.0f} s")
+        sys.stdout.flush()
+    print()
+    print_targets(a, results)
+    large = results.get("large_sweeps_s")
+    print(f"\n{time.monotonic() - started:.0f} s ({', '.join(took)}"
+          f"{f'; sweeps above 65536 pages {large:.0f} s' if large else ''}); at the end: {machine()}")
+    sys.exit(exit_status)
 
 
 if __name__ == "__main__":

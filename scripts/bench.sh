@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# `make bench`: release build, then the fault-path benchmark (scripts/bench.py)
-# at --stack-depth 0, 8, 16 and 32.
+# `make bench`: release build, then the benchmark (scripts/bench.py): the fault
+# path at --stack-depth 0, 8, 16 and 32 and on the two-stop path, the bare
+# ptrace floor, sweeps, a python3 workload and the tracker's peak RSS.
+# Arguments go to bench.py, e.g. `bash scripts/bench.sh --sections faults,floor`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for p in pagewatch fx_writer fx_baseline; do swift build -c release --product "$p" >/dev/null; done
+for p in pagewatch fx_writer fx_baseline fx_ptrace_floor fx_sweep; do
+    swift build -c release --product "$p" >/dev/null
+done
 python3 scripts/bench.py --bin "$(swift build -c release --show-bin-path)" "$@"
