@@ -428,9 +428,14 @@ final class ProcessTracker {
     func giveBackProtections(tid: Int32) throws {
         let changes = armedRegions()
         for (change, result) in zip(changes, try protectAll(changes, tid: tid)) where result != 0 {
-            throw TraceError.remoteSyscall("mprotect", Errno(result < 0 ? Int32(-result) : EIO), tid: tid,
-                                           address: change.range.start)
+            throw Self.mprotectFailed(result, at: change.range.start, tid: tid)
         }
+    }
+
+    /// A batched mprotect's result that is not 0: -errno, or 1 when the
+    /// batch never reached it.
+    static func mprotectFailed(_ result: Int64, at address: RemoteAddress, tid: Int32) -> TraceError {
+        .remoteSyscall("mprotect", Errno(result < 0 ? Int32(-result) : EIO), tid: tid, address: address)
     }
 
     /// PAGEWATCH_SWEEP=one-by-one: one injection per re-armed range (for the benchmark's comparison).
@@ -681,7 +686,14 @@ final class ProcessTracker {
         for t in threads.keys { threads[t]?.lastSuppressedFault = nil }
         try refreshMaps()
         let dirty = memory.dirtyPages()
-        let busy = outputsOfBlockedCalls(excluding: tid)
+        var busy = outputsOfBlockedCalls(excluding: tid)
+        // A page another thread was sent to un-arm through its trampoline
+        // slot, not seen since: its mprotect may still run after this sweep
+        // and would leave the page writable behind an armed model. It stays
+        // dirty, reported again next sweep.
+        for (other, state) in threads where other != tid {
+            if let page = state.trampolinePage { busy.insert(AddressRange(start: page, end: page + Page.size)) }
+        }
         var changes: [ProtectionChange] = []
         for planned in memory.rearmPlan() {
             // Buffers another thread's blocked call will still write stay
@@ -700,9 +712,7 @@ final class ProcessTracker {
                 // dirty and are reported again next sweep (never missed).
                 try unarmRegion(containing: change.range.start, tid: tid)
             } else {
-                // (1: the batch never reached it.)
-                throw TraceError.remoteSyscall("mprotect", Errno(result < 0 ? Int32(-result) : EIO), tid: tid,
-                                               address: change.range.start)
+                throw Self.mprotectFailed(result, at: change.range.start, tid: tid)
             }
         }
         memory.clearPinnedDirty()

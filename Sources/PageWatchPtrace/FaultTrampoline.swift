@@ -80,12 +80,6 @@ public struct FaultTrampoline: Sendable {
     }
 
     func read(at address: RemoteAddress, tid: Int32) throws -> [UInt64] {
-        let bytes = try Ptrace.readMemory(tid, address, count: Arch.trampolineWordCount * 8)
-        guard bytes.count == Arch.trampolineWordCount * 8 else {
-            throw TraceError.call("process_vm_readv", .EIO, tid: tid, address: address)
-        }
-        return stride(from: 0, to: bytes.count, by: 8).map { o in
-            (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[o + $1]) << UInt64(8 * $1) }
-        }
+        try RemoteSyscall.readWords(Arch.trampolineWordCount, at: address, tid: tid)
     }
 }

@@ -165,18 +165,23 @@ public struct RemoteSyscall: Sendable {
             }
             outcome.heldSignals += o.heldSignals
             outcome.consumedInterrupt = outcome.consumedInterrupt || o.consumedInterrupt
-            let back = try Ptrace.readMemory(tid, array, count: words.count * 8)
-            guard back.count == words.count * 8 else { throw TraceError.call("process_vm_readv", .EIO, tid: tid, address: array) }
-            for i in 0..<chunk.count {
-                let o = (i * 4 + 3) * 8
-                results.append(Int64(bitPattern: (0..<8).reduce(UInt64(0)) { $0 | UInt64(back[o + $1]) << UInt64(8 * $1) }))
-            }
+            let back = try Self.readWords(words.count, at: array, tid: tid)
+            results += (0..<chunk.count).map { Int64(bitPattern: back[$0 * 4 + 3]) }
         }
         return (results, outcome)
     }
 
     /// Entries one batch holds: the third scratch page, 32 bytes each.
     public static let batchCapacity = Int(Page.size / 32)
+
+    /// `count` little-endian words of the tracee at `address` (process_vm_readv).
+    static func readWords(_ count: Int, at address: RemoteAddress, tid: Int32) throws -> [UInt64] {
+        let bytes = try Ptrace.readMemory(tid, address, count: count * 8)
+        guard bytes.count == count * 8 else { throw TraceError.call("process_vm_readv", .EIO, tid: tid, address: address) }
+        return stride(from: 0, to: bytes.count, by: 8).map { o in
+            (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[o + $1]) << UInt64(8 * $1) }
+        }
+    }
 
     static func writeWords(_ words: [UInt64], at address: RemoteAddress, tid: Int32) throws {
         let n = words.withUnsafeBytes { pw_write_memory(tid, address.value, $0.baseAddress, $0.count) }

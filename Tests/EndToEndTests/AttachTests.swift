@@ -78,10 +78,7 @@ final class Background {
             let pagewatch = try Background([Harness.pagewatch, "attach", "--output", log, "--track", "0x2c0000000000-0x2c0000010000",
                                             "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "3", String(fixture.pid)])
             // Go once the attach sweep has armed the region.
-            let deadline = Date().addingTimeInterval(30)
-            while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"reason\":\"attach\"") {
-                usleep(2000)
-            }
+            waitForLog(log, toContain: "\"reason\":\"attach\"")
             try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
             #expect(pagewatch.finish() == 0)
             #expect(pagewatch.stderr == "")
@@ -160,6 +157,17 @@ final class Background {
         _ = text.withCString { write(s, $0, strlen($0)) }
     }
 
+    /// Waits until the log at `path` holds `text`; false after `timeout`.
+    @discardableResult
+    func waitForLog(_ path: String, toContain text: String, timeout: TimeInterval = 30) -> Bool {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if ((try? String(contentsOfFile: path, encoding: .utf8)) ?? "").contains(text) { return true }
+            usleep(1000)
+        }
+        return false
+    }
+
     /// fx_busy in its run-until-told mode: what an untracked run prints, and
     /// a running one (with its maps) for the test to attach to, however long
     /// its cycles take here.
@@ -211,10 +219,7 @@ final class Background {
         // the guardian's SIGSTOP (the race docs/design.md describes), and
         // most of the region is still armed: the program writes it after.
         let pagewatch = try Background([Harness.pagewatch, "attach", "--interval", "0", "--output", log, String(fixture.pid)])
-        let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"reason\":\"attach\"") {
-            usleep(2000)
-        }
+        waitForLog(log, toContain: "\"reason\":\"attach\"")
         usleep(300_000)
         let tracers = Self.children(of: pagewatch.pid)
         #expect(tracers.count == 1)
@@ -236,19 +241,11 @@ final class Background {
         for i in 0..<15 {
             let log = Harness.temporaryPath("midsweep-\(i).jsonl")
             let pagewatch = try Background([Harness.pagewatch, "attach", "--interval", "1ms", "--output", log, String(fixture.pid)])
-            let deadline = Date().addingTimeInterval(30)
-            while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"seq\":3,") {
-                usleep(1000)
-            }
+            waitForLog(log, toContain: "\"seq\":3,")
             usleep(UInt32(1000 * (7 * i % 23)))
             kill(pagewatch.pid, SIGKILL)
             #expect(pagewatch.finish() == 128 + SIGKILL)
-            var detached = false
-            for _ in 0..<5000 where !detached {
-                detached = ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"type\":\"detach\"")
-                if !detached { usleep(1000) }
-            }
-            #expect(detached, "cycle \(i): no detach record")
+            #expect(waitForLog(log, toContain: "\"type\":\"detach\"", timeout: 5), "cycle \(i): no detach record")
             while Self.tracer(of: fixture.pid) != 0 { usleep(1000) }
             guard kill(fixture.pid, 0) == 0 else { Issue.record("cycle \(i): the program died"); break }
             let maps = try String(contentsOfFile: "/proc/\(fixture.pid)/maps", encoding: .utf8)
@@ -284,10 +281,7 @@ final class Background {
         #expect(fixture.waitFor("ready\n"))
         let log = Harness.temporaryPath("signalled-\(sig).jsonl")
         let pagewatch = try Background([Harness.pagewatch, "attach", "--interval", "20ms", "--output", log, String(fixture.pid)])
-        let deadline = Date().addingTimeInterval(30)
-        while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"reason\":\"attach\"") {
-            usleep(2000)
-        }
+        waitForLog(log, toContain: "\"reason\":\"attach\"")
         usleep(100_000)
         kill(pagewatch.pid, sig)
         #expect(pagewatch.finish() == 0)
