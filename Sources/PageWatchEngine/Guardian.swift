@@ -31,7 +31,9 @@ public enum Guardian {
         // The race is won or lost: back to normal scheduling before any loop.
         var normal = sched_param(sched_priority: 0)
         _ = sched_setscheduler(0, SCHED_OTHER, &normal)
-        for _ in 0..<5000 where tracer(of: pid) != 0 { usleep(1000) }
+        // The kernel lets go of the threads one by one: seizing one still
+        // held fails with EPERM.
+        for _ in 0..<5000 where Attacher.threads(of: pid).contains(where: { tracer(of: $0) != 0 }) { usleep(1000) }
         let final = state.snapshot() ?? snapshot
         let inside = state.injection(registerWords: HostArchitecture.registerWordCount)
         do {

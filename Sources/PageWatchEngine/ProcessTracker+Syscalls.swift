@@ -28,6 +28,9 @@ extension ProcessTracker {
 
     static let harmless = Set(Syscall.neverWritesUserMemory.compactMap { Arch.syscallNumbers[$0] })
 
+    /// The calls whose exit changes the model from what the kernel did (`memoryExit`).
+    static let memoryCalls: Set<Syscall> = [.mmap, .munmap, .brk, .shmat, .shmdt, .mremap, .mprotect, .pkey_mprotect]
+
     /// A `PTRACE_EVENT_SECCOMP` stop: the thread is at the entry of a call.
     func handleSyscallEntry(tid: Int32) throws {
         let regs = try Arch.readRegisters(tid: tid)
@@ -44,6 +47,10 @@ extension ProcessTracker {
         if Self.harmless.contains(nr) { return try resume(tid) }
         guard let call = Arch.syscall(number: nr) else {
             try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
+            return
+        }
+        if Self.memoryCalls.contains(call), memoryCallInFlight(besides: tid) {
+            threads[tid]?.waiting = .memoryCall  // one at a time (StopWaiting)
             return
         }
         switch call {
@@ -101,6 +108,9 @@ extension ProcessTracker {
             if !ranges.isEmpty {
                 let kernel = writer(call.rawValue, tid: tid)
                 for range in ranges { try unarmForKernel(range, by: kernel, tid: tid) }
+                // Until the thread stops again the call may not have run yet
+                // (/proc shows it `running`): a sweep must not re-arm these.
+                threads[tid]?.callOutputs = PageSet(ranges.map(\.pageAligned))
             }
             try resume(tid)
         }
@@ -109,6 +119,13 @@ extension ProcessTracker {
     /// Un-arms the armed pages the kernel is about to write for the program;
     /// they count as dirty (hazard 1).
     func unarmForKernel(_ range: AddressRange, by writer: Writer, tid: Int32) throws {
+        // Pages another thread was sent to un-arm through its slot are
+        // writable in the model, maybe not yet in the kernel: made so now.
+        for page in pagesInFlight(in: range) {
+            if case .writable(let protection) = memory.state(of: page) {
+                try protect(AddressRange(start: page, end: page + Page.size), protection, tid: tid)
+            }
+        }
         for piece in memory.armedPieces(in: range) {
             try protect(piece.range, piece.protection, tid: tid)
             var page = piece.range.start
@@ -125,7 +142,7 @@ extension ProcessTracker {
     /// its model, and anything it should not have armed, at the exit.
     func mprotectEntry(_ call: Syscall, _ args: [UInt64], regs: Arch.Registers, tid: Int32) throws {
         let prot = Protection(rawValue: Int32(truncatingIfNeeded: args[2]))
-        guard prot.contains(.write) else {
+        guard prot.contains(.write), armsNow else {
             try resume(tid, exit: .memory(call, args, rewrittenProtection: nil))
             return
         }
@@ -300,10 +317,11 @@ extension ProcessTracker {
         let result = Arch.syscallResult(regs)
         switch pending {
         case let .memory(call, args, rewritten):
+            trace("  exit of \(call): \(result)")
             if let rewritten {
                 try Arch.writeRegisters(Arch.settingSyscallArgument(regs, 2, to: rewritten), tid: tid)
             }
-            try memoryExit(call, args, result: result, tid: tid)
+            try memoryExit(call, args, result: result, rewritten: rewritten != nil, tid: tid)
             publishForGuardian()
             try resume(tid)
         case let .unknown(entry, attempt):
@@ -331,7 +349,7 @@ extension ProcessTracker {
         }
     }
 
-    func memoryExit(_ call: Syscall, _ a: [UInt64], result: Int64, tid: Int32) throws {
+    func memoryExit(_ call: Syscall, _ a: [UInt64], result: Int64, rewritten: Bool, tid: Int32) throws {
         let failed = result < 0 && result > -4096
         func range(_ start: UInt64, _ length: UInt64) -> AddressRange {
             AddressRange(start: RemoteAddress(start), end: RemoteAddress(start) + length).pageAligned
@@ -366,14 +384,15 @@ extension ProcessTracker {
             // New heap pages are tracked (dirty) from here and armed at the next sweep.
             try refreshMaps()
         case .mprotect, .pkey_mprotect:
-            try mprotectExit(range(a[0], a[1]), Protection(rawValue: Int32(truncatingIfNeeded: a[2]) & 7),
+            try mprotectExit(range(a[0], a[1]), Protection(rawValue: Int32(truncatingIfNeeded: a[2]) & 7), ranArmed: rewritten,
                              failed: failed, tid: tid)
         default:
             break
         }
     }
 
-    func mprotectExit(_ target: AddressRange, _ prot: Protection, failed: Bool, tid: Int32) throws {
+    /// `ranArmed`: PageWatch ran the call without write (`mprotectEntry`).
+    func mprotectExit(_ target: AddressRange, _ prot: Protection, ranArmed: Bool, failed: Bool, tid: Int32) throws {
         if failed {
             // Nothing (or, on ENOMEM midway, part) changed: take maps as truth.
             try refreshMaps()
@@ -386,7 +405,7 @@ extension ProcessTracker {
             return
         }
         let tracked = memory.trackedPieces(in: target).map(\.range)
-        memory.setProtection(target, prot, armAll: true)
+        memory.setProtection(target, prot, armAll: ranArmed)
         var untracked = PageSet([target])
         for t in tracked { untracked.remove(t) }
         guard !untracked.isEmpty else { return }
@@ -397,7 +416,7 @@ extension ProcessTracker {
             for m in maps where m.range.overlaps(piece) {
                 let part = m.range.intersection(piece)!
                 let selected = PageSet(config.selection.selectedPart(of: m, protection: prot, isThreadStack: false)).intersection(part)
-                for s in selected.ranges { memory.insert(s, protection: prot, armed: true, dirty: true) }
+                for s in selected.ranges { memory.insert(s, protection: prot, armed: ranArmed, dirty: true) }
                 var rest = PageSet([part])
                 for s in selected.ranges { rest.remove(s) }
                 for r in rest.ranges { try protect(r, prot, tid: tid) }
@@ -413,6 +432,7 @@ extension ProcessTracker {
     /// unarmed tracked pages of `range`, keeping them dirty for the next sweep.
     func armNow(_ range: AddressRange, tid: Int32) throws {
         publishForGuardian()
+        guard armsNow else { return }  // dirty, armed by the first sweep
         for piece in memory.trackedPieces(in: range) {
             var rest = PageSet([piece.range])
             for p in memory.pinned.intersection(piece.range).ranges { rest.remove(p) }

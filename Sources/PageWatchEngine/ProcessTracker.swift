@@ -46,6 +46,29 @@ struct ThreadState {
     var trampolinePage: RemoteAddress?
     /// Its slot's call failed for this page: the next fault there takes the slow path.
     var slowPathPage: RemoteAddress?
+    /// The output buffers of the call it was resumed into at its entry,
+    /// un-armed there; until its next stop (then the call has run or will
+    /// be entered again).
+    var callOutputs: PageSet?
+    /// Its first stop came before its parent's clone event.
+    var awaitsCloneEvent = false
+    /// Kept stopped for this, not resumed (`ProcessTracker.serveWaiting`).
+    var waiting: StopWaiting?
+}
+
+/// Why a thread is kept at its stop until another thread's memory call
+/// (mmap, munmap, mremap, brk, mprotect, ...) has reached its exit stop.
+/// Between the entry and the exit of such a call the kernel's mappings and
+/// PageWatch's model differ, and an exit handled late would undo what was
+/// decided meanwhile: the model is changed by one such call at a time.
+enum StopWaiting {
+    /// At the sweep signal: the sweep (it marks a phase: the thread's next
+    /// writes belong to the next interval).
+    case sweepSignal
+    /// At the entry of a memory call of its own.
+    case memoryCall
+    /// At a write fault: judged (whose? which page?) once the model is true.
+    case fault
 }
 
 /// One traced process whose memory PageWatch tracks: the program, or with
@@ -67,6 +90,8 @@ final class ProcessTracker {
     var stackAnchors: [RemoteAddress] = []
     var pendingSweep: SweepReason?
     var sweeps = 0
+    /// Threads gone before their parent's clone event was seen (see there).
+    var endedBeforeItsCloneEvent: Set<Int32> = []
     var faultsThisInterval = 0
     var totalFaults = 0
     var finalSweepDone = false
@@ -140,6 +165,7 @@ final class ProcessTracker {
     /// A stop of one of this process's threads (routed by the session).
     func handle(_ event: StopEvent) throws {
         let tid = event.tid
+        threads[tid]?.callOutputs = nil
         if threads[tid]?.trampolinePage != nil, try settleTrampoline(tid, at: event) { return }
         if threads[tid]?.interruptPending == true {
             switch event {
@@ -156,6 +182,19 @@ final class ProcessTracker {
             // would interrupt every call of a busy program.)
             threads[tid]?.interruptPending = false
         }
+        if threads[tid]?.preexisting == true {
+            switch event {
+            case .interruptStop, .groupStop:
+                break  // its first stop, below
+            case .exited, .killed, .event(_, .exit):
+                threads[tid]?.preexisting = false
+                session.firstStopSeen(tid)  // gone before it: nothing to learn
+            default:
+                // Any other trap dropped its pending interrupt (ptrace_stop
+                // clears JOBCTL_TRAP_STOP): ask again, the first sweep waits for it.
+                if (try? Ptrace.interrupt(tid)) != nil { threads[tid]?.interruptPending = true }
+            }
+        }
         switch event {
         case .exited(_, let code):
             if tid == pid && end == nil { finish(.exited(code: code)) } else { threadGone(tid) }
@@ -170,7 +209,10 @@ final class ProcessTracker {
             try session.proceed(tid)
         case .event(_, .clone):
             let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
-            if threads[child] == nil { threads[child] = ThreadState() }
+            // The new thread runs at once: it may have ended already (never
+            // to stop again: a state for it would wait forever).
+            if endedBeforeItsCloneEvent.remove(child) == nil, threads[child] == nil { threads[child] = ThreadState() }
+            threads[child]?.awaitsCloneEvent = false
             let clearTid = threads[tid]?.newThreadClearTid
             threads[child]?.clearChildTid = clearTid
             threads[tid]?.newThreadClearTid = nil
@@ -232,6 +274,9 @@ final class ProcessTracker {
                 // Attach mode: every syscall entry, as the seccomp stops of launch mode.
                 try handleSyscallEntry(tid: tid)
             } else {
+                if Tracker.debug, let r = try? Arch.readRegisters(tid: tid) {
+                    trace("  exit of \(Arch.syscallNumber(r)): \(Arch.syscallResult(r))")
+                }
                 // A syscall exit (attach mode) can serve a sweep like an interrupt stop.
                 try sweepIfPending(in: tid)
                 try resume(tid)
@@ -251,7 +296,12 @@ final class ProcessTracker {
         }
         if sig == config.sweepSignal {
             try learnRseq(tid)
-            try sweep(reason: .signal, in: tid)
+            if !finalSweepDone { pendingSweep = .signal }
+            try sweepIfPending(in: tid)
+            if pendingSweep != nil {
+                threads[tid]?.waiting = .sweepSignal  // it must wait (sweepIfPending)
+                return
+            }
             try resume(tid)  // swallowed
             return
         }
@@ -329,6 +379,10 @@ final class ProcessTracker {
             return try rescueRseq(tid)
         }
         guard info.code == SignalInfo.SEGV_ACCERR else { return false }
+        if memoryCallInFlight(besides: tid) {
+            threads[tid]?.waiting = .fault
+            return true
+        }
         let page = Page.floor(info.faultAddress)
         trace("  fault at \(info.faultAddress): \(memory.state(of: page))")
         switch memory.state(of: page) {
@@ -420,6 +474,12 @@ final class ProcessTracker {
                                                             completing: threads[tid]?.completingSyscall)
         threads[tid]?.held.append(contentsOf: outcome.heldSignals)
         if outcome.consumedInterrupt { threads[tid]?.interruptPending = false }
+        if Tracker.debug {
+            for (c, r) in zip(changes, results) where r != 0 {
+                trace("    \(c.range) \(c.protection): \(r); maps: " + ((try? ProcFS.maps(of: tid)) ?? [])
+                    .filter { $0.range.overlaps(c.range) }.map { "\($0.range) \($0.protection)" }.joined(separator: ", "))
+            }
+        }
         return results
     }
 
@@ -445,14 +505,29 @@ final class ProcessTracker {
         trace("  mprotect \(range) \(protection) in \(tid)")
         guard let injector else { return }
         if threads[tid]?.entryRegisters != nil { threads[tid]?.injectedAtEntry = true }
-        let outcome = try injector.mprotect(range, protection, in: tid, completing: threads[tid]?.completingSyscall)
+        let outcome: RemoteSyscall.Outcome
+        do {
+            outcome = try injector.mprotect(range, protection, in: tid, completing: threads[tid]?.completingSyscall)
+        } catch {
+            if Tracker.debug {
+                trace("    failed; maps: " + ((try? ProcFS.maps(of: tid)) ?? [])
+                    .filter { $0.range.overlaps(range) }.map { "\($0.range) \($0.protection)" }.joined(separator: ", "))
+            }
+            throw error
+        }
         threads[tid]?.held.append(contentsOf: outcome.heldSignals)
         if outcome.consumedInterrupt { threads[tid]?.interruptPending = false }
+        if Tracker.debug {
+            trace("    gave \(outcome.value), held \(outcome.heldSignals.map(\.signal)); maps: " + ((try? ProcFS.maps(of: tid)) ?? [])
+                .filter { $0.range.overlaps(range) }.map { "\($0.range) \($0.protection)" }.joined(separator: ", "))
+        }
     }
 
     /// Resumes a stopped thread, first delivering anything held for it.
     func resume(_ tid: Int32, exit pending: PendingSyscallExit? = nil) throws {
-        threads[tid]?.completingSyscall = nil
+        // Kept for a thread parked for the detach: its injections there must
+        // put back the call's result too (a clone's parent became its child).
+        if session.detaching == nil || pending != nil { threads[tid]?.completingSyscall = nil }
         var rewound = false
         if let entry = threads[tid]?.entryRegisters {
             threads[tid]?.entryRegisters = nil
@@ -610,6 +685,7 @@ final class ProcessTracker {
 
     func threadGone(_ tid: Int32) {
         unwinder?.threadGone(tid: tid)
+        if threads[tid]?.awaitsCloneEvent == true { endedBeforeItsCloneEvent.insert(tid) }
         threads[tid] = nil
     }
 
@@ -672,8 +748,67 @@ final class ProcessTracker {
     }
 
     func sweepIfPending(in tid: Int32) throws {
-        guard let reason = pendingSweep else { return }
+        guard let reason = pendingSweep, session.awaitingFirstStop.isEmpty,
+              !memoryCallInFlight(besides: tid) else { return }
         try sweep(reason: reason, in: tid)
+    }
+
+    /// Threads kept at a stop (`StopWaiting`) go on once nothing holds them
+    /// (after each stop the session handles): the sweep a thread stopped at
+    /// the sweep signal waits for (in attach mode, one asked for before
+    /// every thread was seen is the attach sweep, done meanwhile in another
+    /// thread), then faults, then one memory call at a time.
+    func serveWaiting() throws {
+        guard threads.values.contains(where: { $0.waiting != nil }) else { return }
+        for tid in threads.keys.sorted() where threads[tid]?.waiting == .sweepSignal {
+            if pendingSweep == nil {
+                threads[tid]?.waiting = nil
+                try resume(tid)
+            } else if session.awaitingFirstStop.isEmpty, !memoryCallInFlight(besides: tid) {
+                threads[tid]?.waiting = nil
+                try sweepIfPending(in: tid)
+                try resume(tid)
+            }
+        }
+        guard !memoryCallInFlight(besides: 0) else { return }
+        for tid in threads.keys.sorted() where threads[tid]?.waiting == .fault {
+            threads[tid]?.waiting = nil
+            try handleSignal(Signal.SIGSEGV, tid: tid)
+        }
+        if let tid = threads.keys.sorted().first(where: { threads[$0]?.waiting == .memoryCall }) {
+            threads[tid]?.waiting = nil
+            try handleSyscallEntry(tid: tid)
+        }
+    }
+
+    /// The pages threads were sent to un-arm through their trampoline slots
+    /// and not seen since (in `range`): writable in the model, but their
+    /// `mprotect` may not have run yet.
+    func pagesInFlight(in range: AddressRange?) -> [RemoteAddress] {
+        threads.values.compactMap(\.trampolinePage).filter { page in
+            guard range.map({ $0.pageAligned.contains(page) }) ?? true, case .writable = memory.state(of: page) else { return false }
+            return true
+        }
+    }
+
+    /// Whether pages may be armed now. Not before the first sweep of an
+    /// attach (every thread seen, its rseq area pinned; the gadget in place):
+    /// until then the program's memory calls run as they are and new pages
+    /// are left for that sweep, which arms them.
+    var armsNow: Bool { injector != nil && session.awaitingFirstStop.isEmpty }
+
+    /// Whether another thread is between the entry and the exit of one of
+    /// the program's own memory calls (mmap, mprotect, ...). A sweep then
+    /// waits for that exit: its maps could show the call's new mapping
+    /// before the exit's handling (which takes maps as they are then, and
+    /// would drop pages the sweep armed: the next write to one a fatal
+    /// SIGSEGV), and its re-arming mprotect could run after the program's
+    /// own and undo it.
+    func memoryCallInFlight(besides tid: Int32) -> Bool {
+        threads.contains { other, state in
+            guard other != tid, case .memory? = state.pendingExit else { return false }
+            return true
+        }
     }
 
     /// Reports and re-arms. Re-protection comes before the dirty bits are
@@ -721,10 +856,14 @@ final class ProcessTracker {
         emitSweep(reason: reason, dirty: dirty)
     }
 
-    /// The output buffers of the calls other threads are blocked in now
-    /// (from /proc/PID/task/TID/syscall), page-aligned.
+    /// The output buffers of the calls other threads are in now: those
+    /// PageWatch un-armed at their entry, and those of the calls /proc/PID/
+    /// task/TID/syscall shows them blocked in; page-aligned.
     func outputsOfBlockedCalls(excluding tid: Int32) -> PageSet {
         var busy = PageSet()
+        for (other, state) in threads where other != tid {
+            for r in state.callOutputs?.ranges ?? [] { busy.insert(r) }
+        }
         for other in threads.keys where other != tid {
             guard case let .inSyscall(number, arguments) = ProcFS.activity(pid: liveThread(), tid: other),
                   let call = Arch.syscall(number: number) else { continue }
@@ -768,7 +907,18 @@ final class ProcessTracker {
         let maps = try ProcFS.maps(of: liveThread())
         // PageWatch's own scratch pages (the trampoline's data page is writable) are never tracked.
         let programs = maps.filter { m in injector.map { !$0.scratch.contains(m.range.start) } ?? true }
+        // A page a thread was sent to un-arm through its trampoline slot is
+        // writable in the model, but the thread may not have run the slot's
+        // mprotect yet: maps can still show it armed, which reconcile would
+        // take for the program's own protection (and drop a read-only page
+        // from tracking: the thread's write then faults on an untracked
+        // page and kills it). Reconciled as armed, un-armed again after.
+        let inFlight = pagesInFlight(in: nil)
+        for page in inFlight { memory.markArmedKeepingDirty(AddressRange(start: page, end: page + Page.size)) }
         memory.reconcile(maps: programs, selection: config.selection, stackAnchors: stackAnchors)
+        for page in inFlight {
+            if case .armed = memory.state(of: page) { memory.markWritten(page) }
+        }
         publishForGuardian()
         if unwinder != nil || !frameCache.isEmpty, code(of: maps) != code(of: lastMaps) {
             // A module came or went: cached unwind tables and names may be stale.

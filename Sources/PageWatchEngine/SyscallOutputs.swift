@@ -113,7 +113,18 @@ struct SyscallOutputs {
         case .ioctl: return ioctlOutput(UInt32(truncatingIfNeeded: a[1]), a[2])
         case .io_getevents: return block(a[3], min(a[2], 1 << 16) &* L.ioEvent)
         case .sched_getaffinity: return block(a[2], a[1])
-        case .futex: return a[1] & 0x7f == 5 ? block(a[4], 4) : []  // FUTEX_WAKE_OP writes *uaddr2
+        case .futex:
+            let op = a[1] & 0x7f
+            var words = op == 5 ? block(a[4], 4) : []  // FUTEX_WAKE_OP writes *uaddr2
+            if a[1] & 0x80 == 0 {
+                // A shared futex on a read-only anonymous page fails with
+                // EFAULT (get_futex_key): its words must not stay armed. Not
+                // written: reported dirty all the same (pthread_join on a
+                // thread PageWatch did not see start, in attach mode).
+                words += block(a[0], 4)
+                if [3, 4, 11, 12].contains(op) { words += block(a[4], 4) }  // the requeue target
+            }
+            return words
         case .process_vm_readv: return iovecs(a[1], a[2])
         case .getitimer: return block(a[1], L.itimerval)
         case .setitimer: return block(a[2], L.itimerval)

@@ -72,7 +72,9 @@ extension Tracker {
     /// been seen, the first sweep arms the selection.
     func firstStopSeen(_ tid: Int32) {
         guard awaitingFirstStop.remove(tid) != nil, awaitingFirstStop.isEmpty else { return }
-        main.requestSweep(.attach)
+        // Whatever was asked for meanwhile (a sweep signal) is this sweep:
+        // nothing was tracked before it.
+        if !main.finalSweepDone { main.pendingSweep = .attach }
     }
 
     /// Why to detach now, if at all.
@@ -89,6 +91,12 @@ extension Tracker {
         detaching = reason
         for p in processes.values where p.end == nil {
             p.pendingSweep = nil
+            for tid in p.threads.keys where p.threads[tid]?.waiting != nil {
+                // Kept at its stop (StopWaiting): parked there. At a fault, the
+                // write runs again after the detach, on a page given back.
+                p.threads[tid]?.waiting = nil
+                parked.insert(tid)
+            }
             for tid in p.threads.keys where !parked.contains(tid) {
                 if (try? Ptrace.interrupt(tid)) != nil { p.threads[tid]?.interruptPending = true }
             }
@@ -101,7 +109,12 @@ extension Tracker {
     /// PageWatch's injections are sent again. Returns true when done.
     func finishDetachIfParked() throws -> Bool {
         let live = processes.values.filter { $0.end == nil }
-        guard live.allSatisfy({ $0.threads.keys.allSatisfy(parked.contains) }) else { return false }
+        guard live.allSatisfy({ $0.threads.keys.allSatisfy(parked.contains) }) else {
+            trace("  detach waits for " + live.flatMap { p in p.threads.keys.filter { !parked.contains($0) }.map {
+                "\($0) \(p.threads[$0].map { "interrupt \($0.interruptPending) waiting \(String(describing: $0.waiting))" } ?? "")" } }
+                .joined(separator: ", "))
+            return false
+        }
         for p in live {
             try p.detachSweep()
         }

@@ -87,6 +87,9 @@ public final class Tracker {
     /// Attach mode: the guardian's shared state and the pipe it watches (hazard 20).
     var guardian: (state: GuardianState, watch: Int32)?
     /// Attach mode: the threads seized whose first stop is still to come.
+    /// Nothing is armed until it is empty: a thread's rseq area and tid
+    /// word are pinned at that stop, and armed before it the kernel's next
+    /// rseq update for the thread fails and kills it (SIGSEGV, hazard 3).
     var awaitingFirstStop: Set<Int32> = []
     /// The signal a thread was parked at (its signal-delivery stop), for PTRACE_DETACH to deliver.
     var parkedSignals: [Int32: HeldSignal] = [:]
@@ -138,7 +141,7 @@ public final class Tracker {
             // Stops first: a thread waits for us at each one, and a pending
             // sweep is served at the next of them.
             var next = try Wait.poll(-1)
-            if next == nil, let t = timer, t.takeDue() {
+            if next == nil, awaitingFirstStop.isEmpty, let t = timer, t.takeDue() {
                 // (Not after a process's exit sweep: its threads are exiting.)
                 for p in processes.values where p.end == nil && !p.trackingStopped && !p.finalSweepDone {
                     p.requestSweep(.interval)
@@ -173,6 +176,7 @@ public final class Tracker {
                 // The thread was killed under us (SIGKILL): its exit event follows.
                 owner?.threadGone(tid)
             }
+            try owner?.serveWaiting()
             if let owner, owner !== main, owner.isDone { processEnded(owner) }
         }
     }
@@ -305,7 +309,9 @@ extension Tracker {
             untracked.insert(tid)
             try Ptrace.cont(tid)
         } else if let group = threadGroup(of: tid), let p = processes[group] {
-            p.threads[tid] = ThreadState()
+            var state = ThreadState()
+            state.awaitsCloneEvent = true  // its first stop came before its parent's clone event
+            p.threads[tid] = state
             try p.learnRseq(tid)
             try p.sweepIfPending(in: tid)
             try p.resume(tid)

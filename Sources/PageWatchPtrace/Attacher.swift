@@ -49,6 +49,16 @@ public enum Attacher {
         return tids.sorted()
     }
 
+    /// Why PTRACE_SEIZE of a thread other than the leader may fail with
+    /// EPERM and be no error: a thread seized before it created it, so it is
+    /// traced from birth (TRACECLONE); or it has exited (the kernel refuses
+    /// a task with an exit state) and is about to vanish.
+    static func isSeizedOrGone(_ tid: Int32) -> Bool {
+        guard let status = try? ProcFS.read("/proc/\(tid)/status", pid: tid) else { return true }
+        if let state = ProcFS.statusField("State", in: status)?.first, state == "Z" || state == "X" { return true }
+        return ProcFS.statusField("TracerPid", in: status).flatMap { Int32($0) } == getpid()
+    }
+
     /// Seizes every thread of `pid`, race-free against threads being
     /// created meanwhile: `/proc/PID/task` is read again until a pass finds
     /// no thread not yet seized (threads a seized thread creates are traced
@@ -67,6 +77,8 @@ public enum Attacher {
                     seized.append(tid)
                 } catch TraceError.call(_, let errno, _, _) where errno == .ESRCH && tid != pid {
                     continue  // the thread exited meanwhile
+                } catch TraceError.call(_, let errno, _, _) where errno == .EPERM && tid != pid && isSeizedOrGone(tid) {
+                    continue
                 }
             }
         }

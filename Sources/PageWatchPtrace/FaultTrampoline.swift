@@ -65,7 +65,13 @@ public struct FaultTrampoline: Sendable {
     public func settle(tid: Int32, registers: Arch.Registers) throws -> (slot: Int, ran: Bool)? {
         let ip = Arch.instructionPointer(registers)
         guard let slot = slot(at: ip) else { return nil }
-        let words = try read(at: slotData(slot), tid: tid)
+        var words = try read(at: slotData(slot), tid: tid)
+        if ip == slotCode(slot) + Arch.trampolineSyscallEnd {
+            // Stopped right after the call (a signal at its exit), before the
+            // slot stored its result: it is still in the result register.
+            words[Arch.trampolineResultWord] = UInt64(bitPattern: Arch.syscallResult(registers))
+            try write([words[Arch.trampolineResultWord]], at: slotData(slot) + UInt64(Arch.trampolineResultWord * 8), tid: tid)
+        }
         try Arch.writeRegisters(Arch.leavingTrampoline(registers, words: words), tid: tid)
         return (slot, ip != slotCode(slot))
     }

@@ -14,6 +14,7 @@ public struct SeccompFilter: Sendable {
     static let ldAbsW: UInt16 = 0x20      // BPF_LD | BPF_W | BPF_ABS
     static let jeqK: UInt16 = 0x15        // BPF_JMP | BPF_JEQ | BPF_K
     static let jgeK: UInt16 = 0x35        // BPF_JMP | BPF_JGE | BPF_K
+    static let jsetK: UInt16 = 0x45       // BPF_JMP | BPF_JSET | BPF_K
     static let retK: UInt16 = 0x06        // BPF_RET | BPF_K
     static let allow: UInt32 = 0x7fff_0000  // SECCOMP_RET_ALLOW
     static let trace: UInt32 = 0x7ff0_0000  // SECCOMP_RET_TRACE
@@ -21,7 +22,8 @@ public struct SeccompFilter: Sendable {
     static let aluAndK: UInt16 = 0x54     // BPF_ALU | BPF_AND | BPF_K
 
     /// Traces every syscall of `auditArch` except `allowed`, and `futex`
-    /// only when its operation (args[1] & 0x7f) is `futexWakeOp`.
+    /// only when it is shared (FUTEX_PRIVATE_FLAG, 0x80, clear in args[1])
+    /// or its operation (args[1] & 0x7f) is `futexWakeOp`.
     /// `scratch`: calls made from there (PageWatch's own code in the
     /// tracee: the fault trampoline's `mprotect`) run untraced. It must not
     /// cross a 4 GiB boundary (the filter compares the two 32-bit halves).
@@ -33,7 +35,8 @@ public struct SeccompFilter: Sendable {
         var p: [Instruction] = []
         // 0: arch; 1: other ABI → ALLOW; 2..<7: instruction pointer in scratch → ALLOW;
         // 7: nr; 8: futex → FUTEX; 9..<9+n: allowed → ALLOW;
-        // 9+n: TRACE; 10+n: ALLOW; 11+n: FUTEX: args[1] low word & 0x7f == op ? TRACE : ALLOW.
+        // 9+n: TRACE; 10+n: ALLOW; 11+n: FUTEX: args[1] low word without 0x80 → TRACE,
+        // else & 0x7f == op ? TRACE : ALLOW.
         let allowAt = 10 + n, futexAt = 11 + n
         func jump(from i: Int, to t: Int) -> UInt8 { UInt8(t - i - 1) }
         p.append(Instruction(code: Self.ldAbsW, jt: 0, jf: 0, k: 4))
@@ -56,6 +59,7 @@ public struct SeccompFilter: Sendable {
         p.append(Instruction(code: Self.retK, jt: 0, jf: 0, k: Self.allow))
         // seccomp_data.args[1] is at offset 16 + 8; its low 32 bits first (little-endian).
         p.append(Instruction(code: Self.ldAbsW, jt: 0, jf: 0, k: 24))
+        p.append(Instruction(code: Self.jsetK, jt: 0, jf: 2, k: 0x80))
         p.append(Instruction(code: Self.aluAndK, jt: 0, jf: 0, k: 0x7f))
         p.append(Instruction(code: Self.jeqK, jt: 0, jf: 1, k: futexWakeOp))
         p.append(Instruction(code: Self.retK, jt: 0, jf: 0, k: Self.trace))

@@ -24,11 +24,16 @@ import PageWatchAddressSpace
         #expect(filter.traces(nr: 999, arch: Arch.auditArch))
     }
 
-    @Test func tracesFutexOnlyForWakeOp() {
-        #expect(!traced("futex", arg1: 0))          // FUTEX_WAIT
+    /// Private futexes only for FUTEX_WAKE_OP (it writes *uaddr2); shared
+    /// ones always (EFAULT on a read-only anonymous page).
+    @Test func tracesFutexOnlyForWakeOpOrShared() {
+        #expect(!traced("futex", arg1: 128 | 0))    // FUTEX_WAIT | FUTEX_PRIVATE_FLAG
         #expect(!traced("futex", arg1: 128 | 1))    // FUTEX_WAKE | FUTEX_PRIVATE_FLAG
+        #expect(!traced("futex", arg1: 128 | 9))    // FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG
         #expect(traced("futex", arg1: 5))           // FUTEX_WAKE_OP
         #expect(traced("futex", arg1: 128 | 5))     // FUTEX_WAKE_OP | FUTEX_PRIVATE_FLAG
+        #expect(traced("futex", arg1: 0))           // FUTEX_WAIT, shared
+        #expect(traced("futex", arg1: 256 | 9))     // FUTEX_WAIT_BITSET | FUTEX_CLOCK_REALTIME (pthread_join)
     }
 
     /// The fault trampoline's mprotect runs untraced from the scratch pages;
