@@ -441,14 +441,19 @@ struct MappingGroup {
     static func group(_ maps: [Mapping]) -> [MappingGroup] {
         var out: [MappingGroup] = []
         for m in maps {
-            if var last = out.last, last.mapping.range.end == m.range.start,
-               last.mapping.isPrivate == m.isPrivate, last.mapping.inode == m.inode,
-               samePath(last.entries.last!.path, m.path), last.mapping.device == m.device,
-               last.entries.last!.protection.union(.write) == m.protection.union(.write) {
-                last.mapping.range = AddressRange(start: last.mapping.range.start, end: m.range.end)
-                if m.path == "[stack]" { last.mapping.path = m.path }
-                last.entries.append(m)
-                out[out.count - 1] = last
+            let continues = out.last.map { last in
+                last.mapping.range.end == m.range.start && last.mapping.isPrivate == m.isPrivate
+                    && last.mapping.inode == m.inode && samePath(last.entries.last!.path, m.path)
+                    && last.mapping.device == m.device
+                    && last.entries.last!.protection.union(.write) == m.protection.union(.write)
+            } ?? false
+            if continues {
+                // In place: a copy of the last group would copy its entries at
+                // every line, quadratic in the VMAs scattered faults split a mapping into.
+                let i = out.count - 1
+                out[i].mapping.range = AddressRange(start: out[i].mapping.range.start, end: m.range.end)
+                if m.path == "[stack]" { out[i].mapping.path = m.path }
+                out[i].entries.append(m)
             } else {
                 out.append(MappingGroup(mapping: m, entries: [m]))
             }
