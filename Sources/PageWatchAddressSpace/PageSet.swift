@@ -29,6 +29,13 @@ public struct PageSet: Equatable, Sendable {
     public mutating func insert(_ range: AddressRange) {
         let r = range.pageAligned
         guard !r.isEmpty else { return }
+        // Ascending inserts (a bitmap's runs, a sweep's pages) extend or
+        // append at the end: no search, no one-element array to splice in.
+        if let last = ranges.last, r.start >= last.end {
+            if r.start == last.end { ranges[ranges.count - 1] = AddressRange(start: last.start, end: r.end) } else { ranges.append(r) }
+            return
+        }
+        if ranges.isEmpty { ranges.append(r); return }
         // Ranges that touch or overlap r merge with it.
         var i = firstEnding(above: RemoteAddress(r.start.value &- 1))
         if r.start.value == 0 { i = 0 }
@@ -85,10 +92,13 @@ public struct PageSet: Equatable, Sendable {
     }
 }
 
-/// One bit per page of a fixed range: the O(1 bit per page) state of a tracked region.
+/// One bit per page of a range: the O(1 bit per page) state of a tracked
+/// region. Whole-range operations work a word (64 pages) at a time, so a
+/// sweep costs the tracked pages over 64, not the tracked pages.
 public struct PageBitmap: Equatable, Sendable {
+    /// Bits past `pageCount` are always 0 (equality and `setCount` rely on it).
     public private(set) var words: [UInt64]
-    public let pageCount: Int
+    public private(set) var pageCount: Int
     public private(set) var setCount: Int = 0
 
     public init(pageCount: Int, allSet: Bool = false) {
@@ -107,12 +117,7 @@ public struct PageBitmap: Equatable, Sendable {
         }
     }
 
-    public mutating func setAll() {
-        for w in words.indices { words[w] = ~0 }
-        let extra = words.count * 64 - pageCount
-        if extra > 0 { words[words.count - 1] >>= UInt64(extra) }
-        setCount = pageCount
-    }
+    public mutating func setAll() { set(0..<pageCount, to: true) }
 
     public mutating func clearAll() {
         for w in words.indices { words[w] = 0 }
@@ -120,28 +125,104 @@ public struct PageBitmap: Equatable, Sendable {
     }
 
     public mutating func set(_ range: Range<Int>, to value: Bool) {
-        for i in range { self[i] = value }
+        var i = range.lowerBound
+        while i < range.upperBound {
+            let w = i >> 6, lo = i & 63, n = min(64 - lo, range.upperBound - i)
+            let mask = Self.lowBits(n) << UInt64(lo)
+            let before = words[w]
+            words[w] = value ? before | mask : before & ~mask
+            setCount += words[w].nonzeroBitCount - before.nonzeroBitCount
+            i += n
+        }
+    }
+
+    /// The bits of pages `i..<i+64`, page `i` in bit 0 (0 past `pageCount`).
+    public func word(from i: Int) -> UInt64 {
+        let w = i >> 6, shift = UInt64(i & 63)
+        guard w < words.count else { return 0 }
+        var x = words[w] >> shift
+        if shift != 0 && w + 1 < words.count { x |= words[w + 1] << (64 - shift) }
+        return x
+    }
+
+    /// Grows by `count` pages whose bits `bits(k)` gives 64 at a time (the
+    /// bits of appended pages `k..<k+64`, as `word(from:)` does).
+    public mutating func append(count: Int, _ bits: (Int) -> UInt64) {
+        var k = 0
+        while k < count {
+            let n = min(64, count - k)
+            let x = bits(k) & Self.lowBits(n)
+            let used = pageCount & 63
+            if used == 0 {
+                words.append(x)
+            } else {
+                words[words.count - 1] |= x << UInt64(used)
+                if used + n > 64 { words.append(x >> UInt64(64 - used)) }
+            }
+            pageCount += n
+            setCount += x.nonzeroBitCount
+            k += n
+        }
+    }
+
+    public mutating func append(repeating value: Bool, count: Int) {
+        append(count: count) { _ in value ? ~0 : 0 }
+    }
+
+    /// Appends the bits of `pages` of `other`.
+    public mutating func append(_ other: PageBitmap, pages: Range<Int>) {
+        append(count: pages.count) { other.word(from: pages.lowerBound + $0) }
+    }
+
+    /// The first set bit in `range`, if any.
+    public func firstSet(in range: Range<Int>) -> Int? { next(true, in: range) }
+
+    /// The first clear bit in `range`, if any.
+    public func firstClear(in range: Range<Int>) -> Int? { next(false, in: range) }
+
+    /// The last set bit in `range`, if any.
+    public func lastSet(in range: Range<Int>) -> Int? {
+        var i = range.upperBound
+        while i > range.lowerBound {
+            let w = (i - 1) >> 6, lo = max(range.lowerBound, w << 6)
+            let x = words[w] & (Self.lowBits(i - (w << 6)) & ~Self.lowBits(lo - (w << 6)))
+            if x != 0 { return (w << 6) + 63 - x.leadingZeroBitCount }
+            i = lo
+        }
+        return nil
+    }
+
+    /// The first bit equal to `value` in `range`, if any.
+    private func next(_ value: Bool, in range: Range<Int>) -> Int? {
+        var i = range.lowerBound
+        while i < range.upperBound {
+            let w = i >> 6, lo = i & 63
+            var x = value ? words[w] : ~words[w]
+            x &= ~Self.lowBits(lo)
+            if x != 0 {
+                let found = (w << 6) + x.trailingZeroBitCount
+                return found < range.upperBound ? found : nil
+            }
+            i = (w + 1) << 6
+        }
+        return nil
+    }
+
+    /// Maximal runs of set bits within `range`, as page-index ranges, in ascending order.
+    public func runs(in range: Range<Int>) -> [Range<Int>] {
+        var out: [Range<Int>] = []
+        var i = range.lowerBound
+        while let start = next(true, in: i..<range.upperBound) {
+            let end = next(false, in: start..<range.upperBound) ?? range.upperBound
+            out.append(start..<end)
+            i = end
+        }
+        return out
     }
 
     /// Maximal runs of set bits, as page-index ranges, in ascending order.
-    public func runs() -> [Range<Int>] {
-        var out: [Range<Int>] = []
-        var runStart: Int? = nil
-        var i = 0
-        while i < pageCount {
-            let w = words[i >> 6]
-            // Skip whole words quickly when no run is open and the word is empty,
-            // or a run is open and the word is full.
-            if i & 63 == 0 && i + 64 <= pageCount {
-                if runStart == nil && w == 0 { i += 64; continue }
-                if runStart != nil && w == ~0 { i += 64; continue }
-            }
-            let bit = w & (1 << UInt64(i & 63)) != 0
-            if bit, runStart == nil { runStart = i }
-            if !bit, let s = runStart { out.append(s..<i); runStart = nil }
-            i += 1
-        }
-        if let s = runStart { out.append(s..<pageCount) }
-        return out
-    }
+    public func runs() -> [Range<Int>] { runs(in: 0..<pageCount) }
+
+    /// A word with its `n` low bits set (n in 0...64).
+    static func lowBits(_ n: Int) -> UInt64 { n >= 64 ? ~0 : (1 << UInt64(n)) - 1 }
 }

@@ -88,8 +88,14 @@ public struct TrackedMemory: Sendable {
     /// its state when maps shows the protection PageWatch expects for it
     /// (`armed` → without write); any other page is new or was changed by the
     /// program, so it takes the protection maps shows and counts as dirty.
+    ///
+    /// Decided a run at a time, not a page at a time: a maps entry's
+    /// selected part is cut where old regions begin and end, and each piece
+    /// inside an old region is taken over with word-wide bitmap copies, so
+    /// the cost is the maps entries plus the tracked pages over 64 (a sweep
+    /// of an 8 GiB region no longer walks its 2 Mi pages).
     public mutating func reconcile(maps: [Mapping], selection: Selection, stackAnchors: [RemoteAddress]) {
-        var built: [TrackedRegion] = []
+        var built = RegionBuilder()
         var old = 0  // cursor into regions, which are sorted like maps
 
         for group in MappingGroup.group(maps) {
@@ -104,40 +110,27 @@ public struct TrackedMemory: Sendable {
             for entry in group.entries {
                 var probe = group.mapping
                 probe.range = entry.range
-                // Which pages would be selected if writable; protection is decided per page below.
+                // Which pages would be selected if writable; protection is decided per run below.
                 let parts = selection.selectedPart(of: probe, protection: [.read, .write], isThreadStack: isThreadStack)
                 for part in parts {
                     var page = part.start
                     while page < part.end {
                         while old < regions.count && regions[old].range.end <= page { old += 1 }
-                        var intended = entry.protection
-                        var armed = false, dirty = true
-                        if old < regions.count && regions[old].range.contains(page) {
-                            let r = regions[old], i = r.index(of: page)
-                            let expected = r.armed[i] ? r.protection.armed : r.protection
-                            if expected == entry.protection {
-                                intended = r.protection
-                                armed = r.armed[i]
-                                dirty = r.dirty[i]
-                            }
+                        if old < regions.count && regions[old].range.start <= page {
+                            let r = regions[old]
+                            let end = min(part.end, r.range.end)
+                            built.takeOver(r, pages: r.index(of: page)..<r.index(of: end), shown: entry.protection)
+                            page = end
+                        } else {
+                            let end = old < regions.count ? min(part.end, regions[old].range.start) : part.end
+                            built.appendChanged(AddressRange(start: page, end: end), shown: entry.protection)
+                            page = end
                         }
-                        if intended.contains(.write) || (old < regions.count && regions[old].range.contains(page) && intended == regions[old].protection) {
-                            if let last = built.last, last.range.end == page, last.protection == intended {
-                                built[built.count - 1].append(armed: armed, dirty: dirty)
-                            } else {
-                                if !built.isEmpty { built[built.count - 1].compact() }
-                                var r = TrackedRegion(range: AddressRange(start: page, end: page), protection: intended)
-                                r.append(armed: armed, dirty: dirty)
-                                built.append(r)
-                            }
-                        }
-                        page = page + Page.size
                     }
                 }
             }
         }
-        if !built.isEmpty { built[built.count - 1].compact() }
-        regions = built
+        regions = built.regions
     }
 
     /// The calls that arm the whole region containing `a` (its pinned pages
@@ -152,10 +145,18 @@ public struct TrackedMemory: Sendable {
     /// Marks the region containing `a` armed (its pinned pages excepted), keeping dirty bits.
     public mutating func markRegionArmedKeepingDirty(containing a: RemoteAddress) {
         guard let r = regionIndex(containing: a) else { return }
-        let range = regions[r].range
-        for i in 0..<Int(range.pageCount) where !pinned.contains(regions[r].address(ofPage: i)) {
-            regions[r].armed[i] = true
+        armUnpinned(region: r, pages: 0..<regions[r].armed.pageCount)
+    }
+
+    /// Sets the armed bits of region `r`'s `pages`, its pinned pages excepted.
+    private mutating func armUnpinned(region r: Int, pages: Range<Int>) {
+        var i = pages.lowerBound
+        for p in pinned.intersection(regions[r].range(ofPages: pages)).ranges {
+            let held = regions[r].pageIndices(touching: p)!
+            regions[r].armed.set(i..<held.lowerBound, to: true)
+            i = held.upperBound
         }
+        regions[r].armed.set(i..<pages.upperBound, to: true)
     }
 
     /// Pins `range`: its pages are never armed again. Returns the armed pages
@@ -180,7 +181,7 @@ public struct TrackedMemory: Sendable {
     /// Everything to report for this interval: dirty pages plus the tracked pinned pages.
     public func dirtyPages() -> PageSet {
         var set = PageSet()
-        for r in regions {
+        for r in regions where r.dirty.setCount > 0 {
             for run in r.dirty.runs() { set.insert(r.range(ofPages: run)) }
         }
         set.formUnion(pinned.intersection(trackedRanges))
@@ -195,8 +196,8 @@ public struct TrackedMemory: Sendable {
     public func rearmPlan() -> [ProtectionChange] {
         var plan: [ProtectionChange] = []
         for r in regions where r.dirty.setCount > 0 && r.protection.contains(.write) {
-            let runs = r.dirty.runs()
-            let span = r.range(ofPages: runs.first!.lowerBound..<runs.last!.upperBound)
+            let all = 0..<r.dirty.pageCount
+            let span = r.range(ofPages: r.dirty.firstSet(in: all)!..<r.dirty.lastSet(in: all)! + 1)
             var rest = PageSet([span])
             for p in pinned.intersection(span).ranges { rest.remove(p) }
             for piece in rest.ranges {
@@ -210,10 +211,8 @@ public struct TrackedMemory: Sendable {
     public mutating func markArmed(_ range: AddressRange) {
         for r in regions.indices {
             guard let pages = regions[r].pageIndices(touching: range) else { continue }
-            for i in pages {
-                regions[r].armed[i] = true
-                regions[r].dirty[i] = false
-            }
+            regions[r].armed.set(pages, to: true)
+            regions[r].dirty.set(pages, to: false)
         }
     }
 
@@ -229,7 +228,7 @@ public struct TrackedMemory: Sendable {
         for p in pinned.ranges {
             for r in regions.indices {
                 guard let pages = regions[r].pageIndices(touching: p) else { continue }
-                for i in pages { regions[r].dirty[i] = false }
+                regions[r].dirty.set(pages, to: false)
             }
         }
     }
@@ -241,15 +240,10 @@ public struct TrackedMemory: Sendable {
         guard let r = regionIndex(containing: a), regions[r].range.start != a else { return }
         let old = regions[r]
         let cut = old.index(of: a)
-        var left = TrackedRegion(range: AddressRange(start: old.range.start, end: a), protection: old.protection)
-        var right = TrackedRegion(range: AddressRange(start: a, end: old.range.end), protection: old.protection)
-        for i in 0..<Int(old.range.pageCount) {
-            if i < cut {
-                left.armed[i] = old.armed[i]; left.dirty[i] = old.dirty[i]
-            } else {
-                right.armed[i - cut] = old.armed[i]; right.dirty[i - cut] = old.dirty[i]
-            }
-        }
+        var left = TrackedRegion(range: AddressRange(start: old.range.start, end: old.range.start), protection: old.protection)
+        var right = TrackedRegion(range: AddressRange(start: a, end: a), protection: old.protection)
+        left.append(pages: 0..<cut, of: old, unarming: false)
+        right.append(pages: cut..<old.armed.pageCount, of: old, unarming: false)
         regions.replaceSubrange(r...r, with: [left, right])
     }
 
@@ -292,9 +286,7 @@ public struct TrackedMemory: Sendable {
                 // known, so making it writable again is no new mapping.
                 regions[i].armed.clearAll()
             } else if armAll {
-                for p in 0..<Int(regions[i].range.pageCount) where !pinned.contains(regions[i].address(ofPage: p)) {
-                    regions[i].armed[p] = true
-                }
+                armUnpinned(region: i, pages: 0..<regions[i].armed.pageCount)
             }
         }
     }
@@ -303,7 +295,7 @@ public struct TrackedMemory: Sendable {
     public mutating func markDirty(_ range: AddressRange) {
         for i in regions.indices {
             guard let pages = regions[i].pageIndices(touching: range) else { continue }
-            for p in pages { regions[i].dirty[p] = true }
+            regions[i].dirty.set(pages, to: true)
         }
     }
 
@@ -312,15 +304,8 @@ public struct TrackedMemory: Sendable {
         var out: [ProtectionChange] = []
         for r in regions {
             guard let pages = r.pageIndices(touching: range) else { continue }
-            let hi = pages.upperBound
-            var i = pages.lowerBound
-            while i < hi {
-                if r.armed[i] {
-                    var j = i
-                    while j < hi && r.armed[j] { j += 1 }
-                    out.append(ProtectionChange(range: r.range(ofPages: i..<j), protection: r.protection))
-                    i = j
-                } else { i += 1 }
+            for run in r.armed.runs(in: pages) {
+                out.append(ProtectionChange(range: r.range(ofPages: run), protection: r.protection))
             }
         }
         return out
@@ -337,9 +322,7 @@ public struct TrackedMemory: Sendable {
     public mutating func markArmedKeepingDirty(_ range: AddressRange) {
         for i in regions.indices {
             guard let pages = regions[i].pageIndices(touching: range) else { continue }
-            for p in pages where !pinned.contains(regions[i].address(ofPage: p)) {
-                regions[i].armed[p] = true
-            }
+            armUnpinned(region: i, pages: pages)
         }
     }
 
@@ -348,10 +331,10 @@ public struct TrackedMemory: Sendable {
         var seen: Bool?
         for r in regions {
             guard let pages = r.pageIndices(touching: range) else { continue }
-            for p in pages {
-                if let s = seen, s != r.armed[p] { return false }
-                seen = r.armed[p]
-            }
+            let anyArmed = r.armed.firstSet(in: pages) != nil, anyUnarmed = r.armed.firstClear(in: pages) != nil
+            if anyArmed && anyUnarmed { return false }
+            if let s = seen, s != anyArmed { return false }
+            seen = anyArmed
         }
         return true
     }
@@ -364,31 +347,88 @@ public struct TrackedMemory: Sendable {
 }
 
 extension TrackedRegion {
-    /// Grows the region by one page with the given state.
-    mutating func append(armed a: Bool, dirty d: Bool) {
-        let n = Int(range.pageCount) + 1
-        range = AddressRange(start: range.start, end: range.end + Page.size)
-        if armed.pageCount < n {
-            var na = PageBitmap(pageCount: max(n, armed.pageCount * 2))
-            var nd = PageBitmap(pageCount: na.pageCount)
-            for run in armed.runs() { na.set(run, to: true) }
-            for run in dirty.runs() { nd.set(run, to: true) }
-            armed = na
-            dirty = nd
-        }
-        armed[n - 1] = a
-        dirty[n - 1] = d
+    /// Grows the region by `count` pages with the same state.
+    mutating func append(count: Int, armed a: Bool, dirty d: Bool) {
+        range = AddressRange(start: range.start, end: range.end + UInt64(count) * Page.size)
+        armed.append(repeating: a, count: count)
+        dirty.append(repeating: d, count: count)
     }
 
-    /// Trims the bitmaps to the region's page count (they grow in doublings).
-    mutating func compact() {
-        let n = Int(range.pageCount)
-        guard armed.pageCount != n else { return }
-        var na = PageBitmap(pageCount: n), nd = PageBitmap(pageCount: n)
-        for run in armed.runs() where run.lowerBound < n { na.set(run.lowerBound..<min(run.upperBound, n), to: true) }
-        for run in dirty.runs() where run.lowerBound < n { nd.set(run.lowerBound..<min(run.upperBound, n), to: true) }
-        armed = na
-        dirty = nd
+    /// Grows the region by `old`'s pages `pages` with their state, or,
+    /// `unarming`, unarmed and dirty where they were armed.
+    mutating func append(pages: Range<Int>, of old: TrackedRegion, unarming: Bool) {
+        range = AddressRange(start: range.start, end: range.end + UInt64(pages.count) * Page.size)
+        if unarming {
+            armed.append(repeating: false, count: pages.count)
+            dirty.append(count: pages.count) { k in
+                old.dirty.word(from: pages.lowerBound + k) | old.armed.word(from: pages.lowerBound + k)
+            }
+        } else {
+            armed.append(old.armed, pages: pages)
+            dirty.append(old.dirty, pages: pages)
+        }
+    }
+}
+
+/// The regions `reconcile` builds, in address order: a run continuing the
+/// last region with its protection joins it.
+struct RegionBuilder {
+    private(set) var regions: [TrackedRegion] = []
+
+    /// The region `range` joins, made if it continues none.
+    private mutating func last(for range: AddressRange, _ protection: Protection) -> Int {
+        if let last = regions.last, last.range.end == range.start, last.protection == protection {
+            return regions.count - 1
+        }
+        regions.append(TrackedRegion(range: AddressRange(start: range.start, end: range.start), protection: protection))
+        return regions.count - 1
+    }
+
+    /// `old`'s pages `pages`, which maps shows with protection `shown`. A
+    /// page keeps its state when `shown` is what PageWatch expects for it
+    /// (its protection, minus write if armed); any other page was changed
+    /// by the program (`appendChanged`), except that a page shown with its
+    /// region's own protection stays in the model with it.
+    mutating func takeOver(_ old: TrackedRegion, pages: Range<Int>, shown: Protection) {
+        guard !pages.isEmpty else { return }
+        switch (old.protection.armed == shown, old.protection == shown) {
+        case (true, true):
+            // Read-only to the program (so never armed): nothing to decide.
+            appendKept(pages, of: old)
+        case (false, true):
+            // Shown writable: armed pages were made writable by the program;
+            // they stay, unarmed and dirty.
+            regions[last(for: old.range(ofPages: pages), old.protection)].append(pages: pages, of: old, unarming: true)
+        case (true, false):
+            // Shown armed: armed pages keep their state, unarmed ones changed.
+            var i = pages.lowerBound
+            for run in old.armed.runs(in: pages) {
+                appendChanged(old.range(ofPages: i..<run.lowerBound), shown: shown)
+                appendKept(run, of: old)
+                i = run.upperBound
+            }
+            appendChanged(old.range(ofPages: i..<pages.upperBound), shown: shown)
+        case (false, false):
+            appendChanged(old.range(ofPages: pages), shown: shown)
+        }
+    }
+
+    /// Pages new to the model, or changed behind PageWatch's back: they take
+    /// the protection maps shows, unarmed and dirty, if the program can write them.
+    mutating func appendChanged(_ range: AddressRange, shown: Protection) {
+        guard shown.contains(.write), !range.isEmpty else { return }
+        regions[last(for: range, shown)].append(count: Int(range.pageCount), armed: false, dirty: true)
+    }
+
+    /// `old`'s pages `pages` with their state. A whole region that continues
+    /// nothing is shared, not copied.
+    private mutating func appendKept(_ pages: Range<Int>, of old: TrackedRegion) {
+        let range = old.range(ofPages: pages)
+        if pages == 0..<old.armed.pageCount, regions.last.map({ $0.range.end != range.start || $0.protection != old.protection }) ?? true {
+            regions.append(old)
+            return
+        }
+        regions[last(for: range, old.protection)].append(pages: pages, of: old, unarming: false)
     }
 }
 
@@ -401,14 +441,19 @@ struct MappingGroup {
     static func group(_ maps: [Mapping]) -> [MappingGroup] {
         var out: [MappingGroup] = []
         for m in maps {
-            if var last = out.last, last.mapping.range.end == m.range.start,
-               last.mapping.isPrivate == m.isPrivate, last.mapping.inode == m.inode,
-               samePath(last.entries.last!.path, m.path), last.mapping.device == m.device,
-               last.entries.last!.protection.union(.write) == m.protection.union(.write) {
-                last.mapping.range = AddressRange(start: last.mapping.range.start, end: m.range.end)
-                if m.path == "[stack]" { last.mapping.path = m.path }
-                last.entries.append(m)
-                out[out.count - 1] = last
+            let continues = out.last.map { last in
+                last.mapping.range.end == m.range.start && last.mapping.isPrivate == m.isPrivate
+                    && last.mapping.inode == m.inode && samePath(last.entries.last!.path, m.path)
+                    && last.mapping.device == m.device
+                    && last.entries.last!.protection.union(.write) == m.protection.union(.write)
+            } ?? false
+            if continues {
+                // In place: a copy of the last group would copy its entries at
+                // every line, quadratic in the VMAs scattered faults split a mapping into.
+                let i = out.count - 1
+                out[i].mapping.range = AddressRange(start: out[i].mapping.range.start, end: m.range.end)
+                if m.path == "[stack]" { out[i].mapping.path = m.path }
+                out[i].entries.append(m)
             } else {
                 out.append(MappingGroup(mapping: m, entries: [m]))
             }

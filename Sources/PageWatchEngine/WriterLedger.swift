@@ -44,7 +44,7 @@ struct WriterLedger {
     private var faults: [Int] = []
     /// Page number → writer. A page has one writer per interval: its first
     /// write un-arms it, and later stores do not fault.
-    private var pageWriter: [UInt64: Int] = [:]
+    private var pageWriter = PageWriters()
 
     /// `page` written by `writer`; `fault`: it took a write fault. True when
     /// this is the page's first write of the interval (it has no writer yet).
@@ -59,17 +59,14 @@ struct WriterLedger {
             index[writer] = i
             faults.append(0)
         }
-        let number = Page.floor(page).value / Page.size
         if fault { faults[i] += 1 }
-        guard pageWriter[number] == nil else { return false }
-        pageWriter[number] = i
-        return true
+        return pageWriter.insert(Page.floor(page).value / Page.size, writer: i)
     }
 
     /// A fault at a page another thread had just made writable (hazard 11):
     /// counted to that page's writer.
     mutating func countFault(at page: RemoteAddress) {
-        if let i = pageWriter[Page.floor(page).value / Page.size] { faults[i] += 1 }
+        if let i = pageWriter.writer(of: Page.floor(page).value / Page.size) { faults[i] += 1 }
     }
 
     /// The sweep's `dirty` pages grouped by writer, most pages first, and a
@@ -85,16 +82,18 @@ struct WriterLedger {
         var pages = [PageSet](repeating: PageSet(), count: writers.count)
         var unseen = PageSet(), pinnedPages = PageSet()
         for range in dirty.ranges {
-            var page = range.start
-            while page < range.end {
-                if let i = pageWriter[page.value / Page.size] {
-                    pages[i].insert(page: page)
-                } else if pinned.contains(page) {
-                    pinnedPages.insert(page: page)
-                } else {
-                    unseen.insert(page: page)
+            pageWriter.forEachRun(in: range.start.value / Page.size..<range.end.value / Page.size) { run, writer in
+                let r = AddressRange(start: RemoteAddress(run.lowerBound * Page.size), end: RemoteAddress(run.upperBound * Page.size))
+                if let i = writer {
+                    pages[i].insert(r)
+                    return
                 }
-                page = page + Page.size
+                var rest = PageSet([r])
+                for p in pinned.intersection(r).ranges {
+                    pinnedPages.insert(p)
+                    rest.remove(p)
+                }
+                unseen.formUnion(rest)
             }
         }
         func site(_ set: PageSet, _ faults: Int, _ frames: [Frame]) -> WriteSite {
@@ -109,5 +108,68 @@ struct WriterLedger {
         if !pinnedPages.isEmpty { sites.append(site(pinnedPages, 0, [Frame(ip: 0, function: "[pinned]")])) }
         if keepingWriters { faults = faults.map { _ in 0 } } else { self = WriterLedger() }
         return sites.sorted { ($0.pages, $0.faults) > ($1.pages, $1.faults) }
+    }
+}
+
+/// Page number → writer index for the pages written in an interval, in
+/// chunks of 64 pages: a chunk whose written pages all have one writer (a
+/// loop's stores, a `read` buffer) costs one dictionary entry, not one a
+/// page (1 Mi pages at about 48 bytes each were most of the tracker's
+/// memory, issue 6). Pages whose writer is not their chunk's are kept apart.
+struct PageWriters {
+    private struct Chunk {
+        var written: UInt64 = 0
+        var writer: Int32 = 0
+        /// Some written page has another writer (in `others`).
+        var mixed = false
+    }
+    private var chunks: [UInt64: Chunk] = [:]
+    private var others: [UInt64: Int32] = [:]
+
+    func writer(of page: UInt64) -> Int? {
+        guard let c = chunks[page >> 6], c.written & (1 << (page & 63)) != 0 else { return nil }
+        return Int(c.mixed ? others[page] ?? c.writer : c.writer)
+    }
+
+    /// Gives `page` the writer `writer` unless it has one; true if it had none.
+    mutating func insert(_ page: UInt64, writer: Int) -> Bool {
+        let bit: UInt64 = 1 << (page & 63)
+        var c = chunks[page >> 6] ?? Chunk(writer: Int32(writer))
+        guard c.written & bit == 0 else { return false }
+        c.written |= bit
+        if c.writer != Int32(writer) {
+            c.mixed = true
+            others[page] = Int32(writer)
+        }
+        chunks[page >> 6] = c
+        return true
+    }
+
+    /// Calls `body` with runs of `pages`, in order, each with its pages'
+    /// writer or nil (no recorded write); adjacent runs may share a writer.
+    func forEachRun(in pages: Range<UInt64>, _ body: (Range<UInt64>, Int?) -> Void) {
+        guard !chunks.isEmpty else { return pages.isEmpty ? () : body(pages, nil) }
+        var page = pages.lowerBound
+        while page < pages.upperBound {
+            let chunkEnd = min(pages.upperBound, (page | 63) + 1)
+            guard let c = chunks[page >> 6] else {
+                body(page..<chunkEnd, nil)
+                page = chunkEnd
+                continue
+            }
+            while page < chunkEnd {
+                let written = c.written & (1 << (page & 63)) != 0
+                var end = page + 1
+                if c.mixed {
+                    // One page at a time: its writer may be its own.
+                    body(page..<end, written ? writer(of: page) : nil)
+                    page = end
+                    continue
+                }
+                while end < chunkEnd && (c.written & (1 << (end & 63)) != 0) == written { end += 1 }
+                body(page..<end, written ? Int(c.writer) : nil)
+                page = end
+            }
+        }
     }
 }

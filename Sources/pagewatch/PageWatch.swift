@@ -281,7 +281,7 @@ final class LogSink {
             writeAll(STDERR_FILENO, "pagewatch: pid \(pid): \(reason): tracking stopped; its later writes are not reported\n")
         }
         guard let fd else { summary.add(record); return }
-        writeAll(fd, JSONLines.encode(record) + "\n")
+        writeAll(fd, JSONLines.line(record))
     }
 
     func finish() {
@@ -295,12 +295,15 @@ final class LogSink {
 
 /// write(2) until done; EINTR retried.
 func writeAll(_ fd: Int32, _ text: String) {
-    var bytes = Array(text.utf8)
-    var offset = 0
-    while offset < bytes.count {
-        let n = bytes.withUnsafeMutableBytes { Glibc.write(fd, $0.baseAddress! + offset, $0.count - offset) }
-        if n < 0 { if errno == EINTR { continue }; return }
-        offset += n
+    // The text's own UTF-8 storage, not a copy: a sweep's line can be megabytes.
+    var text = text
+    text.withUTF8 { bytes in
+        var offset = 0
+        while offset < bytes.count {
+            let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
+            if n < 0 { if errno == EINTR { continue }; return }
+            offset += n
+        }
     }
 }
 

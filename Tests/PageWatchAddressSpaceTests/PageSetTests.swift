@@ -73,6 +73,48 @@ import Testing
         #expect(b.runs().isEmpty && b.setCount == 0)
     }
 
+    /// The word-wide operations against a `[Bool]` model, at every offset
+    /// around word boundaries.
+    @Test func bitmapWordOperationsMatchABoolModel() {
+        // A pattern with runs of several lengths, crossing words.
+        let source = (0..<300).map { i in (i / 3) % 4 != 1 && i % 7 != 0 }
+        var b = PageBitmap(pageCount: 0)
+        b.append(count: source.count) { k in
+            (0..<64).reduce(UInt64(0)) { w, j in k + j < source.count && source[k + j] ? w | 1 << UInt64(j) : w }
+        }
+        #expect((0..<300).allSatisfy { b[$0] == source[$0] } && b.setCount == source.filter { $0 }.count)
+        for lo in [0, 1, 63, 64, 65, 127, 130] {
+            for n in [0, 1, 2, 63, 64, 65, 100, 170] where lo + n <= 300 {
+                let range = lo..<(lo + n)
+                // Appending a slice after a prefix of every length mod 64.
+                for prefix in [0, 5, 64, 70] {
+                    var c = PageBitmap(pageCount: 0)
+                    c.append(repeating: true, count: prefix)
+                    c.append(b, pages: range)
+                    let want = Array(repeating: true, count: prefix) + source[range]
+                    #expect(c.pageCount == want.count && (0..<want.count).allSatisfy { c[$0] == want[$0] })
+                    #expect(c.setCount == want.filter { $0 }.count)
+                    #expect(c == { var d = PageBitmap(pageCount: want.count); for (i, v) in want.enumerated() { d[i] = v }; return d }())
+                }
+                #expect(b.firstSet(in: range) == range.first { source[$0] })
+                #expect(b.firstClear(in: range) == range.first { !source[$0] })
+                #expect(b.lastSet(in: range) == range.last { source[$0] })
+                var runs: [Range<Int>] = []
+                for i in range where source[i] {
+                    if let last = runs.last, last.upperBound == i { runs[runs.count - 1] = last.lowerBound..<(i + 1) } else { runs.append(i..<(i + 1)) }
+                }
+                #expect(b.runs(in: range) == runs)
+                for value in [false, true] {
+                    var c = b
+                    c.set(range, to: value)
+                    var want = source
+                    for i in range { want[i] = value }
+                    #expect((0..<300).allSatisfy { c[$0] == want[$0] } && c.setCount == want.filter { $0 }.count)
+                }
+            }
+        }
+    }
+
     @Test func pageArithmetic() {
         #expect(Page.floor(RemoteAddress(0x1fff)) == RemoteAddress(0x1000))
         #expect(Page.ceil(RemoteAddress(0x1001)) == RemoteAddress(0x2000))

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import PageWatchAddressSpace
 import PageWatchEngine
+import PageWatchAttribution
 @testable import PageWatchReport
 
 @Suite struct JSONLinesTests {
@@ -19,6 +20,21 @@ import PageWatchEngine
                 == #"{"type":"end","pid":42,"exit_status":3,"sweeps":4,"faults":5,"time_ns":10}"#)
         #expect(JSONLines.encode(.end(pid: 42, end: .killed(signal: 11), sweeps: 1, faults: 0, timeNs: 10))
                 == #"{"type":"end","pid":42,"exit_status":139,"signal":11,"sweeps":1,"faults":0,"time_ns":10}"#)
+    }
+
+    @Test func encodesSweepSitesAndTheLogLine() {
+        let site = WriteSite(pages: 1, faults: 2, ranges: [AddressRange(0x0, 0x1000)],
+                             frames: [Frame(ip: 0, function: "[kernel] read"), Frame(ip: 0xabc, function: "main")])
+        let s = SweepRecord(seq: 1, pid: 7, reason: .exit, timeNs: 5,
+                            ranges: [AddressRange(0x0, 0x1000), AddressRange(0x7fff_ffff_f000, 0x8000_0000_0000)], faults: 2,
+                            sites: [site, WriteSite(pages: 0, faults: 1, ranges: [], frames: [])])
+        let want = #"{"type":"sweep","seq":1,"pid":7,"reason":"exit","time_ns":5,"dirty_pages":2,"faults":2,"#
+            + #""ranges":[["0x0","0x1000"],["0x7ffffffff000","0x800000000000"]],"sites":["#
+            + #"{"pages":1,"faults":2,"frames":[{"function":"[kernel] read"},{"ip":"0xabc","function":"main"}],"ranges":[["0x0","0x1000"]]},"#
+            + #"{"pages":0,"faults":1,"frames":[],"ranges":[]}]}"#
+        #expect(JSONLines.encode(.sweep(s)) == want)
+        #expect(JSONLines.line(.sweep(s)) == want + "\n")
+        #expect(JSONLines.line(.fork(pid: 43, parent: 42, timeNs: 11)) == JSONLines.encode(.fork(pid: 43, parent: 42, timeNs: 11)) + "\n")
     }
 
     @Test func encodesForkAndExitOfFollowedProcesses() {
