@@ -517,10 +517,6 @@ final class ProcessTracker {
         }
         threads[tid]?.held.append(contentsOf: outcome.heldSignals)
         if outcome.consumedInterrupt { threads[tid]?.interruptPending = false }
-        if Tracker.debug {
-            trace("    gave \(outcome.value), held \(outcome.heldSignals.map(\.signal)); maps: " + ((try? ProcFS.maps(of: tid)) ?? [])
-                .filter { $0.range.overlaps(range) }.map { "\($0.range) \($0.protection)" }.joined(separator: ", "))
-        }
     }
 
     /// Resumes a stopped thread, first delivering anything held for it.

@@ -110,9 +110,13 @@ extension Tracker {
     func finishDetachIfParked() throws -> Bool {
         let live = processes.values.filter { $0.end == nil }
         guard live.allSatisfy({ $0.threads.keys.allSatisfy(parked.contains) }) else {
-            trace("  detach waits for " + live.flatMap { p in p.threads.keys.filter { !parked.contains($0) }.map {
-                "\($0) \(p.threads[$0].map { "interrupt \($0.interruptPending) waiting \(String(describing: $0.waiting))" } ?? "")" } }
-                .joined(separator: ", "))
+            if Self.debug {
+                let waits = "  detach waits for " + live.flatMap { p in p.threads.keys.sorted().filter { !parked.contains($0) }.map {
+                    "\($0) \(p.threads[$0].map { "interrupt \($0.interruptPending) waiting \(String(describing: $0.waiting))" } ?? "")" } }
+                    .joined(separator: ", ")
+                if waits != lastDetachWait { trace(waits) }
+                lastDetachWait = waits
+            }
             return false
         }
         for p in live {

@@ -91,6 +91,8 @@ public final class Tracker {
     /// word are pinned at that stop, and armed before it the kernel's next
     /// rseq update for the thread fails and kills it (SIGSEGV, hazard 3).
     var awaitingFirstStop: Set<Int32> = []
+    /// PAGEWATCH_DEBUG: the threads a detach last waited for (said once).
+    var lastDetachWait = ""
     /// The signal a thread was parked at (its signal-delivery stop), for PTRACE_DETACH to deliver.
     var parkedSignals: [Int32: HeldSignal] = [:]
 
