@@ -476,8 +476,7 @@ final class ProcessTracker {
         if outcome.consumedInterrupt { threads[tid]?.interruptPending = false }
         if Tracker.debug {
             for (c, r) in zip(changes, results) where r != 0 {
-                trace("    \(c.range) \(c.protection): \(r); maps: " + ((try? ProcFS.maps(of: tid)) ?? [])
-                    .filter { $0.range.overlaps(c.range) }.map { "\($0.range) \($0.protection)" }.joined(separator: ", "))
+                trace("    \(c.range) \(c.protection): \(r); maps: \(mappings(overlapping: c.range, tid: tid))")
             }
         }
         return results
@@ -510,13 +509,18 @@ final class ProcessTracker {
             outcome = try injector.mprotect(range, protection, in: tid, completing: threads[tid]?.completingSyscall)
         } catch {
             if Tracker.debug {
-                trace("    failed; maps: " + ((try? ProcFS.maps(of: tid)) ?? [])
-                    .filter { $0.range.overlaps(range) }.map { "\($0.range) \($0.protection)" }.joined(separator: ", "))
+                trace("    failed; maps: \(mappings(overlapping: range, tid: tid))")
             }
             throw error
         }
         threads[tid]?.held.append(contentsOf: outcome.heldSignals)
         if outcome.consumedInterrupt { threads[tid]?.interruptPending = false }
+    }
+
+    /// PAGEWATCH_DEBUG: the mappings around a failed mprotect, as maps shows them now.
+    func mappings(overlapping range: AddressRange, tid: Int32) -> String {
+        ((try? ProcFS.maps(of: tid)) ?? []).filter { $0.range.overlaps(range) }
+            .map { "\($0.range) \($0.protection)" }.joined(separator: ", ")
     }
 
     /// Resumes a stopped thread, first delivering anything held for it.
