@@ -211,7 +211,7 @@ extension ProcessTracker {
             let address = RemoteAddress(littleEndian(header, at: 8))
             guard let raw = try? Ptrace.readMemory(tid, address, count: count * 8), raw.count == count * 8 else { return false }
             let filter = SeccompFilter.decode(raw)
-            let ip = (injector?.gadget.value ?? 0) &+ Arch.gadgetTrapOffset &- 1  // just past the syscall instruction
+            let ip = (injector?.gadget.value ?? 0) &+ Arch.scratchGadgetSyscallEnd
             for prot in UInt64(0)...7 {
                 let data = SeccompData(nr: Int32(Arch.syscalls.mprotect), arch: Arch.auditArch, instructionPointer: ip,
                                        arguments: [memory.regions.first?.range.start.value ?? 0x10000, Page.size, prot, 0, 0, 0])

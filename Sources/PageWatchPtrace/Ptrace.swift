@@ -63,6 +63,12 @@ public enum Ptrace {
         try check(pw_ptrace_resume(Int32(PW_PTRACE_CONT), tid, signal), "PTRACE_CONT", tid: tid)
     }
 
+    /// Resume a stopped thread for one instruction (a stepped `syscall`
+    /// runs the whole call and stops after it).
+    public static func singleStep(_ tid: Int32) throws {
+        try check(pw_ptrace_resume(Int32(PW_PTRACE_SINGLESTEP), tid, 0), "PTRACE_SINGLESTEP", tid: tid)
+    }
+
     /// Leave a group-stopped thread stopped but let it report SIGCONT (seize only).
     public static func listen(_ tid: Int32) throws {
         try check(pw_ptrace_resume(Int32(PW_PTRACE_LISTEN), tid, 0), "PTRACE_LISTEN", tid: tid)

@@ -4,29 +4,32 @@ import PageWatchAddressSpace
 
 /// A syscall run inside a stopped tracee thread through a gadget placed once
 /// in a scratch page (CRIU compel's approach): the call, then a stop
-/// (`X86_64.scratchGadget`; a borrowed copy at the thread's instruction
-/// pointer, before the scratch page exists, is `syscall; int3`). Every run
-/// saves all registers and restores them on every exit path, errors included.
+/// (`X86_64.scratchGadget`). Before the scratch page exists, and to remove
+/// it, the call runs from a `syscall` instruction already in the process,
+/// single-stepped: program text is never patched, since the program's other
+/// threads may be running it (attach). Every run saves all registers and
+/// restores them on every exit path, errors included.
 public struct RemoteSyscall: Sendable {
     public typealias Arch = HostArchitecture
 
     /// Where the gadget is in the tracee.
     public let gadget: RemoteAddress
-    /// A `syscall; int3` borrowed over program text (`bootstrap`, `unmapScratch`).
-    let borrowed: Bool
+    /// `gadget` is a bare `syscall` instruction of the program's, run by
+    /// single-stepping it (`bootstrap`, `unmapScratch`).
+    let stepping: Bool
     /// Where the saved registers of a thread inside an injection are
     /// published for the guardian (attach mode), if anywhere.
     public var journal: GuardianState?
 
     public init(gadget: RemoteAddress, journal: GuardianState? = nil) {
         self.gadget = gadget
-        self.borrowed = false
+        self.stepping = false
         self.journal = journal
     }
 
-    init(borrowing ip: RemoteAddress) {
-        gadget = ip
-        borrowed = true
+    init(stepping instruction: RemoteAddress) {
+        gadget = instruction
+        stepping = true
     }
 
     /// What came back from one injection.
@@ -49,15 +52,16 @@ public struct RemoteSyscall: Sendable {
     /// the call, and the value it would have returned must be passed as
     /// `completing` so the restored registers carry it.
     public func run(_ number: Int64, _ arguments: [UInt64], in tid: Int32, completing: Int64? = nil) throws -> Outcome {
-        let stop = gadget + (borrowed ? Arch.gadgetTrapOffset : Arch.scratchGadgetStopOffset)
+        let stop = gadget + (stepping ? UInt64(Arch.syscallInstruction.count) : Arch.scratchGadgetStopOffset)
         return try execute(in: tid, completing: completing, stopAt: stop) { saved in
             Arch.preparingSyscall(saved, number: number, arguments: arguments, gadget: gadget)
         }
     }
 
     /// Runs injected code in `tid` from the registers `prepare` makes of its
-    /// saved ones, until it stops itself at `stop` (SIGSTOP; SIGTRAP for a
-    /// borrowed gadget); restores the saved registers on every path.
+    /// saved ones, until it stops itself at `stop` (SIGSTOP; the single-step
+    /// SIGTRAP past a stepped `syscall`); restores the saved registers on
+    /// every path.
     func execute(in tid: Int32, completing: Int64?, stopAt stop: RemoteAddress,
                  prepare: (Arch.Registers) -> Arch.Registers) throws -> Outcome {
         var saved = try Arch.readRegisters(tid: tid)
@@ -71,7 +75,12 @@ public struct RemoteSyscall: Sendable {
         }
         journal?.injectionStarted(tid: tid, saved: Arch.words(of: saved))
         try Arch.writeRegisters(prepared, tid: tid)
-        try Ptrace.cont(tid)
+        let resume: (Int32) throws -> Void = stepping ? { try Ptrace.singleStep($0) } : { try Ptrace.cont($0) }
+        try resume(tid)
+        // Stepping from a stop inside a syscall (entry, clone/exec event), the
+        // kernel first finishes that call and reports the step there, before
+        // the instruction ran (and has stored that call's result in rax).
+        var earlyTraps = 0
         var held: [HeldSignal] = []
         var consumedInterrupt = false
         // Once a signal was held, the rest wait (blocked) until the call is
@@ -83,13 +92,19 @@ public struct RemoteSyscall: Sendable {
             guard let event = try Wait.nextSpinning(tid) else { continue }
             switch event {
             case .signalDelivery(_, let sig):
-                if sig == (borrowed ? Signal.SIGTRAP : Signal.SIGSTOP) {
+                if sig == (stepping ? Signal.SIGTRAP : Signal.SIGSTOP) {
                     let regs = try Arch.readRegisters(tid: tid)
                     if Arch.instructionPointer(regs) == stop {
                         try Arch.writeRegisters(saved, tid: tid)
                         restored = true
-                        let value = borrowed ? Arch.syscallResult(regs) : Arch.scratchGadgetResult(regs)
+                        let value = stepping ? Arch.syscallResult(regs) : Arch.scratchGadgetResult(regs)
                         return Outcome(value: value, heldSignals: held, consumedInterrupt: consumedInterrupt)
+                    }
+                    if stepping && Arch.instructionPointer(regs) == gadget && earlyTraps < 2 {
+                        earlyTraps += 1
+                        try Arch.writeRegisters(prepared, tid: tid)
+                        try resume(tid)
+                        continue
                     }
                 }
                 // A signal for the program arrived first: keep it for later.
@@ -116,22 +131,22 @@ public struct RemoteSyscall: Sendable {
                     savedMask = try Ptrace.signalMask(tid)
                     try Ptrace.setSignalMask(tid, Self.blockedDuringInjection)
                 }
-                try Ptrace.cont(tid)
+                try resume(tid)
             case .interruptStop:
                 consumedInterrupt = true
-                try Ptrace.cont(tid)
+                try resume(tid)
             case .syscallStop, .unknown:
-                try Ptrace.cont(tid)
+                try resume(tid)
             case .groupStop:
                 // Another thread started a group-stop; finish the injection first.
-                try Ptrace.cont(tid)
+                try resume(tid)
             case .event(_, .exit):
                 // SIGKILL while injecting: let it die.
                 restored = true
-                try? Ptrace.cont(tid)
+                try? resume(tid)
                 throw TraceError.traceeGone(tid: tid)
             case .event:
-                try Ptrace.cont(tid)
+                try resume(tid)
             case .exited, .killed:
                 restored = true
                 throw TraceError.traceeGone(tid: tid)
@@ -217,59 +232,70 @@ public struct RemoteSyscall: Sendable {
     public var trampoline: FaultTrampoline { FaultTrampoline(code: Page.floor(gadget)) }
     public var scratch: AddressRange { AddressRange(start: Page.floor(gadget), end: Page.floor(gadget) + Self.scratchSize) }
 
-    /// Places the scratch pages in the tracee: borrows the bytes at the
-    /// thread's instruction pointer to run an `mmap` of two private pages
-    /// (at `scratchAddressHint` if free: the seccomp filter lets calls from
-    /// there run untraced), writes the code page and makes it read+exec
-    /// (the data page stays read+write), and puts the bytes back.
+    /// Places the scratch pages in the tracee: single-steps a `syscall`
+    /// instruction of the process's own code (`syscallInstruction(in:)`) to
+    /// run an `mmap` of the pages (at `scratchAddressHint` if free: the
+    /// seccomp filter lets calls from there run untraced), writes the code
+    /// page and makes it read+exec (the data pages stay read+write).
     public static func bootstrap(in tid: Int32, completing: Int64? = nil) throws -> (RemoteSyscall, [HeldSignal]) {
-        let regs = try Arch.readRegisters(tid: tid)
-        let ip = Arch.instructionPointer(regs)
-        let original = try Ptrace.peek(tid, ip)
-        try Ptrace.pokeBytes(tid, ip, Arch.syscallGadget)
-        let page: UInt64
+        let stepped = RemoteSyscall(stepping: try syscallInstruction(in: tid))
         var held: [HeldSignal] = []  // the caller delivers them when it resumes the thread
-        do {
-            defer { try? Ptrace.poke(tid, ip, original) }
-            let borrowed = RemoteSyscall(borrowing: ip)
-            let rw = UInt64(Protection.read.union(.write).rawValue)
-            let mapPrivateAnonymous: UInt64 = 0x02 | 0x20, fixedNoReplace: UInt64 = 0x100000
-            let hinted = try borrowed.run(Arch.syscalls.mmap, [Arch.scratchAddressHint, scratchSize, rw,
-                                                               mapPrivateAnonymous | fixedNoReplace, UInt64(bitPattern: -1), 0],
-                                          in: tid, completing: completing)
-            held += hinted.heldSignals
-            if hinted.value == Int64(bitPattern: Arch.scratchAddressHint) {
-                page = Arch.scratchAddressHint
-            } else {
-                // Taken (EEXIST): anywhere; the trampoline's calls then stop at the filter.
-                let r = try borrowed.call("mmap", Arch.syscalls.mmap,
-                                          [0, scratchSize, rw, mapPrivateAnonymous, UInt64(bitPattern: -1), 0], in: tid,
-                                          completing: completing)
-                page = r.value
-                held += r.held
-            }
-            let code = FaultTrampoline.codePage(at: RemoteAddress(page))
-            let n = code.withUnsafeBytes { pw_write_memory(tid, page, $0.baseAddress, $0.count) }
-            if n != code.count {
-                throw TraceError.call("process_vm_writev", Errno(n < 0 ? Int32(-n) : EIO), tid: tid, address: RemoteAddress(page))
-            }
-            let rx = UInt64(Protection.read.union(.execute).rawValue)  // the code page only
-            held += try borrowed.call("mprotect", Arch.syscalls.mprotect, [page, Page.size, rx], in: tid,
-                                      address: RemoteAddress(page)).held
+        let rw = UInt64(Protection.read.union(.write).rawValue)
+        let mapPrivateAnonymous: UInt64 = 0x02 | 0x20, fixedNoReplace: UInt64 = 0x100000
+        let hinted = try stepped.run(Arch.syscalls.mmap, [Arch.scratchAddressHint, scratchSize, rw,
+                                                          mapPrivateAnonymous | fixedNoReplace, UInt64(bitPattern: -1), 0],
+                                     in: tid, completing: completing)
+        held += hinted.heldSignals
+        let page: UInt64
+        if hinted.value == Int64(bitPattern: Arch.scratchAddressHint) {
+            page = Arch.scratchAddressHint
+        } else {
+            // Taken (EEXIST): anywhere; the trampoline's calls then stop at the filter.
+            let r = try stepped.call("mmap", Arch.syscalls.mmap,
+                                     [0, scratchSize, rw, mapPrivateAnonymous, UInt64(bitPattern: -1), 0], in: tid,
+                                     completing: completing)
+            page = r.value
+            held += r.held
         }
+        let code = FaultTrampoline.codePage(at: RemoteAddress(page))
+        let n = code.withUnsafeBytes { pw_write_memory(tid, page, $0.baseAddress, $0.count) }
+        if n != code.count {
+            throw TraceError.call("process_vm_writev", Errno(n < 0 ? Int32(-n) : EIO), tid: tid, address: RemoteAddress(page))
+        }
+        let rx = UInt64(Protection.read.union(.execute).rawValue)  // the code page only
+        held += try stepped.call("mprotect", Arch.syscalls.mprotect, [page, Page.size, rx], in: tid,
+                                 address: RemoteAddress(page)).held
         return (RemoteSyscall(gadget: RemoteAddress(page)), held)
     }
 
-    /// Removes the scratch page (for detach). Run from borrowed bytes at the
-    /// thread's instruction pointer, as `bootstrap` does: the gadget cannot
-    /// unmap its own page and then reach its `int3`. Every other thread of the
-    /// process must be stopped (they could run the borrowed bytes).
+    /// Removes the scratch pages (for detach), from a stepped `syscall` of
+    /// the process's own code: the gadget cannot unmap its own page and then
+    /// reach its stop.
     public func unmapScratch(in tid: Int32) throws -> [HeldSignal] {
-        let ip = Arch.instructionPointer(try Arch.readRegisters(tid: tid))
-        let original = try Ptrace.peek(tid, ip)
-        try Ptrace.pokeBytes(tid, ip, Arch.syscallGadget)
-        defer { try? Ptrace.poke(tid, ip, original) }
-        return try RemoteSyscall(borrowing: ip).call("munmap", Arch.syscalls.munmap, [scratch.start.value, scratch.length],
-                                                  in: tid, address: gadget).held
+        try RemoteSyscall(stepping: try Self.syscallInstruction(in: tid))
+            .call("munmap", Arch.syscalls.munmap, [scratch.start.value, scratch.length], in: tid, address: gadget).held
+    }
+
+    /// A `syscall` instruction in the process's executable code: the vDSO's
+    /// first (always there, never unmapped by the program), else its other
+    /// executable mappings. Only read, never patched: another thread may be
+    /// running that code.
+    public static func syscallInstruction(in tid: Int32) throws -> RemoteAddress {
+        let mappings = try ProcFS.maps(of: tid).filter { $0.protection.contains(.execute) && $0.protection.contains(.read) }
+        let ordered = mappings.filter { $0.path == "[vdso]" } + mappings.filter { $0.path != "[vdso]" && $0.path != "[vsyscall]" }
+        let pattern = Arch.syscallInstruction
+        let chunk = 64 * 1024
+        for mapping in ordered {
+            var at = mapping.range.start
+            while at < mapping.range.end {
+                let count = Int(min(UInt64(chunk + pattern.count - 1), mapping.range.end - at))
+                guard let bytes = try? Ptrace.readMemory(tid, at, count: count), bytes.count >= pattern.count else { break }
+                for i in 0...(bytes.count - pattern.count) where bytes[i] == pattern[0] && Array(bytes[i..<i + pattern.count]) == pattern {
+                    return at + UInt64(i)
+                }
+                at = at + UInt64(chunk)
+            }
+        }
+        throw TraceError.remoteSyscall("finding a syscall instruction in the process's code", Errno(ENOEXEC), tid: tid, address: nil)
     }
 }

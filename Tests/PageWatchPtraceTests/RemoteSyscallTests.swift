@@ -274,9 +274,54 @@ import PageWatchAddressSpace
         #expect(StopEvent.decode(tid: 7, status: 0x7f | (5 << 8) | (128 << 16)) == .interruptStop(tid: 7))
     }
 
-    @Test func gadgetIsSyscallThenBreakpoint() {
-        #expect(Arch.syscallGadget.count == Int(Arch.gadgetTrapOffset))
-        #expect(Arch.syscallGadget.suffix(3) == [0x0f, 0x05, 0xcc])
+    /// The program's other threads run while PageWatch injects calls into
+    /// one of them (attach): placing and removing the scratch pages must not
+    /// patch code they run. fx_spinners' other thread spins through the very
+    /// instructions the seized one stopped in; a patch there kills it.
+    @Test func injectingIntoOneThreadLeavesTheCodeOthersRunAlone() throws {
+        var input: [Int32] = [0, 0], output: [Int32] = [0, 0]
+        try #require(pipe(&input) == 0 && pipe(&output) == 0)
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, input[0], 0)
+        posix_spawn_file_actions_adddup2(&actions, output[1], 1)
+        var pid: pid_t = 0
+        let argv = [strdup(Self.fixture("fx_spinners")), nil]
+        defer { free(argv[0]) }
+        try #require(posix_spawn(&pid, Self.fixture("fx_spinners"), &actions, nil, argv, environ) == 0)
+        close(input[0])
+        close(output[1])
+        var ready = [UInt8](repeating: 0, count: 6)
+        #expect(read(output[0], &ready, 6) == 6 && ready == Array("ready\n".utf8))
+        let spinners = Attacher.threads(of: pid).filter { $0 != pid }
+        try #require(spinners.count == 2)
+        let tid = spinners[0]
+        try Ptrace.seize(tid, options: [])
+        try Ptrace.interrupt(tid)
+        while true {
+            guard let e = try Wait.next(tid) else { continue }
+            if case .interruptStop = e { break }
+            Issue.record("unexpected stop \(e)")
+            return
+        }
+        let text = try Ptrace.readMemory(tid, Arch.instructionPointer(try Arch.readRegisters(tid: tid)), count: 64)
+        for _ in 0..<20 {
+            let (injector, held) = try RemoteSyscall.bootstrap(in: tid)
+            #expect(held.isEmpty)
+            #expect(try injector.call("getpid", Arch.syscalls.getpid, [], in: tid).value == UInt64(pid))
+            #expect(try injector.unmapScratch(in: tid).isEmpty)
+            #expect(!(try ProcFS.maps(of: pid)).contains { $0.range.overlaps(injector.scratch) })
+        }
+        #expect(try Ptrace.readMemory(tid, Arch.instructionPointer(try Arch.readRegisters(tid: tid)), count: 64) == text)
+        try Ptrace.detach(tid)
+        #expect(write(input[1], "x", 1) == 1)
+        close(input[1])
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        #expect(status & 0x7f == 0 && (status >> 8) & 0xff == 0, "fx_spinners ended with wait status \(status)")
+        #expect(readAll(output[0]) == "ok\n")
+        close(output[0])
     }
 
     @Test func parsesSignalNames() {

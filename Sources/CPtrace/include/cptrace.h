@@ -18,6 +18,7 @@ extern "C" {
 enum {
     PW_PTRACE_CONT = 7,
     PW_PTRACE_KILL = 8,
+    PW_PTRACE_SINGLESTEP = 9,
     PW_PTRACE_DETACH = 17,
     PW_PTRACE_SYSCALL = 24,
     PW_PTRACE_SEIZE = 0x4206,

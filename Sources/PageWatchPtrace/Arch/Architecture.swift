@@ -27,14 +27,16 @@ public protocol Architecture {
     /// The injected call's raw return value (a negative errno on failure).
     static func syscallResult(_ regs: Registers) -> Int64
 
-    /// Machine code placed once in the tracee: a syscall instruction followed
-    /// by a breakpoint. `trapOffset` is the instruction pointer after the breakpoint.
-    static var syscallGadget: [UInt8] { get }
-    static var gadgetTrapOffset: UInt64 { get }
+    /// The syscall instruction, searched for in the tracee's code and
+    /// single-stepped before the scratch page exists (and to remove it).
+    static var syscallInstruction: [UInt8] { get }
     /// The scratch page's gadget, which stops its thread with SIGSTOP (not a
     /// breakpoint, fatal once untraced); where it stops; its call's result there.
     static var scratchGadget: [UInt8] { get }
     static var scratchGadgetStopOffset: UInt64 { get }
+    /// The instruction pointer just past the scratch gadget's call (what a
+    /// seccomp filter sees for it).
+    static var scratchGadgetSyscallEnd: UInt64 { get }
     static func scratchGadgetResult(_ regs: Registers) -> Int64
     /// All registers as words (the guardian's journal), and back.
     static func words(of regs: Registers) -> [UInt64]

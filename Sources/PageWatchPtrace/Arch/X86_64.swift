@@ -49,10 +49,7 @@ public enum X86_64: Architecture {
 
     public static func syscallResult(_ regs: Registers) -> Int64 { Int64(bitPattern: regs.raw.rax) }
 
-    /// `mov rax, r11` (4c 89 d8), `syscall` (0f 05), `int3` (cc); the trap
-    /// leaves rip after the int3. r11 is clobbered by `syscall` anyway.
-    public static let syscallGadget: [UInt8] = [0x4c, 0x89, 0xd8, 0x0f, 0x05, 0xcc]
-    public static let gadgetTrapOffset: UInt64 = 6
+    public static let syscallInstruction: [UInt8] = [0x0f, 0x05]
 
     /// The scratch page's gadget: the call, its result kept in r14, then the
     /// thread stops itself with SIGSTOP (`tkill(gettid(), SIGSTOP)`) instead
@@ -72,6 +69,7 @@ public enum X86_64: Architecture {
         0x0f, 0x05,                    // syscall
     ]
     public static let scratchGadgetStopOffset = UInt64(scratchGadget.count)
+    public static let scratchGadgetSyscallEnd: UInt64 = 5
     /// The injected call's result at the scratch gadget's stop.
     public static func scratchGadgetResult(_ regs: Registers) -> Int64 { Int64(bitPattern: regs.raw.r14) }
 
