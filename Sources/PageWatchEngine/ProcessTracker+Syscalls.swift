@@ -244,8 +244,23 @@ extension ProcessTracker {
         if !words.isEmpty {
             let kernel = writer(Syscall.exit.rawValue, tid: tid)
             for w in words { try unarmForKernel(AddressRange(start: w, end: w + 4), by: kernel, tid: tid) }
+            // Written after the exit event stop, in exit_mm: a sweep at
+            // another thread's stop meanwhile must not arm them again.
+            threads[tid]?.exitWords = words.map { AddressRange(start: $0, end: $0 + 4) }
         }
         try resume(tid)
+    }
+
+    /// Hazard 4 at a thread's exit event when its `exit` entry was not seen
+    /// (attach: seized while already ending, so this is its first stop and
+    /// nothing is armed yet): its words stay out of the sweeps until it is
+    /// gone. (It can no longer run PageWatch's code to un-arm them.)
+    func keepExitWordsWritable(_ tid: Int32) {
+        guard threads[tid]?.exitWords.isEmpty == true else { return }
+        learnClearTid(tid)
+        var words = robustFutexesHeld(by: tid)
+        if let w = threads[tid]?.clearChildTid { words.append(w) }
+        threads[tid]?.exitWords = words.map { AddressRange(start: $0, end: $0 + 4) }
     }
 
     /// A thread that exits before its creator's clone event was handled

@@ -50,6 +50,10 @@ struct ThreadState {
     /// un-armed there; until its next stop (then the call has run or will
     /// be entered again).
     var callOutputs: PageSet?
+    /// The words the kernel writes as it ends (its `clear_child_tid`, its
+    /// robust futexes), un-armed at its `exit`: kept writable by sweeps
+    /// until it is gone (it writes them after its exit event stop).
+    var exitWords: [AddressRange] = []
     /// Its first stop came before its parent's clone event.
     var awaitsCloneEvent = false
     /// Kept stopped for this, not resumed (`ProcessTracker.serveWaiting`).
@@ -202,6 +206,7 @@ final class ProcessTracker {
             if tid == pid && end == nil { finish(.killed(signal: sig)) } else { threadGone(tid) }
         case .event(_, .exit):
             threads[tid]?.exiting = true
+            keepExitWordsWritable(tid)
             if threads.values.allSatisfy({ $0.exiting || $0.vforkChild }) && !finalSweepDone && threads[tid]?.vforkChild != true {
                 // The last thread: memory is still readable, nothing can run.
                 try finalSweep(reason: .exit)
@@ -858,11 +863,13 @@ final class ProcessTracker {
 
     /// The output buffers of the calls other threads are in now: those
     /// PageWatch un-armed at their entry, and those of the calls /proc/PID/
-    /// task/TID/syscall shows them blocked in; page-aligned.
+    /// task/TID/syscall shows them blocked in; and the words exiting threads
+    /// have yet to write; page-aligned.
     func outputsOfBlockedCalls(excluding tid: Int32) -> PageSet {
         var busy = PageSet()
-        for (other, state) in threads where other != tid {
-            for r in state.callOutputs?.ranges ?? [] { busy.insert(r) }
+        for (other, state) in threads {
+            if other != tid { for r in state.callOutputs?.ranges ?? [] { busy.insert(r) } }
+            for r in state.exitWords { busy.insert(r.pageAligned) }
         }
         for other in threads.keys where other != tid {
             guard case let .inSyscall(number, arguments) = ProcFS.activity(pid: liveThread(), tid: other),

@@ -28,6 +28,7 @@ import Testing
         Case(fixture: "fx_maxmap", expectedStatus: 0),
         Case(fixture: "fx_guard", expectedStatus: 0),
         Case(fixture: "fx_thread_churn", expectedStatus: 0),
+        Case(fixture: "fx_exit_sweep", expectedStatus: 0),
         Case(fixture: "fx_stopcont", expectedStatus: 0),
         Case(fixture: "fx_sigaltstack", expectedStatus: 0),
         Case(fixture: "fx_blocked_reader", expectedStatus: 0),
