@@ -48,6 +48,16 @@ extension ProcessTracker {
     func settleTrampoline(_ tid: Int32, at event: StopEvent) throws -> Bool {
         guard let page = threads[tid]?.trampolinePage, let slot = threads[tid]?.trampolineSlot,
               let injector else { return false }
+        if case .signalDelivery(_, Signal.SIGSEGV) = event, let info = try? Ptrace.signalInfo(tid),
+           info.code == SignalInfo.SEGV_ACCERR, Page.floor(info.faultAddress) != page {
+            // The common case, cheaply (issue 6): a write fault on another
+            // page. The thread has left the slot and got past the write that
+            // faulted on `page` (had the slot's mprotect failed, that write
+            // would have faulted again on `page`): nothing to settle or read.
+            threads[tid]?.trampolinePage = nil
+            stopSignalInfo = (tid, info)
+            return false
+        }
         let trampoline = injector.trampoline
         let regs = try Arch.readRegisters(tid: tid)
         let inside = trampoline.slot(at: Arch.instructionPointer(regs)) == slot

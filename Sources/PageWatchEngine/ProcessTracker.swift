@@ -97,6 +97,8 @@ final class ProcessTracker {
     /// Threads gone before their parent's clone event was seen (see there).
     var endedBeforeItsCloneEvent: Set<Int32> = []
     var faultsThisInterval = 0
+    /// The siginfo of the stop being handled, when read already (`settleTrampoline`).
+    var stopSignalInfo: (tid: Int32, info: SignalInfo)?
     var totalFaults = 0
     var finalSweepDone = false
     var end: ProgramEnd?
@@ -169,6 +171,7 @@ final class ProcessTracker {
     /// A stop of one of this process's threads (routed by the session).
     func handle(_ event: StopEvent) throws {
         let tid = event.tid
+        stopSignalInfo = nil
         threads[tid]?.callOutputs = nil
         if threads[tid]?.trampolinePage != nil, try settleTrampoline(tid, at: event) { return }
         if threads[tid]?.interruptPending == true {
@@ -296,7 +299,8 @@ final class ProcessTracker {
 
     func handleSignal(_ sig: Int32, tid: Int32) throws {
         if sig == Signal.SIGSEGV {
-            let info = try Ptrace.signalInfo(tid)
+            let info = stopSignalInfo?.tid == tid ? stopSignalInfo!.info : try Ptrace.signalInfo(tid)
+            stopSignalInfo = nil
             if try handleSegv(info, tid: tid) { return }
         }
         if sig == config.sweepSignal {
