@@ -181,7 +181,7 @@ def map_count_limit():
 
 
 def fault_variants(a, logs):
-    """(label, command, environment, tracked (depth, log) or None, group) of the faults and floor sections."""
+    """(label, command, environment, tracked (depth, log, mode) or None, group) of the faults and floor sections."""
     writer = [f"{a.bin}/fx_writer", str(a.pages), str(a.rounds), str(a.frames)]
     variants = []
     if "faults" in a.sections:
@@ -190,24 +190,28 @@ def fault_variants(a, logs):
             ("in-process mprotect+SIGSEGV (baseline)", [f"{a.bin}/fx_baseline", str(a.pages), str(a.rounds)],
              None, None, "faults"),
         ]
-        runs = [(d, False) for d in a.depths] + ([(0, True)] if not a.no_two_stop else [])
-        for depth, two_stop in runs:
+        runs = [(d, None) for d in a.depths] + ([(0, "two-stop")] if not a.no_two_stop else []) + [(0, "no-idle-poll")]
+        for depth, mode in runs:
             label = f"pagewatch run --stack-depth {depth}" + (" (default)" if depth == DEFAULT_DEPTH else "")
-            env = None
-            if two_stop:
+            env, extra = None, []
+            if mode == "two-stop":
                 label = f"pagewatch run --stack-depth {depth}, two-stop path"
                 env = dict(os.environ, PAGEWATCH_FAULT_PATH="two-stop")
+            elif mode == "no-idle-poll":
+                label = f"pagewatch run --stack-depth {depth} --no-idle-poll"
+                extra = ["--no-idle-poll"]
             # The log is written at sweeps, which are not timed; it shows how deep the stacks really were.
-            log = os.path.join(logs, f"depth-{depth}{'-two-stop' if two_stop else ''}.jsonl")
+            log = os.path.join(logs, f"depth-{depth}{'-' + mode if mode else ''}.jsonl")
             cmd = [f"{a.bin}/pagewatch", "run", "--sweep-signal", "USR2", "--interval", "0",
-                   "--track", "0x180000000000-0x190000000000", "--stack-depth", str(depth), "--output", log, "--"] + writer
-            variants.append((label, cmd, env, (depth, log), "faults"))
+                   "--track", "0x180000000000-0x190000000000", "--stack-depth", str(depth), "--output", log] + extra + ["--"] + writer
+            variants.append((label, cmd, env, (depth, log, mode), "faults"))
     if "floor" in a.sections:
         floor = [f"{a.bin}/fx_ptrace_floor", str(a.pages), str(a.rounds)]
         variants += [
             ("ptrace stop round trip: int3, CONT", floor + ["int3", "spin"], None, None, "floor"),
             ("  the same, blocking waitpid (no spin)", floor + ["int3", "block"], None, None, "floor"),
-            ("ptrace SIGSEGV stop: write to PROT_READ (floor)", floor + ["segv", "spin"], None, None, "floor"),
+            ("ptrace SIGSEGV stop: write to PROT_READ (floor)", floor + ["segv", "spin", "idle-poll"], None, None, "floor"),
+            ("  the same, idle CPUs not kept polling", floor + ["segv", "spin"], None, None, "floor"),
             ("  the same, the tracer following the child's CPU", floor + ["segv", "follow"], None, None, "floor"),
         ]
     return variants
@@ -222,7 +226,7 @@ def run_faults_and_floor(a, results):
             samples = [ns / pages / 1000.0 for pages, ns in rounds_ns(cmd, env)]
             per_page_us[name].append(statistics.median(samples))
             if tracked:
-                depth, log = tracked
+                depth, log, _mode = tracked
                 deepest = deepest_stack(log)
                 # Depth 0 records no sites; any other depth must find that many frames above the loop.
                 if deepest != (None if depth == 0 else depth):
@@ -245,18 +249,24 @@ def run_faults_and_floor(a, results):
         cost = {}
         print(f"\npagewatch cost per tracked fault, minus the untracked write (baseline: {base - untracked:.2f} us per fault):")
         for name, _, env, tracked, _ in faults[2:]:
-            depth = tracked[0]
+            depth, _log, mode = tracked
             c = statistics.median(per_page_us[name]) - untracked
-            if env is None:
+            if mode is None:
                 cost[depth] = c
                 print(f"  --stack-depth {depth:<3}                {c:9.2f} us")
-            else:
+            elif mode == "two-stop":
                 results["two_stop"] = c
                 print(f"  --stack-depth {depth:<3} two-stop path  {c:9.2f} us")
+            else:
+                results["no_idle_poll"] = c
+                print(f"  --stack-depth {depth:<3} --no-idle-poll {c:9.2f} us")
         results["cost"] = cost
         if 0 in cost and "two_stop" in results:
             print(f"  one-stop fault path at depth 0: {results['two_stop'] / cost[0]:.2f}x faster than two-stop "
                   f"({results['two_stop'] - cost[0]:.2f} us less per fault)")
+        if 0 in cost and "no_idle_poll" in results:
+            print(f"  idle CPUs kept polling (--idle-poll, the default) at depth 0: {results['no_idle_poll'] / cost[0]:.2f}x "
+                  f"faster than without ({results['no_idle_poll'] - cost[0]:.2f} us less per fault)")
 
         if 0 in cost and DEFAULT_DEPTH in cost:
             ratio = cost[DEFAULT_DEPTH] / cost[0]
@@ -289,10 +299,12 @@ def run_faults_and_floor(a, results):
         print("  int3, CONT: the tracer waits for the SIGTRAP stop (polling WNOHANG for 50 us before blocking, as "
               "PageWatch does, or blocking at once) and resumes it with the signal suppressed")
         print("  SIGSEGV stop: + PTRACE_GETSIGINFO, GETREGS, SETREGS (steps over the store; the page stays read-only)")
+        print("  idle-poll: a CPU latency request of 0 held (/dev/cpu_dma_latency), as pagewatch --idle-poll (the default) "
+              "does: idle CPUs poll instead of halting")
         print("  following: the tracer moves itself (sched_setaffinity) to the CPU the child last ran on, every 64 "
               "stops, and spins; the child's affinity is never touched")
         print(f"  the floor in the targets: the SIGSEGV stop ({results['floor']:.2f} us), a bare round trip plus "
-              f"the fault under PageWatch's default wait; the bare int3 round trip alone: "
+              f"the fault under PageWatch's default scheduling; the bare int3 round trip alone: "
               f"{results['int3_floor']:.2f} us ({results['floor_wait']})")
     return exit_status
 

@@ -39,6 +39,8 @@ extension Tracker {
         }
         main = ProcessTracker(session: self, pid: pid, parent: nil)
         processes[pid] = main
+        let polling = holdIdlePolling()
+        defer { withExtendedLifetime(polling) {} }
         for tid in tids {
             var state = ThreadState()
             state.preexisting = true

@@ -19,12 +19,14 @@ public struct TrackerConfiguration: Sendable {
     public var durationNs: UInt64?
     /// ... or after this many sweeps of the program.
     public var maxSweeps: Int?
-    /// `run`: the program's standard output (a descriptor of this process,
-    /// -1: inherited), and whether it starts with no signal blocked whatever
-    /// the calling thread blocks (a library caller on a worker thread).
     /// How long to poll for the next stop before sleeping in waitpid
     /// (`Wait.spinNs`; 0: never poll).
     public var spinNs: UInt64 = Wait.spinNs
+    /// Keep idle CPUs polling while tracing (`CPUIdlePolling`), where permitted.
+    public var idlePolling = true
+    /// `run`: the program's standard output (a descriptor of this process,
+    /// -1: inherited), and whether it starts with no signal blocked whatever
+    /// the calling thread blocks (a library caller on a worker thread).
     public var standardOutput: Int32 = -1
     public var emptySignalMask = false
 
@@ -113,6 +115,8 @@ public final class Tracker {
         main = ProcessTracker(session: self, pid: pid, parent: nil)
         processes[pid] = main
         main.threads[pid] = ThreadState()
+        let polling = holdIdlePolling()
+        defer { withExtendedLifetime(polling) {} }
         try main.startImage(tid: pid)
         emit(.start(pid: pid, pageSize: Page.size, command: config.command,
                     tracked: config.selection.specs.map(\.description), timeNs: wallClockNs()))
@@ -132,6 +136,16 @@ public final class Tracker {
         let end = main.end!
         emit(.end(pid: pid, end: end, sweeps: main.sweeps, faults: main.totalFaults, timeNs: main.endTimeNs))
         return end
+    }
+
+    /// The idle-polling request for the session (`TrackerConfiguration.idlePolling`),
+    /// held by the caller until the program is let go.
+    func holdIdlePolling() -> CPUIdlePolling? {
+        guard config.idlePolling else { return nil }
+        let request = CPUIdlePolling.request()
+        trace(request == nil ? "idle CPUs not kept polling (/dev/cpu_dma_latency not writable)"
+                             : "idle CPUs kept polling (/dev/cpu_dma_latency = 0)")
+        return request
     }
 
     // MARK: - The event loop

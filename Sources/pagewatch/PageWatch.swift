@@ -105,6 +105,11 @@ struct TrackingOptions: ParsableArguments {
                                              valueName: "DURATION"))
     var spinWait: String = "50us"
 
+    @Flag(name: .customLong("idle-poll"), inversion: .prefixedNo,
+          help: ArgumentHelp("While tracing, ask the kernel to keep idle CPUs polling instead of sleeping (a CPU latency request of 0 through /dev/cpu_dma_latency; root only, skipped otherwise).",
+                             discussion: "A sleeping CPU's wake-up is most of a fault's cost on many VMs; this halves it here, at the price of idle CPUs kept busy system-wide while PageWatch runs (docs/performance.md)."))
+    var idlePoll = true
+
     func validate() throws {
         if IntervalParser.parse(spinWait).map({ $0 > 1_000_000_000 }) ?? true {
             throw ValidationError("invalid --spin-wait '\(spinWait)' (expected 0 or a duration up to 1s: 50us, 200us)")
@@ -131,6 +136,7 @@ struct TrackingOptions: ParsableArguments {
                                      intervalNs: IntervalParser.parse(interval)!, sweepSignal: sweepSignal.flatMap(Signal.parse),
                                      followForks: followForks, stackDepth: stackDepth)
         c.spinNs = IntervalParser.parse(spinWait)!
+        c.idlePolling = idlePoll
         return c
     }
 

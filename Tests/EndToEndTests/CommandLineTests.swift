@@ -59,6 +59,32 @@ import Testing
         #expect(ranges[1] == ranges[0])
     }
 
+    /// The kernel's CPU latency target (`/dev/cpu_dma_latency`, root only).
+    static func cpuLatencyTarget() throws -> String {
+        try Harness.run(["/usr/bin/od", "-An", "-td4", "-N4", "/dev/cpu_dma_latency"]).stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    /// `--idle-poll` (the default) holds a CPU latency request of 0 while
+    /// the program runs, `--no-idle-poll` none; either way it is gone after,
+    /// and the program's descriptors are its own (the request's is
+    /// close-on-exec), so its output is the same.
+    @Test(.enabled(if: access("/dev/cpu_dma_latency", R_OK | W_OK) == 0, "needs root: /dev/cpu_dma_latency"))
+    func idlePollingIsHeldWhileTracingOnly() throws {
+        let before = try Self.cpuLatencyTarget()
+        #expect(before != "0", "another process holds a request of 0: the test cannot tell")
+        let probe = ["--", "sh", "-c", "od -An -td4 -N4 /dev/cpu_dma_latency; ls /proc/self/fd | wc -l"]
+        let untracked = try Harness.run(["/bin/sh"] + probe.dropFirst(2))
+        let on = try pagewatch(["run", "--interval", "0", "--output", "/dev/null"] + probe)
+        let off = try pagewatch(["run", "--interval", "0", "--output", "/dev/null", "--no-idle-poll"] + probe)
+        #expect(on.status == 0 && off.status == 0)
+        let (latencyOn, latencyOff) = (on.stdout.split(separator: "\n").first ?? "", off.stdout.split(separator: "\n").first ?? "")
+        #expect(latencyOn.trimmingCharacters(in: .whitespaces) == "0")
+        #expect(latencyOff.trimmingCharacters(in: .whitespaces) == before)
+        #expect(on.stdout.split(separator: "\n").last == untracked.stdout.split(separator: "\n").last)  // same descriptors
+        #expect(try Self.cpuLatencyTarget() == before)
+    }
+
     @Test func helpNamesWhatIsNeverTracked() throws {
         let r = try pagewatch(["run", "--help"])
         #expect(r.status == 0)
