@@ -75,18 +75,6 @@ int pw_ptrace_getsiginfo(pid_t tid, pw_siginfo *out) {
     return 0;
 }
 
-int pw_ptrace_peekdata(pid_t tid, uint64_t address, uint64_t *word) {
-    errno = 0;
-    long value = ptrace(PTRACE_PEEKDATA, tid, (void *)(uintptr_t)address, 0);
-    if (value == -1 && errno != 0) return -errno;
-    *word = (uint64_t)value;
-    return 0;
-}
-
-int pw_ptrace_pokedata(pid_t tid, uint64_t address, uint64_t word) {
-    RETURN_ERRNO(ptrace(PTRACE_POKEDATA, tid, (void *)(uintptr_t)address, (void *)(uintptr_t)word));
-}
-
 int pw_ptrace_get_rseq_configuration(pid_t tid, pw_rseq_configuration *config) {
     memset(config, 0, sizeof *config);
     long n = ptrace((enum __ptrace_request)PTRACE_GET_RSEQ_CONFIGURATION, tid, (void *)sizeof *config, config);

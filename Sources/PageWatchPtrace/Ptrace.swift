@@ -177,32 +177,6 @@ public enum Ptrace {
         return head == 0 ? nil : RemoteAddress(head)
     }
 
-    public static func peek(_ tid: Int32, _ address: RemoteAddress) throws -> UInt64 {
-        var w: UInt64 = 0
-        try check(pw_ptrace_peekdata(tid, address.value, &w), "PTRACE_PEEKDATA", tid: tid, address: address)
-        return w
-    }
-
-    /// Writes through ptrace, which (unlike process_vm_writev) may write read-only or executable pages.
-    public static func poke(_ tid: Int32, _ address: RemoteAddress, _ word: UInt64) throws {
-        try check(pw_ptrace_pokedata(tid, address.value, word), "PTRACE_POKEDATA", tid: tid, address: address)
-    }
-
-    /// Writes `bytes` at `address` word by word, keeping the bytes around them.
-    public static func pokeBytes(_ tid: Int32, _ address: RemoteAddress, _ bytes: [UInt8]) throws {
-        var offset = 0
-        while offset < bytes.count {
-            let at = address + UInt64(offset)
-            var word = try peek(tid, at)
-            for i in 0..<min(8, bytes.count - offset) {
-                word &= ~(UInt64(0xff) << UInt64(8 * i))
-                word |= UInt64(bytes[offset + i]) << UInt64(8 * i)
-            }
-            try poke(tid, at, word)
-            offset += 8
-        }
-    }
-
     public static func readMemory(_ pid: Int32, _ address: RemoteAddress, count: Int) throws -> [UInt8] {
         var buffer = [UInt8](repeating: 0, count: count)
         let n = buffer.withUnsafeMutableBytes { pw_read_memory(pid, address.value, $0.baseAddress, count) }

@@ -70,8 +70,6 @@ int pw_ptrace_getsiginfo_raw(pid_t tid, siginfo_t *info);
 int pw_ptrace_getsigmask(pid_t tid, uint64_t *mask);
 int pw_ptrace_setsigmask(pid_t tid, uint64_t mask);
 int pw_ptrace_setsiginfo_raw(pid_t tid, const siginfo_t *info);
-int pw_ptrace_peekdata(pid_t tid, uint64_t address, uint64_t *word);
-int pw_ptrace_pokedata(pid_t tid, uint64_t address, uint64_t word);
 int pw_ptrace_get_rseq_configuration(pid_t tid, pw_rseq_configuration *config);
 
 enum { PW_WNOHANG = 1, PW_WUNTRACED = 2 };
