@@ -211,6 +211,8 @@ def fault_variants(a, logs):
             ("ptrace stop round trip: int3, CONT", floor + ["int3", "spin"], None, None, "floor"),
             ("  the same, blocking waitpid (no spin)", floor + ["int3", "block"], None, None, "floor"),
             ("ptrace SIGSEGV stop: write to PROT_READ (floor)", floor + ["segv", "spin", "idle-poll"], None, None, "floor"),
+            ("  + the program's own mprotect (floor of mprotect)", floor + ["segv-mprotect", "spin", "idle-poll"], None, None,
+             "floor"),
             ("  the same, idle CPUs not kept polling", floor + ["segv", "spin"], None, None, "floor"),
             ("  the same, the tracer following the child's CPU", floor + ["segv", "follow"], None, None, "floor"),
         ]
@@ -299,6 +301,8 @@ def run_faults_and_floor(a, results):
         print("  int3, CONT: the tracer waits for the SIGTRAP stop (polling WNOHANG for 50 us before blocking, as "
               "PageWatch does, or blocking at once) and resumes it with the signal suppressed")
         print("  SIGSEGV stop: + PTRACE_GETSIGINFO, GETREGS, SETREGS (steps over the store; the page stays read-only)")
+        print("  + mprotect: the child makes each page writable itself after the stop, as a tracker's un-arming in the "
+              "program must (the floor of any mprotect-based tracker)")
         print("  idle-poll: a CPU latency request of 0 held (/dev/cpu_dma_latency), as pagewatch --idle-poll (the default) "
               "does: idle CPUs poll instead of halting")
         print("  following: the tracer moves itself (sched_setaffinity) to the CPU the child last ran on, every 64 "
