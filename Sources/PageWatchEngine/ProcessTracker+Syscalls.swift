@@ -238,17 +238,23 @@ extension ProcessTracker {
     /// only other processes could wait there, through shared memory, which is
     /// never tracked.)
     func threadExitEntry(tid: Int32) throws {
-        var words: [RemoteAddress] = []
-        if let w = threads[tid]?.clearChildTid ?? clearTidFromPendingClone(of: tid) { words.append(w) }
-        words += robustFutexesHeld(by: tid)
+        let words = wordsWrittenAtExit(by: tid)
         if !words.isEmpty {
             let kernel = writer(Syscall.exit.rawValue, tid: tid)
-            for w in words { try unarmForKernel(AddressRange(start: w, end: w + 4), by: kernel, tid: tid) }
+            for w in words { try unarmForKernel(w, by: kernel, tid: tid) }
             // Written after the exit event stop, in exit_mm: a sweep at
             // another thread's stop meanwhile must not arm them again.
-            threads[tid]?.exitWords = words.map { AddressRange(start: $0, end: $0 + 4) }
+            threads[tid]?.exitWords = words
         }
         try resume(tid)
+    }
+
+    /// The words the kernel writes as `tid` ends: its `clear_child_tid`
+    /// word and those of the robust mutexes it holds.
+    func wordsWrittenAtExit(by tid: Int32) -> [AddressRange] {
+        var words = robustFutexesHeld(by: tid)
+        if let w = threads[tid]?.clearChildTid ?? clearTidFromPendingClone(of: tid) { words.append(w) }
+        return words.map { AddressRange(start: $0, end: $0 + 4) }
     }
 
     /// Hazard 4 at a thread's exit event when its `exit` entry was not seen
@@ -258,9 +264,8 @@ extension ProcessTracker {
     func keepExitWordsWritable(_ tid: Int32) {
         guard threads[tid]?.exitWords.isEmpty == true else { return }
         learnClearTid(tid)
-        var words = robustFutexesHeld(by: tid)
-        if let w = threads[tid]?.clearChildTid { words.append(w) }
-        threads[tid]?.exitWords = words.map { AddressRange(start: $0, end: $0 + 4) }
+        let words = wordsWrittenAtExit(by: tid)  // reads `threads`: not inside the assignment's access
+        threads[tid]?.exitWords = words
     }
 
     /// A thread that exits before its creator's clone event was handled
