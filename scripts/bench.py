@@ -213,6 +213,8 @@ def fault_variants(a, logs):
             ("ptrace SIGSEGV stop: write to PROT_READ (floor)", floor + ["segv", "spin", "idle-poll"], None, None, "floor"),
             ("  + the program's own mprotect (floor of mprotect)", floor + ["segv-mprotect", "spin", "idle-poll"], None, None,
              "floor"),
+            ("  + mprotect through a slot (PageWatch's design in C)", floor + ["trampoline", "spin", "idle-poll"], None, None,
+             "floor"),
             ("  the same, idle CPUs not kept polling", floor + ["segv", "spin"], None, None, "floor"),
             ("  the same, the tracer following the child's CPU", floor + ["segv", "follow"], None, None, "floor"),
         ]
@@ -296,6 +298,7 @@ def run_faults_and_floor(a, results):
         # shown beside it.
         spin, block, segv = (statistics.median(per_page_us[floor[i][0]]) for i in (0, 1, 2))
         results["floor"] = segv
+        results["slot_floor"] = statistics.median(per_page_us[floor[4][0]])
         results["int3_floor"] = min(spin, block)
         results["floor_wait"] = "spinning" if spin <= block else "blocking"
         print("  int3, CONT: the tracer waits for the SIGTRAP stop (polling WNOHANG for 50 us before blocking, as "
@@ -303,6 +306,9 @@ def run_faults_and_floor(a, results):
         print("  SIGSEGV stop: + PTRACE_GETSIGINFO, GETREGS, SETREGS (steps over the store; the page stays read-only)")
         print("  + mprotect: the child makes each page writable itself after the stop, as a tracker's un-arming in the "
               "program must (the floor of any mprotect-based tracker)")
+        print("  through a slot: the tracer sends the child through a trampoline slot that runs the mprotect, as "
+              "PageWatch's one-stop path does, with the fewest requests (GETSIGINFO, PEEKUSER rip, one "
+              "process_vm_writev, POKEUSER rip, CONT): PageWatch's design without PageWatch")
         print("  idle-poll: a CPU latency request of 0 held (/dev/cpu_dma_latency), as pagewatch --idle-poll (the default) "
               "does: idle CPUs poll instead of halting")
         print("  following: the tracer moves itself (sched_setaffinity) to the CPU the child last ran on, every 64 "
@@ -486,6 +492,10 @@ def print_targets(a, results):
     floor = results.get("floor")
     line("depth-0 fault / ptrace SIGSEGV stop round trip (floor)",
          cost[0] / floor if 0 in cost and floor else None, FLOOR_TARGET)
+    if floor and results.get("slot_floor"):
+        print(f"  {'(the same design in C, no PageWatch: through a slot / floor)':62} {results['slot_floor'] / floor:8.2f}x")
+        if 0 in cost:
+            print(f"  {'(depth-0 fault / the same design in C)':62} {cost[0] / results['slot_floor']:8.2f}x")
     if 0 in cost and results.get("int3_floor"):
         print(f"  {'(depth-0 fault / bare int3 round trip, for reference)':62} {cost[0] / results['int3_floor']:8.2f}x")
     line(f"depth-{DEFAULT_DEPTH} fault / depth-0 fault",

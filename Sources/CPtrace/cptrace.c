@@ -45,6 +45,19 @@ int pw_ptrace_setregs(pid_t tid, const struct user_regs_struct *regs) {
     RETURN_ERRNO(ptrace(PTRACE_SETREGS, tid, 0, regs));
 }
 
+int pw_ptrace_peekuser(pid_t tid, unsigned long offset, uint64_t *value) {
+    errno = 0;  // PEEKUSER returns the word: -1 is a value unless errno says otherwise
+    long word = ptrace(PTRACE_PEEKUSER, tid, (void *)offset, 0);
+    if (word == -1 && errno != 0)
+        return -errno;
+    *value = (uint64_t)word;
+    return 0;
+}
+
+int pw_ptrace_pokeuser(pid_t tid, unsigned long offset, uint64_t value) {
+    RETURN_ERRNO(ptrace(PTRACE_POKEUSER, tid, (void *)offset, (void *)value));
+}
+
 int pw_ptrace_getsiginfo_raw(pid_t tid, siginfo_t *info) {
     RETURN_ERRNO(ptrace(PTRACE_GETSIGINFO, tid, 0, info));
 }

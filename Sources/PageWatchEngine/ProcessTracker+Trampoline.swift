@@ -21,9 +21,7 @@ extension ProcessTracker {
             threads[tid]?.slowPathPage = nil
             return false
         }
-        let regs = try Arch.readRegisters(tid: tid)
-        try injector.trampoline.enter(slot, tid: tid, registers: regs,
-                                      mprotect: AddressRange(start: page, end: page + Page.size), protection)
+        try injector.trampoline.enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
         threads[tid]?.trampolineSlot = slot
         threads[tid]?.trampolinePage = page
         memory.markWritten(page)

@@ -42,7 +42,7 @@ extension Tracker {
         let polling = holdIdlePolling()
         defer { withExtendedLifetime(polling) {} }
         for tid in tids {
-            var state = ThreadState()
+            let state = ThreadState()
             state.preexisting = true
             state.interruptPending = true
             main.threads[tid] = state

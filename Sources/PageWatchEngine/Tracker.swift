@@ -283,7 +283,7 @@ extension Tracker {
             return
         }
         let p = ProcessTracker(session: self, pid: child, parent: parent.pid)
-        var state = ThreadState()
+        let state = ThreadState()
         state.completingSyscall = 0
         p.threads[child] = state
         processes[child] = p
@@ -299,7 +299,7 @@ extension Tracker {
             if kind == .vfork {
                 // Shares the parent's memory until it execs: its writes and
                 // syscalls are handled like the parent's own.
-                var state = ThreadState()
+                let state = ThreadState()
                 state.vforkChild = true
                 parent.threads[tid] = state
                 try Ptrace.cont(tid)
@@ -325,7 +325,7 @@ extension Tracker {
             untracked.insert(tid)
             try Ptrace.cont(tid)
         } else if let group = threadGroup(of: tid), let p = processes[group] {
-            var state = ThreadState()
+            let state = ThreadState()
             state.awaitsCloneEvent = true  // its first stop came before its parent's clone event
             p.threads[tid] = state
             try p.learnRseq(tid)

@@ -2,19 +2,21 @@ import Glibc
 internal import CPtrace
 import PageWatchAddressSpace
 
-/// The one-stop fault path (issue 6). At a write fault the tracer saves the
-/// registers a syscall clobbers into the thread's slot, points the thread at
-/// the slot's code and resumes it: the code runs `mprotect` on the page,
-/// puts those registers back itself and jumps to the faulting instruction.
-/// One stop per fault instead of two, and no moment where the thread needs
-/// the tracer to get its registers back: should PageWatch die, a thread
-/// inside a slot still finishes it (hazard 20).
+/// The one-stop fault path (issue 6). At a write fault the tracer writes
+/// the page, its protection and the faulting instruction's address into the
+/// thread's slot, points the thread at the slot's code and resumes it: the
+/// code saves the registers it uses, runs `mprotect` on the page, puts them
+/// back and jumps to the faulting instruction. One stop per fault instead
+/// of two, only the instruction pointer read and written, and no moment
+/// where the thread needs the tracer to get its registers back: should
+/// PageWatch die, a thread inside a slot still finishes it (hazard 20).
 ///
 /// Scratch layout, three pages at `code`: the code page (read+execute)
 /// holds the two-stop gadget in its first slot-sized cell, the slots' code
-/// in the next 62 and the batch loop (`RemoteSyscall.mprotectBatch`) in the
-/// last; the data page (read+write, never tracked) holds each slot's saved
-/// words; the third page (read+write) the batch's array.
+/// in the next ones (30 on x86_64) and the batch loop
+/// (`RemoteSyscall.mprotectBatch`) in the last; the data page (read+write,
+/// never tracked) holds each slot's words; the third page (read+write) the
+/// batch's array.
 public struct FaultTrampoline: Sendable {
     public typealias Arch = HostArchitecture
 
@@ -46,15 +48,17 @@ public struct FaultTrampoline: Sendable {
         return Int((ip.value - slotCode(0).value) / Arch.trampolineSlotSize)
     }
 
-    /// Sends `tid`, stopped at a fault with `registers`, through `slot` to
-    /// run mprotect(range, protection). The caller resumes it with no signal.
-    public func enter(_ slot: Int, tid: Int32, registers: Arch.Registers,
-                      mprotect range: AddressRange, _ protection: Protection) throws {
-        let (regs, words) = Arch.enteringTrampoline(registers, number: Arch.syscalls.mprotect,
-                                                    arguments: [range.start.value, range.length, UInt64(protection.rawValue)],
-                                                    code: slotCode(slot))
-        try write(words, at: slotData(slot), tid: tid)
-        try Arch.writeRegisters(regs, tid: tid)
+    /// Sends `tid`, stopped at a write fault, through `slot` to run
+    /// mprotect(range, protection). The caller resumes it with no signal.
+    /// Only the instruction pointer is read and written (the slot saves the
+    /// registers it uses itself): at a fault's stop the thread is in no
+    /// syscall (orig_rax is -1), so no restart logic applies on the way out.
+    public func enter(_ slot: Int, tid: Int32, mprotect range: AddressRange, _ protection: Protection) throws {
+        let ip = try Arch.readInstructionPointer(tid: tid)
+        let words = Arch.trampolineEntryWords(mprotect: range.start.value, length: range.length,
+                                              protection: UInt64(protection.rawValue), returningTo: ip)
+        try write(words, at: slotData(slot) + UInt64(Arch.trampolineEntryWord * 8), tid: tid)
+        try Arch.writeInstructionPointer(slotCode(slot), tid: tid)
     }
 
     /// A thread stopped inside a slot's code (a signal, an interrupt, the
@@ -65,15 +69,16 @@ public struct FaultTrampoline: Sendable {
     public func settle(tid: Int32, registers: Arch.Registers) throws -> (slot: Int, ran: Bool)? {
         let ip = Arch.instructionPointer(registers)
         guard let slot = slot(at: ip) else { return nil }
+        let offset = ip.value - slotCode(slot).value
         var words = try read(at: slotData(slot), tid: tid)
-        if ip == slotCode(slot) + Arch.trampolineSyscallEnd {
+        if offset == Arch.trampolineSyscallEnd {
             // Stopped right after the call (a signal at its exit), before the
             // slot stored its result: it is still in the result register.
             words[Arch.trampolineResultWord] = UInt64(bitPattern: Arch.syscallResult(registers))
             try write([words[Arch.trampolineResultWord]], at: slotData(slot) + UInt64(Arch.trampolineResultWord * 8), tid: tid)
         }
-        try Arch.writeRegisters(Arch.leavingTrampoline(registers, words: words), tid: tid)
-        return (slot, ip != slotCode(slot))
+        try Arch.writeRegisters(Arch.leavingTrampoline(registers, words: words, offset: offset), tid: tid)
+        return (slot, offset >= Arch.trampolineSyscallEnd)
     }
 
     /// What the slot's last call returned (1 until it has run).

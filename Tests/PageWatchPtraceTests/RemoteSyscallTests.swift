@@ -225,6 +225,70 @@ import PageWatchAddressSpace
         #expect(try waitForExit(pid) == 3)
     }
 
+    /// The one-stop fault path's slot (issue 6): a thread stopped at any
+    /// instruction of it (a signal or an interrupt came first) is settled
+    /// back to its faulting instruction with every register its own, and
+    /// the slot says whether its mprotect ran, as the page's protection
+    /// shows. Stepped one instruction at a time through the whole slot.
+    @Test func aThreadStoppedAnywhereInASlotIsPutBackWhole() throws {
+        let pid = try Launcher.launch([Self.fixture("fx_exit3")], options: Self.options, emptySignalMask: true)
+        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
+        let trampoline = injector.trampoline
+        let rw = Protection([.read, .write])
+        let base = RemoteAddress(try injector.call("mmap", Arch.syscalls.mmap,
+                                                   [0, Page.size, UInt64(rw.rawValue), 0x22, UInt64(bitPattern: -1), 0],
+                                                   in: pid).value)
+        let page = AddressRange(start: base, end: base + Page.size)
+        let original = try Arch.readRegisters(tid: pid)
+        // As at a write fault's stop: in no syscall, the six registers the
+        // slot uses holding values it must give back.
+        // Other values at each pass, so that words the slot saved at an
+        // earlier pass cannot pass for this one's.
+        func faultRegisters(_ pass: Int) -> user_regs_struct {
+            var r = original.raw
+            let p = UInt64(pass) << 8
+            r.orig_rax = UInt64(bitPattern: -1)
+            r.rax = 0x1111_2222_3333_4400 | p; r.rcx = 0x5555_6666_7777_8800 | p; r.r11 = 0x0246 | p << 8
+            r.rsi = 0x9999_aaaa_bbbb_cc00 | p; r.rdi = 0xdddd_eeee_ffff_0000 | p; r.rdx = 0x0123_4567_89ab_cd00 | p
+            return r
+        }
+        func protection() throws -> Protection? { try ProcFS.maps(of: pid).first { $0.range.contains(base) }?.protection }
+        let slot = 3
+        var steps = 0
+        while true {
+            _ = try injector.mprotect(page, [.read], in: pid)
+            let fault = faultRegisters(steps)
+            try Arch.writeRegisters(Arch.Registers(raw: fault), tid: pid)
+            try trampoline.enter(slot, tid: pid, mprotect: page, rw)
+            for _ in 0..<steps {
+                try Ptrace.singleStep(pid)
+                guard case .signalDelivery(_, SIGTRAP)? = try Wait.next(pid) else {
+                    Issue.record("step did not trap")
+                    return
+                }
+            }
+            let regs = try Arch.readRegisters(tid: pid)
+            let settled = try trampoline.settle(tid: pid, registers: regs)
+            let after = try Arch.readRegisters(tid: pid)
+            #expect(Arch.words(of: after) == Arch.words(of: Arch.Registers(raw: fault)), "registers after \(steps) steps")
+            guard let settled else {
+                // Out of the slot: it ran whole and jumped back by itself.
+                #expect(try protection() == rw)
+                #expect(try trampoline.result(slot, tid: pid) == 0)
+                break
+            }
+            #expect(settled.slot == slot)
+            #expect(try protection() == (settled.ran ? rw : [.read]), "after \(steps) steps")
+            #expect(try trampoline.result(slot, tid: pid) == (settled.ran ? 0 : 1), "after \(steps) steps")
+            steps += 1
+        }
+        // Eleven instructions to the end of the call, eight more back.
+        #expect(steps == 19)
+        try Arch.writeRegisters(original, tid: pid)
+        try Ptrace.cont(pid)
+        #expect(try waitForExit(pid) == 3)
+    }
+
     /// Hazard 20: a thread PageWatch leaves inside an injected call (it
     /// died) runs the call untraced and then stops the process with
     /// SIGSTOP, where a `syscall; int3` gadget would kill it with SIGTRAP;

@@ -65,6 +65,9 @@ int pw_ptrace_geteventmsg(pid_t tid, unsigned long *message);
 int pw_ptrace_getregs(pid_t tid, struct user_regs_struct *regs);
 int pw_ptrace_setregs(pid_t tid, const struct user_regs_struct *regs);
 int pw_ptrace_getsiginfo(pid_t tid, pw_siginfo *info);
+// One word of the registers (struct user) at `offset`: cheaper than the whole set.
+int pw_ptrace_peekuser(pid_t tid, unsigned long offset, uint64_t *value);
+int pw_ptrace_pokeuser(pid_t tid, unsigned long offset, uint64_t value);
 // Raw siginfo, for holding a signal and re-injecting it unchanged.
 int pw_ptrace_getsiginfo_raw(pid_t tid, siginfo_t *info);
 int pw_ptrace_getsigmask(pid_t tid, uint64_t *mask);

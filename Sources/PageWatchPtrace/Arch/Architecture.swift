@@ -12,6 +12,9 @@ public protocol Architecture {
     static func writeRegisters(_ regs: Registers, tid: Int32) throws
 
     static func instructionPointer(_ regs: Registers) -> RemoteAddress
+    /// The instruction pointer alone, read or written without the whole set.
+    static func readInstructionPointer(tid: Int32) throws -> RemoteAddress
+    static func writeInstructionPointer(_ ip: RemoteAddress, tid: Int32) throws
     static func stackPointer(_ regs: Registers) -> RemoteAddress
     /// The thread pointer (TLS base), where glibc and musl keep the thread control block.
     static func threadPointer(_ regs: Registers) -> RemoteAddress
@@ -52,9 +55,14 @@ public protocol Architecture {
     static var trampolineResultWord: Int { get }
     static var trampolineWordCount: Int { get }
     static func trampolineCode(at code: RemoteAddress, data: RemoteAddress) -> [UInt8]
-    static func enteringTrampoline(_ regs: Registers, number: Int64, arguments: [UInt64],
-                                   code: RemoteAddress) -> (Registers, [UInt64])
-    static func leavingTrampoline(_ regs: Registers, words: [UInt64]) -> Registers
+    /// What the tracer writes at the slot's data word `trampolineEntryWord`
+    /// to send a thread through it (the slot saves the registers itself).
+    static var trampolineEntryWord: Int { get }
+    static func trampolineEntryWords(mprotect start: UInt64, length: UInt64, protection: UInt64,
+                                     returningTo ip: RemoteAddress) -> [UInt64]
+    /// The registers of a thread stopped at `offset` in a slot's code, once
+    /// the slot's work is done or undone: back at its faulting instruction.
+    static func leavingTrampoline(_ regs: Registers, words: [UInt64], offset: UInt64) -> Registers
 
     /// The sweep's batch loop (`RemoteSyscall.mprotectBatch`): its code, where
     /// it sits in the code page, the offset after its breakpoint, and the

@@ -21,6 +21,20 @@ public enum X86_64: Architecture {
     }
 
     public static func instructionPointer(_ regs: Registers) -> RemoteAddress { RemoteAddress(regs.raw.rip) }
+
+    /// The instruction pointer alone (PTRACE_PEEKUSER/POKEUSER: one word,
+    /// about half the cost of the whole set).
+    public static func readInstructionPointer(tid: Int32) throws -> RemoteAddress {
+        var value: UInt64 = 0
+        try check(pw_ptrace_peekuser(tid, ripOffset, &value), "PTRACE_PEEKUSER", tid: tid)
+        return RemoteAddress(value)
+    }
+
+    public static func writeInstructionPointer(_ ip: RemoteAddress, tid: Int32) throws {
+        try check(pw_ptrace_pokeuser(tid, ripOffset, ip.value), "PTRACE_POKEUSER", tid: tid, address: ip)
+    }
+
+    static let ripOffset = UInt(MemoryLayout<user_regs_struct>.offset(of: \.rip)!)
     public static func stackPointer(_ regs: Registers) -> RemoteAddress { RemoteAddress(regs.raw.rsp) }
     public static func threadPointer(_ regs: Registers) -> RemoteAddress { RemoteAddress(regs.raw.fs_base) }
     public static func syscallNumber(_ regs: Registers) -> Int64 { Int64(bitPattern: regs.raw.orig_rax) }
@@ -95,62 +109,74 @@ public enum X86_64: Architecture {
     /// the kernel places the program, its heap, its mmaps and its stack.
     public static let scratchAddressHint: UInt64 = 0x3f00_0000_0000
 
-    /// Each slot's code, 64 bytes, with RIP-relative operands into its data:
-    /// `syscall` (the mprotect), `mov [res], rax`, then rax, rcx, r11 (the
-    /// registers `syscall` clobbers) and rdi, rsi, rdx (its arguments) back
-    /// from the data, `jmp [rip]` to the faulting instruction. The flags are
-    /// the program's throughout (the kernel restores them after `syscall`,
-    /// and `mov` and `jmp` leave them alone); the stack is never touched.
-    public static let trampolineSlotSize: UInt64 = 64
-    /// The data words of a slot, in order.
-    enum TrampolineWord: Int, CaseIterable { case result, rax, rcx, r11, rdi, rsi, rdx, rip }
-    /// The instruction pointer after the slot's `syscall`.
-    public static let trampolineSyscallEnd: UInt64 = 2
+    /// Each slot's code, 128 bytes, with RIP-relative operands into its
+    /// data: saves rax, rcx, r11 (the registers `syscall` clobbers) and rsi,
+    /// rdi, rdx (its arguments) into the data, loads the arguments the
+    /// tracer left there, `syscall` (mprotect), `mov [result], rax`, loads
+    /// the six registers back and `jmp [rip]` to the faulting instruction.
+    /// The slot saves the registers itself so that the tracer needs only the
+    /// instruction pointer (PEEKUSER/POKEUSER, not GETREGS/SETREGS: issue 6).
+    /// The flags are the program's throughout (the kernel restores them
+    /// after `syscall`, and `mov` and `jmp` leave them alone); the stack is
+    /// never touched.
+    public static let trampolineSlotSize: UInt64 = 128
+    /// The data words of a slot, in order: the six saved registers, then
+    /// what the tracer writes at each entry (`trampolineEntryWords`).
+    enum TrampolineWord: Int, CaseIterable { case rax, rcx, r11, rsi, rdi, rdx, result, start, length, protection, rip }
+    static let savedRegisterWords: [TrampolineWord] = [.rax, .rcx, .r11, .rsi, .rdi, .rdx]
+    /// Offsets in a slot's code: the first instruction that changes a
+    /// register (the saves before it change none), the `syscall`'s end.
+    static let trampolineFirstLoad: UInt64 = 6 * 7
+    public static let trampolineSyscallEnd: UInt64 = 6 * 7 + 3 * 7 + 5 + 2
 
     public static func trampolineCode(at code: RemoteAddress, data: RemoteAddress) -> [UInt8] {
-        var bytes: [UInt8] = [0x0f, 0x05]  // syscall
+        var bytes: [UInt8] = []
         func ripRelative(_ opcode: [UInt8], _ word: TrampolineWord) {
             let next = Int64(bitPattern: code.value) + Int64(bytes.count + opcode.count + 4)
             let target = Int64(bitPattern: data.value) + Int64(word.rawValue * 8)
             let disp = Int32(truncatingIfNeeded: target - next)
             bytes += opcode + withUnsafeBytes(of: disp.littleEndian) { Array($0) }
         }
-        ripRelative([0x48, 0x89, 0x05], .result)  // mov [rip+d], rax
-        ripRelative([0x48, 0x8b, 0x05], .rax)     // mov rax, [rip+d]
-        ripRelative([0x48, 0x8b, 0x0d], .rcx)
-        ripRelative([0x4c, 0x8b, 0x1d], .r11)
-        ripRelative([0x48, 0x8b, 0x3d], .rdi)
-        ripRelative([0x48, 0x8b, 0x35], .rsi)
-        ripRelative([0x48, 0x8b, 0x15], .rdx)
-        ripRelative([0xff, 0x25], .rip)           // jmp [rip+d]
+        // mov [rip+d], reg and mov reg, [rip+d], in savedRegisterWords' order.
+        let stores: [[UInt8]] = [[0x48, 0x89, 0x05], [0x48, 0x89, 0x0d], [0x4c, 0x89, 0x1d],
+                                 [0x48, 0x89, 0x35], [0x48, 0x89, 0x3d], [0x48, 0x89, 0x15]]
+        let loads: [[UInt8]] = [[0x48, 0x8b, 0x05], [0x48, 0x8b, 0x0d], [0x4c, 0x8b, 0x1d],
+                                [0x48, 0x8b, 0x35], [0x48, 0x8b, 0x3d], [0x48, 0x8b, 0x15]]
+        for (store, word) in zip(stores, savedRegisterWords) { ripRelative(store, word) }
+        precondition(UInt64(bytes.count) == trampolineFirstLoad)
+        ripRelative(loads[4], .start)       // mov rdi, [start]
+        ripRelative(loads[3], .length)      // mov rsi, [length]
+        ripRelative(loads[5], .protection)  // mov rdx, [protection]
+        bytes += [0xb8] + withUnsafeBytes(of: UInt32(syscalls.mprotect).littleEndian) { Array($0) }  // mov eax, nr
+        bytes += [0x0f, 0x05]               // syscall
+        precondition(UInt64(bytes.count) == trampolineSyscallEnd)
+        ripRelative(stores[0], .result)     // mov [result], rax
+        for (load, word) in zip(loads, savedRegisterWords) { ripRelative(load, word) }
+        ripRelative([0xff, 0x25], .rip)     // jmp [rip+d]
         precondition(UInt64(bytes.count) <= trampolineSlotSize)
         return bytes + Array(repeating: 0xcc, count: Int(trampolineSlotSize) - bytes.count)
     }
 
-    /// Registers that send the thread through the slot's code running
-    /// `number(arguments)` (at most three), and the slot's data words
-    /// (the result word set to 1, which no mprotect returns).
-    public static func enteringTrampoline(_ regs: Registers, number: Int64, arguments: [UInt64],
-                                          code: RemoteAddress) -> (Registers, [UInt64]) {
-        precondition(arguments.count <= 3)
-        let o = regs.raw
-        let words = [1, o.rax, o.rcx, o.r11, o.rdi, o.rsi, o.rdx, o.rip]
-        var r = o
-        let a = arguments + Array(repeating: 0, count: 3 - arguments.count)
-        r.rax = UInt64(bitPattern: number)
-        r.rdi = a[0]; r.rsi = a[1]; r.rdx = a[2]
-        r.rip = code.value
-        r.orig_rax = UInt64(bitPattern: -1)
-        return (Registers(raw: r), words)
+    /// The words the tracer writes into a slot's data to send a thread
+    /// through it, from `trampolineEntryWord` on: the result set to 1 (no
+    /// mprotect returns it), the call's arguments, where to return.
+    public static func trampolineEntryWords(mprotect start: UInt64, length: UInt64, protection: UInt64,
+                                            returningTo ip: RemoteAddress) -> [UInt64] {
+        [1, start, length, protection, ip.value]
     }
+    public static let trampolineEntryWord = TrampolineWord.result.rawValue
 
-    /// The registers the slot's code leaves the thread with: what it would
-    /// have done from wherever it is stopped inside it.
-    public static func leavingTrampoline(_ regs: Registers, words: [UInt64]) -> Registers {
+    /// The registers the slot's code leaves the thread with, from wherever
+    /// in it (`offset`) the thread is stopped: before its first load no
+    /// register but the instruction pointer has changed; after it, all six
+    /// are saved in the data (and stay there), so they are put back.
+    public static func leavingTrampoline(_ regs: Registers, words: [UInt64], offset: UInt64) -> Registers {
         var r = regs.raw
-        r.rax = words[TrampolineWord.rax.rawValue]; r.rcx = words[TrampolineWord.rcx.rawValue]
-        r.r11 = words[TrampolineWord.r11.rawValue]; r.rdi = words[TrampolineWord.rdi.rawValue]
-        r.rsi = words[TrampolineWord.rsi.rawValue]; r.rdx = words[TrampolineWord.rdx.rawValue]
+        if offset >= trampolineFirstLoad {
+            func word(_ w: TrampolineWord) -> UInt64 { words[w.rawValue] }
+            r.rax = word(.rax); r.rcx = word(.rcx); r.r11 = word(.r11)
+            r.rsi = word(.rsi); r.rdi = word(.rdi); r.rdx = word(.rdx)
+        }
         r.rip = words[TrampolineWord.rip.rawValue]
         r.orig_rax = UInt64(bitPattern: -1)
         return Registers(raw: r)
