@@ -14,19 +14,48 @@ extension ProcessTracker {
     /// thread. False when it cannot be used here (no slot free, signals
     /// held for the thread, a syscall stop); the caller takes the slow path.
     func unarmThroughTrampoline(_ page: RemoteAddress, _ protection: Protection, tid: Int32) throws -> Bool {
-        guard Self.oneStopFaults, let injector, let state = threads[tid], state.held.isEmpty,
+        guard Self.oneStopFaults, slotsUsable, let injector, let state = threads[tid], state.held.isEmpty,
               state.entryRegisters == nil, state.pendingExit == nil, state.completingSyscall == nil,
               session.detaching == nil, let slot = state.trampolineSlot ?? freeTrampolineSlot() else { return false }
         if state.slowPathPage == page {
             threads[tid]?.slowPathPage = nil
             return false
         }
-        try injector.trampoline.enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
+        try FaultTrampoline(code: injector.trampoline.code, shared: slotData)
+            .enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
         threads[tid]?.trampolineSlot = slot
         threads[tid]?.trampolinePage = page
         memory.markWritten(page)
         try Ptrace.resume(tid, mode: session.resumeMode)
         return true
+    }
+
+    /// Shares the slots' data page with PageWatch (`SharedSlotData`) when
+    /// the process has just the one thread `tid`, stopped: a new image's
+    /// exec stop, a followed fork child's first stop. A fork child's page is
+    /// its parent's shared one until then: replaced, or made private if
+    /// sharing fails; if both fail it uses no slot. Sharing failing
+    /// otherwise only costs speed (the words go by process_vm_writev).
+    func shareSlotData(tid: Int32) {
+        guard let injector else { return }
+        slotData = nil
+        var held: [HeldSignal] = []
+        defer { threads[tid]?.held += held }
+        do {
+            slotData = try SharedSlotData.share(injector, in: tid, held: &held)
+            slotsUsable = true
+            return
+        } catch {
+            trace("  slots' data page not shared: \(error)")
+        }
+        guard parent != nil else { return }
+        do {
+            try SharedSlotData.unshare(injector, in: tid, held: &held)
+            slotsUsable = true
+        } catch {
+            trace("  slots' data page not made private either: \(error); no slots")
+            slotsUsable = false
+        }
     }
 
     /// A slot no thread holds, if any (more threads than slots take the slow path).
@@ -56,7 +85,7 @@ extension ProcessTracker {
             stopSignalInfo = (tid, info)
             return false
         }
-        let trampoline = injector.trampoline
+        let trampoline = FaultTrampoline(code: injector.trampoline.code, shared: slotData)
         let regs = try Arch.readRegisters(tid: tid)
         let inside = trampoline.slot(at: Arch.instructionPointer(regs)) == slot
         switch event {

@@ -92,6 +92,11 @@ final class ProcessTracker {
     let parent: Int32?
     var threads: [Int32: ThreadState] = [:]
     var injector: RemoteSyscall?
+    /// The fault slots' data page as PageWatch maps it, when shared (`shareSlotData`).
+    var slotData: SharedSlotData?
+    /// False when the slots' data page may be another process's (a fork
+    /// child's copy that could not be replaced): faults take the slow path.
+    var slotsUsable = true
     var memory = TrackedMemory()
     /// Addresses inside thread stacks (stack pointers seen at clone), for `--track stack`.
     var stackAnchors: [RemoteAddress] = []
@@ -141,6 +146,9 @@ final class ProcessTracker {
     func forkedCopy(pid child: Int32, thread tid: Int32) -> ProcessTracker {
         let copy = ProcessTracker(session: session, pid: child, parent: pid)
         copy.injector = injector  // the gadget page is copied with the rest
+        // Its data page is the parent's shared one until its first stop
+        // replaces it (`shareSlotData`): no slot before.
+        copy.slotsUsable = false
         copy.injector?.journal = nil  // the guardian watches the attached process only
         copy.memory = memory
         for region in memory.regions { copy.memory.markDirty(region.range) }
@@ -637,10 +645,12 @@ final class ProcessTracker {
         unwinder = nil
         lastMaps = []
         frameCache = [:]
+        slotData = nil
         let (gadget, held) = try RemoteSyscall.bootstrap(in: pid, completing: completing)
         injector = gadget
         injector?.journal = guardianJournal
         threads[pid]?.held.append(contentsOf: held)
+        shareSlotData(tid: pid)
         if sweeps > 0 || totalFaults > 0 {
             let path = ProcFS.executable(of: pid) ?? (parent == nil ? config.command[0] : "")
             emit(.exec(pid: pid, path: path, timeNs: wallClockNs()))

@@ -306,6 +306,7 @@ extension Tracker {
             } else if let followed = followedChildren.removeValue(forKey: tid) {
                 // Its pages are armed as the parent's were: tracked as they are.
                 processes[tid] = followed
+                followed.shareSlotData(tid: tid)
                 try followed.learnRseq(tid)
                 try followed.resume(tid)
             } else {

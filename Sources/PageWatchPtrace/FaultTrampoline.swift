@@ -23,8 +23,14 @@ public struct FaultTrampoline: Sendable {
     /// The code page (the scratch pages' start, where the gadget is).
     public let code: RemoteAddress
     public var data: RemoteAddress { code + Page.size }
+    /// PageWatch's own mapping of the data page (`SharedSlotData`), as an
+    /// address (0: none, the words go through process_vm_writev/readv).
+    let local: UInt
 
-    public init(code: RemoteAddress) { self.code = code }
+    public init(code: RemoteAddress, shared: SharedSlotData? = nil) {
+        self.code = code
+        local = shared.map { UInt(bitPattern: $0.local) } ?? 0
+    }
 
     /// The code page's cells after the gadget, but the last (the batch loop).
     public static var slotCount: Int { Int(Page.size / Arch.trampolineSlotSize) - 2 }
@@ -57,6 +63,8 @@ public struct FaultTrampoline: Sendable {
         let ip = try Arch.readInstructionPointer(tid: tid)
         let words = Arch.trampolineEntryWords(mprotect: range.start.value, length: range.length,
                                               protection: UInt64(protection.rawValue), returningTo: ip)
+        // Plain stores when the page is shared: the PTRACE_POKEUSER and
+        // PTRACE_CONT that follow order them before the thread runs.
         try write(words, at: slotData(slot) + UInt64(Arch.trampolineEntryWord * 8), tid: tid)
         try Arch.writeInstructionPointer(slotCode(slot), tid: tid)
     }
@@ -87,10 +95,24 @@ public struct FaultTrampoline: Sendable {
     }
 
     func write(_ words: [UInt64], at address: RemoteAddress, tid: Int32) throws {
+        if let p = localWords(at: address, count: words.count) {
+            for (i, w) in words.enumerated() { p[i] = w }
+            return
+        }
         try RemoteSyscall.writeWords(words, at: address, tid: tid)
     }
 
     func read(at address: RemoteAddress, tid: Int32) throws -> [UInt64] {
-        try RemoteSyscall.readWords(Arch.trampolineWordCount, at: address, tid: tid)
+        if let p = localWords(at: address, count: Arch.trampolineWordCount) {
+            return Array(UnsafeBufferPointer(start: p, count: Arch.trampolineWordCount))
+        }
+        return try RemoteSyscall.readWords(Arch.trampolineWordCount, at: address, tid: tid)
+    }
+
+    /// The words at `address` of the data page in PageWatch's own mapping, if shared.
+    func localWords(at address: RemoteAddress, count: Int) -> UnsafeMutablePointer<UInt64>? {
+        guard local != 0, address >= data, address + UInt64(count * 8) <= data + Page.size,
+              let base = UnsafeMutableRawPointer(bitPattern: local) else { return nil }
+        return (base + Int(address.value - data.value)).assumingMemoryBound(to: UInt64.self)
     }
 }

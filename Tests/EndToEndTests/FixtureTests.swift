@@ -112,6 +112,30 @@ import Testing
         #expect(reasons.last == "exit")
     }
 
+    /// The fault slots' data page is shared with PageWatch (issue 6); a fork
+    /// copies that mapping, so a followed child gets a page of its own at its
+    /// first stop: with the parent's, the two processes' slots would share
+    /// their words. The shell's subshell is a fork that runs no exec.
+    @Test func aFollowedForkChildHasSlotsOfItsOwn() throws {
+        let show = "while read l; do case $l in *pagewatch-slots*) echo %@ $l;; esac; done < /proc/self/maps"
+        let script = show.replacingOccurrences(of: "%@", with: "parent")
+            + "; (" + show.replacingOccurrences(of: "%@", with: "child") + ")"
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--follow-forks", "--interval", "0", "--output",
+                                       Harness.temporaryPath("slots.jsonl"), "--", "/bin/sh", "-c", script])
+        #expect(tracked.status == 0)
+        let lines = tracked.stdout.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
+        let parent = try #require(lines.first { $0.first == "parent" })
+        let child = try #require(lines.first { $0.first == "child" })
+        #expect(lines.count == 2)
+        // range, perms, offset, device, inode, path
+        #expect(parent.count >= 7 && child.count >= 7)
+        #expect(parent[1] == child[1])  // the same address in both
+        #expect(parent[2] == "rw-s" && child[2] == "rw-s")
+        #expect(parent[5] != child[5], "the child's slots' page is its parent's memfd (inode \(parent[5]))")
+        // Untracked, neither process has such a page.
+        #expect(try Harness.run(["/bin/sh", "-c", script]).stdout == "")
+    }
+
     /// `--follow-forks`: the fixture's child is a process of its own, with its
     /// own exact sweeps; its fork child and the shell system() runs are
     /// followed too, and every followed process has a `fork` and an `exit`.

@@ -230,10 +230,17 @@ import PageWatchAddressSpace
     /// back to its faulting instruction with every register its own, and
     /// the slot says whether its mprotect ran, as the page's protection
     /// shows. Stepped one instruction at a time through the whole slot.
-    @Test func aThreadStoppedAnywhereInASlotIsPutBackWhole() throws {
+    /// Both ways of writing the slot's words: process_vm_writev into the
+    /// tracee's private page, and stores into the page it shares with
+    /// PageWatch (`SharedSlotData`).
+    @Test(arguments: [false, true])
+    func aThreadStoppedAnywhereInASlotIsPutBackWhole(shared: Bool) throws {
         let pid = try Launcher.launch([Self.fixture("fx_exit3")], options: Self.options, emptySignalMask: true)
         let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
-        let trampoline = injector.trampoline
+        var held: [HeldSignal] = []
+        let sharedData = shared ? try SharedSlotData.share(injector, in: pid, held: &held) : nil
+        #expect(held.isEmpty)
+        let trampoline = FaultTrampoline(code: injector.trampoline.code, shared: sharedData)
         let rw = Protection([.read, .write])
         let base = RemoteAddress(try injector.call("mmap", Arch.syscalls.mmap,
                                                    [0, Page.size, UInt64(rw.rawValue), 0x22, UInt64(bitPattern: -1), 0],
@@ -285,6 +292,42 @@ import PageWatchAddressSpace
         // Eleven instructions to the end of the call, eight more back.
         #expect(steps == 19)
         try Arch.writeRegisters(original, tid: pid)
+        try Ptrace.cont(pid)
+        #expect(try waitForExit(pid) == 3)
+    }
+
+    /// The slots' data page shared with PageWatch (issue 6): in the tracee a
+    /// `MAP_SHARED` memfd at the data page, no descriptor left behind; what
+    /// PageWatch stores there the tracee's memory shows, and back.
+    @Test func slotDataIsSharedWithPageWatch() throws {
+        let pid = try Launcher.launch([Self.fixture("fx_exit3")], options: Self.options, emptySignalMask: true)
+        let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
+        func descriptors() -> [String] {
+            guard let dir = opendir("/proc/\(pid)/fd") else { return ["(unreadable)"] }
+            defer { closedir(dir) }
+            var names: [String] = []
+            while let entry = readdir(dir) {
+                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                if name != "." && name != ".." { names.append(name) }
+            }
+            return names.sorted()
+        }
+        let before = descriptors()
+        var held: [HeldSignal] = []
+        let shared = try SharedSlotData.share(injector, in: pid, held: &held)
+        #expect(held.isEmpty)
+        #expect(descriptors() == before)
+        let data = injector.trampoline.data
+        let mapping = try #require(try ProcFS.maps(of: pid).first { $0.range.contains(data) })
+        #expect(mapping.range == AddressRange(start: data, end: data + Page.size))
+        #expect(mapping.protection == [.read, .write])
+        #expect(!mapping.isPrivate)
+        #expect(mapping.path.hasPrefix("/memfd:pagewatch-slots"))
+        let words = shared.local.assumingMemoryBound(to: UInt64.self)
+        words[5] = 0x0123_4567_89ab_cdef
+        #expect(try Ptrace.readMemory(pid, data + 40, count: 8) == [0xef, 0xcd, 0xab, 0x89, 0x67, 0x45, 0x23, 0x01])
+        try RemoteSyscall.writeWords([42], at: data + 48, tid: pid)
+        #expect(words[6] == 42)
         try Ptrace.cont(pid)
         #expect(try waitForExit(pid) == 3)
     }

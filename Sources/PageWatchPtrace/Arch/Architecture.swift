@@ -123,6 +123,10 @@ public struct SyscallNumbers: Sendable {
     public var mmap: Int64
     public var munmap: Int64
     public var mprotect: Int64
+    /// For the slots' shared data page (`SharedSlotData`).
+    public var memfdCreate: Int64
+    public var ftruncate: Int64
+    public var close: Int64
 }
 
 #if arch(x86_64)

@@ -220,7 +220,8 @@ public enum X86_64: Architecture {
     /// The System V x86_64 ABI's 128-byte red zone.
     public static let redZone: UInt64 = 128
 
-    public static let syscalls = SyscallNumbers(getpid: 39, mmap: 9, munmap: 11, mprotect: 10)
+    public static let syscalls = SyscallNumbers(getpid: 39, mmap: 9, munmap: 11, mprotect: 10,
+                                                memfdCreate: 319, ftruncate: 77, close: 3)
 
     public static let auditArch: UInt32 = 0xC000_003E  // AUDIT_ARCH_X86_64
 
