@@ -18,8 +18,11 @@ floor   A bare ptrace stop round trip, no PageWatch (fx_ptrace_floor): a
         with a blocking waitpid, and a real write fault on a read-only page
         (SIGSEGV stop, GETSIGINFO, GETREGS, SETREGS stepping over the store,
         CONT): that last one, a round trip plus the fault under PageWatch's
-        default wait, is the floor of issue 6's target. Run interleaved with
-        the faults section, same pages and rounds.
+        default wait, is the floor of issue 6's target. Also: the child's own
+        mprotect after each stop (the floor of any mprotect tracker), and
+        PageWatch's own design in C (a trampoline slot, the words in a shared
+        page, PEEKUSER/POKEUSER of rip). Run interleaved with the faults
+        section, same pages and rounds.
 sweeps  Sweep time against the number of dirty pages, contiguous and
         scattered (every other page), in a fixed region (fx_sweep):
         PageWatch's sweep as the program sees it (a timed raise(SIGUSR2))
@@ -307,8 +310,8 @@ def run_faults_and_floor(a, results):
         print("  + mprotect: the child makes each page writable itself after the stop, as a tracker's un-arming in the "
               "program must (the floor of any mprotect-based tracker)")
         print("  through a slot: the tracer sends the child through a trampoline slot that runs the mprotect, as "
-              "PageWatch's one-stop path does, with the fewest requests (GETSIGINFO, PEEKUSER rip, one "
-              "process_vm_writev, POKEUSER rip, CONT): PageWatch's design without PageWatch")
+              "PageWatch's one-stop path does, with the fewest requests (GETSIGINFO, PEEKUSER rip, the slot's words "
+              "stored into a page tracer and child share, POKEUSER rip, CONT): PageWatch's design without PageWatch")
         print("  idle-poll: a CPU latency request of 0 held (/dev/cpu_dma_latency), as pagewatch --idle-poll (the default) "
               "does: idle CPUs poll instead of halting")
         print("  following: the tracer moves itself (sched_setaffinity) to the CPU the child last ran on, every 64 "
@@ -513,7 +516,7 @@ def main():
     ap.add_argument("--sections", default=",".join(SECTIONS), help=f"comma separated, of {','.join(SECTIONS)}")
     ap.add_argument("--pages", type=int, default=4096, help="faults, floor: pages (stops) a round")
     ap.add_argument("--rounds", type=int, default=5, help="faults, floor: rounds a run")
-    ap.add_argument("--runs", type=int, default=5, help="faults, floor: runs of each variant")
+    ap.add_argument("--runs", type=int, default=7, help="faults, floor: runs of each variant")
     ap.add_argument("--depths", default="0,8,16,32", help="faults: --stack-depth values, comma separated")
     ap.add_argument("--no-two-stop", action="store_true", help="faults: leave out the two-stop fault path")
     ap.add_argument("--frames", type=int, default=32, help="faults: extra stack frames above the writer's loop")
