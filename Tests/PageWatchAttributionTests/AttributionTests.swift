@@ -205,6 +205,34 @@ import PageWatchPtrace
         #expect(unwinder.callStack(tid: f.pid, maxDepth: 64) == first)
     }
 
+    /// libunwind's two sigprocmask calls per step (Debian builds it with
+    /// --enable-block-signals) reach cunwind's definition, a no-op while a
+    /// call stack is taken; anywhere else it must be glibc's, and an unwind
+    /// must leave the thread's mask as it was.
+    @Test func sigprocmaskIsOursForLibunwindAndGlibcsOtherwise() throws {
+        // What a library's undefined reference resolves to (RTLD_DEFAULT: the
+        // global scope, the executable first), against libc's own.
+        let found = try #require(dlsym(nil, "sigprocmask"))
+        let libc = try #require(dlopen("libc.so.6", RTLD_NOLOAD | RTLD_NOW))
+        defer { dlclose(libc) }
+        #expect(found != dlsym(libc, "sigprocmask"))
+
+        var usr1 = sigset_t(), old = sigset_t(), now = sigset_t()
+        sigemptyset(&usr1)
+        sigaddset(&usr1, SIGUSR1)
+        #expect(sigprocmask(SIG_BLOCK, &usr1, &old) == 0)
+        defer { sigprocmask(SIG_SETMASK, &old, nil) }
+        pthread_sigmask(SIG_SETMASK, nil, &now)
+        #expect(sigismember(&now, SIGUSR1) == 1)
+
+        let f = try launchToStop(Self.fixture("fx_callsites"), mode: "stop", signal: Signal.SIGSTOP)
+        defer { _ = try? finish(f) }
+        #expect(try Unwinder(pid: f.pid).callStack(tid: f.pid, maxDepth: 64).count > 6)
+        var after = sigset_t()
+        pthread_sigmask(SIG_SETMASK, nil, &after)
+        #expect((1..<32).allSatisfy { sigismember(&after, $0) == sigismember(&now, $0) })
+    }
+
     @Test func depthLimitsAndGoneThreads() throws {
         let f = try launchToStop(Self.fixture("fx_callsites"), mode: "stop", signal: Signal.SIGSTOP)
         let unwinder = try Unwinder(pid: f.pid)
