@@ -20,8 +20,11 @@ public enum AttributionError: Error, Equatable, CustomStringConvertible {
 public struct UnwinderStatistics: Sendable, Equatable {
     /// Words libunwind read from the tracee.
     public var memoryReads: UInt64
-    /// `process_vm_readv` calls, one page each: the page cache's misses.
+    /// Pages read with `process_vm_readv`: the page cache's misses (and the
+    /// stack pages read ahead with a missed one).
     public var pageFills: UInt64
+    /// `process_vm_readv` calls.
+    public var pageReads: UInt64
     /// Words read with `PTRACE_PEEKDATA` because `process_vm_readv` refused their page.
     public var wordPeeks: UInt64
     /// Of `memoryReads`, those made by `find_proc_info` (the `.eh_frame_hdr`
@@ -97,7 +100,8 @@ public final class Unwinder {
     public var statistics: UnwinderStatistics {
         var s = cu_stats()
         cu_unwinder_stats(unwinder, &s)
-        return UnwinderStatistics(memoryReads: s.memory_reads, pageFills: s.page_fills, wordPeeks: s.word_peeks,
+        return UnwinderStatistics(memoryReads: s.memory_reads, pageFills: s.page_fills, pageReads: s.page_reads,
+                                  wordPeeks: s.word_peeks,
                                   procInfoMemoryReads: s.proc_info_memory_reads, registerReads: s.register_reads)
     }
 

@@ -23,7 +23,8 @@ typedef struct cu_unwinder cu_unwinder;
 /// Counters of what the callbacks did, since the unwinder was created.
 typedef struct cu_stats {
     uint64_t memory_reads;          ///< access_mem calls (words) libunwind made
-    uint64_t page_fills;            ///< process_vm_readv calls (one page each)
+    uint64_t page_fills;            ///< pages read with process_vm_readv
+    uint64_t page_reads;            ///< process_vm_readv calls (a stack page and up to 2 above it each)
     uint64_t word_peeks;            ///< words read with PTRACE_PEEKDATA (process_vm_readv refused the page)
     uint64_t proc_info_memory_reads; ///< of memory_reads, those made inside find_proc_info
     uint64_t register_reads;        ///< access_reg calls served from the PTRACE_GETREGS copy
