@@ -804,13 +804,26 @@ final class ProcessTracker {
     }
 
     /// The pages threads were sent to un-arm through their trampoline slots
-    /// and not seen since (in `range`): writable in the model, but their
-    /// `mprotect` may not have run yet.
-    func pagesInFlight(in range: AddressRange?) -> [RemoteAddress] {
-        threads.values.compactMap(\.trampolinePage).filter { page in
-            guard range.map({ $0.pageAligned.contains(page) }) ?? true, case .writable = memory.state(of: page) else { return false }
-            return true
+    /// and not seen since (in `range`, but `tid`'s): writable in the model,
+    /// but their `mprotect` may not have run yet. Not those whose slot says
+    /// it has (its result word, 0): that thread is past the call, and a
+    /// sweep may re-arm the page (else a thread that blocks right after its
+    /// last fault, as at a barrier, had that page reported again at every
+    /// sweep, never written).
+    func pagesInFlight(in range: AddressRange?, besides tid: Int32? = nil) -> [RemoteAddress] {
+        threads.compactMap { other, state -> RemoteAddress? in
+            guard other != tid, let page = state.trampolinePage,
+                  range.map({ $0.pageAligned.contains(page) }) ?? true, case .writable = memory.state(of: page),
+                  !slotCallSucceeded(state, tid: other) else { return nil }
+            return page
         }
+    }
+
+    /// Whether `tid`'s slot has run its `mprotect`, successfully.
+    func slotCallSucceeded(_ state: ThreadState, tid: Int32) -> Bool {
+        guard let slot = state.trampolineSlot, let injector else { return false }
+        let trampoline = FaultTrampoline(code: injector.trampoline.code, shared: slotData)
+        return (try? trampoline.result(slot, tid: tid)) == 0
     }
 
     /// Whether pages may be armed now. Not before the first sweep of an
@@ -845,12 +858,10 @@ final class ProcessTracker {
         let dirty = memory.dirtyPages()
         var busy = outputsOfBlockedCalls(excluding: tid)
         // A page another thread was sent to un-arm through its trampoline
-        // slot, not seen since: its mprotect may still run after this sweep
-        // and would leave the page writable behind an armed model. It stays
-        // dirty, reported again next sweep.
-        for (other, state) in threads where other != tid {
-            if let page = state.trampolinePage { busy.insert(AddressRange(start: page, end: page + Page.size)) }
-        }
+        // slot, not seen since, its call not yet run: that mprotect may still
+        // run after this sweep and would leave the page writable behind an
+        // armed model. It stays dirty, reported again next sweep.
+        for page in pagesInFlight(in: nil, besides: tid) { busy.insert(AddressRange(start: page, end: page + Page.size)) }
         var changes: [ProtectionChange] = []
         for planned in memory.rearmPlan() {
             // Buffers another thread's blocked call will still write stay
