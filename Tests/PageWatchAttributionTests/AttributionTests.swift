@@ -194,7 +194,7 @@ import PageWatchPtrace
         let secondFills = afterSecond.pageFills - afterFirst.pageFills
         #expect(afterSecond.procInfoMemoryReads == afterFirst.procInfoMemoryReads, "\(afterSecond)")
         #expect(secondFills > 0 && secondFills <= 4, "\(afterSecond)")
-        #expect(afterSecond.pageReads - afterFirst.pageReads == 1 && secondFills >= 2, "\(afterSecond)")
+        #expect(afterSecond.pageReads - afterFirst.pageReads == 1, "\(afterSecond)")
 
         // The stock accessors (one PTRACE_PEEKDATA per word) find the same stack.
         let thread = try #require(cu_thread_create(f.pid))
