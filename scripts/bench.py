@@ -260,6 +260,10 @@ def run_faults_and_floor(a, results):
             c = statistics.median(per_page_us[name]) - untracked
             if mode is None:
                 cost[depth] = c
+                # Per run (the variants of a run are measured one after the
+                # other), for the paired ratios of the targets.
+                results.setdefault("cost_runs", {})[depth] = [
+                    t - u for t, u in zip(per_page_us[name], per_page_us[faults[0][0]])]
                 print(f"  --stack-depth {depth:<3}                {c:9.2f} us")
             elif mode == "two-stop":
                 results["two_stop"] = c
@@ -301,7 +305,9 @@ def run_faults_and_floor(a, results):
         # shown beside it.
         spin, block, segv = (statistics.median(per_page_us[floor[i][0]]) for i in (0, 1, 2))
         results["floor"] = segv
+        results["floor_runs"] = per_page_us[floor[2][0]]
         results["slot_floor"] = statistics.median(per_page_us[floor[4][0]])
+        results["slot_floor_runs"] = per_page_us[floor[4][0]]
         results["int3_floor"] = min(spin, block)
         results["floor_wait"] = "spinning" if spin <= block else "blocking"
         print("  int3, CONT: the tracer waits for the SIGTRAP stop (polling WNOHANG for 50 us before blocking, as "
@@ -493,16 +499,31 @@ def print_targets(a, results):
 
     cost = results.get("cost", {})
     floor = results.get("floor")
-    line("depth-0 fault / ptrace SIGSEGV stop round trip (floor)",
-         cost[0] / floor if 0 in cost and floor else None, FLOOR_TARGET)
+    runs = results.get("cost_runs", {})
+
+    def paired(over, under):
+        """The median of the per-run ratios: each run measured both, one
+        right after the other, so the VM's drift between runs (often more
+        than the difference measured) cancels out."""
+        return statistics.median(o / u for o, u in zip(over, under)) if over and under else None
+
+    print("  (ratios: the median of the ratios within each run; the ratio of the medians after it)")
+    d0_floor = paired(runs.get(0), results.get("floor_runs"))
+    line("depth-0 fault / ptrace SIGSEGV stop round trip (floor)", d0_floor, FLOOR_TARGET)
+    if d0_floor is not None:
+        print(f"  {'  ratio of the medians':62} {cost[0] / floor:8.2f}x")
     if floor and results.get("slot_floor"):
-        print(f"  {'(the same design in C, no PageWatch: through a slot / floor)':62} {results['slot_floor'] / floor:8.2f}x")
+        slot = paired(results["slot_floor_runs"], results["floor_runs"])
+        print(f"  {'(the same design in C, no PageWatch: through a slot / floor)':62} {slot:8.2f}x")
         if 0 in cost:
-            print(f"  {'(depth-0 fault / the same design in C)':62} {cost[0] / results['slot_floor']:8.2f}x")
+            print(f"  {'(depth-0 fault / the same design in C)':62} "
+                  f"{paired(runs.get(0), results['slot_floor_runs']):8.2f}x")
     if 0 in cost and results.get("int3_floor"):
         print(f"  {'(depth-0 fault / bare int3 round trip, for reference)':62} {cost[0] / results['int3_floor']:8.2f}x")
-    line(f"depth-{DEFAULT_DEPTH} fault / depth-0 fault",
-         cost[DEFAULT_DEPTH] / cost[0] if 0 in cost and DEFAULT_DEPTH in cost else None, DEPTH_TARGET)
+    d16_d0 = paired(runs.get(DEFAULT_DEPTH), runs.get(0))
+    line(f"depth-{DEFAULT_DEPTH} fault / depth-0 fault", d16_d0, DEPTH_TARGET)
+    if d16_d0 is not None:
+        print(f"  {'  ratio of the medians':62} {cost[DEFAULT_DEPTH] / cost[0]:8.2f}x")
     sw = results.get("sweeps", {}).get((SWEEP_TARGET_PAGES, "scattered"))
     line(f"re-arming {SWEEP_TARGET_PAGES} scattered pages / in-process mprotect loop",
          sw[0] / sw[1] if sw else None, SWEEP_TARGET)
