@@ -21,8 +21,7 @@ extension ProcessTracker {
             threads[tid]?.slowPathPage = nil
             return false
         }
-        try FaultTrampoline(code: injector.trampoline.code, shared: slotData)
-            .enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
+        try slots(of: injector).enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
         threads[tid]?.trampolineSlot = slot
         threads[tid]?.trampolinePage = page
         memory.markWritten(page)
@@ -58,6 +57,11 @@ extension ProcessTracker {
         }
     }
 
+    /// The slots of `injector`'s scratch pages, through the shared data page when there is one.
+    func slots(of injector: RemoteSyscall) -> FaultTrampoline {
+        FaultTrampoline(code: injector.trampoline.code, shared: slotData)
+    }
+
     /// A slot no thread holds, if any (more threads than slots take the slow path).
     func freeTrampolineSlot() -> Int? {
         let used = Set(threads.values.compactMap(\.trampolineSlot))
@@ -85,7 +89,7 @@ extension ProcessTracker {
             stopSignalInfo = (tid, info)
             return false
         }
-        let trampoline = FaultTrampoline(code: injector.trampoline.code, shared: slotData)
+        let trampoline = slots(of: injector)
         let regs = try Arch.readRegisters(tid: tid)
         let inside = trampoline.slot(at: Arch.instructionPointer(regs)) == slot
         switch event {

@@ -822,8 +822,7 @@ final class ProcessTracker {
     /// Whether `tid`'s slot has run its `mprotect`, successfully.
     func slotCallSucceeded(_ state: ThreadState, tid: Int32) -> Bool {
         guard let slot = state.trampolineSlot, let injector else { return false }
-        let trampoline = FaultTrampoline(code: injector.trampoline.code, shared: slotData)
-        return (try? trampoline.result(slot, tid: tid)) == 0
+        return (try? slots(of: injector).result(slot, tid: tid)) == 0
     }
 
     /// Whether pages may be armed now. Not before the first sweep of an
