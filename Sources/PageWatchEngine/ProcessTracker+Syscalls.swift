@@ -245,8 +245,33 @@ extension ProcessTracker {
             // Written after the exit event stop, in exit_mm: a sweep at
             // another thread's stop meanwhile must not arm them again.
             threads[tid]?.exitWords = words
+            noteExitTidWord(tid)
         }
         try resume(tid)
+    }
+
+    /// Notes the thread's `clear_child_tid` word and its value (its tid)
+    /// as it exits. The kernel zeroes the word last among its exit writes
+    /// (`mm_release`, after the robust list), and the program writes it
+    /// only after that (glibc's join sets -1): once a sweep reads another
+    /// value there the thread's exit words are written, and need not stay
+    /// out of sweeps until it is gone (`exitWritesDone`; without it a page
+    /// of them was reported again when the program swept right after a
+    /// join, before PageWatch saw the thread gone). Not noted when it holds
+    /// 0 already: a change could not be seen.
+    func noteExitTidWord(_ tid: Int32) {
+        guard let w = threads[tid]?.clearChildTid ?? clearTidFromPendingClone(of: tid),
+              let v = try? Ptrace.readMemory(liveThread(), w, count: 4), v.count == 4 else { return }
+        let value = littleEndian(v, at: 0, size: 4)
+        if value != 0 { threads[tid]?.exitTidWord = (w, value) }
+    }
+
+    /// Whether the kernel has written every word of `state`'s exit: its
+    /// `clear_child_tid` word no longer holds the value noted at its exit.
+    func exitWritesDone(_ state: ThreadState) -> Bool {
+        guard let (w, value) = state.exitTidWord,
+              let v = try? Ptrace.readMemory(liveThread(), w, count: 4), v.count == 4 else { return false }
+        return littleEndian(v, at: 0, size: 4) != value
     }
 
     /// The words the kernel writes as `tid` ends: its `clear_child_tid`
@@ -266,6 +291,7 @@ extension ProcessTracker {
         learnClearTid(tid)
         let words = wordsWrittenAtExit(by: tid)  // reads `threads`: not inside the assignment's access
         threads[tid]?.exitWords = words
+        noteExitTidWord(tid)
     }
 
     /// A thread that exits before its creator's clone event was handled

@@ -57,6 +57,9 @@ final class ThreadState {
     /// robust futexes), un-armed at its `exit`: kept writable by sweeps
     /// until it is gone (it writes them after its exit event stop).
     var exitWords: [AddressRange] = []
+    /// Its `clear_child_tid` word and the value it held at its exit
+    /// (`noteExitTidWord`): once it holds another the exit words are written.
+    var exitTidWord: (address: RemoteAddress, value: UInt64)?
     /// Its first stop came before its parent's clone event.
     var awaitsCloneEvent = false
     /// Kept stopped for this, not resumed (`ProcessTracker.serveWaiting`).
@@ -896,7 +899,13 @@ final class ProcessTracker {
         var busy = PageSet()
         for (other, state) in threads {
             if other != tid { for r in state.callOutputs?.ranges ?? [] { busy.insert(r) } }
-            for r in state.exitWords { busy.insert(r.pageAligned) }
+            if !state.exitWords.isEmpty {
+                if exitWritesDone(state) {
+                    state.exitWords = []  // written: re-armed like any other page from now on
+                } else {
+                    for r in state.exitWords { busy.insert(r.pageAligned) }
+                }
+            }
         }
         for other in threads.keys where other != tid {
             guard case let .inSyscall(number, arguments) = ProcFS.activity(pid: liveThread(), tid: other),
