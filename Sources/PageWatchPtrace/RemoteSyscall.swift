@@ -199,8 +199,13 @@ public struct RemoteSyscall: Sendable {
     }
 
     static func writeWords(_ words: [UInt64], at address: RemoteAddress, tid: Int32) throws {
-        let n = words.withUnsafeBytes { pw_write_memory(tid, address.value, $0.baseAddress, $0.count) }
-        if n != words.count * 8 {
+        try words.withUnsafeBytes { try writeBytes($0, at: address, tid: tid) }
+    }
+
+    /// `bytes` into the tracee at `address`, all of them (process_vm_writev).
+    static func writeBytes(_ bytes: UnsafeRawBufferPointer, at address: RemoteAddress, tid: Int32) throws {
+        let n = pw_write_memory(tid, address.value, bytes.baseAddress, bytes.count)
+        if n != bytes.count {
             throw TraceError.call("process_vm_writev", Errno(n < 0 ? Int32(-n) : EIO), tid: tid, address: address)
         }
     }
@@ -257,10 +262,8 @@ public struct RemoteSyscall: Sendable {
             page = r.value
             held += r.held
         }
-        let code = FaultTrampoline.codePage(at: RemoteAddress(page))
-        let n = code.withUnsafeBytes { pw_write_memory(tid, page, $0.baseAddress, $0.count) }
-        if n != code.count {
-            throw TraceError.call("process_vm_writev", Errno(n < 0 ? Int32(-n) : EIO), tid: tid, address: RemoteAddress(page))
+        try FaultTrampoline.codePage(at: RemoteAddress(page)).withUnsafeBytes {
+            try writeBytes($0, at: RemoteAddress(page), tid: tid)
         }
         let rx = UInt64(Protection.read.union(.execute).rawValue)  // the code page only
         held += try stepped.call("mprotect", Arch.syscalls.mprotect, [page, Page.size, rx], in: tid,

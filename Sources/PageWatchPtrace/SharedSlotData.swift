@@ -29,7 +29,7 @@ public final class SharedSlotData {
     public static func share(_ injector: RemoteSyscall, in tid: Int32, held: inout [HeldSignal]) throws -> SharedSlotData {
         typealias Arch = HostArchitecture
         let name = injector.scratch.start + 2 * Page.size  // the batch array page: free between batches
-        try RemoteSyscall.writeWords(nameWords, at: name, tid: tid)
+        try Array("pagewatch-slots\0".utf8).withUnsafeBytes { try RemoteSyscall.writeBytes($0, at: name, tid: tid) }
         let mfdCloexec: UInt64 = 1
         let created = try injector.call("memfd_create", Arch.syscalls.memfdCreate, [name.value, mfdCloexec], in: tid)
         held += created.held
@@ -58,14 +58,8 @@ public final class SharedSlotData {
             throw TraceError.call("mmap of the slots' page", Errno(errno), tid: tid, address: data)
         }
         let shared = SharedSlotData(local: local)
-        let rw = UInt64(Protection.read.union(.write).rawValue)
-        let mapSharedFixed: UInt64 = 0x01 | 0x10
-        let mapped = try injector.call("mmap", Arch.syscalls.mmap, [data.value, Page.size, rw, mapSharedFixed, fd, 0],
-                                       in: tid, address: data)
-        held += mapped.held
-        guard mapped.value == data.value else {
-            throw TraceError.remoteSyscall("mmap of the slots' page", Errno(EINVAL), tid: tid, address: data)
-        }
+        let mapShared: UInt64 = 0x01
+        try mapDataPage(injector, flags: mapShared, fd: fd, in: tid, held: &held)
         return shared
     }
 
@@ -73,25 +67,22 @@ public final class SharedSlotData {
     /// child's copy of its parent's shared page, when `share` failed there,
     /// must not stay shared with the parent (their slots would collide).
     public static func unshare(_ injector: RemoteSyscall, in tid: Int32, held: inout [HeldSignal]) throws {
-        typealias Arch = HostArchitecture
+        let mapPrivateAnonymous: UInt64 = 0x02 | 0x20
+        try mapDataPage(injector, flags: mapPrivateAnonymous, fd: UInt64(bitPattern: -1), in: tid, held: &held)
+    }
+
+    /// An injected `mmap(MAP_FIXED | flags)` of `fd` (read+write) over
+    /// `injector`'s data page.
+    static func mapDataPage(_ injector: RemoteSyscall, flags: UInt64, fd: UInt64, in tid: Int32,
+                            held: inout [HeldSignal]) throws {
         let data = injector.trampoline.data
         let rw = UInt64(Protection.read.union(.write).rawValue)
-        let mapPrivateAnonymousFixed: UInt64 = 0x02 | 0x20 | 0x10
-        let mapped = try injector.call("mmap", Arch.syscalls.mmap,
-                                       [data.value, Page.size, rw, mapPrivateAnonymousFixed, UInt64(bitPattern: -1), 0],
-                                       in: tid, address: data)
+        let mapFixed: UInt64 = 0x10
+        let mapped = try injector.call("mmap", HostArchitecture.syscalls.mmap,
+                                       [data.value, Page.size, rw, flags | mapFixed, fd, 0], in: tid, address: data)
         held += mapped.held
         guard mapped.value == data.value else {
             throw TraceError.remoteSyscall("mmap of the slots' page", Errno(EINVAL), tid: tid, address: data)
         }
     }
-
-    /// "pagewatch-slots", NUL-terminated, as words: the memfd's name in /proc/PID/maps.
-    static let nameWords: [UInt64] = {
-        var bytes = Array("pagewatch-slots".utf8) + [0]
-        bytes += Array(repeating: 0, count: (8 - bytes.count % 8) % 8)
-        return stride(from: 0, to: bytes.count, by: 8).map { o in
-            (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[o + $1]) << UInt64(8 * $1) }
-        }
-    }()
 }
