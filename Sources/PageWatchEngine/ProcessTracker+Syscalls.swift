@@ -238,32 +238,36 @@ extension ProcessTracker {
     /// only other processes could wait there, through shared memory, which is
     /// never tracked.)
     func threadExitEntry(tid: Int32) throws {
-        let words = wordsWrittenAtExit(by: tid)
+        let words = keepExitWordsOutOfSweeps(tid)
         if !words.isEmpty {
             let kernel = writer(Syscall.exit.rawValue, tid: tid)
             for w in words { try unarmForKernel(w, by: kernel, tid: tid) }
-            // Written after the exit event stop, in exit_mm: a sweep at
-            // another thread's stop meanwhile must not arm them again.
-            threads[tid]?.exitWords = words
-            noteExitTidWord(tid)
         }
         try resume(tid)
     }
 
-    /// Notes the thread's `clear_child_tid` word and its value (its tid)
-    /// as it exits. The kernel zeroes the word last among its exit writes
-    /// (`mm_release`, after the robust list), and the program writes it
-    /// only after that (glibc's join sets -1): once a sweep reads another
-    /// value there the thread's exit words are written, and need not stay
-    /// out of sweeps until it is gone (`exitWritesDone`; without it a page
-    /// of them was reported again when the program swept right after a
-    /// join, before PageWatch saw the thread gone). Not noted when it holds
-    /// 0 already: a change could not be seen.
-    func noteExitTidWord(_ tid: Int32) {
-        guard let w = threads[tid]?.clearChildTid ?? clearTidFromPendingClone(of: tid),
-              let v = try? Ptrace.readMemory(liveThread(), w, count: 4), v.count == 4 else { return }
-        let value = littleEndian(v, at: 0, size: 4)
-        if value != 0 { threads[tid]?.exitTidWord = (w, value) }
+    /// The words the kernel writes as `tid` ends: those of the robust
+    /// mutexes it holds and its `clear_child_tid` word. They are written
+    /// after the exit event stop, in exit_mm: a sweep at another thread's
+    /// stop meanwhile must not arm them again, so they become its
+    /// `exitWords`, left out of sweeps until it is gone or they are written.
+    /// The kernel zeroes the `clear_child_tid` word last (`mm_release`,
+    /// after the robust list), and the program writes it only after that
+    /// (glibc's join sets -1), so its value now (its tid) is noted: once a
+    /// sweep reads another there, all are written (`exitWritesDone`; without
+    /// it a page of them was reported again when the program swept right
+    /// after a join, before PageWatch saw the thread gone). Not noted when
+    /// it holds 0 already: a change could not be seen.
+    @discardableResult
+    func keepExitWordsOutOfSweeps(_ tid: Int32) -> [AddressRange] {
+        let tidWord = threads[tid]?.clearChildTid ?? clearTidFromPendingClone(of: tid)
+        let words = (robustFutexesHeld(by: tid) + (tidWord.map { [$0] } ?? [])).map { AddressRange(start: $0, end: $0 + 4) }
+        threads[tid]?.exitWords = words
+        if let tidWord, let v = try? Ptrace.readMemory(liveThread(), tidWord, count: 4), v.count == 4,
+           case let value = littleEndian(v, at: 0, size: 4), value != 0 {
+            threads[tid]?.exitTidWord = (tidWord, value)
+        }
+        return words
     }
 
     /// Whether the kernel has written every word of `state`'s exit: its
@@ -274,24 +278,14 @@ extension ProcessTracker {
         return littleEndian(v, at: 0, size: 4) != value
     }
 
-    /// The words the kernel writes as `tid` ends: its `clear_child_tid`
-    /// word and those of the robust mutexes it holds.
-    func wordsWrittenAtExit(by tid: Int32) -> [AddressRange] {
-        var words = robustFutexesHeld(by: tid)
-        if let w = threads[tid]?.clearChildTid ?? clearTidFromPendingClone(of: tid) { words.append(w) }
-        return words.map { AddressRange(start: $0, end: $0 + 4) }
-    }
-
     /// Hazard 4 at a thread's exit event when its `exit` entry was not seen
     /// (attach: seized while already ending, so this is its first stop and
-    /// nothing is armed yet): its words stay out of the sweeps until it is
-    /// gone. (It can no longer run PageWatch's code to un-arm them.)
+    /// nothing is armed yet): its words stay out of the sweeps the same way.
+    /// (It can no longer run PageWatch's code to un-arm them.)
     func keepExitWordsWritable(_ tid: Int32) {
         guard threads[tid]?.exitWords.isEmpty == true else { return }
         learnClearTid(tid)
-        let words = wordsWrittenAtExit(by: tid)  // reads `threads`: not inside the assignment's access
-        threads[tid]?.exitWords = words
-        noteExitTidWord(tid)
+        keepExitWordsOutOfSweeps(tid)
     }
 
     /// A thread that exits before its creator's clone event was handled

@@ -58,7 +58,7 @@ final class ThreadState {
     /// until it is gone (it writes them after its exit event stop).
     var exitWords: [AddressRange] = []
     /// Its `clear_child_tid` word and the value it held at its exit
-    /// (`noteExitTidWord`): once it holds another the exit words are written.
+    /// (`keepExitWordsOutOfSweeps`): once it holds another the exit words are written.
     var exitTidWord: (address: RemoteAddress, value: UInt64)?
     /// Its first stop came before its parent's clone event.
     var awaitsCloneEvent = false
