@@ -13,6 +13,9 @@ final class ThreadState {
     var inGroupStop = false
     /// A `PTRACE_INTERRUPT` was sent and its stop not yet seen.
     var interruptPending = false
+    /// One was pending at a syscall stop, maybe sent after the thread took
+    /// it: the kernel then keeps it, and the next call returns EINTR.
+    var interruptMayLinger = false
     /// Its rseq area was looked up and pinned (hazard 3).
     var rseqKnown = false
     /// The page of a fault resumed without unprotecting anything (hazard 11);
@@ -188,9 +191,11 @@ final class ProcessTracker {
         stopSignalInfo = nil
         threads[tid]?.callOutputs = nil
         if threads[tid]?.trampolinePage != nil, try settleTrampoline(tid, at: event) { return }
-        if threads[tid]?.interruptPending == true {
+        let lingering = threads[tid]?.interruptMayLinger == true
+        threads[tid]?.interruptMayLinger = false
+        if threads[tid]?.interruptPending == true || lingering {
             switch event {
-            case .interruptStop, .syscallStop: try undoInterruptEINTR(tid)
+            case .interruptStop, .syscallStop: try undoInterruptEINTR(tid, onlyWithoutSignal: !(threads[tid]?.interruptPending ?? false))
             default: break
             }
         }
@@ -200,7 +205,12 @@ final class ProcessTracker {
             // mode, resuming with PTRACE_SYSCALL, serves the sweep at the
             // call's exit instead, or asks again. (Not at other stops: at a
             // seccomp stop no sweep is served, and asking again at each
-            // would interrupt every call of a busy program.)
+            // would interrupt every call of a busy program.) Unless it was
+            // sent after the thread took this stop and before PageWatch saw
+            // it: then it is still pending, and the call the thread is
+            // resumed into returns EINTR at its exit; that stop undoes it
+            // too (`interruptMayLinger`).
+            if threads[tid]?.interruptPending == true { threads[tid]?.interruptMayLinger = true }
             threads[tid]?.interruptPending = false
         }
         if threads[tid]?.preexisting == true {
@@ -691,10 +701,14 @@ final class ProcessTracker {
     /// kernel never restarts (as after SIGSTOP and SIGCONT without the tool).
     /// The program would see an error it would not have had: the call is
     /// rewound to run again (with its full timeout again, if it had one).
-    func undoInterruptEINTR(_ tid: Int32) throws {
+    /// `onlyWithoutSignal`: not sure an interrupt of PageWatch's ended the
+    /// call (`interruptMayLinger`): not when a signal is pending for the
+    /// thread, whose EINTR the program must see.
+    func undoInterruptEINTR(_ tid: Int32, onlyWithoutSignal: Bool = false) throws {
         let regs = try Arch.readRegisters(tid: tid)
         guard Arch.syscallResult(regs) == -Int64(Errno.EINTR.rawValue),
               Self.endedByStops.contains(Arch.syscallNumber(regs)) else { return }
+        if onlyWithoutSignal, (try? ProcFS.unblockedPendingSignals(of: tid, shared: true)) != 0 { return }
         trace("  interrupt ended syscall \(Arch.syscallNumber(regs)) with EINTR: rewound")
         try Arch.writeRegisters(Arch.rewindingSyscall(regs), tid: tid)
     }

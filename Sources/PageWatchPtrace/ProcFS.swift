@@ -14,6 +14,14 @@ public enum ProcFS {
         (try? read("/proc/\(tid)/status", pid: tid)).flatMap { statusField(name, in: $0) }
     }
 
+    /// The signals pending for thread `tid` that it does not block (bit N-1
+    /// for signal N): its own, and with `shared` its process's too.
+    public static func unblockedPendingSignals(of tid: Int32, shared: Bool) throws -> UInt64 {
+        let status = try read("/proc/\(tid)/status", pid: tid)
+        func mask(_ name: String) -> UInt64 { statusField(name, in: status).flatMap { UInt64($0, radix: 16) } ?? 0 }
+        return (mask("SigPnd") | (shared ? mask("ShdPnd") : 0)) & ~mask("SigBlk")
+    }
+
     /// The whole file (procfs files report size 0, so read until EOF).
     public static func read(_ path: String, pid: Int32) throws -> String {
         let fd = open(path, O_RDONLY | O_CLOEXEC)

@@ -121,10 +121,8 @@ public enum Ptrace {
     public static func takePendingFault(_ tid: Int32) throws -> [HeldSignal] {
         // (A fault unblocks SIGSEGV; one the program sent itself while
         // blocking it stays pending and is none of ours.)
-        let status = try ProcFS.read("/proc/\(tid)/status", pid: tid)
-        func mask(_ name: String) -> UInt64 { ProcFS.statusField(name, in: status).flatMap { UInt64($0, radix: 16) } ?? 0 }
         let bit = UInt64(1) << UInt64(Signal.SIGSEGV - 1)
-        guard mask("SigPnd") & ~mask("SigBlk") & bit != 0 else { return [] }
+        guard try ProcFS.unblockedPendingSignals(of: tid, shared: false) & bit != 0 else { return [] }
         var taken: [HeldSignal] = []
         try cont(tid)
         while true {
