@@ -168,7 +168,7 @@ public struct RemoteSyscall: Sendable {
                               completing: Int64? = nil) throws -> (results: [Int64], outcome: Outcome) {
         var results: [Int64] = []
         var outcome = Outcome(value: 0, heldSignals: [])
-        let array = scratch.start + 2 * Page.size
+        let array = argumentArea
         for start in stride(from: 0, to: changes.count, by: Self.batchCapacity) {
             let chunk = changes[start..<min(changes.count, start + Self.batchCapacity)]
             var words: [UInt64] = []
@@ -184,6 +184,21 @@ public struct RemoteSyscall: Sendable {
             results += (0..<chunk.count).map { Int64(bitPattern: back[$0 * 4 + 3]) }
         }
         return (results, outcome)
+    }
+
+    /// Where an injected call's structures go: the third scratch page (the
+    /// batch array's, free between injections).
+    public var argumentArea: RemoteAddress { scratch.start + 2 * Page.size }
+
+    /// Runs a call that takes or fills a structure (`rt_sigaction`,
+    /// `sigaltstack`): `input` is written at `argumentArea` first, and
+    /// `outputCount` bytes are read back from there after it.
+    public func run(_ number: Int64, _ arguments: [UInt64], input: [UInt8], outputCount: Int, in tid: Int32,
+                    completing: Int64? = nil) throws -> (outcome: Outcome, output: [UInt8]) {
+        if !input.isEmpty { try input.withUnsafeBytes { try Self.writeBytes($0, at: argumentArea, tid: tid) } }
+        let outcome = try run(number, arguments, in: tid, completing: completing)
+        let output = outputCount > 0 ? try Ptrace.readMemory(tid, argumentArea, count: outputCount) : []
+        return (outcome, output)
     }
 
     /// Entries one batch holds: the third scratch page, 32 bytes each.
