@@ -10,6 +10,9 @@ enum PendingSyscallExit {
     /// A call PageWatch cannot read (hazard 1's "any other syscall"): at its
     /// exit an EFAULT with armed pages behind its pointer arguments is undone.
     case unknown(entry: HostArchitecture.Registers, attempt: Int)
+    /// `rt_sigaction(SIGSEGV, act, …)`: `act` as read at the entry, the
+    /// program's SIGSEGV action once the call succeeds.
+    case segvAction([UInt8])
 }
 
 /// Launch mode's syscall interception (issue 3): a seccomp filter stops the
@@ -99,7 +102,14 @@ extension ProcessTracker {
             try resume(tid)
         default:
             if call == .sigaltstack { noteAltStack(args[0], tid: tid) }
-            if call == .rt_sigaction { noteSigaction(signal: args[0], action: args[1]) }
+            var newSegvAction: [UInt8]?
+            if call == .rt_sigaction, args[1] != 0, (1...64).contains(args[0]) {
+                let action = (try? Ptrace.readMemory(tid, RemoteAddress(args[1]), count: Int(Arch.layout.kernelSigaction))) ?? []
+                if action.count == Int(Arch.layout.kernelSigaction) {
+                    noteFlags(of: action, signal: args[0])
+                    if args[0] == UInt64(Signal.SIGSEGV) { newSegvAction = action }
+                }
+            }
             let outputs = SyscallOutputs(read: { a, n in (try? Ptrace.readMemory(tid, a, count: n)) ?? [] })
             guard let ranges = outputs.ranges(call, args) else {
                 try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
@@ -112,7 +122,9 @@ extension ProcessTracker {
                 // (/proc shows it `running`): a sweep must not re-arm these.
                 threads[tid]?.callOutputs = PageSet(ranges.map(\.pageAligned))
             }
-            try resume(tid)
+            // A new SIGSEGV action counts once the call succeeded; until then
+            // faults wait (`memoryCallInFlight`): a reset is judged against it.
+            try resume(tid, exit: newSegvAction.map { .segvAction($0) })
         }
     }
 
@@ -332,23 +344,10 @@ extension ProcessTracker {
 
     func noteAltStack(_ newStack: UInt64, tid: Int32) {
         guard newStack != 0 else { return }
-        let raw = (try? Ptrace.readMemory(tid, RemoteAddress(newStack), count: 24)) ?? []
-        guard raw.count == 24 else { return }
-        func word(_ o: Int) -> UInt64 { littleEndian(raw, at: o) }
-        let sp = word(0), flags = word(8) & 0xffff_ffff, size = word(16)
-        let disable: UInt64 = 2
-        threads[tid]?.altStack = flags & disable != 0 || size == 0 ? nil
-            : AddressRange(start: RemoteAddress(sp), end: RemoteAddress(sp) + size)
-    }
-
-    /// Remembers which handlers run on the alternate stack (SA_ONSTACK).
-    func noteSigaction(signal: UInt64, action: UInt64) {
-        guard action != 0, (1...64).contains(signal) else { return }
-        let raw = (try? Ptrace.readMemory(liveThread(), RemoteAddress(action + 8), count: 8)) ?? []
-        guard raw.count == 8 else { return }
-        let flags = littleEndian(raw, at: 0)
-        let onStack: UInt64 = 0x0800_0000, bit = UInt64(1) << (signal - 1)
-        if flags & onStack != 0 { onStackSignals |= bit } else { onStackSignals &= ~bit }
+        let raw = (try? Ptrace.readMemory(tid, RemoteAddress(newStack), count: Int(Arch.layout.stackT))) ?? []
+        guard raw.count == Int(Arch.layout.stackT) else { return }
+        threads[tid]?.altStack = Self.alternateStack(raw)
+        threads[tid]?.altStackKnown = true
     }
 
     /// A syscall-exit stop the thread was sent to by `resume(_:exit:)`.
@@ -356,6 +355,9 @@ extension ProcessTracker {
         let regs = try Arch.readRegisters(tid: tid)
         let result = Arch.syscallResult(regs)
         switch pending {
+        case .segvAction(let action):
+            if result == 0 { segvAction = action }
+            try resume(tid)
         case let .memory(call, args, rewritten):
             trace("  exit of \(call): \(result)")
             if let rewritten {

@@ -36,6 +36,9 @@ final class ThreadState {
     var unknownAttempt = 0
     /// Its sigaltstack (hazard 2, SA_ONSTACK handlers).
     var altStack: AddressRange?
+    /// False for a thread that may have set one before an attach, until it
+    /// is asked (`learnAltStack`).
+    var altStackKnown = true
     /// Its `clear_child_tid` word (`set_tid_address`, or the clone that
     /// created it with CLONE_CHILD_CLEARTID), written by the kernel at its exit (hazard 4).
     var clearChildTid: RemoteAddress?
@@ -119,6 +122,12 @@ final class ProcessTracker {
     var endTimeNs: UInt64 = 0
     /// Signals whose handler runs on the sigaltstack (SA_ONSTACK).
     var onStackSignals: UInt64 = 0
+    /// The program's SIGSEGV action as the kernel holds it (the raw
+    /// `struct kernel_sigaction`), to put back where a write fault's forced
+    /// signal reset it (`restoreSegvActionIfReset`); nil until learned.
+    var segvAction: [UInt8]?
+    /// A thread's `/proc/PID/task/TID/stat`, held open (`signalDispositions`).
+    var dispositionProbe: (tid: Int32, fd: Int32)?
     /// The writers of the pages dirtied since the last sweep (issue 5).
     var ledger = WriterLedger()
     /// Unwinds writers' stacks; made at the first need, per image.
@@ -133,6 +142,10 @@ final class ProcessTracker {
         self.session = session
         self.pid = pid
         self.parent = parent
+    }
+
+    deinit {
+        if let probe = dispositionProbe { close(probe.fd) }
     }
 
     /// PageWatch let go of this process (`stopTracking`): nothing is armed in
@@ -160,8 +173,10 @@ final class ProcessTracker {
         for region in memory.regions { copy.memory.markDirty(region.range) }
         copy.stackAnchors = stackAnchors
         copy.onStackSignals = onStackSignals
+        copy.segvAction = segvAction
         let state = ThreadState()
         state.altStack = threads[tid]?.altStack
+        state.altStackKnown = threads[tid]?.altStackKnown ?? true
         state.rseqKnown = threads[tid]?.rseqKnown ?? false  // inherited registration, pinned in the copy
         state.clearChildTid = threads[tid]?.newThreadClearTid
         copy.threads[child] = state
@@ -338,16 +353,20 @@ final class ProcessTracker {
             try resume(tid)  // swallowed
             return
         }
-        let frame = try signalFrameArmedPages(sig, tid: tid)
-        if pendingSweep != nil || !frame.isEmpty {
+        // A handler on an alternate stack the thread set before an attach:
+        // where is it? (Asked with the signal held, below.)
+        let unknownStack = threads[tid]?.altStackKnown == false && onStackSignals & (UInt64(1) << UInt64(sig - 1)) != 0
+        let frame = unknownStack ? PageSet() : try signalFrameArmedPages(sig, tid: tid)
+        if pendingSweep != nil || !frame.isEmpty || unknownStack {
             // Keep the program's signal with its siginfo across our injections.
             let own = try Ptrace.holdSignal(tid)
             try learnRseq(tid)
+            if unknownStack { try learnAltStack(tid) }
             // The sweep first: it re-arms pages, and the frame's must stay
             // writable (so after a sweep the frame's armed pages are found again).
             let swept = pendingSweep != nil
             try sweepIfPending(in: tid)
-            let frameNow = swept ? try signalFrameArmedPages(sig, tid: tid) : frame
+            let frameNow = swept || unknownStack ? try signalFrameArmedPages(sig, tid: tid) : frame
             let framer = writer("signal frame " + Signal.name(sig), tid: tid)
             for range in frameNow.ranges { try unarmRange(range, by: framer, tid: tid) }
             threads[tid]?.held.insert(own, at: 0)
@@ -358,10 +377,10 @@ final class ProcessTracker {
     }
 
     /// Hazard 2: to run a handler the kernel writes the signal frame below
-    /// the stack pointer (past the red zone); on an armed page that write
+    /// the stack pointer (past the red zone), or at the top of the thread's
+    /// sigaltstack for an SA_ONSTACK handler; on an armed page that write
     /// fails and the kernel kills the program. Returns the armed pages the
-    /// frame may cover when `sig` has a handler. (SA_ONSTACK frames on a
-    /// sigaltstack are not covered yet: that needs the sigaltstack calls.)
+    /// frame may cover when `sig` has a handler.
     func signalFrameArmedPages(_ sig: Int32, tid: Int32) throws -> PageSet {
         guard memory.trackedPageCount > 0, try caughtSignals() & (1 << UInt64(sig - 1)) != 0 else { return PageSet() }
         var sp = Arch.stackPointer(try Arch.readRegisters(tid: tid))
@@ -387,10 +406,13 @@ final class ProcessTracker {
         return max(minimum ?? 0, 4096) + 256
     }()
 
-    /// SigCgt of /proc/PID/status: the signals with a handler.
+    /// The signals with a handler (the kernel's sigcatch).
     func caughtSignals() throws -> UInt64 {
-        let status = try ProcFS.read("/proc/\(liveThread())/status", pid: pid)
-        return ProcFS.statusField("SigCgt", in: status).flatMap { UInt64($0, radix: 16) } ?? 0
+        let tid = liveThread()
+        guard let d = signalDispositions(tid: tid) else {
+            throw TraceError.call("read /proc/\(pid)/task/\(tid)/stat", .ESRCH, tid: tid)
+        }
+        return d.caught
     }
 
     /// Un-arms every armed page in `range` (they become dirty), written by `writer`.
@@ -426,6 +448,7 @@ final class ProcessTracker {
             threads[tid]?.lastSuppressedFault = nil
             faultsThisInterval += 1
             totalFaults += 1
+            try restoreSegvActionIfReset(tid: tid)
             if try unarmThroughTrampoline(page, protection, tid: tid) { return true }
             try unarm(page, protection, tid: tid)
             try resume(tid)
@@ -445,6 +468,7 @@ final class ProcessTracker {
                 threads[tid]?.lastSuppressedFault = nil
                 return false
             }
+            try restoreSegvActionIfReset(tid: tid)
             if repeats == 1 {
                 try protect(AddressRange(start: page, end: page + Page.size), protection, tid: tid)
             }
@@ -502,11 +526,9 @@ final class ProcessTracker {
             }
         }
         trace("  mprotect batch of \(changes.count) in \(tid)")
-        if threads[tid]?.entryRegisters != nil { threads[tid]?.injectedAtEntry = true }
         let (results, outcome) = try injector.mprotectBatch(changes.map { ($0.range, $0.protection) }, in: tid,
                                                             completing: threads[tid]?.completingSyscall)
-        threads[tid]?.held.append(contentsOf: outcome.heldSignals)
-        if outcome.consumedInterrupt { threads[tid]?.interruptPending = false }
+        noteInjection(outcome, tid: tid)
         if Tracker.debug {
             for (c, r) in zip(changes, results) where r != 0 {
                 trace("    \(c.range) \(c.protection): \(r); maps: \(mappings(overlapping: c.range, tid: tid))")
@@ -546,6 +568,14 @@ final class ProcessTracker {
             }
             throw error
         }
+        noteInjection(outcome, tid: tid)
+    }
+
+    /// The thread's side of any injection: one made at a syscall entry
+    /// abandons the call (rewound at the resume); signals that arrived
+    /// meanwhile are held; an interrupt stop passed on the way was consumed.
+    func noteInjection(_ outcome: RemoteSyscall.Outcome, tid: Int32) {
+        if threads[tid]?.entryRegisters != nil { threads[tid]?.injectedAtEntry = true }
         threads[tid]?.held.append(contentsOf: outcome.heldSignals)
         if outcome.consumedInterrupt { threads[tid]?.interruptPending = false }
     }
@@ -586,6 +616,9 @@ final class ProcessTracker {
         // A signal that arrived during PageWatch's injections (a sweep's
         // re-arming among them) gets its frame's pages un-armed like any
         // other (hazard 2): a shell's SIGCHLD handler died by SIGSEGV here.
+        if threads[tid]?.altStackKnown == false, onStackSignals & (UInt64(1) << UInt64(next.signal - 1)) != 0 {
+            try learnAltStack(tid)
+        }
         let frame = try signalFrameArmedPages(next.signal, tid: tid)
         if !frame.isEmpty {
             let framer = writer("signal frame " + Signal.name(next.signal), tid: tid)
@@ -621,11 +654,13 @@ final class ProcessTracker {
             case .armed(let protection):
                 threads[tid]?.held.remove(at: i)
                 noteWrite(page, by: writer(nil, tid: tid), fault: true, tid: tid)
+                try restoreSegvActionIfReset(tid: tid)
                 try unarm(page, protection, tid: tid)
                 faultsThisInterval += 1
                 totalFaults += 1
             case .writable(let protection) where protection.contains(.write):
                 threads[tid]?.held.remove(at: i)
+                try restoreSegvActionIfReset(tid: tid)
             default:
                 return  // the program's own fault: delivered as it is
             }
@@ -664,6 +699,7 @@ final class ProcessTracker {
         injector?.journal = guardianJournal
         threads[pid]?.held.append(contentsOf: held)
         shareSlotData(tid: pid)
+        try learnSignalActions(tid: pid)  // exec reset the handlers; SIG_IGN stays
         if sweeps > 0 || totalFaults > 0 {
             let path = ProcFS.executable(of: pid) ?? (parent == nil ? config.command[0] : "")
             emit(.exec(pid: pid, path: path, timeNs: wallClockNs()))
@@ -691,6 +727,7 @@ final class ProcessTracker {
         guard let area = try? Ptrace.rseqArea(tid) else { return false }
         guard case .armed = memory.state(of: area.address) else { return false }
         threads[tid]?.rseqKnown = true
+        try restoreSegvActionIfReset(tid: tid)
         try pin(area.range.pageAligned, tid: tid)
         try resume(tid)
         return true
@@ -854,11 +891,15 @@ final class ProcessTracker {
     /// before the exit's handling (which takes maps as they are then, and
     /// would drop pages the sweep armed: the next write to one a fatal
     /// SIGSEGV), and its re-arming mprotect could run after the program's
-    /// own and undo it.
+    /// own and undo it. A change of the SIGSEGV action counts too: a fault
+    /// checks the action against PageWatch's copy (`restoreSegvActionIfReset`).
     func memoryCallInFlight(besides tid: Int32) -> Bool {
         threads.contains { other, state in
-            guard other != tid, case .memory? = state.pendingExit else { return false }
-            return true
+            guard other != tid else { return false }
+            switch state.pendingExit {
+            case .memory?, .segvAction?: return true
+            default: return false
+            }
         }
     }
 

@@ -44,6 +44,7 @@ extension Tracker {
         for tid in tids {
             let state = ThreadState()
             state.preexisting = true
+            state.altStackKnown = false  // maybe set before the attach
             state.interruptPending = true
             main.threads[tid] = state
             // Each thread stops once so its rseq area and tid word can be
@@ -203,7 +204,9 @@ extension ProcessTracker {
             injector?.journal = guardianJournal
             threads[tid]?.held.append(contentsOf: held)
             publishForGuardian()
+            try learnSignalActions(tid: tid)
         }
+        try learnAltStack(tid)
         learnClearTid(tid)
         threads[tid]?.preexisting = false
         session.firstStopSeen(tid)

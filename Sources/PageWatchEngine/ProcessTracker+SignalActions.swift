@@ -1,0 +1,109 @@
+import Glibc
+import PageWatchAddressSpace
+import PageWatchPtrace
+
+/// What PageWatch must know of the program's signal actions and alternate
+/// stacks: where a handler's frame lands (signal frames), and the SIGSEGV
+/// action a write fault's forced signal may have reset.
+extension ProcessTracker {
+    static let segvBit = UInt64(1) << UInt64(Signal.SIGSEGV - 1)
+
+    /// Learns, by injected `rt_sigaction(sig, NULL, &old)` calls in `tid`,
+    /// the SIGSEGV action and which caught signals run on the alternate
+    /// stack: at a new image and at attach, where PageWatch did not see them
+    /// set (afterwards `rt_sigaction` entries keep both up to date).
+    func learnSignalActions(tid: Int32) throws {
+        let caught = (try? caughtSignals()) ?? 0
+        onStackSignals = 0
+        for sig in Int32(1)...64 where sig == Signal.SIGSEGV || caught & (UInt64(1) << UInt64(sig - 1)) != 0 {
+            guard let action = try queryAction(sig, tid: tid) else { continue }
+            if sig == Signal.SIGSEGV { segvAction = action }
+            noteFlags(of: action, signal: UInt64(sig))
+        }
+    }
+
+    /// The kernel's `struct kernel_sigaction` for `sig`, raw.
+    func queryAction(_ sig: Int32, tid: Int32) throws -> [UInt8]? {
+        guard let injector, let number = Arch.number(.rt_sigaction) else { return nil }
+        let size = Int(Arch.layout.kernelSigaction)
+        let (outcome, raw) = try injector.run(number, [UInt64(sig), 0, injector.argumentArea.value, Self.sigsetSize],
+                                              input: [], outputCount: size, in: tid,
+                                              completing: threads[tid]?.completingSyscall)
+        noteInjection(outcome, tid: tid)
+        return outcome.value == 0 && raw.count == size ? raw : nil
+    }
+
+    /// The kernel's sigset_t, the last argument of rt_sigaction and rt_sigprocmask.
+    static let sigsetSize: UInt64 = 8
+
+    /// Remembers which handlers run on the alternate stack (SA_ONSTACK).
+    func noteFlags(of action: [UInt8], signal: UInt64) {
+        let onStack: UInt64 = 0x0800_0000, bit = UInt64(1) << (signal - 1)
+        if littleEndian(action, at: 8) & onStack != 0 { onStackSignals |= bit } else { onStackSignals &= ~bit }
+    }
+
+    /// A thread's alternate signal stack from its `stack_t`; nil when disabled.
+    static func alternateStack(_ raw: [UInt8]) -> AddressRange? {
+        let sp = littleEndian(raw, at: 0), flags = littleEndian(raw, at: 8) & 0xffff_ffff, size = littleEndian(raw, at: 16)
+        let disable: UInt64 = 2
+        return flags & disable != 0 || size == 0 ? nil : AddressRange(start: RemoteAddress(sp), end: RemoteAddress(sp) + size)
+    }
+
+    /// Learns a thread's alternate signal stack by an injected
+    /// `sigaltstack(NULL, &old)`: for threads that set it before an attach
+    /// (a Go program gives every thread one and preempts with SIGURG).
+    func learnAltStack(_ tid: Int32) throws {
+        guard let injector, let number = Arch.number(.sigaltstack), let state = threads[tid] else { return }
+        let size = Int(Arch.layout.stackT)
+        let (outcome, raw) = try injector.run(number, [0, injector.argumentArea.value], input: [], outputCount: size,
+                                              in: tid, completing: state.completingSyscall)
+        noteInjection(outcome, tid: tid)
+        guard outcome.value == 0, raw.count == size else { return }
+        state.altStackKnown = true
+        state.altStack = Self.alternateStack(raw)
+    }
+
+    /// The process's ignored and caught signals, from a thread's stat file
+    /// held open across calls (`dispositionProbe`). Threads share their
+    /// actions, but a vfork child has its own: it is read from its own file.
+    func signalDispositions(tid: Int32) -> (ignored: UInt64, caught: UInt64)? {
+        let shared = threads[tid]?.vforkChild != true
+        if shared, let probe = dispositionProbe {
+            if let d = ProcFS.signalDispositions(statFD: probe.fd) { return d }
+            close(probe.fd)  // its thread is gone
+            dispositionProbe = nil
+        }
+        let fd = open("/proc/\(pid)/task/\(tid)/stat", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        let d = ProcFS.signalDispositions(statFD: fd)
+        if shared, d != nil { dispositionProbe = (tid, fd) } else { close(fd) }
+        return d
+    }
+
+    /// A write fault's forced SIGSEGV in a thread that blocks SIGSEGV
+    /// (inside a handler without SA_NODEFER, or by its mask), or while
+    /// SIGSEGV is ignored, unblocked it and reset its action to SIG_DFL
+    /// before the stop (`force_sig_info_to_task`). Called for every SIGSEGV
+    /// PageWatch absorbs: puts the action back, and where the program had a
+    /// handler (so the reset means the thread blocked SIGSEGV) blocks it
+    /// again. With SIG_DFL nothing shows whether it was blocked: the mask
+    /// stays as the kernel left it (docs/design.md, limits).
+    func restoreSegvActionIfReset(tid: Int32) throws {
+        guard let action = segvAction else { return }
+        let handler = littleEndian(action, at: 0)
+        let ignoring = handler == 1  // SIG_IGN; 0 is SIG_DFL, which a reset leaves as it is
+        guard handler != 0, let now = signalDispositions(tid: tid) else { return }
+        guard (ignoring ? now.ignored : now.caught) & Self.segvBit == 0 else { return }
+        trace("  SIGSEGV action reset by the kernel's forced signal in \(tid): put back")
+        guard let injector, let number = Arch.number(.rt_sigaction) else { return }
+        let (outcome, _) = try injector.run(number, [UInt64(Signal.SIGSEGV), injector.argumentArea.value, 0, Self.sigsetSize],
+                                            input: action, outputCount: 0, in: tid,
+                                            completing: threads[tid]?.completingSyscall)
+        noteInjection(outcome, tid: tid)
+        if outcome.value < 0 {
+            throw TraceError.remoteSyscall("rt_sigaction(SIGSEGV)", Errno(Int32(-outcome.value)), tid: tid, address: nil)
+        }
+        // After the injection, which restores the mask it found.
+        if !ignoring { try Ptrace.setSignalMask(tid, try Ptrace.signalMask(tid) | Self.segvBit) }
+    }
+}
