@@ -110,6 +110,56 @@ final class Background {
         }
     }
 
+    /// Alternate signal stacks set before the attach, inside tracked memory:
+    /// each thread's SA_ONSTACK handler runs while attached (its frame must
+    /// not land on an armed page) and again after the detach.
+    @Test func handlersOnAlternateStacksSetBeforeTheAttach() throws {
+        func drive(attaching: Bool) throws -> (stdout: String, status: Int32, log: [[String: Any]]) {
+            let fifo = Harness.temporaryPath("altstack-\(UUID().uuidString).fifo")
+            #expect(mkfifo(fifo, 0o600) == 0)
+            let fixture = try Background([Harness.fixture("fx_attach_altstack"), fifo])
+            #expect(fixture.waitFor("ready\n"))
+            let log = Harness.temporaryPath("altstack.jsonl")
+            if attaching {
+                let pagewatch = try Background([Harness.pagewatch, "attach", "--output", log,
+                                                "--track", "0x320000000000-0x320000010000",
+                                                "--track", "0x328000000000-0x328000040000",
+                                                "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2", String(fixture.pid)])
+                waitForLog(log, toContain: "\"reason\":\"attach\"")
+                try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
+                #expect(pagewatch.finish() == 0)
+                #expect(pagewatch.stderr == "")
+            } else {
+                try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
+            }
+            try "d".write(toFile: fifo, atomically: false, encoding: .utf8)
+            let status = fixture.finish()
+            return (fixture.stdout, status, attaching ? try Harness.readLog(log) : [])
+        }
+        let untracked = try drive(attaching: false)
+        let tracked = try drive(attaching: true)
+        #expect(untracked.status == 0)
+        #expect(tracked.status == 0)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.stdout.hasSuffix("handled 8\nok\n"))
+        let sweeps = tracked.log.filter { $0["type"] as? String == "sweep" }
+        #expect(sweeps.map { $0["reason"] as? String } == ["attach", "signal", "detach"])
+        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
+        #expect(truth.count == sweeps.count)
+        for (k, sweep) in sweeps.enumerated() where k < truth.count {
+            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
+        }
+        // The four handlers' frames, at the top of each 16-page stack (the
+        // frame's size depends on the CPU's xsave area: up to three pages).
+        let stacks: (start: UInt64, end: UInt64) = (0x3280_0000_0000, 0x3280_0004_0000)
+        let framePages = sweeps.count > 1 ? FixtureTruth.pages(in: stacks, of: sweeps[1]) : []
+        for thread in UInt64(0)..<4 {
+            let top = 16 * thread + 15
+            #expect(framePages.contains(top), "thread \(thread)'s frame: \(framePages.sorted())")
+        }
+        #expect(framePages.allSatisfy { $0 % 16 >= 13 }, "\(framePages.sorted())")
+    }
+
     /// Blocked at attach time and still blocked at detach time: the call
     /// completes as without the tool (hazards 15, 16).
     @Test(.serialized, arguments: ["read", "nanosleep", "futex", "accept", "epoll"])
