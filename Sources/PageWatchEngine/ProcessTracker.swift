@@ -373,30 +373,48 @@ final class ProcessTracker {
             try resume(tid)
             return
         }
+        try keepSignalFrameWritable(sig, tid: tid)
         try session.proceed(tid, signal: sig)
     }
 
     /// Hazard 2: to run a handler the kernel writes the signal frame below
     /// the stack pointer (past the red zone), or at the top of the thread's
     /// sigaltstack for an SA_ONSTACK handler; on an armed page that write
-    /// fails and the kernel kills the program. Returns the armed pages the
-    /// frame may cover when `sig` has a handler.
-    func signalFrameArmedPages(_ sig: Int32, tid: Int32) throws -> PageSet {
-        guard memory.trackedPageCount > 0, try caughtSignals() & (1 << UInt64(sig - 1)) != 0 else { return PageSet() }
+    /// fails and the kernel kills the program. Returns the pages the frame
+    /// may cover when `sig` has a handler.
+    func signalFrameArea(_ sig: Int32, tid: Int32) throws -> AddressRange? {
+        guard memory.trackedPageCount > 0, try caughtSignals() & (1 << UInt64(sig - 1)) != 0 else { return nil }
         var sp = Arch.stackPointer(try Arch.readRegisters(tid: tid))
         var frameBytes = Arch.redZone + signalFrameSize
         if onStackSignals & (1 << UInt64(sig - 1)) != 0, let alt = threads[tid]?.altStack, !alt.contains(sp) {
             sp = alt.end  // the kernel switches to the top of the sigaltstack
             frameBytes = signalFrameSize
         }
-        let low = RemoteAddress(sp.value &- frameBytes)
+        return AddressRange(start: RemoteAddress(sp.value &- frameBytes), end: sp).pageAligned
+    }
+
+    /// The armed pages of `signalFrameArea`.
+    func signalFrameArmedPages(_ sig: Int32, tid: Int32) throws -> PageSet {
+        guard let area = try signalFrameArea(sig, tid: tid) else { return PageSet() }
         var armed = PageSet()
-        var page = Page.floor(low)
-        while page < sp {
+        var page = area.start
+        while page < area.end {
             if case .armed = memory.state(of: page) { armed.insert(page: page) }
             page = page + Page.size
         }
         return armed
+    }
+
+    /// The kernel writes a delivered signal's frame when the thread next
+    /// runs, which may be after PageWatch has gone on to a sweep in another
+    /// thread: like a call's output buffers, the frame's pages are kept out
+    /// of sweeps until the thread stops again (a Go thread got SIGSEGV for
+    /// its SIGURG frame when a sweep re-armed its signal stack in between).
+    func keepSignalFrameWritable(_ sig: Int32, tid: Int32) throws {
+        guard let area = try signalFrameArea(sig, tid: tid), let state = threads[tid] else { return }
+        var pages = state.callOutputs ?? PageSet()
+        pages.insert(area)
+        state.callOutputs = pages
     }
 
     /// The largest signal frame the kernel builds here: AT_MINSIGSTKSZ from
@@ -630,6 +648,7 @@ final class ProcessTracker {
         let rest = state.held
         state.held = []
         threads[tid] = state
+        try keepSignalFrameWritable(first.signal, tid: tid)
         try Ptrace.deliver(first, to: tid, mode: session.resumeMode)
         // Only one signal can ride on a resume; the rest are sent again (their
         // siginfo becomes SI_TKILL). In practice at most one arrives.
