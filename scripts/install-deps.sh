@@ -8,10 +8,10 @@ set -euo pipefail
 # under another tracer; python3 for `make bench` (and to decode a screenshot in the
 # report tests); chromium, headless, to render `pagewatch report --format html` in them;
 # binutils for `strip` (the stripped-program attribution test); the runtimes the
-# real-program tests run under PageWatch: a JVM, Go, Node.js, and liburing for the
-# io_uring fixture.
+# real-program tests run under PageWatch: a JVM, Go, Node.js, Rust, and liburing
+# for the io_uring fixture.
 packages=(libunwind-dev libdw-dev pkg-config strace python3 chromium binutils
-          default-jdk-headless golang-go nodejs liburing-dev)
+          default-jdk-headless golang-go nodejs rustc liburing-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
