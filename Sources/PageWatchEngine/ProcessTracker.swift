@@ -344,7 +344,7 @@ final class ProcessTracker {
         }
         if sig == config.sweepSignal {
             try learnRseq(tid)
-            if !finalSweepDone { pendingSweep = .signal }
+            if !finalSweepDone && !givesUpAtSweep { pendingSweep = .signal }
             try sweepIfPending(in: tid)
             if pendingSweep != nil {
                 threads[tid]?.waiting = .sweepSignal  // it must wait (sweepIfPending)
@@ -908,6 +908,7 @@ final class ProcessTracker {
     /// (hazard 19): pages written while we work are unarmed, hence dirty, and
     /// writes after their re-arm fault and are handled after this sweep.
     func sweep(reason: SweepReason, in tid: Int32) throws {
+        if givesUpAtSweep, let why = session.givingUp { return try stopTracking(because: why, tid: tid) }
         pendingSweep = nil
         // Re-armed pages may fault again legitimately: forget the race markers (hazards 11, 14).
         for t in threads.keys { threads[t]?.lastSuppressedFault = nil }

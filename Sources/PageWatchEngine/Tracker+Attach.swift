@@ -83,7 +83,7 @@ extension Tracker {
     /// Why to detach now, if at all.
     func detachCondition() -> SweepReason? {
         guard resumeMode == .syscallStops, detaching == nil, main.end == nil else { return nil }
-        if takeRaisedSignal() != nil { return .detach }
+        if takeRaisedSignal() != nil || givingUp != nil { return .detach }
         if timer?.hasExpired == true { return .detach }
         if let n = config.maxSweeps, main.sweeps >= n { return .detach }
         return nil

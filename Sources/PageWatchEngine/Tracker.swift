@@ -97,6 +97,8 @@ public final class Tracker {
     var lastDetachWait = ""
     /// The signal a thread was parked at (its signal-delivery stop), for PTRACE_DETACH to deliver.
     var parkedSignals: [Int32: HeldSignal] = [:]
+    /// Why tracking is being given up (`giveUpTracking`), once it is.
+    var givingUp: String?
 
     public init(configuration: TrackerConfiguration, emit: @escaping (LogRecord) -> Void) {
         config = configuration
@@ -168,7 +170,8 @@ public final class Tracker {
                 where p.pendingSweep != nil && !p.threads.values.contains(where: \.interruptPending) {
                     // No thread safe to stop: report now, re-arm at a later stop.
                     do {
-                        if !p.requestInterruptIfNeeded() { try p.reportOnlySweep(reason: .interval) }
+                        // Giving up waits for a stop: only there can protections be given back.
+                        if !p.requestInterruptIfNeeded() && !p.givesUpAtSweep { try p.reportOnlySweep(reason: .interval) }
                     } catch let error as TraceError where p !== main {
                         trace("  process \(p.pid) vanished during a sweep: \(error)")
                         p.pendingSweep = nil
