@@ -151,6 +151,8 @@ final class ProcessTracker {
     /// PageWatch let go of this process (`stopTracking`): nothing is armed in
     /// it, and its stops are resumed as without PageWatch.
     var trackingStopped = false
+    /// A sweep of it had selected pages (`warnIfNothingWasEverSelected`).
+    var everSelected = false
 
     /// Ended, and no vfork child still borrows its address space.
     var isDone: Bool { end != nil && !threads.values.contains(where: \.vforkChild) }
@@ -704,6 +706,7 @@ final class ProcessTracker {
             let path = ProcFS.executable(of: pid) ?? (parent == nil ? config.command[0] : "")
             emit(.exec(pid: pid, path: path, timeNs: wallClockNs()))
         }
+        session.checkExecPrivilege(pid: pid)
     }
 
     func pin(_ range: AddressRange, tid: Int32) throws {
@@ -984,6 +987,7 @@ final class ProcessTracker {
     /// was re-armed), so their writers are kept.
     func emitSweep(reason: SweepReason, dirty: PageSet, reportedAgain: Bool = false) {
         sweeps += 1
+        if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
         var sites: [WriteSite]?
         if config.stackDepth > 0 {
             sites = ledger.sites(of: dirty, pinned: memory.pinned, keepingWriters: reportedAgain) { stack in

@@ -52,8 +52,11 @@ extension Tracker {
             do { try Ptrace.interrupt(tid) } catch TraceError.call(_, let e, _, _) where e == .ESRCH { main.threads[tid] = nil }
         }
         awaitingFirstStop = Set(main.threads.keys)
+        let selected = main.selectedPagesNow()
         emit(.start(pid: pid, pageSize: Page.size, command: config.command,
-                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs()))
+                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
+                    selectedPages: selected))
+        warnIfNothingSelected(selected)
         emit(.attach(pid: pid, threads: main.threads.count, timeNs: wallClockNs()))
         started = true
         if config.intervalNs > 0 || config.durationNs != nil {

@@ -13,6 +13,8 @@ public struct ParsedLog: Sendable {
     public var pageSize: UInt64
     public var command: [String]
     public var tracked: [String]
+    /// The `start` record's `selected_pages`; nil in logs written before it existed.
+    public var selectedPages: UInt64?
     public var startNs: UInt64
     /// The program first, then each followed process in the order its `fork` record came.
     public var processes: [LoggedProcess]
@@ -350,7 +352,7 @@ struct Record {
         let pid: Int32 = try integer("pid")
         let startNs: UInt64 = try integer("time_ns")
         return ParsedLog(source: source, pid: pid, pageSize: try integer("page_size"), command: try strings("command"),
-                         tracked: try strings("tracked"), startNs: startNs,
+                         tracked: try strings("tracked"), selectedPages: try optionalInteger("selected_pages"), startNs: startNs,
                          processes: [LoggedProcess(pid: pid, parent: nil, beginNs: startNs)], end: nil)
     }
 

@@ -65,9 +65,10 @@ struct Run: ParsableCommand {
         let sink = tracking.openSink()
         var tracker: Tracker!
         tracker = Tracker(configuration: configuration) { record in
-            if case .start(let pid, _, _, _, _) = record { SignalForwarding.forward(to: pid) }
+            if case .start(let pid, _, _, _, _, _) = record { SignalForwarding.forward(to: pid) }
             sink.write(record)
         }
+        tracker.onWarning = warning
         // A log that cannot be written: the program finishes untracked, PageWatch exits 1.
         sink.onFailure = { tracker.giveUpTracking(because: $0) }
         do {
@@ -227,6 +228,7 @@ struct Attach: ParsableCommand {
         } catch {
             fail("\(error)", status: 2)
         }
+        tracker.onWarning = warning
         // A log that cannot be written: PageWatch detaches, the program runs on, exit 1.
         sink.onFailure = { [unowned tracker] in tracker.giveUpTracking(because: $0) }
         SignalForwarding.ignoreLogWriteSignals()
@@ -360,6 +362,11 @@ func writeFully(_ fd: Int32, _ text: String) -> Errno? {
 /// write(2) until done; EINTR retried; errors ignored (stderr).
 func writeAll(_ fd: Int32, _ text: String) {
     writeFully(fd, text)
+}
+
+/// A warning of the engine's: one line on stderr.
+func warning(_ message: String) {
+    writeAll(STDERR_FILENO, "pagewatch: warning: \(message)\n")
 }
 
 /// Prints `pagewatch: MESSAGE` (and a hint line) and exits.
