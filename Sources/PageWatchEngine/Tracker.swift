@@ -60,6 +60,8 @@ public final class Tracker {
     /// selection was (at most once each).
     var warnedPrivilegedImages: Set<String> = []
     var warnedAboutSelection = false
+    /// The program's own ptrace use was explained (`noteOwnPtrace`, once).
+    var warnedAboutOwnPtrace = false
 
     /// The program.
     var main: ProcessTracker!
@@ -405,6 +407,9 @@ extension Tracker {
             try Ptrace.listen(tid)
         case .event(_, .exec):
             checkExecPrivilege(pid: tid)
+            try Ptrace.cont(tid)
+        case .event(_, .seccomp):
+            noteOwnPtraceAtEntry(tid: tid)
             try Ptrace.cont(tid)
         case .event(_, let kind) where kind == .fork || kind == .vfork || kind == .clone:
             let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
