@@ -44,10 +44,14 @@ struct Run: ParsableCommand {
         never tracked.
 
         The program runs under ptrace with PTRACE_O_EXITKILL: if pagewatch dies, the program \
-        is killed with it. Ctrl-C goes to the program; pagewatch reports how it ended.
+        is killed with it. Ctrl-C goes to the program, and SIGTERM or SIGHUP sent to pagewatch \
+        are passed to it; pagewatch traces on and reports how it ended.
+
+        A log that cannot be written (a full disk) is one line on stderr: tracking stops, every \
+        protection is given back and the program finishes untracked.
 
         Exit status: the program's, or 128+N when signal N killed it; 127 when it cannot be \
-        started; 2 for a usage error; 1 when tracing fails.
+        started; 2 for a usage error; 1 when tracing fails or the log cannot be written.
         """
     )
 
@@ -173,8 +177,8 @@ struct Attach: ParsableCommand {
         should the tracer itself die, a guardian process gives the program its protections back.
 
         Exit status: 0 after a detach; the program's shell status if it ended while attached \
-        (128+N when signal N killed it); 1 when the process cannot be attached to or tracing \
-        fails; 2 for a usage error.
+        (128+N when signal N killed it); 1 when the process cannot be attached to, tracing \
+        fails or the log cannot be written (PageWatch then detaches); 2 for a usage error.
         """
     )
 

@@ -16,7 +16,11 @@ struct Report: ParsableCommand {
 
         With --follow-forks logs, the program is reported unless --pid names another process.
 
-        Exit status: 0; 1 when the log cannot be read or has no such process; 2 for a usage error.
+        A log whose last line was cut mid-record (a full disk) is read up to the line before, \
+        with a warning.
+
+        Exit status: 0; 1 when the log cannot be read or has no such process, or the report \
+        cannot be written; 2 for a usage error.
         """
     )
 
