@@ -11,7 +11,7 @@ import Testing
     static func expectExact(_ log: [[String: Any]], truth stdout: String) throws {
         let sweeps = log.filter { $0["type"] as? String == "sweep" }
         let truth = try FixtureTruth(stdout: stdout).expectedSweeps
-        #expect(sweeps.count == truth.count)
+        #expect(sweeps.count == truth.count, "\(sweeps.map { $0["reason"] as? String ?? "?" })")
         for (k, sweep) in sweeps.enumerated() where k < truth.count {
             #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
         }
@@ -58,6 +58,7 @@ import Testing
             } else {
                 try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
             }
+            try "d".write(toFile: fifo, atomically: false, encoding: .utf8)
             let status = fixture.finish()
             return (fixture.stdout, fixture.stderr, status, attaching ? try Harness.readLog(log) : [])
         }
