@@ -38,7 +38,8 @@ import Testing
     @Test func logCutByAFileSizeLimitKeepsItsWholeLines() throws {
         let untracked = try Harness.run(Self.phases)
         let log = Harness.temporaryPath("fsize-\(UUID().uuidString).jsonl")
-        // 16 blocks (dash: 512 bytes each): the start record fits, the first sweep's sites do not.
+        // 16 blocks (512 bytes each in dash, 1024 in bash): the start record
+        // fits, the first sweep's line (about 30 KB with its sites) does not.
         let r = try Harness.run(["/bin/sh", "-c", "ulimit -f 16; exec \"$@\"", "sh", Harness.pagewatch, "run", "--output", log,
                                  "--sweep-signal", "USR2", "--"] + Self.phases)
         #expect(r.status == 1)
@@ -47,7 +48,8 @@ import Testing
         #expect(r.stderr.hasPrefix("pagewatch: cannot write the log to '\(log)': File too large (EFBIG)"))
         let text = try String(contentsOfFile: log, encoding: .utf8)
         #expect(text.hasSuffix("\n"))
-        #expect(text.utf8.count <= 16 * 512)
+        #expect(text.utf8.count <= 16 * 1024)
+        #expect(text.split(separator: "\n").count == 1)  // the start record alone: the sweep's line was cut off
         let report = try Harness.run([Harness.pagewatch, "report", log])
         #expect(report.status == 0)
         #expect(report.stderr == "")
