@@ -101,4 +101,32 @@ import Testing
         #expect(trace.contains("execve(\"/bin/sh\""))
         #expect(trace.contains("+++ exited with 0 +++"))
     }
+
+    /// Attached to strace while it traces: its tracee stays its own, and it
+    /// sees every call as without PageWatch (the same count of `write`s).
+    @Test(.enabled(if: hasStrace)) func attachedToStraceWhileItTraces() throws {
+        let script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.1; done"
+        func drive(attaching: Bool) throws -> (stdout: String, status: Int32, writes: Int) {
+            let out = Harness.temporaryPath("strace-running-\(UUID().uuidString).txt")
+            let strace = try Background(["/usr/bin/strace", "-f", "-e", "trace=write", "-o", out, "/bin/sh", "-c", "echo ready; " + script])
+            #expect(strace.waitFor("ready\n"))
+            if attaching {
+                let log = Harness.temporaryPath("strace-running-\(UUID().uuidString).jsonl")
+                let r = try Harness.run([Harness.pagewatch, "attach", "--output", log, "--interval", "50ms", "--duration", "400ms",
+                                         String(strace.pid)])
+                #expect(r.status == 0)
+                #expect(r.stderr == "")
+            }
+            let status = strace.finish()
+            let trace = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+            return (strace.stdout, status, trace.split(separator: "\n").filter { $0.contains("write(1, \"line ") }.count)
+        }
+        let untracked = try drive(attaching: false)
+        let tracked = try drive(attaching: true)
+        #expect(untracked.status == 0)
+        #expect(untracked.writes == 10)
+        #expect(tracked.status == untracked.status)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.writes == untracked.writes)
+    }
 }
