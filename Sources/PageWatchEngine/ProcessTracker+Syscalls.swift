@@ -102,6 +102,7 @@ extension ProcessTracker {
             try resume(tid)
         default:
             if call == .sigaltstack { noteAltStack(args[0], tid: tid) }
+            if call == .ptrace { session.noteOwnPtrace(args, tid: tid) }
             var newSegvAction: [UInt8]?
             if call == .rt_sigaction, args[1] != 0, (1...64).contains(args[0]) {
                 let action = (try? Ptrace.readMemory(tid, RemoteAddress(args[1]), count: Int(Arch.layout.kernelSigaction))) ?? []

@@ -151,6 +151,8 @@ final class ProcessTracker {
     /// PageWatch let go of this process (`stopTracking`): nothing is armed in
     /// it, and its stops are resumed as without PageWatch.
     var trackingStopped = false
+    /// A sweep of it had selected pages (`warnIfNothingWasEverSelected`).
+    var everSelected = false
 
     /// Ended, and no vfork child still borrows its address space.
     var isDone: Bool { end != nil && !threads.values.contains(where: \.vforkChild) }
@@ -344,7 +346,7 @@ final class ProcessTracker {
         }
         if sig == config.sweepSignal {
             try learnRseq(tid)
-            if !finalSweepDone { pendingSweep = .signal }
+            if !finalSweepDone && !givesUpAtSweep { pendingSweep = .signal }
             try sweepIfPending(in: tid)
             if pendingSweep != nil {
                 threads[tid]?.waiting = .sweepSignal  // it must wait (sweepIfPending)
@@ -723,6 +725,7 @@ final class ProcessTracker {
             let path = ProcFS.executable(of: pid) ?? (parent == nil ? config.command[0] : "")
             emit(.exec(pid: pid, path: path, timeNs: wallClockNs()))
         }
+        session.checkExecPrivilege(pid: pid)
     }
 
     func pin(_ range: AddressRange, tid: Int32) throws {
@@ -927,6 +930,7 @@ final class ProcessTracker {
     /// (hazard 19): pages written while we work are unarmed, hence dirty, and
     /// writes after their re-arm fault and are handled after this sweep.
     func sweep(reason: SweepReason, in tid: Int32) throws {
+        if givesUpAtSweep, let why = session.givingUp { return try stopTracking(because: why, tid: tid) }
         pendingSweep = nil
         // Re-armed pages may fault again legitimately: forget the race markers (hazards 11, 14).
         for t in threads.keys { threads[t]?.lastSuppressedFault = nil }
@@ -1002,6 +1006,7 @@ final class ProcessTracker {
     /// was re-armed), so their writers are kept.
     func emitSweep(reason: SweepReason, dirty: PageSet, reportedAgain: Bool = false) {
         sweeps += 1
+        if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
         var sites: [WriteSite]?
         if config.stackDepth > 0 {
             sites = ledger.sites(of: dirty, pinned: memory.pinned, keepingWriters: reportedAgain) { stack in

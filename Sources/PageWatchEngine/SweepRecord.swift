@@ -53,7 +53,9 @@ public enum ProgramEnd: Sendable, Equatable {
 
 /// Every line the engine emits, in order.
 public enum LogRecord: Sendable, Equatable {
-    case start(pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64)
+    /// `selectedPages`: the pages the selection picked in the process when
+    /// the record was written (0 in a program whose memory is still to come).
+    case start(pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64, selectedPages: UInt64 = 0)
     /// The program called exec: tracking restarted on the new image.
     case exec(pid: Int32, path: String, timeNs: UInt64)
     case sweep(SweepRecord)

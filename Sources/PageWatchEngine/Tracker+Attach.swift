@@ -52,8 +52,11 @@ extension Tracker {
             do { try Ptrace.interrupt(tid) } catch TraceError.call(_, let e, _, _) where e == .ESRCH { main.threads[tid] = nil }
         }
         awaitingFirstStop = Set(main.threads.keys)
+        let selected = main.selectedPagesNow()
         emit(.start(pid: pid, pageSize: Page.size, command: config.command,
-                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs()))
+                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
+                    selectedPages: selected))
+        warnIfNothingSelected(selected)
         emit(.attach(pid: pid, threads: main.threads.count, timeNs: wallClockNs()))
         started = true
         if config.intervalNs > 0 || config.durationNs != nil {
@@ -83,7 +86,7 @@ extension Tracker {
     /// Why to detach now, if at all.
     func detachCondition() -> SweepReason? {
         guard resumeMode == .syscallStops, detaching == nil, main.end == nil else { return nil }
-        if takeRaisedSignal() != nil { return .detach }
+        if takeRaisedSignal() != nil || givingUp != nil { return .detach }
         if timer?.hasExpired == true { return .detach }
         if let n = config.maxSweeps, main.sweeps >= n { return .detach }
         return nil

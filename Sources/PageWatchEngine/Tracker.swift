@@ -53,6 +53,15 @@ public final class Tracker {
     /// writer stopped (PageWatchKit). Its frames are symbolized at the write
     /// only when this is set: nil (the CLI) keeps the fault path unchanged.
     public var writeObserver: ((PageWrite) -> Void)?
+    /// Called with each warning (one line, no prefix): something the user
+    /// must know although nothing failed (`Tracker+Warnings`).
+    public var onWarning: ((String) -> Void)?
+    /// The files whose lost privileges were warned about, and whether the
+    /// selection was (at most once each).
+    var warnedPrivilegedImages: Set<String> = []
+    var warnedAboutSelection = false
+    /// The program's own ptrace use was explained (`noteOwnPtrace`, once).
+    var warnedAboutOwnPtrace = false
 
     /// The program.
     var main: ProcessTracker!
@@ -97,6 +106,8 @@ public final class Tracker {
     var lastDetachWait = ""
     /// The signal a thread was parked at (its signal-delivery stop), for PTRACE_DETACH to deliver.
     var parkedSignals: [Int32: HeldSignal] = [:]
+    /// Why tracking is being given up (`giveUpTracking`), once it is.
+    var givingUp: String?
 
     public init(configuration: TrackerConfiguration, emit: @escaping (LogRecord) -> Void) {
         config = configuration
@@ -119,7 +130,9 @@ public final class Tracker {
         defer { withExtendedLifetime(polling) {} }
         try main.startImage(tid: pid)
         emit(.start(pid: pid, pageSize: Page.size, command: config.command,
-                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs()))
+                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
+                    selectedPages: main.selectedPagesNow()))
+        warnAboutFileSpecs()
         started = true
         // The program shares our terminal: Ctrl-C and Ctrl-\ are for it, and
         // PageWatch reports how it ended. (Ignored only now, after the fork,
@@ -134,6 +147,7 @@ public final class Tracker {
         try main.resume(pid)
         try eventLoop()
         let end = main.end!
+        warnIfNothingWasEverSelected()
         emit(.end(pid: pid, end: end, sweeps: main.sweeps, faults: main.totalFaults, timeNs: main.endTimeNs))
         return end
     }
@@ -168,7 +182,8 @@ public final class Tracker {
                 where p.pendingSweep != nil && !p.threads.values.contains(where: \.interruptPending) {
                     // No thread safe to stop: report now, re-arm at a later stop.
                     do {
-                        if !p.requestInterruptIfNeeded() { try p.reportOnlySweep(reason: .interval) }
+                        // Giving up waits for a stop: only there can protections be given back.
+                        if !p.requestInterruptIfNeeded() && !p.givesUpAtSweep { try p.reportOnlySweep(reason: .interval) }
                     } catch let error as TraceError where p !== main {
                         trace("  process \(p.pid) vanished during a sweep: \(error)")
                         p.pendingSweep = nil
@@ -276,6 +291,7 @@ extension Tracker {
     /// A vfork child of a tracked process exec'd: it has its own address
     /// space now. Followed, it is a tracked process from its new image on.
     func vforkChildExeced(_ child: Int32, parent: ProcessTracker) throws {
+        checkExecPrivilege(pid: child)
         guard config.followForks else {
             if resumeMode == .syscallStops { return try Ptrace.detach(child) }
             untracked.insert(child)
@@ -389,6 +405,12 @@ extension Tracker {
             try Ptrace.cont(tid, signal: sig)
         case .groupStop:
             try Ptrace.listen(tid)
+        case .event(_, .exec):
+            checkExecPrivilege(pid: tid)
+            try Ptrace.cont(tid)
+        case .event(_, .seccomp):
+            noteOwnPtraceAtEntry(tid: tid)
+            try Ptrace.cont(tid)
         case .event(_, let kind) where kind == .fork || kind == .vfork || kind == .clone:
             let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
             untracked.insert(child)

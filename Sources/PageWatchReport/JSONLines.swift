@@ -15,9 +15,10 @@ public enum JSONLines {
 
     public static func encode(_ record: LogRecord) -> String {
         switch record {
-        case let .start(pid, pageSize, command, tracked, timeNs):
+        case let .start(pid, pageSize, command, tracked, timeNs, selectedPages):
             return "{\"type\":\"start\",\"schema\":\"\(schema)\",\"pid\":\(pid),\"page_size\":\(pageSize),"
-                + "\"command\":\(array(command)),\"tracked\":\(array(tracked)),\"time_ns\":\(timeNs)}"
+                + "\"command\":\(array(command)),\"tracked\":\(array(tracked)),\"time_ns\":\(timeNs),"
+                + "\"selected_pages\":\(selectedPages)}"
         case let .exec(pid, path, timeNs):
             return "{\"type\":\"exec\",\"pid\":\(pid),\"path\":\(string(path)),\"time_ns\":\(timeNs)}"
         case let .sweep(s):

@@ -13,11 +13,17 @@ public struct ParsedLog: Sendable {
     public var pageSize: UInt64
     public var command: [String]
     public var tracked: [String]
+    /// The `start` record's `selected_pages`; nil in logs written before it existed.
+    public var selectedPages: UInt64?
     public var startNs: UInt64
     /// The program first, then each followed process in the order its `fork` record came.
     public var processes: [LoggedProcess]
     /// The program's `end`; nil when the log is incomplete (PageWatch failed mid-run).
     public var end: LoggedEnding?
+    /// The number of the last line when it was cut mid-record (no final
+    /// newline, not JSON: the disk filled up, PageWatch was killed): it is
+    /// left out, the log read up to the line before.
+    public var cutLine: Int?
 
     /// The program's own process.
     public var program: LoggedProcess { processes[0] }
@@ -164,9 +170,19 @@ public enum LogReader {
     public static func parse(_ data: Data, source: String) throws(LogReadError) -> ParsedLog {
         var log: ParsedLog?
         var lineNumber = 0
-        for line in lines(data) {
+        var cutLine: Int?
+        let all = lines(data)
+        let unterminated = data.last.map { $0 != UInt8(ascii: "\n") } ?? false
+        for line in all {
             lineNumber += 1
-            let record = try Record(parsing: line, source: source, line: lineNumber)
+            let record: Record
+            do {
+                record = try Record(parsing: line, source: source, line: lineNumber)
+            } catch let error where unterminated && lineNumber == all.count && log != nil {
+                guard case .notJSON = error.problem else { throw error }
+                cutLine = lineNumber
+                break
+            }
             if var current = log {
                 try record.apply(to: &current)
                 log = current
@@ -174,7 +190,8 @@ public enum LogReader {
                 log = try record.startLog()
             }
         }
-        guard let log else { throw LogReadError(source: source, line: nil, problem: .empty) }
+        guard var log else { throw LogReadError(source: source, line: nil, problem: .empty) }
+        log.cutLine = cutLine
         return log
     }
 }
@@ -335,7 +352,7 @@ struct Record {
         let pid: Int32 = try integer("pid")
         let startNs: UInt64 = try integer("time_ns")
         return ParsedLog(source: source, pid: pid, pageSize: try integer("page_size"), command: try strings("command"),
-                         tracked: try strings("tracked"), startNs: startNs,
+                         tracked: try strings("tracked"), selectedPages: try optionalInteger("selected_pages"), startNs: startNs,
                          processes: [LoggedProcess(pid: pid, parent: nil, beginNs: startNs)], end: nil)
     }
 
