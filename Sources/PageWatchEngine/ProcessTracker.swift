@@ -153,6 +153,8 @@ final class ProcessTracker {
     var trackingStopped = false
     /// A sweep of it had selected pages (`warnIfNothingWasEverSelected`).
     var everSelected = false
+    /// `--verify-contents`: the armed pages' copies (`checkContents`).
+    lazy var contentCopies: ContentCopies? = config.verifyContents ? ContentCopies() : nil
 
     /// Ended, and no vfork child still borrows its address space.
     var isDone: Bool { end != nil && !threads.values.contains(where: \.vforkChild) }
@@ -840,6 +842,7 @@ final class ProcessTracker {
     func reportOnlySweep(reason: SweepReason) throws {
         pendingSweep = nil
         try refreshMaps()
+        checkContents(tid: liveThread())
         let dirty = memory.dirtyPages()
         memory.clearPinnedDirty()
         emitSweep(reason: reason, dirty: dirty, reportedAgain: true)
@@ -935,6 +938,7 @@ final class ProcessTracker {
         // Re-armed pages may fault again legitimately: forget the race markers (hazards 11, 14).
         for t in threads.keys { threads[t]?.lastSuppressedFault = nil }
         try refreshMaps()
+        checkContents(tid: tid)
         let dirty = memory.dirtyPages()
         var busy = outputsOfBlockedCalls(excluding: tid)
         // A page another thread was sent to un-arm through its trampoline
@@ -965,6 +969,7 @@ final class ProcessTracker {
         }
         memory.clearPinnedDirty()
         memory.clearReadOnlyDirty()
+        copyContents(dirty: dirty, tid: tid)
         publishForGuardian()
         emitSweep(reason: reason, dirty: dirty)
     }
@@ -999,6 +1004,7 @@ final class ProcessTracker {
         finalSweepDone = true
         pendingSweep = nil
         try? refreshMaps()
+        checkContents(tid: liveThread())
         emitSweep(reason: reason, dirty: memory.dirtyPages())
     }
 

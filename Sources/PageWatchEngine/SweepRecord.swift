@@ -67,6 +67,9 @@ public enum LogRecord: Sendable, Equatable {
     /// `pagewatch attach` let go of the process, which runs on (the last line
     /// instead of `end` when the program did not end meanwhile).
     case detach(pid: Int32, sweeps: Int, faults: Int, timeNs: UInt64)
+    /// `--verify-contents`: pages whose contents changed since sweep `seq` − 1
+    /// armed them although no write to them was seen (reported by sweep `seq`).
+    case missed(pid: Int32, seq: Int, pages: Int, ranges: [AddressRange], timeNs: UInt64)
     /// PageWatch stopped tracking this process and let it run on unchanged.
     case untracked(pid: Int32, reason: String, timeNs: UInt64)
     /// `--follow-forks`: a tracked process other than the program ended.

@@ -167,6 +167,7 @@ extension ProcessTracker {
         }
         if let (tid, kind, _) = candidates.first {
             let entry = kind == .entry ? try Arch.readRegisters(tid: tid) : nil
+            checkContents(tid: tid)  // every thread parked: nothing moves
             try giveBackProtections(tid: tid)
             // A write fault pending when the thread was parked arrives during
             // those calls: PageWatch's, its page reported; the write itself

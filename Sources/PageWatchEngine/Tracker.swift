@@ -29,6 +29,9 @@ public struct TrackerConfiguration: Sendable {
     /// the calling thread blocks (a library caller on a worker thread).
     public var standardOutput: Int32 = -1
     public var emptySignalMask = false
+    /// `--verify-contents`: keep a copy of every armed page and report the
+    /// pages whose contents changed with no write reported (`missed` records).
+    public var verifyContents = false
 
     public init(command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,
                 followForks: Bool = false, stackDepth: Int = 16) {
@@ -108,6 +111,8 @@ public final class Tracker {
     var parkedSignals: [Int32: HeldSignal] = [:]
     /// Why tracking is being given up (`giveUpTracking`), once it is.
     var givingUp: String?
+    /// `--verify-contents`: pages found changed with no write reported, in every process.
+    public internal(set) var missedPages = 0
 
     public init(configuration: TrackerConfiguration, emit: @escaping (LogRecord) -> Void) {
         config = configuration

@@ -29,6 +29,11 @@ public enum JSONLines {
             return "{\"type\":\"attach\",\"pid\":\(pid),\"threads\":\(threads),\"time_ns\":\(timeNs)}"
         case let .detach(pid, sweeps, faults, timeNs):
             return "{\"type\":\"detach\",\"pid\":\(pid),\"sweeps\":\(sweeps),\"faults\":\(faults),\"time_ns\":\(timeNs)}"
+        case let .missed(pid, seq, pages, ranges, timeNs):
+            var out = Array("{\"type\":\"missed\",\"pid\":\(pid),\"seq\":\(seq),\"pages\":\(pages),\"ranges\":".utf8)
+            appendRanges(ranges, to: &out)
+            out += ",\"time_ns\":\(timeNs)}".utf8
+            return String(decoding: out, as: UTF8.self)
         case let .untracked(pid, reason, timeNs):
             return "{\"type\":\"untracked\",\"pid\":\(pid),\"reason\":\(string(reason)),\"time_ns\":\(timeNs)}"
         case let .exit(pid, end, sweeps, faults, timeNs):

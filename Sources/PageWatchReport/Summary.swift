@@ -32,6 +32,7 @@ public struct Summary {
         case .attach: attached = true
         case .detach: detached = true
         case let .untracked(p, reason, _): untracked.append("process \(p): tracking stopped: \(reason)")
+        case .missed: break  // said on stderr as it was found
         case .end(_, let e, _, _, _): end = e
         }
     }

@@ -79,6 +79,7 @@ struct Run: ParsableCommand {
             let end = try tracker.run()
             sink.finish()
             if sink.failure != nil { throw ExitCode(1) }
+            if tracker.missedPages > 0 { throw ExitCode(missedWrites(tracker.missedPages)) }
             throw ExitCode(end.shellStatus)
         } catch let error as TraceError {
             if tracker.started { sink.finish() }
@@ -122,6 +123,10 @@ struct TrackingOptions: ParsableArguments {
                              discussion: "A sleeping CPU's wake-up is most of a fault's cost on many VMs; this halves it here, at the price of idle CPUs kept busy system-wide while PageWatch runs (docs/performance.md)."))
     var idlePoll = true
 
+    @Flag(name: .long, help: ArgumentHelp("Check PageWatch itself: keep a copy of every write-protected page and, at each sweep, report the pages whose contents changed with no write seen (missed writes: a stderr line, a `missed` record, exit status 3).",
+                                           discussion: "For programs that do not know their own truth. Costs a read of the tracked memory at each sweep and a copy of it in PageWatch's memory; a write of the same bytes stays invisible."))
+    var verifyContents = false
+
     func validate() throws {
         if IntervalParser.parse(spinWait).map({ $0 > 1_000_000_000 }) ?? true {
             throw ValidationError("invalid --spin-wait '\(spinWait)' (expected 0 or a duration up to 1s: 50us, 200us)")
@@ -149,6 +154,7 @@ struct TrackingOptions: ParsableArguments {
                                      followForks: followForks, stackDepth: stackDepth)
         c.spinNs = IntervalParser.parse(spinWait)!
         c.idlePolling = idlePoll
+        c.verifyContents = verifyContents
         return c
     }
 
@@ -240,6 +246,7 @@ struct Attach: ParsableCommand {
             let end = try tracker.attach(pid: pid)
             sink.finish()
             if sink.failure != nil { return 1 }
+            if tracker.missedPages > 0 { return missedWrites(tracker.missedPages) }
             if case .programEnded(let how) = end {
                 writeAll(STDERR_FILENO, "pagewatch: pid \(pid) ended while attached (status \(how.shellStatus))\n")
                 return how.shellStatus
@@ -313,6 +320,10 @@ final class LogSink {
             // (Not when the log's own failure stopped it: that was said.)
             writeAll(STDERR_FILENO, "pagewatch: pid \(pid): \(reason): tracking stopped; its later writes are not reported\n")
         }
+        if case let .missed(pid, seq, pages, ranges, _) = record, failure == nil {
+            let first = ranges.prefix(3).map { "\($0.start)-\($0.end)" }.joined(separator: ", ")
+            writeAll(STDERR_FILENO, "pagewatch: pid \(pid): missed write: \(pages) page(s) changed with no write seen before sweep \(seq): \(first)\(ranges.count > 3 ? ", ..." : "")\n")
+        }
         guard let fd else { summary.add(record); return }
         guard failure == nil else { return }
         let line = JSONLines.line(record)
@@ -377,4 +388,11 @@ func warning(_ message: String) {
 func fail(_ message: String, hint: String? = nil, status: Int32) -> Never {
     writeAll(STDERR_FILENO, "pagewatch: \(message)\n" + (hint.map { "hint: \($0)\n" } ?? ""))
     exit(status)
+}
+
+/// `--verify-contents` found pages changed with no write seen: one closing
+/// line (each sweep's pages were named already) and exit status 3.
+func missedWrites(_ pages: Int) -> Int32 {
+    writeAll(STDERR_FILENO, "pagewatch: --verify-contents: \(pages) page(s) changed with no write seen; the log's `missed` records name them\n")
+    return 3
 }

@@ -80,7 +80,8 @@ struct Runtime: Sendable, CustomTestStringConvertible {
 /// WebAssembly trap is a SIGSEGV V8 handles), Go (signal stacks on every
 /// thread, SIGURG preemption) and Rust (eight threads) under `pagewatch run`
 /// at depth 0 and at the default depth, and attached and detached three
-/// times: the same output and status as untracked, and pages really tracked.
+/// times: the same output and status as untracked, pages really tracked, and
+/// under `--verify-contents` no page changed with no write seen.
 @Suite(.serialized) struct RealRuntimeTests {
     @Test(arguments: Runtime.all, [0, nil] as [Int?])
     func sameOutputUnderRun(_ runtime: Runtime, depth: Int?) throws {
@@ -89,13 +90,14 @@ struct Runtime: Sendable, CustomTestStringConvertible {
         #expect(untracked.status == 0, "untracked: \(untracked.stderr.suffix(2000))")
         let log = Harness.temporaryPath("runtime-\(runtime.name).jsonl")
         let depthFlag = depth.map { ["--stack-depth", String($0)] } ?? []
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--interval", "100ms", "--output", log] + depthFlag
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--interval", "100ms", "--output", log] + depthFlag
                                       + ["--"] + command, timeout: 600)
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == untracked.status, "pagewatch's stderr: \(tracked.stderr.suffix(3000))")
         let records = try Harness.readLog(log)
         let end = records.last { $0["type"] as? String == "end" }
         #expect(end?["exit_status"] as? Int == 0)
+        #expect(!records.contains { $0["type"] as? String == "missed" })
         // Tracked for real: write faults taken, and pages reported.
         #expect((end?["faults"] as? Int ?? 0) > 100)
         let dirty = records.filter { $0["type"] as? String == "sweep" }.map { $0["dirty_pages"] as? Int ?? 0 }.reduce(0, +)
@@ -111,12 +113,13 @@ struct Runtime: Sendable, CustomTestStringConvertible {
         usleep(800_000)  // past the runtime's start
         for (k, depth) in ["0", "16", "0"].enumerated() {
             let log = Harness.temporaryPath("runtime-attach-\(runtime.name)-\(k).jsonl")
-            let attached = try Harness.run([Harness.pagewatch, "attach", "--duration", "1s", "--interval", "200ms",
+            let attached = try Harness.run([Harness.pagewatch, "attach", "--verify-contents", "--duration", "1s", "--interval", "200ms",
                                             "--stack-depth", depth, "--output", log, String(program.pid)], timeout: 120)
             #expect(attached.status == 0, "attach \(k + 1): \(attached.stderr.suffix(2000))")
             let records = try Harness.readLog(log)
             #expect(records.first?["type"] as? String == "start")
             #expect(records.last?["type"] as? String == "detach", "attach \(k + 1)")
+            #expect(!records.contains { $0["type"] as? String == "missed" }, "attach \(k + 1)")
             let sweeps = records.filter { $0["type"] as? String == "sweep" }
             #expect(sweeps.count >= 2, "attach \(k + 1)")
             #expect(sweeps.map { $0["dirty_pages"] as? Int ?? 0 }.reduce(0, +) > 0, "attach \(k + 1)")
