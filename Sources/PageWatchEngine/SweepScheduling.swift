@@ -53,15 +53,19 @@ extension Tracker {
     }
 
     /// The next stop. With an interrupt outstanding, waits for at most the
-    /// interrupt's patience (polling every millisecond) so that it can be
-    /// sent again; otherwise as before (`Wait.nextSpinning`, which SIGALRM
-    /// from the timer interrupts).
+    /// interrupt's patience so that it can be sent again: polls for
+    /// `Wait.spinNs`, then every 100 us (the other threads' faults wait
+    /// for it meanwhile; no timer is needed, and none may exist when the
+    /// detach was asked by a signal); otherwise as before
+    /// (`Wait.nextSpinning`, which SIGALRM from the timer interrupts).
     func waitForNextStop() throws -> StopEvent? {
         guard interruptOutstanding else { return try Wait.nextSpinning(-1) }
-        let until = monotonicNs() + Self.interruptPatienceNs
+        let now = monotonicNs()
+        let until = now + Self.interruptPatienceNs, spinUntil = now + Wait.spinNs
         repeat {
             if let e = try Wait.poll(-1) { return e }
-            var pause = timespec(tv_sec: 0, tv_nsec: 1_000_000)
+            if monotonicNs() < spinUntil { continue }
+            var pause = timespec(tv_sec: 0, tv_nsec: 100_000)
             nanosleep(&pause, nil)
         } while monotonicNs() < until
         return nil
