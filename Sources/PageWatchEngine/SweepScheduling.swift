@@ -136,5 +136,8 @@ extension ProcessTracker {
             leftWritable = PageSet()
         }
         record.leftWritable = leftWritable.pageCount
+        if Tracker.debug, !leftWritable.isEmpty || !again.isEmpty {
+            trace("  sweep \(record.seq) left writable \(leftWritable.ranges), reported again \(again.ranges)")
+        }
     }
 }
