@@ -125,6 +125,7 @@ extension ProcessTracker {
     /// had reported and left writable. Only sweeps that re-arm leave pages
     /// for the next; a process's last sweep does not.
     func noteRearming(_ record: inout SweepRecord, dirty: PageSet, reportOnly: Bool) {
+        session.timer?.sweepEnded()
         let again = dirty.intersection(leftWritable)
         record.reportedAgain = again.ranges
         record.rearmed = !reportOnly
