@@ -366,6 +366,8 @@ extension ProcessTracker {
             }
             try memoryExit(call, args, result: result, rewritten: rewritten != nil, tid: tid)
             publishForGuardian()
+            // A due sweep waited for this exit (the model is true again): here.
+            try sweepIfPending(in: tid)
             try resume(tid)
         case let .unknown(entry, attempt):
             threads[tid]?.unknownAttempt = 0

@@ -13,6 +13,9 @@ final class ThreadState {
     var inGroupStop = false
     /// A `PTRACE_INTERRUPT` was sent and its stop not yet seen.
     var interruptPending = false
+    /// When a sweep's or the detach's interrupt was last sent to it
+    /// (monotonic ns; 0: not by them): unanswered for long, it is sent again.
+    var interruptSentNs: UInt64 = 0
     /// One was pending at a syscall stop, maybe sent after the thread took
     /// it: the kernel then keeps it, and the next call returns EINTR.
     var interruptMayLinger = false
@@ -110,6 +113,12 @@ final class ProcessTracker {
     /// Addresses inside thread stacks (stack pointers seen at clone), for `--track stack`.
     var stackAnchors: [RemoteAddress] = []
     var pendingSweep: SweepReason?
+    /// Since when the pending sweep waits (`pursuePendingSweep`), with the
+    /// sweep count then (a sweep since: a new one is pending).
+    var sweepPendingSince: (sweeps: Int, ns: UInt64)?
+    /// The pages the last sweep reported and left writable (it could not
+    /// re-arm them): reported again by the next, which says so.
+    var leftWritable = PageSet()
     var sweeps = 0
     /// Threads gone before their parent's clone event was seen (see there).
     var endedBeforeItsCloneEvent: Set<Int32> = []
@@ -461,6 +470,7 @@ final class ProcessTracker {
             return true
         }
         let page = Page.floor(info.faultAddress)
+        if pendingSweep != nil, memory.state(of: page) != .untracked { try sweepAtFault(tid: tid) }
         trace("  fault at \(info.faultAddress): \(memory.state(of: page))")
         switch memory.state(of: page) {
         case .untracked:
@@ -802,15 +812,17 @@ final class ProcessTracker {
     /// thread is safe, the sweep reports without re-arming (`reportOnlySweep`).
     /// Returns false when no thread could be interrupted.
     @discardableResult
-    func requestInterruptIfNeeded() -> Bool {
-        if threads.values.contains(where: \.interruptPending) { return true }
+    func requestInterruptIfNeeded(excluding excluded: Int32? = nil) -> Bool {
+        if excluded == nil, threads.values.contains(where: \.interruptPending) { return true }
+        // Not a thread PageWatch keeps at a stop (`waiting`): it stops nowhere else until let go.
         let candidates = threads.keys.sorted().filter { t in
             let s = threads[t]!
-            return !s.exiting && !s.inGroupStop
+            return t != excluded && !s.exiting && !s.inGroupStop && s.waiting == nil
         }
         for t in candidates where safeToInterrupt(t) {
             if (try? Ptrace.interrupt(t)) != nil {
                 threads[t]?.interruptPending = true
+                threads[t]?.interruptSentNs = monotonicNs()
                 return true
             }
         }
@@ -819,7 +831,8 @@ final class ProcessTracker {
 
     func safeToInterrupt(_ tid: Int32) -> Bool {
         switch ProcFS.activity(pid: pid, tid: tid) {
-        case .running: return true
+        // Sleeping in a page fault: the fault completes, then the thread stops.
+        case .running, .outsideSyscall: return true
         case .unknown: return false
         case let .inSyscall(number, arguments):
             guard let written = Arch.memoryWrittenOnInterruption(number: number, arguments: arguments) else {
@@ -1023,8 +1036,10 @@ final class ProcessTracker {
             // the next interval's first writes (`noteWrite`).
             ledger = WriterLedger()
         }
-        emit(.sweep(SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
-                                ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)))
+        var record = SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
+                                 ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
+        noteRearming(&record, dirty: dirty, reportOnly: reportedAgain)
+        emit(.sweep(record))
         faultsThisInterval = 0
     }
 

@@ -22,6 +22,14 @@ public struct SweepRecord: Sendable, Equatable {
     /// Who wrote the pages (issue 5), most pages first; nil when
     /// attribution is off (`--stack-depth 0`).
     public var sites: [WriteSite]?
+    /// False for a sweep that could re-arm nothing (no thread to run code
+    /// in): its pages stay writable and are reported again.
+    public var rearmed = true
+    /// Pages of this sweep left writable (not re-armed): the next sweep reports them again.
+    public var leftWritable: UInt64 = 0
+    /// The pages of this sweep that the previous one reported and left
+    /// writable: not known to be written again, left out of the dirty rate.
+    public var reportedAgain: [AddressRange] = []
 
     public var dirtyPages: UInt64 { ranges.reduce(0) { $0 + $1.pageCount } }
 

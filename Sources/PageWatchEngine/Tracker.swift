@@ -176,30 +176,16 @@ public final class Tracker {
             // Stops first: a thread waits for us at each one, and a pending
             // sweep is served at the next of them.
             var next = try Wait.poll(-1)
-            if next == nil, awaitingFirstStop.isEmpty, let t = timer, t.takeDue() {
-                // (Not after a process's exit sweep: its threads are exiting.)
-                for p in processes.values where p.end == nil && !p.trackingStopped && !p.finalSweepDone {
-                    p.requestSweep(.interval)
-                }
-            }
-            if next == nil {
-                for p in processes.values.sorted(by: { $0.pid < $1.pid })
-                where p.pendingSweep != nil && !p.threads.values.contains(where: \.interruptPending) {
-                    // No thread safe to stop: report now, re-arm at a later stop.
-                    do {
-                        // Giving up waits for a stop: only there can protections be given back.
-                        if !p.requestInterruptIfNeeded() && !p.givesUpAtSweep { try p.reportOnlySweep(reason: .interval) }
-                    } catch let error as TraceError where p !== main {
-                        trace("  process \(p.pid) vanished during a sweep: \(error)")
-                        p.pendingSweep = nil
-                    }
-                }
-            }
-            if next == nil, let stop = detachCondition() { try startDetach(stop) }
+            // The clock, the deadline and the pending sweeps on every turn,
+            // stops queued or not: a busy program always has a stop queued,
+            // and checked only when none was, sweeps and the detach starved.
+            try scheduleSweeps(stopQueued: next != nil)
+            if let stop = detachCondition() { try startDetach(stop) }
+            if detaching != nil { resendDetachInterrupts() }
             if next == nil, detaching != nil, try finishDetachIfParked() { return }
             if next == nil {
                 setWakeupSignalsBlocked(false)
-                next = try Wait.nextSpinning(-1)
+                next = try waitForNextStop()
                 setWakeupSignalsBlocked(true)
             }
             guard let event = next else { continue }

@@ -72,6 +72,14 @@ public enum JSONLines {
             }
             out.append(UInt8(ascii: "]"))
         }
+        // Added fields (format rule 9), each only when it says something.
+        if !s.rearmed { out += ",\"rearmed\":false".utf8 }
+        if s.leftWritable > 0 { out += ",\"left_writable\":\(s.leftWritable)".utf8 }
+        if !s.reportedAgain.isEmpty {
+            let pages = s.reportedAgain.reduce(UInt64(0)) { $0 + $1.pageCount }
+            out += ",\"reported_again_pages\":\(pages),\"reported_again\":".utf8
+            appendRanges(s.reportedAgain, to: &out)
+        }
         out.append(UInt8(ascii: "}"))
         if newline { out.append(UInt8(ascii: "\n")) }
         return String(decoding: out, as: UTF8.self)

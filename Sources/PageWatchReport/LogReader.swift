@@ -65,6 +65,15 @@ public struct LoggedSweep: Sendable, Equatable {
     public var ranges: [AddressRange]
     /// nil when the log was written with `--stack-depth 0`.
     public var sites: [WriteSite]?
+    /// Added fields (docs/format.md rule 9), their defaults when absent:
+    /// false for a sweep that re-armed nothing; its pages left writable;
+    /// its pages the previous sweep had reported and left writable.
+    public var rearmed = true
+    public var leftWritable: UInt64 = 0
+    public var reportedAgainPages: UInt64 = 0
+    /// The pages written in its interval as far as PageWatch knows: those
+    /// reported again are not known to be (the dirty rate counts these).
+    public var newPages: UInt64 { dirtyPages - min(dirtyPages, reportedAgainPages) }
 
     public init(seq: Int, pid: Int32, reason: String, timeNs: UInt64, dirtyPages: UInt64, faults: Int,
                 ranges: [AddressRange], sites: [WriteSite]?) {
@@ -376,10 +385,16 @@ struct Record {
                 for item in items { parsed.append(try site(item)) }
                 sites = parsed
             }
-            let sweep = LoggedSweep(seq: try integer("seq"), pid: try integer("pid"), reason: try string("reason"),
+            var sweep = LoggedSweep(seq: try integer("seq"), pid: try integer("pid"), reason: try string("reason"),
                                     timeNs: try integer("time_ns"), dirtyPages: try integer("dirty_pages"),
                                     faults: try integer("faults"), ranges: try ranges(fields["ranges"], field: "ranges"),
                                     sites: sites)
+            if let rearmed = fields["rearmed"] {
+                guard let flag = rearmed as? Bool else { throw fail(.wrongType(record: type, field: "rearmed", expected: "a boolean")) }
+                sweep.rearmed = flag
+            }
+            sweep.leftWritable = try optionalInteger("left_writable") ?? 0
+            sweep.reportedAgainPages = try optionalInteger("reported_again_pages") ?? 0
             log.processes[index(sweep.pid, log.startNs)].sweeps.append(sweep)
         case "exec":
             let i = index(try integer("pid"), log.startNs)

@@ -306,6 +306,9 @@ public enum X86_64: Architecture {
         34, 42, 43, 44, 45, 46, 47, 61, 72, 73,  // pause, connect, accept, sendto, recvfrom, sendmsg, recvmsg, wait4, fcntl, flock
         128, 130, 202, 232, 247, 257, 281, 288, 299, 441,
         // rt_sigtimedwait, rt_sigsuspend, futex, epoll_wait, waitid, openat, epoll_pwait, accept4, recvmmsg, epoll_pwait2
+        9, 10, 11, 28,
+        // mmap, mprotect, munmap, madvise: blocked on the mappings' lock in
+        // a busy program (they are not ended by a stop; they write nothing)
     ]
 
     public static func memoryWrittenOnInterruption(number: Int64, arguments a: [UInt64]) -> [AddressRange]? {
