@@ -1,0 +1,241 @@
+internal import CUnwind
+import Glibc
+import PageWatchAddressSpace
+
+/// An ELF file as unwinding needs it, mapped read-only into the tracer once:
+/// its `PT_LOAD` segments and the binary-search table of its `.eh_frame_hdr`
+/// (`PT_GNU_EH_FRAME`). Every read is bounds-checked: a truncated or hostile
+/// file gives no table, never a crash.
+final class UnwindImage {
+    struct Segment {
+        var fileOffset: UInt64
+        var virtualAddress: UInt64
+        var fileSize: UInt64
+        var memorySize: UInt64
+        var executable: Bool
+        var writable: Bool
+    }
+
+    /// `.eh_frame_hdr` at its link-time address, and its table of
+    /// `(initial location, FDE)` pairs, both `DW_EH_PE_datarel | sdata4`.
+    struct SearchTable {
+        var headerAddress: UInt64
+        var tableOffset: UInt64
+        var entries: UInt64
+    }
+
+    let bytes: UnsafeRawBufferPointer
+    let segments: [Segment]
+    /// nil without `.eh_frame_hdr` or with one libunwind cannot search
+    /// (Go's own linker writes only `.debug_frame`): frame pointers then.
+    let searchTable: SearchTable?
+
+    static let PT_LOAD: UInt32 = 1, PT_GNU_EH_FRAME: UInt32 = 0x6474_e550
+    static let PF_X: UInt32 = 1, PF_W: UInt32 = 2
+    /// `DW_EH_PE_datarel | DW_EH_PE_sdata4`: the only table encoding libunwind searches.
+    static let tableEncoding: UInt8 = 0x3b
+
+    /// nil when `fd` is not an ELF64 little-endian file or cannot be mapped.
+    init?(fd: Int32) {
+        var st = stat()
+        guard fstat(fd, &st) == 0, st.st_size >= 64 else { return nil }
+        let size = Int(st.st_size)
+        guard let mapped = mmap(nil, size, PROT_READ, MAP_PRIVATE, fd, 0), mapped != MAP_FAILED else { return nil }
+        let bytes = UnsafeRawBufferPointer(start: mapped, count: size)
+        guard bytes[0] == 0x7f, bytes[1] == 0x45, bytes[2] == 0x4c, bytes[3] == 0x46, bytes[4] == 2, bytes[5] == 1
+        else {
+            munmap(mapped, size)
+            return nil
+        }
+        self.bytes = bytes
+        let phoff = Self.u64(bytes, 0x20) ?? 0
+        let phentsize = UInt64(Self.u16(bytes, 0x36) ?? 0), phnum = UInt64(Self.u16(bytes, 0x38) ?? 0)
+        var segments: [Segment] = []
+        var header: (offset: UInt64, address: UInt64, size: UInt64)?
+        if phentsize >= 56 {
+            for i in 0..<phnum {
+                let at = phoff &+ i &* phentsize
+                guard let type = Self.u32(bytes, at), let flags = Self.u32(bytes, at + 4),
+                      let offset = Self.u64(bytes, at + 8), let vaddr = Self.u64(bytes, at + 16),
+                      let filesz = Self.u64(bytes, at + 32), let memsz = Self.u64(bytes, at + 40) else { break }
+                if type == Self.PT_LOAD {
+                    segments.append(Segment(fileOffset: offset, virtualAddress: vaddr, fileSize: filesz,
+                                            memorySize: memsz, executable: flags & Self.PF_X != 0,
+                                            writable: flags & Self.PF_W != 0))
+                } else if type == Self.PT_GNU_EH_FRAME {
+                    header = (offset, vaddr, filesz)
+                }
+            }
+        }
+        self.segments = segments
+        self.searchTable = header.flatMap { Self.searchTable(bytes, at: $0.offset, address: $0.address, size: $0.size) }
+    }
+
+    deinit { munmap(UnsafeMutableRawPointer(mutating: bytes.baseAddress), bytes.count) }
+
+    /// The load segment holding file offset `offset` as mapped (a mapping
+    /// starts at the page holding the segment's first byte).
+    func segment(mappedAtFileOffset offset: UInt64) -> Segment? {
+        segments.first { s in
+            let first = s.fileOffset & ~(Page.size - 1)
+            return offset >= first && offset < s.fileOffset &+ max(s.fileSize, 1)
+        }
+    }
+
+    /// The header: version 1, the encodings of the `.eh_frame` pointer, of
+    /// the entry count and of the table, then those two values.
+    private static func searchTable(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, address: UInt64,
+                                    size: UInt64) -> SearchTable? {
+        guard let version = u8(bytes, offset), version == 1,
+              let framePointerEncoding = u8(bytes, offset + 1), let countEncoding = u8(bytes, offset + 2),
+              let tableEncoding = u8(bytes, offset + 3), tableEncoding == Self.tableEncoding,
+              let pointerSize = encodedSize(framePointerEncoding), let countSize = encodedSize(countEncoding),
+              countSize > 0, countEncoding & 0x70 == 0 else { return nil }
+        let countAt = offset + 4 + pointerSize
+        let count: UInt64?
+        switch countSize {
+        case 2: count = u16(bytes, countAt).map(UInt64.init)
+        case 4: count = u32(bytes, countAt).map(UInt64.init)
+        default: count = u64(bytes, countAt)
+        }
+        let tableOffset = 4 + pointerSize + countSize
+        guard let entries = count, entries > 0, entries <= (size &- min(size, tableOffset)) / 8,
+              offset + tableOffset + entries * 8 <= UInt64(bytes.count) else { return nil }
+        return SearchTable(headerAddress: address, tableOffset: tableOffset, entries: entries)
+    }
+
+    /// Bytes of a DWARF pointer encoding's value; nil for one a header cannot use.
+    private static func encodedSize(_ encoding: UInt8) -> UInt64? {
+        if encoding == 0xff { return 0 }  // DW_EH_PE_omit
+        switch encoding & 0x0f {
+        case 0x00, 0x04, 0x0c: return 8  // absptr, udata8, sdata8
+        case 0x02, 0x0a: return 2
+        case 0x03, 0x0b: return 4
+        default: return nil
+        }
+    }
+
+    private static func load<T: FixedWidthInteger>(_ bytes: UnsafeRawBufferPointer, _ at: UInt64, as: T.Type) -> T? {
+        let n = UInt64(MemoryLayout<T>.size)
+        guard at <= UInt64(bytes.count), n <= UInt64(bytes.count) - at else { return nil }
+        return T(littleEndian: bytes.loadUnaligned(fromByteOffset: Int(at), as: T.self))
+    }
+    private static func u8(_ b: UnsafeRawBufferPointer, _ at: UInt64) -> UInt8? { load(b, at, as: UInt8.self) }
+    private static func u16(_ b: UnsafeRawBufferPointer, _ at: UInt64) -> UInt16? { load(b, at, as: UInt16.self) }
+    private static func u32(_ b: UnsafeRawBufferPointer, _ at: UInt64) -> UInt32? { load(b, at, as: UInt32.self) }
+    private static func u64(_ b: UnsafeRawBufferPointer, _ at: UInt64) -> UInt64? { load(b, at, as: UInt64.self) }
+}
+
+/// The ELF files of a tracing session's processes, each opened and parsed
+/// once, keyed by the identity `/proc/PID/maps` gives a mapping (path,
+/// device, inode): fork children and later `exec`s share libc's. Not
+/// thread-safe: the tracer thread's.
+public final class UnwindImageCache {
+    struct Key: Hashable {
+        var path: String
+        var device: String
+        var inode: UInt64
+
+        init(_ m: Mapping) {
+            path = m.path
+            device = m.device
+            inode = m.inode
+        }
+    }
+
+    /// nil: the file could not be opened as the one mapped (replaced, not ELF).
+    private var images: [Key: UnwindImage?] = [:]
+    /// Files opened and parsed, for tests and measurements.
+    public private(set) var loads = 0
+
+    public init() {}
+
+    /// The image of `mapping`'s file in process `pid`: through
+    /// `/proc/PID/root` (the process may live in another mount namespace or
+    /// chroot), else by path; only when its inode is the mapping's.
+    func image(of mapping: Mapping, pid: Int32) -> UnwindImage? {
+        let key = Key(mapping)
+        if let known = images[key] { return known }
+        loads += 1
+        var image: UnwindImage?
+        for path in ["/proc/\(pid)/root\(mapping.path)", mapping.path] {
+            let fd = open(path, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            var st = stat()
+            guard fstat(fd, &st) == 0, UInt64(st.st_ino) == mapping.inode else { continue }
+            image = UnwindImage(fd: fd)
+            break
+        }
+        images[key] = .some(image)
+        return image
+    }
+
+    /// Drops the images no process uses any more (only this cache holds them).
+    func dropUnused() {
+        for (key, image) in images {
+            guard var held = image else { continue }
+            if isKnownUniquelyReferenced(&held) { images[key] = nil }
+        }
+    }
+
+    public var count: Int { images.count }
+}
+
+/// One process's unwind tables as handed to the C accessors: a module per
+/// mapped executable segment (where its `.eh_frame_hdr` table is in the
+/// tracee), and a window per mapped read-only segment (the tracee's bytes
+/// are the file's, read from the tracer's mapping of it without a syscall).
+/// Built from a maps snapshot and the session's image cache: rebuilding
+/// after a change of the maps opens no file already known.
+struct UnwindTables {
+    var modules: [cu_module] = []
+    var windows: [cu_file_window] = []
+    /// The images the windows point into, kept alive while handed to C.
+    var images: [UnwindImage] = []
+
+    init() {}
+
+    init(maps: [Mapping], pid: Int32, cache: UnwindImageCache) {
+        var used: [ObjectIdentifier: UnwindImage] = [:]
+        // Only files with code are read: a data file mapped read-only is none of unwinding's business.
+        let withCode = Set(maps.filter { $0.isFileBacked && $0.protection.contains(.execute) }.map(UnwindImageCache.Key.init))
+        for mapping in maps where mapping.isFileBacked && !mapping.isDeleted && !mapping.protection.contains(.write) {
+            guard withCode.contains(UnwindImageCache.Key(mapping)) else { continue }
+            guard let image = cache.image(of: mapping, pid: pid),
+                  let segment = image.segment(mappedAtFileOffset: mapping.offset) else { continue }
+            used[ObjectIdentifier(image)] = image
+            // Where the file's link-time addresses are in this process.
+            let bias = mapping.range.start.value &- (segment.virtualAddress &+ mapping.offset &- segment.fileOffset)
+            let segmentStart = bias &+ segment.virtualAddress
+            if !segment.writable {
+                let start = max(mapping.range.start.value, segmentStart)
+                let end = min(mapping.range.end.value, segmentStart &+ segment.fileSize)
+                let fileStart = segment.fileOffset &+ (start &- segmentStart)
+                if start < end, fileStart <= UInt64(image.bytes.count), end - start <= UInt64(image.bytes.count) - fileStart {
+                    windows.append(cu_file_window(start: start, end: end,
+                                                  bytes: UnsafeRawPointer(image.bytes.baseAddress! + Int(fileStart))))
+                }
+            }
+            guard mapping.protection.contains(.execute), segment.executable else { continue }
+            let start = max(mapping.range.start.value, segmentStart)
+            let end = min(mapping.range.end.value, segmentStart &+ segment.memorySize)
+            guard start < end else { continue }
+            var module = cu_module(start_ip: start, end_ip: end, segbase: 0, table_data: 0, table_len: 0)
+            if let table = image.searchTable {
+                module.segbase = bias &+ table.headerAddress
+                module.table_data = module.segbase &+ table.tableOffset
+                module.table_len = table.entries  // one 8-byte entry a word
+            }
+            modules.append(module)
+        }
+        modules.sort { $0.start_ip < $1.start_ip }
+        windows.sort { $0.start < $1.start }
+        images = Array(used.values)
+    }
+
+    /// The module holding `ip`, for tests.
+    func module(at ip: UInt64) -> cu_module? {
+        modules.first { $0.start_ip <= ip && ip < $0.end_ip }
+    }
+}
