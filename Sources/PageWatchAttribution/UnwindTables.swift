@@ -14,6 +14,12 @@ final class UnwindImage {
         var memorySize: UInt64
         var executable: Bool
         var writable: Bool
+
+        /// Whether a mapping starting at file offset `offset` can be this
+        /// segment's (it starts at the page holding the segment's first byte).
+        func maps(fileOffset offset: UInt64) -> Bool {
+            offset >= fileOffset & ~(Page.size - 1) && offset < fileOffset &+ max(fileSize, 1)
+        }
     }
 
     /// `.eh_frame_hdr` at its link-time address, and its table of
@@ -73,14 +79,6 @@ final class UnwindImage {
 
     deinit { munmap(UnsafeMutableRawPointer(mutating: bytes.baseAddress), bytes.count) }
 
-    /// The load segment holding file offset `offset` as mapped (a mapping
-    /// starts at the page holding the segment's first byte).
-    func segment(mappedAtFileOffset offset: UInt64) -> Segment? {
-        segments.first { s in
-            let first = s.fileOffset & ~(Page.size - 1)
-            return offset >= first && offset < s.fileOffset &+ max(s.fileSize, 1)
-        }
-    }
 
     /// The header: version 1, the encodings of the `.eh_frame` pointer, of
     /// the entry count and of the table, then those two values.
@@ -192,46 +190,69 @@ struct UnwindTables {
     var modules: [cu_module] = []
     var windows: [cu_file_window] = []
     /// The images the windows point into, kept alive while handed to C.
-    var images: [UnwindImage] = []
+    private(set) var images: [UnwindImage] = []
 
     init() {}
 
     init(maps: [Mapping], pid: Int32, cache: UnwindImageCache) {
-        var used: [ObjectIdentifier: UnwindImage] = [:]
-        // Only files with code are read: a data file mapped read-only is none of unwinding's business.
-        let withCode = Set(maps.filter { $0.isFileBacked && $0.protection.contains(.execute) }.map(UnwindImageCache.Key.init))
-        for mapping in maps where mapping.isFileBacked && !mapping.isDeleted && !mapping.protection.contains(.write) {
-            guard withCode.contains(UnwindImageCache.Key(mapping)) else { continue }
-            guard let image = cache.image(of: mapping, pid: pid),
-                  let segment = image.segment(mappedAtFileOffset: mapping.offset) else { continue }
-            used[ObjectIdentifier(image)] = image
-            // Where the file's link-time addresses are in this process.
-            let bias = mapping.range.start.value &- (segment.virtualAddress &+ mapping.offset &- segment.fileOffset)
-            let segmentStart = bias &+ segment.virtualAddress
-            if !segment.writable {
-                let start = max(mapping.range.start.value, segmentStart)
-                let end = min(mapping.range.end.value, segmentStart &+ segment.fileSize)
-                let fileStart = segment.fileOffset &+ (start &- segmentStart)
-                if start < end, fileStart <= UInt64(image.bytes.count), end - start <= UInt64(image.bytes.count) - fileStart {
+        // The mappings of each file with code; a data file mapped read-only is none of unwinding's business.
+        var files: [UnwindImageCache.Key: [Mapping]] = [:]
+        for m in maps where m.isFileBacked && !m.isDeleted { files[UnwindImageCache.Key(m), default: []].append(m) }
+        for (_, mappings) in files where mappings.contains(where: { $0.protection.contains(.execute) }) {
+            guard let image = cache.image(of: mappings[0], pid: pid) else { continue }
+            images.append(image)
+            add(image, mappings)
+        }
+        modules.sort { $0.start_ip < $1.start_ip }
+        windows.sort { $0.start < $1.start }
+        // Never overlapping (C searches them by halving): a later one overlapping is dropped.
+        windows = windows.reduce(into: []) { kept, w in
+            if kept.last.map({ $0.end <= w.start }) ?? true { kept.append(w) }
+        }
+        modules = modules.reduce(into: []) { kept, m in
+            if kept.last.map({ $0.end_ip <= m.start_ip }) ?? true { kept.append(m) }
+        }
+    }
+
+    /// A file's modules and windows. Its load bias (where its link-time
+    /// addresses are) comes from an executable mapping and the executable
+    /// segment it maps: the file offset alone is ambiguous, since lld starts
+    /// the code segment in the page that ends the read-only one, so both
+    /// mappings start at file offset 0. A read-only segment is a window where
+    /// a mapping translates addresses to file offsets as the segment does.
+    private mutating func add(_ image: UnwindImage, _ mappings: [Mapping]) {
+        var biases: [UInt64] = []
+        for m in mappings where m.protection.contains(.execute) {
+            for s in image.segments where s.executable && s.maps(fileOffset: m.offset) {
+                let bias = m.range.start.value &- m.offset &- s.virtualAddress &+ s.fileOffset
+                let start = max(m.range.start.value, bias &+ s.virtualAddress)
+                let end = min(m.range.end.value, bias &+ s.virtualAddress &+ s.memorySize)
+                guard start < end else { continue }
+                if !biases.contains(bias) { biases.append(bias) }
+                var module = cu_module(start_ip: start, end_ip: end, segbase: 0, table_data: 0, table_len: 0)
+                if let table = image.searchTable {
+                    module.segbase = bias &+ table.headerAddress
+                    module.table_data = module.segbase &+ table.tableOffset
+                    module.table_len = table.entries  // one 8-byte entry a word
+                }
+                modules.append(module)
+            }
+        }
+        let size = UInt64(image.bytes.count)
+        for m in mappings where !m.protection.contains(.write) {
+            for bias in biases {
+                for s in image.segments where !s.writable
+                    && m.range.start.value &- m.offset == bias &+ s.virtualAddress &- s.fileOffset {
+                    let segmentStart = bias &+ s.virtualAddress
+                    let start = max(m.range.start.value, segmentStart)
+                    let end = min(m.range.end.value, segmentStart &+ s.fileSize)
+                    let fileStart = s.fileOffset &+ (start &- segmentStart)
+                    guard start < end, fileStart <= size, end - start <= size - fileStart else { continue }
                     windows.append(cu_file_window(start: start, end: end,
                                                   bytes: UnsafeRawPointer(image.bytes.baseAddress! + Int(fileStart))))
                 }
             }
-            guard mapping.protection.contains(.execute), segment.executable else { continue }
-            let start = max(mapping.range.start.value, segmentStart)
-            let end = min(mapping.range.end.value, segmentStart &+ segment.memorySize)
-            guard start < end else { continue }
-            var module = cu_module(start_ip: start, end_ip: end, segbase: 0, table_data: 0, table_len: 0)
-            if let table = image.searchTable {
-                module.segbase = bias &+ table.headerAddress
-                module.table_data = module.segbase &+ table.tableOffset
-                module.table_len = table.entries  // one 8-byte entry a word
-            }
-            modules.append(module)
         }
-        modules.sort { $0.start_ip < $1.start_ip }
-        windows.sort { $0.start < $1.start }
-        images = Array(used.values)
     }
 
     /// The module holding `ip`, for tests.
