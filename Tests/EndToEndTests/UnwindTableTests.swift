@@ -107,3 +107,76 @@ import Testing
         }
     }
 }
+
+/// A Go program at the default depth: Go's linker writes no `.eh_frame_hdr`,
+/// so its frames come from frame pointers (libunwind's fallback when the
+/// module table has no table for the IP), and quickly (the unwinder opens no
+/// file per fault). Its stacks name the writer and its callers up to the
+/// goroutine's root.
+@Suite(.serialized) struct GoStackTests {
+    static let source = """
+        package main
+
+        import "fmt"
+
+        //go:noinline
+        func fill(m map[int][]int, round int) int {
+        	sum := 0
+        	for i := 0; i < 500; i++ {
+        		v := make([]int, 512)
+        		for j := range v {
+        			v[j] = i*j + round
+        		}
+        		m[(i*7919+round)%5000] = v
+        		sum += v[511]
+        	}
+        	return sum
+        }
+
+        func main() {
+        	m := map[int][]int{}
+        	total := 0
+        	for round := 0; round < 20; round++ {
+        		total += fill(m, round)
+        	}
+        	fmt.Println("total", total, "entries", len(m))
+        }
+        """
+
+    @Test func stacksThroughFramePointers() throws {
+        let go = ["/usr/bin/go", "/usr/lib/go/bin/go", "/usr/local/go/bin/go"].first {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }
+        let compiler = try #require(go, "Go is installed by scripts/install-deps.sh (golang-go)")
+        let directory = Harness.temporaryPath("go-stacks")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        try Self.source.write(toFile: directory + "/main.go", atomically: true, encoding: .utf8)
+        let program = directory + "/churn"
+        let build = try Harness.run(["/usr/bin/env", "GOCACHE=\(directory)/cache", "GOPATH=\(directory)/gopath",
+                                     "GO111MODULE=off", compiler, "build", "-o", program, directory + "/main.go"],
+                                    timeout: 300)
+        #expect(build.status == 0, "\(build.stderr)")
+        guard build.status == 0 else { return }
+
+        let untracked = try Harness.run([program])
+        #expect(untracked.status == 0)
+        let log = Harness.temporaryPath("go-stacks.jsonl")
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--output", log, "--", program], timeout: 300)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == untracked.status, "pagewatch's stderr: \(tracked.stderr.suffix(2000))")
+        let stacks = try Harness.readLog(log).filter { $0["type"] as? String == "sweep" }
+            .flatMap { $0["sites"] as? [[String: Any]] ?? [] }
+            .map { ($0["frames"] as? [[String: Any]] ?? []).map { $0["function"] as? String ?? "?" } }
+        // fill's own stores, and the runtime's work for it (makeslice, map
+        // growth), each with fill's callers beneath it, in order.
+        let throughFill = stacks.filter { $0.contains("main.fill") }
+        #expect(!throughFill.isEmpty, "\(stacks.prefix(10))")
+        for frames in throughFill {
+            let at = frames.firstIndex(of: "main.fill")!
+            let chain = Array(frames[at...].prefix(4))
+            #expect(chain.prefix(3) == ["main.fill", "main.main", "runtime.main"]
+                        && chain.count == 4 && chain[3].hasPrefix("runtime.goexit"), "\(frames)")
+        }
+        #expect(throughFill.contains { $0.first == "main.fill" })
+    }
+}
