@@ -115,14 +115,16 @@ public final class Unwinder {
 
     /// Call when the program unmapped `range` (`munmap` returned): the
     /// modules there leave the table, and the session forgets files no
-    /// process maps any more. No maps read.
+    /// process maps any more. No maps read; nothing flushed when only
+    /// anonymous memory went (heap churn).
     public func unmapped(_ range: AddressRange) {
-        guard var current = maps else { return }
-        var changed = false
+        guard let current = maps else { return }
+        var changed = false, filesChanged = false
         var kept: [Mapping] = []
         for m in current {
             guard m.range.overlaps(range) else { kept.append(m); continue }
             changed = true
+            filesChanged = filesChanged || m.isFileBacked
             if m.range.start < range.start {
                 var below = m
                 below.range.end = range.start
@@ -136,10 +138,13 @@ public final class Unwinder {
             }
         }
         guard changed else { return }
-        current = kept
+        guard filesChanged else {
+            maps = kept
+            return
+        }
         // Cached unwind info and pages of what was there are dropped with it.
         cu_unwinder_flush(unwinder)
-        use(maps: current)
+        use(maps: kept)
         images.dropUnused()
     }
 
