@@ -126,7 +126,9 @@ final class UnwindImage {
 
 /// The ELF files of a tracing session's processes, each opened and parsed
 /// once, keyed by the identity `/proc/PID/maps` gives a mapping (path,
-/// device, inode): fork children and later `exec`s share libc's. Not
+/// device, inode): fork children and later `exec`s share libc's. Held weakly:
+/// a file stays parsed while some process's table uses it, so a file no
+/// process maps any more (unmapped, or its processes gone) is let go. Not
 /// thread-safe: the tracer thread's.
 public final class UnwindImageCache {
     struct Key: Hashable {
@@ -141,8 +143,13 @@ public final class UnwindImageCache {
         }
     }
 
-    /// nil: the file could not be opened as the one mapped (replaced, not ELF).
-    private var images: [Key: UnwindImage?] = [:]
+    private struct WeakImage {
+        weak var image: UnwindImage?
+    }
+
+    private var images: [Key: WeakImage] = [:]
+    /// Files that could not be opened as the one mapped (replaced, not ELF): not tried again.
+    private var unreadable: Set<Key> = []
     /// Files opened and parsed, for tests and measurements.
     public private(set) var loads = 0
 
@@ -153,7 +160,8 @@ public final class UnwindImageCache {
     /// chroot), else by path; only when its inode is the mapping's.
     func image(of mapping: Mapping, pid: Int32) -> UnwindImage? {
         let key = Key(mapping)
-        if let known = images[key] { return known }
+        if let known = images[key]?.image { return known }
+        guard !unreadable.contains(key) else { return nil }
         loads += 1
         var image: UnwindImage?
         for path in ["/proc/\(pid)/root\(mapping.path)", mapping.path] {
@@ -165,19 +173,17 @@ public final class UnwindImageCache {
             image = UnwindImage(fd: fd)
             break
         }
-        images[key] = .some(image)
+        if let image { images[key] = WeakImage(image: image) } else { unreadable.insert(key) }
         return image
     }
 
-    /// Drops the images no process uses any more (only this cache holds them).
+    /// Forgets the entries of files no process uses any more.
     func dropUnused() {
-        for (key, image) in images {
-            guard var held = image else { continue }
-            if isKnownUniquelyReferenced(&held) { images[key] = nil }
-        }
+        images = images.filter { $0.value.image != nil }
     }
 
-    public var count: Int { images.count }
+    /// The files parsed and still in use.
+    public var count: Int { images.values.filter { $0.image != nil }.count }
 }
 
 /// One process's unwind tables as handed to the C accessors: a module per

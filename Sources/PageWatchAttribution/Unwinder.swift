@@ -79,6 +79,9 @@ public final class Unwinder {
     deinit {
         for handle in threads.values { cu_thread_destroy(handle) }
         cu_unwinder_destroy(unwinder)
+        // The process exited or exec'd: the session forgets the files only it mapped.
+        tables = UnwindTables()
+        images.dropUnused()
     }
 
     /// The instruction pointers of `tid`'s stack, innermost first: the first

@@ -48,6 +48,26 @@ import PageWatchPtrace
         #expect(unwinder.modules.count < before)
         #expect(!unwinder.modules.contains { $0.range.overlaps(libcRange) })
         #expect(images.count == loads)
+        // With both unwinders gone the session keeps no file.
+        withExtendedLifetime(again) {}
+        withExtendedLifetime(unwinder) {}
+    }
+
+    @Test func theSessionForgetsFilesWithTheirLastUnwinder() throws {
+        let f = try live.launchToStop(AttributionTests.fixture("fx_callsites"), mode: "stop", signal: Signal.SIGSTOP)
+        defer { _ = try? live.finish(f) }
+        let images = UnwindImageCache()
+        var first: Unwinder? = try Unwinder(pid: f.pid, images: images)
+        var second: Unwinder? = try Unwinder(pid: f.pid, images: images)
+        #expect(first?.callStack(tid: f.pid, maxDepth: 64).isEmpty == false)
+        #expect(second?.callStack(tid: f.pid, maxDepth: 64).isEmpty == false)
+        let count = images.count
+        #expect(count >= 2)
+        first = nil
+        #expect(images.count == count)  // the second still maps them
+        second = nil
+        #expect(images.count == 0)
+        _ = (first, second)
     }
 
     @Test func aFileWithoutEhFrameHdrGetsAModuleWithoutATable() throws {
