@@ -3,6 +3,9 @@
 #include "cunwind.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <libunwind-ptrace.h>
@@ -16,6 +19,8 @@
 // 256 pages (1 MiB) per process: a deep stack plus the .eh_frame_hdr and
 // .eh_frame pages of a few dozen modules.
 #define CU_SLOTS 256u
+// Unreadable pages remembered per call stack.
+#define CU_REFUSED 4u
 
 struct cu_page {
     uint64_t base;
@@ -45,6 +50,12 @@ struct cu_unwinder {
     size_t window_count;
     cu_module_miss miss;
     void *miss_context;
+    // /proc/PID/mem, opened at the first page process_vm_readv refuses; -1
+    // before, -2 when it cannot be opened.
+    int mem_fd;
+    // Pages neither could read, during the call stack of their generation.
+    uint64_t refused[CU_REFUSED], refused_generation[CU_REFUSED];
+    unsigned refused_next;
     cu_stats stats;
 };
 
@@ -135,15 +146,59 @@ static struct cu_page *victim_for(cu_unwinder *u, uint64_t base)
          : a;
 }
 
+static int refused_page(const cu_unwinder *u, uint64_t base)
+{
+    for (unsigned i = 0; i < CU_REFUSED; i++)
+        if (u->refused[i] == base && u->refused_generation[i] == u->generation)
+            return 1;
+    return 0;
+}
+
+// A page process_vm_readv refused: PROT_NONE memory (a frame pointer that
+// points into a reservation, as V8's JIT frames give libunwind's fallback)
+// can still be read through /proc/PID/mem, as ptrace reads it, in one call
+// rather than a PTRACE_PEEKDATA a word; kept for this call stack only (its
+// protection may change). A page that cannot be read at all is remembered
+// for the call stack, so each word of it does not cost two failed syscalls.
+static const struct cu_page *forced_page(cu_unwinder *u, struct cu_page *v, uint64_t base)
+{
+    if (u->mem_fd == -1) {
+        char path[48];
+        snprintf(path, sizeof path, "/proc/%d/mem", (int)u->pid);
+        u->mem_fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (u->mem_fd < 0)
+            u->mem_fd = -2;
+    }
+    ssize_t got = -1;
+    if (u->mem_fd >= 0) {
+        u->stats.forced_page_reads++;
+        got = pread(u->mem_fd, v->bytes, CU_PAGE_SIZE, (off_t)base);
+    }
+    if (got != (ssize_t)CU_PAGE_SIZE) {
+        u->refused[u->refused_next] = base;
+        u->refused_generation[u->refused_next] = u->generation;
+        u->refused_next = (u->refused_next + 1) % CU_REFUSED;
+        return NULL;
+    }
+    u->stats.page_fills++;
+    v->base = base;
+    v->generation = u->generation;
+    v->stable = 0;
+    v->used = 1;
+    return v;
+}
+
 // The cached page at `base`, read with process_vm_readv on a miss (with up
-// to CU_READ_AHEAD per-call pages after it); NULL when the page cannot be
-// read that way (unmapped, or not readable: PROT_NONE). Two-way set
-// associative: a stack page does not evict the .eh_frame page it collides with.
+// to CU_READ_AHEAD per-call pages after it), else through /proc/PID/mem
+// (forced_page); NULL when the page cannot be read at all (unmapped). Two-way
+// set associative: a stack page does not evict the .eh_frame page it collides with.
 static const struct cu_page *page_at(cu_unwinder *u, uint64_t base)
 {
     struct cu_page *hit = cached_page(u, base);
     if (hit != NULL)
         return hit;
+    if (refused_page(u, base))
+        return NULL;
     int stable = stable_range(u, base) >= 0;
     struct cu_page *victims[1 + CU_READ_AHEAD];
     struct iovec local[1 + CU_READ_AHEAD];
@@ -162,7 +217,7 @@ static const struct cu_page *page_at(cu_unwinder *u, uint64_t base)
     ssize_t got = process_vm_readv(u->pid, local, count, &remote, 1, 0);
     u->stats.page_reads++;
     if (got < (ssize_t)CU_PAGE_SIZE)
-        return NULL;
+        return forced_page(u, victims[0], base);
     for (size_t k = 0; k < count && (size_t)got >= (k + 1) * CU_PAGE_SIZE; k++) {
         u->stats.page_fills++;
         victims[k]->base = base + k * CU_PAGE_SIZE;
@@ -340,6 +395,7 @@ cu_unwinder *cu_unwinder_create(int32_t pid)
         return NULL;
     u->pid = pid;
     u->generation = 1;
+    u->mem_fd = -1;
     u->pages = calloc(CU_SLOTS, sizeof *u->pages);
     u->as = unw_create_addr_space(&cached_accessors, 0);
     if (u->pages == NULL || u->as == NULL) {
@@ -362,6 +418,8 @@ void cu_unwinder_destroy(cu_unwinder *u)
     free(u->stable_ends);
     free(u->modules);
     free(u->windows);
+    if (u->mem_fd >= 0)
+        close(u->mem_fd);
     free(u);
 }
 

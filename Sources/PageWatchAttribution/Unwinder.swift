@@ -40,6 +40,8 @@ public struct UnwinderStatistics: Sendable, Equatable {
     /// Of those, IPs outside every module with code (anonymous memory, or a
     /// module mapped since the table was made).
     public var moduleMisses: UInt64
+    /// Pages `process_vm_readv` refused (`PROT_NONE`), read through `/proc/PID/mem`.
+    public var forcedPageReads: UInt64
 }
 
 /// The call stacks of the threads of one traced process, unwound with
@@ -163,7 +165,7 @@ public final class Unwinder {
                                   wordPeeks: s.word_peeks,
                                   procInfoMemoryReads: s.proc_info_memory_reads, registerReads: s.register_reads,
                                   windowReads: s.window_reads, tableLookups: s.table_lookups,
-                                  moduleMisses: s.module_misses)
+                                  moduleMisses: s.module_misses, forcedPageReads: s.forced_page_reads)
     }
 
     /// The modules with code in the table handed to C, as (start, end, has

@@ -33,6 +33,7 @@ typedef struct cu_stats {
     uint64_t window_reads;          ///< of memory_reads, those served from a file window (cu_set_modules)
     uint64_t table_lookups;         ///< find_proc_info calls answered from the module table
     uint64_t module_misses;         ///< of those, IPs outside every module (the miss callback was asked)
+    uint64_t forced_page_reads;     ///< pages process_vm_readv refused, read through /proc/PID/mem (PROT_NONE)
 } cu_stats;
 
 /// NULL when out of memory or when libunwind refuses the address space.
