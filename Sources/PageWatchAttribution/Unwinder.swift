@@ -70,12 +70,15 @@ public final class Unwinder {
     /// next miss does not read them until the mappings change, so code in
     /// anonymous memory (JIT) never costs a maps read per fault.
     private var missedSinceChange = false
+    /// The thread whose `/proc/TID/maps` is read: the last one unwound.
+    private var mapsReader: Int32
 
     public init(pid: Int32, images: UnwindImageCache = UnwindImageCache()) throws {
         guard let u = cu_unwinder_create(pid) else { throw AttributionError.unwinderUnavailable(pid: pid) }
         self.pid = pid
         self.unwinder = u
         self.images = images
+        self.mapsReader = pid
     }
 
     deinit {
@@ -92,7 +95,9 @@ public final class Unwinder {
     /// the thread is gone or its stack cannot be unwound at all.
     public func callStack(tid: Int32, maxDepth: Int) -> [UInt64] {
         guard maxDepth > 0 else { return [] }
-        if maps == nil { use(maps: (try? ProcFS.maps(of: pid)) ?? []) }
+        // Through the thread: once the main thread has exited, /proc/PID/maps is empty.
+        mapsReader = tid
+        if maps == nil { use(maps: (try? ProcFS.maps(of: tid)) ?? []) }
         guard let thread = handle(for: tid) else { return [] }
         let depth = Int32(clamping: maxDepth)
         var ips = [UInt64](repeating: 0, count: Int(depth))
@@ -185,7 +190,7 @@ public final class Unwinder {
     private func use(maps: [Mapping]) {
         self.maps = maps
         setStableRanges(from: maps)
-        let tables = UnwindTables(maps: maps, pid: pid, cache: images)
+        let tables = UnwindTables(maps: maps, pid: mapsReader, cache: images)
         let context = Unmanaged.passUnretained(self).toOpaque()
         let status = tables.modules.withUnsafeBufferPointer { modules in
             tables.windows.withUnsafeBufferPointer { windows in
@@ -208,7 +213,7 @@ public final class Unwinder {
         guard !missedSinceChange, let known = maps,
               !known.contains(where: { $0.range.contains(RemoteAddress(ip)) }) else { return false }
         missedSinceChange = true
-        guard let fresh = try? ProcFS.maps(of: pid), fresh != known else { return false }
+        guard let fresh = try? ProcFS.maps(of: mapsReader), fresh != known else { return false }
         use(maps: fresh)
         return true
     }
