@@ -102,6 +102,25 @@ import PageWatchPtrace
         }
     }
 
+    /// A stack page the program made PROT_NONE (here: injected mprotect):
+    /// process_vm_readv refuses it, /proc/PID/mem reads it, the stack is the same.
+    @Test func aProtNonePageIsReadThroughProcMem() throws {
+        let f = try live.launchToStop(AttributionTests.fixture("fx_callsites"), mode: "stop", signal: Signal.SIGSTOP)
+        defer { _ = try? live.finish(f) }
+        let expected = try Unwinder(pid: f.pid).callStack(tid: f.pid, maxDepth: 64)
+        #expect(expected.count > 6)
+        let sp = HostArchitecture.stackPointer(try HostArchitecture.readRegisters(tid: f.pid))
+        let page = AddressRange(start: Page.floor(sp), end: Page.floor(sp) + Page.size)
+        let injector = try RemoteSyscall.bootstrap(in: f.pid).0
+        _ = try injector.mprotect(page, [], in: f.pid)
+        let unwinder = try Unwinder(pid: f.pid)
+        let stack = unwinder.callStack(tid: f.pid, maxDepth: 64)
+        _ = try injector.mprotect(page, [.read, .write], in: f.pid)
+        #expect(stack == expected)
+        #expect(unwinder.statistics.forcedPageReads > 0, "\(unwinder.statistics)")
+        #expect(unwinder.statistics.wordPeeks == 0, "\(unwinder.statistics)")
+    }
+
     func readFile(_ path: String) throws -> [UInt8] {
         let fd = open(path, O_RDONLY)
         guard fd >= 0 else { throw TestFailure("open \(path): \(errno)") }
