@@ -34,3 +34,13 @@ if ! command -v swift >/dev/null 2>&1; then
     fi
     exit 1
 fi
+
+# lld links fx_lld_callsites (the unwinder's test of lld's segment layout);
+# Swift toolchains ship it beside swiftc, else Debian's package provides it.
+swift_bin=$(dirname "$(readlink -f "$(command -v swift)")")
+if [ ! -x "$swift_bin/ld.lld" ] && ! command -v ld.lld >/dev/null 2>&1; then
+    echo "install-deps: installing lld" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends lld >/dev/null
+fi

@@ -401,7 +401,10 @@ extension ProcessTracker {
         }
         switch call {
         case .munmap:
-            if !failed { memory.forget(range(a[0], a[1])) }
+            if !failed {
+                memory.forget(range(a[0], a[1]))
+                unwinder?.unmapped(range(a[0], a[1]))
+            }
         case .mmap:
             guard !failed else { return }
             let mapped = range(UInt64(bitPattern: result), a[1])

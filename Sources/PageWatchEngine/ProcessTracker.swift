@@ -201,7 +201,7 @@ final class ProcessTracker {
     /// attribution is off.
     func writer(_ kernel: String?, tid: Int32) -> Writer {
         guard config.stackDepth > 0 else { return Writer(kernel: kernel, stack: []) }
-        if unwinder == nil { unwinder = try? Unwinder(pid: pid) }
+        if unwinder == nil { unwinder = try? Unwinder(pid: pid, images: session.unwindImages) }
         return Writer(kernel: kernel, stack: unwinder?.callStack(tid: tid, maxDepth: config.stackDepth) ?? [])
     }
 

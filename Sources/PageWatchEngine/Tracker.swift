@@ -88,6 +88,8 @@ public final class Tracker {
     var unclassified: Set<Int32> = []
     /// Names writers' instruction pointers at sweeps, cached across processes.
     let symbolizer = Symbolizer()
+    /// The ELF files the processes' unwinders parsed, shared across forks and execs.
+    let unwindImages = UnwindImageCache()
     /// The program runs and the start record is out.
     public internal(set) var started = false
     /// `PTRACE_CONT` in launch mode (the seccomp filter picks the syscalls),
