@@ -49,6 +49,8 @@ public final class Unwinder {
     private var threads: [Int32: UnsafeMutableRawPointer] = [:]
     /// The stable ranges come from `/proc/PID/maps`, read again lazily after a change.
     private var stableRangesAreCurrent = false
+    /// The `UserfaultRanges.generation` the C side's guarded ranges come from.
+    private var guardedGeneration: UInt64?
 
     public init(pid: Int32) throws {
         guard let u = cu_unwinder_create(pid) else { throw AttributionError.unwinderUnavailable(pid: pid) }
@@ -68,6 +70,7 @@ public final class Unwinder {
     public func callStack(tid: Int32, maxDepth: Int) -> [UInt64] {
         guard maxDepth > 0 else { return [] }
         if !stableRangesAreCurrent { loadStableRanges() }
+        if guardedGeneration != UserfaultRanges.generation { loadGuardedRanges() }
         guard let thread = handle(for: tid) else { return [] }
         let depth = Int32(clamping: maxDepth)
         var ips = [UInt64](repeating: 0, count: Int(depth))
@@ -119,6 +122,18 @@ public final class Unwinder {
     /// nothing is stable, which is merely slower.
     private func loadStableRanges() {
         setStableRanges(from: (try? ProcFS.maps(of: pid)) ?? [])
+    }
+
+    /// Where the program's own userfaultfd would be asked: libunwind may
+    /// read anywhere a frame points (a saved frame pointer that is really
+    /// data), and there `process_vm_readv` would wait for the program's
+    /// handler thread, which may be held at a ptrace stop.
+    private func loadGuardedRanges() {
+        let ranges = UserfaultRanges.all
+        let starts = ranges.map(\.start.value), ends = ranges.map(\.end.value)
+        if cu_set_guarded_ranges(unwinder, starts, ends, ranges.count) == 0 {
+            guardedGeneration = UserfaultRanges.generation
+        }
     }
 
     private func setStableRanges(from maps: [Mapping]) {

@@ -13,6 +13,8 @@ enum PendingSyscallExit {
     /// `rt_sigaction(SIGSEGV, act, …)`: `act` as read at the entry, the
     /// program's SIGSEGV action once the call succeeds.
     case segvAction([UInt8])
+    /// `UFFDIO_UNREGISTER` of the range: PageWatch may read there once it succeeded.
+    case userfaultfdUnregister(AddressRange)
 }
 
 /// Launch mode's syscall interception (issue 3): a seccomp filter stops the
@@ -93,6 +95,8 @@ extension ProcessTracker {
             let strict = call == .seccomp ? args[0] == 0 : args[1] == 1
             if try ownSeccompFilterEntry(strict: strict, program: args[2], tid: tid) { return }
             try resume(tid, exit: call == .prctl ? .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0) : nil)
+        case .ioctl where UserfaultfdIoctl.isUserfaultfd(args[1]):
+            try userfaultfdIoctlEntry(args, tid: tid)
         case .rseq:
             // Hazard 3: the kernel writes the area on every return to user space.
             if args[2] & 1 == 0, args[0] != 0 {  // registration, not RSEQ_FLAG_UNREGISTER
@@ -358,6 +362,8 @@ extension ProcessTracker {
         case .segvAction(let action):
             if result == 0 { segvAction = action }
             try resume(tid)
+        case .userfaultfdUnregister(let range):
+            try userfaultfdUnregisterExit(range, result: result, tid: tid)
         case let .memory(call, args, rewritten):
             trace("  exit of \(call): \(result)")
             if let rewritten {
@@ -393,6 +399,7 @@ extension ProcessTracker {
 
     func memoryExit(_ call: Syscall, _ a: [UInt64], result: Int64, rewritten: Bool, tid: Int32) throws {
         let failed = result < 0 && result > -4096
+        userfaultfdMemoryExit(call, a, result: result)
         func range(_ start: UInt64, _ length: UInt64) -> AddressRange {
             AddressRange(start: RemoteAddress(start), end: RemoteAddress(start) + length).pageAligned
         }

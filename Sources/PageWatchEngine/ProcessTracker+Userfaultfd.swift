@@ -1,0 +1,130 @@
+import PageWatchAddressSpace
+import PageWatchPtrace
+
+/// The program's own userfaultfd. Its ioctls are recognised by their
+/// command's type byte, 0xAA, which the kernel's ioctl registry gives
+/// userfaultfd alone (so no descriptor is followed from `userfaultfd(2)` or
+/// `/dev/userfaultfd` to its ioctls).
+///
+/// Two things matter to PageWatch:
+/// - `UFFDIO_REGISTER` (missing or minor mode) makes a range where a read
+///   of a page that is not there waits for the program's handler thread:
+///   PageWatch's own reads must never go there (`UserfaultRanges`).
+/// - `UFFDIO_COPY`, `ZEROPAGE`, `CONTINUE`, `POISON` and `MOVE` put pages
+///   into the program's memory: the kernel writing on the program's behalf.
+///   No store faults (a copy into an armed page installs it read-only), so
+///   the destination is un-armed at the call's entry and counted dirty,
+///   written by `[kernel] UFFDIO_COPY` (and so on), like a syscall's output.
+enum UserfaultfdIoctl {
+    static let type: UInt64 = 0xAA
+
+    static func isUserfaultfd(_ command: UInt64) -> Bool { (command >> 8) & 0xff == type }
+
+    static let names: [UInt64: String] = [
+        0x00: "UFFDIO_REGISTER", 0x01: "UFFDIO_UNREGISTER", 0x02: "UFFDIO_WAKE", 0x03: "UFFDIO_COPY",
+        0x04: "UFFDIO_ZEROPAGE", 0x05: "UFFDIO_MOVE", 0x06: "UFFDIO_WRITEPROTECT", 0x07: "UFFDIO_CONTINUE",
+        0x08: "UFFDIO_POISON", 0x3F: "UFFDIO_API",
+    ]
+
+    /// What the call does, decoded from its argument struct (`raw`, read
+    /// at the entry: it lives in the caller's memory, not in a registered range).
+    struct Decoded {
+        var name: String
+        /// Program memory the kernel writes: destinations, and the struct's result field.
+        var writes: [AddressRange] = []
+        /// `UFFDIO_REGISTER`: the range and mode.
+        var registers: (range: AddressRange, mode: UInt64)?
+        /// `UFFDIO_UNREGISTER`: the range, taken out once the call succeeds.
+        var unregisters: AddressRange?
+    }
+
+    /// nil when the struct could not be read whole.
+    static func decode(_ command: UInt64, argument: UInt64, raw: [UInt8]) -> Decoded? {
+        let nr = command & 0xff, size = Int((command >> 16) & 0x3fff)
+        guard raw.count == size else { return nil }
+        func word(_ offset: Int) -> UInt64 { offset + 8 <= raw.count ? littleEndian(raw, at: offset) : 0 }
+        func block(_ start: UInt64, _ length: UInt64) -> [AddressRange] {
+            guard start != 0, length > 0, start &+ length > start else { return [] }
+            return [AddressRange(start, start &+ length)]
+        }
+        /// The struct's own field the kernel writes its result to.
+        func field(_ offset: Int) -> [AddressRange] { block(argument &+ UInt64(offset), 8) }
+        var d = Decoded(name: names[nr] ?? "userfaultfd ioctl 0x\(String(nr, radix: 16))")
+        switch nr {
+        case 0x00:  // struct uffdio_register { range { start, len }, mode, ioctls }
+            d.registers = (AddressRange(word(0), word(0) &+ word(8)), word(16))
+            d.writes = field(24)
+        case 0x01:  // struct uffdio_range (declared _IOR, but only read)
+            d.unregisters = AddressRange(word(0), word(0) &+ word(8))
+        case 0x02, 0x06:  // WAKE, WRITEPROTECT: no memory written
+            break
+        case 0x03:  // struct uffdio_copy { dst, src, len, mode, copy }
+            d.writes = block(word(0), word(16)) + field(32)
+        case 0x05:  // struct uffdio_move { dst, src, len, mode, move }: the source pages leave too
+            d.writes = block(word(0), word(16)) + block(word(8), word(16)) + field(32)
+        case 0x04, 0x07, 0x08:  // ZEROPAGE, CONTINUE, POISON: { range, mode, result }
+            d.writes = block(word(0), word(8)) + field(24)
+        case 0x3F:  // struct uffdio_api: features and ioctls written back
+            d.writes = block(argument, UInt64(size))
+        default:  // a newer command: what its encoding says it writes back
+            d.writes = command >> 30 & 2 != 0 ? block(argument, UInt64(size)) : []
+        }
+        return d
+    }
+}
+
+extension ProcessTracker {
+    /// An ioctl on the program's userfaultfd, at its entry (launch mode's
+    /// seccomp stop, attach mode's syscall-entry stop).
+    func userfaultfdIoctlEntry(_ args: [UInt64], tid: Int32) throws {
+        let command = args[1] & 0xffff_ffff, argument = args[2]
+        let size = Int((command >> 16) & 0x3fff)
+        let raw = (try? Ptrace.readMemory(tid, RemoteAddress(argument), count: size)) ?? []
+        guard let call = UserfaultfdIoctl.decode(command, argument: argument, raw: raw) else {
+            // Unreadable: the kernel cannot read it either and fails the call.
+            try resume(tid)
+            return
+        }
+        trace("  \(call.name) \(call.writes)")
+        if let (range, mode) = call.registers {
+            // Before the call runs: from its first instant no read of PageWatch may go there.
+            UserfaultRanges.register(range, mode: mode, pid: pid)
+        }
+        if !call.writes.isEmpty {
+            let kernel = writer(call.name, tid: tid)
+            for range in call.writes { try unarmForKernel(range, by: kernel, tid: tid) }
+            // The call may not have run before this thread stops again: no sweep re-arms them meanwhile.
+            threads[tid]?.callOutputs = PageSet(call.writes.map(\.pageAligned))
+        }
+        try resume(tid, exit: call.unregisters.map { .userfaultfdUnregister($0) })
+    }
+
+    /// `UFFDIO_UNREGISTER`'s exit: reads may go there again once it succeeded.
+    func userfaultfdUnregisterExit(_ range: AddressRange, result: Int64, tid: Int32) throws {
+        if result == 0 { UserfaultRanges.remove(range, pid: pid) }
+        try resume(tid)
+    }
+
+    /// The exit of one of the program's memory calls: a mapping that goes
+    /// takes its registration with it; `mremap` may carry it to the new
+    /// place (`UFFD_FEATURE_EVENT_REMAP`), so the new range counts as
+    /// registered when the old one was.
+    func userfaultfdMemoryExit(_ call: Syscall, _ a: [UInt64], result: Int64) {
+        guard result >= 0 || result <= -4096, !UserfaultRanges.ranges(of: pid).isEmpty else { return }
+        func range(_ start: UInt64, _ length: UInt64) -> AddressRange {
+            AddressRange(start: RemoteAddress(start), end: RemoteAddress(start) + length).pageAligned
+        }
+        switch call {
+        case .munmap:
+            UserfaultRanges.remove(range(a[0], a[1]), pid: pid)
+        case .mmap:
+            UserfaultRanges.remove(range(UInt64(bitPattern: result), a[1]), pid: pid)
+        case .mremap:
+            let old = range(a[0], a[1])
+            guard UserfaultRanges.ranges(of: pid).contains(where: { $0.overlaps(old) }) else { return }
+            UserfaultRanges.register(range(UInt64(bitPattern: result), a[2]), mode: UserfaultRanges.modeMissing, pid: pid)
+        default:
+            break
+        }
+    }
+}
