@@ -15,6 +15,10 @@ enum PendingSyscallExit {
     case segvAction([UInt8])
     /// `UFFDIO_UNREGISTER` of the range: PageWatch may read there once it succeeded.
     case userfaultfdUnregister(AddressRange)
+    /// A call whose outputs could not all be learned at the entry: a
+    /// structure naming them (an iovec array, a msghdr) lies on a page the
+    /// program's userfaultfd handler had not yet supplied.
+    case userfaultfdUndecoded(entry: HostArchitecture.Registers, attempt: Int)
 }
 
 /// Launch mode's syscall interception (issue 3): a seccomp filter stops the
@@ -114,7 +118,12 @@ extension ProcessTracker {
                     if args[0] == UInt64(Signal.SIGSEGV) { newSegvAction = action }
                 }
             }
-            let outputs = SyscallOutputs(read: { a, n in (try? Ptrace.readMemory(tid, a, count: n)) ?? [] })
+            var refusedForUserfault = false
+            let outputs = SyscallOutputs(read: { a, n in
+                let bytes = (try? Ptrace.readMemory(tid, a, count: n)) ?? []
+                if bytes.count < n, UserfaultRanges.overlaps(a, count: n) { refusedForUserfault = true }
+                return bytes
+            })
             guard let ranges = outputs.ranges(call, args) else {
                 try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
                 return
@@ -128,7 +137,9 @@ extension ProcessTracker {
             }
             // A new SIGSEGV action counts once the call succeeded; until then
             // faults wait (`memoryCallInFlight`): a reset is judged against it.
-            try resume(tid, exit: newSegvAction.map { .segvAction($0) })
+            let undecoded = refusedForUserfault ? PendingSyscallExit.userfaultfdUndecoded(
+                entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0) : nil
+            try resume(tid, exit: newSegvAction.map { .segvAction($0) } ?? undecoded)
         }
     }
 
@@ -364,6 +375,8 @@ extension ProcessTracker {
             try resume(tid)
         case .userfaultfdUnregister(let range):
             try userfaultfdUnregisterExit(range, result: result, tid: tid)
+        case let .userfaultfdUndecoded(entry, attempt):
+            try userfaultfdUndecodedExit(entry: entry, attempt: attempt, result: result, tid: tid)
         case let .memory(call, args, rewritten):
             trace("  exit of \(call): \(result)")
             if let rewritten {

@@ -128,3 +128,31 @@ extension ProcessTracker {
         }
     }
 }
+
+extension ProcessTracker {
+    /// The exit of a call whose outputs were named by memory PageWatch could
+    /// not read at the entry without asking the program's handler. The
+    /// kernel read that memory for the call (the handler supplied it), so
+    /// it can be read now. An EFAULT (the kernel's copy hit an armed page)
+    /// is undone: the outputs, decoded again, are un-armed and the call
+    /// runs again, as for a call PageWatch cannot decode at all.
+    func userfaultfdUndecodedExit(entry: Arch.Registers, attempt: Int, result: Int64, tid: Int32) throws {
+        threads[tid]?.unknownAttempt = 0
+        let nr = Arch.syscallNumber(entry)
+        guard result == -Int64(Errno.EFAULT.rawValue), attempt < 8, let call = Arch.syscall(number: nr) else {
+            try resume(tid)
+            return
+        }
+        let outputs = SyscallOutputs(read: { a, n in (try? Ptrace.readMemory(tid, a, count: n)) ?? [] })
+        let ranges = outputs.ranges(call, Arch.syscallArguments(entry)) ?? []
+        guard ranges.contains(where: { !memory.armedPieces(in: $0).isEmpty }) else {
+            try resume(tid)
+            return
+        }
+        let kernel = writer(call.rawValue, tid: tid)
+        for range in ranges { try unarmForKernel(range, by: kernel, tid: tid) }
+        threads[tid]?.unknownAttempt = attempt + 1
+        try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid)
+        try resume(tid)
+    }
+}
