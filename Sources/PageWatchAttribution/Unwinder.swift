@@ -70,7 +70,7 @@ public final class Unwinder {
     public func callStack(tid: Int32, maxDepth: Int) -> [UInt64] {
         guard maxDepth > 0 else { return [] }
         if !stableRangesAreCurrent { loadStableRanges() }
-        if guardedGeneration != UserfaultRanges.generation { loadGuardedRanges() }
+        if guardedGeneration != UserfaultRanges.shared.generation { loadGuardedRanges() }
         guard let thread = handle(for: tid) else { return [] }
         let depth = Int32(clamping: maxDepth)
         var ips = [UInt64](repeating: 0, count: Int(depth))
@@ -129,10 +129,10 @@ public final class Unwinder {
     /// data), and there `process_vm_readv` would wait for the program's
     /// handler thread, which may be held at a ptrace stop.
     private func loadGuardedRanges() {
-        let ranges = UserfaultRanges.all
+        let ranges = UserfaultRanges.shared.all
         let starts = ranges.map(\.start.value), ends = ranges.map(\.end.value)
         if cu_set_guarded_ranges(unwinder, starts, ends, ranges.count) == 0 {
-            guardedGeneration = UserfaultRanges.generation
+            guardedGeneration = UserfaultRanges.shared.generation
         }
     }
 

@@ -121,7 +121,7 @@ extension ProcessTracker {
             var refusedForUserfault = false
             let outputs = SyscallOutputs(read: { a, n in
                 let bytes = (try? Ptrace.readMemory(tid, a, count: n)) ?? []
-                if bytes.count < n, UserfaultRanges.overlaps(a, count: n) { refusedForUserfault = true }
+                if bytes.count < n, UserfaultRanges.shared.overlaps(a, count: n) { refusedForUserfault = true }
                 return bytes
             })
             guard let ranges = outputs.ranges(call, args) else {

@@ -11,10 +11,15 @@ import PageWatchPtrace
 ///   of a page that is not there waits for the program's handler thread:
 ///   PageWatch's own reads must never go there (`UserfaultRanges`).
 /// - `UFFDIO_COPY`, `ZEROPAGE`, `CONTINUE`, `POISON` and `MOVE` put pages
-///   into the program's memory: the kernel writing on the program's behalf.
-///   No store faults (a copy into an armed page installs it read-only), so
-///   the destination is un-armed at the call's entry and counted dirty,
-///   written by `[kernel] UFFDIO_COPY` (and so on), like a syscall's output.
+///   into the program's memory: the kernel writing on the program's behalf,
+///   written by `[kernel] UFFDIO_COPY` (and so on). No store faults: a page
+///   filled in an armed (read-only) range is installed read-only, and the
+///   call succeeds. So a filled page is counted dirty at the call's entry
+///   and stays armed: the program's own later store faults as usual, and no
+///   `mprotect` per filled page splits the mapping (a program filling
+///   thousands of pages would otherwise run into `vm.max_map_count`).
+///   `UFFDIO_MOVE` wants the same protection at both ends: its source and
+///   destination are un-armed, like a syscall's output buffers.
 enum UserfaultfdIoctl {
     static let type: UInt64 = 0xAA
 
@@ -30,8 +35,11 @@ enum UserfaultfdIoctl {
     /// at the entry: it lives in the caller's memory, not in a registered range).
     struct Decoded {
         var name: String
-        /// Program memory the kernel writes: destinations, and the struct's result field.
+        /// Program memory the kernel writes with its ordinary copy-out (the
+        /// struct's result field) or wants writable (`MOVE`'s ends): un-armed.
         var writes: [AddressRange] = []
+        /// Pages the call fills: counted dirty, left armed.
+        var fills: [AddressRange] = []
         /// `UFFDIO_REGISTER`: the range and mode.
         var registers: (range: AddressRange, mode: UInt64)?
         /// `UFFDIO_UNREGISTER`: the range, taken out once the call succeeds.
@@ -59,11 +67,13 @@ enum UserfaultfdIoctl {
         case 0x02, 0x06:  // WAKE, WRITEPROTECT: no memory written
             break
         case 0x03:  // struct uffdio_copy { dst, src, len, mode, copy }
-            d.writes = block(word(0), word(16)) + field(32)
+            d.fills = block(word(0), word(16))
+            d.writes = field(32)
         case 0x05:  // struct uffdio_move { dst, src, len, mode, move }: the source pages leave too
             d.writes = block(word(0), word(16)) + block(word(8), word(16)) + field(32)
         case 0x04, 0x07, 0x08:  // ZEROPAGE, CONTINUE, POISON: { range, mode, result }
-            d.writes = block(word(0), word(8)) + field(24)
+            d.fills = block(word(0), word(8))
+            d.writes = field(24)
         case 0x3F:  // struct uffdio_api: features and ioctls written back
             d.writes = block(argument, UInt64(size))
         default:  // a newer command: what its encoding says it writes back
@@ -85,23 +95,38 @@ extension ProcessTracker {
             try resume(tid)
             return
         }
-        trace("  \(call.name) \(call.writes)")
+        trace("  \(call.name) fills \(call.fills) writes \(call.writes)")
         if let (range, mode) = call.registers {
             // Before the call runs: from its first instant no read of PageWatch may go there.
-            UserfaultRanges.register(range, mode: mode, pid: pid)
+            UserfaultRanges.shared.register(range, mode: mode, pid: pid)
         }
-        if !call.writes.isEmpty {
+        if !call.writes.isEmpty || !call.fills.isEmpty {
             let kernel = writer(call.name, tid: tid)
             for range in call.writes { try unarmForKernel(range, by: kernel, tid: tid) }
-            // The call may not have run before this thread stops again: no sweep re-arms them meanwhile.
-            threads[tid]?.callOutputs = PageSet(call.writes.map(\.pageAligned))
+            for range in call.fills { countFilled(range, by: kernel, tid: tid) }
+            // The call may not have run before this thread stops again: a
+            // sweep meanwhile leaves these pages dirty (reported again),
+            // or a fill landing after it would go unseen.
+            threads[tid]?.callOutputs = PageSet((call.writes + call.fills).map(\.pageAligned))
         }
         try resume(tid, exit: call.unregisters.map { .userfaultfdUnregister($0) })
     }
 
+    /// The tracked pages of `range` are written by the kernel: dirty, armed or not.
+    func countFilled(_ range: AddressRange, by writer: Writer, tid: Int32) {
+        memory.markDirty(range.pageAligned)
+        for piece in memory.trackedPieces(in: range) {
+            var page = piece.range.start
+            while page < piece.range.end {
+                noteWrite(page, by: writer, fault: false, tid: tid)
+                page = page + Page.size
+            }
+        }
+    }
+
     /// `UFFDIO_UNREGISTER`'s exit: reads may go there again once it succeeded.
     func userfaultfdUnregisterExit(_ range: AddressRange, result: Int64, tid: Int32) throws {
-        if result == 0 { UserfaultRanges.remove(range, pid: pid) }
+        if result == 0 { UserfaultRanges.shared.remove(range, pid: pid) }
         try resume(tid)
     }
 
@@ -110,19 +135,19 @@ extension ProcessTracker {
     /// place (`UFFD_FEATURE_EVENT_REMAP`), so the new range counts as
     /// registered when the old one was.
     func userfaultfdMemoryExit(_ call: Syscall, _ a: [UInt64], result: Int64) {
-        guard result >= 0 || result <= -4096, !UserfaultRanges.ranges(of: pid).isEmpty else { return }
+        guard result >= 0 || result <= -4096, !UserfaultRanges.shared.ranges(of: pid).isEmpty else { return }
         func range(_ start: UInt64, _ length: UInt64) -> AddressRange {
             AddressRange(start: RemoteAddress(start), end: RemoteAddress(start) + length).pageAligned
         }
         switch call {
         case .munmap:
-            UserfaultRanges.remove(range(a[0], a[1]), pid: pid)
+            UserfaultRanges.shared.remove(range(a[0], a[1]), pid: pid)
         case .mmap:
-            UserfaultRanges.remove(range(UInt64(bitPattern: result), a[1]), pid: pid)
+            UserfaultRanges.shared.remove(range(UInt64(bitPattern: result), a[1]), pid: pid)
         case .mremap:
             let old = range(a[0], a[1])
-            guard UserfaultRanges.ranges(of: pid).contains(where: { $0.overlaps(old) }) else { return }
-            UserfaultRanges.register(range(UInt64(bitPattern: result), a[2]), mode: UserfaultRanges.modeMissing, pid: pid)
+            guard UserfaultRanges.shared.ranges(of: pid).contains(where: { $0.overlaps(old) }) else { return }
+            UserfaultRanges.shared.register(range(UInt64(bitPattern: result), a[2]), mode: UserfaultRanges.modeMissing, pid: pid)
         default:
             break
         }

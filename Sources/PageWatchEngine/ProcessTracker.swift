@@ -174,7 +174,7 @@ final class ProcessTracker {
         copy.stackAnchors = stackAnchors
         copy.onStackSignals = onStackSignals
         copy.segvAction = segvAction
-        UserfaultRanges.forked(from: pid, child: child)
+        UserfaultRanges.shared.forked(from: pid, child: child)
         let state = ThreadState()
         state.altStack = threads[tid]?.altStack
         state.altStackKnown = threads[tid]?.altStackKnown ?? true
@@ -688,7 +688,7 @@ final class ProcessTracker {
         threads[pid]?.rseqKnown = false
         threads[pid]?.completingSyscall = completing
         memory.reset()
-        UserfaultRanges.forget(pid: pid)  // a new address space
+        UserfaultRanges.shared.forget(pid: pid)  // a new address space
         stackAnchors = []
         faultsThisInterval = 0
         ledger = WriterLedger()

@@ -179,7 +179,7 @@ public enum Ptrace {
     /// program's own userfaultfd would be asked for a page, a read that
     /// would wait for its handler fails instead (`UserfaultRanges`).
     public static func readMemory(_ pid: Int32, _ address: RemoteAddress, count: Int) throws -> [UInt8] {
-        if UserfaultRanges.overlaps(address, count: count) {
+        if UserfaultRanges.shared.overlaps(address, count: count) {
             return try readMemoryAskingNoHandler(pid, address, count: count)
         }
         var buffer = [UInt8](repeating: 0, count: count)

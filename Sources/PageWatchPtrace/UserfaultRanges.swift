@@ -18,12 +18,19 @@ import PageWatchAddressSpace
 /// recorded: reads never wait on it.
 ///
 /// Kept per process (its pid); the check is against the union of all
-/// processes, which only makes some reads take the slower path.
-public enum UserfaultRanges {
-    nonisolated(unsafe) private static var byProcess: [Int32: PageSet] = [:]
-    nonisolated(unsafe) private static var union = PageSet()
+/// processes, which only makes some reads take the slower path. One
+/// registry for the tracer (`UserfaultRanges.shared`), used from the
+/// tracer thread only.
+public struct UserfaultRanges: Sendable {
+    private var byProcess: [Int32: PageSet] = [:]
+    private var union = PageSet()
     /// Changes whenever `all` does (the unwinder copies the ranges to C).
-    nonisolated(unsafe) public private(set) static var generation: UInt64 = 0
+    public private(set) var generation: UInt64 = 0
+
+    public init() {}
+
+    /// The tracer's registry, which `Ptrace.readMemory` consults.
+    nonisolated(unsafe) public static var shared = UserfaultRanges()
 
     /// `uffdio_register.mode` bits.
     public static let modeMissing: UInt64 = 1
@@ -31,21 +38,21 @@ public enum UserfaultRanges {
     public static let modeMinor: UInt64 = 4
 
     /// Every range of every process where a read could ask a handler.
-    public static var all: [AddressRange] { union.ranges }
+    public var all: [AddressRange] { union.ranges }
 
     /// The ranges of process `pid`.
-    public static func ranges(of pid: Int32) -> [AddressRange] { byProcess[pid]?.ranges ?? [] }
+    public func ranges(of pid: Int32) -> [AddressRange] { byProcess[pid]?.ranges ?? [] }
 
     /// A `UFFDIO_REGISTER` of `range` with `mode` in process `pid` (noted
     /// before the call runs: a failed call leaves a superset, which is safe).
-    public static func register(_ range: AddressRange, mode: UInt64, pid: Int32) {
-        guard mode & (modeMissing | modeMinor) != 0, !range.isEmpty else { return }
+    public mutating func register(_ range: AddressRange, mode: UInt64, pid: Int32) {
+        guard mode & (Self.modeMissing | Self.modeMinor) != 0, !range.isEmpty else { return }
         byProcess[pid, default: PageSet()].insert(range.pageAligned)
         changed()
     }
 
     /// The range no longer asks a handler in `pid` (`UFFDIO_UNREGISTER`, munmap).
-    public static func remove(_ range: AddressRange, pid: Int32) {
+    public mutating func remove(_ range: AddressRange, pid: Int32) {
         guard var set = byProcess[pid], !set.intersection(range.pageAligned).isEmpty else { return }
         set.remove(range.pageAligned)
         byProcess[pid] = set.isEmpty ? nil : set
@@ -53,7 +60,7 @@ public enum UserfaultRanges {
     }
 
     /// `pid` exec'd (a new address space) or is gone.
-    public static func forget(pid: Int32) {
+    public mutating func forget(pid: Int32) {
         guard byProcess.removeValue(forKey: pid) != nil else { return }
         changed()
     }
@@ -61,21 +68,21 @@ public enum UserfaultRanges {
     /// A fork child: with `UFFD_FEATURE_EVENT_FORK` its copy of the ranges
     /// is registered with a new userfaultfd the parent's handler serves;
     /// without, they are not registered at all. Taken as registered.
-    public static func forked(from parent: Int32, child: Int32) {
+    public mutating func forked(from parent: Int32, child: Int32) {
         guard let set = byProcess[parent] else { return }
         byProcess[child, default: PageSet()].formUnion(set)
         changed()
     }
 
     /// Whether `[address, address + count)` overlaps a range of any process.
-    public static func overlaps(_ address: RemoteAddress, count: Int) -> Bool {
+    public func overlaps(_ address: RemoteAddress, count: Int) -> Bool {
         guard !union.isEmpty, count > 0 else { return false }
         let end = address.value &+ UInt64(count)
         guard end > address.value else { return true }
         return !union.intersection(AddressRange(start: address, end: RemoteAddress(end))).isEmpty
     }
 
-    private static func changed() {
+    private mutating func changed() {
         var u = PageSet()
         for set in byProcess.values { u.formUnion(set) }
         union = u
@@ -103,9 +110,9 @@ public enum UserfaultRanges {
     }
 
     /// Learns what `pid` registered before PageWatch came (attach).
-    public static func learn(pid: Int32) {
+    public mutating func learn(pid: Int32) {
         guard let text = try? ProcFS.read("/proc/\(pid)/smaps", pid: pid) else { return }
-        for range in registered(inSmaps: text) { register(range, mode: modeMissing, pid: pid) }
+        for range in Self.registered(inSmaps: text) { register(range, mode: Self.modeMissing, pid: pid) }
     }
 }
 

@@ -5,8 +5,7 @@ import PageWatchAddressSpace
 
 /// Where the program's own userfaultfd would be asked, and the reads kept out of it.
 @Suite(.serialized) struct UserfaultRangesTests {
-    /// A pid no process has: the registry is global.
-    let pid: Int32 = -7_000_001
+    let pid: Int32 = 1000
 
     @Test func smapsVmFlagsNameTheRegisteredMappings() {
         let smaps = """
@@ -28,25 +27,25 @@ import PageWatchAddressSpace
     }
 
     @Test func registeredRangesComeAndGo() {
-        defer { UserfaultRanges.forget(pid: pid); UserfaultRanges.forget(pid: pid - 1) }
+        var ranges = UserfaultRanges()
         let base: UInt64 = 0x3770_0000_0000
-        let before = UserfaultRanges.generation
-        UserfaultRanges.register(AddressRange(base, base + 0x4000), mode: UserfaultRanges.modeWriteProtect, pid: pid)
-        #expect(!UserfaultRanges.overlaps(RemoteAddress(base), count: 8))
-        #expect(UserfaultRanges.generation == before)
-        UserfaultRanges.register(AddressRange(base, base + 0x4000), mode: UserfaultRanges.modeMissing, pid: pid)
-        #expect(UserfaultRanges.generation != before)
-        #expect(UserfaultRanges.overlaps(RemoteAddress(base + 0x3ff8), count: 8))
-        #expect(UserfaultRanges.overlaps(RemoteAddress(base - 4), count: 8))  // straddles the start
-        #expect(!UserfaultRanges.overlaps(RemoteAddress(base - 8), count: 8))
-        #expect(!UserfaultRanges.overlaps(RemoteAddress(base + 0x4000), count: 8))
-        UserfaultRanges.forked(from: pid, child: pid - 1)
-        UserfaultRanges.remove(AddressRange(base, base + 0x2000), pid: pid)
-        #expect(UserfaultRanges.ranges(of: pid) == [AddressRange(base + 0x2000, base + 0x4000)])
-        #expect(UserfaultRanges.ranges(of: pid - 1) == [AddressRange(base, base + 0x4000)])
-        UserfaultRanges.forget(pid: pid - 1)
-        #expect(!UserfaultRanges.overlaps(RemoteAddress(base), count: 8))
-        #expect(UserfaultRanges.overlaps(RemoteAddress(base + 0x2000), count: 8))
+        let before = ranges.generation
+        ranges.register(AddressRange(base, base + 0x4000), mode: UserfaultRanges.modeWriteProtect, pid: pid)
+        #expect(!ranges.overlaps(RemoteAddress(base), count: 8))
+        #expect(ranges.generation == before)
+        ranges.register(AddressRange(base, base + 0x4000), mode: UserfaultRanges.modeMissing, pid: pid)
+        #expect(ranges.generation != before)
+        #expect(ranges.overlaps(RemoteAddress(base + 0x3ff8), count: 8))
+        #expect(ranges.overlaps(RemoteAddress(base - 4), count: 8))  // straddles the start
+        #expect(!ranges.overlaps(RemoteAddress(base - 8), count: 8))
+        #expect(!ranges.overlaps(RemoteAddress(base + 0x4000), count: 8))
+        ranges.forked(from: pid, child: pid - 1)
+        ranges.remove(AddressRange(base, base + 0x2000), pid: pid)
+        #expect(ranges.ranges(of: pid) == [AddressRange(base + 0x2000, base + 0x4000)])
+        #expect(ranges.ranges(of: pid - 1) == [AddressRange(base, base + 0x4000)])
+        ranges.forget(pid: pid - 1)
+        #expect(!ranges.overlaps(RemoteAddress(base), count: 8))
+        #expect(ranges.overlaps(RemoteAddress(base + 0x2000), count: 8))
     }
 
     /// The path that never asks a handler reads what process_vm_readv reads,
@@ -54,7 +53,8 @@ import PageWatchAddressSpace
     @Test func readingWithoutAskingAHandlerReadsTheSame() throws {
         let size = 2 * 4096
         let p = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)!
-        defer { munmap(p, size) }
+        var mapped = size
+        defer { munmap(p, mapped) }  // not the page unmapped below: another thread may have it by now
         let bytes = p.assumingMemoryBound(to: UInt8.self)
         for i in 0..<4096 { bytes[i] = UInt8(truncatingIfNeeded: i &* 7) }
         let at = RemoteAddress(UInt64(UInt(bitPattern: p)))
@@ -64,6 +64,7 @@ import PageWatchAddressSpace
         #expect(viaMem.count == 96)
         // The second page unmapped: a short read, then an error.
         munmap(p + 4096, 4096)
+        mapped = 4096
         #expect(try Ptrace.readMemoryAskingNoHandler(getpid(), at + 4000, count: 200).count == 96)
         #expect(throws: TraceError.self) { try Ptrace.readMemoryAskingNoHandler(getpid(), at + 4096, count: 8) }
     }
