@@ -61,4 +61,38 @@ import Testing
         #expect(writers.contains("[kernel] UFFDIO_COPY"))
         #expect(writers.contains("[kernel] UFFDIO_ZEROPAGE"))
     }
+
+    /// Attached and detached again and again while the handler fills pages
+    /// and the program drops them (MADV_DONTNEED) round after round: every
+    /// attach ends in a detach, the program's checks all pass and it ends
+    /// as without the tool.
+    @Test func attachedAndDetachedWhileTheHandlerWorks() throws {
+        let untracked = try Background([Harness.fixture("fx_userfaultfd"), "churn"])
+        #expect(untracked.waitFor("ready\n"))
+        usleep(100_000)
+        untracked.send("stop")
+        #expect(untracked.finish() == 0)
+        #expect(untracked.stdout.hasSuffix("bad 0\nok\n"))
+
+        let fixture = try Background([Harness.fixture("fx_userfaultfd"), "churn"])
+        #expect(fixture.waitFor("ready\n"))
+        var filledPagesReported = 0
+        for i in 0..<10 {
+            let log = Harness.temporaryPath("uffd-churn-\(UUID().uuidString).jsonl")
+            let depth = i % 2 == 0 ? ["--stack-depth", "0"] : []
+            let r = try Harness.run([Harness.pagewatch, "attach", "--output", log, "--interval", "5ms",
+                                     "--duration", "40ms"] + depth + [String(fixture.pid)], timeout: 60)
+            if r.status != 0 { Issue.record("attach \(i): status \(r.status): \(r.stderr)"); break }
+            let records = try Harness.readLog(log)
+            #expect(records.last?["type"] as? String == "detach", "attach \(i)")
+            for sweep in records where sweep["type"] as? String == "sweep" && sweep["reason"] as? String != "attach" {
+                filledPagesReported += FixtureTruth.pages(in: (0x3700_0001_0000, 0x3700_0004_0000), of: sweep).count
+            }
+        }
+        // Pages the handler filled were reported while attached (the test exercised something).
+        #expect(filledPagesReported > 0)
+        fixture.send("stop")
+        #expect(fixture.finish() == 0)
+        #expect(fixture.stdout == untracked.stdout)
+    }
 }
