@@ -20,7 +20,7 @@ let fixtureNames = [
     "fx_thread_churn", "fx_stopcont", "fx_sigaltstack", "fx_futex_wait", "fx_blocked_reader", "fx_follow", "fx_robust", "fx_own_seccomp", "fx_jit", "fx_shared", "fx_attach", "fx_busy", "fx_blocking", "fx_attach_churn",
     "fx_callsites", "fx_writers", "fx_trampoline", "fx_ptrace_floor", "fx_sweep", "fx_spinners", "fx_exit_sweep",
     "fx_slot_overflow", "fx_segv_handler", "fx_attach_altstack", "fx_hidden_write", "fx_steady_writers",
-    "fx_term", "fx_tracer", "fx_lld_callsites",
+    "fx_term", "fx_tracer", "fx_lld_callsites", "fx_userfaultfd",
 ]
 
 /// C++ fixtures: one `NAME.cpp` in fixtures/ each, built like the C ones

@@ -56,6 +56,11 @@ struct cu_unwinder {
     // Pages neither could read, during the call stack of their generation.
     uint64_t refused[CU_REFUSED], refused_generation[CU_REFUSED];
     unsigned refused_next;
+    // Where the program's own userfaultfd would be asked for a missing page
+    // (cu_set_guarded_ranges): never read with process_vm_readv, which would
+    // wait for the program's handler thread.
+    uint64_t *guarded_starts, *guarded_ends;
+    size_t guarded_count;
     cu_stats stats;
 };
 
@@ -100,20 +105,32 @@ static struct cu_call *call_for(unw_addr_space_t as)
     return call != NULL && call->unwinder->as == as ? call : NULL;
 }
 
-// The index of the stable range holding `address`, or -1.
-static ptrdiff_t stable_range(const cu_unwinder *u, uint64_t address)
+// The index of the range of sorted [starts[i], ends[i]) holding `address`, or -1.
+static ptrdiff_t range_index(const uint64_t *starts, const uint64_t *ends, size_t count, uint64_t address)
 {
-    size_t lo = 0, hi = u->stable_count;
+    size_t lo = 0, hi = count;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (address < u->stable_starts[mid])
+        if (address < starts[mid])
             hi = mid;
-        else if (address >= u->stable_ends[mid])
+        else if (address >= ends[mid])
             lo = mid + 1;
         else
             return (ptrdiff_t)mid;
     }
     return -1;
+}
+
+// The index of the stable range holding `address`, or -1.
+static ptrdiff_t stable_range(const cu_unwinder *u, uint64_t address)
+{
+    return range_index(u->stable_starts, u->stable_ends, u->stable_count, address);
+}
+
+// Whether the page at `base` lies where the program's userfaultfd would be asked.
+static int guarded_page(const cu_unwinder *u, uint64_t base)
+{
+    return range_index(u->guarded_starts, u->guarded_ends, u->guarded_count, base) >= 0;
 }
 
 static int page_valid(const cu_unwinder *u, const struct cu_page *p, uint64_t base)
@@ -199,13 +216,21 @@ static const struct cu_page *page_at(cu_unwinder *u, uint64_t base)
         return hit;
     if (refused_page(u, base))
         return NULL;
+    // A page the program's own userfaultfd would have to supply: never
+    // process_vm_readv, which would wait for its handler thread (perhaps held
+    // at a ptrace stop); /proc/PID/mem fails at once (EIO) instead.
+    if (guarded_page(u, base)) {
+        struct cu_page *v = victim_for(u, base);
+        v->used = 0;
+        return forced_page(u, v, base);
+    }
     int stable = stable_range(u, base) >= 0;
     struct cu_page *victims[1 + CU_READ_AHEAD];
     struct iovec local[1 + CU_READ_AHEAD];
     size_t count = 0;
     for (size_t k = 0; k <= (stable ? 0 : CU_READ_AHEAD); k++) {
         uint64_t b = base + k * CU_PAGE_SIZE;
-        if (k > 0 && (stable_range(u, b) >= 0 || cached_page(u, b) != NULL))
+        if (k > 0 && (stable_range(u, b) >= 0 || cached_page(u, b) != NULL || guarded_page(u, b)))
             break;
         struct cu_page *v = victim_for(u, b);
         v->used = 0;
@@ -420,6 +445,8 @@ void cu_unwinder_destroy(cu_unwinder *u)
     free(u->windows);
     if (u->mem_fd >= 0)
         close(u->mem_fd);
+    free(u->guarded_starts);
+    free(u->guarded_ends);
     free(u);
 }
 
@@ -473,6 +500,28 @@ int cu_set_modules(cu_unwinder *u, const cu_module *modules, size_t count, const
     u->miss_context = context;
     u->has_modules = 1;
     return failed ? -ENOMEM : 0;
+}
+
+int cu_set_guarded_ranges(cu_unwinder *u, const uint64_t *starts, const uint64_t *ends, size_t count)
+{
+    uint64_t *s = NULL, *e = NULL;
+    if (count > 0) {
+        s = malloc(count * sizeof *s);
+        e = malloc(count * sizeof *e);
+        if (s == NULL || e == NULL) {
+            free(s);
+            free(e);
+            return -ENOMEM;
+        }
+        memcpy(s, starts, count * sizeof *s);
+        memcpy(e, ends, count * sizeof *e);
+    }
+    free(u->guarded_starts);
+    free(u->guarded_ends);
+    u->guarded_starts = s;
+    u->guarded_ends = e;
+    u->guarded_count = count;
+    return 0;
 }
 
 void cu_unwinder_flush(cu_unwinder *u)

@@ -72,6 +72,8 @@ public final class Unwinder {
     private var missedSinceChange = false
     /// The thread whose `/proc/TID/maps` is read: the last one unwound.
     private var mapsReader: Int32
+    /// The `UserfaultRanges.generation` the C side's guarded ranges come from.
+    private var guardedGeneration: UInt64?
 
     public init(pid: Int32, images: UnwindImageCache = UnwindImageCache()) throws {
         guard let u = cu_unwinder_create(pid) else { throw AttributionError.unwinderUnavailable(pid: pid) }
@@ -98,6 +100,7 @@ public final class Unwinder {
         // Through the thread: once the main thread has exited, /proc/PID/maps is empty.
         mapsReader = tid
         if maps == nil { use(maps: (try? ProcFS.maps(of: tid)) ?? []) }
+        if guardedGeneration != UserfaultRanges.shared.generation { loadGuardedRanges() }
         guard let thread = handle(for: tid) else { return [] }
         let depth = Int32(clamping: maxDepth)
         var ips = [UInt64](repeating: 0, count: Int(depth))
@@ -223,6 +226,18 @@ public final class Unwinder {
     /// read-only, so an armed `.data` page looks stable too; unwinding never
     /// reads `.data`, so that is harmless. Without maps (the process is gone)
     /// nothing is stable, which is merely slower.
+    /// Where the program's own userfaultfd would be asked: libunwind may
+    /// read anywhere a frame points (a saved frame pointer that is really
+    /// data), and there `process_vm_readv` would wait for the program's
+    /// handler thread, which may be held at a ptrace stop.
+    private func loadGuardedRanges() {
+        let ranges = UserfaultRanges.shared.all
+        let starts = ranges.map(\.start.value), ends = ranges.map(\.end.value)
+        if cu_set_guarded_ranges(unwinder, starts, ends, ranges.count) == 0 {
+            guardedGeneration = UserfaultRanges.shared.generation
+        }
+    }
+
     private func setStableRanges(from maps: [Mapping]) {
         let stable = maps
             .filter { $0.isFileBacked && !$0.protection.contains(.write) }

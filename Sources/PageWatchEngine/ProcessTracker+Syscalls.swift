@@ -13,6 +13,12 @@ enum PendingSyscallExit {
     /// `rt_sigaction(SIGSEGV, act, …)`: `act` as read at the entry, the
     /// program's SIGSEGV action once the call succeeds.
     case segvAction([UInt8])
+    /// `UFFDIO_UNREGISTER` of the range: PageWatch may read there once it succeeded.
+    case userfaultfdUnregister(AddressRange)
+    /// A call whose outputs could not all be learned at the entry: a
+    /// structure naming them (an iovec array, a msghdr) lies on a page the
+    /// program's userfaultfd handler had not yet supplied.
+    case userfaultfdUndecoded(entry: HostArchitecture.Registers, attempt: Int)
 }
 
 /// Launch mode's syscall interception (issue 3): a seccomp filter stops the
@@ -93,6 +99,8 @@ extension ProcessTracker {
             let strict = call == .seccomp ? args[0] == 0 : args[1] == 1
             if try ownSeccompFilterEntry(strict: strict, program: args[2], tid: tid) { return }
             try resume(tid, exit: call == .prctl ? .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0) : nil)
+        case .ioctl where UserfaultfdIoctl.isUserfaultfd(args[1]):
+            try userfaultfdIoctlEntry(args, tid: tid)
         case .rseq:
             // Hazard 3: the kernel writes the area on every return to user space.
             if args[2] & 1 == 0, args[0] != 0 {  // registration, not RSEQ_FLAG_UNREGISTER
@@ -111,7 +119,12 @@ extension ProcessTracker {
                     if args[0] == UInt64(Signal.SIGSEGV) { newSegvAction = action }
                 }
             }
-            let outputs = SyscallOutputs(read: { a, n in (try? Ptrace.readMemory(tid, a, count: n)) ?? [] })
+            var refusedForUserfault = false
+            let outputs = SyscallOutputs(read: { a, n in
+                let bytes = (try? Ptrace.readMemory(tid, a, count: n)) ?? []
+                if bytes.count < n, UserfaultRanges.shared.overlaps(a, count: n) { refusedForUserfault = true }
+                return bytes
+            })
             guard let ranges = outputs.ranges(call, args) else {
                 try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
                 return
@@ -125,7 +138,9 @@ extension ProcessTracker {
             }
             // A new SIGSEGV action counts once the call succeeded; until then
             // faults wait (`memoryCallInFlight`): a reset is judged against it.
-            try resume(tid, exit: newSegvAction.map { .segvAction($0) })
+            let undecoded = refusedForUserfault ? PendingSyscallExit.userfaultfdUndecoded(
+                entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0) : nil
+            try resume(tid, exit: newSegvAction.map { .segvAction($0) } ?? undecoded)
         }
     }
 
@@ -359,6 +374,10 @@ extension ProcessTracker {
         case .segvAction(let action):
             if result == 0 { segvAction = action }
             try resume(tid)
+        case .userfaultfdUnregister(let range):
+            try userfaultfdUnregisterExit(range, result: result, tid: tid)
+        case let .userfaultfdUndecoded(entry, attempt):
+            try userfaultfdUndecodedExit(entry: entry, attempt: attempt, result: result, tid: tid)
         case let .memory(call, args, rewritten):
             trace("  exit of \(call): \(result)")
             if let rewritten {
@@ -396,6 +415,7 @@ extension ProcessTracker {
 
     func memoryExit(_ call: Syscall, _ a: [UInt64], result: Int64, rewritten: Bool, tid: Int32) throws {
         let failed = result < 0 && result > -4096
+        userfaultfdMemoryExit(call, a, result: result)
         func range(_ start: UInt64, _ length: UInt64) -> AddressRange {
             AddressRange(start: RemoteAddress(start), end: RemoteAddress(start) + length).pageAligned
         }

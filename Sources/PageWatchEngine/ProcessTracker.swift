@@ -187,6 +187,7 @@ final class ProcessTracker {
         copy.stackAnchors = stackAnchors
         copy.onStackSignals = onStackSignals
         copy.segvAction = segvAction
+        UserfaultRanges.shared.forked(from: pid, child: child)
         let state = ThreadState()
         state.altStack = threads[tid]?.altStack
         state.altStackKnown = threads[tid]?.altStackKnown ?? true
@@ -720,6 +721,7 @@ final class ProcessTracker {
         threads[pid]?.rseqKnown = false
         threads[pid]?.completingSyscall = completing
         memory.reset()
+        UserfaultRanges.shared.forget(pid: pid)  // a new address space
         stackAnchors = []
         faultsThisInterval = 0
         ledger = WriterLedger()

@@ -39,6 +39,8 @@ extension Tracker {
         }
         main = ProcessTracker(session: self, pid: pid, parent: nil)
         processes[pid] = main
+        // Ranges the program registered with its own userfaultfd before: never read there.
+        UserfaultRanges.shared.learn(pid: pid)
         let polling = holdIdlePolling()
         defer { withExtendedLifetime(polling) {} }
         for tid in tids {

@@ -45,6 +45,13 @@ void cu_unwinder_destroy(cu_unwinder *unwinder);
 /// Pages outside them (stacks) are cached for one call stack only. -ENOMEM on failure.
 int cu_set_stable_ranges(cu_unwinder *unwinder, const uint64_t *starts, const uint64_t *ends, size_t count);
 
+/// Replaces the half-open ranges (sorted, not overlapping) where the
+/// program's own userfaultfd would be asked for a missing page: never read
+/// with process_vm_readv (which waits for the program's handler thread);
+/// words there are read with PTRACE_PEEKDATA, which fails on such a page
+/// instead. -ENOMEM on failure (the old ranges stay).
+int cu_set_guarded_ranges(cu_unwinder *unwinder, const uint64_t *starts, const uint64_t *ends, size_t count);
+
 /// Forgets every cached page and libunwind's cached unwind info (after mmap, munmap, exec).
 void cu_unwinder_flush(cu_unwinder *unwinder);
 
