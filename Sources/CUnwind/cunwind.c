@@ -450,7 +450,9 @@ void cu_unwinder_destroy(cu_unwinder *u)
     free(u);
 }
 
-int cu_set_stable_ranges(cu_unwinder *u, const uint64_t *starts, const uint64_t *ends, size_t count)
+// Replaces a pair of range arrays (starts, ends) with copies of the given ones.
+static int replace_ranges(uint64_t **starts_out, uint64_t **ends_out, size_t *count_out,
+                          const uint64_t *starts, const uint64_t *ends, size_t count)
 {
     uint64_t *s = NULL, *e = NULL;
     if (count > 0) {
@@ -464,12 +466,17 @@ int cu_set_stable_ranges(cu_unwinder *u, const uint64_t *starts, const uint64_t 
         memcpy(s, starts, count * sizeof *s);
         memcpy(e, ends, count * sizeof *e);
     }
-    free(u->stable_starts);
-    free(u->stable_ends);
-    u->stable_starts = s;
-    u->stable_ends = e;
-    u->stable_count = count;
+    free(*starts_out);
+    free(*ends_out);
+    *starts_out = s;
+    *ends_out = e;
+    *count_out = count;
     return 0;
+}
+
+int cu_set_stable_ranges(cu_unwinder *u, const uint64_t *starts, const uint64_t *ends, size_t count)
+{
+    return replace_ranges(&u->stable_starts, &u->stable_ends, &u->stable_count, starts, ends, count);
 }
 
 int cu_set_modules(cu_unwinder *u, const cu_module *modules, size_t count, const cu_file_window *windows,
@@ -504,24 +511,7 @@ int cu_set_modules(cu_unwinder *u, const cu_module *modules, size_t count, const
 
 int cu_set_guarded_ranges(cu_unwinder *u, const uint64_t *starts, const uint64_t *ends, size_t count)
 {
-    uint64_t *s = NULL, *e = NULL;
-    if (count > 0) {
-        s = malloc(count * sizeof *s);
-        e = malloc(count * sizeof *e);
-        if (s == NULL || e == NULL) {
-            free(s);
-            free(e);
-            return -ENOMEM;
-        }
-        memcpy(s, starts, count * sizeof *s);
-        memcpy(e, ends, count * sizeof *e);
-    }
-    free(u->guarded_starts);
-    free(u->guarded_ends);
-    u->guarded_starts = s;
-    u->guarded_ends = e;
-    u->guarded_count = count;
-    return 0;
+    return replace_ranges(&u->guarded_starts, &u->guarded_ends, &u->guarded_count, starts, ends, count);
 }
 
 void cu_unwinder_flush(cu_unwinder *u)
