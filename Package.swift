@@ -20,6 +20,7 @@ let fixtureNames = [
     "fx_thread_churn", "fx_stopcont", "fx_sigaltstack", "fx_futex_wait", "fx_blocked_reader", "fx_follow", "fx_robust", "fx_own_seccomp", "fx_jit", "fx_shared", "fx_attach", "fx_busy", "fx_blocking", "fx_attach_churn",
     "fx_callsites", "fx_writers", "fx_trampoline", "fx_ptrace_floor", "fx_sweep", "fx_spinners", "fx_exit_sweep",
     "fx_slot_overflow", "fx_segv_handler", "fx_attach_altstack",
+    "fx_io_uring",
 ]
 
 /// C++ fixtures: one `NAME.cpp` in fixtures/ each, built like the C ones
@@ -40,6 +41,11 @@ let fixtureExtraFlags: [String: [String]] = [
     "fx_trampoline": ["-mno-red-zone"],
 ]
 
+/// Libraries fixtures link besides pthread.
+let fixtureExtraLibraries: [String: [String]] = [
+    "fx_io_uring": ["uring"],
+]
+
 /// The one source file of each C and C++ fixture, by fixture name.
 let fixtureSources: [String: String] = Dictionary(
     uniqueKeysWithValues: fixtureNames.map { ($0, "\($0).c") } + cxxFixtureNames.map { ($0, "\($0).cpp") })
@@ -55,7 +61,7 @@ let fixtureTargets: [Target] = (fixtureNames + cxxFixtureNames).map { name in
         sources: [fixtureSources[name]!],
         cSettings: [.unsafeFlags(flags)],
         cxxSettings: [.unsafeFlags(flags)],
-        linkerSettings: [.linkedLibrary("pthread")]
+        linkerSettings: (["pthread"] + (fixtureExtraLibraries[name] ?? [])).map { .linkedLibrary($0) }
     )
 } + swiftFixtureNames.map { name in
     .executableTarget(name: name, path: "fixtures/\(name)")

@@ -13,6 +13,8 @@ enum PendingSyscallExit {
     /// `rt_sigaction(SIGSEGV, act, …)`: `act` as read at the entry, the
     /// program's SIGSEGV action once the call succeeds.
     case segvAction([UInt8])
+    /// io_uring_setup: its params struct, read back at the exit (the new ring).
+    case ioUringSetup(params: UInt64)
 }
 
 /// Launch mode's syscall interception (issue 3): a seccomp filter stops the
@@ -48,6 +50,7 @@ extension ProcessTracker {
         // Attach mode stops at every call: those known to leave user memory
         // alone go on at once (launch mode's filter never stops them).
         if Self.harmless.contains(nr) { return try resume(tid) }
+        if try ioUringEntry(nr, args, regs: regs, tid: tid) { return }
         guard let call = Arch.syscall(number: nr) else {
             try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
             return
@@ -358,6 +361,9 @@ extension ProcessTracker {
         case .segvAction(let action):
             if result == 0 { segvAction = action }
             try resume(tid)
+        case .ioUringSetup(let params):
+            ioUringSetupExit(params: params, result: result, tid: tid)
+            try resume(tid)
         case let .memory(call, args, rewritten):
             trace("  exit of \(call): \(result)")
             if let rewritten {
@@ -402,6 +408,7 @@ extension ProcessTracker {
         case .mmap:
             guard !failed else { return }
             let mapped = range(UInt64(bitPattern: result), a[1])
+            noteIOUringMapping(a, at: UInt64(bitPattern: result), tid: tid)
             memory.forget(mapped)  // whatever was there is gone (MAP_FIXED)
             try refreshMaps()
             try armNow(mapped, tid: tid)

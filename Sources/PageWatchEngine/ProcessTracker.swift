@@ -151,6 +151,8 @@ final class ProcessTracker {
     /// PageWatch let go of this process (`stopTracking`): nothing is armed in
     /// it, and its stops are resumed as without PageWatch.
     var trackingStopped = false
+    /// The program's io_uring instances and requests in flight (ProcessTracker+IOUring).
+    var ioUring = IOUringState()
 
     /// Ended, and no vfork child still borrows its address space.
     var isDone: Bool { end != nil && !threads.values.contains(where: \.vforkChild) }
@@ -919,6 +921,8 @@ final class ProcessTracker {
         // run after this sweep and would leave the page writable behind an
         // armed model. It stays dirty, reported again next sweep.
         for page in pagesInFlight(in: nil, besides: tid) { busy.insert(AddressRange(start: page, end: page + Page.size)) }
+        // Buffers of io_uring requests not yet completed: the kernel writes them later.
+        busy.formUnion(ioUringBuffersInFlight())
         var changes: [ProtectionChange] = []
         for planned in memory.rearmPlan() {
             // Buffers another thread's blocked call will still write stay
