@@ -1,3 +1,4 @@
+import Foundation
 import Glibc
 import PageWatchAddressSpace
 import PageWatchPtrace
@@ -223,6 +224,18 @@ extension ProcessTracker {
     func ioUringBuffersInFlight() -> PageSet {
         retireIOUringCompletions(tid: liveThread())
         return ioUring.inFlight.pages
+    }
+
+    /// Attach: an io_uring instance set up before PageWatch came may have
+    /// requests in flight, whose buffers the attach sweep would arm (their
+    /// completion then an EFAULT), and its rings are unknown. Such a
+    /// process is not tracked: checked at the attach sweep, before anything
+    /// is armed. Returns true when it stopped tracking.
+    func stopTrackingForIOUringBeforeAttach(tid: Int32) throws -> Bool {
+        guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd"),
+              fds.contains(where: { Int32($0).map(isIOUringFile) ?? false }) else { return false }
+        try stopTracking(because: "io_uring instance set up before the attach: its requests in flight cannot be known", tid: tid)
+        return true
     }
 
     /// Stops tracking at an io_uring call's entry; the call is rewound and

@@ -910,6 +910,7 @@ final class ProcessTracker {
     /// (hazard 19): pages written while we work are unarmed, hence dirty, and
     /// writes after their re-arm fault and are handled after this sweep.
     func sweep(reason: SweepReason, in tid: Int32) throws {
+        if reason == .attach, try stopTrackingForIOUringBeforeAttach(tid: tid) { return }
         pendingSweep = nil
         // Re-armed pages may fault again legitimately: forget the race markers (hazards 11, 14).
         for t in threads.keys { threads[t]?.lastSuppressedFault = nil }

@@ -78,4 +78,37 @@ import Testing
         #expect(types.suffix(2) == ["untracked", "end"])
         #expect(records.last?["exit_status"] as? Int == 0)
     }
+
+    /// A ring set up before the attach, a read in flight on it: PageWatch
+    /// cannot know it and does not track the process (the read completes
+    /// as without it); one untracked record, one stderr line.
+    @Test func attachingToARingInUseStopsTrackingCleanly() throws {
+        func drive(attaching: Bool) throws -> (stdout: String, status: Int32, log: [[String: Any]], stderr: String) {
+            let fixture = try Background([Harness.fixture("fx_io_uring"), "attach"])
+            #expect(fixture.waitFor("ready\n"))
+            let log = Harness.temporaryPath("io_uring_attach.jsonl")
+            var pagewatch: Background?
+            if attaching {
+                pagewatch = try Background([Harness.pagewatch, "attach", "--output", log, "--interval", "20ms", String(fixture.pid)])
+                let deadline = Date().addingTimeInterval(30)
+                while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"untracked\"") {
+                    usleep(1000)
+                }
+            }
+            fixture.send("go\n")
+            let status = fixture.finish()
+            #expect(pagewatch?.finish() ?? 0 == 0)
+            return (fixture.stdout, status, attaching ? try Harness.readLog(log) : [], pagewatch?.stderr ?? "")
+        }
+        let untracked = try drive(attaching: false)
+        let tracked = try drive(attaching: true)
+        #expect(untracked.status == 0)
+        #expect(untracked.stdout.contains("read in flight res 64 "))
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == untracked.status)
+        let types = tracked.log.compactMap { $0["type"] as? String }
+        #expect(types == ["start", "attach", "sweep", "untracked", "end"])
+        let pid = tracked.log.first?["pid"] as? Int ?? 0
+        #expect(tracked.stderr.hasPrefix("pagewatch: pid \(pid): io_uring instance set up before the attach: its requests in flight cannot be known: tracking stopped; its later writes are not reported\n"))
+    }
 }
