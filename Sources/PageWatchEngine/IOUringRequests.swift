@@ -70,6 +70,7 @@ struct IOUringSQE: Equatable {
     static let size = 64
     // sqe->flags
     static let bufferSelect: UInt8 = 1 << 5
+    static let skipSuccess: UInt8 = 1 << 6
 
     var opcode: UInt8
     var flags: UInt8
@@ -268,7 +269,10 @@ struct IOUringDecoder {
 /// stay writable (and are reported again) until their last completion.
 /// Keyed by ring and `user_data`; requests sharing a key leave together,
 /// when as many last completions with it were seen (completion order is
-/// not submission order).
+/// not submission order). Requests that write nothing count too: programs
+/// reuse a `user_data` (a freed request record) for a read while their
+/// write with it is still in flight, and that write's completion must not
+/// retire the read.
 struct IOUringInFlight {
     struct Key: Hashable { var ring: Int32; var userData: UInt64 }
     private(set) var requests: [Key: (count: Int, buffers: [AddressRange])] = [:]
@@ -278,7 +282,6 @@ struct IOUringInFlight {
     func has(ring: Int32) -> Bool { requests.keys.contains { $0.ring == ring } }
 
     mutating func submitted(ring: Int32, userData: UInt64, buffers: [AddressRange]) {
-        guard !buffers.isEmpty else { return }
         let key = Key(ring: ring, userData: userData)
         var entry = requests[key] ?? (0, [])
         entry.count += 1

@@ -175,9 +175,15 @@ extension ProcessTracker {
         ioUring.rings[fd] = ring
         var kernel: Writer?
         for (request, effect) in zip(requests, effects) {
+            // Every request that will complete counts (IOSQE_CQE_SKIP_SUCCESS:
+            // maybe no completion; kept only when it has buffers).
+            if case .writes(let buffers) = effect {
+                ioUring.inFlight.submitted(ring: fd, userData: request.userData, buffers: buffers)
+            } else if request.flags & IOUringSQE.skipSuccess == 0 {
+                ioUring.inFlight.submitted(ring: fd, userData: request.userData, buffers: [])
+            }
             switch effect {
             case .writes(let buffers):
-                ioUring.inFlight.submitted(ring: fd, userData: request.userData, buffers: buffers)
                 for b in buffers {
                     if kernel == nil { kernel = writer(Self.ioUringWriter, tid: tid) }
                     try unarmForKernel(b, by: kernel!, tid: tid)

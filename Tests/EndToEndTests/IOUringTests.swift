@@ -111,4 +111,32 @@ import Testing
         let pid = tracked.log.first?["pid"] as? Int ?? 0
         #expect(tracked.stderr.hasPrefix("pagewatch: pid \(pid): io_uring instance set up before the attach: its requests in flight cannot be known: tracking stopped; its later writes are not reported\n"))
     }
+
+    /// A real io_uring workload: a file copy with 32 requests in flight,
+    /// heap buffers reused through malloc, frequent sweeps (many interrupt
+    /// the program's wait for completions): the copy is exact.
+    @Test(arguments: [["--stack-depth", "0"], []])
+    func copyProgramCopiesExactlyUnderFrequentSweeps(_ extra: [String]) throws {
+        let source = Harness.temporaryPath("uring-cp-src")
+        var bytes = [UInt8](repeating: 0, count: 6 << 20)
+        var x: UInt64 = 0x9e37_79b9_7f4a_7c15
+        for i in bytes.indices {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17
+            bytes[i] = UInt8(truncatingIfNeeded: x)
+        }
+        #expect(FileManager.default.createFile(atPath: source, contents: Data(bytes)))
+        let untrackedCopy = Harness.temporaryPath("uring-cp-dst0"), trackedCopy = Harness.temporaryPath("uring-cp-dst1")
+        let program = Harness.fixture("fx_io_uring")
+        let untracked = try Harness.run([program, "cp", source, untrackedCopy])
+        #expect(untracked.stdout == "copied \(bytes.count) bytes\nok\n")
+        let log = Harness.temporaryPath("io_uring_cp.jsonl")
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--interval", "2ms", "--output", log] + extra
+                                      + ["--", program, "cp", source, trackedCopy])
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == untracked.status, "pagewatch's stderr: \(tracked.stderr.suffix(2000))")
+        #expect(FileManager.default.contents(atPath: trackedCopy) == Data(bytes))
+        let records = try Harness.readLog(log)
+        #expect(!records.contains { $0["type"] as? String == "untracked" })
+        #expect(records.filter { $0["type"] as? String == "sweep" }.count > 2)
+    }
 }

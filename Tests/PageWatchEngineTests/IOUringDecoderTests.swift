@@ -138,6 +138,21 @@ import PageWatchAddressSpace
         f.completed(ring: 3, userData: 1, more: false)
         #expect(f.pages.contains(RemoteAddress(0x1000)) && f.pages.contains(RemoteAddress(0x3000)))
         f.completed(ring: 3, userData: 1, more: false)
+        #expect(f.pages.isEmpty)
+        #expect(!f.isEmpty)  // the request without buffers (user_data 9) is still counted
+        f.completed(ring: 3, userData: 9, more: false)
+        #expect(f.isEmpty)
+    }
+
+    /// A write whose record is reused for a read before the write's
+    /// completion was read: that completion must not retire the read.
+    @Test func aCompletionRetiresOneRequestOfItsKey() {
+        var f = IOUringInFlight()
+        f.submitted(ring: 3, userData: 0x7000, buffers: [])  // the write
+        f.submitted(ring: 3, userData: 0x7000, buffers: [range(0x9000, 64)])  // a read, same record
+        f.completed(ring: 3, userData: 0x7000, more: false)  // the write's
+        #expect(f.pages.contains(RemoteAddress(0x9000)))
+        f.completed(ring: 3, userData: 0x7000, more: false)
         #expect(f.isEmpty)
     }
 }
