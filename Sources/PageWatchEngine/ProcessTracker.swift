@@ -689,6 +689,7 @@ final class ProcessTracker {
         threads[pid]?.rseqKnown = false
         threads[pid]?.completingSyscall = completing
         memory.reset()
+        ioUring = IOUringState()  // io_uring fds are always close-on-exec
         stackAnchors = []
         faultsThisInterval = 0
         ledger = WriterLedger()
