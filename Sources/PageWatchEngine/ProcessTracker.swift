@@ -151,6 +151,10 @@ final class ProcessTracker {
     /// PageWatch let go of this process (`stopTracking`): nothing is armed in
     /// it, and its stops are resumed as without PageWatch.
     var trackingStopped = false
+    /// The pages tracked when tracking stopped: another thread's write
+    /// fault there, racing with the stop, is PageWatch's (`isReleasedPageFault`).
+    var releasedRanges = PageSet()
+    var releasedFaults: [Int32: RemoteAddress] = [:]
     /// The program's io_uring instances and requests in flight (ProcessTracker+IOUring).
     var ioUring = IOUringState()
 
@@ -1058,8 +1062,23 @@ final class ProcessTracker {
         finalSweepDone = true
         emitSweep(reason: .untracked, dirty: dirty)
         emit(.untracked(pid: pid, reason: reason, timeNs: wallClockNs()))
+        releasedRanges = memory.trackedRanges
         memory.reset()
         trackingStopped = true
+    }
+
+    /// After tracking stopped: whether `tid`'s SIGSEGV is a write fault on
+    /// a page that was armed, taken before the protections were given back
+    /// and reported after (another thread, in a multithreaded program). Its
+    /// write can now run: the signal is dropped, once per thread and address
+    /// (a repeat, or a page the program keeps without write, is its own).
+    func isReleasedPageFault(_ tid: Int32) -> Bool {
+        guard let info = try? Ptrace.signalInfo(tid), info.code == SignalInfo.SEGV_ACCERR,
+              releasedRanges.contains(info.faultAddress), releasedFaults[tid] != info.faultAddress,
+              let maps = try? ProcFS.maps(of: pid),
+              maps.first(where: { $0.range.contains(info.faultAddress) })?.protection.contains(.write) == true else { return false }
+        releasedFaults[tid] = info.faultAddress
+        return true
     }
 
     func finish(_ how: ProgramEnd) {
