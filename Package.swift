@@ -19,7 +19,8 @@ let fixtureNames = [
     "fx_syscall_out", "fx_own_mprotect", "fx_mmap_churn", "fx_fork", "fx_exec", "fx_maxmap", "fx_guard",
     "fx_thread_churn", "fx_stopcont", "fx_sigaltstack", "fx_futex_wait", "fx_blocked_reader", "fx_follow", "fx_robust", "fx_own_seccomp", "fx_jit", "fx_shared", "fx_attach", "fx_busy", "fx_blocking", "fx_attach_churn",
     "fx_callsites", "fx_writers", "fx_trampoline", "fx_ptrace_floor", "fx_sweep", "fx_spinners", "fx_exit_sweep",
-    "fx_slot_overflow", "fx_segv_handler", "fx_attach_altstack",
+    "fx_slot_overflow", "fx_segv_handler", "fx_attach_altstack", "fx_hidden_write", "fx_steady_writers",
+    "fx_term", "fx_tracer", "fx_lld_callsites", "fx_userfaultfd",
     "fx_io_uring",
 ]
 
@@ -37,6 +38,10 @@ let fixtureExtraFlags: [String: [String]] = [
     "fx_callsites": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
     "fx_writers": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
     "fx_cxx_writer": ["-g", "-fno-omit-frame-pointer"],
+    // Unwound through its .eh_frame only (no frame pointer to follow), in
+    // lld's layout. SwiftPM appends -fno-omit-frame-pointer to debug builds;
+    // the cc1 option comes after it, so it wins.
+    "fx_lld_callsites": ["-g", "-Xclang", "-mframe-pointer=none", "-fno-optimize-sibling-calls"],
     // Its inline assembly pushes the flags: no red zone for it to clobber.
     "fx_trampoline": ["-mno-red-zone"],
 ]
@@ -44,6 +49,12 @@ let fixtureExtraFlags: [String: [String]] = [
 /// Libraries fixtures link besides pthread.
 let fixtureExtraLibraries: [String: [String]] = [
     "fx_io_uring": ["uring"],
+]
+
+/// Extra linker flags of fixtures that need them. fx_lld_callsites is linked
+/// by lld (the Swift toolchain ships it; `swiftc` links the fixtures).
+let fixtureLinkerFlags: [String: [String]] = [
+    "fx_lld_callsites": ["-use-ld=lld"],
 ]
 
 /// The one source file of each C and C++ fixture, by fixture name.
@@ -61,7 +72,8 @@ let fixtureTargets: [Target] = (fixtureNames + cxxFixtureNames).map { name in
         sources: [fixtureSources[name]!],
         cSettings: [.unsafeFlags(flags)],
         cxxSettings: [.unsafeFlags(flags)],
-        linkerSettings: (["pthread"] + (fixtureExtraLibraries[name] ?? [])).map { .linkedLibrary($0) }
+        linkerSettings: (["pthread"] + (fixtureExtraLibraries[name] ?? [])).map { LinkerSetting.linkedLibrary($0) }
+            + (fixtureLinkerFlags[name].map { [.unsafeFlags($0)] } ?? [])
     )
 } + swiftFixtureNames.map { name in
     .executableTarget(name: name, path: "fixtures/\(name)")

@@ -8,10 +8,10 @@ set -euo pipefail
 # under another tracer; python3 for `make bench` (and to decode a screenshot in the
 # report tests); chromium, headless, to render `pagewatch report --format html` in them;
 # binutils for `strip` (the stripped-program attribution test); the runtimes the
-# real-program tests run under PageWatch: a JVM, Go, Node.js, and liburing for the
-# io_uring fixture.
+# real-program tests run under PageWatch: a JVM, Go, Node.js, Rust, and liburing
+# for the io_uring fixture.
 packages=(libunwind-dev libdw-dev pkg-config strace python3 chromium binutils
-          default-jdk-headless golang-go nodejs liburing-dev)
+          default-jdk-headless golang-go nodejs rustc liburing-dev)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,4 +33,14 @@ if ! command -v swift >/dev/null 2>&1; then
         echo "install-deps: no Swift toolchain found (Swift 6 is needed: https://www.swift.org/install/linux/)" >&2
     fi
     exit 1
+fi
+
+# lld links fx_lld_callsites (the unwinder's test of lld's segment layout);
+# Swift toolchains ship it beside swiftc, else Debian's package provides it.
+swift_bin=$(dirname "$(readlink -f "$(command -v swift)")")
+if [ ! -x "$swift_bin/ld.lld" ] && ! command -v ld.lld >/dev/null 2>&1; then
+    echo "install-deps: installing lld" >&2
+    sudo_cmd=""
+    [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+    DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends lld >/dev/null
 fi

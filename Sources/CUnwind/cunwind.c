@@ -3,6 +3,9 @@
 #include "cunwind.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <pthread.h>
 #include <signal.h>
 #include <libunwind-ptrace.h>
@@ -16,6 +19,8 @@
 // 256 pages (1 MiB) per process: a deep stack plus the .eh_frame_hdr and
 // .eh_frame pages of a few dozen modules.
 #define CU_SLOTS 256u
+// Unreadable pages remembered per call stack.
+#define CU_REFUSED 4u
 
 struct cu_page {
     uint64_t base;
@@ -34,12 +39,28 @@ struct cu_unwinder {
     struct cu_page *pages;
     uint64_t *stable_starts, *stable_ends;
     size_t stable_count;
-    // One libunwind-ptrace handle per stable range, made on first use, for
-    // find_proc_info: a handle caches the unwind table of the one module it
-    // last looked in and reloads (maps read, file mapped, tables parsed: about
-    // a millisecond) when the IP is elsewhere, so a stack alternating between
-    // libc and the program would reload at every switch with a single handle.
-    void **module_handles;
+    // The unwind tables and file copies Swift found (cu_set_modules). Before
+    // the first cu_set_modules, find_proc_info is libunwind-ptrace's, which
+    // reads /proc/PID/maps and maps the module's file again whenever the IP
+    // leaves the one module it remembers, or finds no .eh_frame_hdr.
+    int has_modules;
+    cu_module *modules;
+    size_t module_count;
+    cu_file_window *windows;
+    size_t window_count;
+    cu_module_miss miss;
+    void *miss_context;
+    // /proc/PID/mem, opened at the first page process_vm_readv refuses; -1
+    // before, -2 when it cannot be opened.
+    int mem_fd;
+    // Pages neither could read, during the call stack of their generation.
+    uint64_t refused[CU_REFUSED], refused_generation[CU_REFUSED];
+    unsigned refused_next;
+    // Where the program's own userfaultfd would be asked for a missing page
+    // (cu_set_guarded_ranges): never read with process_vm_readv, which would
+    // wait for the program's handler thread.
+    uint64_t *guarded_starts, *guarded_ends;
+    size_t guarded_count;
     cu_stats stats;
 };
 
@@ -84,20 +105,32 @@ static struct cu_call *call_for(unw_addr_space_t as)
     return call != NULL && call->unwinder->as == as ? call : NULL;
 }
 
-// The index of the stable range holding `address`, or -1.
-static ptrdiff_t stable_range(const cu_unwinder *u, uint64_t address)
+// The index of the range of sorted [starts[i], ends[i]) holding `address`, or -1.
+static ptrdiff_t range_index(const uint64_t *starts, const uint64_t *ends, size_t count, uint64_t address)
 {
-    size_t lo = 0, hi = u->stable_count;
+    size_t lo = 0, hi = count;
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
-        if (address < u->stable_starts[mid])
+        if (address < starts[mid])
             hi = mid;
-        else if (address >= u->stable_ends[mid])
+        else if (address >= ends[mid])
             lo = mid + 1;
         else
             return (ptrdiff_t)mid;
     }
     return -1;
+}
+
+// The index of the stable range holding `address`, or -1.
+static ptrdiff_t stable_range(const cu_unwinder *u, uint64_t address)
+{
+    return range_index(u->stable_starts, u->stable_ends, u->stable_count, address);
+}
+
+// Whether the page at `base` lies where the program's userfaultfd would be asked.
+static int guarded_page(const cu_unwinder *u, uint64_t base)
+{
+    return range_index(u->guarded_starts, u->guarded_ends, u->guarded_count, base) >= 0;
 }
 
 static int page_valid(const cu_unwinder *u, const struct cu_page *p, uint64_t base)
@@ -130,22 +163,74 @@ static struct cu_page *victim_for(cu_unwinder *u, uint64_t base)
          : a;
 }
 
+static int refused_page(const cu_unwinder *u, uint64_t base)
+{
+    for (unsigned i = 0; i < CU_REFUSED; i++)
+        if (u->refused[i] == base && u->refused_generation[i] == u->generation)
+            return 1;
+    return 0;
+}
+
+// A page process_vm_readv refused: PROT_NONE memory (a frame pointer that
+// points into a reservation, as V8's JIT frames give libunwind's fallback)
+// can still be read through /proc/PID/mem, as ptrace reads it, in one call
+// rather than a PTRACE_PEEKDATA a word; kept for this call stack only (its
+// protection may change). A page that cannot be read at all is remembered
+// for the call stack, so each word of it does not cost two failed syscalls.
+static const struct cu_page *forced_page(cu_unwinder *u, struct cu_page *v, uint64_t base)
+{
+    if (u->mem_fd == -1) {
+        char path[48];
+        snprintf(path, sizeof path, "/proc/%d/mem", (int)u->pid);
+        u->mem_fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (u->mem_fd < 0)
+            u->mem_fd = -2;
+    }
+    ssize_t got = -1;
+    if (u->mem_fd >= 0) {
+        u->stats.forced_page_reads++;
+        got = pread(u->mem_fd, v->bytes, CU_PAGE_SIZE, (off_t)base);
+    }
+    if (got != (ssize_t)CU_PAGE_SIZE) {
+        u->refused[u->refused_next] = base;
+        u->refused_generation[u->refused_next] = u->generation;
+        u->refused_next = (u->refused_next + 1) % CU_REFUSED;
+        return NULL;
+    }
+    u->stats.page_fills++;
+    v->base = base;
+    v->generation = u->generation;
+    v->stable = 0;
+    v->used = 1;
+    return v;
+}
+
 // The cached page at `base`, read with process_vm_readv on a miss (with up
-// to CU_READ_AHEAD per-call pages after it); NULL when the page cannot be
-// read that way (unmapped, or not readable: PROT_NONE). Two-way set
-// associative: a stack page does not evict the .eh_frame page it collides with.
+// to CU_READ_AHEAD per-call pages after it), else through /proc/PID/mem
+// (forced_page); NULL when the page cannot be read at all (unmapped). Two-way
+// set associative: a stack page does not evict the .eh_frame page it collides with.
 static const struct cu_page *page_at(cu_unwinder *u, uint64_t base)
 {
     struct cu_page *hit = cached_page(u, base);
     if (hit != NULL)
         return hit;
+    if (refused_page(u, base))
+        return NULL;
+    // A page the program's own userfaultfd would have to supply: never
+    // process_vm_readv, which would wait for its handler thread (perhaps held
+    // at a ptrace stop); /proc/PID/mem fails at once (EIO) instead.
+    if (guarded_page(u, base)) {
+        struct cu_page *v = victim_for(u, base);
+        v->used = 0;
+        return forced_page(u, v, base);
+    }
     int stable = stable_range(u, base) >= 0;
     struct cu_page *victims[1 + CU_READ_AHEAD];
     struct iovec local[1 + CU_READ_AHEAD];
     size_t count = 0;
     for (size_t k = 0; k <= (stable ? 0 : CU_READ_AHEAD); k++) {
         uint64_t b = base + k * CU_PAGE_SIZE;
-        if (k > 0 && (stable_range(u, b) >= 0 || cached_page(u, b) != NULL))
+        if (k > 0 && (stable_range(u, b) >= 0 || cached_page(u, b) != NULL || guarded_page(u, b)))
             break;
         struct cu_page *v = victim_for(u, b);
         v->used = 0;
@@ -157,7 +242,7 @@ static const struct cu_page *page_at(cu_unwinder *u, uint64_t base)
     ssize_t got = process_vm_readv(u->pid, local, count, &remote, 1, 0);
     u->stats.page_reads++;
     if (got < (ssize_t)CU_PAGE_SIZE)
-        return NULL;
+        return forced_page(u, victims[0], base);
     for (size_t k = 0; k < count && (size_t)got >= (k + 1) * CU_PAGE_SIZE; k++) {
         u->stats.page_fills++;
         victims[k]->base = base + k * CU_PAGE_SIZE;
@@ -166,6 +251,23 @@ static const struct cu_page *page_at(cu_unwinder *u, uint64_t base)
         victims[k]->used = 1;
     }
     return victims[0];
+}
+
+// The file window holding the word at `address` whole, or NULL.
+static const cu_file_window *window_at(const cu_unwinder *u, uint64_t address)
+{
+    size_t lo = 0, hi = u->window_count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const cu_file_window *w = &u->windows[mid];
+        if (address < w->start)
+            hi = mid;
+        else if (address >= w->end)
+            lo = mid + 1;
+        else
+            return w->end - address >= sizeof(unw_word_t) ? w : NULL;
+    }
+    return NULL;
 }
 
 static int cached_access_mem(unw_addr_space_t as, unw_word_t address, unw_word_t *value, int write, void *arg)
@@ -177,6 +279,12 @@ static int cached_access_mem(unw_addr_space_t as, unw_word_t address, unw_word_t
     u->stats.memory_reads++;
     if (call->in_find_proc_info)
         u->stats.proc_info_memory_reads++;
+    const cu_file_window *w = window_at(u, address);
+    if (w != NULL) {
+        u->stats.window_reads++;
+        memcpy(value, (const unsigned char *)w->bytes + (address - w->start), sizeof *value);
+        return 0;
+    }
     uint64_t base = address & ~(uint64_t)(CU_PAGE_SIZE - 1);
     uint64_t offset = address - base;
     if (offset + sizeof *value <= CU_PAGE_SIZE) {
@@ -230,38 +338,68 @@ static int cached_access_reg(unw_addr_space_t as, unw_regnum_t reg, unw_word_t *
     return 0;
 }
 
-// Delegated, marked so the statistics show that its memory reads (the
-// .eh_frame_hdr search table, CIEs and FDEs) come through cached_access_mem.
-// With the handle of the module holding `ip`, so each module's unwind table
-// is loaded once (until a flush); see module_handles.
+// libunwind's own search of an .eh_frame_hdr table (exported by
+// libunwind-x86_64, declared only in its private headers). With a
+// UNW_INFO_FORMAT_REMOTE_TABLE it reads the table, the FDE and the CIE
+// through the address space's access_mem: here, the file windows.
+extern int _Ux86_64_dwarf_search_unwind_table(unw_addr_space_t as, unw_word_t ip, unw_dyn_info_t *di,
+                                              unw_proc_info_t *info, int need_unwind_info, void *arg);
+
+static const cu_module *module_at(const cu_unwinder *u, uint64_t ip)
+{
+    size_t lo = 0, hi = u->module_count;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const cu_module *m = &u->modules[mid];
+        if (ip < m->start_ip)
+            hi = mid;
+        else if (ip >= m->end_ip)
+            lo = mid + 1;
+        else
+            return m;
+    }
+    return NULL;
+}
+
+// From the module table (cu_set_modules) once there is one; no table for
+// the IP is -UNW_ENOINFO, on which libunwind's x86_64 step follows the
+// frame pointer. Marked so the statistics show that its memory reads (the
+// search table, CIEs and FDEs) come through cached_access_mem.
 static int module_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_info_t *info, int need_unwind_info,
                                  void *arg)
 {
     struct cu_call *call = call_for(as);
-    if (call == NULL)
-        return _UPT_find_proc_info(as, ip, info, need_unwind_info, arg);
-    cu_unwinder *u = call->unwinder;
-    void *handle = arg;
-    ptrdiff_t range = stable_range(u, ip);
-    if (range >= 0) {
-        if (u->module_handles[range] == NULL)
-            u->module_handles[range] = _UPT_create(u->pid);
-        if (u->module_handles[range] != NULL)
-            handle = u->module_handles[range];
+    if (call == NULL || !call->unwinder->has_modules) {
+        if (call != NULL)
+            call->in_find_proc_info++;
+        int r = _UPT_find_proc_info(as, ip, info, need_unwind_info, arg);
+        if (call != NULL)
+            call->in_find_proc_info--;
+        return r;
     }
+    cu_unwinder *u = call->unwinder;
+    u->stats.table_lookups++;
+    const cu_module *m = module_at(u, ip);
+    if (m == NULL) {
+        u->stats.module_misses++;
+        // The callback may replace u->modules: look again rather than keep a pointer.
+        if (u->miss != NULL && u->miss(u->miss_context, ip))
+            m = module_at(u, ip);
+    }
+    if (m == NULL || m->segbase == 0)
+        return -UNW_ENOINFO;
+    unw_dyn_info_t di;
+    memset(&di, 0, sizeof di);
+    di.start_ip = m->start_ip;
+    di.end_ip = m->end_ip;
+    di.format = UNW_INFO_FORMAT_REMOTE_TABLE;
+    di.u.rti.segbase = m->segbase;
+    di.u.rti.table_data = m->table_data;
+    di.u.rti.table_len = m->table_len;
     call->in_find_proc_info++;
-    int r = _UPT_find_proc_info(as, ip, info, need_unwind_info, handle);
+    int r = _Ux86_64_dwarf_search_unwind_table(as, ip, &di, info, need_unwind_info, call->thread);
     call->in_find_proc_info--;
     return r;
-}
-
-static void destroy_module_handles(cu_unwinder *u)
-{
-    for (size_t i = 0; u->module_handles != NULL && i < u->stable_count; i++) {
-        if (u->module_handles[i] != NULL)
-            _UPT_destroy(u->module_handles[i]);
-        u->module_handles[i] = NULL;
-    }
 }
 
 static unw_accessors_t cached_accessors = {
@@ -282,6 +420,7 @@ cu_unwinder *cu_unwinder_create(int32_t pid)
         return NULL;
     u->pid = pid;
     u->generation = 1;
+    u->mem_fd = -1;
     u->pages = calloc(CU_SLOTS, sizeof *u->pages);
     u->as = unw_create_addr_space(&cached_accessors, 0);
     if (u->pages == NULL || u->as == NULL) {
@@ -299,46 +438,95 @@ void cu_unwinder_destroy(cu_unwinder *u)
         return;
     if (u->as != NULL)
         unw_destroy_addr_space(u->as);
-    destroy_module_handles(u);
     free(u->pages);
     free(u->stable_starts);
     free(u->stable_ends);
-    free(u->module_handles);
+    free(u->modules);
+    free(u->windows);
+    if (u->mem_fd >= 0)
+        close(u->mem_fd);
+    free(u->guarded_starts);
+    free(u->guarded_ends);
     free(u);
 }
 
 int cu_set_stable_ranges(cu_unwinder *u, const uint64_t *starts, const uint64_t *ends, size_t count)
 {
     uint64_t *s = NULL, *e = NULL;
-    void **h = NULL;
     if (count > 0) {
         s = malloc(count * sizeof *s);
         e = malloc(count * sizeof *e);
-        h = calloc(count, sizeof *h);
-        if (s == NULL || e == NULL || h == NULL) {
+        if (s == NULL || e == NULL) {
             free(s);
             free(e);
-            free(h);
             return -ENOMEM;
         }
         memcpy(s, starts, count * sizeof *s);
         memcpy(e, ends, count * sizeof *e);
     }
-    destroy_module_handles(u);
     free(u->stable_starts);
     free(u->stable_ends);
-    free(u->module_handles);
     u->stable_starts = s;
     u->stable_ends = e;
-    u->module_handles = h;
     u->stable_count = count;
+    return 0;
+}
+
+int cu_set_modules(cu_unwinder *u, const cu_module *modules, size_t count, const cu_file_window *windows,
+                   size_t window_count, cu_module_miss miss, void *context)
+{
+    cu_module *m = count > 0 ? malloc(count * sizeof *m) : NULL;
+    cu_file_window *w = window_count > 0 ? malloc(window_count * sizeof *w) : NULL;
+    int failed = (count > 0 && m == NULL) || (window_count > 0 && w == NULL);
+    if (failed) {
+        free(m);
+        free(w);
+        m = NULL;
+        w = NULL;
+        count = window_count = 0;
+    } else {
+        if (count > 0)
+            memcpy(m, modules, count * sizeof *m);
+        if (window_count > 0)
+            memcpy(w, windows, window_count * sizeof *w);
+    }
+    free(u->modules);
+    free(u->windows);
+    u->modules = m;
+    u->module_count = count;
+    u->windows = w;
+    u->window_count = window_count;
+    u->miss = miss;
+    u->miss_context = context;
+    u->has_modules = 1;
+    return failed ? -ENOMEM : 0;
+}
+
+int cu_set_guarded_ranges(cu_unwinder *u, const uint64_t *starts, const uint64_t *ends, size_t count)
+{
+    uint64_t *s = NULL, *e = NULL;
+    if (count > 0) {
+        s = malloc(count * sizeof *s);
+        e = malloc(count * sizeof *e);
+        if (s == NULL || e == NULL) {
+            free(s);
+            free(e);
+            return -ENOMEM;
+        }
+        memcpy(s, starts, count * sizeof *s);
+        memcpy(e, ends, count * sizeof *e);
+    }
+    free(u->guarded_starts);
+    free(u->guarded_ends);
+    u->guarded_starts = s;
+    u->guarded_ends = e;
+    u->guarded_count = count;
     return 0;
 }
 
 void cu_unwinder_flush(cu_unwinder *u)
 {
     unw_flush_cache(u->as, 0, 0);
-    destroy_module_handles(u);
     for (size_t i = 0; i < CU_SLOTS; i++)
         u->pages[i].used = 0;
 }

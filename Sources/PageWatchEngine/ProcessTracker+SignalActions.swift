@@ -85,9 +85,10 @@ extension ProcessTracker {
     /// SIGSEGV is ignored, unblocked it and reset its action to SIG_DFL
     /// before the stop (`force_sig_info_to_task`). Called for every SIGSEGV
     /// PageWatch absorbs: puts the action back, and where the program had a
-    /// handler (so the reset means the thread blocked SIGSEGV) blocks it
-    /// again. With SIG_DFL nothing shows whether it was blocked: the mask
-    /// stays as the kernel left it (docs/design.md, limits).
+    /// handler (so the reset means a thread blocked SIGSEGV) blocks it
+    /// again where that thread is most likely this one. With SIG_DFL nothing shows
+    /// whether it was blocked: the mask stays as the kernel left it
+    /// (docs/design.md, limits).
     func restoreSegvActionIfReset(tid: Int32) throws {
         guard let action = segvAction else { return }
         let handler = littleEndian(action, at: 0)
@@ -103,7 +104,17 @@ extension ProcessTracker {
         if outcome.value < 0 {
             throw TraceError.remoteSyscall("rt_sigaction(SIGSEGV)", Errno(Int32(-outcome.value)), tid: tid, address: nil)
         }
-        // After the injection, which restores the mask it found.
-        if !ignoring { try Ptrace.setSignalMask(tid, try Ptrace.signalMask(tid) | Self.segvBit) }
+        guard !ignoring else { return }
+        // The reset means the faulting thread blocked SIGSEGV; but the action
+        // is shared, and in a threaded program another thread's fault, not yet
+        // seen, may have reset it: blocking SIGSEGV in this one then would make
+        // its next fault reset the action again and its program's own next
+        // SIGSEGV kill it (node: a thread starting with every signal blocked).
+        // So the mask is put back only where this thread most likely faulted with
+        // SIGSEGV blocked: the only thread, or one that blocks most signals
+        // (pthread_create's window, a JVM's handler). After the injection,
+        // which restores the mask it found.
+        let mask = try Ptrace.signalMask(tid)
+        if threads.count == 1 || mask.nonzeroBitCount >= 32 { try Ptrace.setSignalMask(tid, mask | Self.segvBit) }
     }
 }

@@ -15,6 +15,12 @@ enum PendingSyscallExit {
     case segvAction([UInt8])
     /// io_uring_setup: its params struct, read back at the exit (the new ring).
     case ioUringSetup(params: UInt64)
+    /// `UFFDIO_UNREGISTER` of the range: PageWatch may read there once it succeeded.
+    case userfaultfdUnregister(AddressRange)
+    /// A call whose outputs could not all be learned at the entry: a
+    /// structure naming them (an iovec array, a msghdr) lies on a page the
+    /// program's userfaultfd handler had not yet supplied.
+    case userfaultfdUndecoded(entry: HostArchitecture.Registers, attempt: Int)
 }
 
 /// Launch mode's syscall interception (issue 3): a seccomp filter stops the
@@ -96,6 +102,8 @@ extension ProcessTracker {
             let strict = call == .seccomp ? args[0] == 0 : args[1] == 1
             if try ownSeccompFilterEntry(strict: strict, program: args[2], tid: tid) { return }
             try resume(tid, exit: call == .prctl ? .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0) : nil)
+        case .ioctl where UserfaultfdIoctl.isUserfaultfd(args[1]):
+            try userfaultfdIoctlEntry(args, tid: tid)
         case .rseq:
             // Hazard 3: the kernel writes the area on every return to user space.
             if args[2] & 1 == 0, args[0] != 0 {  // registration, not RSEQ_FLAG_UNREGISTER
@@ -105,6 +113,7 @@ extension ProcessTracker {
             try resume(tid)
         default:
             if call == .sigaltstack { noteAltStack(args[0], tid: tid) }
+            if call == .ptrace { session.noteOwnPtrace(args, tid: tid) }
             var newSegvAction: [UInt8]?
             if call == .rt_sigaction, args[1] != 0, (1...64).contains(args[0]) {
                 let action = (try? Ptrace.readMemory(tid, RemoteAddress(args[1]), count: Int(Arch.layout.kernelSigaction))) ?? []
@@ -113,7 +122,12 @@ extension ProcessTracker {
                     if args[0] == UInt64(Signal.SIGSEGV) { newSegvAction = action }
                 }
             }
-            let outputs = SyscallOutputs(read: { a, n in (try? Ptrace.readMemory(tid, a, count: n)) ?? [] })
+            var refusedForUserfault = false
+            let outputs = SyscallOutputs(read: { a, n in
+                let bytes = (try? Ptrace.readMemory(tid, a, count: n)) ?? []
+                if bytes.count < n, UserfaultRanges.shared.overlaps(a, count: n) { refusedForUserfault = true }
+                return bytes
+            })
             guard let ranges = outputs.ranges(call, args) else {
                 try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
                 return
@@ -127,7 +141,9 @@ extension ProcessTracker {
             }
             // A new SIGSEGV action counts once the call succeeded; until then
             // faults wait (`memoryCallInFlight`): a reset is judged against it.
-            try resume(tid, exit: newSegvAction.map { .segvAction($0) })
+            let undecoded = refusedForUserfault ? PendingSyscallExit.userfaultfdUndecoded(
+                entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0) : nil
+            try resume(tid, exit: newSegvAction.map { .segvAction($0) } ?? undecoded)
         }
     }
 
@@ -364,6 +380,10 @@ extension ProcessTracker {
         case .ioUringSetup(let params):
             ioUringSetupExit(params: params, result: result, tid: tid)
             try resume(tid)
+        case .userfaultfdUnregister(let range):
+            try userfaultfdUnregisterExit(range, result: result, tid: tid)
+        case let .userfaultfdUndecoded(entry, attempt):
+            try userfaultfdUndecodedExit(entry: entry, attempt: attempt, result: result, tid: tid)
         case let .memory(call, args, rewritten):
             trace("  exit of \(call): \(result)")
             if let rewritten {
@@ -371,6 +391,8 @@ extension ProcessTracker {
             }
             try memoryExit(call, args, result: result, rewritten: rewritten != nil, tid: tid)
             publishForGuardian()
+            // A due sweep waited for this exit (the model is true again): here.
+            try sweepIfPending(in: tid)
             try resume(tid)
         case let .unknown(entry, attempt):
             threads[tid]?.unknownAttempt = 0
@@ -399,12 +421,16 @@ extension ProcessTracker {
 
     func memoryExit(_ call: Syscall, _ a: [UInt64], result: Int64, rewritten: Bool, tid: Int32) throws {
         let failed = result < 0 && result > -4096
+        userfaultfdMemoryExit(call, a, result: result)
         func range(_ start: UInt64, _ length: UInt64) -> AddressRange {
             AddressRange(start: RemoteAddress(start), end: RemoteAddress(start) + length).pageAligned
         }
         switch call {
         case .munmap:
-            if !failed { memory.forget(range(a[0], a[1])) }
+            if !failed {
+                memory.forget(range(a[0], a[1]))
+                unwinder?.unmapped(range(a[0], a[1]))
+            }
         case .mmap:
             guard !failed else { return }
             let mapped = range(UInt64(bitPattern: result), a[1])

@@ -75,7 +75,7 @@ extension ProcessTracker {
     /// the slot would have left; if its call has not run, or failed (ENOMEM
     /// at vm.max_map_count, hazard 12), the page is still protected: armed
     /// again in the model, keeping its dirty bit, and the write faults again
-    /// (then the slow path handles the failure).
+    /// and takes the slow path.
     func settleTrampoline(_ tid: Int32, at event: StopEvent) throws -> Bool {
         guard let page = threads[tid]?.trampolinePage, let slot = threads[tid]?.trampolineSlot,
               let injector else { return false }
@@ -113,8 +113,11 @@ extension ProcessTracker {
         if result != 0, case .writable = memory.state(of: page) {
             trace("  slot \(slot) mprotect of \(page) gave \(result): armed again")
             memory.markArmedKeepingDirty(AddressRange(start: page, end: page + Page.size))
-            // A failure (1: the call never ran, it may just run next time).
-            if result < 0 { threads[tid]?.slowPathPage = page }
+            // A failure, or a signal before the call (1): the next fault there
+            // takes the slow path. A program signalled more often than a
+            // slot's round trip (Go preempts every 10 ms with SIGURG) would
+            // otherwise fault on the page again and again.
+            threads[tid]?.slowPathPage = page
         }
         return false
     }

@@ -13,6 +13,9 @@ final class ThreadState {
     var inGroupStop = false
     /// A `PTRACE_INTERRUPT` was sent and its stop not yet seen.
     var interruptPending = false
+    /// When a sweep's or the detach's interrupt was last sent to it
+    /// (monotonic ns; 0: not by them): unanswered for long, it is sent again.
+    var interruptSentNs: UInt64 = 0
     /// One was pending at a syscall stop, maybe sent after the thread took
     /// it: the kernel then keeps it, and the next call returns EINTR.
     var interruptMayLinger = false
@@ -110,6 +113,12 @@ final class ProcessTracker {
     /// Addresses inside thread stacks (stack pointers seen at clone), for `--track stack`.
     var stackAnchors: [RemoteAddress] = []
     var pendingSweep: SweepReason?
+    /// Since when the pending sweep waits (`pursuePendingSweep`), with the
+    /// sweep count then (a sweep since: a new one is pending).
+    var sweepPendingSince: (sweeps: Int, ns: UInt64)?
+    /// The pages the last sweep reported and left writable (it could not
+    /// re-arm them): reported again by the next, which says so.
+    var leftWritable = PageSet()
     var sweeps = 0
     /// Threads gone before their parent's clone event was seen (see there).
     var endedBeforeItsCloneEvent: Set<Int32> = []
@@ -157,6 +166,10 @@ final class ProcessTracker {
     var releasedFaults: [Int32: RemoteAddress] = [:]
     /// The program's io_uring instances and requests in flight (ProcessTracker+IOUring).
     var ioUring = IOUringState()
+    /// A sweep of it had selected pages (`warnIfNothingWasEverSelected`).
+    var everSelected = false
+    /// `--verify-contents`: the armed pages' copies (`checkContents`).
+    lazy var contentCopies: ContentCopies? = config.verifyContents ? ContentCopies() : nil
 
     /// Ended, and no vfork child still borrows its address space.
     var isDone: Bool { end != nil && !threads.values.contains(where: \.vforkChild) }
@@ -180,6 +193,7 @@ final class ProcessTracker {
         copy.stackAnchors = stackAnchors
         copy.onStackSignals = onStackSignals
         copy.segvAction = segvAction
+        UserfaultRanges.shared.forked(from: pid, child: child)
         let state = ThreadState()
         state.altStack = threads[tid]?.altStack
         state.altStackKnown = threads[tid]?.altStackKnown ?? true
@@ -194,7 +208,7 @@ final class ProcessTracker {
     /// attribution is off.
     func writer(_ kernel: String?, tid: Int32) -> Writer {
         guard config.stackDepth > 0 else { return Writer(kernel: kernel, stack: []) }
-        if unwinder == nil { unwinder = try? Unwinder(pid: pid) }
+        if unwinder == nil { unwinder = try? Unwinder(pid: pid, images: session.unwindImages) }
         return Writer(kernel: kernel, stack: unwinder?.callStack(tid: tid, maxDepth: config.stackDepth) ?? [])
     }
 
@@ -350,7 +364,7 @@ final class ProcessTracker {
         }
         if sig == config.sweepSignal {
             try learnRseq(tid)
-            if !finalSweepDone { pendingSweep = .signal }
+            if !finalSweepDone && !givesUpAtSweep { pendingSweep = .signal }
             try sweepIfPending(in: tid)
             if pendingSweep != nil {
                 threads[tid]?.waiting = .sweepSignal  // it must wait (sweepIfPending)
@@ -379,30 +393,48 @@ final class ProcessTracker {
             try resume(tid)
             return
         }
+        try keepSignalFrameWritable(sig, tid: tid)
         try session.proceed(tid, signal: sig)
     }
 
     /// Hazard 2: to run a handler the kernel writes the signal frame below
     /// the stack pointer (past the red zone), or at the top of the thread's
     /// sigaltstack for an SA_ONSTACK handler; on an armed page that write
-    /// fails and the kernel kills the program. Returns the armed pages the
-    /// frame may cover when `sig` has a handler.
-    func signalFrameArmedPages(_ sig: Int32, tid: Int32) throws -> PageSet {
-        guard memory.trackedPageCount > 0, try caughtSignals() & (1 << UInt64(sig - 1)) != 0 else { return PageSet() }
+    /// fails and the kernel kills the program. Returns the pages the frame
+    /// may cover when `sig` has a handler.
+    func signalFrameArea(_ sig: Int32, tid: Int32) throws -> AddressRange? {
+        guard memory.trackedPageCount > 0, try caughtSignals() & (1 << UInt64(sig - 1)) != 0 else { return nil }
         var sp = Arch.stackPointer(try Arch.readRegisters(tid: tid))
         var frameBytes = Arch.redZone + signalFrameSize
         if onStackSignals & (1 << UInt64(sig - 1)) != 0, let alt = threads[tid]?.altStack, !alt.contains(sp) {
             sp = alt.end  // the kernel switches to the top of the sigaltstack
             frameBytes = signalFrameSize
         }
-        let low = RemoteAddress(sp.value &- frameBytes)
+        return AddressRange(start: RemoteAddress(sp.value &- frameBytes), end: sp).pageAligned
+    }
+
+    /// The armed pages of `signalFrameArea`.
+    func signalFrameArmedPages(_ sig: Int32, tid: Int32) throws -> PageSet {
+        guard let area = try signalFrameArea(sig, tid: tid) else { return PageSet() }
         var armed = PageSet()
-        var page = Page.floor(low)
-        while page < sp {
+        var page = area.start
+        while page < area.end {
             if case .armed = memory.state(of: page) { armed.insert(page: page) }
             page = page + Page.size
         }
         return armed
+    }
+
+    /// The kernel writes a delivered signal's frame when the thread next
+    /// runs, which may be after PageWatch has gone on to a sweep in another
+    /// thread: like a call's output buffers, the frame's pages are kept out
+    /// of sweeps until the thread stops again (a Go thread got SIGSEGV for
+    /// its SIGURG frame when a sweep re-armed its signal stack in between).
+    func keepSignalFrameWritable(_ sig: Int32, tid: Int32) throws {
+        guard let area = try signalFrameArea(sig, tid: tid), let state = threads[tid] else { return }
+        var pages = state.callOutputs ?? PageSet()
+        pages.insert(area)
+        state.callOutputs = pages
     }
 
     /// The largest signal frame the kernel builds here: AT_MINSIGSTKSZ from
@@ -445,6 +477,7 @@ final class ProcessTracker {
             return true
         }
         let page = Page.floor(info.faultAddress)
+        if pendingSweep != nil, memory.state(of: page) != .untracked { try sweepAtFault(tid: tid) }
         trace("  fault at \(info.faultAddress): \(memory.state(of: page))")
         switch memory.state(of: page) {
         case .untracked:
@@ -636,6 +669,7 @@ final class ProcessTracker {
         let rest = state.held
         state.held = []
         threads[tid] = state
+        try keepSignalFrameWritable(first.signal, tid: tid)
         try Ptrace.deliver(first, to: tid, mode: session.resumeMode)
         // Only one signal can ride on a resume; the rest are sent again (their
         // siginfo becomes SI_TKILL). In practice at most one arrives.
@@ -694,6 +728,7 @@ final class ProcessTracker {
         threads[pid]?.completingSyscall = completing
         memory.reset()
         ioUring = IOUringState()  // io_uring fds are always close-on-exec
+        UserfaultRanges.shared.forget(pid: pid)  // a new address space
         stackAnchors = []
         faultsThisInterval = 0
         ledger = WriterLedger()
@@ -711,6 +746,7 @@ final class ProcessTracker {
             let path = ProcFS.executable(of: pid) ?? (parent == nil ? config.command[0] : "")
             emit(.exec(pid: pid, path: path, timeNs: wallClockNs()))
         }
+        session.checkExecPrivilege(pid: pid)
     }
 
     func pin(_ range: AddressRange, tid: Int32) throws {
@@ -785,15 +821,17 @@ final class ProcessTracker {
     /// thread is safe, the sweep reports without re-arming (`reportOnlySweep`).
     /// Returns false when no thread could be interrupted.
     @discardableResult
-    func requestInterruptIfNeeded() -> Bool {
-        if threads.values.contains(where: \.interruptPending) { return true }
+    func requestInterruptIfNeeded(excluding excluded: Int32? = nil) -> Bool {
+        if excluded == nil, threads.values.contains(where: \.interruptPending) { return true }
+        // Not a thread PageWatch keeps at a stop (`waiting`): it stops nowhere else until let go.
         let candidates = threads.keys.sorted().filter { t in
             let s = threads[t]!
-            return !s.exiting && !s.inGroupStop
+            return t != excluded && !s.exiting && !s.inGroupStop && s.waiting == nil
         }
         for t in candidates where safeToInterrupt(t) {
             if (try? Ptrace.interrupt(t)) != nil {
                 threads[t]?.interruptPending = true
+                threads[t]?.interruptSentNs = monotonicNs()
                 return true
             }
         }
@@ -802,7 +840,8 @@ final class ProcessTracker {
 
     func safeToInterrupt(_ tid: Int32) -> Bool {
         switch ProcFS.activity(pid: pid, tid: tid) {
-        case .running: return true
+        // Sleeping in a page fault: the fault completes, then the thread stops.
+        case .running, .outsideSyscall: return true
         case .unknown: return false
         case let .inSyscall(number, arguments):
             guard let written = Arch.memoryWrittenOnInterruption(number: number, arguments: arguments) else {
@@ -825,6 +864,7 @@ final class ProcessTracker {
     func reportOnlySweep(reason: SweepReason) throws {
         pendingSweep = nil
         try refreshMaps()
+        checkContents(tid: liveThread())
         let dirty = memory.dirtyPages()
         memory.clearPinnedDirty()
         emitSweep(reason: reason, dirty: dirty, reportedAgain: true)
@@ -916,10 +956,12 @@ final class ProcessTracker {
     /// writes after their re-arm fault and are handled after this sweep.
     func sweep(reason: SweepReason, in tid: Int32) throws {
         if reason == .attach, try stopTrackingForIOUringBeforeAttach(tid: tid) { return }
+        if givesUpAtSweep, let why = session.givingUp { return try stopTracking(because: why, tid: tid) }
         pendingSweep = nil
         // Re-armed pages may fault again legitimately: forget the race markers (hazards 11, 14).
         for t in threads.keys { threads[t]?.lastSuppressedFault = nil }
         try refreshMaps()
+        checkContents(tid: tid)
         let dirty = memory.dirtyPages()
         var busy = outputsOfBlockedCalls(excluding: tid)
         // A page another thread was sent to un-arm through its trampoline
@@ -952,6 +994,7 @@ final class ProcessTracker {
         }
         memory.clearPinnedDirty()
         memory.clearReadOnlyDirty()
+        copyContents(dirty: dirty, tid: tid)
         publishForGuardian()
         emitSweep(reason: reason, dirty: dirty)
     }
@@ -986,6 +1029,7 @@ final class ProcessTracker {
         finalSweepDone = true
         pendingSweep = nil
         try? refreshMaps()
+        checkContents(tid: liveThread())
         emitSweep(reason: reason, dirty: memory.dirtyPages())
     }
 
@@ -993,6 +1037,7 @@ final class ProcessTracker {
     /// was re-armed), so their writers are kept.
     func emitSweep(reason: SweepReason, dirty: PageSet, reportedAgain: Bool = false) {
         sweeps += 1
+        if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
         var sites: [WriteSite]?
         if config.stackDepth > 0 {
             sites = ledger.sites(of: dirty, pinned: memory.pinned, keepingWriters: reportedAgain) { stack in
@@ -1003,8 +1048,10 @@ final class ProcessTracker {
             // the next interval's first writes (`noteWrite`).
             ledger = WriterLedger()
         }
-        emit(.sweep(SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
-                                ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)))
+        var record = SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
+                                 ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
+        noteRearming(&record, dirty: dirty, reportOnly: reportedAgain)
+        emit(.sweep(record))
         faultsThisInterval = 0
     }
 

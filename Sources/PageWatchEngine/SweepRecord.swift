@@ -22,6 +22,14 @@ public struct SweepRecord: Sendable, Equatable {
     /// Who wrote the pages (issue 5), most pages first; nil when
     /// attribution is off (`--stack-depth 0`).
     public var sites: [WriteSite]?
+    /// False for a sweep that could re-arm nothing (no thread to run code
+    /// in): its pages stay writable and are reported again.
+    public var rearmed = true
+    /// Pages of this sweep left writable (not re-armed): the next sweep reports them again.
+    public var leftWritable: UInt64 = 0
+    /// The pages of this sweep that the previous one reported and left
+    /// writable: not known to be written again, left out of the dirty rate.
+    public var reportedAgain: [AddressRange] = []
 
     public var dirtyPages: UInt64 { ranges.reduce(0) { $0 + $1.pageCount } }
 
@@ -53,7 +61,9 @@ public enum ProgramEnd: Sendable, Equatable {
 
 /// Every line the engine emits, in order.
 public enum LogRecord: Sendable, Equatable {
-    case start(pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64)
+    /// `selectedPages`: the pages the selection picked in the process when
+    /// the record was written (0 in a program whose memory is still to come).
+    case start(pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64, selectedPages: UInt64 = 0)
     /// The program called exec: tracking restarted on the new image.
     case exec(pid: Int32, path: String, timeNs: UInt64)
     case sweep(SweepRecord)
@@ -65,6 +75,9 @@ public enum LogRecord: Sendable, Equatable {
     /// `pagewatch attach` let go of the process, which runs on (the last line
     /// instead of `end` when the program did not end meanwhile).
     case detach(pid: Int32, sweeps: Int, faults: Int, timeNs: UInt64)
+    /// `--verify-contents`: pages whose contents changed since sweep `seq` − 1
+    /// armed them although no write to them was seen (reported by sweep `seq`).
+    case missed(pid: Int32, seq: Int, pages: Int, ranges: [AddressRange], timeNs: UInt64)
     /// PageWatch stopped tracking this process and let it run on unchanged.
     case untracked(pid: Int32, reason: String, timeNs: UInt64)
     /// `--follow-forks`: a tracked process other than the program ended.

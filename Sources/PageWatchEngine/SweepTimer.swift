@@ -39,6 +39,16 @@ final class SweepTimer {
         return true
     }
 
+    /// A sweep just ended: the next interval is counted from now. A sweep
+    /// can take longer than the interval (refreshing the maps of a large
+    /// heap, re-arming thousands of ranges): counted from when it was due,
+    /// the next would be due at once, and sweeps taken back to back at each
+    /// stop left the program no time to run.
+    func sweepEnded() {
+        guard intervalNs > 0 else { return }
+        nextDue = monotonicNs() + intervalNs
+    }
+
     /// True once the deadline has passed.
     var hasExpired: Bool { deadline.map { monotonicNs() >= $0 } ?? false }
 

@@ -148,6 +148,7 @@ struct SyscallOutputs {
         case .getcpu: return block(a[0], 4) + block(a[1], 4)
         case .arch_prctl: return a[0] == 0x1003 || a[0] == 0x1004 ? block(a[1], 8) : []  // ARCH_GET_FS/GS
         case .msgrcv: return block(a[1], a[2] &+ 8)
+        case .ptrace: return ptraceOutput(a)
         case .prctl, .shmctl, .semctl, .msgctl, .restart_syscall: return nil
         case .clone, .clone3, .fork, .vfork, .execve, .execveat, .rseq, .exit, .exit_group, .seccomp,
              .set_robust_list, .set_tid_address, .mmap, .munmap, .mprotect, .pkey_mprotect, .mremap, .brk, .madvise, .shmat, .shmdt:

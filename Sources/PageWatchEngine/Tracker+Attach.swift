@@ -39,6 +39,8 @@ extension Tracker {
         }
         main = ProcessTracker(session: self, pid: pid, parent: nil)
         processes[pid] = main
+        // Ranges the program registered with its own userfaultfd before: never read there.
+        UserfaultRanges.shared.learn(pid: pid)
         let polling = holdIdlePolling()
         defer { withExtendedLifetime(polling) {} }
         for tid in tids {
@@ -52,8 +54,11 @@ extension Tracker {
             do { try Ptrace.interrupt(tid) } catch TraceError.call(_, let e, _, _) where e == .ESRCH { main.threads[tid] = nil }
         }
         awaitingFirstStop = Set(main.threads.keys)
+        let selected = main.selectedPagesNow()
         emit(.start(pid: pid, pageSize: Page.size, command: config.command,
-                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs()))
+                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
+                    selectedPages: selected))
+        warnIfNothingSelected(selected)
         emit(.attach(pid: pid, threads: main.threads.count, timeNs: wallClockNs()))
         started = true
         if config.intervalNs > 0 || config.durationNs != nil {
@@ -83,7 +88,7 @@ extension Tracker {
     /// Why to detach now, if at all.
     func detachCondition() -> SweepReason? {
         guard resumeMode == .syscallStops, detaching == nil, main.end == nil else { return nil }
-        if takeRaisedSignal() != nil { return .detach }
+        if takeRaisedSignal() != nil || givingUp != nil { return .detach }
         if timer?.hasExpired == true { return .detach }
         if let n = config.maxSweeps, main.sweeps >= n { return .detach }
         return nil
@@ -164,6 +169,7 @@ extension ProcessTracker {
         }
         if let (tid, kind, _) = candidates.first {
             let entry = kind == .entry ? try Arch.readRegisters(tid: tid) : nil
+            checkContents(tid: tid)  // every thread parked: nothing moves
             try giveBackProtections(tid: tid)
             // A write fault pending when the thread was parked arrives during
             // those calls: PageWatch's, its page reported; the write itself

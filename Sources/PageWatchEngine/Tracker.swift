@@ -29,6 +29,9 @@ public struct TrackerConfiguration: Sendable {
     /// the calling thread blocks (a library caller on a worker thread).
     public var standardOutput: Int32 = -1
     public var emptySignalMask = false
+    /// `--verify-contents`: keep a copy of every armed page and report the
+    /// pages whose contents changed with no write reported (`missed` records).
+    public var verifyContents = false
 
     public init(command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,
                 followForks: Bool = false, stackDepth: Int = 16) {
@@ -53,6 +56,15 @@ public final class Tracker {
     /// writer stopped (PageWatchKit). Its frames are symbolized at the write
     /// only when this is set: nil (the CLI) keeps the fault path unchanged.
     public var writeObserver: ((PageWrite) -> Void)?
+    /// Called with each warning (one line, no prefix): something the user
+    /// must know although nothing failed (`Tracker+Warnings`).
+    public var onWarning: ((String) -> Void)?
+    /// The files whose lost privileges were warned about, and whether the
+    /// selection was (at most once each).
+    var warnedPrivilegedImages: Set<String> = []
+    var warnedAboutSelection = false
+    /// The program's own ptrace use was explained (`noteOwnPtrace`, once).
+    var warnedAboutOwnPtrace = false
 
     /// The program.
     var main: ProcessTracker!
@@ -76,6 +88,8 @@ public final class Tracker {
     var unclassified: Set<Int32> = []
     /// Names writers' instruction pointers at sweeps, cached across processes.
     let symbolizer = Symbolizer()
+    /// The ELF files the processes' unwinders parsed, shared across forks and execs.
+    let unwindImages = UnwindImageCache()
     /// The program runs and the start record is out.
     public internal(set) var started = false
     /// `PTRACE_CONT` in launch mode (the seccomp filter picks the syscalls),
@@ -97,6 +111,10 @@ public final class Tracker {
     var lastDetachWait = ""
     /// The signal a thread was parked at (its signal-delivery stop), for PTRACE_DETACH to deliver.
     var parkedSignals: [Int32: HeldSignal] = [:]
+    /// Why tracking is being given up (`giveUpTracking`), once it is.
+    var givingUp: String?
+    /// `--verify-contents`: pages found changed with no write reported, in every process.
+    public internal(set) var missedPages = 0
 
     public init(configuration: TrackerConfiguration, emit: @escaping (LogRecord) -> Void) {
         config = configuration
@@ -119,7 +137,9 @@ public final class Tracker {
         defer { withExtendedLifetime(polling) {} }
         try main.startImage(tid: pid)
         emit(.start(pid: pid, pageSize: Page.size, command: config.command,
-                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs()))
+                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
+                    selectedPages: main.selectedPagesNow()))
+        warnAboutFileSpecs()
         started = true
         // The program shares our terminal: Ctrl-C and Ctrl-\ are for it, and
         // PageWatch reports how it ended. (Ignored only now, after the fork,
@@ -134,6 +154,7 @@ public final class Tracker {
         try main.resume(pid)
         try eventLoop()
         let end = main.end!
+        warnIfNothingWasEverSelected()
         emit(.end(pid: pid, end: end, sweeps: main.sweeps, faults: main.totalFaults, timeNs: main.endTimeNs))
         return end
     }
@@ -157,29 +178,16 @@ public final class Tracker {
             // Stops first: a thread waits for us at each one, and a pending
             // sweep is served at the next of them.
             var next = try Wait.poll(-1)
-            if next == nil, awaitingFirstStop.isEmpty, let t = timer, t.takeDue() {
-                // (Not after a process's exit sweep: its threads are exiting.)
-                for p in processes.values where p.end == nil && !p.trackingStopped && !p.finalSweepDone {
-                    p.requestSweep(.interval)
-                }
-            }
-            if next == nil {
-                for p in processes.values.sorted(by: { $0.pid < $1.pid })
-                where p.pendingSweep != nil && !p.threads.values.contains(where: \.interruptPending) {
-                    // No thread safe to stop: report now, re-arm at a later stop.
-                    do {
-                        if !p.requestInterruptIfNeeded() { try p.reportOnlySweep(reason: .interval) }
-                    } catch let error as TraceError where p !== main {
-                        trace("  process \(p.pid) vanished during a sweep: \(error)")
-                        p.pendingSweep = nil
-                    }
-                }
-            }
-            if next == nil, let stop = detachCondition() { try startDetach(stop) }
+            // The clock, the deadline and the pending sweeps on every turn,
+            // stops queued or not: a busy program always has a stop queued,
+            // and checked only when none was, sweeps and the detach starved.
+            try scheduleSweeps(stopQueued: next != nil)
+            if let stop = detachCondition() { try startDetach(stop) }
+            if detaching != nil { resendDetachInterrupts() }
             if next == nil, detaching != nil, try finishDetachIfParked() { return }
             if next == nil {
                 setWakeupSignalsBlocked(false)
-                next = try Wait.nextSpinning(-1)
+                next = try waitForNextStop()
                 setWakeupSignalsBlocked(true)
             }
             guard let event = next else { continue }
@@ -276,6 +284,7 @@ extension Tracker {
     /// A vfork child of a tracked process exec'd: it has its own address
     /// space now. Followed, it is a tracked process from its new image on.
     func vforkChildExeced(_ child: Int32, parent: ProcessTracker) throws {
+        checkExecPrivilege(pid: child)
         guard config.followForks else {
             if resumeMode == .syscallStops { return try Ptrace.detach(child) }
             untracked.insert(child)
@@ -391,6 +400,12 @@ extension Tracker {
             try Ptrace.cont(tid, signal: sig)
         case .groupStop:
             try Ptrace.listen(tid)
+        case .event(_, .exec):
+            checkExecPrivilege(pid: tid)
+            try Ptrace.cont(tid)
+        case .event(_, .seccomp):
+            noteOwnPtraceAtEntry(tid: tid)
+            try Ptrace.cont(tid)
         case .event(_, let kind) where kind == .fork || kind == .vfork || kind == .clone:
             let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
             untracked.insert(child)

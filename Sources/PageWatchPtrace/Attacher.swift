@@ -59,6 +59,15 @@ public enum Attacher {
         return ProcFS.statusField("TracerPid", in: status).flatMap { Int32($0) } == getpid()
     }
 
+    /// The tracer of `tid` and its name, when it is not PageWatch.
+    static func otherTracer(of tid: Int32) -> (Int32, String)? {
+        guard let tracer = ProcFS.statusField("TracerPid", of: tid).flatMap({ Int32($0) }), tracer != 0, tracer != getpid() else {
+            return nil
+        }
+        let name = (try? ProcFS.read("/proc/\(tracer)/comm", pid: tracer))?.split(separator: "\n").first.map(String.init) ?? "?"
+        return (tracer, name)
+    }
+
     /// Seizes every thread of `pid`, race-free against threads being
     /// created meanwhile: `/proc/PID/task` is read again until a pass finds
     /// no thread not yet seized (threads a seized thread creates are traced
@@ -79,6 +88,16 @@ public enum Attacher {
                     continue  // the thread exited meanwhile
                 } catch TraceError.call(_, let errno, _, _) where errno == .EPERM && tid != pid && isSeizedOrGone(tid) {
                     continue
+                } catch TraceError.call(_, let errno, _, _) where errno == .EPERM && tid != pid {
+                    // One thread traced by another tracer (a debugger on it
+                    // alone): it could not be kept off armed pages. Refused;
+                    // the threads seized so far are let go when this
+                    // (tracer) process exits.
+                    if let (tracer, name) = otherTracer(of: tid) {
+                        throw TraceError.cannotAttach(pid: pid, reason: "its thread \(tid) is traced by pid \(tracer) (\(name))",
+                                                      hint: "a thread has one tracer: detach the debugger or strace from it first")
+                    }
+                    throw TraceError.call("ptrace(PTRACE_SEIZE)", errno, tid: tid)
                 }
             }
         }

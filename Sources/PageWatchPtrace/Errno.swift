@@ -15,6 +15,8 @@ public struct Errno: Error, Hashable, Sendable, CustomStringConvertible {
         10: "ECHILD", 11: "EAGAIN", 12: "ENOMEM", 13: "EACCES", 14: "EFAULT", 16: "EBUSY", 17: "EEXIST",
         20: "ENOTDIR", 21: "EISDIR", 22: "EINVAL", 24: "EMFILE", 26: "ETXTBSY", 38: "ENOSYS",
         40: "ELOOP", 36: "ENAMETOOLONG",
+        // The log's and reports' write errors.
+        27: "EFBIG", 28: "ENOSPC", 32: "EPIPE", 122: "EDQUOT",
     ]
 
     public var name: String { Errno.names[rawValue] ?? "errno \(rawValue)" }

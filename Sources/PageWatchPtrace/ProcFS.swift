@@ -85,6 +85,10 @@ public enum ProcFS {
     public enum ThreadActivity: Equatable, Sendable {
         case running
         case inSyscall(number: Int64, arguments: [UInt64])
+        /// Blocked, but not in a syscall ("-1 SP PC"): sleeping in a page
+        /// fault (another thread holds the mappings' lock, the page is read
+        /// in), or stopped.
+        case outsideSyscall
         case unknown
     }
 
@@ -92,6 +96,7 @@ public enum ProcFS {
         guard let text = try? read("/proc/\(pid)/task/\(tid)/syscall", pid: tid) else { return .unknown }
         let fields = text.split(whereSeparator: { $0 == " " || $0 == "\n" })
         if fields.first == "running" { return .running }
+        if fields.first == "-1" { return .outsideSyscall }
         guard fields.count >= 7, let nr = Int64(fields[0]) else { return .unknown }
         let args = fields[1...6].compactMap { UInt64($0.dropFirst(2), radix: 16) }
         return args.count == 6 ? .inSyscall(number: nr, arguments: args) : .unknown

@@ -175,7 +175,13 @@ public enum Ptrace {
         return head == 0 ? nil : RemoteAddress(head)
     }
 
+    /// Every read of program memory PageWatch makes comes here. Where the
+    /// program's own userfaultfd would be asked for a page, a read that
+    /// would wait for its handler fails instead (`UserfaultRanges`).
     public static func readMemory(_ pid: Int32, _ address: RemoteAddress, count: Int) throws -> [UInt8] {
+        if UserfaultRanges.shared.overlaps(address, count: count) {
+            return try readMemoryAskingNoHandler(pid, address, count: count)
+        }
         var buffer = [UInt8](repeating: 0, count: count)
         let n = buffer.withUnsafeMutableBytes { pw_read_memory(pid, address.value, $0.baseAddress, count) }
         if n < 0 { throw TraceError.call("process_vm_readv", Errno(Int32(-n)), tid: pid, address: address) }

@@ -14,6 +14,8 @@ public enum Syscall: String, CaseIterable, Sendable {
     case mincore, get_robust_list, sched_getparam, getresuid, getresgid, getgroups, capget, time
     case sendmmsg, sendfile, splice, timer_gettime, timerfd_gettime, timerfd_settime, fcntl
     case get_mempolicy, getcpu, arch_prctl, prctl, shmctl, msgrcv, semctl, msgctl
+    // The program's own tracing (strace, gdb): peeks and register reads write its memory.
+    case ptrace
     // Threads, processes, images.
     case clone, clone3, fork, vfork, execve, execveat, rseq, exit, exit_group, seccomp, set_robust_list
     case set_tid_address

@@ -79,6 +79,7 @@ public enum HTMLReport {
         rows.append(("sweeps", "\(report.sweeps.count)"))
         rows.append(("dirty", "\(report.totalPages) pages (\(Format.fixed(report.mib(report.totalPages), 2)) MiB), \(report.totalFaults) write faults"))
         rows.append(("dirty rate", TextReport.rateLine(report)))
+        if let note = TextReport.reportedAgainLine(report) { rows.append(("reported again", note)) }
         for path in process.execs { rows.append(("exec", path)) }
         for reason in process.untracked { rows.append(("untracked", reason)) }
         let others = log.processes.filter { $0.pid != process.pid }.map(\.pid)
@@ -113,7 +114,7 @@ public enum HTMLReport {
             let rate = rates[i] ?? 0
             let h = maxRate > 0 ? plotHeight * rate / maxRate : 0
             let x = left + slot * Double(i) + (slot - barWidth) / 2
-            let tip = "sweep \(s.seq) (\(s.reason)): \(s.dirtyPages) pages, "
+            let tip = "sweep \(s.seq) (\(s.reason)): \(s.dirtyPages) pages\(TextReport.sweepNote(s)), "
                 + (rates[i].map { Format.fixed($0, 1) + " pages/s" } ?? "no time since the previous sweep")
             svg += "<rect class=\"rate-bar\" x=\"\(n(x))\" y=\"\(n(top + plotHeight - h))\" width=\"\(n(barWidth))\" height=\"\(n(h))\" "
                 + "fill=\"\(i == 0 ? firstBarColour : barColour)\"><title>\(escape(tip))</title></rect>\n"
@@ -246,7 +247,7 @@ public enum HTMLReport {
         for (i, s) in report.sweeps.enumerated() {
             let at = s.timeNs >= report.process.beginNs ? Format.fixed(Double(s.timeNs - report.process.beginNs) / 1e6, 1) : "-"
             t += "<tr><td class=\"num\">\(s.seq)</td><td>\(escape(s.reason))</td><td class=\"num\">\(at)</td>"
-                + "<td class=\"num\">\(s.dirtyPages)</td><td class=\"num\">\(Format.fixed(report.mib(s.dirtyPages), 2))</td>"
+                + "<td class=\"num\">\(s.dirtyPages)\(escape(TextReport.sweepNote(s)))</td><td class=\"num\">\(Format.fixed(report.mib(s.dirtyPages), 2))</td>"
                 + "<td class=\"num\">\(s.faults)</td><td class=\"num\">\(report.sweepRate(i).map { Format.fixed($0, 1) } ?? "-")</td></tr>\n"
         }
         return t + "</table>\n"

@@ -15,9 +15,10 @@ public enum JSONLines {
 
     public static func encode(_ record: LogRecord) -> String {
         switch record {
-        case let .start(pid, pageSize, command, tracked, timeNs):
+        case let .start(pid, pageSize, command, tracked, timeNs, selectedPages):
             return "{\"type\":\"start\",\"schema\":\"\(schema)\",\"pid\":\(pid),\"page_size\":\(pageSize),"
-                + "\"command\":\(array(command)),\"tracked\":\(array(tracked)),\"time_ns\":\(timeNs)}"
+                + "\"command\":\(array(command)),\"tracked\":\(array(tracked)),\"time_ns\":\(timeNs),"
+                + "\"selected_pages\":\(selectedPages)}"
         case let .exec(pid, path, timeNs):
             return "{\"type\":\"exec\",\"pid\":\(pid),\"path\":\(string(path)),\"time_ns\":\(timeNs)}"
         case let .sweep(s):
@@ -28,6 +29,11 @@ public enum JSONLines {
             return "{\"type\":\"attach\",\"pid\":\(pid),\"threads\":\(threads),\"time_ns\":\(timeNs)}"
         case let .detach(pid, sweeps, faults, timeNs):
             return "{\"type\":\"detach\",\"pid\":\(pid),\"sweeps\":\(sweeps),\"faults\":\(faults),\"time_ns\":\(timeNs)}"
+        case let .missed(pid, seq, pages, ranges, timeNs):
+            var out = Array("{\"type\":\"missed\",\"pid\":\(pid),\"seq\":\(seq),\"pages\":\(pages),\"ranges\":".utf8)
+            appendRanges(ranges, to: &out)
+            out += ",\"time_ns\":\(timeNs)}".utf8
+            return String(decoding: out, as: UTF8.self)
         case let .untracked(pid, reason, timeNs):
             return "{\"type\":\"untracked\",\"pid\":\(pid),\"reason\":\(string(reason)),\"time_ns\":\(timeNs)}"
         case let .exit(pid, end, sweeps, faults, timeNs):
@@ -65,6 +71,14 @@ public enum JSONLines {
                 out.append(UInt8(ascii: "}"))
             }
             out.append(UInt8(ascii: "]"))
+        }
+        // Added fields (format rule 9), each only when it says something.
+        if !s.rearmed { out += ",\"rearmed\":false".utf8 }
+        if s.leftWritable > 0 { out += ",\"left_writable\":\(s.leftWritable)".utf8 }
+        if !s.reportedAgain.isEmpty {
+            let pages = s.reportedAgain.reduce(UInt64(0)) { $0 + $1.pageCount }
+            out += ",\"reported_again_pages\":\(pages),\"reported_again\":".utf8
+            appendRanges(s.reportedAgain, to: &out)
         }
         out.append(UInt8(ascii: "}"))
         if newline { out.append(UInt8(ascii: "\n")) }

@@ -13,11 +13,17 @@ public struct ParsedLog: Sendable {
     public var pageSize: UInt64
     public var command: [String]
     public var tracked: [String]
+    /// The `start` record's `selected_pages`; nil in logs written before it existed.
+    public var selectedPages: UInt64?
     public var startNs: UInt64
     /// The program first, then each followed process in the order its `fork` record came.
     public var processes: [LoggedProcess]
     /// The program's `end`; nil when the log is incomplete (PageWatch failed mid-run).
     public var end: LoggedEnding?
+    /// The number of the last line when it was cut mid-record (no final
+    /// newline, not JSON: the disk filled up, PageWatch was killed): it is
+    /// left out, the log read up to the line before.
+    public var cutLine: Int?
 
     /// The program's own process.
     public var program: LoggedProcess { processes[0] }
@@ -59,6 +65,15 @@ public struct LoggedSweep: Sendable, Equatable {
     public var ranges: [AddressRange]
     /// nil when the log was written with `--stack-depth 0`.
     public var sites: [WriteSite]?
+    /// Added fields (docs/format.md rule 9), their defaults when absent:
+    /// false for a sweep that re-armed nothing; its pages left writable;
+    /// its pages the previous sweep had reported and left writable.
+    public var rearmed = true
+    public var leftWritable: UInt64 = 0
+    public var reportedAgainPages: UInt64 = 0
+    /// The pages written in its interval as far as PageWatch knows: those
+    /// reported again are not known to be (the dirty rate counts these).
+    public var newPages: UInt64 { dirtyPages - min(dirtyPages, reportedAgainPages) }
 
     public init(seq: Int, pid: Int32, reason: String, timeNs: UInt64, dirtyPages: UInt64, faults: Int,
                 ranges: [AddressRange], sites: [WriteSite]?) {
@@ -164,9 +179,19 @@ public enum LogReader {
     public static func parse(_ data: Data, source: String) throws(LogReadError) -> ParsedLog {
         var log: ParsedLog?
         var lineNumber = 0
-        for line in lines(data) {
+        var cutLine: Int?
+        let all = lines(data)
+        let unterminated = data.last.map { $0 != UInt8(ascii: "\n") } ?? false
+        for line in all {
             lineNumber += 1
-            let record = try Record(parsing: line, source: source, line: lineNumber)
+            let record: Record
+            do {
+                record = try Record(parsing: line, source: source, line: lineNumber)
+            } catch let error where unterminated && lineNumber == all.count && log != nil {
+                guard case .notJSON = error.problem else { throw error }
+                cutLine = lineNumber
+                break
+            }
             if var current = log {
                 try record.apply(to: &current)
                 log = current
@@ -174,7 +199,8 @@ public enum LogReader {
                 log = try record.startLog()
             }
         }
-        guard let log else { throw LogReadError(source: source, line: nil, problem: .empty) }
+        guard var log else { throw LogReadError(source: source, line: nil, problem: .empty) }
+        log.cutLine = cutLine
         return log
     }
 }
@@ -335,7 +361,7 @@ struct Record {
         let pid: Int32 = try integer("pid")
         let startNs: UInt64 = try integer("time_ns")
         return ParsedLog(source: source, pid: pid, pageSize: try integer("page_size"), command: try strings("command"),
-                         tracked: try strings("tracked"), startNs: startNs,
+                         tracked: try strings("tracked"), selectedPages: try optionalInteger("selected_pages"), startNs: startNs,
                          processes: [LoggedProcess(pid: pid, parent: nil, beginNs: startNs)], end: nil)
     }
 
@@ -359,10 +385,16 @@ struct Record {
                 for item in items { parsed.append(try site(item)) }
                 sites = parsed
             }
-            let sweep = LoggedSweep(seq: try integer("seq"), pid: try integer("pid"), reason: try string("reason"),
+            var sweep = LoggedSweep(seq: try integer("seq"), pid: try integer("pid"), reason: try string("reason"),
                                     timeNs: try integer("time_ns"), dirtyPages: try integer("dirty_pages"),
                                     faults: try integer("faults"), ranges: try ranges(fields["ranges"], field: "ranges"),
                                     sites: sites)
+            if let rearmed = fields["rearmed"] {
+                guard let flag = rearmed as? Bool else { throw fail(.wrongType(record: type, field: "rearmed", expected: "a boolean")) }
+                sweep.rearmed = flag
+            }
+            sweep.leftWritable = try optionalInteger("left_writable") ?? 0
+            sweep.reportedAgainPages = try optionalInteger("reported_again_pages") ?? 0
             log.processes[index(sweep.pid, log.startNs)].sweeps.append(sweep)
         case "exec":
             let i = index(try integer("pid"), log.startNs)

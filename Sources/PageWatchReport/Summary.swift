@@ -18,7 +18,7 @@ public struct Summary {
 
     public mutating func add(_ record: LogRecord) {
         switch record {
-        case let .start(p, _, c, _, _): pid = p; command = c
+        case let .start(p, _, c, _, _, _): pid = p; command = c
         case .exec: execs += 1
         case .sweep(let s) where s.pid == pid: sweeps.append(s)
         case .sweep(let s):
@@ -32,6 +32,7 @@ public struct Summary {
         case .attach: attached = true
         case .detach: detached = true
         case let .untracked(p, reason, _): untracked.append("process \(p): tracking stopped: \(reason)")
+        case .missed: break  // said on stderr as it was found
         case .end(_, let e, _, _, _): end = e
         }
     }
@@ -45,11 +46,19 @@ public struct Summary {
             let reason = s.reason.rawValue + String(repeating: " ", count: max(0, 8 - s.reason.rawValue.count))
             let columns: [String] = [pad(String(s.seq), 5), "  ", reason, pad(String(s.dirtyPages), 13),
                                      pad(mib(s.dirtyPages), 10), pad(String(s.faults), 9), pad(String(s.ranges.count), 8)]
-            lines.append("  " + columns.joined())
+            var notes: [String] = []
+            if !s.rearmed { notes.append("not re-armed") }
+            let again = s.reportedAgain.reduce(UInt64(0)) { $0 + $1.pageCount }
+            if again > 0 { notes.append("\(again) again") }
+            lines.append("  " + columns.joined() + (notes.isEmpty ? "" : "  (" + notes.joined(separator: ", ") + ")"))
         }
-        let totalPages = sweeps.reduce(UInt64(0)) { $0 + $1.dirtyPages }
+        // Pages reported again (the sweep before could not re-arm them) are
+        // not counted twice: they were not seen written again.
+        let again = sweeps.reduce(UInt64(0)) { $0 + $1.reportedAgain.reduce(0) { $0 + $1.pageCount } }
+        let totalPages = sweeps.reduce(UInt64(0)) { $0 + $1.dirtyPages } - again
         let totalFaults = sweeps.reduce(0) { $0 + $1.faults }
-        lines.append("  total: \(sweeps.count) sweeps, \(totalPages) dirty pages (\(mib(totalPages)) MiB), \(totalFaults) write faults")
+        lines.append("  total: \(sweeps.count) sweeps, \(totalPages) dirty pages (\(mib(totalPages)) MiB), \(totalFaults) write faults"
+                     + (again > 0 ? "; \(again) pages reported again, not counted" : ""))
         if execs > 0 { lines.append("  the program called exec \(execs) time(s); tracking restarted each time") }
         for f in followed {
             lines.append("  process \(f.pid) (forked by \(f.parent)): \(f.pages) dirty pages, \(f.faults) write faults, "

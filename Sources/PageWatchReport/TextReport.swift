@@ -24,6 +24,7 @@ public enum TextReport {
         out.append("sweeps    \(report.sweeps.count)")
         out.append("dirty     \(report.totalPages) pages (\(mib(report.totalPages)) MiB) over all sweeps, \(report.totalFaults) write faults")
         out.append("rate      " + rateLine(report))
+        if let note = reportedAgainLine(report) { out.append("again     " + note) }
         let others = log.processes.filter { $0.pid != process.pid }
         if !others.isEmpty {
             let list = others.map { p in
@@ -38,12 +39,28 @@ public enum TextReport {
             let at = s.timeNs >= process.beginNs ? Format.fixed(Double(s.timeNs - process.beginNs) / 1e6, 1) : "-"
             out.append(Format.padLeft(String(s.seq), 5) + "  " + Format.padRight(s.reason, 10)
                        + Format.padLeft(at, 10) + Format.padLeft(String(s.dirtyPages), 13)
-                       + Format.padLeft(mib(s.dirtyPages), 10) + Format.padLeft(String(s.faults), 9))
+                       + Format.padLeft(mib(s.dirtyPages), 10) + Format.padLeft(String(s.faults), 9)
+                       + sweepNote(s))
         }
 
         out.append("")
         out += writersTable(report)
         return out.joined(separator: "\n") + "\n"
+    }
+
+    /// Pages reported again because sweeps could not re-arm them, when any.
+    static func reportedAgainLine(_ report: ProcessReport) -> String? {
+        guard report.reportedAgainPages > 0 || report.reportOnlySweeps > 0 else { return nil }
+        return "\(report.reportedAgainPages) pages reported again (a sweep before could not re-arm them; "
+            + "not in the rate), \(report.reportOnlySweeps) sweeps re-armed nothing"
+    }
+
+    /// After a sweep's row: what it could not re-arm, and what it reported again.
+    static func sweepNote(_ s: LoggedSweep) -> String {
+        var notes: [String] = []
+        if !s.rearmed { notes.append("not re-armed") }
+        if s.reportedAgainPages > 0 { notes.append("\(s.reportedAgainPages) again") }
+        return notes.isEmpty ? "" : "  (" + notes.joined(separator: ", ") + ")"
     }
 
     static func rateLine(_ report: ProcessReport) -> String {
@@ -54,7 +71,8 @@ public enum TextReport {
         let last = report.sweeps.count
         return "\(Format.fixed(r.pagesPerSecond, 1)) pages/s, \(Format.fixed(mibPerSecond, 2)) MiB/s: "
             + "the \(r.pages) pages of sweeps 2-\(last) over the \(Format.duration(ns: UInt64(r.seconds * 1e9))) "
-            + "from sweep 1 to sweep \(last) (sweep 1 reports everything tracked, so it is left out)"
+            + "from sweep 1 to sweep \(last) (sweep 1 reports everything tracked, so it is left out"
+            + (report.reportedAgainPages > 0 ? "; so are \(report.reportedAgainPages) pages reported again)" : ")")
     }
 
     static func writersTable(_ report: ProcessReport) -> [String] {

@@ -77,6 +77,10 @@ public struct ProcessReport: Sendable {
 
     public var sweeps: [LoggedSweep] { process.sweeps }
     public var totalPages: UInt64 { sweeps.reduce(0) { $0 + $1.dirtyPages } }
+    /// Pages reported again (the previous sweep could not re-arm them): in `totalPages`, not in the rate.
+    public var reportedAgainPages: UInt64 { sweeps.reduce(0) { $0 + $1.reportedAgainPages } }
+    /// Sweeps that could re-arm nothing (`rearmed: false`).
+    public var reportOnlySweeps: Int { sweeps.filter { !$0.rearmed }.count }
     public var totalFaults: Int { sweeps.reduce(0) { $0 + $1.faults } }
     /// Whether the log has `sites` (not written with `--stack-depth 0`).
     public var hasSites: Bool { sweeps.contains { $0.sites != nil } }
@@ -112,10 +116,12 @@ public struct ProcessReport: Sendable {
     /// 2...N divided by the time between sweep 1 and sweep N. Sweep 1 is
     /// left out because it reports everything tracked (tracking begins
     /// there, docs/format.md rule 6), not what was written in an interval.
-    /// nil with fewer than two sweeps or no time between them.
+    /// nil with fewer than two sweeps or no time between them. Pages
+    /// reported again because a sweep could not re-arm them (format rule 9)
+    /// are left out: they were reported already, and not seen written again.
     public var dirtyRate: (pagesPerSecond: Double, pages: UInt64, seconds: Double)? {
         guard sweeps.count >= 2, let first = sweeps.first, let last = sweeps.last, last.timeNs > first.timeNs else { return nil }
-        let pages = sweeps.dropFirst().reduce(UInt64(0)) { $0 + $1.dirtyPages }
+        let pages = sweeps.dropFirst().reduce(UInt64(0)) { $0 + $1.newPages }
         let seconds = Double(last.timeNs - first.timeNs) / 1e9
         return (Double(pages) / seconds, pages, seconds)
     }
@@ -126,7 +132,7 @@ public struct ProcessReport: Sendable {
         let previous = index == 0 ? process.beginNs : sweeps[index - 1].timeNs
         let now = sweeps[index].timeNs
         guard now > previous else { return nil }
-        return Double(sweeps[index].dirtyPages) / (Double(now - previous) / 1e9)
+        return Double(sweeps[index].newPages) / (Double(now - previous) / 1e9)
     }
 
     /// Nanoseconds from the start record to the program's end (or the last

@@ -44,10 +44,14 @@ struct Run: ParsableCommand {
         never tracked.
 
         The program runs under ptrace with PTRACE_O_EXITKILL: if pagewatch dies, the program \
-        is killed with it. Ctrl-C goes to the program; pagewatch reports how it ended.
+        is killed with it. Ctrl-C goes to the program, and SIGTERM or SIGHUP sent to pagewatch \
+        are passed to it; pagewatch traces on and reports how it ended.
+
+        A log that cannot be written (a full disk) is one line on stderr: tracking stops, every \
+        protection is given back and the program finishes untracked.
 
         Exit status: the program's, or 128+N when signal N killed it; 127 when it cannot be \
-        started; 2 for a usage error; 1 when tracing fails.
+        started; 2 for a usage error; 1 when tracing fails or the log cannot be written.
         """
     )
 
@@ -63,10 +67,19 @@ struct Run: ParsableCommand {
     func run() throws {
         let configuration = try tracking.configuration(command: program)
         let sink = tracking.openSink()
-        let tracker = Tracker(configuration: configuration) { sink.write($0) }
+        var tracker: Tracker!
+        tracker = Tracker(configuration: configuration) { record in
+            if case .start(let pid, _, _, _, _, _) = record { SignalForwarding.forward(to: pid) }
+            sink.write(record)
+        }
+        tracker.onWarning = warning
+        // A log that cannot be written: the program finishes untracked, PageWatch exits 1.
+        sink.onFailure = { tracker.giveUpTracking(because: $0) }
         do {
             let end = try tracker.run()
             sink.finish()
+            if sink.failure != nil { throw ExitCode(1) }
+            if tracker.missedPages > 0 { throw ExitCode(missedWrites(tracker.missedPages)) }
             throw ExitCode(end.shellStatus)
         } catch let error as TraceError {
             if tracker.started { sink.finish() }
@@ -110,6 +123,10 @@ struct TrackingOptions: ParsableArguments {
                              discussion: "A sleeping CPU's wake-up is most of a fault's cost on many VMs; this halves it here, at the price of idle CPUs kept busy system-wide while PageWatch runs (docs/performance.md)."))
     var idlePoll = true
 
+    @Flag(name: .long, help: ArgumentHelp("Check PageWatch itself: keep a copy of every write-protected page and, at each sweep, report the pages whose contents changed with no write seen (missed writes: a stderr line, a `missed` record, exit status 3).",
+                                           discussion: "For programs that do not know their own truth. Costs a read of the tracked memory at each sweep and a copy of it in PageWatch's memory; a write of the same bytes stays invisible."))
+    var verifyContents = false
+
     func validate() throws {
         if IntervalParser.parse(spinWait).map({ $0 > 1_000_000_000 }) ?? true {
             throw ValidationError("invalid --spin-wait '\(spinWait)' (expected 0 or a duration up to 1s: 50us, 200us)")
@@ -137,6 +154,7 @@ struct TrackingOptions: ParsableArguments {
                                      followForks: followForks, stackDepth: stackDepth)
         c.spinNs = IntervalParser.parse(spinWait)!
         c.idlePolling = idlePoll
+        c.verifyContents = verifyContents
         return c
     }
 
@@ -165,8 +183,8 @@ struct Attach: ParsableCommand {
         should the tracer itself die, a guardian process gives the program its protections back.
 
         Exit status: 0 after a detach; the program's shell status if it ended while attached \
-        (128+N when signal N killed it); 1 when the process cannot be attached to or tracing \
-        fails; 2 for a usage error.
+        (128+N when signal N killed it); 1 when the process cannot be attached to, tracing \
+        fails or the log cannot be written (PageWatch then detaches); 2 for a usage error.
         """
     )
 
@@ -220,9 +238,15 @@ struct Attach: ParsableCommand {
         } catch {
             fail("\(error)", status: 2)
         }
+        tracker.onWarning = warning
+        // A log that cannot be written: PageWatch detaches, the program runs on, exit 1.
+        sink.onFailure = { [unowned tracker] in tracker.giveUpTracking(because: $0) }
+        SignalForwarding.ignoreLogWriteSignals()
         do {
             let end = try tracker.attach(pid: pid)
             sink.finish()
+            if sink.failure != nil { return 1 }
+            if tracker.missedPages > 0 { return missedWrites(tracker.missedPages) }
             if case .programEnded(let how) = end {
                 writeAll(STDERR_FILENO, "pagewatch: pid \(pid) ended while attached (status \(how.shellStatus))\n")
                 return how.shellStatus
@@ -268,53 +292,107 @@ extension String {
 /// Where log records go: a JSON Lines file or stdout, else a summary on stderr.
 final class LogSink {
     let fd: Int32?
+    /// The log's name in messages: its path, or `stdout`.
+    let name: String
     var summary = Summary()
+    /// The first write error, as said on stderr: nothing is written after it.
+    private(set) var failure: String?
+    /// Called once, at the first write error, with the reason tracking stops.
+    var onFailure: ((String) -> Void)?
+    /// Bytes of whole lines written: a line cut by a full disk is cut back to here.
+    private var whole: off_t = 0
 
     init(path: String?) throws {
         switch path {
-        case nil: fd = nil
-        case "-": fd = STDOUT_FILENO
+        case nil: fd = nil; name = "stderr"
+        case "-": fd = STDOUT_FILENO; name = "stdout"
         case let p?:
             let f = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             guard f >= 0 else { throw Errno(errno) }
             fd = f
+            name = p
         }
     }
 
     func write(_ record: LogRecord) {
-        if case let .untracked(pid, reason, _) = record {
+        if case let .untracked(pid, reason, _) = record, failure == nil {
             // Never only in the log: the user must know the report stops here.
+            // (Not when the log's own failure stopped it: that was said.)
             writeAll(STDERR_FILENO, "pagewatch: pid \(pid): \(reason): tracking stopped; its later writes are not reported\n")
         }
+        if case let .missed(pid, seq, pages, ranges, _) = record, failure == nil {
+            let first = ranges.prefix(3).map { "\($0.start)-\($0.end)" }.joined(separator: ", ")
+            writeAll(STDERR_FILENO, "pagewatch: pid \(pid): missed write: \(pages) page(s) changed with no write seen before sweep \(seq): \(first)\(ranges.count > 3 ? ", ..." : "")\n")
+        }
         guard let fd else { summary.add(record); return }
-        writeAll(fd, JSONLines.line(record))
+        guard failure == nil else { return }
+        let line = JSONLines.line(record)
+        if let error = writeFully(fd, line) {
+            failed(error)
+        } else {
+            whole += off_t(line.utf8.count)
+        }
+    }
+
+    /// The log's write error: one line, then tracking stops. A partial last
+    /// line is cut off where the file allows it, so the log ends with a
+    /// whole record (`report` reads a cut one too, with a warning).
+    private func failed(_ error: Errno) {
+        if let fd, fd != STDOUT_FILENO { _ = ftruncate(fd, whole) }
+        let reason = "the log could not be written to \(name): \(error)"
+        failure = reason
+        writeAll(STDERR_FILENO, "pagewatch: cannot write the log to '\(name)': \(error); tracking stopped, the program runs on untracked\n")
+        onFailure?(reason)
     }
 
     func finish() {
         if let fd {
-            if fd != STDOUT_FILENO { close(fd) }
+            // close(2) can report a delayed write error (NFS, quotas).
+            if fd != STDOUT_FILENO, close(fd) != 0, failure == nil {
+                let e = Errno(errno)
+                failure = "closing \(name): \(e)"
+                writeAll(STDERR_FILENO, "pagewatch: cannot write the log to '\(name)': \(e)\n")
+            }
         } else {
             writeAll(STDERR_FILENO, summary.render())
         }
     }
 }
 
-/// write(2) until done; EINTR retried.
-func writeAll(_ fd: Int32, _ text: String) {
-    // The text's own UTF-8 storage, not a copy: a sweep's line can be megabytes.
+/// write(2) until done; EINTR retried. The errno of a failed write, or nil.
+@discardableResult
+func writeFully(_ fd: Int32, _ text: String) -> Errno? {
     var text = text
-    text.withUTF8 { bytes in
+    return text.withUTF8 { bytes -> Errno? in
         var offset = 0
         while offset < bytes.count {
             let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-            if n < 0 { if errno == EINTR { continue }; return }
+            if n < 0 { if errno == EINTR { continue }; return Errno(errno) }
             offset += n
         }
+        return nil
     }
+}
+
+/// write(2) until done; EINTR retried; errors ignored (stderr).
+func writeAll(_ fd: Int32, _ text: String) {
+    writeFully(fd, text)
+}
+
+/// A warning of the engine's: one line on stderr.
+func warning(_ message: String) {
+    writeAll(STDERR_FILENO, "pagewatch: warning: \(message)\n")
 }
 
 /// Prints `pagewatch: MESSAGE` (and a hint line) and exits.
 func fail(_ message: String, hint: String? = nil, status: Int32) -> Never {
     writeAll(STDERR_FILENO, "pagewatch: \(message)\n" + (hint.map { "hint: \($0)\n" } ?? ""))
     exit(status)
+}
+
+/// `--verify-contents` found pages changed with no write seen: one closing
+/// line (each sweep's pages were named already) and exit status 3.
+func missedWrites(_ pages: Int) -> Int32 {
+    writeAll(STDERR_FILENO, "pagewatch: --verify-contents: \(pages) page(s) changed with no write seen; the log's `missed` records name them\n")
+    return 3
 }

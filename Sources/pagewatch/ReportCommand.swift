@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import PageWatchPtrace
 import PageWatchReport
 
 /// `pagewatch report`: reads a log written by `pagewatch run --output` and
@@ -15,7 +16,11 @@ struct Report: ParsableCommand {
 
         With --follow-forks logs, the program is reported unless --pid names another process.
 
-        Exit status: 0; 1 when the log cannot be read or has no such process; 2 for a usage error.
+        A log whose last line was cut mid-record (a full disk) is read up to the line before, \
+        with a warning.
+
+        Exit status: 0; 1 when the log cannot be read or has no such process, or the report \
+        cannot be written; 2 for a usage error.
         """
     )
 
@@ -44,6 +49,9 @@ struct Report: ParsableCommand {
         } catch let error as ProcessReport.SelectionError {
             fail(error.description, status: 1)
         }
+        if let line = report.log.cutLine {
+            writeAll(STDERR_FILENO, "pagewatch: warning: \(report.log.source):\(line): the last line is cut mid-record (no newline, not JSON); read up to line \(line - 1)\n")
+        }
         let text: String
         switch format {
         case .text: text = TextReport.render(report)
@@ -55,13 +63,15 @@ struct Report: ParsableCommand {
             }
         case .html: text = HTMLReport.render(report)
         }
+        // A report that cannot be written is an error, never a silent empty file.
+        SignalForwarding.ignoreLogWriteSignals()
         guard let output, output != "-" else {
-            writeAll(STDOUT_FILENO, text)
+            if let error = writeFully(STDOUT_FILENO, text) { fail("cannot write the report to stdout: \(error)", status: 1) }
             return
         }
         let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { fail("cannot open --output '\(output)': \(String(cString: strerror(errno)))", status: 1) }
-        writeAll(fd, text)
-        close(fd)
+        if let error = writeFully(fd, text) { fail("cannot write the report to '\(output)': \(error)", status: 1) }
+        if close(fd) != 0 { fail("cannot write the report to '\(output)': \(Errno(errno))", status: 1) }
     }
 }

@@ -277,7 +277,7 @@ final class Background {
         var sharedPagesReported = 0
         for i in 0..<30 {
             let log = Harness.temporaryPath("churn-\(i).jsonl")
-            let r = try attach(fixture.pid, ["--interval", "1ms", "--duration", "40ms"], log: log)
+            let r = try attach(fixture.pid, ["--interval", "1ms", "--duration", "300ms"], log: log)
             if r.status != 0 { Issue.record("attach \(i): status \(r.status): \(r.stderr)"); break }
             let records = try Harness.readLog(log)
             #expect(records.last?["type"] as? String == "detach", "attach \(i)")

@@ -53,7 +53,9 @@ import Testing
         #expect(untracked.status == c.expectedStatus)
 
         let log = Harness.temporaryPath("\(c.fixture).jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0",
+        // --verify-contents: a page changed with no write seen would be a
+        // `missed` line on stderr and exit status 3.
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2", "--interval", "0",
                                        "--output", log] + c.extraArguments + ["--", program])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.stderr == untracked.stderr)

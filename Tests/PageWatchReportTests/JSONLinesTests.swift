@@ -8,8 +8,8 @@ import PageWatchAttribution
 @Suite struct JSONLinesTests {
     @Test func encodesTheStartRecordExactly() {
         let line = JSONLines.encode(.start(pid: 42, pageSize: 4096, command: ["/bin/echo", "a \"b\"\n"],
-                                           tracked: ["writable", "0x1000-0x2000"], timeNs: 7))
-        #expect(line == #"{"type":"start","schema":"pagewatch/1","pid":42,"page_size":4096,"command":["/bin/echo","a \"b\"\n"],"tracked":["writable","0x1000-0x2000"],"time_ns":7}"#)
+                                           tracked: ["writable", "0x1000-0x2000"], timeNs: 7, selectedPages: 3))
+        #expect(line == #"{"type":"start","schema":"pagewatch/1","pid":42,"page_size":4096,"command":["/bin/echo","a \"b\"\n"],"tracked":["writable","0x1000-0x2000"],"time_ns":7,"selected_pages":3}"#)
     }
 
     @Test func encodesSweepAndEnd() {

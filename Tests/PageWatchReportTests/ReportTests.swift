@@ -154,6 +154,43 @@ enum SampleLog {
         #expect(text.contains("processes also in the log: 101 (forked by 100)"))
     }
 
+    /// A sweep that could not re-arm (format rule 9): the next one reports
+    /// its pages again, marked, and the rate does not count them twice.
+    @Test func leavesPagesReportedAgainOutOfTheRate() throws {
+        let s = SampleLog.startNs
+        var reportOnly = SweepRecord(seq: 2, pid: SampleLog.pid, reason: .interval, timeNs: s + 2_000_000,
+                                     ranges: [AddressRange(0x100 * 4096, 0x104 * 4096)], faults: 4)
+        reportOnly.rearmed = false
+        reportOnly.leftWritable = 4
+        var again = SweepRecord(seq: 3, pid: SampleLog.pid, reason: .exit, timeNs: s + 3_000_000,
+                                ranges: [AddressRange(0x100 * 4096, 0x106 * 4096)], faults: 2)
+        again.reportedAgain = [AddressRange(0x100 * 4096, 0x104 * 4096)]
+        let records: [LogRecord] = [
+            .start(pid: SampleLog.pid, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: s),
+            SampleLog.sweep(1, at: s + 1_000_000, [SampleLog.site(SampleLog.unseen, pages: 10, faults: 0, at: 0x100)]),
+            .sweep(reportOnly), .sweep(again),
+            .end(pid: SampleLog.pid, end: .exited(code: 0), sweeps: 3, faults: 6, timeNs: s + 4_000_000),
+        ]
+        let text = records.map { JSONLines.encode($0) + "\n" }.joined()
+        #expect(text.contains(#""rearmed":false,"left_writable":4}"#))
+        #expect(text.contains(#""reported_again_pages":4,"reported_again":[["0x100000","0x104000"]]}"#))
+        let report = try ProcessReport(log: SampleLog.parsed(text))
+        #expect(report.sweeps.map(\.rearmed) == [true, false, true])
+        #expect(report.sweeps.map(\.reportedAgainPages) == [0, 0, 4])
+        #expect(report.totalPages == 20)
+        // 4 + 6 - 4 pages in the 2 ms from sweep 1 to sweep 3.
+        #expect(report.dirtyRate?.pages == 6)
+        #expect(report.sweepRate(2) == 2 / 0.001)
+        let rendered = TextReport.render(report)
+        #expect(rendered.contains("again     4 pages reported again"))
+        #expect(rendered.contains("(not re-armed)"))
+        #expect(rendered.contains("(4 again)"))
+        #expect(HTMLReport.render(report).contains("4 pages reported again"))
+        var summary = Summary()
+        for r in records { summary.add(r) }
+        #expect(summary.render().contains("total: 3 sweeps, 16 dirty pages (0.1 MiB), 6 write faults; 4 pages reported again, not counted"))
+    }
+
     @Test func reportsAFollowedProcessOnItsOwn() throws {
         let text = TextReport.render(try ProcessReport(log: SampleLog.parsed(), pid: 101))
         #expect(text.contains("pid       101, forked by 100, exited with status 0"))

@@ -9,6 +9,7 @@
 #include <sys/types.h>
 #include <sys/user.h>
 #include <signal.h>
+#include <sys/xattr.h>  /* getxattr: file capabilities (ExecPrivilege) */
 
 #ifdef __cplusplus
 extern "C" {

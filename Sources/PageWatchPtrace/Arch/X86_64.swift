@@ -244,7 +244,7 @@ public enum X86_64: Architecture {
         "mkdir": 83, "rmdir": 84, "creat": 85, "link": 86, "unlink": 87, "symlink": 88,
         "readlink": 89, "chmod": 90, "fchmod": 91, "chown": 92, "fchown": 93, "lchown": 94,
         "umask": 95, "gettimeofday": 96, "getrlimit": 97, "getrusage": 98, "sysinfo": 99, "times": 100,
-        "getuid": 102, "getgid": 104, "setuid": 105, "setgid": 106, "geteuid": 107, "getegid": 108,
+        "ptrace": 101, "getuid": 102, "getgid": 104, "setuid": 105, "setgid": 106, "geteuid": 107, "getegid": 108,
         "setpgid": 109, "getppid": 110, "getpgrp": 111, "setsid": 112, "setreuid": 113, "setregid": 114,
         "getgroups": 115, "setresuid": 117, "getresuid": 118, "setresgid": 119, "getresgid": 120, "getpgid": 121,
         "getsid": 124, "capget": 125, "rt_sigpending": 127, "rt_sigtimedwait": 128, "rt_sigqueueinfo": 129, "sigaltstack": 131,
@@ -307,6 +307,9 @@ public enum X86_64: Architecture {
         34, 42, 43, 44, 45, 46, 47, 61, 72, 73,  // pause, connect, accept, sendto, recvfrom, sendmsg, recvmsg, wait4, fcntl, flock
         128, 130, 202, 232, 247, 257, 281, 288, 299, 441,
         // rt_sigtimedwait, rt_sigsuspend, futex, epoll_wait, waitid, openat, epoll_pwait, accept4, recvmmsg, epoll_pwait2
+        9, 10, 11, 28,
+        // mmap, mprotect, munmap, madvise: blocked on the mappings' lock in
+        // a busy program (they are not ended by a stop; they write nothing)
     ]
 
     public static func memoryWrittenOnInterruption(number: Int64, arguments a: [UInt64]) -> [AddressRange]? {

@@ -1,0 +1,88 @@
+import Glibc
+import PageWatchAddressSpace
+import PageWatchPtrace
+
+/// `--verify-contents`: PageWatch's own copy of every armed page, taken when
+/// a sweep armed it. A page that stayed armed since (no write fault, no
+/// kernel write PageWatch knew of, not new) and whose contents differ at the
+/// next sweep was written unseen: a missed write. It checks the promise
+/// "never miss a write" on programs that do not know their own truth. A
+/// write of the same bytes stays invisible to it, and is harmless.
+final class ContentCopies {
+    var pages: [RemoteAddress: [UInt8]] = [:]
+    /// Pages found changed with no write reported, over the whole run.
+    var missedPages = 0
+}
+
+extension ProcessTracker {
+    /// The largest read of the program's memory at once.
+    static let contentChunk = 64 * Int(Page.size)
+
+    /// Before a sweep reports: compares every page armed and clean since the
+    /// last sweep with its copy. Changed pages are reported (a `missed`
+    /// record, one stderr line) and counted dirty, so this sweep reports
+    /// them. Skipped while another thread is inside a memory call: its
+    /// mapping may change under the comparison, and the model learns of it
+    /// at the call's exit.
+    func checkContents(tid: Int32) {
+        guard let copies = contentCopies, !memoryCallInFlight(besides: tid) else { return }
+        let dirty = memory.dirtyPages()
+        var missed = PageSet()
+        for piece in memory.armedPieces(in: Self.everything) {
+            forEachChunk(of: piece.range, tid: tid) { start, bytes in
+                bytes.withUnsafeBytes { now in
+                    for k in 0..<bytes.count / Int(Page.size) {
+                        let page = start + UInt64(k) * Page.size
+                        guard !dirty.contains(page), let copy = copies.pages[page] else { continue }
+                        let differs = copy.withUnsafeBytes { memcmp(now.baseAddress! + k * Int(Page.size), $0.baseAddress!, Int(Page.size)) != 0 }
+                        if differs { missed.insert(page: page) }
+                    }
+                }
+            }
+        }
+        guard !missed.isEmpty else { return }
+        let count = missed.ranges.reduce(0) { $0 + Int($1.pageCount) }
+        copies.missedPages += count
+        session.missedPages += count
+        for range in missed.ranges { memory.markDirty(range) }
+        emit(.missed(pid: pid, seq: sweeps + 1, pages: count, ranges: missed.ranges, timeNs: wallClockNs()))
+    }
+
+    /// After a sweep re-armed: copies the armed pages that have no copy or
+    /// were dirty (re-armed now), and forgets the copies of pages no longer
+    /// armed (written, unmapped).
+    func copyContents(dirty: PageSet, tid: Int32) {
+        guard let copies = contentCopies else { return }
+        var armed = PageSet()
+        for piece in memory.armedPieces(in: Self.everything) { armed.insert(piece.range) }
+        copies.pages = copies.pages.filter { armed.contains($0.key) && !dirty.contains($0.key) }
+        var needed = PageSet()
+        for range in armed.ranges {
+            var page = range.start
+            while page < range.end {
+                if copies.pages[page] == nil { needed.insert(page: page) }
+                page = page + Page.size
+            }
+        }
+        for range in needed.ranges {
+            forEachChunk(of: range, tid: tid) { start, bytes in
+                for k in 0..<bytes.count / Int(Page.size) {
+                    copies.pages[start + UInt64(k) * Page.size] = Array(bytes[k * Int(Page.size)..<(k + 1) * Int(Page.size)])
+                }
+            }
+        }
+    }
+
+    /// Reads `range` in chunks; a chunk that cannot be read whole (unmapped
+    /// meanwhile by a running thread) is skipped: those pages go unchecked.
+    func forEachChunk(of range: AddressRange, tid: Int32, _ body: (RemoteAddress, [UInt8]) -> Void) {
+        var start = range.start
+        while start < range.end {
+            let count = min(Self.contentChunk, Int(range.end - start))
+            if let bytes = try? Ptrace.readMemory(tid, start, count: count), bytes.count == count { body(start, bytes) }
+            start = start + UInt64(count)
+        }
+    }
+
+    static let everything = AddressRange(start: RemoteAddress(0), end: RemoteAddress(UInt64.max & ~(Page.size - 1)))
+}

@@ -1,0 +1,131 @@
+import Foundation
+import Testing
+
+/// A program on one of the runtimes people run, built from its source in
+/// fixtures/runtimes/ at the first test that needs it. `fixed` does a fixed
+/// amount of work; `timed(seconds)` the same kind of work for that long, for
+/// attaching; both print the same line.
+struct Runtime: Sendable, CustomTestStringConvertible {
+    let name: String
+    let command: @Sendable (String) throws -> [String]
+    let fixed: [String]
+    var testDescription: String { name }
+
+    func timed(_ seconds: Int) -> [String] { ["-t", String(seconds)] }
+
+    static let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("fixtures/runtimes").path
+
+    /// Runs a build step; a failure names the step and what it printed.
+    static func build(_ argv: [String], environment: [String: String] = [:]) throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = environment.map { "\($0.key)=\($0.value)" } + argv
+        let err = Pipe()
+        p.standardError = err
+        p.standardOutput = err
+        try p.run()
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        if p.terminationStatus != 0 { throw BuildError.failed(argv.joined(separator: " "), text) }
+    }
+
+    enum BuildError: Error { case failed(String, String) }
+
+    /// Each runtime's program, built once into the test run's directory.
+    static let all: [Runtime] = [
+        Runtime(name: "java", command: { dir in
+            try once("java") { try build(["javac", "-d", dir, "\(sources)/HashChurn.java"]) }
+            return ["/usr/bin/env", "java", "-XX:+UseSerialGC", "-Xmx256m", "-cp", dir, "HashChurn"]
+        }, fixed: ["6"]),
+        Runtime(name: "go", command: { dir in
+            try once("go") {
+                try build(["go", "build", "-o", "\(dir)/gochurn", "\(sources)/churn.go"],
+                          environment: ["GOCACHE": "\(dir)/gocache", "GO111MODULE": "off", "GOFLAGS": ""])
+            }
+            return ["\(dir)/gochurn"]
+        }, fixed: ["10"]),
+        Runtime(name: "node", command: { _ in ["/usr/bin/env", "node", "\(sources)/wasmtrap.js"] }, fixed: ["20"]),
+        Runtime(name: "rust", command: { dir in
+            try once("rust") { try build([rustc, "-O", "-o", "\(dir)/rschurn", "\(sources)/churn.rs"]) }
+            return ["\(dir)/rschurn"]
+        }, fixed: ["10"]),
+    ]
+
+    /// rustc from the PATH (Debian's package), else rustup's.
+    static var rustc: String {
+        let rustup = NSString(string: "~/.cargo/bin/rustc").expandingTildeInPath
+        let path = (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/rustc" }
+        return path.first { FileManager.default.isExecutableFile(atPath: $0) } ?? rustup
+    }
+
+    nonisolated(unsafe) static var built: Set<String> = []
+    static let lock = NSLock()
+    static func once(_ name: String, _ body: () throws -> Void) throws {
+        lock.lock()
+        defer { lock.unlock() }
+        guard !built.contains(name) else { return }
+        try body()
+        built.insert(name)
+    }
+
+    static let directory: String = {
+        let dir = Harness.temporaryPath("runtimes")
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        return dir
+    }()
+}
+
+/// The JVM (its own SIGSEGVs for null checks and safepoints), node (a
+/// WebAssembly trap is a SIGSEGV V8 handles), Go (signal stacks on every
+/// thread, SIGURG preemption) and Rust (eight threads) under `pagewatch run`
+/// at depth 0 and at the default depth, and attached and detached three
+/// times: the same output and status as untracked, pages really tracked, and
+/// under `--verify-contents` no page changed with no write seen.
+@Suite(.serialized) struct RealRuntimeTests {
+    @Test(arguments: Runtime.all, [0, nil] as [Int?])
+    func sameOutputUnderRun(_ runtime: Runtime, depth: Int?) throws {
+        let command = try runtime.command(Runtime.directory) + runtime.fixed
+        let untracked = try Harness.run(command)
+        #expect(untracked.status == 0, "untracked: \(untracked.stderr.suffix(2000))")
+        let log = Harness.temporaryPath("runtime-\(runtime.name).jsonl")
+        let depthFlag = depth.map { ["--stack-depth", String($0)] } ?? []
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--interval", "100ms", "--output", log] + depthFlag
+                                      + ["--"] + command, timeout: 600)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == untracked.status, "pagewatch's stderr: \(tracked.stderr.suffix(3000))")
+        let records = try Harness.readLog(log)
+        let end = records.last { $0["type"] as? String == "end" }
+        #expect(end?["exit_status"] as? Int == 0)
+        #expect(!records.contains { $0["type"] as? String == "missed" })
+        // Tracked for real: write faults taken, and pages reported.
+        #expect((end?["faults"] as? Int ?? 0) > 100)
+        let dirty = records.filter { $0["type"] as? String == "sweep" }.map { $0["dirty_pages"] as? Int ?? 0 }.reduce(0, +)
+        #expect(dirty > 100)
+    }
+
+    @Test(arguments: Runtime.all)
+    func attachedAndDetachedThreeTimes(_ runtime: Runtime) throws {
+        let command = try runtime.command(Runtime.directory)
+        let untracked = try Harness.run(command + runtime.fixed)
+        #expect(untracked.status == 0)
+        let program = try Background(command + runtime.timed(8))
+        usleep(800_000)  // past the runtime's start
+        for (k, depth) in ["0", "16", "0"].enumerated() {
+            let log = Harness.temporaryPath("runtime-attach-\(runtime.name)-\(k).jsonl")
+            let attached = try Harness.run([Harness.pagewatch, "attach", "--verify-contents", "--duration", "1s", "--interval", "200ms",
+                                            "--stack-depth", depth, "--output", log, String(program.pid)], timeout: 120)
+            #expect(attached.status == 0, "attach \(k + 1): \(attached.stderr.suffix(2000))")
+            let records = try Harness.readLog(log)
+            #expect(records.first?["type"] as? String == "start")
+            #expect(records.last?["type"] as? String == "detach", "attach \(k + 1)")
+            #expect(!records.contains { $0["type"] as? String == "missed" }, "attach \(k + 1)")
+            let sweeps = records.filter { $0["type"] as? String == "sweep" }
+            #expect(sweeps.count >= 2, "attach \(k + 1)")
+            #expect(sweeps.map { $0["dirty_pages"] as? Int ?? 0 }.reduce(0, +) > 0, "attach \(k + 1)")
+            usleep(300_000)
+        }
+        #expect(program.finish(timeout: 120) == 0, "\(program.stderr.suffix(2000))")
+        #expect(program.stdout == untracked.stdout)
+    }
+}

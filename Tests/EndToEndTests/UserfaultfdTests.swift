@@ -1,0 +1,98 @@
+import Foundation
+import Testing
+
+/// A program with its own userfaultfd (fx_userfaultfd): PageWatch must never
+/// read a page the program's handler would have to supply (the handler may
+/// be held at a ptrace stop: PageWatch and the program would wait for each
+/// other forever; `Harness.run` ends a run that hangs and fails the test),
+/// and the pages the handler fills with UFFDIO_COPY or UFFDIO_ZEROPAGE are
+/// written by the kernel: reported, exactly as the fixture's truth says.
+@Suite(.serialized) struct UserfaultfdTests {
+    @Test(arguments: [["--stack-depth", "0"], []])
+    func pagesTheHandlerFillsAreReportedAndNothingHangs(_ depth: [String]) throws {
+        try FixtureTests().dirtySetsMatchTheFixturesTruth(
+            FixtureTests.Case(fixture: "fx_userfaultfd", extraArguments: depth, expectedStatus: 0))
+    }
+
+    /// Attached after the registration (learned from smaps), the same.
+    @Test(arguments: [["--stack-depth", "0"], []])
+    func attachedAfterTheRegistration(_ depth: [String]) throws {
+        func drive(attaching: Bool) throws -> (stdout: String, status: Int32, log: [[String: Any]]) {
+            let fifo = Harness.temporaryPath("uffd-\(UUID().uuidString).fifo")
+            #expect(mkfifo(fifo, 0o600) == 0)
+            let fixture = try Background([Harness.fixture("fx_userfaultfd"), fifo])
+            #expect(fixture.waitFor("ready\n"))
+            let log = Harness.temporaryPath("uffd-attach-\(UUID().uuidString).jsonl")
+            if attaching {
+                let pagewatch = try Background([Harness.pagewatch, "attach", "--output", log,
+                                                "--track", "0x370000000000-0x370000040000",
+                                                "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2"]
+                                               + depth + [String(fixture.pid)])
+                #expect(AttachTests().waitForLog(log, toContain: "\"reason\":\"attach\""))
+                try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
+                #expect(pagewatch.finish() == 0)
+                #expect(pagewatch.stderr == "")
+            } else {
+                try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
+            }
+            try "d".write(toFile: fifo, atomically: false, encoding: .utf8)
+            let status = fixture.finish()
+            return (fixture.stdout, status, attaching ? try Harness.readLog(log) : [])
+        }
+        let untracked = try drive(attaching: false)
+        let tracked = try drive(attaching: true)
+        #expect(untracked.status == 0)
+        #expect(tracked.status == 0)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.stdout.contains("copies 32 zeropages 16 "))
+        let sweeps = tracked.log.filter { $0["type"] as? String == "sweep" }
+        #expect(sweeps.map { $0["reason"] as? String } == ["attach", "signal", "detach"])
+        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
+        #expect(truth.count == sweeps.count)
+        for (k, sweep) in sweeps.enumerated() where k < truth.count {
+            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
+        }
+        // The handler's fills are the kernel's writes, named by the ioctl
+        // (writers are logged with call stacks, not at depth 0).
+        guard depth.isEmpty else { return }
+        let writers = Set(sweeps.flatMap { ($0["sites"] as? [[String: Any]]) ?? [] }
+            .flatMap { ($0["frames"] as? [[String: Any]]) ?? [] }
+            .compactMap { $0["function"] as? String })
+        #expect(writers.contains("[kernel] UFFDIO_COPY"))
+        #expect(writers.contains("[kernel] UFFDIO_ZEROPAGE"))
+    }
+
+    /// Attached and detached again and again while the handler fills pages
+    /// and the program drops them (MADV_DONTNEED) round after round: every
+    /// attach ends in a detach, the program's checks all pass and it ends
+    /// as without the tool.
+    @Test func attachedAndDetachedWhileTheHandlerWorks() throws {
+        let untracked = try Background([Harness.fixture("fx_userfaultfd"), "churn"])
+        #expect(untracked.waitFor("ready\n"))
+        usleep(100_000)
+        untracked.send("stop")
+        #expect(untracked.finish() == 0)
+        #expect(untracked.stdout.hasSuffix("bad 0\nok\n"))
+
+        let fixture = try Background([Harness.fixture("fx_userfaultfd"), "churn"])
+        #expect(fixture.waitFor("ready\n"))
+        var filledPagesReported = 0
+        for i in 0..<10 {
+            let log = Harness.temporaryPath("uffd-churn-\(UUID().uuidString).jsonl")
+            let depth = i % 2 == 0 ? ["--stack-depth", "0"] : []
+            let r = try Harness.run([Harness.pagewatch, "attach", "--output", log, "--interval", "5ms",
+                                     "--duration", "40ms"] + depth + [String(fixture.pid)], timeout: 60)
+            if r.status != 0 { Issue.record("attach \(i): status \(r.status): \(r.stderr)"); break }
+            let records = try Harness.readLog(log)
+            #expect(records.last?["type"] as? String == "detach", "attach \(i)")
+            for sweep in records where sweep["type"] as? String == "sweep" && sweep["reason"] as? String != "attach" {
+                filledPagesReported += FixtureTruth.pages(in: (0x3700_0001_0000, 0x3700_0004_0000), of: sweep).count
+            }
+        }
+        // Pages the handler filled were reported while attached (the test exercised something).
+        #expect(filledPagesReported > 0)
+        fixture.send("stop")
+        #expect(fixture.finish() == 0)
+        #expect(fixture.stdout == untracked.stdout)
+    }
+}
