@@ -114,7 +114,8 @@ import Testing
 
     /// A real io_uring workload: a file copy with 32 requests in flight,
     /// heap buffers reused through malloc, frequent sweeps (many interrupt
-    /// the program's wait for completions): the copy is exact.
+    /// the program's wait for completions): the copy is exact, and no write
+    /// was missed.
     @Test(arguments: [["--stack-depth", "0"], []])
     func copyProgramCopiesExactlyUnderFrequentSweeps(_ extra: [String]) throws {
         let source = Harness.temporaryPath("uring-cp-src")
@@ -130,7 +131,8 @@ import Testing
         let untracked = try Harness.run([program, "cp", source, untrackedCopy])
         #expect(untracked.stdout == "copied \(bytes.count) bytes\nok\n")
         let log = Harness.temporaryPath("io_uring_cp.jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--interval", "2ms", "--output", log] + extra
+        // --verify-contents: a write PageWatch missed (the kernel's, for a request) fails the run.
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--interval", "2ms", "--output", log] + extra
                                       + ["--", program, "cp", source, trackedCopy])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == untracked.status, "pagewatch's stderr: \(tracked.stderr.suffix(2000))")
