@@ -21,6 +21,7 @@ let fixtureNames = [
     "fx_callsites", "fx_writers", "fx_trampoline", "fx_ptrace_floor", "fx_sweep", "fx_spinners", "fx_exit_sweep",
     "fx_slot_overflow", "fx_segv_handler", "fx_attach_altstack", "fx_hidden_write", "fx_steady_writers",
     "fx_term", "fx_tracer", "fx_lld_callsites", "fx_userfaultfd",
+    "fx_io_uring",
 ]
 
 /// C++ fixtures: one `NAME.cpp` in fixtures/ each, built like the C ones
@@ -45,6 +46,11 @@ let fixtureExtraFlags: [String: [String]] = [
     "fx_trampoline": ["-mno-red-zone"],
 ]
 
+/// Libraries fixtures link besides pthread.
+let fixtureExtraLibraries: [String: [String]] = [
+    "fx_io_uring": ["uring"],
+]
+
 /// Extra linker flags of fixtures that need them. fx_lld_callsites is linked
 /// by lld (the Swift toolchain ships it; `swiftc` links the fixtures).
 let fixtureLinkerFlags: [String: [String]] = [
@@ -66,7 +72,8 @@ let fixtureTargets: [Target] = (fixtureNames + cxxFixtureNames).map { name in
         sources: [fixtureSources[name]!],
         cSettings: [.unsafeFlags(flags)],
         cxxSettings: [.unsafeFlags(flags)],
-        linkerSettings: [.linkedLibrary("pthread")] + (fixtureLinkerFlags[name].map { [.unsafeFlags($0)] } ?? [])
+        linkerSettings: (["pthread"] + (fixtureExtraLibraries[name] ?? [])).map { LinkerSetting.linkedLibrary($0) }
+            + (fixtureLinkerFlags[name].map { [.unsafeFlags($0)] } ?? [])
     )
 } + swiftFixtureNames.map { name in
     .executableTarget(name: name, path: "fixtures/\(name)")

@@ -13,6 +13,8 @@ enum PendingSyscallExit {
     /// `rt_sigaction(SIGSEGV, act, …)`: `act` as read at the entry, the
     /// program's SIGSEGV action once the call succeeds.
     case segvAction([UInt8])
+    /// io_uring_setup: its params struct, read back at the exit (the new ring).
+    case ioUringSetup(params: UInt64)
     /// `UFFDIO_UNREGISTER` of the range: PageWatch may read there once it succeeded.
     case userfaultfdUnregister(AddressRange)
     /// A call whose outputs could not all be learned at the entry: a
@@ -54,6 +56,7 @@ extension ProcessTracker {
         // Attach mode stops at every call: those known to leave user memory
         // alone go on at once (launch mode's filter never stops them).
         if Self.harmless.contains(nr) { return try resume(tid) }
+        if try ioUringEntry(nr, args, regs: regs, tid: tid) { return }
         guard let call = Arch.syscall(number: nr) else {
             try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
             return
@@ -374,6 +377,9 @@ extension ProcessTracker {
         case .segvAction(let action):
             if result == 0 { segvAction = action }
             try resume(tid)
+        case .ioUringSetup(let params):
+            ioUringSetupExit(params: params, result: result, tid: tid)
+            try resume(tid)
         case .userfaultfdUnregister(let range):
             try userfaultfdUnregisterExit(range, result: result, tid: tid)
         case let .userfaultfdUndecoded(entry, attempt):
@@ -428,6 +434,7 @@ extension ProcessTracker {
         case .mmap:
             guard !failed else { return }
             let mapped = range(UInt64(bitPattern: result), a[1])
+            noteIOUringMapping(a, at: UInt64(bitPattern: result), tid: tid)
             memory.forget(mapped)  // whatever was there is gone (MAP_FIXED)
             try refreshMaps()
             try armNow(mapped, tid: tid)

@@ -160,6 +160,12 @@ final class ProcessTracker {
     /// PageWatch let go of this process (`stopTracking`): nothing is armed in
     /// it, and its stops are resumed as without PageWatch.
     var trackingStopped = false
+    /// The pages tracked when tracking stopped: another thread's write
+    /// fault there, racing with the stop, is PageWatch's (`isReleasedPageFault`).
+    var releasedRanges = PageSet()
+    var releasedFaults: [Int32: RemoteAddress] = [:]
+    /// The program's io_uring instances and requests in flight (ProcessTracker+IOUring).
+    var ioUring = IOUringState()
     /// A sweep of it had selected pages (`warnIfNothingWasEverSelected`).
     var everSelected = false
     /// `--verify-contents`: the armed pages' copies (`checkContents`).
@@ -721,6 +727,7 @@ final class ProcessTracker {
         threads[pid]?.rseqKnown = false
         threads[pid]?.completingSyscall = completing
         memory.reset()
+        ioUring = IOUringState()  // io_uring fds are always close-on-exec
         UserfaultRanges.shared.forget(pid: pid)  // a new address space
         stackAnchors = []
         faultsThisInterval = 0
@@ -948,6 +955,7 @@ final class ProcessTracker {
     /// (hazard 19): pages written while we work are unarmed, hence dirty, and
     /// writes after their re-arm fault and are handled after this sweep.
     func sweep(reason: SweepReason, in tid: Int32) throws {
+        if reason == .attach, try stopTrackingForIOUringBeforeAttach(tid: tid) { return }
         if givesUpAtSweep, let why = session.givingUp { return try stopTracking(because: why, tid: tid) }
         pendingSweep = nil
         // Re-armed pages may fault again legitimately: forget the race markers (hazards 11, 14).
@@ -961,6 +969,8 @@ final class ProcessTracker {
         // run after this sweep and would leave the page writable behind an
         // armed model. It stays dirty, reported again next sweep.
         for page in pagesInFlight(in: nil, besides: tid) { busy.insert(AddressRange(start: page, end: page + Page.size)) }
+        // Buffers of io_uring requests not yet completed: the kernel writes them later.
+        busy.formUnion(ioUringBuffersInFlight())
         var changes: [ProtectionChange] = []
         for planned in memory.rearmPlan() {
             // Buffers another thread's blocked call will still write stay
@@ -1099,8 +1109,23 @@ final class ProcessTracker {
         finalSweepDone = true
         emitSweep(reason: .untracked, dirty: dirty)
         emit(.untracked(pid: pid, reason: reason, timeNs: wallClockNs()))
+        releasedRanges = memory.trackedRanges
         memory.reset()
         trackingStopped = true
+    }
+
+    /// After tracking stopped: whether `tid`'s SIGSEGV is a write fault on
+    /// a page that was armed, taken before the protections were given back
+    /// and reported after (another thread, in a multithreaded program). Its
+    /// write can now run: the signal is dropped, once per thread and address
+    /// (a repeat, or a page the program keeps without write, is its own).
+    func isReleasedPageFault(_ tid: Int32) -> Bool {
+        guard let info = try? Ptrace.signalInfo(tid), info.code == SignalInfo.SEGV_ACCERR,
+              releasedRanges.contains(info.faultAddress), releasedFaults[tid] != info.faultAddress,
+              let maps = try? ProcFS.maps(of: pid),
+              maps.first(where: { $0.range.contains(info.faultAddress) })?.protection.contains(.write) == true else { return false }
+        releasedFaults[tid] = info.faultAddress
+        return true
     }
 
     func finish(_ how: ProgramEnd) {

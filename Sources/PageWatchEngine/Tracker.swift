@@ -383,6 +383,8 @@ extension Tracker {
         case .syscallStop(let tid) where p.threads[tid]?.pendingExit != nil:
             p.threads[tid]?.pendingExit = nil
             try Ptrace.cont(tid)
+        case .signalDelivery(let tid, let sig) where sig == Signal.SIGSEGV && p.isReleasedPageFault(tid):
+            try Ptrace.cont(tid)  // the write runs again, now allowed
         default:
             try handleUntracked(event)
         }

@@ -28,6 +28,10 @@ extension Syscall {
     /// "Interruption of system calls and library functions by stop signals".
     public static let failWithEINTRWhenStopped: Set<String> = [
         "epoll_wait", "epoll_pwait", "epoll_pwait2", "semop", "semtimedop", "rt_sigtimedwait",
+        // Its wait for completions (IORING_ENTER_GETEVENTS) checks for any
+        // pending signal; EINTR only when it submitted nothing, so running
+        // it again submits nothing twice.
+        "io_uring_enter",
     ]
 
     /// Calls that never write user memory, so the seccomp filter lets them

@@ -265,6 +265,7 @@ public enum X86_64: Architecture {
         "membarrier": 324, "preadv2": 327, "pwritev2": 328, "pkey_mprotect": 329, "statx": 332, "rseq": 334,
         "pidfd_send_signal": 424, "pidfd_open": 434, "clone3": 435, "close_range": 436, "openat2": 437, "faccessat2": 439,
         "epoll_pwait2": 441,
+        "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
     ]
 
     public static let layout = ABILayout(
