@@ -30,7 +30,7 @@ import Testing
         #expect(untracked.status == 0)
         #expect(untracked.stdout.contains("read res 100 "))
         let log = Harness.temporaryPath("io_uring.jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0",
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2", "--interval", "0",
                                        "--output", log] + extra + ["--", program])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.stderr == untracked.stderr)
@@ -57,7 +57,7 @@ import Testing
         let untracked = try Harness.run([program, "sqpoll"])
         #expect(untracked.stdout.contains("sqpoll read res 64 "))
         let log = Harness.temporaryPath("io_uring_sqpoll.jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0",
+        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2", "--interval", "0",
                                        "--output", log, "--", program, "sqpoll"])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == untracked.status)
@@ -89,7 +89,7 @@ import Testing
             let log = Harness.temporaryPath("io_uring_attach.jsonl")
             var pagewatch: Background?
             if attaching {
-                pagewatch = try Background([Harness.pagewatch, "attach", "--output", log, "--interval", "20ms", String(fixture.pid)])
+                pagewatch = try Background([Harness.pagewatch, "attach", "--verify-contents", "--output", log, "--interval", "20ms", String(fixture.pid)])
                 let deadline = Date().addingTimeInterval(30)
                 while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"untracked\"") {
                     usleep(1000)

@@ -23,7 +23,7 @@ import Testing
         #expect(untracked.status == 0)
         #expect(untracked.stderr == "tracing: ok\n")
         let log = Harness.temporaryPath("tracer-run-\(mode)-\(UUID().uuidString).jsonl")
-        let r = try Harness.run([Harness.pagewatch, "run", "--output", log, "--sweep-signal", "USR2", "--interval", "0", "--",
+        let r = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--output", log, "--sweep-signal", "USR2", "--interval", "0", "--",
                                  Self.tracer, mode])
         #expect(r.status == untracked.status)
         #expect(r.stdout == untracked.stdout)
@@ -49,7 +49,7 @@ import Testing
             #expect(fixture.waitFor("ready\n"))
             let log = Harness.temporaryPath("tracer-attach-\(UUID().uuidString).jsonl")
             if attaching {
-                let pagewatch = try Background([Harness.pagewatch, "attach", "--output", log, "--track", Self.region,
+                let pagewatch = try Background([Harness.pagewatch, "attach", "--verify-contents", "--output", log, "--track", Self.region,
                                                 "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2", String(fixture.pid)])
                 #expect(AttachTests().waitForLog(log, toContain: "\"reason\":\"attach\""))
                 try "g".write(toFile: fifo, atomically: false, encoding: .utf8)

@@ -24,7 +24,7 @@ import Testing
             #expect(fixture.waitFor("ready\n"))
             let log = Harness.temporaryPath("uffd-attach-\(UUID().uuidString).jsonl")
             if attaching {
-                let pagewatch = try Background([Harness.pagewatch, "attach", "--output", log,
+                let pagewatch = try Background([Harness.pagewatch, "attach", "--verify-contents", "--output", log,
                                                 "--track", "0x370000000000-0x370000040000",
                                                 "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2"]
                                                + depth + [String(fixture.pid)])
@@ -80,7 +80,7 @@ import Testing
         for i in 0..<10 {
             let log = Harness.temporaryPath("uffd-churn-\(UUID().uuidString).jsonl")
             let depth = i % 2 == 0 ? ["--stack-depth", "0"] : []
-            let r = try Harness.run([Harness.pagewatch, "attach", "--output", log, "--interval", "5ms",
+            let r = try Harness.run([Harness.pagewatch, "attach", "--verify-contents", "--output", log, "--interval", "5ms",
                                      "--duration", "40ms"] + depth + [String(fixture.pid)], timeout: 60)
             if r.status != 0 { Issue.record("attach \(i): status \(r.status): \(r.stderr)"); break }
             let records = try Harness.readLog(log)
