@@ -61,24 +61,26 @@ final class Background {
     }
 }
 
-/// Issue 4: `pagewatch attach` on programs started outside PageWatch.
-@Suite(.serialized) struct AttachTests {
-    func attach(_ pid: Int32, _ extra: [String], log: String) throws -> Harness.Result {
-        try Harness.run([Harness.pagewatch, "attach", "--output", log] + extra + [String(pid)], timeout: 120)
-    }
+/// A fixture driven through a FIFO (fx_attach and its kind): it prints
+/// `ready`, starts its phases at `g` and ends them at `d`. With `attach`
+/// (`pagewatch attach` options, before the pid), PageWatch attaches before
+/// the `g`, once its attach sweep has armed everything, and must detach by
+/// itself (`--sweeps`) with status 0 and nothing on stderr.
+struct FIFODriven {
+    var stdout: String
+    var stderr: String
+    var status: Int32
+    var log: [[String: Any]]
 
-    /// fx_attach driven through its FIFO: `g` starts the phases, `d` ends them.
-    func driveAttachFixture(attaching: Bool) throws -> (stdout: String, status: Int32, log: [[String: Any]]) {
-        let fifo = Harness.temporaryPath("attach-\(UUID().uuidString).fifo")
+    init(_ argv: [String], attach: [String]?) throws {
+        let fifo = Harness.temporaryPath("fifo-\(UUID().uuidString)")
         #expect(mkfifo(fifo, 0o600) == 0)
-        let fixture = try Background([Harness.fixture("fx_attach"), fifo])
+        let fixture = try Background(argv + [fifo])
         #expect(fixture.waitFor("ready\n"))
-        let log = Harness.temporaryPath("attach.jsonl")
-        if attaching {
-            let pagewatch = try Background([Harness.pagewatch, "attach", "--output", log, "--track", "0x2c0000000000-0x2c0000010000",
-                                            "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "3", String(fixture.pid)])
-            // Go once the attach sweep has armed the region.
-            waitForLog(log, toContain: "\"reason\":\"attach\"")
+        let logPath = Harness.temporaryPath("fifo-\(UUID().uuidString).jsonl")
+        if let attach {
+            let pagewatch = try Background([Harness.pagewatch, "attach", "--output", logPath] + attach + [String(fixture.pid)])
+            #expect(AttachTests().waitForLog(logPath, toContain: "\"reason\":\"attach\""))
             try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
             #expect(pagewatch.finish() == 0)
             #expect(pagewatch.stderr == "")
@@ -86,8 +88,34 @@ final class Background {
             try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
         }
         try "d".write(toFile: fifo, atomically: false, encoding: .utf8)
-        let status = fixture.finish()
-        return (fixture.stdout, status, attaching ? try Harness.readLog(log) : [])
+        status = fixture.finish()
+        stdout = fixture.stdout
+        stderr = fixture.stderr
+        log = attach != nil ? try Harness.readLog(logPath) : []
+    }
+
+    var sweeps: [[String: Any]] { log.filter { $0["type"] as? String == "sweep" } }
+
+    /// Each sweep is exactly the pages the untracked run's truth lines say.
+    func expectSweepsMatchTheTruth(of untracked: FIFODriven) throws {
+        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
+        #expect(truth.count == sweeps.count)
+        for (k, sweep) in sweeps.enumerated() where k < truth.count {
+            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
+        }
+    }
+}
+
+/// Issue 4: `pagewatch attach` on programs started outside PageWatch.
+@Suite(.serialized) struct AttachTests {
+    func attach(_ pid: Int32, _ extra: [String], log: String) throws -> Harness.Result {
+        try Harness.run([Harness.pagewatch, "attach", "--output", log] + extra + [String(pid)], timeout: 120)
+    }
+
+    /// fx_attach driven through its FIFO: `g` starts the phases, `d` ends them.
+    func driveAttachFixture(attaching: Bool) throws -> FIFODriven {
+        try FIFODriven([Harness.fixture("fx_attach")], attach: attaching ? [
+            "--track", "0x2c0000000000-0x2c0000010000", "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "3"] : nil)
     }
 
     @Test func phasesAreExactAndTheProgramRunsOnAfterTheDetach() throws {
@@ -101,40 +129,18 @@ final class Background {
         #expect(types.first == "start")
         #expect(types.dropFirst().first == "attach")
         #expect(types.last == "detach")
-        let sweeps = tracked.log.filter { $0["type"] as? String == "sweep" }
-        #expect(sweeps.map { $0["reason"] as? String } == ["attach", "signal", "signal", "detach"])
-        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
-        #expect(truth.count == sweeps.count)
-        for (k, sweep) in sweeps.enumerated() where k < truth.count {
-            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
-        }
+        #expect(tracked.sweeps.map { $0["reason"] as? String } == ["attach", "signal", "signal", "detach"])
+        try tracked.expectSweepsMatchTheTruth(of: untracked)
     }
 
     /// Alternate signal stacks set before the attach, inside tracked memory:
     /// each thread's SA_ONSTACK handler runs while attached (its frame must
     /// not land on an armed page) and again after the detach.
     @Test func handlersOnAlternateStacksSetBeforeTheAttach() throws {
-        func drive(attaching: Bool) throws -> (stdout: String, status: Int32, log: [[String: Any]]) {
-            let fifo = Harness.temporaryPath("altstack-\(UUID().uuidString).fifo")
-            #expect(mkfifo(fifo, 0o600) == 0)
-            let fixture = try Background([Harness.fixture("fx_attach_altstack"), fifo])
-            #expect(fixture.waitFor("ready\n"))
-            let log = Harness.temporaryPath("altstack.jsonl")
-            if attaching {
-                let pagewatch = try Background([Harness.pagewatch, "attach", "--output", log,
-                                                "--track", "0x320000000000-0x320000010000",
-                                                "--track", "0x328000000000-0x328000040000",
-                                                "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2", String(fixture.pid)])
-                waitForLog(log, toContain: "\"reason\":\"attach\"")
-                try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
-                #expect(pagewatch.finish() == 0)
-                #expect(pagewatch.stderr == "")
-            } else {
-                try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
-            }
-            try "d".write(toFile: fifo, atomically: false, encoding: .utf8)
-            let status = fixture.finish()
-            return (fixture.stdout, status, attaching ? try Harness.readLog(log) : [])
+        func drive(attaching: Bool) throws -> FIFODriven {
+            try FIFODriven([Harness.fixture("fx_attach_altstack")], attach: attaching ? [
+                "--track", "0x320000000000-0x320000010000", "--track", "0x328000000000-0x328000040000",
+                "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2"] : nil)
         }
         let untracked = try drive(attaching: false)
         let tracked = try drive(attaching: true)
@@ -142,13 +148,9 @@ final class Background {
         #expect(tracked.status == 0)
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.stdout.hasSuffix("handled 8\nok\n"))
-        let sweeps = tracked.log.filter { $0["type"] as? String == "sweep" }
+        let sweeps = tracked.sweeps
         #expect(sweeps.map { $0["reason"] as? String } == ["attach", "signal", "detach"])
-        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
-        #expect(truth.count == sweeps.count)
-        for (k, sweep) in sweeps.enumerated() where k < truth.count {
-            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
-        }
+        try tracked.expectSweepsMatchTheTruth(of: untracked)
         // The four handlers' frames, at the top of each 16-page stack (the
         // frame's size depends on the CPU's xsave area: up to three pages).
         let stacks: (start: UInt64, end: UInt64) = (0x3280_0000_0000, 0x3280_0004_0000)

@@ -42,25 +42,9 @@ import Testing
     /// stores is the kernel's write, reported as such.
     @Test(arguments: ["traceme", "seize"])
     func underAttachTheProgramTraces(_ mode: String) throws {
-        func drive(attaching: Bool) throws -> (stdout: String, stderr: String, status: Int32, log: [[String: Any]]) {
-            let fifo = Harness.temporaryPath("tracer-\(UUID().uuidString).fifo")
-            #expect(mkfifo(fifo, 0o600) == 0)
-            let fixture = try Background([Self.tracer, mode, fifo])
-            #expect(fixture.waitFor("ready\n"))
-            let log = Harness.temporaryPath("tracer-attach-\(UUID().uuidString).jsonl")
-            if attaching {
-                let pagewatch = try Background([Harness.pagewatch, "attach", "--verify-contents", "--output", log, "--track", Self.region,
-                                                "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2", String(fixture.pid)])
-                #expect(AttachTests().waitForLog(log, toContain: "\"reason\":\"attach\""))
-                try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
-                #expect(pagewatch.finish() == 0)
-                #expect(pagewatch.stderr == "")
-            } else {
-                try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
-            }
-            try "d".write(toFile: fifo, atomically: false, encoding: .utf8)
-            let status = fixture.finish()
-            return (fixture.stdout, fixture.stderr, status, attaching ? try Harness.readLog(log) : [])
+        func drive(attaching: Bool) throws -> FIFODriven {
+            try FIFODriven([Self.tracer, mode], attach: attaching ? [
+                "--verify-contents", "--track", Self.region, "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2"] : nil)
         }
         let untracked = try drive(attaching: false)
         let tracked = try drive(attaching: true)

@@ -17,27 +17,10 @@ import Testing
     /// Attached after the registration (learned from smaps), the same.
     @Test(arguments: [["--stack-depth", "0"], []])
     func attachedAfterTheRegistration(_ depth: [String]) throws {
-        func drive(attaching: Bool) throws -> (stdout: String, status: Int32, log: [[String: Any]]) {
-            let fifo = Harness.temporaryPath("uffd-\(UUID().uuidString).fifo")
-            #expect(mkfifo(fifo, 0o600) == 0)
-            let fixture = try Background([Harness.fixture("fx_userfaultfd"), fifo])
-            #expect(fixture.waitFor("ready\n"))
-            let log = Harness.temporaryPath("uffd-attach-\(UUID().uuidString).jsonl")
-            if attaching {
-                let pagewatch = try Background([Harness.pagewatch, "attach", "--verify-contents", "--output", log,
-                                                "--track", "0x370000000000-0x370000040000",
-                                                "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2"]
-                                               + depth + [String(fixture.pid)])
-                #expect(AttachTests().waitForLog(log, toContain: "\"reason\":\"attach\""))
-                try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
-                #expect(pagewatch.finish() == 0)
-                #expect(pagewatch.stderr == "")
-            } else {
-                try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
-            }
-            try "d".write(toFile: fifo, atomically: false, encoding: .utf8)
-            let status = fixture.finish()
-            return (fixture.stdout, status, attaching ? try Harness.readLog(log) : [])
+        func drive(attaching: Bool) throws -> FIFODriven {
+            try FIFODriven([Harness.fixture("fx_userfaultfd")], attach: attaching ? [
+                "--verify-contents", "--track", "0x370000000000-0x370000040000",
+                "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2"] + depth : nil)
         }
         let untracked = try drive(attaching: false)
         let tracked = try drive(attaching: true)
@@ -45,13 +28,9 @@ import Testing
         #expect(tracked.status == 0)
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.stdout.contains("copies 32 zeropages 16 "))
-        let sweeps = tracked.log.filter { $0["type"] as? String == "sweep" }
+        let sweeps = tracked.sweeps
         #expect(sweeps.map { $0["reason"] as? String } == ["attach", "signal", "detach"])
-        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
-        #expect(truth.count == sweeps.count)
-        for (k, sweep) in sweeps.enumerated() where k < truth.count {
-            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
-        }
+        try tracked.expectSweepsMatchTheTruth(of: untracked)
         // The handler's fills are the kernel's writes, named by the ioctl
         // (writers are logged with call stacks, not at depth 0).
         guard depth.isEmpty else { return }
