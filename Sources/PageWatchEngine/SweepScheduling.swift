@@ -131,8 +131,12 @@ extension ProcessTracker {
         record.rearmed = !reportOnly
         switch record.reason {
         case .interval, .signal, .attach:
-            // Still dirty after the sweep (pinned and read-only pages were cleared): not re-armed.
-            leftWritable = dirty.intersection(memory.dirtyPages())
+            // Still dirty after the sweep: not re-armed. Pinned pages are
+            // never armed and reported every sweep by design (format rule 8),
+            // not because re-arming failed.
+            var left = dirty.intersection(memory.dirtyPages())
+            for range in memory.pinned.ranges { left.remove(range) }
+            leftWritable = left
         case .exit, .detach, .untracked:
             leftWritable = PageSet()
         }
