@@ -43,6 +43,9 @@ public struct LoggedProcess: Sendable {
     public var execs: [String] = []
     /// Reasons of `untracked` records: tracking stopped for these.
     public var untracked: [String] = []
+    /// `missed` records (`--verify-contents`): the sweep and how many pages
+    /// changed with no write seen before it.
+    public var missed: [(seq: Int, pages: Int)] = []
     /// Its `end` (the program) or `exit` (a followed process); nil if the log stops before.
     public var ending: LoggedEnding?
 
@@ -407,6 +410,9 @@ struct Record {
         case "untracked":
             let i = index(try integer("pid"), log.startNs)
             log.processes[i].untracked.append(try string("reason"))
+        case "missed":
+            let i = index(try integer("pid"), log.startNs)
+            log.processes[i].missed.append((try integer("seq"), try integer("pages")))
         case "exit":
             let i = index(try integer("pid"), log.startNs)
             log.processes[i].ending = try ending()

@@ -20,6 +20,9 @@ public enum TextReport {
         }
         for path in process.execs { out.append("exec      \(path) (tracking restarted)") }
         for reason in process.untracked { out.append("untracked \(reason): later writes are not in the log") }
+        for m in process.missed {
+            out.append("missed    \(m.pages) page(s) changed with no write seen before sweep \(m.seq) (--verify-contents: a write PageWatch missed)")
+        }
         let mib = { (pages: UInt64) in Format.fixed(report.mib(pages), 2) }
         out.append("sweeps    \(report.sweeps.count)")
         out.append("dirty     \(report.totalPages) pages (\(mib(report.totalPages)) MiB) over all sweeps, \(report.totalFaults) write faults")

@@ -10,6 +10,7 @@ import Testing
         var stderr: String
         var status: Int32
         var log: [[String: Any]]
+        var logPath: String
     }
 
     /// fx_hidden_write under `--verify-contents`; `hide`: page 2 is written
@@ -31,7 +32,7 @@ import Testing
         }
         pagewatch.send("go\n")
         let status = pagewatch.finish()
-        return Run(stdout: pagewatch.stdout, stderr: pagewatch.stderr, status: status, log: try Harness.readLog(log))
+        return Run(stdout: pagewatch.stdout, stderr: pagewatch.stderr, status: status, log: try Harness.readLog(log), logPath: log)
     }
 
     func sweeps(_ log: [[String: Any]]) -> [[String: Any]] { log.filter { $0["type"] as? String == "sweep" } }
@@ -54,6 +55,9 @@ import Testing
             #expect(FixtureTruth.pages(in: expected.region, of: s[k]) == expected.pages, "sweep \(k + 1)")
         }
         #expect(truth.last?.pages == [0, 2])
+        // `report` says so too.
+        let report = try Harness.run([Harness.pagewatch, "report", r.logPath])
+        #expect(report.stdout.contains("missed    1 page(s) changed with no write seen before sweep 2"), "\(report.stdout)")
     }
 
     @Test func withoutAHiddenWriteNothingIsMissed() throws {
