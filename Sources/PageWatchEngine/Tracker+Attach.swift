@@ -97,6 +97,7 @@ extension Tracker {
     /// Stops every thread: each is parked at its next stop (`proceed`).
     func startDetach(_ reason: SweepReason) throws {
         detaching = reason
+        lastUnparkNs = monotonicNs()
         for p in processes.values where p.end == nil {
             p.pendingSweep = nil
             for tid in p.threads.keys where p.threads[tid]?.waiting != nil {
@@ -104,6 +105,7 @@ extension Tracker {
                 // write runs again after the detach, on a page given back.
                 p.threads[tid]?.waiting = nil
                 parked.insert(tid)
+                parkedWaiting.insert(tid)
             }
             for tid in p.threads.keys where !parked.contains(tid) {
                 if (try? Ptrace.interrupt(tid)) != nil { p.threads[tid]?.interruptPending = true }

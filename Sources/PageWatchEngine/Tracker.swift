@@ -100,6 +100,11 @@ public final class Tracker {
     var detaching: SweepReason?
     /// Threads stopped and left so, for the detach.
     var parked: Set<Int32> = []
+    /// Of those, the threads parked where they waited for PageWatch
+    /// (`StopWaiting`): never let run before the detach (`unparkForUserfaultWaiters`).
+    var parkedWaiting: Set<Int32> = []
+    /// When the detach last let parked threads run on (or began).
+    var lastUnparkNs: UInt64 = 0
     /// Attach mode: the guardian's shared state and the pipe it watches (hazard 20).
     var guardian: (state: GuardianState, watch: Int32)?
     /// Attach mode: the threads seized whose first stop is still to come.
