@@ -376,7 +376,8 @@ final class ProcessTracker {
         // A handler on an alternate stack the thread set before an attach:
         // where is it? (Asked with the signal held, below.)
         let unknownStack = threads[tid]?.altStackKnown == false && onStackSignals & (UInt64(1) << UInt64(sig - 1)) != 0
-        let frame = unknownStack ? PageSet() : try signalFrameArmedPages(sig, tid: tid)
+        let area = unknownStack ? nil : try signalFrameArea(sig, tid: tid)
+        let frame = armedPages(ofFrame: area)
         if pendingSweep != nil || !frame.isEmpty || unknownStack {
             // Keep the program's signal with its siginfo across our injections.
             let own = try Ptrace.holdSignal(tid)
@@ -386,14 +387,14 @@ final class ProcessTracker {
             // writable (so after a sweep the frame's armed pages are found again).
             let swept = pendingSweep != nil
             try sweepIfPending(in: tid)
-            let frameNow = swept || unknownStack ? try signalFrameArmedPages(sig, tid: tid) : frame
+            let frameNow = swept || unknownStack ? armedPages(ofFrame: try signalFrameArea(sig, tid: tid)) : frame
             let framer = writer("signal frame " + Signal.name(sig), tid: tid)
             for range in frameNow.ranges { try unarmRange(range, by: framer, tid: tid) }
             threads[tid]?.held.insert(own, at: 0)
             try resume(tid)
             return
         }
-        try keepSignalFrameWritable(sig, tid: tid)
+        keepWritable(frame: area, tid: tid)
         try session.proceed(tid, signal: sig)
     }
 
@@ -413,9 +414,9 @@ final class ProcessTracker {
         return AddressRange(start: RemoteAddress(sp.value &- frameBytes), end: sp).pageAligned
     }
 
-    /// The armed pages of `signalFrameArea`.
-    func signalFrameArmedPages(_ sig: Int32, tid: Int32) throws -> PageSet {
-        guard let area = try signalFrameArea(sig, tid: tid) else { return PageSet() }
+    /// The armed pages of a `signalFrameArea`.
+    func armedPages(ofFrame area: AddressRange?) -> PageSet {
+        guard let area else { return PageSet() }
         var armed = PageSet()
         var page = area.start
         while page < area.end {
@@ -430,8 +431,8 @@ final class ProcessTracker {
     /// thread: like a call's output buffers, the frame's pages are kept out
     /// of sweeps until the thread stops again (a Go thread got SIGSEGV for
     /// its SIGURG frame when a sweep re-armed its signal stack in between).
-    func keepSignalFrameWritable(_ sig: Int32, tid: Int32) throws {
-        guard let area = try signalFrameArea(sig, tid: tid), let state = threads[tid] else { return }
+    func keepWritable(frame area: AddressRange?, tid: Int32) {
+        guard let area, let state = threads[tid] else { return }
         var pages = state.callOutputs ?? PageSet()
         pages.insert(area)
         state.callOutputs = pages
@@ -658,7 +659,8 @@ final class ProcessTracker {
         if threads[tid]?.altStackKnown == false, onStackSignals & (UInt64(1) << UInt64(next.signal - 1)) != 0 {
             try learnAltStack(tid)
         }
-        let frame = try signalFrameArmedPages(next.signal, tid: tid)
+        let area = try signalFrameArea(next.signal, tid: tid)
+        let frame = armedPages(ofFrame: area)
         if !frame.isEmpty {
             let framer = writer("signal frame " + Signal.name(next.signal), tid: tid)
             for range in frame.ranges { try unarmRange(range, by: framer, tid: tid) }
@@ -669,7 +671,7 @@ final class ProcessTracker {
         let rest = state.held
         state.held = []
         threads[tid] = state
-        try keepSignalFrameWritable(first.signal, tid: tid)
+        keepWritable(frame: area, tid: tid)  // (`first` is `next`)
         try Ptrace.deliver(first, to: tid, mode: session.resumeMode)
         // Only one signal can ride on a resume; the rest are sent again (their
         // siginfo becomes SI_TKILL). In practice at most one arrives.
