@@ -1062,6 +1062,10 @@ final class ProcessTracker {
     func refreshMaps() throws {
         // Through a live thread: once the main thread has exited, /proc/PID/maps is empty.
         let maps = try ProcFS.maps(of: liveThread())
+        // Empty: the thread read through has just exited (its mm is gone),
+        // not a process without memory. Taken as is, every tracked page would
+        // be forgotten and every frame left unnamed.
+        guard !maps.isEmpty else { return }
         // PageWatch's own scratch pages (the trampoline's data page is writable) are never tracked.
         let programs = maps.filter { m in injector.map { !$0.scratch.contains(m.range.start) } ?? true }
         // A page a thread was sent to un-arm through its trampoline slot is
