@@ -1,4 +1,5 @@
 // swift-tools-version:6.0
+import Foundation
 import PackageDescription
 
 // Layers, lowest first; each module imports only modules above it in this list.
@@ -13,67 +14,62 @@ import PackageDescription
 //   PageWatchKit            the library for test authors: run a program, get its write events and sweeps
 //   pagewatch               the CLI (swift-argument-parser), thin
 
-let fixtureNames = [
-    "fx_phases", "fx_threads", "fx_fixed_late", "fx_segv", "fx_exit3", "fx_sigframe",
-    "fx_blocked_read", "fx_sleeper", "fx_writer", "fx_baseline",
-    "fx_syscall_out", "fx_own_mprotect", "fx_mmap_churn", "fx_fork", "fx_exec", "fx_maxmap", "fx_guard",
-    "fx_thread_churn", "fx_stopcont", "fx_sigaltstack", "fx_futex_wait", "fx_blocked_reader", "fx_follow", "fx_robust", "fx_own_seccomp", "fx_jit", "fx_shared", "fx_attach", "fx_busy", "fx_blocking", "fx_attach_churn",
-    "fx_callsites", "fx_writers", "fx_trampoline", "fx_ptrace_floor", "fx_sweep", "fx_spinners", "fx_exit_sweep",
-    "fx_slot_overflow", "fx_segv_handler", "fx_attach_altstack", "fx_hidden_write", "fx_steady_writers",
-    "fx_term", "fx_tracer", "fx_lld_callsites", "fx_userfaultfd",
-    "fx_io_uring",
-]
+/// One fixture of fixtures/fixtures.txt: its name, language and build options.
+struct FixtureSpec {
+    var name: String
+    var language = "c"
+    var cFlags: [String] = []
+    var libraries: [String] = []
+    var linkerFlags: [String] = []
 
-/// C++ fixtures: one `NAME.cpp` in fixtures/ each, built like the C ones
-/// (SwiftPM compiles a target's `.cpp` sources as C++ and links libstdc++).
-let cxxFixtureNames = ["fx_cxx_writer"]
+    init(line: Substring) {
+        let words = line.split(separator: " ", omittingEmptySubsequences: true)
+        name = String(words[0])
+        for word in words.dropFirst() {
+            let parts = word.split(separator: "=", maxSplits: 1)
+            let values = parts.count == 2 ? parts[1].split(separator: ",").map(String.init) : []
+            switch parts[0] {
+            case "lang": language = values.first ?? "c"
+            case "cflags": cFlags = values
+            case "libs": libraries = values
+            case "ldflags": linkerFlags = values
+            default: fatalError("fixtures/fixtures.txt: unknown option \(word) of \(name)")
+            }
+        }
+    }
+}
 
-/// Swift fixtures: an executable target each, its `main.swift` in `fixtures/NAME/`.
-let swiftFixtureNames = ["fx_swift_writer"]
+/// The fixture list, read from the one file the tests read too.
+let fixtures: [FixtureSpec] = {
+    let path = Context.packageDirectory + "/fixtures/fixtures.txt"
+    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { fatalError("cannot read \(path)") }
+    return text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        .map { FixtureSpec(line: Substring($0)) }
+}()
 
-/// Extra C flags of fixtures that need them. fx_callsites is unwound and
-/// symbolized by the attribution tests: DWARF lines, frame pointers, and no
-/// sibling calls so that every frame of its call chain exists.
-let fixtureExtraFlags: [String: [String]] = [
-    "fx_callsites": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
-    "fx_writers": ["-g", "-fno-omit-frame-pointer", "-fno-optimize-sibling-calls"],
-    "fx_cxx_writer": ["-g", "-fno-omit-frame-pointer"],
-    // Unwound through its .eh_frame only (no frame pointer to follow), in
-    // lld's layout. SwiftPM appends -fno-omit-frame-pointer to debug builds;
-    // the cc1 option comes after it, so it wins.
-    "fx_lld_callsites": ["-g", "-Xclang", "-mframe-pointer=none", "-fno-optimize-sibling-calls"],
-    // Its inline assembly pushes the flags: no red zone for it to clobber.
-    "fx_trampoline": ["-mno-red-zone"],
-]
+let fixtureNames = fixtures.filter { $0.language == "c" }.map(\.name)
+let cxxFixtureNames = fixtures.filter { $0.language == "cxx" }.map(\.name)
+let swiftFixtureNames = fixtures.filter { $0.language == "swift" }.map(\.name)
 
-/// Libraries fixtures link besides pthread.
-let fixtureExtraLibraries: [String: [String]] = [
-    "fx_io_uring": ["uring"],
-]
+/// Everything in fixtures/: each C or C++ fixture's target excludes all of it but its own source.
+let fixtureFolderEntries: [String] = {
+    let folder = Context.packageDirectory + "/fixtures"
+    return ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).sorted()
+}()
 
-/// Extra linker flags of fixtures that need them. fx_lld_callsites is linked
-/// by lld (the Swift toolchain ships it; `swiftc` links the fixtures).
-let fixtureLinkerFlags: [String: [String]] = [
-    "fx_lld_callsites": ["-use-ld=lld"],
-]
-
-/// The one source file of each C and C++ fixture, by fixture name.
-let fixtureSources: [String: String] = Dictionary(
-    uniqueKeysWithValues: fixtureNames.map { ($0, "\($0).c") } + cxxFixtureNames.map { ($0, "\($0).cpp") })
-
-let fixtureTargets: [Target] = (fixtureNames + cxxFixtureNames).map { name in
-    let flags: [String] = ["-O1", "-Wall"] + (fixtureExtraFlags[name] ?? [])
+let fixtureTargets: [Target] = fixtures.filter { $0.language != "swift" }.map { fixture in
+    let source = fixture.name + (fixture.language == "cxx" ? ".cpp" : ".c")
+    let flags: [String] = ["-O1", "-Wall"] + fixture.cFlags
     return .executableTarget(
-        name: name,
+        name: fixture.name,
         path: "fixtures",
-        // Every fixture shares the folder: each target excludes the others' sources.
-        exclude: fixtureSources.values.filter { $0 != fixtureSources[name] }.sorted() + swiftFixtureNames
-            + ["README.md", "fixture.h", "fx_bench.h"],
-        sources: [fixtureSources[name]!],
+        exclude: fixtureFolderEntries.filter { $0 != source },
+        sources: [source],
         cSettings: [.unsafeFlags(flags)],
         cxxSettings: [.unsafeFlags(flags)],
-        linkerSettings: (["pthread"] + (fixtureExtraLibraries[name] ?? [])).map { LinkerSetting.linkedLibrary($0) }
-            + (fixtureLinkerFlags[name].map { [.unsafeFlags($0)] } ?? [])
+        linkerSettings: (["pthread"] + fixture.libraries).map { LinkerSetting.linkedLibrary($0) }
+            + (fixture.linkerFlags.isEmpty ? [] : [.unsafeFlags(fixture.linkerFlags)])
     )
 } + swiftFixtureNames.map { name in
     .executableTarget(name: name, path: "fixtures/\(name)")

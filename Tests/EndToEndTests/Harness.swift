@@ -10,7 +10,30 @@ enum Harness {
     }()
 
     static var pagewatch: String { products.appendingPathComponent("pagewatch").path }
-    static func fixture(_ name: String) -> String { products.appendingPathComponent(name).path }
+
+    /// A fixture's binary. Only fixtures of fixtures/fixtures.txt (the list
+    /// Package.swift builds) are run, so a test cannot use an unlisted one.
+    static func fixture(_ name: String) -> String {
+        precondition(fixtureList.contains { $0.name == name }, "\(name) is not in fixtures/fixtures.txt")
+        return products.appendingPathComponent(name).path
+    }
+
+    /// The source tree's fixtures/ folder, found from this file.
+    static let fixturesFolder = URL(fileURLWithPath: #filePath)
+        .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("fixtures")
+
+    /// fixtures/fixtures.txt: each fixture's name and language (c, cxx, swift).
+    static let fixtureList: [(name: String, language: String)] = {
+        let path = fixturesFolder.appendingPathComponent("fixtures.txt").path
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        return text.split(separator: "\n").compactMap { line in
+            let words = line.split(separator: " ")
+            guard let name = words.first, !name.hasPrefix("#") else { return nil }
+            let language = words.first { $0.hasPrefix("lang=") }.map { String($0.dropFirst(5)) } ?? "c"
+            return (String(name), language)
+        }
+    }()
 
     struct Result: Equatable {
         var stdout: String
