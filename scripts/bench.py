@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PageWatch benchmark (issue 6): fault path, ptrace floor, sweeps, a real program, peak RSS.
+"""PageWatch benchmark: fault path, ptrace floor, sweeps, a real program, peak RSS.
 
 Sections (--sections, comma separated; all by default):
 
@@ -18,7 +18,7 @@ floor   A bare ptrace stop round trip, no PageWatch (fx_ptrace_floor): a
         with a blocking waitpid, and a real write fault on a read-only page
         (SIGSEGV stop, GETSIGINFO, GETREGS, SETREGS stepping over the store,
         CONT): that last one, a round trip plus the fault under PageWatch's
-        default wait, is the floor of issue 6's target. Also: the child's own
+        default wait, is the floor in the targets. Also: the child's own
         mprotect after each stop (the floor of any mprotect tracker), and
         PageWatch's own design in C (a trampoline slot, the words in a shared
         page, PEEKUSER/POKEUSER of rip). Run interleaved with the faults
@@ -33,13 +33,13 @@ python  Wall time of python3 running a fixed workload
         --interval 100ms`, at --stack-depth 0 and at the default depth.
 rss     PageWatch's peak RSS (VmHWM of its /proc/PID/status, polled) while
         it tracks a 16 GiB region (fx_sweep, MAP_NORESERVE) in which 256 Ki
-        pages (--full: 1 Mi, issue 6's case) are written.
+        pages (--full: 1 Mi, the target's case) are written.
 
 About 6 minutes once built; --full adds the 1 Mi-page sweeps and the 1 Mi-page
 RSS case (about 13 minutes).
 
 Prints medians with min and max over repeated runs, side by side, then the
-issue 6 targets with their measured ratios (met or NOT met: informative, not
+performance targets with their measured ratios (met or NOT met: informative, not
 the exit status). Exits 1 when the default depth costs `--max-ratio` times
 depth 0 per tracked fault or more (faults section).
 """
@@ -60,7 +60,7 @@ SWEEP_BASE = 0x300000000000  # fx_sweep's region
 PAGE = 4096
 MIB = 1024 * 1024
 
-# Issue 6's targets.
+# The performance targets (docs/performance.md).
 FLOOR_TARGET = 1.3      # depth-0 fault <= 1.3x the bare ptrace stop round trip
 DEPTH_TARGET = 2.0      # depth 16 <= 2x depth 0, per tracked fault
 SWEEP_TARGET = 1.5      # re-arming 64 Ki scattered pages <= 1.5x the in-process loop
@@ -299,7 +299,7 @@ def run_faults_and_floor(a, results):
             m, lo, hi = stats(per_page_us[name])
             ratio = f"{d0 / m:14.2f}x" if d0 is not None else f"{'-':>15}"
             print(f"{name:46} {m:9.2f} {lo:9.2f} {hi:9.2f} {ratio}")
-        # The floor in the targets, as issue 6 defines it: a bare stop round
+        # The floor in the targets: a bare stop round
         # trip plus the fault, under PageWatch's scheduling (its default
         # 50 us spin): the SIGSEGV stop line. The bare int3 round trips are
         # shown beside it.
@@ -488,7 +488,7 @@ def run_rss(a, results):
 
 
 def print_targets(a, results):
-    print("Issue 6 targets, each measured in this run:")
+    print("Performance targets, each measured in this run:")
 
     def line(text, ratio, limit, unit="x"):
         if ratio is None:
@@ -544,7 +544,7 @@ def main():
     ap.add_argument("--max-ratio", type=float, default=3.0,
                     help="faults: limit of (cost per fault at the default depth) / (at depth 0), the exit status")
     ap.add_argument("--full", action="store_true",
-                    help="issue 6's full sizes: --sweep-sizes 1024,65536,1048576 --rss-dirty 1048576 "
+                    help="the targets' full sizes: --sweep-sizes 1024,65536,1048576 --rss-dirty 1048576 "
                          "(about 13 minutes instead of 6, 4 GiB resident in the programs)")
     ap.add_argument("--sweep-sizes", default=None,
                     help="sweeps: dirty pages, comma separated (default 1024,65536; 1048576 adds about 4 minutes)")

@@ -3,7 +3,7 @@
 # Idempotent: installs nothing when everything is present.
 set -euo pipefail
 
-# libunwind-ptrace for attribution (issue 5), libdw (elfutils) for its file:line
+# libunwind-ptrace for attribution (call stacks of writers), libdw (elfutils) for its file:line
 # names, and pkg-config to find them; strace for the test that attaches PageWatch
 # under another tracer; python3 for `make bench` (and to decode a screenshot in the
 # report tests); chromium, headless, to render `pagewatch report --format html` in them;
