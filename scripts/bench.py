@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PageWatch benchmark: fault path, ptrace floor, sweeps, a real program, peak RSS.
+"""PageWatch benchmark: fault path, ptrace floor, sweeps, a real program, peak RSS, real programs.
 
 Sections (--sections, comma separated; all by default):
 
@@ -34,6 +34,16 @@ python  Wall time of python3 running a fixed workload
 rss     PageWatch's peak RSS (VmHWM of its /proc/PID/status, polled) while
         it tracks a 16 GiB region (fx_sweep, MAP_NORESERVE) in which 256 Ki
         pages (--full: 1 Mi, the target's case) are written.
+programs
+        Real programs untracked and under `pagewatch run`, at each
+        --program-intervals and --program-depths (default 1s and 100ms, depth
+        0 and the default): sort of a generated 50 MB text, the python
+        workload, gcc -O2 -c of a generated 4,000-line C file (with
+        --follow-forks, for cc1 and as), a JVM allocation workload and a
+        Node.js one with worker threads (scripts/bench-programs/), and
+        redis-server under redis-benchmark, requests per second before and
+        while `pagewatch attach`ed. Sweeps and faults from the log, VMA counts
+        printed by the workloads. --program-scale multiplies the sizes.
 
 About 6 minutes once built; --full adds the 1 Mi-page sweeps and the 1 Mi-page
 RSS case (about 13 minutes).
