@@ -709,7 +709,7 @@ def run_redis(a, logs):
             time.sleep(0.05)
         else:
             fail(f"redis-server on port {port} did not answer")
-        label = f"redis-server, redis-benchmark -n {n}"
+        label = f"redis-server (redis-benchmark -n {n})"
         for interval in a.program_intervals:
             for depth in a.program_depths:
                 # Each attach paired with an untracked run right before it.
@@ -737,7 +737,7 @@ def run_redis(a, logs):
                 if os.path.exists(log):
                     os.remove(log)
                 for test in ("SET", "GET"):
-                    row = {"program": "redis", "label": f"{label} {test}", "interval": interval, "depth": depth,
+                    row = {"program": "redis", "label": label.replace(" (", f" {test} ("), "interval": interval, "depth": depth,
                            "base": base[test], "base_vmas": base_vmas, "unit": "rps", "totals": totals}
                     if not attached:
                         row["tracked"] = f"failed ({pw.returncode})"
@@ -841,7 +841,7 @@ def program_targets(results):
     verdict(f"python workload, --interval 100ms (depth {DEFAULT_DEPTH}) / untracked",
             find("python", "100ms", DEFAULT_DEPTH), PYTHON_TARGET, vmas_limit=PYTHON_VMA_TARGET)
     verdict("node workers, --interval 100ms --stack-depth 0 / untracked", find("node", "100ms", 0), NODE_TARGET)
-    verdict("redis-server attached, --interval 1s --stack-depth 0: requests/s", find("redis", "1s", 0),
+    verdict("redis-server attached, --interval 1s --stack-depth 0, req/s", find("redis", "1s", 0),
             REDIS_TARGET, higher_is_better=True)
 
 
