@@ -769,7 +769,7 @@ def print_program_row(row):
     depth = f"{row['depth']}" + (" (default)" if row["depth"] == DEFAULT_DEPTH else "")
     vb = "-" if row.get("base_vmas") is None else row["base_vmas"]
     vt = "-" if row.get("vmas") is None else row["vmas"]
-    print(f"{row['label']:38} {row['interval']:>8} {depth:>12} {base} {tracked} {ratio} {sweeps:>7} {faults:>9} "
+    print(f"{row['label']:44} {row['interval']:>8} {depth:>12} {base} {tracked} {ratio} {sweeps:>7} {faults:>9} "
           f"{vb:>7} {vt:>7} {'-':>8}")
     if row.get("why"):
         print(f"    {row['why']}")
@@ -785,7 +785,7 @@ def run_programs(a, results):
               f"and tracked as a share of untracked); sweeps and faults from the log; VMAs: the program's "
               f"/proc/self/maps lines at its end, untracked and tracked (pw) ('-': not measured); presumed: no such "
               f"field in the log yet")
-        print(f"{'program':38} {'interval':>8} {'depth':>12} {'untracked':>10} {'tracked':>10} {'ratio':>8} "
+        print(f"{'program':44} {'interval':>8} {'depth':>12} {'untracked':>10} {'tracked':>10} {'ratio':>8} "
               f"{'sweeps':>7} {'faults':>9} {'VMAs':>7} {'VMAs pw':>7} {'presumed':>8}")
         sys.stdout.flush()
         specs = program_commands(a, work)

@@ -14,8 +14,8 @@ set -euo pipefail
 # for the io_uring fixture.
 packages=(libunwind-dev libdw-dev pkg-config strace python3 chromium binutils
           default-jdk-headless golang-go nodejs rustc liburing-dev)
-# The bench's programs section: redis-server, attached under redis-benchmark
-# (redis-tools); gcc, java and node it runs too come with the list above and Swift.
+# `make bench`'s programs section: redis-server, attached under redis-benchmark
+# (redis-tools), and gcc, which it compiles with; java and node come with the list above.
 if [ "${1:-}" = bench ]; then
     packages+=(redis-server redis-tools gcc)
 fi
