@@ -602,6 +602,21 @@ def log_totals(log):
     return sweeps, faults
 
 
+def output_digest(cmd):
+    """sha256 of the file a command writes with -o (sort's, gcc's), removed after; None without one."""
+    if "-o" not in cmd:
+        return None
+    import hashlib
+    path = cmd[cmd.index("-o") + 1]
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        os.remove(path)
+        return digest
+    except OSError:
+        return "missing"
+
+
 def depth_args(depth):
     return [] if depth == DEFAULT_DEPTH else ["--stack-depth", str(depth)]
 
@@ -611,7 +626,11 @@ def run_program(a, name, spec, logs):
     label, cmd, follow, prints_vmas = spec
     env = dict(os.environ, LC_ALL="C")
     # Twice, the faster kept: the first also reads the program and its files into the page cache.
-    base = min((Run(cmd, env=env) for _ in range(2)), key=lambda r: r.wall)
+    runs = []
+    for _ in range(2):
+        runs.append(Run(cmd, env=env))
+        base_digest = output_digest(cmd)
+    base = min(runs, key=lambda r: r.wall)
     if base.returncode != 0:
         print(f"{label}: untracked run failed ({base.returncode}): {base.stderr.strip()[-300:]}")
         return []
@@ -624,9 +643,10 @@ def run_program(a, name, spec, logs):
             r = Run(pw + (["--follow-forks"] if follow else []) + ["--"] + cmd, env=env, timeout=a.program_timeout)
             row = {"program": name, "label": label, "interval": interval, "depth": depth, "base": base.wall,
                    "base_vmas": base_vmas, "unit": "s"}
+            digest = output_digest(cmd)
             if r.timed_out:
                 row["tracked"] = "timeout"
-            elif r.returncode != 0 or (prints_vmas and r.stdout != base.stdout):
+            elif r.returncode != 0 or r.stdout != base.stdout or digest != base_digest:
                 row["tracked"] = f"failed ({r.returncode})"
                 row["why"] = r.stderr.strip()[-300:]
             else:
