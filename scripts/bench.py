@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PageWatch benchmark: fault path, ptrace floor, sweeps, a real program, peak RSS, real programs.
+"""PageWatch benchmark: fault path, ptrace floor, sweeps, a python workload, peak RSS, real programs.
 
 Sections (--sections, comma separated; all by default):
 
@@ -548,7 +548,7 @@ def write_c_source(path, lines):
 
 
 def program_commands(a, work):
-    """name -> (label, command, follow forks, stdout to check or None, prints its VMAs) of each program but redis."""
+    """name -> (label, command, follow forks, prints its VMAs) of each program but redis."""
     scale = a.program_scale
     out = {}
     if "sort" in a.programs:
