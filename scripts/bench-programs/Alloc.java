@@ -25,16 +25,12 @@ public class Alloc {
                 live[slot] = a;
                 long[] b = live[i];
                 if (b != null) {
-                    b[k0(b.length, r)] += r;
+                    b[r % b.length] += r;
                     sum += b[0];
                 }
             }
         }
         System.out.println(rounds + " " + sum);
         System.err.println("vmas " + Files.readAllLines(Path.of("/proc/self/maps")).size());
-    }
-
-    static int k0(int len, int r) {
-        return r % len;
     }
 }
