@@ -11,5 +11,6 @@ test: deps
 	swift build --build-tests
 	swift test
 
-bench: deps
-	bash scripts/bench.sh
+bench:
+	bash scripts/install-deps.sh bench
+	bash scripts/bench.sh $(ARGS)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""PageWatch benchmark: fault path, ptrace floor, sweeps, a real program, peak RSS.
+"""PageWatch benchmark: fault path, ptrace floor, sweeps, a python workload, peak RSS, real programs.
 
 Sections (--sections, comma separated; all by default):
 
@@ -34,6 +34,16 @@ python  Wall time of python3 running a fixed workload
 rss     PageWatch's peak RSS (VmHWM of its /proc/PID/status, polled) while
         it tracks a 16 GiB region (fx_sweep, MAP_NORESERVE) in which 256 Ki
         pages (--full: 1 Mi, the target's case) are written.
+programs
+        Real programs untracked and under `pagewatch run`, at each
+        --program-intervals and --program-depths (default 1s and 100ms, depth
+        0 and the default): sort of a generated 50 MB text, the python
+        workload, gcc -O2 -c of a generated 4,000-line C file (with
+        --follow-forks, for cc1 and as), a JVM allocation workload and a
+        Node.js one with worker threads (scripts/bench-programs/), and
+        redis-server under redis-benchmark, requests per second before and
+        while `pagewatch attach`ed. Sweeps and faults from the log, VMA counts
+        printed by the workloads. --program-scale multiplies the sizes.
 
 About 6 minutes once built; --full adds the 1 Mi-page sweeps and the 1 Mi-page
 RSS case (about 13 minutes).
@@ -47,6 +57,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -55,7 +66,7 @@ import tempfile
 import time
 
 DEFAULT_DEPTH = 16  # pagewatch's --stack-depth default
-SECTIONS = ["faults", "floor", "sweeps", "python", "rss"]
+SECTIONS = ["faults", "floor", "sweeps", "python", "rss", "programs"]
 SWEEP_BASE = 0x300000000000  # fx_sweep's region
 PAGE = 4096
 MIB = 1024 * 1024
@@ -66,6 +77,12 @@ DEPTH_TARGET = 2.0      # depth 16 <= 2x depth 0, per tracked fault
 SWEEP_TARGET = 1.5      # re-arming 64 Ki scattered pages <= 1.5x the in-process loop
 SWEEP_TARGET_PAGES = 65536
 RSS_TARGET_MIB = 64     # tracker peak RSS for the 16 GiB case
+SORT_TARGET_100MS = 5.0  # programs: tracked / untracked wall time at --stack-depth 0
+SORT_TARGET_1S = 2.0
+PYTHON_TARGET = 6.0      # at the default depth, --interval 100ms
+PYTHON_VMA_TARGET = 1.5  # VMAs at the end, tracked / untracked
+NODE_TARGET = 4.0        # --interval 100ms --stack-depth 0
+REDIS_TARGET = 0.7       # attached requests/s / untracked, --interval 1s
 
 
 def fail(message):
@@ -487,6 +504,367 @@ def run_rss(a, results):
     print(f"  pagewatch VmHWM (polled every 20 ms): median {m:.1f} MiB (min {lo:.1f}, max {hi:.1f})")
 
 
+# ---------------------------------------------------------------- programs
+
+PROGRAMS = ["sort", "python", "gcc", "java", "node", "redis"]
+PROGRAMS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench-programs")
+
+
+def write_sort_input(path, size):
+    """`size` bytes of lines of random lowercase letters (mean 32 a line), the same every run."""
+    import random
+    rng = random.Random(6)
+    # Each random byte becomes a letter, or a newline for 8 of the 256 values.
+    table = bytes((10 if b < 8 else 97 + b % 26) for b in range(256))
+    with open(path, "wb") as f:
+        left = size
+        while left > 0:
+            chunk = min(left, 4 * MIB)
+            f.write(rng.randbytes(chunk).translate(table))
+            left -= chunk
+        f.write(b"\n")
+
+
+def write_c_source(path, lines):
+    """A C file of about `lines` lines: small functions of loops and arithmetic, for gcc -O2."""
+    with open(path, "w") as f:
+        f.write("#include <stddef.h>\n\n")
+        n = 0
+        i = 0
+        while n < lines:
+            f.write(f"static unsigned f{i}(const unsigned *a, size_t n, unsigned k) {{\n"
+                    f"    unsigned s = {i}u;\n"
+                    f"    for (size_t j = 0; j < n; j++) {{\n"
+                    f"        if ((a[j] ^ k) & {1 + i % 7}u)\n"
+                    f"            s += a[j] * {3 + i % 11}u + (s >> {1 + i % 5});\n"
+                    f"        else\n"
+                    f"            s ^= a[j] << {i % 3};\n"
+                    f"    }}\n"
+                    f"    return s + {'f' + str(i - 1) + '(a, n / 2, s)' if i else 'k'};\n"
+                    f"}}\n\n")
+            n += 11
+            i += 1
+        f.write(f"unsigned entry(const unsigned *a, size_t n) {{ return f{i - 1}(a, n, 1u); }}\n")
+
+
+def program_commands(a, work):
+    """name -> (label, command, follow forks, prints its VMAs) of each program but redis."""
+    scale = a.program_scale
+    out = {}
+    if "sort" in a.programs:
+        size = int(50 * MIB * scale)
+        src = os.path.join(work, "sort-input.txt")
+        write_sort_input(src, size)
+        out["sort"] = (f"sort {size / MIB:g} MB", ["sort", "-o", os.path.join(work, "sorted.txt"), src], False, False)
+    if "python" in a.programs:
+        out["python"] = ("python3 bench_workload.py",
+                         [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_workload.py"),
+                          f"{scale:g}"], False, True)
+    if "gcc" in a.programs:
+        lines = max(200, int(4000 * scale))
+        src = os.path.join(work, "many_functions.c")
+        write_c_source(src, lines)
+        # gcc runs cc1 and as: --follow-forks tracks them, where the work is.
+        out["gcc"] = (f"gcc -O2 -c, {lines} lines", ["gcc", "-O2", "-c", src, "-o", os.path.join(work, "many.o")],
+                      True, False)
+    if "java" in a.programs:
+        classes = os.path.join(work, "java")
+        subprocess.run(["javac", "-d", classes, os.path.join(PROGRAMS_DIR, "Alloc.java")], check=True)
+        out["java"] = ("java Alloc (allocation)", ["java", "-Xmx256m", "-cp", classes, "Alloc", f"{scale:g}"], False, True)
+    if "node" in a.programs:
+        out["node"] = ("node workers.js (4 workers)", ["node", os.path.join(PROGRAMS_DIR, "workers.js"), f"{scale:g}"],
+                       False, True)
+    return out
+
+
+def vmas_printed(stderr):
+    """The last "vmas N" line a workload printed, or None."""
+    found = [int(f[1]) for f in (line.split() for line in stderr.splitlines()) if len(f) == 2 and f[0] == "vmas"
+             and f[1].isdigit()]
+    return found[-1] if found else None
+
+
+def log_totals(log):
+    """(sweeps, faults) of a log: its sweep records, over every process of it; None when unreadable."""
+    sweeps = faults = 0
+    try:
+        with open(log) as f:
+            for line in f:
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a timeout's kill
+                if record.get("type") == "sweep":
+                    sweeps += 1
+                    faults += record.get("faults", 0)
+    except OSError:
+        return None
+    return sweeps, faults
+
+
+def output_digest(cmd):
+    """sha256 of the file a command writes with -o (sort's, gcc's), removed after; None without one."""
+    if "-o" not in cmd:
+        return None
+    import hashlib
+    path = cmd[cmd.index("-o") + 1]
+    try:
+        with open(path, "rb") as f:
+            digest = hashlib.sha256(f.read()).hexdigest()
+        os.remove(path)
+        return digest
+    except OSError:
+        return "missing"
+
+
+def depth_args(depth):
+    return [] if depth == DEFAULT_DEPTH else ["--stack-depth", str(depth)]
+
+
+def run_program(a, name, spec, logs):
+    """Rows of one program (not redis): its untracked run, then one tracked run per interval and depth."""
+    label, cmd, follow, prints_vmas = spec
+    env = dict(os.environ, LC_ALL="C")
+    # Twice, the faster kept: the first also reads the program and its files into the page cache.
+    runs = []
+    for _ in range(2):
+        runs.append(Run(cmd, env=env))
+        base_digest = output_digest(cmd)
+    base = min(runs, key=lambda r: r.wall)
+    if base.returncode != 0:
+        print(f"{label}: untracked run failed ({base.returncode}): {base.stderr.strip()[-300:]}")
+        return []
+    base_vmas = vmas_printed(base.stderr) if prints_vmas else None
+    rows = []
+    for interval in a.program_intervals:
+        for depth in a.program_depths:
+            log = os.path.join(logs, f"{name}.jsonl")
+            pw = [f"{a.bin}/pagewatch", "run", "--interval", interval] + depth_args(depth) + ["--output", log]
+            r = Run(pw + (["--follow-forks"] if follow else []) + ["--"] + cmd, env=env, timeout=a.program_timeout)
+            row = {"program": name, "label": label, "interval": interval, "depth": depth, "base": base.wall,
+                   "base_vmas": base_vmas, "unit": "s"}
+            digest = output_digest(cmd)
+            if r.timed_out:
+                row["tracked"] = "timeout"
+            elif r.returncode != 0 or r.stdout != base.stdout or digest != base_digest:
+                row["tracked"] = f"failed ({r.returncode})"
+                row["why"] = r.stderr.strip()[-300:]
+            else:
+                row["tracked"] = r.wall
+                row["vmas"] = vmas_printed(r.stderr) if prints_vmas else None
+            row["totals"] = log_totals(log)
+            if os.path.exists(log):
+                os.remove(log)
+            rows.append(row)
+            print_program_row(row)
+    return rows
+
+
+def free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_ping(port):
+    import socket
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def redis_rps(port, n, timeout):
+    """{"SET": rps, "GET": rps} of one redis-benchmark run, or None on a timeout."""
+    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-q", "--csv", "-t", "set,get", "-n", str(n)]
+    try:
+        p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    rps = {}
+    for line in p.stdout.splitlines():
+        f = [x.strip('"') for x in line.split(",")]
+        if len(f) > 1 and f[0] in ("SET", "GET"):
+            rps[f[0]] = float(f[1])
+    if p.returncode != 0 or len(rps) != 2:
+        fail(f"{' '.join(cmd)} failed ({p.returncode}): {p.stdout[-200:]} {p.stderr.strip()[-300:]}")
+    return rps
+
+
+def map_count(pid):
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return len(f.readlines())
+    except OSError:
+        return None
+
+
+def wait_for_sweep(log, proc, timeout):
+    """Until the attach's first sweep is in the log (the program is armed); False if pagewatch ended or time ran out."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if proc.poll() is not None:
+            return False
+        if (log_totals(log) or (0, 0))[0] > 0:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def run_redis(a, logs):
+    """Rows of redis-server under redis-benchmark, before and while `pagewatch attach`ed, per interval and depth."""
+    n = max(1000, int(100_000 * a.program_scale))
+    port = free_port()
+    server = subprocess.Popen(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", "--loglevel", "warning"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    rows = []
+    try:
+        for _ in range(100):
+            if redis_ping(port):
+                break
+            time.sleep(0.05)
+        else:
+            fail(f"redis-server on port {port} did not answer")
+        label = f"redis-server (redis-benchmark -n {n})"
+        for interval in a.program_intervals:
+            for depth in a.program_depths:
+                # Each attach paired with an untracked run right before it.
+                base = redis_rps(port, n, a.program_timeout)
+                base_vmas = map_count(server.pid)
+                log = os.path.join(logs, "redis.jsonl")
+                cmd = [f"{a.bin}/pagewatch", "attach", "--interval", interval] + depth_args(depth) + \
+                      ["--output", log, str(server.pid)]
+                with tempfile.TemporaryFile("w+") as err:
+                    pw = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
+                    attached = wait_for_sweep(log, pw, 30)
+                    tracked = redis_rps(port, n, a.program_timeout) if attached else None
+                    vmas = map_count(server.pid)
+                    pw.send_signal(signal.SIGINT)
+                    try:
+                        pw.wait(timeout=60)
+                    except subprocess.TimeoutExpired:
+                        pw.kill()
+                        pw.wait()
+                    err.seek(0)
+                    why = err.read().strip()[-300:]
+                if not redis_ping(port):
+                    fail(f"redis-server did not survive pagewatch attach and detach: {why}")
+                totals = log_totals(log)
+                if os.path.exists(log):
+                    os.remove(log)
+                for test in ("SET", "GET"):
+                    row = {"program": "redis", "label": label.replace(" (", f" {test} ("), "interval": interval, "depth": depth,
+                           "base": base[test], "base_vmas": base_vmas, "unit": "rps", "totals": totals}
+                    if not attached:
+                        row["tracked"] = f"failed ({pw.returncode})"
+                        row["why"] = why
+                    elif tracked is None:
+                        row["tracked"] = "timeout"
+                    else:
+                        row["tracked"] = tracked[test]
+                        row["vmas"] = vmas
+                    rows.append(row)
+                    print_program_row(row)
+    finally:
+        server.terminate()
+        server.wait()
+    return rows
+
+
+def print_program_row(row):
+    t = row["tracked"]
+    unit = row["unit"]
+    base = f"{row['base']:10.2f}" if unit == "s" else f"{row['base']:10.0f}"
+    if isinstance(t, str):
+        tracked, ratio = f"{t:>10}", f"{'-':>8}"
+    elif unit == "s":
+        tracked, ratio = f"{t:10.2f}", f"{t / row['base']:7.2f}x"
+    else:
+        tracked, ratio = f"{t:10.0f}", f"{100 * t / row['base']:7.0f}%"
+    sweeps, faults = row["totals"] if row.get("totals") else ("-", "-")
+    depth = f"{row['depth']}" + (" (default)" if row["depth"] == DEFAULT_DEPTH else "")
+    vb = "-" if row.get("base_vmas") is None else row["base_vmas"]
+    vt = "-" if row.get("vmas") is None else row["vmas"]
+    print(f"{row['label']:44} {row['interval']:>8} {depth:>12} {base} {tracked} {ratio} {sweeps:>7} {faults:>9} "
+          f"{vb:>7} {vt:>7} {'-':>8}")
+    if row.get("why"):
+        print(f"    {row['why']}")
+    sys.stdout.flush()
+
+
+def run_programs(a, results):
+    work = tempfile.mkdtemp(prefix="pagewatch-bench-programs-")
+    try:
+        print(f"Real programs (--program-scale {a.program_scale:g}): each untracked, then under `pagewatch run` "
+              f"(redis-server: `pagewatch attach`ed, beside a run right before it) at each --interval and "
+              f"--stack-depth; one run each (untracked: the faster of two): wall seconds, process start included (redis: requests per second, "
+              f"and tracked as a share of untracked); sweeps and faults from the log; VMAs: the program's "
+              f"/proc/self/maps lines at its end, untracked and tracked (pw) ('-': not measured); presumed: no such "
+              f"field in the log yet")
+        print(f"{'program':44} {'interval':>8} {'depth':>12} {'untracked':>10} {'tracked':>10} {'ratio':>8} "
+              f"{'sweeps':>7} {'faults':>9} {'VMAs':>7} {'VMAs pw':>7} {'presumed':>8}")
+        sys.stdout.flush()
+        specs = program_commands(a, work)
+        rows = []
+        for name in a.programs:
+            if name == "redis":
+                rows += run_redis(a, work)
+            else:
+                rows += run_program(a, name, specs[name], work)
+        results["programs"] = rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def program_targets(results):
+    """The real programs' targets, each as a line of print_targets."""
+    rows = results.get("programs")
+
+    def find(program, interval, depth):
+        return [r for r in rows or [] if r["program"] == program and r["interval"] == interval and r["depth"] == depth]
+
+    def verdict(text, found, limit, higher_is_better=False, vmas_limit=None):
+        if rows is None:
+            print(f"  {text:62} not measured (section not run)")
+            return
+        if not found:
+            print(f"  {text:62} not measured (not in --programs, --program-intervals or --program-depths)")
+            return
+        bad = [r["tracked"] for r in found if isinstance(r["tracked"], str)]
+        if bad:
+            print(f"  {text:62} {bad[0]}: NOT met")
+            return
+        if higher_is_better:
+            share = min(r["tracked"] / r["base"] for r in found)
+            ok = share >= limit
+            print(f"  {text:62} {100 * share:7.0f}%  (target >= {100 * limit:g}%): {'met' if ok else 'NOT met'}")
+            return
+        r = found[0]
+        ratio = r["tracked"] / r["base"]
+        ok = ratio <= limit
+        more = ""
+        if vmas_limit is not None:
+            if r.get("vmas") is None or not r.get("base_vmas"):
+                ok, more = False, ", VMAs not measured"
+            else:
+                vr = r["vmas"] / r["base_vmas"]
+                ok = ok and vr <= vmas_limit
+                more = f", VMAs {r['vmas']} / {r['base_vmas']} = {vr:.2f}x (target <= {vmas_limit:g}x)"
+        print(f"  {text:62} {ratio:8.2f}x (target <= {limit:g}x{more}): {'met' if ok else 'NOT met'}")
+
+    verdict("sort, --interval 100ms --stack-depth 0 / untracked", find("sort", "100ms", 0), SORT_TARGET_100MS)
+    verdict("sort, --interval 1s --stack-depth 0 / untracked", find("sort", "1s", 0), SORT_TARGET_1S)
+    verdict(f"python workload, --interval 100ms (depth {DEFAULT_DEPTH}) / untracked",
+            find("python", "100ms", DEFAULT_DEPTH), PYTHON_TARGET, vmas_limit=PYTHON_VMA_TARGET)
+    verdict("node workers, --interval 100ms --stack-depth 0 / untracked", find("node", "100ms", 0), NODE_TARGET)
+    verdict("redis-server attached, --interval 1s --stack-depth 0, req/s", find("redis", "1s", 0),
+            REDIS_TARGET, higher_is_better=True)
+
+
 def print_targets(a, results):
     print("Performance targets, each measured in this run:")
 
@@ -529,6 +907,7 @@ def print_targets(a, results):
          sw[0] / sw[1] if sw else None, SWEEP_TARGET)
     line(f"tracker peak RSS, {results.get('rss_region', '16 GiB region')}", results.get("rss"), RSS_TARGET_MIB,
          unit=" MiB")
+    program_targets(results)
 
 
 def main():
@@ -561,6 +940,15 @@ def main():
                     help="rss: pages written a round (default 262144, 1 GiB; 1048576 adds about 2 minutes)")
     ap.add_argument("--rss-rounds", type=int, default=1)
     ap.add_argument("--rss-runs", type=int, default=1)
+    ap.add_argument("--programs", default=",".join(PROGRAMS), help=f"programs: which, of {','.join(PROGRAMS)}")
+    ap.add_argument("--program-intervals", default="1s,100ms", help="programs: pagewatch --interval values")
+    ap.add_argument("--program-depths", default=f"0,{DEFAULT_DEPTH}",
+                    help=f"programs: --stack-depth values (default: 0 and the default, {DEFAULT_DEPTH})")
+    ap.add_argument("--program-timeout", type=float, default=300.0,
+                    help="programs: seconds before a tracked run is killed (printed as timeout)")
+    ap.add_argument("--program-scale", type=float, default=1.0,
+                    help="programs: multiplies the sizes (sort's 50 MB, gcc's 4,000 lines, the workloads' rounds, "
+                         "redis-benchmark's 100,000 requests); 0.1 for a quick check")
     a = ap.parse_args()
     a.depths = [int(d) for d in a.depths.split(",")]
     if a.sweep_sizes is None:
@@ -569,6 +957,11 @@ def main():
         a.rss_dirty = 1024 * 1024 if a.full else 256 * 1024
     a.sweep_sizes = [int(n) for n in a.sweep_sizes.split(",")]
     a.sections = [s for s in a.sections.split(",") if s]
+    a.programs = [p for p in a.programs.split(",") if p]
+    if [p for p in a.programs if p not in PROGRAMS]:
+        fail(f"unknown program(s) in --programs {','.join(a.programs)}; known: {', '.join(PROGRAMS)}")
+    a.program_intervals = [i for i in a.program_intervals.split(",") if i]
+    a.program_depths = [DEFAULT_DEPTH if d == "default" else int(d) for d in a.program_depths.split(",") if d]
     unknown = [s for s in a.sections if s not in SECTIONS]
     if unknown:
         fail(f"unknown section(s) {', '.join(unknown)}; known: {', '.join(SECTIONS)}")
@@ -581,7 +974,7 @@ def main():
     if "faults" in a.sections or "floor" in a.sections:
         blocks.append(("faults+floor" if "faults" in a.sections and "floor" in a.sections
                        else "faults" if "faults" in a.sections else "floor", run_faults_and_floor))
-    for name, block in (("sweeps", run_sweeps), ("python", run_python), ("rss", run_rss)):
+    for name, block in (("sweeps", run_sweeps), ("python", run_python), ("rss", run_rss), ("programs", run_programs)):
         if name in a.sections:
             blocks.append((name, block))
     took = []

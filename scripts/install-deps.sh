@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what PageWatch needs that a fresh machine of our kind may lack.
 # Idempotent: installs nothing when everything is present.
+# `install-deps.sh bench` (`make bench`) also installs what the benchmark's
+# real programs need beyond these.
 set -euo pipefail
 
 # libunwind-ptrace for attribution (call stacks of writers), libdw (elfutils) for its file:line
@@ -12,6 +14,11 @@ set -euo pipefail
 # for the io_uring fixture.
 packages=(libunwind-dev libdw-dev pkg-config strace python3 chromium binutils
           default-jdk-headless golang-go nodejs rustc liburing-dev)
+# `make bench`'s programs section: redis-server, attached under redis-benchmark
+# (redis-tools), and gcc, which it compiles with; java and node come with the list above.
+if [ "${1:-}" = bench ]; then
+    packages+=(redis-server redis-tools gcc)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
