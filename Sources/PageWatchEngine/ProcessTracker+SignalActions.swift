@@ -12,24 +12,25 @@ extension ProcessTracker {
     /// the SIGSEGV action and which caught signals run on the alternate
     /// stack: at a new image and at attach, where PageWatch did not see them
     /// set (afterwards `rt_sigaction` entries keep both up to date).
-    func learnSignalActions(tid: Int32) throws {
+    func learnSignalActions(_ thread: TrackedThread) throws {
         let caught = (try? caughtSignals()) ?? 0
         onStackSignals = 0
         for sig in Int32(1)...64 where sig == Signal.SIGSEGV || caught & (UInt64(1) << UInt64(sig - 1)) != 0 {
-            guard let action = try queryAction(sig, tid: tid) else { continue }
+            guard let action = try queryAction(sig, thread) else { continue }
             if sig == Signal.SIGSEGV { segvAction = action }
             noteFlags(of: action, signal: UInt64(sig))
         }
     }
 
     /// The kernel's `struct kernel_sigaction` for `sig`, raw.
-    func queryAction(_ sig: Int32, tid: Int32) throws -> [UInt8]? {
+    func queryAction(_ sig: Int32, _ thread: TrackedThread) throws -> [UInt8]? {
+        let tid = thread.tid
         guard let injector, let number = Arch.number(.rt_sigaction) else { return nil }
         let size = Int(Arch.layout.kernelSigaction)
         let (outcome, raw) = try injector.run(number, [UInt64(sig), 0, injector.argumentArea.value, Self.sigsetSize],
                                               input: [], outputCount: size, in: tid,
-                                              completing: threads[tid]?.completingSyscall)
-        noteInjection(outcome, tid: tid)
+                                              completing: thread.syscall.completing)
+        noteInjection(outcome, thread)
         return outcome.value == 0 && raw.count == size ? raw : nil
     }
 
@@ -52,15 +53,16 @@ extension ProcessTracker {
     /// Learns a thread's alternate signal stack by an injected
     /// `sigaltstack(NULL, &old)`: for threads that set it before an attach
     /// (a Go program gives every thread one and preempts with SIGURG).
-    func learnAltStack(_ tid: Int32) throws {
-        guard let injector, let number = Arch.number(.sigaltstack), let state = threads[tid] else { return }
+    func learnAltStack(_ thread: TrackedThread) throws {
+        let tid = thread.tid
+        guard let injector, let number = Arch.number(.sigaltstack) else { return }
         let size = Int(Arch.layout.stackT)
         let (outcome, raw) = try injector.run(number, [0, injector.argumentArea.value], input: [], outputCount: size,
-                                              in: tid, completing: state.completingSyscall)
-        noteInjection(outcome, tid: tid)
+                                              in: tid, completing: thread.syscall.completing)
+        noteInjection(outcome, thread)
         guard outcome.value == 0, raw.count == size else { return }
-        state.altStackKnown = true
-        state.altStack = Self.alternateStack(raw)
+        thread.signals.altStackKnown = true
+        thread.signals.altStack = Self.alternateStack(raw)
     }
 
     /// The process's ignored and caught signals, from a thread's stat file
@@ -89,7 +91,8 @@ extension ProcessTracker {
     /// again where that thread is most likely this one. With SIG_DFL nothing shows
     /// whether it was blocked: the mask stays as the kernel left it
     /// (docs/design.md, limits).
-    func restoreSegvActionIfReset(tid: Int32) throws {
+    func restoreSegvActionIfReset(_ thread: TrackedThread) throws {
+        let tid = thread.tid
         guard let action = segvAction else { return }
         let handler = littleEndian(action, at: 0)
         let ignoring = handler == 1  // SIG_IGN; 0 is SIG_DFL, which a reset leaves as it is
@@ -99,8 +102,8 @@ extension ProcessTracker {
         guard let injector, let number = Arch.number(.rt_sigaction) else { return }
         let (outcome, _) = try injector.run(number, [UInt64(Signal.SIGSEGV), injector.argumentArea.value, 0, Self.sigsetSize],
                                             input: action, outputCount: 0, in: tid,
-                                            completing: threads[tid]?.completingSyscall)
-        noteInjection(outcome, tid: tid)
+                                            completing: thread.syscall.completing)
+        noteInjection(outcome, thread)
         if outcome.value < 0 {
             throw TraceError.remoteSyscall("rt_sigaction(SIGSEGV)", Errno(Int32(-outcome.value)), tid: tid, address: nil)
         }

@@ -40,10 +40,10 @@ extension Tracker {
         var unanswered = false
         for p in processes.values where p.end == nil {
             for (tid, state) in p.threads where !parked.contains(tid) && !state.exiting && state.waiting == nil {
-                if state.interruptSentNs == 0 { state.interruptSentNs = now; continue }
-                guard now &- state.interruptSentNs >= Self.interruptPatienceNs else { continue }
-                state.interruptSentNs = now
-                if (try? Ptrace.interrupt(tid)) != nil { state.interruptPending = true }
+                if state.interrupt.sentNs == 0 { state.interrupt.sentNs = now; continue }
+                guard now &- state.interrupt.sentNs >= Self.interruptPatienceNs else { continue }
+                state.interrupt.sentNs = now
+                if (try? Ptrace.interrupt(tid)) != nil { state.interrupt.pending = true }
                 unanswered = true
             }
         }
@@ -82,15 +82,15 @@ extension Tracker {
                     continue  // gone meanwhile: its exit is reported as any other
                 }
                 parked.remove(tid)
-                state.interruptSentNs = now
-                if (try? Ptrace.interrupt(tid)) != nil { state.interruptPending = true }
+                state.interrupt.sentNs = now
+                if (try? Ptrace.interrupt(tid)) != nil { state.interrupt.pending = true }
             }
         }
     }
 
     /// Whether an interrupt of a sweep or of the detach waits for its stop.
     var interruptOutstanding: Bool {
-        processes.values.contains { p in p.threads.values.contains { $0.interruptPending && $0.interruptSentNs != 0 } }
+        processes.values.contains { p in p.threads.values.contains { $0.interrupt.pending && $0.interrupt.sentNs != 0 } }
     }
 
     /// The next stop. With an interrupt outstanding, waits for at most the
@@ -128,12 +128,12 @@ extension ProcessTracker {
         // A memory call in flight: its exit serves the sweep (the model is
         // true again only there), and any other stop would wait for it.
         if memoryCallInFlight(besides: 0) { return }
-        let outstanding = threads.filter { $0.value.interruptPending }
+        let outstanding = threads.filter { $0.value.interrupt.pending }
         if !outstanding.isEmpty {
             for (tid, state) in outstanding.sorted(by: { $0.key < $1.key }) {
-                if state.interruptSentNs == 0 { state.interruptSentNs = now; continue }
-                guard now &- state.interruptSentNs >= Tracker.interruptPatienceNs else { continue }
-                state.interruptSentNs = now
+                if state.interrupt.sentNs == 0 { state.interrupt.sentNs = now; continue }
+                guard now &- state.interrupt.sentNs >= Tracker.interruptPatienceNs else { continue }
+                state.interrupt.sentNs = now
                 trace("  interrupt of \(tid) unanswered: sent again")
                 if !state.exiting, !state.inGroupStop, state.waiting == nil, safeToInterrupt(tid) {
                     _ = try? Ptrace.interrupt(tid)
@@ -155,9 +155,9 @@ extension ProcessTracker {
     /// can serve it, before its own fault is handled (the write then
     /// belongs to the next interval). Busy faulting threads are the
     /// program's only stops when it writes much.
-    func sweepAtFault(tid: Int32) throws {
-        guard pendingSweep != nil, !finalSweepDone, threads[tid]?.exiting != true else { return }
-        try sweepIfPending(in: tid)
+    func sweepAtFault(_ thread: TrackedThread) throws {
+        guard pendingSweep != nil, !finalSweepDone, !thread.exiting else { return }
+        try sweepIfPending(in: thread)
     }
 
     /// The new fields of a sweep record about re-arming: whether the sweep

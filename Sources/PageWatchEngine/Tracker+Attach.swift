@@ -44,10 +44,10 @@ extension Tracker {
         let polling = holdIdlePolling()
         defer { withExtendedLifetime(polling) {} }
         for tid in tids {
-            let state = ThreadState()
+            let state = TrackedThread(tid: tid)
             state.preexisting = true
-            state.altStackKnown = false  // maybe set before the attach
-            state.interruptPending = true
+            state.signals.altStackKnown = false  // maybe set before the attach
+            state.interrupt.pending = true
             main.threads[tid] = state
             // Each thread stops once so its rseq area and tid word can be
             // learned; the first sweep waits for all of them.
@@ -108,7 +108,7 @@ extension Tracker {
                 parkedWaiting.insert(tid)
             }
             for tid in p.threads.keys where !parked.contains(tid) {
-                if (try? Ptrace.interrupt(tid)) != nil { p.threads[tid]?.interruptPending = true }
+                if (try? Ptrace.interrupt(tid)) != nil { p.threads[tid]?.interrupt.pending = true }
             }
         }
     }
@@ -122,7 +122,7 @@ extension Tracker {
         guard live.allSatisfy({ $0.threads.keys.allSatisfy(parked.contains) }) else {
             if Self.debug {
                 let waits = "  detach waits for " + live.flatMap { p in p.threads.keys.sorted().filter { !parked.contains($0) }.map {
-                    "\($0) \(p.threads[$0].map { "interrupt \($0.interruptPending) waiting \(String(describing: $0.waiting))" } ?? "")" } }
+                    "\($0) \(p.threads[$0].map { "interrupt \($0.interrupt.pending) waiting \(String(describing: $0.waiting))" } ?? "")" } }
                     .joined(separator: ", ")
                 if waits != lastDetachWait { trace(waits) }
                 lastDetachWait = waits
@@ -143,7 +143,7 @@ extension Tracker {
                 } catch TraceError.call(_, let e, _, _) where e == .ESRCH {
                     continue  // it died meanwhile
                 }
-                for h in p.threads[tid]?.held ?? [] { try? Ptrace.tgkill(p.pid, tid, h.signal) }
+                for h in p.threads[tid]?.signals.held ?? [] { try? Ptrace.tgkill(p.pid, tid, h.signal) }
             }
         }
         return true
@@ -161,7 +161,7 @@ extension ProcessTracker {
         // runs: one would otherwise kill its thread after the detach).
         for tid in threads.keys.sorted() where session.parkedSignals[tid] == nil
             && !(threads[tid]?.inGroupStop ?? true) && !(threads[tid]?.exiting ?? true) {
-            if let taken = try? Ptrace.takePendingFault(tid) { threads[tid]?.held += taken }
+            if let taken = try? Ptrace.takePendingFault(tid) { threads[tid]?.signals.held += taken }
         }
         let candidates = threads.keys.filter { !(threads[$0]?.exiting ?? true) }.map { tid in
             (tid, (try? Ptrace.syscallStopKind(tid)) ?? .none, threads[tid]?.inGroupStop ?? false)
@@ -169,15 +169,15 @@ extension ProcessTracker {
             func rank(_ c: (Int32, SyscallStopKind, Bool)) -> Int { (c.2 ? 4 : 0) + (c.1 == .entry ? 2 : c.1 == .exit ? 1 : 0) }
             return (rank(a), a.0) < (rank(b), b.0)
         }
-        if let (tid, kind, _) = candidates.first {
+        if let (tid, kind, _) = candidates.first, let thread = threads[tid] {
             let entry = kind == .entry ? try Arch.readRegisters(tid: tid) : nil
             checkContents(tid: tid)  // every thread parked: nothing moves
-            try giveBackProtections(tid: tid)
+            try giveBackProtections(thread)
             // A write fault pending when the thread was parked arrives during
             // those calls: PageWatch's, its page reported; the write itself
             // runs again after the detach, on a page that is writable now.
-            for held in threads.keys.sorted() { try absorbHeldFaults(held) }
-            if let injector { threads[tid]?.held += try injector.unmapScratch(in: tid) }
+            for held in threads.keys.sorted() { if let other = threads[held] { try absorbHeldFaults(other) } }
+            if let injector { thread.signals.held += try injector.unmapScratch(in: tid) }
             if let entry { try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid) }
         }
         let dirty = memory.dirtyPages()
@@ -192,31 +192,33 @@ extension ProcessTracker {
     /// musl keep its `clear_child_tid` word (`&pthread->tid`) in the thread
     /// control block at the thread pointer; the first 4-byte-aligned word
     /// there holding the thread's tid is taken for it.
-    func learnClearTid(_ tid: Int32) {
-        guard threads[tid]?.clearChildTid == nil, let regs = try? Arch.readRegisters(tid: tid) else { return }
+    func learnClearTid(_ thread: TrackedThread) {
+        let tid = thread.tid
+        guard thread.exitWords.clearChildTid == nil, let regs = try? Arch.readRegisters(tid: tid) else { return }
         let tcb = Arch.threadPointer(regs)
         guard tcb.value != 0, let raw = try? Ptrace.readMemory(tid, tcb, count: 2048), raw.count == 2048 else { return }
         for offset in stride(from: 16, to: raw.count, by: 4)
         where littleEndian(raw, at: offset, size: 4) == UInt64(UInt32(bitPattern: tid)) {
-            threads[tid]?.clearChildTid = tcb + UInt64(offset)
+            thread.exitWords.clearChildTid = tcb + UInt64(offset)
             return
         }
     }
 
     /// The first stop of a thread `pagewatch attach` seized: place the
     /// gadget (once), learn its rseq area and tid word.
-    func firstAttachStop(_ tid: Int32) throws {
+    func firstAttachStop(_ thread: TrackedThread) throws {
+        let tid = thread.tid
         if injector == nil {
             let (gadget, held) = try RemoteSyscall.bootstrap(in: tid)
             injector = gadget
             injector?.journal = guardianJournal
-            threads[tid]?.held.append(contentsOf: held)
+            thread.signals.held.append(contentsOf: held)
             publishForGuardian()
-            try learnSignalActions(tid: tid)
+            try learnSignalActions(thread)
         }
-        try learnAltStack(tid)
-        learnClearTid(tid)
-        threads[tid]?.preexisting = false
+        try learnAltStack(thread)
+        learnClearTid(thread)
+        thread.preexisting = false
         session.firstStopSeen(tid)
     }
 }

@@ -137,7 +137,7 @@ public final class Tracker {
                                       seccompFilter: ProcessTracker.interceptionFilter())
         main = ProcessTracker(session: self, pid: pid, parent: nil)
         processes[pid] = main
-        main.threads[pid] = ThreadState()
+        main.threads[pid] = TrackedThread(tid: pid)
         let polling = holdIdlePolling()
         defer { withExtendedLifetime(polling) {} }
         try main.startImage(tid: pid)
@@ -156,7 +156,7 @@ public final class Tracker {
             timer = t
         }
         defer { timer?.stop() }
-        try main.resume(pid)
+        try main.resume(main.thread(pid))
         try eventLoop()
         let end = main.end!
         warnIfNothingWasEverSelected()
@@ -273,11 +273,11 @@ public final class Tracker {
 
 extension Tracker {
     /// A tracked process forked or vforked `child` (its event stop, in `thread`).
-    func forked(_ child: Int32, kind: PtraceEvent, parent: ProcessTracker, thread tid: Int32) throws {
+    func forked(_ child: Int32, kind: PtraceEvent, parent: ProcessTracker, thread: TrackedThread) throws {
         newChildren[child] = (kind, parent)
         if kind == .fork {
             if config.followForks {
-                followedChildren[child] = parent.forkedCopy(pid: child, thread: tid)
+                followedChildren[child] = parent.forkedCopy(pid: child, thread: thread)
                 emit(.fork(pid: child, parent: parent.pid, timeNs: wallClockNs()))
             } else {
                 armedAtFork[child] = (parent.injector, parent.armedRegions())
@@ -297,13 +297,13 @@ extension Tracker {
             return
         }
         let p = ProcessTracker(session: self, pid: child, parent: parent.pid)
-        let state = ThreadState()
-        state.completingSyscall = 0
+        let state = TrackedThread(tid: child)
+        state.syscall.completing = 0
         p.threads[child] = state
         processes[child] = p
         emit(.fork(pid: child, parent: parent.pid, timeNs: wallClockNs()))
         try p.startImage(tid: child)
-        try p.resume(child)
+        try p.resume(state)
     }
 
     /// The first stop of a task PageWatch has not seen: a thread of a
@@ -313,16 +313,17 @@ extension Tracker {
             if kind == .vfork {
                 // Shares the parent's memory until it execs: its writes and
                 // syscalls are handled like the parent's own.
-                let state = ThreadState()
+                let state = TrackedThread(tid: tid)
                 state.vforkChild = true
                 parent.threads[tid] = state
                 try Ptrace.cont(tid)
             } else if let followed = followedChildren.removeValue(forKey: tid) {
                 // Its pages are armed as the parent's were: tracked as they are.
                 processes[tid] = followed
-                followed.shareSlotData(tid: tid)
-                try followed.learnRseq(tid)
-                try followed.resume(tid)
+                let thread = followed.thread(tid)
+                followed.shareSlotData(thread)
+                try followed.learnRseq(thread)
+                try followed.resume(thread)
             } else {
                 // A copy of the address space with the armed pages armed: give
                 // it the program's protections back before it runs an instruction.
@@ -340,12 +341,12 @@ extension Tracker {
             untracked.insert(tid)
             try Ptrace.cont(tid)
         } else if let group = threadGroup(of: tid), let p = processes[group] {
-            let state = ThreadState()
+            let state = TrackedThread(tid: tid)
             state.awaitsCloneEvent = true  // its first stop came before its parent's clone event
             p.threads[tid] = state
-            try p.learnRseq(tid)
-            try p.sweepIfPending(in: tid)
-            try p.resume(tid)
+            try p.learnRseq(state)
+            try p.sweepIfPending(in: state)
+            try p.resume(state)
         } else if let group = threadGroup(of: tid), untracked.contains(group) || untracked.contains(parentProcess(of: tid)) {
             // A descendant of an untracked process: nothing of ours is armed in it.
             untracked.insert(tid)
@@ -385,8 +386,8 @@ extension Tracker {
             p.finish(.killed(signal: sig))
         case .exited(let tid, _), .killed(let tid, _, _):
             p.threads[tid] = nil
-        case .syscallStop(let tid) where p.threads[tid]?.pendingExit != nil:
-            p.threads[tid]?.pendingExit = nil
+        case .syscallStop(let tid) where p.threads[tid]?.syscall.pendingExit != nil:
+            p.threads[tid]?.syscall.pendingExit = nil
             try Ptrace.cont(tid)
         case .signalDelivery(let tid, let sig) where sig == Signal.SIGSEGV && p.isReleasedPageFault(tid):
             try Ptrace.cont(tid)  // the write runs again, now allowed
