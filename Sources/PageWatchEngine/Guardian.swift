@@ -177,6 +177,6 @@ extension ProcessTracker {
     /// region its own protection again is harmless where nothing is armed).
     func publishForGuardian(extra: [(AddressRange, Protection)] = []) {
         guard let (state, _) = session.guardian, self === session.main else { return }
-        state.publish(gadget: injector?.gadget, regions: memory.regions.map { ($0.range, $0.protection) } + extra)
+        state.publish(gadget: injector.remote?.gadget, regions: memory.regions.map { ($0.range, $0.protection) } + extra)
     }
 }

@@ -67,7 +67,7 @@ extension ProcessTracker {
                 try stopTrackingForIOUring(reason, thread)
                 return true
             case .pins(let buffers):
-                for b in buffers { try pin(b.pageAligned, thread) }
+                for b in buffers { try injector.pin(b.pageAligned, in: &memory, thread) }
             case .none:
                 break
             }
@@ -191,7 +191,7 @@ extension ProcessTracker {
                     try unarmForKernel(b, by: kernel!, thread)
                 }
             case .provides(let buffers):
-                for b in buffers { try pin(b.pageAligned, thread) }
+                for b in buffers { try injector.pin(b.pageAligned, in: &memory, thread) }
             case .zeroes(let ranges):
                 for r in ranges { memory.markDirty(r) }
             case .none, .unknowable:

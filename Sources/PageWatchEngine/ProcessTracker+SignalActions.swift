@@ -24,14 +24,11 @@ extension ProcessTracker {
 
     /// The kernel's `struct kernel_sigaction` for `sig`, raw.
     func queryAction(_ sig: Int32, _ thread: TrackedThread) throws -> [UInt8]? {
-        let tid = thread.tid
-        guard let injector, let number = Arch.number(.rt_sigaction) else { return nil }
+        guard let remote = injector.remote, let number = Arch.number(.rt_sigaction) else { return nil }
         let size = Int(Arch.layout.kernelSigaction)
-        let (outcome, raw) = try injector.run(number, [UInt64(sig), 0, injector.argumentArea.value, Self.sigsetSize],
-                                              input: [], outputCount: size, in: tid,
-                                              completing: thread.syscall.completing)
-        noteInjection(outcome, thread)
-        return outcome.value == 0 && raw.count == size ? raw : nil
+        guard let (value, raw) = try injector.run(number, [UInt64(sig), 0, remote.argumentArea.value, Self.sigsetSize],
+                                                  input: [], outputCount: size, thread) else { return nil }
+        return value == 0 && raw.count == size ? raw : nil
     }
 
     /// The kernel's sigset_t, the last argument of rt_sigaction and rt_sigprocmask.
@@ -54,13 +51,11 @@ extension ProcessTracker {
     /// `sigaltstack(NULL, &old)`: for threads that set it before an attach
     /// (a Go program gives every thread one and preempts with SIGURG).
     func learnAltStack(_ thread: TrackedThread) throws {
-        let tid = thread.tid
-        guard let injector, let number = Arch.number(.sigaltstack) else { return }
+        guard let remote = injector.remote, let number = Arch.number(.sigaltstack) else { return }
         let size = Int(Arch.layout.stackT)
-        let (outcome, raw) = try injector.run(number, [0, injector.argumentArea.value], input: [], outputCount: size,
-                                              in: tid, completing: thread.syscall.completing)
-        noteInjection(outcome, thread)
-        guard outcome.value == 0, raw.count == size else { return }
+        guard let (value, raw) = try injector.run(number, [0, remote.argumentArea.value], input: [], outputCount: size,
+                                                  thread) else { return }
+        guard value == 0, raw.count == size else { return }
         thread.signals.altStackKnown = true
         thread.signals.altStack = Self.alternateStack(raw)
     }
@@ -99,13 +94,11 @@ extension ProcessTracker {
         guard handler != 0, let now = signalDispositions(tid: tid) else { return }
         guard (ignoring ? now.ignored : now.caught) & Self.segvBit == 0 else { return }
         trace("  SIGSEGV action reset by the kernel's forced signal in \(tid): put back")
-        guard let injector, let number = Arch.number(.rt_sigaction) else { return }
-        let (outcome, _) = try injector.run(number, [UInt64(Signal.SIGSEGV), injector.argumentArea.value, 0, Self.sigsetSize],
-                                            input: action, outputCount: 0, in: tid,
-                                            completing: thread.syscall.completing)
-        noteInjection(outcome, thread)
-        if outcome.value < 0 {
-            throw TraceError.remoteSyscall("rt_sigaction(SIGSEGV)", Errno(Int32(-outcome.value)), tid: tid, address: nil)
+        guard let remote = injector.remote, let number = Arch.number(.rt_sigaction),
+              let (value, _) = try injector.run(number, [UInt64(Signal.SIGSEGV), remote.argumentArea.value, 0, Self.sigsetSize],
+                                                input: action, outputCount: 0, thread) else { return }
+        if value < 0 {
+            throw TraceError.remoteSyscall("rt_sigaction(SIGSEGV)", Errno(Int32(-value)), tid: tid, address: nil)
         }
         guard !ignoring else { return }
         // The reset means the faulting thread blocked SIGSEGV; but the action

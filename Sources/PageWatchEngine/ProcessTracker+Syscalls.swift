@@ -75,7 +75,7 @@ extension ProcessTracker {
             let old = AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + args[1]).pageAligned
             if !memory.isUniform(old) {
                 for piece in memory.trackedPieces(in: old) {
-                    try protect(piece.range, piece.protection.armed, thread)
+                    try injector.protect(piece.range, piece.protection.armed, thread)
                     memory.markArmedKeepingDirty(piece.range)
                 }
                 try resume(thread)  // rewinds: the call runs again, now on one VMA
@@ -108,7 +108,7 @@ extension ProcessTracker {
         case .rseq:
             // Hazard 3: the kernel writes the area on every return to user space.
             if args[2] & 1 == 0, args[0] != 0 {  // registration, not RSEQ_FLAG_UNREGISTER
-                try pin(AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + max(args[1], 32)).pageAligned, thread)
+                try injector.pin(AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + max(args[1], 32)).pageAligned, in: &memory, thread)
                 thread.rseqKnown = true
             }
             try resume(thread)
@@ -156,11 +156,11 @@ extension ProcessTracker {
         // writable in the model, maybe not yet in the kernel: made so now.
         for page in pagesInFlight(in: range) {
             if case .writable(let protection) = memory.state(of: page) {
-                try protect(AddressRange(start: page, end: page + Page.size), protection, thread)
+                try injector.protect(AddressRange(start: page, end: page + Page.size), protection, thread)
             }
         }
         for piece in memory.armedPieces(in: range) {
-            try protect(piece.range, piece.protection, thread)
+            try injector.protect(piece.range, piece.protection, thread)
             var page = piece.range.start
             while page < piece.range.end {
                 memory.markWritten(page)
@@ -247,7 +247,7 @@ extension ProcessTracker {
             let address = RemoteAddress(littleEndian(header, at: 8))
             guard let raw = try? Ptrace.readMemory(tid, address, count: count * 8), raw.count == count * 8 else { return false }
             let filter = SeccompFilter.decode(raw)
-            let ip = (injector?.gadget.value ?? 0) &+ Arch.scratchGadgetSyscallEnd
+            let ip = (injector.remote?.gadget.value ?? 0) &+ Arch.scratchGadgetSyscallEnd
             for prot in UInt64(0)...7 {
                 let data = SeccompData(nr: Int32(Arch.syscalls.mprotect), arch: Arch.auditArch, instructionPointer: ip,
                                        arguments: [memory.regions.first?.range.start.value ?? 0x10000, Page.size, prot, 0, 0, 0])
@@ -505,12 +505,12 @@ extension ProcessTracker {
                 for s in selected.ranges { memory.insert(s, protection: prot, armed: ranArmed, dirty: true) }
                 var rest = PageSet([part])
                 for s in selected.ranges { rest.remove(s) }
-                for r in rest.ranges { try protect(r, prot, thread) }
+                for r in rest.ranges { try injector.protect(r, prot, thread) }
             }
         }
         for p in memory.pinned.intersection(target).ranges {
             // Pinned pages must stay writable.
-            if let piece = memory.trackedPieces(in: p).first { try protect(piece.range, piece.protection, thread) }
+            if let piece = memory.trackedPieces(in: p).first { try injector.protect(piece.range, piece.protection, thread) }
         }
     }
 
@@ -523,7 +523,7 @@ extension ProcessTracker {
             var rest = PageSet([piece.range])
             for p in memory.pinned.intersection(piece.range).ranges { rest.remove(p) }
             for r in rest.ranges {
-                try protect(r, piece.protection.armed, thread)
+                try injector.protect(r, piece.protection.armed, thread)
                 memory.markArmedKeepingDirty(r)
             }
         }

@@ -15,53 +15,19 @@ extension ProcessTracker {
     /// held for the thread, a syscall stop); the caller takes the slow path.
     func unarmThroughTrampoline(_ page: RemoteAddress, _ protection: Protection, _ thread: TrackedThread) throws -> Bool {
         let tid = thread.tid
-        guard Self.oneStopFaults, slotsUsable, let injector, thread.signals.held.isEmpty,
+        guard Self.oneStopFaults, injector.slotsUsable, let slots = injector.slots, thread.signals.held.isEmpty,
               thread.syscall.entryRegisters == nil, thread.syscall.pendingExit == nil, thread.syscall.completing == nil,
               session.detaching == nil, let slot = thread.trampoline.slot ?? freeTrampolineSlot() else { return false }
         if thread.trampoline.slowPathPage == page {
             thread.trampoline.slowPathPage = nil
             return false
         }
-        try slots(of: injector).enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
+        try slots.enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
         thread.trampoline.slot = slot
         thread.trampoline.page = page
         memory.markWritten(page)
         try Ptrace.resume(tid, mode: session.resumeMode)
         return true
-    }
-
-    /// Shares the slots' data page with PageWatch (`SharedSlotData`) when
-    /// the process has just the one thread `tid`, stopped: a new image's
-    /// exec stop, a followed fork child's first stop. A fork child's page is
-    /// its parent's shared one until then: replaced, or made private if
-    /// sharing fails; if both fail it uses no slot. Sharing failing
-    /// otherwise only costs speed (the words go by process_vm_writev).
-    func shareSlotData(_ thread: TrackedThread) {
-        let tid = thread.tid
-        guard let injector else { return }
-        slotData = nil
-        var held: [HeldSignal] = []
-        defer { thread.signals.held += held }
-        do {
-            slotData = try SharedSlotData.share(injector, in: tid, held: &held)
-            slotsUsable = true
-            return
-        } catch {
-            trace("  slots' data page not shared: \(error)")
-        }
-        guard parent != nil else { return }
-        do {
-            try SharedSlotData.unshare(injector, in: tid, held: &held)
-            slotsUsable = true
-        } catch {
-            trace("  slots' data page not made private either: \(error); no slots")
-            slotsUsable = false
-        }
-    }
-
-    /// The slots of `injector`'s scratch pages, through the shared data page when there is one.
-    func slots(of injector: RemoteSyscall) -> FaultTrampoline {
-        FaultTrampoline(code: injector.trampoline.code, shared: slotData)
     }
 
     /// A slot no thread holds, if any (more threads than slots take the slow path).
@@ -81,7 +47,7 @@ extension ProcessTracker {
     func settleTrampoline(_ thread: TrackedThread, at event: StopEvent) throws -> Bool {
         let tid = thread.tid
         guard let page = thread.trampoline.page, let slot = thread.trampoline.slot,
-              let injector else { return false }
+              injector.remote != nil else { return false }
         if case .signalDelivery(_, Signal.SIGSEGV) = event, let info = try? Ptrace.signalInfo(tid),
            info.code == SignalInfo.SEGV_ACCERR, Page.floor(info.faultAddress) != page {
             // The common case, cheaply (issue 6): a write fault on another
@@ -92,7 +58,7 @@ extension ProcessTracker {
             stopSignalInfo = (tid, info)
             return false
         }
-        let trampoline = slots(of: injector)
+        guard let trampoline = injector.slots else { return false }
         let regs = try Arch.readRegisters(tid: tid)
         let inside = trampoline.slot(at: Arch.instructionPointer(regs)) == slot
         switch event {

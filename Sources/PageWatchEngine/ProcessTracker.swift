@@ -16,12 +16,8 @@ final class ProcessTracker {
     /// The process that forked this one; nil for the program itself.
     let parent: Int32?
     var threads: [Int32: TrackedThread] = [:]
-    var injector: RemoteSyscall?
-    /// The fault slots' data page as PageWatch maps it, when shared (`shareSlotData`).
-    var slotData: SharedSlotData?
-    /// False when the slots' data page may be another process's (a fork
-    /// child's copy that could not be replaced): faults take the slow path.
-    var slotsUsable = true
+    /// Runs PageWatch's code in it: the gadget, the slots, protection changes.
+    var injector: ProcessInjector
     var memory = TrackedMemory()
     /// Addresses inside thread stacks (stack pointers seen at clone), for `--track stack`.
     var stackAnchors: [RemoteAddress] = []
@@ -64,6 +60,7 @@ final class ProcessTracker {
         self.session = session
         self.pid = pid
         self.parent = parent
+        injector = ProcessInjector(session: session)
     }
 
     deinit {
@@ -102,11 +99,7 @@ final class ProcessTracker {
     /// its memory, which is new to PageWatch), the forking thread's state.
     func forkedCopy(pid child: Int32, thread: TrackedThread) -> ProcessTracker {
         let copy = ProcessTracker(session: session, pid: child, parent: pid)
-        copy.injector = injector  // the gadget page is copied with the rest
-        // Its data page is the parent's shared one until its first stop
-        // replaces it (`shareSlotData`): no slot before.
-        copy.slotsUsable = false
-        copy.injector?.journal = nil  // the guardian watches the attached process only
+        copy.injector = injector.forkedCopy()
         copy.memory = memory
         for region in memory.regions { copy.memory.markDirty(region.range) }
         copy.stackAnchors = stackAnchors
@@ -433,7 +426,7 @@ final class ProcessTracker {
             }
             try restoreSegvActionIfReset(thread)
             if repeats == 1 {
-                try protect(AddressRange(start: page, end: page + Page.size), protection, thread)
+                try injector.protect(AddressRange(start: page, end: page + Page.size), protection, thread)
             }
             ledger.countFault(at: page)
             faultsThisInterval += 1
@@ -447,7 +440,7 @@ final class ProcessTracker {
     func unarm(_ page: RemoteAddress, _ protection: Protection, _ thread: TrackedThread) throws {
         let range = AddressRange(start: page, end: page + Page.size)
         do {
-            try protect(range, protection, thread)
+            try injector.protect(range, protection, thread)
             memory.markWritten(page)
             return
         } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
@@ -458,9 +451,9 @@ final class ProcessTracker {
         }
         if let plan = memory.rearmRegionPlan(containing: page) {
             do {
-                for change in plan { try protect(change.range, change.protection, thread) }
+                for change in plan { try injector.protect(change.range, change.protection, thread) }
                 memory.markRegionArmedKeepingDirty(containing: page)
-                try protect(range, protection, thread)
+                try injector.protect(range, protection, thread)
                 memory.markWritten(page)
                 return
             } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
@@ -474,31 +467,8 @@ final class ProcessTracker {
     /// everywhere (one VMA again), every page dirty until the next sweep.
     func unarmRegion(containing page: RemoteAddress, _ thread: TrackedThread) throws {
         if let whole = memory.markRegionWritten(containing: page) {
-            try protect(whole.range, whole.protection, thread)
+            try injector.protect(whole.range, whole.protection, thread)
         }
-    }
-
-    /// Several `mprotect`s in one injection when there are several (the
-    /// batch loop, issue 6), else one; their results in order (0 or -errno).
-    func protectAll(_ changes: [ProtectionChange], _ thread: TrackedThread) throws -> [Int64] {
-        let tid = thread.tid
-        guard changes.count > 1, Self.batchedSweeps, let injector else {
-            return try changes.map { c in
-                do { try protect(c.range, c.protection, thread); return 0 } catch TraceError.remoteSyscall(_, let e, _, _) {
-                    return -Int64(e.rawValue)
-                }
-            }
-        }
-        trace("  mprotect batch of \(changes.count) in \(tid)")
-        let (results, outcome) = try injector.mprotectBatch(changes.map { ($0.range, $0.protection) }, in: tid,
-                                                            completing: thread.syscall.completing)
-        noteInjection(outcome, thread)
-        if Tracker.debug {
-            for (c, r) in zip(changes, results) where r != 0 {
-                trace("    \(c.range) \(c.protection): \(r); maps: \(mappings(overlapping: c.range, tid: tid))")
-            }
-        }
-        return results
     }
 
     /// Every region with armed pages gets the program's protection back
@@ -506,50 +476,9 @@ final class ProcessTracker {
     func giveBackProtections(_ thread: TrackedThread) throws {
         let tid = thread.tid
         let changes = armedRegions()
-        for (change, result) in zip(changes, try protectAll(changes, thread)) where result != 0 {
-            throw Self.mprotectFailed(result, at: change.range.start, tid: tid)
+        for (change, result) in zip(changes, try injector.protectAll(changes, thread)) where result != 0 {
+            throw ProcessInjector.mprotectFailed(result, at: change.range.start, tid: tid)
         }
-    }
-
-    /// A batched mprotect's result that is not 0: -errno, or 1 when the
-    /// batch never reached it.
-    static func mprotectFailed(_ result: Int64, at address: RemoteAddress, tid: Int32) -> TraceError {
-        .remoteSyscall("mprotect", Errno(result < 0 ? Int32(-result) : EIO), tid: tid, address: address)
-    }
-
-    /// PAGEWATCH_SWEEP=one-by-one: one injection per re-armed range (for the benchmark's comparison).
-    static let batchedSweeps = getenv("PAGEWATCH_SWEEP").map { String(cString: $0) != "one-by-one" } ?? true
-
-    func protect(_ range: AddressRange, _ protection: Protection, _ thread: TrackedThread) throws {
-        let tid = thread.tid
-        trace("  mprotect \(range) \(protection) in \(tid)")
-        guard let injector else { return }
-        if thread.syscall.entryRegisters != nil { thread.syscall.injectedAtEntry = true }
-        let outcome: RemoteSyscall.Outcome
-        do {
-            outcome = try injector.mprotect(range, protection, in: tid, completing: thread.syscall.completing)
-        } catch {
-            if Tracker.debug {
-                trace("    failed; maps: \(mappings(overlapping: range, tid: tid))")
-            }
-            throw error
-        }
-        noteInjection(outcome, thread)
-    }
-
-    /// The thread's side of any injection: one made at a syscall entry
-    /// abandons the call (rewound at the resume); signals that arrived
-    /// meanwhile are held; an interrupt stop passed on the way was consumed.
-    func noteInjection(_ outcome: RemoteSyscall.Outcome, _ thread: TrackedThread) {
-        if thread.syscall.entryRegisters != nil { thread.syscall.injectedAtEntry = true }
-        thread.signals.held.append(contentsOf: outcome.heldSignals)
-        if outcome.consumedInterrupt { thread.interrupt.pending = false }
-    }
-
-    /// PAGEWATCH_DEBUG: the mappings around a failed mprotect, as maps shows them now.
-    func mappings(overlapping range: AddressRange, tid: Int32) -> String {
-        ((try? ProcFS.maps(of: tid)) ?? []).filter { $0.range.overlaps(range) }
-            .map { "\($0.range) \($0.protection)" }.joined(separator: ", ")
     }
 
     /// Resumes a stopped thread, first delivering anything held for it.
@@ -638,7 +567,7 @@ final class ProcessTracker {
            let area = try? Ptrace.rseqArea(tid), case .armed = memory.state(of: area.address) {
             thread.signals.held.remove(at: i)
             thread.rseqKnown = true
-            try pin(area.range.pageAligned, thread)
+            try injector.pin(area.range.pageAligned, in: &memory, thread)
         }
     }
 
@@ -665,12 +594,8 @@ final class ProcessTracker {
         unwinder = nil
         lastMaps = []
         frameCache = [:]
-        slotData = nil
-        let (gadget, held) = try RemoteSyscall.bootstrap(in: pid, completing: completing)
-        injector = gadget
-        injector?.journal = guardianJournal
-        leader.signals.held.append(contentsOf: held)
-        shareSlotData(leader)
+        try injector.place(in: leader, completing: completing, journal: guardianJournal)
+        injector.shareSlotData(leader, forkChild: parent != nil)
         try learnSignalActions(leader)  // exec reset the handlers; SIG_IGN stays
         if sweeps > 0 || totalFaults > 0 {
             let path = ProcFS.executable(of: pid) ?? (parent == nil ? config.command[0] : "")
@@ -679,20 +604,13 @@ final class ProcessTracker {
         session.checkExecPrivilege(pid: pid)
     }
 
-    func pin(_ range: AddressRange, _ thread: TrackedThread) throws {
-        trace("  pin \(range)")
-        for change in memory.pin(range) {
-            try protect(change.range, change.protection, thread)
-        }
-    }
-
     /// Looks up the thread's rseq area once it has one and pins it (hazard 3).
     func learnRseq(_ thread: TrackedThread) throws {
         let tid = thread.tid
         guard !thread.rseqKnown else { return }
         guard let area = try? Ptrace.rseqArea(tid) else { return }
         thread.rseqKnown = true
-        try pin(area.range.pageAligned, thread)
+        try injector.pin(area.range.pageAligned, in: &memory, thread)
     }
 
     /// A SIGSEGV the kernel forced because it could not write the rseq area:
@@ -703,7 +621,7 @@ final class ProcessTracker {
         guard case .armed = memory.state(of: area.address) else { return false }
         thread.rseqKnown = true
         try restoreSegvActionIfReset(thread)
-        try pin(area.range.pageAligned, thread)
+        try injector.pin(area.range.pageAligned, in: &memory, thread)
         try resume(thread)
         return true
     }
@@ -859,15 +777,15 @@ final class ProcessTracker {
     /// Whether `tid`'s slot has run its `mprotect`, successfully.
     func slotCallSucceeded(_ thread: TrackedThread) -> Bool {
         let tid = thread.tid
-        guard let slot = thread.trampoline.slot, let injector else { return false }
-        return (try? slots(of: injector).result(slot, tid: tid)) == 0
+        guard let slot = thread.trampoline.slot, let slots = injector.slots else { return false }
+        return (try? slots.result(slot, tid: tid)) == 0
     }
 
     /// Whether pages may be armed now. Not before the first sweep of an
     /// attach (every thread seen, its rseq area pinned; the gadget in place):
     /// until then the program's memory calls run as they are and new pages
     /// are left for that sweep, which arms them.
-    var armsNow: Bool { injector != nil && session.awaitingFirstStop.isEmpty }
+    var armsNow: Bool { injector.remote != nil && session.awaitingFirstStop.isEmpty }
 
     /// Whether another thread is between the entry and the exit of one of
     /// the program's own memory calls (mmap, mprotect, ...). A sweep then
@@ -918,7 +836,7 @@ final class ProcessTracker {
             for b in busy.intersection(planned.range).ranges { pieces.remove(b) }
             changes += pieces.ranges.map { ProtectionChange(range: $0, protection: planned.protection) }
         }
-        for (change, result) in zip(changes, try protectAll(changes, thread)) {
+        for (change, result) in zip(changes, try injector.protectAll(changes, thread)) {
             if result == 0 {
                 memory.markArmed(change.range)
             } else if result == -Int64(Errno.ENOMEM.rawValue) {
@@ -927,7 +845,7 @@ final class ProcessTracker {
                 // dirty and are reported again next sweep (never missed).
                 try unarmRegion(containing: change.range.start, thread)
             } else {
-                throw Self.mprotectFailed(result, at: change.range.start, tid: tid)
+                throw ProcessInjector.mprotectFailed(result, at: change.range.start, tid: tid)
             }
         }
         memory.clearPinnedDirty()
@@ -1003,7 +921,7 @@ final class ProcessTracker {
         // be forgotten and every frame left unnamed.
         guard !maps.isEmpty else { return }
         // PageWatch's own scratch pages (the trampoline's data page is writable) are never tracked.
-        let programs = maps.filter { m in injector.map { !$0.scratch.contains(m.range.start) } ?? true }
+        let programs = maps.filter { m in injector.remote.map { !$0.scratch.contains(m.range.start) } ?? true }
         // A page a thread was sent to un-arm through its trampoline slot is
         // writable in the model, but the thread may not have run the slot's
         // mprotect yet: maps can still show it armed, which reconcile would

@@ -177,13 +177,13 @@ extension ProcessTracker {
             // those calls: PageWatch's, its page reported; the write itself
             // runs again after the detach, on a page that is writable now.
             for held in threads.keys.sorted() { if let other = threads[held] { try absorbHeldFaults(other) } }
-            if let injector { thread.signals.held += try injector.unmapScratch(in: tid) }
+            try injector.removeScratch(thread)
             if let entry { try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid) }
         }
         let dirty = memory.dirtyPages()
         finalSweepDone = true
         emitSweep(reason: .detach, dirty: dirty)
-        injector = nil
+        injector.remote = nil
         memory.reset()
         publishForGuardian()  // nothing left for the guardian to restore
     }
@@ -208,11 +208,8 @@ extension ProcessTracker {
     /// gadget (once), learn its rseq area and tid word.
     func firstAttachStop(_ thread: TrackedThread) throws {
         let tid = thread.tid
-        if injector == nil {
-            let (gadget, held) = try RemoteSyscall.bootstrap(in: tid)
-            injector = gadget
-            injector?.journal = guardianJournal
-            thread.signals.held.append(contentsOf: held)
+        if injector.remote == nil {
+            try injector.place(in: thread, journal: guardianJournal)
             publishForGuardian()
             try learnSignalActions(thread)
         }

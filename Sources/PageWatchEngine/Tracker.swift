@@ -280,7 +280,7 @@ extension Tracker {
                 followedChildren[child] = parent.forkedCopy(pid: child, thread: thread)
                 emit(.fork(pid: child, parent: parent.pid, timeNs: wallClockNs()))
             } else {
-                armedAtFork[child] = (parent.injector, parent.armedRegions())
+                armedAtFork[child] = (parent.injector.remote, parent.armedRegions())
             }
         }
         if unclassified.remove(child) != nil { try firstStopOfNewTask(child) }
@@ -321,7 +321,7 @@ extension Tracker {
                 // Its pages are armed as the parent's were: tracked as they are.
                 processes[tid] = followed
                 let thread = followed.thread(tid)
-                followed.shareSlotData(thread)
+                followed.injector.shareSlotData(thread, forkChild: followed.parent != nil)
                 try followed.learnRseq(thread)
                 try followed.resume(thread)
             } else {
