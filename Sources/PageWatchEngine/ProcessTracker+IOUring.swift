@@ -58,7 +58,7 @@ extension ProcessTracker {
                 return true
             }
             try unarmForKernel(AddressRange(start: RemoteAddress(args[1]), end: RemoteAddress(args[1]) + UInt64(IOUringParams.size)),
-                               by: writer("io_uring_setup", tid: tid), thread)
+                               by: attribution.writer("io_uring_setup", tid: tid), thread)
             try resume(thread, exit: .ioUringSetup(params: args[1]))
         case .register:
             // io_uring_register(fd, opcode, arg, nr_args)
@@ -187,7 +187,7 @@ extension ProcessTracker {
             switch effect {
             case .writes(let buffers):
                 for b in buffers {
-                    if kernel == nil { kernel = writer(Self.ioUringWriter, tid: tid) }
+                    if kernel == nil { kernel = attribution.writer(Self.ioUringWriter, tid: tid) }
                     try unarmForKernel(b, by: kernel!, thread)
                 }
             case .provides(let buffers):

@@ -134,7 +134,7 @@ extension ProcessTracker {
                 return
             }
             if !ranges.isEmpty {
-                let kernel = writer(call.rawValue, tid: tid)
+                let kernel = attribution.writer(call.rawValue, tid: tid)
                 for range in ranges { try unarmForKernel(range, by: kernel, thread) }
                 // Until the thread stops again the call may not have run yet
                 // (/proc shows it `running`): a sweep must not re-arm these.
@@ -220,7 +220,7 @@ extension ProcessTracker {
         if flags & cloneVM != 0, stackTop != 0 { stackAnchors.append(RemoteAddress(stackTop &- 1)) }
         for (flag, word) in [(parentSetTid, parentTid), (childSetTid, childTid)] where flags & flag != 0 && word != 0 {
             try unarmForKernel(AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4),
-                               by: writer(call.rawValue, tid: tid), thread)
+                               by: attribution.writer(call.rawValue, tid: tid), thread)
         }
         try resume(thread)
     }
@@ -277,7 +277,7 @@ extension ProcessTracker {
         let tid = thread.tid
         let words = keepExitWordsOutOfSweeps(thread)
         if !words.isEmpty {
-            let kernel = writer(Syscall.exit.rawValue, tid: tid)
+            let kernel = attribution.writer(Syscall.exit.rawValue, tid: tid)
             for w in words { try unarmForKernel(w, by: kernel, thread) }
         }
         try resume(thread)
@@ -415,7 +415,7 @@ extension ProcessTracker {
                 for p in [page, page + Page.size] {
                     if case .armed(let protection) = memory.state(of: p) {
                         let nr = Arch.syscallNumber(entry)
-                        noteWrite(p, by: writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid), fault: false, tid: tid)
+                        noteWrite(p, by: attribution.writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid), fault: false, tid: tid)
                         try unarm(p, protection, thread)
                         changed = true
                     }
@@ -439,7 +439,7 @@ extension ProcessTracker {
         case .munmap:
             if !failed {
                 memory.forget(range(a[0], a[1]))
-                unwinder?.unmapped(range(a[0], a[1]))
+                attribution.unwinder?.unmapped(range(a[0], a[1]))
             }
         case .mmap:
             guard !failed else { return }

@@ -102,7 +102,7 @@ extension ProcessTracker {
             UserfaultRanges.shared.register(range, mode: mode, pid: pid)
         }
         if !call.writes.isEmpty || !call.fills.isEmpty {
-            let kernel = writer(call.name, tid: tid)
+            let kernel = attribution.writer(call.name, tid: tid)
             for range in call.writes { try unarmForKernel(range, by: kernel, thread) }
             for range in call.fills { countFilled(range, by: kernel, tid: tid) }
             // The call may not have run before this thread stops again: a
@@ -176,7 +176,7 @@ extension ProcessTracker {
             try resume(thread)
             return
         }
-        let kernel = writer(call.rawValue, tid: tid)
+        let kernel = attribution.writer(call.rawValue, tid: tid)
         for range in ranges { try unarmForKernel(range, by: kernel, thread) }
         thread.syscall.unknownAttempt = attempt + 1
         try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid)

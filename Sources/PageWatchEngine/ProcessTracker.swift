@@ -18,6 +18,8 @@ final class ProcessTracker {
     var threads: [Int32: TrackedThread] = [:]
     /// Runs PageWatch's code in it: the gadget, the slots, protection changes.
     var injector: ProcessInjector
+    /// Who wrote which page: unwinder, frame cache, the ledger.
+    let attribution: WriterAttribution
     var memory = TrackedMemory()
     /// Addresses inside thread stacks (stack pointers seen at clone), for `--track stack`.
     var stackAnchors: [RemoteAddress] = []
@@ -46,21 +48,12 @@ final class ProcessTracker {
     var segvAction: [UInt8]?
     /// A thread's `/proc/PID/task/TID/stat`, held open (`signalDispositions`).
     var dispositionProbe: (tid: Int32, fd: Int32)?
-    /// The writers of the pages dirtied since the last sweep (issue 5).
-    var ledger = WriterLedger()
-    /// Unwinds writers' stacks; made at the first need, per image.
-    var unwinder: Unwinder?
-    /// `/proc/PID/maps` as last read: writers are symbolized against it.
-    var lastMaps: [Mapping] = []
-    /// Frames by instruction pointer (inner frames looked up at IP-1 have
-    /// their own entries), kept while the code mappings stay the same.
-    var frameCache: [FrameKey: Frame] = [:]
-
     init(session: Tracker, pid: Int32, parent: Int32?) {
         self.session = session
         self.pid = pid
         self.parent = parent
         injector = ProcessInjector(session: session)
+        attribution = WriterAttribution(session: session, pid: pid)
     }
 
     deinit {
@@ -113,15 +106,6 @@ final class ProcessTracker {
         state.exitWords.clearChildTid = thread.exitWords.newThreadClearTid
         copy.threads[child] = state
         return copy
-    }
-
-    /// The writer at `tid`'s stop: its call stack (`--stack-depth` frames),
-    /// and `kernel` when the kernel writes for it. Empty stacks when
-    /// attribution is off.
-    func writer(_ kernel: String?, tid: Int32) -> Writer {
-        guard config.stackDepth > 0 else { return Writer(kernel: kernel, stack: []) }
-        if unwinder == nil { unwinder = try? Unwinder(pid: pid, images: session.unwindImages) }
-        return Writer(kernel: kernel, stack: unwinder?.callStack(tid: tid, maxDepth: config.stackDepth) ?? [])
     }
 
     /// The regions armed now: what a fork child not followed must get back.
@@ -303,7 +287,7 @@ final class ProcessTracker {
             let swept = pendingSweep != nil
             try sweepIfPending(in: thread)
             let frameNow = swept || unknownStack ? armedPages(ofFrame: try signalFrameArea(sig, thread)) : frame
-            let framer = writer("signal frame " + Signal.name(sig), tid: tid)
+            let framer = attribution.writer("signal frame " + Signal.name(sig), tid: tid)
             for range in frameNow.ranges { try unarmRange(range, by: framer, thread) }
             thread.signals.held.insert(own, at: 0)
             try resume(thread)
@@ -402,7 +386,7 @@ final class ProcessTracker {
         case .untracked:
             return false
         case .armed(let protection):
-            noteWrite(page, by: writer(nil, tid: tid), fault: true, tid: tid)
+            noteWrite(page, by: attribution.writer(nil, tid: tid), fault: true, tid: tid)
             thread.suppressedFault.page = nil
             faultsThisInterval += 1
             totalFaults += 1
@@ -428,7 +412,7 @@ final class ProcessTracker {
             if repeats == 1 {
                 try injector.protect(AddressRange(start: page, end: page + Page.size), protection, thread)
             }
-            ledger.countFault(at: page)
+            attribution.ledger.countFault(at: page)
             faultsThisInterval += 1
             totalFaults += 1
             try resume(thread)
@@ -518,7 +502,7 @@ final class ProcessTracker {
         let area = try signalFrameArea(next.signal, thread)
         let frame = armedPages(ofFrame: area)
         if !frame.isEmpty {
-            let framer = writer("signal frame " + Signal.name(next.signal), tid: tid)
+            let framer = attribution.writer("signal frame " + Signal.name(next.signal), tid: tid)
             for range in frame.ranges { try unarmRange(range, by: framer, thread) }
         }
         guard !thread.signals.held.isEmpty else { return try session.proceed(tid) }
@@ -551,7 +535,7 @@ final class ProcessTracker {
             switch memory.state(of: page) {
             case .armed(let protection):
                 thread.signals.held.remove(at: i)
-                noteWrite(page, by: writer(nil, tid: tid), fault: true, tid: tid)
+                noteWrite(page, by: attribution.writer(nil, tid: tid), fault: true, tid: tid)
                 try restoreSegvActionIfReset(thread)
                 try unarm(page, protection, thread)
                 faultsThisInterval += 1
@@ -590,10 +574,7 @@ final class ProcessTracker {
         UserfaultRanges.shared.forget(pid: pid)  // a new address space
         stackAnchors = []
         faultsThisInterval = 0
-        ledger = WriterLedger()
-        unwinder = nil
-        lastMaps = []
-        frameCache = [:]
+        attribution.startImage()
         try injector.place(in: leader, completing: completing, journal: guardianJournal)
         injector.shareSlotData(leader, forkChild: parent != nil)
         try learnSignalActions(leader)  // exec reset the handlers; SIG_IGN stays
@@ -654,7 +635,7 @@ final class ProcessTracker {
     }
 
     func threadGone(_ tid: Int32) {
-        unwinder?.threadGone(tid: tid)
+        attribution.unwinder?.threadGone(tid: tid)
         if threads[tid]?.awaitsCloneEvent == true { endedBeforeItsCloneEvent.insert(tid) }
         threads[tid] = nil
     }
@@ -894,16 +875,7 @@ final class ProcessTracker {
     func emitSweep(reason: SweepReason, dirty: PageSet, reportedAgain: Bool = false) {
         sweeps += 1
         if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
-        var sites: [WriteSite]?
-        if config.stackDepth > 0 {
-            sites = ledger.sites(of: dirty, pinned: memory.pinned, keepingWriters: reportedAgain) { stack in
-                stack.enumerated().map { i, ip in frame(ip, isReturnAddress: i > 0) }
-            }
-        } else if !reportedAgain {
-            // No sites to name, but the ledger still starts again: it tells
-            // the next interval's first writes (`noteWrite`).
-            ledger = WriterLedger()
-        }
+        let sites = attribution.sites(of: dirty, pinned: memory.pinned, reportedAgain: reportedAgain)
         var record = SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
                                  ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
         noteRearming(&record, dirty: dirty, reportOnly: reportedAgain)
@@ -935,25 +907,7 @@ final class ProcessTracker {
             if case .armed = memory.state(of: page) { memory.markWritten(page) }
         }
         publishForGuardian()
-        if unwinder != nil || !frameCache.isEmpty, code(of: maps) != code(of: lastMaps) {
-            // A module came or went: cached unwind tables and names may be stale.
-            unwinder?.mappingsChanged(maps: maps)
-            frameCache = [:]
-        }
-        lastMaps = maps
-    }
-
-    func frame(_ ip: UInt64, isReturnAddress: Bool) -> Frame {
-        let key = FrameKey(ip: ip, isReturnAddress: isReturnAddress)
-        if let known = frameCache[key] { return known }
-        let f = session.symbolizer.frame(ip: ip, in: lastMaps, isReturnAddress: isReturnAddress)
-        frameCache[key] = f
-        return f
-    }
-
-    /// The mappings unwinding and symbolizing read: file-backed, not writable.
-    func code(of maps: [Mapping]) -> [Mapping] {
-        maps.filter { $0.isFileBacked && !$0.protection.contains(.write) }
+        attribution.mapsRead(maps)
     }
 
     /// Gives up tracking this process without changing it: a last sweep
