@@ -227,7 +227,7 @@ final class ProcessTracker {
                 session.firstStopSeen(tid)
             }
             if session.detaching != nil {
-                session.parked.insert(tid)  // detached from here, it stays stopped
+                session.attachState?.parked.insert(tid)  // detached from here, it stays stopped
             } else {
                 try Ptrace.listen(tid)
             }
@@ -327,7 +327,7 @@ final class ProcessTracker {
             if pendingSweep == nil {
                 thread.waiting = nil
                 try resume(thread)
-            } else if session.awaitingFirstStop.isEmpty, !memoryCallInFlight(besides: tid) {
+            } else if session.allThreadsSeen, !memoryCallInFlight(besides: tid) {
                 thread.waiting = nil
                 try sweepIfPending(in: thread)
                 try resume(thread)

@@ -25,6 +25,8 @@ extension Tracker {
     public func attach(pid: Int32) throws -> AttachEnd {
         try Attacher.check(pid)
         resumeMode = .syscallStops
+        let attach = AttachState()
+        attachState = attach
         for s in Self.detachSignals {
             setSignalBlocked(s, true)
             try installFlagHandler(s)
@@ -53,7 +55,7 @@ extension Tracker {
             // learned; the first sweep waits for all of them.
             do { try Ptrace.interrupt(tid) } catch TraceError.call(_, let e, _, _) where e == .ESRCH { main.threads[tid] = nil }
         }
-        awaitingFirstStop = Set(main.threads.keys)
+        attach.awaitingFirstStop = Set(main.threads.keys)
         let selected = main.selectedPagesNow()
         emit(.start(pid: pid, pageSize: Page.size, command: config.command,
                     tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
@@ -79,75 +81,12 @@ extension Tracker {
     /// A pre-existing thread's first stop was handled; once every one has
     /// been seen, the first sweep arms the selection.
     func firstStopSeen(_ tid: Int32) {
-        guard awaitingFirstStop.remove(tid) != nil, awaitingFirstStop.isEmpty else { return }
+        guard let attach = attachState, attach.awaitingFirstStop.remove(tid) != nil, attach.awaitingFirstStop.isEmpty else { return }
         // Whatever was asked for meanwhile (a sweep signal) is this sweep:
         // nothing was tracked before it.
         if !main.finalSweepDone { main.pendingSweep = .attach }
     }
 
-    /// Why to detach now, if at all.
-    func detachCondition() -> SweepReason? {
-        guard resumeMode == .syscallStops, detaching == nil, main.end == nil else { return nil }
-        if takeRaisedSignal() != nil || givingUp != nil { return .detach }
-        if timer?.hasExpired == true { return .detach }
-        if let n = config.maxSweeps, main.sweeps >= n { return .detach }
-        return nil
-    }
-
-    /// Stops every thread: each is parked at its next stop (`proceed`).
-    func startDetach(_ reason: SweepReason) throws {
-        detaching = reason
-        lastUnparkNs = monotonicNs()
-        for p in processes.values where p.end == nil {
-            p.pendingSweep = nil
-            for tid in p.threads.keys where p.threads[tid]?.waiting != nil {
-                // Kept at its stop (StopWaiting): parked there. At a fault, the
-                // write runs again after the detach, on a page given back.
-                p.threads[tid]?.waiting = nil
-                parked.insert(tid)
-                parkedWaiting.insert(tid)
-            }
-            for tid in p.threads.keys where !parked.contains(tid) {
-                if (try? Ptrace.interrupt(tid)) != nil { p.threads[tid]?.interrupt.pending = true }
-            }
-        }
-    }
-
-    /// Once every thread is parked: the last sweep (reason `detach`), the
-    /// program's protections back, the gadget page gone, every thread
-    /// detached with the signal it was stopped for; signals held during
-    /// PageWatch's injections are sent again. Returns true when done.
-    func finishDetachIfParked() throws -> Bool {
-        let live = processes.values.filter { $0.end == nil }
-        guard live.allSatisfy({ $0.threads.keys.allSatisfy(parked.contains) }) else {
-            if Self.debug {
-                let waits = "  detach waits for " + live.flatMap { p in p.threads.keys.sorted().filter { !parked.contains($0) }.map {
-                    "\($0) \(p.threads[$0].map { "interrupt \($0.interrupt.pending) waiting \(String(describing: $0.waiting))" } ?? "")" } }
-                    .joined(separator: ", ")
-                if waits != lastDetachWait { trace(waits) }
-                lastDetachWait = waits
-            }
-            return false
-        }
-        for p in live {
-            try p.detachSweep()
-        }
-        for p in live {
-            for tid in p.threads.keys.sorted() {
-                do {
-                    if let s = parkedSignals[tid] {
-                        try Ptrace.detach(tid, delivering: s)
-                    } else {
-                        try Ptrace.detach(tid)
-                    }
-                } catch TraceError.call(_, let e, _, _) where e == .ESRCH {
-                    continue  // it died meanwhile
-                }
-                for h in p.threads[tid]?.signals.held ?? [] { try? Ptrace.tgkill(p.pid, tid, h.signal) }
-            }
-        }
-        return true
-    }
 }
 
 extension ProcessTracker {
@@ -159,7 +98,7 @@ extension ProcessTracker {
         try? refreshMaps()
         // Write faults pending at the parking stops (taken before anything
         // runs: one would otherwise kill its thread after the detach).
-        for tid in threads.keys.sorted() where session.parkedSignals[tid] == nil
+        for tid in threads.keys.sorted() where session.attachState?.parkedSignals[tid] == nil
             && !(threads[tid]?.inGroupStop ?? true) && !(threads[tid]?.exiting ?? true) {
             if let taken = try? Ptrace.takePendingFault(tid) { threads[tid]?.signals.held += taken }
         }

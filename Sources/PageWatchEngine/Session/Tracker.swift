@@ -95,27 +95,14 @@ public final class Tracker {
     /// `PTRACE_CONT` in launch mode (the seccomp filter picks the syscalls),
     /// `PTRACE_SYSCALL` in attach mode (no filter can be used there, hazard 8).
     var resumeMode: ResumeMode = .continuing
+    /// `pagewatch attach` only: the guardian, the first stops, the detach.
+    var attachState: AttachState?
     /// Attach mode: why PageWatch is detaching, once it is; every thread is
     /// then parked at its next stop instead of resumed.
-    var detaching: SweepReason?
-    /// Threads stopped and left so, for the detach.
-    var parked: Set<Int32> = []
-    /// Of those, the threads parked where they waited for PageWatch
-    /// (`StopWaiting`): never let run before the detach (`unparkForUserfaultWaiters`).
-    var parkedWaiting: Set<Int32> = []
-    /// When the detach last let parked threads run on (or began).
-    var lastUnparkNs: UInt64 = 0
-    /// Attach mode: the guardian's shared state and the pipe it watches (hazard 20).
-    var guardian: (state: GuardianState, watch: Int32)?
-    /// Attach mode: the threads seized whose first stop is still to come.
-    /// Nothing is armed until it is empty: a thread's rseq area and tid
-    /// word are pinned at that stop, and armed before it the kernel's next
-    /// rseq update for the thread fails and kills it (SIGSEGV, hazard 3).
-    var awaitingFirstStop: Set<Int32> = []
-    /// PAGEWATCH_DEBUG: the threads a detach last waited for (said once).
-    var lastDetachWait = ""
-    /// The signal a thread was parked at (its signal-delivery stop), for PTRACE_DETACH to deliver.
-    var parkedSignals: [Int32: HeldSignal] = [:]
+    var detaching: SweepReason? { attachState?.detaching }
+    /// Every thread has had its first stop (attach mode; always in launch
+    /// mode): nothing is armed before.
+    var allThreadsSeen: Bool { attachState?.awaitingFirstStop.isEmpty ?? true }
     /// Why tracking is being given up (`giveUpTracking`), once it is.
     var givingUp: String?
     /// `--verify-contents`: pages found changed with no write reported, in every process.
@@ -220,9 +207,9 @@ public final class Tracker {
     /// Resumes a thread of a tracked process as the mode wants; while
     /// detaching, parks it instead (keeping the signal it was stopped for).
     func proceed(_ tid: Int32, signal: Int32 = 0) throws {
-        if detaching != nil {
-            if signal != 0 { parkedSignals[tid] = try Ptrace.holdSignal(tid) }
-            parked.insert(tid)
+        if let attach = attachState, attach.detaching != nil {
+            if signal != 0 { attach.parkedSignals[tid] = try Ptrace.holdSignal(tid) }
+            attach.parked.insert(tid)
             return
         }
         try Ptrace.resume(tid, signal: signal, mode: resumeMode)

@@ -55,7 +55,7 @@ extension ProcessTracker {
 
     func sweepIfPending(in thread: TrackedThread) throws {
         let tid = thread.tid
-        guard let reason = pendingSweep, session.awaitingFirstStop.isEmpty,
+        guard let reason = pendingSweep, session.allThreadsSeen,
               !memoryCallInFlight(besides: tid) else { return }
         try sweep(reason: reason, in: thread)
     }
@@ -64,7 +64,7 @@ extension ProcessTracker {
     /// attach (every thread seen, its rseq area pinned; the gadget in place):
     /// until then the program's memory calls run as they are and new pages
     /// are left for that sweep, which arms them.
-    var armsNow: Bool { injector.remote != nil && session.awaitingFirstStop.isEmpty }
+    var armsNow: Bool { injector.remote != nil && session.allThreadsSeen }
 
     /// Whether another thread is between the entry and the exit of one of
     /// the program's own memory calls (mmap, mprotect, ...). A sweep then
