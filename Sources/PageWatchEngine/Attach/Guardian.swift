@@ -143,7 +143,7 @@ extension Tracker {
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         guard n > 0 else { throw TraceError.call("readlink(/proc/self/exe)", Errno(errno), tid: getpid()) }
         let path = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let (_, watch) = try spawnGuardian(path: path, arguments: ["guardian"], state: state)
+        let (_, watch) = try spawnGuardian(path: path, arguments: ["guardian"], stateFD: state.fd)
         attachState?.guardian = (state, watch)
     }
 
