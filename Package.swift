@@ -117,7 +117,7 @@ let package = Package(
         ),
         .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
         .testTarget(name: "PageWatchPtraceTests",
-                    dependencies: ["PageWatchPtrace", "fx_blocked_read", "fx_sleeper", "fx_futex_wait"]),
+                    dependencies: ["PageWatchPtrace", "PageWatchEngine", "fx_blocked_read", "fx_sleeper", "fx_futex_wait"]),
         .testTarget(name: "PageWatchAttributionTests",
                     dependencies: ["PageWatchAttribution", "PageWatchPtrace", "CUnwind", "fx_callsites"]),
         .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine"]),

@@ -225,7 +225,7 @@ public struct RemoteSyscall: Sendable {
     }
 
     /// `bytes` into the tracee at `address`, all of them (process_vm_writev).
-    static func writeBytes(_ bytes: UnsafeRawBufferPointer, at address: RemoteAddress, tid: Int32) throws {
+    public static func writeBytes(_ bytes: UnsafeRawBufferPointer, at address: RemoteAddress, tid: Int32) throws {
         let n = pw_write_memory(tid, address.value, bytes.baseAddress, bytes.count)
         if n != bytes.count {
             throw TraceError.call("process_vm_writev", Errno(n < 0 ? Int32(-n) : EIO), tid: tid, address: address)
