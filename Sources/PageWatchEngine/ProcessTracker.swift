@@ -48,6 +48,7 @@ final class ProcessTracker {
     var segvAction: [UInt8]?
     /// A thread's `/proc/PID/task/TID/stat`, held open (`signalDispositions`).
     var dispositionProbe: (tid: Int32, fd: Int32)?
+
     init(session: Tracker, pid: Int32, parent: Int32?) {
         self.session = session
         self.pid = pid
