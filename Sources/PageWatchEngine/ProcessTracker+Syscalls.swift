@@ -280,7 +280,7 @@ extension ProcessTracker {
         let result = Arch.syscallResult(regs)
         switch pending {
         case .segvAction(let action):
-            if result == 0 { segvAction = action }
+            if result == 0 { signalActions.segv = action }
             try resume(thread)
         case .ioUringSetup(let params):
             ioUringSetupExit(params: params, result: result, tid: tid)

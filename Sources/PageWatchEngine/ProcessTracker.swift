@@ -40,14 +40,8 @@ final class ProcessTracker {
     var finalSweepDone = false
     var end: ProgramEnd?
     var endTimeNs: UInt64 = 0
-    /// Signals whose handler runs on the sigaltstack (SA_ONSTACK).
-    var onStackSignals: UInt64 = 0
-    /// The program's SIGSEGV action as the kernel holds it (the raw
-    /// `struct kernel_sigaction`), to put back where a write fault's forced
-    /// signal reset it (`restoreSegvActionIfReset`); nil until learned.
-    var segvAction: [UInt8]?
-    /// A thread's `/proc/PID/task/TID/stat`, held open (`signalDispositions`).
-    var dispositionProbe: (tid: Int32, fd: Int32)?
+    /// The program's signal actions, as far as PageWatch needs them.
+    var signalActions = KnownSignalActions()
 
     init(session: Tracker, pid: Int32, parent: Int32?) {
         self.session = session
@@ -58,7 +52,7 @@ final class ProcessTracker {
     }
 
     deinit {
-        if let probe = dispositionProbe { close(probe.fd) }
+        if let probe = signalActions.dispositionProbe { close(probe.fd) }
     }
 
     /// PageWatch let go of this process (`stopTracking`): nothing is armed in
@@ -97,8 +91,8 @@ final class ProcessTracker {
         copy.memory = memory
         for region in memory.regions { copy.memory.markDirty(region.range) }
         copy.stackAnchors = stackAnchors
-        copy.onStackSignals = onStackSignals
-        copy.segvAction = segvAction
+        copy.signalActions.onStack = signalActions.onStack
+        copy.signalActions.segv = signalActions.segv
         UserfaultRanges.shared.forked(from: pid, child: child)
         let state = TrackedThread(tid: child)
         state.signals.altStack = thread.signals.altStack
@@ -293,7 +287,7 @@ final class ProcessTracker {
         // A signal that arrived during PageWatch's injections (a sweep's
         // re-arming among them) gets its frame's pages un-armed like any
         // other (hazard 2): a shell's SIGCHLD handler died by SIGSEGV here.
-        if !thread.signals.altStackKnown, onStackSignals & (UInt64(1) << UInt64(next.signal - 1)) != 0 {
+        if !thread.signals.altStackKnown, signalActions.onStack & (UInt64(1) << UInt64(next.signal - 1)) != 0 {
             try learnAltStack(thread)
         }
         let area = try signalFrameArea(next.signal, thread)

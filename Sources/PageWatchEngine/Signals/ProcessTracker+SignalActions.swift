@@ -14,10 +14,10 @@ extension ProcessTracker {
     /// set (afterwards `rt_sigaction` entries keep both up to date).
     func learnSignalActions(_ thread: TrackedThread) throws {
         let caught = (try? caughtSignals()) ?? 0
-        onStackSignals = 0
+        signalActions.onStack = 0
         for sig in Int32(1)...64 where sig == Signal.SIGSEGV || caught & (UInt64(1) << UInt64(sig - 1)) != 0 {
             guard let action = try queryAction(sig, thread) else { continue }
-            if sig == Signal.SIGSEGV { segvAction = action }
+            if sig == Signal.SIGSEGV { signalActions.segv = action }
             noteFlags(of: action, signal: UInt64(sig))
         }
     }
@@ -37,7 +37,7 @@ extension ProcessTracker {
     /// Remembers which handlers run on the alternate stack (SA_ONSTACK).
     func noteFlags(of action: [UInt8], signal: UInt64) {
         let onStack: UInt64 = 0x0800_0000, bit = UInt64(1) << (signal - 1)
-        if littleEndian(action, at: 8) & onStack != 0 { onStackSignals |= bit } else { onStackSignals &= ~bit }
+        if littleEndian(action, at: 8) & onStack != 0 { signalActions.onStack |= bit } else { signalActions.onStack &= ~bit }
     }
 
     /// A thread's alternate signal stack from its `stack_t`; nil when disabled.
@@ -61,19 +61,19 @@ extension ProcessTracker {
     }
 
     /// The process's ignored and caught signals, from a thread's stat file
-    /// held open across calls (`dispositionProbe`). Threads share their
+    /// held open across calls (`signalActions.dispositionProbe`). Threads share their
     /// actions, but a vfork child has its own: it is read from its own file.
     func signalDispositions(tid: Int32) -> (ignored: UInt64, caught: UInt64)? {
         let shared = threads[tid]?.vforkChild != true
-        if shared, let probe = dispositionProbe {
+        if shared, let probe = signalActions.dispositionProbe {
             if let d = ProcFS.signalDispositions(statFD: probe.fd) { return d }
             close(probe.fd)  // its thread is gone
-            dispositionProbe = nil
+            signalActions.dispositionProbe = nil
         }
         let fd = open("/proc/\(pid)/task/\(tid)/stat", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         let d = ProcFS.signalDispositions(statFD: fd)
-        if shared, d != nil { dispositionProbe = (tid, fd) } else { close(fd) }
+        if shared, d != nil { signalActions.dispositionProbe = (tid, fd) } else { close(fd) }
         return d
     }
 
@@ -88,7 +88,7 @@ extension ProcessTracker {
     /// (docs/design.md, limits).
     func restoreSegvActionIfReset(_ thread: TrackedThread) throws {
         let tid = thread.tid
-        guard let action = segvAction else { return }
+        guard let action = signalActions.segv else { return }
         let handler = littleEndian(action, at: 0)
         let ignoring = handler == 1  // SIG_IGN; 0 is SIG_DFL, which a reset leaves as it is
         guard handler != 0, let now = signalDispositions(tid: tid) else { return }
@@ -113,4 +113,16 @@ extension ProcessTracker {
         let mask = try Ptrace.signalMask(tid)
         if threads.count == 1 || mask.nonzeroBitCount >= 32 { try Ptrace.setSignalMask(tid, mask | Self.segvBit) }
     }
+}
+
+/// The program's signal actions as PageWatch needs them (`ProcessTracker.signalActions`).
+struct KnownSignalActions {
+    /// Signals whose handler runs on the sigaltstack (SA_ONSTACK).
+    var onStack: UInt64 = 0
+    /// The program's SIGSEGV action as the kernel holds it (the raw
+    /// `struct kernel_sigaction`), to put back where a write fault's forced
+    /// signal reset it (`restoreSegvActionIfReset`); nil until learned.
+    var segv: [UInt8]?
+    /// A thread's `/proc/PID/task/TID/stat`, held open (`signalDispositions`).
+    var dispositionProbe: (tid: Int32, fd: Int32)?
 }

@@ -25,7 +25,7 @@ extension ProcessTracker {
         }
         // A handler on an alternate stack the thread set before an attach:
         // where is it? (Asked with the signal held, below.)
-        let unknownStack = !thread.signals.altStackKnown && onStackSignals & (UInt64(1) << UInt64(sig - 1)) != 0
+        let unknownStack = !thread.signals.altStackKnown && signalActions.onStack & (UInt64(1) << UInt64(sig - 1)) != 0
         let area = unknownStack ? nil : try signalFrameArea(sig, thread)
         let frame = armedPages(ofFrame: area)
         if pendingSweep != nil || !frame.isEmpty || unknownStack {
@@ -58,7 +58,7 @@ extension ProcessTracker {
         guard memory.trackedPageCount > 0, try caughtSignals() & (1 << UInt64(sig - 1)) != 0 else { return nil }
         var sp = Arch.stackPointer(try Arch.readRegisters(tid: tid))
         var frameBytes = Arch.redZone + signalFrameSize
-        if onStackSignals & (1 << UInt64(sig - 1)) != 0, let alt = thread.signals.altStack, !alt.contains(sp) {
+        if signalActions.onStack & (1 << UInt64(sig - 1)) != 0, let alt = thread.signals.altStack, !alt.contains(sp) {
             sp = alt.end  // the kernel switches to the top of the sigaltstack
             frameBytes = signalFrameSize
         }
