@@ -9,7 +9,8 @@ import PackageDescription
 //   PageWatchAddressSpace   pure Swift: RemoteAddress, AddressRange, Mapping, maps parser, PageSet
 //   PageWatchPtrace         Tracee, StopEvent, RemoteSyscall, per-arch registers
 //   PageWatchAttribution    Unwinder (the writer's call stack at a stop), Symbolizer (ELF symbols, demangling, lines)
-//   PageWatchEngine         selection, tracked regions, the event loop, sweeps
+//   PageWatchEngine         selection, tracked regions, the event loop, sweeps, injection and
+//                           attach policy (slots, guardian state; CPtrace for its shared memory)
 //   PageWatchReport         JSON Lines log and the human summary
 //   PageWatchKit            the library for test authors: run a program, get its write events and sweeps
 //   pagewatch               the CLI (swift-argument-parser), thin
@@ -98,7 +99,8 @@ let package = Package(
         ),
         .target(name: "PageWatchAttribution",
                 dependencies: ["CUnwind", "CLibDW", "PageWatchPtrace", "PageWatchAddressSpace"]),
-        .target(name: "PageWatchEngine", dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace"]),
+        .target(name: "PageWatchEngine",
+                dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace", "CPtrace"]),
         .target(name: "PageWatchReport", dependencies: ["PageWatchEngine", "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace"]),
         .target(name: "PageWatchKit",
                 dependencies: ["PageWatchEngine", "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace"]),
@@ -111,7 +113,7 @@ let package = Package(
         ),
         .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
         .testTarget(name: "PageWatchPtraceTests",
-                    dependencies: ["PageWatchPtrace", "fx_blocked_read", "fx_sleeper", "fx_futex_wait"]),
+                    dependencies: ["PageWatchPtrace", "PageWatchEngine", "fx_blocked_read", "fx_sleeper", "fx_futex_wait"]),
         .testTarget(name: "PageWatchAttributionTests",
                     dependencies: ["PageWatchAttribution", "PageWatchPtrace", "CUnwind", "fx_callsites"]),
         .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine"]),

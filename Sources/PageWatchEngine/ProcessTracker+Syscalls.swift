@@ -43,9 +43,10 @@ extension ProcessTracker {
     static let memoryCalls: Set<Syscall> = [.mmap, .munmap, .brk, .shmat, .shmdt, .mremap, .mprotect, .pkey_mprotect]
 
     /// A `PTRACE_EVENT_SECCOMP` stop: the thread is at the entry of a call.
-    func handleSyscallEntry(tid: Int32) throws {
+    func handleSyscallEntry(_ thread: TrackedThread) throws {
+        let tid = thread.tid
         let regs = try Arch.readRegisters(tid: tid)
-        threads[tid]?.entryRegisters = regs
+        thread.syscall.entryRegisters = regs
         let nr = Arch.syscallNumber(regs)
         let args = Arch.syscallArguments(regs)
         trace("  syscall \(Arch.syscall(number: nr)?.rawValue ?? String(nr)) \(args.prefix(3).map { "0x" + String($0, radix: 16) })")
@@ -55,64 +56,64 @@ extension ProcessTracker {
         // interrupted thread's stop instead.
         // Attach mode stops at every call: those known to leave user memory
         // alone go on at once (launch mode's filter never stops them).
-        if Self.harmless.contains(nr) { return try resume(tid) }
-        if try ioUringEntry(nr, args, regs: regs, tid: tid) { return }
+        if Self.harmless.contains(nr) { return try resume(thread) }
+        if try ioUringEntry(nr, args, regs: regs, thread) { return }
         guard let call = Arch.syscall(number: nr) else {
-            try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
+            try resume(thread, exit: .unknown(entry: regs, attempt: thread.syscall.unknownAttempt))
             return
         }
         if Self.memoryCalls.contains(call), memoryCallInFlight(besides: tid) {
-            threads[tid]?.waiting = .memoryCall  // one at a time (StopWaiting)
+            thread.waiting = .memoryCall  // one at a time (StopWaiting)
             return
         }
         switch call {
         case .mmap, .munmap, .brk, .shmat, .shmdt:
-            try resume(tid, exit: .memory(call, args, rewrittenProtection: nil))
+            try resume(thread, exit: .memory(call, args, rewrittenProtection: nil))
         case .mremap:
             // mremap fails with EFAULT when the old range spans several VMAs,
             // which arming part of it creates: make it uniform first.
             let old = AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + args[1]).pageAligned
             if !memory.isUniform(old) {
                 for piece in memory.trackedPieces(in: old) {
-                    try protect(piece.range, piece.protection.armed, tid: tid)
+                    try injector.protect(piece.range, piece.protection.armed, thread)
                     memory.markArmedKeepingDirty(piece.range)
                 }
-                try resume(tid)  // rewinds: the call runs again, now on one VMA
+                try resume(thread)  // rewinds: the call runs again, now on one VMA
                 return
             }
-            try resume(tid, exit: .memory(call, args, rewrittenProtection: nil))
+            try resume(thread, exit: .memory(call, args, rewrittenProtection: nil))
         case .mprotect, .pkey_mprotect:
-            try mprotectEntry(call, args, regs: regs, tid: tid)
+            try mprotectEntry(call, args, regs: regs, thread)
         case .madvise:
             // The contents of these pages become zero (or may) without a store.
             if [4, 8, 9, 24, 102].contains(args[2]) {  // DONTNEED, FREE, REMOVE, DONTNEED_LOCKED, GUARD_INSTALL
                 memory.markDirty(AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + args[1]))
             }
-            try resume(tid)
+            try resume(thread)
         case .clone, .clone3:
-            try cloneEntry(call, args, tid: tid)
+            try cloneEntry(call, args, thread)
         case .set_tid_address:
-            threads[tid]?.clearChildTid = args[0] == 0 ? nil : RemoteAddress(args[0])
-            try resume(tid)
+            thread.exitWords.clearChildTid = args[0] == 0 ? nil : RemoteAddress(args[0])
+            try resume(thread)
         case .exit:
-            try threadExitEntry(tid: tid)
+            try threadExitEntry(thread)
         case .seccomp where args[0] <= 1, .prctl where args[0] == 22 && (args[1] == 1 || args[1] == 2):
             // seccomp(SECCOMP_SET_MODE_STRICT/FILTER, flags, prog) or
             // prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT/FILTER, prog) (hazard 17).
             let strict = call == .seccomp ? args[0] == 0 : args[1] == 1
-            if try ownSeccompFilterEntry(strict: strict, program: args[2], tid: tid) { return }
-            try resume(tid, exit: call == .prctl ? .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0) : nil)
+            if try ownSeccompFilterEntry(strict: strict, program: args[2], thread) { return }
+            try resume(thread, exit: call == .prctl ? .unknown(entry: regs, attempt: thread.syscall.unknownAttempt) : nil)
         case .ioctl where UserfaultfdIoctl.isUserfaultfd(args[1]):
-            try userfaultfdIoctlEntry(args, tid: tid)
+            try userfaultfdIoctlEntry(args, thread)
         case .rseq:
             // Hazard 3: the kernel writes the area on every return to user space.
             if args[2] & 1 == 0, args[0] != 0 {  // registration, not RSEQ_FLAG_UNREGISTER
-                try pin(AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + max(args[1], 32)).pageAligned, tid: tid)
-                threads[tid]?.rseqKnown = true
+                try injector.pin(AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + max(args[1], 32)).pageAligned, in: &memory, thread)
+                thread.rseqKnown = true
             }
-            try resume(tid)
+            try resume(thread)
         default:
-            if call == .sigaltstack { noteAltStack(args[0], tid: tid) }
+            if call == .sigaltstack { noteAltStack(args[0], thread) }
             if call == .ptrace { session.noteOwnPtrace(args, tid: tid) }
             var newSegvAction: [UInt8]?
             if call == .rt_sigaction, args[1] != 0, (1...64).contains(args[0]) {
@@ -129,36 +130,37 @@ extension ProcessTracker {
                 return bytes
             })
             guard let ranges = outputs.ranges(call, args) else {
-                try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
+                try resume(thread, exit: .unknown(entry: regs, attempt: thread.syscall.unknownAttempt))
                 return
             }
             if !ranges.isEmpty {
-                let kernel = writer(call.rawValue, tid: tid)
-                for range in ranges { try unarmForKernel(range, by: kernel, tid: tid) }
+                let kernel = attribution.writer(call.rawValue, tid: tid)
+                for range in ranges { try unarmForKernel(range, by: kernel, thread) }
                 // Until the thread stops again the call may not have run yet
                 // (/proc shows it `running`): a sweep must not re-arm these.
-                threads[tid]?.callOutputs = PageSet(ranges.map(\.pageAligned))
+                thread.syscall.callOutputs = PageSet(ranges.map(\.pageAligned))
             }
             // A new SIGSEGV action counts once the call succeeded; until then
             // faults wait (`memoryCallInFlight`): a reset is judged against it.
             let undecoded = refusedForUserfault ? PendingSyscallExit.userfaultfdUndecoded(
-                entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0) : nil
-            try resume(tid, exit: newSegvAction.map { .segvAction($0) } ?? undecoded)
+                entry: regs, attempt: thread.syscall.unknownAttempt) : nil
+            try resume(thread, exit: newSegvAction.map { .segvAction($0) } ?? undecoded)
         }
     }
 
     /// Un-arms the armed pages the kernel is about to write for the program;
     /// they count as dirty (hazard 1).
-    func unarmForKernel(_ range: AddressRange, by writer: Writer, tid: Int32) throws {
+    func unarmForKernel(_ range: AddressRange, by writer: Writer, _ thread: TrackedThread) throws {
+        let tid = thread.tid
         // Pages another thread was sent to un-arm through its slot are
         // writable in the model, maybe not yet in the kernel: made so now.
         for page in pagesInFlight(in: range) {
             if case .writable(let protection) = memory.state(of: page) {
-                try protect(AddressRange(start: page, end: page + Page.size), protection, tid: tid)
+                try injector.protect(AddressRange(start: page, end: page + Page.size), protection, thread)
             }
         }
         for piece in memory.armedPieces(in: range) {
-            try protect(piece.range, piece.protection, tid: tid)
+            try injector.protect(piece.range, piece.protection, thread)
             var page = piece.range.start
             while page < piece.range.end {
                 memory.markWritten(page)
@@ -171,18 +173,19 @@ extension ProcessTracker {
     /// mprotect(addr, len, prot) with write: PageWatch runs it without write
     /// (so tracked pages stay armed, no window for unseen writes) and fixes
     /// its model, and anything it should not have armed, at the exit.
-    func mprotectEntry(_ call: Syscall, _ args: [UInt64], regs: Arch.Registers, tid: Int32) throws {
+    func mprotectEntry(_ call: Syscall, _ args: [UInt64], regs: Arch.Registers, _ thread: TrackedThread) throws {
+        let tid = thread.tid
         let prot = Protection(rawValue: Int32(truncatingIfNeeded: args[2]))
         guard prot.contains(.write), armsNow else {
-            try resume(tid, exit: .memory(call, args, rewrittenProtection: nil))
+            try resume(thread, exit: .memory(call, args, rewrittenProtection: nil))
             return
         }
         let withoutWrite = UInt64(prot.armed.rawValue) | (args[2] & ~UInt64(7))
         let target = AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + args[1]).pageAligned
         publishForGuardian(extra: [(target, prot)])
         try Arch.writeRegisters(Arch.settingSyscallArgument(regs, 2, to: withoutWrite), tid: tid)
-        threads[tid]?.entryRegisters = nil  // registers changed on purpose; nothing to rewind
-        try resume(tid, exit: .memory(call, args, rewrittenProtection: args[2]))
+        thread.syscall.entryRegisters = nil  // registers changed on purpose; nothing to rewind
+        try resume(thread, exit: .memory(call, args, rewrittenProtection: args[2]))
     }
 
     /// clone/clone3 entry: the tid words the kernel writes in this address
@@ -191,7 +194,8 @@ extension ProcessTracker {
     /// thread) or in its copy of this page as it is now (a fork). The
     /// CLONE_CHILD_CLEARTID word is remembered for the new thread's exit
     /// (hazard 4, `threadExitEntry`).
-    func cloneEntry(_ call: Syscall, _ args: [UInt64], tid: Int32) throws {
+    func cloneEntry(_ call: Syscall, _ args: [UInt64], _ thread: TrackedThread) throws {
+        let tid = thread.tid
         var flags: UInt64 = 0, parentTid: UInt64 = 0, childTid: UInt64 = 0, stackTop: UInt64 = 0
         if call == .clone3 {
             // struct clone_args: flags, pidfd, child_tid, parent_tid, exit_signal, stack, stack_size, ...
@@ -212,13 +216,13 @@ extension ProcessTracker {
         }
         let cloneVM: UInt64 = 0x100, parentSetTid: UInt64 = 0x10_0000
         let childClearTid: UInt64 = 0x20_0000, childSetTid: UInt64 = 0x100_0000
-        threads[tid]?.newThreadClearTid = flags & childClearTid != 0 && childTid != 0 ? RemoteAddress(childTid) : nil
+        thread.exitWords.newThreadClearTid = flags & childClearTid != 0 && childTid != 0 ? RemoteAddress(childTid) : nil
         if flags & cloneVM != 0, stackTop != 0 { stackAnchors.append(RemoteAddress(stackTop &- 1)) }
         for (flag, word) in [(parentSetTid, parentTid), (childSetTid, childTid)] where flags & flag != 0 && word != 0 {
             try unarmForKernel(AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4),
-                               by: writer(call.rawValue, tid: tid), tid: tid)
+                               by: attribution.writer(call.rawValue, tid: tid), thread)
         }
-        try resume(tid)
+        try resume(thread)
     }
 
     /// Hazard 17: the program installs a seccomp filter of its own. Filters
@@ -230,7 +234,8 @@ extension ProcessTracker {
     /// what it saw, gives every page the program's protection back and lets
     /// the process go (traced, untracked), with an `untracked` record.
     /// Returns true when it did.
-    func ownSeccompFilterEntry(strict: Bool, program: UInt64, tid: Int32) throws -> Bool {
+    func ownSeccompFilterEntry(strict: Bool, program: UInt64, _ thread: TrackedThread) throws -> Bool {
+        let tid = thread.tid
         var verdict: String?
         if strict {
             verdict = "SECCOMP_MODE_STRICT"  // only read, write, exit and sigreturn
@@ -242,7 +247,7 @@ extension ProcessTracker {
             let address = RemoteAddress(littleEndian(header, at: 8))
             guard let raw = try? Ptrace.readMemory(tid, address, count: count * 8), raw.count == count * 8 else { return false }
             let filter = SeccompFilter.decode(raw)
-            let ip = (injector?.gadget.value ?? 0) &+ Arch.scratchGadgetSyscallEnd
+            let ip = (injector.remote?.gadget.value ?? 0) &+ Arch.scratchGadgetSyscallEnd
             for prot in UInt64(0)...7 {
                 let data = SeccompData(nr: Int32(Arch.syscalls.mprotect), arch: Arch.auditArch, instructionPointer: ip,
                                        arguments: [memory.regions.first?.range.start.value ?? 0x10000, Page.size, prot, 0, 0, 0])
@@ -254,149 +259,49 @@ extension ProcessTracker {
             }
         }
         guard let verdict else { return false }
-        try stopTracking(because: "the program installed a seccomp filter that answers mprotect with \(verdict) (hazard 17)", tid: tid)
-        try resume(tid)  // rewinds: the call runs again, and is let through
+        try stopTracking(because: "the program installed a seccomp filter that answers mprotect with \(verdict) (hazard 17)", thread)
+        try resume(thread)  // rewinds: the call runs again, and is let through
         return true
     }
 
-    /// Hazard 4: a thread's `exit`. The kernel will write 0 to its
-    /// `clear_child_tid` word (and wake `pthread_join`) and set
-    /// FUTEX_OWNER_DIED in every robust mutex it still holds; on an armed page
-    /// those writes fail silently and the waiters hang. At the call's entry
-    /// the thread can still run PageWatch's code (at its exit event it no
-    /// longer can): un-arm those words' pages, counted dirty; the call is
-    /// then rewound and runs. (exit_group and fatal signals end every thread:
-    /// only other processes could wait there, through shared memory, which is
-    /// never tracked.)
-    func threadExitEntry(tid: Int32) throws {
-        let words = keepExitWordsOutOfSweeps(tid)
-        if !words.isEmpty {
-            let kernel = writer(Syscall.exit.rawValue, tid: tid)
-            for w in words { try unarmForKernel(w, by: kernel, tid: tid) }
-        }
-        try resume(tid)
-    }
-
-    /// The words the kernel writes as `tid` ends: those of the robust
-    /// mutexes it holds and its `clear_child_tid` word. They are written
-    /// after the exit event stop, in exit_mm: a sweep at another thread's
-    /// stop meanwhile must not arm them again, so they become its
-    /// `exitWords`, left out of sweeps until it is gone or they are written.
-    /// The kernel zeroes the `clear_child_tid` word last (`mm_release`,
-    /// after the robust list), and the program writes it only after that
-    /// (glibc's join sets -1), so its value now (its tid) is noted: once a
-    /// sweep reads another there, all are written (`exitWritesDone`; without
-    /// it a page of them was reported again when the program swept right
-    /// after a join, before PageWatch saw the thread gone). Not noted when
-    /// it holds 0 already: a change could not be seen.
-    @discardableResult
-    func keepExitWordsOutOfSweeps(_ tid: Int32) -> [AddressRange] {
-        let tidWord = threads[tid]?.clearChildTid ?? clearTidFromPendingClone(of: tid)
-        let words = (robustFutexesHeld(by: tid) + (tidWord.map { [$0] } ?? [])).map { AddressRange(start: $0, end: $0 + 4) }
-        threads[tid]?.exitWords = words
-        if let tidWord, let v = try? Ptrace.readMemory(liveThread(), tidWord, count: 4), v.count == 4,
-           case let value = littleEndian(v, at: 0, size: 4), value != 0 {
-            threads[tid]?.exitTidWord = (tidWord, value)
-        }
-        return words
-    }
-
-    /// Whether the kernel has written every word of `state`'s exit: its
-    /// `clear_child_tid` word no longer holds the value noted at its exit.
-    func exitWritesDone(_ state: ThreadState) -> Bool {
-        guard let (w, value) = state.exitTidWord,
-              let v = try? Ptrace.readMemory(liveThread(), w, count: 4), v.count == 4 else { return false }
-        return littleEndian(v, at: 0, size: 4) != value
-    }
-
-    /// Hazard 4 at a thread's exit event when its `exit` entry was not seen
-    /// (attach: seized while already ending, so this is its first stop and
-    /// nothing is armed yet): its words stay out of the sweeps the same way.
-    /// (It can no longer run PageWatch's code to un-arm them.)
-    func keepExitWordsWritable(_ tid: Int32) {
-        guard threads[tid]?.exitWords.isEmpty == true else { return }
-        learnClearTid(tid)
-        keepExitWordsOutOfSweeps(tid)
-    }
-
-    /// A thread that exits before its creator's clone event was handled
-    /// (waitpid reports newer tracees first) has no word yet: it is the one
-    /// a creator's pending clone named that holds its tid (the kernel wrote
-    /// CLONE_PARENT_SETTID's or CLONE_CHILD_SETTID's before it ran).
-    func clearTidFromPendingClone(of tid: Int32) -> RemoteAddress? {
-        for (creator, state) in threads where creator != tid {
-            guard let w = state.newThreadClearTid,
-                  let v = try? Ptrace.readMemory(tid, w, count: 4), v.count == 4,
-                  littleEndian(v, at: 0, size: 4) == UInt64(UInt32(bitPattern: tid)) else { continue }
-            return w
-        }
-        return nil
-    }
-
-    /// The futex words of the robust mutexes `tid` holds, which the kernel
-    /// marks at its exit: its robust list (`get_robust_list`), walked as the
-    /// kernel walks it (`struct robust_list_head`: next, futex_offset,
-    /// list_op_pending; at most ROBUST_LIST_LIMIT entries), keeping the
-    /// words whose owner is `tid`.
-    func robustFutexesHeld(by tid: Int32) -> [RemoteAddress] {
-        guard let head = try? Ptrace.robustListHead(tid),
-              let raw = try? Ptrace.readMemory(tid, head, count: 24), raw.count == 24 else { return [] }
-        let offset = littleEndian(raw, at: 8), pending = littleEndian(raw, at: 16)
-        func word(at entry: UInt64) -> RemoteAddress? {
-            let address = RemoteAddress(entry &+ offset)
-            guard let v = try? Ptrace.readMemory(tid, address, count: 4), v.count == 4 else { return nil }
-            let futexTidMask: UInt64 = 0x3fff_ffff
-            return littleEndian(v, at: 0, size: 4) & futexTidMask == UInt64(UInt32(bitPattern: tid)) ? address : nil
-        }
-        var held: [RemoteAddress] = []
-        var entry = littleEndian(raw, at: 0)
-        var count = 0
-        while entry != head.value, entry != 0, count < 2048 {
-            if entry != pending, let w = word(at: entry) { held.append(w) }
-            guard let next = try? Ptrace.readMemory(tid, RemoteAddress(entry), count: 8), next.count == 8 else { break }
-            entry = littleEndian(next, at: 0)
-            count += 1
-        }
-        if pending != 0, let w = word(at: pending) { held.append(w) }
-        return held
-    }
-
-    func noteAltStack(_ newStack: UInt64, tid: Int32) {
+    func noteAltStack(_ newStack: UInt64, _ thread: TrackedThread) {
+        let tid = thread.tid
         guard newStack != 0 else { return }
         let raw = (try? Ptrace.readMemory(tid, RemoteAddress(newStack), count: Int(Arch.layout.stackT))) ?? []
         guard raw.count == Int(Arch.layout.stackT) else { return }
-        threads[tid]?.altStack = Self.alternateStack(raw)
-        threads[tid]?.altStackKnown = true
+        thread.signals.altStack = Self.alternateStack(raw)
+        thread.signals.altStackKnown = true
     }
 
     /// A syscall-exit stop the thread was sent to by `resume(_:exit:)`.
-    func handleSyscallExit(tid: Int32, _ pending: PendingSyscallExit) throws {
+    func handleSyscallExit(_ thread: TrackedThread, _ pending: PendingSyscallExit) throws {
+        let tid = thread.tid
         let regs = try Arch.readRegisters(tid: tid)
         let result = Arch.syscallResult(regs)
         switch pending {
         case .segvAction(let action):
-            if result == 0 { segvAction = action }
-            try resume(tid)
+            if result == 0 { signalActions.segv = action }
+            try resume(thread)
         case .ioUringSetup(let params):
             ioUringSetupExit(params: params, result: result, tid: tid)
-            try resume(tid)
+            try resume(thread)
         case .userfaultfdUnregister(let range):
-            try userfaultfdUnregisterExit(range, result: result, tid: tid)
+            try userfaultfdUnregisterExit(range, result: result, thread)
         case let .userfaultfdUndecoded(entry, attempt):
-            try userfaultfdUndecodedExit(entry: entry, attempt: attempt, result: result, tid: tid)
+            try userfaultfdUndecodedExit(entry: entry, attempt: attempt, result: result, thread)
         case let .memory(call, args, rewritten):
             trace("  exit of \(call): \(result)")
             if let rewritten {
                 try Arch.writeRegisters(Arch.settingSyscallArgument(regs, 2, to: rewritten), tid: tid)
             }
-            try memoryExit(call, args, result: result, rewritten: rewritten != nil, tid: tid)
+            try memoryExit(call, args, result: result, rewritten: rewritten != nil, thread)
             publishForGuardian()
             // A due sweep waited for this exit (the model is true again): here.
-            try sweepIfPending(in: tid)
-            try resume(tid)
+            try sweepIfPending(in: thread)
+            try resume(thread)
         case let .unknown(entry, attempt):
-            threads[tid]?.unknownAttempt = 0
-            guard result == -Int64(Errno.EFAULT.rawValue), attempt < 8 else { try resume(tid); return }
+            thread.syscall.unknownAttempt = 0
+            guard result == -Int64(Errno.EFAULT.rawValue), attempt < 8 else { try resume(thread); return }
             // Un-arm the armed pages behind every argument that points into
             // tracked memory, and run the call again (never an EFAULT the
             // program would not have had).
@@ -406,20 +311,21 @@ extension ProcessTracker {
                 for p in [page, page + Page.size] {
                     if case .armed(let protection) = memory.state(of: p) {
                         let nr = Arch.syscallNumber(entry)
-                        noteWrite(p, by: writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid), fault: false, tid: tid)
-                        try unarm(p, protection, tid: tid)
+                        noteWrite(p, by: attribution.writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid), fault: false, tid: tid)
+                        try unarm(p, protection, thread)
                         changed = true
                     }
                 }
             }
-            guard changed else { try resume(tid); return }
-            threads[tid]?.unknownAttempt = attempt + 1
+            guard changed else { try resume(thread); return }
+            thread.syscall.unknownAttempt = attempt + 1
             try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid)
-            try resume(tid)
+            try resume(thread)
         }
     }
 
-    func memoryExit(_ call: Syscall, _ a: [UInt64], result: Int64, rewritten: Bool, tid: Int32) throws {
+    func memoryExit(_ call: Syscall, _ a: [UInt64], result: Int64, rewritten: Bool, _ thread: TrackedThread) throws {
+        let tid = thread.tid
         let failed = result < 0 && result > -4096
         userfaultfdMemoryExit(call, a, result: result)
         func range(_ start: UInt64, _ length: UInt64) -> AddressRange {
@@ -429,7 +335,7 @@ extension ProcessTracker {
         case .munmap:
             if !failed {
                 memory.forget(range(a[0], a[1]))
-                unwinder?.unmapped(range(a[0], a[1]))
+                attribution.unwinder?.unmapped(range(a[0], a[1]))
             }
         case .mmap:
             guard !failed else { return }
@@ -437,7 +343,7 @@ extension ProcessTracker {
             noteIOUringMapping(a, at: UInt64(bitPattern: result), tid: tid)
             memory.forget(mapped)  // whatever was there is gone (MAP_FIXED)
             try refreshMaps()
-            try armNow(mapped, tid: tid)
+            try armNow(mapped, thread)
         case .mremap:
             guard !failed else { return }
             let old = range(a[0], a[1]), new = range(UInt64(bitPattern: result), a[2])
@@ -448,11 +354,11 @@ extension ProcessTracker {
                 // The moved pages keep the VMA's protection: armed if the old were
                 // (entry made the old range uniform).
                 memory.insert(new, protection: before.protection, armed: wasArmed, dirty: true)
-                try armNow(new, tid: tid)
+                try armNow(new, thread)
             } else {
                 memory.forget(new)
                 try refreshMaps()
-                try armNow(new, tid: tid)
+                try armNow(new, thread)
             }
         case .brk, .shmat, .shmdt:
             if call == .shmat, !failed { memory.forget(range(UInt64(bitPattern: result), Page.size)) }
@@ -460,14 +366,15 @@ extension ProcessTracker {
             try refreshMaps()
         case .mprotect, .pkey_mprotect:
             try mprotectExit(range(a[0], a[1]), Protection(rawValue: Int32(truncatingIfNeeded: a[2]) & 7), ranArmed: rewritten,
-                             failed: failed, tid: tid)
+                             failed: failed, thread)
         default:
             break
         }
     }
 
     /// `ranArmed`: PageWatch ran the call without write (`mprotectEntry`).
-    func mprotectExit(_ target: AddressRange, _ prot: Protection, ranArmed: Bool, failed: Bool, tid: Int32) throws {
+    func mprotectExit(_ target: AddressRange, _ prot: Protection, ranArmed: Bool, failed: Bool, _ thread: TrackedThread) throws {
+        let tid = thread.tid
         if failed {
             // Nothing (or, on ENOMEM midway, part) changed: take maps as truth.
             try refreshMaps()
@@ -494,25 +401,25 @@ extension ProcessTracker {
                 for s in selected.ranges { memory.insert(s, protection: prot, armed: ranArmed, dirty: true) }
                 var rest = PageSet([part])
                 for s in selected.ranges { rest.remove(s) }
-                for r in rest.ranges { try protect(r, prot, tid: tid) }
+                for r in rest.ranges { try injector.protect(r, prot, thread) }
             }
         }
         for p in memory.pinned.intersection(target).ranges {
             // Pinned pages must stay writable.
-            if let piece = memory.trackedPieces(in: p).first { try protect(piece.range, piece.protection, tid: tid) }
+            if let piece = memory.trackedPieces(in: p).first { try injector.protect(piece.range, piece.protection, thread) }
         }
     }
 
     /// "New mappings in the selection are armed at once": arm the dirty,
     /// unarmed tracked pages of `range`, keeping them dirty for the next sweep.
-    func armNow(_ range: AddressRange, tid: Int32) throws {
+    func armNow(_ range: AddressRange, _ thread: TrackedThread) throws {
         publishForGuardian()
         guard armsNow else { return }  // dirty, armed by the first sweep
         for piece in memory.trackedPieces(in: range) {
             var rest = PageSet([piece.range])
             for p in memory.pinned.intersection(piece.range).ranges { rest.remove(p) }
             for r in rest.ranges {
-                try protect(r, piece.protection.armed, tid: tid)
+                try injector.protect(r, piece.protection.armed, thread)
                 memory.markArmedKeepingDirty(r)
             }
         }

@@ -2,6 +2,7 @@ import Glibc
 import Testing
 import PageWatchAddressSpace
 @testable import PageWatchPtrace
+@testable import PageWatchEngine  // SharedSlotData, the slots' shared data page
 
 /// Live ptrace: each test launches a fixture stopped at its exec, works on it
 /// with the real kernel, and checks what the program itself observed.

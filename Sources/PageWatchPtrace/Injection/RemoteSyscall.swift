@@ -9,6 +9,13 @@ import PageWatchAddressSpace
 /// single-stepped: program text is never patched, since the program's other
 /// threads may be running it (attach). Every run saves all registers and
 /// restores them on every exit path, errors included.
+/// Where an injection says which thread runs PageWatch's code and the
+/// registers it had, while it does (the guardian's journal, attach mode).
+public protocol InjectionJournal: AnyObject, Sendable {
+    func injectionStarted(tid: Int32, saved: [UInt64])
+    func injectionEnded()
+}
+
 public struct RemoteSyscall: Sendable {
     public typealias Arch = HostArchitecture
 
@@ -19,9 +26,9 @@ public struct RemoteSyscall: Sendable {
     let stepping: Bool
     /// Where the saved registers of a thread inside an injection are
     /// published for the guardian (attach mode), if anywhere.
-    public var journal: GuardianState?
+    public var journal: (any InjectionJournal)?
 
-    public init(gadget: RemoteAddress, journal: GuardianState? = nil) {
+    public init(gadget: RemoteAddress, journal: (any InjectionJournal)? = nil) {
         self.gadget = gadget
         self.stepping = false
         self.journal = journal
@@ -218,7 +225,7 @@ public struct RemoteSyscall: Sendable {
     }
 
     /// `bytes` into the tracee at `address`, all of them (process_vm_writev).
-    static func writeBytes(_ bytes: UnsafeRawBufferPointer, at address: RemoteAddress, tid: Int32) throws {
+    public static func writeBytes(_ bytes: UnsafeRawBufferPointer, at address: RemoteAddress, tid: Int32) throws {
         let n = pw_write_memory(tid, address.value, bytes.baseAddress, bytes.count)
         if n != bytes.count {
             throw TraceError.call("process_vm_writev", Errno(n < 0 ? Int32(-n) : EIO), tid: tid, address: address)

@@ -1,5 +1,6 @@
 import Glibc
 import PageWatchAddressSpace
+import PageWatchPtrace
 
 /// The fault slots' data page shared between the tracee and PageWatch
 /// (issue 6): a memfd mapped `MAP_SHARED` at the data page in the tracee
@@ -13,9 +14,9 @@ import PageWatchAddressSpace
 /// injected calls; with another thread running, that descriptor could take
 /// the number a call of the program would have got (`attach` keeps the
 /// private page and `process_vm_writev`).
-public final class SharedSlotData {
+final class SharedSlotData {
     /// PageWatch's view of the page.
-    public let local: UnsafeMutableRawPointer
+    let local: UnsafeMutableRawPointer
 
     init(local: UnsafeMutableRawPointer) { self.local = local }
 
@@ -26,7 +27,7 @@ public final class SharedSlotData {
     /// shared page included) and in PageWatch. The page's old contents are
     /// not kept: call it when no thread of the process is inside a slot.
     /// Signals that arrive meanwhile go to `held`, also when it throws.
-    public static func share(_ injector: RemoteSyscall, in tid: Int32, held: inout [HeldSignal]) throws -> SharedSlotData {
+    static func share(_ injector: RemoteSyscall, in tid: Int32, held: inout [HeldSignal]) throws -> SharedSlotData {
         typealias Arch = HostArchitecture
         let name = injector.scratch.start + 2 * Page.size  // the batch array page: free between batches
         try Array("pagewatch-slots\0".utf8).withUnsafeBytes { try RemoteSyscall.writeBytes($0, at: name, tid: tid) }
@@ -66,7 +67,7 @@ public final class SharedSlotData {
     /// A private anonymous page over `injector`'s data page: a followed fork
     /// child's copy of its parent's shared page, when `share` failed there,
     /// must not stay shared with the parent (their slots would collide).
-    public static func unshare(_ injector: RemoteSyscall, in tid: Int32, held: inout [HeldSignal]) throws {
+    static func unshare(_ injector: RemoteSyscall, in tid: Int32, held: inout [HeldSignal]) throws {
         let mapPrivateAnonymous: UInt64 = 0x02 | 0x20
         try mapDataPage(injector, flags: mapPrivateAnonymous, fd: UInt64(bitPattern: -1), in: tid, held: &held)
     }
@@ -84,5 +85,12 @@ public final class SharedSlotData {
         guard mapped.value == data.value else {
             throw TraceError.remoteSyscall("mmap of the slots' page", Errno(EINVAL), tid: tid, address: data)
         }
+    }
+}
+
+extension FaultTrampoline {
+    /// The slots at `code`, their words written through `shared` when the data page is shared.
+    init(code: RemoteAddress, shared: SharedSlotData?) {
+        self.init(code: code, localData: shared?.local)
     }
 }

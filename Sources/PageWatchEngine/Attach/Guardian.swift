@@ -143,17 +143,17 @@ extension Tracker {
         let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
         guard n > 0 else { throw TraceError.call("readlink(/proc/self/exe)", Errno(errno), tid: getpid()) }
         let path = String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
-        let (_, watch) = try spawnGuardian(path: path, arguments: ["guardian"], state: state)
-        guardian = (state, watch)
+        let (_, watch) = try spawnGuardian(path: path, arguments: ["guardian"], stateFD: state.fd)
+        attachState?.guardian = (state, watch)
     }
 
     /// PageWatch is done with the process (detached, or it ended): the guardian can go.
     func releaseGuardian() {
-        guard let (_, watch) = guardian else { return }
+        guard let (_, watch) = attachState?.guardian else { return }
         var d = UInt8(ascii: "D")
         _ = write(watch, &d, 1)
         close(watch)
-        guardian = nil
+        attachState?.guardian = nil
     }
 }
 
@@ -166,7 +166,7 @@ extension ProcessTracker {
     /// Where injections publish the registers they replace, for the
     /// guardian (the attached process only).
     var guardianJournal: GuardianState? {
-        guard let (state, _) = session.guardian, self === session.main else { return nil }
+        guard let (state, _) = session.attachState?.guardian, self === session.main else { return nil }
         return state
     }
 
@@ -176,7 +176,7 @@ extension ProcessTracker {
     /// the next publication leaves nothing read-only behind (giving a
     /// region its own protection again is harmless where nothing is armed).
     func publishForGuardian(extra: [(AddressRange, Protection)] = []) {
-        guard let (state, _) = session.guardian, self === session.main else { return }
-        state.publish(gadget: injector?.gadget, regions: memory.regions.map { ($0.range, $0.protection) } + extra)
+        guard let (state, _) = session.attachState?.guardian, self === session.main else { return }
+        state.publish(gadget: injector.remote?.gadget, regions: memory.regions.map { ($0.range, $0.protection) } + extra)
     }
 }

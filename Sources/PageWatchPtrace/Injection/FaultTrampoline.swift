@@ -23,13 +23,14 @@ public struct FaultTrampoline: Sendable {
     /// The code page (the scratch pages' start, where the gadget is).
     public let code: RemoteAddress
     public var data: RemoteAddress { code + Page.size }
-    /// PageWatch's own mapping of the data page (`SharedSlotData`), as an
-    /// address (0: none, the words go through process_vm_writev/readv).
+    /// PageWatch's own mapping of the data page (the engine's
+    /// `SharedSlotData`), as an address (0: none, the words go through
+    /// process_vm_writev/readv).
     let local: UInt
 
-    public init(code: RemoteAddress, shared: SharedSlotData? = nil) {
+    public init(code: RemoteAddress, localData: UnsafeMutableRawPointer? = nil) {
         self.code = code
-        local = shared.map { UInt(bitPattern: $0.local) } ?? 0
+        local = localData.map { UInt(bitPattern: $0) } ?? 0
     }
 
     /// The code page's cells after the gadget, but the last (the batch loop).

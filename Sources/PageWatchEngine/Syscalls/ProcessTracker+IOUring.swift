@@ -45,7 +45,8 @@ extension ProcessTracker {
     static let ioUringWriter = "io_uring"
 
     /// At a syscall entry: handles the io_uring calls; false for any other.
-    func ioUringEntry(_ nr: Int64, _ args: [UInt64], regs: Arch.Registers, tid: Int32) throws -> Bool {
+    func ioUringEntry(_ nr: Int64, _ args: [UInt64], regs: Arch.Registers, _ thread: TrackedThread) throws -> Bool {
+        let tid = thread.tid
         guard let call = Self.ioUringCalls[nr] else { return false }
         let read: (RemoteAddress, Int) -> [UInt8] = { a, n in (try? Ptrace.readMemory(tid, a, count: n)) ?? [] }
         switch call {
@@ -53,27 +54,27 @@ extension ProcessTracker {
             // io_uring_setup(entries, params): params is read and written back.
             let flags = read(RemoteAddress(args[1] &+ 8), 4)
             if flags.count == 4, let reason = IOUringParams.unknowable(setupFlags: UInt32(littleEndian(flags, at: 0, size: 4))) {
-                try stopTrackingForIOUring(reason, tid: tid)
+                try stopTrackingForIOUring(reason, thread)
                 return true
             }
             try unarmForKernel(AddressRange(start: RemoteAddress(args[1]), end: RemoteAddress(args[1]) + UInt64(IOUringParams.size)),
-                               by: writer("io_uring_setup", tid: tid), tid: tid)
-            try resume(tid, exit: .ioUringSetup(params: args[1]))
+                               by: attribution.writer("io_uring_setup", tid: tid), thread)
+            try resume(thread, exit: .ioUringSetup(params: args[1]))
         case .register:
             // io_uring_register(fd, opcode, arg, nr_args)
             switch IOUringDecoder(read: read).registration(opcode: args[1], arg: args[2], count: args[3]) {
             case .unknowable(let reason):
-                try stopTrackingForIOUring(reason, tid: tid)
+                try stopTrackingForIOUring(reason, thread)
                 return true
             case .pins(let buffers):
-                for b in buffers { try pin(b.pageAligned, tid: tid) }
+                for b in buffers { try injector.pin(b.pageAligned, in: &memory, thread) }
             case .none:
                 break
             }
             // Its own outputs (a probe, worker counts, ring indexes): checked as an unknown call's.
-            try resume(tid, exit: .unknown(entry: regs, attempt: threads[tid]?.unknownAttempt ?? 0))
+            try resume(thread, exit: .unknown(entry: regs, attempt: thread.syscall.unknownAttempt))
         case .enter:
-            try ioUringEnterEntry(args, tid: tid, read: read)
+            try ioUringEnterEntry(args, thread, read: read)
         }
         return true
     }
@@ -114,13 +115,14 @@ extension ProcessTracker {
 
     /// io_uring_enter(fd, to_submit, min_complete, flags, arg, argsz): the
     /// SQ entries it will take are decoded and their buffers un-armed.
-    func ioUringEnterEntry(_ args: [UInt64], tid: Int32, read: @escaping (RemoteAddress, Int) -> [UInt8]) throws {
+    func ioUringEnterEntry(_ args: [UInt64], _ thread: TrackedThread, read: @escaping (RemoteAddress, Int) -> [UInt8]) throws {
+        let tid = thread.tid
         retireIOUringCompletions(tid: tid)
         var fd = Int32(truncatingIfNeeded: args[0])
         let toSubmit = UInt32(truncatingIfNeeded: args[1])
         if args[3] & 16 != 0 {  // IORING_ENTER_REGISTERED_RING: fd is an index of registered rings
             guard ioUring.rings.count == 1, let only = ioUring.rings.keys.first else {
-                try stopTrackingForIOUring("io_uring_enter on a registered ring index PageWatch cannot tie to a ring", tid: tid)
+                try stopTrackingForIOUring("io_uring_enter on a registered ring index PageWatch cannot tie to a ring", thread)
                 return
             }
             fd = only
@@ -128,14 +130,14 @@ extension ProcessTracker {
         // A ring set up before PageWatch came (attach), in a forked child,
         // or never mapped: what it has in flight is unknown.
         guard var ring = ioUring.rings[fd], let sq = ring.sqRing, let sqes = ring.sqes, ring.cqRing != nil else {
-            try stopTrackingForIOUring("io_uring_enter on a ring whose setup or mapping PageWatch did not see", tid: tid)
+            try stopTrackingForIOUring("io_uring_enter on a ring whose setup or mapping PageWatch did not see", thread)
             return
         }
-        guard toSubmit > 0 else { return try resume(tid) }
+        guard toSubmit > 0 else { return try resume(thread) }
         let p = ring.params
         let ends = read(RemoteAddress(sq &+ UInt64(p.sqHead)), 4) + read(RemoteAddress(sq &+ UInt64(p.sqTail)), 4)
         guard ends.count == 8 else {
-            try stopTrackingForIOUring("io_uring SQ ring unreadable", tid: tid)
+            try stopTrackingForIOUring("io_uring SQ ring unreadable", thread)
             return
         }
         let head = UInt32(littleEndian(ends, at: 0, size: 4)), tail = UInt32(littleEndian(ends, at: 4, size: 4))
@@ -157,7 +159,7 @@ extension ProcessTracker {
             // An index out of range is dropped by the kernel.
             if index < UInt64(p.sqEntries) {
                 guard let sqe = IOUringSQE(read(RemoteAddress(sqes &+ index &* p.sqeSize), IOUringSQE.size)) else {
-                    try stopTrackingForIOUring("io_uring submission entry unreadable", tid: tid)
+                    try stopTrackingForIOUring("io_uring submission entry unreadable", thread)
                     return
                 }
                 requests.append(sqe)
@@ -168,7 +170,7 @@ extension ProcessTracker {
         let decoder = IOUringDecoder(read: read)
         let effects = requests.map { decoder.effect(of: $0) }
         for case .unknowable(let reason) in effects {
-            try stopTrackingForIOUring(reason, tid: tid)
+            try stopTrackingForIOUring(reason, thread)
             return
         }
         ring.decodedThrough = end
@@ -185,18 +187,18 @@ extension ProcessTracker {
             switch effect {
             case .writes(let buffers):
                 for b in buffers {
-                    if kernel == nil { kernel = writer(Self.ioUringWriter, tid: tid) }
-                    try unarmForKernel(b, by: kernel!, tid: tid)
+                    if kernel == nil { kernel = attribution.writer(Self.ioUringWriter, tid: tid) }
+                    try unarmForKernel(b, by: kernel!, thread)
                 }
             case .provides(let buffers):
-                for b in buffers { try pin(b.pageAligned, tid: tid) }
+                for b in buffers { try injector.pin(b.pageAligned, in: &memory, thread) }
             case .zeroes(let ranges):
                 for r in ranges { memory.markDirty(r) }
             case .none, .unknowable:
                 break
             }
         }
-        try resume(tid)
+        try resume(thread)
     }
 
     /// Reads the CQ rings of the rings with requests in flight: a last
@@ -237,18 +239,18 @@ extension ProcessTracker {
     /// completion then an EFAULT), and its rings are unknown. Such a
     /// process is not tracked: checked at the attach sweep, before anything
     /// is armed. Returns true when it stopped tracking.
-    func stopTrackingForIOUringBeforeAttach(tid: Int32) throws -> Bool {
+    func stopTrackingForIOUringBeforeAttach(_ thread: TrackedThread) throws -> Bool {
         guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd"),
               fds.contains(where: { Int32($0).map(isIOUringFile) ?? false }) else { return false }
-        try stopTracking(because: "io_uring instance set up before the attach: its requests in flight cannot be known", tid: tid)
+        try stopTracking(because: "io_uring instance set up before the attach: its requests in flight cannot be known", thread)
         return true
     }
 
     /// Stops tracking at an io_uring call's entry; the call is rewound and
     /// then runs untouched.
-    func stopTrackingForIOUring(_ reason: String, tid: Int32) throws {
+    func stopTrackingForIOUring(_ reason: String, _ thread: TrackedThread) throws {
         ioUring = IOUringState()
-        try stopTracking(because: reason, tid: tid)
-        try resume(tid)
+        try stopTracking(because: reason, thread)
+        try resume(thread)
     }
 }

@@ -8,14 +8,14 @@ import Glibc
 /// (docs/performance.md). System-wide, it only changes how idle CPUs wait:
 /// not the program, nor its CPU affinity. The kernel drops the request when
 /// the descriptor closes (also if PageWatch dies). Root only.
-public final class CPUIdlePolling {
+final class CPUIdlePolling {
     let descriptor: Int32
 
     init(descriptor: Int32) { self.descriptor = descriptor }
 
     /// The request, or nil where it cannot be made (not root, no such
     /// device): PageWatch then runs without it.
-    public static func request() -> CPUIdlePolling? {
+    static func request() -> CPUIdlePolling? {
         // Close-on-exec: never passed to the program or the guardian.
         let fd = open("/dev/cpu_dma_latency", O_WRONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }

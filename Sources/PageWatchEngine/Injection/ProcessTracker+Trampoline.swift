@@ -13,58 +13,26 @@ extension ProcessTracker {
     /// Un-arms `page` through the thread's trampoline slot and resumes the
     /// thread. False when it cannot be used here (no slot free, signals
     /// held for the thread, a syscall stop); the caller takes the slow path.
-    func unarmThroughTrampoline(_ page: RemoteAddress, _ protection: Protection, tid: Int32) throws -> Bool {
-        guard Self.oneStopFaults, slotsUsable, let injector, let state = threads[tid], state.held.isEmpty,
-              state.entryRegisters == nil, state.pendingExit == nil, state.completingSyscall == nil,
-              session.detaching == nil, let slot = state.trampolineSlot ?? freeTrampolineSlot() else { return false }
-        if state.slowPathPage == page {
-            threads[tid]?.slowPathPage = nil
+    func unarmThroughTrampoline(_ page: RemoteAddress, _ protection: Protection, _ thread: TrackedThread) throws -> Bool {
+        let tid = thread.tid
+        guard Self.oneStopFaults, injector.slotsUsable, let slots = injector.slots, thread.signals.held.isEmpty,
+              thread.syscall.entryRegisters == nil, thread.syscall.pendingExit == nil, thread.syscall.completing == nil,
+              session.detaching == nil, let slot = thread.trampoline.slot ?? freeTrampolineSlot() else { return false }
+        if thread.trampoline.slowPathPage == page {
+            thread.trampoline.slowPathPage = nil
             return false
         }
-        try slots(of: injector).enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
-        threads[tid]?.trampolineSlot = slot
-        threads[tid]?.trampolinePage = page
+        try slots.enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
+        thread.trampoline.slot = slot
+        thread.trampoline.page = page
         memory.markWritten(page)
         try Ptrace.resume(tid, mode: session.resumeMode)
         return true
     }
 
-    /// Shares the slots' data page with PageWatch (`SharedSlotData`) when
-    /// the process has just the one thread `tid`, stopped: a new image's
-    /// exec stop, a followed fork child's first stop. A fork child's page is
-    /// its parent's shared one until then: replaced, or made private if
-    /// sharing fails; if both fail it uses no slot. Sharing failing
-    /// otherwise only costs speed (the words go by process_vm_writev).
-    func shareSlotData(tid: Int32) {
-        guard let injector else { return }
-        slotData = nil
-        var held: [HeldSignal] = []
-        defer { threads[tid]?.held += held }
-        do {
-            slotData = try SharedSlotData.share(injector, in: tid, held: &held)
-            slotsUsable = true
-            return
-        } catch {
-            trace("  slots' data page not shared: \(error)")
-        }
-        guard parent != nil else { return }
-        do {
-            try SharedSlotData.unshare(injector, in: tid, held: &held)
-            slotsUsable = true
-        } catch {
-            trace("  slots' data page not made private either: \(error); no slots")
-            slotsUsable = false
-        }
-    }
-
-    /// The slots of `injector`'s scratch pages, through the shared data page when there is one.
-    func slots(of injector: RemoteSyscall) -> FaultTrampoline {
-        FaultTrampoline(code: injector.trampoline.code, shared: slotData)
-    }
-
     /// A slot no thread holds, if any (more threads than slots take the slow path).
     func freeTrampolineSlot() -> Int? {
-        let used = Set(threads.values.compactMap(\.trampolineSlot))
+        let used = Set(threads.values.compactMap(\.trampoline.slot))
         return (0..<FaultTrampoline.slotCount).first { !used.contains($0) }
     }
 
@@ -76,36 +44,37 @@ extension ProcessTracker {
     /// at vm.max_map_count, hazard 12), the page is still protected: armed
     /// again in the model, keeping its dirty bit, and the write faults again
     /// and takes the slow path.
-    func settleTrampoline(_ tid: Int32, at event: StopEvent) throws -> Bool {
-        guard let page = threads[tid]?.trampolinePage, let slot = threads[tid]?.trampolineSlot,
-              let injector else { return false }
+    func settleTrampoline(_ thread: TrackedThread, at event: StopEvent) throws -> Bool {
+        let tid = thread.tid
+        guard let page = thread.trampoline.page, let slot = thread.trampoline.slot,
+              injector.remote != nil else { return false }
         if case .signalDelivery(_, Signal.SIGSEGV) = event, let info = try? Ptrace.signalInfo(tid),
            info.code == SignalInfo.SEGV_ACCERR, Page.floor(info.faultAddress) != page {
             // The common case, cheaply (issue 6): a write fault on another
             // page. The thread has left the slot and got past the write that
             // faulted on `page` (had the slot's mprotect failed, that write
             // would have faulted again on `page`): nothing to settle or read.
-            threads[tid]?.trampolinePage = nil
+            thread.trampoline.page = nil
             stopSignalInfo = (tid, info)
             return false
         }
-        let trampoline = slots(of: injector)
+        guard let trampoline = injector.slots else { return false }
         let regs = try Arch.readRegisters(tid: tid)
         let inside = trampoline.slot(at: Arch.instructionPointer(regs)) == slot
         switch event {
         case .syscallStop where inside, .event(_, .seccomp) where inside:
             try Ptrace.resume(tid, mode: session.resumeMode)
             // The kernel dropped a pending PTRACE_INTERRUPT at this stop: ask again.
-            if threads[tid]?.interruptPending == true { try? Ptrace.interrupt(tid) }
+            if thread.interrupt.pending { try? Ptrace.interrupt(tid) }
             return true
         case .exited, .killed, .event(_, .exit):
-            threads[tid]?.trampolinePage = nil
+            thread.trampoline.page = nil
             return false
         default:
             break
         }
-        threads[tid]?.trampolinePage = nil
-        if inside, threads[tid]?.exiting != true {
+        thread.trampoline.page = nil
+        if inside, !thread.exiting {
             let settled = try trampoline.settle(tid: tid, registers: regs)
             trace("  settled slot \(slot) of \(tid) (call ran: \(settled?.ran ?? false))")
         }
@@ -117,7 +86,7 @@ extension ProcessTracker {
             // takes the slow path. A program signalled more often than a
             // slot's round trip (Go preempts every 10 ms with SIGURG) would
             // otherwise fault on the page again and again.
-            threads[tid]?.slowPathPage = page
+            thread.trampoline.slowPathPage = page
         }
         return false
     }
@@ -125,8 +94,9 @@ extension ProcessTracker {
     /// Before PageWatch lets go of the process (detach, untracked): every
     /// thread out of its slot, the model true to the kernel.
     func settleAllTrampolines() throws {
-        for tid in threads.keys.sorted() where threads[tid]?.trampolinePage != nil && threads[tid]?.exiting != true {
-            _ = try settleTrampoline(tid, at: .interruptStop(tid: tid))
+        for tid in threads.keys.sorted() {
+            guard let thread = threads[tid], thread.trampoline.page != nil, !thread.exiting else { continue }
+            _ = try settleTrampoline(thread, at: .interruptStop(tid: tid))
         }
     }
 }

@@ -59,7 +59,7 @@ extension ProcessTracker {
     /// the model (the `start` record's `selected_pages`).
     func selectedPagesNow() -> UInt64 {
         guard let maps = try? ProcFS.maps(of: pid) else { return 0 }
-        let programs = maps.filter { m in injector.map { !$0.scratch.contains(m.range.start) } ?? true }
+        let programs = maps.filter { m in injector.remote.map { !$0.scratch.contains(m.range.start) } ?? true }
         var probe = TrackedMemory()
         probe.reconcile(maps: programs, selection: config.selection, stackAnchors: stackAnchors)
         return probe.trackedPageCount

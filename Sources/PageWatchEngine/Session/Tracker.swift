@@ -95,27 +95,14 @@ public final class Tracker {
     /// `PTRACE_CONT` in launch mode (the seccomp filter picks the syscalls),
     /// `PTRACE_SYSCALL` in attach mode (no filter can be used there, hazard 8).
     var resumeMode: ResumeMode = .continuing
+    /// `pagewatch attach` only: the guardian, the first stops, the detach.
+    var attachState: AttachState?
     /// Attach mode: why PageWatch is detaching, once it is; every thread is
     /// then parked at its next stop instead of resumed.
-    var detaching: SweepReason?
-    /// Threads stopped and left so, for the detach.
-    var parked: Set<Int32> = []
-    /// Of those, the threads parked where they waited for PageWatch
-    /// (`StopWaiting`): never let run before the detach (`unparkForUserfaultWaiters`).
-    var parkedWaiting: Set<Int32> = []
-    /// When the detach last let parked threads run on (or began).
-    var lastUnparkNs: UInt64 = 0
-    /// Attach mode: the guardian's shared state and the pipe it watches (hazard 20).
-    var guardian: (state: GuardianState, watch: Int32)?
-    /// Attach mode: the threads seized whose first stop is still to come.
-    /// Nothing is armed until it is empty: a thread's rseq area and tid
-    /// word are pinned at that stop, and armed before it the kernel's next
-    /// rseq update for the thread fails and kills it (SIGSEGV, hazard 3).
-    var awaitingFirstStop: Set<Int32> = []
-    /// PAGEWATCH_DEBUG: the threads a detach last waited for (said once).
-    var lastDetachWait = ""
-    /// The signal a thread was parked at (its signal-delivery stop), for PTRACE_DETACH to deliver.
-    var parkedSignals: [Int32: HeldSignal] = [:]
+    var detaching: SweepReason? { attachState?.detaching }
+    /// Every thread has had its first stop (attach mode; always in launch
+    /// mode): nothing is armed before.
+    var allThreadsSeen: Bool { attachState?.awaitingFirstStop.isEmpty ?? true }
     /// Why tracking is being given up (`giveUpTracking`), once it is.
     var givingUp: String?
     /// `--verify-contents`: pages found changed with no write reported, in every process.
@@ -137,7 +124,7 @@ public final class Tracker {
                                       seccompFilter: ProcessTracker.interceptionFilter())
         main = ProcessTracker(session: self, pid: pid, parent: nil)
         processes[pid] = main
-        main.threads[pid] = ThreadState()
+        main.threads[pid] = TrackedThread(tid: pid)
         let polling = holdIdlePolling()
         defer { withExtendedLifetime(polling) {} }
         try main.startImage(tid: pid)
@@ -156,7 +143,7 @@ public final class Tracker {
             timer = t
         }
         defer { timer?.stop() }
-        try main.resume(pid)
+        try main.resume(main.thread(pid))
         try eventLoop()
         let end = main.end!
         warnIfNothingWasEverSelected()
@@ -220,9 +207,9 @@ public final class Tracker {
     /// Resumes a thread of a tracked process as the mode wants; while
     /// detaching, parks it instead (keeping the signal it was stopped for).
     func proceed(_ tid: Int32, signal: Int32 = 0) throws {
-        if detaching != nil {
-            if signal != 0 { parkedSignals[tid] = try Ptrace.holdSignal(tid) }
-            parked.insert(tid)
+        if let attach = attachState, attach.detaching != nil {
+            if signal != 0 { attach.parkedSignals[tid] = try Ptrace.holdSignal(tid) }
+            attach.parked.insert(tid)
             return
         }
         try Ptrace.resume(tid, signal: signal, mode: resumeMode)
@@ -273,14 +260,14 @@ public final class Tracker {
 
 extension Tracker {
     /// A tracked process forked or vforked `child` (its event stop, in `thread`).
-    func forked(_ child: Int32, kind: PtraceEvent, parent: ProcessTracker, thread tid: Int32) throws {
+    func forked(_ child: Int32, kind: PtraceEvent, parent: ProcessTracker, thread: TrackedThread) throws {
         newChildren[child] = (kind, parent)
         if kind == .fork {
             if config.followForks {
-                followedChildren[child] = parent.forkedCopy(pid: child, thread: tid)
+                followedChildren[child] = parent.forkedCopy(pid: child, thread: thread)
                 emit(.fork(pid: child, parent: parent.pid, timeNs: wallClockNs()))
             } else {
-                armedAtFork[child] = (parent.injector, parent.armedRegions())
+                armedAtFork[child] = (parent.injector.remote, parent.armedRegions())
             }
         }
         if unclassified.remove(child) != nil { try firstStopOfNewTask(child) }
@@ -297,13 +284,13 @@ extension Tracker {
             return
         }
         let p = ProcessTracker(session: self, pid: child, parent: parent.pid)
-        let state = ThreadState()
-        state.completingSyscall = 0
+        let state = TrackedThread(tid: child)
+        state.syscall.completing = 0
         p.threads[child] = state
         processes[child] = p
         emit(.fork(pid: child, parent: parent.pid, timeNs: wallClockNs()))
         try p.startImage(tid: child)
-        try p.resume(child)
+        try p.resume(state)
     }
 
     /// The first stop of a task PageWatch has not seen: a thread of a
@@ -313,16 +300,17 @@ extension Tracker {
             if kind == .vfork {
                 // Shares the parent's memory until it execs: its writes and
                 // syscalls are handled like the parent's own.
-                let state = ThreadState()
+                let state = TrackedThread(tid: tid)
                 state.vforkChild = true
                 parent.threads[tid] = state
                 try Ptrace.cont(tid)
             } else if let followed = followedChildren.removeValue(forKey: tid) {
                 // Its pages are armed as the parent's were: tracked as they are.
                 processes[tid] = followed
-                followed.shareSlotData(tid: tid)
-                try followed.learnRseq(tid)
-                try followed.resume(tid)
+                let thread = followed.thread(tid)
+                followed.injector.shareSlotData(thread, forkChild: followed.parent != nil)
+                try followed.learnRseq(thread)
+                try followed.resume(thread)
             } else {
                 // A copy of the address space with the armed pages armed: give
                 // it the program's protections back before it runs an instruction.
@@ -340,12 +328,12 @@ extension Tracker {
             untracked.insert(tid)
             try Ptrace.cont(tid)
         } else if let group = threadGroup(of: tid), let p = processes[group] {
-            let state = ThreadState()
+            let state = TrackedThread(tid: tid)
             state.awaitsCloneEvent = true  // its first stop came before its parent's clone event
             p.threads[tid] = state
-            try p.learnRseq(tid)
-            try p.sweepIfPending(in: tid)
-            try p.resume(tid)
+            try p.learnRseq(state)
+            try p.sweepIfPending(in: state)
+            try p.resume(state)
         } else if let group = threadGroup(of: tid), untracked.contains(group) || untracked.contains(parentProcess(of: tid)) {
             // A descendant of an untracked process: nothing of ours is armed in it.
             untracked.insert(tid)
@@ -385,8 +373,8 @@ extension Tracker {
             p.finish(.killed(signal: sig))
         case .exited(let tid, _), .killed(let tid, _, _):
             p.threads[tid] = nil
-        case .syscallStop(let tid) where p.threads[tid]?.pendingExit != nil:
-            p.threads[tid]?.pendingExit = nil
+        case .syscallStop(let tid) where p.threads[tid]?.syscall.pendingExit != nil:
+            p.threads[tid]?.syscall.pendingExit = nil
             try Ptrace.cont(tid)
         case .signalDelivery(let tid, let sig) where sig == Signal.SIGSEGV && p.isReleasedPageFault(tid):
             try Ptrace.cont(tid)  // the write runs again, now allowed

@@ -86,13 +86,14 @@ enum UserfaultfdIoctl {
 extension ProcessTracker {
     /// An ioctl on the program's userfaultfd, at its entry (launch mode's
     /// seccomp stop, attach mode's syscall-entry stop).
-    func userfaultfdIoctlEntry(_ args: [UInt64], tid: Int32) throws {
+    func userfaultfdIoctlEntry(_ args: [UInt64], _ thread: TrackedThread) throws {
+        let tid = thread.tid
         let command = args[1] & 0xffff_ffff, argument = args[2]
         let size = Int((command >> 16) & 0x3fff)
         let raw = (try? Ptrace.readMemory(tid, RemoteAddress(argument), count: size)) ?? []
         guard let call = UserfaultfdIoctl.decode(command, argument: argument, raw: raw) else {
             // Unreadable: the kernel cannot read it either and fails the call.
-            try resume(tid)
+            try resume(thread)
             return
         }
         trace("  \(call.name) fills \(call.fills) writes \(call.writes)")
@@ -101,15 +102,15 @@ extension ProcessTracker {
             UserfaultRanges.shared.register(range, mode: mode, pid: pid)
         }
         if !call.writes.isEmpty || !call.fills.isEmpty {
-            let kernel = writer(call.name, tid: tid)
-            for range in call.writes { try unarmForKernel(range, by: kernel, tid: tid) }
+            let kernel = attribution.writer(call.name, tid: tid)
+            for range in call.writes { try unarmForKernel(range, by: kernel, thread) }
             for range in call.fills { countFilled(range, by: kernel, tid: tid) }
             // The call may not have run before this thread stops again: a
             // sweep meanwhile leaves these pages dirty (reported again),
             // or a fill landing after it would go unseen.
-            threads[tid]?.callOutputs = PageSet((call.writes + call.fills).map(\.pageAligned))
+            thread.syscall.callOutputs = PageSet((call.writes + call.fills).map(\.pageAligned))
         }
-        try resume(tid, exit: call.unregisters.map { .userfaultfdUnregister($0) })
+        try resume(thread, exit: call.unregisters.map { .userfaultfdUnregister($0) })
     }
 
     /// The tracked pages of `range` are written by the kernel: dirty, armed or not.
@@ -125,9 +126,9 @@ extension ProcessTracker {
     }
 
     /// `UFFDIO_UNREGISTER`'s exit: reads may go there again once it succeeded.
-    func userfaultfdUnregisterExit(_ range: AddressRange, result: Int64, tid: Int32) throws {
+    func userfaultfdUnregisterExit(_ range: AddressRange, result: Int64, _ thread: TrackedThread) throws {
         if result == 0 { UserfaultRanges.shared.remove(range, pid: pid) }
-        try resume(tid)
+        try resume(thread)
     }
 
     /// The exit of one of the program's memory calls: a mapping that goes
@@ -161,23 +162,24 @@ extension ProcessTracker {
     /// it can be read now. An EFAULT (the kernel's copy hit an armed page)
     /// is undone: the outputs, decoded again, are un-armed and the call
     /// runs again, as for a call PageWatch cannot decode at all.
-    func userfaultfdUndecodedExit(entry: Arch.Registers, attempt: Int, result: Int64, tid: Int32) throws {
-        threads[tid]?.unknownAttempt = 0
+    func userfaultfdUndecodedExit(entry: Arch.Registers, attempt: Int, result: Int64, _ thread: TrackedThread) throws {
+        let tid = thread.tid
+        thread.syscall.unknownAttempt = 0
         let nr = Arch.syscallNumber(entry)
         guard result == -Int64(Errno.EFAULT.rawValue), attempt < 8, let call = Arch.syscall(number: nr) else {
-            try resume(tid)
+            try resume(thread)
             return
         }
         let outputs = SyscallOutputs(read: { a, n in (try? Ptrace.readMemory(tid, a, count: n)) ?? [] })
         let ranges = outputs.ranges(call, Arch.syscallArguments(entry)) ?? []
         guard ranges.contains(where: { !memory.armedPieces(in: $0).isEmpty }) else {
-            try resume(tid)
+            try resume(thread)
             return
         }
-        let kernel = writer(call.rawValue, tid: tid)
-        for range in ranges { try unarmForKernel(range, by: kernel, tid: tid) }
-        threads[tid]?.unknownAttempt = attempt + 1
+        let kernel = attribution.writer(call.rawValue, tid: tid)
+        for range in ranges { try unarmForKernel(range, by: kernel, thread) }
+        thread.syscall.unknownAttempt = attempt + 1
         try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid)
-        try resume(tid)
+        try resume(thread)
     }
 }

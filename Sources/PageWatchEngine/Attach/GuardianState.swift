@@ -1,6 +1,7 @@
 internal import CPtrace
 import Glibc
 import PageWatchAddressSpace
+import PageWatchPtrace
 
 /// What a guardian needs to undo PageWatch in an attached process if
 /// PageWatch dies (hazard 20): the gadget page and every region PageWatch
@@ -11,18 +12,18 @@ import PageWatchAddressSpace
 /// injection journal: [tid, the thread's saved registers...] while a thread
 /// runs an injected call (tid 0 otherwise), so that the guardian can put
 /// back a thread PageWatch left inside one.
-public final class GuardianState: @unchecked Sendable {
-    public static let size = 1 << 20
+final class GuardianState: InjectionJournal, @unchecked Sendable {
+    static let size = 1 << 20
     static let magic: UInt64 = 0x3144_5241_5547_5750  // "PWGUARD1"
     static let capacity = (size / 8 - 5 - journalWords) / 3
     static let journalWords = 64
     static let journalAt = size / 8 - journalWords
 
-    public let fd: Int32
+    let fd: Int32
     private let words: UnsafeMutablePointer<UInt64>
 
     /// A new, empty state (PageWatch's side).
-    public convenience init(pid: Int32) throws {
+    convenience init(pid: Int32) throws {
         let fd = pw_shared_memory("pagewatch-guardian", Self.size)
         if fd < 0 { throw TraceError.call("memfd_create", Errno(-fd), tid: getpid()) }
         try self.init(fd: fd)
@@ -31,7 +32,7 @@ public final class GuardianState: @unchecked Sendable {
     }
 
     /// The state behind an inherited descriptor (the guardian's side).
-    public init(fd: Int32) throws {
+    init(fd: Int32) throws {
         guard let p = mmap(nil, Self.size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), p != MAP_FAILED else {
             throw TraceError.call("mmap", Errno(errno), tid: getpid())
         }
@@ -41,7 +42,7 @@ public final class GuardianState: @unchecked Sendable {
 
     /// Replaces the published state (at most `capacity` regions: a larger
     /// set keeps the first ones, the guardian restores those).
-    public func publish(gadget: RemoteAddress?, regions: [(AddressRange, Protection)]) {
+    func publish(gadget: RemoteAddress?, regions: [(AddressRange, Protection)]) {
         let sequence = words[1]
         pw_store_release(words + 1, sequence | 1)
         words[3] = gadget?.value ?? 0
@@ -58,26 +59,26 @@ public final class GuardianState: @unchecked Sendable {
     /// `tid` is about to run injected code; `saved` its registers (words).
     /// The registers first, the tid last (release): a tid is never seen
     /// with another thread's registers.
-    public func injectionStarted(tid: Int32, saved: [UInt64]) {
+    func injectionStarted(tid: Int32, saved: [UInt64]) {
         precondition(saved.count < Self.journalWords)
         pw_store_release(words + Self.journalAt, 0)
         for (i, w) in saved.enumerated() { words[Self.journalAt + 1 + i] = w }
         pw_store_release(words + Self.journalAt, UInt64(UInt32(bitPattern: tid)))
     }
 
-    public func injectionEnded() {
+    func injectionEnded() {
         pw_store_release(words + Self.journalAt, 0)
     }
 
     /// The thread inside an injected call and its saved registers, if any.
-    public func injection(registerWords: Int) -> (tid: Int32, saved: [UInt64])? {
+    func injection(registerWords: Int) -> (tid: Int32, saved: [UInt64])? {
         let tid = Int32(truncatingIfNeeded: pw_load_acquire(words + Self.journalAt))
         guard tid > 0 else { return nil }
         return (tid, (0..<registerWords).map { words[Self.journalAt + 1 + $0] })
     }
 
     /// A consistent snapshot, or nil if the memory is not a state.
-    public func snapshot() -> (pid: Int32, gadget: RemoteAddress?, regions: [(AddressRange, Protection)])? {
+    func snapshot() -> (pid: Int32, gadget: RemoteAddress?, regions: [(AddressRange, Protection)])? {
         guard words[0] == Self.magic else { return nil }
         for _ in 0..<1000 {
             let before = pw_load_acquire(words + 1)
@@ -94,23 +95,4 @@ public final class GuardianState: @unchecked Sendable {
         }
         return nil
     }
-}
-
-/// Starts the guardian process: `path guardian --pid PID` with the state on
-/// descriptor 3 and the read end of a pipe on 4, whose write end only
-/// PageWatch holds: end of file there means PageWatch is gone.
-public func spawnGuardian(path: String, arguments: [String], state: GuardianState) throws -> (pid: Int32, watch: Int32) {
-    var fds: [Int32] = [0, 0]
-    guard pipe(&fds) == 0 else { throw TraceError.call("pipe", Errno(errno), tid: getpid()) }
-    // Neither end may leak into anything PageWatch starts but the guardian (which gets a copy as 4).
-    for fd in fds { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-    let pid: Int32 = withCStrings([path] + arguments) { argv in
-        pw_spawn_guardian(path, argv, state.fd, fds[0])
-    }
-    close(fds[0])
-    if pid < 0 {
-        close(fds[1])
-        throw TraceError.call("fork", Errno(-pid), tid: getpid())
-    }
-    return (pid, fds[1])
 }

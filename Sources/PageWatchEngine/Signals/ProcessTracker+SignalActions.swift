@@ -12,25 +12,23 @@ extension ProcessTracker {
     /// the SIGSEGV action and which caught signals run on the alternate
     /// stack: at a new image and at attach, where PageWatch did not see them
     /// set (afterwards `rt_sigaction` entries keep both up to date).
-    func learnSignalActions(tid: Int32) throws {
+    func learnSignalActions(_ thread: TrackedThread) throws {
         let caught = (try? caughtSignals()) ?? 0
-        onStackSignals = 0
+        signalActions.onStack = 0
         for sig in Int32(1)...64 where sig == Signal.SIGSEGV || caught & (UInt64(1) << UInt64(sig - 1)) != 0 {
-            guard let action = try queryAction(sig, tid: tid) else { continue }
-            if sig == Signal.SIGSEGV { segvAction = action }
+            guard let action = try queryAction(sig, thread) else { continue }
+            if sig == Signal.SIGSEGV { signalActions.segv = action }
             noteFlags(of: action, signal: UInt64(sig))
         }
     }
 
     /// The kernel's `struct kernel_sigaction` for `sig`, raw.
-    func queryAction(_ sig: Int32, tid: Int32) throws -> [UInt8]? {
-        guard let injector, let number = Arch.number(.rt_sigaction) else { return nil }
+    func queryAction(_ sig: Int32, _ thread: TrackedThread) throws -> [UInt8]? {
+        guard let remote = injector.remote, let number = Arch.number(.rt_sigaction) else { return nil }
         let size = Int(Arch.layout.kernelSigaction)
-        let (outcome, raw) = try injector.run(number, [UInt64(sig), 0, injector.argumentArea.value, Self.sigsetSize],
-                                              input: [], outputCount: size, in: tid,
-                                              completing: threads[tid]?.completingSyscall)
-        noteInjection(outcome, tid: tid)
-        return outcome.value == 0 && raw.count == size ? raw : nil
+        guard let (value, raw) = try injector.run(number, [UInt64(sig), 0, remote.argumentArea.value, Self.sigsetSize],
+                                                  input: [], outputCount: size, thread) else { return nil }
+        return value == 0 && raw.count == size ? raw : nil
     }
 
     /// The kernel's sigset_t, the last argument of rt_sigaction and rt_sigprocmask.
@@ -39,7 +37,7 @@ extension ProcessTracker {
     /// Remembers which handlers run on the alternate stack (SA_ONSTACK).
     func noteFlags(of action: [UInt8], signal: UInt64) {
         let onStack: UInt64 = 0x0800_0000, bit = UInt64(1) << (signal - 1)
-        if littleEndian(action, at: 8) & onStack != 0 { onStackSignals |= bit } else { onStackSignals &= ~bit }
+        if littleEndian(action, at: 8) & onStack != 0 { signalActions.onStack |= bit } else { signalActions.onStack &= ~bit }
     }
 
     /// A thread's alternate signal stack from its `stack_t`; nil when disabled.
@@ -52,31 +50,30 @@ extension ProcessTracker {
     /// Learns a thread's alternate signal stack by an injected
     /// `sigaltstack(NULL, &old)`: for threads that set it before an attach
     /// (a Go program gives every thread one and preempts with SIGURG).
-    func learnAltStack(_ tid: Int32) throws {
-        guard let injector, let number = Arch.number(.sigaltstack), let state = threads[tid] else { return }
+    func learnAltStack(_ thread: TrackedThread) throws {
+        guard let remote = injector.remote, let number = Arch.number(.sigaltstack) else { return }
         let size = Int(Arch.layout.stackT)
-        let (outcome, raw) = try injector.run(number, [0, injector.argumentArea.value], input: [], outputCount: size,
-                                              in: tid, completing: state.completingSyscall)
-        noteInjection(outcome, tid: tid)
-        guard outcome.value == 0, raw.count == size else { return }
-        state.altStackKnown = true
-        state.altStack = Self.alternateStack(raw)
+        guard let (value, raw) = try injector.run(number, [0, remote.argumentArea.value], input: [], outputCount: size,
+                                                  thread) else { return }
+        guard value == 0, raw.count == size else { return }
+        thread.signals.altStackKnown = true
+        thread.signals.altStack = Self.alternateStack(raw)
     }
 
     /// The process's ignored and caught signals, from a thread's stat file
-    /// held open across calls (`dispositionProbe`). Threads share their
+    /// held open across calls (`signalActions.dispositionProbe`). Threads share their
     /// actions, but a vfork child has its own: it is read from its own file.
     func signalDispositions(tid: Int32) -> (ignored: UInt64, caught: UInt64)? {
         let shared = threads[tid]?.vforkChild != true
-        if shared, let probe = dispositionProbe {
+        if shared, let probe = signalActions.dispositionProbe {
             if let d = ProcFS.signalDispositions(statFD: probe.fd) { return d }
             close(probe.fd)  // its thread is gone
-            dispositionProbe = nil
+            signalActions.dispositionProbe = nil
         }
         let fd = open("/proc/\(pid)/task/\(tid)/stat", O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { return nil }
         let d = ProcFS.signalDispositions(statFD: fd)
-        if shared, d != nil { dispositionProbe = (tid, fd) } else { close(fd) }
+        if shared, d != nil { signalActions.dispositionProbe = (tid, fd) } else { close(fd) }
         return d
     }
 
@@ -89,20 +86,19 @@ extension ProcessTracker {
     /// again where that thread is most likely this one. With SIG_DFL nothing shows
     /// whether it was blocked: the mask stays as the kernel left it
     /// (docs/design.md, limits).
-    func restoreSegvActionIfReset(tid: Int32) throws {
-        guard let action = segvAction else { return }
+    func restoreSegvActionIfReset(_ thread: TrackedThread) throws {
+        let tid = thread.tid
+        guard let action = signalActions.segv else { return }
         let handler = littleEndian(action, at: 0)
         let ignoring = handler == 1  // SIG_IGN; 0 is SIG_DFL, which a reset leaves as it is
         guard handler != 0, let now = signalDispositions(tid: tid) else { return }
         guard (ignoring ? now.ignored : now.caught) & Self.segvBit == 0 else { return }
         trace("  SIGSEGV action reset by the kernel's forced signal in \(tid): put back")
-        guard let injector, let number = Arch.number(.rt_sigaction) else { return }
-        let (outcome, _) = try injector.run(number, [UInt64(Signal.SIGSEGV), injector.argumentArea.value, 0, Self.sigsetSize],
-                                            input: action, outputCount: 0, in: tid,
-                                            completing: threads[tid]?.completingSyscall)
-        noteInjection(outcome, tid: tid)
-        if outcome.value < 0 {
-            throw TraceError.remoteSyscall("rt_sigaction(SIGSEGV)", Errno(Int32(-outcome.value)), tid: tid, address: nil)
+        guard let remote = injector.remote, let number = Arch.number(.rt_sigaction),
+              let (value, _) = try injector.run(number, [UInt64(Signal.SIGSEGV), remote.argumentArea.value, 0, Self.sigsetSize],
+                                                input: action, outputCount: 0, thread) else { return }
+        if value < 0 {
+            throw TraceError.remoteSyscall("rt_sigaction(SIGSEGV)", Errno(Int32(-value)), tid: tid, address: nil)
         }
         guard !ignoring else { return }
         // The reset means the faulting thread blocked SIGSEGV; but the action
@@ -117,4 +113,16 @@ extension ProcessTracker {
         let mask = try Ptrace.signalMask(tid)
         if threads.count == 1 || mask.nonzeroBitCount >= 32 { try Ptrace.setSignalMask(tid, mask | Self.segvBit) }
     }
+}
+
+/// The program's signal actions as PageWatch needs them (`ProcessTracker.signalActions`).
+struct KnownSignalActions {
+    /// Signals whose handler runs on the sigaltstack (SA_ONSTACK).
+    var onStack: UInt64 = 0
+    /// The program's SIGSEGV action as the kernel holds it (the raw
+    /// `struct kernel_sigaction`), to put back where a write fault's forced
+    /// signal reset it (`restoreSegvActionIfReset`); nil until learned.
+    var segv: [UInt8]?
+    /// A thread's `/proc/PID/task/TID/stat`, held open (`signalDispositions`).
+    var dispositionProbe: (tid: Int32, fd: Int32)?
 }

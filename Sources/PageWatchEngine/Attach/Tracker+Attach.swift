@@ -25,6 +25,8 @@ extension Tracker {
     public func attach(pid: Int32) throws -> AttachEnd {
         try Attacher.check(pid)
         resumeMode = .syscallStops
+        let attach = AttachState()
+        attachState = attach
         for s in Self.detachSignals {
             setSignalBlocked(s, true)
             try installFlagHandler(s)
@@ -44,16 +46,16 @@ extension Tracker {
         let polling = holdIdlePolling()
         defer { withExtendedLifetime(polling) {} }
         for tid in tids {
-            let state = ThreadState()
+            let state = TrackedThread(tid: tid)
             state.preexisting = true
-            state.altStackKnown = false  // maybe set before the attach
-            state.interruptPending = true
+            state.signals.altStackKnown = false  // maybe set before the attach
+            state.interrupt.pending = true
             main.threads[tid] = state
             // Each thread stops once so its rseq area and tid word can be
             // learned; the first sweep waits for all of them.
             do { try Ptrace.interrupt(tid) } catch TraceError.call(_, let e, _, _) where e == .ESRCH { main.threads[tid] = nil }
         }
-        awaitingFirstStop = Set(main.threads.keys)
+        attach.awaitingFirstStop = Set(main.threads.keys)
         let selected = main.selectedPagesNow()
         emit(.start(pid: pid, pageSize: Page.size, command: config.command,
                     tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
@@ -79,75 +81,12 @@ extension Tracker {
     /// A pre-existing thread's first stop was handled; once every one has
     /// been seen, the first sweep arms the selection.
     func firstStopSeen(_ tid: Int32) {
-        guard awaitingFirstStop.remove(tid) != nil, awaitingFirstStop.isEmpty else { return }
+        guard let attach = attachState, attach.awaitingFirstStop.remove(tid) != nil, attach.awaitingFirstStop.isEmpty else { return }
         // Whatever was asked for meanwhile (a sweep signal) is this sweep:
         // nothing was tracked before it.
         if !main.finalSweepDone { main.pendingSweep = .attach }
     }
 
-    /// Why to detach now, if at all.
-    func detachCondition() -> SweepReason? {
-        guard resumeMode == .syscallStops, detaching == nil, main.end == nil else { return nil }
-        if takeRaisedSignal() != nil || givingUp != nil { return .detach }
-        if timer?.hasExpired == true { return .detach }
-        if let n = config.maxSweeps, main.sweeps >= n { return .detach }
-        return nil
-    }
-
-    /// Stops every thread: each is parked at its next stop (`proceed`).
-    func startDetach(_ reason: SweepReason) throws {
-        detaching = reason
-        lastUnparkNs = monotonicNs()
-        for p in processes.values where p.end == nil {
-            p.pendingSweep = nil
-            for tid in p.threads.keys where p.threads[tid]?.waiting != nil {
-                // Kept at its stop (StopWaiting): parked there. At a fault, the
-                // write runs again after the detach, on a page given back.
-                p.threads[tid]?.waiting = nil
-                parked.insert(tid)
-                parkedWaiting.insert(tid)
-            }
-            for tid in p.threads.keys where !parked.contains(tid) {
-                if (try? Ptrace.interrupt(tid)) != nil { p.threads[tid]?.interruptPending = true }
-            }
-        }
-    }
-
-    /// Once every thread is parked: the last sweep (reason `detach`), the
-    /// program's protections back, the gadget page gone, every thread
-    /// detached with the signal it was stopped for; signals held during
-    /// PageWatch's injections are sent again. Returns true when done.
-    func finishDetachIfParked() throws -> Bool {
-        let live = processes.values.filter { $0.end == nil }
-        guard live.allSatisfy({ $0.threads.keys.allSatisfy(parked.contains) }) else {
-            if Self.debug {
-                let waits = "  detach waits for " + live.flatMap { p in p.threads.keys.sorted().filter { !parked.contains($0) }.map {
-                    "\($0) \(p.threads[$0].map { "interrupt \($0.interruptPending) waiting \(String(describing: $0.waiting))" } ?? "")" } }
-                    .joined(separator: ", ")
-                if waits != lastDetachWait { trace(waits) }
-                lastDetachWait = waits
-            }
-            return false
-        }
-        for p in live {
-            try p.detachSweep()
-        }
-        for p in live {
-            for tid in p.threads.keys.sorted() {
-                do {
-                    if let s = parkedSignals[tid] {
-                        try Ptrace.detach(tid, delivering: s)
-                    } else {
-                        try Ptrace.detach(tid)
-                    }
-                } catch TraceError.call(_, let e, _, _) where e == .ESRCH {
-                    continue  // it died meanwhile
-                }
-                for h in p.threads[tid]?.held ?? [] { try? Ptrace.tgkill(p.pid, tid, h.signal) }
-            }
-        }
-        return true
-    }
 }
 
 extension ProcessTracker {
@@ -159,9 +98,9 @@ extension ProcessTracker {
         try? refreshMaps()
         // Write faults pending at the parking stops (taken before anything
         // runs: one would otherwise kill its thread after the detach).
-        for tid in threads.keys.sorted() where session.parkedSignals[tid] == nil
+        for tid in threads.keys.sorted() where session.attachState?.parkedSignals[tid] == nil
             && !(threads[tid]?.inGroupStop ?? true) && !(threads[tid]?.exiting ?? true) {
-            if let taken = try? Ptrace.takePendingFault(tid) { threads[tid]?.held += taken }
+            if let taken = try? Ptrace.takePendingFault(tid) { threads[tid]?.signals.held += taken }
         }
         let candidates = threads.keys.filter { !(threads[$0]?.exiting ?? true) }.map { tid in
             (tid, (try? Ptrace.syscallStopKind(tid)) ?? .none, threads[tid]?.inGroupStop ?? false)
@@ -169,21 +108,21 @@ extension ProcessTracker {
             func rank(_ c: (Int32, SyscallStopKind, Bool)) -> Int { (c.2 ? 4 : 0) + (c.1 == .entry ? 2 : c.1 == .exit ? 1 : 0) }
             return (rank(a), a.0) < (rank(b), b.0)
         }
-        if let (tid, kind, _) = candidates.first {
+        if let (tid, kind, _) = candidates.first, let thread = threads[tid] {
             let entry = kind == .entry ? try Arch.readRegisters(tid: tid) : nil
             checkContents(tid: tid)  // every thread parked: nothing moves
-            try giveBackProtections(tid: tid)
+            try giveBackProtections(thread)
             // A write fault pending when the thread was parked arrives during
             // those calls: PageWatch's, its page reported; the write itself
             // runs again after the detach, on a page that is writable now.
-            for held in threads.keys.sorted() { try absorbHeldFaults(held) }
-            if let injector { threads[tid]?.held += try injector.unmapScratch(in: tid) }
+            for held in threads.keys.sorted() { if let other = threads[held] { try absorbHeldFaults(other) } }
+            try injector.removeScratch(thread)
             if let entry { try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid) }
         }
         let dirty = memory.dirtyPages()
         finalSweepDone = true
         emitSweep(reason: .detach, dirty: dirty)
-        injector = nil
+        injector.remote = nil
         memory.reset()
         publishForGuardian()  // nothing left for the guardian to restore
     }
@@ -192,31 +131,30 @@ extension ProcessTracker {
     /// musl keep its `clear_child_tid` word (`&pthread->tid`) in the thread
     /// control block at the thread pointer; the first 4-byte-aligned word
     /// there holding the thread's tid is taken for it.
-    func learnClearTid(_ tid: Int32) {
-        guard threads[tid]?.clearChildTid == nil, let regs = try? Arch.readRegisters(tid: tid) else { return }
+    func learnClearTid(_ thread: TrackedThread) {
+        let tid = thread.tid
+        guard thread.exitWords.clearChildTid == nil, let regs = try? Arch.readRegisters(tid: tid) else { return }
         let tcb = Arch.threadPointer(regs)
         guard tcb.value != 0, let raw = try? Ptrace.readMemory(tid, tcb, count: 2048), raw.count == 2048 else { return }
         for offset in stride(from: 16, to: raw.count, by: 4)
         where littleEndian(raw, at: offset, size: 4) == UInt64(UInt32(bitPattern: tid)) {
-            threads[tid]?.clearChildTid = tcb + UInt64(offset)
+            thread.exitWords.clearChildTid = tcb + UInt64(offset)
             return
         }
     }
 
     /// The first stop of a thread `pagewatch attach` seized: place the
     /// gadget (once), learn its rseq area and tid word.
-    func firstAttachStop(_ tid: Int32) throws {
-        if injector == nil {
-            let (gadget, held) = try RemoteSyscall.bootstrap(in: tid)
-            injector = gadget
-            injector?.journal = guardianJournal
-            threads[tid]?.held.append(contentsOf: held)
+    func firstAttachStop(_ thread: TrackedThread) throws {
+        let tid = thread.tid
+        if injector.remote == nil {
+            try injector.place(in: thread, journal: guardianJournal)
             publishForGuardian()
-            try learnSignalActions(tid: tid)
+            try learnSignalActions(thread)
         }
-        try learnAltStack(tid)
-        learnClearTid(tid)
-        threads[tid]?.preexisting = false
+        try learnAltStack(thread)
+        learnClearTid(thread)
+        thread.preexisting = false
         session.firstStopSeen(tid)
     }
 }

@@ -16,13 +16,13 @@ extension Tracker {
     /// Each turn of the event loop: marks an interval sweep pending when one
     /// is due, and pursues every pending sweep (`pursuePendingSweep`).
     func scheduleSweeps(stopQueued: Bool) throws {
-        if awaitingFirstStop.isEmpty, let t = timer, t.takeDue() {
+        if allThreadsSeen, let t = timer, t.takeDue() {
             // (Not after a process's exit sweep: its threads are exiting.)
             for p in processes.values where p.end == nil && !p.trackingStopped && !p.finalSweepDone {
                 p.requestSweep(.interval)
             }
         }
-        guard detaching == nil, awaitingFirstStop.isEmpty else { return }
+        guard detaching == nil, allThreadsSeen else { return }
         for p in processes.values.sorted(by: { $0.pid < $1.pid }) where p.pendingSweep != nil && !p.trackingStopped {
             do {
                 try p.pursuePendingSweep(stopQueued: stopQueued, intervalNs: config.intervalNs)
@@ -33,64 +33,9 @@ extension Tracker {
         }
     }
 
-    /// Detaching: a thread not parked whose interrupt went unanswered is
-    /// interrupted again (else the detach could wait for its next own stop).
-    func resendDetachInterrupts() {
-        let now = monotonicNs()
-        var unanswered = false
-        for p in processes.values where p.end == nil {
-            for (tid, state) in p.threads where !parked.contains(tid) && !state.exiting && state.waiting == nil {
-                if state.interruptSentNs == 0 { state.interruptSentNs = now; continue }
-                guard now &- state.interruptSentNs >= Self.interruptPatienceNs else { continue }
-                state.interruptSentNs = now
-                if (try? Ptrace.interrupt(tid)) != nil { state.interruptPending = true }
-                unanswered = true
-            }
-        }
-        // Nothing shows a thread waiting for the handler (/proc says it is
-        // running): a program with a userfaultfd range whose thread has not
-        // stopped for a while gets its parked threads run on.
-        if unanswered, !UserfaultRanges.shared.all.isEmpty, now &- lastUnparkNs >= Self.userfaultPatienceNs {
-            lastUnparkNs = now
-            unparkForUserfaultWaiters(now: now)
-        }
-    }
-
-    /// How long a detach waits for a thread of a program with a userfaultfd
-    /// range before the parked threads run on (`unparkForUserfaultWaiters`).
-    static let userfaultPatienceNs: UInt64 = 100_000_000
-
-    /// A thread inside a system call that reads a page the program's own
-    /// userfaultfd handler must supply cannot stop (an interrupt does not end
-    /// that wait) until the handler has run; if the detach parked the handler
-    /// first, it never would. So the threads parked on their way on are let
-    /// run and interrupted again: parked at their next stop. Threads parked
-    /// where they waited for PageWatch (a memory call's entry, a fault still
-    /// to judge) stay: letting them run would bypass PageWatch.
-    func unparkForUserfaultWaiters(now: UInt64) {
-        for p in processes.values where p.end == nil {
-            for (tid, state) in p.threads where parked.contains(tid) && !parkedWaiting.contains(tid)
-            && !state.exiting && !state.inGroupStop {
-                trace("  detach: \(tid) runs on while a thread waits for the program's userfaultfd handler")
-                do {
-                    if let held = parkedSignals.removeValue(forKey: tid) {
-                        try Ptrace.deliver(held, to: tid, mode: resumeMode)
-                    } else {
-                        try Ptrace.resume(tid, mode: resumeMode)
-                    }
-                } catch {
-                    continue  // gone meanwhile: its exit is reported as any other
-                }
-                parked.remove(tid)
-                state.interruptSentNs = now
-                if (try? Ptrace.interrupt(tid)) != nil { state.interruptPending = true }
-            }
-        }
-    }
-
     /// Whether an interrupt of a sweep or of the detach waits for its stop.
     var interruptOutstanding: Bool {
-        processes.values.contains { p in p.threads.values.contains { $0.interruptPending && $0.interruptSentNs != 0 } }
+        processes.values.contains { p in p.threads.values.contains { $0.interrupt.pending && $0.interrupt.sentNs != 0 } }
     }
 
     /// The next stop. With an interrupt outstanding, waits for at most the
@@ -128,12 +73,12 @@ extension ProcessTracker {
         // A memory call in flight: its exit serves the sweep (the model is
         // true again only there), and any other stop would wait for it.
         if memoryCallInFlight(besides: 0) { return }
-        let outstanding = threads.filter { $0.value.interruptPending }
+        let outstanding = threads.filter { $0.value.interrupt.pending }
         if !outstanding.isEmpty {
             for (tid, state) in outstanding.sorted(by: { $0.key < $1.key }) {
-                if state.interruptSentNs == 0 { state.interruptSentNs = now; continue }
-                guard now &- state.interruptSentNs >= Tracker.interruptPatienceNs else { continue }
-                state.interruptSentNs = now
+                if state.interrupt.sentNs == 0 { state.interrupt.sentNs = now; continue }
+                guard now &- state.interrupt.sentNs >= Tracker.interruptPatienceNs else { continue }
+                state.interrupt.sentNs = now
                 trace("  interrupt of \(tid) unanswered: sent again")
                 if !state.exiting, !state.inGroupStop, state.waiting == nil, safeToInterrupt(tid) {
                     _ = try? Ptrace.interrupt(tid)
@@ -155,9 +100,9 @@ extension ProcessTracker {
     /// can serve it, before its own fault is handled (the write then
     /// belongs to the next interval). Busy faulting threads are the
     /// program's only stops when it writes much.
-    func sweepAtFault(tid: Int32) throws {
-        guard pendingSweep != nil, !finalSweepDone, threads[tid]?.exiting != true else { return }
-        try sweepIfPending(in: tid)
+    func sweepAtFault(_ thread: TrackedThread) throws {
+        guard pendingSweep != nil, !finalSweepDone, !thread.exiting else { return }
+        try sweepIfPending(in: thread)
     }
 
     /// The new fields of a sweep record about re-arming: whether the sweep

@@ -24,19 +24,8 @@ public struct PageWrite: Sendable, Equatable {
 }
 
 extension ProcessTracker {
-    /// Every page write the engine records goes through here: into the
-    /// ledger the sweep's `sites` come from, and to the session's write
-    /// observer when one is set. Only then are the frames symbolized at the
-    /// write, through the per-process cache the sweep reads next (so the
-    /// sweep does not pay twice); without an observer (the CLI) the fault
-    /// path stays as it was, unwinding only.
+    /// A page write, recorded by the process's `WriterAttribution` for the next sweep.
     func noteWrite(_ page: RemoteAddress, by writer: Writer, fault: Bool, tid: Int32) {
-        // Attribution off and nobody observing: no writer to keep (the
-        // ledger's map would cost memory per dirty page, issue 6).
-        guard config.stackDepth > 0 || session.writeObserver != nil else { return }
-        guard ledger.record(page, by: writer, fault: fault), let observe = session.writeObserver else { return }
-        let frames = writer.stack.enumerated().map { i, ip in frame(ip, isReturnAddress: i > 0) }
-        observe(PageWrite(pid: pid, tid: tid, page: Page.floor(page), phase: sweeps + 1, kernel: writer.kernel,
-                          fault: fault, frames: frames))
+        attribution.noteWrite(page, by: writer, fault: fault, tid: tid, phase: sweeps + 1)
     }
 }

@@ -1,0 +1,28 @@
+import PageWatchPtrace
+
+/// What only a `pagewatch attach` session has (`Tracker.attachState`, nil
+/// for `run`): the guardian, the threads seized whose first stop is still
+/// to come, and the detach's parked threads.
+final class AttachState {
+    /// The guardian's shared state and the pipe it watches (hazard 20).
+    var guardian: (state: GuardianState, watch: Int32)?
+    /// The threads seized whose first stop is still to come. Nothing is
+    /// armed until it is empty: a thread's rseq area and tid word are
+    /// pinned at that stop, and armed before it the kernel's next rseq
+    /// update for the thread fails and kills it (SIGSEGV, hazard 3).
+    var awaitingFirstStop: Set<Int32> = []
+    /// Why PageWatch is detaching, once it is; every thread is then parked
+    /// at its next stop instead of resumed.
+    var detaching: SweepReason?
+    /// Threads stopped and left so, for the detach.
+    var parked: Set<Int32> = []
+    /// Of those, the threads parked where they waited for PageWatch
+    /// (`StopWaiting`): never let run before the detach (`unparkForUserfaultWaiters`).
+    var parkedWaiting: Set<Int32> = []
+    /// The signal a thread was parked at (its signal-delivery stop), for PTRACE_DETACH to deliver.
+    var parkedSignals: [Int32: HeldSignal] = [:]
+    /// When the detach last let parked threads run on (or began).
+    var lastUnparkNs: UInt64 = 0
+    /// PAGEWATCH_DEBUG: the threads a detach last waited for (said once).
+    var lastDetachWait = ""
+}

@@ -1,0 +1,287 @@
+import Glibc
+import PageWatchAddressSpace
+import PageWatchPtrace
+
+/// A process's sweeps: asked for, served in a stopped thread, reported,
+/// and the pages re-armed; or tracking given up.
+extension ProcessTracker {
+    func requestSweep(_ reason: SweepReason) {
+        if pendingSweep == nil, !finalSweepDone { pendingSweep = reason }
+    }
+
+    /// Interval sweeps need a stopped thread to inject into: interrupt one
+    /// that is safe to interrupt. A thread blocked in a call that writes user
+    /// memory when interrupted (nanosleep's remaining time) into an armed page
+    /// would get EFAULT (hazard 1), so such threads are left alone; when no
+    /// thread is safe, the sweep reports without re-arming (`reportOnlySweep`).
+    /// Returns false when no thread could be interrupted.
+    @discardableResult
+    func requestInterruptIfNeeded(excluding excluded: Int32? = nil) -> Bool {
+        if excluded == nil, threads.values.contains(where: \.interrupt.pending) { return true }
+        // Not a thread PageWatch keeps at a stop (`waiting`): it stops nowhere else until let go.
+        let candidates = threads.keys.sorted().filter { t in
+            let s = threads[t]!
+            return t != excluded && !s.exiting && !s.inGroupStop && s.waiting == nil
+        }
+        for t in candidates where safeToInterrupt(t) {
+            if (try? Ptrace.interrupt(t)) != nil {
+                threads[t]?.interrupt.pending = true
+                threads[t]?.interrupt.sentNs = monotonicNs()
+                return true
+            }
+        }
+        return false
+    }
+
+    func safeToInterrupt(_ tid: Int32) -> Bool {
+        switch ProcFS.activity(pid: pid, tid: tid) {
+        // Sleeping in a page fault: the fault completes, then the thread stops.
+        case .running, .outsideSyscall: return true
+        case .unknown: return false
+        case let .inSyscall(number, arguments):
+            guard let written = Arch.memoryWrittenOnInterruption(number: number, arguments: arguments) else {
+                return false
+            }
+            return written.allSatisfy { range in
+                var page = Page.floor(range.start)
+                while page < range.end {
+                    if case .armed = memory.state(of: page) { return false }
+                    page = page + Page.size
+                }
+                return true
+            }
+        }
+    }
+
+    func sweepIfPending(in thread: TrackedThread) throws {
+        let tid = thread.tid
+        guard let reason = pendingSweep, session.allThreadsSeen,
+              !memoryCallInFlight(besides: tid) else { return }
+        try sweep(reason: reason, in: thread)
+    }
+
+    /// Whether pages may be armed now. Not before the first sweep of an
+    /// attach (every thread seen, its rseq area pinned; the gadget in place):
+    /// until then the program's memory calls run as they are and new pages
+    /// are left for that sweep, which arms them.
+    var armsNow: Bool { injector.remote != nil && session.allThreadsSeen }
+
+    /// Whether another thread is between the entry and the exit of one of
+    /// the program's own memory calls (mmap, mprotect, ...). A sweep then
+    /// waits for that exit: its maps could show the call's new mapping
+    /// before the exit's handling (which takes maps as they are then, and
+    /// would drop pages the sweep armed: the next write to one a fatal
+    /// SIGSEGV), and its re-arming mprotect could run after the program's
+    /// own and undo it. A change of the SIGSEGV action counts too: a fault
+    /// checks the action against PageWatch's copy (`restoreSegvActionIfReset`).
+    func memoryCallInFlight(besides tid: Int32) -> Bool {
+        threads.contains { other, state in
+            guard other != tid else { return false }
+            switch state.syscall.pendingExit {
+            case .memory?, .segvAction?: return true
+            default: return false
+            }
+        }
+    }
+
+    /// Reports and re-arms. Re-protection comes before the dirty bits are
+    /// cleared, so a write racing with the sweep lands in the next interval
+    /// (hazard 19): pages written while we work are unarmed, hence dirty, and
+    /// writes after their re-arm fault and are handled after this sweep.
+    func sweep(reason: SweepReason, in thread: TrackedThread) throws {
+        let tid = thread.tid
+        if reason == .attach, try stopTrackingForIOUringBeforeAttach(thread) { return }
+        if givesUpAtSweep, let why = session.givingUp { return try stopTracking(because: why, thread) }
+        pendingSweep = nil
+        // Re-armed pages may fault again legitimately: forget the race markers (hazards 11, 14).
+        for t in threads.values { t.suppressedFault.page = nil }
+        try refreshMaps()
+        checkContents(tid: tid)
+        let dirty = memory.dirtyPages()
+        var busy = outputsOfBlockedCalls(excluding: tid)
+        // A page another thread was sent to un-arm through its trampoline
+        // slot, not seen since, its call not yet run: that mprotect may still
+        // run after this sweep and would leave the page writable behind an
+        // armed model. It stays dirty, reported again next sweep.
+        for page in pagesInFlight(in: nil, besides: tid) { busy.insert(AddressRange(start: page, end: page + Page.size)) }
+        // Buffers of io_uring requests not yet completed: the kernel writes them later.
+        busy.formUnion(ioUringBuffersInFlight())
+        var changes: [ProtectionChange] = []
+        for planned in memory.rearmPlan() {
+            // Buffers another thread's blocked call will still write stay
+            // writable (and dirty, so reported again): re-arming them now would
+            // turn its copy-out into EFAULT (hazard 1).
+            var pieces = PageSet([planned.range])
+            for b in busy.intersection(planned.range).ranges { pieces.remove(b) }
+            changes += pieces.ranges.map { ProtectionChange(range: $0, protection: planned.protection) }
+        }
+        for (change, result) in zip(changes, try injector.protectAll(changes, thread)) {
+            if result == 0 {
+                memory.markArmed(change.range)
+            } else if result == -Int64(Errno.ENOMEM.rawValue) {
+                // vm.max_map_count (hazard 12), possibly applied in part: give
+                // the region its program protection everywhere; its pages stay
+                // dirty and are reported again next sweep (never missed).
+                try unarmRegion(containing: change.range.start, thread)
+            } else {
+                throw ProcessInjector.mprotectFailed(result, at: change.range.start, tid: tid)
+            }
+        }
+        memory.clearPinnedDirty()
+        memory.clearReadOnlyDirty()
+        copyContents(dirty: dirty, tid: tid)
+        publishForGuardian()
+        emitSweep(reason: reason, dirty: dirty)
+    }
+
+    /// An interval sweep with no thread to run code in: report what is known.
+    /// Dirty pages stay unarmed and dirty, so they are reported again next
+    /// time: extra pages, never a missed one.
+    func reportOnlySweep(reason: SweepReason) throws {
+        pendingSweep = nil
+        try refreshMaps()
+        checkContents(tid: liveThread())
+        let dirty = memory.dirtyPages()
+        memory.clearPinnedDirty()
+        emitSweep(reason: reason, dirty: dirty, reportedAgain: true)
+    }
+
+    /// The last sweep: report without re-arming (the program is exiting).
+    func finalSweep(reason: SweepReason) throws {
+        finalSweepDone = true
+        pendingSweep = nil
+        try? refreshMaps()
+        checkContents(tid: liveThread())
+        emitSweep(reason: reason, dirty: memory.dirtyPages())
+    }
+
+    /// `reported again`: the pages stay dirty for the next sweep (nothing
+    /// was re-armed), so their writers are kept.
+    func emitSweep(reason: SweepReason, dirty: PageSet, reportedAgain: Bool = false) {
+        sweeps += 1
+        if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
+        let sites = attribution.sites(of: dirty, pinned: memory.pinned, reportedAgain: reportedAgain)
+        var record = SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
+                                 ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
+        noteRearming(&record, dirty: dirty, reportOnly: reportedAgain)
+        emit(.sweep(record))
+        faultsThisInterval = 0
+    }
+
+    /// The output buffers of the calls other threads are in now: those
+    /// PageWatch un-armed at their entry, and those of the calls /proc/PID/
+    /// task/TID/syscall shows them blocked in; and the words exiting threads
+    /// have yet to write; page-aligned.
+    func outputsOfBlockedCalls(excluding tid: Int32) -> PageSet {
+        var busy = PageSet()
+        for (other, state) in threads {
+            if other != tid { for r in state.syscall.callOutputs?.ranges ?? [] { busy.insert(r) } }
+            if !state.exitWords.kept.isEmpty {
+                if exitWritesDone(state) {
+                    state.exitWords.kept = []  // written: re-armed like any other page from now on
+                } else {
+                    for r in state.exitWords.kept { busy.insert(r.pageAligned) }
+                }
+            }
+        }
+        for other in threads.keys where other != tid {
+            guard case let .inSyscall(number, arguments) = ProcFS.activity(pid: liveThread(), tid: other),
+                  let call = Arch.syscall(number: number) else { continue }
+            let outputs = SyscallOutputs(read: { a, n in (try? Ptrace.readMemory(other, a, count: n)) ?? [] })
+            for r in outputs.ranges(call, arguments) ?? [] { busy.insert(r.pageAligned) }
+        }
+        return busy
+    }
+
+    /// The pages threads were sent to un-arm through their trampoline slots
+    /// and not seen since (in `range`, but `tid`'s): writable in the model,
+    /// but their `mprotect` may not have run yet. Not those whose slot says
+    /// it has (its result word, 0): that thread is past the call, and a
+    /// sweep may re-arm the page (else a thread that blocks right after its
+    /// last fault, as at a barrier, had that page reported again at every
+    /// sweep, never written).
+    func pagesInFlight(in range: AddressRange?, besides tid: Int32? = nil) -> [RemoteAddress] {
+        threads.compactMap { other, state -> RemoteAddress? in
+            guard other != tid, let page = state.trampoline.page,
+                  range.map({ $0.pageAligned.contains(page) }) ?? true, case .writable = memory.state(of: page),
+                  !slotCallSucceeded(state) else { return nil }
+            return page
+        }
+    }
+
+    /// Whether `tid`'s slot has run its `mprotect`, successfully.
+    func slotCallSucceeded(_ thread: TrackedThread) -> Bool {
+        let tid = thread.tid
+        guard let slot = thread.trampoline.slot, let slots = injector.slots else { return false }
+        return (try? slots.result(slot, tid: tid)) == 0
+    }
+
+    /// Re-reads `/proc/PID/maps`: new selected mappings become tracked (and
+    /// dirty), vanished ones are forgotten.
+    func refreshMaps() throws {
+        // Through a live thread: once the main thread has exited, /proc/PID/maps is empty.
+        let maps = try ProcFS.maps(of: liveThread())
+        // Empty: the thread read through has just exited (its mm is gone),
+        // not a process without memory. Taken as is, every tracked page would
+        // be forgotten and every frame left unnamed.
+        guard !maps.isEmpty else { return }
+        // PageWatch's own scratch pages (the trampoline's data page is writable) are never tracked.
+        let programs = maps.filter { m in injector.remote.map { !$0.scratch.contains(m.range.start) } ?? true }
+        // A page a thread was sent to un-arm through its trampoline slot is
+        // writable in the model, but the thread may not have run the slot's
+        // mprotect yet: maps can still show it armed, which reconcile would
+        // take for the program's own protection (and drop a read-only page
+        // from tracking: the thread's write then faults on an untracked
+        // page and kills it). Reconciled as armed, un-armed again after.
+        let inFlight = pagesInFlight(in: nil)
+        for page in inFlight { memory.markArmedKeepingDirty(AddressRange(start: page, end: page + Page.size)) }
+        memory.reconcile(maps: programs, selection: config.selection, stackAnchors: stackAnchors)
+        for page in inFlight {
+            if case .armed = memory.state(of: page) { memory.markWritten(page) }
+        }
+        publishForGuardian()
+        attribution.mapsRead(maps)
+    }
+
+    /// Every region with armed pages gets the program's protection back
+    /// (detach, untracked), in one injection.
+    func giveBackProtections(_ thread: TrackedThread) throws {
+        let tid = thread.tid
+        let changes = armedRegions()
+        for (change, result) in zip(changes, try injector.protectAll(changes, thread)) where result != 0 {
+            throw ProcessInjector.mprotectFailed(result, at: change.range.start, tid: tid)
+        }
+    }
+
+    /// Gives up tracking this process without changing it: a last sweep
+    /// (reason `untracked`) reports what was written, every armed page gets
+    /// the program's protection back, and an `untracked` record says why.
+    func stopTracking(because reason: String, _ thread: TrackedThread) throws {
+        try settleAllTrampolines()
+        try? refreshMaps()
+        try giveBackProtections(thread)
+        try absorbHeldFaults(thread)
+        let dirty = memory.dirtyPages()
+        pendingSweep = nil
+        finalSweepDone = true
+        emitSweep(reason: .untracked, dirty: dirty)
+        emit(.untracked(pid: pid, reason: reason, timeNs: wallClockNs()))
+        releasedRanges = memory.trackedRanges
+        memory.reset()
+        trackingStopped = true
+    }
+
+    /// After tracking stopped: whether `tid`'s SIGSEGV is a write fault on
+    /// a page that was armed, taken before the protections were given back
+    /// and reported after (another thread, in a multithreaded program). Its
+    /// write can now run: the signal is dropped, once per thread and address
+    /// (a repeat, or a page the program keeps without write, is its own).
+    func isReleasedPageFault(_ tid: Int32) -> Bool {
+        guard let info = try? Ptrace.signalInfo(tid), info.code == SignalInfo.SEGV_ACCERR,
+              releasedRanges.contains(info.faultAddress), releasedFaults[tid] != info.faultAddress,
+              let maps = try? ProcFS.maps(of: pid),
+              maps.first(where: { $0.range.contains(info.faultAddress) })?.protection.contains(.write) == true else { return false }
+        releasedFaults[tid] = info.faultAddress
+        return true
+    }
+}
