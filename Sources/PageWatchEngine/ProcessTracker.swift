@@ -1,6 +1,7 @@
 import Glibc
 import PageWatchAddressSpace
 import PageWatchAttribution
+import PageWatchLog
 import PageWatchPtrace
 
 /// Per-thread bookkeeping of the event loop. A class: the fault path reads

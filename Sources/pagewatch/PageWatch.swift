@@ -2,6 +2,7 @@ import ArgumentParser
 import Glibc
 import PageWatchAddressSpace
 import PageWatchEngine
+import PageWatchLog
 import PageWatchPtrace
 import PageWatchReport
 

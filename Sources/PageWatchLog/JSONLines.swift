@@ -1,6 +1,4 @@
 import PageWatchAddressSpace
-import PageWatchAttribution
-import PageWatchEngine
 
 /// Encodes log records as JSON Lines, schema `pagewatch/1` (docs/format.md).
 /// Written by hand so the field order is stable and the encoding cheap.
@@ -53,7 +51,7 @@ public enum JSONLines {
 
     /// A sweep lists every dirty range, and each site's: megabytes for
     /// scattered pages, so it is built as bytes in one buffer (interpolating
-    /// two hex Strings a range cost about a microsecond, issue 6).
+    /// two hex Strings a range cost about a microsecond).
     static func sweep(_ s: SweepRecord, newline: Bool) -> String {
         var out: [UInt8] = []
         out.reserveCapacity(160 + 40 * s.ranges.count)

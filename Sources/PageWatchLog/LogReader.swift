@@ -1,8 +1,6 @@
 import Foundation
 import Glibc
 import PageWatchAddressSpace
-import PageWatchAttribution
-import PageWatchEngine
 
 /// A `pagewatch/1` log read back into typed values (docs/format.md): the
 /// program's `start`, then every tracked process with its own sweeps.
