@@ -108,7 +108,7 @@ let package = Package(
         .executableTarget(
             name: "pagewatch",
             dependencies: [
-                "PageWatchEngine", "PageWatchReport", "PageWatchLog", "PageWatchPtrace", "PageWatchAddressSpace",
+                "PageWatchEngine", "PageWatchReport", "PageWatchLog", "PageWatchPtrace",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
