@@ -4,6 +4,8 @@ import PageWatchAddressSpace
 /// Written by hand so the field order is stable and the encoding cheap.
 public enum JSONLines {
     public static let schema = "pagewatch/1"
+    // `start` also carries `PageWatchVersion.current`: like the schema, a
+    // property of the writer, not of what the engine saw.
 
     /// The record's line, newline included: what a log holds.
     public static func line(_ record: LogRecord) -> String {
@@ -16,7 +18,7 @@ public enum JSONLines {
         case let .start(pid, pageSize, command, tracked, timeNs, selectedPages):
             return "{\"type\":\"start\",\"schema\":\"\(schema)\",\"pid\":\(pid),\"page_size\":\(pageSize),"
                 + "\"command\":\(array(command)),\"tracked\":\(array(tracked)),\"time_ns\":\(timeNs),"
-                + "\"selected_pages\":\(selectedPages)}"
+                + "\"selected_pages\":\(selectedPages),\"pagewatch_version\":\(string(PageWatchVersion.current))}"
         case let .exec(pid, path, timeNs):
             return "{\"type\":\"exec\",\"pid\":\(pid),\"path\":\(string(path)),\"time_ns\":\(timeNs)}"
         case let .sweep(s):

@@ -1,11 +1,13 @@
 import ArgumentParser
 import Glibc
+import PageWatchLog
 
 @main
 struct PageWatch: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "pagewatch",
         abstract: "Report which memory pages a process writes, on any Linux kernel (ptrace + mprotect).",
+        version: PageWatchVersion.current,
         subcommands: [Run.self, Attach.self, Report.self, GuardianCommand.self]
     )
 

@@ -7,7 +7,7 @@ import PageWatchAddressSpace
     @Test func encodesTheStartRecordExactly() {
         let line = JSONLines.encode(.start(pid: 42, pageSize: 4096, command: ["/bin/echo", "a \"b\"\n"],
                                            tracked: ["writable", "0x1000-0x2000"], timeNs: 7, selectedPages: 3))
-        #expect(line == #"{"type":"start","schema":"pagewatch/1","pid":42,"page_size":4096,"command":["/bin/echo","a \"b\"\n"],"tracked":["writable","0x1000-0x2000"],"time_ns":7,"selected_pages":3}"#)
+        #expect(line == #"{"type":"start","schema":"pagewatch/1","pid":42,"page_size":4096,"command":["/bin/echo","a \"b\"\n"],"tracked":["writable","0x1000-0x2000"],"time_ns":7,"selected_pages":3,"pagewatch_version":"\#(PageWatchVersion.current)"}"#)
     }
 
     @Test func encodesSweepAndEnd() {
