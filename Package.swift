@@ -7,11 +7,12 @@ import PackageDescription
 //   CLibUnwind, CLibDW      system libraries: libunwind-ptrace (remote unwinding), elfutils libdw (DWARF lines)
 //   CUnwind                 thin C: libunwind's macro API and its accessor callbacks (a process_vm_readv page cache)
 //   PageWatchAddressSpace   pure Swift: RemoteAddress, AddressRange, Mapping, maps parser, PageSet
+//   PageWatchLog            pure Swift: the log's records (sweeps, write sites, frames), JSON Lines out and in, signal names
 //   PageWatchPtrace         Tracee, StopEvent, RemoteSyscall, per-arch registers
 //   PageWatchAttribution    Unwinder (the writer's call stack at a stop), Symbolizer (ELF symbols, demangling, lines)
 //   PageWatchEngine         selection, tracked regions, the event loop, sweeps, injection and
 //                           attach policy (slots, guardian state; CPtrace for its shared memory)
-//   PageWatchReport         JSON Lines log and the human summary
+//   PageWatchReport         the human summary and `pagewatch report` (text, folded, html); reads logs only, no ptrace
 //   PageWatchKit            the library for test authors: run a program, get its write events and sweeps
 //   pagewatch               the CLI (swift-argument-parser), thin
 
@@ -88,7 +89,8 @@ let package = Package(
     targets: [
         .target(name: "CPtrace"),
         .target(name: "PageWatchAddressSpace"),
-        .target(name: "PageWatchPtrace", dependencies: ["CPtrace", "PageWatchAddressSpace"]),
+        .target(name: "PageWatchLog", dependencies: ["PageWatchAddressSpace"]),
+        .target(name: "PageWatchPtrace", dependencies: ["CPtrace", "PageWatchAddressSpace", "PageWatchLog"]),
         .systemLibrary(name: "CLibUnwind", pkgConfig: "libunwind-ptrace", providers: [.apt(["libunwind-dev"])]),
         .systemLibrary(name: "CLibDW", pkgConfig: "libdw", providers: [.apt(["libdw-dev"])]),
         .target(
@@ -98,16 +100,16 @@ let package = Package(
             linkerSettings: [.linkedLibrary("lzma")]
         ),
         .target(name: "PageWatchAttribution",
-                dependencies: ["CUnwind", "CLibDW", "PageWatchPtrace", "PageWatchAddressSpace"]),
+                dependencies: ["CUnwind", "CLibDW", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog"]),
         .target(name: "PageWatchEngine",
-                dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace", "CPtrace"]),
-        .target(name: "PageWatchReport", dependencies: ["PageWatchEngine", "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace"]),
+                dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog", "CPtrace"]),
+        .target(name: "PageWatchReport", dependencies: ["PageWatchLog", "PageWatchAddressSpace"]),
         .target(name: "PageWatchKit",
-                dependencies: ["PageWatchEngine", "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace"]),
+                dependencies: ["PageWatchEngine", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog"]),
         .executableTarget(
             name: "pagewatch",
             dependencies: [
-                "PageWatchEngine", "PageWatchReport",
+                "PageWatchEngine", "PageWatchReport", "PageWatchLog", "PageWatchPtrace",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -115,9 +117,10 @@ let package = Package(
         .testTarget(name: "PageWatchPtraceTests",
                     dependencies: ["PageWatchPtrace", "PageWatchEngine", "fx_blocked_read", "fx_sleeper", "fx_futex_wait"]),
         .testTarget(name: "PageWatchAttributionTests",
-                    dependencies: ["PageWatchAttribution", "PageWatchPtrace", "CUnwind", "fx_callsites"]),
-        .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine"]),
-        .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport"]),
+                    dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchLog", "CUnwind", "fx_callsites"]),
+        .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine", "PageWatchLog"]),
+        .testTarget(name: "PageWatchLogTests", dependencies: ["PageWatchLog"]),
+        .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport", "PageWatchLog"]),
         .testTarget(name: "PageWatchKitTests",
                     dependencies: ["PageWatchKit", "fx_writers", "fx_phases", "fx_syscall_out", "fx_threads", "fx_exit3", "fx_sleeper"]),
         .testTarget(

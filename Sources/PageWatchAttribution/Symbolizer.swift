@@ -1,35 +1,6 @@
 import Glibc
 import PageWatchAddressSpace
-
-/// One symbolized stack frame.
-public struct Frame: Sendable, Equatable {
-    public var ip: UInt64
-    /// The path of the mapping holding `ip` (`[vdso]` included); nil for anonymous memory.
-    public var module: String?
-    /// The file offset of `ip` in `module`.
-    public var offset: UInt64?
-    /// Demangled function name; nil when no symbol covers `ip`.
-    public var function: String?
-    public var file: String?
-    public var line: Int?
-
-    public init(ip: UInt64, module: String? = nil, offset: UInt64? = nil, function: String? = nil,
-                file: String? = nil, line: Int? = nil) {
-        self.ip = ip
-        self.module = module
-        self.offset = offset
-        self.function = function
-        self.file = file
-        self.line = line
-    }
-
-    /// The function if known, else `module+0xOFFSET`, else `0xIP`.
-    public var display: String {
-        if let function { return function }
-        if let module, let offset { return "\(module)+0x\(String(offset, radix: 16))" }
-        return "0x\(String(ip, radix: 16))"
-    }
-}
+import PageWatchLog
 
 /// Names instruction pointers: module, function (ELF `.symtab`, a separate
 /// debug file's `.symtab`, or `.dynsym`), demangled, and file and line from

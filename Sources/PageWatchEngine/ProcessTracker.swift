@@ -1,6 +1,7 @@
 import Glibc
 import PageWatchAddressSpace
 import PageWatchAttribution
+import PageWatchLog
 import PageWatchPtrace
 
 /// One traced process whose memory PageWatch tracks: the program, or with

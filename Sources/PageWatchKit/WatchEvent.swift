@@ -1,5 +1,6 @@
 import PageWatchAddressSpace
 import PageWatchEngine
+import PageWatchLog
 
 /// What happens while a `WatchedProgram` runs, in order.
 public enum WatchEvent: Sendable, Equatable {

@@ -1,16 +1,16 @@
 import Glibc
 import PageWatchAddressSpace
-import PageWatchAttribution
 import PageWatchEngine
+import PageWatchLog
 import PageWatchPtrace
 
 /// A symbolized stack frame: `function`, `module`, `offset`, `file`, `line`,
-/// each when known (`PageWatchAttribution.Frame`).
-public typealias Frame = PageWatchAttribution.Frame
+/// each when known (`PageWatchLog.Frame`).
+public typealias Frame = PageWatchLog.Frame
 /// How the program ended: `.exited(code:)` or `.killed(signal:)`, and its `shellStatus`.
-public typealias ProgramEnd = PageWatchEngine.ProgramEnd
+public typealias ProgramEnd = PageWatchLog.ProgramEnd
 /// Why a sweep happened: `.signal` (the sweep signal), `.interval`, `.exit` (the last one), `.untracked`.
-public typealias SweepReason = PageWatchEngine.SweepReason
+public typealias SweepReason = PageWatchLog.SweepReason
 /// Why tracing failed: `.execFailed(path:_:)` when the program cannot be run, else the call that failed.
 public typealias TraceError = PageWatchPtrace.TraceError
 

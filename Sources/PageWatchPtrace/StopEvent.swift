@@ -1,3 +1,5 @@
+import PageWatchLog
+
 /// `PTRACE_EVENT_*` stops.
 public enum PtraceEvent: Int32, Sendable {
     case fork = 1, vfork = 2, clone = 3, exec = 4, vforkDone = 5, exit = 6, seccomp = 7
@@ -69,30 +71,10 @@ public enum Signal {
         SIGURG: Int32 = 23, SIGXCPU: Int32 = 24, SIGXFSZ: Int32 = 25, SIGVTALRM: Int32 = 26,
         SIGPROF: Int32 = 27, SIGWINCH: Int32 = 28, SIGIO: Int32 = 29, SIGPWR: Int32 = 30, SIGSYS: Int32 = 31
 
-    public static let names: [(String, Int32)] = [
-        ("HUP", 1), ("INT", 2), ("QUIT", 3), ("ILL", 4), ("TRAP", 5), ("ABRT", 6), ("BUS", 7), ("FPE", 8),
-        ("KILL", 9), ("USR1", 10), ("SEGV", 11), ("USR2", 12), ("PIPE", 13), ("ALRM", 14), ("TERM", 15),
-        ("STKFLT", 16), ("CHLD", 17), ("CONT", 18), ("STOP", 19), ("TSTP", 20), ("TTIN", 21), ("TTOU", 22),
-        ("URG", 23), ("XCPU", 24), ("XFSZ", 25), ("VTALRM", 26), ("PROF", 27), ("WINCH", 28), ("IO", 29),
-        ("PWR", 30), ("SYS", 31),
-    ]
+    // The names are PageWatchLog's (`SignalNames`): the reports name signals too.
 
     /// `USR2`, `SIGUSR2`, `sigusr2`, `12`, `RTMIN+3` → the number; nil if unknown.
-    public static func parse(_ text: String) -> Int32? {
-        if let n = Int32(text) { return (1...64).contains(n) ? n : nil }
-        var t = text.uppercased()
-        if t.hasPrefix("SIG") { t.removeFirst(3) }
-        if let hit = names.first(where: { $0.0 == t }) { return hit.1 }
-        if t == "RTMIN" { return 34 }
-        if t == "RTMAX" { return 64 }
-        if t.hasPrefix("RTMIN+"), let k = Int32(t.dropFirst(6)), (0...30).contains(k) { return 34 + k }
-        if t.hasPrefix("RTMAX-"), let k = Int32(t.dropFirst(6)), (0...30).contains(k) { return 64 - k }
-        return nil
-    }
+    public static func parse(_ text: String) -> Int32? { SignalNames.number(text) }
 
-    public static func name(_ n: Int32) -> String {
-        if let hit = names.first(where: { $0.1 == n }) { return "SIG" + hit.0 }
-        if n >= 34 && n <= 64 { return n == 34 ? "SIGRTMIN" : "SIGRTMIN+\(n - 34)" }
-        return "signal \(n)"
-    }
+    public static func name(_ n: Int32) -> String { SignalNames.name(n) }
 }

@@ -1,4 +1,5 @@
 import PageWatchAddressSpace
+import PageWatchLog
 
 /// The columns of the HTML page map: the address space as the log shows
 /// it, every page some sweep reported (sweep 1 reports all that is

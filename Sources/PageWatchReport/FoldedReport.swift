@@ -1,4 +1,4 @@
-import PageWatchAttribution
+import PageWatchLog
 
 /// `pagewatch report --format folded`: the collapsed-stack format that
 /// flamegraph.pl, inferno and speedscope read: `outer;...;inner COUNT`, one

@@ -1,4 +1,5 @@
 import PageWatchAddressSpace
+import PageWatchLog
 
 /// `pagewatch report --format html`: one self-contained page (inline CSS,
 /// inline SVG, a few lines of script, nothing fetched) with the dirty rate

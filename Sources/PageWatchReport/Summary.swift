@@ -1,6 +1,5 @@
 import PageWatchAddressSpace
-import PageWatchEngine
-import PageWatchPtrace
+import PageWatchLog
 
 /// The human summary printed to stderr when no `--output` is given.
 public struct Summary {
@@ -73,7 +72,7 @@ public struct Summary {
     func ended(_ end: ProgramEnd?) -> String {
         switch end {
         case .exited(let c)?: return "exited with status \(c)"
-        case .killed(let s)?: return "killed by \(Signal.name(s))"
+        case .killed(let s)?: return "killed by \(SignalNames.name(s))"
         case nil: return "still running"
         }
     }

@@ -1,4 +1,4 @@
-import PageWatchAttribution
+import PageWatchLog
 
 /// `pagewatch report --format text`: the run's summary, a table of sweeps,
 /// the dirty rate, and the top writers in the manner of `perf report --stdio`.

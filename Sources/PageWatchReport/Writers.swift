@@ -1,7 +1,5 @@
 import PageWatchAddressSpace
-import PageWatchAttribution
-import PageWatchEngine
-import PageWatchPtrace
+import PageWatchLog
 
 /// One writer of a process over the whole log: the sites of every sweep
 /// with the same call stack, summed. Same frames = same writer (ip, module,
@@ -189,7 +187,7 @@ enum Format {
 
     static func ending(_ e: LoggedEnding?) -> String {
         guard let e else { return "no end record: the log is incomplete" }
-        if let s = e.signal { return "killed by \(Signal.name(s)) (status \(e.exitStatus))" }
+        if let s = e.signal { return "killed by \(SignalNames.name(s)) (status \(e.exitStatus))" }
         return "exited with status \(e.exitStatus)"
     }
 }

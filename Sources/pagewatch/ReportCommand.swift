@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import PageWatchLog
 import PageWatchPtrace
 import PageWatchReport
 

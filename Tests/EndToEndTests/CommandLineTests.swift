@@ -90,6 +90,23 @@ import Testing
         #expect(r.stdout.contains("PTRACE_O_EXITKILL"))
     }
 
+    /// `--version` prints the one version string, the same that every log's
+    /// `start` record carries as `pagewatch_version`.
+    @Test func versionIsTheOneTheLogCarries() throws {
+        let r = try pagewatch(["--version"])
+        #expect(r.status == 0)
+        #expect(r.stderr.isEmpty)
+        let version = r.stdout.trimmingCharacters(in: .newlines)
+        #expect(r.stdout == version + "\n")
+        #expect(version.split(separator: ".").count == 3 && version.split(separator: ".").allSatisfy { UInt($0) != nil })
+        let log = Harness.temporaryPath("version.jsonl")
+        let run = try pagewatch(["run", "--interval", "0", "--output", log, "--", "/bin/true"])
+        #expect(run.status == 0)
+        let start = try #require(try Harness.readLog(log).first)
+        #expect(start["type"] as? String == "start")
+        #expect(start["pagewatch_version"] as? String == version)
+    }
+
     @Test func unwritableOutputIsAClearError() throws {
         let r = try pagewatch(["run", "--output", "/nonexistent/dir/log.jsonl", "--", "/bin/true"])
         #expect(r.status == 1)

@@ -2,6 +2,7 @@ import CUnwind
 import Glibc
 import Testing
 import PageWatchAddressSpace
+import PageWatchLog
 import PageWatchPtrace
 @testable import PageWatchAttribution
 

@@ -1,6 +1,6 @@
 import Testing
 import PageWatchAddressSpace
-import PageWatchAttribution
+import PageWatchLog
 @testable import PageWatchEngine
 
 /// The ledger's chunked page → writer map against a dictionary a page.

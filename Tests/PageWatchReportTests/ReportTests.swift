@@ -1,8 +1,7 @@
 import Foundation
 import Testing
 import PageWatchAddressSpace
-import PageWatchAttribution
-import PageWatchEngine
+@testable import PageWatchLog
 @testable import PageWatchReport
 
 /// A small log, written by the real encoder: two sweeps of the program with

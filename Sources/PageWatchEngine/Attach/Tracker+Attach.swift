@@ -1,5 +1,6 @@
 import Glibc
 import PageWatchAddressSpace
+import PageWatchLog
 import PageWatchPtrace
 
 /// `pagewatch attach` (issue 4): take a running process, track it, and

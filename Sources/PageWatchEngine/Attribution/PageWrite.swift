@@ -1,5 +1,5 @@
 import PageWatchAddressSpace
-import PageWatchAttribution
+import PageWatchLog
 
 /// One recorded page write, handed to `Tracker.writeObserver` as it happens
 /// (PageWatchKit's write events): the first write to a tracked page since

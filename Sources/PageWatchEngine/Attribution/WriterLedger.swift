@@ -1,5 +1,5 @@
 import PageWatchAddressSpace
-import PageWatchAttribution
+import PageWatchLog
 
 /// Who wrote a page (issue 5): a store by the program, stopped at its fault,
 /// or the kernel on the program's behalf (hazards 1, 2, 4), at the call site.
@@ -15,24 +15,6 @@ struct Writer: Hashable {
 struct FrameKey: Hashable {
     var ip: UInt64
     var isReturnAddress: Bool
-}
-
-/// One writer's share of a sweep: the `sites` of the log.
-public struct WriteSite: Sendable, Equatable {
-    public var pages: UInt64
-    public var faults: Int
-    /// Which pages: sorted, coalesced, like a sweep's.
-    public var ranges: [AddressRange]
-    /// Innermost first. A pseudo-frame (`[kernel] read`, `[unseen]`,
-    /// `[pinned]`) has only a function name and `ip` 0.
-    public var frames: [Frame]
-
-    public init(pages: UInt64, faults: Int, ranges: [AddressRange], frames: [Frame]) {
-        self.pages = pages
-        self.faults = faults
-        self.ranges = ranges
-        self.frames = frames
-    }
 }
 
 /// The writer of every page dirtied since the last sweep, recorded on the

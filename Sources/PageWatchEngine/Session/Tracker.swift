@@ -1,6 +1,7 @@
 import Glibc
 import PageWatchAddressSpace
 import PageWatchAttribution
+import PageWatchLog
 import PageWatchPtrace
 
 /// What `pagewatch run` was asked to do.

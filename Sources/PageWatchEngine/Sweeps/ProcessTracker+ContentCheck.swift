@@ -1,5 +1,6 @@
 import Glibc
 import PageWatchAddressSpace
+import PageWatchLog
 import PageWatchPtrace
 
 /// `--verify-contents`: PageWatch's own copy of every armed page, taken when

@@ -1,5 +1,6 @@
 import Glibc
 import PageWatchAddressSpace
+import PageWatchLog
 import PageWatchPtrace
 
 /// Sweeps on time whatever the stop rate. A busy program (thousands of

@@ -19,7 +19,7 @@ public struct SweepRecord: Sendable, Equatable {
     /// Sorted, coalesced, half-open, page-aligned.
     public var ranges: [AddressRange]
     public var faults: Int
-    /// Who wrote the pages (issue 5), most pages first; nil when
+    /// Who wrote the pages, most pages first; nil when
     /// attribution is off (`--stack-depth 0`).
     public var sites: [WriteSite]?
     /// False for a sweep that could re-arm nothing (no thread to run code
@@ -86,7 +86,7 @@ public enum LogRecord: Sendable, Equatable {
 }
 
 /// CLOCK_REALTIME in nanoseconds, for `time_ns`.
-func wallClockNs() -> UInt64 {
+public func wallClockNs() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_REALTIME, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)

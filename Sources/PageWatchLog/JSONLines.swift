@@ -1,11 +1,11 @@
 import PageWatchAddressSpace
-import PageWatchAttribution
-import PageWatchEngine
 
 /// Encodes log records as JSON Lines, schema `pagewatch/1` (docs/format.md).
 /// Written by hand so the field order is stable and the encoding cheap.
 public enum JSONLines {
     public static let schema = "pagewatch/1"
+    // `start` also carries `PageWatchVersion.current`: like the schema, a
+    // property of the writer, not of what the engine saw.
 
     /// The record's line, newline included: what a log holds.
     public static func line(_ record: LogRecord) -> String {
@@ -18,7 +18,7 @@ public enum JSONLines {
         case let .start(pid, pageSize, command, tracked, timeNs, selectedPages):
             return "{\"type\":\"start\",\"schema\":\"\(schema)\",\"pid\":\(pid),\"page_size\":\(pageSize),"
                 + "\"command\":\(array(command)),\"tracked\":\(array(tracked)),\"time_ns\":\(timeNs),"
-                + "\"selected_pages\":\(selectedPages)}"
+                + "\"selected_pages\":\(selectedPages),\"pagewatch_version\":\(string(PageWatchVersion.current))}"
         case let .exec(pid, path, timeNs):
             return "{\"type\":\"exec\",\"pid\":\(pid),\"path\":\(string(path)),\"time_ns\":\(timeNs)}"
         case let .sweep(s):
@@ -53,7 +53,7 @@ public enum JSONLines {
 
     /// A sweep lists every dirty range, and each site's: megabytes for
     /// scattered pages, so it is built as bytes in one buffer (interpolating
-    /// two hex Strings a range cost about a microsecond, issue 6).
+    /// two hex Strings a range cost about a microsecond).
     static func sweep(_ s: SweepRecord, newline: Bool) -> String {
         var out: [UInt8] = []
         out.reserveCapacity(160 + 40 * s.ranges.count)

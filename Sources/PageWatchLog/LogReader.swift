@@ -1,8 +1,6 @@
 import Foundation
 import Glibc
 import PageWatchAddressSpace
-import PageWatchAttribution
-import PageWatchEngine
 
 /// A `pagewatch/1` log read back into typed values (docs/format.md): the
 /// program's `start`, then every tracked process with its own sweeps.
@@ -15,6 +13,9 @@ public struct ParsedLog: Sendable {
     public var tracked: [String]
     /// The `start` record's `selected_pages`; nil in logs written before it existed.
     public var selectedPages: UInt64?
+    /// The `start` record's `pagewatch_version`: the PageWatch that wrote
+    /// the log; nil in logs written before it existed.
+    public var pagewatchVersion: String?
     public var startNs: UInt64
     /// The program first, then each followed process in the order its `fork` record came.
     public var processes: [LoggedProcess]
@@ -295,6 +296,10 @@ struct Record {
         return s
     }
 
+    func optionalString(_ name: String) throws(LogReadError) -> String? {
+        fields[name] == nil ? nil : try string(name)
+    }
+
     func strings(_ name: String) throws(LogReadError) -> [String] {
         guard let value = fields[name] else { throw fail(.missingField(record: type, field: name)) }
         guard let items = value as? [Any], let s = items as? [String] else {
@@ -364,7 +369,8 @@ struct Record {
         let pid: Int32 = try integer("pid")
         let startNs: UInt64 = try integer("time_ns")
         return ParsedLog(source: source, pid: pid, pageSize: try integer("page_size"), command: try strings("command"),
-                         tracked: try strings("tracked"), selectedPages: try optionalInteger("selected_pages"), startNs: startNs,
+                         tracked: try strings("tracked"), selectedPages: try optionalInteger("selected_pages"),
+                         pagewatchVersion: try optionalString("pagewatch_version"), startNs: startNs,
                          processes: [LoggedProcess(pid: pid, parent: nil, beginNs: startNs)], end: nil)
     }
 

@@ -1,15 +1,13 @@
 import Foundation
 import Testing
 import PageWatchAddressSpace
-import PageWatchEngine
-import PageWatchAttribution
-@testable import PageWatchReport
+@testable import PageWatchLog
 
 @Suite struct JSONLinesTests {
     @Test func encodesTheStartRecordExactly() {
         let line = JSONLines.encode(.start(pid: 42, pageSize: 4096, command: ["/bin/echo", "a \"b\"\n"],
                                            tracked: ["writable", "0x1000-0x2000"], timeNs: 7, selectedPages: 3))
-        #expect(line == #"{"type":"start","schema":"pagewatch/1","pid":42,"page_size":4096,"command":["/bin/echo","a \"b\"\n"],"tracked":["writable","0x1000-0x2000"],"time_ns":7,"selected_pages":3}"#)
+        #expect(line == #"{"type":"start","schema":"pagewatch/1","pid":42,"page_size":4096,"command":["/bin/echo","a \"b\"\n"],"tracked":["writable","0x1000-0x2000"],"time_ns":7,"selected_pages":3,"pagewatch_version":"\#(PageWatchVersion.current)"}"#)
     }
 
     @Test func encodesSweepAndEnd() {
@@ -44,54 +42,11 @@ import PageWatchAttribution
                 == #"{"type":"exit","pid":43,"exit_status":5,"sweeps":3,"faults":2,"time_ns":12}"#)
     }
 
-    @Test func summaryListsFollowedProcessesApartFromTheProgram() {
-        var summary = Summary()
-        summary.add(.start(pid: 5, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: 0))
-        summary.add(.fork(pid: 6, parent: 5, timeNs: 1))
-        summary.add(.sweep(SweepRecord(seq: 1, pid: 6, reason: .exit, timeNs: 2, ranges: [AddressRange(0, 3 * 4096)], faults: 2)))
-        summary.add(.exit(pid: 6, end: .exited(code: 5), sweeps: 1, faults: 2, timeNs: 3))
-        summary.add(.sweep(SweepRecord(seq: 1, pid: 5, reason: .exit, timeNs: 4, ranges: [AddressRange(0, 4096)], faults: 1)))
-        summary.add(.end(pid: 5, end: .exited(code: 0), sweeps: 1, faults: 1, timeNs: 5))
-        let text = summary.render()
-        #expect(text.contains("total: 1 sweeps, 1 dirty pages"))
-        #expect(text.contains("process 6 (forked by 5): 3 dirty pages, 2 write faults, exited with status 5"))
-        #expect(text.contains("program exited with status 0"))
-    }
-
-    @Test func summaryOfAnAttachSaysSoAndEndsWithTheDetach() {
-        var summary = Summary()
-        summary.add(.start(pid: 7, pageSize: 4096, command: ["server"], tracked: ["writable"], timeNs: 0))
-        summary.add(.attach(pid: 7, threads: 3, timeNs: 1))
-        summary.add(.sweep(SweepRecord(seq: 1, pid: 7, reason: .attach, timeNs: 2, ranges: [AddressRange(0, 4096)], faults: 0)))
-        summary.add(.sweep(SweepRecord(seq: 2, pid: 7, reason: .detach, timeNs: 3, ranges: [], faults: 0)))
-        summary.add(.detach(pid: 7, sweeps: 2, faults: 0, timeNs: 4))
-        let text = summary.render()
-        #expect(text.hasPrefix("pagewatch: attached to pid 7 server\n"))
-        #expect(text.contains("detached; the program runs on"))
-        #expect(JSONLines.encode(.detach(pid: 7, sweeps: 2, faults: 0, timeNs: 4))
-                == #"{"type":"detach","pid":7,"sweeps":2,"faults":0,"time_ns":4}"#)
-        #expect(JSONLines.encode(.attach(pid: 7, threads: 3, timeNs: 1)) == #"{"type":"attach","pid":7,"threads":3,"time_ns":1}"#)
-    }
-
     @Test func escapedStringsRoundTripThroughAJSONParser() throws {
         let nasty = "tab\t nl\n cr\r quote\" backslash\\ ctl\u{01}\u{1f} unicode é ✓"
         let line = JSONLines.encode(.exec(pid: 1, path: nasty, timeNs: 2))
         let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
         #expect(obj?["path"] as? String == nasty)
         #expect(obj?["type"] as? String == "exec")
-    }
-
-    @Test func summaryShowsEverySweepAndTheEnd() {
-        var summary = Summary()
-        summary.add(.start(pid: 5, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: 0))
-        summary.add(.sweep(SweepRecord(seq: 1, pid: 5, reason: .interval, timeNs: 1,
-                                       ranges: [AddressRange(0, 256 * 4096)], faults: 0)))
-        summary.add(.sweep(SweepRecord(seq: 2, pid: 5, reason: .exit, timeNs: 2,
-                                       ranges: [AddressRange(0, 4096)], faults: 1)))
-        summary.add(.end(pid: 5, end: .killed(signal: 9), sweeps: 2, faults: 1, timeNs: 3))
-        let text = summary.render()
-        #expect(text.contains("      1  interval          256       1.0        0       1"))
-        #expect(text.contains("total: 2 sweeps, 257 dirty pages (1.0 MiB), 1 write faults"))
-        #expect(text.contains("program killed by SIGKILL"))
     }
 }

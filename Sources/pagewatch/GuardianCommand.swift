@@ -1,0 +1,13 @@
+import ArgumentParser
+import PageWatchEngine
+
+/// The watchdog `attach` starts (hazard 20); not for people.
+struct GuardianCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "guardian", abstract: "Internal: restores an attached process if pagewatch dies.",
+        shouldDisplay: false)
+
+    func run() throws {
+        throw ExitCode(Guardian.watch())
+    }
+}
