@@ -789,13 +789,11 @@ final class ProcessTracker {
     func undoInterruptEINTR(_ tid: Int32, onlyWithoutSignal: Bool = false) throws {
         let regs = try Arch.readRegisters(tid: tid)
         guard Arch.syscallResult(regs) == -Int64(Errno.EINTR.rawValue),
-              Self.endedByStops.contains(Arch.syscallNumber(regs)) else { return }
+              Arch.row(number: Arch.syscallNumber(regs))?.endedByStop == true else { return }
         if onlyWithoutSignal, (try? ProcFS.unblockedPendingSignals(of: tid, shared: true)) != 0 { return }
         trace("  interrupt ended syscall \(Arch.syscallNumber(regs)) with EINTR: rewound")
         try Arch.writeRegisters(Arch.rewindingSyscall(regs), tid: tid)
     }
-
-    static let endedByStops = Set(Syscall.failWithEINTRWhenStopped.compactMap { Arch.syscallNumbers[$0] })
 
     /// A thread to name in /proc paths: the main thread may have exited (pthread_exit).
     func liveThread() -> Int32 {
@@ -846,7 +844,7 @@ final class ProcessTracker {
         case .running, .outsideSyscall: return true
         case .unknown: return false
         case let .inSyscall(number, arguments):
-            guard let written = Arch.memoryWrittenOnInterruption(number: number, arguments: arguments) else {
+            guard let written = SyscallOutputs.writtenOnInterruption(number: number, arguments: arguments) else {
                 return false
             }
             return written.allSatisfy { range in
