@@ -223,9 +223,9 @@ public enum X86_64: Architecture {
     public static let auditArch: UInt32 = 0xC000_003E  // AUDIT_ARCH_X86_64
 
     /// x86_64's numbers (asm/unistd_64.h) of the calls of `SyscallTable`.
-    /// Not numbered, so far: semop (65) and semtimedop (220), which a stop
-    /// would end with EINTR (`SyscallRow.endedByStop`) but were never
-    /// undone as such here.
+    /// Not numbered so far: semop (65) and semtimedop (220). Their rows say
+    /// a stop ends them with EINTR, which PageWatch has never undone for
+    /// them (`undoInterruptEINTR`); numbering them here turns that on.
     public static let syscallTable = SyscallNumbering([
         .read: 0, .write: 1, .open: 2, .close: 3, .stat: 4, .fstat: 5,
         .lstat: 6, .poll: 7, .lseek: 8, .mmap: 9, .mprotect: 10, .munmap: 11,
