@@ -30,17 +30,12 @@ extension ProcessTracker {
     /// Traces everything but the calls known never to write user memory, and
     /// `futex` unless it is FUTEX_WAKE_OP (which writes *uaddr2).
     static func interceptionFilter() -> SeccompFilter {
-        let allowed = Syscall.neverWritesUserMemory.compactMap { Arch.syscallNumbers[$0] }
+        let allowed = Arch.syscallTable.numbers(of: .harmless)
         let scratch = AddressRange(start: RemoteAddress(Arch.scratchAddressHint),
                                    end: RemoteAddress(Arch.scratchAddressHint) + RemoteSyscall.scratchSize)
         return SeccompFilter(auditArch: Arch.auditArch, allowing: allowed,
                              futex: Arch.number(.futex)!, futexWakeOp: 5, scratch: scratch)
     }
-
-    static let harmless = Set(Syscall.neverWritesUserMemory.compactMap { Arch.syscallNumbers[$0] })
-
-    /// The calls whose exit changes the model from what the kernel did (`memoryExit`).
-    static let memoryCalls: Set<Syscall> = [.mmap, .munmap, .brk, .shmat, .shmdt, .mremap, .mprotect, .pkey_mprotect]
 
     /// A `PTRACE_EVENT_SECCOMP` stop: the thread is at the entry of a call.
     func handleSyscallEntry(_ thread: TrackedThread) throws {
@@ -56,13 +51,13 @@ extension ProcessTracker {
         // interrupted thread's stop instead.
         // Attach mode stops at every call: those known to leave user memory
         // alone go on at once (launch mode's filter never stops them).
-        if Self.harmless.contains(nr) { return try resume(thread) }
+        if Arch.row(number: nr)?.kind == .harmless { return try resume(thread) }
         if try ioUringEntry(nr, args, regs: regs, thread) { return }
         guard let call = Arch.syscall(number: nr) else {
             try resume(thread, exit: .unknown(entry: regs, attempt: thread.syscall.unknownAttempt))
             return
         }
-        if Self.memoryCalls.contains(call), memoryCallInFlight(besides: tid) {
+        if call.row.kind == .memory, memoryCallInFlight(besides: tid) {
             thread.waiting = .memoryCall  // one at a time (StopWaiting)
             return
         }

@@ -9,7 +9,7 @@ func littleEndian(_ bytes: [UInt8], at offset: Int, size: Int = 8) -> UInt64 {
 }
 
 /// Hazard 1: the user memory a syscall writes, found from its arguments
-/// before it runs (one row per syscall). The kernel's copy into a read-only
+/// before it runs (`SyscallRow.writes` of `SyscallTable`). The kernel's copy into a read-only
 /// page fails with EFAULT instead of faulting, so these pages must be made
 /// writable, and counted dirty, before the call.
 struct SyscallOutputs {
@@ -65,54 +65,54 @@ struct SyscallOutputs {
     /// nil: PageWatch does not know what this call writes (an ioctl it cannot
     /// decode, prctl): its exit is checked for EFAULT instead.
     func ranges(_ call: Syscall, _ a: [UInt64]) -> [AddressRange]? {
+        switch call.row.writes {
+        case .nothing, .handledByItsOwnCode: return []  // the latter: handled elsewhere (ProcessTracker+Syscalls)
+        case .unknown: return nil
+        case .outputs(let outputs): return outputs.flatMap { ranges($0, a) }
+        case .decodedByCommand: return decodedByCommand(call, a)
+        }
+    }
+
+    /// One output of `SyscallTable`'s rows, from the call's arguments.
+    func ranges(_ output: SyscallOutput, _ a: [UInt64]) -> [AddressRange] {
+        let L = Arch.layout
+        switch output {
+        case let .block(pointer, length): return block(a[pointer], self.length(length, a))
+        case let .iovecs(array, count): return iovecs(a[array], a[count])
+        case let .msghdr(at): return msghdr(a[at])
+        case let .mmsghdrs(array, count):
+            var out: [AddressRange] = []
+            for i in 0..<min(a[count], 1024) {
+                let header = a[array] &+ i &* L.mmsghdr
+                out += msghdr(header) + block(header &+ L.msghdr, 4)
+            }
+            return out
+        case let .socketAddress(address, lengthWord): return sockaddr(a[address], a[lengthWord])
+        case let .optionValue(value, lengthWord):
+            return a[lengthWord] == 0 ? [] : block(a[value], word(a[lengthWord], 4)) + block(a[lengthWord], 4)
+        case let .unlessFlag(argument, mask, output): return a[argument] & mask != 0 ? [] : ranges(output, a)
+        }
+    }
+
+    func length(_ length: OutputLength, _ a: [UInt64]) -> UInt64 {
+        let L = Arch.layout
+        switch length {
+        case .fixed(let s): return L.size(of: s)
+        case .argument(let i): return a[i]
+        case let .argumentPlus(i, header): return a[i] &+ header
+        case let .array(count, element, limit): return (limit.map { min(a[count], $0) } ?? a[count]) &* L.size(of: element)
+        case .fdSet(let nfds): return (min(a[nfds], 1 << 20) + 63) / 64 * 8
+        case .bitmap(let bits): return (a[bits] &+ 7) / 8
+        case .pageVector(let length): return (a[length] &+ Page.size - 1) / Page.size
+        }
+    }
+
+    /// The calls whose outputs depend on a command or operation argument
+    /// (`SyscallWrites.decodedByCommand`).
+    func decodedByCommand(_ call: Syscall, _ a: [UInt64]) -> [AddressRange]? {
         let L = Arch.layout
         switch call {
-        case .read, .pread64, .getdents, .getdents64: return block(a[1], a[2])
-        case .getrandom: return block(a[0], a[1])
-        case .readv, .preadv, .preadv2: return iovecs(a[1], a[2])
-        case .recvfrom: return block(a[1], a[2]) + sockaddr(a[4], a[5])
-        case .recvmsg: return msghdr(a[1])
-        case .recvmmsg, .sendmmsg:
-            var out: [AddressRange] = []
-            for i in 0..<min(a[2], 1024) { out += msghdr(a[1] &+ i &* L.mmsghdr) + block(a[1] &+ i &* L.mmsghdr &+ L.msghdr, 4) }
-            return out
-        case .pipe, .pipe2: return block(a[0], 8)
-        case .socketpair: return block(a[3], 8)
-        case .wait4: return block(a[1], 4) + block(a[3], L.rusage)
-        case .waitid: return block(a[2], L.siginfo) + block(a[4], L.rusage)
-        case .fstat, .stat, .lstat: return block(a[1], L.stat)
-        case .newfstatat: return block(a[2], L.stat)
-        case .statx: return block(a[4], L.statx)
-        case .statfs, .fstatfs: return block(a[1], L.statfs)
-        case .getcwd: return block(a[0], a[1])
-        case .readlink: return block(a[1], a[2])
-        case .readlinkat: return block(a[2], a[3])
-        case .uname: return block(a[0], L.utsname)
-        case .sysinfo: return block(a[0], L.sysinfo)
-        case .getrusage: return block(a[1], L.rusage)
-        case .getrlimit: return block(a[1], L.rlimit)
-        case .prlimit64: return block(a[3], L.rlimit)
-        case .times: return block(a[0], L.tms)
-        case .rt_sigaction: return block(a[2], L.kernelSigaction)
-        case .rt_sigprocmask: return block(a[2], a[3])
-        case .rt_sigpending: return block(a[0], a[1])
-        case .sigaltstack: return block(a[1], L.stackT)
-        case .rt_sigtimedwait: return block(a[1], L.siginfo)
-        case .clock_gettime, .clock_getres: return block(a[1], L.timespec)
-        case .clock_nanosleep: return a[1] & 1 != 0 ? [] : block(a[3], L.timespec)  // not for TIMER_ABSTIME
-        case .nanosleep: return block(a[1], L.timespec)
-        case .gettimeofday: return block(a[0], L.timeval) + block(a[1], 8)
-        case .time: return block(a[0], 8)
-        case .poll: return block(a[0], a[1] &* L.pollfd)
-        case .ppoll: return block(a[0], a[1] &* L.pollfd) + block(a[2], L.timespec)
-        case .select: return fdSets(a[0], [a[1], a[2], a[3]]) + block(a[4], L.timeval)
-        case .pselect6: return fdSets(a[0], [a[1], a[2], a[3]]) + block(a[4], L.timespec)
-        case .epoll_wait, .epoll_pwait, .epoll_pwait2: return block(a[1], min(a[2], 1 << 20) &* L.epollEvent)
-        case .accept, .accept4, .getsockname, .getpeername: return sockaddr(a[1], a[2])
-        case .getsockopt: return a[4] == 0 ? [] : block(a[3], word(a[4], 4)) + block(a[4], 4)
         case .ioctl: return ioctlOutput(UInt32(truncatingIfNeeded: a[1]), a[2])
-        case .io_getevents: return block(a[3], min(a[2], 1 << 16) &* L.ioEvent)
-        case .sched_getaffinity: return block(a[2], a[1])
         case .futex:
             let op = a[1] & 0x7f
             var words = op == 5 ? block(a[4], 4) : []  // FUTEX_WAKE_OP writes *uaddr2
@@ -125,34 +125,28 @@ struct SyscallOutputs {
                 if [3, 4, 11, 12].contains(op) { words += block(a[4], 4) }  // the requeue target
             }
             return words
-        case .process_vm_readv: return iovecs(a[1], a[2])
-        case .getitimer: return block(a[1], L.itimerval)
-        case .setitimer: return block(a[2], L.itimerval)
-        case .mincore: return block(a[2], (a[1] &+ Page.size - 1) / Page.size)
-        case .get_robust_list: return block(a[1], 8) + block(a[2], 8)
-        case .sched_getparam: return block(a[1], 4)
-        case .getresuid, .getresgid: return block(a[0], 4) + block(a[1], 4) + block(a[2], 4)
-        case .getgroups: return block(a[1], min(a[0], 65536) &* 4)
-        case .capget: return block(a[0], 8) + block(a[1], 24)
-        case .sendfile: return block(a[2], 8)
-        case .splice: return block(a[1], 8) + block(a[3], 8)
-        case .timer_gettime, .timerfd_gettime: return block(a[1], L.itimerspec)
-        case .timerfd_settime: return block(a[3], L.itimerspec)
         case .fcntl:
             switch a[1] {
             case 5, 36: return block(a[2], L.flock)  // F_GETLK, F_OFD_GETLK
             case 16: return block(a[2], 8)           // F_GETOWN_EX
             default: return []
             }
-        case .get_mempolicy: return block(a[0], 4) + block(a[1], (a[2] &+ 7) / 8)
-        case .getcpu: return block(a[0], 4) + block(a[1], 4)
         case .arch_prctl: return a[0] == 0x1003 || a[0] == 0x1004 ? block(a[1], 8) : []  // ARCH_GET_FS/GS
-        case .msgrcv: return block(a[1], a[2] &+ 8)
         case .ptrace: return ptraceOutput(a)
-        case .prctl, .shmctl, .semctl, .msgctl, .restart_syscall: return nil
-        case .clone, .clone3, .fork, .vfork, .execve, .execveat, .rseq, .exit, .exit_group, .seccomp,
-             .set_robust_list, .set_tid_address, .mmap, .munmap, .mprotect, .pkey_mprotect, .mremap, .brk, .madvise, .shmat, .shmdt:
-            return []  // handled elsewhere (Tracker+Syscalls)
+        default: preconditionFailure("\(call) has no decoder for SyscallWrites.decodedByCommand")
+        }
+    }
+
+    /// For a thread blocked in syscall `number(arguments)`: the user memory
+    /// the kernel writes if the call is interrupted (nanosleep's remaining
+    /// time, select's fd sets and timeout), or nil when PageWatch does not
+    /// know the call and must not interrupt it while memory is armed (hazard 1).
+    static func writtenOnInterruption(number: Int64, arguments: [UInt64]) -> [AddressRange]? {
+        guard let row = Arch.row(number: number), let interrupted = row.writesWhenInterrupted else { return nil }
+        switch interrupted {
+        case .nothing: return []
+        // Those outputs come from the arguments alone (SyscallTableTests): nothing to read.
+        case .asOnSuccess: return SyscallOutputs(read: { _, _ in [] }).ranges(row.call, arguments)
         }
     }
 

@@ -1,5 +1,6 @@
-/// The syscalls PageWatch knows by name. Each architecture maps its numbers
-/// to these (`Architecture.syscall(number:)`); generic code never uses numbers.
+/// Every syscall PageWatch knows by name: one case per row of
+/// `SyscallTable.rows`. Each architecture numbers them in its own file
+/// (`X86_64.syscallTable`); generic code never uses numbers.
 public enum Syscall: String, CaseIterable, Sendable {
     // Memory management (hazard 5).
     case mmap, munmap, mprotect, pkey_mprotect, mremap, brk, madvise, shmat, shmdt
@@ -20,37 +21,22 @@ public enum Syscall: String, CaseIterable, Sendable {
     case clone, clone3, fork, vfork, execve, execveat, rseq, exit, exit_group, seccomp, set_robust_list
     case set_tid_address
     case restart_syscall
-}
-
-extension Syscall {
-    /// Calls the kernel ends with EINTR, never restarting them, when the
-    /// thread merely stops (a stop signal, or a ptrace interrupt): signal(7),
-    /// "Interruption of system calls and library functions by stop signals".
-    public static let failWithEINTRWhenStopped: Set<String> = [
-        "epoll_wait", "epoll_pwait", "epoll_pwait2", "semop", "semtimedop", "rt_sigtimedwait",
-        // Its wait for completions (IORING_ENTER_GETEVENTS) checks for any
-        // pending signal; EINTR only when it submitted nothing, so running
-        // it again submits nothing twice.
-        "io_uring_enter",
-    ]
-
-    /// Calls that never write user memory, so the seccomp filter lets them
-    /// run without a stop. Everything not listed here and not in `Syscall`
-    /// is traced as unknown and checked for EFAULT at its exit.
-    public static let neverWritesUserMemory: Set<String> = [
-        "write", "close", "lseek", "pwrite64", "writev", "pwritev", "pwritev2", "access", "faccessat",
-        "faccessat2", "open", "openat", "openat2", "creat", "dup", "dup2", "dup3", "sched_yield", "pause",
-        "alarm", "getpid", "getppid", "gettid", "getuid", "geteuid", "getgid", "getegid", "getpgrp",
-        "getpgid", "getsid", "setpgid", "setsid", "setuid", "setgid", "setreuid", "setregid", "setresuid",
-        "setresgid", "kill", "tkill", "tgkill", "socket", "connect", "bind", "listen", "shutdown", "sendto",
-        "sendmsg", "setsockopt", "fsync", "fdatasync", "ftruncate", "truncate", "rename", "renameat",
-        "renameat2", "mkdir", "mkdirat", "rmdir", "unlink", "unlinkat", "link", "linkat", "symlink",
-        "symlinkat", "chmod", "fchmod", "fchmodat", "chown", "fchown", "lchown", "fchownat", "umask",
-        "chdir", "fchdir", "sync", "syncfs", "sched_setaffinity", "setpriority",
-        "getpriority", "eventfd2", "epoll_create1", "epoll_ctl", "inotify_init1", "inotify_add_watch",
-        "inotify_rm_watch", "timerfd_create", "memfd_create", "fadvise64", "fallocate", "mlock", "munlock",
-        "mlockall", "munlockall", "membarrier", "flock", "msync", "utimensat", "rt_sigreturn",
-        "rt_sigqueueinfo", "rt_tgsigqueueinfo", "sched_setscheduler", "sched_setparam", "sched_getscheduler",
-        "signalfd4", "close_range", "pidfd_open", "pidfd_send_signal", "mount", "umount2", "sethostname",
-    ]
+    // Never write user memory (`SyscallKind.harmless`).
+    case write, close, lseek, pwrite64, writev, pwritev, pwritev2, access, faccessat, faccessat2
+    case open, openat, openat2, creat, dup, dup2, dup3, sched_yield, pause, alarm
+    case getpid, getppid, gettid, getuid, geteuid, getgid, getegid, getpgrp, getpgid, getsid
+    case setpgid, setsid, setuid, setgid, setreuid, setregid, setresuid, setresgid, kill, tkill, tgkill
+    case socket, connect, bind, listen, shutdown, sendto, sendmsg, setsockopt, fsync, fdatasync
+    case ftruncate, truncate, rename, renameat, renameat2, mkdir, mkdirat, rmdir, unlink, unlinkat
+    case link, linkat, symlink, symlinkat, chmod, fchmod, fchmodat, chown, fchown, lchown, fchownat
+    case umask, chdir, fchdir, sync, syncfs, sched_setaffinity, setpriority, getpriority
+    case eventfd2, epoll_create1, epoll_ctl, inotify_init1, inotify_add_watch, inotify_rm_watch
+    case timerfd_create, memfd_create, fadvise64, fallocate, mlock, munlock, mlockall, munlockall
+    case membarrier, flock, msync, utimensat, rt_sigreturn, rt_sigqueueinfo, rt_tgsigqueueinfo
+    case sched_setscheduler, sched_setparam, sched_getscheduler, signalfd4, close_range
+    case pidfd_open, pidfd_send_signal, mount, umount2, sethostname
+    // io_uring's (`SyscallKind.ioUring`).
+    case io_uring_setup, io_uring_enter, io_uring_register
+    // Handled as calls PageWatch does not know, listed for what a stop does to them.
+    case rt_sigsuspend, semop, semtimedop
 }

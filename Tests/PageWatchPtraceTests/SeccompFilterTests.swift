@@ -6,13 +6,13 @@ import PageWatchAddressSpace
 @Suite struct SeccompFilterTests {
     typealias Arch = HostArchitecture
     let filter = SeccompFilter(auditArch: Arch.auditArch,
-                               allowing: Syscall.neverWritesUserMemory.compactMap { Arch.syscallNumbers[$0] },
+                               allowing: Arch.syscallTable.numbers(of: .harmless),
                                futex: Arch.number(.futex)!, futexWakeOp: 5,
                                scratch: AddressRange(start: RemoteAddress(Arch.scratchAddressHint),
                                                      end: RemoteAddress(Arch.scratchAddressHint) + RemoteSyscall.scratchSize))
 
     func traced(_ name: String, arg1: UInt64 = 0, arch: UInt32 = Arch.auditArch) -> Bool {
-        filter.traces(nr: Arch.syscallNumbers[name]!, arch: arch, arg1: arg1)
+        filter.traces(nr: Arch.number(Syscall(rawValue: name)!)!, arch: arch, arg1: arg1)
     }
 
     @Test func allowsCallsThatNeverWriteUserMemory() {
@@ -39,7 +39,7 @@ import PageWatchAddressSpace
     /// The fault trampoline's mprotect runs untraced from the scratch pages;
     /// the same call a byte outside them (or with another high word) is traced.
     @Test func letsCallsFromTheScratchPagesRun() {
-        let base = Arch.scratchAddressHint, nr = Arch.syscallNumbers["mprotect"]!
+        let base = Arch.scratchAddressHint, nr = Arch.number(.mprotect)!
         for ip in [base, base + 64 + 2, base + RemoteSyscall.scratchSize - 1] {
             #expect(!filter.traces(nr: nr, arch: Arch.auditArch, ip: ip), "\(ip)")
         }

@@ -39,7 +39,7 @@ extension ProcessTracker {
         case .running, .outsideSyscall: return true
         case .unknown: return false
         case let .inSyscall(number, arguments):
-            guard let written = Arch.memoryWrittenOnInterruption(number: number, arguments: arguments) else {
+            guard let written = SyscallOutputs.writtenOnInterruption(number: number, arguments: arguments) else {
                 return false
             }
             return written.allSatisfy { range in

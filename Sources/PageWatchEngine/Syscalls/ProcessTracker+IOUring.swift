@@ -36,8 +36,8 @@ extension ProcessTracker {
 
     static let ioUringCalls: [Int64: IOUringCall] = {
         var calls: [Int64: IOUringCall] = [:]
-        for (name, call) in [("io_uring_setup", IOUringCall.setup), ("io_uring_enter", .enter), ("io_uring_register", .register)] {
-            if let nr = Arch.syscallNumbers[name] { calls[nr] = call }
+        for (name, call) in [(Syscall.io_uring_setup, IOUringCall.setup), (.io_uring_enter, .enter), (.io_uring_register, .register)] {
+            if let nr = Arch.number(name) { calls[nr] = call }
         }
         return calls
     }()

@@ -54,13 +54,11 @@ extension ProcessTracker {
         let tid = thread.tid
         let regs = try Arch.readRegisters(tid: tid)
         guard Arch.syscallResult(regs) == -Int64(Errno.EINTR.rawValue),
-              Self.endedByStops.contains(Arch.syscallNumber(regs)) else { return }
+              Arch.row(number: Arch.syscallNumber(regs))?.endedByStop == true else { return }
         if onlyWithoutSignal, (try? ProcFS.unblockedPendingSignals(of: tid, shared: true)) != 0 { return }
         trace("  interrupt ended syscall \(Arch.syscallNumber(regs)) with EINTR: rewound")
         try Arch.writeRegisters(Arch.rewindingSyscall(regs), tid: tid)
     }
-
-    static let endedByStops = Set(Syscall.failWithEINTRWhenStopped.compactMap { Arch.syscallNumbers[$0] })
 
     /// A thread to name in /proc paths: the main thread may have exited (pthread_exit).
     func liveThread() -> Int32 {

@@ -75,12 +75,10 @@ public protocol Architecture {
     /// Bytes below the stack pointer a leaf function may use without moving it.
     static var redZone: UInt64 { get }
 
-    static var syscalls: SyscallNumbers { get }
-
     /// `AUDIT_ARCH_*` as seccomp's `seccomp_data.arch` reports it.
     static var auditArch: UInt32 { get }
-    /// Numbers of the calls in `Syscall` and `Syscall.neverWritesUserMemory`, by name.
-    static var syscallNumbers: [String: Int64] { get }
+    /// This architecture's numbers of the calls of `SyscallTable`, indexed once.
+    static var syscallTable: SyscallNumbering { get }
     /// Sizes of the kernel structures syscalls copy out.
     static var layout: ABILayout { get }
     /// Registers that make the thread execute its syscall instruction again
@@ -89,12 +87,6 @@ public protocol Architecture {
     /// Registers with the syscall's return value set (x86_64 rax).
     static func settingSyscallResult(_ regs: Registers, _ value: Int64) -> Registers
     static func settingSyscallArgument(_ regs: Registers, _ index: Int, to value: UInt64) -> Registers
-
-    /// For a thread blocked in syscall `number(arguments)`: the user memory
-    /// the kernel writes if the call is interrupted (nanosleep's remaining
-    /// time, select's timeout), or nil when PageWatch does not know the call
-    /// and must not interrupt it while memory is armed (hazard 1).
-    static func memoryWrittenOnInterruption(number: Int64, arguments: [UInt64]) -> [AddressRange]?
 }
 
 /// Sizes, in bytes, of the user structures the kernel writes, for one ABI.
@@ -105,19 +97,24 @@ public struct ABILayout: Sendable {
 }
 
 extension Architecture {
-    public static func number(_ call: Syscall) -> Int64? { syscallNumbers[call.rawValue] }
+    public static func number(_ call: Syscall) -> Int64? { syscallTable.number(call) }
 
-    /// Number → name, for the calls PageWatch handles.
-    public static func syscall(number: Int64) -> Syscall? { syscallsByNumber[number] }
+    /// The table's row of a syscall number, nil for a call not in it.
+    public static func row(number: Int64) -> SyscallRow? { syscallTable.row(number: number) }
 
-    static var syscallsByNumber: [Int64: Syscall] {
-        var map: [Int64: Syscall] = [:]
-        for c in Syscall.allCases { if let n = number(c) { map[n] = c } }
-        return map
+    /// Number → name, for the calls PageWatch handles by name at their entry
+    /// (`SyscallKind.memory` and `.named`); nil for the others, which are
+    /// let through, io_uring's, or handled as unknown.
+    public static func syscall(number: Int64) -> Syscall? {
+        guard let row = syscallTable.row(number: number), row.kind == .memory || row.kind == .named else { return nil }
+        return row.call
     }
+
+    /// The numbers PageWatch's injected code uses.
+    public static var syscalls: SyscallNumbers { syscallTable.injected }
 }
 
-/// The syscall numbers the engine injects or interprets.
+/// The syscall numbers PageWatch injects (from the arch's `syscallTable`).
 public struct SyscallNumbers: Sendable {
     public var getpid: Int64
     public var mmap: Int64
