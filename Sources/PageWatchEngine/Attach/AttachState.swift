@@ -1,3 +1,4 @@
+import PageWatchLog
 import PageWatchPtrace
 
 /// What only a `pagewatch attach` session has (`Tracker.attachState`, nil

@@ -1,5 +1,6 @@
 import Glibc
 import PageWatchAddressSpace
+import PageWatchLog
 import PageWatchPtrace
 
 /// The end of `pagewatch attach`: every thread parked at a stop, a last

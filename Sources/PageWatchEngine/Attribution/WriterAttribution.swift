@@ -1,5 +1,6 @@
 import PageWatchAddressSpace
 import PageWatchAttribution
+import PageWatchLog
 import PageWatchPtrace
 
 /// Who wrote which page of one tracked process: the writers' call stacks

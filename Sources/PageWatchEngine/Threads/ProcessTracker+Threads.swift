@@ -1,5 +1,6 @@
 import Glibc
 import PageWatchAddressSpace
+import PageWatchLog
 import PageWatchPtrace
 
 /// Threads and program images: a new image's address space, rseq areas,
