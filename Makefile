@@ -1,5 +1,5 @@
 # The two commands of the README, plus the benchmark. Each installs what is missing first.
-.PHONY: deps demo test bench
+.PHONY: deps demo test bench lint format
 
 deps:
 	bash scripts/install-deps.sh
@@ -14,3 +14,12 @@ test: deps
 bench:
 	bash scripts/install-deps.sh bench
 	bash scripts/bench.sh $(ARGS)
+
+# swift-format ships with the Swift toolchain; .swift-format is the style.
+SWIFT_SOURCES = Sources Tests fixtures Package.swift
+
+lint:
+	swift format lint --strict --recursive $(SWIFT_SOURCES)
+
+format:
+	swift format format --in-place --recursive $(SWIFT_SOURCES)
