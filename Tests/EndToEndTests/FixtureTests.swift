@@ -202,7 +202,7 @@ import Testing
         #expect(tracked.status == untracked.status)
         let records = try Harness.readLog(log)
         let pid = try #require(records.first?["pid"] as? Int)
-        #expect(tracked.stderr == untracked.stderr + "pagewatch: pid \(pid): the program installed a seccomp filter that answers mprotect with SECCOMP_RET_ERRNO (hazard 17): tracking stopped; its later writes are not reported\n")
+        #expect(tracked.stderr == untracked.stderr + "pagewatch: pid \(pid): the program installed a seccomp filter that answers mprotect with SECCOMP_RET_ERRNO: tracking stopped; its later writes are not reported\n")
 
         let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
         let sweeps = records.filter { $0["type"] as? String == "sweep" }

@@ -254,7 +254,7 @@ extension ProcessTracker {
             }
         }
         guard let verdict else { return false }
-        try stopTracking(because: "the program installed a seccomp filter that answers mprotect with \(verdict) (hazard 17)", thread)
+        try stopTracking(because: "the program installed a seccomp filter that answers mprotect with \(verdict)", thread)
         try resume(thread)  // rewinds: the call runs again, and is let through
         return true
     }
