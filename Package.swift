@@ -96,7 +96,8 @@ let package = Package(
         .target(
             name: "CUnwind",
             dependencies: ["CLibUnwind"],
-            // Debian's libunwind-ptrace.so uses lzma without linking it (libunwind issue 586).
+            // Debian's libunwind-ptrace.so uses lzma without linking it:
+            // https://github.com/libunwind/libunwind/issues/586
             linkerSettings: [.linkedLibrary("lzma")]
         ),
         .target(name: "PageWatchAttribution",

@@ -212,7 +212,7 @@ final class ProcessTracker {
             try sweepIfPending(in: thread)
             try resume(thread)
         case .groupStop:
-            // Stay stopped as without the tool until SIGCONT (hazard 18).
+            // Stay stopped as without the tool until SIGCONT.
             thread.inGroupStop = true
             thread.interrupt.pending = false
             if thread.preexisting {
@@ -287,7 +287,7 @@ final class ProcessTracker {
         }
         // A signal that arrived during PageWatch's injections (a sweep's
         // re-arming among them) gets its frame's pages un-armed like any
-        // other (hazard 2): a shell's SIGCHLD handler died by SIGSEGV here.
+        // other: a shell's SIGCHLD handler died by SIGSEGV here.
         if !thread.signals.altStackKnown, signalActions.onStack & (UInt64(1) << UInt64(next.signal - 1)) != 0 {
             try learnAltStack(thread)
         }

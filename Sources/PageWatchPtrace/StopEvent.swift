@@ -15,7 +15,7 @@ public enum StopEvent: Equatable, Sendable {
     /// Signal-delivery-stop: resume with the signal to deliver it, or 0 to suppress it.
     case signalDelivery(tid: Int32, signal: Int32)
     /// Group-stop of a seized thread (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU):
-    /// resume with `PTRACE_LISTEN` so it stays stopped until SIGCONT (hazard 18).
+    /// resume with `PTRACE_LISTEN` so it stays stopped until SIGCONT.
     case groupStop(tid: Int32, signal: Int32)
     /// `PTRACE_EVENT_STOP` that is not a group-stop: a `PTRACE_INTERRUPT`, or a
     /// new thread's first stop. Resume with `PTRACE_CONT`, signal 0.

@@ -43,7 +43,7 @@ struct Attach: ParsableCommand {
     }
 
     /// The tracing runs in a child process (`TracerProcess`): SIGKILL to
-    /// this one makes the child detach cleanly (hazard 20).
+    /// this one makes the child detach cleanly.
     func run() throws {
         let end: TracerProcess.End
         do {

@@ -106,7 +106,7 @@ struct FIFODriven {
     }
 }
 
-/// Issue 4: `pagewatch attach` on programs started outside PageWatch.
+/// `pagewatch attach` on programs started outside PageWatch.
 @Suite(.serialized) struct AttachTests {
     func attach(_ pid: Int32, _ extra: [String], log: String) throws -> Harness.Result {
         try Harness.run([Harness.pagewatch, "attach", "--output", log] + extra + [String(pid)], timeout: 120)
@@ -163,7 +163,7 @@ struct FIFODriven {
     }
 
     /// Blocked at attach time and still blocked at detach time: the call
-    /// completes as without the tool (hazards 15, 16).
+    /// completes as without the tool.
     @Test(.serialized, arguments: ["read", "nanosleep", "futex", "accept", "epoll"])
     func blockedCallsCompleteAsWithoutTheTool(_ mode: String) throws {
         func run(attaching: Bool) throws -> (String, Int32) {
@@ -305,7 +305,7 @@ struct FIFODriven {
         #expect(fixture.stdout.hasPrefix("ready\nbad 0\n"))
     }
 
-    /// Hazard 20: the tracer (the child of the `pagewatch attach` process)
+    /// The tracer (the child of the `pagewatch attach` process)
     /// killed mid-run; the guardian puts the program back and it finishes as
     /// without the tool.
     @Test func killingTheTracerLeavesTheProgramToTheGuardian() throws {
@@ -331,7 +331,7 @@ struct FIFODriven {
         #expect(pagewatch.stderr.contains("pagewatch guardian: PageWatch died; pid \(fixture.pid) restored and released"))
     }
 
-    /// Hazard 20, the process the user started SIGKILLed, many times, while
+    /// PageWatch killed: the process the user started SIGKILLed, many times, while
     /// PageWatch sweeps every millisecond (the program writes armed pages
     /// all the time, and PageWatch is often inside an injected call): its
     /// tracer child is told (PR_SET_PDEATHSIG) and detaches cleanly every
@@ -424,7 +424,7 @@ struct FIFODriven {
     }
 }
 
-/// Issue 4's real program: `python3 -m http.server` serving a fixed file to a
+/// A real program attached: `python3 -m http.server` serving a fixed file to a
 /// bounded loop of requests, attached for part of the loop and detached:
 /// every response intact.
 @Suite struct AttachRealProgramTests {

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-/// Issue 5 end to end: every dirty page of `fx_writers` is attributed to the
+/// Attribution end to end: every dirty page of `fx_writers` is attributed to the
 /// function, file and line the fixture names, the kernel's writes to
 /// `[kernel] read` above its caller, and `--stack-depth` caps the stacks.
 @Suite(.serialized) struct WriterAttributionTests {

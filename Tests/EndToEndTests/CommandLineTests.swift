@@ -39,7 +39,7 @@ import Testing
         #expect(r.status == 5)
     }
 
-    /// Scheduling off (issue 6): the tracer always sleeps in waitpid; the
+    /// Scheduling off: the tracer always sleeps in waitpid; the
     /// same program output and the same sweeps as with polling.
     @Test func spinWaitZeroSleepsAndTracksAlike() throws {
         var ranges: [[String]] = []

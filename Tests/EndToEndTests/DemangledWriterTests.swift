@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-/// Issue 5 end to end, beyond C: the writers of a C++ program and of a Swift
+/// Attribution end to end, beyond C: the writers of a C++ program and of a Swift
 /// program are named as their demanglers print them, with file and line; a
 /// stripped program's own frames are `module+0xOFFSET` at the same offsets.
 @Suite(.serialized) struct DemangledWriterTests {

@@ -8,7 +8,7 @@ import Testing
         var fixture: String
         var extraArguments: [String] = []
         var expectedStatus: Int32
-        /// Memory that must appear in no sweep (shared mappings, hazard 6).
+        /// Memory that must appear in no sweep (shared mappings are never tracked).
         var neverReported: Range<UInt64>? = nil
         var description: String { ([fixture] + extraArguments).joined(separator: " ") }
     }
@@ -116,7 +116,7 @@ import Testing
         #expect(reasons.last == "exit")
     }
 
-    /// The fault slots' data page is shared with PageWatch (issue 6); a fork
+    /// The fault slots' data page is shared with PageWatch; a fork
     /// copies that mapping, so a followed child gets a page of its own at its
     /// first stop: with the parent's, the two processes' slots would share
     /// their words. The shell's subshell is a fork that runs no exec.
@@ -187,7 +187,7 @@ import Testing
         #expect(!sweeps(of: shell).isEmpty)
     }
 
-    /// Hazard 17: a program that forbids mprotect with a seccomp filter of
+    /// A program that forbids mprotect with a seccomp filter of
     /// its own. PageWatch reports what it saw up to the filter exactly, then
     /// lets the program go, unchanged, and says so.
     @Test(arguments: [[], ["seccomp"]])
@@ -202,7 +202,7 @@ import Testing
         #expect(tracked.status == untracked.status)
         let records = try Harness.readLog(log)
         let pid = try #require(records.first?["pid"] as? Int)
-        #expect(tracked.stderr == untracked.stderr + "pagewatch: pid \(pid): the program installed a seccomp filter that answers mprotect with SECCOMP_RET_ERRNO (hazard 17): tracking stopped; its later writes are not reported\n")
+        #expect(tracked.stderr == untracked.stderr + "pagewatch: pid \(pid): the program installed a seccomp filter that answers mprotect with SECCOMP_RET_ERRNO: tracking stopped; its later writes are not reported\n")
 
         let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
         let sweeps = records.filter { $0["type"] as? String == "sweep" }

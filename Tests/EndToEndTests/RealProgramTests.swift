@@ -35,7 +35,7 @@ import Testing
     }
 }
 
-/// Hazard 18: SIGSTOP stops the program as without the tool, SIGCONT resumes it.
+/// Group stops: SIGSTOP stops the program as without the tool, SIGCONT resumes it.
 @Suite struct GroupStopTests {
     func state(_ pid: Int32) -> Character? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),

@@ -100,7 +100,7 @@ import PageWatchAddressSpace
         m.reconcile(maps: [anon(0x10000, 0x12000, rw), anon(0x12000, 0x13000, rwx)],
                     selection: Selection([]), stackAnchors: [])
         #expect(m.regions.map(\.range) == [AddressRange(0x10000, 0x12000), AddressRange(0x12000, 0x13000)])
-        // Arming keeps PROT_EXEC (hazard 13).
+        // Arming keeps PROT_EXEC (JIT code still runs).
         #expect(m.rearmPlan().map(\.protection) == [[.read], [.read, .execute]])
     }
 

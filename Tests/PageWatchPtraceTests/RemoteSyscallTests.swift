@@ -226,7 +226,7 @@ import PageWatchAddressSpace
         #expect(try waitForExit(pid) == 3)
     }
 
-    /// The one-stop fault path's slot (issue 6): a thread stopped at any
+    /// The one-stop fault path's slot: a thread stopped at any
     /// instruction of it (a signal or an interrupt came first) is settled
     /// back to its faulting instruction with every register its own, and
     /// the slot says whether its mprotect ran, as the page's protection
@@ -297,7 +297,7 @@ import PageWatchAddressSpace
         #expect(try waitForExit(pid) == 3)
     }
 
-    /// The slots' data page shared with PageWatch (issue 6): in the tracee a
+    /// The slots' data page shared with PageWatch: in the tracee a
     /// `MAP_SHARED` memfd at the data page, no descriptor left behind; what
     /// PageWatch stores there the tracee's memory shows, and back.
     @Test func slotDataIsSharedWithPageWatch() throws {
@@ -333,7 +333,7 @@ import PageWatchAddressSpace
         #expect(try waitForExit(pid) == 3)
     }
 
-    /// Hazard 20: a thread PageWatch leaves inside an injected call (it
+    /// A thread PageWatch leaves inside an injected call (it
     /// died) runs the call untraced and then stops the process with
     /// SIGSTOP, where a `syscall; int3` gadget would kill it with SIGTRAP;
     /// a new tracer (the guardian) puts the saved registers back (its

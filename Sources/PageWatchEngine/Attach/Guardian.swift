@@ -2,7 +2,7 @@ import Glibc
 import PageWatchAddressSpace
 import PageWatchPtrace
 
-/// Hazard 20 in attach mode: PageWatch killed (SIGKILL, a crash) leaves the
+/// In attach mode, PageWatch killed (SIGKILL, a crash) leaves the
 /// program with armed pages, and it would die at its next write to one. The
 /// guardian is a small process `pagewatch attach` starts before seizing
 /// (`pagewatch guardian`, in its own session). It blocks reading a pipe only
@@ -119,7 +119,7 @@ public enum Guardian {
     }
 
     /// A SIGSEGV that PageWatch's armed pages caused: a write fault in them,
-    /// or the kernel's forced SIGSEGV for an rseq area in them (hazard 3).
+    /// or the kernel's forced SIGSEGV for an rseq area in them.
     /// With the pages given back, the program would not have had it.
     static func isFault(_ h: HeldSignal, of tid: Int32, in armed: [AddressRange]) -> Bool {
         guard h.signal == Signal.SIGSEGV else { return false }

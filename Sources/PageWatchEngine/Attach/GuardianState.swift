@@ -4,7 +4,7 @@ import PageWatchAddressSpace
 import PageWatchPtrace
 
 /// What a guardian needs to undo PageWatch in an attached process if
-/// PageWatch dies (hazard 20): the gadget page and every region PageWatch
+/// PageWatch dies: the gadget page and every region PageWatch
 /// may have armed, with the program's own protection. Lives in a memfd
 /// shared by PageWatch (writer) and the guardian (reader), as a seqlock:
 /// words [magic, sequence, pid, gadget, count, (start, end, protection)...];

@@ -3,13 +3,13 @@ import PageWatchAddressSpace
 import PageWatchLog
 import PageWatchPtrace
 
-/// `pagewatch attach` (issue 4): take a running process, track it, and
+/// `pagewatch attach`: take a running process, track it, and
 /// leave it as it was found.
 extension Tracker {
     /// What asks PageWatch to detach: Ctrl-C, kill, a closed terminal.
     static let detachSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP]
-    /// No EXITKILL (PageWatch dying must not kill the program, hazard 20)
-    /// and no seccomp filter (it would outlive the detach, hazard 8).
+    /// No EXITKILL (PageWatch dying must not kill the program)
+    /// and no seccomp filter (it would outlive the detach).
     static let attachOptions: TraceOptions = [.traceSysGood, .traceClone, .traceExec, .traceExit,
                                               .traceFork, .traceVfork]
 
@@ -128,7 +128,7 @@ extension ProcessTracker {
         publishForGuardian()  // nothing left for the guardian to restore
     }
 
-    /// Hazard 4 for a thread whose clone PageWatch did not see: glibc and
+    /// The exit words of a thread whose clone PageWatch did not see: glibc and
     /// musl keep its `clear_child_tid` word (`&pthread->tid`) in the thread
     /// control block at the thread pointer; the first 4-byte-aligned word
     /// there holding the thread's tid is taken for it.

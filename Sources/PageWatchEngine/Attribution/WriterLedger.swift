@@ -1,8 +1,9 @@
 import PageWatchAddressSpace
 import PageWatchLog
 
-/// Who wrote a page (issue 5): a store by the program, stopped at its fault,
-/// or the kernel on the program's behalf (hazards 1, 2, 4), at the call site.
+/// Who wrote a page: a store by the program, stopped at its fault,
+/// or the kernel on the program's behalf (a syscall's output, a signal frame,
+/// a thread's exit words), at the call site.
 struct Writer: Hashable {
     /// `read`, `signal frame SIGUSR1`, ...: the kernel wrote for this; nil
     /// for the program's own store.
@@ -45,7 +46,7 @@ struct WriterLedger {
         return pageWriter.insert(Page.floor(page).value / Page.size, writer: i)
     }
 
-    /// A fault at a page another thread had just made writable (hazard 11):
+    /// A fault at a page another thread had just made writable:
     /// counted to that page's writer.
     mutating func countFault(at page: RemoteAddress) {
         if let i = pageWriter.writer(of: Page.floor(page).value / Page.size) { faults[i] += 1 }
@@ -97,7 +98,7 @@ struct WriterLedger {
 /// chunks of 64 pages: a chunk whose written pages all have one writer (a
 /// loop's stores, a `read` buffer) costs one dictionary entry, not one a
 /// page (1 Mi pages at about 48 bytes each were most of the tracker's
-/// memory, issue 6). Pages whose writer is not their chunk's are kept apart.
+/// memory). Pages whose writer is not their chunk's are kept apart.
 struct PageWriters {
     private struct Chunk {
         var written: UInt64 = 0

@@ -9,7 +9,7 @@ extension ProcessTracker {
     func handleSegv(_ info: SignalInfo, _ thread: TrackedThread) throws -> Bool {
         let tid = thread.tid
         if info.code == SignalInfo.SI_KERNEL {
-            // The kernel could not update the thread's rseq area (hazard 3).
+            // The kernel could not update the thread's rseq area.
             return try rescueRseq(thread)
         }
         guard info.code == SignalInfo.SEGV_ACCERR else { return false }
@@ -34,9 +34,9 @@ extension ProcessTracker {
             try resume(thread)
             return true
         case .writable(let protection):
-            // Another thread got there first (hazard 11): just retry the write.
+            // Another thread got there first: just retry the write.
             // At the same page again, make sure the kernel has the program's
-            // protection there; a third time the fault is not ours (hazard 14).
+            // protection there; a third time the fault is not ours (a guard region, say).
             guard protection.contains(.write) else { return false }
             let repeats: Int
             if thread.suppressedFault.page == page { repeats = thread.suppressedFault.repeats + 1 } else { repeats = 0 }
@@ -79,7 +79,7 @@ extension ProcessTracker {
             memory.markWritten(page)
             return
         } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
-            // vm.max_map_count reached (hazard 12): every page made writable
+            // vm.max_map_count reached: every page made writable
             // inside an armed range split a VMA. Below: re-arm the whole
             // region early, keeping its dirty bits (the report stays exact),
             // which merges its VMAs back into one; then try again.

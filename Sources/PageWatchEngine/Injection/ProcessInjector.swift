@@ -90,7 +90,7 @@ final class ProcessInjector {
     }
 
     /// Several `mprotect`s in one injection when there are several (the
-    /// batch loop, issue 6), else one; their results in order (0 or -errno).
+    /// scratch code page's batch loop), else one; their results in order (0 or -errno).
     func protectAll(_ changes: [ProtectionChange], _ thread: TrackedThread) throws -> [Int64] {
         let tid = thread.tid
         guard changes.count > 1, Self.batchedSweeps, remote != nil else {

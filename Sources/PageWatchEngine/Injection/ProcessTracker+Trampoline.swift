@@ -2,7 +2,7 @@ import Glibc
 import PageWatchAddressSpace
 import PageWatchPtrace
 
-/// The one-stop fault path (issue 6, `FaultTrampoline`): the thread runs
+/// The one-stop fault path (`FaultTrampoline`): the thread runs
 /// the un-arming `mprotect` itself on its way back to the faulting
 /// instruction, so PageWatch does not wait for a second stop.
 extension ProcessTracker {
@@ -41,7 +41,7 @@ extension ProcessTracker {
     /// know the scratch address): resumed at once, true. Anywhere else in
     /// the slot's code (a signal or an interrupt came first): the registers
     /// the slot would have left; if its call has not run, or failed (ENOMEM
-    /// at vm.max_map_count, hazard 12), the page is still protected: armed
+    /// at vm.max_map_count), the page is still protected: armed
     /// again in the model, keeping its dirty bit, and the write faults again
     /// and takes the slow path.
     func settleTrampoline(_ thread: TrackedThread, at event: StopEvent) throws -> Bool {
@@ -50,7 +50,7 @@ extension ProcessTracker {
               injector.remote != nil else { return false }
         if case .signalDelivery(_, Signal.SIGSEGV) = event, let info = try? Ptrace.signalInfo(tid),
            info.code == SignalInfo.SEGV_ACCERR, Page.floor(info.faultAddress) != page {
-            // The common case, cheaply (issue 6): a write fault on another
+            // The common case, cheaply: a write fault on another
             // page. The thread has left the slot and got past the write that
             // faulted on `page` (had the slot's mprotect failed, that write
             // would have faulted again on `page`): nothing to settle or read.

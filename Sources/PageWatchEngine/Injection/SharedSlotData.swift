@@ -2,8 +2,8 @@ import Glibc
 import PageWatchAddressSpace
 import PageWatchPtrace
 
-/// The fault slots' data page shared between the tracee and PageWatch
-/// (issue 6): a memfd mapped `MAP_SHARED` at the data page in the tracee
+/// The fault slots' data page shared between the tracee and PageWatch:
+/// a memfd mapped `MAP_SHARED` at the data page in the tracee
 /// and anywhere in PageWatch, so that sending a thread through its slot
 /// writes the slot's words with plain stores instead of a
 /// `process_vm_writev` (about 2 us a fault).

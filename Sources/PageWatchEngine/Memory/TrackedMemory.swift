@@ -76,7 +76,7 @@ public struct TrackedMemory: Sendable {
     }
 
     /// Marks every page of region `r` writable and dirty (the fallback when a
-    /// single-page mprotect fails at vm.max_map_count, hazard 12).
+    /// single-page mprotect fails at vm.max_map_count).
     public mutating func markRegionWritten(containing a: RemoteAddress) -> ProtectionChange? {
         guard let r = regionIndex(containing: a) else { return nil }
         regions[r].armed.clearAll()
@@ -134,7 +134,7 @@ public struct TrackedMemory: Sendable {
     }
 
     /// The calls that arm the whole region containing `a` (its pinned pages
-    /// excepted), used to merge its VMAs back at vm.max_map_count (hazard 12).
+    /// excepted), used to merge its VMAs back at vm.max_map_count.
     public func rearmRegionPlan(containing a: RemoteAddress) -> [ProtectionChange]? {
         guard let r = regionIndex(containing: a) else { return nil }
         var rest = PageSet([regions[r].range])
@@ -192,7 +192,7 @@ public struct TrackedMemory: Sendable {
     /// region, from its first dirty page to its last, split only around
     /// pinned pages. Clean pages in between are armed already, and arming
     /// them again is harmless, so scattered dirty pages cost one call, and
-    /// the VMAs the faults split merge back (hazard 12).
+    /// the VMAs the faults split merge back (so vm.max_map_count is not reached).
     public func rearmPlan() -> [ProtectionChange] {
         var plan: [ProtectionChange] = []
         for r in regions where r.dirty.setCount > 0 && r.protection.contains(.write) {
@@ -233,7 +233,7 @@ public struct TrackedMemory: Sendable {
         }
     }
 
-    // MARK: - Edits for the program's own memory syscalls (hazard 5)
+    // MARK: - Edits for the program's own memory syscalls
 
     /// Makes a region boundary at `a` (splitting the region containing it).
     mutating func split(at a: RemoteAddress) {

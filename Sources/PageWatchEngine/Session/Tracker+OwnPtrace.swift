@@ -5,7 +5,7 @@ import PageWatchPtrace
 /// Programs that use ptrace themselves (strace, gdb, sanitizers' leak
 /// checkers). A task has one tracer. Under `run` every process of the
 /// program stays traced by PageWatch for its whole life (the seccomp filter
-/// it inherited needs one, hazard 8), so the kernel refuses its
+/// it inherited needs a tracer), so the kernel refuses its
 /// PTRACE_TRACEME and the ATTACH or SEIZE of its children (EPERM). That is
 /// left as the kernel decides; the user is told once why, and that
 /// `pagewatch attach` (no filter: fork children are let go at their first

@@ -14,7 +14,7 @@ public struct TrackerConfiguration: Sendable {
     public var sweepSignal: Int32?
     /// Track the processes the program forks too, each with its own sweeps.
     public var followForks: Bool
-    /// Frames recorded per writer (issue 5); 0 turns attribution off.
+    /// Frames recorded per writer; 0 turns attribution off.
     public var stackDepth: Int
     /// `attach`: detach by itself after this long (nanoseconds) ...
     public var durationNs: UInt64?
@@ -74,7 +74,8 @@ public final class Tracker {
     var processes: [Int32: ProcessTracker] = [:]
     var timer: SweepTimer?
     /// Descendant processes that are not tracked but must stay traced for
-    /// their whole life (the seccomp filter, hazard 8), by tid.
+    /// their whole life (the seccomp filter they inherited needs a tracer),
+    /// by tid.
     var untracked: Set<Int32> = []
     /// fork/vfork children by pid, from their parent's event until their first stop.
     var newChildren: [Int32: (kind: PtraceEvent, parent: ProcessTracker)] = [:]
@@ -94,7 +95,8 @@ public final class Tracker {
     /// The program runs and the start record is out.
     public internal(set) var started = false
     /// `PTRACE_CONT` in launch mode (the seccomp filter picks the syscalls),
-    /// `PTRACE_SYSCALL` in attach mode (no filter can be used there, hazard 8).
+    /// `PTRACE_SYSCALL` in attach mode (no filter can be used there:
+    /// it would outlive the detach).
     var resumeMode: ResumeMode = .continuing
     /// `pagewatch attach` only: the guardian, the first stops, the detach.
     var attachState: AttachState?
@@ -166,7 +168,7 @@ public final class Tracker {
 
     func eventLoop() throws {
         // Until the program ends, and then until every descendant has: they
-        // carry the seccomp filter and need their tracer (hazard 8).
+        // carry the seccomp filter and need their tracer.
         while processes.values.contains(where: { !$0.isDone }) || !untracked.isEmpty || !followedChildren.isEmpty {
             // Stops first: a thread waits for us at each one, and a pending
             // sweep is served at the next of them.
@@ -257,7 +259,7 @@ public final class Tracker {
     }
 }
 
-// MARK: - New tasks and the processes PageWatch does not track (hazards 7, 8)
+// MARK: - New tasks and the processes PageWatch does not track
 
 extension Tracker {
     /// A tracked process forked or vforked `child` (its event stop, in `thread`).

@@ -13,7 +13,7 @@ extension ProcessTracker {
     /// Interval sweeps need a stopped thread to inject into: interrupt one
     /// that is safe to interrupt. A thread blocked in a call that writes user
     /// memory when interrupted (nanosleep's remaining time) into an armed page
-    /// would get EFAULT (hazard 1), so such threads are left alone; when no
+    /// would get EFAULT, so such threads are left alone; when no
     /// thread is safe, the sweep reports without re-arming (`reportOnlySweep`).
     /// Returns false when no thread could be interrupted.
     @discardableResult
@@ -86,15 +86,15 @@ extension ProcessTracker {
     }
 
     /// Reports and re-arms. Re-protection comes before the dirty bits are
-    /// cleared, so a write racing with the sweep lands in the next interval
-    /// (hazard 19): pages written while we work are unarmed, hence dirty, and
+    /// cleared, so a write racing with the sweep lands in the next interval:
+    /// pages written while we work are unarmed, hence dirty, and
     /// writes after their re-arm fault and are handled after this sweep.
     func sweep(reason: SweepReason, in thread: TrackedThread) throws {
         let tid = thread.tid
         if reason == .attach, try stopTrackingForIOUringBeforeAttach(thread) { return }
         if givesUpAtSweep, let why = session.givingUp { return try stopTracking(because: why, thread) }
         pendingSweep = nil
-        // Re-armed pages may fault again legitimately: forget the race markers (hazards 11, 14).
+        // Re-armed pages may fault again legitimately: forget the repeated-fault markers.
         for t in threads.values { t.suppressedFault.page = nil }
         try refreshMaps()
         checkContents(tid: tid)
@@ -111,7 +111,7 @@ extension ProcessTracker {
         for planned in memory.rearmPlan() {
             // Buffers another thread's blocked call will still write stay
             // writable (and dirty, so reported again): re-arming them now would
-            // turn its copy-out into EFAULT (hazard 1).
+            // turn its copy-out into EFAULT.
             var pieces = PageSet([planned.range])
             for b in busy.intersection(planned.range).ranges { pieces.remove(b) }
             changes += pieces.ranges.map { ProtectionChange(range: $0, protection: planned.protection) }
@@ -120,7 +120,7 @@ extension ProcessTracker {
             if result == 0 {
                 memory.markArmed(change.range)
             } else if result == -Int64(Errno.ENOMEM.rawValue) {
-                // vm.max_map_count (hazard 12), possibly applied in part: give
+                // vm.max_map_count, possibly applied in part: give
                 // the region its program protection everywhere; its pages stay
                 // dirty and are reported again next sweep (never missed).
                 try unarmRegion(containing: change.range.start, thread)

@@ -4,10 +4,10 @@ import PageWatchPtrace
 
 /// What a thread stopped at a syscall's entry still needs at its exit.
 enum PendingSyscallExit {
-    /// The program's own memory call (hazard 5). `rewrittenProtection`: the
+    /// The program's own memory call. `rewrittenProtection`: the
     /// prot argument PageWatch removed write from, to put back at the exit.
     case memory(Syscall, [UInt64], rewrittenProtection: UInt64?)
-    /// A call PageWatch cannot read (hazard 1's "any other syscall"): at its
+    /// A call PageWatch cannot read (an unknown syscall that may copy out): at its
     /// exit an EFAULT with armed pages behind its pointer arguments is undone.
     case unknown(entry: HostArchitecture.Registers, attempt: Int)
     /// `rt_sigaction(SIGSEGV, act, …)`: `act` as read at the entry, the
@@ -23,7 +23,7 @@ enum PendingSyscallExit {
     case userfaultfdUndecoded(entry: HostArchitecture.Registers, attempt: Int)
 }
 
-/// Launch mode's syscall interception (issue 3): a seccomp filter stops the
+/// Launch mode's syscall interception: a seccomp filter stops the
 /// program at the entry of every call that is not known to leave user memory
 /// alone; each stop is handled here.
 extension ProcessTracker {
@@ -94,14 +94,14 @@ extension ProcessTracker {
             try threadExitEntry(thread)
         case .seccomp where args[0] <= 1, .prctl where args[0] == 22 && (args[1] == 1 || args[1] == 2):
             // seccomp(SECCOMP_SET_MODE_STRICT/FILTER, flags, prog) or
-            // prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT/FILTER, prog) (hazard 17).
+            // prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT/FILTER, prog).
             let strict = call == .seccomp ? args[0] == 0 : args[1] == 1
             if try ownSeccompFilterEntry(strict: strict, program: args[2], thread) { return }
             try resume(thread, exit: call == .prctl ? .unknown(entry: regs, attempt: thread.syscall.unknownAttempt) : nil)
         case .ioctl where UserfaultfdIoctl.isUserfaultfd(args[1]):
             try userfaultfdIoctlEntry(args, thread)
         case .rseq:
-            // Hazard 3: the kernel writes the area on every return to user space.
+            // The kernel writes the rseq area on every return to user space.
             if args[2] & 1 == 0, args[0] != 0 {  // registration, not RSEQ_FLAG_UNREGISTER
                 try injector.pin(AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + max(args[1], 32)).pageAligned, in: &memory, thread)
                 thread.rseqKnown = true
@@ -144,7 +144,7 @@ extension ProcessTracker {
     }
 
     /// Un-arms the armed pages the kernel is about to write for the program;
-    /// they count as dirty (hazard 1).
+    /// they count as dirty.
     func unarmForKernel(_ range: AddressRange, by writer: Writer, _ thread: TrackedThread) throws {
         let tid = thread.tid
         // Pages another thread was sent to un-arm through its slot are
@@ -188,7 +188,7 @@ extension ProcessTracker {
     /// CLONE_CHILD_SETTID's, which the child writes in the shared memory (a
     /// thread) or in its copy of this page as it is now (a fork). The
     /// CLONE_CHILD_CLEARTID word is remembered for the new thread's exit
-    /// (hazard 4, `threadExitEntry`).
+    /// (the words the kernel writes at a thread's exit, `threadExitEntry`).
     func cloneEntry(_ call: Syscall, _ args: [UInt64], _ thread: TrackedThread) throws {
         let tid = thread.tid
         var flags: UInt64 = 0, parentTid: UInt64 = 0, childTid: UInt64 = 0, stackTop: UInt64 = 0
@@ -220,7 +220,7 @@ extension ProcessTracker {
         try resume(thread)
     }
 
-    /// Hazard 17: the program installs a seccomp filter of its own. Filters
+    /// The program installs a seccomp filter of its own. Filters
     /// stack and the strictest answer wins, so once this one is in place it
     /// judges every `mprotect` PageWatch injects. Run it now, on the calls
     /// PageWatch would make (`mprotect` from the gadget, every protection),
@@ -254,7 +254,7 @@ extension ProcessTracker {
             }
         }
         guard let verdict else { return false }
-        try stopTracking(because: "the program installed a seccomp filter that answers mprotect with \(verdict) (hazard 17)", thread)
+        try stopTracking(because: "the program installed a seccomp filter that answers mprotect with \(verdict)", thread)
         try resume(thread)  // rewinds: the call runs again, and is let through
         return true
     }
@@ -377,7 +377,7 @@ extension ProcessTracker {
         }
         guard prot.contains(.write) else {
             // The program made these pages read-only (or inaccessible) itself:
-            // nothing is armed there and its own SIGSEGVs are its own (hazard 10).
+            // nothing is armed there and its own SIGSEGVs are its own.
             memory.setProtection(target, prot, armAll: false)
             return
         }

@@ -8,7 +8,7 @@ func littleEndian(_ bytes: [UInt8], at offset: Int, size: Int = 8) -> UInt64 {
     return v
 }
 
-/// Hazard 1: the user memory a syscall writes, found from its arguments
+/// The user memory a syscall writes (its output buffers), found from its arguments
 /// before it runs (`SyscallRow.writes` of `SyscallTable`). The kernel's copy into a read-only
 /// page fails with EFAULT instead of faulting, so these pages must be made
 /// writable, and counted dirty, before the call.
@@ -140,7 +140,7 @@ struct SyscallOutputs {
     /// For a thread blocked in syscall `number(arguments)`: the user memory
     /// the kernel writes if the call is interrupted (nanosleep's remaining
     /// time, select's fd sets and timeout), or nil when PageWatch does not
-    /// know the call and must not interrupt it while memory is armed (hazard 1).
+    /// know the call and must not interrupt it while memory is armed.
     static func writtenOnInterruption(number: Int64, arguments: [UInt64]) -> [AddressRange]? {
         guard let row = Arch.row(number: number), let interrupted = row.writesWhenInterrupted else { return nil }
         switch interrupted {

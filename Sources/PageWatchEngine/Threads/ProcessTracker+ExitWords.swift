@@ -2,10 +2,10 @@ import Glibc
 import PageWatchAddressSpace
 import PageWatchPtrace
 
-/// The words the kernel writes as a thread ends (hazard 4): its
+/// The words the kernel writes as a thread ends: its
 /// `clear_child_tid` word and its robust futexes, kept writable until written.
 extension ProcessTracker {
-    /// Hazard 4: a thread's `exit`. The kernel will write 0 to its
+    /// A thread's `exit`: the kernel will write 0 to its
     /// `clear_child_tid` word (and wake `pthread_join`) and set
     /// FUTEX_OWNER_DIED in every robust mutex it still holds; on an armed page
     /// those writes fail silently and the waiters hang. At the call's entry
@@ -57,7 +57,7 @@ extension ProcessTracker {
         return littleEndian(v, at: 0, size: 4) != value
     }
 
-    /// Hazard 4 at a thread's exit event when its `exit` entry was not seen
+    /// The same words at a thread's exit event when its `exit` entry was not seen
     /// (attach: seized while already ending, so this is its first stop and
     /// nothing is armed yet): its words stay out of the sweeps the same way.
     /// (It can no longer run PageWatch's code to un-arm them.)

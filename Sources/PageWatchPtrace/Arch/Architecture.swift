@@ -25,7 +25,7 @@ public protocol Architecture {
 
     /// Registers for running syscall `number(arguments)` at `gadget`. Marks the
     /// thread as not being inside a syscall so the kernel applies no restart
-    /// logic to the injected call (hazard 15).
+    /// logic to the injected call.
     static func preparingSyscall(_ regs: Registers, number: Int64, arguments: [UInt64], gadget: RemoteAddress) -> Registers
     /// The injected call's raw return value (a negative errno on failure).
     static func syscallResult(_ regs: Registers) -> Int64

@@ -56,7 +56,7 @@ public enum X86_64: Architecture {
         r.rdi = a[0]; r.rsi = a[1]; r.rdx = a[2]; r.r10 = a[3]; r.r8 = a[4]; r.r9 = a[5]
         r.rip = gadget.value
         // orig_rax = -1: not in a syscall, so a pending -ERESTART* of an
-        // interrupted call is not applied to the injected one (hazard 15).
+        // interrupted call is not applied to the injected one.
         r.orig_rax = UInt64(bitPattern: -1)
         return Registers(raw: r)
     }
@@ -70,7 +70,7 @@ public enum X86_64: Architecture {
     /// of an `int3`: traced, that is a signal-delivery stop PageWatch
     /// suppresses, like the breakpoint's; should PageWatch die meanwhile, it
     /// stops the process instead of killing it with SIGTRAP, and the
-    /// guardian puts the registers back (hazard 20).
+    /// guardian puts the registers back.
     ///   mov rax, r11 ; syscall ; mov r14, rax ; mov eax, 186 (gettid) ; syscall
     ///   mov rdi, rax ; mov esi, 19 (SIGSTOP) ; mov eax, 200 (tkill) ; syscall
     public static let scratchGadget: [UInt8] = [0x4c, 0x89, 0xd8, 0x0f, 0x05, 0x49, 0x89, 0xc6] + selfStop
@@ -101,7 +101,7 @@ public enum X86_64: Architecture {
 
     public static var registerWordCount: Int { MemoryLayout<user_regs_struct>.size / 8 }
 
-    // MARK: The fault trampoline (issue 6)
+    // MARK: The fault trampoline (the one-stop fault path)
 
     /// Where PageWatch asks for its scratch pages (gadget and trampoline
     /// code, then the slots' data): a fixed address the seccomp filter,
@@ -115,7 +115,7 @@ public enum X86_64: Architecture {
     /// tracer left there, `syscall` (mprotect), `mov [result], rax`, loads
     /// the six registers back and `jmp [rip]` to the faulting instruction.
     /// The slot saves the registers itself so that the tracer needs only the
-    /// instruction pointer (PEEKUSER/POKEUSER, not GETREGS/SETREGS: issue 6).
+    /// instruction pointer (PEEKUSER/POKEUSER cost about half of GETREGS/SETREGS).
     /// The flags are the program's throughout (the kernel restores them
     /// after `syscall`, and `mov` and `jmp` leave them alone); the stack is
     /// never touched.
@@ -210,7 +210,7 @@ public enum X86_64: Architecture {
         r.rbx = array.value
         r.r12 = UInt64(count)
         r.rip = code.value
-        r.orig_rax = UInt64(bitPattern: -1)  // no restart logic for the injected calls (hazard 15)
+        r.orig_rax = UInt64(bitPattern: -1)  // no restart logic for the injected calls
         return Registers(raw: r)
     }
 

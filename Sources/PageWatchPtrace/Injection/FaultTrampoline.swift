@@ -2,14 +2,14 @@ import Glibc
 internal import CPtrace
 import PageWatchAddressSpace
 
-/// The one-stop fault path (issue 6). At a write fault the tracer writes
+/// The one-stop fault path. At a write fault the tracer writes
 /// the page, its protection and the faulting instruction's address into the
 /// thread's slot, points the thread at the slot's code and resumes it: the
 /// code saves the registers it uses, runs `mprotect` on the page, puts them
 /// back and jumps to the faulting instruction. One stop per fault instead
 /// of two, only the instruction pointer read and written, and no moment
 /// where the thread needs the tracer to get its registers back: should
-/// PageWatch die, a thread inside a slot still finishes it (hazard 20).
+/// PageWatch die, a thread inside a slot still finishes it.
 ///
 /// Scratch layout, three pages at `code`: the code page (read+execute)
 /// holds the two-stop gadget in its first slot-sized cell, the slots' code

@@ -43,8 +43,8 @@ public struct RemoteSyscall: Sendable {
     public struct Outcome {
         /// The raw return value: >= 0, or -errno.
         public var value: Int64
-        /// Signals that arrived for the thread while the injected call ran
-        /// (hazard 16); the caller delivers them once the thread is restored.
+        /// Signals that arrived for the thread while the injected call ran;
+        /// the caller delivers them once the thread is restored.
         public var heldSignals: [HeldSignal]
         /// A PTRACE_INTERRUPT stop of the thread was passed on the way.
         public var consumedInterrupt = false
@@ -92,7 +92,7 @@ public struct RemoteSyscall: Sendable {
         var consumedInterrupt = false
         // Once a signal was held, the rest wait (blocked) until the call is
         // done: a timer faster than one hold-and-continue cycle would
-        // otherwise keep the gadget from ever running (hazard 16).
+        // otherwise keep the gadget from ever running.
         var savedMask: UInt64?
         defer { if let savedMask { try? Ptrace.setSignalMask(tid, savedMask) } }
         while true {
@@ -167,8 +167,8 @@ public struct RemoteSyscall: Sendable {
     static let blockedDuringInjection: UInt64 = [Signal.SIGTRAP, Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGFPE]
         .reduce(~UInt64(0)) { $0 & ~(UInt64(1) << UInt64($1 - 1)) }
 
-    /// Runs `mprotect` on every range in one injection (a sweep's re-arming,
-    /// issue 6): the scratch code page's batch loop walks an array of
+    /// Runs `mprotect` on every range in one injection (a sweep's
+    /// re-arming): the scratch code page's batch loop walks an array of
     /// (start, length, protection) in the third scratch page and stores each
     /// call's result beside it. Returns the results in order (0 or -errno).
     public func mprotectBatch(_ changes: [(range: AddressRange, protection: Protection)], in tid: Int32,

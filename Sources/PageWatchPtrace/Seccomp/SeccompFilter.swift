@@ -3,7 +3,7 @@ import PageWatchAddressSpace
 /// A seccomp-bpf program that stops the tracee (`SECCOMP_RET_TRACE`) at the
 /// entry of syscalls and lets the listed harmless ones run at full speed
 /// (strace's `--seccomp-bpf` is the precedent). Inherited by every descendant and never
-/// removable: every descendant must stay traced (hazard 8).
+/// removable: every descendant must stay traced.
 public struct SeccompFilter: Sendable {
     public struct Instruction: Equatable, Sendable {
         public var code: UInt16, jt: UInt8, jf: UInt8, k: UInt32

@@ -6,7 +6,7 @@
 /// Adding a call: a `Syscall` case, a row here, its number in each arch file.
 public enum SyscallTable {
     public static let rows: [SyscallRow] = [
-        // Memory calls (hazard 5): their exit updates the tracked-memory model.
+        // Memory calls: their exit updates the tracked-memory model.
         SyscallRow(.mmap, .memory, .handledByItsOwnCode, interrupted: .nothing),
         SyscallRow(.munmap, .memory, .handledByItsOwnCode, interrupted: .nothing),
         SyscallRow(.mprotect, .memory, .handledByItsOwnCode, interrupted: .nothing),
@@ -17,7 +17,7 @@ public enum SyscallTable {
         SyscallRow(.shmdt, .memory, .handledByItsOwnCode),
         SyscallRow(.madvise, .named, .handledByItsOwnCode, interrupted: .nothing),
 
-        // Copy-out to user memory (hazard 1).
+        // Calls that copy out to user memory.
         SyscallRow(.read, .named, [.block(1, .argument(2))], interrupted: .nothing),
         SyscallRow(.pread64, .named, [.block(1, .argument(2))], interrupted: .nothing),
         SyscallRow(.getdents, .named, [.block(1, .argument(2))]),
@@ -189,7 +189,7 @@ public struct SyscallRow: Sendable {
     public let writes: SyscallWrites
     /// The user memory it writes when a signal or a stop interrupts it while
     /// it blocks (restarted or not); nil when not known, so that the thread
-    /// is not interrupted while that memory may be armed (hazard 1).
+    /// is not interrupted while that memory may be armed.
     public let writesWhenInterrupted: InterruptedWrites?
     /// The kernel ends it with EINTR, never restarting it, when the thread
     /// merely stops (a stop signal, or a ptrace interrupt): signal(7),
