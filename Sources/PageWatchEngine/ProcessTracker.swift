@@ -124,7 +124,8 @@ final class ProcessTracker {
         thread.interrupt.mayLinger = false
         if thread.interrupt.pending || lingering {
             switch event {
-            case .interruptStop, .syscallStop: try undoInterruptEINTR(thread, onlyWithoutSignal: !thread.interrupt.pending)
+            case .interruptStop, .syscallStop:
+                try undoInterruptEINTR(thread, onlyWithoutSignal: !thread.interrupt.pending)
             default: break
             }
         }
@@ -172,7 +173,9 @@ final class ProcessTracker {
             let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
             // The new thread runs at once: it may have ended already (never
             // to stop again: a state for it would wait forever).
-            if endedBeforeItsCloneEvent.remove(child) == nil, threads[child] == nil { threads[child] = TrackedThread(tid: child) }
+            if endedBeforeItsCloneEvent.remove(child) == nil, threads[child] == nil {
+                threads[child] = TrackedThread(tid: child)
+            }
             threads[child]?.awaitsCloneEvent = false
             let clearTid = thread.exitWords.newThreadClearTid
             threads[child]?.exitWords.clearChildTid = clearTid
@@ -203,7 +206,9 @@ final class ProcessTracker {
             try resume(thread)
         case .interruptStop:
             if Tracker.debug, let r = try? Arch.readRegisters(tid: tid) {
-                trace("  at \(Arch.instructionPointer(r)) syscall \(Arch.syscallNumber(r)) result \(Arch.syscallResult(r))")
+                trace(
+                    "  at \(Arch.instructionPointer(r)) syscall \(Arch.syscallNumber(r)) result \(Arch.syscallResult(r))"
+                )
             }
             thread.interrupt.pending = false
             thread.inGroupStop = false
@@ -335,7 +340,9 @@ final class ProcessTracker {
             thread.waiting = nil
             try handleSignal(Signal.SIGSEGV, thread)
         }
-        if let tid = threads.keys.sorted().first(where: { threads[$0]?.waiting == .memoryCall }), let thread = threads[tid] {
+        if let tid = threads.keys.sorted().first(where: { threads[$0]?.waiting == .memoryCall }),
+            let thread = threads[tid]
+        {
             thread.waiting = nil
             try handleSyscallEntry(thread)
         }

@@ -99,8 +99,9 @@ public enum Ptrace {
     public static func signalInfo(_ tid: Int32) throws -> SignalInfo {
         var i = pw_siginfo()
         try check(pw_ptrace_getsiginfo(tid, &i), "PTRACE_GETSIGINFO", tid: tid)
-        return SignalInfo(signal: i.signo, code: i.code, faultAddress: RemoteAddress(i.fault_address),
-                          senderPid: i.sender_pid)
+        return SignalInfo(
+            signal: i.signo, code: i.code, faultAddress: RemoteAddress(i.fault_address),
+            senderPid: i.sender_pid)
     }
 
     /// The siginfo of the signal the thread is stopped for, to be re-delivered later.

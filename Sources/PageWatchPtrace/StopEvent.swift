@@ -31,7 +31,7 @@ public enum StopEvent: Equatable, Sendable {
     public var tid: Int32 {
         switch self {
         case let .exited(t, _), let .killed(t, _, _), let .signalDelivery(t, _), let .groupStop(t, _),
-             let .interruptStop(t), let .syscallStop(t), let .event(t, _), let .unknown(t, _):
+            let .interruptStop(t), let .syscallStop(t), let .event(t, _), let .unknown(t, _):
             return t
         }
     }

@@ -85,8 +85,10 @@ final class GuardianState: InjectionJournal, @unchecked Sendable {
             if before & 1 == 1 { continue }  // PageWatch died mid-write, or is writing: retry
             let count = min(Int(words[4]), Self.capacity)
             let regions = (0..<count).map { i in
-                (AddressRange(start: RemoteAddress(words[5 + 3 * i]), end: RemoteAddress(words[6 + 3 * i])),
-                 Protection(rawValue: Int32(truncatingIfNeeded: words[7 + 3 * i])))
+                (
+                    AddressRange(start: RemoteAddress(words[5 + 3 * i]), end: RemoteAddress(words[6 + 3 * i])),
+                    Protection(rawValue: Int32(truncatingIfNeeded: words[7 + 3 * i]))
+                )
             }
             let gadget = words[3]
             if pw_load_acquire(words + 1) == before {

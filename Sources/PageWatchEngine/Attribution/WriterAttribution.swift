@@ -56,8 +56,10 @@ final class WriterAttribution {
         guard stackDepth > 0 || session.writeObserver != nil else { return }
         guard ledger.record(page, by: writer, fault: fault), let observe = session.writeObserver else { return }
         let frames = writer.stack.enumerated().map { i, ip in frame(ip, isReturnAddress: i > 0) }
-        observe(PageWrite(pid: pid, tid: tid, page: Page.floor(page), phase: phase, kernel: writer.kernel,
-                          fault: fault, frames: frames))
+        observe(
+            PageWrite(
+                pid: pid, tid: tid, page: Page.floor(page), phase: phase, kernel: writer.kernel,
+                fault: fault, frames: frames))
     }
 
     /// A sweep's `sites` for `dirty` (nil with attribution off). `reportedAgain`:

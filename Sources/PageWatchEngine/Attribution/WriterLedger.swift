@@ -60,13 +60,16 @@ struct WriterLedger {
     /// `keepingWriters`: the pages stay dirty and are reported again (a
     /// sweep that could not re-arm), so their writers are kept; only the
     /// fault counts start again.
-    mutating func sites(of dirty: PageSet, pinned: PageSet, keepingWriters: Bool = false,
-                        symbolizing: ([UInt64]) -> [Frame]) -> [WriteSite] {
+    mutating func sites(
+        of dirty: PageSet, pinned: PageSet, keepingWriters: Bool = false,
+        symbolizing: ([UInt64]) -> [Frame]
+    ) -> [WriteSite] {
         var pages = [PageSet](repeating: PageSet(), count: writers.count)
         var unseen = PageSet(), pinnedPages = PageSet()
         for range in dirty.ranges {
             pageWriter.forEachRun(in: range.start.value / Page.size..<range.end.value / Page.size) { run, writer in
-                let r = AddressRange(start: RemoteAddress(run.lowerBound * Page.size), end: RemoteAddress(run.upperBound * Page.size))
+                let r = AddressRange(
+                    start: RemoteAddress(run.lowerBound * Page.size), end: RemoteAddress(run.upperBound * Page.size))
                 if let i = writer {
                     pages[i].insert(r)
                     return
@@ -80,7 +83,8 @@ struct WriterLedger {
             }
         }
         func site(_ set: PageSet, _ faults: Int, _ frames: [Frame]) -> WriteSite {
-            WriteSite(pages: set.ranges.reduce(0) { $0 + $1.pageCount }, faults: faults, ranges: set.ranges, frames: frames)
+            WriteSite(
+                pages: set.ranges.reduce(0) { $0 + $1.pageCount }, faults: faults, ranges: set.ranges, frames: frames)
         }
         var sites: [WriteSite] = []
         for (i, w) in writers.enumerated() where !pages[i].isEmpty || faults[i] > 0 {

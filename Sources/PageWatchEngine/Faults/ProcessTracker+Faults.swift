@@ -118,7 +118,10 @@ extension ProcessTracker {
         let tid = thread.tid
         var rounds = 0
         while rounds < 8,
-              let i = thread.signals.held.firstIndex(where: { $0.signal == Signal.SIGSEGV && $0.code == SignalInfo.SEGV_ACCERR }) {
+            let i = thread.signals.held.firstIndex(where: {
+                $0.signal == Signal.SIGSEGV && $0.code == SignalInfo.SEGV_ACCERR
+            })
+        {
             rounds += 1
             let page = Page.floor(thread.signals.held[i].faultAddress)
             switch memory.state(of: page) {
@@ -136,8 +139,11 @@ extension ProcessTracker {
                 return  // the program's own fault: delivered as it is
             }
         }
-        if let i = thread.signals.held.firstIndex(where: { $0.signal == Signal.SIGSEGV && $0.code == SignalInfo.SI_KERNEL }),
-           let area = try? Ptrace.rseqArea(tid), case .armed = memory.state(of: area.address) {
+        if let i = thread.signals.held.firstIndex(where: {
+            $0.signal == Signal.SIGSEGV && $0.code == SignalInfo.SI_KERNEL
+        }),
+            let area = try? Ptrace.rseqArea(tid), case .armed = memory.state(of: area.address)
+        {
             thread.signals.held.remove(at: i)
             thread.rseqKnown = true
             try injector.pin(area.range.pageAligned, in: &memory, thread)

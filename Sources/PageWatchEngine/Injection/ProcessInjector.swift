@@ -53,8 +53,11 @@ final class ProcessInjector {
     /// a syscall entry abandons the call (rewound at the resume); signals
     /// that arrived meanwhile are held; an interrupt stop passed on the way
     /// was consumed.
-    func inject<Result>(_ thread: TrackedThread, _ body: (RemoteSyscall, Int64?) throws -> (Result, RemoteSyscall.Outcome))
-        rethrows -> Result? {
+    func inject<Result>(
+        _ thread: TrackedThread, _ body: (RemoteSyscall, Int64?) throws -> (Result, RemoteSyscall.Outcome)
+    )
+        rethrows -> Result?
+    {
         guard let remote else { return nil }
         if thread.syscall.entryRegisters != nil { thread.syscall.injectedAtEntry = true }
         let (result, outcome) = try body(remote, thread.syscall.completing)
@@ -65,11 +68,14 @@ final class ProcessInjector {
 
     /// Runs a call that takes or fills a structure in the scratch pages
     /// (`RemoteSyscall.run(_:_:input:outputCount:in:completing:)`).
-    func run(_ number: Int64, _ arguments: [UInt64], input: [UInt8], outputCount: Int,
-             _ thread: TrackedThread) throws -> (value: Int64, output: [UInt8])? {
+    func run(
+        _ number: Int64, _ arguments: [UInt64], input: [UInt8], outputCount: Int,
+        _ thread: TrackedThread
+    ) throws -> (value: Int64, output: [UInt8])? {
         try inject(thread) { remote, completing in
-            let (outcome, raw) = try remote.run(number, arguments, input: input, outputCount: outputCount,
-                                                in: thread.tid, completing: completing)
+            let (outcome, raw) = try remote.run(
+                number, arguments, input: input, outputCount: outputCount,
+                in: thread.tid, completing: completing)
             return ((outcome.value, raw), outcome)
         }
     }
@@ -95,15 +101,18 @@ final class ProcessInjector {
         let tid = thread.tid
         guard changes.count > 1, Self.batchedSweeps, remote != nil else {
             return try changes.map { c in
-                do { try protect(c.range, c.protection, thread); return 0 } catch TraceError.remoteSyscall(_, let e, _, _) {
+                do { try protect(c.range, c.protection, thread); return 0 } catch TraceError.remoteSyscall(
+                    _, let e, _, _)
+                {
                     return -Int64(e.rawValue)
                 }
             }
         }
         trace("  mprotect batch of \(changes.count) in \(tid)")
-        let results = try inject(thread) { remote, completing in
-            try remote.mprotectBatch(changes.map { ($0.range, $0.protection) }, in: tid, completing: completing)
-        } ?? []
+        let results =
+            try inject(thread) { remote, completing in
+                try remote.mprotectBatch(changes.map { ($0.range, $0.protection) }, in: tid, completing: completing)
+            } ?? []
         if Tracker.debug {
             for (c, r) in zip(changes, results) where r != 0 {
                 trace("    \(c.range) \(c.protection): \(r); maps: \(mappings(overlapping: c.range, tid: tid))")

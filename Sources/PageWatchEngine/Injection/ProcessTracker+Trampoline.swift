@@ -13,11 +13,13 @@ extension ProcessTracker {
     /// Un-arms `page` through the thread's trampoline slot and resumes the
     /// thread. False when it cannot be used here (no slot free, signals
     /// held for the thread, a syscall stop); the caller takes the slow path.
-    func unarmThroughTrampoline(_ page: RemoteAddress, _ protection: Protection, _ thread: TrackedThread) throws -> Bool {
+    func unarmThroughTrampoline(_ page: RemoteAddress, _ protection: Protection, _ thread: TrackedThread) throws -> Bool
+    {
         let tid = thread.tid
         guard Self.oneStopFaults, injector.slotsUsable, let slots = injector.slots, thread.signals.held.isEmpty,
-              thread.syscall.entryRegisters == nil, thread.syscall.pendingExit == nil, thread.syscall.completing == nil,
-              session.detaching == nil, let slot = thread.trampoline.slot ?? freeTrampolineSlot() else { return false }
+            thread.syscall.entryRegisters == nil, thread.syscall.pendingExit == nil, thread.syscall.completing == nil,
+            session.detaching == nil, let slot = thread.trampoline.slot ?? freeTrampolineSlot()
+        else { return false }
         if thread.trampoline.slowPathPage == page {
             thread.trampoline.slowPathPage = nil
             return false
@@ -47,9 +49,11 @@ extension ProcessTracker {
     func settleTrampoline(_ thread: TrackedThread, at event: StopEvent) throws -> Bool {
         let tid = thread.tid
         guard let page = thread.trampoline.page, let slot = thread.trampoline.slot,
-              injector.remote != nil else { return false }
+            injector.remote != nil
+        else { return false }
         if case .signalDelivery(_, Signal.SIGSEGV) = event, let info = try? Ptrace.signalInfo(tid),
-           info.code == SignalInfo.SEGV_ACCERR, Page.floor(info.faultAddress) != page {
+            info.code == SignalInfo.SEGV_ACCERR, Page.floor(info.faultAddress) != page
+        {
             // The common case, cheaply: a write fault on another
             // page. The thread has left the slot and got past the write that
             // faulted on `page` (had the slot's mprotect failed, that write

@@ -111,7 +111,8 @@ public struct TrackedMemory: Sendable {
                 var probe = group.mapping
                 probe.range = entry.range
                 // Which pages would be selected if writable; protection is decided per run below.
-                let parts = selection.selectedPart(of: probe, protection: [.read, .write], isThreadStack: isThreadStack)
+                let parts = selection.selectedPart(
+                    of: probe, protection: [.read, .write], isThreadStack: isThreadStack)
                 for part in parts {
                     var page = part.start
                     while page < part.end {
@@ -169,8 +170,10 @@ public struct TrackedMemory: Sendable {
             for i in pages where regions[r].armed[i] {
                 regions[r].armed[i] = false
                 regions[r].dirty[i] = true
-                changes.append(ProtectionChange(range: regions[r].range(ofPages: i..<(i + 1)),
-                                                protection: regions[r].protection))
+                changes.append(
+                    ProtectionChange(
+                        range: regions[r].range(ofPages: i..<(i + 1)),
+                        protection: regions[r].protection))
             }
         }
         return changes
@@ -240,7 +243,8 @@ public struct TrackedMemory: Sendable {
         guard let r = regionIndex(containing: a), regions[r].range.start != a else { return }
         let old = regions[r]
         let cut = old.index(of: a)
-        var left = TrackedRegion(range: AddressRange(start: old.range.start, end: old.range.start), protection: old.protection)
+        var left = TrackedRegion(
+            range: AddressRange(start: old.range.start, end: old.range.start), protection: old.protection)
         var right = TrackedRegion(range: AddressRange(start: a, end: a), protection: old.protection)
         left.append(pages: 0..<cut, of: old, unarming: false)
         right.append(pages: cut..<old.armed.pageCount, of: old, unarming: false)
@@ -424,7 +428,9 @@ struct RegionBuilder {
     /// nothing is shared, not copied.
     private mutating func appendKept(_ pages: Range<Int>, of old: TrackedRegion) {
         let range = old.range(ofPages: pages)
-        if pages == 0..<old.armed.pageCount, regions.last.map({ $0.range.end != range.start || $0.protection != old.protection }) ?? true {
+        if pages == 0..<old.armed.pageCount,
+            regions.last.map({ $0.range.end != range.start || $0.protection != old.protection }) ?? true
+        {
             regions.append(old)
             return
         }
@@ -441,12 +447,13 @@ struct MappingGroup {
     static func group(_ maps: [Mapping]) -> [MappingGroup] {
         var out: [MappingGroup] = []
         for m in maps {
-            let continues = out.last.map { last in
-                last.mapping.range.end == m.range.start && last.mapping.isPrivate == m.isPrivate
-                    && last.mapping.inode == m.inode && samePath(last.entries.last!.path, m.path)
-                    && last.mapping.device == m.device
-                    && last.entries.last!.protection.union(.write) == m.protection.union(.write)
-            } ?? false
+            let continues =
+                out.last.map { last in
+                    last.mapping.range.end == m.range.start && last.mapping.isPrivate == m.isPrivate
+                        && last.mapping.inode == m.inode && samePath(last.entries.last!.path, m.path)
+                        && last.mapping.device == m.device
+                        && last.entries.last!.protection.union(.write) == m.protection.union(.write)
+                } ?? false
             if continues {
                 // In place: a copy of the last group would copy its entries at
                 // every line, quadratic in the VMAs scattered faults split a mapping into.

@@ -34,8 +34,10 @@ public struct TrackerConfiguration: Sendable {
     /// pages whose contents changed with no write reported (`missed` records).
     public var verifyContents = false
 
-    public init(command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,
-                followForks: Bool = false, stackDepth: Int = 16) {
+    public init(
+        command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,
+        followForks: Bool = false, stackDepth: Int = 16
+    ) {
         self.stackDepth = stackDepth
         self.command = command
         self.selection = selection
@@ -117,23 +119,28 @@ public final class Tracker {
         Wait.spinNs = configuration.spinNs  // process-wide: PageWatch traces from one thread
     }
 
-    static let options: TraceOptions = [.exitKill, .traceSysGood, .traceClone, .traceExec, .traceExit,
-                                        .traceSeccomp, .traceFork, .traceVfork]
+    static let options: TraceOptions = [
+        .exitKill, .traceSysGood, .traceClone, .traceExec, .traceExit,
+        .traceSeccomp, .traceFork, .traceVfork,
+    ]
 
     /// Runs the program to its end. Throws when it cannot be started or traced.
     public func run() throws -> ProgramEnd {
-        let pid = try Launcher.launch(config.command, options: Self.options, standardOutput: config.standardOutput,
-                                      emptySignalMask: config.emptySignalMask,
-                                      seccompFilter: ProcessTracker.interceptionFilter())
+        let pid = try Launcher.launch(
+            config.command, options: Self.options, standardOutput: config.standardOutput,
+            emptySignalMask: config.emptySignalMask,
+            seccompFilter: ProcessTracker.interceptionFilter())
         main = ProcessTracker(session: self, pid: pid, parent: nil)
         processes[pid] = main
         main.threads[pid] = TrackedThread(tid: pid)
         let polling = holdIdlePolling()
         defer { withExtendedLifetime(polling) {} }
         try main.startImage(tid: pid)
-        emit(.start(pid: pid, pageSize: Page.size, command: config.command,
-                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
-                    selectedPages: main.selectedPagesNow()))
+        emit(
+            .start(
+                pid: pid, pageSize: Page.size, command: config.command,
+                tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
+                selectedPages: main.selectedPagesNow()))
         warnAboutFileSpecs()
         started = true
         // The program shares our terminal: Ctrl-C and Ctrl-\ are for it, and
@@ -159,8 +166,10 @@ public final class Tracker {
     func holdIdlePolling() -> CPUIdlePolling? {
         guard config.idlePolling else { return nil }
         let request = CPUIdlePolling.request()
-        trace(request == nil ? "idle CPUs not kept polling (/dev/cpu_dma_latency not writable)"
-                             : "idle CPUs kept polling (/dev/cpu_dma_latency = 0)")
+        trace(
+            request == nil
+                ? "idle CPUs not kept polling (/dev/cpu_dma_latency not writable)"
+                : "idle CPUs kept polling (/dev/cpu_dma_latency = 0)")
         return request
     }
 
@@ -337,7 +346,9 @@ extension Tracker {
             try p.learnRseq(state)
             try p.sweepIfPending(in: state)
             try p.resume(state)
-        } else if let group = threadGroup(of: tid), untracked.contains(group) || untracked.contains(parentProcess(of: tid)) {
+        } else if let group = threadGroup(of: tid),
+            untracked.contains(group) || untracked.contains(parentProcess(of: tid))
+        {
             // A descendant of an untracked process: nothing of ours is armed in it.
             untracked.insert(tid)
             try Ptrace.cont(tid)
@@ -352,9 +363,10 @@ extension Tracker {
     func disarmCopy(_ child: Int32) throws {
         guard let (injector, regions) = armedAtFork.removeValue(forKey: child), let injector else { return }
         for region in regions {
-            let o = try injector.run(HostArchitecture.syscalls.mprotect,
-                                     [region.range.start.value, region.range.length, UInt64(region.protection.rawValue)],
-                                     in: child)
+            let o = try injector.run(
+                HostArchitecture.syscalls.mprotect,
+                [region.range.start.value, region.range.length, UInt64(region.protection.rawValue)],
+                in: child)
             for h in o.heldSignals { try? Ptrace.tgkill(child, child, h.signal) }
         }
     }

@@ -57,7 +57,8 @@ extension ProcessTracker {
     func sweepIfPending(in thread: TrackedThread) throws {
         let tid = thread.tid
         guard let reason = pendingSweep, session.allThreadsSeen,
-              !memoryCallInFlight(besides: tid) else { return }
+            !memoryCallInFlight(besides: tid)
+        else { return }
         try sweep(reason: reason, in: thread)
     }
 
@@ -104,7 +105,9 @@ extension ProcessTracker {
         // slot, not seen since, its call not yet run: that mprotect may still
         // run after this sweep and would leave the page writable behind an
         // armed model. It stays dirty, reported again next sweep.
-        for page in pagesInFlight(in: nil, besides: tid) { busy.insert(AddressRange(start: page, end: page + Page.size)) }
+        for page in pagesInFlight(in: nil, besides: tid) {
+            busy.insert(AddressRange(start: page, end: page + Page.size))
+        }
         // Buffers of io_uring requests not yet completed: the kernel writes them later.
         busy.formUnion(ioUringBuffersInFlight())
         var changes: [ProtectionChange] = []
@@ -162,8 +165,9 @@ extension ProcessTracker {
         sweeps += 1
         if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
         let sites = attribution.sites(of: dirty, pinned: memory.pinned, reportedAgain: reportedAgain)
-        var record = SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
-                                 ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
+        var record = SweepRecord(
+            seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
+            ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
         noteRearming(&record, dirty: dirty, reportOnly: reportedAgain)
         emit(.sweep(record))
         faultsThisInterval = 0
@@ -187,7 +191,8 @@ extension ProcessTracker {
         }
         for other in threads.keys where other != tid {
             guard case let .inSyscall(number, arguments) = ProcFS.activity(pid: liveThread(), tid: other),
-                  let call = Arch.syscall(number: number) else { continue }
+                let call = Arch.syscall(number: number)
+            else { continue }
             let outputs = SyscallOutputs(read: { a, n in (try? Ptrace.readMemory(other, a, count: n)) ?? [] })
             for r in outputs.ranges(call, arguments) ?? [] { busy.insert(r.pageAligned) }
         }
@@ -204,8 +209,9 @@ extension ProcessTracker {
     func pagesInFlight(in range: AddressRange?, besides tid: Int32? = nil) -> [RemoteAddress] {
         threads.compactMap { other, state -> RemoteAddress? in
             guard other != tid, let page = state.trampoline.page,
-                  range.map({ $0.pageAligned.contains(page) }) ?? true, case .writable = memory.state(of: page),
-                  !slotCallSucceeded(state) else { return nil }
+                range.map({ $0.pageAligned.contains(page) }) ?? true, case .writable = memory.state(of: page),
+                !slotCallSucceeded(state)
+            else { return nil }
             return page
         }
     }
@@ -279,9 +285,10 @@ extension ProcessTracker {
     /// (a repeat, or a page the program keeps without write, is its own).
     func isReleasedPageFault(_ tid: Int32) -> Bool {
         guard let info = try? Ptrace.signalInfo(tid), info.code == SignalInfo.SEGV_ACCERR,
-              releasedRanges.contains(info.faultAddress), releasedFaults[tid] != info.faultAddress,
-              let maps = try? ProcFS.maps(of: pid),
-              maps.first(where: { $0.range.contains(info.faultAddress) })?.protection.contains(.write) == true else { return false }
+            releasedRanges.contains(info.faultAddress), releasedFaults[tid] != info.faultAddress,
+            let maps = try? ProcFS.maps(of: pid),
+            maps.first(where: { $0.range.contains(info.faultAddress) })?.protection.contains(.write) == true
+        else { return false }
         releasedFaults[tid] = info.faultAddress
         return true
     }

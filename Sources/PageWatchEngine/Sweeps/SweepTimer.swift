@@ -26,7 +26,9 @@ final class SweepTimer {
         deadline = durationNs.map { now + $0 }
         setSignalBlocked(Self.signal, true)
         try installWakeupHandler(Self.signal)
-        if intervalNs > 0 { timers.append(try KernelTimer(signal: Self.signal, firstNs: intervalNs, periodNs: intervalNs)) }
+        if intervalNs > 0 {
+            timers.append(try KernelTimer(signal: Self.signal, firstNs: intervalNs, periodNs: intervalNs))
+        }
         if let durationNs { timers.append(try KernelTimer(signal: Self.signal, firstNs: durationNs, periodNs: 0)) }
     }
 

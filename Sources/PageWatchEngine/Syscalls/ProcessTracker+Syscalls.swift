@@ -31,10 +31,12 @@ extension ProcessTracker {
     /// `futex` unless it is FUTEX_WAKE_OP (which writes *uaddr2).
     static func interceptionFilter() -> SeccompFilter {
         let allowed = Arch.syscallTable.numbers(of: .harmless)
-        let scratch = AddressRange(start: RemoteAddress(Arch.scratchAddressHint),
-                                   end: RemoteAddress(Arch.scratchAddressHint) + RemoteSyscall.scratchSize)
-        return SeccompFilter(auditArch: Arch.auditArch, allowing: allowed,
-                             futex: Arch.number(.futex)!, futexWakeOp: 5, scratch: scratch)
+        let scratch = AddressRange(
+            start: RemoteAddress(Arch.scratchAddressHint),
+            end: RemoteAddress(Arch.scratchAddressHint) + RemoteSyscall.scratchSize)
+        return SeccompFilter(
+            auditArch: Arch.auditArch, allowing: allowed,
+            futex: Arch.number(.futex)!, futexWakeOp: 5, scratch: scratch)
     }
 
     /// A `PTRACE_EVENT_SECCOMP` stop: the thread is at the entry of a call.
@@ -44,7 +46,9 @@ extension ProcessTracker {
         thread.syscall.entryRegisters = regs
         let nr = Arch.syscallNumber(regs)
         let args = Arch.syscallArguments(regs)
-        trace("  syscall \(Arch.syscall(number: nr)?.rawValue ?? String(nr)) \(args.prefix(3).map { "0x" + String($0, radix: 16) })")
+        trace(
+            "  syscall \(Arch.syscall(number: nr)?.rawValue ?? String(nr)) \(args.prefix(3).map { "0x" + String($0, radix: 16) })"
+        )
         // No sweep here: anything PageWatch runs at a syscall entry abandons
         // the call, which is then rewound to stop here again; a sweep due at
         // every entry would never let it run. Interval sweeps take the
@@ -97,13 +101,16 @@ extension ProcessTracker {
             // prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT/FILTER, prog).
             let strict = call == .seccomp ? args[0] == 0 : args[1] == 1
             if try ownSeccompFilterEntry(strict: strict, program: args[2], thread) { return }
-            try resume(thread, exit: call == .prctl ? .unknown(entry: regs, attempt: thread.syscall.unknownAttempt) : nil)
+            try resume(
+                thread, exit: call == .prctl ? .unknown(entry: regs, attempt: thread.syscall.unknownAttempt) : nil)
         case .ioctl where UserfaultfdIoctl.isUserfaultfd(args[1]):
             try userfaultfdIoctlEntry(args, thread)
         case .rseq:
             // The kernel writes the rseq area on every return to user space.
             if args[2] & 1 == 0, args[0] != 0 {  // registration, not RSEQ_FLAG_UNREGISTER
-                try injector.pin(AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + max(args[1], 32)).pageAligned, in: &memory, thread)
+                try injector.pin(
+                    AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + max(args[1], 32))
+                        .pageAligned, in: &memory, thread)
                 thread.rseqKnown = true
             }
             try resume(thread)
@@ -112,7 +119,8 @@ extension ProcessTracker {
             if call == .ptrace { session.noteOwnPtrace(args, tid: tid) }
             var newSegvAction: [UInt8]?
             if call == .rt_sigaction, args[1] != 0, (1...64).contains(args[0]) {
-                let action = (try? Ptrace.readMemory(tid, RemoteAddress(args[1]), count: Int(Arch.layout.kernelSigaction))) ?? []
+                let action =
+                    (try? Ptrace.readMemory(tid, RemoteAddress(args[1]), count: Int(Arch.layout.kernelSigaction))) ?? []
                 if action.count == Int(Arch.layout.kernelSigaction) {
                     noteFlags(of: action, signal: args[0])
                     if args[0] == UInt64(Signal.SIGSEGV) { newSegvAction = action }
@@ -137,8 +145,10 @@ extension ProcessTracker {
             }
             // A new SIGSEGV action counts once the call succeeded; until then
             // faults wait (`memoryCallInFlight`): a reset is judged against it.
-            let undecoded = refusedForUserfault ? PendingSyscallExit.userfaultfdUndecoded(
-                entry: regs, attempt: thread.syscall.unknownAttempt) : nil
+            let undecoded =
+                refusedForUserfault
+                ? PendingSyscallExit.userfaultfdUndecoded(
+                    entry: regs, attempt: thread.syscall.unknownAttempt) : nil
             try resume(thread, exit: newSegvAction.map { .segvAction($0) } ?? undecoded)
         }
     }
@@ -214,8 +224,9 @@ extension ProcessTracker {
         thread.exitWords.newThreadClearTid = flags & childClearTid != 0 && childTid != 0 ? RemoteAddress(childTid) : nil
         if flags & cloneVM != 0, stackTop != 0 { stackAnchors.append(RemoteAddress(stackTop &- 1)) }
         for (flag, word) in [(parentSetTid, parentTid), (childSetTid, childTid)] where flags & flag != 0 && word != 0 {
-            try unarmForKernel(AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4),
-                               by: attribution.writer(call.rawValue, tid: tid), thread)
+            try unarmForKernel(
+                AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4),
+                by: attribution.writer(call.rawValue, tid: tid), thread)
         }
         try resume(thread)
     }
@@ -240,12 +251,15 @@ extension ProcessTracker {
             }
             let count = Int(littleEndian(header, at: 0, size: 2))
             let address = RemoteAddress(littleEndian(header, at: 8))
-            guard let raw = try? Ptrace.readMemory(tid, address, count: count * 8), raw.count == count * 8 else { return false }
+            guard let raw = try? Ptrace.readMemory(tid, address, count: count * 8), raw.count == count * 8 else {
+                return false
+            }
             let filter = SeccompFilter.decode(raw)
             let ip = (injector.remote?.gadget.value ?? 0) &+ Arch.scratchGadgetSyscallEnd
             for prot in UInt64(0)...7 {
-                let data = SeccompData(nr: Int32(Arch.syscalls.mprotect), arch: Arch.auditArch, instructionPointer: ip,
-                                       arguments: [memory.regions.first?.range.start.value ?? 0x10000, Page.size, prot, 0, 0, 0])
+                let data = SeccompData(
+                    nr: Int32(Arch.syscalls.mprotect), arch: Arch.auditArch, instructionPointer: ip,
+                    arguments: [memory.regions.first?.range.start.value ?? 0x10000, Page.size, prot, 0, 0, 0])
                 let action = SeccompFilter.run(filter, on: data)
                 if !SeccompFilter.lets(action) {
                     verdict = SeccompFilter.actionName(action)
@@ -254,7 +268,8 @@ extension ProcessTracker {
             }
         }
         guard let verdict else { return false }
-        try stopTracking(because: "the program installed a seccomp filter that answers mprotect with \(verdict)", thread)
+        try stopTracking(
+            because: "the program installed a seccomp filter that answers mprotect with \(verdict)", thread)
         try resume(thread)  // rewinds: the call runs again, and is let through
         return true
     }
@@ -306,7 +321,9 @@ extension ProcessTracker {
                 for p in [page, page + Page.size] {
                     if case .armed(let protection) = memory.state(of: p) {
                         let nr = Arch.syscallNumber(entry)
-                        noteWrite(p, by: attribution.writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid), fault: false, tid: tid)
+                        noteWrite(
+                            p, by: attribution.writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid),
+                            fault: false, tid: tid)
                         try unarm(p, protection, thread)
                         changed = true
                     }
@@ -360,15 +377,18 @@ extension ProcessTracker {
             // New heap pages are tracked (dirty) from here and armed at the next sweep.
             try refreshMaps()
         case .mprotect, .pkey_mprotect:
-            try mprotectExit(range(a[0], a[1]), Protection(rawValue: Int32(truncatingIfNeeded: a[2]) & 7), ranArmed: rewritten,
-                             failed: failed, thread)
+            try mprotectExit(
+                range(a[0], a[1]), Protection(rawValue: Int32(truncatingIfNeeded: a[2]) & 7), ranArmed: rewritten,
+                failed: failed, thread)
         default:
             break
         }
     }
 
     /// `ranArmed`: PageWatch ran the call without write (`mprotectEntry`).
-    func mprotectExit(_ target: AddressRange, _ prot: Protection, ranArmed: Bool, failed: Bool, _ thread: TrackedThread) throws {
+    func mprotectExit(_ target: AddressRange, _ prot: Protection, ranArmed: Bool, failed: Bool, _ thread: TrackedThread)
+        throws
+    {
         let tid = thread.tid
         if failed {
             // Nothing (or, on ENOMEM midway, part) changed: take maps as truth.
@@ -392,7 +412,8 @@ extension ProcessTracker {
         for piece in untracked.ranges {
             for m in maps where m.range.overlaps(piece) {
                 let part = m.range.intersection(piece)!
-                let selected = PageSet(config.selection.selectedPart(of: m, protection: prot, isThreadStack: false)).intersection(part)
+                let selected = PageSet(config.selection.selectedPart(of: m, protection: prot, isThreadStack: false))
+                    .intersection(part)
                 for s in selected.ranges { memory.insert(s, protection: prot, armed: ranArmed, dirty: true) }
                 var rest = PageSet([part])
                 for s in selected.ranges { rest.remove(s) }
@@ -401,7 +422,9 @@ extension ProcessTracker {
         }
         for p in memory.pinned.intersection(target).ranges {
             // Pinned pages must stay writable.
-            if let piece = memory.trackedPieces(in: p).first { try injector.protect(piece.range, piece.protection, thread) }
+            if let piece = memory.trackedPieces(in: p).first {
+                try injector.protect(piece.range, piece.protection, thread)
+            }
         }
     }
 

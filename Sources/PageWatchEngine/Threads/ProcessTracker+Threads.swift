@@ -56,7 +56,8 @@ extension ProcessTracker {
         let tid = thread.tid
         let regs = try Arch.readRegisters(tid: tid)
         guard Arch.syscallResult(regs) == -Int64(Errno.EINTR.rawValue),
-              Arch.row(number: Arch.syscallNumber(regs))?.endedByStop == true else { return }
+            Arch.row(number: Arch.syscallNumber(regs))?.endedByStop == true
+        else { return }
         if onlyWithoutSignal, (try? ProcFS.unblockedPendingSignals(of: tid, shared: true)) != 0 { return }
         trace("  interrupt ended syscall \(Arch.syscallNumber(regs)) with EINTR: rewound")
         try Arch.writeRegisters(Arch.rewindingSyscall(regs), tid: tid)
