@@ -118,7 +118,9 @@ struct Runtime: Sendable, CustomTestStringConvertible {
         let command = try runtime.command(Runtime.directory)
         let untracked = try Harness.run(command + runtime.fixed)
         #expect(untracked.status == 0)
-        let program = try Background(command + runtime.timed(8))
+        // Long enough for three attach cycles on a loaded machine: at 8 s,
+        // node ended before the third detach under CI's load.
+        let program = try Background(command + runtime.timed(20))
         usleep(800_000)  // past the runtime's start
         for (k, depth) in ["0", "16", "0"].enumerated() {
             let log = Harness.temporaryPath("runtime-attach-\(runtime.name)-\(k).jsonl")
