@@ -112,6 +112,40 @@ final class ProcessInjector {
         return results
     }
 
+    /// `MADV_POPULATE_WRITE` of one page at each of `pages`, in one
+    /// injection: the page's mapping gets its anon_vma before it is armed, so
+    /// the pieces arming splits it into share it and merge again (a page
+    /// first written inside a one-page piece would get its own, and that
+    /// piece never merge with its neighbours). Contents are unchanged (a zero
+    /// page, or a private copy of the file's). Failures are ignored (a guard
+    /// page, a page armed after all); EINVAL, a kernel before 5.14, ends
+    /// populating for the session.
+    func populate(_ pages: [RemoteAddress], _ thread: TrackedThread) throws {
+        guard !pages.isEmpty, !Self.populateUnsupported, Self.populatesMappings else { return }
+        let tid = thread.tid
+        trace("  populate \(pages.count) mapping(s) in \(tid)")
+        let calls = pages.map {
+            RemoteSyscall.BatchCall(number: HostArchitecture.syscalls.madvise, $0.value, Page.size, Self.madvPopulateWrite)
+        }
+        let results = try inject(thread) { remote, completing in
+            try remote.batch(calls, in: tid, completing: completing)
+        } ?? []
+        for (page, r) in zip(pages, results) where r != 0 {
+            if r == -Int64(EINVAL) {
+                Self.populateUnsupported = true
+                trace("    MADV_POPULATE_WRITE unsupported (EINVAL): mappings are armed without an anon_vma")
+                return
+            }
+            trace("    populate \(page.hex): \(r)")
+        }
+    }
+
+    static let madvPopulateWrite: UInt64 = 23
+    /// Set once the kernel answered EINVAL to MADV_POPULATE_WRITE (before 5.14).
+    nonisolated(unsafe) static var populateUnsupported = false
+    /// PAGEWATCH_POPULATE=no: arm without populating (for the benchmark's comparison).
+    static let populatesMappings = getenv("PAGEWATCH_POPULATE").map { String(cString: $0) != "no" } ?? true
+
     /// Pins `range` in `memory` (never armed again: rseq areas, buffers the
     /// kernel holds) and gives it its program protection.
     func pin(_ range: AddressRange, in memory: inout TrackedMemory, _ thread: TrackedThread) throws {
@@ -121,8 +155,8 @@ final class ProcessInjector {
         }
     }
 
-    /// A batched mprotect's result that is not 0: -errno, or 1 when the
-    /// batch never reached it.
+    /// A batched mprotect's result that is not 0: -errno, or the call's
+    /// number when the batch never reached it.
     static func mprotectFailed(_ result: Int64, at address: RemoteAddress, tid: Int32) -> TraceError {
         .remoteSyscall("mprotect", Errno(result < 0 ? Int32(-result) : EIO), tid: tid, address: address)
     }

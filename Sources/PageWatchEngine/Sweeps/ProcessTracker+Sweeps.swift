@@ -107,6 +107,8 @@ extension ProcessTracker {
         for page in pagesInFlight(in: nil, besides: tid) { busy.insert(AddressRange(start: page, end: page + Page.size)) }
         // Buffers of io_uring requests not yet completed: the kernel writes them later.
         busy.formUnion(ioUringBuffersInFlight())
+        // Mappings new since the last sweep get their anon_vma before their first arming.
+        try injector.populate(memory.pagesToPopulate(maps: attribution.lastMaps, excluded: userfaultRangesHere), thread)
         var changes: [ProtectionChange] = []
         for planned in memory.rearmPlan() {
             // Buffers another thread's blocked call will still write stay

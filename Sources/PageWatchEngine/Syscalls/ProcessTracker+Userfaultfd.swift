@@ -135,6 +135,10 @@ extension ProcessTracker {
     /// takes its registration with it; `mremap` may carry it to the new
     /// place (`UFFD_FEATURE_EVENT_REMAP`), so the new range counts as
     /// registered when the old one was.
+    /// This process's registered ranges: never populated by PageWatch (a
+    /// populated page would never ask the program's handler).
+    var userfaultRangesHere: PageSet { PageSet(UserfaultRanges.shared.ranges(of: pid)) }
+
     func userfaultfdMemoryExit(_ call: Syscall, _ a: [UInt64], result: Int64) {
         guard result >= 0 || result <= -4096, !UserfaultRanges.shared.ranges(of: pid).isEmpty else { return }
         func range(_ start: UInt64, _ length: UInt64) -> AddressRange {
