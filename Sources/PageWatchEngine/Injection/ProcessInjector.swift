@@ -140,6 +140,39 @@ final class ProcessInjector {
         }
     }
 
+    /// `populate` for a range already armed (the program's own mprotect
+    /// made it writable and PageWatch ran that call without write): the
+    /// whole range un-armed, its first page populated, the range armed again,
+    /// in one injection. The whole range, not its first page alone: a VMA
+    /// made writable is charged (VM_ACCOUNT), and one made read-only while it
+    /// has no anon_vma is uncharged, so a page un-armed alone would differ
+    /// from its neighbours and never merge with them. Only for pages dirty
+    /// in the model: a write by another thread meanwhile does not fault, and
+    /// is reported anyway. Returns false when the range may be left writable
+    /// (the re-arming failed): it must then count as written.
+    func populateArmed(_ range: AddressRange, _ protection: Protection, _ thread: TrackedThread) throws -> Bool {
+        guard !Self.populateUnsupported, Self.populatesMappings else { return true }
+        let tid = thread.tid
+        trace("  populate armed \(range) in \(tid)")
+        let mprotect = HostArchitecture.syscalls.mprotect
+        let calls = [
+            RemoteSyscall.BatchCall(number: mprotect, range.start.value, range.length, UInt64(protection.rawValue)),
+            RemoteSyscall.BatchCall(number: HostArchitecture.syscalls.madvise, range.start.value, Page.size,
+                                    Self.madvPopulateWrite),
+            RemoteSyscall.BatchCall(number: mprotect, range.start.value, range.length, UInt64(protection.armed.rawValue)),
+        ]
+        let results = try inject(thread) { remote, completing in
+            try remote.batch(calls, in: tid, completing: completing)
+        } ?? []
+        guard results.count == 3 else { return true }
+        if results[1] == -Int64(EINVAL) {
+            Self.populateUnsupported = true
+            trace("    MADV_POPULATE_WRITE unsupported (EINVAL): mappings are armed without an anon_vma")
+        }
+        if results != [0, 0, 0] { trace("    results: \(results)") }
+        return results[0] != 0 || results[2] == 0
+    }
+
     static let madvPopulateWrite: UInt64 = 23
     /// Set once the kernel answered EINVAL to MADV_POPULATE_WRITE (before 5.14).
     nonisolated(unsafe) static var populateUnsupported = false

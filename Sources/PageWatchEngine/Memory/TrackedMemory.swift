@@ -263,10 +263,16 @@ public struct TrackedMemory: Sendable {
     /// The page to populate in a new mapping `range` about to be armed, if any; `range` becomes settled.
     public mutating func pageToPopulate(in range: AddressRange, excluded: PageSet) -> RemoteAddress? {
         let r = range.pageAligned
-        guard anonVmaSettled.intersection(r).isEmpty else { return nil }
-        anonVmaSettled.insert(r)
+        guard settle(r) else { return nil }
         guard let (page, _) = firstWritablePage(in: r), let page, !excluded.contains(page) else { return nil }
         return page
+    }
+
+    /// Marks `range` settled; whether none of it was before.
+    public mutating func settle(_ range: AddressRange) -> Bool {
+        let r = range.pageAligned
+        defer { anonVmaSettled.insert(r) }
+        return anonVmaSettled.intersection(r).isEmpty
     }
 
     /// The first tracked page of `range` that the program may write and is

@@ -394,7 +394,16 @@ extension ProcessTracker {
             for m in maps where m.range.overlaps(piece) {
                 let part = m.range.intersection(piece)!
                 let selected = PageSet(config.selection.selectedPart(of: m, protection: prot, isThreadStack: false)).intersection(part)
-                for s in selected.ranges { memory.insert(s, protection: prot, armed: ranArmed, dirty: true) }
+                for s in selected.ranges {
+                    memory.insert(s, protection: prot, armed: ranArmed, dirty: true)
+                    // Armed before the program could write it: its first page
+                    // is populated through a brief un-arming (it is dirty).
+                    if ranArmed, m.isPrivate, memory.settle(s), userfaultRangesHere.intersection(s).isEmpty,
+                       memory.pinned.intersection(s).isEmpty, try !injector.populateArmed(s, prot, thread) {
+                        memory.insert(s, protection: prot, armed: false, dirty: true)
+                        _ = memory.settle(s)
+                    }
+                }
                 var rest = PageSet([part])
                 for s in selected.ranges { rest.remove(s) }
                 for r in rest.ranges { try injector.protect(r, prot, thread) }
