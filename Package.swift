@@ -60,22 +60,24 @@ let fixtureFolderEntries: [String] = {
     return ((try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []).sorted()
 }()
 
-let fixtureTargets: [Target] = fixtures.filter { $0.language != "swift" }.map { fixture in
-    let source = fixture.name + (fixture.language == "cxx" ? ".cpp" : ".c")
-    let flags: [String] = ["-O1", "-Wall"] + fixture.cFlags
-    return .executableTarget(
-        name: fixture.name,
-        path: "fixtures",
-        exclude: fixtureFolderEntries.filter { $0 != source },
-        sources: [source],
-        cSettings: [.unsafeFlags(flags)],
-        cxxSettings: [.unsafeFlags(flags)],
-        linkerSettings: (["pthread"] + fixture.libraries).map { LinkerSetting.linkedLibrary($0) }
-            + (fixture.linkerFlags.isEmpty ? [] : [.unsafeFlags(fixture.linkerFlags)])
-    )
-} + swiftFixtureNames.map { name in
-    .executableTarget(name: name, path: "fixtures/\(name)")
-}
+let fixtureTargets: [Target] =
+    fixtures.filter { $0.language != "swift" }.map { fixture in
+        let source = fixture.name + (fixture.language == "cxx" ? ".cpp" : ".c")
+        let flags: [String] = ["-O1", "-Wall"] + fixture.cFlags
+        return .executableTarget(
+            name: fixture.name,
+            path: "fixtures",
+            exclude: fixtureFolderEntries.filter { $0 != source },
+            sources: [source],
+            cSettings: [.unsafeFlags(flags)],
+            cxxSettings: [.unsafeFlags(flags)],
+            linkerSettings: (["pthread"] + fixture.libraries).map { LinkerSetting.linkedLibrary($0) }
+                + (fixture.linkerFlags.isEmpty ? [] : [.unsafeFlags(fixture.linkerFlags)])
+        )
+    }
+    + swiftFixtureNames.map { name in
+        .executableTarget(name: name, path: "fixtures/\(name)")
+    }
 
 let package = Package(
     name: "PageWatch",
@@ -84,7 +86,7 @@ let package = Package(
         .library(name: "PageWatchKit", targets: ["PageWatchKit"]),
     ],
     dependencies: [
-        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
     ],
     targets: [
         .target(name: "CPtrace"),
@@ -96,16 +98,22 @@ let package = Package(
         .target(
             name: "CUnwind",
             dependencies: ["CLibUnwind"],
-            // Debian's libunwind-ptrace.so uses lzma without linking it (libunwind issue 586).
+            // Debian's libunwind-ptrace.so uses lzma without linking it:
+            // https://github.com/libunwind/libunwind/issues/586
             linkerSettings: [.linkedLibrary("lzma")]
         ),
-        .target(name: "PageWatchAttribution",
-                dependencies: ["CUnwind", "CLibDW", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog"]),
-        .target(name: "PageWatchEngine",
-                dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog", "CPtrace"]),
+        .target(
+            name: "PageWatchAttribution",
+            dependencies: ["CUnwind", "CLibDW", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog"]),
+        .target(
+            name: "PageWatchEngine",
+            dependencies: [
+                "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog", "CPtrace",
+            ]),
         .target(name: "PageWatchReport", dependencies: ["PageWatchLog", "PageWatchAddressSpace"]),
-        .target(name: "PageWatchKit",
-                dependencies: ["PageWatchEngine", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog"]),
+        .target(
+            name: "PageWatchKit",
+            dependencies: ["PageWatchEngine", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog"]),
         .executableTarget(
             name: "pagewatch",
             dependencies: [
@@ -114,15 +122,20 @@ let package = Package(
             ]
         ),
         .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
-        .testTarget(name: "PageWatchPtraceTests",
-                    dependencies: ["PageWatchPtrace", "PageWatchEngine", "fx_blocked_read", "fx_sleeper", "fx_futex_wait"]),
-        .testTarget(name: "PageWatchAttributionTests",
-                    dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchLog", "CUnwind", "fx_callsites"]),
+        .testTarget(
+            name: "PageWatchPtraceTests",
+            dependencies: ["PageWatchPtrace", "PageWatchEngine", "fx_blocked_read", "fx_sleeper", "fx_futex_wait"]),
+        .testTarget(
+            name: "PageWatchAttributionTests",
+            dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchLog", "CUnwind", "fx_callsites"]),
         .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine", "PageWatchLog"]),
         .testTarget(name: "PageWatchLogTests", dependencies: ["PageWatchLog"]),
         .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport", "PageWatchLog"]),
-        .testTarget(name: "PageWatchKitTests",
-                    dependencies: ["PageWatchKit", "fx_writers", "fx_phases", "fx_syscall_out", "fx_threads", "fx_exit3", "fx_sleeper"]),
+        .testTarget(
+            name: "PageWatchKitTests",
+            dependencies: [
+                "PageWatchKit", "fx_writers", "fx_phases", "fx_syscall_out", "fx_threads", "fx_exit3", "fx_sleeper",
+            ]),
         .testTarget(
             name: "EndToEndTests",
             dependencies: ["pagewatch"] + (fixtureNames + cxxFixtureNames + swiftFixtureNames).map { .target(name: $0) }

@@ -78,7 +78,7 @@ static __thread struct cu_call *current_call;
 
 // libunwind as Debian builds it (--enable-block-signals) blocks every signal
 // around each use of its caches: two sigprocmask calls an unwind step, about
-// 10 us of a 16-frame call stack (issue 6). The masking guards against a
+// 10 us of a 16-frame call stack. The masking guards against a
 // signal handler unwinding in the middle; PageWatch unwinds on one thread
 // and never from a handler. So while cu_call_stack runs, sigprocmask
 // (which libunwind calls through the PLT, and this definition in the
@@ -140,7 +140,7 @@ static int page_valid(const cu_unwinder *u, const struct cu_page *p, uint64_t ba
 
 // Stack pages above a missed one read in the same process_vm_readv: an
 // unwind walks up the stack, and each read costs about 2.5 us here, most
-// of it the call (issue 6). Pages past the stack's end are not read.
+// of it the call. Pages past the stack's end are not read.
 #define CU_READ_AHEAD 2u
 
 static struct cu_page *cached_page(cu_unwinder *u, uint64_t base)

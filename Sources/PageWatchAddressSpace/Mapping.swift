@@ -13,8 +13,10 @@ public struct Mapping: Hashable, Sendable {
     /// The backing file was unlinked (` (deleted)` suffix).
     public var isDeleted: Bool
 
-    public init(range: AddressRange, protection: Protection, isPrivate: Bool, offset: UInt64 = 0,
-                device: String = "00:00", inode: UInt64 = 0, path: String = "", isDeleted: Bool = false) {
+    public init(
+        range: AddressRange, protection: Protection, isPrivate: Bool, offset: UInt64 = 0,
+        device: String = "00:00", inode: UInt64 = 0, path: String = "", isDeleted: Bool = false
+    ) {
         self.range = range
         self.protection = protection
         self.isPrivate = isPrivate
@@ -74,11 +76,12 @@ public enum MapsParser {
             return f
         }
         guard let rangeField = field(), let perms = field(), let offsetField = field(),
-              let device = field(), let inodeField = field() else { return nil }
+            let device = field(), let inodeField = field()
+        else { return nil }
         let bounds = rangeField.split(separator: "-")
         guard bounds.count == 2,
-              let start = UInt64(bounds[0], radix: 16), let end = UInt64(bounds[1], radix: 16), start <= end,
-              perms.count == 4, let offset = UInt64(offsetField, radix: 16), let inode = UInt64(inodeField)
+            let start = UInt64(bounds[0], radix: 16), let end = UInt64(bounds[1], radix: 16), start <= end,
+            perms.count == 4, let offset = UInt64(offsetField, radix: 16), let inode = UInt64(inodeField)
         else { return nil }
         let p = Array(perms)
         var prot: Protection = []
@@ -92,7 +95,8 @@ public enum MapsParser {
             deleted = true
             path.removeLast(" (deleted)".count)
         }
-        return Mapping(range: AddressRange(start, end), protection: prot, isPrivate: p[3] == "p",
-                       offset: offset, device: String(device), inode: inode, path: path, isDeleted: deleted)
+        return Mapping(
+            range: AddressRange(start, end), protection: prot, isPrivate: p[3] == "p",
+            offset: offset, device: String(device), inode: inode, path: path, isDeleted: deleted)
     }
 }

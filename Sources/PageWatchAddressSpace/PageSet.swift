@@ -32,7 +32,11 @@ public struct PageSet: Equatable, Sendable {
         // Ascending inserts (a bitmap's runs, a sweep's pages) extend or
         // append at the end: no search, no one-element array to splice in.
         if let last = ranges.last, r.start >= last.end {
-            if r.start == last.end { ranges[ranges.count - 1] = AddressRange(start: last.start, end: r.end) } else { ranges.append(r) }
+            if r.start == last.end {
+                ranges[ranges.count - 1] = AddressRange(start: last.start, end: r.end)
+            } else {
+                ranges.append(r)
+            }
             return
         }
         if ranges.isEmpty { ranges.append(r); return }

@@ -8,7 +8,7 @@ public struct Protection: OptionSet, Hashable, Sendable, CustomStringConvertible
     public static let execute = Protection(rawValue: 4)
 
     /// The protection of an armed page: the program's own, minus write.
-    /// Only PROT_WRITE is removed so executable (JIT) pages stay executable (hazard 13).
+    /// Only PROT_WRITE is removed so executable (JIT) pages stay executable.
     public var armed: Protection { subtracting(.write) }
 
     public var description: String {

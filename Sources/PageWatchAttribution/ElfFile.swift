@@ -62,8 +62,9 @@ final class ElfFile {
             for i in 0..<phnum {
                 let at = phoff &+ i &* phentsize
                 guard let type = reader.u32(at), type == Self.PT_LOAD,
-                      let offset = reader.u64(at + 8), let vaddr = reader.u64(at + 16),
-                      let filesz = reader.u64(at + 32) else { continue }
+                    let offset = reader.u64(at + 8), let vaddr = reader.u64(at + 16),
+                    let filesz = reader.u64(at + 32)
+                else { continue }
                 loads.append(LoadSegment(fileOffset: offset, virtualAddress: vaddr, fileSize: filesz))
             }
         }
@@ -74,10 +75,16 @@ final class ElfFile {
             for i in 0..<shnum {
                 let at = shoff &+ i &* shentsize
                 guard let name = reader.u32(at), let type = reader.u32(at + 4), let offset = reader.u64(at + 24),
-                      let size = reader.u64(at + 32), let link = reader.u32(at + 40),
-                      let entsize = reader.u64(at + 56) else { break }
-                raw.append((name, Section(name: "", type: type, fileOffset: offset, size: size, link: link,
-                                          entrySize: entsize)))
+                    let size = reader.u64(at + 32), let link = reader.u32(at + 40),
+                    let entsize = reader.u64(at + 56)
+                else { break }
+                raw.append(
+                    (
+                        name,
+                        Section(
+                            name: "", type: type, fileOffset: offset, size: size, link: link,
+                            entrySize: entsize)
+                    ))
             }
         }
         let names = shstrndx < UInt64(raw.count) ? raw[Int(shstrndx)].section : nil
@@ -119,7 +126,8 @@ final class ElfFile {
                 let descAt = nameAt + (UInt64(namesz) + 3) & ~3
                 let next = descAt + (UInt64(descsz) + 3) & ~3
                 if type == Self.NT_GNU_BUILD_ID, namesz == 4, r.cString(nameAt, limit: s) == "GNU",
-                   let desc = r.bytes(descAt, count: UInt64(descsz)) {
+                    let desc = r.bytes(descAt, count: UInt64(descsz))
+                {
                     return desc.map { ($0 < 16 ? "0" : "") + String($0, radix: 16) }.joined()
                 }
                 at = next
@@ -138,7 +146,8 @@ final class ElfFile {
     /// first symbol table of `type`, sorted by address.
     func functionSymbols(type: UInt32) -> [FunctionSymbol] {
         guard let table = sections.first(where: { $0.type == type }), table.entrySize >= 24,
-              Int(table.link) < sections.count else { return [] }
+            Int(table.link) < sections.count
+        else { return [] }
         let strings = sections[Int(table.link)]
         let r = reader
         var result: [FunctionSymbol] = []
@@ -146,15 +155,18 @@ final class ElfFile {
         for i in 0..<count {
             let at = table.fileOffset &+ i &* table.entrySize
             guard let nameOffset = r.u32(at), let info = r.u8(at + 4), let shndx = r.u16(at + 6),
-                  let value = r.u64(at + 8), let size = r.u64(at + 16) else { break }
+                let value = r.u64(at + 8), let size = r.u64(at + 16)
+            else { break }
             let kind = info & 0xf, binding = info >> 4
             guard kind == Self.STT_FUNC || kind == Self.STT_GNU_IFUNC, shndx != 0, value != 0, nameOffset != 0,
-                  let name = r.cString(strings.fileOffset &+ UInt64(nameOffset), limit: strings), !name.isEmpty
+                let name = r.cString(strings.fileOffset &+ UInt64(nameOffset), limit: strings), !name.isEmpty
             else { continue }
             // A versioned definition (`__libc_start_main@@GLIBC_2.34`) is named without its version.
             let unversioned = name.firstIndex(of: "@").map { String(name[..<$0]) } ?? name
-            result.append(FunctionSymbol(address: value, size: size, name: unversioned.isEmpty ? name : unversioned,
-                                         isGlobal: binding != 0))
+            result.append(
+                FunctionSymbol(
+                    address: value, size: size, name: unversioned.isEmpty ? name : unversioned,
+                    isGlobal: binding != 0))
         }
         // Among aliases at one address, global names first (`memset` over a local alias).
         result.sort { ($0.address, $0.isGlobal ? 0 : 1) < ($1.address, $1.isGlobal ? 0 : 1) }
@@ -170,9 +182,15 @@ final class ElfFile {
             return UnsafeRawBufferPointer(rebasing: bytes[Int(at)..<Int(at + count)])
         }
         func u8(_ at: UInt64) -> UInt8? { bytes(at, count: 1).map { $0[0] } }
-        func u16(_ at: UInt64) -> UInt16? { bytes(at, count: 2).map { UInt16(littleEndian: $0.loadUnaligned(as: UInt16.self)) } }
-        func u32(_ at: UInt64) -> UInt32? { bytes(at, count: 4).map { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) } }
-        func u64(_ at: UInt64) -> UInt64? { bytes(at, count: 8).map { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) } }
+        func u16(_ at: UInt64) -> UInt16? {
+            bytes(at, count: 2).map { UInt16(littleEndian: $0.loadUnaligned(as: UInt16.self)) }
+        }
+        func u32(_ at: UInt64) -> UInt32? {
+            bytes(at, count: 4).map { UInt32(littleEndian: $0.loadUnaligned(as: UInt32.self)) }
+        }
+        func u64(_ at: UInt64) -> UInt64? {
+            bytes(at, count: 8).map { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+        }
 
         /// A NUL-terminated string starting at `at`, which must end inside `section`.
         func cString(_ at: UInt64, limit section: Section) -> String? {

@@ -62,12 +62,15 @@ final class UnwindImage {
             for i in 0..<phnum {
                 let at = phoff &+ i &* phentsize
                 guard let type = Self.u32(bytes, at), let flags = Self.u32(bytes, at + 4),
-                      let offset = Self.u64(bytes, at + 8), let vaddr = Self.u64(bytes, at + 16),
-                      let filesz = Self.u64(bytes, at + 32), let memsz = Self.u64(bytes, at + 40) else { break }
+                    let offset = Self.u64(bytes, at + 8), let vaddr = Self.u64(bytes, at + 16),
+                    let filesz = Self.u64(bytes, at + 32), let memsz = Self.u64(bytes, at + 40)
+                else { break }
                 if type == Self.PT_LOAD {
-                    segments.append(Segment(fileOffset: offset, virtualAddress: vaddr, fileSize: filesz,
-                                            memorySize: memsz, executable: flags & Self.PF_X != 0,
-                                            writable: flags & Self.PF_W != 0))
+                    segments.append(
+                        Segment(
+                            fileOffset: offset, virtualAddress: vaddr, fileSize: filesz,
+                            memorySize: memsz, executable: flags & Self.PF_X != 0,
+                            writable: flags & Self.PF_W != 0))
                 } else if type == Self.PT_GNU_EH_FRAME {
                     header = (offset, vaddr, filesz)
                 }
@@ -79,16 +82,18 @@ final class UnwindImage {
 
     deinit { munmap(UnsafeMutableRawPointer(mutating: bytes.baseAddress), bytes.count) }
 
-
     /// The header: version 1, the encodings of the `.eh_frame` pointer, of
     /// the entry count and of the table, then those two values.
-    private static func searchTable(_ bytes: UnsafeRawBufferPointer, at offset: UInt64, address: UInt64,
-                                    size: UInt64) -> SearchTable? {
+    private static func searchTable(
+        _ bytes: UnsafeRawBufferPointer, at offset: UInt64, address: UInt64,
+        size: UInt64
+    ) -> SearchTable? {
         guard let version = u8(bytes, offset), version == 1,
-              let framePointerEncoding = u8(bytes, offset + 1), let countEncoding = u8(bytes, offset + 2),
-              let tableEncoding = u8(bytes, offset + 3), tableEncoding == Self.tableEncoding,
-              let pointerSize = encodedSize(framePointerEncoding), let countSize = encodedSize(countEncoding),
-              countSize > 0, countEncoding & 0x70 == 0 else { return nil }
+            let framePointerEncoding = u8(bytes, offset + 1), let countEncoding = u8(bytes, offset + 2),
+            let tableEncoding = u8(bytes, offset + 3), tableEncoding == Self.tableEncoding,
+            let pointerSize = encodedSize(framePointerEncoding), let countSize = encodedSize(countEncoding),
+            countSize > 0, countEncoding & 0x70 == 0
+        else { return nil }
         let countAt = offset + 4 + pointerSize
         let count: UInt64?
         switch countSize {
@@ -98,7 +103,8 @@ final class UnwindImage {
         }
         let tableOffset = 4 + pointerSize + countSize
         guard let entries = count, entries > 0, entries <= (size &- min(size, tableOffset)) / 8,
-              offset + tableOffset + entries * 8 <= UInt64(bytes.count) else { return nil }
+            offset + tableOffset + entries * 8 <= UInt64(bytes.count)
+        else { return nil }
         return SearchTable(headerAddress: address, tableOffset: tableOffset, entries: entries)
     }
 
@@ -247,15 +253,19 @@ struct UnwindTables {
         let size = UInt64(image.bytes.count)
         for m in mappings where !m.protection.contains(.write) {
             for bias in biases {
-                for s in image.segments where !s.writable
-                    && m.range.start.value &- m.offset == bias &+ s.virtualAddress &- s.fileOffset {
+                for s in image.segments
+                where !s.writable
+                    && m.range.start.value &- m.offset == bias &+ s.virtualAddress &- s.fileOffset
+                {
                     let segmentStart = bias &+ s.virtualAddress
                     let start = max(m.range.start.value, segmentStart)
                     let end = min(m.range.end.value, segmentStart &+ s.fileSize)
                     let fileStart = s.fileOffset &+ (start &- segmentStart)
                     guard start < end, fileStart <= size, end - start <= size - fileStart else { continue }
-                    windows.append(cu_file_window(start: start, end: end,
-                                                  bytes: UnsafeRawPointer(image.bytes.baseAddress! + Int(fileStart))))
+                    windows.append(
+                        cu_file_window(
+                            start: start, end: end,
+                            bytes: UnsafeRawPointer(image.bytes.baseAddress! + Int(fileStart))))
                 }
             }
         }

@@ -169,11 +169,12 @@ public final class Unwinder {
     public var statistics: UnwinderStatistics {
         var s = cu_stats()
         cu_unwinder_stats(unwinder, &s)
-        return UnwinderStatistics(memoryReads: s.memory_reads, pageFills: s.page_fills, pageReads: s.page_reads,
-                                  wordPeeks: s.word_peeks,
-                                  procInfoMemoryReads: s.proc_info_memory_reads, registerReads: s.register_reads,
-                                  windowReads: s.window_reads, tableLookups: s.table_lookups,
-                                  moduleMisses: s.module_misses, forcedPageReads: s.forced_page_reads)
+        return UnwinderStatistics(
+            memoryReads: s.memory_reads, pageFills: s.page_fills, pageReads: s.page_reads,
+            wordPeeks: s.word_peeks,
+            procInfoMemoryReads: s.proc_info_memory_reads, registerReads: s.register_reads,
+            windowReads: s.window_reads, tableLookups: s.table_lookups,
+            moduleMisses: s.module_misses, forcedPageReads: s.forced_page_reads)
     }
 
     /// The modules with code in the table handed to C, as (start, end, has
@@ -197,12 +198,13 @@ public final class Unwinder {
         let context = Unmanaged.passUnretained(self).toOpaque()
         let status = tables.modules.withUnsafeBufferPointer { modules in
             tables.windows.withUnsafeBufferPointer { windows in
-                cu_set_modules(unwinder, modules.baseAddress, modules.count, windows.baseAddress, windows.count,
-                               { context, ip in
-                                   guard let context else { return 0 }
-                                   return Unmanaged<Unwinder>.fromOpaque(context).takeUnretainedValue()
-                                       .moduleMissed(ip: ip) ? 1 : 0
-                               }, context)
+                cu_set_modules(
+                    unwinder, modules.baseAddress, modules.count, windows.baseAddress, windows.count,
+                    { context, ip in
+                        guard let context else { return 0 }
+                        return Unmanaged<Unwinder>.fromOpaque(context).takeUnretainedValue()
+                            .moduleMissed(ip: ip) ? 1 : 0
+                    }, context)
             }
         }
         // On ENOMEM C holds empty tables: what it points into may go.
@@ -214,7 +216,8 @@ public final class Unwinder {
     /// module mapped without the caller telling). True when the table changed.
     private func moduleMissed(ip: UInt64) -> Bool {
         guard !missedSinceChange, let known = maps,
-              !known.contains(where: { $0.range.contains(RemoteAddress(ip)) }) else { return false }
+            !known.contains(where: { $0.range.contains(RemoteAddress(ip)) })
+        else { return false }
         missedSinceChange = true
         guard let fresh = try? ProcFS.maps(of: mapsReader), fresh != known else { return false }
         use(maps: fresh)
@@ -239,7 +242,8 @@ public final class Unwinder {
     }
 
     private func setStableRanges(from maps: [Mapping]) {
-        let stable = maps
+        let stable =
+            maps
             .filter { $0.isFileBacked && !$0.protection.contains(.write) }
             .map(\.range)
             .sorted()

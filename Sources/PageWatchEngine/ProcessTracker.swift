@@ -124,7 +124,8 @@ final class ProcessTracker {
         thread.interrupt.mayLinger = false
         if thread.interrupt.pending || lingering {
             switch event {
-            case .interruptStop, .syscallStop: try undoInterruptEINTR(thread, onlyWithoutSignal: !thread.interrupt.pending)
+            case .interruptStop, .syscallStop:
+                try undoInterruptEINTR(thread, onlyWithoutSignal: !thread.interrupt.pending)
             default: break
             }
         }
@@ -172,7 +173,9 @@ final class ProcessTracker {
             let child = Int32(truncatingIfNeeded: try Ptrace.eventMessage(tid))
             // The new thread runs at once: it may have ended already (never
             // to stop again: a state for it would wait forever).
-            if endedBeforeItsCloneEvent.remove(child) == nil, threads[child] == nil { threads[child] = TrackedThread(tid: child) }
+            if endedBeforeItsCloneEvent.remove(child) == nil, threads[child] == nil {
+                threads[child] = TrackedThread(tid: child)
+            }
             threads[child]?.awaitsCloneEvent = false
             let clearTid = thread.exitWords.newThreadClearTid
             threads[child]?.exitWords.clearChildTid = clearTid
@@ -203,7 +206,9 @@ final class ProcessTracker {
             try resume(thread)
         case .interruptStop:
             if Tracker.debug, let r = try? Arch.readRegisters(tid: tid) {
-                trace("  at \(Arch.instructionPointer(r)) syscall \(Arch.syscallNumber(r)) result \(Arch.syscallResult(r))")
+                trace(
+                    "  at \(Arch.instructionPointer(r)) syscall \(Arch.syscallNumber(r)) result \(Arch.syscallResult(r))"
+                )
             }
             thread.interrupt.pending = false
             thread.inGroupStop = false
@@ -212,7 +217,7 @@ final class ProcessTracker {
             try sweepIfPending(in: thread)
             try resume(thread)
         case .groupStop:
-            // Stay stopped as without the tool until SIGCONT (hazard 18).
+            // Stay stopped as without the tool until SIGCONT.
             thread.inGroupStop = true
             thread.interrupt.pending = false
             if thread.preexisting {
@@ -287,7 +292,7 @@ final class ProcessTracker {
         }
         // A signal that arrived during PageWatch's injections (a sweep's
         // re-arming among them) gets its frame's pages un-armed like any
-        // other (hazard 2): a shell's SIGCHLD handler died by SIGSEGV here.
+        // other: a shell's SIGCHLD handler died by SIGSEGV here.
         if !thread.signals.altStackKnown, signalActions.onStack & (UInt64(1) << UInt64(next.signal - 1)) != 0 {
             try learnAltStack(thread)
         }
@@ -335,7 +340,9 @@ final class ProcessTracker {
             thread.waiting = nil
             try handleSignal(Signal.SIGSEGV, thread)
         }
-        if let tid = threads.keys.sorted().first(where: { threads[$0]?.waiting == .memoryCall }), let thread = threads[tid] {
+        if let tid = threads.keys.sorted().first(where: { threads[$0]?.waiting == .memoryCall }),
+            let thread = threads[tid]
+        {
             thread.waiting = nil
             try handleSyscallEntry(thread)
         }

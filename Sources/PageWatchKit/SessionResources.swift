@@ -8,7 +8,8 @@ struct OutputCapture {
     let descriptor: Int32
 
     init() throws {
-        var template = Array(((getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp") + "/pagewatch-output-XXXXXX").utf8CString)
+        var template = Array(
+            ((getenv("TMPDIR").map { String(cString: $0) } ?? "/tmp") + "/pagewatch-output-XXXXXX").utf8CString)
         let fd = mkstemp(&template)
         guard fd >= 0 else { throw WatchError.outputCapture(call: "mkstemp", errno: errno) }
         unlink(template)

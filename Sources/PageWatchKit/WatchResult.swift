@@ -30,7 +30,8 @@ public struct WatchResult: Sendable {
     /// Who wrote each page first in `phase` of process `pid` (the program by
     /// default): page address → `WriteEvent.writer`.
     public func writers(inPhase phase: Int, pid: Int32? = nil) -> [UInt64: String] {
-        Dictionary(writes(inPhase: phase, pid: pid).map { ($0.page, $0.writer) }, uniquingKeysWith: { first, _ in first })
+        Dictionary(
+            writes(inPhase: phase, pid: pid).map { ($0.page, $0.writer) }, uniquingKeysWith: { first, _ in first })
     }
 
     /// The sweep `seq` of process `pid` (the program by default): the one

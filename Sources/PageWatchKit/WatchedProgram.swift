@@ -63,7 +63,8 @@ public enum WatchError: Error, Equatable, CustomStringConvertible {
         switch self {
         case .noProgram: return "no program to run: arguments are empty"
         case .stackDepthOutOfRange(let n): return "stack depth \(n) is outside 0...256"
-        case .unusableSweepSignal(let s): return "signal \(s) cannot be the sweep signal (the tracer never sees SIGKILL or SIGSTOP; 1...64)"
+        case .unusableSweepSignal(let s):
+            return "signal \(s) cannot be the sweep signal (the tracer never sees SIGKILL or SIGSTOP; 1...64)"
         case .emptyRegion(let r): return "region \(r) is empty"
         case .negativeInterval(let d): return "interval \(d) is negative"
         case let .outputCapture(call, errno): return "capturing the program's output: \(call) failed, errno \(errno)"
@@ -101,9 +102,11 @@ public struct WatchedProgram: Sendable {
     /// or to this process's (false). Standard input and error are this process's.
     public var capturesOutput: Bool
 
-    public init(_ arguments: [String], regions: [Region] = [.writable], stackDepth: Int = 16,
-                sweepSignal: Int32? = SIGUSR2, interval: Duration? = nil, followForks: Bool = false,
-                capturesOutput: Bool = true) {
+    public init(
+        _ arguments: [String], regions: [Region] = [.writable], stackDepth: Int = 16,
+        sweepSignal: Int32? = SIGUSR2, interval: Duration? = nil, followForks: Bool = false,
+        capturesOutput: Bool = true
+    ) {
         self.arguments = arguments
         self.regions = regions
         self.stackDepth = stackDepth
@@ -180,9 +183,10 @@ public struct WatchedProgram: Sendable {
             let (seconds, attoseconds) = interval.components
             intervalNs = UInt64(seconds) * 1_000_000_000 + UInt64(attoseconds / 1_000_000_000)
         }
-        var configuration = TrackerConfiguration(command: arguments, selection: Selection(regions.map(\.trackSpec)),
-                                                 intervalNs: intervalNs, sweepSignal: sweepSignal,
-                                                 followForks: followForks, stackDepth: stackDepth)
+        var configuration = TrackerConfiguration(
+            command: arguments, selection: Selection(regions.map(\.trackSpec)),
+            intervalNs: intervalNs, sweepSignal: sweepSignal,
+            followForks: followForks, stackDepth: stackDepth)
         configuration.emptySignalMask = true
         return configuration
     }

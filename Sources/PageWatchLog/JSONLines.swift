@@ -28,7 +28,8 @@ public enum JSONLines {
         case let .attach(pid, threads, timeNs):
             return "{\"type\":\"attach\",\"pid\":\(pid),\"threads\":\(threads),\"time_ns\":\(timeNs)}"
         case let .detach(pid, sweeps, faults, timeNs):
-            return "{\"type\":\"detach\",\"pid\":\(pid),\"sweeps\":\(sweeps),\"faults\":\(faults),\"time_ns\":\(timeNs)}"
+            return
+                "{\"type\":\"detach\",\"pid\":\(pid),\"sweeps\":\(sweeps),\"faults\":\(faults),\"time_ns\":\(timeNs)}"
         case let .missed(pid, seq, pages, ranges, timeNs):
             var out = Array("{\"type\":\"missed\",\"pid\":\(pid),\"seq\":\(seq),\"pages\":\(pages),\"ranges\":".utf8)
             appendRanges(ranges, to: &out)
@@ -44,7 +45,9 @@ public enum JSONLines {
     }
 
     /// `end` (the program) and `exit` (a followed process) share their fields.
-    static func ending(_ type: String, _ pid: Int32, _ end: ProgramEnd, _ sweeps: Int, _ faults: Int, _ timeNs: UInt64) -> String {
+    static func ending(_ type: String, _ pid: Int32, _ end: ProgramEnd, _ sweeps: Int, _ faults: Int, _ timeNs: UInt64)
+        -> String
+    {
         var signal = ""
         if case .killed(let s) = end { signal = ",\"signal\":\(s)" }
         return "{\"type\":\"\(type)\",\"pid\":\(pid),\"exit_status\":\(end.shellStatus)\(signal),"

@@ -79,8 +79,10 @@ public struct LoggedSweep: Sendable, Equatable {
     /// reported again are not known to be (the dirty rate counts these).
     public var newPages: UInt64 { dirtyPages - min(dirtyPages, reportedAgainPages) }
 
-    public init(seq: Int, pid: Int32, reason: String, timeNs: UInt64, dirtyPages: UInt64, faults: Int,
-                ranges: [AddressRange], sites: [WriteSite]?) {
+    public init(
+        seq: Int, pid: Int32, reason: String, timeNs: UInt64, dirtyPages: UInt64, faults: Int,
+        ranges: [AddressRange], sites: [WriteSite]?
+    ) {
         self.seq = seq
         self.pid = pid
         self.reason = reason
@@ -131,11 +133,13 @@ public struct LogReadError: Error, CustomStringConvertible, Equatable {
         case .notJSON(let detail): return "\(place): not a JSON object: \(detail)"
         case .notAnObject: return "\(place): a JSON value that is not an object"
         case .notStartFirst(let type):
-            return "\(place): the first record is '\(type)', not 'start': not a pagewatch log, or its beginning is missing"
+            return
+                "\(place): the first record is '\(type)', not 'start': not a pagewatch log, or its beginning is missing"
         case .unsupportedSchema(let schema):
             return "\(place): schema '\(schema)' is not supported: this pagewatch reads \(JSONLines.schema) only"
         case let .missingField(record, field): return "\(place): '\(record)' record without '\(field)'"
-        case let .wrongType(record, field, expected): return "\(place): '\(record)' record: '\(field)' is not \(expected)"
+        case let .wrongType(record, field, expected):
+            return "\(place): '\(record)' record: '\(field)' is not \(expected)"
         case let .badRange(record, value): return "\(place): '\(record)' record: bad range \(value)"
         case .secondStart: return "\(place): a second 'start' record (two logs concatenated?)"
         }
@@ -173,7 +177,8 @@ public enum LogReader {
             let n = buffer.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress, $0.count) }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw LogReadError(source: path, line: nil, problem: .unreadable(reason: String(cString: strerror(errno))))
+                throw LogReadError(
+                    source: path, line: nil, problem: .unreadable(reason: String(cString: strerror(errno))))
             }
             if n == 0 { return data }
             data.append(contentsOf: buffer[0..<n])
@@ -220,7 +225,8 @@ extension LogReader {
             var out: [Data] = []
             var start = 0
             while start < bytes.count {
-                let end = memchr(base + start, Int32(UInt8(ascii: "\n")), bytes.count - start)
+                let end =
+                    memchr(base + start, Int32(UInt8(ascii: "\n")), bytes.count - start)
                     .map { $0 - UnsafeMutableRawPointer(mutating: base) } ?? bytes.count
                 out.append(Data(bytes: base + start, count: end - start))
                 start = end + 1
@@ -245,8 +251,9 @@ struct Record {
             object = try JSONSerialization.jsonObject(with: bytes)
         } catch {
             let text = String(decoding: bytes.prefix(60), as: UTF8.self)
-            throw LogReadError(source: source, line: line,
-                               problem: .notJSON(detail: bytes.isEmpty ? "empty line" : "'\(text)\(bytes.count > 60 ? "…" : "")'"))
+            throw LogReadError(
+                source: source, line: line,
+                problem: .notJSON(detail: bytes.isEmpty ? "empty line" : "'\(text)\(bytes.count > 60 ? "…" : "")'"))
         }
         guard let fields = object as? [String: Any] else {
             throw LogReadError(source: source, line: line, problem: .notAnObject)
@@ -258,7 +265,9 @@ struct Record {
         self.type = type
     }
 
-    func fail(_ problem: LogReadError.Problem) -> LogReadError { LogReadError(source: source, line: line, problem: problem) }
+    func fail(_ problem: LogReadError.Problem) -> LogReadError {
+        LogReadError(source: source, line: line, problem: problem)
+    }
 
     /// A JSON integer, exactly: time_ns is about 1.7e18, beyond what a
     /// Double holds, so it must never pass through one. JSONSerialization
@@ -311,12 +320,15 @@ struct Record {
     /// `[["0xSTART","0xEND"], ...]`, half-open.
     func ranges(_ value: Any?, field: String) throws(LogReadError) -> [AddressRange] {
         guard let value else { throw fail(.missingField(record: type, field: field)) }
-        guard let pairs = value as? [Any] else { throw fail(.wrongType(record: type, field: field, expected: "an array of ranges")) }
+        guard let pairs = value as? [Any] else {
+            throw fail(.wrongType(record: type, field: field, expected: "an array of ranges"))
+        }
         var out: [AddressRange] = []
         out.reserveCapacity(pairs.count)
         for pair in pairs {
             guard let ends = pair as? [String], ends.count == 2,
-                  let start = Self.hex(ends[0]), let end = Self.hex(ends[1]), start <= end else {
+                let start = Self.hex(ends[0]), let end = Self.hex(ends[1]), start <= end
+            else {
                 throw fail(.badRange(record: type, value: "\(pair)"))
             }
             out.append(AddressRange(start, end))
@@ -330,22 +342,28 @@ struct Record {
     }
 
     func frame(_ value: Any) throws(LogReadError) -> Frame {
-        guard let f = value as? [String: Any] else { throw fail(.wrongType(record: type, field: "frames", expected: "an array of objects")) }
+        guard let f = value as? [String: Any] else {
+            throw fail(.wrongType(record: type, field: "frames", expected: "an array of objects"))
+        }
         // Pseudo-frames (`[kernel] read`, `[unseen]`) have no ip: 0, as in the engine's Frame.
         let ip = (f["ip"] as? String).flatMap(Self.hex) ?? 0
         let offset = (f["offset"] as? String).flatMap(Self.hex)
         let line = (f["line"] as? NSNumber).flatMap { Self.isBoolean($0) ? nil : Int(exactly: $0.int64Value) }
-        return Frame(ip: ip, module: f["module"] as? String, offset: offset, function: f["function"] as? String,
-                     file: f["file"] as? String, line: line)
+        return Frame(
+            ip: ip, module: f["module"] as? String, offset: offset, function: f["function"] as? String,
+            file: f["file"] as? String, line: line)
     }
 
     func site(_ value: Any) throws(LogReadError) -> WriteSite {
-        guard let s = value as? [String: Any] else { throw fail(.wrongType(record: type, field: "sites", expected: "an array of objects")) }
+        guard let s = value as? [String: Any] else {
+            throw fail(.wrongType(record: type, field: "sites", expected: "an array of objects"))
+        }
         let site = Record(fields: s, type: "sweep site", source: source, line: line)
         var frames: [Frame] = []
         for f in s["frames"] as? [Any] ?? [] { frames.append(try frame(f)) }
-        return WriteSite(pages: try site.integer("pages"), faults: try site.integer("faults"),
-                         ranges: try site.ranges(s["ranges"], field: "ranges"), frames: frames)
+        return WriteSite(
+            pages: try site.integer("pages"), faults: try site.integer("faults"),
+            ranges: try site.ranges(s["ranges"], field: "ranges"), frames: frames)
     }
 
     private init(fields: [String: Any], type: String, source: String, line: Int) {
@@ -356,8 +374,9 @@ struct Record {
     }
 
     func ending() throws(LogReadError) -> LoggedEnding {
-        LoggedEnding(exitStatus: try integer("exit_status"), signal: try optionalInteger("signal"),
-                     sweeps: try integer("sweeps"), faults: try integer("faults"), timeNs: try integer("time_ns"))
+        LoggedEnding(
+            exitStatus: try integer("exit_status"), signal: try optionalInteger("signal"),
+            sweeps: try integer("sweeps"), faults: try integer("faults"), timeNs: try integer("time_ns"))
     }
 
     /// The first line: must be `start`, and of a schema this reader knows.
@@ -368,10 +387,11 @@ struct Record {
         guard schema == JSONLines.schema else { throw fail(.unsupportedSchema(schema)) }
         let pid: Int32 = try integer("pid")
         let startNs: UInt64 = try integer("time_ns")
-        return ParsedLog(source: source, pid: pid, pageSize: try integer("page_size"), command: try strings("command"),
-                         tracked: try strings("tracked"), selectedPages: try optionalInteger("selected_pages"),
-                         pagewatchVersion: try optionalString("pagewatch_version"), startNs: startNs,
-                         processes: [LoggedProcess(pid: pid, parent: nil, beginNs: startNs)], end: nil)
+        return ParsedLog(
+            source: source, pid: pid, pageSize: try integer("page_size"), command: try strings("command"),
+            tracked: try strings("tracked"), selectedPages: try optionalInteger("selected_pages"),
+            pagewatchVersion: try optionalString("pagewatch_version"), startNs: startNs,
+            processes: [LoggedProcess(pid: pid, parent: nil, beginNs: startNs)], end: nil)
     }
 
     /// Any later line. Records of a pid never announced (no `fork` seen)
@@ -388,18 +408,23 @@ struct Record {
         case "sweep":
             var sites: [WriteSite]?
             if let value = fields["sites"] {
-                guard let items = value as? [Any] else { throw fail(.wrongType(record: type, field: "sites", expected: "an array")) }
+                guard let items = value as? [Any] else {
+                    throw fail(.wrongType(record: type, field: "sites", expected: "an array"))
+                }
                 var parsed: [WriteSite] = []
                 parsed.reserveCapacity(items.count)
                 for item in items { parsed.append(try site(item)) }
                 sites = parsed
             }
-            var sweep = LoggedSweep(seq: try integer("seq"), pid: try integer("pid"), reason: try string("reason"),
-                                    timeNs: try integer("time_ns"), dirtyPages: try integer("dirty_pages"),
-                                    faults: try integer("faults"), ranges: try ranges(fields["ranges"], field: "ranges"),
-                                    sites: sites)
+            var sweep = LoggedSweep(
+                seq: try integer("seq"), pid: try integer("pid"), reason: try string("reason"),
+                timeNs: try integer("time_ns"), dirtyPages: try integer("dirty_pages"),
+                faults: try integer("faults"), ranges: try ranges(fields["ranges"], field: "ranges"),
+                sites: sites)
             if let rearmed = fields["rearmed"] {
-                guard let flag = rearmed as? Bool else { throw fail(.wrongType(record: type, field: "rearmed", expected: "a boolean")) }
+                guard let flag = rearmed as? Bool else {
+                    throw fail(.wrongType(record: type, field: "rearmed", expected: "a boolean"))
+                }
                 sweep.rearmed = flag
             }
             sweep.leftWritable = try optionalInteger("left_writable") ?? 0

@@ -33,8 +33,10 @@ public struct SweepRecord: Sendable, Equatable {
 
     public var dirtyPages: UInt64 { ranges.reduce(0) { $0 + $1.pageCount } }
 
-    public init(seq: Int, pid: Int32, reason: SweepReason, timeNs: UInt64, ranges: [AddressRange], faults: Int,
-                sites: [WriteSite]? = nil) {
+    public init(
+        seq: Int, pid: Int32, reason: SweepReason, timeNs: UInt64, ranges: [AddressRange], faults: Int,
+        sites: [WriteSite]? = nil
+    ) {
         self.sites = sites
         self.seq = seq
         self.pid = pid
@@ -63,7 +65,8 @@ public enum ProgramEnd: Sendable, Equatable {
 public enum LogRecord: Sendable, Equatable {
     /// `selectedPages`: the pages the selection picked in the process when
     /// the record was written (0 in a program whose memory is still to come).
-    case start(pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64, selectedPages: UInt64 = 0)
+    case start(
+        pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64, selectedPages: UInt64 = 0)
     /// The program called exec: tracking restarted on the new image.
     case exec(pid: Int32, path: String, timeNs: UInt64)
     case sweep(SweepRecord)

@@ -32,8 +32,10 @@ public struct Frame: Sendable, Equatable {
     public var file: String?
     public var line: Int?
 
-    public init(ip: UInt64, module: String? = nil, offset: UInt64? = nil, function: String? = nil,
-                file: String? = nil, line: Int? = nil) {
+    public init(
+        ip: UInt64, module: String? = nil, offset: UInt64? = nil, function: String? = nil,
+        file: String? = nil, line: Int? = nil
+    ) {
         self.ip = ip
         self.module = module
         self.offset = offset

@@ -34,7 +34,8 @@ public enum ProcFS {
         guard n > 0, let close = buffer[0..<n].lastIndex(of: UInt8(ascii: ")")) else { return nil }
         let fields = buffer[(close + 1)..<n].split(separator: UInt8(ascii: " "))
         guard fields.count > 31, let ignored = UInt64(String(decoding: fields[30], as: UTF8.self)),
-              let caught = UInt64(String(decoding: fields[31], as: UTF8.self)) else { return nil }
+            let caught = UInt64(String(decoding: fields[31], as: UTF8.self))
+        else { return nil }
         return (ignored, caught)
     }
 

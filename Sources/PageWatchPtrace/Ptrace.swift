@@ -13,7 +13,8 @@ public struct TraceOptions: OptionSet, Sendable {
     public static let traceExec = TraceOptions(rawValue: UInt(PW_O_TRACEEXEC))
     public static let traceExit = TraceOptions(rawValue: UInt(PW_O_TRACEEXIT))
     public static let traceSeccomp = TraceOptions(rawValue: UInt(PW_O_TRACESECCOMP))
-    /// The tracee is killed when the tracer exits (launch mode; hazard 20).
+    /// The tracee is killed when the tracer exits (launch mode:
+    /// a program left armed would die at its next write).
     public static let exitKill = TraceOptions(rawValue: UInt(PW_O_EXITKILL))
 }
 
@@ -39,7 +40,7 @@ public struct SignalInfo: Sendable, Equatable {
     public static let SI_KERNEL: Int32 = 0x80
 }
 
-/// A thread's registered rseq area (hazard 3).
+/// A thread's registered rseq area.
 public struct RseqArea: Sendable, Equatable {
     public var address: RemoteAddress
     public var size: UInt32
@@ -98,8 +99,9 @@ public enum Ptrace {
     public static func signalInfo(_ tid: Int32) throws -> SignalInfo {
         var i = pw_siginfo()
         try check(pw_ptrace_getsiginfo(tid, &i), "PTRACE_GETSIGINFO", tid: tid)
-        return SignalInfo(signal: i.signo, code: i.code, faultAddress: RemoteAddress(i.fault_address),
-                          senderPid: i.sender_pid)
+        return SignalInfo(
+            signal: i.signo, code: i.code, faultAddress: RemoteAddress(i.fault_address),
+            senderPid: i.sender_pid)
     }
 
     /// The siginfo of the signal the thread is stopped for, to be re-delivered later.

@@ -15,7 +15,7 @@ public enum StopEvent: Equatable, Sendable {
     /// Signal-delivery-stop: resume with the signal to deliver it, or 0 to suppress it.
     case signalDelivery(tid: Int32, signal: Int32)
     /// Group-stop of a seized thread (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU):
-    /// resume with `PTRACE_LISTEN` so it stays stopped until SIGCONT (hazard 18).
+    /// resume with `PTRACE_LISTEN` so it stays stopped until SIGCONT.
     case groupStop(tid: Int32, signal: Int32)
     /// `PTRACE_EVENT_STOP` that is not a group-stop: a `PTRACE_INTERRUPT`, or a
     /// new thread's first stop. Resume with `PTRACE_CONT`, signal 0.
@@ -31,7 +31,7 @@ public enum StopEvent: Equatable, Sendable {
     public var tid: Int32 {
         switch self {
         case let .exited(t, _), let .killed(t, _, _), let .signalDelivery(t, _), let .groupStop(t, _),
-             let .interruptStop(t), let .syscallStop(t), let .event(t, _), let .unknown(t, _):
+            let .interruptStop(t), let .syscallStop(t), let .event(t, _), let .unknown(t, _):
             return t
         }
     }

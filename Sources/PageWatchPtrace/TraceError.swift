@@ -37,7 +37,8 @@ public enum TraceError: Error, CustomStringConvertible {
     public var hint: String? {
         switch self {
         case let .call(name, errno, _, _) where errno == .EPERM && name.hasPrefix("PTRACE_"):
-            return "ptrace was refused: PageWatch needs CAP_SYS_PTRACE or kernel.yama.ptrace_scope <= 1, and the process must not already be traced (gdb, strace)"
+            return
+                "ptrace was refused: PageWatch needs CAP_SYS_PTRACE or kernel.yama.ptrace_scope <= 1, and the process must not already be traced (gdb, strace)"
         case let .cannotAttach(_, _, hint):
             return hint
         case let .remoteSyscall(_, errno, _, _) where errno == .ENOMEM:

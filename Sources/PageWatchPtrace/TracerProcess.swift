@@ -2,7 +2,7 @@ internal import CPtrace
 import Glibc
 
 /// `pagewatch attach` traces from a child process, so that the process the
-/// user started (and may SIGKILL) is not the tracer (hazard 20). The child
+/// user started (and may SIGKILL) is not the tracer. The child
 /// gets SIGHUP when its parent dies (`PR_SET_PDEATHSIG`), which it takes
 /// like Ctrl-C: a clean detach, with every page given back, while it is
 /// still alive to do it. The parent forwards SIGINT, SIGTERM and SIGHUP to

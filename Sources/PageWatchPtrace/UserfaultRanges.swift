@@ -102,8 +102,9 @@ public struct UserfaultRanges: Sendable {
             }
             // A mapping's header: "start-end perms offset dev inode path".
             guard let dash = line.firstIndex(of: "-"), let space = line.firstIndex(of: " "), dash < space,
-                  let start = UInt64(line[line.startIndex..<dash], radix: 16),
-                  let end = UInt64(line[line.index(after: dash)..<space], radix: 16) else { continue }
+                let start = UInt64(line[line.startIndex..<dash], radix: 16),
+                let end = UInt64(line[line.index(after: dash)..<space], radix: 16)
+            else { continue }
             current = AddressRange(start, end)
         }
         return found
@@ -134,7 +135,8 @@ extension Ptrace {
             if n < 0 && errno == EINTR { continue }
             if n <= 0 {
                 if done == 0 {
-                    throw TraceError.call("read /proc/\(pid)/mem", n < 0 ? Errno(Glibc.errno) : .EIO, tid: pid, address: address)
+                    throw TraceError.call(
+                        "read /proc/\(pid)/mem", n < 0 ? Errno(Glibc.errno) : .EIO, tid: pid, address: address)
                 }
                 break
             }

@@ -40,7 +40,9 @@ struct AddressMap {
         }
         guard !pieces.isEmpty else { return }
         // Cut before the widest gaps; the others stay inside a block and take no columns.
-        let gaps = pieces.indices.dropFirst().sorted { pieces[$0].start - pieces[$0 - 1].end > pieces[$1].start - pieces[$1 - 1].end }
+        let gaps = pieces.indices.dropFirst().sorted {
+            pieces[$0].start - pieces[$0 - 1].end > pieces[$1].start - pieces[$1 - 1].end
+        }
         let cuts = Set(gaps.prefix(maxBlocks - 1))
         var bounds: [Range<Int>] = []
         var first = 0
@@ -63,8 +65,10 @@ struct AddressMap {
                 pages += pieces[i].length / pageSize
             }
             let used = Int((pages + pagesPerColumn - 1) / pagesPerColumn)
-            blocks.append(Block(span: AddressRange(start: pieces[range.lowerBound].start, end: pieces[range.upperBound - 1].end),
-                                pages: pages, firstColumn: column, columns: used, pieces: range))
+            blocks.append(
+                Block(
+                    span: AddressRange(start: pieces[range.lowerBound].start, end: pieces[range.upperBound - 1].end),
+                    pages: pages, firstColumn: column, columns: used, pieces: range))
             column += used
         }
     }

@@ -9,7 +9,8 @@ public enum FoldedReport {
         var order: [String] = []
         for w in report.writers {
             // Writers differing only in what the names drop (ips, lines) are one stack here.
-            let stack = w.frames.isEmpty ? "[no frames]" : w.frames.reversed().map { frameName($0) }.joined(separator: ";")
+            let stack =
+                w.frames.isEmpty ? "[no frames]" : w.frames.reversed().map { frameName($0) }.joined(separator: ";")
             if counts[stack] == nil { order.append(stack) }
             counts[stack, default: 0] += w.pages
         }

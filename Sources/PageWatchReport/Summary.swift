@@ -43,8 +43,10 @@ public struct Summary {
         lines.append("  sweep  reason    dirty pages       MiB   faults  ranges")
         for s in sweeps {
             let reason = s.reason.rawValue + String(repeating: " ", count: max(0, 8 - s.reason.rawValue.count))
-            let columns: [String] = [pad(String(s.seq), 5), "  ", reason, pad(String(s.dirtyPages), 13),
-                                     pad(mib(s.dirtyPages), 10), pad(String(s.faults), 9), pad(String(s.ranges.count), 8)]
+            let columns: [String] = [
+                pad(String(s.seq), 5), "  ", reason, pad(String(s.dirtyPages), 13),
+                pad(mib(s.dirtyPages), 10), pad(String(s.faults), 9), pad(String(s.ranges.count), 8),
+            ]
             var notes: [String] = []
             if !s.rearmed { notes.append("not re-armed") }
             let again = s.reportedAgain.reduce(UInt64(0)) { $0 + $1.pageCount }
@@ -56,12 +58,14 @@ public struct Summary {
         let again = sweeps.reduce(UInt64(0)) { $0 + $1.reportedAgain.reduce(0) { $0 + $1.pageCount } }
         let totalPages = sweeps.reduce(UInt64(0)) { $0 + $1.dirtyPages } - again
         let totalFaults = sweeps.reduce(0) { $0 + $1.faults }
-        lines.append("  total: \(sweeps.count) sweeps, \(totalPages) dirty pages (\(mib(totalPages)) MiB), \(totalFaults) write faults"
-                     + (again > 0 ? "; \(again) pages reported again, not counted" : ""))
+        lines.append(
+            "  total: \(sweeps.count) sweeps, \(totalPages) dirty pages (\(mib(totalPages)) MiB), \(totalFaults) write faults"
+                + (again > 0 ? "; \(again) pages reported again, not counted" : ""))
         if execs > 0 { lines.append("  the program called exec \(execs) time(s); tracking restarted each time") }
         for f in followed {
-            lines.append("  process \(f.pid) (forked by \(f.parent)): \(f.pages) dirty pages, \(f.faults) write faults, "
-                         + ended(f.end))
+            lines.append(
+                "  process \(f.pid) (forked by \(f.parent)): \(f.pages) dirty pages, \(f.faults) write faults, "
+                    + ended(f.end))
         }
         for u in untracked { lines.append("  " + u) }
         if let end { lines.append("  program " + ended(end)) }

@@ -11,27 +11,36 @@ public enum TextReport {
         if isProgram {
             out.append("pid       \(process.pid), \(Format.ending(process.ending))")
         } else {
-            out.append("pid       \(process.pid), forked by \(process.parent.map(String.init) ?? "?"), \(Format.ending(process.ending))")
+            out.append(
+                "pid       \(process.pid), forked by \(process.parent.map(String.init) ?? "?"), \(Format.ending(process.ending))"
+            )
         }
         out.append("log       \(log.source), schema \(JSONLines.schema), page size \(log.pageSize)")
         out.append("tracked   \(log.tracked.joined(separator: " "))")
         if let d = report.durationNs {
-            out.append("duration  \(Format.duration(ns: d)) (from \(isProgram ? "the start record" : "its fork record") to \(process.ending == nil ? "its last sweep" : "its end"))")
+            out.append(
+                "duration  \(Format.duration(ns: d)) (from \(isProgram ? "the start record" : "its fork record") to \(process.ending == nil ? "its last sweep" : "its end"))"
+            )
         }
         for path in process.execs { out.append("exec      \(path) (tracking restarted)") }
         for reason in process.untracked { out.append("untracked \(reason): later writes are not in the log") }
         for m in process.missed {
-            out.append("missed    \(m.pages) page(s) changed with no write seen before sweep \(m.seq) (--verify-contents: a write PageWatch missed)")
+            out.append(
+                "missed    \(m.pages) page(s) changed with no write seen before sweep \(m.seq) (--verify-contents: a write PageWatch missed)"
+            )
         }
         let mib = { (pages: UInt64) in Format.fixed(report.mib(pages), 2) }
         out.append("sweeps    \(report.sweeps.count)")
-        out.append("dirty     \(report.totalPages) pages (\(mib(report.totalPages)) MiB) over all sweeps, \(report.totalFaults) write faults")
+        out.append(
+            "dirty     \(report.totalPages) pages (\(mib(report.totalPages)) MiB) over all sweeps, \(report.totalFaults) write faults"
+        )
         out.append("rate      " + rateLine(report))
         if let note = reportedAgainLine(report) { out.append("again     " + note) }
         let others = log.processes.filter { $0.pid != process.pid }
         if !others.isEmpty {
             let list = others.map { p in
-                p.pid == log.pid ? "\(p.pid) (the program)" : p.parent.map { "\(p.pid) (forked by \($0))" } ?? "\(p.pid)"
+                p.pid == log.pid
+                    ? "\(p.pid) (the program)" : p.parent.map { "\(p.pid) (forked by \($0))" } ?? "\(p.pid)"
             }
             out.append("processes also in the log: \(list.joined(separator: ", ")); --pid PID reports one of them")
         }
@@ -40,10 +49,11 @@ public enum TextReport {
         out.append("  seq  reason       at (ms)  dirty pages       MiB   faults")
         for s in report.sweeps {
             let at = s.timeNs >= process.beginNs ? Format.fixed(Double(s.timeNs - process.beginNs) / 1e6, 1) : "-"
-            out.append(Format.padLeft(String(s.seq), 5) + "  " + Format.padRight(s.reason, 10)
-                       + Format.padLeft(at, 10) + Format.padLeft(String(s.dirtyPages), 13)
-                       + Format.padLeft(mib(s.dirtyPages), 10) + Format.padLeft(String(s.faults), 9)
-                       + sweepNote(s))
+            out.append(
+                Format.padLeft(String(s.seq), 5) + "  " + Format.padRight(s.reason, 10)
+                    + Format.padLeft(at, 10) + Format.padLeft(String(s.dirtyPages), 13)
+                    + Format.padLeft(mib(s.dirtyPages), 10) + Format.padLeft(String(s.faults), 9)
+                    + sweepNote(s))
         }
 
         out.append("")
@@ -68,7 +78,8 @@ public enum TextReport {
 
     static func rateLine(_ report: ProcessReport) -> String {
         guard let r = report.dirtyRate else {
-            return "n/a: it needs two sweeps at different times (the rate is measured between the first and the last sweep)"
+            return
+                "n/a: it needs two sweeps at different times (the rate is measured between the first and the last sweep)"
         }
         let mibPerSecond = report.mib(r.pages) / r.seconds
         let last = report.sweeps.count
@@ -85,15 +96,18 @@ public enum TextReport {
         }
         let writers = report.writers
         let total = writers.reduce(UInt64(0)) { $0 + $1.pages }
-        var out = ["top writers: \(writers.count) call stacks, \(total) pages (each sweep's sites summed by call stack)"]
+        var out = [
+            "top writers: \(writers.count) call stacks, \(total) pages (each sweep's sites summed by call stack)"
+        ]
         let names = writers.map { FrameNaming.writer($0.frames) }
         let width = min(60, max(8, names.map(\.function.count).max() ?? 0))
         out.append("     pages    share   faults  " + Format.padRight("function", width) + "  file:line")
         for (w, name) in zip(writers, names) {
             let share = total == 0 ? 0 : Double(w.pages) * 100 / Double(total)
-            out.append(Format.padLeft(String(w.pages), 10) + Format.padLeft(Format.fixed(share, 2) + "%", 9)
-                       + Format.padLeft(String(w.faults), 9) + "  " + Format.padRight(name.function, width)
-                       + "  " + (name.location ?? "-"))
+            out.append(
+                Format.padLeft(String(w.pages), 10) + Format.padLeft(Format.fixed(share, 2) + "%", 9)
+                    + Format.padLeft(String(w.faults), 9) + "  " + Format.padRight(name.function, width)
+                    + "  " + (name.location ?? "-"))
             let callers = callerChain(w.frames)
             if !callers.isEmpty { out.append(String(repeating: " ", count: 30) + callers) }
         }

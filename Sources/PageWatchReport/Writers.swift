@@ -16,7 +16,9 @@ public struct Writer: Sendable, Equatable {
 /// How frames are named in reports.
 public enum FrameNaming {
     /// `[kernel] read`, `[unseen]`, `[pinned]`: a pseudo-frame has a name and no address.
-    public static func isPseudo(_ f: Frame) -> Bool { f.ip == 0 && f.module == nil && f.function?.hasPrefix("[") == true }
+    public static func isPseudo(_ f: Frame) -> Bool {
+        f.ip == 0 && f.module == nil && f.function?.hasPrefix("[") == true
+    }
 
     public static func isKernel(_ f: Frame) -> Bool { isPseudo(f) && f.function!.hasPrefix("[kernel] ") }
 
@@ -59,7 +61,8 @@ public struct ProcessReport: Sendable {
         public var description: String {
             switch self {
             case let .noSuchProcess(pid, source, present):
-                return "\(source) has no process \(pid) (processes: \(present.map(String.init).joined(separator: ", ")))"
+                return
+                    "\(source) has no process \(pid) (processes: \(present.map(String.init).joined(separator: ", ")))"
             }
         }
     }
@@ -118,7 +121,9 @@ public struct ProcessReport: Sendable {
     /// reported again because a sweep could not re-arm them (format rule 9)
     /// are left out: they were reported already, and not seen written again.
     public var dirtyRate: (pagesPerSecond: Double, pages: UInt64, seconds: Double)? {
-        guard sweeps.count >= 2, let first = sweeps.first, let last = sweeps.last, last.timeNs > first.timeNs else { return nil }
+        guard sweeps.count >= 2, let first = sweeps.first, let last = sweeps.last, last.timeNs > first.timeNs else {
+            return nil
+        }
         let pages = sweeps.dropFirst().reduce(UInt64(0)) { $0 + $1.newPages }
         let seconds = Double(last.timeNs - first.timeNs) / 1e9
         return (Double(pages) / seconds, pages, seconds)

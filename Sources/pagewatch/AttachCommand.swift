@@ -7,21 +7,21 @@ struct Attach: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Attach to a running process, report the pages it writes, and detach without a trace.",
         discussion: """
-        Every thread is seized (PTRACE_SEIZE); the first sweep (reason attach) arms the \
-        selection and reports every selected page. Without a seccomp filter (it would outlive \
-        the detach), every syscall of the program stops twice: expect it to run slower while \
-        attached.
+            Every thread is seized (PTRACE_SEIZE); the first sweep (reason attach) arms the \
+            selection and reports every selected page. Without a seccomp filter (it would outlive \
+            the detach), every syscall of the program stops twice: expect it to run slower while \
+            attached.
 
-        Ctrl-C, SIGTERM or SIGHUP, --duration or --sweeps: a final sweep (reason detach), every \
-        page's protection restored to the program's own, PageWatch's scratch pages removed, \
-        every thread detached with its pending signals. The program runs on. The tracing runs \
-        in a child process: killing this one (even with SIGKILL) makes it detach the same way; \
-        should the tracer itself die, a guardian process gives the program its protections back.
+            Ctrl-C, SIGTERM or SIGHUP, --duration or --sweeps: a final sweep (reason detach), every \
+            page's protection restored to the program's own, PageWatch's scratch pages removed, \
+            every thread detached with its pending signals. The program runs on. The tracing runs \
+            in a child process: killing this one (even with SIGKILL) makes it detach the same way; \
+            should the tracer itself die, a guardian process gives the program its protections back.
 
-        Exit status: 0 after a detach; the program's shell status if it ended while attached \
-        (128+N when signal N killed it); 1 when the process cannot be attached to, tracing \
-        fails or the log cannot be written (PageWatch then detaches); 2 for a usage error.
-        """
+            Exit status: 0 after a detach; the program's shell status if it ended while attached \
+            (128+N when signal N killed it); 1 when the process cannot be attached to, tracing \
+            fails or the log cannot be written (PageWatch then detaches); 2 for a usage error.
+            """
     )
 
     @OptionGroup var tracking: TrackingOptions
@@ -29,7 +29,9 @@ struct Attach: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Detach after this long: 500ms, 10s, 2m.", valueName: "DURATION"))
     var duration: String?
 
-    @Option(name: .long, help: ArgumentHelp("Detach once this many sweeps have been made (the detach adds its own).", valueName: "N"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Detach once this many sweeps have been made (the detach adds its own).", valueName: "N"))
     var sweeps: Int?
 
     @Argument(help: ArgumentHelp("The process to attach to.", valueName: "PID"))
@@ -37,13 +39,14 @@ struct Attach: ParsableCommand {
 
     func validate() throws {
         if let d = duration, IntervalParser.parse(d) == nil || IntervalParser.parse(d) == 0 {
-            throw ValidationError("invalid --duration '\(d)' (expected a number with ns, us, ms, s, m or h: 500ms, 10s)")
+            throw ValidationError(
+                "invalid --duration '\(d)' (expected a number with ns, us, ms, s, m or h: 500ms, 10s)")
         }
         if let n = sweeps, n < 1 { throw ValidationError("invalid --sweeps \(n) (expected 1 or more)") }
     }
 
     /// The tracing runs in a child process (`TracerProcess`): SIGKILL to
-    /// this one makes the child detach cleanly (hazard 20).
+    /// this one makes the child detach cleanly.
     func run() throws {
         let end: TracerProcess.End
         do {
@@ -55,7 +58,9 @@ struct Attach: ParsableCommand {
         case .exited(0): return
         case .exited(let status): throw ExitCode(status)
         case .killed(let sig):
-            writeAll(STDERR_FILENO, "pagewatch: its tracer process was killed by \(Signal.name(sig)); the guardian gives pid \(pid) back\n")
+            writeAll(
+                STDERR_FILENO,
+                "pagewatch: its tracer process was killed by \(Signal.name(sig)); the guardian gives pid \(pid) back\n")
             throw ExitCode(128 + sig)
         }
     }

@@ -32,11 +32,16 @@ final class LogSink {
         if case let .untracked(pid, reason, _) = record, failure == nil {
             // Never only in the log: the user must know the report stops here.
             // (Not when the log's own failure stopped it: that was said.)
-            writeAll(STDERR_FILENO, "pagewatch: pid \(pid): \(reason): tracking stopped; its later writes are not reported\n")
+            writeAll(
+                STDERR_FILENO, "pagewatch: pid \(pid): \(reason): tracking stopped; its later writes are not reported\n"
+            )
         }
         if case let .missed(pid, seq, pages, ranges, _) = record, failure == nil {
             let first = ranges.prefix(3).map { "\($0.start)-\($0.end)" }.joined(separator: ", ")
-            writeAll(STDERR_FILENO, "pagewatch: pid \(pid): missed write: \(pages) page(s) changed with no write seen before sweep \(seq): \(first)\(ranges.count > 3 ? ", ..." : "")\n")
+            writeAll(
+                STDERR_FILENO,
+                "pagewatch: pid \(pid): missed write: \(pages) page(s) changed with no write seen before sweep \(seq): \(first)\(ranges.count > 3 ? ", ..." : "")\n"
+            )
         }
         guard let fd else { summary.add(record); return }
         guard failure == nil else { return }
@@ -55,7 +60,9 @@ final class LogSink {
         if let fd, fd != STDOUT_FILENO { _ = ftruncate(fd, whole) }
         let reason = "the log could not be written to \(name): \(error)"
         failure = reason
-        writeAll(STDERR_FILENO, "pagewatch: cannot write the log to '\(name)': \(error); tracking stopped, the program runs on untracked\n")
+        writeAll(
+            STDERR_FILENO,
+            "pagewatch: cannot write the log to '\(name)': \(error); tracking stopped, the program runs on untracked\n")
         onFailure?(reason)
     }
 

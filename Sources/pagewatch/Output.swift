@@ -35,6 +35,9 @@ func fail(_ message: String, hint: String? = nil, status: Int32) -> Never {
 /// `--verify-contents` found pages changed with no write seen: one closing
 /// line (each sweep's pages were named already) and exit status 3.
 func missedWrites(_ pages: Int) -> Int32 {
-    writeAll(STDERR_FILENO, "pagewatch: --verify-contents: \(pages) page(s) changed with no write seen; the log's `missed` records name them\n")
+    writeAll(
+        STDERR_FILENO,
+        "pagewatch: --verify-contents: \(pages) page(s) changed with no write seen; the log's `missed` records name them\n"
+    )
     return 3
 }

@@ -10,19 +10,19 @@ struct Report: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Summarize a pagewatch/1 log: sweeps, dirty rate and the top writers.",
         discussion: """
-        Formats: text (default) is a summary, a table of sweeps and the top writers; \
-        folded is one `outer;...;inner PAGES` line per call stack for flamegraph.pl, \
-        inferno or speedscope; html is one self-contained page with a chart of the dirty \
-        rate, a map of the pages each sweep dirtied and the top writers.
+            Formats: text (default) is a summary, a table of sweeps and the top writers; \
+            folded is one `outer;...;inner PAGES` line per call stack for flamegraph.pl, \
+            inferno or speedscope; html is one self-contained page with a chart of the dirty \
+            rate, a map of the pages each sweep dirtied and the top writers.
 
-        With --follow-forks logs, the program is reported unless --pid names another process.
+            With --follow-forks logs, the program is reported unless --pid names another process.
 
-        A log whose last line was cut mid-record (a full disk) is read up to the line before, \
-        with a warning.
+            A log whose last line was cut mid-record (a full disk) is read up to the line before, \
+            with a warning.
 
-        Exit status: 0; 1 when the log cannot be read or has no such process, or the report \
-        cannot be written; 2 for a usage error.
-        """
+            Exit status: 0; 1 when the log cannot be read or has no such process, or the report \
+            cannot be written; 2 for a usage error.
+            """
     )
 
     enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
@@ -32,7 +32,8 @@ struct Report: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("text, folded or html.", valueName: "FORMAT"))
     var format: OutputFormat = .text
 
-    @Option(name: .long, help: ArgumentHelp("Write the report here instead of stdout; - for stdout.", valueName: "PATH"))
+    @Option(
+        name: .long, help: ArgumentHelp("Write the report here instead of stdout; - for stdout.", valueName: "PATH"))
     var output: String?
 
     @Option(name: .long, help: ArgumentHelp("Report this process of the log (default: the program).", valueName: "PID"))
@@ -51,7 +52,10 @@ struct Report: ParsableCommand {
             fail(error.description, status: 1)
         }
         if let line = report.log.cutLine {
-            writeAll(STDERR_FILENO, "pagewatch: warning: \(report.log.source):\(line): the last line is cut mid-record (no newline, not JSON); read up to line \(line - 1)\n")
+            writeAll(
+                STDERR_FILENO,
+                "pagewatch: warning: \(report.log.source):\(line): the last line is cut mid-record (no newline, not JSON); read up to line \(line - 1)\n"
+            )
         }
         let text: String
         switch format {
@@ -60,14 +64,19 @@ struct Report: ParsableCommand {
             text = FoldedReport.render(report)
             // An empty flame graph says nothing about why: say it once, off the data stream.
             if !report.hasSites && !report.sweeps.isEmpty {
-                writeAll(STDERR_FILENO, "pagewatch: \(report.log.source) has no call sites (written with --stack-depth 0): no stacks to fold\n")
+                writeAll(
+                    STDERR_FILENO,
+                    "pagewatch: \(report.log.source) has no call sites (written with --stack-depth 0): no stacks to fold\n"
+                )
             }
         case .html: text = HTMLReport.render(report)
         }
         // A report that cannot be written is an error, never a silent empty file.
         SignalForwarding.ignoreLogWriteSignals()
         guard let output, output != "-" else {
-            if let error = writeFully(STDOUT_FILENO, text) { fail("cannot write the report to stdout: \(error)", status: 1) }
+            if let error = writeFully(STDOUT_FILENO, text) {
+                fail("cannot write the report to stdout: \(error)", status: 1)
+            }
             return
         }
         let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)

@@ -6,33 +6,36 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Run PROGRAM and report the pages it writes, sweep by sweep.",
         discussion: """
-        Tracked memory is made read-only; each first write to a page is caught, recorded, \
-        and the page made writable again. A sweep reports the pages written since the \
-        previous sweep and re-arms them. Tracking starts at the first sweep, which reports \
-        every selected page (all of it is new to PageWatch).
+            Tracked memory is made read-only; each first write to a page is caught, recorded, \
+            and the page made writable again. A sweep reports the pages written since the \
+            previous sweep and re-arms them. Tracking starts at the first sweep, which reports \
+            every selected page (all of it is new to PageWatch).
 
-        Shared mappings (MAP_SHARED, SysV shm, memfd), [vdso], [vvar] and [vsyscall] are \
-        never tracked.
+            Shared mappings (MAP_SHARED, SysV shm, memfd), [vdso], [vvar] and [vsyscall] are \
+            never tracked.
 
-        The program runs under ptrace with PTRACE_O_EXITKILL: if pagewatch dies, the program \
-        is killed with it. Ctrl-C goes to the program, and SIGTERM or SIGHUP sent to pagewatch \
-        are passed to it; pagewatch traces on and reports how it ended.
+            The program runs under ptrace with PTRACE_O_EXITKILL: if pagewatch dies, the program \
+            is killed with it. Ctrl-C goes to the program, and SIGTERM or SIGHUP sent to pagewatch \
+            are passed to it; pagewatch traces on and reports how it ended.
 
-        A log that cannot be written (a full disk) is one line on stderr: tracking stops, every \
-        protection is given back and the program finishes untracked.
+            A log that cannot be written (a full disk) is one line on stderr: tracking stops, every \
+            protection is given back and the program finishes untracked.
 
-        Exit status: the program's, or 128+N when signal N killed it; 127 when it cannot be \
-        started; 2 for a usage error; 1 when tracing fails or the log cannot be written.
-        """
+            Exit status: the program's, or 128+N when signal N killed it; 127 when it cannot be \
+            started; 2 for a usage error; 1 when tracing fails or the log cannot be written.
+            """
     )
 
     @OptionGroup var tracking: TrackingOptions
 
-    @Argument(parsing: .postTerminator, help: ArgumentHelp("The program and its arguments, after --.", valueName: "PROGRAM"))
+    @Argument(
+        parsing: .postTerminator, help: ArgumentHelp("The program and its arguments, after --.", valueName: "PROGRAM"))
     var program: [String] = []
 
     func validate() throws {
-        if program.isEmpty { throw ValidationError("missing PROGRAM after -- (pagewatch run [OPTIONS] -- PROGRAM [ARGS...])") }
+        if program.isEmpty {
+            throw ValidationError("missing PROGRAM after -- (pagewatch run [OPTIONS] -- PROGRAM [ARGS...])")
+        }
     }
 
     func run() throws {

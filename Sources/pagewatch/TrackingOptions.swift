@@ -4,40 +4,73 @@ import PageWatchPtrace
 
 /// The options `run` and `attach` share (a public interface: names and meanings stay).
 struct TrackingOptions: ParsableArguments {
-    @Option(name: .long, help: ArgumentHelp(
-        "What to track (repeatable): writable, anon, heap, stack, file:PATH, or 0xSTART-0xEND.",
-        discussion: "writable = every private writable mapping (default); anon = private anonymous memory including heap and stacks; stack = the main and all thread stacks.",
-        valueName: "SPEC"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "What to track (repeatable): writable, anon, heap, stack, file:PATH, or 0xSTART-0xEND.",
+            discussion:
+                "writable = every private writable mapping (default); anon = private anonymous memory including heap and stacks; stack = the main and all thread stacks.",
+            valueName: "SPEC"))
     var track: [String] = []
 
-    @Option(name: .long, help: ArgumentHelp("Time between periodic sweeps: 250ms, 2s, ...; 0 = none.", valueName: "DURATION"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Time between periodic sweeps: 250ms, 2s, ...; 0 = none.", valueName: "DURATION"))
     var interval: String = "1s"
 
-    @Option(name: .long, help: ArgumentHelp("Each delivery of this signal to the program triggers a sweep and is swallowed (e.g. USR2).", valueName: "SIG"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Each delivery of this signal to the program triggers a sweep and is swallowed (e.g. USR2).",
+            valueName: "SIG"))
     var sweepSignal: String?
 
-    @Option(name: .long, help: ArgumentHelp("Write the JSON Lines log (schema pagewatch/1) here; - for stdout. Without it a summary goes to stderr.", valueName: "PATH"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Write the JSON Lines log (schema pagewatch/1) here; - for stdout. Without it a summary goes to stderr.",
+            valueName: "PATH"))
     var output: String?
 
-    @Option(name: .long, help: ArgumentHelp("Frames recorded for each page's writer (its call stack at the first write, or at the syscall the kernel wrote for); 0 = no attribution, a cheaper fault path.", valueName: "N"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Frames recorded for each page's writer (its call stack at the first write, or at the syscall the kernel wrote for); 0 = no attribution, a cheaper fault path.",
+            valueName: "N"))
     var stackDepth: Int = 16
 
-    @Flag(name: .long, help: ArgumentHelp("Track the processes the program forks too: each gets its own sweeps, and every record carries its pid.",
-                                           discussion: "Without it, forked children get the program's protections back and run untracked (still traced)."))
+    @Flag(
+        name: .long,
+        help: ArgumentHelp(
+            "Track the processes the program forks too: each gets its own sweeps, and every record carries its pid.",
+            discussion:
+                "Without it, forked children get the program's protections back and run untracked (still traced)."))
     var followForks = false
 
-    @Option(name: .long, help: ArgumentHelp("Poll for the next stop this long before sleeping in waitpid: keeps PageWatch's CPU awake for the program's next fault; 0 = always sleep.",
-                                             discussion: "Costs at most this much of PageWatch's CPU per stop (docs/performance.md).",
-                                             valueName: "DURATION"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Poll for the next stop this long before sleeping in waitpid: keeps PageWatch's CPU awake for the program's next fault; 0 = always sleep.",
+            discussion: "Costs at most this much of PageWatch's CPU per stop (docs/performance.md).",
+            valueName: "DURATION"))
     var spinWait: String = "50us"
 
-    @Flag(name: .customLong("idle-poll"), inversion: .prefixedNo,
-          help: ArgumentHelp("While tracing, ask the kernel to keep idle CPUs polling instead of sleeping (a CPU latency request of 0 through /dev/cpu_dma_latency; root only, skipped otherwise).",
-                             discussion: "A sleeping CPU's wake-up is most of a fault's cost on many VMs; this halves it here, at the price of idle CPUs kept busy system-wide while PageWatch runs (docs/performance.md)."))
+    @Flag(
+        name: .customLong("idle-poll"), inversion: .prefixedNo,
+        help: ArgumentHelp(
+            "While tracing, ask the kernel to keep idle CPUs polling instead of sleeping (a CPU latency request of 0 through /dev/cpu_dma_latency; root only, skipped otherwise).",
+            discussion:
+                "A sleeping CPU's wake-up is most of a fault's cost on many VMs; this halves it here, at the price of idle CPUs kept busy system-wide while PageWatch runs (docs/performance.md)."
+        ))
     var idlePoll = true
 
-    @Flag(name: .long, help: ArgumentHelp("Check PageWatch itself: keep a copy of every write-protected page and, at each sweep, report the pages whose contents changed with no write seen (missed writes: a stderr line, a `missed` record, exit status 3).",
-                                           discussion: "For programs that do not know their own truth. Costs a read of the tracked memory at each sweep and a copy of it in PageWatch's memory; a write of the same bytes stays invisible."))
+    @Flag(
+        name: .long,
+        help: ArgumentHelp(
+            "Check PageWatch itself: keep a copy of every write-protected page and, at each sweep, report the pages whose contents changed with no write seen (missed writes: a stderr line, a `missed` record, exit status 3).",
+            discussion:
+                "For programs that do not know their own truth. Costs a read of the tracked memory at each sweep and a copy of it in PageWatch's memory; a write of the same bytes stays invisible."
+        ))
     var verifyContents = false
 
     func validate() throws {
@@ -48,7 +81,8 @@ struct TrackingOptions: ParsableArguments {
             do { _ = try TrackSpec.parse(t) } catch { throw ValidationError(String(describing: error)) }
         }
         if IntervalParser.parse(interval) == nil {
-            throw ValidationError("invalid --interval '\(interval)' (expected 0, or a number with ns, us, ms, s, m or h: 250ms, 2s)")
+            throw ValidationError(
+                "invalid --interval '\(interval)' (expected 0, or a number with ns, us, ms, s, m or h: 250ms, 2s)")
         }
         if !(0...256).contains(stackDepth) {
             throw ValidationError("invalid --stack-depth \(stackDepth) (expected 0 to 256)")
@@ -62,9 +96,10 @@ struct TrackingOptions: ParsableArguments {
     }
 
     func configuration(command: [String]) throws -> TrackerConfiguration {
-        var c = TrackerConfiguration(command: command, selection: Selection(try track.map(TrackSpec.parse)),
-                                     intervalNs: IntervalParser.parse(interval)!, sweepSignal: sweepSignal.flatMap(Signal.parse),
-                                     followForks: followForks, stackDepth: stackDepth)
+        var c = TrackerConfiguration(
+            command: command, selection: Selection(try track.map(TrackSpec.parse)),
+            intervalNs: IntervalParser.parse(interval)!, sweepSignal: sweepSignal.flatMap(Signal.parse),
+            followForks: followForks, stackDepth: stackDepth)
         c.spinNs = IntervalParser.parse(spinWait)!
         c.idlePolling = idlePoll
         c.verifyContents = verifyContents

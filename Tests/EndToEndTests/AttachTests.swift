@@ -57,7 +57,8 @@ final class Background {
         while process.isRunning && Date() < deadline { usleep(1000) }
         if process.isRunning { process.terminate(); Issue.record("\(process.arguments ?? []) timed out") }
         process.waitUntilExit()
-        return process.terminationReason == .uncaughtSignal ? 128 + process.terminationStatus : process.terminationStatus
+        return process.terminationReason == .uncaughtSignal
+            ? 128 + process.terminationStatus : process.terminationStatus
     }
 }
 
@@ -79,7 +80,8 @@ struct FIFODriven {
         #expect(fixture.waitFor("ready\n"))
         let logPath = Harness.temporaryPath("fifo-\(UUID().uuidString).jsonl")
         if let attach {
-            let pagewatch = try Background([Harness.pagewatch, "attach", "--output", logPath] + attach + [String(fixture.pid)])
+            let pagewatch = try Background(
+                [Harness.pagewatch, "attach", "--output", logPath] + attach + [String(fixture.pid)])
             #expect(AttachTests().waitForLog(logPath, toContain: "\"reason\":\"attach\""))
             try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
             #expect(pagewatch.finish() == 0)
@@ -106,7 +108,7 @@ struct FIFODriven {
     }
 }
 
-/// Issue 4: `pagewatch attach` on programs started outside PageWatch.
+/// `pagewatch attach` on programs started outside PageWatch.
 @Suite(.serialized) struct AttachTests {
     func attach(_ pid: Int32, _ extra: [String], log: String) throws -> Harness.Result {
         try Harness.run([Harness.pagewatch, "attach", "--output", log] + extra + [String(pid)], timeout: 120)
@@ -114,8 +116,13 @@ struct FIFODriven {
 
     /// fx_attach driven through its FIFO: `g` starts the phases, `d` ends them.
     func driveAttachFixture(attaching: Bool) throws -> FIFODriven {
-        try FIFODriven([Harness.fixture("fx_attach")], attach: attaching ? [
-            "--track", "0x2c0000000000-0x2c0000010000", "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "3"] : nil)
+        try FIFODriven(
+            [Harness.fixture("fx_attach")],
+            attach: attaching
+                ? [
+                    "--track", "0x2c0000000000-0x2c0000010000", "--sweep-signal", "USR2", "--interval", "0", "--sweeps",
+                    "3",
+                ] : nil)
     }
 
     @Test func phasesAreExactAndTheProgramRunsOnAfterTheDetach() throws {
@@ -138,9 +145,13 @@ struct FIFODriven {
     /// not land on an armed page) and again after the detach.
     @Test func handlersOnAlternateStacksSetBeforeTheAttach() throws {
         func drive(attaching: Bool) throws -> FIFODriven {
-            try FIFODriven([Harness.fixture("fx_attach_altstack")], attach: attaching ? [
-                "--track", "0x320000000000-0x320000010000", "--track", "0x328000000000-0x328000040000",
-                "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2"] : nil)
+            try FIFODriven(
+                [Harness.fixture("fx_attach_altstack")],
+                attach: attaching
+                    ? [
+                        "--track", "0x320000000000-0x320000010000", "--track", "0x328000000000-0x328000040000",
+                        "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2",
+                    ] : nil)
         }
         let untracked = try drive(attaching: false)
         let tracked = try drive(attaching: true)
@@ -163,7 +174,7 @@ struct FIFODriven {
     }
 
     /// Blocked at attach time and still blocked at detach time: the call
-    /// completes as without the tool (hazards 15, 16).
+    /// completes as without the tool.
     @Test(.serialized, arguments: ["read", "nanosleep", "futex", "accept", "epoll"])
     func blockedCallsCompleteAsWithoutTheTool(_ mode: String) throws {
         func run(attaching: Bool) throws -> (String, Int32) {
@@ -171,14 +182,17 @@ struct FIFODriven {
             #expect(fixture.waitFor("ready\n"))
             usleep(50_000)  // into the call
             if attaching {
-                let r = try attach(fixture.pid, ["--interval", "20ms", "--duration", "300ms"],
-                                   log: Harness.temporaryPath("blocking-\(mode).jsonl"))
+                let r = try attach(
+                    fixture.pid, ["--interval", "20ms", "--duration", "300ms"],
+                    log: Harness.temporaryPath("blocking-\(mode).jsonl"))
                 #expect(r.status == 0, "\(r.stderr)")
             }
             switch mode {
             case "accept":
                 #expect(fixture.waitFor("port ", onStderr: true))
-                let port = fixture.stderr.split(separator: " ").last.flatMap { UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+                let port = fixture.stderr.split(separator: " ").last.flatMap {
+                    UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines))
+                }
                 try Self.sendOverTCP(port: port ?? 0, "hello")
             case "nanosleep":
                 break
@@ -203,7 +217,9 @@ struct FIFODriven {
         a.sin_port = port.bigEndian
         a.sin_addr.s_addr = UInt32(0x7f00_0001).bigEndian
         let r = withUnsafePointer(to: &a) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                connect(s, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
         }
         #expect(r == 0)
         _ = text.withCString { write(s, $0, strlen($0)) }
@@ -243,8 +259,9 @@ struct FIFODriven {
         // protection back, the scratch pages (gadget, trampoline) gone.
         var statuses: [Int32] = []
         for i in 0..<50 {
-            let r = try attach(fixture.pid, ["--interval", "5ms", "--duration", "15ms"],
-                               log: Harness.temporaryPath("fifty-\(i).jsonl"))
+            let r = try attach(
+                fixture.pid, ["--interval", "5ms", "--duration", "15ms"],
+                log: Harness.temporaryPath("fifty-\(i).jsonl"))
             statuses.append(r.status)
             if r.status != 0 { Issue.record("attach \(i): \(r.stderr)"); break }
             let maps = try String(contentsOfFile: "/proc/\(fixture.pid)/maps", encoding: .utf8)
@@ -305,7 +322,7 @@ struct FIFODriven {
         #expect(fixture.stdout.hasPrefix("ready\nbad 0\n"))
     }
 
-    /// Hazard 20: the tracer (the child of the `pagewatch attach` process)
+    /// The tracer (the child of the `pagewatch attach` process)
     /// killed mid-run; the guardian puts the program back and it finishes as
     /// without the tool.
     @Test func killingTheTracerLeavesTheProgramToTheGuardian() throws {
@@ -318,7 +335,9 @@ struct FIFODriven {
         // program rarely writes an armed page between the tracer's death and
         // the guardian's SIGSTOP (the race docs/design.md describes), and
         // most of the region is still armed: the program writes it after.
-        let pagewatch = try Background([Harness.pagewatch, "attach", "--interval", "0", "--output", log, String(fixture.pid)])
+        let pagewatch = try Background([
+            Harness.pagewatch, "attach", "--interval", "0", "--output", log, String(fixture.pid),
+        ])
         waitForLog(log, toContain: "\"reason\":\"attach\"")
         usleep(300_000)
         let tracers = Self.children(of: pagewatch.pid)
@@ -328,10 +347,11 @@ struct FIFODriven {
         #expect(pagewatch.stderr.contains("pagewatch: its tracer process was killed by SIGKILL"))
         #expect(fixture.finish() == 0, "the guardian said: \(pagewatch.stderr)")
         #expect(fixture.stdout == untracked.stdout)
-        #expect(pagewatch.stderr.contains("pagewatch guardian: PageWatch died; pid \(fixture.pid) restored and released"))
+        #expect(
+            pagewatch.stderr.contains("pagewatch guardian: PageWatch died; pid \(fixture.pid) restored and released"))
     }
 
-    /// Hazard 20, the process the user started SIGKILLed, many times, while
+    /// PageWatch killed: the process the user started SIGKILLed, many times, while
     /// PageWatch sweeps every millisecond (the program writes armed pages
     /// all the time, and PageWatch is often inside an injected call): its
     /// tracer child is told (PR_SET_PDEATHSIG) and detaches cleanly every
@@ -340,7 +360,9 @@ struct FIFODriven {
         let (untrackedOutput, fixture, mapsBefore) = try busyUntilStopped()
         for i in 0..<15 {
             let log = Harness.temporaryPath("midsweep-\(i).jsonl")
-            let pagewatch = try Background([Harness.pagewatch, "attach", "--interval", "1ms", "--output", log, String(fixture.pid)])
+            let pagewatch = try Background([
+                Harness.pagewatch, "attach", "--interval", "1ms", "--output", log, String(fixture.pid),
+            ])
             waitForLog(log, toContain: "\"seq\":3,")
             usleep(UInt32(1000 * (7 * i % 23)))
             kill(pagewatch.pid, SIGKILL)
@@ -361,7 +383,8 @@ struct FIFODriven {
         let all = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
         return all.compactMap(Int32.init).filter { p in
             guard let stat = try? String(contentsOfFile: "/proc/\(p)/stat", encoding: .utf8),
-                  let close = stat.lastIndex(of: ")") else { return false }
+                let close = stat.lastIndex(of: ")")
+            else { return false }
             let fields = stat[stat.index(after: close)...].split(separator: " ")
             return fields.count > 2 && Int32(fields[1]) == pid
         }
@@ -380,7 +403,9 @@ struct FIFODriven {
         let fixture = try Background([Harness.fixture("fx_busy"), "1500"])
         #expect(fixture.waitFor("ready\n"))
         let log = Harness.temporaryPath("signalled-\(sig).jsonl")
-        let pagewatch = try Background([Harness.pagewatch, "attach", "--interval", "20ms", "--output", log, String(fixture.pid)])
+        let pagewatch = try Background([
+            Harness.pagewatch, "attach", "--interval", "20ms", "--output", log, String(fixture.pid),
+        ])
         waitForLog(log, toContain: "\"reason\":\"attach\"")
         usleep(100_000)
         kill(pagewatch.pid, sig)
@@ -424,7 +449,7 @@ struct FIFODriven {
     }
 }
 
-/// Issue 4's real program: `python3 -m http.server` serving a fixed file to a
+/// A real program attached: `python3 -m http.server` serving a fixed file to a
 /// bounded loop of requests, attached for part of the loop and detached:
 /// every response intact.
 @Suite struct AttachRealProgramTests {
@@ -433,13 +458,18 @@ struct FIFODriven {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         let body = Data((0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 2654435761 >> 7) })
         try body.write(to: URL(fileURLWithPath: dir + "/data.bin"))
-        let server = try Background(["/usr/bin/env", "python3", "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
-                                     "--directory", dir])
+        let server = try Background([
+            "/usr/bin/env", "python3", "-u", "-m", "http.server", "0", "--bind", "127.0.0.1",
+            "--directory", dir,
+        ])
         defer { kill(server.pid, SIGTERM); _ = server.finish() }
         #expect(server.waitFor(" port "))
-        let port = server.stdout.components(separatedBy: " port ").last?.split(separator: " ").first.map(String.init) ?? ""
+        let port =
+            server.stdout.components(separatedBy: " port ").last?.split(separator: " ").first.map(String.init) ?? ""
         // 80 requests, 25 ms apart; each prints the body's length and whether it was intact.
-        let client = try Background(["/usr/bin/env", "python3", "-c", """
+        let client = try Background([
+            "/usr/bin/env", "python3", "-c",
+            """
             import hashlib, sys, time, urllib.request
             want = hashlib.sha256(open(sys.argv[2], 'rb').read()).hexdigest()
             bad = 0
@@ -449,12 +479,15 @@ struct FIFODriven {
                 print(i, len(data), flush=True)
                 time.sleep(0.025)
             print('bad', bad)
-            """, port, dir + "/data.bin"])
+            """, port, dir + "/data.bin",
+        ])
         #expect(client.waitFor("10 300000\n"))
         // Attached for part of the loop, then detached while it goes on.
         let log = Harness.temporaryPath("http.jsonl")
-        let attached = try Harness.run([Harness.pagewatch, "attach", "--interval", "50ms", "--duration", "700ms",
-                                        "--output", log, String(server.pid)])
+        let attached = try Harness.run([
+            Harness.pagewatch, "attach", "--interval", "50ms", "--duration", "700ms",
+            "--output", log, String(server.pid),
+        ])
         #expect(attached.status == 0, "\(attached.stderr)")
         #expect(client.finish() == 0)
         #expect(client.stdout.hasSuffix("79 300000\nbad 0\n"))
@@ -466,10 +499,11 @@ struct FIFODriven {
     }
 
     static func get(port: String, path: String) -> Int? {
-        let r = try? Harness.run(["/usr/bin/env", "python3", "-c",
-                                  "import urllib.request,sys; print(len(urllib.request.urlopen(sys.argv[1], timeout=30).read()))",
-                                  "http://127.0.0.1:\(port)\(path)"])
+        let r = try? Harness.run([
+            "/usr/bin/env", "python3", "-c",
+            "import urllib.request,sys; print(len(urllib.request.urlopen(sys.argv[1], timeout=30).read()))",
+            "http://127.0.0.1:\(port)\(path)",
+        ])
         return r.flatMap { Int($0.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
 }
-

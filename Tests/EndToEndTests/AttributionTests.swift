@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-/// Issue 5 end to end: every dirty page of `fx_writers` is attributed to the
+/// Attribution end to end: every dirty page of `fx_writers` is attributed to the
 /// function, file and line the fixture names, the kernel's writes to
 /// `[kernel] read` above its caller, and `--stack-depth` caps the stacks.
 @Suite(.serialized) struct WriterAttributionTests {
@@ -39,7 +39,8 @@ import Testing
             return (f.first?["module"] as? String)?.hasSuffix("libc.so.6") == true
                 && function(1) == e.caller && inFixture(1, line: e.line)
         default:
-            return function(0) == e.function && inFixture(0, line: e.line) && (e.caller == "-" || function(1) == e.caller)
+            return function(0) == e.function && inFixture(0, line: e.line)
+                && (e.caller == "-" || function(1) == e.caller)
         }
     }
 
@@ -47,8 +48,11 @@ import Testing
         let program = Harness.fixture("fx_writers")
         let untracked = try Harness.run([program])
         let log = Harness.temporaryPath("writers.jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--track", "0x270000000000-0x270000008000",
-                                       "--sweep-signal", "USR2", "--interval", "0", "--output", log] + extra + ["--", program])
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--track", "0x270000000000-0x270000008000",
+                "--sweep-signal", "USR2", "--interval", "0", "--output", log,
+            ] + extra + ["--", program])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == untracked.status)
         #expect(tracked.status == 0)
@@ -91,7 +95,9 @@ import Testing
         let (_, sweeps) = try run(["--stack-depth", "4"])
         let deep = try #require((sweeps[2]["sites"] as? [[String: Any]])?.first)
         #expect(Self.frames(deep).count == 4)
-        let kernel = (sweeps[1]["sites"] as? [[String: Any]] ?? []).first { Self.frames($0).first?["function"] as? String == "[kernel] read" }
+        let kernel = (sweeps[1]["sites"] as? [[String: Any]] ?? []).first {
+            Self.frames($0).first?["function"] as? String == "[kernel] read"
+        }
         #expect(kernel.map { Self.frames($0).count } == 5)  // the pseudo-frame, then 4
     }
 

@@ -39,7 +39,7 @@ import Testing
         #expect(r.status == 5)
     }
 
-    /// Scheduling off (issue 6): the tracer always sleeps in waitpid; the
+    /// Scheduling off: the tracer always sleeps in waitpid; the
     /// same program output and the same sweeps as with polling.
     @Test func spinWaitZeroSleepsAndTracksAlike() throws {
         var ranges: [[String]] = []
@@ -47,8 +47,10 @@ import Testing
         for spin in ["0", "50us"] {
             let log = Harness.temporaryPath("spin-\(spin).jsonl")
             // Its region only: how many stack pages a run dirties varies with where ASLR puts the stack.
-            let r = try pagewatch(["run", "--spin-wait", spin, "--interval", "0", "--sweep-signal", "USR2",
-                                   "--track", "0x100000000000-0x100000040000", "--output", log, "--", Harness.fixture("fx_phases")])
+            let r = try pagewatch([
+                "run", "--spin-wait", spin, "--interval", "0", "--sweep-signal", "USR2",
+                "--track", "0x100000000000-0x100000040000", "--output", log, "--", Harness.fixture("fx_phases"),
+            ])
             #expect(r.status == 0)
             outputs.append(r.stdout)
             let sweeps = try Harness.readLog(log).filter { $0["type"] as? String == "sweep" }
@@ -67,17 +69,21 @@ import Testing
     /// other tests run PageWatch meanwhile.)
     @Test(.enabled(if: access("/dev/cpu_dma_latency", R_OK | W_OK) == 0, "needs root: /dev/cpu_dma_latency"))
     func idlePollingIsHeldWhileTracingOnly() throws {
-        let probe = ["--", "/bin/sh", "-c",
-                     "ls -l /proc/$PPID/fd | grep -c cpu_dma_latency; od -An -td4 -N4 /dev/cpu_dma_latency | tr -d ' '; ls /proc/self/fd | wc -l"]
+        let probe = [
+            "--", "/bin/sh", "-c",
+            "ls -l /proc/$PPID/fd | grep -c cpu_dma_latency; od -An -td4 -N4 /dev/cpu_dma_latency | tr -d ' '; ls /proc/self/fd | wc -l",
+        ]
         let untracked = try Harness.run(Array(probe.dropFirst()))
         let on = try pagewatch(["run", "--interval", "0", "--output", "/dev/null"] + probe)
         let off = try pagewatch(["run", "--interval", "0", "--output", "/dev/null", "--no-idle-poll"] + probe)
         #expect(on.status == 0 && off.status == 0)
-        let (linesOn, linesOff, linesUntracked) = (on.stdout.split(separator: "\n"), off.stdout.split(separator: "\n"),
-                                                   untracked.stdout.split(separator: "\n"))
+        let (linesOn, linesOff, linesUntracked) = (
+            on.stdout.split(separator: "\n"), off.stdout.split(separator: "\n"),
+            untracked.stdout.split(separator: "\n")
+        )
         try #require(linesOn.count == 3 && linesOff.count == 3 && linesUntracked.count == 3)
-        #expect(linesOn[0] == "1")   // PageWatch holds the request ...
-        #expect(linesOn[1] == "0")   // ... and the kernel's target is 0
+        #expect(linesOn[0] == "1")  // PageWatch holds the request ...
+        #expect(linesOn[1] == "0")  // ... and the kernel's target is 0
         #expect(linesOff[0] == "0")  // --no-idle-poll: no request
         #expect(linesOn[2] == linesUntracked[2] && linesOff[2] == linesUntracked[2])  // the program's descriptors
     }
@@ -98,7 +104,8 @@ import Testing
         #expect(r.stderr.isEmpty)
         let version = r.stdout.trimmingCharacters(in: .newlines)
         #expect(r.stdout == version + "\n")
-        #expect(version.split(separator: ".").count == 3 && version.split(separator: ".").allSatisfy { UInt($0) != nil })
+        #expect(
+            version.split(separator: ".").count == 3 && version.split(separator: ".").allSatisfy { UInt($0) != nil })
         let log = Harness.temporaryPath("version.jsonl")
         let run = try pagewatch(["run", "--interval", "0", "--output", log, "--", "/bin/true"])
         #expect(run.status == 0)
@@ -117,8 +124,10 @@ import Testing
 @Suite struct PtraceRefusedTests {
     /// Under `strace -f` the program is already traced when PageWatch seizes it.
     @Test func alreadyTracedIsOneClearLineWithAHint() throws {
-        let r = try Harness.run(["/usr/bin/strace", "-f", "-o", "/dev/null", Harness.pagewatch, "run", "--",
-                                 "/bin/true"])
+        let r = try Harness.run([
+            "/usr/bin/strace", "-f", "-o", "/dev/null", Harness.pagewatch, "run", "--",
+            "/bin/true",
+        ])
         #expect(r.status == 1)
         let lines = r.stderr.split(separator: "\n")
         #expect(lines.count == 2)

@@ -17,12 +17,15 @@ import Testing
     /// through /proc/PID/mem while the program waits.
     func run(hiding hide: Bool) throws -> Run {
         let log = Harness.temporaryPath("hidden-\(hide).jsonl")
-        let pagewatch = try Background([Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2",
-                                        "--interval", "0", "--track", "0x380000000000-0x380000004000", "--output", log,
-                                        "--", Harness.fixture("fx_hidden_write")])
+        let pagewatch = try Background([
+            Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2",
+            "--interval", "0", "--track", "0x380000000000-0x380000004000", "--output", log,
+            "--", Harness.fixture("fx_hidden_write"),
+        ])
         #expect(pagewatch.waitFor("armed\n"))
         if hide {
-            let text = try String(contentsOfFile: "/proc/\(pagewatch.pid)/task/\(pagewatch.pid)/children", encoding: .utf8)
+            let text = try String(
+                contentsOfFile: "/proc/\(pagewatch.pid)/task/\(pagewatch.pid)/children", encoding: .utf8)
             let child = try #require(Int32(text.split(separator: " ").first ?? ""))
             let fd = open("/proc/\(child)/mem", O_RDWR)
             #expect(fd >= 0)
@@ -32,7 +35,9 @@ import Testing
         }
         pagewatch.send("go\n")
         let status = pagewatch.finish()
-        return Run(stdout: pagewatch.stdout, stderr: pagewatch.stderr, status: status, log: try Harness.readLog(log), logPath: log)
+        return Run(
+            stdout: pagewatch.stdout, stderr: pagewatch.stderr, status: status, log: try Harness.readLog(log),
+            logPath: log)
     }
 
     func sweeps(_ log: [[String: Any]]) -> [[String: Any]] { log.filter { $0["type"] as? String == "sweep" } }
@@ -41,7 +46,9 @@ import Testing
         let r = try run(hiding: true)
         #expect(r.stdout.contains("hidden write seen\n"))
         #expect(r.status == 3, "stderr: \(r.stderr)")
-        #expect(r.stderr.contains("missed write: 1 page(s) changed with no write seen before sweep 2: 0x380000002000-0x380000003000"))
+        #expect(
+            r.stderr.contains(
+                "missed write: 1 page(s) changed with no write seen before sweep 2: 0x380000002000-0x380000003000"))
         let missed = r.log.filter { $0["type"] as? String == "missed" }
         #expect(missed.count == 1)
         #expect(missed.first?["seq"] as? Int == 2)
@@ -57,7 +64,8 @@ import Testing
         #expect(truth.last?.pages == [0, 2])
         // `report` says so too.
         let report = try Harness.run([Harness.pagewatch, "report", r.logPath])
-        #expect(report.stdout.contains("missed    1 page(s) changed with no write seen before sweep 2"), "\(report.stdout)")
+        #expect(
+            report.stdout.contains("missed    1 page(s) changed with no write seen before sweep 2"), "\(report.stdout)")
     }
 
     @Test func withoutAHiddenWriteNothingIsMissed() throws {

@@ -1,7 +1,7 @@
 import Foundation
 import Testing
 
-/// Issue 5 end to end, beyond C: the writers of a C++ program and of a Swift
+/// Attribution end to end, beyond C: the writers of a C++ program and of a Swift
 /// program are named as their demanglers print them, with file and line; a
 /// stripped program's own frames are `module+0xOFFSET` at the same offsets.
 @Suite(.serialized) struct DemangledWriterTests {
@@ -29,8 +29,10 @@ import Testing
         #expect(untracked.status == 0)
         let log = Harness.temporaryPath("\(URL(fileURLWithPath: program).lastPathComponent)-sites.jsonl")
         let track = "0x\(String(region.start, radix: 16))-0x\(String(region.end, radix: 16))"
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--track", track, "--sweep-signal", "USR2",
-                                       "--interval", "0", "--output", log, "--", program])
+        let tracked = try Harness.run([
+            Harness.pagewatch, "run", "--track", track, "--sweep-signal", "USR2",
+            "--interval", "0", "--output", log, "--", program,
+        ])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == untracked.status)
         return (untracked, try Harness.readLog(log).filter { $0["type"] as? String == "sweep" })
@@ -40,8 +42,10 @@ import Testing
     /// whose innermost frame is `names[writer]` at the store's line of a file
     /// ending in `file`; those sites hold exactly that writer's pages of the
     /// phase, one fault each; and all sites together are the phase's truth.
-    static func checkWriters(fixture: String, region: (start: UInt64, end: UInt64), file: String,
-                             names: [String: String]) throws {
+    static func checkWriters(
+        fixture: String, region: (start: UInt64, end: UInt64), file: String,
+        names: [String: String]
+    ) throws {
         let (untracked, sweeps) = try run(Harness.fixture(fixture), region: region)
         let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
         let stores = stores(untracked.stdout)
@@ -52,7 +56,9 @@ import Testing
             let phase = k + 1
             var covered: [UInt64] = []
             for s in sites(sweep) { covered += FixtureTruth.pages(in: region, of: s) }
-            #expect(covered.sorted() == truth[k].pages.sorted(), "phase \(phase): the sites are the sweep's pages, each once")
+            #expect(
+                covered.sorted() == truth[k].pages.sorted(),
+                "phase \(phase): the sites are the sweep's pages, each once")
 
             let byWriter = Dictionary(grouping: stores.filter { $0.phase == phase }, by: \.writer)
             for (writer, writes) in byWriter {
@@ -71,7 +77,9 @@ import Testing
                 // Its caller is the program's top level, in the same file.
                 for s in mine {
                     let caller = frames(s).dropFirst().first
-                    #expect((caller?["file"] as? String)?.hasSuffix(file) == true, "\(name)'s caller: \(String(describing: caller))")
+                    #expect(
+                        (caller?["file"] as? String)?.hasSuffix(file) == true,
+                        "\(name)'s caller: \(String(describing: caller))")
                 }
             }
         }

@@ -17,8 +17,12 @@ import Testing
         }
         let listed = Harness.fixtureList.map(\.name)
         #expect(Set(listed).count == listed.count, "a fixture is listed twice")
-        #expect(sources.subtracting(listed).isEmpty, "not in fixtures/fixtures.txt: \(sources.subtracting(listed).sorted())")
-        #expect(Set(listed).subtracting(sources).isEmpty, "listed without a source: \(Set(listed).subtracting(sources).sorted())")
+        #expect(
+            sources.subtracting(listed).isEmpty, "not in fixtures/fixtures.txt: \(sources.subtracting(listed).sorted())"
+        )
+        #expect(
+            Set(listed).subtracting(sources).isEmpty,
+            "listed without a source: \(Set(listed).subtracting(sources).sorted())")
         for (name, language) in Harness.fixtureList {
             let source = ["c": "\(name).c", "cxx": "\(name).cpp", "swift": "\(name)/main.swift"][language]
             #expect(source != nil, "\(name): unknown language \(language)")
@@ -29,7 +33,10 @@ import Testing
     @Test func everyListedFixtureIsBuiltBesideTheTests() {
         #expect(Harness.fixtureList.count > 40)
         for (name, _) in Harness.fixtureList {
-            #expect(FileManager.default.isExecutableFile(atPath: Harness.fixture(name)), "\(name) is not built: SwiftPM caches the manifest, touch Package.swift after editing fixtures/fixtures.txt")
+            #expect(
+                FileManager.default.isExecutableFile(atPath: Harness.fixture(name)),
+                "\(name) is not built: SwiftPM caches the manifest, touch Package.swift after editing fixtures/fixtures.txt"
+            )
         }
     }
 }

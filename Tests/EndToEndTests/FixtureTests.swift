@@ -8,7 +8,7 @@ import Testing
         var fixture: String
         var extraArguments: [String] = []
         var expectedStatus: Int32
-        /// Memory that must appear in no sweep (shared mappings, hazard 6).
+        /// Memory that must appear in no sweep (shared mappings are never tracked).
         var neverReported: Range<UInt64>? = nil
         var description: String { ([fixture] + extraArguments).joined(separator: " ") }
     }
@@ -16,7 +16,8 @@ import Testing
     static let cases: [Case] = [
         Case(fixture: "fx_phases", expectedStatus: 0),
         Case(fixture: "fx_threads", expectedStatus: 0),
-        Case(fixture: "fx_fixed_late", extraArguments: ["--track", "0x120000000000-0x120000010000"], expectedStatus: 0),
+        Case(
+            fixture: "fx_fixed_late", extraArguments: ["--track", "0x120000000000-0x120000010000"], expectedStatus: 0),
         Case(fixture: "fx_segv", expectedStatus: 128 + 11),
         Case(fixture: "fx_exit3", expectedStatus: 3),
         Case(fixture: "fx_sigframe", expectedStatus: 0),
@@ -55,8 +56,11 @@ import Testing
         let log = Harness.temporaryPath("\(c.fixture).jsonl")
         // --verify-contents: a page changed with no write seen would be a
         // `missed` line on stderr and exit status 3.
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2", "--interval", "0",
-                                       "--output", log] + c.extraArguments + ["--", program])
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2", "--interval", "0",
+                "--output", log,
+            ] + c.extraArguments + ["--", program])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.stderr == untracked.stderr)
         #expect(tracked.status == untracked.status)
@@ -78,7 +82,10 @@ import Testing
         for (k, sweep) in sweeps.enumerated() {
             let want = k < expected.count ? expected[k] : (expected.last!.region, Set<UInt64>())
             let got = FixtureTruth.pages(in: want.region, of: sweep)
-            #expect(got == want.pages, "sweep \(k + 1) of \(c.fixture): extra \(got.subtracting(want.pages).sorted().prefix(20)), missing \(want.pages.subtracting(got).sorted().prefix(20))")
+            #expect(
+                got == want.pages,
+                "sweep \(k + 1) of \(c.fixture): extra \(got.subtracting(want.pages).sorted().prefix(20)), missing \(want.pages.subtracting(got).sorted().prefix(20))"
+            )
             let isLast = k == sweeps.count - 1
             #expect(sweep["reason"] as? String == (isLast ? "exit" : "signal"))
         }
@@ -106,8 +113,10 @@ import Testing
         // the writers' stacks, half a second in a debug build under load,
         // which can cover most of the 400 ms sleep (no interval sweep runs
         // meanwhile); then fewer than 3 of the 8 intervals had a sweep.
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--interval", "50ms", "--stack-depth", "0",
-                                       "--output", log, "--", program])
+        let tracked = try Harness.run([
+            Harness.pagewatch, "run", "--interval", "50ms", "--stack-depth", "0",
+            "--output", log, "--", program,
+        ])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.stdout == "ready\nslept full\n")
         #expect(tracked.status == 0)
@@ -116,16 +125,19 @@ import Testing
         #expect(reasons.last == "exit")
     }
 
-    /// The fault slots' data page is shared with PageWatch (issue 6); a fork
+    /// The fault slots' data page is shared with PageWatch; a fork
     /// copies that mapping, so a followed child gets a page of its own at its
     /// first stop: with the parent's, the two processes' slots would share
     /// their words. The shell's subshell is a fork that runs no exec.
     @Test func aFollowedForkChildHasSlotsOfItsOwn() throws {
         let show = "while read l; do case $l in *pagewatch-slots*) echo %@ $l;; esac; done < /proc/self/maps"
-        let script = show.replacingOccurrences(of: "%@", with: "parent")
+        let script =
+            show.replacingOccurrences(of: "%@", with: "parent")
             + "; (" + show.replacingOccurrences(of: "%@", with: "child") + ")"
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--follow-forks", "--interval", "0", "--output",
-                                       Harness.temporaryPath("slots.jsonl"), "--", "/bin/sh", "-c", script])
+        let tracked = try Harness.run([
+            Harness.pagewatch, "run", "--follow-forks", "--interval", "0", "--output",
+            Harness.temporaryPath("slots.jsonl"), "--", "/bin/sh", "-c", script,
+        ])
         #expect(tracked.status == 0)
         let lines = tracked.stdout.split(separator: "\n").map { $0.split(separator: " ").map(String.init) }
         let parent = try #require(lines.first { $0.first == "parent" })
@@ -147,8 +159,10 @@ import Testing
         let program = Harness.fixture("fx_follow")
         let untracked = try Harness.run([program])
         let log = Harness.temporaryPath("follow.jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--follow-forks", "--sweep-signal", "USR2",
-                                       "--interval", "0", "--output", log, "--", program])
+        let tracked = try Harness.run([
+            Harness.pagewatch, "run", "--follow-forks", "--sweep-signal", "USR2",
+            "--interval", "0", "--output", log, "--", program,
+        ])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == 0)
         let records = try Harness.readLog(log)
@@ -187,7 +201,7 @@ import Testing
         #expect(!sweeps(of: shell).isEmpty)
     }
 
-    /// Hazard 17: a program that forbids mprotect with a seccomp filter of
+    /// A program that forbids mprotect with a seccomp filter of
     /// its own. PageWatch reports what it saw up to the filter exactly, then
     /// lets the program go, unchanged, and says so.
     @Test(arguments: [[], ["seccomp"]])
@@ -196,13 +210,19 @@ import Testing
         let untracked = try Harness.run([program] + arguments)
         #expect(untracked.stdout.contains("own mprotect denied\nok\n"))
         let log = Harness.temporaryPath("own_seccomp.jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0",
-                                       "--output", log, "--", program] + arguments)
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0",
+                "--output", log, "--", program,
+            ] + arguments)
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == untracked.status)
         let records = try Harness.readLog(log)
         let pid = try #require(records.first?["pid"] as? Int)
-        #expect(tracked.stderr == untracked.stderr + "pagewatch: pid \(pid): the program installed a seccomp filter that answers mprotect with SECCOMP_RET_ERRNO (hazard 17): tracking stopped; its later writes are not reported\n")
+        #expect(
+            tracked.stderr == untracked.stderr
+                + "pagewatch: pid \(pid): the program installed a seccomp filter that answers mprotect with SECCOMP_RET_ERRNO: tracking stopped; its later writes are not reported\n"
+        )
 
         let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
         let sweeps = records.filter { $0["type"] as? String == "sweep" }
@@ -225,8 +245,10 @@ import Testing
     }
 
     @Test func logToStdoutInterleavesWithTheProgram() throws {
-        let r = try Harness.run([Harness.pagewatch, "run", "--interval", "0", "--output", "-", "--",
-                                 Harness.fixture("fx_exit3")])
+        let r = try Harness.run([
+            Harness.pagewatch, "run", "--interval", "0", "--output", "-", "--",
+            Harness.fixture("fx_exit3"),
+        ])
         let lines = r.stdout.split(separator: "\n")
         #expect(lines.first?.hasPrefix("{\"type\":\"start\",\"schema\":\"pagewatch/1\"") == true)
         #expect(lines.last?.hasPrefix("{\"type\":\"end\"") == true)

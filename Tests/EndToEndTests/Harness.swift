@@ -56,7 +56,9 @@ enum Harness {
         let outPath = temporaryPath("out-\(UUID().uuidString)"), errPath = temporaryPath("err-\(UUID().uuidString)")
         FileManager.default.createFile(atPath: outPath, contents: nil)
         FileManager.default.createFile(atPath: errPath, contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: outPath); try? FileManager.default.removeItem(atPath: errPath) }
+        defer {
+            try? FileManager.default.removeItem(atPath: outPath); try? FileManager.default.removeItem(atPath: errPath)
+        }
         let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
         let err = try FileHandle(forWritingTo: URL(fileURLWithPath: errPath))
         let input = Pipe()
@@ -80,8 +82,9 @@ enum Harness {
         let outData = FileManager.default.contents(atPath: outPath) ?? Data()
         let errData = FileManager.default.contents(atPath: errPath) ?? Data()
         let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
-        return Result(stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self),
-                      status: status)
+        return Result(
+            stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self),
+            status: status)
     }
 
     static func temporaryPath(_ name: String) -> String {
@@ -124,8 +127,10 @@ struct FixtureTruth {
                 f = line.dropFirst(prefix.count).split(separator: " ", omittingEmptySubsequences: false)
             }
             if f.first == "region", f.count == 3 {
-                segments.append(Segment(region: (UInt64(f[1].dropFirst(2), radix: 16)!, UInt64(f[2].dropFirst(2), radix: 16)!),
-                                        phases: [:]))
+                segments.append(
+                    Segment(
+                        region: (UInt64(f[1].dropFirst(2), radix: 16)!, UInt64(f[2].dropFirst(2), radix: 16)!),
+                        phases: [:]))
             } else if f.first == "phase", f.count >= 3, let k = Int(f[1]), !segments.isEmpty {
                 var pages = Set<UInt64>()
                 if f.count == 4 && !f[3].isEmpty {

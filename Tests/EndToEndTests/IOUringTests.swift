@@ -30,8 +30,11 @@ import Testing
         #expect(untracked.status == 0)
         #expect(untracked.stdout.contains("read res 100 "))
         let log = Harness.temporaryPath("io_uring.jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2", "--interval", "0",
-                                       "--output", log] + extra + ["--", program])
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2", "--interval", "0",
+                "--output", log,
+            ] + extra + ["--", program])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.stderr == untracked.stderr)
         #expect(tracked.status == untracked.status)
@@ -42,7 +45,10 @@ import Testing
         #expect(sweeps.count == truth.count)
         for (k, sweep) in sweeps.enumerated() where k < truth.count {
             let got = FixtureTruth.pages(in: truth[k].region, of: sweep)
-            #expect(got == truth[k].pages, "sweep \(k + 1): extra \(got.subtracting(truth[k].pages).sorted()), missing \(truth[k].pages.subtracting(got).sorted())")
+            #expect(
+                got == truth[k].pages,
+                "sweep \(k + 1): extra \(got.subtracting(truth[k].pages).sorted()), missing \(truth[k].pages.subtracting(got).sorted())"
+            )
         }
         #expect(!records.contains { $0["type"] as? String == "untracked" })
         if extra.isEmpty, sweeps.count >= 3 {
@@ -57,13 +63,18 @@ import Testing
         let untracked = try Harness.run([program, "sqpoll"])
         #expect(untracked.stdout.contains("sqpoll read res 64 "))
         let log = Harness.temporaryPath("io_uring_sqpoll.jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2", "--interval", "0",
-                                       "--output", log, "--", program, "sqpoll"])
+        let tracked = try Harness.run([
+            Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2", "--interval", "0",
+            "--output", log, "--", program, "sqpoll",
+        ])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == untracked.status)
         let records = try Harness.readLog(log)
         let pid = try #require(records.first?["pid"] as? Int)
-        #expect(tracked.stderr == untracked.stderr + "pagewatch: pid \(pid): io_uring with IORING_SETUP_SQPOLL: a kernel thread takes the program's requests without a syscall, so the buffers it writes cannot be known in time: tracking stopped; its later writes are not reported\n")
+        #expect(
+            tracked.stderr == untracked.stderr
+                + "pagewatch: pid \(pid): io_uring with IORING_SETUP_SQPOLL: a kernel thread takes the program's requests without a syscall, so the buffers it writes cannot be known in time: tracking stopped; its later writes are not reported\n"
+        )
 
         // Phase 1, then what was written before the ring's setup (page 3);
         // page 4, written by the kernel after the stop, is in no sweep.
@@ -89,9 +100,14 @@ import Testing
             let log = Harness.temporaryPath("io_uring_attach.jsonl")
             var pagewatch: Background?
             if attaching {
-                pagewatch = try Background([Harness.pagewatch, "attach", "--verify-contents", "--output", log, "--interval", "20ms", String(fixture.pid)])
+                pagewatch = try Background([
+                    Harness.pagewatch, "attach", "--verify-contents", "--output", log, "--interval", "20ms",
+                    String(fixture.pid),
+                ])
                 let deadline = Date().addingTimeInterval(30)
-                while Date() < deadline, !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"untracked\"") {
+                while Date() < deadline,
+                    !((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("\"untracked\"")
+                {
                     usleep(1000)
                 }
             }
@@ -109,7 +125,10 @@ import Testing
         let types = tracked.log.compactMap { $0["type"] as? String }
         #expect(types == ["start", "attach", "sweep", "untracked", "end"])
         let pid = tracked.log.first?["pid"] as? Int ?? 0
-        #expect(tracked.stderr.hasPrefix("pagewatch: pid \(pid): io_uring instance set up before the attach: its requests in flight cannot be known: tracking stopped; its later writes are not reported\n"))
+        #expect(
+            tracked.stderr.hasPrefix(
+                "pagewatch: pid \(pid): io_uring instance set up before the attach: its requests in flight cannot be known: tracking stopped; its later writes are not reported\n"
+            ))
     }
 
     /// A real io_uring workload: a file copy with 32 requests in flight,
@@ -132,8 +151,9 @@ import Testing
         #expect(untracked.stdout == "copied \(bytes.count) bytes\nok\n")
         let log = Harness.temporaryPath("io_uring_cp.jsonl")
         // --verify-contents: a write PageWatch missed (the kernel's, for a request) fails the run.
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--interval", "2ms", "--output", log] + extra
-                                      + ["--", program, "cp", source, trackedCopy])
+        let tracked = try Harness.run(
+            [Harness.pagewatch, "run", "--verify-contents", "--interval", "2ms", "--output", log] + extra
+                + ["--", program, "cp", source, trackedCopy])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == untracked.status, "pagewatch's stderr: \(tracked.stderr.suffix(2000))")
         #expect(FileManager.default.contents(atPath: trackedCopy) == Data(bytes))

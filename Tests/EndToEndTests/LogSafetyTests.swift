@@ -13,7 +13,8 @@ import Testing
 
     @Test func logOnAFullDeviceIsOneLineAndTheProgramFinishesUntracked() throws {
         let untracked = try Harness.run(Self.phases)
-        let r = try Harness.run([Harness.pagewatch, "run", "--output", "/dev/full", "--sweep-signal", "USR2", "--"] + Self.phases)
+        let r = try Harness.run(
+            [Harness.pagewatch, "run", "--output", "/dev/full", "--sweep-signal", "USR2", "--"] + Self.phases)
         #expect(r.status == 1)
         #expect(r.stdout == untracked.stdout)
         #expect(untracked.status == 0)
@@ -24,11 +25,17 @@ import Testing
     @Test func logOnAFullStdoutIsOneLine() throws {
         // The program writes its own output elsewhere: the log alone goes to /dev/full.
         let out = Harness.temporaryPath("full-stdout-\(UUID().uuidString).txt")
-        let r = try Harness.run(["/bin/sh", "-c", "exec \"$0\" run --output - --sweep-signal USR2 -- sh -c '\"$1\" > \"$2\"' sh \"$1\" \"$2\" > /dev/full",
-                                 Harness.pagewatch, Self.phases[0], out])
+        let r = try Harness.run([
+            "/bin/sh", "-c",
+            "exec \"$0\" run --output - --sweep-signal USR2 -- sh -c '\"$1\" > \"$2\"' sh \"$1\" \"$2\" > /dev/full",
+            Harness.pagewatch, Self.phases[0], out,
+        ])
         let untracked = try Harness.run(Self.phases)
         #expect(r.status == 1)
-        #expect(Self.lines(r.stderr) == ["pagewatch: cannot write the log to 'stdout': No space left on device (ENOSPC); tracking stopped, the program runs on untracked"])
+        #expect(
+            Self.lines(r.stderr) == [
+                "pagewatch: cannot write the log to 'stdout': No space left on device (ENOSPC); tracking stopped, the program runs on untracked"
+            ])
         #expect((try? String(contentsOfFile: out, encoding: .utf8)) == untracked.stdout)
     }
 
@@ -40,8 +47,11 @@ import Testing
         let log = Harness.temporaryPath("fsize-\(UUID().uuidString).jsonl")
         // 16 blocks (512 bytes each in dash, 1024 in bash): the start record
         // fits, the first sweep's line (about 30 KB with its sites) does not.
-        let r = try Harness.run(["/bin/sh", "-c", "ulimit -f 16; exec \"$@\"", "sh", Harness.pagewatch, "run", "--output", log,
-                                 "--sweep-signal", "USR2", "--"] + Self.phases)
+        let r = try Harness.run(
+            [
+                "/bin/sh", "-c", "ulimit -f 16; exec \"$@\"", "sh", Harness.pagewatch, "run", "--output", log,
+                "--sweep-signal", "USR2", "--",
+            ] + Self.phases)
         #expect(r.status == 1)
         #expect(r.stdout == untracked.stdout)
         #expect(Self.lines(r.stderr).count == 1, "\(r.stderr)")
@@ -60,7 +70,9 @@ import Testing
         let untracked = try Harness.run([Harness.fixture("fx_busy"), "1500"])
         let fixture = try Background([Harness.fixture("fx_busy"), "1500"])
         #expect(fixture.waitFor("ready\n"))
-        let r = try Harness.run([Harness.pagewatch, "attach", "--interval", "20ms", "--output", "/dev/full", String(fixture.pid)])
+        let r = try Harness.run([
+            Harness.pagewatch, "attach", "--interval", "20ms", "--output", "/dev/full", String(fixture.pid),
+        ])
         #expect(r.status == 1)
         #expect(Self.lines(r.stderr).count == 1, "\(r.stderr)")
         #expect(r.stderr.hasPrefix("pagewatch: cannot write the log to '/dev/full': No space left on device (ENOSPC)"))
@@ -71,7 +83,8 @@ import Testing
 
     func record() throws -> String {
         let log = Harness.temporaryPath("whole-\(UUID().uuidString).jsonl")
-        let r = try Harness.run([Harness.pagewatch, "run", "--output", log, "--sweep-signal", "USR2", "--"] + Self.phases)
+        let r = try Harness.run(
+            [Harness.pagewatch, "run", "--output", log, "--sweep-signal", "USR2", "--"] + Self.phases)
         #expect(r.status == 0)
         return log
     }
@@ -80,11 +93,18 @@ import Testing
         let log = try record()
         let toFile = try Harness.run([Harness.pagewatch, "report", "--output", "/dev/full", log])
         #expect(toFile.status == 1)
-        #expect(Self.lines(toFile.stderr) == ["pagewatch: cannot write the report to '/dev/full': No space left on device (ENOSPC)"])
+        #expect(
+            Self.lines(toFile.stderr) == [
+                "pagewatch: cannot write the report to '/dev/full': No space left on device (ENOSPC)"
+            ])
         for format in ["text", "html", "folded"] {
-            let toStdout = try Harness.run(["/bin/sh", "-c", "exec \"$@\" > /dev/full", "sh", Harness.pagewatch, "report", "--format", format, log])
+            let toStdout = try Harness.run([
+                "/bin/sh", "-c", "exec \"$@\" > /dev/full", "sh", Harness.pagewatch, "report", "--format", format, log,
+            ])
             #expect(toStdout.status == 1)
-            #expect(Self.lines(toStdout.stderr).last == "pagewatch: cannot write the report to stdout: No space left on device (ENOSPC)")
+            #expect(
+                Self.lines(toStdout.stderr).last
+                    == "pagewatch: cannot write the report to stdout: No space left on device (ENOSPC)")
         }
     }
 
@@ -99,12 +119,16 @@ import Testing
         let whole = Harness.temporaryPath("whole-part-\(UUID().uuidString).jsonl")
         let cut = Harness.temporaryPath("cut-\(UUID().uuidString).jsonl")
         try (lines.joined(separator: "\n") + "\n").write(toFile: whole, atomically: false, encoding: .utf8)
-        try (lines.joined(separator: "\n") + "\n" + cutLast.prefix(cutLast.count / 2)).write(toFile: cut, atomically: false, encoding: .utf8)
+        try (lines.joined(separator: "\n") + "\n" + cutLast.prefix(cutLast.count / 2)).write(
+            toFile: cut, atomically: false, encoding: .utf8)
         let expected = try Harness.run([Harness.pagewatch, "report", whole])
         let got = try Harness.run([Harness.pagewatch, "report", cut])
         #expect(got.status == 0)
         #expect(got.stdout == expected.stdout.replacingOccurrences(of: whole, with: cut))
-        #expect(Self.lines(got.stderr) == ["pagewatch: warning: \(cut):\(lines.count + 1): the last line is cut mid-record (no newline, not JSON); read up to line \(lines.count)"])
+        #expect(
+            Self.lines(got.stderr) == [
+                "pagewatch: warning: \(cut):\(lines.count + 1): the last line is cut mid-record (no newline, not JSON); read up to line \(lines.count)"
+            ])
         // A cut anywhere else is still an error: only the last line can be an unfinished write.
         let broken = Harness.temporaryPath("broken-\(UUID().uuidString).jsonl")
         var middle = lines
@@ -122,8 +146,12 @@ import Testing
     func terminationSignalsGoToTheProgram(_ sig: Int32) throws {
         func drive(tracked: Bool) throws -> (stdout: String, stderr: String, status: Int32, log: [[String: Any]]) {
             let log = Harness.temporaryPath("term-\(sig)-\(UUID().uuidString).jsonl")
-            let argv = tracked ? [Harness.pagewatch, "run", "--output", log, "--sweep-signal", "USR2", "--interval", "0", "--",
-                                  Harness.fixture("fx_term")] : [Harness.fixture("fx_term")]
+            let argv =
+                tracked
+                ? [
+                    Harness.pagewatch, "run", "--output", log, "--sweep-signal", "USR2", "--interval", "0", "--",
+                    Harness.fixture("fx_term"),
+                ] : [Harness.fixture("fx_term")]
             let p = try Background(argv)
             #expect(p.waitFor("waiting\n"))
             kill(p.pid, sig)

@@ -23,8 +23,11 @@ import Testing
         #expect(untracked.status == 0)
         #expect(untracked.stderr == "tracing: ok\n")
         let log = Harness.temporaryPath("tracer-run-\(mode)-\(UUID().uuidString).jsonl")
-        let r = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--output", log, "--sweep-signal", "USR2", "--interval", "0", "--",
-                                 Self.tracer, mode])
+        let r = try Harness.run([
+            Harness.pagewatch, "run", "--verify-contents", "--output", log, "--sweep-signal", "USR2", "--interval", "0",
+            "--",
+            Self.tracer, mode,
+        ])
         #expect(r.status == untracked.status)
         #expect(r.stdout == untracked.stdout)
         let lines = r.stderr.split(separator: "\n")
@@ -43,8 +46,13 @@ import Testing
     @Test(arguments: ["traceme", "seize"])
     func underAttachTheProgramTraces(_ mode: String) throws {
         func drive(attaching: Bool) throws -> FIFODriven {
-            try FIFODriven([Self.tracer, mode], attach: attaching ? [
-                "--verify-contents", "--track", Self.region, "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2"] : nil)
+            try FIFODriven(
+                [Self.tracer, mode],
+                attach: attaching
+                    ? [
+                        "--verify-contents", "--track", Self.region, "--sweep-signal", "USR2", "--interval", "0",
+                        "--sweeps", "2",
+                    ] : nil)
         }
         let untracked = try drive(attaching: false)
         let tracked = try drive(attaching: true)
@@ -56,7 +64,9 @@ import Testing
         try Self.expectExact(tracked.log, truth: untracked.stdout)
         let phase2 = tracked.log.filter { $0["type"] as? String == "sweep" }.dropFirst().first
         let sites = phase2?["sites"] as? [[String: Any]] ?? []
-        let peeked = sites.first { site in (site["ranges"] as? [[String]])?.contains(["0x340000004000", "0x340000005000"]) == true }
+        let peeked = sites.first { site in
+            (site["ranges"] as? [[String]])?.contains(["0x340000004000", "0x340000005000"]) == true
+        }
         #expect((peeked?["frames"] as? [[String: Any]])?.first?["function"] as? String == "[kernel] ptrace")
     }
 
@@ -65,16 +75,22 @@ import Testing
     /// strace itself: refused under run with the one line; attached to a
     /// shell that starts it later, it traces its command completely.
     @Test(.enabled(if: hasStrace)) func strace() throws {
-        let run = try Harness.run([Harness.pagewatch, "run", "--output", "/dev/null", "--", "/usr/bin/strace", "-o", "/dev/null", "/bin/true"])
+        let run = try Harness.run([
+            Harness.pagewatch, "run", "--output", "/dev/null", "--", "/usr/bin/strace", "-o", "/dev/null", "/bin/true",
+        ])
         #expect(run.status != 0)
         #expect(run.stderr.split(separator: "\n").filter { $0.hasPrefix("pagewatch:") }.count == 1)
         #expect(run.stderr.contains("`pagewatch attach PID`"))
 
         let out = Harness.temporaryPath("strace-\(UUID().uuidString).txt")
-        let shell = try Background(["/bin/sh", "-c", "echo ready; read go; strace -f -o \"$0\" /bin/sh -c 'echo traced'", out])
+        let shell = try Background([
+            "/bin/sh", "-c", "echo ready; read go; strace -f -o \"$0\" /bin/sh -c 'echo traced'", out,
+        ])
         #expect(shell.waitFor("ready\n"))
         let log = Harness.temporaryPath("strace-attach-\(UUID().uuidString).jsonl")
-        let pagewatch = try Background([Harness.pagewatch, "attach", "--output", log, "--interval", "50ms", String(shell.pid)])
+        let pagewatch = try Background([
+            Harness.pagewatch, "attach", "--output", log, "--interval", "50ms", String(shell.pid),
+        ])
         #expect(AttachTests().waitForLog(log, toContain: "\"reason\":\"attach\""))
         shell.send("go\n")
         #expect(shell.finish() == 0)
@@ -92,18 +108,24 @@ import Testing
         let script = "for i in 1 2 3 4 5 6 7 8 9 10; do echo line $i; sleep 0.1; done"
         func drive(attaching: Bool) throws -> (stdout: String, status: Int32, writes: Int) {
             let out = Harness.temporaryPath("strace-running-\(UUID().uuidString).txt")
-            let strace = try Background(["/usr/bin/strace", "-f", "-e", "trace=write", "-o", out, "/bin/sh", "-c", "echo ready; " + script])
+            let strace = try Background([
+                "/usr/bin/strace", "-f", "-e", "trace=write", "-o", out, "/bin/sh", "-c", "echo ready; " + script,
+            ])
             #expect(strace.waitFor("ready\n"))
             if attaching {
                 let log = Harness.temporaryPath("strace-running-\(UUID().uuidString).jsonl")
-                let r = try Harness.run([Harness.pagewatch, "attach", "--output", log, "--interval", "50ms", "--duration", "400ms",
-                                         String(strace.pid)])
+                let r = try Harness.run([
+                    Harness.pagewatch, "attach", "--output", log, "--interval", "50ms", "--duration", "400ms",
+                    String(strace.pid),
+                ])
                 #expect(r.status == 0)
                 #expect(r.stderr == "")
             }
             let status = strace.finish()
             let trace = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
-            return (strace.stdout, status, trace.split(separator: "\n").filter { $0.contains("write(1, \"line ") }.count)
+            return (
+                strace.stdout, status, trace.split(separator: "\n").filter { $0.contains("write(1, \"line ") }.count
+            )
         }
         let untracked = try drive(attaching: false)
         let tracked = try drive(attaching: true)

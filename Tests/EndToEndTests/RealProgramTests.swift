@@ -8,16 +8,22 @@ import Testing
 /// several-fold (docs/performance.md); attribution has its own tests.
 @Suite(.serialized) struct RealProgramTests {
     static let programs: [[String]] = [
-        ["python3", "-c", """
+        [
+            "python3", "-c",
+            """
             import json, hashlib
             d = {str(i): i * i for i in range(20000)}
             for i in range(0, 20000, 3): d.pop(str(i))
             s = json.dumps(d, sort_keys=True)
             print(len(d), hashlib.sha256(json.dumps(json.loads(s)).encode()).hexdigest())
-            """],
+            """,
+        ],
         ["sh", "-c", "seq 1 200000 | sort -r | sha256sum"],
         // -n: no name and no mtime in the header, which would differ between the two runs.
-        ["sh", "-c", "seq 1 300000 > \"$0\" && gzip -n -c \"$0\" | sha256sum", Harness.temporaryPath("gzip-input.txt")],
+        [
+            "sh", "-c", "seq 1 300000 > \"$0\" && gzip -n -c \"$0\" | sha256sum",
+            Harness.temporaryPath("gzip-input.txt"),
+        ],
     ]
 
     @Test(arguments: programs)
@@ -25,8 +31,11 @@ import Testing
         let untracked = try Harness.run(["/usr/bin/env"] + command)
         #expect(untracked.status == 0)
         let log = Harness.temporaryPath("real.jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--track", "writable", "--interval", "50ms",
-                                       "--stack-depth", "0", "--output", log, "--"] + command, timeout: 300)
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--track", "writable", "--interval", "50ms",
+                "--stack-depth", "0", "--output", log, "--",
+            ] + command, timeout: 300)
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == untracked.status, "pagewatch's stderr: \(tracked.stderr.suffix(3000))")
         let records = try Harness.readLog(log)
@@ -35,18 +44,20 @@ import Testing
     }
 }
 
-/// Hazard 18: SIGSTOP stops the program as without the tool, SIGCONT resumes it.
+/// Group stops: SIGSTOP stops the program as without the tool, SIGCONT resumes it.
 @Suite struct GroupStopTests {
     func state(_ pid: Int32) -> Character? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = text.lastIndex(of: ")") else { return nil }
+            let close = text.lastIndex(of: ")")
+        else { return nil }
         return text[text.index(close, offsetBy: 2)]
     }
 
     /// utime and stime (fields 14 and 15 of /proc/PID/stat).
     func cpuTime(_ pid: Int32) -> [Substring]? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = text.lastIndex(of: ")") else { return nil }
+            let close = text.lastIndex(of: ")")
+        else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ")
         return fields.count > 12 ? Array(fields[11...12]) : nil
     }
@@ -54,8 +65,10 @@ import Testing
     @Test func stopAndContinue() throws {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: Harness.pagewatch)
-        p.arguments = ["run", "--interval", "20ms", "--output", Harness.temporaryPath("stopcont.jsonl"), "--",
-                       Harness.fixture("fx_stopcont")]
+        p.arguments = [
+            "run", "--interval", "20ms", "--output", Harness.temporaryPath("stopcont.jsonl"), "--",
+            Harness.fixture("fx_stopcont"),
+        ]
         let out = Pipe()
         p.standardOutput = out
         var environment = ProcessInfo.processInfo.environment
@@ -65,8 +78,10 @@ import Testing
         // The fixture is pagewatch's child.
         var child: Int32 = 0
         for _ in 0..<500 where child == 0 {
-            if let text = try? String(contentsOfFile: "/proc/\(p.processIdentifier)/task/\(p.processIdentifier)/children",
-                                      encoding: .utf8), let c = Int32(text.split(separator: " ").first ?? "") {
+            if let text = try? String(
+                contentsOfFile: "/proc/\(p.processIdentifier)/task/\(p.processIdentifier)/children",
+                encoding: .utf8), let c = Int32(text.split(separator: " ").first ?? "")
+            {
                 child = c
             }
             usleep(2000)

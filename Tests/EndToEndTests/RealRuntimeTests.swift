@@ -34,22 +34,29 @@ struct Runtime: Sendable, CustomTestStringConvertible {
 
     /// Each runtime's program, built once into the test run's directory.
     static let all: [Runtime] = [
-        Runtime(name: "java", command: { dir in
-            try once("java") { try build(["javac", "-d", dir, "\(sources)/HashChurn.java"]) }
-            return ["/usr/bin/env", "java", "-XX:+UseSerialGC", "-Xmx256m", "-cp", dir, "HashChurn"]
-        }, fixed: ["6"]),
-        Runtime(name: "go", command: { dir in
-            try once("go") {
-                try build(["go", "build", "-o", "\(dir)/gochurn", "\(sources)/churn.go"],
-                          environment: ["GOCACHE": "\(dir)/gocache", "GO111MODULE": "off", "GOFLAGS": ""])
-            }
-            return ["\(dir)/gochurn"]
-        }, fixed: ["10"]),
+        Runtime(
+            name: "java",
+            command: { dir in
+                try once("java") { try build(["javac", "-d", dir, "\(sources)/HashChurn.java"]) }
+                return ["/usr/bin/env", "java", "-XX:+UseSerialGC", "-Xmx256m", "-cp", dir, "HashChurn"]
+            }, fixed: ["6"]),
+        Runtime(
+            name: "go",
+            command: { dir in
+                try once("go") {
+                    try build(
+                        ["go", "build", "-o", "\(dir)/gochurn", "\(sources)/churn.go"],
+                        environment: ["GOCACHE": "\(dir)/gocache", "GO111MODULE": "off", "GOFLAGS": ""])
+                }
+                return ["\(dir)/gochurn"]
+            }, fixed: ["10"]),
         Runtime(name: "node", command: { _ in ["/usr/bin/env", "node", "\(sources)/wasmtrap.js"] }, fixed: ["20"]),
-        Runtime(name: "rust", command: { dir in
-            try once("rust") { try build([rustc, "-O", "-o", "\(dir)/rschurn", "\(sources)/churn.rs"]) }
-            return ["\(dir)/rschurn"]
-        }, fixed: ["10"]),
+        Runtime(
+            name: "rust",
+            command: { dir in
+                try once("rust") { try build([rustc, "-O", "-o", "\(dir)/rschurn", "\(sources)/churn.rs"]) }
+                return ["\(dir)/rschurn"]
+            }, fixed: ["10"]),
     ]
 
     /// rustc from the PATH (Debian's package), else rustup's.
@@ -90,8 +97,9 @@ struct Runtime: Sendable, CustomTestStringConvertible {
         #expect(untracked.status == 0, "untracked: \(untracked.stderr.suffix(2000))")
         let log = Harness.temporaryPath("runtime-\(runtime.name).jsonl")
         let depthFlag = depth.map { ["--stack-depth", String($0)] } ?? []
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--interval", "100ms", "--output", log] + depthFlag
-                                      + ["--"] + command, timeout: 600)
+        let tracked = try Harness.run(
+            [Harness.pagewatch, "run", "--verify-contents", "--interval", "100ms", "--output", log] + depthFlag
+                + ["--"] + command, timeout: 600)
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == untracked.status, "pagewatch's stderr: \(tracked.stderr.suffix(3000))")
         let records = try Harness.readLog(log)
@@ -100,7 +108,8 @@ struct Runtime: Sendable, CustomTestStringConvertible {
         #expect(!records.contains { $0["type"] as? String == "missed" })
         // Tracked for real: write faults taken, and pages reported.
         #expect((end?["faults"] as? Int ?? 0) > 100)
-        let dirty = records.filter { $0["type"] as? String == "sweep" }.map { $0["dirty_pages"] as? Int ?? 0 }.reduce(0, +)
+        let dirty = records.filter { $0["type"] as? String == "sweep" }.map { $0["dirty_pages"] as? Int ?? 0 }.reduce(
+            0, +)
         #expect(dirty > 100)
     }
 
@@ -113,8 +122,11 @@ struct Runtime: Sendable, CustomTestStringConvertible {
         usleep(800_000)  // past the runtime's start
         for (k, depth) in ["0", "16", "0"].enumerated() {
             let log = Harness.temporaryPath("runtime-attach-\(runtime.name)-\(k).jsonl")
-            let attached = try Harness.run([Harness.pagewatch, "attach", "--verify-contents", "--duration", "1s", "--interval", "200ms",
-                                            "--stack-depth", depth, "--output", log, String(program.pid)], timeout: 120)
+            let attached = try Harness.run(
+                [
+                    Harness.pagewatch, "attach", "--verify-contents", "--duration", "1s", "--interval", "200ms",
+                    "--stack-depth", depth, "--output", log, String(program.pid),
+                ], timeout: 120)
             #expect(attached.status == 0, "attach \(k + 1): \(attached.stderr.suffix(2000))")
             let records = try Harness.readLog(log)
             #expect(records.first?["type"] as? String == "start")

@@ -17,8 +17,10 @@ import Testing
     func record() throws -> Run {
         let program = Harness.fixture("fx_writers")
         let log = Harness.temporaryPath("report-\(UUID().uuidString).jsonl")
-        let run = try Harness.run([Harness.pagewatch, "run", "--track", "0x270000000000-0x270000008000",
-                                   "--sweep-signal", "USR2", "--interval", "0", "--output", log, "--", program])
+        let run = try Harness.run([
+            Harness.pagewatch, "run", "--track", "0x270000000000-0x270000008000",
+            "--sweep-signal", "USR2", "--interval", "0", "--output", log, "--", program,
+        ])
         #expect(run.status == 0, "\(run.stderr)")
         var sites: [String: (pages: Int, line: Int)] = [:]
         for line in run.stdout.split(separator: "\n") where line.hasPrefix("site ") {
@@ -53,12 +55,16 @@ import Testing
         #expect(rows.contains("program \(Harness.fixture("fx_writers"))"))
         #expect(rows.contains("sweeps 4"))
         #expect(rows.contains { $0.hasPrefix("dirty 14 pages (0.05 MiB) over all sweeps, ") })
-        #expect(rows.contains { $0.hasPrefix("rate ") && $0.contains("pages/s") && $0.contains("the 6 pages of sweeps 2-4") })
+        #expect(
+            rows.contains {
+                $0.hasPrefix("rate ") && $0.contains("pages/s") && $0.contains("the 6 pages of sweeps 2-4")
+            })
         #expect(rows.contains("top writers: 6 call stacks, 14 pages (each sweep's sites summed by call stack)"))
         for name in ["fill_two", "poke_five", "descend"] {
             let (pages, line) = try #require(run.sites[name])
-            #expect(rows.contains("\(pages) \(Self.percent(pages, 14)) \(pages) \(name) fixtures/fx_writers.c:\(line)"),
-                    "\(name) in \(result.stdout)")
+            #expect(
+                rows.contains("\(pages) \(Self.percent(pages, 14)) \(pages) \(name) fixtures/fx_writers.c:\(line)"),
+                "\(name) in \(result.stdout)")
         }
         #expect(run.sites["fill_two"]?.pages == 2)
         // The kernel's write for read(): no fault, named with the libc function that made the call,
@@ -66,7 +72,9 @@ import Testing
         let kernel = try #require(rows.firstIndex { $0.hasPrefix("1 7.14% 0 [kernel] read <- ") })
         #expect(rows[kernel + 1].hasPrefix("<- main (fixtures/fx_writers.c:\(run.sites["[kernel]read"]!.line))"))
         // Most pages first: sweep 1 reports all 8 pages, written by main's region setup.
-        let pageColumn = rows.drop { !$0.hasPrefix("pages share") }.dropFirst().filter { !$0.hasPrefix("<-") }.map { Int($0.split(separator: " ")[0])! }
+        let pageColumn = rows.drop { !$0.hasPrefix("pages share") }.dropFirst().filter { !$0.hasPrefix("<-") }.map {
+            Int($0.split(separator: " ")[0])!
+        }
         #expect(pageColumn == [8, 2, 1, 1, 1, 1])
     }
 
@@ -104,19 +112,28 @@ import Testing
         #expect(!page.contains("http://") && !page.contains("https://"))
         #expect(page.contains("fill_two"))
 
-        let chromium = try #require(["/usr/bin/chromium", "/usr/bin/chromium-browser"].first { FileManager.default.isExecutableFile(atPath: $0) },
-                                    "chromium is missing: scripts/install-deps.sh installs it")
+        let chromium = try #require(
+            ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first {
+                FileManager.default.isExecutableFile(atPath: $0)
+            },
+            "chromium is missing: scripts/install-deps.sh installs it")
         let profile = Harness.temporaryPath("chromium-profile-\(UUID().uuidString)")
         defer { try? FileManager.default.removeItem(atPath: profile) }
-        let common = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=\(profile)",
-                      "--enable-logging=stderr", "--v=0", "--window-size=1200,900"]
+        let common = [
+            chromium, "--headless", "--no-sandbox", "--disable-gpu", "--user-data-dir=\(profile)",
+            "--enable-logging=stderr", "--v=0", "--window-size=1200,900",
+        ]
         // Headless Chromium on two busy cores can take tens of seconds to start: 120 s each.
         // The DOM after the page's script ran: it writes whether any script error happened.
         let dom = try Harness.run(common + ["--dump-dom", "file://\(html)"], timeout: 120)
         #expect(dom.status == 0, "\(dom.stderr)")
-        #expect(dom.stdout.contains("<p id=\"render-check\" class=\"ok\">rendered: 4 bars, 14 map cells, chart 900x300</p>"),
-                "\(dom.stdout.suffix(600))")
-        let consoleErrors = dom.stderr.split(separator: "\n").filter { $0.contains("CONSOLE") || $0.contains("Uncaught") }
+        #expect(
+            dom.stdout.contains(
+                "<p id=\"render-check\" class=\"ok\">rendered: 4 bars, 14 map cells, chart 900x300</p>"),
+            "\(dom.stdout.suffix(600))")
+        let consoleErrors = dom.stderr.split(separator: "\n").filter {
+            $0.contains("CONSOLE") || $0.contains("Uncaught")
+        }
         #expect(consoleErrors.isEmpty, "\(consoleErrors)")
 
         let png = Harness.temporaryPath("report.png")
@@ -135,7 +152,10 @@ import Testing
         #expect(missing.stderr == "pagewatch: cannot read /nonexistent/log.jsonl: No such file or directory\n")
         let schema = try report(["-"], stdin: #"{"type":"start","schema":"pagewatch/9","pid":1}"# + "\n")
         #expect(schema.status == 1)
-        #expect(schema.stderr == "pagewatch: <stdin>:1: schema 'pagewatch/9' is not supported: this pagewatch reads pagewatch/1 only\n")
+        #expect(
+            schema.stderr
+                == "pagewatch: <stdin>:1: schema 'pagewatch/9' is not supported: this pagewatch reads pagewatch/1 only\n"
+        )
         let run = try record()
         let lines = try String(contentsOfFile: run.log, encoding: .utf8).split(separator: "\n")
         let broken = lines.prefix(2).joined(separator: "\n") + "\n{\"type\": \"sweep\", oops\n"
@@ -167,44 +187,48 @@ import Testing
     /// them) with python3's zlib and counts the pixels of one colour.
     static func countPixels(_ png: String, colour: String) throws -> (width: Int, height: Int, matching: Int) {
         let script = """
-        import struct, sys, zlib
-        data = open(sys.argv[1], 'rb').read()
-        assert data[:8] == b'\\x89PNG\\r\\n\\x1a\\n', 'not a PNG'
-        pos, idat = 8, b''
-        while pos < len(data):
-            size, kind = struct.unpack('>I4s', data[pos:pos + 8])
-            body = data[pos + 8:pos + 8 + size]
-            pos += 12 + size
-            if kind == b'IHDR':
-                width, height, depth, ctype, _, _, interlace = struct.unpack('>IIBBBBB', body)
-            elif kind == b'IDAT':
-                idat += body
-        assert depth == 8 and ctype in (2, 6) and interlace == 0, (depth, ctype, interlace)
-        bpp = 3 if ctype == 2 else 4
-        raw, stride, target = zlib.decompress(idat), width * bpp, bytes.fromhex(sys.argv[2])
-        prev, at, count = bytearray(stride), 0, 0
-        for y in range(height):
-            kind, row = raw[at], bytearray(raw[at + 1:at + 1 + stride])
-            at += 1 + stride
-            if kind:
-                for x in range(stride):
-                    a = row[x - bpp] if x >= bpp else 0
-                    b = prev[x]
-                    c = prev[x - bpp] if x >= bpp else 0
-                    if kind == 1: row[x] = (row[x] + a) & 255
-                    elif kind == 2: row[x] = (row[x] + b) & 255
-                    elif kind == 3: row[x] = (row[x] + (a + b) // 2) & 255
-                    else:
-                        p = a + b - c
-                        pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                        row[x] = (row[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-            count += sum(1 for x in range(0, stride, bpp) if row[x:x + 3] == target)
-            prev = row
-        print(width, height, count)
-        """
+            import struct, sys, zlib
+            data = open(sys.argv[1], 'rb').read()
+            assert data[:8] == b'\\x89PNG\\r\\n\\x1a\\n', 'not a PNG'
+            pos, idat = 8, b''
+            while pos < len(data):
+                size, kind = struct.unpack('>I4s', data[pos:pos + 8])
+                body = data[pos + 8:pos + 8 + size]
+                pos += 12 + size
+                if kind == b'IHDR':
+                    width, height, depth, ctype, _, _, interlace = struct.unpack('>IIBBBBB', body)
+                elif kind == b'IDAT':
+                    idat += body
+            assert depth == 8 and ctype in (2, 6) and interlace == 0, (depth, ctype, interlace)
+            bpp = 3 if ctype == 2 else 4
+            raw, stride, target = zlib.decompress(idat), width * bpp, bytes.fromhex(sys.argv[2])
+            prev, at, count = bytearray(stride), 0, 0
+            for y in range(height):
+                kind, row = raw[at], bytearray(raw[at + 1:at + 1 + stride])
+                at += 1 + stride
+                if kind:
+                    for x in range(stride):
+                        a = row[x - bpp] if x >= bpp else 0
+                        b = prev[x]
+                        c = prev[x - bpp] if x >= bpp else 0
+                        if kind == 1: row[x] = (row[x] + a) & 255
+                        elif kind == 2: row[x] = (row[x] + b) & 255
+                        elif kind == 3: row[x] = (row[x] + (a + b) // 2) & 255
+                        else:
+                            p = a + b - c
+                            pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                            row[x] = (row[x] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+                count += sum(1 for x in range(0, stride, bpp) if row[x:x + 3] == target)
+                prev = row
+            print(width, height, count)
+            """
         let result = try Harness.run(["/usr/bin/python3", "-c", script, png, colour], timeout: 120)
-        let numbers = result.stdout.split(separator: " ").compactMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-        guard result.status == 0, numbers.count == 3 else { throw Harness.HarnessError.badTruth("PNG decoding failed: \(result.stderr)") }
+        let numbers = result.stdout.split(separator: " ").compactMap {
+            Int($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        }
+        guard result.status == 0, numbers.count == 3 else {
+            throw Harness.HarnessError.badTruth("PNG decoding failed: \(result.stderr)")
+        }
         return (numbers[0], numbers[1], numbers[2])
     }
 }

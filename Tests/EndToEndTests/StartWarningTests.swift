@@ -10,12 +10,15 @@ import Testing
 
     func run(_ options: [String], _ program: [String]) throws -> (result: Harness.Result, start: [String: Any]?) {
         let log = Harness.temporaryPath("warn-\(UUID().uuidString).jsonl")
-        let r = try Harness.run([Harness.pagewatch, "run", "--output", log, "--sweep-signal", "USR2"] + options + ["--"] + program)
+        let r = try Harness.run(
+            [Harness.pagewatch, "run", "--output", log, "--sweep-signal", "USR2"] + options + ["--"] + program)
         return (r, try Harness.readLog(log).first)
     }
 
-    @Test(arguments: [("file:/nonexistent/lib.so", "no such file or directory"),
-                      ("file:lib/fx.so", "/proc/PID/maps names files by absolute path (file:/...)")])
+    @Test(arguments: [
+        ("file:/nonexistent/lib.so", "no such file or directory"),
+        ("file:lib/fx.so", "/proc/PID/maps names files by absolute path (file:/...)"),
+    ])
     func fileSpecsThatCannotSelectAreOneWarningAtTheStart(_ spec: String, _ why: String) throws {
         let untracked = try Harness.run([Self.exit3])
         let (r, start) = try run(["--track", spec], [Self.exit3])
@@ -30,7 +33,10 @@ import Testing
         let (r, start) = try run(["--track", "0x7e0000000000-0x7e0000001000"], [Self.exit3])
         #expect(r.status == untracked.status)
         #expect(r.stdout == untracked.stdout)
-        #expect(r.stderr == "pagewatch: warning: --track 0x7e0000000000-0x7e0000001000 selected no page of the program during the run: nothing was tracked\n")
+        #expect(
+            r.stderr
+                == "pagewatch: warning: --track 0x7e0000000000-0x7e0000001000 selected no page of the program during the run: nothing was tracked\n"
+        )
         #expect(start?["selected_pages"] as? Int == 0)
     }
 
@@ -48,18 +54,26 @@ import Testing
 
     /// attach: `selected_pages` is the selection in the process at the
     /// attach, exactly; an empty one is a warning at once.
-    @Test(arguments: [("0x340100000000-0x340100008000", 8), ("0x340100000000-0x340100002000", 2), ("0x7e0000000000-0x7e0000001000", 0)])
+    @Test(arguments: [
+        ("0x340100000000-0x340100008000", 8), ("0x340100000000-0x340100002000", 2),
+        ("0x7e0000000000-0x7e0000001000", 0),
+    ])
     func attachCountsTheSelectionAndWarnsWhenEmpty(_ range: String, _ pages: Int) throws {
         let fixture = try Background([Harness.fixture("fx_term")])
         #expect(fixture.waitFor("waiting\n"))
         let log = Harness.temporaryPath("attach-warn-\(UUID().uuidString).jsonl")
-        let r = try Harness.run([Harness.pagewatch, "attach", "--output", log, "--track", range, "--interval", "0", "--sweeps", "1",
-                                 String(fixture.pid)])
+        let r = try Harness.run([
+            Harness.pagewatch, "attach", "--output", log, "--track", range, "--interval", "0", "--sweeps", "1",
+            String(fixture.pid),
+        ])
         kill(fixture.pid, SIGTERM)
         #expect(fixture.finish() == 43)
         #expect(r.status == 0)
-        #expect(r.stderr == (pages == 0
-            ? "pagewatch: warning: --track \(range) selects no page of pid \(fixture.pid): nothing is tracked unless such memory appears\n" : ""))
+        #expect(
+            r.stderr
+                == (pages == 0
+                    ? "pagewatch: warning: --track \(range) selects no page of pid \(fixture.pid): nothing is tracked unless such memory appears\n"
+                    : ""))
         let records = try Harness.readLog(log)
         #expect(records.first?["selected_pages"] as? Int == pages)
         // The attach sweep reports every selected page: the same count.
@@ -69,13 +83,15 @@ import Testing
     // MARK: - Privileged programs
 
     static let canDropPrivileges = getuid() == 0 && FileManager.default.isExecutableFile(atPath: "/usr/bin/setpriv")
-    static let canSetCapabilities = canDropPrivileges && FileManager.default.isExecutableFile(atPath: "/usr/sbin/setcap")
+    static let canSetCapabilities =
+        canDropPrivileges && FileManager.default.isExecutableFile(atPath: "/usr/sbin/setcap")
 
     /// A copy of `tool` in a directory everyone can read, setuid root or
     /// with `capabilities` (setcap syntax).
     static func privilegedCopy(of tool: String, capabilities: String? = nil) throws -> String {
         let dir = "/tmp/pagewatch-privileged-\(getpid())-\(UUID().uuidString.prefix(8))"
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o755])
+        try FileManager.default.createDirectory(
+            atPath: dir, withIntermediateDirectories: false, attributes: [.posixPermissions: 0o755])
         let copy = dir + "/" + URL(fileURLWithPath: tool).lastPathComponent
         try FileManager.default.copyItem(atPath: tool, toPath: copy)
         if let capabilities {
@@ -124,7 +140,9 @@ import Testing
         defer { Self.remove(grep) }
         let untracked = try Self.asNobody([grep, "CapPrm", "/proc/self/status"])
         #expect(untracked.stdout == "CapPrm:\t0000000000002000\n")
-        let tracked = try Self.asNobody([Harness.pagewatch, "run", "--output", "/dev/null", "--", grep, "CapPrm", "/proc/self/status"])
+        let tracked = try Self.asNobody([
+            Harness.pagewatch, "run", "--output", "/dev/null", "--", grep, "CapPrm", "/proc/self/status",
+        ])
         #expect(tracked.stdout == "CapPrm:\t0000000000000000\n")
         let lines = tracked.stderr.split(separator: "\n")
         #expect(lines.count == 1, "\(tracked.stderr)")

@@ -27,9 +27,10 @@ import Testing
         records.filter { $0["type"] as? String == "sweep" }.map { r in
             let again = FixtureTruth.pages(in: region, of: ["ranges": r["reported_again"] as? [[String]] ?? []])
             #expect((r["reported_again_pages"] as? Int ?? 0) >= again.count)
-            return Sweep(reason: r["reason"] as? String ?? "", timeNs: (r["time_ns"] as? NSNumber)?.uint64Value ?? 0,
-                         pages: FixtureTruth.pages(in: region, of: r), reportedAgain: again,
-                         faults: r["faults"] as? Int ?? -1, rearmed: r["rearmed"] as? Bool ?? true)
+            return Sweep(
+                reason: r["reason"] as? String ?? "", timeNs: (r["time_ns"] as? NSNumber)?.uint64Value ?? 0,
+                pages: FixtureTruth.pages(in: region, of: r), reportedAgain: again,
+                faults: r["faults"] as? Int ?? -1, rearmed: r["rearmed"] as? Bool ?? true)
         }
     }
 
@@ -39,9 +40,11 @@ import Testing
         let untracked = try Harness.run([program, String(Self.phaseMs)])
         #expect(untracked.status == 0)
         let log = Harness.temporaryPath("steady-\(stackDepth).jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--track", "0x350000000000-0x3500000c0000",
-                                       "--interval", "\(Self.intervalMs)ms", "--sweep-signal", "USR2",
-                                       "--stack-depth", stackDepth, "--output", log, "--", program, String(Self.phaseMs)])
+        let tracked = try Harness.run([
+            Harness.pagewatch, "run", "--track", "0x350000000000-0x3500000c0000",
+            "--interval", "\(Self.intervalMs)ms", "--sweep-signal", "USR2",
+            "--stack-depth", stackDepth, "--output", log, "--", program, String(Self.phaseMs),
+        ])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.stderr == untracked.stderr)
         #expect(tracked.status == untracked.status)
@@ -67,7 +70,10 @@ import Testing
             for (j, s) in sweeps.enumerated() {
                 #expect(s.rearmed, "phase \(k) sweep \(j): re-armed nothing")
                 let fresh = s.pages.subtracting(s.reportedAgain)
-                #expect(fresh.isSubset(of: want), "phase \(k) sweep \(j): pages not written in the phase: \(fresh.subtracting(want).sorted().prefix(20))")
+                #expect(
+                    fresh.isSubset(of: want),
+                    "phase \(k) sweep \(j): pages not written in the phase: \(fresh.subtracting(want).sorted().prefix(20))"
+                )
                 written.formUnion(fresh)
                 freshPages += fresh.count
                 faults += s.faults
@@ -106,8 +112,10 @@ import Testing
         for i in 0..<3 {
             let log = Harness.temporaryPath("steady-attach-\(i).jsonl")
             let started = Date()
-            let r = try Harness.run([Harness.pagewatch, "attach", "--interval", "100ms", "--duration", "1s",
-                                     "--stack-depth", "0", "--output", log, String(fixture.pid)])
+            let r = try Harness.run([
+                Harness.pagewatch, "attach", "--interval", "100ms", "--duration", "1s",
+                "--stack-depth", "0", "--output", log, String(fixture.pid),
+            ])
             let elapsed = Date().timeIntervalSince(started)
             #expect(r.status == 0, "attach \(i): \(r.stderr)")
             #expect(elapsed < 2.5, "attach \(i) took \(elapsed) s")

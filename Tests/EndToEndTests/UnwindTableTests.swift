@@ -38,8 +38,9 @@ import Testing
             }
             let callee = k == 0 ? "store" : chain[k - 1]
             guard frames[i]["function"] as? String == name,
-                  (frames[i]["file"] as? String)?.hasSuffix("fx_lld_callsites.c") == true,
-                  let line = lines["\(name)>\(callee)"], frames[i]["line"] as? Int == line else { return false }
+                (frames[i]["file"] as? String)?.hasSuffix("fx_lld_callsites.c") == true,
+                let line = lines["\(name)>\(callee)"], frames[i]["line"] as? Int == line
+            else { return false }
             i += 1
         }
         return true
@@ -74,9 +75,12 @@ import Testing
         let (chains, lines) = Self.truth(untracked.stdout)
         #expect(chains.count == 4)
         let log = Harness.temporaryPath("lld-callsites.jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--track", "0x330000000000-0x330000008000",
-                                       "--sweep-signal", "USR2", "--interval", "0", "--output", log] + depth
-                                      + ["--", Self.program])
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--track", "0x330000000000-0x330000008000",
+                "--sweep-signal", "USR2", "--interval", "0", "--output", log,
+            ] + depth
+                + ["--", Self.program])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.status == untracked.status, "pagewatch's stderr: \(tracked.stderr.suffix(2000))")
         let sweeps = try Harness.readLog(log).filter { $0["type"] as? String == "sweep" }
@@ -99,8 +103,9 @@ import Testing
             if chain.last == "main" {
                 // Beneath main: libc's start code.
                 let main = frames.lastIndex { $0["function"] as? String == "main" } ?? frames.count
-                #expect(main + 1 < frames.count
-                            && (frames[main + 1]["module"] as? String)?.contains("/libc.so") == true, "\(shown)")
+                #expect(
+                    main + 1 < frames.count
+                        && (frames[main + 1]["module"] as? String)?.contains("/libc.so") == true, "\(shown)")
             } else {
                 #expect(frames.count == 16, "\(shown)")
             }
@@ -152,9 +157,12 @@ import Testing
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         try Self.source.write(toFile: directory + "/main.go", atomically: true, encoding: .utf8)
         let program = directory + "/churn"
-        let build = try Harness.run(["/usr/bin/env", "GOCACHE=\(directory)/cache", "GOPATH=\(directory)/gopath",
-                                     "GO111MODULE=off", compiler, "build", "-o", program, directory + "/main.go"],
-                                    timeout: 300)
+        let build = try Harness.run(
+            [
+                "/usr/bin/env", "GOCACHE=\(directory)/cache", "GOPATH=\(directory)/gopath",
+                "GO111MODULE=off", compiler, "build", "-o", program, directory + "/main.go",
+            ],
+            timeout: 300)
         #expect(build.status == 0, "\(build.stderr)")
         guard build.status == 0 else { return }
 
@@ -174,8 +182,9 @@ import Testing
         for frames in throughFill {
             let at = frames.firstIndex(of: "main.fill")!
             let chain = Array(frames[at...].prefix(4))
-            #expect(chain.prefix(3) == ["main.fill", "main.main", "runtime.main"]
-                        && chain.count == 4 && chain[3].hasPrefix("runtime.goexit"), "\(frames)")
+            #expect(
+                chain.prefix(3) == ["main.fill", "main.main", "runtime.main"]
+                    && chain.count == 4 && chain[3].hasPrefix("runtime.goexit"), "\(frames)")
         }
         #expect(throughFill.contains { $0.first == "main.fill" })
     }

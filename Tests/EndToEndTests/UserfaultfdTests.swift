@@ -18,9 +18,13 @@ import Testing
     @Test(arguments: [["--stack-depth", "0"], []])
     func attachedAfterTheRegistration(_ depth: [String]) throws {
         func drive(attaching: Bool) throws -> FIFODriven {
-            try FIFODriven([Harness.fixture("fx_userfaultfd")], attach: attaching ? [
-                "--verify-contents", "--track", "0x370000000000-0x370000040000",
-                "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2"] + depth : nil)
+            try FIFODriven(
+                [Harness.fixture("fx_userfaultfd")],
+                attach: attaching
+                    ? [
+                        "--verify-contents", "--track", "0x370000000000-0x370000040000",
+                        "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2",
+                    ] + depth : nil)
         }
         let untracked = try drive(attaching: false)
         let tracked = try drive(attaching: true)
@@ -34,9 +38,10 @@ import Testing
         // The handler's fills are the kernel's writes, named by the ioctl
         // (writers are logged with call stacks, not at depth 0).
         guard depth.isEmpty else { return }
-        let writers = Set(sweeps.flatMap { ($0["sites"] as? [[String: Any]]) ?? [] }
-            .flatMap { ($0["frames"] as? [[String: Any]]) ?? [] }
-            .compactMap { $0["function"] as? String })
+        let writers = Set(
+            sweeps.flatMap { ($0["sites"] as? [[String: Any]]) ?? [] }
+                .flatMap { ($0["frames"] as? [[String: Any]]) ?? [] }
+                .compactMap { $0["function"] as? String })
         #expect(writers.contains("[kernel] UFFDIO_COPY"))
         #expect(writers.contains("[kernel] UFFDIO_ZEROPAGE"))
     }
@@ -59,8 +64,11 @@ import Testing
         for i in 0..<10 {
             let log = Harness.temporaryPath("uffd-churn-\(UUID().uuidString).jsonl")
             let depth = i % 2 == 0 ? ["--stack-depth", "0"] : []
-            let r = try Harness.run([Harness.pagewatch, "attach", "--verify-contents", "--output", log, "--interval", "5ms",
-                                     "--duration", "40ms"] + depth + [String(fixture.pid)], timeout: 60)
+            let r = try Harness.run(
+                [
+                    Harness.pagewatch, "attach", "--verify-contents", "--output", log, "--interval", "5ms",
+                    "--duration", "40ms",
+                ] + depth + [String(fixture.pid)], timeout: 60)
             if r.status != 0 { Issue.record("attach \(i): status \(r.status): \(r.stderr)"); break }
             let records = try Harness.readLog(log)
             #expect(records.last?["type"] as? String == "detach", "attach \(i)")

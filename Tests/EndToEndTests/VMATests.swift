@@ -13,8 +13,10 @@ import Testing
         let untracked = try Harness.run([program])
         #expect(untracked.status == 0)
         let log = Harness.temporaryPath("vma_flat.jsonl")
-        let tracked = try Harness.run([Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2",
-                                       "--interval", "0", "--output", log, "--", program])
+        let tracked = try Harness.run([
+            Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2",
+            "--interval", "0", "--output", log, "--", program,
+        ])
         #expect(tracked.status == 0)
         #expect(tracked.stdout == untracked.stdout)
 
@@ -36,7 +38,10 @@ import Testing
         #expect(sweeps.count == expected.count)
         for (k, (sweep, want)) in zip(sweeps, expected).enumerated() {
             let got = FixtureTruth.pages(in: want.region, of: sweep)
-            #expect(got == want.pages, "sweep \(k + 1): extra \(got.subtracting(want.pages).sorted().prefix(20)), missing \(want.pages.subtracting(got).sorted().prefix(20))")
+            #expect(
+                got == want.pages,
+                "sweep \(k + 1): extra \(got.subtracting(want.pages).sorted().prefix(20)), missing \(want.pages.subtracting(got).sorted().prefix(20))"
+            )
         }
     }
 }

@@ -5,16 +5,16 @@ import Testing
 @Suite struct MapsParserTests {
     @Test func parsesAnonymousFileAndPseudoPaths() throws {
         let text = """
-        55d0c3a00000-55d0c3a02000 r--p 00000000 fe:01 1234                       /usr/bin/cat
-        55d0c3a02000-55d0c3a03000 rw-p 00002000 fe:01 1234                       /usr/bin/cat
-        55d0c4000000-55d0c4021000 rw-p 00000000 00:00 0                          [heap]
-        7f0000000000-7f0000010000 rw-p 00000000 00:00 0 
-        7f0000010000-7f0000011000 rw-s 00000000 00:05 77                         /dev/zero (deleted)
-        7f0000020000-7f0000022000 rw-p 00000000 00:00 0                          [anon:my region]
-        7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
-        7ffd00100000-7ffd00102000 r-xp 00000000 00:00 0                          [vdso]
-        ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
-        """
+            55d0c3a00000-55d0c3a02000 r--p 00000000 fe:01 1234                       /usr/bin/cat
+            55d0c3a02000-55d0c3a03000 rw-p 00002000 fe:01 1234                       /usr/bin/cat
+            55d0c4000000-55d0c4021000 rw-p 00000000 00:00 0                          [heap]
+            7f0000000000-7f0000010000 rw-p 00000000 00:00 0 
+            7f0000010000-7f0000011000 rw-s 00000000 00:05 77                         /dev/zero (deleted)
+            7f0000020000-7f0000022000 rw-p 00000000 00:00 0                          [anon:my region]
+            7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
+            7ffd00100000-7ffd00102000 r-xp 00000000 00:00 0                          [vdso]
+            ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+            """
         let maps = try MapsParser.parse(text)
         #expect(maps.count == 9)
         #expect(maps[0].path == "/usr/bin/cat")

@@ -36,7 +36,8 @@ import Testing
 
     @Test func intersects() {
         let s = PageSet([AddressRange(0x10000, 0x13000), AddressRange(0x20000, 0x22000)])
-        #expect(s.intersection(AddressRange(0x12000, 0x21000)).ranges
+        #expect(
+            s.intersection(AddressRange(0x12000, 0x21000)).ranges
                 == [AddressRange(0x12000, 0x13000), AddressRange(0x20000, 0x21000)])
         let t = PageSet([AddressRange(0x11000, 0x21000)])
         #expect(s.intersection(t).pageCount == 3)
@@ -50,8 +51,11 @@ import Testing
         for _ in 0..<2000 {
             let a = UInt64.random(in: 0..<200, using: &rng), n = UInt64.random(in: 1...8, using: &rng)
             let r = AddressRange(a * p, (a + n) * p)
-            if Bool.random(using: &rng) { s.insert(r); model.formUnion(a..<(a + n)) }
-            else { s.remove(r); model.subtract(a..<(a + n)) }
+            if Bool.random(using: &rng) {
+                s.insert(r); model.formUnion(a..<(a + n))
+            } else {
+                s.remove(r); model.subtract(a..<(a + n))
+            }
         }
         #expect(s.pageCount == UInt64(model.count))
         for i in 0..<210 as Range<UInt64> { #expect(s.contains(RemoteAddress(i * p)) == model.contains(i)) }
@@ -94,14 +98,23 @@ import Testing
                     let want = Array(repeating: true, count: prefix) + source[range]
                     #expect(c.pageCount == want.count && (0..<want.count).allSatisfy { c[$0] == want[$0] })
                     #expect(c.setCount == want.filter { $0 }.count)
-                    #expect(c == { var d = PageBitmap(pageCount: want.count); for (i, v) in want.enumerated() { d[i] = v }; return d }())
+                    #expect(
+                        c
+                            == {
+                                var d = PageBitmap(pageCount: want.count); for (i, v) in want.enumerated() { d[i] = v };
+                                return d
+                            }())
                 }
                 #expect(b.firstSet(in: range) == range.first { source[$0] })
                 #expect(b.firstClear(in: range) == range.first { !source[$0] })
                 #expect(b.lastSet(in: range) == range.last { source[$0] })
                 var runs: [Range<Int>] = []
                 for i in range where source[i] {
-                    if let last = runs.last, last.upperBound == i { runs[runs.count - 1] = last.lowerBound..<(i + 1) } else { runs.append(i..<(i + 1)) }
+                    if let last = runs.last, last.upperBound == i {
+                        runs[runs.count - 1] = last.lowerBound..<(i + 1)
+                    } else {
+                        runs.append(i..<(i + 1))
+                    }
                 }
                 #expect(b.runs(in: range) == runs)
                 for value in [false, true] {

@@ -32,8 +32,9 @@ import PageWatchPtrace
     func launchToStop(_ program: String, mode: String, signal: Int32) throws -> StoppedFixture {
         var output: [Int32] = [0, 0]
         #expect(pipe(&output) == 0)
-        let pid = try Launcher.launch([program, mode], options: [.exitKill, .traceExec],
-                                      standardOutput: output[1], emptySignalMask: true)
+        let pid = try Launcher.launch(
+            [program, mode], options: [.exitKill, .traceExec],
+            standardOutput: output[1], emptySignalMask: true)
         close(output[1])
         try Ptrace.cont(pid)
         while true {
@@ -114,8 +115,9 @@ import PageWatchPtrace
         for frame in frames[..<leaf] {
             #expect(frame.module?.contains("/libc.so") == true, "\(frame)")
         }
-        #expect(frames[..<leaf].contains { $0.function.map { $0.contains("raise") || $0.contains("kill") } == true },
-                "\(frames.map(\.display))")
+        #expect(
+            frames[..<leaf].contains { $0.function.map { $0.contains("raise") || $0.contains("kill") } == true },
+            "\(frames.map(\.display))")
         // Beneath main: libc's start code, and the stack ends there.
         #expect(frames.count > leaf + 4)
         #expect(frames.count < 64)
@@ -164,7 +166,8 @@ import PageWatchPtrace
         // The memset variant that ran (__memset_avx2_unaligned_erms, ...) is a
         // local symbol: named only with libc's debug file (libc6-dbg), else libc+offset.
         if let id = ElfFile(path: libc)?.buildID,
-           access("/usr/lib/debug/.build-id/\(id.prefix(2))/\(id.dropFirst(2)).debug", R_OK) == 0 {
+            access("/usr/lib/debug/.build-id/\(id.prefix(2))/\(id.dropFirst(2)).debug", R_OK) == 0
+        {
             #expect(frames.first?.function?.contains("memset") == true, "\(frames.map(\.display))")
         } else {
             #expect(frames.first?.function == nil || frames.first?.function?.contains("memset") == true)
@@ -290,12 +293,13 @@ import PageWatchPtrace
         start = monotonicMicroseconds()
         for _ in 0..<stockRounds { _ = cu_stock_call_stack(thread, &ips, 16) }
         let stock = (monotonicMicroseconds() - start) / Double(stockRounds)
-        print("attribution: \(depth)-frame unwind: \(format(first)) µs the first time,",
-              "\(format(cached)) µs with the page cache (warm), \(format(flushed)) µs after mappingsChanged() (\(format(flushedWithMaps)) µs given the maps),",
-              "\(format(stock)) µs with libunwind-ptrace's stock accessors;",
-              "first unwind \(cold.memoryReads) word reads in \(cold.pageFills) page reads,",
-              "then per unwind \((warm.memoryReads - cold.memoryReads) / UInt64(rounds)) word reads in",
-              "\(format(Double(warm.pageFills - cold.pageFills) / Double(rounds))) page reads")
+        print(
+            "attribution: \(depth)-frame unwind: \(format(first)) µs the first time,",
+            "\(format(cached)) µs with the page cache (warm), \(format(flushed)) µs after mappingsChanged() (\(format(flushedWithMaps)) µs given the maps),",
+            "\(format(stock)) µs with libunwind-ptrace's stock accessors;",
+            "first unwind \(cold.memoryReads) word reads in \(cold.pageFills) page reads,",
+            "then per unwind \((warm.memoryReads - cold.memoryReads) / UInt64(rounds)) word reads in",
+            "\(format(Double(warm.pageFills - cold.pageFills) / Double(rounds))) page reads")
     }
 
     @Test func demanglesSwiftAndCxxNames() {
@@ -312,24 +316,28 @@ import PageWatchPtrace
         #expect(Frame(ip: 0x1234, module: "/bin/x", offset: 0x34).display == "/bin/x+0x34")
         #expect(Frame(ip: 0x1234).display == "0x1234")
         // Anonymous memory has no module; an address outside every mapping neither.
-        let maps = [Mapping(range: AddressRange(0x1000, 0x3000), protection: [.read, .execute], isPrivate: true,
-                            offset: 0x5000, device: "08:01", inode: 7, path: "/nonexistent/lib.so"),
-                    Mapping(range: AddressRange(0x8000, 0x9000), protection: [.read, .execute], isPrivate: true)]
+        let maps = [
+            Mapping(
+                range: AddressRange(0x1000, 0x3000), protection: [.read, .execute], isPrivate: true,
+                offset: 0x5000, device: "08:01", inode: 7, path: "/nonexistent/lib.so"),
+            Mapping(range: AddressRange(0x8000, 0x9000), protection: [.read, .execute], isPrivate: true),
+        ]
         let symbolizer = Symbolizer()
-        #expect(symbolizer.frame(ip: 0x1010, in: maps) ==
-                Frame(ip: 0x1010, module: "/nonexistent/lib.so", offset: 0x5010))
+        #expect(
+            symbolizer.frame(ip: 0x1010, in: maps) == Frame(ip: 0x1010, module: "/nonexistent/lib.so", offset: 0x5010))
         #expect(symbolizer.frame(ip: 0x8010, in: maps) == Frame(ip: 0x8010))
         #expect(symbolizer.frame(ip: 0x4000, in: maps) == Frame(ip: 0x4000))
     }
 
     @Test func functionTableLooksUpByContainment() {
-        let table = FunctionTable(symbols: [
-            FunctionSymbol(address: 0x100, size: 0x10, name: "alias_local", isGlobal: false),
-            FunctionSymbol(address: 0x100, size: 0x10, name: "global", isGlobal: true),
-            FunctionSymbol(address: 0x200, size: 0, name: "marker", isGlobal: true),
-            FunctionSymbol(address: 0x300, size: 0x100, name: "outer", isGlobal: true),
-            FunctionSymbol(address: 0x340, size: 0x10, name: "inner", isGlobal: false),
-        ].sorted { ($0.address, $0.isGlobal ? 0 : 1) < ($1.address, $1.isGlobal ? 0 : 1) })
+        let table = FunctionTable(
+            symbols: [
+                FunctionSymbol(address: 0x100, size: 0x10, name: "alias_local", isGlobal: false),
+                FunctionSymbol(address: 0x100, size: 0x10, name: "global", isGlobal: true),
+                FunctionSymbol(address: 0x200, size: 0, name: "marker", isGlobal: true),
+                FunctionSymbol(address: 0x300, size: 0x100, name: "outer", isGlobal: true),
+                FunctionSymbol(address: 0x340, size: 0x10, name: "inner", isGlobal: false),
+            ].sorted { ($0.address, $0.isGlobal ? 0 : 1) < ($1.address, $1.isGlobal ? 0 : 1) })
         #expect(table.function(containing: 0xff)?.name == nil)
         #expect(table.function(containing: 0x100)?.name == "global")
         #expect(table.function(containing: 0x10f)?.name == "global")

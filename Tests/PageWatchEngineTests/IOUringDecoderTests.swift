@@ -26,7 +26,9 @@ import PageWatchAddressSpace
 
     @Test func paramsAreReadFromTheSetupStruct() {
         var b = [UInt8](repeating: 0, count: IOUringParams.size)
-        func put(_ v: UInt32, _ at: Int) { for i in 0..<4 { b[at + i] = UInt8(truncatingIfNeeded: v >> UInt32(8 * i)) } }
+        func put(_ v: UInt32, _ at: Int) {
+            for i in 0..<4 { b[at + i] = UInt8(truncatingIfNeeded: v >> UInt32(8 * i)) }
+        }
         put(8, 0); put(16, 4); put(IOUringParams.cqe32, 8); put(1, 20)
         put(0, 40); put(64, 44); put(320, 64); put(128, 80); put(192, 84); put(256, 100)
         let p = IOUringParams(b)!
@@ -46,8 +48,9 @@ import PageWatchAddressSpace
     }
 
     @Test func anEntryRoundTripsThroughItsBytes() {
-        let s = IOUringSQE(opcode: 22, flags: 0x20, fd: -1, off: 7, addr: 0x1000, len: 99, opFlags: 3, userData: 42,
-                           addr3: 5, attrTypeMask: 0)
+        let s = IOUringSQE(
+            opcode: 22, flags: 0x20, fd: -1, off: 7, addr: 0x1000, len: 99, opFlags: 3, userData: 42,
+            addr3: 5, attrTypeMask: 0)
         #expect(IOUringSQE(s.bytes) == s)
         #expect(IOUringSQE(Array(s.bytes.prefix(63))) == nil)
     }
@@ -58,11 +61,13 @@ import PageWatchAddressSpace
         let d = decoder(m)
         #expect(d.effect(of: IOUringSQE(opcode: 22, addr: 0x2fa0, len: 100)) == .writes([range(0x2fa0, 100)]))
         #expect(d.effect(of: IOUringSQE(opcode: 27, addr: 0x8000, len: 32)) == .writes([range(0x8000, 32)]))
-        #expect(d.effect(of: IOUringSQE(opcode: 1, addr: 0x100, len: 2)) == .writes([range(0x5000, 64), range(0x7064, 32)]))
+        #expect(
+            d.effect(of: IOUringSQE(opcode: 1, addr: 0x100, len: 2)) == .writes([range(0x5000, 64), range(0x7064, 32)]))
         // A selected buffer is a provided one, pinned when it was provided.
         #expect(d.effect(of: IOUringSQE(opcode: 22, flags: IOUringSQE.bufferSelect, len: 60)) == .none)
         #expect(d.effect(of: IOUringSQE(opcode: 4, addr: 0xe00a, len: 80)) == .none)
-        #expect(d.effect(of: IOUringSQE(opcode: 22, addr: 0x2000, len: 8, attrTypeMask: 1)) != .writes([range(0x2000, 8)]))
+        #expect(
+            d.effect(of: IOUringSQE(opcode: 22, addr: 0x2000, len: 8, attrTypeMask: 1)) != .writes([range(0x2000, 8)]))
     }
 
     @Test func otherWritingRequests() {
@@ -74,17 +79,24 @@ import PageWatchAddressSpace
         m.put(0x5000, at: 0x100); m.put(64, at: 0x108)
         let d = decoder(m)
         #expect(d.effect(of: IOUringSQE(opcode: 21, off: 0xb000)) == .writes([range(0xb000, 256)]))
-        #expect(d.effect(of: IOUringSQE(opcode: 13, off: 0x900, addr: 0xa000)) == .writes([range(0xa000, 16), range(0x900, 4)]))
-        #expect(d.effect(of: IOUringSQE(opcode: 10, addr: 0x800))
-            == .writes([range(0x800, 56), range(0x3000, 12), range(0x5000, 64), range(0x4000, 24)]))
+        #expect(
+            d.effect(of: IOUringSQE(opcode: 13, off: 0x900, addr: 0xa000))
+                == .writes([range(0xa000, 16), range(0x900, 4)]))
+        #expect(
+            d.effect(of: IOUringSQE(opcode: 10, addr: 0x800))
+                == .writes([range(0x800, 56), range(0x3000, 12), range(0x5000, 64), range(0x4000, 24)]))
         #expect(d.effect(of: IOUringSQE(opcode: 44, off: 0xc000, len: 40)) == .writes([range(0xc000, 40)]))
         #expect(d.effect(of: IOUringSQE(opcode: 62, addr: 0xd000)) == .writes([range(0xd000, 8)]))
         #expect(d.effect(of: IOUringSQE(opcode: 59, addr: 0xd000, len: 4)) == .writes([range(0xd000, 48)]))
-        #expect(d.effect(of: IOUringSQE(opcode: 31, fd: 4, addr: 0xd000, len: 4096)) == .provides([range(0xd000, 4 * 4096)]))
-        #expect(d.effect(of: IOUringSQE(opcode: 25, off: 8192, addr: 0xd000, opFlags: 4)) == .zeroes([range(0xd000, 8192)]))
+        #expect(
+            d.effect(of: IOUringSQE(opcode: 31, fd: 4, addr: 0xd000, len: 4096)) == .provides([range(0xd000, 4 * 4096)])
+        )
+        #expect(
+            d.effect(of: IOUringSQE(opcode: 25, off: 8192, addr: 0xd000, opFlags: 4)) == .zeroes([range(0xd000, 8192)]))
         #expect(d.effect(of: IOUringSQE(opcode: 25, off: 8192, addr: 0xd000, opFlags: 3)) == .none)
         // Files update writes allocated indexes back only with IORING_FILE_INDEX_ALLOC.
-        #expect(d.effect(of: IOUringSQE(opcode: 20, off: 0xffff_ffff, addr: 0xd000, len: 2)) == .writes([range(0xd000, 8)]))
+        #expect(
+            d.effect(of: IOUringSQE(opcode: 20, off: 0xffff_ffff, addr: 0xd000, len: 2)) == .writes([range(0xd000, 8)]))
         #expect(d.effect(of: IOUringSQE(opcode: 20, off: 3, addr: 0xd000, len: 2)) == .none)
     }
 
@@ -128,8 +140,10 @@ import PageWatchAddressSpace
         f.submitted(ring: 3, userData: 1, buffers: [range(0x3000, 10)])
         f.submitted(ring: 3, userData: 2, buffers: [range(0x5000, 10)])
         f.submitted(ring: 3, userData: 9, buffers: [])
-        #expect(f.pages == PageSet([AddressRange(0x1000, 0x2000), AddressRange(0x3000, 0x4000), AddressRange(0x5000, 0x6000)]))
-        f.completed(ring: 3, userData: 2, more: true)   // multishot: more to come
+        #expect(
+            f.pages
+                == PageSet([AddressRange(0x1000, 0x2000), AddressRange(0x3000, 0x4000), AddressRange(0x5000, 0x6000)]))
+        f.completed(ring: 3, userData: 2, more: true)  // multishot: more to come
         f.completed(ring: 4, userData: 2, more: false)  // another ring's
         #expect(f.pages.contains(RemoteAddress(0x5000)))
         f.completed(ring: 3, userData: 2, more: false)

@@ -15,7 +15,9 @@ import PageWatchAddressSpace
         #expect(try TrackSpec.parse("0x10000-0x20000").description == "0x10000-0x20000")
     }
 
-    @Test(arguments: ["", "all", "file:", "0x-0x10", "0x10-0x10", "0x20-0x10", "0x10", "0x10-0x20-0x30", "0xg-0x10", "1000-2000"])
+    @Test(arguments: [
+        "", "all", "file:", "0x-0x10", "0x10-0x10", "0x20-0x10", "0x10", "0x10-0x20-0x30", "0xg-0x10", "1000-2000",
+    ])
     func rejectsBadSpecs(_ text: String) {
         #expect(throws: TrackSpec.ParseError.self) { try TrackSpec.parse(text) }
     }
@@ -33,8 +35,10 @@ import PageWatchAddressSpace
         }
     }
 
-    func mapping(_ a: UInt64, _ b: UInt64, _ prot: Protection = [.read, .write], shared: Bool = false,
-                 path: String = "", inode: UInt64 = 0) -> Mapping {
+    func mapping(
+        _ a: UInt64, _ b: UInt64, _ prot: Protection = [.read, .write], shared: Bool = false,
+        path: String = "", inode: UInt64 = 0
+    ) -> Mapping {
         Mapping(range: AddressRange(a, b), protection: prot, isPrivate: !shared, inode: inode, path: path)
     }
 
@@ -66,6 +70,8 @@ import PageWatchAddressSpace
         // Pieces are whole pages, sorted and disjoint.
         #expect(range.selectedPart(of: data, protection: rw, isThreadStack: false) == [AddressRange(0x20000, 0x21000)])
         let overlapping = Selection([.range(AddressRange(0x11000, 0x12000)), .range(AddressRange(0x10000, 0x11800))])
-        #expect(overlapping.selectedPart(of: anon, protection: rw, isThreadStack: false) == [AddressRange(0x10000, 0x12000)])
+        #expect(
+            overlapping.selectedPart(of: anon, protection: rw, isThreadStack: false) == [AddressRange(0x10000, 0x12000)]
+        )
     }
 }

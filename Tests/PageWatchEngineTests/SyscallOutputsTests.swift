@@ -37,7 +37,8 @@ import PageWatchPtrace
         #expect(written(.nanosleep, [buffer, buffer + 16, 0, 0, 0, 0]) == [range(buffer + 16, 16)])
         #expect(written(.clock_nanosleep, [1, 0, buffer, buffer + 16, 0, 0]) == [range(buffer + 16, 16)])
         #expect(written(.clock_nanosleep, [1, 1, buffer, buffer + 16, 0, 0]) == [])  // TIMER_ABSTIME
-        #expect(written(.select, [65, buffer, 0, buffer + 64, buffer + 128, 0])
+        #expect(
+            written(.select, [65, buffer, 0, buffer + 64, buffer + 128, 0])
                 == [range(buffer, 16), range(buffer + 64, 16), range(buffer + 128, 16)])
         #expect(written(.poll, [buffer, 3, 1000, 0, 0, 0]) == [range(buffer, 24)])
         #expect(written(.ioctl, [3, 0x5401, buffer, 0, 0, 0]) == nil)  // not known: not interrupted

@@ -73,8 +73,11 @@ import PageWatchAddressSpace
         #expect(changes.allSatisfy { $0.protection == rw })
         // Re-arming goes around the pinned pages.
         #expect(m.rearmPlan().map(\.range) == [AddressRange(0x10000, 0x12000), AddressRange(0x14000, 0x18000)])
-        #expect(m.dirtyPages().ranges == [AddressRange(0x10000, 0x11000), AddressRange(0x12000, 0x14000),
-                                          AddressRange(0x17000, 0x18000)])
+        #expect(
+            m.dirtyPages().ranges == [
+                AddressRange(0x10000, 0x11000), AddressRange(0x12000, 0x14000),
+                AddressRange(0x17000, 0x18000),
+            ])
         for c in m.rearmPlan() { m.markArmed(c.range) }
         m.clearPinnedDirty()
         for _ in 0..<2 {
@@ -97,10 +100,11 @@ import PageWatchAddressSpace
     @Test func protectionDifferencesSplitRegions() {
         var m = TrackedMemory()
         let rwx: Protection = [.read, .write, .execute]
-        m.reconcile(maps: [anon(0x10000, 0x12000, rw), anon(0x12000, 0x13000, rwx)],
-                    selection: Selection([]), stackAnchors: [])
+        m.reconcile(
+            maps: [anon(0x10000, 0x12000, rw), anon(0x12000, 0x13000, rwx)],
+            selection: Selection([]), stackAnchors: [])
         #expect(m.regions.map(\.range) == [AddressRange(0x10000, 0x12000), AddressRange(0x12000, 0x13000)])
-        // Arming keeps PROT_EXEC (hazard 13).
+        // Arming keeps PROT_EXEC (JIT code still runs).
         #expect(m.rearmPlan().map(\.protection) == [[.read], [.read, .execute]])
     }
 
@@ -129,7 +133,9 @@ import PageWatchAddressSpace
     }
 
     func states(_ regions: [TrackedRegion]) -> [RegionState] {
-        regions.map { RegionState(range: $0.range, protection: $0.protection, armed: $0.armed.runs(), dirty: $0.dirty.runs()) }
+        regions.map {
+            RegionState(range: $0.range, protection: $0.protection, armed: $0.armed.runs(), dirty: $0.dirty.runs())
+        }
     }
 
     /// `reconcile` as it was written first, one page at a time: the rule the
@@ -189,7 +195,8 @@ import PageWatchAddressSpace
     /// regions anywhere, word boundaries included), each with either what
     /// PageWatch expects of its first page or another protection.
     func randomMaps(_ m: TrackedMemory, _ rng: inout Seeded) -> [Mapping] {
-        let base: UInt64 = 0x100000, protections: [Protection] = [[.read], [.read, .write], [.read, .write, .execute], []]
+        let base: UInt64 = 0x100000,
+            protections: [Protection] = [[.read], [.read, .write], [.read, .write, .execute], []]
         var maps: [Mapping] = []
         var page = 0
         while page < 150 {
@@ -217,11 +224,13 @@ import PageWatchAddressSpace
         // History: a few reconciles and the edits the engine makes between them.
         for _ in 0..<4 {
             let maps = randomMaps(m, &rng)
-            let selection = Bool.random(using: &rng) ? Selection([]) : Selection([.range(AddressRange(0x108000, 0x170000))])
+            let selection =
+                Bool.random(using: &rng) ? Selection([]) : Selection([.range(AddressRange(0x108000, 0x170000))])
             let before = m.regions
             m.reconcile(maps: maps, selection: selection, stackAnchors: [])
-            #expect(states(m.regions) == referenceReconcile(before, maps: maps, selection: selection),
-                    "seed \(seed): \(maps.map { "\($0.range) \($0.protection)" })")
+            #expect(
+                states(m.regions) == referenceReconcile(before, maps: maps, selection: selection),
+                "seed \(seed): \(maps.map { "\($0.range) \($0.protection)" })")
             for _ in 0..<Int.random(in: 0...6, using: &rng) {
                 let a = 0x100000 + UInt64.random(in: 0..<150, using: &rng) * p
                 let range = AddressRange(a, a + UInt64.random(in: 1...80, using: &rng) * p)
@@ -230,7 +239,8 @@ import PageWatchAddressSpace
                 case 1: m.markArmed(range)
                 case 2: m.markWritten(range.start)
                 case 3: _ = m.pin(AddressRange(a, a + p))
-                case 4: m.setProtection(range, Bool.random(using: &rng) ? [.read] : rw, armAll: Bool.random(using: &rng))
+                case 4:
+                    m.setProtection(range, Bool.random(using: &rng) ? [.read] : rw, armAll: Bool.random(using: &rng))
                 case 5: m.markDirty(range)
                 default: m.markArmedKeepingDirty(range)
                 }
@@ -245,13 +255,15 @@ import PageWatchAddressSpace
         #expect(m.regions.count == 1 && m.dirtyPages().isEmpty && m.regions[0].armed.setCount == 8)
         // The program unmapped the middle: two regions, states kept.
         m.markWritten(RemoteAddress(0x11000))
-        m.reconcile(maps: [anon(0x10000, 0x11000, [.read]), anon(0x11000, 0x12000, rw), anon(0x16000, 0x18000, [.read])],
-                    selection: Selection([]), stackAnchors: [])
+        m.reconcile(
+            maps: [anon(0x10000, 0x11000, [.read]), anon(0x11000, 0x12000, rw), anon(0x16000, 0x18000, [.read])],
+            selection: Selection([]), stackAnchors: [])
         #expect(m.regions.map(\.range) == [AddressRange(0x10000, 0x12000), AddressRange(0x16000, 0x18000)])
         #expect(m.dirtyPages().ranges == [AddressRange(0x11000, 0x12000)])
         // It grew again: the new pages are dirty, the old keep their state.
-        m.reconcile(maps: [anon(0x10000, 0x11000, [.read]), anon(0x11000, 0x16000, rw), anon(0x16000, 0x18000, [.read])],
-                    selection: Selection([]), stackAnchors: [])
+        m.reconcile(
+            maps: [anon(0x10000, 0x11000, [.read]), anon(0x11000, 0x16000, rw), anon(0x16000, 0x18000, [.read])],
+            selection: Selection([]), stackAnchors: [])
         #expect(m.regions.map(\.range) == [AddressRange(0x10000, 0x18000)])
         #expect(m.dirtyPages().ranges == [AddressRange(0x11000, 0x16000)])
         #expect(m.state(of: RemoteAddress(0x17000)) == .armed(rw))
@@ -262,8 +274,10 @@ import PageWatchAddressSpace
         m.markWritten(RemoteAddress(0x12000))
         // rw- over armed pages: the program made them writable (all unarmed, dirty);
         // --- over the written page and r-x over armed ones: changed, no longer tracked.
-        let maps = [anon(0x10000, 0x12000, rw), anon(0x12000, 0x13000, []), anon(0x13000, 0x14000, [.read, .execute]),
-                    anon(0x14000, 0x18000, [.read])]
+        let maps = [
+            anon(0x10000, 0x12000, rw), anon(0x12000, 0x13000, []), anon(0x13000, 0x14000, [.read, .execute]),
+            anon(0x14000, 0x18000, [.read]),
+        ]
         m.reconcile(maps: maps, selection: Selection([]), stackAnchors: [])
         #expect(m.regions.map(\.range) == [AddressRange(0x10000, 0x12000), AddressRange(0x14000, 0x18000)])
         #expect(m.dirtyPages().ranges == [AddressRange(0x10000, 0x12000)])
@@ -278,13 +292,17 @@ import PageWatchAddressSpace
         // One r-- entry over armed and unarmed (pinned, written) pages: the
         // unarmed ones were changed (r-- is not what PageWatch expects of them).
         m.reconcile(maps: [anon(0x10000, 0x18000, [.read])], selection: Selection([]), stackAnchors: [])
-        #expect(m.regions.map(\.range) == [AddressRange(0x10000, 0x13000), AddressRange(0x14000, 0x15000),
-                                            AddressRange(0x16000, 0x18000)])
+        #expect(
+            m.regions.map(\.range) == [
+                AddressRange(0x10000, 0x13000), AddressRange(0x14000, 0x15000),
+                AddressRange(0x16000, 0x18000),
+            ])
         // Maps as PageWatch left it: everything kept; the pinned page is reported.
         var n = armedModel()
         _ = n.pin(AddressRange(0x13000, 0x14000))
-        n.reconcile(maps: [anon(0x10000, 0x13000, [.read]), anon(0x13000, 0x14000, rw), anon(0x14000, 0x18000, [.read])],
-                    selection: Selection([]), stackAnchors: [])
+        n.reconcile(
+            maps: [anon(0x10000, 0x13000, [.read]), anon(0x13000, 0x14000, rw), anon(0x14000, 0x18000, [.read])],
+            selection: Selection([]), stackAnchors: [])
         #expect(n.regions.map(\.range) == [AddressRange(0x10000, 0x18000)])
         #expect(n.dirtyPages().ranges == [AddressRange(0x13000, 0x14000)])
         #expect(n.rearmPlan().isEmpty)  // the pinned page is never re-armed
@@ -294,13 +312,17 @@ import PageWatchAddressSpace
     /// again for a settled one, nor for a line whose pages are all armed.
     @Test func onePageToPopulatePerNewMapping() {
         var m = TrackedMemory()
-        let file = Mapping(range: AddressRange(0x30000, 0x32000), protection: rw, isPrivate: true, inode: 7, path: "/lib/x.so")
-        let maps = [anon(0x10000, 0x18000, rw), anon(0x18000, 0x1a000, [.read]), file,
-                    Mapping(range: AddressRange(0x40000, 0x42000), protection: rw, isPrivate: true, path: "[stack]")]
+        let file = Mapping(
+            range: AddressRange(0x30000, 0x32000), protection: rw, isPrivate: true, inode: 7, path: "/lib/x.so")
+        let maps = [
+            anon(0x10000, 0x18000, rw), anon(0x18000, 0x1a000, [.read]), file,
+            Mapping(range: AddressRange(0x40000, 0x42000), protection: rw, isPrivate: true, path: "[stack]"),
+        ]
         m.reconcile(maps: maps, selection: Selection([]), stackAnchors: [])
         // The first page of a userfaultfd range is left alone.
-        #expect(m.pagesToPopulate(maps: maps, excluded: PageSet([AddressRange(0x30000, 0x31000)]))
-            == [RemoteAddress(0x10000)])
+        #expect(
+            m.pagesToPopulate(maps: maps, excluded: PageSet([AddressRange(0x30000, 0x31000)]))
+                == [RemoteAddress(0x10000)])
         #expect(m.pagesToPopulate(maps: maps, excluded: PageSet()).isEmpty)
         for c in m.rearmPlan() { m.markArmed(c.range) }
         // A new mapping made at an mmap's exit: its first page, once.

@@ -10,8 +10,10 @@ import PageWatchLog
     func symbolize(_ stack: [UInt64]) -> [Frame] { stack.map { Frame(ip: $0) } }
 
     /// The sites as the first ledger computed them: page by page.
-    func referenceSites(_ writes: [(page: UInt64, writer: Int)], writers: [Writer], dirty: PageSet,
-                        pinned: PageSet) -> [WriteSite] {
+    func referenceSites(
+        _ writes: [(page: UInt64, writer: Int)], writers: [Writer], dirty: PageSet,
+        pinned: PageSet
+    ) -> [WriteSite] {
         var first: [UInt64: Int] = [:]
         var faults = [Int](repeating: 0, count: writers.count)
         for w in writes {
@@ -23,9 +25,13 @@ import PageWatchLog
         for range in dirty.ranges {
             var page = range.start
             while page < range.end {
-                if let i = first[page.value / p] { pages[i].insert(page: page) } else if pinned.contains(page) {
+                if let i = first[page.value / p] {
+                    pages[i].insert(page: page)
+                } else if pinned.contains(page) {
                     pinnedPages.insert(page: page)
-                } else { unseen.insert(page: page) }
+                } else {
+                    unseen.insert(page: page)
+                }
                 page = page + p
             }
         }
@@ -49,7 +55,8 @@ import PageWatchLog
         var writes: [(page: UInt64, writer: Int)] = []
         // Runs by one writer (a loop's stores), single pages by others, around 64-page chunks.
         for _ in 0..<Int.random(in: 1...30, using: &rng) {
-            let start = UInt64.random(in: 0x100..<0x300, using: &rng), n = UInt64.random(in: 1...(Bool.random(using: &rng) ? 2 : 90), using: &rng)
+            let start = UInt64.random(in: 0x100..<0x300, using: &rng),
+                n = UInt64.random(in: 1...(Bool.random(using: &rng) ? 2 : 90), using: &rng)
             let w = Int.random(in: 0..<writers.count, using: &rng)
             for page in start..<(start + n) {
                 let first = ledger.record(RemoteAddress(page * p + 8), by: writers[w], fault: true)

@@ -94,7 +94,8 @@ import PageWatchKit
         #expect(result.end.shellStatus == plain.status)
         #expect(orderKept)
         guard case .start(let pid) = result.events.first, case .end(.exited(0)) = result.events.last else {
-            Issue.record("events must open with start and close with end: \(result.events.first!), \(result.events.last!)")
+            Issue.record(
+                "events must open with start and close with end: \(result.events.first!), \(result.events.last!)")
             return
         }
         #expect(pid == result.pid)
@@ -108,7 +109,8 @@ import PageWatchKit
             #expect(Self.indexes(sweep.pages, base: base) == truth[phase], "sweep \(phase)")
             let written = result.writes.filter { $0.phase == phase }
             // Phase 1 maps the region (reported whole, "unseen") and stores to page 0 only.
-            #expect(Self.indexes(written.map(\.page), base: base) == (phase == 1 ? [0] : truth[phase]), "phase \(phase)")
+            #expect(
+                Self.indexes(written.map(\.page), base: base) == (phase == 1 ? [0] : truth[phase]), "phase \(phase)")
             #expect(written.count == Set(written.map(\.page)).count, "one event per page and phase")
             #expect(written.allSatisfy { $0.tid == result.pid && $0.pid == result.pid && $0.kernelCall == nil })
             #expect(written.allSatisfy { $0.writer == "main" && $0.frames.first?.module == Self.fixture("fx_phases") })
@@ -145,7 +147,9 @@ import PageWatchKit
         #expect(result.writes.allSatisfy { $0.tid == result.pid })
 
         // File and line of each store, as the fixture prints them: "site PHASE FUNCTION CALLER PAGE LINE".
-        let sites = (result.output ?? "").split(separator: "\n").filter { $0.hasPrefix("site ") }.map { $0.split(separator: " ") }
+        let sites = (result.output ?? "").split(separator: "\n").filter { $0.hasPrefix("site ") }.map {
+            $0.split(separator: " ")
+        }
         #expect(sites.count == 6)
         for site in sites {
             let phase = Int(site[1])!, function = String(site[2]), line = Int(site[5])!
@@ -180,13 +184,17 @@ import PageWatchKit
 
     @Test func stackDepthBoundsTheFramesAndZeroDropsThem() throws {
         let base: UInt64 = 0x2700_0000_0000
-        let deep = try WatchedProgram([Self.fixture("fx_writers")], regions: [.addresses(base..<base + 8 * pageSize)],
-                                      stackDepth: 4).run()
+        let deep = try WatchedProgram(
+            [Self.fixture("fx_writers")], regions: [.addresses(base..<base + 8 * pageSize)],
+            stackDepth: 4
+        ).run()
         let recursion = try #require(deep.writes.first { $0.phase == 3 })
         #expect(recursion.frames.map(\.function) == Array(repeating: "descend", count: 4))
 
-        let none = try WatchedProgram([Self.fixture("fx_writers")], regions: [.addresses(base..<base + 8 * pageSize)],
-                                      stackDepth: 0).run()
+        let none = try WatchedProgram(
+            [Self.fixture("fx_writers")], regions: [.addresses(base..<base + 8 * pageSize)],
+            stackDepth: 0
+        ).run()
         // Pages and phases without attribution: the same events, no frames.
         #expect(none.writes.map { [$0.page, UInt64($0.phase)] } == deep.writes.map { [$0.page, UInt64($0.phase)] })
         #expect(none.writes.allSatisfy { $0.frames.isEmpty })
@@ -198,7 +206,9 @@ import PageWatchKit
     /// write event names the call, with the program's stack at it.
     @Test func kernelWritesNameTheirSystemCall() throws {
         let base: UInt64 = 0x1600_0000_0000
-        let result = try WatchedProgram([Self.fixture("fx_syscall_out")], regions: [.addresses(base..<base + 16 * pageSize)]).run()
+        let result = try WatchedProgram(
+            [Self.fixture("fx_syscall_out")], regions: [.addresses(base..<base + 16 * pageSize)]
+        ).run()
         let plain = try Self.untracked([Self.fixture("fx_syscall_out")])
         #expect(result.output == plain.output)
         #expect(result.end.shellStatus == plain.status)
@@ -206,7 +216,8 @@ import PageWatchKit
         let truth = Self.truth(result.output ?? "")
 
         func calls(_ phase: Int) -> [UInt64: String] {
-            Dictionary(uniqueKeysWithValues: result.writers(inPhase: phase).map { (($0.key - base) / pageSize, $0.value) })
+            Dictionary(
+                uniqueKeysWithValues: result.writers(inPhase: phase).map { (($0.key - base) / pageSize, $0.value) })
         }
         let phase2 = calls(2)
         #expect(Set(phase2.keys) == truth[2])
@@ -241,13 +252,15 @@ import PageWatchKit
         }
         #expect(result.end == .exited(code: 0))
         #expect(writes > 0 && livingWriters == writes)
-        let phase2 = Dictionary(uniqueKeysWithValues: result.writes.filter { $0.phase == 2 }.map { (($0.page - base) / pageSize, $0) })
+        let phase2 = Dictionary(
+            uniqueKeysWithValues: result.writes.filter { $0.phase == 2 }.map { (($0.page - base) / pageSize, $0) })
         #expect(Set(phase2.keys) == Set(0...19))
         #expect(phase2.values.allSatisfy { $0.writer == "overlap_worker" && $0.tid != result.pid })
         let first = Set((0...3).compactMap { phase2[$0]?.tid }), last = Set((16...19).compactMap { phase2[$0]?.tid })
         #expect(first.count == 1 && last.count == 1 && first != last)
         #expect(Set(result.writes.filter { $0.phase == 3 }.map(\.page)) == [base + 3 * pageSize, base + 17 * pageSize])
-        #expect(result.writes.filter { $0.phase == 3 }.allSatisfy { $0.writer == "shared_worker" && $0.tid != result.pid })
+        #expect(
+            result.writes.filter { $0.phase == 3 }.allSatisfy { $0.writer == "shared_worker" && $0.tid != result.pid })
     }
 
     // MARK: - The program's end and the process around the session
@@ -265,8 +278,12 @@ import PageWatchKit
 
     @Test func refusesWhatItCannotRun() throws {
         #expect(throws: WatchError.noProgram) { try WatchedProgram([]).run() }
-        #expect(throws: WatchError.stackDepthOutOfRange(257)) { try WatchedProgram(["/bin/true"], stackDepth: 257).run() }
-        #expect(throws: WatchError.unusableSweepSignal(SIGKILL)) { try WatchedProgram(["/bin/true"], sweepSignal: SIGKILL).run() }
+        #expect(throws: WatchError.stackDepthOutOfRange(257)) {
+            try WatchedProgram(["/bin/true"], stackDepth: 257).run()
+        }
+        #expect(throws: WatchError.unusableSweepSignal(SIGKILL)) {
+            try WatchedProgram(["/bin/true"], sweepSignal: SIGKILL).run()
+        }
         #expect(throws: WatchError.emptyRegion(.addresses(0x1000..<0x1000))) {
             try WatchedProgram(["/bin/true"], regions: [.addresses(0x1000..<0x1000)]).run()
         }

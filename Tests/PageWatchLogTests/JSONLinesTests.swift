@@ -5,40 +5,58 @@ import PageWatchAddressSpace
 
 @Suite struct JSONLinesTests {
     @Test func encodesTheStartRecordExactly() {
-        let line = JSONLines.encode(.start(pid: 42, pageSize: 4096, command: ["/bin/echo", "a \"b\"\n"],
-                                           tracked: ["writable", "0x1000-0x2000"], timeNs: 7, selectedPages: 3))
-        #expect(line == #"{"type":"start","schema":"pagewatch/1","pid":42,"page_size":4096,"command":["/bin/echo","a \"b\"\n"],"tracked":["writable","0x1000-0x2000"],"time_ns":7,"selected_pages":3,"pagewatch_version":"\#(PageWatchVersion.current)"}"#)
+        let line = JSONLines.encode(
+            .start(
+                pid: 42, pageSize: 4096, command: ["/bin/echo", "a \"b\"\n"],
+                tracked: ["writable", "0x1000-0x2000"], timeNs: 7, selectedPages: 3))
+        #expect(
+            line
+                == #"{"type":"start","schema":"pagewatch/1","pid":42,"page_size":4096,"command":["/bin/echo","a \"b\"\n"],"tracked":["writable","0x1000-0x2000"],"time_ns":7,"selected_pages":3,"pagewatch_version":"\#(PageWatchVersion.current)"}"#
+        )
     }
 
     @Test func encodesSweepAndEnd() {
-        let s = SweepRecord(seq: 3, pid: 42, reason: .signal, timeNs: 9,
-                            ranges: [AddressRange(0x1000, 0x3000), AddressRange(0x10000, 0x11000)], faults: 2)
-        #expect(JSONLines.encode(.sweep(s)) == #"{"type":"sweep","seq":3,"pid":42,"reason":"signal","time_ns":9,"dirty_pages":3,"faults":2,"ranges":[["0x1000","0x3000"],["0x10000","0x11000"]]}"#)
-        #expect(JSONLines.encode(.end(pid: 42, end: .exited(code: 3), sweeps: 4, faults: 5, timeNs: 10))
+        let s = SweepRecord(
+            seq: 3, pid: 42, reason: .signal, timeNs: 9,
+            ranges: [AddressRange(0x1000, 0x3000), AddressRange(0x10000, 0x11000)], faults: 2)
+        #expect(
+            JSONLines.encode(.sweep(s))
+                == #"{"type":"sweep","seq":3,"pid":42,"reason":"signal","time_ns":9,"dirty_pages":3,"faults":2,"ranges":[["0x1000","0x3000"],["0x10000","0x11000"]]}"#
+        )
+        #expect(
+            JSONLines.encode(.end(pid: 42, end: .exited(code: 3), sweeps: 4, faults: 5, timeNs: 10))
                 == #"{"type":"end","pid":42,"exit_status":3,"sweeps":4,"faults":5,"time_ns":10}"#)
-        #expect(JSONLines.encode(.end(pid: 42, end: .killed(signal: 11), sweeps: 1, faults: 0, timeNs: 10))
+        #expect(
+            JSONLines.encode(.end(pid: 42, end: .killed(signal: 11), sweeps: 1, faults: 0, timeNs: 10))
                 == #"{"type":"end","pid":42,"exit_status":139,"signal":11,"sweeps":1,"faults":0,"time_ns":10}"#)
     }
 
     @Test func encodesSweepSitesAndTheLogLine() {
-        let site = WriteSite(pages: 1, faults: 2, ranges: [AddressRange(0x0, 0x1000)],
-                             frames: [Frame(ip: 0, function: "[kernel] read"), Frame(ip: 0xabc, function: "main")])
-        let s = SweepRecord(seq: 1, pid: 7, reason: .exit, timeNs: 5,
-                            ranges: [AddressRange(0x0, 0x1000), AddressRange(0x7fff_ffff_f000, 0x8000_0000_0000)], faults: 2,
-                            sites: [site, WriteSite(pages: 0, faults: 1, ranges: [], frames: [])])
-        let want = #"{"type":"sweep","seq":1,"pid":7,"reason":"exit","time_ns":5,"dirty_pages":2,"faults":2,"#
+        let site = WriteSite(
+            pages: 1, faults: 2, ranges: [AddressRange(0x0, 0x1000)],
+            frames: [Frame(ip: 0, function: "[kernel] read"), Frame(ip: 0xabc, function: "main")])
+        let s = SweepRecord(
+            seq: 1, pid: 7, reason: .exit, timeNs: 5,
+            ranges: [AddressRange(0x0, 0x1000), AddressRange(0x7fff_ffff_f000, 0x8000_0000_0000)], faults: 2,
+            sites: [site, WriteSite(pages: 0, faults: 1, ranges: [], frames: [])])
+        let want =
+            #"{"type":"sweep","seq":1,"pid":7,"reason":"exit","time_ns":5,"dirty_pages":2,"faults":2,"#
             + #""ranges":[["0x0","0x1000"],["0x7ffffffff000","0x800000000000"]],"sites":["#
             + #"{"pages":1,"faults":2,"frames":[{"function":"[kernel] read"},{"ip":"0xabc","function":"main"}],"ranges":[["0x0","0x1000"]]},"#
             + #"{"pages":0,"faults":1,"frames":[],"ranges":[]}]}"#
         #expect(JSONLines.encode(.sweep(s)) == want)
         #expect(JSONLines.line(.sweep(s)) == want + "\n")
-        #expect(JSONLines.line(.fork(pid: 43, parent: 42, timeNs: 11)) == JSONLines.encode(.fork(pid: 43, parent: 42, timeNs: 11)) + "\n")
+        #expect(
+            JSONLines.line(.fork(pid: 43, parent: 42, timeNs: 11)) == JSONLines.encode(
+                .fork(pid: 43, parent: 42, timeNs: 11)) + "\n")
     }
 
     @Test func encodesForkAndExitOfFollowedProcesses() {
-        #expect(JSONLines.encode(.fork(pid: 43, parent: 42, timeNs: 11))
+        #expect(
+            JSONLines.encode(.fork(pid: 43, parent: 42, timeNs: 11))
                 == #"{"type":"fork","pid":43,"parent":42,"time_ns":11}"#)
-        #expect(JSONLines.encode(.exit(pid: 43, end: .exited(code: 5), sweeps: 3, faults: 2, timeNs: 12))
+        #expect(
+            JSONLines.encode(.exit(pid: 43, end: .exited(code: 5), sweeps: 3, faults: 2, timeNs: 12))
                 == #"{"type":"exit","pid":43,"exit_status":5,"sweeps":3,"faults":2,"time_ns":12}"#)
     }
 

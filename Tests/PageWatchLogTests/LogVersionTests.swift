@@ -14,16 +14,21 @@ import Testing
     }
 
     @Test func aLogWithoutItReadsAsBefore() throws {
-        let old = #"{"type":"start","schema":"pagewatch/1","pid":1,"page_size":4096,"command":["prog"],"tracked":["writable"],"time_ns":2,"selected_pages":0}"#
+        let old =
+            #"{"type":"start","schema":"pagewatch/1","pid":1,"page_size":4096,"command":["prog"],"tracked":["writable"],"time_ns":2,"selected_pages":0}"#
         let log = try LogReader.parse(Data((old + "\n").utf8), source: "old.jsonl")
         #expect(log.pagewatchVersion == nil)
         #expect(log.pid == 1 && log.selectedPages == 0)
     }
 
     @Test func aVersionThatIsNotAStringIsNamed() {
-        let bad = #"{"type":"start","schema":"pagewatch/1","pid":1,"page_size":4096,"command":[],"tracked":[],"time_ns":2,"pagewatch_version":9}"#
-        #expect(throws: LogReadError(source: "bad.jsonl", line: 1,
-                                     problem: .wrongType(record: "start", field: "pagewatch_version", expected: "a string"))) {
+        let bad =
+            #"{"type":"start","schema":"pagewatch/1","pid":1,"page_size":4096,"command":[],"tracked":[],"time_ns":2,"pagewatch_version":9}"#
+        #expect(
+            throws: LogReadError(
+                source: "bad.jsonl", line: 1,
+                problem: .wrongType(record: "start", field: "pagewatch_version", expected: "a string"))
+        ) {
             try LogReader.parse(Data(bad.utf8), source: "bad.jsonl")
         }
     }

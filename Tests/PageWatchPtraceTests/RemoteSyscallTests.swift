@@ -54,12 +54,15 @@ import PageWatchAddressSpace
     }
 
     /// A fixture launched stopped at its exec, its stdout on a pipe, the gadget placed.
-    func launch(_ fixture: String, options: TraceOptions = RemoteSyscallTests.options,
-                standardInput: Int32 = -1) throws -> (pid: Int32, injector: RemoteSyscall, output: Int32) {
+    func launch(
+        _ fixture: String, options: TraceOptions = RemoteSyscallTests.options,
+        standardInput: Int32 = -1
+    ) throws -> (pid: Int32, injector: RemoteSyscall, output: Int32) {
         var output: [Int32] = [0, 0]
         #expect(pipe(&output) == 0)
-        let pid = try Launcher.launch([Self.fixture(fixture)], options: options, standardInput: standardInput,
-                                      standardOutput: output[1], emptySignalMask: true)
+        let pid = try Launcher.launch(
+            [Self.fixture(fixture)], options: options, standardInput: standardInput,
+            standardOutput: output[1], emptySignalMask: true)
         close(output[1])
         return (pid, try RemoteSyscall.bootstrap(in: pid, completing: 0).0, output[0])
     }
@@ -99,8 +102,10 @@ import PageWatchAddressSpace
         let pid = try Launcher.launch([Self.fixture("fx_exit3")], options: Self.options, emptySignalMask: true)
         let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
         let rw = UInt64(Protection([.read, .write]).rawValue)
-        let page = try injector.call("mmap", Arch.syscalls.mmap,
-                                     [0, 2 * Page.size, rw, 0x22, UInt64(bitPattern: -1), 0], in: pid).value
+        let page = try injector.call(
+            "mmap", Arch.syscalls.mmap,
+            [0, 2 * Page.size, rw, 0x22, UInt64(bitPattern: -1), 0], in: pid
+        ).value
         let range = AddressRange(start: RemoteAddress(page), end: RemoteAddress(page) + Page.size)
         _ = try injector.mprotect(range, [.read], in: pid)
         let maps = try ProcFS.maps(of: pid)
@@ -205,11 +210,18 @@ import PageWatchAddressSpace
         let pid = try Launcher.launch([Self.fixture("fx_exit3")], options: Self.options, emptySignalMask: true)
         let injector = try RemoteSyscall.bootstrap(in: pid, completing: 0).0
         let rw = UInt64(Protection([.read, .write]).rawValue)
-        let base = RemoteAddress(try injector.call("mmap", Arch.syscalls.mmap,
-                                                   [0, 4 * Page.size, rw, 0x22, UInt64(bitPattern: -1), 0], in: pid).value)
-        func page(_ i: UInt64) -> AddressRange { AddressRange(start: base + i * Page.size, end: base + (i + 1) * Page.size) }
+        let base = RemoteAddress(
+            try injector.call(
+                "mmap", Arch.syscalls.mmap,
+                [0, 4 * Page.size, rw, 0x22, UInt64(bitPattern: -1), 0], in: pid
+            ).value)
+        func page(_ i: UInt64) -> AddressRange {
+            AddressRange(start: base + i * Page.size, end: base + (i + 1) * Page.size)
+        }
         let before = try Arch.readRegisters(tid: pid)
-        var changes: [(range: AddressRange, protection: Protection)] = [(page(0), [.read]), (page(2), [.read]), (page(3), [])]
+        var changes: [(range: AddressRange, protection: Protection)] = [
+            (page(0), [.read]), (page(2), [.read]), (page(3), []),
+        ]
         changes.append((AddressRange(start: base + 1, end: base + 1 + Page.size), [.read]))  // unaligned: EINVAL
         // More than one batch holds: the rest go in a second run.
         changes += Array(repeating: (page(1), Protection([.read, .write])), count: RemoteSyscall.batchCapacity)
@@ -226,7 +238,7 @@ import PageWatchAddressSpace
         #expect(try waitForExit(pid) == 3)
     }
 
-    /// The one-stop fault path's slot (issue 6): a thread stopped at any
+    /// The one-stop fault path's slot: a thread stopped at any
     /// instruction of it (a signal or an interrupt came first) is settled
     /// back to its faulting instruction with every register its own, and
     /// the slot says whether its mprotect ran, as the page's protection
@@ -243,9 +255,12 @@ import PageWatchAddressSpace
         #expect(held.isEmpty)
         let trampoline = FaultTrampoline(code: injector.trampoline.code, shared: sharedData)
         let rw = Protection([.read, .write])
-        let base = RemoteAddress(try injector.call("mmap", Arch.syscalls.mmap,
-                                                   [0, Page.size, UInt64(rw.rawValue), 0x22, UInt64(bitPattern: -1), 0],
-                                                   in: pid).value)
+        let base = RemoteAddress(
+            try injector.call(
+                "mmap", Arch.syscalls.mmap,
+                [0, Page.size, UInt64(rw.rawValue), 0x22, UInt64(bitPattern: -1), 0],
+                in: pid
+            ).value)
         let page = AddressRange(start: base, end: base + Page.size)
         let original = try Arch.readRegisters(tid: pid)
         // As at a write fault's stop: in no syscall, the six registers the
@@ -260,7 +275,9 @@ import PageWatchAddressSpace
             r.rsi = 0x9999_aaaa_bbbb_cc00 | p; r.rdi = 0xdddd_eeee_ffff_0000 | p; r.rdx = 0x0123_4567_89ab_cd00 | p
             return r
         }
-        func protection() throws -> Protection? { try ProcFS.maps(of: pid).first { $0.range.contains(base) }?.protection }
+        func protection() throws -> Protection? {
+            try ProcFS.maps(of: pid).first { $0.range.contains(base) }?.protection
+        }
         let slot = 3
         var steps = 0
         while true {
@@ -278,7 +295,8 @@ import PageWatchAddressSpace
             let regs = try Arch.readRegisters(tid: pid)
             let settled = try trampoline.settle(tid: pid, registers: regs)
             let after = try Arch.readRegisters(tid: pid)
-            #expect(Arch.words(of: after) == Arch.words(of: Arch.Registers(raw: fault)), "registers after \(steps) steps")
+            #expect(
+                Arch.words(of: after) == Arch.words(of: Arch.Registers(raw: fault)), "registers after \(steps) steps")
             guard let settled else {
                 // Out of the slot: it ran whole and jumped back by itself.
                 #expect(try protection() == rw)
@@ -297,7 +315,7 @@ import PageWatchAddressSpace
         #expect(try waitForExit(pid) == 3)
     }
 
-    /// The slots' data page shared with PageWatch (issue 6): in the tracee a
+    /// The slots' data page shared with PageWatch: in the tracee a
     /// `MAP_SHARED` memfd at the data page, no descriptor left behind; what
     /// PageWatch stores there the tracee's memory shows, and back.
     @Test func slotDataIsSharedWithPageWatch() throws {
@@ -308,7 +326,9 @@ import PageWatchAddressSpace
             defer { closedir(dir) }
             var names: [String] = []
             while let entry = readdir(dir) {
-                let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                    String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+                }
                 if name != "." && name != ".." { names.append(name) }
             }
             return names.sorted()
@@ -333,7 +353,7 @@ import PageWatchAddressSpace
         #expect(try waitForExit(pid) == 3)
     }
 
-    /// Hazard 20: a thread PageWatch leaves inside an injected call (it
+    /// A thread PageWatch leaves inside an injected call (it
     /// died) runs the call untraced and then stops the process with
     /// SIGSTOP, where a `syscall; int3` gadget would kill it with SIGTRAP;
     /// a new tracer (the guardian) puts the saved registers back (its
@@ -341,7 +361,8 @@ import PageWatchAddressSpace
     @Test func aThreadLeftInsideAnInjectionStopsAndIsPutBack() throws {
         let (pid, injector, output) = try launch("fx_sleeper")
         let saved = try Arch.readRegisters(tid: pid)
-        let prepared = Arch.preparingSyscall(saved, number: Arch.syscalls.getpid, arguments: [], gadget: injector.gadget)
+        let prepared = Arch.preparingSyscall(
+            saved, number: Arch.syscalls.getpid, arguments: [], gadget: injector.gadget)
         try Arch.writeRegisters(prepared, tid: pid)
         try Ptrace.detach(pid)  // as when the tracer dies
         var state = ""
@@ -421,7 +442,8 @@ import PageWatchAddressSpace
             #expect(try injector.unmapScratch(in: tid).isEmpty)
             #expect(!(try ProcFS.maps(of: pid)).contains { $0.range.overlaps(injector.scratch) })
         }
-        #expect(try Ptrace.readMemory(tid, Arch.instructionPointer(try Arch.readRegisters(tid: tid)), count: 64) == text)
+        #expect(
+            try Ptrace.readMemory(tid, Arch.instructionPointer(try Arch.readRegisters(tid: tid)), count: 64) == text)
         try Ptrace.detach(tid)
         #expect(write(input[1], "x", 1) == 1)
         close(input[1])

@@ -5,11 +5,13 @@ import PageWatchAddressSpace
 /// The launch-mode filter, run through its own BPF interpreter.
 @Suite struct SeccompFilterTests {
     typealias Arch = HostArchitecture
-    let filter = SeccompFilter(auditArch: Arch.auditArch,
-                               allowing: Arch.syscallTable.numbers(of: .harmless),
-                               futex: Arch.number(.futex)!, futexWakeOp: 5,
-                               scratch: AddressRange(start: RemoteAddress(Arch.scratchAddressHint),
-                                                     end: RemoteAddress(Arch.scratchAddressHint) + RemoteSyscall.scratchSize))
+    let filter = SeccompFilter(
+        auditArch: Arch.auditArch,
+        allowing: Arch.syscallTable.numbers(of: .harmless),
+        futex: Arch.number(.futex)!, futexWakeOp: 5,
+        scratch: AddressRange(
+            start: RemoteAddress(Arch.scratchAddressHint),
+            end: RemoteAddress(Arch.scratchAddressHint) + RemoteSyscall.scratchSize))
 
     func traced(_ name: String, arg1: UInt64 = 0, arch: UInt32 = Arch.auditArch) -> Bool {
         filter.traces(nr: Arch.number(Syscall(rawValue: name)!)!, arch: arch, arg1: arg1)
@@ -20,20 +22,22 @@ import PageWatchAddressSpace
     }
 
     @Test func tracesCopyOutMemoryAndUnknownCalls() {
-        for name in ["read", "fstat", "mmap", "mprotect", "clone3", "rseq", "prctl", "ioctl"] { #expect(traced(name), "\(name)") }
+        for name in ["read", "fstat", "mmap", "mprotect", "clone3", "rseq", "prctl", "ioctl"] {
+            #expect(traced(name), "\(name)")
+        }
         #expect(filter.traces(nr: 999, arch: Arch.auditArch))
     }
 
     /// Private futexes only for FUTEX_WAKE_OP (it writes *uaddr2); shared
     /// ones always (EFAULT on a read-only anonymous page).
     @Test func tracesFutexOnlyForWakeOpOrShared() {
-        #expect(!traced("futex", arg1: 128 | 0))    // FUTEX_WAIT | FUTEX_PRIVATE_FLAG
-        #expect(!traced("futex", arg1: 128 | 1))    // FUTEX_WAKE | FUTEX_PRIVATE_FLAG
-        #expect(!traced("futex", arg1: 128 | 9))    // FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG
-        #expect(traced("futex", arg1: 5))           // FUTEX_WAKE_OP
-        #expect(traced("futex", arg1: 128 | 5))     // FUTEX_WAKE_OP | FUTEX_PRIVATE_FLAG
-        #expect(traced("futex", arg1: 0))           // FUTEX_WAIT, shared
-        #expect(traced("futex", arg1: 256 | 9))     // FUTEX_WAIT_BITSET | FUTEX_CLOCK_REALTIME (pthread_join)
+        #expect(!traced("futex", arg1: 128 | 0))  // FUTEX_WAIT | FUTEX_PRIVATE_FLAG
+        #expect(!traced("futex", arg1: 128 | 1))  // FUTEX_WAKE | FUTEX_PRIVATE_FLAG
+        #expect(!traced("futex", arg1: 128 | 9))  // FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG
+        #expect(traced("futex", arg1: 5))  // FUTEX_WAKE_OP
+        #expect(traced("futex", arg1: 128 | 5))  // FUTEX_WAKE_OP | FUTEX_PRIVATE_FLAG
+        #expect(traced("futex", arg1: 0))  // FUTEX_WAIT, shared
+        #expect(traced("futex", arg1: 256 | 9))  // FUTEX_WAIT_BITSET | FUTEX_CLOCK_REALTIME (pthread_join)
     }
 
     /// The fault trampoline's mprotect runs untraced from the scratch pages;

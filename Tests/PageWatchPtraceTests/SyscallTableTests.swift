@@ -58,32 +58,33 @@ import PageWatchAddressSpace
         let word = MemoryLayout<UInt>.size
         switch s {
         case .stat: return MemoryLayout<stat>.size
-        case .statfs: return 7 * word + 8 + 3 * word + 4 * word  // ..., f_fsid, f_namelen, f_frsize, f_flags, f_spare[4]
-        case .statx: return 256                                  // fixed by the kernel ABI (spare fields included)
+        // ..., f_fsid, f_namelen, f_frsize, f_flags, f_spare[4]
+        case .statfs: return 7 * word + 8 + 3 * word + 4 * word
+        case .statx: return 256  // fixed by the kernel ABI (spare fields included)
         case .utsname: return MemoryLayout<utsname>.size
         // uptime, loads[3], six sizes, procs and pad (then aligned), totalhigh, freehigh, mem_unit (then aligned)
         case .sysinfo: return word + 3 * word + 6 * word + 4 + 4 + 2 * word + 4 + 4
         case .rusage: return MemoryLayout<rusage>.size
         case .rlimit: return MemoryLayout<rlimit>.size
-        case .kernelSigaction: return 3 * word + 8               // handler, flags, restorer, the kernel's 8-byte sigset
+        case .kernelSigaction: return 3 * word + 8  // handler, flags, restorer, the kernel's 8-byte sigset
         case .stackT: return MemoryLayout<stack_t>.size
         case .timespec: return MemoryLayout<timespec>.size
         case .timeval: return MemoryLayout<timeval>.size
         case .itimerval: return MemoryLayout<itimerval>.size
         case .itimerspec: return MemoryLayout<itimerspec>.size
         case .siginfo: return MemoryLayout<siginfo_t>.size
-        case .epollEvent: return 4 + 8                           // packed on x86_64
+        case .epollEvent: return 4 + 8  // packed on x86_64
         case .pollfd: return MemoryLayout<pollfd>.size
-        case .ioEvent: return 4 * 8                              // linux/aio_abi.h: data, obj, res, res2
+        case .ioEvent: return 4 * 8  // linux/aio_abi.h: data, obj, res, res2
         case .flock: return MemoryLayout<flock>.size
         case .tms: return MemoryLayout<tms>.size
         case .iovec: return MemoryLayout<iovec>.size
         case .msghdr: return MemoryLayout<msghdr>.size
-        case .mmsghdr: return MemoryLayout<msghdr>.size + 8      // msg_len, padded
+        case .mmsghdr: return MemoryLayout<msghdr>.size + 8  // msg_len, padded
         case .pointer: return MemoryLayout<UnsafeRawPointer>.size
         case .gid: return MemoryLayout<gid_t>.size
-        case .capHeader: return 2 * 4                            // version, pid
-        case .capData: return 2 * 3 * 4                          // _LINUX_CAPABILITY_U32S_3 of effective, permitted, inheritable
+        case .capHeader: return 2 * 4  // version, pid
+        case .capData: return 2 * 3 * 4  // _LINUX_CAPABILITY_U32S_3 of effective, permitted, inheritable
         case .bytes(let n): return Int(n)
         }
     }
@@ -109,9 +110,11 @@ import PageWatchAddressSpace
             }
         }
         // The sizes the rows do not name but the engine reads from the layout.
-        for s: KernelStruct in [.stat, .statfs, .statx, .utsname, .sysinfo, .rusage, .rlimit, .kernelSigaction, .stackT,
-                                .timespec, .timeval, .itimerval, .itimerspec, .siginfo, .epollEvent, .pollfd, .ioEvent,
-                                .flock, .tms, .iovec, .msghdr, .mmsghdr, .pointer] {
+        for s: KernelStruct in [
+            .stat, .statfs, .statx, .utsname, .sysinfo, .rusage, .rlimit, .kernelSigaction, .stackT,
+            .timespec, .timeval, .itimerval, .itimerspec, .siginfo, .epollEvent, .pollfd, .ioEvent,
+            .flock, .tms, .iovec, .msghdr, .mmsghdr, .pointer,
+        ] {
             #expect(Arch.layout.size(of: s) == UInt64(abiSize(s)), "\(s)")
         }
     }
@@ -122,7 +125,8 @@ import PageWatchAddressSpace
             switch length {
             case .fixed: return [p]
             case .argument(let i), .argumentPlus(let i, _), .array(let i, _, _), .fdSet(let i), .bitmap(let i),
-                 .pageVector(let i): return [p, i]
+                .pageVector(let i):
+                return [p, i]
             }
         case let .iovecs(a, b), let .mmsghdrs(a, b), let .socketAddress(a, b), let .optionValue(a, b): return [a, b]
         case .msghdr(let a): return [a]
@@ -159,7 +163,8 @@ import PageWatchAddressSpace
             case .named: break
             }
         }
-        #expect(Set(SyscallTable.rows.filter { $0.writes == .decodedByCommand }.map(\.call))
+        #expect(
+            Set(SyscallTable.rows.filter { $0.writes == .decodedByCommand }.map(\.call))
                 == [.ioctl, .futex, .fcntl, .arch_prctl, .ptrace])
     }
 
@@ -168,8 +173,9 @@ import PageWatchAddressSpace
     /// private futexes); everything else, in the table or not, stops.
     @Test func seccompFilterLetsThroughExactlyTheHarmlessRows() {
         let harmless = numbering.numbers(of: .harmless)
-        let filter = SeccompFilter(auditArch: Arch.auditArch, allowing: harmless, futex: Arch.number(.futex)!,
-                                   futexWakeOp: 5)
+        let filter = SeccompFilter(
+            auditArch: Arch.auditArch, allowing: harmless, futex: Arch.number(.futex)!,
+            futexWakeOp: 5)
         #expect(!harmless.isEmpty)
         for number in Int64(0)..<600 {
             let row = Arch.row(number: number)
@@ -177,11 +183,14 @@ import PageWatchAddressSpace
             #expect(traced == (row?.kind != .harmless), "\(number) \(row?.name ?? "not in the table")")
         }
         #expect(!filter.traces(nr: Arch.number(.futex)!, arch: Arch.auditArch, arg1: 128))
-        for row in SyscallTable.rows where row.kind == .harmless { #expect(Arch.number(row.call) != nil, "\(row.name)") }
+        for row in SyscallTable.rows where row.kind == .harmless {
+            #expect(Arch.number(row.call) != nil, "\(row.name)")
+        }
     }
 
     @Test func endedByStopsAreTheKnownCalls() {
-        #expect(Set(SyscallTable.rows.filter(\.endedByStop).map(\.call))
+        #expect(
+            Set(SyscallTable.rows.filter(\.endedByStop).map(\.call))
                 == [.epoll_wait, .epoll_pwait, .epoll_pwait2, .semop, .semtimedop, .rt_sigtimedwait, .io_uring_enter])
     }
 }

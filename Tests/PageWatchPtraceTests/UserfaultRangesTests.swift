@@ -22,7 +22,8 @@ import PageWatchAddressSpace
             VmFlags: rd wr mr mw me gd ac
             """
         // Write-protect mode alone (uw) never makes a read wait.
-        #expect(UserfaultRanges.registered(inSmaps: smaps)
+        #expect(
+            UserfaultRanges.registered(inSmaps: smaps)
                 == [AddressRange(0x3700_0000_0000, 0x3700_0001_0000), AddressRange(0x3700_0002_0000, 0x3700_0003_0000)])
     }
 

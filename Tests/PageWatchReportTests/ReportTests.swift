@@ -12,7 +12,9 @@ enum SampleLog {
     static let startNs: UInt64 = 1_795_748_901_457_949_727
 
     static func frame(_ function: String, _ ip: UInt64, line: Int? = nil) -> Frame {
-        Frame(ip: ip, module: "/bin/prog", offset: ip - 0x1000, function: function, file: line.map { _ in "prog.c" }, line: line)
+        Frame(
+            ip: ip, module: "/bin/prog", offset: ip - 0x1000, function: function, file: line.map { _ in "prog.c" },
+            line: line)
     }
 
     static let main = frame("main", 0x1500, line: 30)
@@ -23,32 +25,45 @@ enum SampleLog {
     static let unseen = [Frame(ip: 0, function: "[unseen]")]
 
     static func site(_ frames: [Frame], pages: UInt64, faults: Int, at page: UInt64) -> WriteSite {
-        WriteSite(pages: pages, faults: faults, ranges: [AddressRange(page * 4096, (page + pages) * 4096)], frames: frames)
+        WriteSite(
+            pages: pages, faults: faults, ranges: [AddressRange(page * 4096, (page + pages) * 4096)], frames: frames)
     }
 
-    static func sweep(_ seq: Int, pid: Int32 = pid, reason: SweepReason = .signal, at ns: UInt64, _ sites: [WriteSite]) -> LogRecord {
+    static func sweep(_ seq: Int, pid: Int32 = pid, reason: SweepReason = .signal, at ns: UInt64, _ sites: [WriteSite])
+        -> LogRecord
+    {
         let ranges = sites.flatMap(\.ranges).sorted()
-        return .sweep(SweepRecord(seq: seq, pid: pid, reason: reason, timeNs: ns, ranges: ranges,
-                                  faults: sites.reduce(0) { $0 + $1.faults }, sites: sites))
+        return .sweep(
+            SweepRecord(
+                seq: seq, pid: pid, reason: reason, timeNs: ns, ranges: ranges,
+                faults: sites.reduce(0) { $0 + $1.faults }, sites: sites))
     }
 
     static var records: [LogRecord] {
         [
             .start(pid: pid, pageSize: 4096, command: ["prog", "a;b"], tracked: ["writable"], timeNs: startNs),
             sweep(1, at: startNs + 1_000_000, [site(unseen, pages: 10, faults: 0, at: 0x100)]),
-            sweep(2, at: startNs + 2_000_000, [site(fill, pages: 3, faults: 3, at: 0x100), site(poke, pages: 1, faults: 1, at: 0x104),
-                                                site(kernelRead, pages: 1, faults: 0, at: 0x106)]),
+            sweep(
+                2, at: startNs + 2_000_000,
+                [
+                    site(fill, pages: 3, faults: 3, at: 0x100), site(poke, pages: 1, faults: 1, at: 0x104),
+                    site(kernelRead, pages: 1, faults: 0, at: 0x106),
+                ]),
             .fork(pid: 101, parent: pid, timeNs: startNs + 2_500_000),
             sweep(1, pid: 101, reason: .exit, at: startNs + 2_600_000, [site(unseen, pages: 7, faults: 0, at: 0x100)]),
             .exit(pid: 101, end: .exited(code: 0), sweeps: 1, faults: 0, timeNs: startNs + 2_700_000),
-            sweep(3, reason: .exit, at: startNs + 3_000_000, [site(fill, pages: 2, faults: 2, at: 0x100), site(poke, pages: 1, faults: 1, at: 0x104)]),
+            sweep(
+                3, reason: .exit, at: startNs + 3_000_000,
+                [site(fill, pages: 2, faults: 2, at: 0x100), site(poke, pages: 1, faults: 1, at: 0x104)]),
             .end(pid: pid, end: .exited(code: 0), sweeps: 3, faults: 7, timeNs: startNs + 4_000_000),
         ]
     }
 
     static var text: String { records.map { JSONLines.encode($0) + "\n" }.joined() }
 
-    static func parsed(_ text: String = text) throws -> ParsedLog { try LogReader.parse(Data(text.utf8), source: "sample.jsonl") }
+    static func parsed(_ text: String = text) throws -> ParsedLog {
+        try LogReader.parse(Data(text.utf8), source: "sample.jsonl")
+    }
 }
 
 @Suite struct LogReaderTests {
@@ -58,7 +73,10 @@ enum SampleLog {
         #expect(log.pageSize == 4096)
         #expect(log.command == ["prog", "a;b"])
         #expect(log.startNs == 1_795_748_901_457_949_727)
-        #expect(log.program.sweeps.map(\.timeNs) == [1_795_748_901_458_949_727, 1_795_748_901_459_949_727, 1_795_748_901_460_949_727])
+        #expect(
+            log.program.sweeps.map(\.timeNs) == [
+                1_795_748_901_458_949_727, 1_795_748_901_459_949_727, 1_795_748_901_460_949_727,
+            ])
         #expect(log.program.sweeps.map(\.seq) == [1, 2, 3])
         #expect(log.program.sweeps[1].sites?.map(\.frames) == [SampleLog.fill, SampleLog.poke, SampleLog.kernelRead])
         #expect(log.end?.timeNs == 1_795_748_901_461_949_727)
@@ -68,14 +86,16 @@ enum SampleLog {
     }
 
     @Test func keepsTheFullUnsigned64BitRange() throws {
-        let text = #"{"type":"start","schema":"pagewatch/1","pid":1,"page_size":4096,"command":[],"tracked":[],"time_ns":18446744073709551615}"#
+        let text =
+            #"{"type":"start","schema":"pagewatch/1","pid":1,"page_size":4096,"command":[],"tracked":[],"time_ns":18446744073709551615}"#
         #expect(try SampleLog.parsed(text).startNs == UInt64.max)
     }
 
     @Test func ignoresUnknownRecordsAndFieldsAndKeepsUnknownReasons() throws {
         var lines = SampleLog.text.split(separator: "\n").map(String.init)
         lines.insert(#"{"type":"checkpoint","pid":100,"time_ns":5,"whatever":[1,2,{"x":null}]}"#, at: 2)
-        lines[1] = lines[1].replacingOccurrences(of: "\"reason\":\"signal\"", with: "\"reason\":\"attach\",\"new_field\":{\"a\":true}")
+        lines[1] = lines[1].replacingOccurrences(
+            of: "\"reason\":\"signal\"", with: "\"reason\":\"attach\",\"new_field\":{\"a\":true}")
         let log = try SampleLog.parsed(lines.joined(separator: "\n") + "\n")
         #expect(log.program.sweeps.count == 3)
         #expect(log.program.sweeps[0].reason == "attach")
@@ -87,17 +107,26 @@ enum SampleLog {
             try SampleLog.parsed(text)
         }
         let error = LogReadError(source: "sample.jsonl", line: 1, problem: .unsupportedSchema("pagewatch/2"))
-        #expect(error.description == "sample.jsonl:1: schema 'pagewatch/2' is not supported: this pagewatch reads pagewatch/1 only")
+        #expect(
+            error.description
+                == "sample.jsonl:1: schema 'pagewatch/2' is not supported: this pagewatch reads pagewatch/1 only")
     }
 
     @Test func namesTheLineOfABadRecord() {
         var lines = SampleLog.text.split(separator: "\n").map(String.init)
         lines[3] = "{\"type\":\"sweep\",\"seq\":"
-        #expect(throws: LogReadError(source: "sample.jsonl", line: 4, problem: .notJSON(detail: "'{\"type\":\"sweep\",\"seq\":'"))) {
+        #expect(
+            throws: LogReadError(
+                source: "sample.jsonl", line: 4, problem: .notJSON(detail: "'{\"type\":\"sweep\",\"seq\":'"))
+        ) {
             try SampleLog.parsed(lines.joined(separator: "\n"))
         }
         lines[3] = #"{"type":"fork","pid":true,"parent":1,"time_ns":3}"#
-        #expect(throws: LogReadError(source: "sample.jsonl", line: 4, problem: .wrongType(record: "fork", field: "pid", expected: "an integer"))) {
+        #expect(
+            throws: LogReadError(
+                source: "sample.jsonl", line: 4,
+                problem: .wrongType(record: "fork", field: "pid", expected: "an integer"))
+        ) {
             try SampleLog.parsed(lines.joined(separator: "\n"))
         }
         #expect(throws: LogReadError(source: "sample.jsonl", line: 1, problem: .notStartFirst(type: "sweep"))) {
@@ -119,7 +148,9 @@ enum SampleLog {
         let log = try SampleLog.parsed()
         #expect(try ProcessReport(log: log).process.pid == 100)
         #expect(try ProcessReport(log: log, pid: 101).sweeps.count == 1)
-        #expect(throws: ProcessReport.SelectionError.noSuchProcess(pid: 7, source: "sample.jsonl", present: [100, 101])) {
+        #expect(
+            throws: ProcessReport.SelectionError.noSuchProcess(pid: 7, source: "sample.jsonl", present: [100, 101])
+        ) {
             try ProcessReport(log: log, pid: 7)
         }
     }
@@ -130,14 +161,19 @@ enum SampleLog {
         let report = try ProcessReport(log: SampleLog.parsed())
         let writers = report.writers
         #expect(writers.map(\.pages) == [10, 5, 2, 1])
-        #expect(writers.map { FrameNaming.writer($0.frames).function } == ["[unseen]", "fill", "poke", "[kernel] read <- read"])
+        #expect(
+            writers.map { FrameNaming.writer($0.frames).function } == [
+                "[unseen]", "fill", "poke", "[kernel] read <- read",
+            ])
         #expect(writers[1].faults == 5)
         #expect(writers[1].sweeps == 2)
     }
 
     @Test func listsTopWritersWithSharesAndLines() throws {
         let text = TextReport.render(try ProcessReport(log: SampleLog.parsed()))
-        let rows = text.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ") }
+        let rows = text.split(separator: "\n").map {
+            $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ")
+        }
         #expect(rows.contains("10 55.56% 0 [unseen] -"))
         #expect(rows.contains("5 27.78% 5 fill prog.c:10"))
         #expect(rows.contains("2 11.11% 2 poke prog.c:20"))
@@ -149,7 +185,10 @@ enum SampleLog {
         #expect(text.contains("sweeps    3"))
         #expect(text.contains("dirty     18 pages (0.07 MiB) over all sweeps, 7 write faults"))
         // Sweeps 2 and 3: 8 pages in the 2 ms from sweep 1 to sweep 3.
-        #expect(text.contains("rate      4000.0 pages/s, 15.63 MiB/s: the 8 pages of sweeps 2-3 over the 2.0 ms from sweep 1 to sweep 3"))
+        #expect(
+            text.contains(
+                "rate      4000.0 pages/s, 15.63 MiB/s: the 8 pages of sweeps 2-3 over the 2.0 ms from sweep 1 to sweep 3"
+            ))
         #expect(text.contains("processes also in the log: 101 (forked by 100)"))
     }
 
@@ -157,12 +196,14 @@ enum SampleLog {
     /// its pages again, marked, and the rate does not count them twice.
     @Test func leavesPagesReportedAgainOutOfTheRate() throws {
         let s = SampleLog.startNs
-        var reportOnly = SweepRecord(seq: 2, pid: SampleLog.pid, reason: .interval, timeNs: s + 2_000_000,
-                                     ranges: [AddressRange(0x100 * 4096, 0x104 * 4096)], faults: 4)
+        var reportOnly = SweepRecord(
+            seq: 2, pid: SampleLog.pid, reason: .interval, timeNs: s + 2_000_000,
+            ranges: [AddressRange(0x100 * 4096, 0x104 * 4096)], faults: 4)
         reportOnly.rearmed = false
         reportOnly.leftWritable = 4
-        var again = SweepRecord(seq: 3, pid: SampleLog.pid, reason: .exit, timeNs: s + 3_000_000,
-                                ranges: [AddressRange(0x100 * 4096, 0x106 * 4096)], faults: 2)
+        var again = SweepRecord(
+            seq: 3, pid: SampleLog.pid, reason: .exit, timeNs: s + 3_000_000,
+            ranges: [AddressRange(0x100 * 4096, 0x106 * 4096)], faults: 2)
         again.reportedAgain = [AddressRange(0x100 * 4096, 0x104 * 4096)]
         let records: [LogRecord] = [
             .start(pid: SampleLog.pid, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: s),
@@ -187,7 +228,9 @@ enum SampleLog {
         #expect(HTMLReport.render(report).contains("4 pages reported again"))
         var summary = Summary()
         for r in records { summary.add(r) }
-        #expect(summary.render().contains("total: 3 sweeps, 16 dirty pages (0.1 MiB), 6 write faults; 4 pages reported again, not counted"))
+        #expect(
+            summary.render().contains(
+                "total: 3 sweeps, 16 dirty pages (0.1 MiB), 6 write faults; 4 pages reported again, not counted"))
     }
 
     @Test func reportsAFollowedProcessOnItsOwn() throws {
@@ -201,7 +244,8 @@ enum SampleLog {
         let text = SampleLog.text.replacing(/,"sites":\[.*\]\}$/.anchorsMatchLineEndings(), with: "}")
         #expect(!text.contains("sites"))
         let report = try ProcessReport(log: SampleLog.parsed(text))
-        #expect(TextReport.render(report).contains("top writers: none in this log (it was written with --stack-depth 0)"))
+        #expect(
+            TextReport.render(report).contains("top writers: none in this log (it was written with --stack-depth 0)"))
         #expect(FoldedReport.render(report).isEmpty)
     }
 }
@@ -225,8 +269,11 @@ enum SampleLog {
         let lines = Self.check(folded)
         let totalSitePages = report.sweeps.flatMap { $0.sites ?? [] }.reduce(UInt64(0)) { $0 + $1.pages }
         #expect(lines.reduce(0) { $0 + $1.count } == totalSitePages)
-        #expect(lines.map(\.frames) == [["[unseen]"], ["_start", "main", "fill"], ["_start", "main", "poke"],
-                                        ["_start", "main", "read", "[kernel] read"]])
+        #expect(
+            lines.map(\.frames) == [
+                ["[unseen]"], ["_start", "main", "fill"], ["_start", "main", "poke"],
+                ["_start", "main", "read", "[kernel] read"],
+            ])
         #expect(lines.map(\.count) == [10, 5, 2, 1])
         #expect(lines.allSatisfy { $0.frames.allSatisfy { !$0.isEmpty } })
     }
@@ -273,13 +320,15 @@ enum SampleLog {
 
 @Suite struct AddressMapTests {
     func sweep(_ ranges: [AddressRange]) -> LoggedSweep {
-        LoggedSweep(seq: 1, pid: 1, reason: "signal", timeNs: 0, dirtyPages: ranges.reduce(0) { $0 + $1.pageCount },
-                    faults: 0, ranges: ranges, sites: nil)
+        LoggedSweep(
+            seq: 1, pid: 1, reason: "signal", timeNs: 0, dirtyPages: ranges.reduce(0) { $0 + $1.pageCount },
+            faults: 0, ranges: ranges, sites: nil)
     }
 
     @Test func squeezesOutTheGapsBetweenMappings() {
         // 4 pages of heap and 2 pages 0x7f… far away: six columns, two blocks.
-        let heap = AddressRange(0x5555_0000_0000, 0x5555_0000_4000), lib = AddressRange(0x7f00_0000_0000, 0x7f00_0000_2000)
+        let heap = AddressRange(0x5555_0000_0000, 0x5555_0000_4000),
+            lib = AddressRange(0x7f00_0000_0000, 0x7f00_0000_2000)
         let map = AddressMap([sweep([heap, lib])], pageSize: 4096)
         #expect(map.pagesPerColumn == 1)
         #expect(map.columns == 6)
@@ -299,7 +348,11 @@ enum SampleLog {
     }
 
     @Test func cutsAtMostTheWidestGaps() {
-        let ranges = (0..<40).map { i in AddressRange(UInt64(i) * 0x10_0000 + (i >= 20 ? 0x1_0000_0000 : 0), UInt64(i) * 0x10_0000 + 0x1000 + (i >= 20 ? 0x1_0000_0000 : 0)) }
+        let ranges = (0..<40).map { i in
+            AddressRange(
+                UInt64(i) * 0x10_0000 + (i >= 20 ? 0x1_0000_0000 : 0),
+                UInt64(i) * 0x10_0000 + 0x1000 + (i >= 20 ? 0x1_0000_0000 : 0))
+        }
         let map = AddressMap([sweep(ranges)], pageSize: 4096, maxBlocks: 4)
         #expect(map.blocks.count == 4)
         #expect(map.blocks.contains { $0.span.start.value == 0x1_0000_0000 + 20 * 0x10_0000 })

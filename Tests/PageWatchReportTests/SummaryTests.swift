@@ -8,9 +8,12 @@ import PageWatchLog
         var summary = Summary()
         summary.add(.start(pid: 5, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: 0))
         summary.add(.fork(pid: 6, parent: 5, timeNs: 1))
-        summary.add(.sweep(SweepRecord(seq: 1, pid: 6, reason: .exit, timeNs: 2, ranges: [AddressRange(0, 3 * 4096)], faults: 2)))
+        summary.add(
+            .sweep(
+                SweepRecord(seq: 1, pid: 6, reason: .exit, timeNs: 2, ranges: [AddressRange(0, 3 * 4096)], faults: 2)))
         summary.add(.exit(pid: 6, end: .exited(code: 5), sweeps: 1, faults: 2, timeNs: 3))
-        summary.add(.sweep(SweepRecord(seq: 1, pid: 5, reason: .exit, timeNs: 4, ranges: [AddressRange(0, 4096)], faults: 1)))
+        summary.add(
+            .sweep(SweepRecord(seq: 1, pid: 5, reason: .exit, timeNs: 4, ranges: [AddressRange(0, 4096)], faults: 1)))
         summary.add(.end(pid: 5, end: .exited(code: 0), sweeps: 1, faults: 1, timeNs: 5))
         let text = summary.render()
         #expect(text.contains("total: 1 sweeps, 1 dirty pages"))
@@ -22,24 +25,34 @@ import PageWatchLog
         var summary = Summary()
         summary.add(.start(pid: 7, pageSize: 4096, command: ["server"], tracked: ["writable"], timeNs: 0))
         summary.add(.attach(pid: 7, threads: 3, timeNs: 1))
-        summary.add(.sweep(SweepRecord(seq: 1, pid: 7, reason: .attach, timeNs: 2, ranges: [AddressRange(0, 4096)], faults: 0)))
+        summary.add(
+            .sweep(SweepRecord(seq: 1, pid: 7, reason: .attach, timeNs: 2, ranges: [AddressRange(0, 4096)], faults: 0)))
         summary.add(.sweep(SweepRecord(seq: 2, pid: 7, reason: .detach, timeNs: 3, ranges: [], faults: 0)))
         summary.add(.detach(pid: 7, sweeps: 2, faults: 0, timeNs: 4))
         let text = summary.render()
         #expect(text.hasPrefix("pagewatch: attached to pid 7 server\n"))
         #expect(text.contains("detached; the program runs on"))
-        #expect(JSONLines.encode(.detach(pid: 7, sweeps: 2, faults: 0, timeNs: 4))
+        #expect(
+            JSONLines.encode(.detach(pid: 7, sweeps: 2, faults: 0, timeNs: 4))
                 == #"{"type":"detach","pid":7,"sweeps":2,"faults":0,"time_ns":4}"#)
-        #expect(JSONLines.encode(.attach(pid: 7, threads: 3, timeNs: 1)) == #"{"type":"attach","pid":7,"threads":3,"time_ns":1}"#)
+        #expect(
+            JSONLines.encode(.attach(pid: 7, threads: 3, timeNs: 1))
+                == #"{"type":"attach","pid":7,"threads":3,"time_ns":1}"#)
     }
 
     @Test func summaryShowsEverySweepAndTheEnd() {
         var summary = Summary()
         summary.add(.start(pid: 5, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: 0))
-        summary.add(.sweep(SweepRecord(seq: 1, pid: 5, reason: .interval, timeNs: 1,
-                                       ranges: [AddressRange(0, 256 * 4096)], faults: 0)))
-        summary.add(.sweep(SweepRecord(seq: 2, pid: 5, reason: .exit, timeNs: 2,
-                                       ranges: [AddressRange(0, 4096)], faults: 1)))
+        summary.add(
+            .sweep(
+                SweepRecord(
+                    seq: 1, pid: 5, reason: .interval, timeNs: 1,
+                    ranges: [AddressRange(0, 256 * 4096)], faults: 0)))
+        summary.add(
+            .sweep(
+                SweepRecord(
+                    seq: 2, pid: 5, reason: .exit, timeNs: 2,
+                    ranges: [AddressRange(0, 4096)], faults: 1)))
         summary.add(.end(pid: 5, end: .killed(signal: 9), sweeps: 2, faults: 1, timeNs: 3))
         let text = summary.render()
         #expect(text.contains("      1  interval          256       1.0        0       1"))

@@ -5,12 +5,13 @@ import PageWatchPtrace
 /// for `run`): the guardian, the threads seized whose first stop is still
 /// to come, and the detach's parked threads.
 final class AttachState {
-    /// The guardian's shared state and the pipe it watches (hazard 20).
+    /// The guardian's shared state and the pipe it watches (it restores
+    /// the program if PageWatch dies).
     var guardian: (state: GuardianState, watch: Int32)?
     /// The threads seized whose first stop is still to come. Nothing is
     /// armed until it is empty: a thread's rseq area and tid word are
     /// pinned at that stop, and armed before it the kernel's next rseq
-    /// update for the thread fails and kills it (SIGSEGV, hazard 3).
+    /// update for the thread fails and kills it (SIGSEGV).
     var awaitingFirstStop: Set<Int32> = []
     /// Why PageWatch is detaching, once it is; every thread is then parked
     /// at its next stop instead of resumed.

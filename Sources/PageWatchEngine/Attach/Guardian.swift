@@ -2,7 +2,7 @@ import Glibc
 import PageWatchAddressSpace
 import PageWatchPtrace
 
-/// Hazard 20 in attach mode: PageWatch killed (SIGKILL, a crash) leaves the
+/// In attach mode, PageWatch killed (SIGKILL, a crash) leaves the
 /// program with armed pages, and it would die at its next write to one. The
 /// guardian is a small process `pagewatch attach` starts before seizing
 /// (`pagewatch guardian`, in its own session). It blocks reading a pipe only
@@ -57,8 +57,10 @@ public enum Guardian {
         ProcFS.statusField("TracerPid", of: pid).flatMap { Int32($0) } ?? 0
     }
 
-    static func rescue(_ pid: Int32, gadget: RemoteAddress?, regions: [(AddressRange, Protection)],
-                       injection: (tid: Int32, saved: [UInt64])? = nil) throws {
+    static func rescue(
+        _ pid: Int32, gadget: RemoteAddress?, regions: [(AddressRange, Protection)],
+        injection: (tid: Int32, saved: [UInt64])? = nil
+    ) throws {
         let tids = try Attacher.seizeAll(pid, options: [])
         for tid in tids { _ = try? Ptrace.interrupt(tid) }
         var stopped: [Int32] = []
@@ -88,9 +90,12 @@ public enum Guardian {
             let code = AddressRange(start: Page.floor(gadget), end: Page.floor(gadget) + Page.size)
             for tid in stopped {
                 guard let regs = try? HostArchitecture.readRegisters(tid: tid) else { continue }
-                if (try? RemoteSyscall(gadget: gadget).trampoline.settle(tid: tid, registers: regs)) ?? nil != nil { continue }
+                if (try? RemoteSyscall(gadget: gadget).trampoline.settle(tid: tid, registers: regs)) ?? nil != nil {
+                    continue
+                }
                 if let injection, injection.tid == tid, code.contains(HostArchitecture.instructionPointer(regs)),
-                   let saved = HostArchitecture.registers(words: injection.saved) {
+                    let saved = HostArchitecture.registers(words: injection.saved)
+                {
                     try? HostArchitecture.writeRegisters(saved, tid: tid)
                 }
             }
@@ -119,7 +124,7 @@ public enum Guardian {
     }
 
     /// A SIGSEGV that PageWatch's armed pages caused: a write fault in them,
-    /// or the kernel's forced SIGSEGV for an rseq area in them (hazard 3).
+    /// or the kernel's forced SIGSEGV for an rseq area in them.
     /// With the pages given back, the program would not have had it.
     static func isFault(_ h: HeldSignal, of tid: Int32, in armed: [AddressRange]) -> Bool {
         guard h.signal == Signal.SIGSEGV else { return false }
@@ -177,6 +182,7 @@ extension ProcessTracker {
     /// region its own protection again is harmless where nothing is armed).
     func publishForGuardian(extra: [(AddressRange, Protection)] = []) {
         guard let (state, _) = session.attachState?.guardian, self === session.main else { return }
-        state.publish(gadget: injector.remote?.gadget, regions: memory.regions.map { ($0.range, $0.protection) } + extra)
+        state.publish(
+            gadget: injector.remote?.gadget, regions: memory.regions.map { ($0.range, $0.protection) } + extra)
     }
 }

@@ -4,7 +4,7 @@ import PageWatchAddressSpace
 import PageWatchPtrace
 
 /// What a guardian needs to undo PageWatch in an attached process if
-/// PageWatch dies (hazard 20): the gadget page and every region PageWatch
+/// PageWatch dies: the gadget page and every region PageWatch
 /// may have armed, with the program's own protection. Lives in a memfd
 /// shared by PageWatch (writer) and the guardian (reader), as a seqlock:
 /// words [magic, sequence, pid, gadget, count, (start, end, protection)...];
@@ -85,8 +85,10 @@ final class GuardianState: InjectionJournal, @unchecked Sendable {
             if before & 1 == 1 { continue }  // PageWatch died mid-write, or is writing: retry
             let count = min(Int(words[4]), Self.capacity)
             let regions = (0..<count).map { i in
-                (AddressRange(start: RemoteAddress(words[5 + 3 * i]), end: RemoteAddress(words[6 + 3 * i])),
-                 Protection(rawValue: Int32(truncatingIfNeeded: words[7 + 3 * i])))
+                (
+                    AddressRange(start: RemoteAddress(words[5 + 3 * i]), end: RemoteAddress(words[6 + 3 * i])),
+                    Protection(rawValue: Int32(truncatingIfNeeded: words[7 + 3 * i]))
+                )
             }
             let gadget = words[3]
             if pw_load_acquire(words + 1) == before {

@@ -3,15 +3,17 @@ import PageWatchAddressSpace
 import PageWatchLog
 import PageWatchPtrace
 
-/// `pagewatch attach` (issue 4): take a running process, track it, and
+/// `pagewatch attach`: take a running process, track it, and
 /// leave it as it was found.
 extension Tracker {
     /// What asks PageWatch to detach: Ctrl-C, kill, a closed terminal.
     static let detachSignals: [Int32] = [SIGINT, SIGTERM, SIGHUP]
-    /// No EXITKILL (PageWatch dying must not kill the program, hazard 20)
-    /// and no seccomp filter (it would outlive the detach, hazard 8).
-    static let attachOptions: TraceOptions = [.traceSysGood, .traceClone, .traceExec, .traceExit,
-                                              .traceFork, .traceVfork]
+    /// No EXITKILL (PageWatch dying must not kill the program)
+    /// and no seccomp filter (it would outlive the detach).
+    static let attachOptions: TraceOptions = [
+        .traceSysGood, .traceClone, .traceExec, .traceExit,
+        .traceFork, .traceVfork,
+    ]
 
     /// How an attach ended.
     public enum AttachEnd: Sendable, Equatable {
@@ -54,13 +56,17 @@ extension Tracker {
             main.threads[tid] = state
             // Each thread stops once so its rseq area and tid word can be
             // learned; the first sweep waits for all of them.
-            do { try Ptrace.interrupt(tid) } catch TraceError.call(_, let e, _, _) where e == .ESRCH { main.threads[tid] = nil }
+            do { try Ptrace.interrupt(tid) } catch TraceError.call(_, let e, _, _) where e == .ESRCH {
+                main.threads[tid] = nil
+            }
         }
         attach.awaitingFirstStop = Set(main.threads.keys)
         let selected = main.selectedPagesNow()
-        emit(.start(pid: pid, pageSize: Page.size, command: config.command,
-                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
-                    selectedPages: selected))
+        emit(
+            .start(
+                pid: pid, pageSize: Page.size, command: config.command,
+                tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
+                selectedPages: selected))
         warnIfNothingSelected(selected)
         emit(.attach(pid: pid, threads: main.threads.count, timeNs: wallClockNs()))
         started = true
@@ -82,7 +88,8 @@ extension Tracker {
     /// A pre-existing thread's first stop was handled; once every one has
     /// been seen, the first sweep arms the selection.
     func firstStopSeen(_ tid: Int32) {
-        guard let attach = attachState, attach.awaitingFirstStop.remove(tid) != nil, attach.awaitingFirstStop.isEmpty else { return }
+        guard let attach = attachState, attach.awaitingFirstStop.remove(tid) != nil, attach.awaitingFirstStop.isEmpty
+        else { return }
         // Whatever was asked for meanwhile (a sweep signal) is this sweep:
         // nothing was tracked before it.
         if !main.finalSweepDone { main.pendingSweep = .attach }
@@ -99,14 +106,18 @@ extension ProcessTracker {
         try? refreshMaps()
         // Write faults pending at the parking stops (taken before anything
         // runs: one would otherwise kill its thread after the detach).
-        for tid in threads.keys.sorted() where session.attachState?.parkedSignals[tid] == nil
-            && !(threads[tid]?.inGroupStop ?? true) && !(threads[tid]?.exiting ?? true) {
+        for tid in threads.keys.sorted()
+        where session.attachState?.parkedSignals[tid] == nil
+            && !(threads[tid]?.inGroupStop ?? true) && !(threads[tid]?.exiting ?? true)
+        {
             if let taken = try? Ptrace.takePendingFault(tid) { threads[tid]?.signals.held += taken }
         }
         let candidates = threads.keys.filter { !(threads[$0]?.exiting ?? true) }.map { tid in
             (tid, (try? Ptrace.syscallStopKind(tid)) ?? .none, threads[tid]?.inGroupStop ?? false)
         }.sorted { a, b in
-            func rank(_ c: (Int32, SyscallStopKind, Bool)) -> Int { (c.2 ? 4 : 0) + (c.1 == .entry ? 2 : c.1 == .exit ? 1 : 0) }
+            func rank(_ c: (Int32, SyscallStopKind, Bool)) -> Int {
+                (c.2 ? 4 : 0) + (c.1 == .entry ? 2 : c.1 == .exit ? 1 : 0)
+            }
             return (rank(a), a.0) < (rank(b), b.0)
         }
         if let (tid, kind, _) = candidates.first, let thread = threads[tid] {
@@ -128,7 +139,7 @@ extension ProcessTracker {
         publishForGuardian()  // nothing left for the guardian to restore
     }
 
-    /// Hazard 4 for a thread whose clone PageWatch did not see: glibc and
+    /// The exit words of a thread whose clone PageWatch did not see: glibc and
     /// musl keep its `clear_child_tid` word (`&pthread->tid`) in the thread
     /// control block at the thread pointer; the first 4-byte-aligned word
     /// there holding the thread's tid is taken for it.

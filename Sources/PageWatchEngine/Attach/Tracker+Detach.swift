@@ -44,8 +44,13 @@ extension Tracker {
         let live = processes.values.filter { $0.end == nil }
         guard live.allSatisfy({ $0.threads.keys.allSatisfy(attach.parked.contains) }) else {
             if Self.debug {
-                let waits = "  detach waits for " + live.flatMap { p in p.threads.keys.sorted().filter { !attach.parked.contains($0) }.map {
-                    "\($0) \(p.threads[$0].map { "interrupt \($0.interrupt.pending) waiting \(String(describing: $0.waiting))" } ?? "")" } }
+                let waits =
+                    "  detach waits for "
+                    + live.flatMap { p in
+                        p.threads.keys.sorted().filter { !attach.parked.contains($0) }.map {
+                            "\($0) \(p.threads[$0].map { "interrupt \($0.interrupt.pending) waiting \(String(describing: $0.waiting))" } ?? "")"
+                        }
+                    }
                     .joined(separator: ", ")
                 if waits != attach.lastDetachWait { trace(waits) }
                 attach.lastDetachWait = waits
@@ -110,8 +115,10 @@ extension Tracker {
     func unparkForUserfaultWaiters(now: UInt64) {
         guard let attach = attachState else { return }
         for p in processes.values where p.end == nil {
-            for (tid, state) in p.threads where attach.parked.contains(tid) && !attach.parkedWaiting.contains(tid)
-            && !state.exiting && !state.inGroupStop {
+            for (tid, state) in p.threads
+            where attach.parked.contains(tid) && !attach.parkedWaiting.contains(tid)
+                && !state.exiting && !state.inGroupStop
+            {
                 trace("  detach: \(tid) runs on while a thread waits for the program's userfaultfd handler")
                 do {
                     if let held = attach.parkedSignals.removeValue(forKey: tid) {

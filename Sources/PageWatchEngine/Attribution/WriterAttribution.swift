@@ -10,7 +10,7 @@ import PageWatchPtrace
 final class WriterAttribution {
     unowned let session: Tracker
     let pid: Int32
-    /// The writers of the pages dirtied since the last sweep (issue 5).
+    /// The writers of the pages dirtied since the last sweep.
     var ledger = WriterLedger()
     /// Unwinds writers' stacks; made at the first need, per image.
     var unwinder: Unwinder?
@@ -52,12 +52,14 @@ final class WriterAttribution {
     /// was, unwinding only. `phase`: the `seq` of the sweep that will report it.
     func noteWrite(_ page: RemoteAddress, by writer: Writer, fault: Bool, tid: Int32, phase: Int) {
         // Attribution off and nobody observing: no writer to keep (the
-        // ledger's map would cost memory per dirty page, issue 6).
+        // ledger's map would cost memory per dirty page).
         guard stackDepth > 0 || session.writeObserver != nil else { return }
         guard ledger.record(page, by: writer, fault: fault), let observe = session.writeObserver else { return }
         let frames = writer.stack.enumerated().map { i, ip in frame(ip, isReturnAddress: i > 0) }
-        observe(PageWrite(pid: pid, tid: tid, page: Page.floor(page), phase: phase, kernel: writer.kernel,
-                          fault: fault, frames: frames))
+        observe(
+            PageWrite(
+                pid: pid, tid: tid, page: Page.floor(page), phase: phase, kernel: writer.kernel,
+                fault: fault, frames: frames))
     }
 
     /// A sweep's `sites` for `dirty` (nil with attribution off). `reportedAgain`:

@@ -1,8 +1,9 @@
 import PageWatchAddressSpace
 import PageWatchLog
 
-/// Who wrote a page (issue 5): a store by the program, stopped at its fault,
-/// or the kernel on the program's behalf (hazards 1, 2, 4), at the call site.
+/// Who wrote a page: a store by the program, stopped at its fault,
+/// or the kernel on the program's behalf (a syscall's output, a signal frame,
+/// a thread's exit words), at the call site.
 struct Writer: Hashable {
     /// `read`, `signal frame SIGUSR1`, ...: the kernel wrote for this; nil
     /// for the program's own store.
@@ -45,7 +46,7 @@ struct WriterLedger {
         return pageWriter.insert(Page.floor(page).value / Page.size, writer: i)
     }
 
-    /// A fault at a page another thread had just made writable (hazard 11):
+    /// A fault at a page another thread had just made writable:
     /// counted to that page's writer.
     mutating func countFault(at page: RemoteAddress) {
         if let i = pageWriter.writer(of: Page.floor(page).value / Page.size) { faults[i] += 1 }
@@ -59,13 +60,16 @@ struct WriterLedger {
     /// `keepingWriters`: the pages stay dirty and are reported again (a
     /// sweep that could not re-arm), so their writers are kept; only the
     /// fault counts start again.
-    mutating func sites(of dirty: PageSet, pinned: PageSet, keepingWriters: Bool = false,
-                        symbolizing: ([UInt64]) -> [Frame]) -> [WriteSite] {
+    mutating func sites(
+        of dirty: PageSet, pinned: PageSet, keepingWriters: Bool = false,
+        symbolizing: ([UInt64]) -> [Frame]
+    ) -> [WriteSite] {
         var pages = [PageSet](repeating: PageSet(), count: writers.count)
         var unseen = PageSet(), pinnedPages = PageSet()
         for range in dirty.ranges {
             pageWriter.forEachRun(in: range.start.value / Page.size..<range.end.value / Page.size) { run, writer in
-                let r = AddressRange(start: RemoteAddress(run.lowerBound * Page.size), end: RemoteAddress(run.upperBound * Page.size))
+                let r = AddressRange(
+                    start: RemoteAddress(run.lowerBound * Page.size), end: RemoteAddress(run.upperBound * Page.size))
                 if let i = writer {
                     pages[i].insert(r)
                     return
@@ -79,7 +83,8 @@ struct WriterLedger {
             }
         }
         func site(_ set: PageSet, _ faults: Int, _ frames: [Frame]) -> WriteSite {
-            WriteSite(pages: set.ranges.reduce(0) { $0 + $1.pageCount }, faults: faults, ranges: set.ranges, frames: frames)
+            WriteSite(
+                pages: set.ranges.reduce(0) { $0 + $1.pageCount }, faults: faults, ranges: set.ranges, frames: frames)
         }
         var sites: [WriteSite] = []
         for (i, w) in writers.enumerated() where !pages[i].isEmpty || faults[i] > 0 {
@@ -97,7 +102,7 @@ struct WriterLedger {
 /// chunks of 64 pages: a chunk whose written pages all have one writer (a
 /// loop's stores, a `read` buffer) costs one dictionary entry, not one a
 /// page (1 Mi pages at about 48 bytes each were most of the tracker's
-/// memory, issue 6). Pages whose writer is not their chunk's are kept apart.
+/// memory). Pages whose writer is not their chunk's are kept apart.
 struct PageWriters {
     private struct Chunk {
         var written: UInt64 = 0

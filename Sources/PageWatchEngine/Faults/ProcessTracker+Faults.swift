@@ -9,7 +9,7 @@ extension ProcessTracker {
     func handleSegv(_ info: SignalInfo, _ thread: TrackedThread) throws -> Bool {
         let tid = thread.tid
         if info.code == SignalInfo.SI_KERNEL {
-            // The kernel could not update the thread's rseq area (hazard 3).
+            // The kernel could not update the thread's rseq area.
             return try rescueRseq(thread)
         }
         guard info.code == SignalInfo.SEGV_ACCERR else { return false }
@@ -34,9 +34,9 @@ extension ProcessTracker {
             try resume(thread)
             return true
         case .writable(let protection):
-            // Another thread got there first (hazard 11): just retry the write.
+            // Another thread got there first: just retry the write.
             // At the same page again, make sure the kernel has the program's
-            // protection there; a third time the fault is not ours (hazard 14).
+            // protection there; a third time the fault is not ours (a guard region, say).
             guard protection.contains(.write) else { return false }
             let repeats: Int
             if thread.suppressedFault.page == page { repeats = thread.suppressedFault.repeats + 1 } else { repeats = 0 }
@@ -79,7 +79,7 @@ extension ProcessTracker {
             memory.markWritten(page)
             return
         } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
-            // vm.max_map_count reached (hazard 12): every page made writable
+            // vm.max_map_count reached: every page made writable
             // inside an armed range split a VMA. Below: re-arm the whole
             // region early, keeping its dirty bits (the report stays exact),
             // which merges its VMAs back into one; then try again.
@@ -118,7 +118,10 @@ extension ProcessTracker {
         let tid = thread.tid
         var rounds = 0
         while rounds < 8,
-              let i = thread.signals.held.firstIndex(where: { $0.signal == Signal.SIGSEGV && $0.code == SignalInfo.SEGV_ACCERR }) {
+            let i = thread.signals.held.firstIndex(where: {
+                $0.signal == Signal.SIGSEGV && $0.code == SignalInfo.SEGV_ACCERR
+            })
+        {
             rounds += 1
             let page = Page.floor(thread.signals.held[i].faultAddress)
             switch memory.state(of: page) {
@@ -136,8 +139,11 @@ extension ProcessTracker {
                 return  // the program's own fault: delivered as it is
             }
         }
-        if let i = thread.signals.held.firstIndex(where: { $0.signal == Signal.SIGSEGV && $0.code == SignalInfo.SI_KERNEL }),
-           let area = try? Ptrace.rseqArea(tid), case .armed = memory.state(of: area.address) {
+        if let i = thread.signals.held.firstIndex(where: {
+            $0.signal == Signal.SIGSEGV && $0.code == SignalInfo.SI_KERNEL
+        }),
+            let area = try? Ptrace.rseqArea(tid), case .armed = memory.state(of: area.address)
+        {
             thread.signals.held.remove(at: i)
             thread.rseqKnown = true
             try injector.pin(area.range.pageAligned, in: &memory, thread)

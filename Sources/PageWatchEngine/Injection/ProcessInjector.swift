@@ -53,8 +53,11 @@ final class ProcessInjector {
     /// a syscall entry abandons the call (rewound at the resume); signals
     /// that arrived meanwhile are held; an interrupt stop passed on the way
     /// was consumed.
-    func inject<Result>(_ thread: TrackedThread, _ body: (RemoteSyscall, Int64?) throws -> (Result, RemoteSyscall.Outcome))
-        rethrows -> Result? {
+    func inject<Result>(
+        _ thread: TrackedThread, _ body: (RemoteSyscall, Int64?) throws -> (Result, RemoteSyscall.Outcome)
+    )
+        rethrows -> Result?
+    {
         guard let remote else { return nil }
         if thread.syscall.entryRegisters != nil { thread.syscall.injectedAtEntry = true }
         let (result, outcome) = try body(remote, thread.syscall.completing)
@@ -65,11 +68,14 @@ final class ProcessInjector {
 
     /// Runs a call that takes or fills a structure in the scratch pages
     /// (`RemoteSyscall.run(_:_:input:outputCount:in:completing:)`).
-    func run(_ number: Int64, _ arguments: [UInt64], input: [UInt8], outputCount: Int,
-             _ thread: TrackedThread) throws -> (value: Int64, output: [UInt8])? {
+    func run(
+        _ number: Int64, _ arguments: [UInt64], input: [UInt8], outputCount: Int,
+        _ thread: TrackedThread
+    ) throws -> (value: Int64, output: [UInt8])? {
         try inject(thread) { remote, completing in
-            let (outcome, raw) = try remote.run(number, arguments, input: input, outputCount: outputCount,
-                                                in: thread.tid, completing: completing)
+            let (outcome, raw) = try remote.run(
+                number, arguments, input: input, outputCount: outputCount,
+                in: thread.tid, completing: completing)
             return ((outcome.value, raw), outcome)
         }
     }
@@ -90,20 +96,23 @@ final class ProcessInjector {
     }
 
     /// Several `mprotect`s in one injection when there are several (the
-    /// batch loop, issue 6), else one; their results in order (0 or -errno).
+    /// scratch code page's batch loop), else one; their results in order (0 or -errno).
     func protectAll(_ changes: [ProtectionChange], _ thread: TrackedThread) throws -> [Int64] {
         let tid = thread.tid
         guard changes.count > 1, Self.batchedSweeps, remote != nil else {
             return try changes.map { c in
-                do { try protect(c.range, c.protection, thread); return 0 } catch TraceError.remoteSyscall(_, let e, _, _) {
+                do { try protect(c.range, c.protection, thread); return 0 } catch TraceError.remoteSyscall(
+                    _, let e, _, _)
+                {
                     return -Int64(e.rawValue)
                 }
             }
         }
         trace("  mprotect batch of \(changes.count) in \(tid)")
-        let results = try inject(thread) { remote, completing in
-            try remote.mprotectBatch(changes.map { ($0.range, $0.protection) }, in: tid, completing: completing)
-        } ?? []
+        let results =
+            try inject(thread) { remote, completing in
+                try remote.mprotectBatch(changes.map { ($0.range, $0.protection) }, in: tid, completing: completing)
+            } ?? []
         if Tracker.debug {
             for (c, r) in zip(changes, results) where r != 0 {
                 trace("    \(c.range) \(c.protection): \(r); maps: \(mappings(overlapping: c.range, tid: tid))")
@@ -125,11 +134,13 @@ final class ProcessInjector {
         let tid = thread.tid
         trace("  populate \(pages.count) mapping(s) in \(tid)")
         let calls = pages.map {
-            RemoteSyscall.BatchCall(number: HostArchitecture.syscalls.madvise, $0.value, Page.size, Self.madvPopulateWrite)
+            RemoteSyscall.BatchCall(
+                number: HostArchitecture.syscalls.madvise, $0.value, Page.size, Self.madvPopulateWrite)
         }
-        let results = try inject(thread) { remote, completing in
-            try remote.batch(calls, in: tid, completing: completing)
-        } ?? []
+        let results =
+            try inject(thread) { remote, completing in
+                try remote.batch(calls, in: tid, completing: completing)
+            } ?? []
         for (page, r) in zip(pages, results) where r != 0 {
             if r == -Int64(EINVAL) {
                 Self.populateUnsupported = true
@@ -157,13 +168,16 @@ final class ProcessInjector {
         let mprotect = HostArchitecture.syscalls.mprotect
         let calls = [
             RemoteSyscall.BatchCall(number: mprotect, range.start.value, range.length, UInt64(protection.rawValue)),
-            RemoteSyscall.BatchCall(number: HostArchitecture.syscalls.madvise, range.start.value, Page.size,
-                                    Self.madvPopulateWrite),
-            RemoteSyscall.BatchCall(number: mprotect, range.start.value, range.length, UInt64(protection.armed.rawValue)),
+            RemoteSyscall.BatchCall(
+                number: HostArchitecture.syscalls.madvise, range.start.value, Page.size,
+                Self.madvPopulateWrite),
+            RemoteSyscall.BatchCall(
+                number: mprotect, range.start.value, range.length, UInt64(protection.armed.rawValue)),
         ]
-        let results = try inject(thread) { remote, completing in
-            try remote.batch(calls, in: tid, completing: completing)
-        } ?? []
+        let results =
+            try inject(thread) { remote, completing in
+                try remote.batch(calls, in: tid, completing: completing)
+            } ?? []
         guard results.count == 3 else { return true }
         if results[1] == -Int64(EINVAL) {
             Self.populateUnsupported = true

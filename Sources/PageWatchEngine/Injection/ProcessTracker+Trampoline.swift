@@ -2,7 +2,7 @@ import Glibc
 import PageWatchAddressSpace
 import PageWatchPtrace
 
-/// The one-stop fault path (issue 6, `FaultTrampoline`): the thread runs
+/// The one-stop fault path (`FaultTrampoline`): the thread runs
 /// the un-arming `mprotect` itself on its way back to the faulting
 /// instruction, so PageWatch does not wait for a second stop.
 extension ProcessTracker {
@@ -13,11 +13,13 @@ extension ProcessTracker {
     /// Un-arms `page` through the thread's trampoline slot and resumes the
     /// thread. False when it cannot be used here (no slot free, signals
     /// held for the thread, a syscall stop); the caller takes the slow path.
-    func unarmThroughTrampoline(_ page: RemoteAddress, _ protection: Protection, _ thread: TrackedThread) throws -> Bool {
+    func unarmThroughTrampoline(_ page: RemoteAddress, _ protection: Protection, _ thread: TrackedThread) throws -> Bool
+    {
         let tid = thread.tid
         guard Self.oneStopFaults, injector.slotsUsable, let slots = injector.slots, thread.signals.held.isEmpty,
-              thread.syscall.entryRegisters == nil, thread.syscall.pendingExit == nil, thread.syscall.completing == nil,
-              session.detaching == nil, let slot = thread.trampoline.slot ?? freeTrampolineSlot() else { return false }
+            thread.syscall.entryRegisters == nil, thread.syscall.pendingExit == nil, thread.syscall.completing == nil,
+            session.detaching == nil, let slot = thread.trampoline.slot ?? freeTrampolineSlot()
+        else { return false }
         if thread.trampoline.slowPathPage == page {
             thread.trampoline.slowPathPage = nil
             return false
@@ -41,16 +43,18 @@ extension ProcessTracker {
     /// know the scratch address): resumed at once, true. Anywhere else in
     /// the slot's code (a signal or an interrupt came first): the registers
     /// the slot would have left; if its call has not run, or failed (ENOMEM
-    /// at vm.max_map_count, hazard 12), the page is still protected: armed
+    /// at vm.max_map_count), the page is still protected: armed
     /// again in the model, keeping its dirty bit, and the write faults again
     /// and takes the slow path.
     func settleTrampoline(_ thread: TrackedThread, at event: StopEvent) throws -> Bool {
         let tid = thread.tid
         guard let page = thread.trampoline.page, let slot = thread.trampoline.slot,
-              injector.remote != nil else { return false }
+            injector.remote != nil
+        else { return false }
         if case .signalDelivery(_, Signal.SIGSEGV) = event, let info = try? Ptrace.signalInfo(tid),
-           info.code == SignalInfo.SEGV_ACCERR, Page.floor(info.faultAddress) != page {
-            // The common case, cheaply (issue 6): a write fault on another
+            info.code == SignalInfo.SEGV_ACCERR, Page.floor(info.faultAddress) != page
+        {
+            // The common case, cheaply: a write fault on another
             // page. The thread has left the slot and got past the write that
             // faulted on `page` (had the slot's mprotect failed, that write
             // would have faulted again on `page`): nothing to settle or read.

@@ -2,8 +2,8 @@ import Glibc
 import PageWatchAddressSpace
 import PageWatchPtrace
 
-/// The fault slots' data page shared between the tracee and PageWatch
-/// (issue 6): a memfd mapped `MAP_SHARED` at the data page in the tracee
+/// The fault slots' data page shared between the tracee and PageWatch:
+/// a memfd mapped `MAP_SHARED` at the data page in the tracee
 /// and anywhere in PageWatch, so that sending a thread through its slot
 /// writes the slot's words with plain stores instead of a
 /// `process_vm_writev` (about 2 us a fault).
@@ -45,7 +45,9 @@ final class SharedSlotData {
         }
     }
 
-    static func mapBoth(_ injector: RemoteSyscall, fd: UInt64, in tid: Int32, held: inout [HeldSignal]) throws -> SharedSlotData {
+    static func mapBoth(_ injector: RemoteSyscall, fd: UInt64, in tid: Int32, held: inout [HeldSignal]) throws
+        -> SharedSlotData
+    {
         typealias Arch = HostArchitecture
         let data = injector.trampoline.data
         held += try injector.call("ftruncate", Arch.syscalls.ftruncate, [fd, Page.size], in: tid).held
@@ -55,7 +57,8 @@ final class SharedSlotData {
         if localFD < 0 { throw TraceError.call("open \(path)", Errno(errno), tid: tid, address: data) }
         defer { close(localFD) }
         guard let local = mmap(nil, Int(Page.size), PROT_READ | PROT_WRITE, MAP_SHARED, localFD, 0),
-              local != MAP_FAILED else {
+            local != MAP_FAILED
+        else {
             throw TraceError.call("mmap of the slots' page", Errno(errno), tid: tid, address: data)
         }
         let shared = SharedSlotData(local: local)
@@ -74,13 +77,16 @@ final class SharedSlotData {
 
     /// An injected `mmap(MAP_FIXED | flags)` of `fd` (read+write) over
     /// `injector`'s data page.
-    static func mapDataPage(_ injector: RemoteSyscall, flags: UInt64, fd: UInt64, in tid: Int32,
-                            held: inout [HeldSignal]) throws {
+    static func mapDataPage(
+        _ injector: RemoteSyscall, flags: UInt64, fd: UInt64, in tid: Int32,
+        held: inout [HeldSignal]
+    ) throws {
         let data = injector.trampoline.data
         let rw = UInt64(Protection.read.union(.write).rawValue)
         let mapFixed: UInt64 = 0x10
-        let mapped = try injector.call("mmap", HostArchitecture.syscalls.mmap,
-                                       [data.value, Page.size, rw, flags | mapFixed, fd, 0], in: tid, address: data)
+        let mapped = try injector.call(
+            "mmap", HostArchitecture.syscalls.mmap,
+            [data.value, Page.size, rw, flags | mapFixed, fd, 0], in: tid, address: data)
         held += mapped.held
         guard mapped.value == data.value else {
             throw TraceError.remoteSyscall("mmap of the slots' page", Errno(EINVAL), tid: tid, address: data)

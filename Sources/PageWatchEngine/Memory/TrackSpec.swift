@@ -101,13 +101,16 @@ public struct Selection: Sendable, CustomStringConvertible {
 /// `--interval`: `250ms`, `2s`, `1.5s`, `100us`, `1m`, `0` (off). Nanoseconds.
 public enum IntervalParser {
     public static func parse(_ text: String) -> UInt64? {
-        let units: [(String, Double)] = [("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9)]
+        let units: [(String, Double)] = [
+            ("ns", 1), ("us", 1e3), ("µs", 1e3), ("ms", 1e6), ("s", 1e9), ("m", 60e9), ("h", 3600e9),
+        ]
         if text == "0" { return 0 }
         for (suffix, scale) in units where text.hasSuffix(suffix) {
             let number = text.dropLast(suffix.count)
             // "ms" also ends in "s": only accept a purely numeric remainder.
             guard !number.isEmpty, number.allSatisfy({ $0.isNumber || $0 == "." }),
-                  let v = Double(number), v >= 0, v.isFinite else { continue }
+                let v = Double(number), v >= 0, v.isFinite
+            else { continue }
             let ns = v * scale
             guard ns < 1e18 else { return nil }
             return UInt64(ns.rounded())

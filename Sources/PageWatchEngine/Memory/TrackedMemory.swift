@@ -79,7 +79,7 @@ public struct TrackedMemory: Sendable {
     }
 
     /// Marks every page of region `r` writable and dirty (the fallback when a
-    /// single-page mprotect fails at vm.max_map_count, hazard 12).
+    /// single-page mprotect fails at vm.max_map_count).
     public mutating func markRegionWritten(containing a: RemoteAddress) -> ProtectionChange? {
         guard let r = regionIndex(containing: a) else { return nil }
         regions[r].armed.clearAll()
@@ -114,7 +114,8 @@ public struct TrackedMemory: Sendable {
                 var probe = group.mapping
                 probe.range = entry.range
                 // Which pages would be selected if writable; protection is decided per run below.
-                let parts = selection.selectedPart(of: probe, protection: [.read, .write], isThreadStack: isThreadStack)
+                let parts = selection.selectedPart(
+                    of: probe, protection: [.read, .write], isThreadStack: isThreadStack)
                 for part in parts {
                     var page = part.start
                     while page < part.end {
@@ -137,7 +138,7 @@ public struct TrackedMemory: Sendable {
     }
 
     /// The calls that arm the whole region containing `a` (its pinned pages
-    /// excepted), used to merge its VMAs back at vm.max_map_count (hazard 12).
+    /// excepted), used to merge its VMAs back at vm.max_map_count.
     public func rearmRegionPlan(containing a: RemoteAddress) -> [ProtectionChange]? {
         guard let r = regionIndex(containing: a) else { return nil }
         var rest = PageSet([regions[r].range])
@@ -172,8 +173,10 @@ public struct TrackedMemory: Sendable {
             for i in pages where regions[r].armed[i] {
                 regions[r].armed[i] = false
                 regions[r].dirty[i] = true
-                changes.append(ProtectionChange(range: regions[r].range(ofPages: i..<(i + 1)),
-                                                protection: regions[r].protection))
+                changes.append(
+                    ProtectionChange(
+                        range: regions[r].range(ofPages: i..<(i + 1)),
+                        protection: regions[r].protection))
             }
         }
         return changes
@@ -195,7 +198,7 @@ public struct TrackedMemory: Sendable {
     /// region, from its first dirty page to its last, split only around
     /// pinned pages. Clean pages in between are armed already, and arming
     /// them again is harmless, so scattered dirty pages cost one call, and
-    /// the VMAs the faults split merge back (hazard 12).
+    /// the VMAs the faults split merge back (so vm.max_map_count is not reached).
     public func rearmPlan() -> [ProtectionChange] {
         var plan: [ProtectionChange] = []
         for r in regions where r.dirty.setCount > 0 && r.protection.contains(.write) {
@@ -295,14 +298,15 @@ public struct TrackedMemory: Sendable {
         return tracked ? (nil, true) : nil
     }
 
-    // MARK: - Edits for the program's own memory syscalls (hazard 5)
+    // MARK: - Edits for the program's own memory syscalls
 
     /// Makes a region boundary at `a` (splitting the region containing it).
     mutating func split(at a: RemoteAddress) {
         guard let r = regionIndex(containing: a), regions[r].range.start != a else { return }
         let old = regions[r]
         let cut = old.index(of: a)
-        var left = TrackedRegion(range: AddressRange(start: old.range.start, end: old.range.start), protection: old.protection)
+        var left = TrackedRegion(
+            range: AddressRange(start: old.range.start, end: old.range.start), protection: old.protection)
         var right = TrackedRegion(range: AddressRange(start: a, end: a), protection: old.protection)
         left.append(pages: 0..<cut, of: old, unarming: false)
         right.append(pages: cut..<old.armed.pageCount, of: old, unarming: false)
@@ -488,7 +492,9 @@ struct RegionBuilder {
     /// nothing is shared, not copied.
     private mutating func appendKept(_ pages: Range<Int>, of old: TrackedRegion) {
         let range = old.range(ofPages: pages)
-        if pages == 0..<old.armed.pageCount, regions.last.map({ $0.range.end != range.start || $0.protection != old.protection }) ?? true {
+        if pages == 0..<old.armed.pageCount,
+            regions.last.map({ $0.range.end != range.start || $0.protection != old.protection }) ?? true
+        {
             regions.append(old)
             return
         }
@@ -505,12 +511,13 @@ struct MappingGroup {
     static func group(_ maps: [Mapping]) -> [MappingGroup] {
         var out: [MappingGroup] = []
         for m in maps {
-            let continues = out.last.map { last in
-                last.mapping.range.end == m.range.start && last.mapping.isPrivate == m.isPrivate
-                    && last.mapping.inode == m.inode && samePath(last.entries.last!.path, m.path)
-                    && last.mapping.device == m.device
-                    && last.entries.last!.protection.union(.write) == m.protection.union(.write)
-            } ?? false
+            let continues =
+                out.last.map { last in
+                    last.mapping.range.end == m.range.start && last.mapping.isPrivate == m.isPrivate
+                        && last.mapping.inode == m.inode && samePath(last.entries.last!.path, m.path)
+                        && last.mapping.device == m.device
+                        && last.entries.last!.protection.union(.write) == m.protection.union(.write)
+                } ?? false
             if continues {
                 // In place: a copy of the last group would copy its entries at
                 // every line, quadratic in the VMAs scattered faults split a mapping into.

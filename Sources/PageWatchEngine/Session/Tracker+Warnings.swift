@@ -31,14 +31,18 @@ extension Tracker {
     /// `attach`, at the start: a selection with no page in the process now.
     func warnIfNothingSelected(_ selected: UInt64) {
         guard selected == 0 else { return }
-        warn("--track \(config.selection.description) selects no page of pid \(main.pid): nothing is tracked unless such memory appears")
+        warn(
+            "--track \(config.selection.description) selects no page of pid \(main.pid): nothing is tracked unless such memory appears"
+        )
     }
 
     /// `run`, at the end: no sweep of the program ever had a page selected
     /// (and no `file:` warning said so already).
     func warnIfNothingWasEverSelected() {
         guard !main.everSelected, !warnedAboutSelection else { return }
-        warn("--track \(config.selection.description) selected no page of the program during the run: nothing was tracked")
+        warn(
+            "--track \(config.selection.description) selected no page of the program during the run: nothing was tracked"
+        )
     }
 
     /// After an exec PageWatch saw (the program's first one included): a
@@ -48,9 +52,10 @@ extension Tracker {
         guard let denied = ExecPrivilege.denied(pid: pid, launched: resumeMode != .syscallStops) else { return }
         let path = ProcFS.executable(of: pid) ?? "pid \(pid)"
         guard warnedPrivilegedImages.insert(path).inserted else { return }
-        warn("\(path) (pid \(pid)) runs without its privileges (\(denied)): the kernel drops them for a program "
-             + "traced without CAP_SYS_PTRACE\(resumeMode != .syscallStops ? " or under the no_new_privs PageWatch sets without CAP_SYS_ADMIN" : ""); "
-             + "it may fail or print wrong data: run PageWatch as root to keep them")
+        warn(
+            "\(path) (pid \(pid)) runs without its privileges (\(denied)): the kernel drops them for a program "
+                + "traced without CAP_SYS_PTRACE\(resumeMode != .syscallStops ? " or under the no_new_privs PageWatch sets without CAP_SYS_ADMIN" : ""); "
+                + "it may fail or print wrong data: run PageWatch as root to keep them")
     }
 }
 

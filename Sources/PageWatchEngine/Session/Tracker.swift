@@ -14,7 +14,7 @@ public struct TrackerConfiguration: Sendable {
     public var sweepSignal: Int32?
     /// Track the processes the program forks too, each with its own sweeps.
     public var followForks: Bool
-    /// Frames recorded per writer (issue 5); 0 turns attribution off.
+    /// Frames recorded per writer; 0 turns attribution off.
     public var stackDepth: Int
     /// `attach`: detach by itself after this long (nanoseconds) ...
     public var durationNs: UInt64?
@@ -34,8 +34,10 @@ public struct TrackerConfiguration: Sendable {
     /// pages whose contents changed with no write reported (`missed` records).
     public var verifyContents = false
 
-    public init(command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,
-                followForks: Bool = false, stackDepth: Int = 16) {
+    public init(
+        command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,
+        followForks: Bool = false, stackDepth: Int = 16
+    ) {
         self.stackDepth = stackDepth
         self.command = command
         self.selection = selection
@@ -74,7 +76,8 @@ public final class Tracker {
     var processes: [Int32: ProcessTracker] = [:]
     var timer: SweepTimer?
     /// Descendant processes that are not tracked but must stay traced for
-    /// their whole life (the seccomp filter, hazard 8), by tid.
+    /// their whole life (the seccomp filter they inherited needs a tracer),
+    /// by tid.
     var untracked: Set<Int32> = []
     /// fork/vfork children by pid, from their parent's event until their first stop.
     var newChildren: [Int32: (kind: PtraceEvent, parent: ProcessTracker)] = [:]
@@ -94,7 +97,8 @@ public final class Tracker {
     /// The program runs and the start record is out.
     public internal(set) var started = false
     /// `PTRACE_CONT` in launch mode (the seccomp filter picks the syscalls),
-    /// `PTRACE_SYSCALL` in attach mode (no filter can be used there, hazard 8).
+    /// `PTRACE_SYSCALL` in attach mode (no filter can be used there:
+    /// it would outlive the detach).
     var resumeMode: ResumeMode = .continuing
     /// `pagewatch attach` only: the guardian, the first stops, the detach.
     var attachState: AttachState?
@@ -115,23 +119,28 @@ public final class Tracker {
         Wait.spinNs = configuration.spinNs  // process-wide: PageWatch traces from one thread
     }
 
-    static let options: TraceOptions = [.exitKill, .traceSysGood, .traceClone, .traceExec, .traceExit,
-                                        .traceSeccomp, .traceFork, .traceVfork]
+    static let options: TraceOptions = [
+        .exitKill, .traceSysGood, .traceClone, .traceExec, .traceExit,
+        .traceSeccomp, .traceFork, .traceVfork,
+    ]
 
     /// Runs the program to its end. Throws when it cannot be started or traced.
     public func run() throws -> ProgramEnd {
-        let pid = try Launcher.launch(config.command, options: Self.options, standardOutput: config.standardOutput,
-                                      emptySignalMask: config.emptySignalMask,
-                                      seccompFilter: ProcessTracker.interceptionFilter())
+        let pid = try Launcher.launch(
+            config.command, options: Self.options, standardOutput: config.standardOutput,
+            emptySignalMask: config.emptySignalMask,
+            seccompFilter: ProcessTracker.interceptionFilter())
         main = ProcessTracker(session: self, pid: pid, parent: nil)
         processes[pid] = main
         main.threads[pid] = TrackedThread(tid: pid)
         let polling = holdIdlePolling()
         defer { withExtendedLifetime(polling) {} }
         try main.startImage(tid: pid)
-        emit(.start(pid: pid, pageSize: Page.size, command: config.command,
-                    tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
-                    selectedPages: main.selectedPagesNow()))
+        emit(
+            .start(
+                pid: pid, pageSize: Page.size, command: config.command,
+                tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
+                selectedPages: main.selectedPagesNow()))
         warnAboutFileSpecs()
         started = true
         // The program shares our terminal: Ctrl-C and Ctrl-\ are for it, and
@@ -157,8 +166,10 @@ public final class Tracker {
     func holdIdlePolling() -> CPUIdlePolling? {
         guard config.idlePolling else { return nil }
         let request = CPUIdlePolling.request()
-        trace(request == nil ? "idle CPUs not kept polling (/dev/cpu_dma_latency not writable)"
-                             : "idle CPUs kept polling (/dev/cpu_dma_latency = 0)")
+        trace(
+            request == nil
+                ? "idle CPUs not kept polling (/dev/cpu_dma_latency not writable)"
+                : "idle CPUs kept polling (/dev/cpu_dma_latency = 0)")
         return request
     }
 
@@ -166,7 +177,7 @@ public final class Tracker {
 
     func eventLoop() throws {
         // Until the program ends, and then until every descendant has: they
-        // carry the seccomp filter and need their tracer (hazard 8).
+        // carry the seccomp filter and need their tracer.
         while processes.values.contains(where: { !$0.isDone }) || !untracked.isEmpty || !followedChildren.isEmpty {
             // Stops first: a thread waits for us at each one, and a pending
             // sweep is served at the next of them.
@@ -257,7 +268,7 @@ public final class Tracker {
     }
 }
 
-// MARK: - New tasks and the processes PageWatch does not track (hazards 7, 8)
+// MARK: - New tasks and the processes PageWatch does not track
 
 extension Tracker {
     /// A tracked process forked or vforked `child` (its event stop, in `thread`).
@@ -335,7 +346,9 @@ extension Tracker {
             try p.learnRseq(state)
             try p.sweepIfPending(in: state)
             try p.resume(state)
-        } else if let group = threadGroup(of: tid), untracked.contains(group) || untracked.contains(parentProcess(of: tid)) {
+        } else if let group = threadGroup(of: tid),
+            untracked.contains(group) || untracked.contains(parentProcess(of: tid))
+        {
             // A descendant of an untracked process: nothing of ours is armed in it.
             untracked.insert(tid)
             try Ptrace.cont(tid)
@@ -350,9 +363,10 @@ extension Tracker {
     func disarmCopy(_ child: Int32) throws {
         guard let (injector, regions) = armedAtFork.removeValue(forKey: child), let injector else { return }
         for region in regions {
-            let o = try injector.run(HostArchitecture.syscalls.mprotect,
-                                     [region.range.start.value, region.range.length, UInt64(region.protection.rawValue)],
-                                     in: child)
+            let o = try injector.run(
+                HostArchitecture.syscalls.mprotect,
+                [region.range.start.value, region.range.length, UInt64(region.protection.rawValue)],
+                in: child)
             for h in o.heldSignals { try? Ptrace.tgkill(child, child, h.signal) }
         }
     }

@@ -26,8 +26,11 @@ extension ProcessTracker {
     func queryAction(_ sig: Int32, _ thread: TrackedThread) throws -> [UInt8]? {
         guard let remote = injector.remote, let number = Arch.number(.rt_sigaction) else { return nil }
         let size = Int(Arch.layout.kernelSigaction)
-        guard let (value, raw) = try injector.run(number, [UInt64(sig), 0, remote.argumentArea.value, Self.sigsetSize],
-                                                  input: [], outputCount: size, thread) else { return nil }
+        guard
+            let (value, raw) = try injector.run(
+                number, [UInt64(sig), 0, remote.argumentArea.value, Self.sigsetSize],
+                input: [], outputCount: size, thread)
+        else { return nil }
         return value == 0 && raw.count == size ? raw : nil
     }
 
@@ -37,14 +40,20 @@ extension ProcessTracker {
     /// Remembers which handlers run on the alternate stack (SA_ONSTACK).
     func noteFlags(of action: [UInt8], signal: UInt64) {
         let onStack: UInt64 = 0x0800_0000, bit = UInt64(1) << (signal - 1)
-        if littleEndian(action, at: 8) & onStack != 0 { signalActions.onStack |= bit } else { signalActions.onStack &= ~bit }
+        if littleEndian(action, at: 8) & onStack != 0 {
+            signalActions.onStack |= bit
+        } else {
+            signalActions.onStack &= ~bit
+        }
     }
 
     /// A thread's alternate signal stack from its `stack_t`; nil when disabled.
     static func alternateStack(_ raw: [UInt8]) -> AddressRange? {
-        let sp = littleEndian(raw, at: 0), flags = littleEndian(raw, at: 8) & 0xffff_ffff, size = littleEndian(raw, at: 16)
+        let sp = littleEndian(raw, at: 0), flags = littleEndian(raw, at: 8) & 0xffff_ffff,
+            size = littleEndian(raw, at: 16)
         let disable: UInt64 = 2
-        return flags & disable != 0 || size == 0 ? nil : AddressRange(start: RemoteAddress(sp), end: RemoteAddress(sp) + size)
+        return flags & disable != 0 || size == 0
+            ? nil : AddressRange(start: RemoteAddress(sp), end: RemoteAddress(sp) + size)
     }
 
     /// Learns a thread's alternate signal stack by an injected
@@ -53,8 +62,11 @@ extension ProcessTracker {
     func learnAltStack(_ thread: TrackedThread) throws {
         guard let remote = injector.remote, let number = Arch.number(.sigaltstack) else { return }
         let size = Int(Arch.layout.stackT)
-        guard let (value, raw) = try injector.run(number, [0, remote.argumentArea.value], input: [], outputCount: size,
-                                                  thread) else { return }
+        guard
+            let (value, raw) = try injector.run(
+                number, [0, remote.argumentArea.value], input: [], outputCount: size,
+                thread)
+        else { return }
         guard value == 0, raw.count == size else { return }
         thread.signals.altStackKnown = true
         thread.signals.altStack = Self.alternateStack(raw)
@@ -95,8 +107,10 @@ extension ProcessTracker {
         guard (ignoring ? now.ignored : now.caught) & Self.segvBit == 0 else { return }
         trace("  SIGSEGV action reset by the kernel's forced signal in \(tid): put back")
         guard let remote = injector.remote, let number = Arch.number(.rt_sigaction),
-              let (value, _) = try injector.run(number, [UInt64(Signal.SIGSEGV), remote.argumentArea.value, 0, Self.sigsetSize],
-                                                input: action, outputCount: 0, thread) else { return }
+            let (value, _) = try injector.run(
+                number, [UInt64(Signal.SIGSEGV), remote.argumentArea.value, 0, Self.sigsetSize],
+                input: action, outputCount: 0, thread)
+        else { return }
         if value < 0 {
             throw TraceError.remoteSyscall("rt_sigaction(SIGSEGV)", Errno(Int32(-value)), tid: tid, address: nil)
         }

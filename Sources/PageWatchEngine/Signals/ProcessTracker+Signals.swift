@@ -2,7 +2,7 @@ import Glibc
 import PageWatchAddressSpace
 import PageWatchPtrace
 
-/// Signals delivered to the program (hazard 2): the sweep signal, and the
+/// Signals delivered to the program: the sweep signal, and the
 /// frames the kernel writes for handlers, kept writable.
 extension ProcessTracker {
     func handleSignal(_ sig: Int32, _ thread: TrackedThread) throws {
@@ -48,7 +48,7 @@ extension ProcessTracker {
         try session.proceed(tid, signal: sig)
     }
 
-    /// Hazard 2: to run a handler the kernel writes the signal frame below
+    /// To run a handler the kernel writes the signal frame below
     /// the stack pointer (past the red zone), or at the top of the thread's
     /// sigaltstack for an SA_ONSTACK handler; on an armed page that write
     /// fails and the kernel kills the program. Returns the pages the frame

@@ -35,7 +35,9 @@ extension ProcessTracker {
                     for k in 0..<bytes.count / Int(Page.size) {
                         let page = start + UInt64(k) * Page.size
                         guard !dirty.contains(page), let copy = copies.pages[page] else { continue }
-                        let differs = copy.withUnsafeBytes { memcmp(now.baseAddress! + k * Int(Page.size), $0.baseAddress!, Int(Page.size)) != 0 }
+                        let differs = copy.withUnsafeBytes {
+                            memcmp(now.baseAddress! + k * Int(Page.size), $0.baseAddress!, Int(Page.size)) != 0
+                        }
                         if differs { missed.insert(page: page) }
                     }
                 }
@@ -68,7 +70,8 @@ extension ProcessTracker {
         for range in needed.ranges {
             forEachChunk(of: range, tid: tid) { start, bytes in
                 for k in 0..<bytes.count / Int(Page.size) {
-                    copies.pages[start + UInt64(k) * Page.size] = Array(bytes[k * Int(Page.size)..<(k + 1) * Int(Page.size)])
+                    copies.pages[start + UInt64(k) * Page.size] = Array(
+                        bytes[k * Int(Page.size)..<(k + 1) * Int(Page.size)])
                 }
             }
         }

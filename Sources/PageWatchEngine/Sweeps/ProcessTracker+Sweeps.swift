@@ -13,7 +13,7 @@ extension ProcessTracker {
     /// Interval sweeps need a stopped thread to inject into: interrupt one
     /// that is safe to interrupt. A thread blocked in a call that writes user
     /// memory when interrupted (nanosleep's remaining time) into an armed page
-    /// would get EFAULT (hazard 1), so such threads are left alone; when no
+    /// would get EFAULT, so such threads are left alone; when no
     /// thread is safe, the sweep reports without re-arming (`reportOnlySweep`).
     /// Returns false when no thread could be interrupted.
     @discardableResult
@@ -57,7 +57,8 @@ extension ProcessTracker {
     func sweepIfPending(in thread: TrackedThread) throws {
         let tid = thread.tid
         guard let reason = pendingSweep, session.allThreadsSeen,
-              !memoryCallInFlight(besides: tid) else { return }
+            !memoryCallInFlight(besides: tid)
+        else { return }
         try sweep(reason: reason, in: thread)
     }
 
@@ -86,15 +87,15 @@ extension ProcessTracker {
     }
 
     /// Reports and re-arms. Re-protection comes before the dirty bits are
-    /// cleared, so a write racing with the sweep lands in the next interval
-    /// (hazard 19): pages written while we work are unarmed, hence dirty, and
+    /// cleared, so a write racing with the sweep lands in the next interval:
+    /// pages written while we work are unarmed, hence dirty, and
     /// writes after their re-arm fault and are handled after this sweep.
     func sweep(reason: SweepReason, in thread: TrackedThread) throws {
         let tid = thread.tid
         if reason == .attach, try stopTrackingForIOUringBeforeAttach(thread) { return }
         if givesUpAtSweep, let why = session.givingUp { return try stopTracking(because: why, thread) }
         pendingSweep = nil
-        // Re-armed pages may fault again legitimately: forget the race markers (hazards 11, 14).
+        // Re-armed pages may fault again legitimately: forget the repeated-fault markers.
         for t in threads.values { t.suppressedFault.page = nil }
         try refreshMaps()
         checkContents(tid: tid)
@@ -104,7 +105,9 @@ extension ProcessTracker {
         // slot, not seen since, its call not yet run: that mprotect may still
         // run after this sweep and would leave the page writable behind an
         // armed model. It stays dirty, reported again next sweep.
-        for page in pagesInFlight(in: nil, besides: tid) { busy.insert(AddressRange(start: page, end: page + Page.size)) }
+        for page in pagesInFlight(in: nil, besides: tid) {
+            busy.insert(AddressRange(start: page, end: page + Page.size))
+        }
         // Buffers of io_uring requests not yet completed: the kernel writes them later.
         busy.formUnion(ioUringBuffersInFlight())
         // Mappings new since the last sweep get their anon_vma before their first arming.
@@ -113,7 +116,7 @@ extension ProcessTracker {
         for planned in memory.rearmPlan() {
             // Buffers another thread's blocked call will still write stay
             // writable (and dirty, so reported again): re-arming them now would
-            // turn its copy-out into EFAULT (hazard 1).
+            // turn its copy-out into EFAULT.
             var pieces = PageSet([planned.range])
             for b in busy.intersection(planned.range).ranges { pieces.remove(b) }
             changes += pieces.ranges.map { ProtectionChange(range: $0, protection: planned.protection) }
@@ -122,7 +125,7 @@ extension ProcessTracker {
             if result == 0 {
                 memory.markArmed(change.range)
             } else if result == -Int64(Errno.ENOMEM.rawValue) {
-                // vm.max_map_count (hazard 12), possibly applied in part: give
+                // vm.max_map_count, possibly applied in part: give
                 // the region its program protection everywhere; its pages stay
                 // dirty and are reported again next sweep (never missed).
                 try unarmRegion(containing: change.range.start, thread)
@@ -164,8 +167,9 @@ extension ProcessTracker {
         sweeps += 1
         if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
         let sites = attribution.sites(of: dirty, pinned: memory.pinned, reportedAgain: reportedAgain)
-        var record = SweepRecord(seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
-                                 ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
+        var record = SweepRecord(
+            seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
+            ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
         noteRearming(&record, dirty: dirty, reportOnly: reportedAgain)
         emit(.sweep(record))
         faultsThisInterval = 0
@@ -189,7 +193,8 @@ extension ProcessTracker {
         }
         for other in threads.keys where other != tid {
             guard case let .inSyscall(number, arguments) = ProcFS.activity(pid: liveThread(), tid: other),
-                  let call = Arch.syscall(number: number) else { continue }
+                let call = Arch.syscall(number: number)
+            else { continue }
             let outputs = SyscallOutputs(read: { a, n in (try? Ptrace.readMemory(other, a, count: n)) ?? [] })
             for r in outputs.ranges(call, arguments) ?? [] { busy.insert(r.pageAligned) }
         }
@@ -206,8 +211,9 @@ extension ProcessTracker {
     func pagesInFlight(in range: AddressRange?, besides tid: Int32? = nil) -> [RemoteAddress] {
         threads.compactMap { other, state -> RemoteAddress? in
             guard other != tid, let page = state.trampoline.page,
-                  range.map({ $0.pageAligned.contains(page) }) ?? true, case .writable = memory.state(of: page),
-                  !slotCallSucceeded(state) else { return nil }
+                range.map({ $0.pageAligned.contains(page) }) ?? true, case .writable = memory.state(of: page),
+                !slotCallSucceeded(state)
+            else { return nil }
             return page
         }
     }
@@ -281,9 +287,10 @@ extension ProcessTracker {
     /// (a repeat, or a page the program keeps without write, is its own).
     func isReleasedPageFault(_ tid: Int32) -> Bool {
         guard let info = try? Ptrace.signalInfo(tid), info.code == SignalInfo.SEGV_ACCERR,
-              releasedRanges.contains(info.faultAddress), releasedFaults[tid] != info.faultAddress,
-              let maps = try? ProcFS.maps(of: pid),
-              maps.first(where: { $0.range.contains(info.faultAddress) })?.protection.contains(.write) == true else { return false }
+            releasedRanges.contains(info.faultAddress), releasedFaults[tid] != info.faultAddress,
+            let maps = try? ProcFS.maps(of: pid),
+            maps.first(where: { $0.range.contains(info.faultAddress) })?.protection.contains(.write) == true
+        else { return false }
         releasedFaults[tid] = info.faultAddress
         return true
     }

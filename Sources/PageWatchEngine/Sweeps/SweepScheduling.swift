@@ -36,7 +36,8 @@ extension Tracker {
 
     /// Whether an interrupt of a sweep or of the detach waits for its stop.
     var interruptOutstanding: Bool {
-        processes.values.contains { p in p.threads.values.contains { $0.interrupt.pending && $0.interrupt.sentNs != 0 } }
+        processes.values.contains { p in p.threads.values.contains { $0.interrupt.pending && $0.interrupt.sentNs != 0 }
+        }
     }
 
     /// The next stop. With an interrupt outstanding, waits for at most the

@@ -8,7 +8,8 @@ import PageWatchPtrace
 /// interrupted, and reads the time to know what is due. No thread of its
 /// own: PageWatch stays single-threaded, so when it is killed its files
 /// close before the kernel releases its tracees, which the attach guardian
-/// relies on (hazard 20).
+/// relies on (it must see PageWatch's files closed before the program is
+/// released).
 final class SweepTimer {
     static let signal = Signal.SIGALRM
 
@@ -25,7 +26,9 @@ final class SweepTimer {
         deadline = durationNs.map { now + $0 }
         setSignalBlocked(Self.signal, true)
         try installWakeupHandler(Self.signal)
-        if intervalNs > 0 { timers.append(try KernelTimer(signal: Self.signal, firstNs: intervalNs, periodNs: intervalNs)) }
+        if intervalNs > 0 {
+            timers.append(try KernelTimer(signal: Self.signal, firstNs: intervalNs, periodNs: intervalNs))
+        }
         if let durationNs { timers.append(try KernelTimer(signal: Self.signal, firstNs: durationNs, periodNs: 0)) }
     }
 

@@ -53,7 +53,8 @@ struct IOUringParams: Equatable {
     /// from PageWatch, or nil when they can be known.
     static func unknowable(setupFlags flags: UInt32) -> String? {
         if flags & sqPoll != 0 {
-            return "io_uring with IORING_SETUP_SQPOLL: a kernel thread takes the program's requests without a syscall, so the buffers it writes cannot be known in time"
+            return
+                "io_uring with IORING_SETUP_SQPOLL: a kernel thread takes the program's requests without a syscall, so the buffers it writes cannot be known in time"
         }
         if flags & noMmap != 0 {
             return "io_uring with IORING_SETUP_NO_MMAP: its rings are in the program's own memory, held by the kernel"
@@ -87,8 +88,10 @@ struct IOUringSQE: Equatable {
     /// `attr_type_mask` in kernels with read/write attributes (padding before).
     var attrTypeMask: UInt64
 
-    init(opcode: UInt8, flags: UInt8 = 0, fd: Int32 = 0, off: UInt64 = 0, addr: UInt64 = 0, len: UInt32 = 0,
-         opFlags: UInt32 = 0, userData: UInt64 = 0, addr3: UInt64 = 0, attrTypeMask: UInt64 = 0) {
+    init(
+        opcode: UInt8, flags: UInt8 = 0, fd: Int32 = 0, off: UInt64 = 0, addr: UInt64 = 0, len: UInt32 = 0,
+        opFlags: UInt32 = 0, userData: UInt64 = 0, addr3: UInt64 = 0, attrTypeMask: UInt64 = 0
+    ) {
         self.opcode = opcode; self.flags = flags; self.fd = fd; self.off = off; self.addr = addr; self.len = len
         self.opFlags = opFlags; self.userData = userData; self.addr3 = addr3; self.attrTypeMask = attrTypeMask
     }
@@ -110,7 +113,9 @@ struct IOUringSQE: Equatable {
     /// The 64 bytes of this entry, as a program writes them (for tests).
     var bytes: [UInt8] {
         var b = [UInt8](repeating: 0, count: Self.size)
-        func put(_ v: UInt64, _ at: Int, _ size: Int) { for i in 0..<size { b[at + i] = UInt8(truncatingIfNeeded: v >> UInt64(8 * i)) } }
+        func put(_ v: UInt64, _ at: Int, _ size: Int) {
+            for i in 0..<size { b[at + i] = UInt8(truncatingIfNeeded: v >> UInt64(8 * i)) }
+        }
         b[0] = opcode; b[1] = flags
         put(UInt64(UInt32(bitPattern: fd)), 4, 4); put(off, 8, 8); put(addr, 16, 8); put(UInt64(len), 24, 4)
         put(UInt64(opFlags), 28, 4); put(userData, 32, 8); put(addr3, 48, 8); put(attrTypeMask, 56, 8)
@@ -156,7 +161,9 @@ struct IOUringDecoder {
         let n = Int(min(count, 1 << 14))
         guard iov != 0, n > 0 else { return [] }
         let raw = read(RemoteAddress(iov), n * 16)
-        return stride(from: 0, to: raw.count - 15, by: 16).flatMap { block(littleEndian(raw, at: $0), littleEndian(raw, at: $0 + 8)) }
+        return stride(from: 0, to: raw.count - 15, by: 16).flatMap {
+            block(littleEndian(raw, at: $0), littleEndian(raw, at: $0 + 8))
+        }
     }
 
     static let opcodeNames: [UInt8: String] = [
@@ -247,7 +254,9 @@ struct IOUringDecoder {
         case 16:  // BUFFERS_UPDATE: struct io_uring_rsrc_update2 {offset, resv, data, tags, nr}
             return .pins(iovecs(u64(arg &+ 8), u32(arg &+ 24)))
         case 22:
-            return .unknowable("io_uring provided-buffer ring (IORING_REGISTER_PBUF_RING): the kernel takes buffers the program adds without a syscall")
+            return .unknowable(
+                "io_uring provided-buffer ring (IORING_REGISTER_PBUF_RING): the kernel takes buffers the program adds without a syscall"
+            )
         case 30:
             return .unknowable("io_uring buffers cloned from another ring (IORING_REGISTER_CLONE_BUFFERS)")
         case 32:

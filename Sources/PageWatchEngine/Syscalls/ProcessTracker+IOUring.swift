@@ -36,7 +36,9 @@ extension ProcessTracker {
 
     static let ioUringCalls: [Int64: IOUringCall] = {
         var calls: [Int64: IOUringCall] = [:]
-        for (name, call) in [(Syscall.io_uring_setup, IOUringCall.setup), (.io_uring_enter, .enter), (.io_uring_register, .register)] {
+        for (name, call) in [
+            (Syscall.io_uring_setup, IOUringCall.setup), (.io_uring_enter, .enter), (.io_uring_register, .register),
+        ] {
             if let nr = Arch.number(name) { calls[nr] = call }
         }
         return calls
@@ -53,12 +55,15 @@ extension ProcessTracker {
         case .setup:
             // io_uring_setup(entries, params): params is read and written back.
             let flags = read(RemoteAddress(args[1] &+ 8), 4)
-            if flags.count == 4, let reason = IOUringParams.unknowable(setupFlags: UInt32(littleEndian(flags, at: 0, size: 4))) {
+            if flags.count == 4,
+                let reason = IOUringParams.unknowable(setupFlags: UInt32(littleEndian(flags, at: 0, size: 4)))
+            {
                 try stopTrackingForIOUring(reason, thread)
                 return true
             }
-            try unarmForKernel(AddressRange(start: RemoteAddress(args[1]), end: RemoteAddress(args[1]) + UInt64(IOUringParams.size)),
-                               by: attribution.writer("io_uring_setup", tid: tid), thread)
+            try unarmForKernel(
+                AddressRange(start: RemoteAddress(args[1]), end: RemoteAddress(args[1]) + UInt64(IOUringParams.size)),
+                by: attribution.writer("io_uring_setup", tid: tid), thread)
             try resume(thread, exit: .ioUringSetup(params: args[1]))
         case .register:
             // io_uring_register(fd, opcode, arg, nr_args)
@@ -81,7 +86,9 @@ extension ProcessTracker {
 
     /// io_uring_setup's exit: the new ring's parameters.
     func ioUringSetupExit(params: UInt64, result: Int64, tid: Int32) {
-        guard result >= 0, let p = IOUringParams((try? Ptrace.readMemory(tid, RemoteAddress(params), count: IOUringParams.size)) ?? []) else { return }
+        guard result >= 0,
+            let p = IOUringParams((try? Ptrace.readMemory(tid, RemoteAddress(params), count: IOUringParams.size)) ?? [])
+        else { return }
         let fd = Int32(truncatingIfNeeded: result)
         ioUring.inFlight.forget(ring: fd)
         ioUring.rings[fd] = IOUringRing(params: p)
@@ -115,14 +122,17 @@ extension ProcessTracker {
 
     /// io_uring_enter(fd, to_submit, min_complete, flags, arg, argsz): the
     /// SQ entries it will take are decoded and their buffers un-armed.
-    func ioUringEnterEntry(_ args: [UInt64], _ thread: TrackedThread, read: @escaping (RemoteAddress, Int) -> [UInt8]) throws {
+    func ioUringEnterEntry(_ args: [UInt64], _ thread: TrackedThread, read: @escaping (RemoteAddress, Int) -> [UInt8])
+        throws
+    {
         let tid = thread.tid
         retireIOUringCompletions(tid: tid)
         var fd = Int32(truncatingIfNeeded: args[0])
         let toSubmit = UInt32(truncatingIfNeeded: args[1])
         if args[3] & 16 != 0 {  // IORING_ENTER_REGISTERED_RING: fd is an index of registered rings
             guard ioUring.rings.count == 1, let only = ioUring.rings.keys.first else {
-                try stopTrackingForIOUring("io_uring_enter on a registered ring index PageWatch cannot tie to a ring", thread)
+                try stopTrackingForIOUring(
+                    "io_uring_enter on a registered ring index PageWatch cannot tie to a ring", thread)
                 return
             }
             fd = only
@@ -143,7 +153,9 @@ extension ProcessTracker {
         let head = UInt32(littleEndian(ends, at: 0, size: 4)), tail = UInt32(littleEndian(ends, at: 4, size: 4))
         let count = min(toSubmit, tail &- head, p.sqEntries)
         var position = head
-        if let through = ring.decodedThrough, case let ahead = Int32(bitPattern: through &- head), ahead > 0, ahead <= Int32(count) {
+        if let through = ring.decodedThrough, case let ahead = Int32(bitPattern: through &- head), ahead > 0,
+            ahead <= Int32(count)
+        {
             position = through  // decoded before (a rewound entry, or entries left for a later call)
         }
         let end = head &+ count
@@ -166,7 +178,9 @@ extension ProcessTracker {
             }
             position = position &+ 1
         }
-        trace("  io_uring_enter fd \(fd): SQ \(head)..<\(tail), submits \(count), decoded through \(ring.decodedThrough.map(String.init) ?? "-"): opcodes \(requests.map(\.opcode))")
+        trace(
+            "  io_uring_enter fd \(fd): SQ \(head)..<\(tail), submits \(count), decoded through \(ring.decodedThrough.map(String.init) ?? "-"): opcodes \(requests.map(\.opcode))"
+        )
         let decoder = IOUringDecoder(read: read)
         let effects = requests.map { decoder.effect(of: $0) }
         for case .unknowable(let reason) in effects {
@@ -207,8 +221,9 @@ extension ProcessTracker {
         guard !ioUring.inFlight.isEmpty else { return }
         for (fd, var ring) in ioUring.rings where ioUring.inFlight.has(ring: fd) {
             guard let cq = ring.cqRing,
-                  let t = try? Ptrace.readMemory(liveThread(), RemoteAddress(cq &+ UInt64(ring.params.cqTail)), count: 4),
-                  t.count == 4 else { continue }
+                let t = try? Ptrace.readMemory(liveThread(), RemoteAddress(cq &+ UInt64(ring.params.cqTail)), count: 4),
+                t.count == 4
+            else { continue }
             let tail = UInt32(littleEndian(t, at: 0, size: 4))
             var position = ring.completionsSeen
             // Entries older than a ring's worth were overwritten: their
@@ -218,7 +233,8 @@ extension ProcessTracker {
             while position != tail {
                 let slot = UInt64(position & ring.params.cqMask)
                 let at = cq &+ UInt64(ring.params.cqCqes) &+ slot &* size
-                guard let cqe = try? Ptrace.readMemory(liveThread(), RemoteAddress(at), count: 16), cqe.count == 16 else { break }
+                guard let cqe = try? Ptrace.readMemory(liveThread(), RemoteAddress(at), count: 16), cqe.count == 16
+                else { break }
                 let more = littleEndian(cqe, at: 12, size: 4) & 2 != 0  // IORING_CQE_F_MORE
                 ioUring.inFlight.completed(ring: fd, userData: littleEndian(cqe, at: 0), more: more)
                 position = position &+ 1
@@ -241,8 +257,10 @@ extension ProcessTracker {
     /// is armed. Returns true when it stopped tracking.
     func stopTrackingForIOUringBeforeAttach(_ thread: TrackedThread) throws -> Bool {
         guard let fds = try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd"),
-              fds.contains(where: { Int32($0).map(isIOUringFile) ?? false }) else { return false }
-        try stopTracking(because: "io_uring instance set up before the attach: its requests in flight cannot be known", thread)
+            fds.contains(where: { Int32($0).map(isIOUringFile) ?? false })
+        else { return false }
+        try stopTracking(
+            because: "io_uring instance set up before the attach: its requests in flight cannot be known", thread)
         return true
     }
 

@@ -4,10 +4,10 @@ import PageWatchPtrace
 
 /// What a thread stopped at a syscall's entry still needs at its exit.
 enum PendingSyscallExit {
-    /// The program's own memory call (hazard 5). `rewrittenProtection`: the
+    /// The program's own memory call. `rewrittenProtection`: the
     /// prot argument PageWatch removed write from, to put back at the exit.
     case memory(Syscall, [UInt64], rewrittenProtection: UInt64?)
-    /// A call PageWatch cannot read (hazard 1's "any other syscall"): at its
+    /// A call PageWatch cannot read (an unknown syscall that may copy out): at its
     /// exit an EFAULT with armed pages behind its pointer arguments is undone.
     case unknown(entry: HostArchitecture.Registers, attempt: Int)
     /// `rt_sigaction(SIGSEGV, act, …)`: `act` as read at the entry, the
@@ -23,7 +23,7 @@ enum PendingSyscallExit {
     case userfaultfdUndecoded(entry: HostArchitecture.Registers, attempt: Int)
 }
 
-/// Launch mode's syscall interception (issue 3): a seccomp filter stops the
+/// Launch mode's syscall interception: a seccomp filter stops the
 /// program at the entry of every call that is not known to leave user memory
 /// alone; each stop is handled here.
 extension ProcessTracker {
@@ -31,10 +31,12 @@ extension ProcessTracker {
     /// `futex` unless it is FUTEX_WAKE_OP (which writes *uaddr2).
     static func interceptionFilter() -> SeccompFilter {
         let allowed = Arch.syscallTable.numbers(of: .harmless)
-        let scratch = AddressRange(start: RemoteAddress(Arch.scratchAddressHint),
-                                   end: RemoteAddress(Arch.scratchAddressHint) + RemoteSyscall.scratchSize)
-        return SeccompFilter(auditArch: Arch.auditArch, allowing: allowed,
-                             futex: Arch.number(.futex)!, futexWakeOp: 5, scratch: scratch)
+        let scratch = AddressRange(
+            start: RemoteAddress(Arch.scratchAddressHint),
+            end: RemoteAddress(Arch.scratchAddressHint) + RemoteSyscall.scratchSize)
+        return SeccompFilter(
+            auditArch: Arch.auditArch, allowing: allowed,
+            futex: Arch.number(.futex)!, futexWakeOp: 5, scratch: scratch)
     }
 
     /// A `PTRACE_EVENT_SECCOMP` stop: the thread is at the entry of a call.
@@ -44,7 +46,9 @@ extension ProcessTracker {
         thread.syscall.entryRegisters = regs
         let nr = Arch.syscallNumber(regs)
         let args = Arch.syscallArguments(regs)
-        trace("  syscall \(Arch.syscall(number: nr)?.rawValue ?? String(nr)) \(args.prefix(3).map { "0x" + String($0, radix: 16) })")
+        trace(
+            "  syscall \(Arch.syscall(number: nr)?.rawValue ?? String(nr)) \(args.prefix(3).map { "0x" + String($0, radix: 16) })"
+        )
         // No sweep here: anything PageWatch runs at a syscall entry abandons
         // the call, which is then rewound to stop here again; a sweep due at
         // every entry would never let it run. Interval sweeps take the
@@ -94,16 +98,19 @@ extension ProcessTracker {
             try threadExitEntry(thread)
         case .seccomp where args[0] <= 1, .prctl where args[0] == 22 && (args[1] == 1 || args[1] == 2):
             // seccomp(SECCOMP_SET_MODE_STRICT/FILTER, flags, prog) or
-            // prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT/FILTER, prog) (hazard 17).
+            // prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT/FILTER, prog).
             let strict = call == .seccomp ? args[0] == 0 : args[1] == 1
             if try ownSeccompFilterEntry(strict: strict, program: args[2], thread) { return }
-            try resume(thread, exit: call == .prctl ? .unknown(entry: regs, attempt: thread.syscall.unknownAttempt) : nil)
+            try resume(
+                thread, exit: call == .prctl ? .unknown(entry: regs, attempt: thread.syscall.unknownAttempt) : nil)
         case .ioctl where UserfaultfdIoctl.isUserfaultfd(args[1]):
             try userfaultfdIoctlEntry(args, thread)
         case .rseq:
-            // Hazard 3: the kernel writes the area on every return to user space.
+            // The kernel writes the rseq area on every return to user space.
             if args[2] & 1 == 0, args[0] != 0 {  // registration, not RSEQ_FLAG_UNREGISTER
-                try injector.pin(AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + max(args[1], 32)).pageAligned, in: &memory, thread)
+                try injector.pin(
+                    AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + max(args[1], 32))
+                        .pageAligned, in: &memory, thread)
                 thread.rseqKnown = true
             }
             try resume(thread)
@@ -112,7 +119,8 @@ extension ProcessTracker {
             if call == .ptrace { session.noteOwnPtrace(args, tid: tid) }
             var newSegvAction: [UInt8]?
             if call == .rt_sigaction, args[1] != 0, (1...64).contains(args[0]) {
-                let action = (try? Ptrace.readMemory(tid, RemoteAddress(args[1]), count: Int(Arch.layout.kernelSigaction))) ?? []
+                let action =
+                    (try? Ptrace.readMemory(tid, RemoteAddress(args[1]), count: Int(Arch.layout.kernelSigaction))) ?? []
                 if action.count == Int(Arch.layout.kernelSigaction) {
                     noteFlags(of: action, signal: args[0])
                     if args[0] == UInt64(Signal.SIGSEGV) { newSegvAction = action }
@@ -137,14 +145,16 @@ extension ProcessTracker {
             }
             // A new SIGSEGV action counts once the call succeeded; until then
             // faults wait (`memoryCallInFlight`): a reset is judged against it.
-            let undecoded = refusedForUserfault ? PendingSyscallExit.userfaultfdUndecoded(
-                entry: regs, attempt: thread.syscall.unknownAttempt) : nil
+            let undecoded =
+                refusedForUserfault
+                ? PendingSyscallExit.userfaultfdUndecoded(
+                    entry: regs, attempt: thread.syscall.unknownAttempt) : nil
             try resume(thread, exit: newSegvAction.map { .segvAction($0) } ?? undecoded)
         }
     }
 
     /// Un-arms the armed pages the kernel is about to write for the program;
-    /// they count as dirty (hazard 1).
+    /// they count as dirty.
     func unarmForKernel(_ range: AddressRange, by writer: Writer, _ thread: TrackedThread) throws {
         let tid = thread.tid
         // Pages another thread was sent to un-arm through its slot are
@@ -188,7 +198,7 @@ extension ProcessTracker {
     /// CLONE_CHILD_SETTID's, which the child writes in the shared memory (a
     /// thread) or in its copy of this page as it is now (a fork). The
     /// CLONE_CHILD_CLEARTID word is remembered for the new thread's exit
-    /// (hazard 4, `threadExitEntry`).
+    /// (the words the kernel writes at a thread's exit, `threadExitEntry`).
     func cloneEntry(_ call: Syscall, _ args: [UInt64], _ thread: TrackedThread) throws {
         let tid = thread.tid
         var flags: UInt64 = 0, parentTid: UInt64 = 0, childTid: UInt64 = 0, stackTop: UInt64 = 0
@@ -214,13 +224,14 @@ extension ProcessTracker {
         thread.exitWords.newThreadClearTid = flags & childClearTid != 0 && childTid != 0 ? RemoteAddress(childTid) : nil
         if flags & cloneVM != 0, stackTop != 0 { stackAnchors.append(RemoteAddress(stackTop &- 1)) }
         for (flag, word) in [(parentSetTid, parentTid), (childSetTid, childTid)] where flags & flag != 0 && word != 0 {
-            try unarmForKernel(AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4),
-                               by: attribution.writer(call.rawValue, tid: tid), thread)
+            try unarmForKernel(
+                AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4),
+                by: attribution.writer(call.rawValue, tid: tid), thread)
         }
         try resume(thread)
     }
 
-    /// Hazard 17: the program installs a seccomp filter of its own. Filters
+    /// The program installs a seccomp filter of its own. Filters
     /// stack and the strictest answer wins, so once this one is in place it
     /// judges every `mprotect` PageWatch injects. Run it now, on the calls
     /// PageWatch would make (`mprotect` from the gadget, every protection),
@@ -240,12 +251,15 @@ extension ProcessTracker {
             }
             let count = Int(littleEndian(header, at: 0, size: 2))
             let address = RemoteAddress(littleEndian(header, at: 8))
-            guard let raw = try? Ptrace.readMemory(tid, address, count: count * 8), raw.count == count * 8 else { return false }
+            guard let raw = try? Ptrace.readMemory(tid, address, count: count * 8), raw.count == count * 8 else {
+                return false
+            }
             let filter = SeccompFilter.decode(raw)
             let ip = (injector.remote?.gadget.value ?? 0) &+ Arch.scratchGadgetSyscallEnd
             for prot in UInt64(0)...7 {
-                let data = SeccompData(nr: Int32(Arch.syscalls.mprotect), arch: Arch.auditArch, instructionPointer: ip,
-                                       arguments: [memory.regions.first?.range.start.value ?? 0x10000, Page.size, prot, 0, 0, 0])
+                let data = SeccompData(
+                    nr: Int32(Arch.syscalls.mprotect), arch: Arch.auditArch, instructionPointer: ip,
+                    arguments: [memory.regions.first?.range.start.value ?? 0x10000, Page.size, prot, 0, 0, 0])
                 let action = SeccompFilter.run(filter, on: data)
                 if !SeccompFilter.lets(action) {
                     verdict = SeccompFilter.actionName(action)
@@ -254,7 +268,8 @@ extension ProcessTracker {
             }
         }
         guard let verdict else { return false }
-        try stopTracking(because: "the program installed a seccomp filter that answers mprotect with \(verdict) (hazard 17)", thread)
+        try stopTracking(
+            because: "the program installed a seccomp filter that answers mprotect with \(verdict)", thread)
         try resume(thread)  // rewinds: the call runs again, and is let through
         return true
     }
@@ -306,7 +321,9 @@ extension ProcessTracker {
                 for p in [page, page + Page.size] {
                     if case .armed(let protection) = memory.state(of: p) {
                         let nr = Arch.syscallNumber(entry)
-                        noteWrite(p, by: attribution.writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid), fault: false, tid: tid)
+                        noteWrite(
+                            p, by: attribution.writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid),
+                            fault: false, tid: tid)
                         try unarm(p, protection, thread)
                         changed = true
                     }
@@ -361,15 +378,18 @@ extension ProcessTracker {
             // New heap pages are tracked (dirty) from here and armed at the next sweep.
             try refreshMaps()
         case .mprotect, .pkey_mprotect:
-            try mprotectExit(range(a[0], a[1]), Protection(rawValue: Int32(truncatingIfNeeded: a[2]) & 7), ranArmed: rewritten,
-                             failed: failed, thread)
+            try mprotectExit(
+                range(a[0], a[1]), Protection(rawValue: Int32(truncatingIfNeeded: a[2]) & 7), ranArmed: rewritten,
+                failed: failed, thread)
         default:
             break
         }
     }
 
     /// `ranArmed`: PageWatch ran the call without write (`mprotectEntry`).
-    func mprotectExit(_ target: AddressRange, _ prot: Protection, ranArmed: Bool, failed: Bool, _ thread: TrackedThread) throws {
+    func mprotectExit(_ target: AddressRange, _ prot: Protection, ranArmed: Bool, failed: Bool, _ thread: TrackedThread)
+        throws
+    {
         let tid = thread.tid
         if failed {
             // Nothing (or, on ENOMEM midway, part) changed: take maps as truth.
@@ -378,7 +398,7 @@ extension ProcessTracker {
         }
         guard prot.contains(.write) else {
             // The program made these pages read-only (or inaccessible) itself:
-            // nothing is armed there and its own SIGSEGVs are its own (hazard 10).
+            // nothing is armed there and its own SIGSEGVs are its own.
             memory.setProtection(target, prot, armAll: false)
             return
         }
@@ -393,13 +413,15 @@ extension ProcessTracker {
         for piece in untracked.ranges {
             for m in maps where m.range.overlaps(piece) {
                 let part = m.range.intersection(piece)!
-                let selected = PageSet(config.selection.selectedPart(of: m, protection: prot, isThreadStack: false)).intersection(part)
+                let selected = PageSet(config.selection.selectedPart(of: m, protection: prot, isThreadStack: false))
+                    .intersection(part)
                 for s in selected.ranges {
                     memory.insert(s, protection: prot, armed: ranArmed, dirty: true)
                     // Armed before the program could write it: its first page
                     // is populated through a brief un-arming (it is dirty).
                     if ranArmed, m.isPrivate, memory.settle(s), userfaultRangesHere.intersection(s).isEmpty,
-                       memory.pinned.intersection(s).isEmpty, try !injector.populateArmed(s, prot, thread) {
+                        memory.pinned.intersection(s).isEmpty, try !injector.populateArmed(s, prot, thread)
+                    {
                         memory.insert(s, protection: prot, armed: false, dirty: true)
                         _ = memory.settle(s)
                     }
@@ -411,7 +433,9 @@ extension ProcessTracker {
         }
         for p in memory.pinned.intersection(target).ranges {
             // Pinned pages must stay writable.
-            if let piece = memory.trackedPieces(in: p).first { try injector.protect(piece.range, piece.protection, thread) }
+            if let piece = memory.trackedPieces(in: p).first {
+                try injector.protect(piece.range, piece.protection, thread)
+            }
         }
     }
 

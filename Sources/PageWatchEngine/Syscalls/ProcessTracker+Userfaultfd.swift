@@ -152,7 +152,8 @@ extension ProcessTracker {
         case .mremap:
             let old = range(a[0], a[1])
             guard UserfaultRanges.shared.ranges(of: pid).contains(where: { $0.overlaps(old) }) else { return }
-            UserfaultRanges.shared.register(range(UInt64(bitPattern: result), a[2]), mode: UserfaultRanges.modeMissing, pid: pid)
+            UserfaultRanges.shared.register(
+                range(UInt64(bitPattern: result), a[2]), mode: UserfaultRanges.modeMissing, pid: pid)
         default:
             break
         }

@@ -8,7 +8,7 @@ func littleEndian(_ bytes: [UInt8], at offset: Int, size: Int = 8) -> UInt64 {
     return v
 }
 
-/// Hazard 1: the user memory a syscall writes, found from its arguments
+/// The user memory a syscall writes (its output buffers), found from its arguments
 /// before it runs (`SyscallRow.writes` of `SyscallTable`). The kernel's copy into a read-only
 /// page fails with EFAULT instead of faulting, so these pages must be made
 /// writable, and counted dirty, before the call.
@@ -100,7 +100,8 @@ struct SyscallOutputs {
         case .fixed(let s): return L.size(of: s)
         case .argument(let i): return a[i]
         case let .argumentPlus(i, header): return a[i] &+ header
-        case let .array(count, element, limit): return (limit.map { min(a[count], $0) } ?? a[count]) &* L.size(of: element)
+        case let .array(count, element, limit):
+            return (limit.map { min(a[count], $0) } ?? a[count]) &* L.size(of: element)
         case .fdSet(let nfds): return (min(a[nfds], 1 << 20) + 63) / 64 * 8
         case .bitmap(let bits): return (a[bits] &+ 7) / 8
         case .pageVector(let length): return (a[length] &+ Page.size - 1) / Page.size
@@ -128,7 +129,7 @@ struct SyscallOutputs {
         case .fcntl:
             switch a[1] {
             case 5, 36: return block(a[2], L.flock)  // F_GETLK, F_OFD_GETLK
-            case 16: return block(a[2], 8)           // F_GETOWN_EX
+            case 16: return block(a[2], 8)  // F_GETOWN_EX
             default: return []
             }
         case .arch_prctl: return a[0] == 0x1003 || a[0] == 0x1004 ? block(a[1], 8) : []  // ARCH_GET_FS/GS
@@ -140,7 +141,7 @@ struct SyscallOutputs {
     /// For a thread blocked in syscall `number(arguments)`: the user memory
     /// the kernel writes if the call is interrupted (nanosleep's remaining
     /// time, select's fd sets and timeout), or nil when PageWatch does not
-    /// know the call and must not interrupt it while memory is armed (hazard 1).
+    /// know the call and must not interrupt it while memory is armed.
     static func writtenOnInterruption(number: Int64, arguments: [UInt64]) -> [AddressRange]? {
         guard let row = Arch.row(number: number), let interrupted = row.writesWhenInterrupted else { return nil }
         switch interrupted {
@@ -154,8 +155,8 @@ struct SyscallOutputs {
     /// and a few classic terminal requests that encode none.
     func ioctlOutput(_ cmd: UInt32, _ arg: UInt64) -> [AddressRange]? {
         switch cmd {
-        case 0x5401: return block(arg, 36)   // TCGETS: struct termios
-        case 0x5413: return block(arg, 8)    // TIOCGWINSZ
+        case 0x5401: return block(arg, 36)  // TCGETS: struct termios
+        case 0x5413: return block(arg, 8)  // TIOCGWINSZ
         case 0x541B, 0x540F, 0x5411, 0x5429: return block(arg, 4)  // FIONREAD, TIOCGPGRP, TIOCOUTQ, TIOCGSID
         case 0x5402, 0x5403, 0x5404, 0x5414, 0x5410, 0x5421, 0x5451, 0x5450:
             return []  // TCSETS*, TIOCSWINSZ, TIOCSPGRP, FIONBIO, FIOCLEX, FIONCLEX: read only
@@ -163,7 +164,7 @@ struct SyscallOutputs {
         }
         let direction = cmd >> 30, size = UInt64((cmd >> 16) & 0x3fff)
         if direction & 2 != 0 { return block(arg, size) }  // _IOC_READ: the kernel writes `size` bytes
-        if direction == 1 { return [] }                    // _IOC_WRITE only: reads user memory
-        return nil                                          // no encoding: unknown
+        if direction == 1 { return [] }  // _IOC_WRITE only: reads user memory
+        return nil  // no encoding: unknown
     }
 }

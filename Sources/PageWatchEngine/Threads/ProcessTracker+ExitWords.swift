@@ -2,10 +2,10 @@ import Glibc
 import PageWatchAddressSpace
 import PageWatchPtrace
 
-/// The words the kernel writes as a thread ends (hazard 4): its
+/// The words the kernel writes as a thread ends: its
 /// `clear_child_tid` word and its robust futexes, kept writable until written.
 extension ProcessTracker {
-    /// Hazard 4: a thread's `exit`. The kernel will write 0 to its
+    /// A thread's `exit`: the kernel will write 0 to its
     /// `clear_child_tid` word (and wake `pthread_join`) and set
     /// FUTEX_OWNER_DIED in every robust mutex it still holds; on an armed page
     /// those writes fail silently and the waiters hang. At the call's entry
@@ -40,10 +40,13 @@ extension ProcessTracker {
     func keepExitWordsOutOfSweeps(_ thread: TrackedThread) -> [AddressRange] {
         let tid = thread.tid
         let tidWord = thread.exitWords.clearChildTid ?? clearTidFromPendingClone(of: tid)
-        let words = (robustFutexesHeld(by: tid) + (tidWord.map { [$0] } ?? [])).map { AddressRange(start: $0, end: $0 + 4) }
+        let words = (robustFutexesHeld(by: tid) + (tidWord.map { [$0] } ?? [])).map {
+            AddressRange(start: $0, end: $0 + 4)
+        }
         thread.exitWords.kept = words
         if let tidWord, let v = try? Ptrace.readMemory(liveThread(), tidWord, count: 4), v.count == 4,
-           case let value = littleEndian(v, at: 0, size: 4), value != 0 {
+            case let value = littleEndian(v, at: 0, size: 4), value != 0
+        {
             thread.exitWords.tidWord = (tidWord, value)
         }
         return words
@@ -53,11 +56,12 @@ extension ProcessTracker {
     /// `clear_child_tid` word no longer holds the value noted at its exit.
     func exitWritesDone(_ state: TrackedThread) -> Bool {
         guard let (w, value) = state.exitWords.tidWord,
-              let v = try? Ptrace.readMemory(liveThread(), w, count: 4), v.count == 4 else { return false }
+            let v = try? Ptrace.readMemory(liveThread(), w, count: 4), v.count == 4
+        else { return false }
         return littleEndian(v, at: 0, size: 4) != value
     }
 
-    /// Hazard 4 at a thread's exit event when its `exit` entry was not seen
+    /// The same words at a thread's exit event when its `exit` entry was not seen
     /// (attach: seized while already ending, so this is its first stop and
     /// nothing is armed yet): its words stay out of the sweeps the same way.
     /// (It can no longer run PageWatch's code to un-arm them.)
@@ -74,8 +78,9 @@ extension ProcessTracker {
     func clearTidFromPendingClone(of tid: Int32) -> RemoteAddress? {
         for (creator, state) in threads where creator != tid {
             guard let w = state.exitWords.newThreadClearTid,
-                  let v = try? Ptrace.readMemory(tid, w, count: 4), v.count == 4,
-                  littleEndian(v, at: 0, size: 4) == UInt64(UInt32(bitPattern: tid)) else { continue }
+                let v = try? Ptrace.readMemory(tid, w, count: 4), v.count == 4,
+                littleEndian(v, at: 0, size: 4) == UInt64(UInt32(bitPattern: tid))
+            else { continue }
             return w
         }
         return nil
@@ -88,7 +93,8 @@ extension ProcessTracker {
     /// words whose owner is `tid`.
     func robustFutexesHeld(by tid: Int32) -> [RemoteAddress] {
         guard let head = try? Ptrace.robustListHead(tid),
-              let raw = try? Ptrace.readMemory(tid, head, count: 24), raw.count == 24 else { return [] }
+            let raw = try? Ptrace.readMemory(tid, head, count: 24), raw.count == 24
+        else { return [] }
         let offset = littleEndian(raw, at: 8), pending = littleEndian(raw, at: 16)
         func word(at entry: UInt64) -> RemoteAddress? {
             let address = RemoteAddress(entry &+ offset)

@@ -7,7 +7,7 @@ import PageWatchPtrace
 /// interrupted calls put back, threads gone.
 extension ProcessTracker {
     /// A new program image (the first exec, or a later one): forget the old
-    /// address space and place the injection gadget in the new one (hazard 9).
+    /// address space and place the injection gadget in the new one.
     func startImage(tid: Int32) throws {
         if tid != pid {
             // A non-leader thread exec'd: it takes over the leader's pid.
@@ -34,7 +34,7 @@ extension ProcessTracker {
         session.checkExecPrivilege(pid: pid)
     }
 
-    /// Looks up the thread's rseq area once it has one and pins it (hazard 3).
+    /// Looks up the thread's rseq area once it has one and pins it.
     func learnRseq(_ thread: TrackedThread) throws {
         let tid = thread.tid
         guard !thread.rseqKnown else { return }
@@ -43,9 +43,10 @@ extension ProcessTracker {
         try injector.pin(area.range.pageAligned, in: &memory, thread)
     }
 
-    /// Hazards 15 and 16: PageWatch's PTRACE_INTERRUPT of a thread blocked
-    /// in `epoll_wait` and a few others ends the call with EINTR, which the
-    /// kernel never restarts (as after SIGSTOP and SIGCONT without the tool).
+    /// Injections must leave blocked calls as they were: PageWatch's
+    /// PTRACE_INTERRUPT of a thread blocked in `epoll_wait` and a few others
+    /// ends the call with EINTR, which the kernel never restarts (as after
+    /// SIGSTOP and SIGCONT without the tool).
     /// The program would see an error it would not have had: the call is
     /// rewound to run again (with its full timeout again, if it had one).
     /// `onlyWithoutSignal`: not sure an interrupt of PageWatch's ended the
@@ -55,7 +56,8 @@ extension ProcessTracker {
         let tid = thread.tid
         let regs = try Arch.readRegisters(tid: tid)
         guard Arch.syscallResult(regs) == -Int64(Errno.EINTR.rawValue),
-              Arch.row(number: Arch.syscallNumber(regs))?.endedByStop == true else { return }
+            Arch.row(number: Arch.syscallNumber(regs))?.endedByStop == true
+        else { return }
         if onlyWithoutSignal, (try? ProcFS.unblockedPendingSignals(of: tid, shared: true)) != 0 { return }
         trace("  interrupt ended syscall \(Arch.syscallNumber(regs)) with EINTR: rewound")
         try Arch.writeRegisters(Arch.rewindingSyscall(regs), tid: tid)

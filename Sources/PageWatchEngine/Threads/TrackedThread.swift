@@ -4,7 +4,7 @@ import PageWatchPtrace
 /// One thread of a tracked process, as the event loop knows it. A class:
 /// the fault path reads and sets a dozen of its fields per fault, and as a
 /// struct of some 400 bytes each such access moved it out of the
-/// dictionary and back (about 3 us a fault in all, issue 6). Handlers take
+/// dictionary and back (about 3 us a fault in all). Handlers take
 /// it, looked up once per stop (`ProcessTracker.handle`).
 final class TrackedThread {
     let tid: Int32
@@ -12,12 +12,12 @@ final class TrackedThread {
     /// Set when the thread is at its `PTRACE_EVENT_EXIT` stop: it can run no more code.
     var exiting = false
     var inGroupStop = false
-    /// Its rseq area was looked up and pinned (hazard 3).
+    /// Its rseq area was looked up and pinned.
     var rseqKnown = false
     /// It existed before `pagewatch attach`: its clone was not seen.
     var preexisting = false
     /// A vfork child: another process, but sharing this address space
-    /// until it execs or exits (hazard 7).
+    /// until it execs or exits.
     var vforkChild = false
     /// Its first stop came before its parent's clone event.
     var awaitsCloneEvent = false
@@ -65,16 +65,16 @@ final class TrackedThread {
 
     /// Its signals as PageWatch must know them.
     struct SignalState {
-        /// Signals that arrived while PageWatch ran code in this thread (hazard 16).
+        /// Signals that arrived while PageWatch ran code in this thread.
         var held: [HeldSignal] = []
-        /// Its sigaltstack (hazard 2, SA_ONSTACK handlers).
+        /// Its sigaltstack (where SA_ONSTACK handlers' signal frames land).
         var altStack: AddressRange?
         /// False for a thread that may have set one before an attach, until it
         /// is asked (`learnAltStack`).
         var altStackKnown = true
     }
 
-    /// The words the kernel writes for the thread as it ends (hazard 4).
+    /// The words the kernel writes for the thread as it ends.
     struct ExitWords {
         /// Its `clear_child_tid` word (`set_tid_address`, or the clone that
         /// created it with CLONE_CHILD_CLEARTID), written by the kernel at its exit.
@@ -100,9 +100,11 @@ final class TrackedThread {
         var slowPathPage: RemoteAddress?
     }
 
-    /// A fault resumed without unprotecting anything (hazard 11).
+    /// A fault resumed without unprotecting anything (another
+    /// thread un-protected it first).
     struct SuppressedFault {
-        /// Its page; a second fault there from this thread is not PageWatch's (hazard 14).
+        /// Its page; a second fault there from this thread is not PageWatch's
+        /// (a fault un-protecting cannot fix, e.g. a guard region).
         var page: RemoteAddress?
         var repeats = 0
     }

@@ -25,8 +25,9 @@ public protocol Architecture {
 
     /// Registers for running syscall `number(arguments)` at `gadget`. Marks the
     /// thread as not being inside a syscall so the kernel applies no restart
-    /// logic to the injected call (hazard 15).
-    static func preparingSyscall(_ regs: Registers, number: Int64, arguments: [UInt64], gadget: RemoteAddress) -> Registers
+    /// logic to the injected call.
+    static func preparingSyscall(_ regs: Registers, number: Int64, arguments: [UInt64], gadget: RemoteAddress)
+        -> Registers
     /// The injected call's raw return value (a negative errno on failure).
     static func syscallResult(_ regs: Registers) -> Int64
 
@@ -58,8 +59,10 @@ public protocol Architecture {
     /// What the tracer writes at the slot's data word `trampolineEntryWord`
     /// to send a thread through it (the slot saves the registers itself).
     static var trampolineEntryWord: Int { get }
-    static func trampolineEntryWords(mprotect start: UInt64, length: UInt64, protection: UInt64,
-                                     returningTo ip: RemoteAddress) -> [UInt64]
+    static func trampolineEntryWords(
+        mprotect start: UInt64, length: UInt64, protection: UInt64,
+        returningTo ip: RemoteAddress
+    ) -> [UInt64]
     /// The registers of a thread stopped at `offset` in a slot's code, once
     /// the slot's work is done or undone: back at its faulting instruction.
     static func leavingTrampoline(_ regs: Registers, words: [UInt64], offset: UInt64) -> Registers
@@ -129,8 +132,8 @@ public struct SyscallNumbers: Sendable {
 }
 
 #if arch(x86_64)
-/// The architecture this build of PageWatch traces.
-public typealias HostArchitecture = X86_64
+    /// The architecture this build of PageWatch traces.
+    public typealias HostArchitecture = X86_64
 #else
-#error("PageWatch supports x86_64 only so far; add Arch/<arch>.swift implementing Architecture")
+    #error("PageWatch supports x86_64 only so far; add Arch/<arch>.swift implementing Architecture")
 #endif

@@ -44,8 +44,10 @@ public enum X86_64: Architecture {
         return [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9]
     }
 
-    public static func preparingSyscall(_ regs: Registers, number: Int64, arguments: [UInt64],
-                                        gadget: RemoteAddress) -> Registers {
+    public static func preparingSyscall(
+        _ regs: Registers, number: Int64, arguments: [UInt64],
+        gadget: RemoteAddress
+    ) -> Registers {
         var r = regs.raw
         let a = arguments + Array(repeating: 0, count: max(0, 6 - arguments.count))
         r.rax = UInt64(bitPattern: number)
@@ -56,7 +58,7 @@ public enum X86_64: Architecture {
         r.rdi = a[0]; r.rsi = a[1]; r.rdx = a[2]; r.r10 = a[3]; r.r8 = a[4]; r.r9 = a[5]
         r.rip = gadget.value
         // orig_rax = -1: not in a syscall, so a pending -ERESTART* of an
-        // interrupted call is not applied to the injected one (hazard 15).
+        // interrupted call is not applied to the injected one.
         r.orig_rax = UInt64(bitPattern: -1)
         return Registers(raw: r)
     }
@@ -70,17 +72,17 @@ public enum X86_64: Architecture {
     /// of an `int3`: traced, that is a signal-delivery stop PageWatch
     /// suppresses, like the breakpoint's; should PageWatch die meanwhile, it
     /// stops the process instead of killing it with SIGTRAP, and the
-    /// guardian puts the registers back (hazard 20).
+    /// guardian puts the registers back.
     ///   mov rax, r11 ; syscall ; mov r14, rax ; mov eax, 186 (gettid) ; syscall
     ///   mov rdi, rax ; mov esi, 19 (SIGSTOP) ; mov eax, 200 (tkill) ; syscall
     public static let scratchGadget: [UInt8] = [0x4c, 0x89, 0xd8, 0x0f, 0x05, 0x49, 0x89, 0xc6] + selfStop
     static let selfStop: [UInt8] = [
         0xb8, 0xba, 0x00, 0x00, 0x00,  // mov eax, 186 (gettid)
-        0x0f, 0x05,                    // syscall
-        0x48, 0x89, 0xc7,              // mov rdi, rax
+        0x0f, 0x05,  // syscall
+        0x48, 0x89, 0xc7,  // mov rdi, rax
         0xbe, 0x13, 0x00, 0x00, 0x00,  // mov esi, 19 (SIGSTOP)
         0xb8, 0xc8, 0x00, 0x00, 0x00,  // mov eax, 200 (tkill)
-        0x0f, 0x05,                    // syscall
+        0x0f, 0x05,  // syscall
     ]
     public static let scratchGadgetStopOffset = UInt64(scratchGadget.count)
     public static let scratchGadgetSyscallEnd: UInt64 = 5
@@ -101,7 +103,7 @@ public enum X86_64: Architecture {
 
     public static var registerWordCount: Int { MemoryLayout<user_regs_struct>.size / 8 }
 
-    // MARK: The fault trampoline (issue 6)
+    // MARK: The fault trampoline (the one-stop fault path)
 
     /// Where PageWatch asks for its scratch pages (gadget and trampoline
     /// code, then the slots' data): a fixed address the seccomp filter,
@@ -115,7 +117,7 @@ public enum X86_64: Architecture {
     /// tracer left there, `syscall` (mprotect), `mov [result], rax`, loads
     /// the six registers back and `jmp [rip]` to the faulting instruction.
     /// The slot saves the registers itself so that the tracer needs only the
-    /// instruction pointer (PEEKUSER/POKEUSER, not GETREGS/SETREGS: issue 6).
+    /// instruction pointer (PEEKUSER/POKEUSER cost about half of GETREGS/SETREGS).
     /// The flags are the program's throughout (the kernel restores them
     /// after `syscall`, and `mov` and `jmp` leave them alone); the stack is
     /// never touched.
@@ -138,21 +140,25 @@ public enum X86_64: Architecture {
             bytes += opcode + withUnsafeBytes(of: disp.littleEndian) { Array($0) }
         }
         // mov [rip+d], reg and mov reg, [rip+d], in savedRegisterWords' order.
-        let stores: [[UInt8]] = [[0x48, 0x89, 0x05], [0x48, 0x89, 0x0d], [0x4c, 0x89, 0x1d],
-                                 [0x48, 0x89, 0x35], [0x48, 0x89, 0x3d], [0x48, 0x89, 0x15]]
-        let loads: [[UInt8]] = [[0x48, 0x8b, 0x05], [0x48, 0x8b, 0x0d], [0x4c, 0x8b, 0x1d],
-                                [0x48, 0x8b, 0x35], [0x48, 0x8b, 0x3d], [0x48, 0x8b, 0x15]]
+        let stores: [[UInt8]] = [
+            [0x48, 0x89, 0x05], [0x48, 0x89, 0x0d], [0x4c, 0x89, 0x1d],
+            [0x48, 0x89, 0x35], [0x48, 0x89, 0x3d], [0x48, 0x89, 0x15],
+        ]
+        let loads: [[UInt8]] = [
+            [0x48, 0x8b, 0x05], [0x48, 0x8b, 0x0d], [0x4c, 0x8b, 0x1d],
+            [0x48, 0x8b, 0x35], [0x48, 0x8b, 0x3d], [0x48, 0x8b, 0x15],
+        ]
         for (store, word) in zip(stores, savedRegisterWords) { ripRelative(store, word) }
         precondition(UInt64(bytes.count) == trampolineFirstLoad)
-        ripRelative(loads[4], .start)       // mov rdi, [start]
-        ripRelative(loads[3], .length)      // mov rsi, [length]
+        ripRelative(loads[4], .start)  // mov rdi, [start]
+        ripRelative(loads[3], .length)  // mov rsi, [length]
         ripRelative(loads[5], .protection)  // mov rdx, [protection]
         bytes += [0xb8] + withUnsafeBytes(of: UInt32(syscalls.mprotect).littleEndian) { Array($0) }  // mov eax, nr
-        bytes += [0x0f, 0x05]               // syscall
+        bytes += [0x0f, 0x05]  // syscall
         precondition(UInt64(bytes.count) == trampolineSyscallEnd)
-        ripRelative(stores[0], .result)     // mov [result], rax
+        ripRelative(stores[0], .result)  // mov [result], rax
         for (load, word) in zip(loads, savedRegisterWords) { ripRelative(load, word) }
-        ripRelative([0xff, 0x25], .rip)     // jmp [rip+d]
+        ripRelative([0xff, 0x25], .rip)  // jmp [rip+d]
         precondition(UInt64(bytes.count) <= trampolineSlotSize)
         return bytes + Array(repeating: 0xcc, count: Int(trampolineSlotSize) - bytes.count)
     }
@@ -160,8 +166,10 @@ public enum X86_64: Architecture {
     /// The words the tracer writes into a slot's data to send a thread
     /// through it, from `trampolineEntryWord` on: the result set to 1 (no
     /// mprotect returns it), the call's arguments, where to return.
-    public static func trampolineEntryWords(mprotect start: UInt64, length: UInt64, protection: UInt64,
-                                            returningTo ip: RemoteAddress) -> [UInt64] {
+    public static func trampolineEntryWords(
+        mprotect start: UInt64, length: UInt64, protection: UInt64,
+        returningTo ip: RemoteAddress
+    ) -> [UInt64] {
         [1, start, length, protection, ip.value]
     }
     public static let trampolineEntryWord = TrampolineWord.result.rawValue
@@ -188,30 +196,33 @@ public enum X86_64: Architecture {
     ///         mov rdx, [rbx+16] ; mov eax, [rbx+24] ; nop ; syscall
     ///         mov [rbx+24], rax ; add rbx, 32 ; dec r12 ; jmp loop
     ///   done: tkill(gettid(), SIGSTOP), as the scratch gadget
-    public static let batchCode: [UInt8] = [
-        0x4d, 0x85, 0xe4,              // test r12, r12
-        0x74, 0x1f,                    // jz done (+31)
-        0x48, 0x8b, 0x3b,              // mov rdi, [rbx]
-        0x48, 0x8b, 0x73, 0x08,        // mov rsi, [rbx+8]
-        0x48, 0x8b, 0x53, 0x10,        // mov rdx, [rbx+16]
-        0x8b, 0x43, 0x18,              // mov eax, [rbx+24] (the call's number)
-        0x66, 0x90,                    // nop (keeps the jumps' offsets)
-        0x0f, 0x05,                    // syscall
-        0x48, 0x89, 0x43, 0x18,        // mov [rbx+24], rax
-        0x48, 0x83, 0xc3, 0x20,        // add rbx, 32
-        0x49, 0xff, 0xcc,              // dec r12
-        0xeb, 0xdc,                    // jmp loop (-36)
-    ] + selfStop                       // done: stop, as the scratch gadget does
+    public static let batchCode: [UInt8] =
+        [
+            0x4d, 0x85, 0xe4,  // test r12, r12
+            0x74, 0x1f,  // jz done (+31)
+            0x48, 0x8b, 0x3b,  // mov rdi, [rbx]
+            0x48, 0x8b, 0x73, 0x08,  // mov rsi, [rbx+8]
+            0x48, 0x8b, 0x53, 0x10,  // mov rdx, [rbx+16]
+            0x8b, 0x43, 0x18,  // mov eax, [rbx+24] (the call's number)
+            0x66, 0x90,  // nop (keeps the jumps' offsets)
+            0x0f, 0x05,  // syscall
+            0x48, 0x89, 0x43, 0x18,  // mov [rbx+24], rax
+            0x48, 0x83, 0xc3, 0x20,  // add rbx, 32
+            0x49, 0xff, 0xcc,  // dec r12
+            0xeb, 0xdc,  // jmp loop (-36)
+        ] + selfStop  // done: stop, as the scratch gadget does
     public static let batchCodeOffset: UInt64 = 4096 - 64
     /// The instruction pointer at the loop's stop, from its start.
     public static let batchTrapOffset = UInt64(batchCode.count)
 
-    public static func preparingBatch(_ regs: Registers, array: RemoteAddress, count: Int, code: RemoteAddress) -> Registers {
+    public static func preparingBatch(_ regs: Registers, array: RemoteAddress, count: Int, code: RemoteAddress)
+        -> Registers
+    {
         var r = regs.raw
         r.rbx = array.value
         r.r12 = UInt64(count)
         r.rip = code.value
-        r.orig_rax = UInt64(bitPattern: -1)  // no restart logic for the injected calls (hazard 15)
+        r.orig_rax = UInt64(bitPattern: -1)  // no restart logic for the injected calls
         return Registers(raw: r)
     }
 
@@ -247,17 +258,22 @@ public enum X86_64: Architecture {
         .ptrace: 101, .getuid: 102, .getgid: 104, .setuid: 105, .setgid: 106, .geteuid: 107, .getegid: 108,
         .setpgid: 109, .getppid: 110, .getpgrp: 111, .setsid: 112, .setreuid: 113, .setregid: 114,
         .getgroups: 115, .setresuid: 117, .getresuid: 118, .setresgid: 119, .getresgid: 120, .getpgid: 121,
-        .getsid: 124, .capget: 125, .rt_sigpending: 127, .rt_sigtimedwait: 128, .rt_sigqueueinfo: 129, .sigaltstack: 131,
+        .getsid: 124, .capget: 125, .rt_sigpending: 127, .rt_sigtimedwait: 128, .rt_sigqueueinfo: 129,
+        .sigaltstack: 131,
         .statfs: 137, .fstatfs: 138, .getpriority: 140, .setpriority: 141, .sched_setparam: 142, .sched_getparam: 143,
-        .sched_setscheduler: 144, .sched_getscheduler: 145, .mlock: 149, .munlock: 150, .mlockall: 151, .munlockall: 152,
+        .sched_setscheduler: 144, .sched_getscheduler: 145, .mlock: 149, .munlock: 150, .mlockall: 151,
+        .munlockall: 152,
         .prctl: 157, .arch_prctl: 158, .sync: 162, .mount: 165, .umount2: 166, .sethostname: 170,
         .gettid: 186, .tkill: 200, .time: 201, .futex: 202, .sched_setaffinity: 203, .sched_getaffinity: 204,
-        .io_getevents: 208, .getdents64: 217, .set_tid_address: 218, .restart_syscall: 219, .fadvise64: 221, .timer_gettime: 224,
-        .clock_gettime: 228, .clock_getres: 229, .clock_nanosleep: 230, .exit_group: 231, .epoll_wait: 232, .epoll_ctl: 233,
+        .io_getevents: 208, .getdents64: 217, .set_tid_address: 218, .restart_syscall: 219, .fadvise64: 221,
+        .timer_gettime: 224,
+        .clock_gettime: 228, .clock_getres: 229, .clock_nanosleep: 230, .exit_group: 231, .epoll_wait: 232,
+        .epoll_ctl: 233,
         .tgkill: 234, .get_mempolicy: 239, .waitid: 247, .inotify_add_watch: 254, .inotify_rm_watch: 255, .openat: 257,
         .mkdirat: 258, .fchownat: 260, .newfstatat: 262, .unlinkat: 263, .renameat: 264, .linkat: 265,
         .symlinkat: 266, .readlinkat: 267, .fchmodat: 268, .faccessat: 269, .pselect6: 270, .ppoll: 271,
-        .set_robust_list: 273, .get_robust_list: 274, .splice: 275, .utimensat: 280, .epoll_pwait: 281, .timerfd_create: 283,
+        .set_robust_list: 273, .get_robust_list: 274, .splice: 275, .utimensat: 280, .epoll_pwait: 281,
+        .timerfd_create: 283,
         .fallocate: 285, .timerfd_settime: 286, .timerfd_gettime: 287, .accept4: 288, .signalfd4: 289, .eventfd2: 290,
         .epoll_create1: 291, .dup3: 292, .pipe2: 293, .inotify_init1: 294, .preadv: 295, .pwritev: 296,
         .rt_tgsigqueueinfo: 297, .recvmmsg: 299, .prlimit64: 302, .syncfs: 306, .sendmmsg: 307, .getcpu: 309,

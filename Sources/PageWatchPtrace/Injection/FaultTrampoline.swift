@@ -2,14 +2,14 @@ import Glibc
 internal import CPtrace
 import PageWatchAddressSpace
 
-/// The one-stop fault path (issue 6). At a write fault the tracer writes
+/// The one-stop fault path. At a write fault the tracer writes
 /// the page, its protection and the faulting instruction's address into the
 /// thread's slot, points the thread at the slot's code and resumes it: the
 /// code saves the registers it uses, runs `mprotect` on the page, puts them
 /// back and jumps to the faulting instruction. One stop per fault instead
 /// of two, only the instruction pointer read and written, and no moment
 /// where the thread needs the tracer to get its registers back: should
-/// PageWatch die, a thread inside a slot still finishes it (hazard 20).
+/// PageWatch die, a thread inside a slot still finishes it.
 ///
 /// Scratch layout, three pages at `code`: the code page (read+execute)
 /// holds the two-stop gadget in its first slot-sized cell, the slots' code
@@ -42,7 +42,8 @@ public struct FaultTrampoline: Sendable {
     /// The code page's bytes: the gadget, then every slot's code.
     public static func codePage(at code: RemoteAddress) -> [UInt8] {
         let t = FaultTrampoline(code: code)
-        var bytes = Arch.scratchGadget + Array(repeating: 0xcc, count: Int(Arch.trampolineSlotSize) - Arch.scratchGadget.count)
+        var bytes =
+            Arch.scratchGadget + Array(repeating: 0xcc, count: Int(Arch.trampolineSlotSize) - Arch.scratchGadget.count)
         for slot in 0..<slotCount { bytes += Arch.trampolineCode(at: t.slotCode(slot), data: t.slotData(slot)) }
         bytes += Array(repeating: 0xcc, count: Int(Arch.batchCodeOffset) - bytes.count)
         bytes += Arch.batchCode
@@ -62,8 +63,9 @@ public struct FaultTrampoline: Sendable {
     /// syscall (orig_rax is -1), so no restart logic applies on the way out.
     public func enter(_ slot: Int, tid: Int32, mprotect range: AddressRange, _ protection: Protection) throws {
         let ip = try Arch.readInstructionPointer(tid: tid)
-        let words = Arch.trampolineEntryWords(mprotect: range.start.value, length: range.length,
-                                              protection: UInt64(protection.rawValue), returningTo: ip)
+        let words = Arch.trampolineEntryWords(
+            mprotect: range.start.value, length: range.length,
+            protection: UInt64(protection.rawValue), returningTo: ip)
         // Plain stores when the page is shared: the PTRACE_POKEUSER and
         // PTRACE_CONT that follow order them before the thread runs.
         try write(words, at: slotData(slot) + UInt64(Arch.trampolineEntryWord * 8), tid: tid)
@@ -84,7 +86,9 @@ public struct FaultTrampoline: Sendable {
             // Stopped right after the call (a signal at its exit), before the
             // slot stored its result: it is still in the result register.
             words[Arch.trampolineResultWord] = UInt64(bitPattern: Arch.syscallResult(registers))
-            try write([words[Arch.trampolineResultWord]], at: slotData(slot) + UInt64(Arch.trampolineResultWord * 8), tid: tid)
+            try write(
+                [words[Arch.trampolineResultWord]], at: slotData(slot) + UInt64(Arch.trampolineResultWord * 8), tid: tid
+            )
         }
         try Arch.writeRegisters(Arch.leavingTrampoline(registers, words: words, offset: offset), tid: tid)
         return (slot, offset >= Arch.trampolineSyscallEnd)
@@ -113,7 +117,8 @@ public struct FaultTrampoline: Sendable {
     /// The words at `address` of the data page in PageWatch's own mapping, if shared.
     func localWords(at address: RemoteAddress, count: Int) -> UnsafeMutablePointer<UInt64>? {
         guard local != 0, address >= data, address + UInt64(count * 8) <= data + Page.size,
-              let base = UnsafeMutableRawPointer(bitPattern: local) else { return nil }
+            let base = UnsafeMutableRawPointer(bitPattern: local)
+        else { return nil }
         return (base + Int(address.value - data.value)).assumingMemoryBound(to: UInt64.self)
     }
 }

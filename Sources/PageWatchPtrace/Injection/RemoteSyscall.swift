@@ -43,8 +43,8 @@ public struct RemoteSyscall: Sendable {
     public struct Outcome {
         /// The raw return value: >= 0, or -errno.
         public var value: Int64
-        /// Signals that arrived for the thread while the injected call ran
-        /// (hazard 16); the caller delivers them once the thread is restored.
+        /// Signals that arrived for the thread while the injected call ran;
+        /// the caller delivers them once the thread is restored.
         public var heldSignals: [HeldSignal]
         /// A PTRACE_INTERRUPT stop of the thread was passed on the way.
         public var consumedInterrupt = false
@@ -69,8 +69,10 @@ public struct RemoteSyscall: Sendable {
     /// saved ones, until it stops itself at `stop` (SIGSTOP; the single-step
     /// SIGTRAP past a stepped `syscall`); restores the saved registers on
     /// every path.
-    func execute(in tid: Int32, completing: Int64?, stopAt stop: RemoteAddress,
-                 prepare: (Arch.Registers) -> Arch.Registers) throws -> Outcome {
+    func execute(
+        in tid: Int32, completing: Int64?, stopAt stop: RemoteAddress,
+        prepare: (Arch.Registers) -> Arch.Registers
+    ) throws -> Outcome {
         var saved = try Arch.readRegisters(tid: tid)
         if let completing { saved = Arch.settingSyscallResult(saved, completing) }
         let prepared = prepare(saved)
@@ -92,7 +94,7 @@ public struct RemoteSyscall: Sendable {
         var consumedInterrupt = false
         // Once a signal was held, the rest wait (blocked) until the call is
         // done: a timer faster than one hold-and-continue cycle would
-        // otherwise keep the gadget from ever running (hazard 16).
+        // otherwise keep the gadget from ever running.
         var savedMask: UInt64?
         defer { if let savedMask { try? Ptrace.setSignalMask(tid, savedMask) } }
         while true {
@@ -122,15 +124,20 @@ public struct RemoteSyscall: Sendable {
                 // (A fault the program took just before PageWatch stopped it
                 // arrives here once, at the gadget's first instruction: held.)
                 let synchronous = [Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGTRAP].contains(sig)
-                if synchronous && (Page.floor(h.faultAddress) == Page.floor(gadget)
-                                   || held.filter({ $0.signal == sig && $0.faultAddress == h.faultAddress }).count >= 2) {
-                    throw TraceError.remoteSyscall("injected call (\(Signal.name(sig)) at \(h.faultAddress.hex))", .EFAULT,
-                                                   tid: tid, address: gadget)
+                if synchronous
+                    && (Page.floor(h.faultAddress) == Page.floor(gadget)
+                        || held.filter({ $0.signal == sig && $0.faultAddress == h.faultAddress }).count >= 2)
+                {
+                    throw TraceError.remoteSyscall(
+                        "injected call (\(Signal.name(sig)) at \(h.faultAddress.hex))", .EFAULT,
+                        tid: tid, address: gadget)
                 }
                 if getenv("PAGEWATCH_DEBUG") != nil {
                     let regs = try Arch.readRegisters(tid: tid)
                     let info = try Ptrace.signalInfo(tid)
-                    let line = Array("pagewatch[debug]   held \(Signal.name(sig)) code \(info.code) addr \(info.faultAddress) at \(Arch.instructionPointer(regs)) sp \(Arch.stackPointer(regs))\n".utf8)
+                    let line = Array(
+                        "pagewatch[debug]   held \(Signal.name(sig)) code \(info.code) addr \(info.faultAddress) at \(Arch.instructionPointer(regs)) sp \(Arch.stackPointer(regs))\n"
+                            .utf8)
                     _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
                 }
                 held.append(h)
@@ -164,16 +171,22 @@ public struct RemoteSyscall: Sendable {
     /// Every signal but the synchronous ones: the kernel resets the handler
     /// of a blocked signal it must force (the gadget's SIGTRAP, a fault) to
     /// the default, which would change the program.
-    static let blockedDuringInjection: UInt64 = [Signal.SIGTRAP, Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGFPE]
-        .reduce(~UInt64(0)) { $0 & ~(UInt64(1) << UInt64($1 - 1)) }
+    static let blockedDuringInjection: UInt64 = [
+        Signal.SIGTRAP, Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGFPE,
+    ]
+    .reduce(~UInt64(0)) { $0 & ~(UInt64(1) << UInt64($1 - 1)) }
 
-    /// Runs `mprotect` on every range in one injection (a sweep's re-arming,
-    /// issue 6), through `batch`. Returns the results in order (0 or -errno).
-    public func mprotectBatch(_ changes: [(range: AddressRange, protection: Protection)], in tid: Int32,
-                              completing: Int64? = nil) throws -> (results: [Int64], outcome: Outcome) {
-        try batch(changes.map { c in
-            BatchCall(number: Arch.syscalls.mprotect, c.range.start.value, c.range.length, UInt64(c.protection.rawValue))
-        }, in: tid, completing: completing)
+    /// Runs `mprotect` on every range in one injection (a sweep's
+    /// re-arming), through `batch`. Returns the results in order (0 or -errno).
+    public func mprotectBatch(
+        _ changes: [(range: AddressRange, protection: Protection)], in tid: Int32,
+        completing: Int64? = nil
+    ) throws -> (results: [Int64], outcome: Outcome) {
+        try batch(
+            changes.map { c in
+                BatchCall(
+                    number: Arch.syscalls.mprotect, c.range.start.value, c.range.length, UInt64(c.protection.rawValue))
+            }, in: tid, completing: completing)
     }
 
     /// One call of a batch: its number and three arguments.
@@ -191,8 +204,9 @@ public struct RemoteSyscall: Sendable {
     /// page and stores each call's result over its number. Returns the
     /// results in order (-errno on failure; the call's number when the batch
     /// never reached it).
-    public func batch(_ calls: [BatchCall], in tid: Int32,
-                      completing: Int64? = nil) throws -> (results: [Int64], outcome: Outcome) {
+    public func batch(_ calls: [BatchCall], in tid: Int32, completing: Int64? = nil) throws -> (
+        results: [Int64], outcome: Outcome
+    ) {
         var results: [Int64] = []
         var outcome = Outcome(value: 0, heldSignals: [])
         let array = argumentArea
@@ -220,8 +234,10 @@ public struct RemoteSyscall: Sendable {
     /// Runs a call that takes or fills a structure (`rt_sigaction`,
     /// `sigaltstack`): `input` is written at `argumentArea` first, and
     /// `outputCount` bytes are read back from there after it.
-    public func run(_ number: Int64, _ arguments: [UInt64], input: [UInt8], outputCount: Int, in tid: Int32,
-                    completing: Int64? = nil) throws -> (outcome: Outcome, output: [UInt8]) {
+    public func run(
+        _ number: Int64, _ arguments: [UInt64], input: [UInt8], outputCount: Int, in tid: Int32,
+        completing: Int64? = nil
+    ) throws -> (outcome: Outcome, output: [UInt8]) {
         if !input.isEmpty { try input.withUnsafeBytes { try Self.writeBytes($0, at: argumentArea, tid: tid) } }
         let outcome = try run(number, arguments, in: tid, completing: completing)
         let output = outputCount > 0 ? try Ptrace.readMemory(tid, argumentArea, count: outputCount) : []
@@ -234,7 +250,9 @@ public struct RemoteSyscall: Sendable {
     /// `count` little-endian words of the tracee at `address` (process_vm_readv).
     static func readWords(_ count: Int, at address: RemoteAddress, tid: Int32) throws -> [UInt64] {
         let bytes = try Ptrace.readMemory(tid, address, count: count * 8)
-        guard bytes.count == count * 8 else { throw TraceError.call("process_vm_readv", .EIO, tid: tid, address: address) }
+        guard bytes.count == count * 8 else {
+            throw TraceError.call("process_vm_readv", .EIO, tid: tid, address: address)
+        }
         return stride(from: 0, to: bytes.count, by: 8).map { o in
             (0..<8).reduce(UInt64(0)) { $0 | UInt64(bytes[o + $1]) << UInt64(8 * $1) }
         }
@@ -253,8 +271,10 @@ public struct RemoteSyscall: Sendable {
     }
 
     /// Runs a call and throws `TraceError.remoteSyscall` when it returns -errno.
-    public func call(_ name: String, _ number: Int64, _ arguments: [UInt64], in tid: Int32,
-                     address: RemoteAddress? = nil, completing: Int64? = nil) throws -> (value: UInt64, held: [HeldSignal]) {
+    public func call(
+        _ name: String, _ number: Int64, _ arguments: [UInt64], in tid: Int32,
+        address: RemoteAddress? = nil, completing: Int64? = nil
+    ) throws -> (value: UInt64, held: [HeldSignal]) {
         let o = try run(number, arguments, in: tid, completing: completing)
         if o.value < 0 && o.value > -4096 {
             throw TraceError.remoteSyscall(name, Errno(Int32(-o.value)), tid: tid, address: address)
@@ -262,10 +282,13 @@ public struct RemoteSyscall: Sendable {
         return (UInt64(bitPattern: o.value), o.heldSignals)
     }
 
-    public func mprotect(_ range: AddressRange, _ protection: Protection, in tid: Int32,
-                         completing: Int64? = nil) throws -> Outcome {
-        let o = try run(Arch.syscalls.mprotect, [range.start.value, range.length, UInt64(protection.rawValue)],
-                        in: tid, completing: completing)
+    public func mprotect(
+        _ range: AddressRange, _ protection: Protection, in tid: Int32,
+        completing: Int64? = nil
+    ) throws -> Outcome {
+        let o = try run(
+            Arch.syscalls.mprotect, [range.start.value, range.length, UInt64(protection.rawValue)],
+            in: tid, completing: completing)
         if o.value < 0 && o.value > -4096 {
             throw TraceError.remoteSyscall("mprotect", Errno(Int32(-o.value)), tid: tid, address: range.start)
         }
@@ -277,7 +300,9 @@ public struct RemoteSyscall: Sendable {
     public static let scratchSize = 3 * Page.size
 
     public var trampoline: FaultTrampoline { FaultTrampoline(code: Page.floor(gadget)) }
-    public var scratch: AddressRange { AddressRange(start: Page.floor(gadget), end: Page.floor(gadget) + Self.scratchSize) }
+    public var scratch: AddressRange {
+        AddressRange(start: Page.floor(gadget), end: Page.floor(gadget) + Self.scratchSize)
+    }
 
     /// Places the scratch pages in the tracee: single-steps a `syscall`
     /// instruction of the process's own code (`syscallInstruction(in:)`) to
@@ -289,18 +314,23 @@ public struct RemoteSyscall: Sendable {
         var held: [HeldSignal] = []  // the caller delivers them when it resumes the thread
         let rw = UInt64(Protection.read.union(.write).rawValue)
         let mapPrivateAnonymous: UInt64 = 0x02 | 0x20, fixedNoReplace: UInt64 = 0x100000
-        let hinted = try stepped.run(Arch.syscalls.mmap, [Arch.scratchAddressHint, scratchSize, rw,
-                                                          mapPrivateAnonymous | fixedNoReplace, UInt64(bitPattern: -1), 0],
-                                     in: tid, completing: completing)
+        let hinted = try stepped.run(
+            Arch.syscalls.mmap,
+            [
+                Arch.scratchAddressHint, scratchSize, rw,
+                mapPrivateAnonymous | fixedNoReplace, UInt64(bitPattern: -1), 0,
+            ],
+            in: tid, completing: completing)
         held += hinted.heldSignals
         let page: UInt64
         if hinted.value == Int64(bitPattern: Arch.scratchAddressHint) {
             page = Arch.scratchAddressHint
         } else {
             // Taken (EEXIST): anywhere; the trampoline's calls then stop at the filter.
-            let r = try stepped.call("mmap", Arch.syscalls.mmap,
-                                     [0, scratchSize, rw, mapPrivateAnonymous, UInt64(bitPattern: -1), 0], in: tid,
-                                     completing: completing)
+            let r = try stepped.call(
+                "mmap", Arch.syscalls.mmap,
+                [0, scratchSize, rw, mapPrivateAnonymous, UInt64(bitPattern: -1), 0], in: tid,
+                completing: completing)
             page = r.value
             held += r.held
         }
@@ -308,8 +338,10 @@ public struct RemoteSyscall: Sendable {
             try writeBytes($0, at: RemoteAddress(page), tid: tid)
         }
         let rx = UInt64(Protection.read.union(.execute).rawValue)  // the code page only
-        held += try stepped.call("mprotect", Arch.syscalls.mprotect, [page, Page.size, rx], in: tid,
-                                 address: RemoteAddress(page)).held
+        held += try stepped.call(
+            "mprotect", Arch.syscalls.mprotect, [page, Page.size, rx], in: tid,
+            address: RemoteAddress(page)
+        ).held
         return (RemoteSyscall(gadget: RemoteAddress(page)), held)
     }
 
@@ -326,21 +358,28 @@ public struct RemoteSyscall: Sendable {
     /// executable mappings. Only read, never patched: another thread may be
     /// running that code.
     public static func syscallInstruction(in tid: Int32) throws -> RemoteAddress {
-        let mappings = try ProcFS.maps(of: tid).filter { $0.protection.contains(.execute) && $0.protection.contains(.read) }
-        let ordered = mappings.filter { $0.path == "[vdso]" } + mappings.filter { $0.path != "[vdso]" && $0.path != "[vsyscall]" }
+        let mappings = try ProcFS.maps(of: tid).filter {
+            $0.protection.contains(.execute) && $0.protection.contains(.read)
+        }
+        let ordered =
+            mappings.filter { $0.path == "[vdso]" } + mappings.filter { $0.path != "[vdso]" && $0.path != "[vsyscall]" }
         let pattern = Arch.syscallInstruction
         let chunk = 64 * 1024
         for mapping in ordered {
             var at = mapping.range.start
             while at < mapping.range.end {
                 let count = Int(min(UInt64(chunk + pattern.count - 1), mapping.range.end - at))
-                guard let bytes = try? Ptrace.readMemory(tid, at, count: count), bytes.count >= pattern.count else { break }
-                for i in 0...(bytes.count - pattern.count) where bytes[i] == pattern[0] && Array(bytes[i..<i + pattern.count]) == pattern {
+                guard let bytes = try? Ptrace.readMemory(tid, at, count: count), bytes.count >= pattern.count else {
+                    break
+                }
+                for i in 0...(bytes.count - pattern.count)
+                where bytes[i] == pattern[0] && Array(bytes[i..<i + pattern.count]) == pattern {
                     return at + UInt64(i)
                 }
                 at = at + UInt64(chunk)
             }
         }
-        throw TraceError.remoteSyscall("finding a syscall instruction in the process's code", Errno(ENOEXEC), tid: tid, address: nil)
+        throw TraceError.remoteSyscall(
+            "finding a syscall instruction in the process's code", Errno(ENOEXEC), tid: tid, address: nil)
     }
 }

@@ -21,9 +21,12 @@ public enum Attacher {
         if field("State")?.first == "Z" { throw refuse("it is a zombie (it has exited; its parent has not reaped it)") }
         if isKernelThread(pid) { throw refuse("it is a kernel thread, which has no user memory") }
         if let tracer = field("TracerPid").flatMap({ Int32($0) }), tracer != 0 {
-            let name = (try? ProcFS.read("/proc/\(tracer)/comm", pid: tracer))?.split(separator: "\n").first.map(String.init) ?? "?"
-            throw refuse("it is already traced by pid \(tracer) (\(name))",
-                         "a process has one tracer: detach the debugger or strace first")
+            let name =
+                (try? ProcFS.read("/proc/\(tracer)/comm", pid: tracer))?.split(separator: "\n").first.map(String.init)
+                ?? "?"
+            throw refuse(
+                "it is already traced by pid \(tracer) (\(name))",
+                "a process has one tracer: detach the debugger or strace first")
         }
     }
 
@@ -43,7 +46,9 @@ public enum Attacher {
         defer { closedir(dir) }
         var tids: [Int32] = []
         while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) {
+                String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+            }
             if let tid = Int32(name) { tids.append(tid) }
         }
         return tids.sorted()
@@ -61,10 +66,14 @@ public enum Attacher {
 
     /// The tracer of `tid` and its name, when it is not PageWatch.
     static func otherTracer(of tid: Int32) -> (Int32, String)? {
-        guard let tracer = ProcFS.statusField("TracerPid", of: tid).flatMap({ Int32($0) }), tracer != 0, tracer != getpid() else {
+        guard let tracer = ProcFS.statusField("TracerPid", of: tid).flatMap({ Int32($0) }), tracer != 0,
+            tracer != getpid()
+        else {
             return nil
         }
-        let name = (try? ProcFS.read("/proc/\(tracer)/comm", pid: tracer))?.split(separator: "\n").first.map(String.init) ?? "?"
+        let name =
+            (try? ProcFS.read("/proc/\(tracer)/comm", pid: tracer))?.split(separator: "\n").first.map(String.init)
+            ?? "?"
         return (tracer, name)
     }
 
@@ -94,8 +103,9 @@ public enum Attacher {
                     // the threads seized so far are let go when this
                     // (tracer) process exits.
                     if let (tracer, name) = otherTracer(of: tid) {
-                        throw TraceError.cannotAttach(pid: pid, reason: "its thread \(tid) is traced by pid \(tracer) (\(name))",
-                                                      hint: "a thread has one tracer: detach the debugger or strace from it first")
+                        throw TraceError.cannotAttach(
+                            pid: pid, reason: "its thread \(tid) is traced by pid \(tracer) (\(name))",
+                            hint: "a thread has one tracer: detach the debugger or strace from it first")
                     }
                     throw TraceError.call("ptrace(PTRACE_SEIZE)", errno, tid: tid)
                 }

@@ -23,13 +23,17 @@ public enum ExecPrivilege {
         var fs = statvfs()
         if statvfs(exe, &fs) == 0, fs.f_flag & UInt(ST_NOSUID) != 0 { return nil }
         func ids(_ name: String) -> [UInt32] {
-            ProcFS.statusField(name, in: status)?.split(whereSeparator: { $0 == "\t" || $0 == " " }).compactMap { UInt32($0) } ?? []
+            ProcFS.statusField(name, in: status)?.split(whereSeparator: { $0 == "\t" || $0 == " " }).compactMap {
+                UInt32($0)
+            } ?? []
         }
         var denied: [String] = []
         if st.st_mode & S_ISUID != 0, let euid = ids("Uid").dropFirst().first, euid != st.st_uid {
             denied.append(st.st_uid == 0 ? "setuid root" : "setuid \(st.st_uid)")
         }
-        if st.st_mode & S_ISGID != 0, st.st_mode & S_IXGRP != 0, let egid = ids("Gid").dropFirst().first, egid != st.st_gid {
+        if st.st_mode & S_ISGID != 0, st.st_mode & S_IXGRP != 0, let egid = ids("Gid").dropFirst().first,
+            egid != st.st_gid
+        {
             denied.append("setgid \(st.st_gid)")
         }
         let held = ProcFS.statusField("CapPrm", in: status).flatMap { UInt64($0, radix: 16) } ?? 0

@@ -8,9 +8,11 @@ public enum Launcher {
     /// Throws `TraceError.execFailed` when the program cannot be executed.
     /// The program inherits the caller's signal mask, as from a shell, unless
     /// `emptySignalMask` (for callers on threads that block signals).
-    public static func launch(_ command: [String], options: TraceOptions,
-                              standardInput: Int32 = -1, standardOutput: Int32 = -1,
-                              emptySignalMask: Bool = false, seccompFilter: SeccompFilter? = nil) throws -> Int32 {
+    public static func launch(
+        _ command: [String], options: TraceOptions,
+        standardInput: Int32 = -1, standardOutput: Int32 = -1,
+        emptySignalMask: Bool = false, seccompFilter: SeccompFilter? = nil
+    ) throws -> Int32 {
         precondition(!command.isEmpty)
         var errorFD: Int32 = -1
         let instructions = (seccompFilter?.instructions ?? []).map {
@@ -18,8 +20,9 @@ public enum Launcher {
         }
         let pid: Int32 = withCStrings(command) { argv in
             instructions.withUnsafeBufferPointer { filter in
-                pw_spawn_stopped(argv[0], argv, standardInput, standardOutput, emptySignalMask ? 1 : 0,
-                                 seccompFilter == nil ? nil : filter.baseAddress, Int32(filter.count), &errorFD)
+                pw_spawn_stopped(
+                    argv[0], argv, standardInput, standardOutput, emptySignalMask ? 1 : 0,
+                    seccompFilter == nil ? nil : filter.baseAddress, Int32(filter.count), &errorFD)
             }
         }
         if pid < 0 { throw TraceError.call("fork", Errno(-pid), tid: getpid()) }
@@ -52,7 +55,9 @@ public enum Launcher {
             case .exited(_, let code):
                 var report: (Int32, Int32) = (0, 0)
                 if withUnsafeMutableBytes(of: &report, { read(errorFD, $0.baseAddress, 8) }) == 8 {
-                    if report.0 == 1 { throw TraceError.call("seccomp(SECCOMP_SET_MODE_FILTER)", Errno(report.1), tid: pid) }
+                    if report.0 == 1 {
+                        throw TraceError.call("seccomp(SECCOMP_SET_MODE_FILTER)", Errno(report.1), tid: pid)
+                    }
                     throw TraceError.execFailed(path: command[0], Errno(report.1))
                 }
                 throw TraceError.execFailed(path: command[0], Errno(code == 127 ? 2 : code))

@@ -3,7 +3,7 @@ import PageWatchAddressSpace
 /// A seccomp-bpf program that stops the tracee (`SECCOMP_RET_TRACE`) at the
 /// entry of syscalls and lets the listed harmless ones run at full speed
 /// (strace's `--seccomp-bpf` is the precedent). Inherited by every descendant and never
-/// removable: every descendant must stay traced (hazard 8).
+/// removable: every descendant must stay traced.
 public struct SeccompFilter: Sendable {
     public struct Instruction: Equatable, Sendable {
         public var code: UInt16, jt: UInt8, jf: UInt8, k: UInt32
@@ -11,15 +11,15 @@ public struct SeccompFilter: Sendable {
 
     public let instructions: [Instruction]
 
-    static let ldAbsW: UInt16 = 0x20      // BPF_LD | BPF_W | BPF_ABS
-    static let jeqK: UInt16 = 0x15        // BPF_JMP | BPF_JEQ | BPF_K
-    static let jgeK: UInt16 = 0x35        // BPF_JMP | BPF_JGE | BPF_K
-    static let jsetK: UInt16 = 0x45       // BPF_JMP | BPF_JSET | BPF_K
-    static let retK: UInt16 = 0x06        // BPF_RET | BPF_K
+    static let ldAbsW: UInt16 = 0x20  // BPF_LD | BPF_W | BPF_ABS
+    static let jeqK: UInt16 = 0x15  // BPF_JMP | BPF_JEQ | BPF_K
+    static let jgeK: UInt16 = 0x35  // BPF_JMP | BPF_JGE | BPF_K
+    static let jsetK: UInt16 = 0x45  // BPF_JMP | BPF_JSET | BPF_K
+    static let retK: UInt16 = 0x06  // BPF_RET | BPF_K
     static let allow: UInt32 = 0x7fff_0000  // SECCOMP_RET_ALLOW
     static let trace: UInt32 = 0x7ff0_0000  // SECCOMP_RET_TRACE
 
-    static let aluAndK: UInt16 = 0x54     // BPF_ALU | BPF_AND | BPF_K
+    static let aluAndK: UInt16 = 0x54  // BPF_ALU | BPF_AND | BPF_K
 
     /// Traces every syscall of `auditArch` except `allowed`, and `futex`
     /// only when it is shared (FUTEX_PRIVATE_FLAG, 0x80, clear in args[1])
@@ -27,8 +27,10 @@ public struct SeccompFilter: Sendable {
     /// `scratch`: calls made from there (PageWatch's own code in the
     /// tracee: the fault trampoline's `mprotect`) run untraced. It must not
     /// cross a 4 GiB boundary (the filter compares the two 32-bit halves).
-    public init(auditArch: UInt32, allowing allowed: [Int64], futex: Int64, futexWakeOp: UInt32,
-                scratch: AddressRange? = nil) {
+    public init(
+        auditArch: UInt32, allowing allowed: [Int64], futex: Int64, futexWakeOp: UInt32,
+        scratch: AddressRange? = nil
+    ) {
         let numbers = Array(Set(allowed)).sorted()
         precondition(numbers.count < 230, "one BPF jump reaches at most 255 instructions")
         let n = numbers.count
@@ -45,11 +47,14 @@ public struct SeccompFilter: Sendable {
         let start = scratch?.start.value ?? 0, end = scratch?.end.value ?? 0
         precondition(start >> 32 == (end &- 1) >> 32 || scratch == nil, "scratch crosses a 4 GiB boundary")
         p.append(Instruction(code: Self.ldAbsW, jt: 0, jf: 0, k: 12))
-        p.append(Instruction(code: Self.jeqK, jt: 0, jf: jump(from: 3, to: 7), k: UInt32(truncatingIfNeeded: start >> 32)))
+        p.append(
+            Instruction(code: Self.jeqK, jt: 0, jf: jump(from: 3, to: 7), k: UInt32(truncatingIfNeeded: start >> 32)))
         p.append(Instruction(code: Self.ldAbsW, jt: 0, jf: 0, k: 8))
         p.append(Instruction(code: Self.jgeK, jt: 0, jf: jump(from: 5, to: 7), k: UInt32(truncatingIfNeeded: start)))
-        p.append(Instruction(code: Self.jgeK, jt: jump(from: 6, to: 7), jf: jump(from: 6, to: allowAt),
-                             k: UInt32(truncatingIfNeeded: end)))
+        p.append(
+            Instruction(
+                code: Self.jgeK, jt: jump(from: 6, to: 7), jf: jump(from: 6, to: allowAt),
+                k: UInt32(truncatingIfNeeded: end)))
         p.append(Instruction(code: Self.ldAbsW, jt: 0, jf: 0, k: 0))
         p.append(Instruction(code: Self.jeqK, jt: jump(from: 8, to: futexAt), jf: 0, k: UInt32(futex)))
         for (i, nr) in numbers.enumerated() {
@@ -70,16 +75,18 @@ public struct SeccompFilter: Sendable {
     /// What the filter returns for syscall `nr` of `arch` (args[1] = `arg1`)
     /// made from `ip`: true = trace. For tests.
     public func traces(nr: Int64, arch: UInt32, arg1: UInt64 = 0, ip: UInt64 = 0) -> Bool {
-        let data = SeccompData(nr: Int32(truncatingIfNeeded: nr), arch: arch, instructionPointer: ip,
-                               arguments: [0, arg1, 0, 0, 0, 0])
+        let data = SeccompData(
+            nr: Int32(truncatingIfNeeded: nr), arch: arch, instructionPointer: ip,
+            arguments: [0, arg1, 0, 0, 0, 0])
         return Self.run(instructions, on: data) == Self.trace
     }
 
     /// The instructions of a `struct sock_filter` array as the tracee holds it.
     public static func decode(_ bytes: [UInt8]) -> [Instruction] {
         stride(from: 0, to: bytes.count - bytes.count % 8, by: 8).map { o in
-            Instruction(code: UInt16(bytes[o]) | UInt16(bytes[o + 1]) << 8, jt: bytes[o + 2], jf: bytes[o + 3],
-                        k: (0..<4).reduce(UInt32(0)) { $0 | UInt32(bytes[o + 4 + $1]) << (8 * $1) })
+            Instruction(
+                code: UInt16(bytes[o]) | UInt16(bytes[o + 1]) << 8, jt: bytes[o + 2], jf: bytes[o + 3],
+                k: (0..<4).reduce(UInt32(0)) { $0 | UInt32(bytes[o + 4 + $1]) << (8 * $1) })
         }
     }
 
@@ -101,12 +108,12 @@ public struct SeccompFilter: Sendable {
             case 0x00, 0x01:  // LD, LDX
                 let value: UInt32
                 switch i.code & 0xe0 {  // mode (size must be W)
-                case 0x00: value = i.k                                       // IMM
-                case 0x20:                                                   // ABS
+                case 0x00: value = i.k  // IMM
+                case 0x20:  // ABS
                     guard i.code & 0x18 == 0, i.k % 4 == 0, i.k < 64 else { return killProcess }
                     value = (0..<4).reduce(UInt32(0)) { $0 | UInt32(bytes[Int(i.k) + $1]) << (8 * $1) }
                 case 0x60: guard i.k < 16 else { return killProcess }; value = scratch[Int(i.k)]  // MEM
-                case 0x80: value = 64                                         // LEN
+                case 0x80: value = 64  // LEN
                 default: return killProcess
                 }
                 if i.code & 0x07 == 0 { a = value } else { x = value }

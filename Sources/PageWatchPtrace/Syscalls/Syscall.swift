@@ -2,9 +2,9 @@
 /// `SyscallTable.rows`. Each architecture numbers them in its own file
 /// (`X86_64.syscallTable`); generic code never uses numbers.
 public enum Syscall: String, CaseIterable, Sendable {
-    // Memory management (hazard 5).
+    // The program's own memory calls.
     case mmap, munmap, mprotect, pkey_mprotect, mremap, brk, madvise, shmat, shmdt
-    // Copy-out to user memory (hazard 1).
+    // Calls that copy out to user memory.
     case read, pread64, readv, preadv, preadv2, recvfrom, recvmsg, recvmmsg, getrandom, pipe, pipe2
     case socketpair, wait4, waitid, fstat, stat, lstat, newfstatat, statx, statfs, fstatfs, getdents64
     case getdents, getcwd, readlink, readlinkat, uname, sysinfo, getrusage, getrlimit, prlimit64, times
