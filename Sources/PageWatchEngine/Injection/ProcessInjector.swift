@@ -151,6 +151,22 @@ final class ProcessInjector {
         }
     }
 
+    /// Discards `pages` (`MADV_DONTNEED`), which PageWatch populated and the
+    /// program never wrote: they are missing again, as before `populate`.
+    func discard(_ pages: [RemoteAddress], _ thread: TrackedThread) throws {
+        guard !pages.isEmpty else { return }
+        let tid = thread.tid
+        trace("  discard \(pages.count) populated page(s) in \(tid)")
+        let calls = pages.map {
+            RemoteSyscall.BatchCall(number: HostArchitecture.syscalls.madvise, $0.value, Page.size, Self.madvDontNeed)
+        }
+        let results =
+            try inject(thread) { remote, completing in
+                try remote.batch(calls, in: tid, completing: completing)
+            } ?? []
+        for (page, r) in zip(pages, results) where r != 0 { trace("    discard \(page.hex): \(r)") }
+    }
+
     /// `populate` for a range already armed (the program's own mprotect
     /// made it writable and PageWatch ran that call without write): the
     /// whole range un-armed, its first page populated, the range armed again,
@@ -188,6 +204,7 @@ final class ProcessInjector {
     }
 
     static let madvPopulateWrite: UInt64 = 23
+    static let madvDontNeed: UInt64 = 4
     /// Set once the kernel answered EINVAL to MADV_POPULATE_WRITE (before 5.14).
     nonisolated(unsafe) static var populateUnsupported = false
     /// PAGEWATCH_POPULATE=no: arm without populating (for the benchmark's comparison).

@@ -47,6 +47,12 @@ public struct TrackedMemory: Sendable {
     /// one page populated, or nothing to do (`pagesToPopulate`).
     public private(set) var anonVmaSettled = PageSet()
 
+    /// The pages PageWatch populated for that. A registration of the
+    /// program's for missing-page faults takes them back when they still
+    /// hold nothing (`ProcessTracker.returnPopulatedPages`): its handler
+    /// must be asked for them as if PageWatch had not been there.
+    public private(set) var populated = PageSet()
+
     public init() {}
 
     public var trackedPageCount: UInt64 { regions.reduce(0) { $0 + $1.range.pageCount } }
@@ -328,6 +334,7 @@ public struct TrackedMemory: Sendable {
         let r = range.pageAligned
         regions.removeSubrange(isolate(r))
         anonVmaSettled.remove(r)
+        populated.remove(r)
     }
 
     /// Tracks `range` afresh with the given state (replacing what was there).
@@ -411,6 +418,22 @@ public struct TrackedMemory: Sendable {
         regions = []
         pinned = PageSet()
         anonVmaSettled = PageSet()
+        populated = PageSet()
+    }
+
+    /// Remembers pages PageWatch populated.
+    public mutating func notePopulated(_ pages: [RemoteAddress]) {
+        for page in pages { populated.insert(page: page) }
+    }
+
+    /// The populated pages in `range`, forgotten as such.
+    public mutating func takePopulated(in range: AddressRange) -> [RemoteAddress] {
+        let r = range.pageAligned
+        let taken = populated.intersection(r)
+        populated.remove(r)
+        return taken.ranges.flatMap { piece in
+            stride(from: piece.start.value, to: piece.end.value, by: Int(Page.size)).map { RemoteAddress($0) }
+        }
     }
 }
 

@@ -420,10 +420,13 @@ extension ProcessTracker {
                     // Armed before the program could write it: its first page
                     // is populated through a brief un-arming (it is dirty).
                     if ranArmed, m.isPrivate, memory.settle(s), userfaultRangesHere.intersection(s).isEmpty,
-                        memory.pinned.intersection(s).isEmpty, try !injector.populateArmed(s, prot, thread)
+                        memory.pinned.intersection(s).isEmpty
                     {
-                        memory.insert(s, protection: prot, armed: false, dirty: true)
-                        _ = memory.settle(s)
+                        memory.notePopulated([s.start])
+                        if try !injector.populateArmed(s, prot, thread) {
+                            memory.insert(s, protection: prot, armed: false, dirty: true)
+                            _ = memory.settle(s)
+                        }
                     }
                 }
                 var rest = PageSet([part])
@@ -448,6 +451,7 @@ extension ProcessTracker {
         guard armsNow else { return }  // dirty, armed by the first sweep
         if populating, let page = memory.pageToPopulate(in: range, excluded: userfaultRangesHere) {
             try injector.populate([page], thread)
+            memory.notePopulated([page])
         }
         for piece in memory.trackedPieces(in: range) {
             var rest = PageSet([piece.range])
