@@ -14,6 +14,24 @@ import Testing
             FixtureTests.Case(fixture: "fx_userfaultfd", extraArguments: depth, expectedStatus: 0))
     }
 
+    /// A whole mapping registered for missing pages after it was made: every
+    /// page still asks the program's handler (fx_uffd_late), although
+    /// PageWatch populated one page of the mapping before arming it.
+    @Test func registeredAfterTheMappingEveryPageAsksTheHandler() throws {
+        let untracked = try Harness.run([Harness.fixture("fx_uffd_late")])
+        #expect(untracked.status == 0)
+        #expect(untracked.stdout.contains("bytes ab ab ab ab ab ab ab ab\n"))
+        let log = Harness.temporaryPath("uffd-late.jsonl")
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--verify-contents", "--interval", "0", "--output", log, "--",
+                Harness.fixture("fx_uffd_late"),
+            ])
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == 0, "\(tracked.stderr)")
+        #expect(!(try Harness.readLog(log)).contains { $0["type"] as? String == "missed" })
+    }
+
     /// Attached after the registration (learned from smaps), the same.
     @Test(arguments: [["--stack-depth", "0"], []])
     func attachedAfterTheRegistration(_ depth: [String]) throws {

@@ -307,4 +307,32 @@ import PageWatchAddressSpace
         #expect(n.dirtyPages().ranges == [AddressRange(0x13000, 0x14000)])
         #expect(n.rearmPlan().isEmpty)  // the pinned page is never re-armed
     }
+
+    /// One page per new private maps line, before its first arming; none
+    /// again for a settled one, nor for a line whose pages are all armed.
+    @Test func onePageToPopulatePerNewMapping() {
+        var m = TrackedMemory()
+        let file = Mapping(
+            range: AddressRange(0x30000, 0x32000), protection: rw, isPrivate: true, inode: 7, path: "/lib/x.so")
+        let maps = [
+            anon(0x10000, 0x18000, rw), anon(0x18000, 0x1a000, [.read]), file,
+            Mapping(range: AddressRange(0x40000, 0x42000), protection: rw, isPrivate: true, path: "[stack]"),
+        ]
+        m.reconcile(maps: maps, selection: Selection([]), stackAnchors: [])
+        // The first page of a userfaultfd range is left alone.
+        #expect(
+            m.pagesToPopulate(maps: maps, excluded: PageSet([AddressRange(0x30000, 0x31000)]))
+                == [RemoteAddress(0x10000)])
+        #expect(m.pagesToPopulate(maps: maps, excluded: PageSet()).isEmpty)
+        for c in m.rearmPlan() { m.markArmed(c.range) }
+        // A new mapping made at an mmap's exit: its first page, once.
+        m.insert(AddressRange(0x50000, 0x52000), protection: rw, armed: false, dirty: true)
+        #expect(m.pageToPopulate(in: AddressRange(0x50000, 0x52000), excluded: PageSet()) == RemoteAddress(0x50000))
+        #expect(m.pageToPopulate(in: AddressRange(0x50000, 0x52000), excluded: PageSet()) == nil)
+        // Unmapped, then mapped again: new again, but armed already: nothing to populate.
+        m.forget(AddressRange(0x50000, 0x52000))
+        m.insert(AddressRange(0x50000, 0x52000), protection: rw, armed: true, dirty: true)
+        #expect(m.pagesToPopulate(maps: [anon(0x50000, 0x52000, [.read])], excluded: PageSet()).isEmpty)
+        #expect(m.anonVmaSettled.contains(RemoteAddress(0x51000)))
+    }
 }

@@ -121,6 +121,95 @@ final class ProcessInjector {
         return results
     }
 
+    /// `MADV_POPULATE_WRITE` of one page at each of `pages`, in one
+    /// injection: the page's mapping gets its anon_vma before it is armed, so
+    /// the pieces arming splits it into share it and merge again (a page
+    /// first written inside a one-page piece would get its own, and that
+    /// piece never merge with its neighbours). Contents are unchanged (a zero
+    /// page, or a private copy of the file's). Failures are ignored (a guard
+    /// page, a page armed after all); EINVAL, a kernel before 5.14, ends
+    /// populating for the session.
+    func populate(_ pages: [RemoteAddress], _ thread: TrackedThread) throws {
+        guard !pages.isEmpty, !Self.populateUnsupported, Self.populatesMappings else { return }
+        let tid = thread.tid
+        trace("  populate \(pages.count) mapping(s) in \(tid)")
+        let calls = pages.map {
+            RemoteSyscall.BatchCall(
+                number: HostArchitecture.syscalls.madvise, $0.value, Page.size, Self.madvPopulateWrite)
+        }
+        let results =
+            try inject(thread) { remote, completing in
+                try remote.batch(calls, in: tid, completing: completing)
+            } ?? []
+        for (page, r) in zip(pages, results) where r != 0 {
+            if r == -Int64(EINVAL) {
+                Self.populateUnsupported = true
+                trace("    MADV_POPULATE_WRITE unsupported (EINVAL): mappings are armed without an anon_vma")
+                return
+            }
+            trace("    populate \(page.hex): \(r)")
+        }
+    }
+
+    /// Discards `pages` (`MADV_DONTNEED`), which PageWatch populated and the
+    /// program never wrote: they are missing again, as before `populate`.
+    func discard(_ pages: [RemoteAddress], _ thread: TrackedThread) throws {
+        guard !pages.isEmpty else { return }
+        let tid = thread.tid
+        trace("  discard \(pages.count) populated page(s) in \(tid)")
+        let calls = pages.map {
+            RemoteSyscall.BatchCall(number: HostArchitecture.syscalls.madvise, $0.value, Page.size, Self.madvDontNeed)
+        }
+        let results =
+            try inject(thread) { remote, completing in
+                try remote.batch(calls, in: tid, completing: completing)
+            } ?? []
+        for (page, r) in zip(pages, results) where r != 0 { trace("    discard \(page.hex): \(r)") }
+    }
+
+    /// `populate` for a range already armed (the program's own mprotect
+    /// made it writable and PageWatch ran that call without write): the
+    /// whole range un-armed, its first page populated, the range armed again,
+    /// in one injection. The whole range, not its first page alone: a VMA
+    /// made writable is charged (VM_ACCOUNT), and one made read-only while it
+    /// has no anon_vma is uncharged, so a page un-armed alone would differ
+    /// from its neighbours and never merge with them. Only for pages dirty
+    /// in the model: a write by another thread meanwhile does not fault, and
+    /// is reported anyway. Returns false when the range may be left writable
+    /// (the re-arming failed): it must then count as written.
+    func populateArmed(_ range: AddressRange, _ protection: Protection, _ thread: TrackedThread) throws -> Bool {
+        guard !Self.populateUnsupported, Self.populatesMappings else { return true }
+        let tid = thread.tid
+        trace("  populate armed \(range) in \(tid)")
+        let mprotect = HostArchitecture.syscalls.mprotect
+        let calls = [
+            RemoteSyscall.BatchCall(number: mprotect, range.start.value, range.length, UInt64(protection.rawValue)),
+            RemoteSyscall.BatchCall(
+                number: HostArchitecture.syscalls.madvise, range.start.value, Page.size,
+                Self.madvPopulateWrite),
+            RemoteSyscall.BatchCall(
+                number: mprotect, range.start.value, range.length, UInt64(protection.armed.rawValue)),
+        ]
+        let results =
+            try inject(thread) { remote, completing in
+                try remote.batch(calls, in: tid, completing: completing)
+            } ?? []
+        guard results.count == 3 else { return true }
+        if results[1] == -Int64(EINVAL) {
+            Self.populateUnsupported = true
+            trace("    MADV_POPULATE_WRITE unsupported (EINVAL): mappings are armed without an anon_vma")
+        }
+        if results != [0, 0, 0] { trace("    results: \(results)") }
+        return results[0] != 0 || results[2] == 0
+    }
+
+    static let madvPopulateWrite: UInt64 = 23
+    static let madvDontNeed: UInt64 = 4
+    /// Set once the kernel answered EINVAL to MADV_POPULATE_WRITE (before 5.14).
+    nonisolated(unsafe) static var populateUnsupported = false
+    /// PAGEWATCH_POPULATE=no: arm without populating (for the benchmark's comparison).
+    static let populatesMappings = getenv("PAGEWATCH_POPULATE").map { String(cString: $0) != "no" } ?? true
+
     /// Pins `range` in `memory` (never armed again: rseq areas, buffers the
     /// kernel holds) and gives it its program protection.
     func pin(_ range: AddressRange, in memory: inout TrackedMemory, _ thread: TrackedThread) throws {
@@ -130,8 +219,8 @@ final class ProcessInjector {
         }
     }
 
-    /// A batched mprotect's result that is not 0: -errno, or 1 when the
-    /// batch never reached it.
+    /// A batched mprotect's result that is not 0: -errno, or the call's
+    /// number when the batch never reached it.
     static func mprotectFailed(_ result: Int64, at address: RemoteAddress, tid: Int32) -> TraceError {
         .remoteSyscall("mprotect", Errno(result < 0 ? Int32(-result) : EIO), tid: tid, address: address)
     }

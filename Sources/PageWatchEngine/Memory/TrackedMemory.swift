@@ -43,6 +43,15 @@ public struct TrackedMemory: Sendable {
     /// Pages never armed because the kernel writes them behind the program's
     /// back (rseq areas, the lowest page of the main stack); reported dirty every sweep.
     public private(set) var pinned = PageSet()
+    /// Mapped ranges whose anon_vma PageWatch has seen to before arming them:
+    /// one page populated, or nothing to do (`pagesToPopulate`).
+    public private(set) var anonVmaSettled = PageSet()
+
+    /// The pages PageWatch populated for that. A registration of the
+    /// program's for missing-page faults takes them back when they still
+    /// hold nothing (`ProcessTracker.returnPopulatedPages`): its handler
+    /// must be asked for them as if PageWatch had not been there.
+    public private(set) var populated = PageSet()
 
     public init() {}
 
@@ -236,6 +245,65 @@ public struct TrackedMemory: Sendable {
         }
     }
 
+    // MARK: - One populated page per mapping before arming
+
+    /// One page to populate in each private mapping (maps line) that has
+    /// tracked pages and is not settled yet: its first tracked page that is
+    /// writable now (a page already armed cannot be populated from outside
+    /// without un-arming it). The main stack (it grows down, and has its
+    /// anon_vma from exec) and `excluded` pages (userfaultfd ranges) are left
+    /// alone. Every piece looked at becomes settled.
+    public mutating func pagesToPopulate(maps: [Mapping], excluded: PageSet) -> [RemoteAddress] {
+        var pages: [RemoteAddress] = []
+        for group in MappingGroup.group(maps) where group.mapping.isPrivate && !group.mapping.isMainStack {
+            for entry in group.entries {
+                var unsettled = PageSet([entry.range])
+                for s in anonVmaSettled.intersection(entry.range).ranges { unsettled.remove(s) }
+                for piece in unsettled.ranges {
+                    guard let (page, tracked) = firstWritablePage(in: piece) else { continue }
+                    if let page, !excluded.contains(page) { pages.append(page) }
+                    if tracked { anonVmaSettled.insert(piece) }
+                }
+            }
+        }
+        return pages
+    }
+
+    /// The page to populate in a new mapping `range` about to be armed, if any; `range` becomes settled.
+    public mutating func pageToPopulate(in range: AddressRange, excluded: PageSet) -> RemoteAddress? {
+        let r = range.pageAligned
+        guard settle(r) else { return nil }
+        guard let (page, _) = firstWritablePage(in: r), let page, !excluded.contains(page) else { return nil }
+        return page
+    }
+
+    /// Marks `range` settled; whether none of it was before.
+    public mutating func settle(_ range: AddressRange) -> Bool {
+        let r = range.pageAligned
+        defer { anonVmaSettled.insert(r) }
+        return anonVmaSettled.intersection(r).isEmpty
+    }
+
+    /// The first tracked page of `range` that the program may write and is
+    /// not armed, and whether `range` has tracked pages at all; nil when none.
+    private func firstWritablePage(in range: AddressRange) -> (page: RemoteAddress?, tracked: Bool)? {
+        var lo = 0, hi = regions.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if regions[mid].range.end <= range.start { lo = mid + 1 } else { hi = mid }
+        }
+        var tracked = false
+        for r in regions[lo...] {
+            guard r.range.start < range.end else { break }
+            guard let pages = r.pageIndices(touching: range) else { continue }
+            tracked = true
+            if r.protection.contains(.write), let i = r.armed.firstClear(in: pages) {
+                return (r.address(ofPage: i), true)
+            }
+        }
+        return tracked ? (nil, true) : nil
+    }
+
     // MARK: - Edits for the program's own memory syscalls
 
     /// Makes a region boundary at `a` (splitting the region containing it).
@@ -265,6 +333,8 @@ public struct TrackedMemory: Sendable {
     public mutating func forget(_ range: AddressRange) {
         let r = range.pageAligned
         regions.removeSubrange(isolate(r))
+        anonVmaSettled.remove(r)
+        populated.remove(r)
     }
 
     /// Tracks `range` afresh with the given state (replacing what was there).
@@ -347,6 +417,23 @@ public struct TrackedMemory: Sendable {
     public mutating func reset() {
         regions = []
         pinned = PageSet()
+        anonVmaSettled = PageSet()
+        populated = PageSet()
+    }
+
+    /// Remembers pages PageWatch populated.
+    public mutating func notePopulated(_ pages: [RemoteAddress]) {
+        for page in pages { populated.insert(page: page) }
+    }
+
+    /// The populated pages in `range`, forgotten as such.
+    public mutating func takePopulated(in range: AddressRange) -> [RemoteAddress] {
+        let r = range.pageAligned
+        let taken = populated.intersection(r)
+        populated.remove(r)
+        return taken.ranges.flatMap { piece in
+            stride(from: piece.start.value, to: piece.end.value, by: Int(Page.size)).map { RemoteAddress($0) }
+        }
     }
 }
 

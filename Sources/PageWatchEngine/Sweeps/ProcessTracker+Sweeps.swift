@@ -110,6 +110,10 @@ extension ProcessTracker {
         }
         // Buffers of io_uring requests not yet completed: the kernel writes them later.
         busy.formUnion(ioUringBuffersInFlight())
+        // Mappings new since the last sweep get their anon_vma before their first arming.
+        let toPopulate = memory.pagesToPopulate(maps: attribution.lastMaps, excluded: userfaultRangesHere)
+        try injector.populate(toPopulate, thread)
+        memory.notePopulated(toPopulate)
         var changes: [ProtectionChange] = []
         for planned in memory.rearmPlan() {
             // Buffers another thread's blocked call will still write stay

@@ -355,7 +355,8 @@ extension ProcessTracker {
             noteIOUringMapping(a, at: UInt64(bitPattern: result), tid: tid)
             memory.forget(mapped)  // whatever was there is gone (MAP_FIXED)
             try refreshMaps()
-            try armNow(mapped, thread)
+            // Private and not MAP_GROWSDOWN: populated before it is armed (shared ones need no anon_vma).
+            try armNow(mapped, populating: a[3] & 0x3 == 0x2 && a[3] & 0x100 == 0, thread)
         case .mremap:
             guard !failed else { return }
             let old = range(a[0], a[1]), new = range(UInt64(bitPattern: result), a[2])
@@ -414,7 +415,20 @@ extension ProcessTracker {
                 let part = m.range.intersection(piece)!
                 let selected = PageSet(config.selection.selectedPart(of: m, protection: prot, isThreadStack: false))
                     .intersection(part)
-                for s in selected.ranges { memory.insert(s, protection: prot, armed: ranArmed, dirty: true) }
+                for s in selected.ranges {
+                    memory.insert(s, protection: prot, armed: ranArmed, dirty: true)
+                    // Armed before the program could write it: its first page
+                    // is populated through a brief un-arming (it is dirty).
+                    if ranArmed, m.isPrivate, memory.settle(s), userfaultRangesHere.intersection(s).isEmpty,
+                        memory.pinned.intersection(s).isEmpty
+                    {
+                        memory.notePopulated([s.start])
+                        if try !injector.populateArmed(s, prot, thread) {
+                            memory.insert(s, protection: prot, armed: false, dirty: true)
+                            _ = memory.settle(s)
+                        }
+                    }
+                }
                 var rest = PageSet([part])
                 for s in selected.ranges { rest.remove(s) }
                 for r in rest.ranges { try injector.protect(r, prot, thread) }
@@ -430,9 +444,15 @@ extension ProcessTracker {
 
     /// "New mappings in the selection are armed at once": arm the dirty,
     /// unarmed tracked pages of `range`, keeping them dirty for the next sweep.
-    func armNow(_ range: AddressRange, _ thread: TrackedThread) throws {
+    /// `populating`: a new private mapping, given its anon_vma first
+    /// (`ProcessInjector.populate`); a moved one keeps its own.
+    func armNow(_ range: AddressRange, populating: Bool = false, _ thread: TrackedThread) throws {
         publishForGuardian()
         guard armsNow else { return }  // dirty, armed by the first sweep
+        if populating, let page = memory.pageToPopulate(in: range, excluded: userfaultRangesHere) {
+            try injector.populate([page], thread)
+            memory.notePopulated([page])
+        }
         for piece in memory.trackedPieces(in: range) {
             var rest = PageSet([piece.range])
             for p in memory.pinned.intersection(piece.range).ranges { rest.remove(p) }

@@ -98,6 +98,7 @@ extension ProcessTracker {
         }
         trace("  \(call.name) fills \(call.fills) writes \(call.writes)")
         if let (range, mode) = call.registers {
+            if mode & Self.registerModeMissing != 0 { try returnPopulatedPages(in: range, thread) }
             // Before the call runs: from its first instant no read of PageWatch may go there.
             UserfaultRanges.shared.register(range, mode: mode, pid: pid)
         }
@@ -111,6 +112,26 @@ extension ProcessTracker {
             thread.syscall.callOutputs = PageSet((call.writes + call.fills).map(\.pageAligned))
         }
         try resume(thread, exit: call.unregisters.map { .userfaultfdUnregister($0) })
+    }
+
+    static let registerModeMissing: UInt64 = 1  // UFFDIO_REGISTER_MODE_MISSING
+
+    /// Before the program registers `range` for missing-page faults: the
+    /// pages PageWatch populated there (to give their mapping its anon_vma)
+    /// are discarded again when they are still armed and hold only zeros,
+    /// i.e. the program never wrote them. Present, they would never ask the
+    /// program's handler, which would change what the program reads. Missing
+    /// mode takes anonymous and shmem memory only, whose discarded pages read
+    /// as the zeros they held. A page the program itself filled with zeros
+    /// would be asked for again: the one case this cannot tell apart.
+    func returnPopulatedPages(in range: AddressRange, _ thread: TrackedThread) throws {
+        let pages = memory.takePopulated(in: range).filter { page in
+            guard case .armed = memory.state(of: page),
+                let bytes = try? Ptrace.readMemory(pid, page, count: Int(Page.size))
+            else { return false }
+            return bytes.allSatisfy { $0 == 0 }
+        }
+        try injector.discard(pages, thread)
     }
 
     /// The tracked pages of `range` are written by the kernel: dirty, armed or not.
@@ -135,6 +156,10 @@ extension ProcessTracker {
     /// takes its registration with it; `mremap` may carry it to the new
     /// place (`UFFD_FEATURE_EVENT_REMAP`), so the new range counts as
     /// registered when the old one was.
+    /// This process's registered ranges: never populated by PageWatch (a
+    /// populated page would never ask the program's handler).
+    var userfaultRangesHere: PageSet { PageSet(UserfaultRanges.shared.ranges(of: pid)) }
+
     func userfaultfdMemoryExit(_ call: Syscall, _ a: [UInt64], result: Int64) {
         guard result >= 0 || result <= -4096, !UserfaultRanges.shared.ranges(of: pid).isEmpty else { return }
         func range(_ start: UInt64, _ length: UInt64) -> AddressRange {

@@ -123,6 +123,8 @@ public struct SyscallNumbers: Sendable {
     public var mmap: Int64
     public var munmap: Int64
     public var mprotect: Int64
+    /// For populating one page per mapping before it is armed (`RemoteSyscall.batch`).
+    public var madvise: Int64
     /// For the slots' shared data page (`SharedSlotData`).
     public var memfdCreate: Int64
     public var ftruncate: Int64

@@ -191,9 +191,9 @@ public enum X86_64: Architecture {
     }
 
     /// The batch loop, in the code page's last 64 bytes: rbx = array of
-    /// (start, length, protection, result) entries, r12 = their count.
+    /// (argument 1, 2, 3, call number → result) entries, r12 = their count.
     ///   loop: test r12, r12 ; jz done ; mov rdi, [rbx] ; mov rsi, [rbx+8]
-    ///         mov rdx, [rbx+16] ; mov eax, 10 (mprotect) ; syscall
+    ///         mov rdx, [rbx+16] ; mov eax, [rbx+24] ; nop ; syscall
     ///         mov [rbx+24], rax ; add rbx, 32 ; dec r12 ; jmp loop
     ///   done: tkill(gettid(), SIGSTOP), as the scratch gadget
     public static let batchCode: [UInt8] =
@@ -203,7 +203,8 @@ public enum X86_64: Architecture {
             0x48, 0x8b, 0x3b,  // mov rdi, [rbx]
             0x48, 0x8b, 0x73, 0x08,  // mov rsi, [rbx+8]
             0x48, 0x8b, 0x53, 0x10,  // mov rdx, [rbx+16]
-            0xb8, 0x0a, 0x00, 0x00, 0x00,  // mov eax, 10
+            0x8b, 0x43, 0x18,  // mov eax, [rbx+24] (the call's number)
+            0x66, 0x90,  // nop (keeps the jumps' offsets)
             0x0f, 0x05,  // syscall
             0x48, 0x89, 0x43, 0x18,  // mov [rbx+24], rax
             0x48, 0x83, 0xc3, 0x20,  // add rbx, 32

@@ -177,20 +177,43 @@ public struct RemoteSyscall: Sendable {
     .reduce(~UInt64(0)) { $0 & ~(UInt64(1) << UInt64($1 - 1)) }
 
     /// Runs `mprotect` on every range in one injection (a sweep's
-    /// re-arming): the scratch code page's batch loop walks an array of
-    /// (start, length, protection) in the third scratch page and stores each
-    /// call's result beside it. Returns the results in order (0 or -errno).
+    /// re-arming), through `batch`. Returns the results in order (0 or -errno).
     public func mprotectBatch(
         _ changes: [(range: AddressRange, protection: Protection)], in tid: Int32,
         completing: Int64? = nil
     ) throws -> (results: [Int64], outcome: Outcome) {
+        try batch(
+            changes.map { c in
+                BatchCall(
+                    number: Arch.syscalls.mprotect, c.range.start.value, c.range.length, UInt64(c.protection.rawValue))
+            }, in: tid, completing: completing)
+    }
+
+    /// One call of a batch: its number and three arguments.
+    public struct BatchCall: Sendable {
+        public var number: Int64
+        public var arguments: (UInt64, UInt64, UInt64)
+        public init(number: Int64, _ a: UInt64, _ b: UInt64, _ c: UInt64) {
+            self.number = number
+            arguments = (a, b, c)
+        }
+    }
+
+    /// Runs every call in one injection: the scratch code page's batch loop
+    /// walks an array of (three arguments, call number) in the third scratch
+    /// page and stores each call's result over its number. Returns the
+    /// results in order (-errno on failure; the call's number when the batch
+    /// never reached it).
+    public func batch(_ calls: [BatchCall], in tid: Int32, completing: Int64? = nil) throws -> (
+        results: [Int64], outcome: Outcome
+    ) {
         var results: [Int64] = []
         var outcome = Outcome(value: 0, heldSignals: [])
         let array = argumentArea
-        for start in stride(from: 0, to: changes.count, by: Self.batchCapacity) {
-            let chunk = changes[start..<min(changes.count, start + Self.batchCapacity)]
+        for start in stride(from: 0, to: calls.count, by: Self.batchCapacity) {
+            let chunk = calls[start..<min(calls.count, start + Self.batchCapacity)]
             var words: [UInt64] = []
-            for c in chunk { words += [c.range.start.value, c.range.length, UInt64(c.protection.rawValue), 1] }
+            for c in chunk { words += [c.arguments.0, c.arguments.1, c.arguments.2, UInt64(bitPattern: c.number)] }
             try Self.writeWords(words, at: array, tid: tid)
             let code = scratch.start + Arch.batchCodeOffset
             let o = try execute(in: tid, completing: completing, stopAt: code + Arch.batchTrapOffset) { saved in

@@ -383,7 +383,8 @@ public struct SyscallNumbering: Sendable {
         numbersByCall = numbers
         injected = SyscallNumbers(
             getpid: numbers[.getpid]!, mmap: numbers[.mmap]!, munmap: numbers[.munmap]!,
-            mprotect: numbers[.mprotect]!, memfdCreate: numbers[.memfd_create]!,
+            mprotect: numbers[.mprotect]!, madvise: numbers[.madvise]!,
+            memfdCreate: numbers[.memfd_create]!,
             ftruncate: numbers[.ftruncate]!, close: numbers[.close]!)
     }
 
