@@ -133,20 +133,9 @@ final class ProcessInjector {
         guard !pages.isEmpty, !Self.populateUnsupported, Self.populatesMappings else { return }
         let tid = thread.tid
         trace("  populate \(pages.count) mapping(s) in \(tid)")
-        let calls = pages.map {
-            RemoteSyscall.BatchCall(
-                number: HostArchitecture.syscalls.madvise, $0.value, Page.size, Self.madvPopulateWrite)
-        }
-        let results =
-            try inject(thread) { remote, completing in
-                try remote.batch(calls, in: tid, completing: completing)
-            } ?? []
+        let results = try madvise(pages, Self.madvPopulateWrite, thread)
         for (page, r) in zip(pages, results) where r != 0 {
-            if r == -Int64(EINVAL) {
-                Self.populateUnsupported = true
-                trace("    MADV_POPULATE_WRITE unsupported (EINVAL): mappings are armed without an anon_vma")
-                return
-            }
+            if notePopulateUnsupported(r) { return }
             trace("    populate \(page.hex): \(r)")
         }
     }
@@ -157,14 +146,33 @@ final class ProcessInjector {
         guard !pages.isEmpty else { return }
         let tid = thread.tid
         trace("  discard \(pages.count) populated page(s) in \(tid)")
-        let calls = pages.map {
-            RemoteSyscall.BatchCall(number: HostArchitecture.syscalls.madvise, $0.value, Page.size, Self.madvDontNeed)
-        }
-        let results =
-            try inject(thread) { remote, completing in
-                try remote.batch(calls, in: tid, completing: completing)
-            } ?? []
+        let results = try madvise(pages, Self.madvDontNeed, thread)
         for (page, r) in zip(pages, results) where r != 0 { trace("    discard \(page.hex): \(r)") }
+    }
+
+    /// `madvise(page, one page, advice)` for each of `pages`, in one injection; the results in order.
+    private func madvise(_ pages: [RemoteAddress], _ advice: UInt64, _ thread: TrackedThread) throws -> [Int64] {
+        try batch(
+            pages.map {
+                RemoteSyscall.BatchCall(number: HostArchitecture.syscalls.madvise, $0.value, Page.size, advice)
+            },
+            thread)
+    }
+
+    /// Runs `calls` in one injection (the scratch code page's batch loop); their results in order.
+    private func batch(_ calls: [RemoteSyscall.BatchCall], _ thread: TrackedThread) throws -> [Int64] {
+        try inject(thread) { remote, completing in
+            try remote.batch(calls, in: thread.tid, completing: completing)
+        } ?? []
+    }
+
+    /// Whether `result` is the EINVAL of a kernel without MADV_POPULATE_WRITE
+    /// (before 5.14): populating then ends for the session.
+    private func notePopulateUnsupported(_ result: Int64) -> Bool {
+        guard result == -Int64(EINVAL) else { return false }
+        Self.populateUnsupported = true
+        trace("    MADV_POPULATE_WRITE unsupported (EINVAL): mappings are armed without an anon_vma")
+        return true
     }
 
     /// `populate` for a range already armed (the program's own mprotect
@@ -190,15 +198,9 @@ final class ProcessInjector {
             RemoteSyscall.BatchCall(
                 number: mprotect, range.start.value, range.length, UInt64(protection.armed.rawValue)),
         ]
-        let results =
-            try inject(thread) { remote, completing in
-                try remote.batch(calls, in: tid, completing: completing)
-            } ?? []
+        let results = try batch(calls, thread)
         guard results.count == 3 else { return true }
-        if results[1] == -Int64(EINVAL) {
-            Self.populateUnsupported = true
-            trace("    MADV_POPULATE_WRITE unsupported (EINVAL): mappings are armed without an anon_vma")
-        }
+        _ = notePopulateUnsupported(results[1])
         if results != [0, 0, 0] { trace("    results: \(results)") }
         return results[0] != 0 || results[2] == 0
     }
