@@ -128,16 +128,17 @@ final class ProcessInjector {
     /// piece never merge with its neighbours). Contents are unchanged (a zero
     /// page, or a private copy of the file's). Failures are ignored (a guard
     /// page, a page armed after all); EINVAL, a kernel before 5.14, ends
-    /// populating for the session.
-    func populate(_ pages: [RemoteAddress], _ thread: TrackedThread) throws {
-        guard !pages.isEmpty, !Self.populateUnsupported, Self.populatesMappings else { return }
+    /// populating for the session. Returns the pages it populated.
+    func populate(_ pages: [RemoteAddress], _ thread: TrackedThread) throws -> [RemoteAddress] {
+        guard !pages.isEmpty, !Self.populateUnsupported, Self.populatesMappings else { return [] }
         let tid = thread.tid
         trace("  populate \(pages.count) mapping(s) in \(tid)")
         let results = try madvise(pages, Self.madvPopulateWrite, thread)
         for (page, r) in zip(pages, results) where r != 0 {
-            if notePopulateUnsupported(r) { return }
+            if notePopulateUnsupported(r) { break }
             trace("    populate \(page.hex): \(r)")
         }
+        return zip(pages, results).filter { $0.1 == 0 }.map(\.0)
     }
 
     /// Discards `pages` (`MADV_DONTNEED`), which PageWatch populated and the
@@ -183,10 +184,13 @@ final class ProcessInjector {
     /// has no anon_vma is uncharged, so a page un-armed alone would differ
     /// from its neighbours and never merge with them. Only for pages dirty
     /// in the model: a write by another thread meanwhile does not fault, and
-    /// is reported anyway. Returns false when the range may be left writable
-    /// (the re-arming failed): it must then count as written.
-    func populateArmed(_ range: AddressRange, _ protection: Protection, _ thread: TrackedThread) throws -> Bool {
-        guard !Self.populateUnsupported, Self.populatesMappings else { return true }
+    /// is reported anyway. Returns whether the range is armed again (false:
+    /// the re-arming failed and it must count as written) and whether its
+    /// first page was populated.
+    func populateArmed(_ range: AddressRange, _ protection: Protection, _ thread: TrackedThread) throws -> (
+        armed: Bool, populated: Bool
+    ) {
+        guard !Self.populateUnsupported, Self.populatesMappings else { return (true, false) }
         let tid = thread.tid
         trace("  populate armed \(range) in \(tid)")
         let mprotect = HostArchitecture.syscalls.mprotect
@@ -199,10 +203,10 @@ final class ProcessInjector {
                 number: mprotect, range.start.value, range.length, UInt64(protection.armed.rawValue)),
         ]
         let results = try batch(calls, thread)
-        guard results.count == 3 else { return true }
+        guard results.count == 3 else { return (true, false) }
         _ = notePopulateUnsupported(results[1])
         if results != [0, 0, 0] { trace("    results: \(results)") }
-        return results[0] != 0 || results[2] == 0
+        return (results[0] != 0 || results[2] == 0, results[0] == 0 && results[1] == 0)
     }
 
     static let madvPopulateWrite: UInt64 = 23

@@ -112,8 +112,7 @@ extension ProcessTracker {
         busy.formUnion(ioUringBuffersInFlight())
         // Mappings new since the last sweep get their anon_vma before their first arming.
         let toPopulate = memory.pagesToPopulate(maps: attribution.lastMaps, excluded: userfaultRangesHere)
-        try injector.populate(toPopulate, thread)
-        memory.notePopulated(toPopulate)
+        memory.notePopulated(try injector.populate(toPopulate, thread))
         var changes: [ProtectionChange] = []
         for planned in memory.rearmPlan() {
             // Buffers another thread's blocked call will still write stay

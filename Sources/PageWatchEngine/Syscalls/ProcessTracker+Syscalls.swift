@@ -422,8 +422,9 @@ extension ProcessTracker {
                     if ranArmed, m.isPrivate, memory.settle(s), userfaultRangesHere.intersection(s).isEmpty,
                         memory.pinned.intersection(s).isEmpty
                     {
-                        memory.notePopulated([s.start])
-                        if try !injector.populateArmed(s, prot, thread) {
+                        let outcome = try injector.populateArmed(s, prot, thread)
+                        if outcome.populated { memory.notePopulated([s.start]) }
+                        if !outcome.armed {
                             memory.insert(s, protection: prot, armed: false, dirty: true)
                             _ = memory.settle(s)
                         }
@@ -450,8 +451,7 @@ extension ProcessTracker {
         publishForGuardian()
         guard armsNow else { return }  // dirty, armed by the first sweep
         if populating, let page = memory.pageToPopulate(in: range, excluded: userfaultRangesHere) {
-            try injector.populate([page], thread)
-            memory.notePopulated([page])
+            memory.notePopulated(try injector.populate([page], thread))
         }
         for piece in memory.trackedPieces(in: range) {
             var rest = PageSet([piece.range])
