@@ -88,6 +88,26 @@ public struct PageSet: Equatable, Sendable {
         return out
     }
 
+    /// The pages of this set that are not in `other`, in one pass over both.
+    public func subtracting(_ other: PageSet) -> PageSet {
+        var out = PageSet()
+        var j = 0
+        for r in ranges {
+            var start = r.start
+            while j < other.ranges.count && other.ranges[j].end <= start { j += 1 }
+            var k = j
+            while k < other.ranges.count && other.ranges[k].start < r.end {
+                if other.ranges[k].start > start {
+                    out.ranges.append(AddressRange(start: start, end: other.ranges[k].start))
+                }
+                start = max(start, other.ranges[k].end)
+                k += 1
+            }
+            if start < r.end { out.ranges.append(AddressRange(start: start, end: r.end)) }
+        }
+        return out
+    }
+
     public func intersection(_ other: PageSet) -> PageSet {
         var out = PageSet()
         for r in other.ranges { out.ranges.append(contentsOf: intersection(r).ranges) }

@@ -35,6 +35,15 @@ final class ProcessTracker {
     /// Threads gone before their parent's clone event was seen (see there).
     var endedBeforeItsCloneEvent: Set<Int32> = []
     var faultsThisInterval = 0
+    /// Pages left writable and reported without a fault (`WritePresumption`).
+    var presumption: WritePresumption
+    /// Time spent handling this process's stops since the last sweep, and
+    /// when that sweep was (monotonic): how much PageWatch slows it down.
+    var busyNs: UInt64 = 0
+    var lastSweepNs = monotonicNs()
+    /// PageWatch's work and the time of each of the last interval sweeps' intervals.
+    var recentIntervalLoads: [(busyNs: UInt64, elapsedNs: UInt64)] = []
+    var warnedAboutStarvation = false
     /// The siginfo of the stop being handled, when read already (`settleTrampoline`).
     var stopSignalInfo: (tid: Int32, info: SignalInfo)?
     var totalFaults = 0
@@ -49,6 +58,7 @@ final class ProcessTracker {
         self.pid = pid
         self.parent = parent
         injector = ProcessInjector(session: session)
+        presumption = WritePresumption(mode: session.config.presume, intervalNs: session.config.intervalNs)
         attribution = WriterAttribution(session: session, pid: pid)
     }
 

@@ -32,7 +32,7 @@ public enum WatchEvent: Sendable, Equatable {
         case let .untracked(pid, reason, _): self = .untracked(pid: pid, reason: reason)
         case let .exit(pid, end, _, _, _): self = .exit(pid: pid, end)
         case let .end(_, end, _, _, _): self = .end(end)
-        case .attach, .detach, .missed: return nil
+        case .attach, .detach, .missed, .warning: return nil
         }
     }
 }

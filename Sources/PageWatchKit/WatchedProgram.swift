@@ -188,6 +188,8 @@ public struct WatchedProgram: Sendable {
             intervalNs: intervalNs, sweepSignal: sweepSignal,
             followForks: followForks, stackDepth: stackDepth)
         configuration.emptySignalMask = true
+        // Each page's first write in a phase is an event: none may be presumed.
+        configuration.presume = .never
         return configuration
     }
 }

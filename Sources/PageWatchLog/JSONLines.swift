@@ -35,6 +35,8 @@ public enum JSONLines {
             appendRanges(ranges, to: &out)
             out += ",\"time_ns\":\(timeNs)}".utf8
             return String(decoding: out, as: UTF8.self)
+        case let .warning(pid, message, timeNs):
+            return "{\"type\":\"warning\",\"pid\":\(pid),\"message\":\(string(message)),\"time_ns\":\(timeNs)}"
         case let .untracked(pid, reason, timeNs):
             return "{\"type\":\"untracked\",\"pid\":\(pid),\"reason\":\(string(reason)),\"time_ns\":\(timeNs)}"
         case let .exit(pid, end, sweeps, faults, timeNs):
@@ -82,6 +84,11 @@ public enum JSONLines {
             let pages = s.reportedAgain.reduce(UInt64(0)) { $0 + $1.pageCount }
             out += ",\"reported_again_pages\":\(pages),\"reported_again\":".utf8
             appendRanges(s.reportedAgain, to: &out)
+        }
+        if !s.presumed.isEmpty {
+            let pages = s.presumed.reduce(UInt64(0)) { $0 + $1.pageCount }
+            out += ",\"presumed_pages\":\(pages),\"presumed\":".utf8
+            appendRanges(s.presumed, to: &out)
         }
         out.append(UInt8(ascii: "}"))
         if newline { out.append(UInt8(ascii: "\n")) }

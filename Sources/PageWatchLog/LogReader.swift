@@ -47,6 +47,8 @@ public struct LoggedProcess: Sendable {
     /// `missed` records (`--verify-contents`): the sweep and how many pages
     /// changed with no write seen before it.
     public var missed: [(seq: Int, pages: Int)] = []
+    /// Messages of `warning` records, in order.
+    public var warnings: [String] = []
     /// Its `end` (the program) or `exit` (a followed process); nil if the log stops before.
     public var ending: LoggedEnding?
 
@@ -75,6 +77,9 @@ public struct LoggedSweep: Sendable, Equatable {
     public var rearmed = true
     public var leftWritable: UInt64 = 0
     public var reportedAgainPages: UInt64 = 0
+    /// Of those, the pages reported because presumption left them writable
+    /// (`presumed_pages`); 0 when absent.
+    public var presumedPages: UInt64 = 0
     /// The pages written in its interval as far as PageWatch knows: those
     /// reported again are not known to be (the dirty rate counts these).
     public var newPages: UInt64 { dirtyPages - min(dirtyPages, reportedAgainPages) }
@@ -429,6 +434,7 @@ struct Record {
             }
             sweep.leftWritable = try optionalInteger("left_writable") ?? 0
             sweep.reportedAgainPages = try optionalInteger("reported_again_pages") ?? 0
+            sweep.presumedPages = try optionalInteger("presumed_pages") ?? 0
             log.processes[index(sweep.pid, log.startNs)].sweeps.append(sweep)
         case "exec":
             let i = index(try integer("pid"), log.startNs)
@@ -441,6 +447,9 @@ struct Record {
         case "untracked":
             let i = index(try integer("pid"), log.startNs)
             log.processes[i].untracked.append(try string("reason"))
+        case "warning":
+            let i = index(try integer("pid"), log.startNs)
+            log.processes[i].warnings.append(try string("message"))
         case "missed":
             let i = index(try integer("pid"), log.startNs)
             log.processes[i].missed.append((try integer("seq"), try integer("pages")))

@@ -30,6 +30,10 @@ public struct SweepRecord: Sendable, Equatable {
     /// The pages of this sweep that the previous one reported and left
     /// writable: not known to be written again, left out of the dirty rate.
     public var reportedAgain: [AddressRange] = []
+    /// The pages of this sweep reported because presumption left them
+    /// writable (rewritten at every sweep before): not seen written in its
+    /// interval, reported in case they were. A subset of `reportedAgain`.
+    public var presumed: [AddressRange] = []
 
     public var dirtyPages: UInt64 { ranges.reduce(0) { $0 + $1.pageCount } }
 
@@ -81,6 +85,9 @@ public enum LogRecord: Sendable, Equatable {
     /// `--verify-contents`: pages whose contents changed since sweep `seq` − 1
     /// armed them although no write to them was seen (reported by sweep `seq`).
     case missed(pid: Int32, seq: Int, pages: Int, ranges: [AddressRange], timeNs: UInt64)
+    /// Something the user must know although nothing failed (also on
+    /// stderr): e.g. PageWatch's own work taking most of the program's time.
+    case warning(pid: Int32, message: String, timeNs: UInt64)
     /// PageWatch stopped tracking this process and let it run on unchanged.
     case untracked(pid: Int32, reason: String, timeNs: UInt64)
     /// `--follow-forks`: a tracked process other than the program ended.

@@ -89,6 +89,7 @@ public enum HTMLReport {
             ))
         rows.append(("dirty rate", TextReport.rateLine(report)))
         if let note = TextReport.reportedAgainLine(report) { rows.append(("reported again", note)) }
+        if let note = TextReport.presumedLine(report) { rows.append(("presumed", note)) }
         for path in process.execs { rows.append(("exec", path)) }
         for reason in process.untracked { rows.append(("untracked", reason)) }
         let others = log.processes.filter { $0.pid != process.pid }.map(\.pid)

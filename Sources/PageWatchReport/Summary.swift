@@ -31,7 +31,7 @@ public struct Summary {
         case .attach: attached = true
         case .detach: detached = true
         case let .untracked(p, reason, _): untracked.append("process \(p): tracking stopped: \(reason)")
-        case .missed: break  // said on stderr as it was found
+        case .missed, .warning: break  // said on stderr as it was found
         case .end(_, let e, _, _, _): end = e
         }
     }
@@ -49,8 +49,11 @@ public struct Summary {
             ]
             var notes: [String] = []
             if !s.rearmed { notes.append("not re-armed") }
-            let again = s.reportedAgain.reduce(UInt64(0)) { $0 + $1.pageCount }
+            let presumed = s.presumed.reduce(UInt64(0)) { $0 + $1.pageCount }
+            let reportedAgain = s.reportedAgain.reduce(UInt64(0)) { $0 + $1.pageCount }
+            let again = reportedAgain - min(reportedAgain, presumed)
             if again > 0 { notes.append("\(again) again") }
+            if presumed > 0 { notes.append("\(presumed) presumed") }
             lines.append("  " + columns.joined() + (notes.isEmpty ? "" : "  (" + notes.joined(separator: ", ") + ")"))
         }
         // Pages reported again (the sweep before could not re-arm them) are

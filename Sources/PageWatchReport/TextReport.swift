@@ -36,6 +36,7 @@ public enum TextReport {
         )
         out.append("rate      " + rateLine(report))
         if let note = reportedAgainLine(report) { out.append("again     " + note) }
+        if let note = presumedLine(report) { out.append("presumed  " + note) }
         let others = log.processes.filter { $0.pid != process.pid }
         if !others.isEmpty {
             let list = others.map { p in
@@ -61,18 +62,29 @@ public enum TextReport {
         return out.joined(separator: "\n") + "\n"
     }
 
-    /// Pages reported again because sweeps could not re-arm them, when any.
+    /// Pages reported again because sweeps could not re-arm them, when any
+    /// (those presumption left writable are `presumedLine`'s).
     static func reportedAgainLine(_ report: ProcessReport) -> String? {
-        guard report.reportedAgainPages > 0 || report.reportOnlySweeps > 0 else { return nil }
-        return "\(report.reportedAgainPages) pages reported again (a sweep before could not re-arm them; "
+        let again = report.reportedAgainPages - min(report.reportedAgainPages, report.presumedPages)
+        guard again > 0 || report.reportOnlySweeps > 0 else { return nil }
+        return "\(again) pages reported again (a sweep before could not re-arm them; "
             + "not in the rate), \(report.reportOnlySweeps) sweeps re-armed nothing"
+    }
+
+    /// Pages reported without a fault because they were rewritten at every sweep, when any.
+    static func presumedLine(_ report: ProcessReport) -> String? {
+        guard report.presumedPages > 0 else { return nil }
+        return "\(report.presumedPages) pages reported presumed written (rewritten at every sweep before, "
+            + "left writable: --presume; not in the rate)"
     }
 
     /// After a sweep's row: what it could not re-arm, and what it reported again.
     static func sweepNote(_ s: LoggedSweep) -> String {
         var notes: [String] = []
         if !s.rearmed { notes.append("not re-armed") }
-        if s.reportedAgainPages > 0 { notes.append("\(s.reportedAgainPages) again") }
+        let again = s.reportedAgainPages - min(s.reportedAgainPages, s.presumedPages)
+        if again > 0 { notes.append("\(again) again") }
+        if s.presumedPages > 0 { notes.append("\(s.presumedPages) presumed") }
         return notes.isEmpty ? "" : "  (" + notes.joined(separator: ", ") + ")"
     }
 

@@ -80,6 +80,8 @@ public struct ProcessReport: Sendable {
     public var totalPages: UInt64 { sweeps.reduce(0) { $0 + $1.dirtyPages } }
     /// Pages reported again (the previous sweep could not re-arm them): in `totalPages`, not in the rate.
     public var reportedAgainPages: UInt64 { sweeps.reduce(0) { $0 + $1.reportedAgainPages } }
+    /// Of those, the pages presumption left writable (`--presume`).
+    public var presumedPages: UInt64 { sweeps.reduce(0) { $0 + $1.presumedPages } }
     /// Sweeps that could re-arm nothing (`rearmed: false`).
     public var reportOnlySweeps: Int { sweeps.filter { !$0.rearmed }.count }
     public var totalFaults: Int { sweeps.reduce(0) { $0 + $1.faults } }

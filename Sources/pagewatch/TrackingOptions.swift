@@ -73,6 +73,15 @@ struct TrackingOptions: ParsableArguments {
         ))
     var verifyContents = false
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "When pages rewritten at every sweep may be left writable and reported without a fault: auto, never or always.",
+            discussion:
+                "auto (default): only at interval sweeps after an interval in which PageWatch's work took more than a quarter of the time (the program starves otherwise). Such pages are reported by every sweep, written or not, and re-armed every 8 to 64 sweeps to check; the log names them (`presumed`). never: every reported page was seen written. Either way no write is missed.",
+            valueName: "WHEN"))
+    var presume: String = "auto"
+
     func validate() throws {
         if IntervalParser.parse(spinWait).map({ $0 > 1_000_000_000 }) ?? true {
             throw ValidationError("invalid --spin-wait '\(spinWait)' (expected 0 or a duration up to 1s: 50us, 200us)")
@@ -83,6 +92,9 @@ struct TrackingOptions: ParsableArguments {
         if IntervalParser.parse(interval) == nil {
             throw ValidationError(
                 "invalid --interval '\(interval)' (expected 0, or a number with ns, us, ms, s, m or h: 250ms, 2s)")
+        }
+        if PresumeMode(rawValue: presume) == nil {
+            throw ValidationError("invalid --presume '\(presume)' (expected auto, never or always)")
         }
         if !(0...256).contains(stackDepth) {
             throw ValidationError("invalid --stack-depth \(stackDepth) (expected 0 to 256)")
@@ -103,6 +115,7 @@ struct TrackingOptions: ParsableArguments {
         c.spinNs = IntervalParser.parse(spinWait)!
         c.idlePolling = idlePoll
         c.verifyContents = verifyContents
+        c.presume = PresumeMode(rawValue: presume)!
         return c
     }
 

@@ -42,7 +42,10 @@ enum Harness {
         var status: Int32
     }
 
-    static func run(_ argv: [String], stdin: String? = nil, timeout: TimeInterval = 120) throws -> Result {
+    /// `environment`: variables set besides this process's own.
+    static func run(
+        _ argv: [String], stdin: String? = nil, timeout: TimeInterval = 120, environment extra: [String: String] = [:]
+    ) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: argv[0])
         p.arguments = Array(argv.dropFirst())
@@ -51,6 +54,7 @@ enum Harness {
         // program: impossible under any tracer. Off in both runs alike.
         var environment = ProcessInfo.processInfo.environment
         environment["SWIFT_BACKTRACE"] = "enable=no"
+        environment.merge(extra) { $1 }
         p.environment = environment
         // Output goes to files: no pipe can fill up and block the child.
         let outPath = temporaryPath("out-\(UUID().uuidString)"), errPath = temporaryPath("err-\(UUID().uuidString)")
@@ -85,6 +89,15 @@ enum Harness {
         return Result(
             stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self),
             status: status)
+    }
+
+    /// `stderr` without PageWatch's warning that its own work starves the
+    /// program (a busy fixture at a short interval may get it, by design):
+    /// what is left must be the program's own.
+    static func withoutStarvationWarning(_ stderr: String) -> String {
+        stderr.split(separator: "\n", omittingEmptySubsequences: false)
+            .filter { !($0.hasPrefix("pagewatch: warning: pid ") && $0.contains("PageWatch's work took")) }
+            .joined(separator: "\n")
     }
 
     static func temporaryPath(_ name: String) -> String {

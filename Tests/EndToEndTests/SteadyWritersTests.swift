@@ -43,10 +43,12 @@ import Testing
         let tracked = try Harness.run([
             Harness.pagewatch, "run", "--track", "0x350000000000-0x3500000c0000",
             "--interval", "\(Self.intervalMs)ms", "--sweep-signal", "USR2",
+            // Pages seen written, not presumed: what each sweep reports is measured here.
+            "--presume", "never",
             "--stack-depth", stackDepth, "--output", log, "--", program, String(Self.phaseMs),
         ])
         #expect(tracked.stdout == untracked.stdout)
-        #expect(tracked.stderr == untracked.stderr)
+        #expect(Harness.withoutStarvationWarning(tracked.stderr) == untracked.stderr)
         #expect(tracked.status == untracked.status)
         let truth = try FixtureTruth(stdout: untracked.stdout).segments[0].phases
         #expect(truth.count == 5)
@@ -96,6 +98,32 @@ import Testing
                 #expect((gaps.max() ?? 0) < Double(Self.phaseMs) / 2, "phase \(k): sweep gaps \(gaps) ms")
             }
         }
+    }
+
+    /// A program PageWatch's work starves is told so, once: on stderr and
+    /// in a `warning` record (here with the share set to 0, so that the
+    /// warning comes whatever the machine's speed).
+    @Test func aStarvedProgramIsWarnedOnceOnStderrAndInTheLog() throws {
+        let program = Harness.fixture("fx_steady_writers")
+        let untracked = try Harness.run([program, String(Self.phaseMs)])
+        let log = Harness.temporaryPath("steady-starved.jsonl")
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--track", "0x350000000000-0x3500000c0000", "--interval", "20ms",
+                "--sweep-signal", "USR2", "--presume", "never", "--stack-depth", "0", "--output", log, "--", program,
+                String(Self.phaseMs),
+            ], environment: ["PAGEWATCH_STARVATION_SHARE": "0"])
+        #expect(tracked.status == untracked.status)
+        #expect(tracked.stdout == untracked.stdout)
+        let lines = tracked.stderr.split(separator: "\n").filter { $0.hasPrefix("pagewatch: warning: pid ") }
+        #expect(lines.count == 1, "\(tracked.stderr)")
+        #expect(lines.first?.contains("over the last 10 sweeps") == true, "\(tracked.stderr)")
+        // Without presumption, the hint points at it.
+        #expect(lines.first?.contains("--presume auto") == true, "\(tracked.stderr)")
+        #expect(Harness.withoutStarvationWarning(tracked.stderr) == untracked.stderr)
+        let warnings = try Harness.readLog(log).filter { $0["type"] as? String == "warning" }
+        #expect(warnings.count == 1)
+        #expect((warnings.first?["message"] as? String)?.hasPrefix("PageWatch's work took") == true)
     }
 
     /// `attach --duration 1s` on the busy program: back within a little

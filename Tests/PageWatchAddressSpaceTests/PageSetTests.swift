@@ -43,6 +43,34 @@ import Testing
         #expect(s.intersection(t).pageCount == 3)
     }
 
+    @Test func subtractsAnotherSetInOnePass() {
+        let s = PageSet([AddressRange(0x10000, 0x18000), AddressRange(0x20000, 0x22000)])
+        let t = PageSet([
+            AddressRange(0x8000, 0x11000), AddressRange(0x13000, 0x14000), AddressRange(0x17000, 0x21000),
+        ])
+        #expect(
+            s.subtracting(t).ranges
+                == [AddressRange(0x11000, 0x13000), AddressRange(0x14000, 0x17000), AddressRange(0x21000, 0x22000)])
+        #expect(s.subtracting(PageSet()) == s)
+        #expect(PageSet().subtracting(s).isEmpty)
+        // Against the page-by-page definition.
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            var a = PageSet(), b = PageSet()
+            for _ in 0..<8 {
+                let x = UInt64.random(in: 0..<64, using: &rng), n = UInt64.random(in: 1...6, using: &rng)
+                if Bool.random(using: &rng) {
+                    a.insert(AddressRange(x * p, (x + n) * p))
+                } else {
+                    b.insert(AddressRange(x * p, (x + n) * p))
+                }
+            }
+            var model = a
+            for r in b.ranges { model.remove(r) }
+            #expect(a.subtracting(b) == model)
+        }
+    }
+
     @Test func matchesAReferenceModel() {
         // Random inserts and removes against a Set of page indexes.
         var rng = SystemRandomNumberGenerator()

@@ -233,6 +233,48 @@ enum SampleLog {
                 "total: 3 sweeps, 16 dirty pages (0.1 MiB), 6 write faults; 4 pages reported again, not counted"))
     }
 
+    /// Presumed pages (format rule 11): encoded, read back, and counted apart
+    /// from the pages reported again for other reasons; a `warning` record
+    /// is read and its message kept.
+    @Test func countsPresumedPagesApart() throws {
+        let s = SampleLog.startNs
+        var second = SweepRecord(
+            seq: 2, pid: SampleLog.pid, reason: .interval, timeNs: s + 2_000_000,
+            ranges: [AddressRange(0x100 * 4096, 0x106 * 4096)], faults: 3)
+        second.leftWritable = 3
+        var third = SweepRecord(
+            seq: 3, pid: SampleLog.pid, reason: .exit, timeNs: s + 3_000_000,
+            ranges: [AddressRange(0x100 * 4096, 0x106 * 4096)], faults: 2)
+        third.reportedAgain = [AddressRange(0x100 * 4096, 0x103 * 4096)]
+        third.presumed = [AddressRange(0x100 * 4096, 0x102 * 4096)]
+        let records: [LogRecord] = [
+            .start(pid: SampleLog.pid, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: s),
+            SampleLog.sweep(1, at: s + 1_000_000, [SampleLog.site(SampleLog.unseen, pages: 10, faults: 0, at: 0x100)]),
+            .sweep(second),
+            .warning(pid: SampleLog.pid, message: "PageWatch's work took 60% of the time", timeNs: s + 2_500_000),
+            .sweep(third),
+            .end(pid: SampleLog.pid, end: .exited(code: 0), sweeps: 3, faults: 5, timeNs: s + 4_000_000),
+        ]
+        let text = records.map { JSONLines.encode($0) + "\n" }.joined()
+        #expect(
+            text.contains(
+                #""reported_again":[["0x100000","0x103000"]],"presumed_pages":2,"presumed":[["0x100000","0x102000"]]}"#
+            ))
+        #expect(text.contains(#"{"type":"warning","pid":100,"message":"PageWatch's work took 60% of the time","#))
+        let log = try SampleLog.parsed(text)
+        #expect(log.program.warnings == ["PageWatch's work took 60% of the time"])
+        let report = try ProcessReport(log: log)
+        #expect(report.sweeps.map(\.presumedPages) == [0, 0, 2])
+        #expect(report.presumedPages == 2)
+        let rendered = TextReport.render(report)
+        #expect(rendered.contains("again     1 pages reported again"))
+        #expect(rendered.contains("presumed  2 pages reported presumed written"))
+        #expect(rendered.contains("(1 again, 2 presumed)"))
+        var summary = Summary()
+        for r in records { summary.add(r) }
+        #expect(summary.render().contains("(1 again, 2 presumed)"))
+    }
+
     @Test func reportsAFollowedProcessOnItsOwn() throws {
         let text = TextReport.render(try ProcessReport(log: SampleLog.parsed(), pid: 101))
         #expect(text.contains("pid       101, forked by 100, exited with status 0"))

@@ -136,6 +136,7 @@ extension ProcessTracker {
         emitSweep(reason: .detach, dirty: dirty)
         injector.remote = nil
         memory.reset()
+        presumption.reset()
         publishForGuardian()  // nothing left for the guardian to restore
     }
 

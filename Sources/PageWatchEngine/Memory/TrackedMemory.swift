@@ -200,6 +200,32 @@ public struct TrackedMemory: Sendable {
         return set
     }
 
+    /// The pages armed now.
+    public func armedPages() -> PageSet {
+        var set = PageSet()
+        for r in regions where r.armed.setCount > 0 {
+            for run in r.armed.runs() { set.insert(r.range(ofPages: run)) }
+        }
+        return set
+    }
+
+    /// Dirty pages the program may write that are not armed now, pinned
+    /// pages excepted: the pages a sweep could leave writable.
+    public func unarmedWritablePages() -> PageSet {
+        var set = PageSet()
+        for r in regions where r.dirty.setCount > 0 && r.protection.contains(.write) {
+            for run in r.dirty.runs() {
+                var i = run.lowerBound
+                for armedRun in r.armed.runs(in: run) {
+                    if i < armedRun.lowerBound { set.insert(r.range(ofPages: i..<armedRun.lowerBound)) }
+                    i = armedRun.upperBound
+                }
+                if i < run.upperBound { set.insert(r.range(ofPages: i..<run.upperBound)) }
+            }
+        }
+        return set.subtracting(pinned)
+    }
+
     /// The `mprotect` calls that re-arm every dirty, unpinned page: one per
     /// region, from its first dirty page to its last, split only around
     /// pinned pages. Clean pages in between are armed already, and arming

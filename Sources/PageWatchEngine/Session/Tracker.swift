@@ -33,6 +33,9 @@ public struct TrackerConfiguration: Sendable {
     /// `--verify-contents`: keep a copy of every armed page and report the
     /// pages whose contents changed with no write reported (`missed` records).
     public var verifyContents = false
+    /// When pages rewritten at every sweep may be left writable and
+    /// reported without a fault (`WritePresumption`).
+    public var presume = PresumeMode.auto
 
     public init(
         command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,
@@ -248,7 +251,13 @@ public final class Tracker {
         trace("\(event)")
         if untracked.contains(tid) { return try handleUntracked(event) }
         if let owner, owner.trackingStopped { return try handleLetGo(event, of: owner) }
-        if let owner { return try owner.handle(event) }
+        if let owner {
+            // PageWatch's own work on the process, against which `auto` presumption weighs an interval.
+            let started = monotonicNs()
+            // (A sweep during the stop restarted the count: only the time after it counts.)
+            defer { owner.busyNs &+= monotonicNs() &- max(started, owner.lastSweepNs) }
+            return try owner.handle(event)
+        }
         switch event {
         case .interruptStop:
             // A new task's first stop can come before its creator's event.

@@ -110,6 +110,13 @@ extension ProcessTracker {
         }
         // Buffers of io_uring requests not yet completed: the kernel writes them later.
         busy.formUnion(ioUringBuffersInFlight())
+        // Pages rewritten at every sweep of a starving program stay writable (presumed written).
+        let writable = memory.unarmedWritablePages()
+        let presumed = presumption.unseen(dirty: dirty, eligible: writable)
+        let presume = presumption.applies(
+            toInterval: reason == .interval, busyNs: busyNs, elapsedNs: monotonicNs() &- lastSweepNs)
+        busy.formUnion(presumption.decide(dirty: dirty, eligible: writable, presume: presume))
+        noteStarvation(reason: reason)
         // Mappings new since the last sweep get their anon_vma before their first arming.
         let toPopulate = memory.pagesToPopulate(maps: attribution.lastMaps, excluded: userfaultRangesHere)
         memory.notePopulated(try injector.populate(toPopulate, thread))
@@ -136,9 +143,10 @@ extension ProcessTracker {
         }
         memory.clearPinnedDirty()
         memory.clearReadOnlyDirty()
+        presumption.rearmed(memory.armedPages())
         copyContents(dirty: dirty, tid: tid)
         publishForGuardian()
-        emitSweep(reason: reason, dirty: dirty)
+        emitSweep(reason: reason, dirty: dirty, presumed: presumed)
     }
 
     /// An interval sweep with no thread to run code in: report what is known.
@@ -163,14 +171,21 @@ extension ProcessTracker {
     }
 
     /// `reported again`: the pages stay dirty for the next sweep (nothing
-    /// was re-armed), so their writers are kept.
-    func emitSweep(reason: SweepReason, dirty: PageSet, reportedAgain: Bool = false) {
+    /// was re-armed), so their writers are kept. `presumed`: the pages
+    /// reported because presumption left them writable, not seen written;
+    /// by default those still writable now.
+    func emitSweep(reason: SweepReason, dirty: PageSet, reportedAgain: Bool = false, presumed: PageSet? = nil) {
+        let presumed =
+            presumed ?? presumption.unseen(dirty: dirty, eligible: memory.unarmedWritablePages())
         sweeps += 1
+        busyNs = 0
+        lastSweepNs = monotonicNs()
         if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
         let sites = attribution.sites(of: dirty, pinned: memory.pinned, reportedAgain: reportedAgain)
         var record = SweepRecord(
             seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
             ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
+        record.presumed = presumed.ranges
         noteRearming(&record, dirty: dirty, reportOnly: reportedAgain)
         emit(.sweep(record))
         faultsThisInterval = 0
@@ -278,6 +293,7 @@ extension ProcessTracker {
         emit(.untracked(pid: pid, reason: reason, timeNs: wallClockNs()))
         releasedRanges = memory.trackedRanges
         memory.reset()
+        presumption.reset()
         trackingStopped = true
     }
 

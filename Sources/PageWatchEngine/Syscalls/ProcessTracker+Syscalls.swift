@@ -347,6 +347,7 @@ extension ProcessTracker {
         case .munmap:
             if !failed {
                 memory.forget(range(a[0], a[1]))
+                presumption.forget(range(a[0], a[1]))
                 attribution.unwinder?.unmapped(range(a[0], a[1]))
             }
         case .mmap:
@@ -354,6 +355,7 @@ extension ProcessTracker {
             let mapped = range(UInt64(bitPattern: result), a[1])
             noteIOUringMapping(a, at: UInt64(bitPattern: result), tid: tid)
             memory.forget(mapped)  // whatever was there is gone (MAP_FIXED)
+            presumption.forget(mapped)
             try refreshMaps()
             // Private and not MAP_GROWSDOWN: populated before it is armed (shared ones need no anon_vma).
             try armNow(mapped, populating: a[3] & 0x3 == 0x2 && a[3] & 0x100 == 0, thread)
@@ -363,6 +365,8 @@ extension ProcessTracker {
             let before = memory.trackedPieces(in: old).first
             let wasArmed = !memory.armedPieces(in: old).isEmpty
             memory.forget(old)
+            presumption.forget(old)
+            presumption.forget(new)
             if let before {
                 // The moved pages keep the VMA's protection: armed if the old were
                 // (entry made the old range uniform).

@@ -19,6 +19,7 @@ extension ProcessTracker {
         leader.rseqKnown = false
         leader.syscall.completing = completing
         memory.reset()
+        presumption.reset()
         ioUring = IOUringState()  // io_uring fds are always close-on-exec
         UserfaultRanges.shared.forget(pid: pid)  // a new address space
         stackAnchors = []
