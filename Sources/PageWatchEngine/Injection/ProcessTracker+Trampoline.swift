@@ -17,7 +17,7 @@ extension ProcessTracker {
     {
         let tid = thread.tid
         guard Self.oneStopFaults, injector.slotsUsable, let slots = injector.slots, thread.signals.held.isEmpty,
-            thread.syscall.entryRegisters == nil, thread.syscall.pendingExit == nil, thread.syscall.completing == nil,
+            !thread.syscall.atEntry, thread.syscall.pendingExit == nil, thread.syscall.completing == nil,
             session.detaching == nil, let slot = thread.trampoline.slot ?? freeTrampolineSlot()
         else { return false }
         if thread.trampoline.slowPathPage == page {
