@@ -27,6 +27,7 @@ extension ProcessTracker {
         try slots.enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
         thread.trampoline.slot = slot
         thread.trampoline.page = page
+        thread.trampoline.ownSyscallStops = session.resumeMode == .syscallStops ? 2 : 0
         memory.markWritten(page)
         try Ptrace.resume(tid, mode: session.resumeMode)
         return true
@@ -51,6 +52,20 @@ extension ProcessTracker {
         guard let page = thread.trampoline.page, let slot = thread.trampoline.slot,
             injector.remote != nil
         else { return false }
+        let ownSyscallStop: Bool
+        if case .syscallStop = event {
+            ownSyscallStop = thread.trampoline.ownSyscallStops > 0
+        } else {
+            ownSyscallStop = false
+        }
+        thread.trampoline.ownSyscallStops = ownSyscallStop ? thread.trampoline.ownSyscallStops - 1 : 0
+        if ownSyscallStop {
+            // The slot's mprotect entry or exit: known without reading the
+            // registers (the attached fault's two extra stops cost a resume each).
+            try Ptrace.resume(tid, mode: session.resumeMode)
+            if thread.interrupt.pending { try? Ptrace.interrupt(tid) }
+            return true
+        }
         if case .signalDelivery(_, Signal.SIGSEGV) = event, let info = try? Ptrace.signalInfo(tid),
             info.code == SignalInfo.SEGV_ACCERR, Page.floor(info.faultAddress) != page
         {

@@ -108,6 +108,11 @@ final class TrackedThread {
         var page: RemoteAddress?
         /// Its slot's call failed for this page: the next fault there takes the slow path.
         var slowPathPage: RemoteAddress?
+        /// Sent through its slot with `PTRACE_SYSCALL` (attach mode): its next
+        /// two syscall stops, unless another stop comes first, are the slot's
+        /// own `mprotect`'s entry and exit (the slot makes no other call, and
+        /// the thread was in none at its fault), resumed without a look.
+        var ownSyscallStops = 0
     }
 
     /// A fault resumed without unprotecting anything (another
