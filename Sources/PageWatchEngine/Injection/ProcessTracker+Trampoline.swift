@@ -28,6 +28,7 @@ extension ProcessTracker {
         thread.trampoline.slot = slot
         thread.trampoline.page = page
         thread.trampoline.ownSyscallStops = session.resumeMode == .syscallStops ? 2 : 0
+        thread.trampoline.ownCallDone = false
         memory.markWritten(page)
         try Ptrace.resume(tid, mode: session.resumeMode)
         return true
@@ -59,6 +60,11 @@ extension ProcessTracker {
             ownSyscallStop = false
         }
         thread.trampoline.ownSyscallStops = ownSyscallStop ? thread.trampoline.ownSyscallStops - 1 : 0
+        // A syscall stop right after the slot's mprotect exit is past the
+        // slot's end (it makes no other call): no registers to read.
+        var pastSlot = false
+        if case .syscallStop = event, thread.trampoline.ownCallDone, !ownSyscallStop { pastSlot = true }
+        thread.trampoline.ownCallDone = ownSyscallStop && thread.trampoline.ownSyscallStops == 0
         if ownSyscallStop {
             // The slot's mprotect entry or exit: known without reading the
             // registers (the attached fault's two extra stops cost a resume each).
@@ -78,8 +84,8 @@ extension ProcessTracker {
             return false
         }
         guard let trampoline = injector.slots else { return false }
-        let regs = try Arch.readRegisters(tid: tid)
-        let inside = trampoline.slot(at: Arch.instructionPointer(regs)) == slot
+        let regs = pastSlot ? nil : try Arch.readRegisters(tid: tid)
+        let inside = regs.map { trampoline.slot(at: Arch.instructionPointer($0)) == slot } ?? false
         switch event {
         case .syscallStop where inside, .event(_, .seccomp) where inside:
             try Ptrace.resume(tid, mode: session.resumeMode)
@@ -93,7 +99,7 @@ extension ProcessTracker {
             break
         }
         thread.trampoline.page = nil
-        if inside, !thread.exiting {
+        if inside, !thread.exiting, let regs {
             let settled = try trampoline.settle(tid: tid, registers: regs)
             trace("  settled slot \(slot) of \(tid) (call ran: \(settled?.ran ?? false))")
         }

@@ -113,6 +113,9 @@ final class TrackedThread {
         /// own `mprotect`'s entry and exit (the slot makes no other call, and
         /// the thread was in none at its fault), resumed without a look.
         var ownSyscallStops = 0
+        /// Its last stop was the slot's `mprotect` exit: a syscall stop next
+        /// is past the slot, its result stored.
+        var ownCallDone = false
     }
 
     /// A fault resumed without unprotecting anything (another
