@@ -165,6 +165,35 @@ int pw_ptrace_syscall_info_op(pid_t tid) {
     return info[0];
 }
 
+/* PTRACE_GET_SYSCALL_INFO, decoded: at an entry (op 1) or seccomp stop (op 3)
+ * the call's number and arguments, at an exit (op 2) its result. One ptrace
+ * request where the op and PTRACE_GETREGS took two. */
+int pw_ptrace_syscall_info(pid_t tid, struct pw_syscall_info *out) {
+    struct {
+        uint8_t op, pad[3];
+        uint32_t arch;
+        uint64_t instruction_pointer, stack_pointer;
+        union {
+            struct { uint64_t nr, args[6]; } entry;
+            struct { int64_t rval; uint8_t is_error; } exit;
+            struct { uint64_t nr, args[6]; uint32_t ret_data; } seccomp;
+        };
+    } info;
+    memset(&info, 0, sizeof info);
+    if (ptrace((enum __ptrace_request)0x420e, tid, (void *)sizeof info, &info) < 0) return -errno;
+    memset(out, 0, sizeof *out);
+    out->op = info.op;
+    out->instruction_pointer = info.instruction_pointer;
+    out->stack_pointer = info.stack_pointer;
+    if (info.op == 1 || info.op == 3) {
+        out->nr = (int64_t)info.entry.nr;
+        memcpy(out->args, info.entry.args, sizeof out->args);
+    } else if (info.op == 2) {
+        out->rval = info.exit.rval;
+    }
+    return 0;
+}
+
 /* `pagewatch attach`'s tracer child: fork; in the child, SIGHUP when the
  * parent dies (PR_SET_PDEATHSIG), sent at once if it died before. Returns
  * the child's pid in the parent, 0 in the child, -errno. */
@@ -294,6 +323,15 @@ pid_t pw_spawn_stopped(const char *path, char *const argv[], int stdin_fd, int s
     close(fds[1]);
     *exec_error_fd = fds[0];
     return pid;
+}
+
+int pw_block_signals(uint64_t mask, int block) {
+    sigset_t set;
+    sigemptyset(&set);
+    for (int s = 1; s <= 64; s++)
+        if (mask & (1ull << (s - 1))) sigaddset(&set, s);
+    int r = pthread_sigmask(block ? SIG_BLOCK : SIG_UNBLOCK, &set, NULL);
+    return r == 0 ? 0 : -r;
 }
 
 int pw_block_signal(int signal, int block) {

@@ -129,6 +129,8 @@ final class ProcessTracker {
         let thread = self.thread(tid)
         stopSignalInfo = nil
         thread.syscall.callOutputs = nil
+        let exitNext = thread.syscall.exitNext
+        thread.syscall.exitNext = false
         if thread.trampoline.page != nil, try settleTrampoline(thread, at: event) { return }
         let lingering = thread.interrupt.mayLinger
         thread.interrupt.mayLinger = false
@@ -246,9 +248,11 @@ final class ProcessTracker {
             if let pending = thread.syscall.pendingExit {
                 thread.syscall.pendingExit = nil
                 try handleSyscallExit(thread, pending)
-            } else if session.resumeMode == .syscallStops, try Ptrace.syscallStopKind(tid) == .entry {
+            } else if session.resumeMode == .syscallStops, !exitNext, case let info = try Ptrace.syscallInfo(tid),
+                info.kind == .entry
+            {
                 // Attach mode: every syscall entry, as the seccomp stops of launch mode.
-                try handleSyscallEntry(thread)
+                try handleSyscallEntry(thread, info)
             } else {
                 if Tracker.debug, let r = try? Arch.readRegisters(tid: tid) {
                     trace("  exit of \(Arch.syscallNumber(r)): \(Arch.syscallResult(r))")
@@ -279,6 +283,8 @@ final class ProcessTracker {
         // put back the call's result too (a clone's parent became its child).
         if session.detaching == nil || pending != nil { thread.syscall.completing = nil }
         var rewound = false
+        let fromEntry = thread.syscall.atEntry
+        thread.syscall.atEntry = false
         if let entry = thread.syscall.entryRegisters {
             thread.syscall.entryRegisters = nil
             if thread.syscall.injectedAtEntry {
@@ -297,6 +303,9 @@ final class ProcessTracker {
         try absorbHeldFaults(thread)
         guard let next = thread.signals.held.first, session.detaching == nil else {
             // (Detaching: held signals are sent again after the detach.)
+            if fromEntry, !rewound, session.detaching == nil, session.resumeMode == .syscallStops {
+                thread.syscall.exitNext = true
+            }
             try session.proceed(tid)
             return
         }

@@ -271,6 +271,17 @@ public func setSignalBlocked(_ signal: Int32, _ blocked: Bool) {
     _ = pw_block_signal(signal, blocked ? 1 : 0)
 }
 
+/// Blocks or unblocks the signals of `mask` (bit N-1 for signal N) for
+/// the calling thread, in one call.
+public func setSignalsBlocked(_ mask: UInt64, _ blocked: Bool) {
+    _ = pw_block_signals(mask, blocked ? 1 : 0)
+}
+
+/// The mask of `signals`, bit N-1 for signal N.
+public func signalMask(of signals: [Int32]) -> UInt64 {
+    signals.reduce(UInt64(0)) { $0 | UInt64(1) << UInt64($1 - 1) }
+}
+
 /// Install a handler for `signal` that records it and interrupts blocking calls.
 public func installFlagHandler(_ signal: Int32) throws {
     try check(pw_install_flag_handler(signal), "sigaction", tid: getpid())
@@ -294,6 +305,16 @@ public enum SyscallStopKind: Sendable {
     case entry, exit, seccomp, none
 }
 
+/// A syscall stop as `PTRACE_GET_SYSCALL_INFO` tells it: `number` and
+/// `arguments` at an entry or seccomp stop, `result` at an exit.
+public struct SyscallStopInfo: Sendable {
+    public var kind: SyscallStopKind
+    public var number: Int64
+    public var arguments: [UInt64]
+    public var instructionPointer: RemoteAddress
+    public var result: Int64
+}
+
 extension Ptrace {
     /// Resume until the next syscall stop (here: the exit of the call the thread is in).
     public static func resumeToSyscallExit(_ tid: Int32, signal: Int32 = 0) throws {
@@ -305,6 +326,24 @@ extension Ptrace {
         case .continuing: try cont(tid, signal: signal)
         case .syscallStops: try resumeToSyscallExit(tid, signal: signal)
         }
+    }
+
+    /// The syscall stop `tid` is in, with the call's number and arguments
+    /// at an entry or seccomp stop: what an entry needs, in one request.
+    public static func syscallInfo(_ tid: Int32) throws -> SyscallStopInfo {
+        var i = pw_syscall_info()
+        try check(pw_ptrace_syscall_info(tid, &i), "PTRACE_GET_SYSCALL_INFO", tid: tid)
+        let kind: SyscallStopKind =
+            switch i.op {
+            case 1: .entry
+            case 2: .exit
+            case 3: .seccomp
+            default: .none
+            }
+        let a = i.args
+        return SyscallStopInfo(
+            kind: kind, number: i.nr, arguments: [a.0, a.1, a.2, a.3, a.4, a.5],
+            instructionPointer: RemoteAddress(i.instruction_pointer), result: i.rval)
     }
 
     public static func syscallStopKind(_ tid: Int32) throws -> SyscallStopKind {

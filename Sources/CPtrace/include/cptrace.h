@@ -135,9 +135,21 @@ int pw_shared_memory(const char *name, size_t size);
 int pw_install_wakeup_handler(int signal);
 // Block (1) or unblock (0) `signal` in the calling thread.
 int pw_block_signal(int signal, int block);
+// One pthread_sigmask for every signal in `mask` (bit N-1 for signal N).
+int pw_block_signals(uint64_t mask, int block);
 // PTRACE_GET_SYSCALL_INFO (Linux 5.3): the `op` of the stop the thread is in:
 // 0 none, 1 syscall entry, 2 syscall exit, 3 seccomp; or -errno.
 int pw_ptrace_syscall_info_op(pid_t tid);
+// The same request, decoded: the number and arguments at an entry or
+// seccomp stop, the result at an exit. 0 or -errno.
+struct pw_syscall_info {
+    int op;  // 1 entry, 2 exit, 3 seccomp, 0 none
+    int64_t nr;
+    uint64_t args[6];
+    uint64_t instruction_pointer, stack_pointer;
+    int64_t rval;
+};
+int pw_ptrace_syscall_info(pid_t tid, struct pw_syscall_info *out);
 
 // A handler for `signal` that records it (no SA_RESTART, so waitpid returns
 // EINTR); pw_take_raised_signal returns and clears the last one recorded (0: none).

@@ -56,10 +56,17 @@ final class ProcessInjector {
     func inject<Result>(
         _ thread: TrackedThread, _ body: (RemoteSyscall, Int64?) throws -> (Result, RemoteSyscall.Outcome)
     )
-        rethrows -> Result?
+        throws -> Result?
     {
         guard let remote else { return nil }
-        if thread.syscall.entryRegisters != nil { thread.syscall.injectedAtEntry = true }
+        if thread.syscall.atEntry {
+            // The registers to rewind to, read now if the entry had not
+            // needed them: nothing changed them yet.
+            if thread.syscall.entryRegisters == nil {
+                thread.syscall.entryRegisters = try HostArchitecture.readRegisters(tid: thread.tid)
+            }
+            thread.syscall.injectedAtEntry = true
+        }
         let (result, outcome) = try body(remote, thread.syscall.completing)
         thread.signals.held.append(contentsOf: outcome.heldSignals)
         if outcome.consumedInterrupt { thread.interrupt.pending = false }

@@ -17,7 +17,7 @@ extension ProcessTracker {
     {
         let tid = thread.tid
         guard Self.oneStopFaults, injector.slotsUsable, let slots = injector.slots, thread.signals.held.isEmpty,
-            thread.syscall.entryRegisters == nil, thread.syscall.pendingExit == nil, thread.syscall.completing == nil,
+            !thread.syscall.atEntry, thread.syscall.pendingExit == nil, thread.syscall.completing == nil,
             session.detaching == nil, let slot = thread.trampoline.slot ?? freeTrampolineSlot()
         else { return false }
         if thread.trampoline.slowPathPage == page {
@@ -27,6 +27,8 @@ extension ProcessTracker {
         try slots.enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
         thread.trampoline.slot = slot
         thread.trampoline.page = page
+        thread.trampoline.ownSyscallStops = session.resumeMode == .syscallStops ? 2 : 0
+        thread.trampoline.ownCallDone = false
         memory.markWritten(page)
         try Ptrace.resume(tid, mode: session.resumeMode)
         return true
@@ -51,6 +53,25 @@ extension ProcessTracker {
         guard let page = thread.trampoline.page, let slot = thread.trampoline.slot,
             injector.remote != nil
         else { return false }
+        let ownSyscallStop: Bool
+        if case .syscallStop = event {
+            ownSyscallStop = thread.trampoline.ownSyscallStops > 0
+        } else {
+            ownSyscallStop = false
+        }
+        thread.trampoline.ownSyscallStops = ownSyscallStop ? thread.trampoline.ownSyscallStops - 1 : 0
+        // A syscall stop right after the slot's mprotect exit is past the
+        // slot's end (it makes no other call): no registers to read.
+        var pastSlot = false
+        if case .syscallStop = event, thread.trampoline.ownCallDone, !ownSyscallStop { pastSlot = true }
+        thread.trampoline.ownCallDone = ownSyscallStop && thread.trampoline.ownSyscallStops == 0
+        if ownSyscallStop {
+            // The slot's mprotect entry or exit: known without reading the
+            // registers (the attached fault's two extra stops cost a resume each).
+            try Ptrace.resume(tid, mode: session.resumeMode)
+            if thread.interrupt.pending { try? Ptrace.interrupt(tid) }
+            return true
+        }
         if case .signalDelivery(_, Signal.SIGSEGV) = event, let info = try? Ptrace.signalInfo(tid),
             info.code == SignalInfo.SEGV_ACCERR, Page.floor(info.faultAddress) != page
         {
@@ -63,8 +84,8 @@ extension ProcessTracker {
             return false
         }
         guard let trampoline = injector.slots else { return false }
-        let regs = try Arch.readRegisters(tid: tid)
-        let inside = trampoline.slot(at: Arch.instructionPointer(regs)) == slot
+        let regs = pastSlot ? nil : try Arch.readRegisters(tid: tid)
+        let inside = regs.map { trampoline.slot(at: Arch.instructionPointer($0)) == slot } ?? false
         switch event {
         case .syscallStop where inside, .event(_, .seccomp) where inside:
             try Ptrace.resume(tid, mode: session.resumeMode)
@@ -78,7 +99,7 @@ extension ProcessTracker {
             break
         }
         thread.trampoline.page = nil
-        if inside, !thread.exiting {
+        if inside, !thread.exiting, let regs {
             let settled = try trampoline.settle(tid: tid, registers: regs)
             trace("  settled slot \(slot) of \(tid) (call ran: \(settled?.ran ?? false))")
         }

@@ -221,11 +221,18 @@ public final class Tracker {
         }
     }
 
+    static let timerSignalMask = signalMask(of: [SweepTimer.signal])
+    static let detachSignalMask = signalMask(of: detachSignals)
+
     /// The signals that may interrupt `waitpid`: the timer's, and in attach
-    /// mode those that ask PageWatch to detach. Unblocked only around it.
+    /// mode those that ask PageWatch to detach. Unblocked only around it,
+    /// in one `sigprocmask` (twice per blocking wait, on the way to each
+    /// stop of a busy program).
     func setWakeupSignalsBlocked(_ blocked: Bool) {
-        if timer != nil { setSignalBlocked(SweepTimer.signal, blocked) }
-        if resumeMode == .syscallStops { for s in Self.detachSignals { setSignalBlocked(s, blocked) } }
+        var mask: UInt64 = 0
+        if timer != nil { mask |= Self.timerSignalMask }
+        if resumeMode == .syscallStops { mask |= Self.detachSignalMask }
+        if mask != 0 { setSignalsBlocked(mask, blocked) }
     }
 
     /// Resumes a thread of a tracked process as the mode wants; while

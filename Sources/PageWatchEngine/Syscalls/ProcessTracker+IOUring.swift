@@ -47,7 +47,7 @@ extension ProcessTracker {
     static let ioUringWriter = "io_uring"
 
     /// At a syscall entry: handles the io_uring calls; false for any other.
-    func ioUringEntry(_ nr: Int64, _ args: [UInt64], regs: Arch.Registers, _ thread: TrackedThread) throws -> Bool {
+    func ioUringEntry(_ nr: Int64, _ args: [UInt64], _ thread: TrackedThread) throws -> Bool {
         let tid = thread.tid
         guard let call = Self.ioUringCalls[nr] else { return false }
         let read: (RemoteAddress, Int) -> [UInt8] = { a, n in (try? Ptrace.readMemory(tid, a, count: n)) ?? [] }
@@ -77,7 +77,7 @@ extension ProcessTracker {
                 break
             }
             // Its own outputs (a probe, worker counts, ring indexes): checked as an unknown call's.
-            try resume(thread, exit: .unknown(entry: regs, attempt: thread.syscall.unknownAttempt))
+            try resume(thread, exit: .unknown(entry: entryRegisters(thread), attempt: thread.syscall.unknownAttempt))
         case .enter:
             try ioUringEnterEntry(args, thread, read: read)
         }

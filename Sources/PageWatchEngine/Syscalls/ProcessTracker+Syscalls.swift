@@ -39,13 +39,17 @@ extension ProcessTracker {
             futex: Arch.number(.futex)!, futexWakeOp: 5, scratch: scratch)
     }
 
-    /// A `PTRACE_EVENT_SECCOMP` stop: the thread is at the entry of a call.
-    func handleSyscallEntry(_ thread: TrackedThread) throws {
+    /// A `PTRACE_EVENT_SECCOMP` stop (launch mode) or a syscall-entry stop
+    /// (attach mode): the thread is at the entry of a call. `known`: the
+    /// stop as `PTRACE_GET_SYSCALL_INFO` told it already.
+    func handleSyscallEntry(_ thread: TrackedThread, _ known: SyscallStopInfo? = nil) throws {
         let tid = thread.tid
-        let regs = try Arch.readRegisters(tid: tid)
-        thread.syscall.entryRegisters = regs
-        let nr = Arch.syscallNumber(regs)
-        let args = Arch.syscallArguments(regs)
+        thread.syscall.atEntry = true
+        // The number and arguments, not the registers: most calls need no
+        // more (`entryRegisters` reads them at the first need).
+        let info = try known ?? Ptrace.syscallInfo(tid)
+        let nr = info.number
+        let args = info.arguments
         trace(
             "  syscall \(Arch.syscall(number: nr)?.rawValue ?? String(nr)) \(args.prefix(3).map { "0x" + String($0, radix: 16) })"
         )
@@ -56,9 +60,9 @@ extension ProcessTracker {
         // Attach mode stops at every call: those known to leave user memory
         // alone go on at once (launch mode's filter never stops them).
         if Arch.row(number: nr)?.kind == .harmless { return try resume(thread) }
-        if try ioUringEntry(nr, args, regs: regs, thread) { return }
+        if try ioUringEntry(nr, args, thread) { return }
         guard let call = Arch.syscall(number: nr) else {
-            try resume(thread, exit: .unknown(entry: regs, attempt: thread.syscall.unknownAttempt))
+            try resume(thread, exit: .unknown(entry: entryRegisters(thread), attempt: thread.syscall.unknownAttempt))
             return
         }
         if call.row.kind == .memory, memoryCallInFlight(besides: tid) {
@@ -82,7 +86,7 @@ extension ProcessTracker {
             }
             try resume(thread, exit: .memory(call, args, rewrittenProtection: nil))
         case .mprotect, .pkey_mprotect:
-            try mprotectEntry(call, args, regs: regs, thread)
+            try mprotectEntry(call, args, regs: entryRegisters(thread), thread)
         case .madvise:
             // The contents of these pages become zero (or may) without a store.
             if [4, 8, 9, 24, 102].contains(args[2]) {  // DONTNEED, FREE, REMOVE, DONTNEED_LOCKED, GUARD_INSTALL
@@ -102,7 +106,9 @@ extension ProcessTracker {
             let strict = call == .seccomp ? args[0] == 0 : args[1] == 1
             if try ownSeccompFilterEntry(strict: strict, program: args[2], thread) { return }
             try resume(
-                thread, exit: call == .prctl ? .unknown(entry: regs, attempt: thread.syscall.unknownAttempt) : nil)
+                thread,
+                exit: call == .prctl
+                    ? .unknown(entry: entryRegisters(thread), attempt: thread.syscall.unknownAttempt) : nil)
         case .ioctl where UserfaultfdIoctl.isUserfaultfd(args[1]):
             try userfaultfdIoctlEntry(args, thread)
         case .rseq:
@@ -133,12 +139,17 @@ extension ProcessTracker {
                 return bytes
             })
             guard let ranges = outputs.ranges(call, args) else {
-                try resume(thread, exit: .unknown(entry: regs, attempt: thread.syscall.unknownAttempt))
+                try resume(
+                    thread, exit: .unknown(entry: entryRegisters(thread), attempt: thread.syscall.unknownAttempt))
                 return
             }
             if !ranges.isEmpty {
-                let kernel = attribution.writer(call.rawValue, tid: tid)
-                for range in ranges { try unarmForKernel(range, by: kernel, thread) }
+                // The writer's stack is unwound only when there is a page to
+                // un-arm: most outputs land on pages already writable.
+                if ranges.contains(where: { !memory.armedPieces(in: $0).isEmpty || !pagesInFlight(in: $0).isEmpty }) {
+                    let kernel = attribution.writer(call.rawValue, tid: tid)
+                    for range in ranges { try unarmForKernel(range, by: kernel, thread) }
+                }
                 // Until the thread stops again the call may not have run yet
                 // (/proc shows it `running`): a sweep must not re-arm these.
                 thread.syscall.callOutputs = PageSet(ranges.map(\.pageAligned))
@@ -148,9 +159,17 @@ extension ProcessTracker {
             let undecoded =
                 refusedForUserfault
                 ? PendingSyscallExit.userfaultfdUndecoded(
-                    entry: regs, attempt: thread.syscall.unknownAttempt) : nil
+                    entry: try entryRegisters(thread), attempt: thread.syscall.unknownAttempt) : nil
             try resume(thread, exit: newSegvAction.map { .segvAction($0) } ?? undecoded)
         }
+    }
+
+    /// The registers at the syscall entry `thread` is stopped at, read once.
+    func entryRegisters(_ thread: TrackedThread) throws -> Arch.Registers {
+        if let regs = thread.syscall.entryRegisters { return regs }
+        let regs = try Arch.readRegisters(tid: thread.tid)
+        thread.syscall.entryRegisters = regs
+        return regs
     }
 
     /// Un-arms the armed pages the kernel is about to write for the program;
@@ -195,7 +214,9 @@ extension ProcessTracker {
         }
         publishForGuardian(extra: [(target, prot)])
         try Arch.writeRegisters(Arch.settingSyscallArgument(regs, 2, to: withoutWrite), tid: tid)
-        thread.syscall.entryRegisters = nil  // registers changed on purpose; nothing to rewind
+        // Registers changed on purpose; nothing to rewind.
+        thread.syscall.entryRegisters = nil
+        thread.syscall.atEntry = false
         try resume(thread, exit: .memory(call, args, rewrittenProtection: args[2]))
     }
 

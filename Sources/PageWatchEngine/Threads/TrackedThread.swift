@@ -50,10 +50,20 @@ final class TrackedThread {
         /// At an event stop inside a syscall (clone, fork, exec): the value that
         /// call returns, which an injection must put back (see `RemoteSyscall.run`).
         var completing: Int64?
-        /// At a syscall-entry (seccomp) stop: the registers there. An injection
-        /// abandons the call, so the thread is then rewound to run it again.
+        /// Stopped at a syscall entry (a seccomp or syscall-entry stop), until resumed.
+        var atEntry = false
+        /// At a syscall entry: the registers there, read at the first need
+        /// (`ProcessTracker.entryRegisters`; an entry that runs nothing of
+        /// PageWatch's needs none). An injection abandons the call, so the
+        /// thread is then rewound to run it again.
         var entryRegisters: HostArchitecture.Registers?
         var injectedAtEntry = false
+        /// Resumed from a syscall-entry stop with `PTRACE_SYSCALL`, the call
+        /// untouched and nothing wanted at its exit: its next syscall stop,
+        /// if no other stop comes first, is that call's exit (the kernel
+        /// reports an entry's exit before the thread can enter another
+        /// call), resumed without asking the kernel which stop it is.
+        var exitNext = false
         /// Sent to the call's exit with PTRACE_SYSCALL, for this.
         var pendingExit: PendingSyscallExit?
         var unknownAttempt = 0
@@ -98,6 +108,14 @@ final class TrackedThread {
         var page: RemoteAddress?
         /// Its slot's call failed for this page: the next fault there takes the slow path.
         var slowPathPage: RemoteAddress?
+        /// Sent through its slot with `PTRACE_SYSCALL` (attach mode): its next
+        /// two syscall stops, unless another stop comes first, are the slot's
+        /// own `mprotect`'s entry and exit (the slot makes no other call, and
+        /// the thread was in none at its fault), resumed without a look.
+        var ownSyscallStops = 0
+        /// Its last stop was the slot's `mprotect` exit: a syscall stop next
+        /// is past the slot, its result stored.
+        var ownCallDone = false
     }
 
     /// A fault resumed without unprotecting anything (another
