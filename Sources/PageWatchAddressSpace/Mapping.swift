@@ -89,14 +89,18 @@ public enum MapsParser {
         if p[1] == "w" { prot.insert(.write) }
         if p[2] == "x" { prot.insert(.execute) }
         guard p[3] == "p" || p[3] == "s" else { return nil }
-        var path = String(rest.drop(while: { $0 == " " }))
-        var deleted = false
-        if path.hasSuffix(" (deleted)") {
-            deleted = true
-            path.removeLast(" (deleted)".count)
-        }
+        let (path, deleted) = pathColumn(rest)
         return Mapping(
             range: AddressRange(start, end), protection: prot, isPrivate: p[3] == "p",
             offset: offset, device: String(device), inode: inode, path: path, isDeleted: deleted)
+    }
+
+    /// A line's path column (what follows the inode): the path without its
+    /// leading blanks and without a ` (deleted)` suffix, and whether it had one.
+    public static func pathColumn<S: StringProtocol>(_ column: S) -> (path: String, isDeleted: Bool) {
+        var path = String(column.drop(while: { $0 == " " }))
+        guard path.hasSuffix(" (deleted)") else { return (path, false) }
+        path.removeLast(" (deleted)".count)
+        return (path, true)
     }
 }
