@@ -356,7 +356,7 @@ extension ProcessTracker {
             noteIOUringMapping(a, at: UInt64(bitPattern: result), tid: tid)
             memory.forget(mapped)  // whatever was there is gone (MAP_FIXED)
             presumption.forget(mapped)
-            try refreshMaps()
+            try refreshMaps(in: mapped)
             // Private and not MAP_GROWSDOWN: populated before it is armed (shared ones need no anon_vma).
             try armNow(mapped, populating: a[3] & 0x3 == 0x2 && a[3] & 0x100 == 0, thread)
         case .mremap:
@@ -377,9 +377,14 @@ extension ProcessTracker {
                 try refreshMaps()
                 try armNow(new, thread)
             }
-        case .brk, .shmat, .shmdt:
-            if call == .shmat, !failed { memory.forget(range(UInt64(bitPattern: result), Page.size)) }
+        case .brk:
             // New heap pages are tracked (dirty) from here and armed at the next sweep.
+            // Maps changed only between the heap's old end (maps as last read) and the new break.
+            let newEnd = Page.ceil(RemoteAddress(UInt64(bitPattern: result)))
+            guard let oldEnd = heapEnd(in: attribution.lastMaps) else { return try refreshMaps() }
+            try refreshMaps(in: AddressRange(start: min(oldEnd, newEnd), end: max(oldEnd, newEnd)))
+        case .shmat, .shmdt:
+            if call == .shmat, !failed { memory.forget(range(UInt64(bitPattern: result), Page.size)) }
             try refreshMaps()
         case .mprotect, .pkey_mprotect:
             try mprotectExit(
@@ -413,7 +418,7 @@ extension ProcessTracker {
         guard !untracked.isEmpty else { return }
         // Pages that became writable and were not tracked: PageWatch ran the
         // call without write; track what the selection takes, give back the rest.
-        let maps = try ProcFS.maps(of: tid)
+        let maps = try ProcFS.mappings(of: tid, in: target) ?? ProcFS.maps(of: tid)
         for piece in untracked.ranges {
             for m in maps where m.range.overlaps(piece) {
                 let part = m.range.intersection(piece)!
