@@ -1,3 +1,4 @@
+import Glibc
 import PageWatchAddressSpace
 import PageWatchPtrace
 
@@ -7,6 +8,24 @@ import PageWatchPtrace
 /// process's mappings (a JIT runtime has over a thousand, and makes
 /// thousands of such calls).
 extension ProcessTracker {
+    /// PAGEWATCH_MAPS=read: the whole text at every call, as before (for the benchmark's comparison).
+    static let mapsByQuery = getenv("PAGEWATCH_MAPS").map { String(cString: $0) != "read" } ?? true
+
+    /// brk: maps changed only between the heap's old end (maps as last
+    /// read) and the new break: nothing when they are in one page (brk(0),
+    /// a failed call).
+    func brkExit(result: Int64) throws {
+        let newEnd = Page.ceil(RemoteAddress(UInt64(bitPattern: result)))
+        guard Self.mapsByQuery, let oldEnd = heapEnd(in: attribution.lastMaps) else { return try refreshMaps() }
+        try refreshMaps(in: AddressRange(start: min(oldEnd, newEnd), end: max(oldEnd, newEnd)))
+    }
+
+    /// The maps entries overlapping `target`, by query where the kernel can.
+    func entries(overlapping target: AddressRange, tid: Int32) throws -> [Mapping] {
+        if Self.mapsByQuery, let entries = try ProcFS.mappings(of: tid, in: target) { return entries }
+        return try ProcFS.maps(of: tid)
+    }
+
     /// `refreshMaps()` after a call that changed the address space only
     /// inside `range`: the model rebuilt there alone from the entries that
     /// overlap it, and the attribution's copy of maps updated there. The
@@ -14,12 +33,16 @@ extension ProcessTracker {
     func refreshMaps(in range: AddressRange) throws {
         let window = range.pageAligned
         guard !window.isEmpty else { return }
+        // As in refreshMaps, pages a thread was sent to un-arm through its
+        // slot are reconciled as armed, then un-armed again; taken before the
+        // query, so that a slot's mprotect run meanwhile shows as the
+        // program's un-arming (kept, dirty) rather than as a page PageWatch
+        // thought writable and maps shows armed (dropped).
+        let inFlight = pagesInFlight(in: window)
         guard let entries = entries(confinedTo: window) else { return try refreshMaps() }
         trace("  maps of \(window): \(entries.count) entries")
-        // As in refreshMaps: PageWatch's scratch pages are never tracked, and
-        // pages a thread was sent to un-arm through its slot are reconciled as armed.
+        // PageWatch's scratch pages are never tracked.
         let programs = entries.filter { m in injector.remote.map { !$0.scratch.contains(m.range.start) } ?? true }
-        let inFlight = pagesInFlight(in: window)
         for page in inFlight { memory.markArmedKeepingDirty(AddressRange(start: page, end: page + Page.size)) }
         memory.reconcile(maps: programs, within: window, selection: config.selection, stackAnchors: stackAnchors)
         for page in inFlight {
@@ -37,7 +60,7 @@ extension ProcessTracker {
     /// change outside the window: with `--track stack` (a thread stack is
     /// one by the whole mapping), or next to the main stack.
     func entries(confinedTo window: AddressRange) -> [Mapping]? {
-        guard !config.selection.specs.contains(.stack), !attribution.lastMaps.isEmpty,
+        guard Self.mapsByQuery, !config.selection.specs.contains(.stack), !attribution.lastMaps.isEmpty,
             let entries = try? ProcFS.mappings(of: liveThread(), in: window)
         else { return nil }
         if let stack = Self.mainStackExtent(attribution.lastMaps) {

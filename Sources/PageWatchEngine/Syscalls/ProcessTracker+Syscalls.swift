@@ -379,10 +379,7 @@ extension ProcessTracker {
             }
         case .brk:
             // New heap pages are tracked (dirty) from here and armed at the next sweep.
-            // Maps changed only between the heap's old end (maps as last read) and the new break.
-            let newEnd = Page.ceil(RemoteAddress(UInt64(bitPattern: result)))
-            guard let oldEnd = heapEnd(in: attribution.lastMaps) else { return try refreshMaps() }
-            try refreshMaps(in: AddressRange(start: min(oldEnd, newEnd), end: max(oldEnd, newEnd)))
+            try brkExit(result: result)
         case .shmat, .shmdt:
             if call == .shmat, !failed { memory.forget(range(UInt64(bitPattern: result), Page.size)) }
             try refreshMaps()
@@ -418,7 +415,7 @@ extension ProcessTracker {
         guard !untracked.isEmpty else { return }
         // Pages that became writable and were not tracked: PageWatch ran the
         // call without write; track what the selection takes, give back the rest.
-        let maps = try ProcFS.mappings(of: tid, in: target) ?? ProcFS.maps(of: tid)
+        let maps = try entries(overlapping: target, tid: tid)
         for piece in untracked.ranges {
             for m in maps where m.range.overlaps(piece) {
                 let part = m.range.intersection(piece)!
