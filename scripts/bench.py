@@ -585,8 +585,8 @@ def vmas_printed(stderr):
 
 
 def log_totals(log):
-    """(sweeps, faults) of a log: its sweep records, over every process of it; None when unreadable."""
-    sweeps = faults = 0
+    """(sweeps, faults, presumed pages) of a log: its sweep records, over every process of it; None when unreadable."""
+    sweeps = faults = presumed = 0
     try:
         with open(log) as f:
             for line in f:
@@ -597,9 +597,10 @@ def log_totals(log):
                 if record.get("type") == "sweep":
                     sweeps += 1
                     faults += record.get("faults", 0)
+                    presumed += record.get("presumed_pages", 0)
     except OSError:
         return None
-    return sweeps, faults
+    return sweeps, faults, presumed
 
 
 def output_digest(cmd):
@@ -708,7 +709,7 @@ def wait_for_sweep(log, proc, timeout):
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
             return False
-        if (log_totals(log) or (0, 0))[0] > 0:
+        if (log_totals(log) or (0, 0, 0))[0] > 0:
             return True
         time.sleep(0.05)
     return False
@@ -785,12 +786,12 @@ def print_program_row(row):
         tracked, ratio = f"{t:10.2f}", f"{t / row['base']:7.2f}x"
     else:
         tracked, ratio = f"{t:10.0f}", f"{100 * t / row['base']:7.0f}%"
-    sweeps, faults = row["totals"] if row.get("totals") else ("-", "-")
+    sweeps, faults, presumed = row["totals"] if row.get("totals") else ("-", "-", "-")
     depth = f"{row['depth']}" + (" (default)" if row["depth"] == DEFAULT_DEPTH else "")
     vb = "-" if row.get("base_vmas") is None else row["base_vmas"]
     vt = "-" if row.get("vmas") is None else row["vmas"]
     print(f"{row['label']:44} {row['interval']:>8} {depth:>12} {base} {tracked} {ratio} {sweeps:>7} {faults:>9} "
-          f"{vb:>7} {vt:>7} {'-':>8}")
+          f"{vb:>7} {vt:>7} {presumed:>8}")
     if row.get("why"):
         print(f"    {row['why']}")
     sys.stdout.flush()
@@ -803,8 +804,8 @@ def run_programs(a, results):
               f"(redis-server: `pagewatch attach`ed, beside a run right before it) at each --interval and "
               f"--stack-depth; one run each (untracked: the faster of two): wall seconds, process start included (redis: requests per second, "
               f"and tracked as a share of untracked); sweeps and faults from the log; VMAs: the program's "
-              f"/proc/self/maps lines at its end, untracked and tracked (pw) ('-': not measured); presumed: no such "
-              f"field in the log yet")
+              f"/proc/self/maps lines at its end, untracked and tracked (pw) ('-': not measured); presumed: the "
+              f"pages the sweeps reported presumed written (--presume auto), summed")
         print(f"{'program':44} {'interval':>8} {'depth':>12} {'untracked':>10} {'tracked':>10} {'ratio':>8} "
               f"{'sweeps':>7} {'faults':>9} {'VMAs':>7} {'VMAs pw':>7} {'presumed':>8}")
         sys.stdout.flush()

@@ -48,17 +48,32 @@ public enum MapsParseError: Error, Equatable, CustomStringConvertible {
     }
 }
 
-/// Parser for the text of `/proc/PID/maps`.
+/// Parser for the text of `/proc/PID/maps`. It works on the bytes: a busy
+/// runtime's memory calls each have their maps read (a thousand lines), and
+/// splitting Swift strings took two thirds of PageWatch's time under node.
 public enum MapsParser {
     public static func parse(_ text: String) throws -> [Mapping] {
+        var text = text
+        return try text.withUTF8 { try parse(bytes: $0) }
+    }
+
+    public static func parse(bytes: UnsafeBufferPointer<UInt8>) throws -> [Mapping] {
         var result: [Mapping] = []
+        result.reserveCapacity(bytes.count / 64)
         var number = 0
-        for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
-            number += 1
-            guard let m = parseLine(line) else {
-                throw MapsParseError.malformedLine(number: number, line: String(line))
+        var start = 0
+        while start < bytes.count {
+            var end = start
+            while end < bytes.count && bytes[end] != UInt8(ascii: "\n") { end += 1 }
+            if end > start {
+                number += 1
+                let line = UnsafeBufferPointer(rebasing: bytes[start..<end])
+                guard let m = parseLine(bytes: line) else {
+                    throw MapsParseError.malformedLine(number: number, line: String(decoding: line, as: UTF8.self))
+                }
+                result.append(m)
             }
-            result.append(m)
+            start = end + 1
         }
         return result
     }
@@ -67,40 +82,71 @@ public enum MapsParser {
     /// is separated from the inode by padding, so it is everything after the
     /// fifth field with the leading blanks removed.
     public static func parseLine<S: StringProtocol>(_ line: S) -> Mapping? {
-        var rest = Substring(line)
-        func field() -> Substring? {
-            rest = rest.drop(while: { $0 == " " })
-            guard !rest.isEmpty else { return nil }
-            let f = rest.prefix(while: { $0 != " " })
-            rest = rest.dropFirst(f.count)
-            return f
-        }
-        guard let rangeField = field(), let perms = field(), let offsetField = field(),
-            let device = field(), let inodeField = field()
-        else { return nil }
-        let bounds = rangeField.split(separator: "-")
-        guard bounds.count == 2,
-            let start = UInt64(bounds[0], radix: 16), let end = UInt64(bounds[1], radix: 16), start <= end,
-            perms.count == 4, let offset = UInt64(offsetField, radix: 16), let inode = UInt64(inodeField)
-        else { return nil }
-        let p = Array(perms)
-        var prot: Protection = []
-        if p[0] == "r" { prot.insert(.read) }
-        if p[1] == "w" { prot.insert(.write) }
-        if p[2] == "x" { prot.insert(.execute) }
-        guard p[3] == "p" || p[3] == "s" else { return nil }
-        let (path, deleted) = pathColumn(rest)
-        return Mapping(
-            range: AddressRange(start, end), protection: prot, isPrivate: p[3] == "p",
-            offset: offset, device: String(device), inode: inode, path: path, isDeleted: deleted)
+        var text = String(line)
+        return text.withUTF8 { parseLine(bytes: $0) }
     }
 
-    /// A line's path column (what follows the inode): the path without its
-    /// leading blanks and without a ` (deleted)` suffix, and whether it had one.
-    public static func pathColumn<S: StringProtocol>(_ column: S) -> (path: String, isDeleted: Bool) {
-        var path = String(column.drop(while: { $0 == " " }))
-        guard path.hasSuffix(" (deleted)") else { return (path, false) }
-        path.removeLast(" (deleted)".count)
-        return (path, true)
+    public static func parseLine(bytes b: UnsafeBufferPointer<UInt8>) -> Mapping? {
+        let space = UInt8(ascii: " ")
+        var i = 0
+        func skipBlanks() { while i < b.count && b[i] == space { i += 1 } }
+        /// Digits in `radix` up to `stop` (or a blank, or the end); nil when none or too many.
+        func number(radix: UInt64, stop: UInt8 = UInt8(ascii: " ")) -> UInt64? {
+            var value: UInt64 = 0
+            let first = i
+            while i < b.count && b[i] != stop && b[i] != space {
+                let c = b[i]
+                let digit: UInt64
+                switch c {
+                case UInt8(ascii: "0")...UInt8(ascii: "9"): digit = UInt64(c - UInt8(ascii: "0"))
+                case UInt8(ascii: "a")...UInt8(ascii: "f") where radix == 16: digit = UInt64(c - UInt8(ascii: "a") + 10)
+                case UInt8(ascii: "A")...UInt8(ascii: "F") where radix == 16: digit = UInt64(c - UInt8(ascii: "A") + 10)
+                default: return nil
+                }
+                let (shifted, overflow) = value.multipliedReportingOverflow(by: radix)
+                guard !overflow else { return nil }
+                let (sum, carry) = shifted.addingReportingOverflow(digit)
+                guard !carry else { return nil }
+                value = sum
+                i += 1
+            }
+            return i > first ? value : nil
+        }
+        skipBlanks()
+        guard let start = number(radix: 16, stop: UInt8(ascii: "-")), i < b.count, b[i] == UInt8(ascii: "-") else {
+            return nil
+        }
+        i += 1
+        guard let end = number(radix: 16), start <= end, i < b.count, b[i] == space else { return nil }
+        skipBlanks()
+        guard i + 4 <= b.count, i + 4 == b.count || b[i + 4] == space else { return nil }
+        var prot: Protection = []
+        if b[i] == UInt8(ascii: "r") { prot.insert(.read) }
+        if b[i + 1] == UInt8(ascii: "w") { prot.insert(.write) }
+        if b[i + 2] == UInt8(ascii: "x") { prot.insert(.execute) }
+        let sharing = b[i + 3]
+        guard sharing == UInt8(ascii: "p") || sharing == UInt8(ascii: "s") else { return nil }
+        i += 4
+        skipBlanks()
+        guard let offset = number(radix: 16) else { return nil }
+        skipBlanks()
+        let deviceStart = i
+        while i < b.count && b[i] != space { i += 1 }
+        guard i > deviceStart else { return nil }
+        let device = String(decoding: UnsafeBufferPointer(rebasing: b[deviceStart..<i]), as: UTF8.self)
+        skipBlanks()
+        guard let inode = number(radix: 10) else { return nil }
+        skipBlanks()
+        var pathEnd = b.count
+        var deleted = false
+        let suffix = " (deleted)".utf8
+        if pathEnd - i >= suffix.count, b[(pathEnd - suffix.count)..<pathEnd].elementsEqual(suffix) {
+            deleted = true
+            pathEnd -= suffix.count
+        }
+        let path = i < pathEnd ? String(decoding: UnsafeBufferPointer(rebasing: b[i..<pathEnd]), as: UTF8.self) : ""
+        return Mapping(
+            range: AddressRange(start, end), protection: prot, isPrivate: sharing == UInt8(ascii: "p"),
+            offset: offset, device: device, inode: inode, path: path, isDeleted: deleted)
     }
 }

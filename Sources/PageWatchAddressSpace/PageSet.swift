@@ -74,8 +74,32 @@ public struct PageSet: Equatable, Sendable {
         ranges.replaceSubrange(i..<j, with: kept)
     }
 
+    /// One merge of the two sorted lists: inserting a large set's ranges one
+    /// by one into another costs a splice each, quadratic for interleaved sets.
     public mutating func formUnion(_ other: PageSet) {
-        for r in other.ranges { insert(r) }
+        if other.ranges.count <= 4 {
+            for r in other.ranges { insert(r) }
+            return
+        }
+        var merged: [AddressRange] = []
+        merged.reserveCapacity(ranges.count + other.ranges.count)
+        var i = 0, j = 0
+        while i < ranges.count || j < other.ranges.count {
+            let next: AddressRange
+            if j == other.ranges.count || (i < ranges.count && ranges[i].start <= other.ranges[j].start) {
+                next = ranges[i]
+                i += 1
+            } else {
+                next = other.ranges[j]
+                j += 1
+            }
+            if let last = merged.last, next.start <= last.end {
+                merged[merged.count - 1] = AddressRange(start: last.start, end: max(last.end, next.end))
+            } else {
+                merged.append(next)
+            }
+        }
+        ranges = merged
     }
 
     public func intersection(_ range: AddressRange) -> PageSet {

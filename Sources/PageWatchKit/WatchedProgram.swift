@@ -190,6 +190,7 @@ public struct WatchedProgram: Sendable {
         configuration.emptySignalMask = true
         // Each page's first write in a phase is an event: none may be presumed.
         configuration.presume = .never
+        configuration.newMemoryWaitsForTheSweep = false
         return configuration
     }
 }

@@ -41,6 +41,10 @@ public enum ProcFS {
 
     /// The whole file (procfs files report size 0, so read until EOF).
     public static func read(_ path: String, pid: Int32) throws -> String {
+        String(decoding: try readBytes(path, pid: pid), as: UTF8.self)
+    }
+
+    public static func readBytes(_ path: String, pid: Int32) throws -> [UInt8] {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         if fd < 0 { throw TraceError.call("open \(path)", Errno(errno), tid: pid) }
         defer { close(fd) }
@@ -55,11 +59,11 @@ public enum ProcFS {
             if n == 0 { break }
             bytes.append(contentsOf: chunk[0..<n])
         }
-        return String(decoding: bytes, as: UTF8.self)
+        return bytes
     }
 
     public static func maps(of pid: Int32) throws -> [Mapping] {
-        try MapsParser.parse(read("/proc/\(pid)/maps", pid: pid))
+        try readBytes("/proc/\(pid)/maps", pid: pid).withUnsafeBufferPointer { try MapsParser.parse(bytes: $0) }
     }
 
     public static func executable(of pid: Int32) -> String? {

@@ -73,13 +73,17 @@ extension ProcFS {
             let digits = String(n, radix: 16)
             return digits.count < 2 ? "0" + digits : digits
         }
-        // seq_path escapes a newline in a path (octal); nothing else.
+        // seq_path escapes a newline in a path (octal); nothing else. As
+        // MapsParser reads the column: leading blanks dropped, then the suffix.
         var bytes: [UInt8] = []
         bytes.reserveCapacity(nameColumn.count)
-        for byte in nameColumn {
+        for byte in nameColumn.drop(while: { $0 == UInt8(ascii: " ") }) {
             if byte == UInt8(ascii: "\n") { bytes += Array("\\012".utf8) } else { bytes.append(byte) }
         }
-        let (path, deleted) = MapsParser.pathColumn(String(decoding: bytes, as: UTF8.self))
+        let suffix = Array(" (deleted)".utf8)
+        let deleted = bytes.count >= suffix.count && bytes.suffix(suffix.count).elementsEqual(suffix)
+        if deleted { bytes.removeLast(suffix.count) }
+        let path = String(decoding: bytes, as: UTF8.self)
         return Mapping(
             range: AddressRange(query.vma_start, query.vma_end), protection: protection,
             isPrivate: !has(PW_PROCMAP_QUERY_VMA_SHARED), offset: query.vma_offset,

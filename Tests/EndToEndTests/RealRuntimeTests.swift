@@ -49,7 +49,9 @@ struct Runtime: Sendable, CustomTestStringConvertible {
                         environment: ["GOCACHE": "\(dir)/gocache", "GO111MODULE": "off", "GOFLAGS": ""])
                 }
                 return ["\(dir)/gochurn"]
-            }, fixed: ["10"]),
+                // 40 rounds: long enough for interval sweeps to arm what it
+                // rewrites (at depth 0 its fresh heap waits for a sweep).
+            }, fixed: ["40"]),
         Runtime(name: "node", command: { _ in ["/usr/bin/env", "node", "\(sources)/wasmtrap.js"] }, fixed: ["20"]),
         Runtime(
             name: "rust",

@@ -43,6 +43,33 @@ import Testing
         #expect(throws: MapsParseError.self) { try MapsParser.parse("not a maps line\n") }
         #expect(MapsParser.parseLine("1000-0fff rw-p 0 00:00 0") == nil)
         #expect(MapsParser.parseLine("1000-2000 rwz 0 00:00 0") == nil)
+        // Digits past 64 bits, a missing field, a sharing flag other than p or s, a decimal inode in hex.
+        #expect(MapsParser.parseLine("10000000000000000-10000000000001000 rw-p 0 00:00 0") == nil)
+        #expect(MapsParser.parseLine("1000-2000 rw-p 0 00:00") == nil)
+        #expect(MapsParser.parseLine("1000-2000 rw-x 0 00:00 0") == nil)
+        #expect(MapsParser.parseLine("1000-2000 rw-p 0 00:00 1f") == nil)
+        #expect(MapsParser.parseLine("1000 rw-p 0 00:00 0") == nil)
+    }
+
+    /// Every field, as the kernel prints it, into the `Mapping` the engine expects.
+    @Test func readsEveryField() throws {
+        let m = try #require(
+            MapsParser.parseLine("7f3a1c000000-7f3a1c021000 r-xs 0001a000 fd:01 4294967301          /usr/lib/x.so"))
+        #expect(m.range == AddressRange(0x7f3a_1c00_0000, 0x7f3a_1c02_1000))
+        #expect(m.protection == [.read, .execute])
+        #expect(!m.isPrivate)
+        #expect(m.offset == 0x1a000)
+        #expect(m.device == "fd:01")
+        #expect(m.inode == 4_294_967_301)
+        #expect(m.path == "/usr/lib/x.so")
+        #expect(!m.isDeleted)
+        let anon = try #require(MapsParser.parseLine("ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0"))
+        #expect(anon.path.isEmpty && anon.protection == [.execute] && anon.isPrivate)
+        // Several lines, blank ones skipped; a bad one is named by its number.
+        #expect(try MapsParser.parse("1000-2000 rw-p 0 00:00 0\n\n3000-4000 r--p 0 00:00 0 [heap]\n").count == 2)
+        #expect(throws: MapsParseError.malformedLine(number: 2, line: "3000-4000")) {
+            try MapsParser.parse("1000-2000 rw-p 0 00:00 0\n3000-4000\n")
+        }
     }
 
     @Test func readsThisProcessMaps() throws {

@@ -71,6 +71,26 @@ import Testing
         }
     }
 
+    @Test func unitesLargeSetsByMerging() {
+        var rng = SystemRandomNumberGenerator()
+        for _ in 0..<200 {
+            var a = PageSet(), b = PageSet()
+            for _ in 0..<12 {
+                let x = UInt64.random(in: 0..<96, using: &rng), n = UInt64.random(in: 1...5, using: &rng)
+                if Bool.random(using: &rng) {
+                    a.insert(AddressRange(x * p, (x + n) * p))
+                } else {
+                    b.insert(AddressRange(x * p, (x + n) * p))
+                }
+            }
+            var model = a
+            for r in b.ranges { model.insert(r) }
+            var merged = a
+            merged.formUnion(b)
+            #expect(merged == model)
+        }
+    }
+
     @Test func matchesAReferenceModel() {
         // Random inserts and removes against a Set of page indexes.
         var rng = SystemRandomNumberGenerator()

@@ -36,6 +36,15 @@ public struct TrackerConfiguration: Sendable {
     /// When pages rewritten at every sweep may be left writable and
     /// reported without a fault (`WritePresumption`).
     public var presume = PresumeMode.auto
+    /// With attribution off, new memory (an `mmap`, or untracked pages an
+    /// `mprotect` makes writable) stays writable until the next sweep, which
+    /// reports it entirely either way, instead of being armed at once: its
+    /// first writes cost no fault. Off for PageWatchKit, whose write events
+    /// are each page's first write.
+    public var newMemoryWaitsForTheSweep = true
+
+    /// Whether new memory waits for the next sweep to be armed (see above).
+    public var newMemoryArmedAtSweep: Bool { stackDepth == 0 && newMemoryWaitsForTheSweep }
 
     public init(
         command: [String], selection: Selection, intervalNs: UInt64, sweepSignal: Int32?,

@@ -244,6 +244,12 @@ extension ProcessTracker {
     /// Re-reads `/proc/PID/maps`: new selected mappings become tracked (and
     /// dirty), vanished ones are forgotten.
     func refreshMaps() throws {
+        // Before maps is read: a slot whose mprotect runs between the two
+        // reads must count as in flight (below). Looked at after, a call that
+        // ran in between looked done while maps still showed the page armed,
+        // and reconcile dropped the page from tracking (the thread's next
+        // write there: a fatal SIGSEGV; seen under node's worker threads).
+        let inFlight = pagesInFlight(in: nil)
         // Through a live thread: once the main thread has exited, /proc/PID/maps is empty.
         let maps = try ProcFS.maps(of: liveThread())
         // Empty: the thread read through has just exited (its mm is gone),
@@ -258,7 +264,6 @@ extension ProcessTracker {
         // take for the program's own protection (and drop a read-only page
         // from tracking: the thread's write then faults on an untracked
         // page and kills it). Reconciled as armed, un-armed again after.
-        let inFlight = pagesInFlight(in: nil)
         for page in inFlight { memory.markArmedKeepingDirty(AddressRange(start: page, end: page + Page.size)) }
         memory.reconcile(maps: programs, selection: config.selection, stackAnchors: stackAnchors)
         for page in inFlight {

@@ -37,7 +37,7 @@ struct WritePresumption {
     static let maxSweepsPerCheck = 64
     static let longestPresumptionNs: UInt64 = 8_000_000_000
     /// How far back an earlier write makes a page's new write a rewrite.
-    static let recentIntervals = 8
+    static let recentIntervals = 32
     /// The share of an interval's wall time PageWatch's handling of the
     /// process's stops must exceed for `auto` to presume.
     static let pressureShare = 0.25

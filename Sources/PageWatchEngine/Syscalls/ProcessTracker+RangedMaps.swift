@@ -34,10 +34,8 @@ extension ProcessTracker {
         let window = range.pageAligned
         guard !window.isEmpty else { return }
         // As in refreshMaps, pages a thread was sent to un-arm through its
-        // slot are reconciled as armed, then un-armed again; taken before the
-        // query, so that a slot's mprotect run meanwhile shows as the
-        // program's un-arming (kept, dirty) rather than as a page PageWatch
-        // thought writable and maps shows armed (dropped).
+        // slot are reconciled as armed, then un-armed again; looked at
+        // before the query (a slot's mprotect may run in between).
         let inFlight = pagesInFlight(in: window)
         guard let entries = entries(confinedTo: window) else { return try refreshMaps() }
         trace("  maps of \(window): \(entries.count) entries")

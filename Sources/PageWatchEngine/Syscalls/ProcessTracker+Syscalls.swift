@@ -187,6 +187,12 @@ extension ProcessTracker {
         }
         let withoutWrite = UInt64(prot.armed.rawValue) | (args[2] & ~UInt64(7))
         let target = AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + args[1]).pageAligned
+        if config.newMemoryArmedAtSweep, memory.trackedPieces(in: target).isEmpty {
+            // Memory new to PageWatch (a runtime committing a reservation):
+            // it waits for the next sweep, like a new mapping; the exit tracks it unarmed.
+            try resume(thread, exit: .memory(call, args, rewrittenProtection: nil))
+            return
+        }
         publishForGuardian(extra: [(target, prot)])
         try Arch.writeRegisters(Arch.settingSyscallArgument(regs, 2, to: withoutWrite), tid: tid)
         thread.syscall.entryRegisters = nil  // registers changed on purpose; nothing to rewind
@@ -357,8 +363,16 @@ extension ProcessTracker {
             memory.forget(mapped)  // whatever was there is gone (MAP_FIXED)
             presumption.forget(mapped)
             try refreshMaps(in: mapped)
-            // Private and not MAP_GROWSDOWN: populated before it is armed (shared ones need no anon_vma).
-            try armNow(mapped, populating: a[3] & 0x3 == 0x2 && a[3] & 0x100 == 0, thread)
+            if config.newMemoryArmedAtSweep {
+                // Reported entirely by the next sweep, written or not: armed
+                // now only so that its writers are known. Without attribution
+                // it waits for that sweep (which populates and arms it), as
+                // new heap pages do, and its first writes cost no fault.
+                publishForGuardian()
+            } else {
+                // Private and not MAP_GROWSDOWN: populated before it is armed (shared ones need no anon_vma).
+                try armNow(mapped, populating: a[3] & 0x3 == 0x2 && a[3] & 0x100 == 0, thread)
+            }
         case .mremap:
             guard !failed else { return }
             let old = range(a[0], a[1]), new = range(UInt64(bitPattern: result), a[2])
@@ -436,12 +450,14 @@ extension ProcessTracker {
                         }
                     }
                 }
+                // (Run as asked, the call gave them the program's protection already.)
+                guard ranArmed else { continue }
                 var rest = PageSet([part])
                 for s in selected.ranges { rest.remove(s) }
                 for r in rest.ranges { try injector.protect(r, prot, thread) }
             }
         }
-        for p in memory.pinned.intersection(target).ranges {
+        for p in memory.pinned.intersection(target).ranges where ranArmed {
             // Pinned pages must stay writable.
             if let piece = memory.trackedPieces(in: p).first {
                 try injector.protect(piece.range, piece.protection, thread)
