@@ -15,6 +15,9 @@ extension ProcessTracker {
     /// read) and the new break: nothing when they are in one page (brk(0),
     /// a failed call).
     func brkExit(result: Int64) throws {
+        // brk answers with the break, unchanged when it fails; an errno comes
+        // only from a seccomp filter of the program's, and nothing changed.
+        if result < 0 && result > -4096 && Self.mapsByQuery { return }
         let newEnd = Page.ceil(RemoteAddress(UInt64(bitPattern: result)))
         guard Self.mapsByQuery, let oldEnd = heapEnd(in: attribution.lastMaps) else { return try refreshMaps() }
         try refreshMaps(in: AddressRange(start: min(oldEnd, newEnd), end: max(oldEnd, newEnd)))
