@@ -10,6 +10,7 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
+#include <sys/ioctl.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
@@ -142,6 +143,13 @@ int pw_get_robust_list(pid_t tid, uint64_t *head) {
 
 pid_t pw_gettid(void) {
     return (pid_t)syscall(SYS_gettid);
+}
+
+#define PW_PROCMAP_QUERY _IOWR('f', 17, pw_procmap_query_args)
+_Static_assert(sizeof(pw_procmap_query_args) == 104, "struct procmap_query of Linux 6.11");
+
+int pw_procmap_query(int maps_fd, pw_procmap_query_args *query) {
+    RETURN_ERRNO(ioctl(maps_fd, PW_PROCMAP_QUERY, query));
 }
 
 static void pw_wakeup(int signal) { (void)signal; }

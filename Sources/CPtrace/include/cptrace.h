@@ -162,6 +162,41 @@ int pw_get_robust_list(pid_t tid, uint64_t *head);
 // gettid of the calling thread.
 pid_t pw_gettid(void);
 
+// One VMA of another process by address, without reading all of its maps
+// text (Linux 6.11+). Mirrors `struct procmap_query` of the kernel's
+// include/uapi/linux/fs.h (the system headers here predate it).
+typedef struct {
+    uint64_t size;           // sizeof this struct (in)
+    uint64_t query_flags;    // PW_PROCMAP_QUERY_* (in)
+    uint64_t query_addr;     // (in)
+    uint64_t vma_start;      // (out)
+    uint64_t vma_end;        // (out)
+    uint64_t vma_flags;      // PW_PROCMAP_QUERY_VMA_* (out)
+    uint64_t vma_page_size;  // (out)
+    uint64_t vma_offset;     // file offset; 0 without a file (out)
+    uint64_t inode;          // (out)
+    uint32_t dev_major;      // (out)
+    uint32_t dev_minor;      // (out)
+    uint32_t vma_name_size;  // buffer size in; name bytes with its NUL out, 0 without a name
+    uint32_t build_id_size;  // (in/out; 0: not asked)
+    uint64_t vma_name_addr;  // (in)
+    uint64_t build_id_addr;  // (in)
+} pw_procmap_query_args;
+
+enum {
+    PW_PROCMAP_QUERY_VMA_READABLE = 0x01,
+    PW_PROCMAP_QUERY_VMA_WRITABLE = 0x02,
+    PW_PROCMAP_QUERY_VMA_EXECUTABLE = 0x04,
+    PW_PROCMAP_QUERY_VMA_SHARED = 0x08,
+    // The VMA covering query_addr, or else the first one above it.
+    PW_PROCMAP_QUERY_COVERING_OR_NEXT_VMA = 0x10,
+};
+
+// ioctl(maps_fd, PROCMAP_QUERY, query) on an open /proc/PID/maps, where
+// PROCMAP_QUERY is _IOWR(PROCFS_IOCTL_MAGIC 'f', 17, struct procmap_query).
+// 0 or -errno: -ENOENT when no VMA matches, -ENOTTY (or -EINVAL) before 6.11.
+int pw_procmap_query(int maps_fd, pw_procmap_query_args *query);
+
 #ifdef __cplusplus
 }
 #endif

@@ -463,6 +463,76 @@ public struct TrackedMemory: Sendable {
     }
 }
 
+// MARK: - Reconciling one range
+
+extension TrackedMemory {
+    /// `reconcile(maps:selection:stackAnchors:)` for the pages of `range`
+    /// (widened to pages) alone, after a call that changed nothing else
+    /// (mmap, mprotect, brk): the regions inside it are rebuilt from `maps`,
+    /// the entries that overlap it, and the rest of the model is left as it
+    /// is. Equal in effect to the whole reconcile when the rest of maps did
+    /// not change, and neither did what is decided per mapping (a run of
+    /// entries, `MappingGroup`) rather than per entry, which `maps` must
+    /// then hold whole: that a mapping is the main stack (its lowest page is
+    /// pinned; its pieces without the `[stack]` label are stack too) and,
+    /// for `--track stack`, a thread stack (it holds an anchor). A call on
+    /// a stack can change that outside `range` (an executable piece splits
+    /// it): the engine reads all of maps there.
+    public mutating func reconcile(
+        maps: [Mapping], within range: AddressRange, selection: Selection, stackAnchors: [RemoteAddress]
+    ) {
+        let window = range.pageAligned
+        guard !window.isEmpty else { return }
+        let inside = isolate(window)
+        let old = regions[inside]
+        var built = RegionBuilder()
+        var o = old.startIndex  // cursor into old, sorted like maps
+        for group in MappingGroup.group(maps) {
+            if group.mapping.isMainStack { pinned.insert(page: group.mapping.range.start) }
+            let isThreadStack = stackAnchors.contains { group.mapping.range.contains($0) }
+            for entry in group.entries where entry.range.overlaps(window) {
+                var probe = group.mapping
+                probe.range = entry.range
+                let parts = selection.selectedPart(
+                    of: probe, protection: [.read, .write], isThreadStack: isThreadStack)
+                // As in the whole reconcile, cut to the window.
+                for part in parts.compactMap({ $0.intersection(window) }) {
+                    var page = part.start
+                    while page < part.end {
+                        while o < old.endIndex && old[o].range.end <= page { o += 1 }
+                        if o < old.endIndex && old[o].range.start <= page {
+                            let r = old[o]
+                            let end = min(part.end, r.range.end)
+                            built.takeOver(r, pages: r.index(of: page)..<r.index(of: end), shown: entry.protection)
+                            page = end
+                        } else {
+                            let end = o < old.endIndex ? min(part.end, old[o].range.start) : part.end
+                            built.appendChanged(AddressRange(start: page, end: end), shown: entry.protection)
+                            page = end
+                        }
+                    }
+                }
+            }
+        }
+        regions.replaceSubrange(inside, with: built.regions)
+        // The whole reconcile makes one region of a run with one protection
+        // across the window's ends too.
+        join(at: window.end)
+        join(at: window.start)
+    }
+
+    /// Joins the region ending at `a` and the one starting there when they
+    /// have the same protection.
+    mutating func join(at a: RemoteAddress) {
+        guard let right = regionIndex(containing: a), right > 0, regions[right].range.start == a,
+            regions[right - 1].range.end == a, regions[right - 1].protection == regions[right].protection
+        else { return }
+        let next = regions[right]
+        regions[right - 1].append(pages: 0..<next.armed.pageCount, of: next, unarming: false)
+        regions.remove(at: right)
+    }
+}
+
 extension TrackedRegion {
     /// Grows the region by `count` pages with the same state.
     mutating func append(count: Int, armed a: Bool, dirty d: Bool) {

@@ -383,7 +383,7 @@ extension ProcessTracker {
             noteIOUringMapping(a, at: UInt64(bitPattern: result), tid: tid)
             memory.forget(mapped)  // whatever was there is gone (MAP_FIXED)
             presumption.forget(mapped)
-            try refreshMaps()
+            try refreshMaps(in: mapped)
             if config.newMemoryArmedAtSweep {
                 // Reported entirely by the next sweep, written or not: armed
                 // now only so that its writers are known. Without attribution
@@ -412,9 +412,11 @@ extension ProcessTracker {
                 try refreshMaps()
                 try armNow(new, thread)
             }
-        case .brk, .shmat, .shmdt:
-            if call == .shmat, !failed { memory.forget(range(UInt64(bitPattern: result), Page.size)) }
+        case .brk:
             // New heap pages are tracked (dirty) from here and armed at the next sweep.
+            try brkExit(result: result)
+        case .shmat, .shmdt:
+            if call == .shmat, !failed { memory.forget(range(UInt64(bitPattern: result), Page.size)) }
             try refreshMaps()
         case .mprotect, .pkey_mprotect:
             try mprotectExit(
@@ -448,7 +450,7 @@ extension ProcessTracker {
         guard !untracked.isEmpty else { return }
         // Pages that became writable and were not tracked: PageWatch ran the
         // call without write; track what the selection takes, give back the rest.
-        let maps = try ProcFS.maps(of: tid)
+        let maps = try entries(overlapping: target, tid: tid)
         for piece in untracked.ranges {
             for m in maps where m.range.overlaps(piece) {
                 let part = m.range.intersection(piece)!
