@@ -105,7 +105,8 @@ public struct TrackedMemory: Sendable {
     /// of an 8 GiB region no longer walks its 2 Mi pages).
     public mutating func reconcile(maps: [Mapping], selection: Selection, stackAnchors: [RemoteAddress]) {
         var built = RegionBuilder()
-        var old = 0  // cursor into regions, which are sorted like maps
+        let oldRegions = regions[...]
+        var old = oldRegions.startIndex  // cursor into regions, which are sorted like maps
 
         for group in MappingGroup.group(maps) {
             if group.mapping.isMainStack {
@@ -122,22 +123,7 @@ public struct TrackedMemory: Sendable {
                 // Which pages would be selected if writable; protection is decided per run below.
                 let parts = selection.selectedPart(
                     of: probe, protection: [.read, .write], isThreadStack: isThreadStack)
-                for part in parts {
-                    var page = part.start
-                    while page < part.end {
-                        while old < regions.count && regions[old].range.end <= page { old += 1 }
-                        if old < regions.count && regions[old].range.start <= page {
-                            let r = regions[old]
-                            let end = min(part.end, r.range.end)
-                            built.takeOver(r, pages: r.index(of: page)..<r.index(of: end), shown: entry.protection)
-                            page = end
-                        } else {
-                            let end = old < regions.count ? min(part.end, regions[old].range.start) : part.end
-                            built.appendChanged(AddressRange(start: page, end: end), shown: entry.protection)
-                            page = end
-                        }
-                    }
-                }
+                for part in parts { built.add(part, shown: entry.protection, old: oldRegions, cursor: &old) }
             }
         }
         regions = built.regions
@@ -497,20 +483,7 @@ extension TrackedMemory {
                     of: probe, protection: [.read, .write], isThreadStack: isThreadStack)
                 // As in the whole reconcile, cut to the window.
                 for part in parts.compactMap({ $0.intersection(window) }) {
-                    var page = part.start
-                    while page < part.end {
-                        while o < old.endIndex && old[o].range.end <= page { o += 1 }
-                        if o < old.endIndex && old[o].range.start <= page {
-                            let r = old[o]
-                            let end = min(part.end, r.range.end)
-                            built.takeOver(r, pages: r.index(of: page)..<r.index(of: end), shown: entry.protection)
-                            page = end
-                        } else {
-                            let end = o < old.endIndex ? min(part.end, old[o].range.start) : part.end
-                            built.appendChanged(AddressRange(start: page, end: end), shown: entry.protection)
-                            page = end
-                        }
-                    }
+                    built.add(part, shown: entry.protection, old: old, cursor: &o)
                 }
             }
         }
@@ -597,6 +570,28 @@ struct RegionBuilder {
             appendChanged(old.range(ofPages: i..<pages.upperBound), shown: shown)
         case (false, false):
             appendChanged(old.range(ofPages: pages), shown: shown)
+        }
+    }
+
+    /// A selected `part` of a maps entry that shows `shown`: the pages of
+    /// `old`'s regions it covers are taken over, the others are new to the
+    /// model. `cursor` walks `old`, which is sorted like maps.
+    mutating func add(
+        _ part: AddressRange, shown: Protection, old: ArraySlice<TrackedRegion>, cursor: inout Int
+    ) {
+        var page = part.start
+        while page < part.end {
+            while cursor < old.endIndex && old[cursor].range.end <= page { cursor += 1 }
+            if cursor < old.endIndex && old[cursor].range.start <= page {
+                let r = old[cursor]
+                let end = min(part.end, r.range.end)
+                takeOver(r, pages: r.index(of: page)..<r.index(of: end), shown: shown)
+                page = end
+            } else {
+                let end = cursor < old.endIndex ? min(part.end, old[cursor].range.start) : part.end
+                appendChanged(AddressRange(start: page, end: end), shown: shown)
+                page = end
+            }
         }
     }
 
