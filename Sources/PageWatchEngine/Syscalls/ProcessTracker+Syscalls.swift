@@ -89,10 +89,14 @@ extension ProcessTracker {
             try mprotectEntry(call, args, regs: entryRegisters(thread), thread)
         case .madvise:
             // The contents of these pages become zero (or may) without a store.
-            if [4, 8, 9, 24, 102].contains(args[2]) {  // DONTNEED, FREE, REMOVE, DONTNEED_LOCKED, GUARD_INSTALL
-                memory.markDirty(AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + args[1]))
-            }
-            try resume(thread)
+            guard Self.madviseChangesContents(args[2]) else { return try resume(thread) }
+            memory.markDirty(AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + args[1]))
+            // Until its exit the call may not have run: a sweep in another
+            // thread meanwhile would copy the old contents and clear the dirty
+            // bits, and the zeroing after it be a change no fault reports (a
+            // thread's malloc arena trimmed under load). Sweeps wait for the
+            // exit, as for a memory call, and the exit marks the pages again.
+            try resume(thread, exit: .memory(call, args, rewrittenProtection: nil))
         case .clone, .clone3:
             try cloneEntry(call, args, thread)
         case .set_tid_address:
@@ -163,6 +167,10 @@ extension ProcessTracker {
             try resume(thread, exit: newSegvAction.map { .segvAction($0) } ?? undecoded)
         }
     }
+
+    /// madvise advice after which the pages read as zero (or may) without
+    /// a store: DONTNEED, FREE, REMOVE, DONTNEED_LOCKED, GUARD_INSTALL.
+    static func madviseChangesContents(_ advice: UInt64) -> Bool { [4, 8, 9, 24, 102].contains(advice) }
 
     /// The registers at the syscall entry `thread` is stopped at, read once.
     func entryRegisters(_ thread: TrackedThread) throws -> Arch.Registers {
@@ -418,6 +426,8 @@ extension ProcessTracker {
         case .shmat, .shmdt:
             if call == .shmat, !failed { memory.forget(range(UInt64(bitPattern: result), Page.size)) }
             try refreshMaps()
+        case .madvise:
+            memory.markDirty(range(a[0], a[1]))
         case .mprotect, .pkey_mprotect:
             try mprotectExit(
                 range(a[0], a[1]), Protection(rawValue: Int32(truncatingIfNeeded: a[2]) & 7), ranArmed: rewritten,
