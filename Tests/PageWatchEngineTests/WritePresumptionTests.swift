@@ -74,6 +74,27 @@ import Testing
         for _ in 0..<4 { #expect(sweep(&w, written: pages(0, 4), presume: false).1.isEmpty) }
     }
 
+    /// Under `auto` the interval of a check has no pressure (its pages were
+    /// presumed): the history survives it, and pages rewritten after the
+    /// check are presumed again at once, for twice as long.
+    @Test func theHistorySurvivesACheckWithoutPressure() {
+        var w = WritePresumption(mode: .auto, intervalNs: 10_000_000)
+        _ = sweep(&w, written: region)
+        _ = sweep(&w, written: pages(0, 2))
+        #expect(sweep(&w, written: pages(0, 2)).1 == pages(0, 2))
+        var held = 0
+        while !sweep(&w, written: PageSet(), presume: false).1.isEmpty { held += 1 }
+        #expect(held == 7)
+        #expect(w.isActive)
+        #expect(sweep(&w, written: pages(0, 2)).1 == pages(0, 2))
+        held = 0
+        while !sweep(&w, written: PageSet(), presume: false).1.isEmpty { held += 1 }
+        #expect(held == 15)
+        // Long after the last check, without pressure: nothing kept.
+        for _ in 0...WritePresumption.recentIntervals { _ = sweep(&w, written: pages(0, 2), presume: false) }
+        #expect(!w.isActive)
+    }
+
     @Test func forgottenPagesLeaveThePresumption() {
         var w = WritePresumption(mode: .always, intervalNs: 0)
         _ = sweep(&w, written: region)

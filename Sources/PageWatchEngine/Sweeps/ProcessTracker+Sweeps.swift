@@ -111,11 +111,14 @@ extension ProcessTracker {
         // Buffers of io_uring requests not yet completed: the kernel writes them later.
         busy.formUnion(ioUringBuffersInFlight())
         // Pages rewritten at every sweep of a starving program stay writable (presumed written).
-        let writable = memory.unarmedWritablePages()
-        let presumed = presumption.unseen(dirty: dirty, eligible: writable)
         let presume = presumption.applies(
             toInterval: reason == .interval, busyNs: busyNs, elapsedNs: monotonicNs() &- lastSweepNs)
-        busy.formUnion(presumption.decide(dirty: dirty, eligible: writable, presume: presume))
+        var presumed = PageSet()
+        if presume || presumption.isActive {
+            let writable = memory.unarmedWritablePages()
+            presumed = presumption.unseen(dirty: dirty, eligible: writable)
+            busy.formUnion(presumption.decide(dirty: dirty, eligible: writable, presume: presume))
+        }
         noteStarvation(reason: reason)
         // Mappings new since the last sweep get their anon_vma before their first arming.
         let toPopulate = memory.pagesToPopulate(maps: attribution.lastMaps, excluded: userfaultRangesHere)
@@ -143,7 +146,7 @@ extension ProcessTracker {
         }
         memory.clearPinnedDirty()
         memory.clearReadOnlyDirty()
-        presumption.rearmed(memory.armedPages())
+        if presumption.isActive { presumption.rearmed(memory.armedPages()) }
         copyContents(dirty: dirty, tid: tid)
         publishForGuardian()
         emitSweep(reason: reason, dirty: dirty, presumed: presumed)
@@ -176,7 +179,9 @@ extension ProcessTracker {
     /// by default those still writable now.
     func emitSweep(reason: SweepReason, dirty: PageSet, reportedAgain: Bool = false, presumed: PageSet? = nil) {
         let presumed =
-            presumed ?? presumption.unseen(dirty: dirty, eligible: memory.unarmedWritablePages())
+            presumed
+            ?? (presumption.presumed.isEmpty
+                ? PageSet() : presumption.unseen(dirty: dirty, eligible: memory.unarmedWritablePages()))
         sweeps += 1
         busyNs = 0
         lastSweepNs = monotonicNs()

@@ -113,12 +113,25 @@ struct WritePresumption {
                 presumed.formUnion(candidates)
             }
         }
+        if !presume && presumed.isEmpty && (sinceCheck == Int.max || sinceCheck > Self.recentIntervals) {
+            // Nothing presumed, no pressure, and no check in the recent
+            // intervals (whose pages, rewritten, are presumed again at once):
+            // no history is kept (a sweep of scattered pages would pay for it
+            // every time); pressure starts it again, and presumption follows
+            // from the sweep after.
+            reset()
+            return presumed
+        }
         var written = seen
         written.formUnion(unseen)
         recent.append(written)
         if recent.count > Self.recentIntervals { recent.removeFirst() }
         return presumed
     }
+
+    /// Whether a sweep has anything to do for presumption: pages presumed,
+    /// or a history kept since the last sweep under pressure.
+    var isActive: Bool { !presumed.isEmpty || !recent.isEmpty }
 
     /// After the sweep's re-arming: what is armed now.
     mutating func rearmed(_ armed: PageSet) { armedAtLastSweep = armed }
