@@ -111,15 +111,15 @@ extension ProcessTracker {
         // Buffers of io_uring requests not yet completed: the kernel writes them later.
         busy.formUnion(ioUringBuffersInFlight())
         // Pages rewritten at every sweep of a starving program stay writable (presumed written).
-        let presume = presumption.applies(
-            toInterval: reason == .interval, busyNs: busyNs, elapsedNs: monotonicNs() &- lastSweepNs)
+        let elapsed = monotonicNs() &- lastSweepNs
+        let presume = presumption.applies(toInterval: reason == .interval, busyNs: busyNs, elapsedNs: elapsed)
         var presumed = PageSet()
         if presume || presumption.isActive {
             let writable = memory.unarmedWritablePages()
             presumed = presumption.unseen(dirty: dirty, eligible: writable)
             busy.formUnion(presumption.decide(dirty: dirty, eligible: writable, presume: presume))
         }
-        noteStarvation(reason: reason)
+        noteStarvation(reason: reason, elapsedNs: elapsed)
         // Mappings new since the last sweep get their anon_vma before their first arming.
         let toPopulate = memory.pagesToPopulate(maps: attribution.lastMaps, excluded: userfaultRangesHere)
         memory.notePopulated(try injector.populate(toPopulate, thread))
@@ -261,21 +261,32 @@ extension ProcessTracker {
         // not a process without memory. Taken as is, every tracked page would
         // be forgotten and every frame left unnamed.
         guard !maps.isEmpty else { return }
-        // PageWatch's own scratch pages (the trampoline's data page is writable) are never tracked.
+        reconcile(maps, keepingInFlight: inFlight) { memory, programs in
+            memory.reconcile(maps: programs, selection: config.selection, stackAnchors: stackAnchors)
+        }
+        attribution.mapsRead(maps)
+    }
+
+    /// Runs `reconcile` on `maps` without PageWatch's own scratch pages (the
+    /// trampoline's data page is writable, never tracked). `inFlight`: the
+    /// pages threads were sent to un-arm through their trampoline slots,
+    /// looked at before maps was read. Such a page is writable in the model,
+    /// but the thread may not have run the slot's mprotect yet: maps can
+    /// still show it armed, which reconcile would take for the program's own
+    /// protection (and drop a read-only page from tracking: the thread's
+    /// write then faults on an untracked page and kills it). Reconciled as
+    /// armed, un-armed again after.
+    func reconcile(
+        _ maps: [Mapping], keepingInFlight inFlight: [RemoteAddress],
+        _ reconcile: (inout TrackedMemory, [Mapping]) -> Void
+    ) {
         let programs = maps.filter { m in injector.remote.map { !$0.scratch.contains(m.range.start) } ?? true }
-        // A page a thread was sent to un-arm through its trampoline slot is
-        // writable in the model, but the thread may not have run the slot's
-        // mprotect yet: maps can still show it armed, which reconcile would
-        // take for the program's own protection (and drop a read-only page
-        // from tracking: the thread's write then faults on an untracked
-        // page and kills it). Reconciled as armed, un-armed again after.
         for page in inFlight { memory.markArmedKeepingDirty(AddressRange(start: page, end: page + Page.size)) }
-        memory.reconcile(maps: programs, selection: config.selection, stackAnchors: stackAnchors)
+        reconcile(&memory, programs)
         for page in inFlight {
             if case .armed = memory.state(of: page) { memory.markWritten(page) }
         }
         publishForGuardian()
-        attribution.mapsRead(maps)
     }
 
     /// Every region with armed pages gets the program's protection back

@@ -166,9 +166,9 @@ extension ProcessTracker {
     /// handling of this process's stops has taken more than half of the
     /// time over the last interval sweeps: the program then runs many
     /// times slower than without PageWatch.
-    func noteStarvation(reason: SweepReason) {
+    func noteStarvation(reason: SweepReason, elapsedNs: UInt64) {
         guard reason == .interval, !warnedAboutStarvation else { return }
-        recentIntervalLoads.append((busyNs, monotonicNs() &- lastSweepNs))
+        recentIntervalLoads.append((busyNs, elapsedNs))
         if recentIntervalLoads.count > Self.starvationWindow { recentIntervalLoads.removeFirst() }
         let busy = recentIntervalLoads.reduce(0) { $0 + $1.busyNs }
         let elapsed = recentIntervalLoads.reduce(0) { $0 + $1.elapsedNs }

@@ -42,14 +42,9 @@ extension ProcessTracker {
         let inFlight = pagesInFlight(in: window)
         guard let entries = entries(confinedTo: window) else { return try refreshMaps() }
         trace("  maps of \(window): \(entries.count) entries")
-        // PageWatch's scratch pages are never tracked.
-        let programs = entries.filter { m in injector.remote.map { !$0.scratch.contains(m.range.start) } ?? true }
-        for page in inFlight { memory.markArmedKeepingDirty(AddressRange(start: page, end: page + Page.size)) }
-        memory.reconcile(maps: programs, within: window, selection: config.selection, stackAnchors: stackAnchors)
-        for page in inFlight {
-            if case .armed = memory.state(of: page) { memory.markWritten(page) }
+        reconcile(entries, keepingInFlight: inFlight) { memory, programs in
+            memory.reconcile(maps: programs, within: window, selection: config.selection, stackAnchors: stackAnchors)
         }
-        publishForGuardian()
         spliceAttributionMaps(entries, window)
     }
 
