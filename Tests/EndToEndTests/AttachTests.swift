@@ -53,10 +53,8 @@ final class Background {
     /// Waits for the end; the shell's status.
     func finish(timeout: TimeInterval = 60) -> Int32 {
         try? input.fileHandleForWriting.close()
-        let deadline = Date().addingTimeInterval(timeout)
-        while process.isRunning && Date() < deadline { usleep(1000) }
-        if process.isRunning { process.terminate(); Issue.record("\(process.arguments ?? []) timed out") }
-        process.waitUntilExit()
+        if !Harness.finish(process, timeout: timeout) { Issue.record("\(process.arguments ?? []) timed out") }
+        if process.isRunning { return -1 }  // still there after SIGKILL
         return process.terminationReason == .uncaughtSignal
             ? 128 + process.terminationStatus : process.terminationStatus
     }

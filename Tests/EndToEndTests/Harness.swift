@@ -79,16 +79,58 @@ enum Harness {
         try out.close(); try err.close()
         if let stdin { input.fileHandleForWriting.write(stdin.data(using: .utf8)!) }
         try input.fileHandleForWriting.close()
-        let deadline = Date().addingTimeInterval(timeout)
-        while p.isRunning && Date() < deadline { usleep(1000) }
-        if p.isRunning { p.terminate(); Issue.record("\(argv) timed out") }
-        p.waitUntilExit()
+        if !finish(p, timeout: timeout) { Issue.record("\(argv) timed out") }
         let outData = FileManager.default.contents(atPath: outPath) ?? Data()
         let errData = FileManager.default.contents(atPath: errPath) ?? Data()
-        let status = p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
+        // -1: still there after SIGKILL (a test that gets it fails anyway).
+        let status =
+            p.isRunning ? -1 : p.terminationReason == .uncaughtSignal ? 128 + p.terminationStatus : p.terminationStatus
         return Result(
             stdout: String(decoding: outData, as: UTF8.self), stderr: String(decoding: errData, as: UTF8.self),
             status: status)
+    }
+
+    /// Waits for `p` to end; whether it did within `timeout` seconds. One
+    /// that did not gets SIGTERM (PageWatch detaches), then, 10 seconds
+    /// later, SIGKILL with all its descendants: a hung run fails its test,
+    /// never the whole suite. (Foundation sees a child end only once every
+    /// process that inherited its watch descriptor has: PageWatch's tracer
+    /// child and guardian too.)
+    @discardableResult
+    static func finish(_ p: Process, timeout: TimeInterval) -> Bool {
+        func wait(_ seconds: TimeInterval) -> Bool {
+            let deadline = Date().addingTimeInterval(seconds)
+            while p.isRunning && Date() < deadline { usleep(1000) }
+            return !p.isRunning
+        }
+        if wait(timeout) {
+            p.waitUntilExit()
+            return true
+        }
+        p.terminate()
+        if !wait(10) {
+            for pid in [p.processIdentifier] + descendants(of: p.processIdentifier) { kill(pid, SIGKILL) }
+            if !wait(10) { return false }  // not waited for: the run goes on without it
+        }
+        p.waitUntilExit()
+        return false
+    }
+
+    /// Every process below `pid`, from /proc/PID/task/TID/children.
+    static func descendants(of pid: Int32) -> [Int32] {
+        var found: [Int32] = []
+        var queue = [pid]
+        while let next = queue.popLast() {
+            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(next)/task")) ?? []
+            for tid in tasks {
+                guard let text = try? String(contentsOfFile: "/proc/\(next)/task/\(tid)/children", encoding: .utf8)
+                else { continue }
+                let children = text.split(separator: " ").compactMap { Int32($0) }
+                found += children
+                queue += children
+            }
+        }
+        return found
     }
 
     /// `stderr` without PageWatch's warning that its own work starves the

@@ -21,13 +21,20 @@ struct Runtime: Sendable, CustomTestStringConvertible {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         p.arguments = environment.map { "\($0.key)=\($0.value)" } + argv
-        let err = Pipe()
-        p.standardError = err
-        p.standardOutput = err
+        // To a file: a daemon a build step leaves behind cannot hold it open.
+        let outPath = Harness.temporaryPath("build-\(UUID().uuidString)")
+        FileManager.default.createFile(atPath: outPath, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: outPath) }
+        let out = try FileHandle(forWritingTo: URL(fileURLWithPath: outPath))
+        p.standardError = out
+        p.standardOutput = out
         try p.run()
-        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        if p.terminationStatus != 0 { throw BuildError.failed(argv.joined(separator: " "), text) }
+        try out.close()
+        let finished = Harness.finish(p, timeout: 900)
+        let text = String(decoding: FileManager.default.contents(atPath: outPath) ?? Data(), as: UTF8.self)
+        if !finished || p.terminationStatus != 0 {
+            throw BuildError.failed(argv.joined(separator: " "), finished ? text : "timed out\n" + text)
+        }
     }
 
     enum BuildError: Error { case failed(String, String) }
