@@ -14,8 +14,10 @@ import PageWatchAddressSpace
 /// which faults pages in without allowing a retry: the kernel's
 /// `handle_userfault` then refuses at once (EIO) instead of asking the
 /// handler, and pages that are there are read as usual.
-/// (`PTRACE_PEEKDATA` takes the same path.) Write-protect mode alone is not
-/// recorded: reads never wait on it.
+/// (`PTRACE_PEEKDATA` takes the same path.) Write-protect mode never makes
+/// a read wait, but a write does: those ranges are kept apart
+/// (`writeProtected(of:)`), for what writes the program's memory on
+/// PageWatch's behalf (populating a page with `MADV_POPULATE_WRITE`).
 ///
 /// Kept per process (its pid); the check is against the union of all
 /// processes, which only makes some reads take the slower path. One
@@ -24,6 +26,8 @@ import PageWatchAddressSpace
 public struct UserfaultRanges: Sendable {
     private var byProcess: [Int32: PageSet] = [:]
     private var union = PageSet()
+    /// Registered for write-protect faults (reads never wait there).
+    private var writeProtectedByProcess: [Int32: PageSet] = [:]
     /// Changes whenever `all` does (the unwinder copies the ranges to C).
     public private(set) var generation: UInt64 = 0
 
@@ -40,19 +44,35 @@ public struct UserfaultRanges: Sendable {
     /// Every range of every process where a read could ask a handler.
     public var all: [AddressRange] { union.ranges }
 
+    /// Whether any process has a range registered in any mode.
+    public var isEmpty: Bool { union.isEmpty && writeProtectedByProcess.isEmpty }
+
     /// The ranges of process `pid`.
     public func ranges(of pid: Int32) -> [AddressRange] { byProcess[pid]?.ranges ?? [] }
+
+    /// The ranges of process `pid` registered for write-protect faults: a
+    /// write there by the kernel on anyone's behalf waits for the program's
+    /// handler when the program has write-protected the page.
+    public func writeProtected(of pid: Int32) -> [AddressRange] { writeProtectedByProcess[pid]?.ranges ?? [] }
 
     /// A `UFFDIO_REGISTER` of `range` with `mode` in process `pid` (noted
     /// before the call runs: a failed call leaves a superset, which is safe).
     public mutating func register(_ range: AddressRange, mode: UInt64, pid: Int32) {
-        guard mode & (Self.modeMissing | Self.modeMinor) != 0, !range.isEmpty else { return }
+        guard !range.isEmpty else { return }
+        if mode & Self.modeWriteProtect != 0 {
+            writeProtectedByProcess[pid, default: PageSet()].insert(range.pageAligned)
+        }
+        guard mode & (Self.modeMissing | Self.modeMinor) != 0 else { return }
         byProcess[pid, default: PageSet()].insert(range.pageAligned)
         changed()
     }
 
     /// The range no longer asks a handler in `pid` (`UFFDIO_UNREGISTER`, munmap).
     public mutating func remove(_ range: AddressRange, pid: Int32) {
+        if var set = writeProtectedByProcess[pid] {
+            set.remove(range.pageAligned)
+            writeProtectedByProcess[pid] = set.isEmpty ? nil : set
+        }
         guard var set = byProcess[pid], !set.intersection(range.pageAligned).isEmpty else { return }
         set.remove(range.pageAligned)
         byProcess[pid] = set.isEmpty ? nil : set
@@ -61,6 +81,7 @@ public struct UserfaultRanges: Sendable {
 
     /// `pid` exec'd (a new address space) or is gone.
     public mutating func forget(pid: Int32) {
+        writeProtectedByProcess[pid] = nil
         guard byProcess.removeValue(forKey: pid) != nil else { return }
         changed()
     }
@@ -69,6 +90,9 @@ public struct UserfaultRanges: Sendable {
     /// is registered with a new userfaultfd the parent's handler serves;
     /// without, they are not registered at all. Taken as registered.
     public mutating func forked(from parent: Int32, child: Int32) {
+        if let set = writeProtectedByProcess[parent] {
+            writeProtectedByProcess[child, default: PageSet()].formUnion(set)
+        }
         guard let set = byProcess[parent] else { return }
         byProcess[child, default: PageSet()].formUnion(set)
         changed()
@@ -89,15 +113,24 @@ public struct UserfaultRanges: Sendable {
         generation &+= 1
     }
 
-    /// The ranges `/proc/PID/smaps` shows registered for missing or minor
-    /// faults (VmFlags `um`, `ui`): what a program registered before PageWatch came.
-    public static func registered(inSmaps text: String) -> [AddressRange] {
-        var found: [AddressRange] = []
+    /// The ranges `/proc/PID/smaps` shows registered with a userfaultfd
+    /// (VmFlags `um` missing, `uw` write-protect, `ui` minor) and their
+    /// modes: what a program registered before PageWatch came.
+    public static func registered(inSmaps text: String) -> [(range: AddressRange, mode: UInt64)] {
+        var found: [(range: AddressRange, mode: UInt64)] = []
         var current: AddressRange?
         for line in text.split(separator: "\n", omittingEmptySubsequences: true) {
             if line.hasPrefix("VmFlags:") {
-                let flags = line.dropFirst("VmFlags:".count).split(separator: " ")
-                if let current, flags.contains("um") || flags.contains("ui") { found.append(current) }
+                var mode: UInt64 = 0
+                for flag in line.dropFirst("VmFlags:".count).split(separator: " ") {
+                    switch flag {
+                    case "um": mode |= modeMissing
+                    case "uw": mode |= modeWriteProtect
+                    case "ui": mode |= modeMinor
+                    default: break
+                    }
+                }
+                if let current, mode != 0 { found.append((current, mode)) }
                 continue
             }
             // A mapping's header: "start-end perms offset dev inode path".
@@ -113,7 +146,7 @@ public struct UserfaultRanges: Sendable {
     /// Learns what `pid` registered before PageWatch came (attach).
     public mutating func learn(pid: Int32) {
         guard let text = try? ProcFS.read("/proc/\(pid)/smaps", pid: pid) else { return }
-        for range in Self.registered(inSmaps: text) { register(range, mode: Self.modeMissing, pid: pid) }
+        for (range, mode) in Self.registered(inSmaps: text) { register(range, mode: mode, pid: pid) }
     }
 }
 

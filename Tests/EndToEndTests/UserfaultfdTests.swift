@@ -64,6 +64,40 @@ import Testing
         #expect(writers.contains("[kernel] UFFDIO_ZEROPAGE"))
     }
 
+    /// Pages the program write-protected with its userfaultfd stay so while
+    /// PageWatch comes (attach) or sweeps (run): PageWatch never populates
+    /// a page there (a write that would wait for the handler, which may be
+    /// held at a stop), and the handler sees each of the program's write
+    /// faults, no more (fx_uffd_wp).
+    @Test(arguments: [["attach", "--stack-depth", "0"], ["attach"], ["run", "--stack-depth", "0"], ["run"]])
+    func writeProtectedPagesAreNeverPopulated(_ mode: [String]) throws {
+        func drive(_ pagewatch: [String]?) throws -> String {
+            let log = Harness.temporaryPath("uffd-wp-\(UUID().uuidString).jsonl")
+            let options = ["--verify-contents", "--output", log, "--interval", "20ms"] + mode.dropFirst()
+            let launched = pagewatch?.first == "run"
+            let fixture = try Background(
+                launched
+                    ? [Harness.pagewatch, "run"] + options + ["--", Harness.fixture("fx_uffd_wp")]
+                    : [Harness.fixture("fx_uffd_wp")])
+            #expect(fixture.waitFor("ready\n"))
+            if pagewatch?.first == "attach" {
+                let r = try Harness.run(
+                    [Harness.pagewatch, "attach"] + options + ["--duration", "200ms", String(fixture.pid)], timeout: 30)
+                #expect(r.status == 0, "\(r.stderr)")
+                #expect(try Harness.readLog(log).last?["type"] as? String == "detach")
+            } else if launched {
+                usleep(200_000)  // sweeps while pages 4-7 are write-protected
+            }
+            fixture.send("g")
+            #expect(fixture.finish(timeout: 30) == 0)
+            if launched { #expect(!(try Harness.readLog(log)).contains { $0["type"] as? String == "missed" }) }
+            return fixture.stdout
+        }
+        let untracked = try drive(nil)
+        #expect(untracked.hasSuffix("wpfaults 4 sum 520\nok\n"), "\(untracked)")
+        #expect(try drive(mode) == untracked)
+    }
+
     /// Attached and detached again and again while the handler fills pages
     /// and the program drops them (MADV_DONTNEED) round after round: every
     /// attach ends in a detach, the program's checks all pass and it ends

@@ -21,10 +21,21 @@ import PageWatchAddressSpace
             7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0                          [stack]
             VmFlags: rd wr mr mw me gd ac
             """
-        // Write-protect mode alone (uw) never makes a read wait.
+        let found = UserfaultRanges.registered(inSmaps: smaps)
         #expect(
-            UserfaultRanges.registered(inSmaps: smaps)
-                == [AddressRange(0x3700_0000_0000, 0x3700_0001_0000), AddressRange(0x3700_0002_0000, 0x3700_0003_0000)])
+            found.map(\.range) == [
+                AddressRange(0x3700_0000_0000, 0x3700_0001_0000), AddressRange(0x3700_0001_0000, 0x3700_0002_0000),
+                AddressRange(0x3700_0002_0000, 0x3700_0003_0000),
+            ])
+        #expect(
+            found.map(\.mode) == [
+                UserfaultRanges.modeMissing, UserfaultRanges.modeWriteProtect, UserfaultRanges.modeMinor,
+            ])
+        // Write-protect mode alone (uw) never makes a read wait, but is kept apart.
+        var ranges = UserfaultRanges()
+        for (range, mode) in found { ranges.register(range, mode: mode, pid: pid) }
+        #expect(!ranges.overlaps(RemoteAddress(0x3700_0001_0000), count: 8))
+        #expect(ranges.writeProtected(of: pid) == [AddressRange(0x3700_0001_0000, 0x3700_0002_0000)])
     }
 
     @Test func registeredRangesComeAndGo() {
@@ -34,6 +45,7 @@ import PageWatchAddressSpace
         ranges.register(AddressRange(base, base + 0x4000), mode: UserfaultRanges.modeWriteProtect, pid: pid)
         #expect(!ranges.overlaps(RemoteAddress(base), count: 8))
         #expect(ranges.generation == before)
+        #expect(ranges.writeProtected(of: pid) == [AddressRange(base, base + 0x4000)])
         ranges.register(AddressRange(base, base + 0x4000), mode: UserfaultRanges.modeMissing, pid: pid)
         #expect(ranges.generation != before)
         #expect(ranges.overlaps(RemoteAddress(base + 0x3ff8), count: 8))
@@ -44,7 +56,10 @@ import PageWatchAddressSpace
         ranges.remove(AddressRange(base, base + 0x2000), pid: pid)
         #expect(ranges.ranges(of: pid) == [AddressRange(base + 0x2000, base + 0x4000)])
         #expect(ranges.ranges(of: pid - 1) == [AddressRange(base, base + 0x4000)])
+        #expect(ranges.writeProtected(of: pid) == [AddressRange(base + 0x2000, base + 0x4000)])
+        #expect(ranges.writeProtected(of: pid - 1) == [AddressRange(base, base + 0x4000)])
         ranges.forget(pid: pid - 1)
+        #expect(ranges.writeProtected(of: pid - 1).isEmpty)
         #expect(!ranges.overlaps(RemoteAddress(base), count: 8))
         #expect(ranges.overlaps(RemoteAddress(base + 0x2000), count: 8))
     }

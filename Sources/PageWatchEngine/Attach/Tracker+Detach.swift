@@ -95,7 +95,7 @@ extension Tracker {
         // Nothing shows a thread waiting for the handler (/proc says it is
         // running): a program with a userfaultfd range whose thread has not
         // stopped for a while gets its parked threads run on.
-        if unanswered, !UserfaultRanges.shared.all.isEmpty, now &- attach.lastUnparkNs >= Self.userfaultPatienceNs {
+        if unanswered, !UserfaultRanges.shared.isEmpty, now &- attach.lastUnparkNs >= Self.userfaultPatienceNs {
             attach.lastUnparkNs = now
             unparkForUserfaultWaiters(now: now)
         }
@@ -106,7 +106,8 @@ extension Tracker {
     static let userfaultPatienceNs: UInt64 = 100_000_000
 
     /// A thread inside a system call that reads a page the program's own
-    /// userfaultfd handler must supply cannot stop (an interrupt does not end
+    /// userfaultfd handler must supply (or writes one the program
+    /// write-protected) cannot stop (an interrupt does not end
     /// that wait) until the handler has run; if the detach parked the handler
     /// first, it never would. So the threads parked on their way on are let
     /// run and interrupted again: parked at their next stop. Threads parked

@@ -152,16 +152,25 @@ extension ProcessTracker {
         try resume(thread)
     }
 
+    /// This process's registered ranges, write-protect mode included: never
+    /// populated by PageWatch (a populated page would never ask the
+    /// program's handler, and populating a page the program write-protected
+    /// waits for that handler, which may be held at a stop).
+    var userfaultRangesHere: PageSet {
+        var set = PageSet(UserfaultRanges.shared.ranges(of: pid))
+        for range in UserfaultRanges.shared.writeProtected(of: pid) { set.insert(range) }
+        return set
+    }
+
     /// The exit of one of the program's memory calls: a mapping that goes
     /// takes its registration with it; `mremap` may carry it to the new
     /// place (`UFFD_FEATURE_EVENT_REMAP`), so the new range counts as
     /// registered when the old one was.
-    /// This process's registered ranges: never populated by PageWatch (a
-    /// populated page would never ask the program's handler).
-    var userfaultRangesHere: PageSet { PageSet(UserfaultRanges.shared.ranges(of: pid)) }
-
     func userfaultfdMemoryExit(_ call: Syscall, _ a: [UInt64], result: Int64) {
-        guard result >= 0 || result <= -4096, !UserfaultRanges.shared.ranges(of: pid).isEmpty else { return }
+        guard result >= 0 || result <= -4096 else { return }
+        let missing = UserfaultRanges.shared.ranges(of: pid)
+        let writeProtected = UserfaultRanges.shared.writeProtected(of: pid)
+        guard !missing.isEmpty || !writeProtected.isEmpty else { return }
         func range(_ start: UInt64, _ length: UInt64) -> AddressRange {
             AddressRange(start: RemoteAddress(start), end: RemoteAddress(start) + length).pageAligned
         }
@@ -172,9 +181,11 @@ extension ProcessTracker {
             UserfaultRanges.shared.remove(range(UInt64(bitPattern: result), a[1]), pid: pid)
         case .mremap:
             let old = range(a[0], a[1])
-            guard UserfaultRanges.shared.ranges(of: pid).contains(where: { $0.overlaps(old) }) else { return }
-            UserfaultRanges.shared.register(
-                range(UInt64(bitPattern: result), a[2]), mode: UserfaultRanges.modeMissing, pid: pid)
+            var mode: UInt64 = 0
+            if missing.contains(where: { $0.overlaps(old) }) { mode |= UserfaultRanges.modeMissing }
+            if writeProtected.contains(where: { $0.overlaps(old) }) { mode |= UserfaultRanges.modeWriteProtect }
+            guard mode != 0 else { return }
+            UserfaultRanges.shared.register(range(UInt64(bitPattern: result), a[2]), mode: mode, pid: pid)
         default:
             break
         }
