@@ -226,6 +226,10 @@ final class ProcessTracker {
             thread.inGroupStop = false
             try learnRseq(thread)
             if thread.preexisting { try firstAttachStop(thread) }
+            if thread.sweepSignalTaken {
+                thread.sweepSignalTaken = false
+                return try waitForSignalSweep(thread)
+            }
             try sweepIfPending(in: thread)
             try resume(thread)
         case .groupStop:

@@ -284,6 +284,33 @@ struct FIFODriven {
     /// thread created or exiting meanwhile failed with EPERM; the thread
     /// that placed the scratch pages patched code that a thread not yet
     /// seized then ran (after a pid wrap).
+    /// A thread whose first stop after the attach is the delivery of the
+    /// sweep signal (fx_raise_loop raises it at every turn) waits for the
+    /// sweep at its interrupt stop, not at the delivery, where it would wait
+    /// for ever: the attach sweep waits for that interrupt stop. Every
+    /// attach sweeps at once, and at the signals after.
+    @Test func aThreadFirstSeenAtTheSweepSignalWaitsForTheAttachSweep() throws {
+        let program = try Background([Harness.fixture("fx_raise_loop")])
+        #expect(program.waitFor("ready\n"))
+        for k in 0..<6 {
+            let log = Harness.temporaryPath("raise-loop-\(k)-\(UUID().uuidString).jsonl")
+            let r = try Harness.run(
+                [
+                    Harness.pagewatch, "attach", "--sweep-signal", "USR2", "--interval", "0", "--duration", "300ms",
+                    "--stack-depth", "0", "--output", log, String(program.pid),
+                ], timeout: 60)
+            #expect(r.status == 0, "attach \(k): \(r.stderr)")
+            let reasons = try Harness.readLog(log).filter { $0["type"] as? String == "sweep" }
+                .compactMap { $0["reason"] as? String }
+            #expect(reasons.first == "attach", "attach \(k): \(reasons.prefix(3))")
+            #expect(reasons.filter { $0 == "signal" }.count >= 2, "attach \(k): \(reasons.count) sweeps")
+            #expect(reasons.last == "detach", "attach \(k)")
+        }
+        program.send("q")
+        #expect(program.finish() == 0)
+        #expect(program.stdout == "region none\nready\nok\n")
+    }
+
     @Test func threadsComingAndGoingWhileAttachedAndDetached() throws {
         let untracked = try Background([Harness.fixture("fx_attach_churn")])
         #expect(untracked.waitFor("ready\n"))

@@ -13,14 +13,18 @@ extension ProcessTracker {
             if try handleSegv(info, thread) { return }
         }
         if sig == config.sweepSignal {
-            try learnRseq(thread)
             if !finalSweepDone && !givesUpAtSweep { pendingSweep = .signal }
-            try sweepIfPending(in: thread)
-            if pendingSweep != nil {
-                thread.waiting = .sweepSignal  // it must wait (sweepIfPending)
+            // A thread an attach has not yet seen stop cannot wait here: the
+            // attach sweep waits for its first stop, the interrupt's, which
+            // comes only once it runs on. Resumed without the signal, it takes
+            // that stop before running any code of its own (the kernel serves
+            // a pending interrupt first) and waits there.
+            if thread.preexisting && thread.interrupt.pending {
+                thread.sweepSignalTaken = true
+                try resume(thread)  // swallowed
                 return
             }
-            try resume(thread)  // swallowed
+            try waitForSignalSweep(thread)
             return
         }
         // A handler on an alternate stack the thread set before an attach:
@@ -46,6 +50,18 @@ extension ProcessTracker {
         }
         keepWritable(frame: area, thread)
         try session.proceed(tid, signal: sig)
+    }
+
+    /// At the sweep signal (swallowed): the thread goes on once the sweep is
+    /// done, which marks a phase: its next writes belong to the next interval.
+    func waitForSignalSweep(_ thread: TrackedThread) throws {
+        try learnRseq(thread)
+        try sweepIfPending(in: thread)
+        if pendingSweep != nil {
+            thread.waiting = .sweepSignal  // it must wait (sweepIfPending)
+            return
+        }
+        try resume(thread)
     }
 
     /// To run a handler the kernel writes the signal frame below

@@ -23,6 +23,9 @@ final class TrackedThread {
     var awaitsCloneEvent = false
     /// Kept stopped for this, not resumed (`ProcessTracker.serveWaiting`).
     var waiting: StopWaiting?
+    /// It took the sweep signal before an attach saw its first stop: it
+    /// waits for the sweep at that stop instead (`handleSweepSignal`).
+    var sweepSignalTaken = false
 
     var interrupt = InterruptState()
     var syscall = SyscallStop()
