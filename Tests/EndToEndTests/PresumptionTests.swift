@@ -60,6 +60,11 @@ import Testing
             // Presumed pages were left writable by the sweep before: reported again, unseen.
             let again = FixtureTruth.pages(in: want.region, of: ["ranges": sweep["reported_again"] ?? []])
             #expect(presumed.isSubset(of: again), "sweep \(seq)")
+            // Writes to them are not seen: the sites name them `[presumed]`, not `[unseen]`.
+            let sites = sweep["sites"] as? [[String: Any]] ?? []
+            let site = sites.first { ($0["frames"] as? [[String: Any]])?.first?["function"] as? String == "[presumed]" }
+            let bySite = FixtureTruth.pages(in: want.region, of: ["ranges": site?["ranges"] ?? []])
+            #expect(bySite == presumed, "sweep \(seq): [presumed] site \(bySite.sorted())")
         }
     }
 

@@ -62,13 +62,14 @@ final class WriterAttribution {
                 fault: fault, frames: frames))
     }
 
-    /// A sweep's `sites` for `dirty` (nil with attribution off). `reportedAgain`:
-    /// the pages stay dirty for the next sweep (nothing was re-armed), so
-    /// their writers are kept.
-    func sites(of dirty: PageSet, pinned: PageSet, reportedAgain: Bool) -> [WriteSite]? {
+    /// A sweep's `sites` for `dirty` (nil with attribution off). `presumed`:
+    /// the pages reported as presumed written. `reportedAgain`: the pages
+    /// stay dirty for the next sweep (nothing was re-armed), so their
+    /// writers are kept.
+    func sites(of dirty: PageSet, pinned: PageSet, presumed: PageSet, reportedAgain: Bool) -> [WriteSite]? {
         if stackDepth > 0 {
-            return ledger.sites(of: dirty, pinned: pinned, keepingWriters: reportedAgain) { stack in
-                stack.enumerated().map { i, ip in frame(ip, isReturnAddress: i > 0) }
+            return ledger.sites(of: dirty, pinned: pinned, presumed: presumed, keepingWriters: reportedAgain) {
+                $0.enumerated().map { i, ip in frame(ip, isReturnAddress: i > 0) }
             }
         } else if !reportedAgain {
             // No sites to name, but the ledger still starts again: it tells

@@ -54,18 +54,19 @@ struct WriterLedger {
 
     /// The sweep's `dirty` pages grouped by writer, most pages first, and a
     /// fresh ledger for the next interval. Pages with no recorded write are
-    /// `[pinned]` (written by the kernel at any time, never armed) or
+    /// `[pinned]` (written by the kernel at any time, never armed),
+    /// `[presumed]` (presumed written: left writable, their writes unseen) or
     /// `[unseen]` (new to PageWatch: the first sweep, a new mapping, contents
     /// changed without a store, or counted conservatively).
     /// `keepingWriters`: the pages stay dirty and are reported again (a
     /// sweep that could not re-arm), so their writers are kept; only the
     /// fault counts start again.
     mutating func sites(
-        of dirty: PageSet, pinned: PageSet, keepingWriters: Bool = false,
+        of dirty: PageSet, pinned: PageSet, presumed: PageSet = PageSet(), keepingWriters: Bool = false,
         symbolizing: ([UInt64]) -> [Frame]
     ) -> [WriteSite] {
         var pages = [PageSet](repeating: PageSet(), count: writers.count)
-        var unseen = PageSet(), pinnedPages = PageSet()
+        var unseen = PageSet(), pinnedPages = PageSet(), presumedPages = PageSet()
         for range in dirty.ranges {
             pageWriter.forEachRun(in: range.start.value / Page.size..<range.end.value / Page.size) { run, writer in
                 let r = AddressRange(
@@ -78,6 +79,11 @@ struct WriterLedger {
                 for p in pinned.intersection(r).ranges {
                     pinnedPages.insert(p)
                     rest.remove(p)
+                }
+                for p in presumed.intersection(r).ranges where !rest.intersection(p).isEmpty {
+                    let part = rest.intersection(p)
+                    presumedPages.formUnion(part)
+                    rest = rest.subtracting(part)
                 }
                 unseen.formUnion(rest)
             }
@@ -92,6 +98,9 @@ struct WriterLedger {
             sites.append(site(pages[i], faults[i], top + symbolizing(w.stack)))
         }
         if !unseen.isEmpty { sites.append(site(unseen, 0, [Frame(ip: 0, function: "[unseen]")])) }
+        if !presumedPages.isEmpty {
+            sites.append(site(presumedPages, 0, [Frame(ip: 0, function: "[presumed]")]))
+        }
         if !pinnedPages.isEmpty { sites.append(site(pinnedPages, 0, [Frame(ip: 0, function: "[pinned]")])) }
         if keepingWriters { faults = faults.map { _ in 0 } } else { self = WriterLedger() }
         return sites.sorted { ($0.pages, $0.faults) > ($1.pages, $1.faults) }

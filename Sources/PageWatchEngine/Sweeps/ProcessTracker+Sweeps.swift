@@ -186,7 +186,8 @@ extension ProcessTracker {
         busyNs = 0
         lastSweepNs = monotonicNs()
         if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
-        let sites = attribution.sites(of: dirty, pinned: memory.pinned, reportedAgain: reportedAgain)
+        let sites = attribution.sites(
+            of: dirty, pinned: memory.pinned, presumed: presumed, reportedAgain: reportedAgain)
         var record = SweepRecord(
             seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
             ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
