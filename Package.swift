@@ -124,7 +124,10 @@ let package = Package(
         .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
         .testTarget(
             name: "PageWatchPtraceTests",
-            dependencies: ["PageWatchPtrace", "PageWatchEngine", "fx_blocked_read", "fx_sleeper", "fx_futex_wait"]),
+            dependencies: [
+                "PageWatchPtrace", "PageWatchEngine", "fx_blocked_read", "fx_sleeper", "fx_futex_wait",
+                "fx_sigaltstack",
+            ]),
         .testTarget(
             name: "PageWatchAttributionTests",
             dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchLog", "CUnwind", "fx_callsites"]),

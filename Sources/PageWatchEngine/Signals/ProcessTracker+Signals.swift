@@ -68,10 +68,12 @@ extension ProcessTracker {
     /// the stack pointer (past the red zone), or at the top of the thread's
     /// sigaltstack for an SA_ONSTACK handler; on an armed page that write
     /// fails and the kernel kills the program. Returns the pages the frame
-    /// may cover when `sig` has a handler.
+    /// may cover when `sig` has a handler, even while nothing is tracked yet:
+    /// the frame is written when the thread next runs, and a sweep in another
+    /// thread (an attach's first, which arms everything) may come first.
     func signalFrameArea(_ sig: Int32, _ thread: TrackedThread) throws -> AddressRange? {
         let tid = thread.tid
-        guard memory.trackedPageCount > 0, try caughtSignals() & (1 << UInt64(sig - 1)) != 0 else { return nil }
+        guard try caughtSignals() & (1 << UInt64(sig - 1)) != 0 else { return nil }
         var sp = Arch.stackPointer(try Arch.readRegisters(tid: tid))
         var frameBytes = Arch.redZone + signalFrameSize
         if signalActions.onStack & (1 << UInt64(sig - 1)) != 0, let alt = thread.signals.altStack, !alt.contains(sp) {
