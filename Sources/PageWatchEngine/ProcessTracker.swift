@@ -334,7 +334,7 @@ final class ProcessTracker {
         try Ptrace.deliver(first, to: tid, mode: session.resumeMode)
         // Only one signal can ride on a resume; the rest are sent again (their
         // siginfo becomes SI_TKILL). In practice at most one arrives.
-        for h in rest { try? Ptrace.tgkill(pid, tid, h.signal) }
+        session.sendHeldAgain(rest, pid: pid, tid: tid)
     }
 
     // MARK: - Threads kept waiting, and the end

@@ -26,6 +26,16 @@ public struct HeldSignal: @unchecked Sendable {
     public let code: Int32
     public let faultAddress: RemoteAddress
     var info: siginfo_t
+
+    /// A fault the kernel raised for the instruction at the thread's
+    /// program counter (SIGSEGV, SIGBUS, SIGILL, SIGFPE with a positive
+    /// `si_code` other than `SI_KERNEL`): that instruction has not run, so
+    /// it runs again on the next resume and raises it again if the cause is
+    /// still there. Such a signal must not also be sent again.
+    public var isRaisedByItsInstruction: Bool {
+        [Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGFPE].contains(signal) && code > 0
+            && code != SignalInfo.SI_KERNEL
+    }
 }
 
 /// The fields of a siginfo PageWatch decides on.

@@ -347,6 +347,31 @@ struct FIFODriven {
         #expect(fixture.stdout.hasPrefix("ready\nbad 0\n"))
     }
 
+    /// SIGSEGVs of the program's own (a JVM's safepoint polls and null
+    /// checks) in flight when the detach is decided: each is delivered once,
+    /// with its siginfo. Held while its frame was un-armed and sent again
+    /// with tgkill after the detach, one came twice, the second time as
+    /// SI_TKILL without its address, and killed a JVM.
+    @Test func ownFaultsInFlightAtTheDetachArriveOnceWithTheirSiginfo() throws {
+        let fixture = try Background([Harness.fixture("fx_own_faults")])
+        #expect(fixture.waitFor("ready\n"))
+        // (Each detach catches a fault in flight most of the time, not always.)
+        for i in 0..<8 {
+            let log = Harness.temporaryPath("own-faults-\(i).jsonl")
+            let r = try attach(fixture.pid, ["--sweep-signal", "USR2", "--interval", "0", "--sweeps", "2"], log: log)
+            if r.status != 0 {
+                Issue.record("attach \(i): status \(r.status): \(r.stderr) \(fixture.stderr)")
+                break
+            }
+            let sweeps = try Harness.readLog(log).filter { $0["type"] as? String == "sweep" }
+            #expect(sweeps.map { $0["reason"] as? String } == ["attach", "signal", "detach"], "attach \(i)")
+            usleep(100_000)  // the faulting thread idle again before the next attach
+        }
+        fixture.send("stop")
+        #expect(fixture.finish() == 0, "\(fixture.stderr)")
+        #expect(fixture.stdout == "ready\nfaults ok\nok\n")
+    }
+
     /// Killing the tracer child (SIGKILL: no code of PageWatch's runs after
     /// it) leaves the program to the guardian, which gives every armed page
     /// its protection back and releases it: then the program writes all of

@@ -119,7 +119,10 @@ public enum Guardian {
             } else {
                 try? Ptrace.detach(tid)
             }
-            for h in later[tid] ?? [] where !isFault(h, of: tid, in: armed) { try? Ptrace.tgkill(pid, tid, h.signal) }
+            // (A fault of the program's own is raised again by its instruction.)
+            for h in later[tid] ?? [] where !isFault(h, of: tid, in: armed) && !h.isRaisedByItsInstruction {
+                try? Ptrace.tgkill(pid, tid, h.signal)
+            }
         }
     }
 

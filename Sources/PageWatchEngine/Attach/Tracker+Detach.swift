@@ -62,19 +62,49 @@ extension Tracker {
         }
         for p in live {
             for tid in p.threads.keys.sorted() {
+                // A thread with held signals sits in a signal-delivery stop
+                // (the gadget's, or the one `takePendingFault` left it in):
+                // the first rides on the detach with its siginfo, as on a
+                // resume. A held fault never does, nor is it sent again: its
+                // instruction runs again, and faults again if the fault was
+                // the program's own (a JVM's safepoint poll or null check:
+                // sent again too, it came twice, once as SI_TKILL without its
+                // address, and the JVM died of it).
+                var held = p.threads[tid]?.signals.held ?? []
+                var delivered = attach.parkedSignals[tid]
+                if delivered == nil, let i = held.firstIndex(where: { !$0.isRaisedByItsInstruction }) {
+                    delivered = held.remove(at: i)
+                }
                 do {
-                    if let s = attach.parkedSignals[tid] {
-                        try Ptrace.detach(tid, delivering: s)
+                    if let delivered {
+                        trace("  detach: \(tid) gets \(Signal.name(delivered.signal)) code \(delivered.code)")
+                        try Ptrace.detach(tid, delivering: delivered)
                     } else {
                         try Ptrace.detach(tid)
                     }
                 } catch TraceError.call(_, let e, _, _) where e == .ESRCH {
                     continue  // it died meanwhile
                 }
-                for h in p.threads[tid]?.signals.held ?? [] { try? Ptrace.tgkill(p.pid, tid, h.signal) }
+                sendHeldAgain(held, pid: p.pid, tid: tid)
             }
         }
         return true
+    }
+
+    /// Held signals that could not ride on the thread's resume or release,
+    /// sent again (their `si_code` becomes `SI_TKILL`). A fault the kernel raised is
+    /// not: its instruction runs again and raises it again (the program's
+    /// own, once, with its siginfo) or succeeds (PageWatch's, its page
+    /// given back).
+    func sendHeldAgain(_ held: [HeldSignal], pid: Int32, tid: Int32) {
+        for h in held {
+            if h.isRaisedByItsInstruction {
+                trace("  \(tid): held \(Signal.name(h.signal)) code \(h.code) left to its instruction")
+                continue
+            }
+            trace("  \(tid): held \(Signal.name(h.signal)) sent again")
+            try? Ptrace.tgkill(pid, tid, h.signal)
+        }
     }
 
     /// Detaching: a thread not parked whose interrupt went unanswered is
