@@ -24,7 +24,7 @@ final class TrackedThread {
     /// Kept stopped for this, not resumed (`ProcessTracker.serveWaiting`).
     var waiting: StopWaiting?
     /// It took the sweep signal before an attach saw its first stop: it
-    /// waits for the sweep at that stop instead (`handleSweepSignal`).
+    /// waits for the sweep at that stop instead (`waitForSignalSweep`).
     var sweepSignalTaken = false
 
     var interrupt = InterruptState()
