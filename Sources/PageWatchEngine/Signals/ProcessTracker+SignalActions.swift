@@ -161,7 +161,9 @@ extension ProcessTracker {
             thread.ownFaultDeferredSinceNs = nil
             return false
         }
-        if thread.ownFaultDeferredSinceNs == nil { trace("  own SIGSEGV of \(thread.tid) while the action is reset: again later") }
+        if thread.ownFaultDeferredSinceNs == nil {
+            trace("  own SIGSEGV of \(thread.tid) while the action is reset: again later")
+        }
         thread.ownFaultDeferredSinceNs = since
         try resume(thread)  // without the signal
         return true
