@@ -103,8 +103,7 @@ extension ProcessTracker {
         guard let action = signalActions.segv else { return }
         let handler = littleEndian(action, at: 0)
         let ignoring = handler == 1  // SIG_IGN; 0 is SIG_DFL, which a reset leaves as it is
-        guard handler != 0, let now = signalDispositions(tid: tid) else { return }
-        guard (ignoring ? now.ignored : now.caught) & Self.segvBit == 0 else { return }
+        guard segvActionReset(tid: tid) else { return }
         trace("  SIGSEGV action reset by the kernel's forced signal in \(tid): put back")
         guard let remote = injector.remote, let number = Arch.number(.rt_sigaction),
             let (value, _) = try injector.run(
@@ -126,6 +125,60 @@ extension ProcessTracker {
         // which restores the mask it found.
         let mask = try Ptrace.signalMask(tid)
         if threads.count == 1 || mask.nonzeroBitCount >= 32 { try Ptrace.setSignalMask(tid, mask | Self.segvBit) }
+    }
+}
+
+extension ProcessTracker {
+    /// The program's SIGSEGV action (a handler, or SIG_IGN) is SIG_DFL now:
+    /// reset by a write fault's forced signal (`restoreSegvActionIfReset`).
+    func segvActionReset(tid: Int32) -> Bool {
+        guard let action = signalActions.segv else { return false }
+        let handler = littleEndian(action, at: 0)
+        guard handler != 0, let now = signalDispositions(tid: tid) else { return false }
+        return (handler == 1 ? now.ignored : now.caught) & Self.segvBit == 0
+    }
+
+    /// How long a thread's own fault waits for the action to be put back.
+    static let ownFaultDeferralNs: UInt64 = 20_000_000
+
+    /// A fault of the program's own (raised by its instruction) about to be
+    /// delivered while its SIGSEGV action is reset: another thread's write
+    /// fault, not yet seen here, reset it (a handler without SA_NODEFER
+    /// writing a page an attach or a sweep just armed), and delivered now it
+    /// would kill the program. The thread goes on without it, so that its
+    /// instruction faults again once that stop has put the action back. Past
+    /// `ownFaultDeferralNs` it is delivered: the reset was its own (a fault
+    /// inside its handler), which kills the program without PageWatch too.
+    func deferOwnFaultWhileActionReset(_ info: SignalInfo, _ thread: TrackedThread) throws -> Bool {
+        let raisedByItsInstruction = info.code > 0 && info.code != SignalInfo.SI_KERNEL
+        guard raisedByItsInstruction, segvActionReset(tid: thread.tid) else {
+            thread.ownFaultDeferredSinceNs = nil
+            return false
+        }
+        let now = monotonicNs()
+        let since = thread.ownFaultDeferredSinceNs ?? now
+        guard now &- since < Self.ownFaultDeferralNs else {
+            thread.ownFaultDeferredSinceNs = nil
+            return false
+        }
+        if thread.ownFaultDeferredSinceNs == nil {
+            trace("  own SIGSEGV of \(thread.tid) while the action is reset: again later")
+        }
+        thread.ownFaultDeferredSinceNs = since
+        try resume(thread)  // without the signal
+        return true
+    }
+}
+
+extension ProcessTracker {
+    /// Held faults of the program's own, while its SIGSEGV action is reset
+    /// (`deferOwnFaultWhileActionReset`): dropped, their instructions raise
+    /// them again when the thread runs on.
+    func leaveOwnFaultsToTheirInstructionWhileActionReset(_ thread: TrackedThread) {
+        let own = { (h: HeldSignal) in h.signal == Signal.SIGSEGV && h.isRaisedByItsInstruction }
+        guard thread.signals.held.contains(where: own), segvActionReset(tid: thread.tid) else { return }
+        trace("  held own SIGSEGV of \(thread.tid) while the action is reset: left to its instruction")
+        thread.signals.held.removeAll(where: own)
     }
 }
 

@@ -10,7 +10,9 @@ extension ProcessTracker {
         if sig == Signal.SIGSEGV {
             let info = stopSignalInfo?.tid == tid ? stopSignalInfo!.info : try Ptrace.signalInfo(tid)
             stopSignalInfo = nil
+            trace("  SIGSEGV code \(info.code) at \(info.faultAddress)")
             if try handleSegv(info, thread) { return }
+            if try deferOwnFaultWhileActionReset(info, thread) { return }
         }
         if sig == config.sweepSignal {
             if !finalSweepDone && !givesUpAtSweep { pendingSweep = .signal }

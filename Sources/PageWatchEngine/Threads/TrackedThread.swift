@@ -33,6 +33,9 @@ final class TrackedThread {
     var exitWords = ExitWords()
     var trampoline = TrampolineSlot()
     var suppressedFault = SuppressedFault()
+    /// When its own fault was first held back for a reset SIGSEGV action
+    /// (`deferOwnFaultWhileActionReset`).
+    var ownFaultDeferredSinceNs: UInt64?
 
     init(tid: Int32) { self.tid = tid }
 
