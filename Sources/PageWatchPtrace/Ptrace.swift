@@ -27,15 +27,9 @@ public struct HeldSignal: @unchecked Sendable {
     public let faultAddress: RemoteAddress
     var info: siginfo_t
 
-    /// A fault the kernel raised for the instruction at the thread's
-    /// program counter (SIGSEGV, SIGBUS, SIGILL, SIGFPE with a positive
-    /// `si_code` other than `SI_KERNEL`): that instruction has not run, so
-    /// it runs again on the next resume and raises it again if the cause is
-    /// still there. Such a signal must not also be sent again.
-    public var isRaisedByItsInstruction: Bool {
-        [Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGFPE].contains(signal) && code > 0
-            && code != SignalInfo.SI_KERNEL
-    }
+    /// Raised by the instruction at the thread's program counter
+    /// (`SignalInfo.isRaisedByItsInstruction`): it must not also be sent again.
+    public var isRaisedByItsInstruction: Bool { SignalInfo.isRaisedByItsInstruction(signal: signal, code: code) }
 }
 
 /// The fields of a siginfo PageWatch decides on.
@@ -48,6 +42,17 @@ public struct SignalInfo: Sendable, Equatable {
     public static let SEGV_MAPERR: Int32 = 1
     public static let SEGV_ACCERR: Int32 = 2
     public static let SI_KERNEL: Int32 = 0x80
+
+    /// A fault the kernel raised for the instruction at the thread's
+    /// program counter (SIGSEGV, SIGBUS, SIGILL, SIGFPE with a positive
+    /// `si_code` other than `SI_KERNEL`): that instruction has not run, so
+    /// it runs again on the next resume and raises it again if the cause is
+    /// still there.
+    public var isRaisedByItsInstruction: Bool { Self.isRaisedByItsInstruction(signal: signal, code: code) }
+
+    public static func isRaisedByItsInstruction(signal: Int32, code: Int32) -> Bool {
+        [Signal.SIGSEGV, Signal.SIGBUS, Signal.SIGILL, Signal.SIGFPE].contains(signal) && code > 0 && code != SI_KERNEL
+    }
 }
 
 /// A thread's registered rseq area.

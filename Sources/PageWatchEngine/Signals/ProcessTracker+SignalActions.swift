@@ -150,8 +150,7 @@ extension ProcessTracker {
     /// `ownFaultDeferralNs` it is delivered: the reset was its own (a fault
     /// inside its handler), which kills the program without PageWatch too.
     func deferOwnFaultWhileActionReset(_ info: SignalInfo, _ thread: TrackedThread) throws -> Bool {
-        let raisedByItsInstruction = info.code > 0 && info.code != SignalInfo.SI_KERNEL
-        guard raisedByItsInstruction, segvActionReset(tid: thread.tid) else {
+        guard info.isRaisedByItsInstruction, segvActionReset(tid: thread.tid) else {
             thread.ownFaultDeferredSinceNs = nil
             return false
         }
