@@ -17,7 +17,7 @@ public struct Summary {
 
     public mutating func add(_ record: LogRecord) {
         switch record {
-        case let .start(p, _, c, _, _, _): pid = p; command = c
+        case let .start(p, _, c, _, _, _, _): pid = p; command = c
         case .exec: execs += 1
         case .sweep(let s) where s.pid == pid: sweeps.append(s)
         case .sweep(let s):

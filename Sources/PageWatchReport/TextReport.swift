@@ -15,7 +15,7 @@ public enum TextReport {
                 "pid       \(process.pid), forked by \(process.parent.map(String.init) ?? "?"), \(Format.ending(process.ending))"
             )
         }
-        out.append("log       \(log.source), schema \(JSONLines.schema), page size \(log.pageSize)")
+        out.append("log       \(log.source), schema \(log.schema.name), page size \(log.pageSize)")
         out.append("tracked   \(log.tracked.joined(separator: " "))")
         if let d = report.durationNs {
             out.append(

@@ -186,13 +186,17 @@ extension ProcessTracker {
         busyNs = 0
         lastSweepNs = monotonicNs()
         if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
+        let held = sortUnseen(dirty: dirty, presumed: presumed)
         let sites = attribution.sites(
-            of: dirty, pinned: memory.pinned, presumed: presumed, reportedAgain: reportedAgain)
+            of: held.data, pinned: memory.pinned, presumed: presumed, reportedAgain: reportedAgain)
         var record = SweepRecord(
             seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
-            ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
+            ranges: held.data.ranges, faults: faultsThisInterval, sites: sites)
         record.presumed = presumed.ranges
-        noteRearming(&record, dirty: dirty, reportOnly: reportedAgain)
+        record.zeroRanges = held.zero.ranges
+        record.fileRanges = held.file.ranges
+        noteRearming(&record, dirty: dirty, reported: held.data, reportOnly: reportedAgain)
+        memory.keepUnseenStillDirty()
         emit(.sweep(record))
         faultsThisInterval = 0
     }
