@@ -5,7 +5,7 @@ import PageWatchAddressSpace
 /// whether the page holds data without soft-dirty bits
 /// (Documentation/admin-guide/mm/pagemap.rst). Readable by whoever may
 /// ptrace the process; the frame numbers in it are zero without
-/// CAP_SYS_ADMIN, and PageWatch never needs them.
+/// CAP_SYS_ADMIN, so they only ever refine what the flags say.
 public struct PageMapEntry: Equatable, Sendable {
     public var raw: UInt64
 
@@ -19,6 +19,16 @@ public struct PageMapEntry: Equatable, Sendable {
     /// private file mapping, a present page without it has been copied on
     /// write: the process's own data.
     public var isFileOrShared: Bool { raw & (1 << 61) != 0 }
+    /// Bits 0-54 of a present page: its frame number (0 when hidden).
+    public var frame: UInt64 { raw & ((1 << 55) - 1) }
+
+    /// Present, but the kernel's shared zero page: an anonymous page only
+    /// read so far (by the program, or by a tracer's `process_vm_readv`),
+    /// which holds zeros. Known only where frame numbers are visible.
+    public var isSharedZeroPage: Bool {
+        guard isPresent, let zero = PageMap.zeroPageFrame else { return false }
+        return frame == zero
+    }
 }
 
 /// The pagemap of one process, opened once for the reads of a sweep.
@@ -33,6 +43,23 @@ public final class PageMap {
     }
 
     deinit { close(fd) }
+
+    /// The frame of the kernel's shared zero page, learned from a page of
+    /// PageWatch's own that it reads without writing; nil where frame
+    /// numbers are hidden (no CAP_SYS_ADMIN).
+    public static let zeroPageFrame: UInt64? = {
+        let size = Int(Page.size)
+        guard let p = mmap(nil, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED else {
+            return nil
+        }
+        defer { munmap(p, size) }
+        // The read maps the zero page (a load the compiler cannot drop: its value is used).
+        guard p.load(as: UInt8.self) == 0, let own = try? PageMap(pid: getpid()),
+            let entry = try? own.entries(AddressRange(UInt64(UInt(bitPattern: p)), UInt64(UInt(bitPattern: p)) + Page.size)).first,
+            entry.isPresent, entry.frame != 0
+        else { return nil }
+        return entry.frame
+    }()
 
     /// The entries of `range`'s pages, in one `pread` (the kernel walks the
     /// page tables once; holes cost next to nothing).

@@ -147,9 +147,10 @@ extension ProcessTracker {
         memory.clearPinnedDirty()
         memory.clearReadOnlyDirty()
         if presumption.isActive { presumption.rearmed(memory.armedPages()) }
-        copyContents(dirty: dirty, tid: tid)
         publishForGuardian()
         emitSweep(reason: reason, dirty: dirty, presumed: presumed)
+        // After the sweep read pagemap: reading a page never written maps the zero page.
+        copyContents(dirty: dirty, tid: tid)
     }
 
     /// An interval sweep with no thread to run code in: report what is known.

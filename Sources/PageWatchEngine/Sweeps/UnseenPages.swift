@@ -59,7 +59,7 @@ struct UnseenPages {
                     } else if isFile {
                         kind = entry.isPresent && !entry.isFileOrShared ? .data : .file
                     } else {
-                        kind = entry.isPresent ? .data : .zero
+                        kind = entry.isPresent && !entry.isSharedZeroPage ? .data : .zero
                         if kind == .data, zeroFilled(page) { kind = .zero }
                     }
                     if kind != runKind {
