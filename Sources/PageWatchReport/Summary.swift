@@ -54,6 +54,10 @@ public struct Summary {
             let again = reportedAgain - min(reportedAgain, presumed)
             if again > 0 { notes.append("\(again) again") }
             if presumed > 0 { notes.append("\(presumed) presumed") }
+            let zero = s.zeroRanges.reduce(UInt64(0)) { $0 + $1.pageCount }
+            let file = s.fileRanges.reduce(UInt64(0)) { $0 + $1.pageCount }
+            if zero > 0 { notes.append("\(zero) zero") }
+            if file > 0 { notes.append("\(file) file") }
             lines.append("  " + columns.joined() + (notes.isEmpty ? "" : "  (" + notes.joined(separator: ", ") + ")"))
         }
         // Pages reported again (the sweep before could not re-arm them) are

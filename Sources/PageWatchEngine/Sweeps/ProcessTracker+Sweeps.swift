@@ -188,6 +188,9 @@ extension ProcessTracker {
         lastSweepNs = monotonicNs()
         if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
         let held = sortUnseen(dirty: dirty, presumed: presumed)
+        if Tracker.debug {
+            trace("  sweep \(sweeps): \(dirty.pageCount) dirty: \(held.zero.pageCount) zero, \(held.file.pageCount) file")
+        }
         let sites = attribution.sites(
             of: held.data, pinned: memory.pinned, presumed: presumed, reportedAgain: reportedAgain)
         var record = SweepRecord(
