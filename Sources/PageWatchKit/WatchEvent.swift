@@ -106,7 +106,14 @@ public struct SweepEvent: Sendable, Equatable {
     }
 
     /// The written pages' addresses, in order.
-    public var pages: [UInt64] {
+    public var pages: [UInt64] { Self.addresses(ranges) }
+
+    /// Every page the sweep reports changed (`ranges`, `zeroRanges` and
+    /// `fileRanges`), in order: what a copy of the process's memory must
+    /// take again.
+    public var reportedPages: [UInt64] { Self.addresses(ranges + zeroRanges + fileRanges).sorted() }
+
+    static func addresses(_ ranges: [Range<UInt64>]) -> [UInt64] {
         ranges.flatMap { stride(from: $0.lowerBound, to: $0.upperBound, by: Int(pageSize)) }
     }
 }

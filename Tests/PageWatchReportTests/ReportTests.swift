@@ -102,14 +102,20 @@ enum SampleLog {
     }
 
     @Test func refusesAnotherSchemaOnItsFirstLine() {
-        let text = SampleLog.text.replacingOccurrences(of: "pagewatch/1", with: "pagewatch/2")
-        #expect(throws: LogReadError(source: "sample.jsonl", line: 1, problem: .unsupportedSchema("pagewatch/2"))) {
+        let text = SampleLog.text.replacingOccurrences(of: "pagewatch/2", with: "pagewatch/3")
+        #expect(throws: LogReadError(source: "sample.jsonl", line: 1, problem: .unsupportedSchema("pagewatch/3"))) {
             try SampleLog.parsed(text)
         }
-        let error = LogReadError(source: "sample.jsonl", line: 1, problem: .unsupportedSchema("pagewatch/2"))
+        let error = LogReadError(source: "sample.jsonl", line: 1, problem: .unsupportedSchema("pagewatch/3"))
         #expect(
             error.description
-                == "sample.jsonl:1: schema 'pagewatch/2' is not supported: this pagewatch reads pagewatch/1 only")
+                == "sample.jsonl:1: schema 'pagewatch/3' is not supported: this pagewatch reads pagewatch/2 and pagewatch/1 only"
+        )
+        // Both schemas this version writes are read back.
+        for schema in ["pagewatch/1", "pagewatch/2"] {
+            let log = try? SampleLog.parsed(SampleLog.text.replacingOccurrences(of: "pagewatch/2", with: schema))
+            #expect(log?.schema.name == schema)
+        }
     }
 
     @Test func namesTheLineOfABadRecord() {
