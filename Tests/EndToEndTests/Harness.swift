@@ -142,6 +142,11 @@ enum Harness {
             .joined(separator: "\n")
     }
 
+    /// Whether the machine has swap on (`/proc/swaps` lists more than its header).
+    static var swapIsActive: Bool {
+        ((try? String(contentsOfFile: "/proc/swaps", encoding: .utf8)) ?? "").split(separator: "\n").count > 1
+    }
+
     static func temporaryPath(_ name: String) -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pagewatch-tests-\(getpid())")
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -174,6 +179,8 @@ struct FixtureTruth {
         /// and `file_ranges`.
         var zero: [Int: Set<UInt64>] = [:]
         var file: [Int: Set<UInt64>] = [:]
+        /// `phase K swapped <list>`: pages of phase K the fixture saw in swap.
+        var swapped: [Int: Set<UInt64>] = [:]
     }
     var segments: [Segment] = []
 
@@ -192,7 +199,7 @@ struct FixtureTruth {
                         region: (UInt64(f[1].dropFirst(2), radix: 16)!, UInt64(f[2].dropFirst(2), radix: 16)!),
                         phases: [:]))
             } else if f.first == "phase", f.count >= 3, let k = Int(f[1]), !segments.isEmpty,
-                ["pages", "zero", "file"].contains(f[2])
+                ["pages", "zero", "file", "swapped"].contains(f[2])
             {
                 var pages = Set<UInt64>()
                 if f.count == 4 && !f[3].isEmpty {
@@ -204,6 +211,7 @@ struct FixtureTruth {
                 switch f[2] {
                 case "zero": segments[segments.count - 1].zero[k] = pages
                 case "file": segments[segments.count - 1].file[k] = pages
+                case "swapped": segments[segments.count - 1].swapped[k] = pages
                 default: segments[segments.count - 1].phases[k] = pages
                 }
             }
