@@ -1,5 +1,7 @@
+internal import CPtrace
 import Glibc
 import PageWatchAddressSpace
+import Synchronization
 
 /// `/proc/PID/pagemap`: one 64-bit entry per virtual page, which says
 /// whether the page holds data without soft-dirty bits
@@ -61,6 +63,86 @@ public final class PageMap {
         return entry.frame
     }()
 
+    /// The runs of `range`'s pages that are present or swapped, in order;
+    /// a page in no run is neither (it reads as zeros in an anonymous
+    /// mapping, as its file's contents in a file mapping). Asked of the
+    /// kernel with PAGEMAP_SCAN (Linux 6.7+), whose cost follows the pages
+    /// mapped, not the range's size; else from the entries, read a chunk
+    /// at a time (`PAGEWATCH_PAGEMAP=read` always reads them, to compare).
+    public func runs(_ range: AddressRange) throws -> [PageMapRun] {
+        if !Self.scanUnsupported.load(ordering: .relaxed), let runs = try scannedRuns(range) { return runs }
+        return try readRuns(range)
+    }
+
+    /// Set once the kernel answered PAGEMAP_SCAN with ENOTTY or EINVAL.
+    private static let scanUnsupported = Atomic<Bool>(getenv("PAGEWATCH_PAGEMAP").map { String(cString: $0) } == "read")
+
+    /// Regions per ioctl: the kernel fills at most this many, then says where it stopped.
+    static let scanRegions = 1024
+
+    func scannedRuns(_ range: AddressRange) throws -> [PageMapRun]? {
+        var runs: [PageMapRun] = []
+        var regions = [pw_page_region](repeating: pw_page_region(), count: Self.scanRegions)
+        var start = range.start.value
+        while start < range.end.value {
+            var arg = pw_pm_scan_arg()
+            let n = regions.withUnsafeMutableBufferPointer { buffer in
+                arg.size = UInt64(MemoryLayout<pw_pm_scan_arg>.size)
+                arg.start = start
+                arg.end = range.end.value
+                arg.vec = UInt64(UInt(bitPattern: buffer.baseAddress))
+                arg.vec_len = UInt64(buffer.count)
+                let wanted = UInt64(PW_PAGE_IS_PRESENT | PW_PAGE_IS_SWAPPED)
+                arg.category_anyof_mask = wanted
+                arg.return_mask = wanted | UInt64(PW_PAGE_IS_FILE | PW_PAGE_IS_PFNZERO)
+                return pw_pagemap_scan(fd, &arg)
+            }
+            if n == -ENOTTY || n == -EINVAL {
+                Self.scanUnsupported.store(true, ordering: .relaxed)
+                return nil
+            }
+            if n < 0 {
+                throw TraceError.call(
+                    "PAGEMAP_SCAN /proc/\(pid)/pagemap", Errno(-n), tid: pid, address: RemoteAddress(start))
+            }
+            for region in regions[0..<Int(n)] {
+                // Seen on 6.18: a full vector's `walk_end` can lie below the
+                // regions it returned, and the next call returns them again.
+                let from = max(region.start, runs.last?.range.end.value ?? 0)
+                guard from < region.end else { continue }
+                let c = Int(truncatingIfNeeded: region.categories)
+                let run = PageMapRun(
+                    range: AddressRange(from, region.end), isPresent: c & PW_PAGE_IS_PRESENT != 0,
+                    isSwapped: c & PW_PAGE_IS_SWAPPED != 0, isFilePage: c & PW_PAGE_IS_FILE != 0,
+                    isZeroPage: c & PW_PAGE_IS_PFNZERO != 0)
+                PageMapRun.append(run, to: &runs)
+            }
+            // The walk ends where the vector filled up (or at the end).
+            guard arg.walk_end > start else { break }
+            start = arg.walk_end
+        }
+        return runs
+    }
+
+    /// The same runs from the entries, 65,536 (512 KiB) at a time.
+    func readRuns(_ range: AddressRange) throws -> [PageMapRun] {
+        var runs: [PageMapRun] = []
+        var start = range.start
+        while start < range.end {
+            let chunk = AddressRange(start: start, end: min(range.end, start + 65536 * Page.size))
+            for (i, entry) in try entries(chunk).enumerated() where entry.isPresent || entry.isSwapped {
+                let page = chunk.start + UInt64(i) * Page.size
+                let run = PageMapRun(
+                    range: AddressRange(start: page, end: page + Page.size), isPresent: entry.isPresent,
+                    isSwapped: entry.isSwapped, isFilePage: entry.isPresent && entry.isFileOrShared,
+                    isZeroPage: entry.isSharedZeroPage)
+                PageMapRun.append(run, to: &runs)
+            }
+            start = chunk.end
+        }
+        return runs
+    }
+
     /// The entries of `range`'s pages, in one `pread` (the kernel walks the
     /// page tables once; holes cost next to nothing).
     public func entries(_ range: AddressRange) throws -> [PageMapEntry] {
@@ -77,5 +159,39 @@ public final class PageMap {
             done += n / 8
         }
         return words.map(PageMapEntry.init(raw:))
+    }
+}
+
+/// Pages in a row that pagemap says the same of: present or swapped, a
+/// page of the page cache (or shared), the kernel's zero page.
+public struct PageMapRun: Equatable, Sendable {
+    public var range: AddressRange
+    public var isPresent: Bool
+    public var isSwapped: Bool
+    /// Present and a page-cache page (or shared anonymous): in a private
+    /// file mapping, one never copied on write.
+    public var isFilePage: Bool
+    /// Present, the kernel's shared zero page (known from PAGEMAP_SCAN, or
+    /// where frame numbers are visible).
+    public var isZeroPage: Bool
+
+    public init(range: AddressRange, isPresent: Bool, isSwapped: Bool, isFilePage: Bool, isZeroPage: Bool) {
+        self.range = range
+        self.isPresent = isPresent
+        self.isSwapped = isSwapped
+        self.isFilePage = isFilePage
+        self.isZeroPage = isZeroPage
+    }
+
+    /// Appends `run`, merged with the last one when it continues it with the same flags.
+    static func append(_ run: PageMapRun, to runs: inout [PageMapRun]) {
+        if var last = runs.last, last.range.end == run.range.start, last.isPresent == run.isPresent,
+            last.isSwapped == run.isSwapped, last.isFilePage == run.isFilePage, last.isZeroPage == run.isZeroPage
+        {
+            last.range = AddressRange(start: last.range.start, end: run.range.end)
+            runs[runs.count - 1] = last
+        } else {
+            runs.append(run)
+        }
     }
 }

@@ -13,16 +13,17 @@ struct UnseenPages {
     var zero = PageSet()
     var file = PageSet()
 
-    /// Sorts `candidates` (a subset of the dirty pages) by `entries`, the
-    /// pagemap lookup; the other dirty pages stay in `data`. Only private
-    /// mappings are looked at: a page of a shared mapping may hold data
-    /// that is not in this process's page tables. `entries` throwing leaves
-    /// the pages it was asked for in `data` (reported, as before).
-    /// `zeroFilled`: whether a present anonymous page reads as zeros
-    /// (asked of the pages PageWatch populated itself only).
+    /// Sorts `candidates` (a subset of the dirty pages) by `runs`, the
+    /// pagemap lookup (`PageMap.runs`: the present or swapped pages; the
+    /// others are neither); the other dirty pages stay in `data`. Only
+    /// private mappings are looked at: a page of a shared mapping may hold
+    /// data that is not in this process's page tables. `runs` throwing
+    /// leaves the pages it was asked for in `data` (reported, as before).
+    /// `zeroFilled`: whether a present anonymous page reads as zeros, asked
+    /// of the pages in `populated` (PageWatch's own populating) only.
     static func sort(
-        dirty: PageSet, candidates: PageSet, maps: [Mapping],
-        entries: (AddressRange) throws -> [PageMapEntry], zeroFilled: (RemoteAddress) -> Bool
+        dirty: PageSet, candidates: PageSet, maps: [Mapping], populated: PageSet = PageSet(),
+        runs: (AddressRange) throws -> [PageMapRun], zeroFilled: (RemoteAddress) -> Bool
     ) -> UnseenPages {
         var out = UnseenPages()
         guard !candidates.isEmpty else {
@@ -37,42 +38,49 @@ struct UnseenPages {
                 let mapping = maps[k]
                 k += 1
                 guard mapping.isPrivate, !mapping.isSpecialKernelMapping,
-                    let piece = mapping.range.intersection(candidate), let found = try? entries(piece)
+                    let piece = mapping.range.intersection(candidate), let found = try? runs(piece)
                 else { continue }
                 let isFile = mapping.isFileBacked
-                var runStart = piece.start
-                var runKind: Kind? = nil
-                func close(at end: RemoteAddress) {
-                    guard let kind = runKind, runStart < end else { return }
-                    let run = AddressRange(start: runStart, end: end)
-                    switch kind {
-                    case .zero: out.zero.insert(run)
-                    case .file: out.file.insert(run)
-                    case .data: break
+                // A page in no run is neither present nor swapped.
+                let absent: Kind = isFile ? .file : .zero
+                var cursor = piece.start
+                for run in found {
+                    // Runs come in order; one overlapping what is sorted already is cut.
+                    guard let r = run.range.intersection(AddressRange(start: cursor, end: piece.end)) else { continue }
+                    out.add(AddressRange(start: cursor, end: r.start), absent)
+                    let kind: Kind =
+                        run.isSwapped
+                        ? .data
+                        : isFile
+                            ? (run.isPresent && !run.isFilePage ? .data : .file)
+                            : (run.isPresent && !run.isZeroPage ? .data : .zero)
+                    out.add(r, kind)
+                    if kind == .data, !isFile {
+                        // PageWatch's own populating made a page present with nothing in it.
+                        for p in populated.intersection(r).ranges {
+                            var page = p.start
+                            while page < p.end {
+                                if zeroFilled(page) { out.zero.insert(page: page) }
+                                page = page + Page.size
+                            }
+                        }
                     }
+                    cursor = r.end
                 }
-                for (i, entry) in found.enumerated() {
-                    let page = piece.start + UInt64(i) * Page.size
-                    var kind: Kind
-                    if entry.isSwapped {
-                        kind = .data
-                    } else if isFile {
-                        kind = entry.isPresent && !entry.isFileOrShared ? .data : .file
-                    } else {
-                        kind = entry.isPresent && !entry.isSharedZeroPage ? .data : .zero
-                        if kind == .data, zeroFilled(page) { kind = .zero }
-                    }
-                    if kind != runKind {
-                        close(at: page)
-                        runStart = page
-                        runKind = kind
-                    }
-                }
-                close(at: piece.start + UInt64(found.count) * Page.size)
+                out.add(AddressRange(start: cursor, end: piece.end), absent)
             }
         }
         out.data = dirty.subtracting(out.zero).subtracting(out.file)
         return out
+    }
+
+    mutating func add(_ range: AddressRange, _ kind: Kind) {
+        guard range.start < range.end else { return }
+        switch kind {
+        case .zero: zero.insert(range)
+        case .file: file.insert(range)
+        case .data: break
+        }
     }
 
     enum Kind { case data, zero, file }
@@ -97,13 +105,10 @@ extension ProcessTracker {
         guard let pagemap = try? PageMap(pid: tid) else { return UnseenPages(data: dirty) }
         let populated = memory.populated
         return UnseenPages.sort(
-            dirty: dirty, candidates: candidates, maps: attribution.lastMaps,
-            entries: { try pagemap.entries($0) },
+            dirty: dirty, candidates: candidates, maps: attribution.lastMaps, populated: populated,
+            runs: { try pagemap.runs($0) },
             zeroFilled: { page in
-                // PageWatch's own populating (one page per mapping, for its
-                // anon_vma) made the page present with nothing in it.
-                guard populated.contains(page),
-                    let bytes = try? Ptrace.readMemory(tid, page, count: Int(Page.size)),
+                guard let bytes = try? Ptrace.readMemory(tid, page, count: Int(Page.size)),
                     bytes.count == Int(Page.size)
                 else { return false }
                 return bytes.allSatisfy { $0 == 0 }
