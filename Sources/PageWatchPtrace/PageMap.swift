@@ -46,6 +46,14 @@ public final class PageMap {
 
     deinit { close(fd) }
 
+    /// Whether the thread still has its address space (one leaving it, as a
+    /// thread group leader that has exited while the others run on or do
+    /// their exit, reads as empty).
+    public var hasAddressSpace: Bool {
+        var word: UInt64 = 0
+        return pread(fd, &word, 8, 0) == 8
+    }
+
     /// The frame of the kernel's shared zero page, learned from a page of
     /// PageWatch's own that it reads without writing; nil where frame
     /// numbers are hidden (no CAP_SYS_ADMIN).

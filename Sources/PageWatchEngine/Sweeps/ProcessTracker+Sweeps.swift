@@ -265,10 +265,20 @@ extension ProcessTracker {
         // write there: a fatal SIGSEGV; seen under node's worker threads).
         let inFlight = pagesInFlight(in: nil)
         // Through a live thread: once the main thread has exited, /proc/PID/maps is empty.
-        let maps = try ProcFS.maps(of: liveThread())
+        var maps = try ProcFS.maps(of: liveThread())
         // Empty: the thread read through has just exited (its mm is gone),
-        // not a process without memory. Taken as is, every tracked page would
-        // be forgotten and every frame left unnamed.
+        // not a process without memory; at an exit_group another thread may
+        // still have it (the one stopped at its exit event does). Taken as
+        // is, every tracked page would be forgotten and every frame left
+        // unnamed, so with none it is not taken.
+        if maps.isEmpty {
+            for tid in threads.keys.sorted() where tid != liveThread() {
+                if let theirs = try? ProcFS.maps(of: tid), !theirs.isEmpty {
+                    maps = theirs
+                    break
+                }
+            }
+        }
         guard !maps.isEmpty else { return }
         reconcile(maps, keepingInFlight: inFlight) { memory, programs in
             memory.reconcile(maps: programs, selection: config.selection, stackAnchors: stackAnchors)

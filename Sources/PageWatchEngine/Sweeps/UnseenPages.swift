@@ -101,8 +101,14 @@ extension ProcessTracker {
         candidates = candidates.subtracting(memory.pinned).subtracting(presumed)
         if !UserfaultRanges.shared.isEmpty { candidates = candidates.subtracting(userfaultRangesHere) }
         guard !candidates.isEmpty else { return UnseenPages(data: dirty) }
-        let tid = liveThread()
-        guard let pagemap = try? PageMap(pid: tid) else { return UnseenPages(data: dirty) }
+        // Any thread's view will do, but at an exit the one PageWatch takes
+        // for live may have left the address space already.
+        let tids = [liveThread()] + threads.keys.sorted()
+        guard
+            let (tid, pagemap) = tids.lazy.compactMap({ tid in
+                (try? PageMap(pid: tid)).flatMap { $0.hasAddressSpace ? (tid, $0) : nil }
+            }).first
+        else { return UnseenPages(data: dirty) }
         let populated = memory.populated
         return UnseenPages.sort(
             dirty: dirty, candidates: candidates, maps: attribution.lastMaps, populated: populated,
