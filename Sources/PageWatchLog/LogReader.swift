@@ -151,7 +151,8 @@ public struct LogReadError: Error, CustomStringConvertible, Equatable {
             return
                 "\(place): the first record is '\(type)', not 'start': not a pagewatch log, or its beginning is missing"
         case .unsupportedSchema(let schema):
-            return "\(place): schema '\(schema)' is not supported: this pagewatch reads \(JSONLines.schemasRead.joined(separator: " and ")) only"
+            return
+                "\(place): schema '\(schema)' is not supported: this pagewatch reads \(JSONLines.schemasRead.joined(separator: " and ")) only"
         case let .missingField(record, field): return "\(place): '\(record)' record without '\(field)'"
         case let .wrongType(record, field, expected):
             return "\(place): '\(record)' record: '\(field)' is not \(expected)"

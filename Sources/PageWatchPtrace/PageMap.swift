@@ -65,7 +65,9 @@ public final class PageMap {
         defer { munmap(p, size) }
         // The read maps the zero page (a load the compiler cannot drop: its value is used).
         guard p.load(as: UInt8.self) == 0, let own = try? PageMap(pid: getpid()),
-            let entry = try? own.entries(AddressRange(UInt64(UInt(bitPattern: p)), UInt64(UInt(bitPattern: p)) + Page.size)).first,
+            let entry = try? own.entries(
+                AddressRange(UInt64(UInt(bitPattern: p)), UInt64(UInt(bitPattern: p)) + Page.size)
+            ).first,
             entry.isPresent, entry.frame != 0
         else { return nil }
         return entry.frame
@@ -162,7 +164,8 @@ public final class PageMap {
             let n = words[done...].withUnsafeMutableBytes { pread(fd, $0.baseAddress, $0.count, offset) }
             if n < 0, errno == EINTR { continue }
             if n <= 0 {
-                throw TraceError.call("read /proc/\(pid)/pagemap", Errno(n < 0 ? errno : EIO), tid: pid, address: range.start)
+                throw TraceError.call(
+                    "read /proc/\(pid)/pagemap", Errno(n < 0 ? errno : EIO), tid: pid, address: range.start)
             }
             done += n / 8
         }

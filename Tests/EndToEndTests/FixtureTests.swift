@@ -120,7 +120,9 @@ import Testing
             // Each count is of the pages its ranges cover; ranges are sorted
             // and coalesced, and the three fields disjoint.
             var all: [(UInt64, UInt64)] = []
-            for (field, count) in [("ranges", "dirty_pages"), ("zero_ranges", "zero_pages"), ("file_ranges", "file_pages")] {
+            for (field, count) in [
+                ("ranges", "dirty_pages"), ("zero_ranges", "zero_pages"), ("file_ranges", "file_pages"),
+            ] {
                 let ranges = (sweep[field] as? [[String]] ?? []).map {
                     (UInt64($0[0].dropFirst(2), radix: 16)!, UInt64($0[1].dropFirst(2), radix: 16)!)
                 }

@@ -20,8 +20,11 @@ import PageWatchAddressSpace
                 $0 == MAP_FAILED ? nil : $0
             })
         defer { munmap(anon, 32 * size) }
-        for page in [0, 1, 2, 3, 4, 5, 6, 7, 10, 11] { anon.storeBytes(of: UInt8(page + 1), toByteOffset: page * size, as: UInt8.self) }
-        let read = (anon.load(fromByteOffset: 8 * size, as: UInt8.self) | anon.load(fromByteOffset: 9 * size, as: UInt8.self))
+        for page in [0, 1, 2, 3, 4, 5, 6, 7, 10, 11] {
+            anon.storeBytes(of: UInt8(page + 1), toByteOffset: page * size, as: UInt8.self)
+        }
+        let read =
+            (anon.load(fromByteOffset: 8 * size, as: UInt8.self) | anon.load(fromByteOffset: 9 * size, as: UInt8.self))
         #expect(read == 0)
         _ = madvise(anon + 10 * size, 2 * size, 21)  // MADV_PAGEOUT
 
@@ -49,7 +52,11 @@ import PageWatchAddressSpace
             guard let scanned = try pagemap.scannedRuns(range) else { continue }  // before Linux 6.7
             // Without CAP_SYS_ADMIN the entries cannot tell the zero page.
             let strip = { (runs: [PageMapRun]) in
-                runs.map { PageMapRun(range: $0.range, isPresent: $0.isPresent, isSwapped: $0.isSwapped, isFilePage: $0.isFilePage, isZeroPage: false) }
+                runs.map {
+                    PageMapRun(
+                        range: $0.range, isPresent: $0.isPresent, isSwapped: $0.isSwapped, isFilePage: $0.isFilePage,
+                        isZeroPage: false)
+                }
             }
             if frames { #expect(scanned == read) } else { #expect(strip(scanned).count >= strip(read).count) }
         }
@@ -59,7 +66,11 @@ import PageWatchAddressSpace
         #expect(run(at: 0)?.isPresent == true && run(at: 0)?.isZeroPage == false)
         #expect(run(at: 8)?.isPresent == true)
         if frames || (try? pagemap.scannedRuns(anonRange)) != nil { #expect(run(at: 8)?.isZeroPage == true) }
-        if let swapped = run(at: 10), swapped.isSwapped { #expect(!swapped.isPresent) } else { #expect(run(at: 10)?.isPresent == true) }
+        if let swapped = run(at: 10), swapped.isSwapped {
+            #expect(!swapped.isPresent)
+        } else {
+            #expect(run(at: 10)?.isPresent == true)
+        }
         #expect(run(at: 12) == nil && run(at: 31) == nil)
 
         let fileRuns = try pagemap.runs(fileRange)
@@ -89,7 +100,8 @@ import PageWatchAddressSpace
 
     @Test func runsMergeOnlyAlike() {
         var runs: [PageMapRun] = []
-        let a = PageMapRun(range: AddressRange(0, 4096), isPresent: true, isSwapped: false, isFilePage: false, isZeroPage: false)
+        let a = PageMapRun(
+            range: AddressRange(0, 4096), isPresent: true, isSwapped: false, isFilePage: false, isZeroPage: false)
         var b = a
         b.range = AddressRange(4096, 8192)
         var c = b

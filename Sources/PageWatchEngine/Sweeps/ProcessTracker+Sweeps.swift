@@ -189,7 +189,8 @@ extension ProcessTracker {
         if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
         let held = sortUnseen(dirty: dirty, presumed: presumed)
         if Tracker.debug {
-            trace("  sweep \(sweeps): \(dirty.pageCount) dirty: \(held.zero.pageCount) zero, \(held.file.pageCount) file")
+            trace(
+                "  sweep \(sweeps): \(dirty.pageCount) dirty: \(held.zero.pageCount) zero, \(held.file.pageCount) file")
         }
         let sites = attribution.sites(
             of: held.data, pinned: memory.pinned, presumed: presumed, reportedAgain: reportedAgain)
