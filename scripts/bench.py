@@ -27,7 +27,9 @@ sweeps  Sweep time against the number of dirty pages, contiguous and
         scattered (every other page), in a fixed region (fx_sweep):
         PageWatch's sweep as the program sees it (a timed raise(SIGUSR2))
         beside an in-process loop re-arming the same pages with one mprotect
-        per contiguous run.
+        per contiguous run. Then sweep 1 of the region (all of it new to
+        PageWatch), pagewatch/2 sorting it by /proc/PID/pagemap beside
+        --schema 1, which does not.
 python  Wall time of python3 running a fixed workload
         (scripts/bench_workload.py) untracked and under `pagewatch run
         --interval 100ms`, at --stack-depth 0 and at the default depth.
@@ -423,6 +425,50 @@ def run_sweeps(a, results):
         print(f"{n:11}  {pattern:10}   {med(d['pw_vmas']):8.0f} {med(d['in_vmas']):8.0f}   "
               f"{med(d['fallbacks']):9.0f} {med(d['extra']):12.0f}   {med(d['pw_fault']):11.2f} "
               f"{med(d['in_fault']):8.2f}   {max(d['rss']):10.1f}")
+    run_first_sweeps(a, results)
+
+
+def run_first_sweeps(a, results):
+    """Sweep 1 of fx_sweep's region: every page is new to PageWatch. pagewatch/2 (the default) sorts the
+    pages it did not see written by /proc/PID/pagemap (those holding data in ranges, the rest in zero_ranges);
+    --schema 1 reports them all in ranges, without reading pagemap. Alternated, same runs."""
+    region = a.sweep_region_pages
+    track = f"0x{SWEEP_BASE:x}-0x{SWEEP_BASE + region * PAGE:x}"
+    logs = tempfile.mkdtemp(prefix="pagewatch-bench-")
+    log = os.path.join(logs, "first.jsonl")
+    schemas = [("2", "pagewatch/2 (default)"), ("1", "--schema 1")]
+    data = {(n, s): {"ms": [], "data": [], "zero": [], "rss": []} for n in a.sweep_sizes for s, _ in schemas}
+    for n in a.sweep_sizes:
+        for _ in range(sweep_runs(a, n)):
+            for schema, _ in schemas:
+                cmd = [f"{a.bin}/pagewatch", "run", "--sweep-signal", "USR2", "--interval", "0", "--track", track,
+                       "--stack-depth", str(a.sweep_depth), "--schema", schema, "--output", log, "--",
+                       f"{a.bin}/fx_sweep", "tracked", "scattered", str(n), "1", str(region)]
+                r = Run(cmd, poll_rss=True)
+                r.check()
+                d = data[(n, schema)]
+                d["ms"] += [ns / 1e6 for ns in parse_counts(r.stderr, "first")]
+                first = next(s for s in log_records(log, "sweep") if s["seq"] == 1)
+                d["data"].append(first["dirty_pages"])
+                d["zero"].append(first.get("zero_pages", 0))
+                d["rss"].append(r.hwm_kib / 1024)
+                if first["dirty_pages"] + first.get("zero_pages", 0) != region:
+                    fail(f"fx_sweep first sweep: {first['dirty_pages']} + {first.get('zero_pages', 0)} pages, "
+                         f"not the region's {region}")
+                os.remove(log)
+    os.rmdir(logs)
+    print(f"\nSweep 1 of the same region (every page new to PageWatch; {', '.join(f'{sweep_runs(a, n)} run(s) at {n}' for n in a.sweep_sizes)} "
+          f"pages populated before tracking, scattered): milliseconds of the timed raise(SIGUSR2), pages in ranges "
+          f"and zero_ranges, PageWatch's peak RSS; pagewatch/2 reads pagemap over the region, --schema 1 does not")
+    print(f"{'populated':>11}  {'schema':22} {'ms':>9} {'min':>9} {'max':>9}   {'ranges':>9} {'zero_ranges':>11}   "
+          f"{'pw RSS MiB':>10}")
+    for n in a.sweep_sizes:
+        for schema, label in schemas:
+            d = data[(n, schema)]
+            m, lo, hi = stats(d["ms"])
+            print(f"{n:11}  {label:22} {m:9.2f} {lo:9.2f} {hi:9.2f}   {statistics.median(d['data']):9.0f} "
+                  f"{statistics.median(d['zero']):11.0f}   {max(d['rss']):10.1f}")
+            results.setdefault("first_sweeps", {})[(n, schema)] = m
 
 
 def run_python(a, results):

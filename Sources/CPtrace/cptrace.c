@@ -152,6 +152,14 @@ int pw_procmap_query(int maps_fd, pw_procmap_query_args *query) {
     RETURN_ERRNO(ioctl(maps_fd, PW_PROCMAP_QUERY, query));
 }
 
+#define PW_PAGEMAP_SCAN _IOWR('f', 16, pw_pm_scan_arg)
+_Static_assert(sizeof(pw_pm_scan_arg) == 96, "struct pm_scan_arg of Linux 6.7");
+
+int pw_pagemap_scan(int pagemap_fd, pw_pm_scan_arg *arg) {
+    int n = ioctl(pagemap_fd, PW_PAGEMAP_SCAN, arg);
+    return n < 0 ? -errno : n;
+}
+
 static void pw_wakeup(int signal) { (void)signal; }
 
 // No SA_RESTART: a blocking waitpid in the tracer must return EINTR.

@@ -25,7 +25,7 @@ public enum WatchEvent: Sendable, Equatable {
     /// The event of an engine record; nil for records of attach mode.
     init?(_ record: LogRecord) {
         switch record {
-        case let .start(pid, _, _, _, _, _): self = .start(pid: pid)
+        case let .start(pid, _, _, _, _, _, _): self = .start(pid: pid)
         case let .exec(pid, path, _): self = .exec(pid: pid, path: path)
         case let .sweep(r): self = .sweep(SweepEvent(r))
         case let .fork(pid, parent, _): self = .fork(pid: pid, parent: parent)
@@ -79,7 +79,8 @@ public struct WriteEvent: Sendable, Equatable {
 /// A sweep: the pages of one process written since the previous sweep.
 public struct SweepEvent: Sendable, Equatable {
     /// 1 for the process's first sweep, then one more each time. Sweep 1
-    /// reports every watched page: watching begins there.
+    /// reports every watched page (`ranges`, `zeroRanges` and `fileRanges`
+    /// together): watching begins there.
     public var seq: Int
     public var pid: Int32
     public var reason: SweepReason
@@ -87,6 +88,12 @@ public struct SweepEvent: Sendable, Equatable {
     public var faults: Int
     /// The written pages: sorted, coalesced, half-open, page-aligned ranges.
     public var ranges: [Range<UInt64>]
+    /// Pages whose contents changed unseen (new to the watch: sweep 1, a new
+    /// mapping; or discarded) that read as zeros now; not in `ranges`.
+    public var zeroRanges: [Range<UInt64>]
+    /// Such pages of private file mappings that hold their file's contents
+    /// (never copied on write); in neither of the others.
+    public var fileRanges: [Range<UInt64>]
 
     init(_ record: SweepRecord) {
         seq = record.seq
@@ -94,10 +101,19 @@ public struct SweepEvent: Sendable, Equatable {
         reason = record.reason
         faults = record.faults
         ranges = record.ranges.map { $0.start.value..<$0.end.value }
+        zeroRanges = record.zeroRanges.map { $0.start.value..<$0.end.value }
+        fileRanges = record.fileRanges.map { $0.start.value..<$0.end.value }
     }
 
     /// The written pages' addresses, in order.
-    public var pages: [UInt64] {
+    public var pages: [UInt64] { Self.addresses(ranges) }
+
+    /// Every page the sweep reports changed (`ranges`, `zeroRanges` and
+    /// `fileRanges`), in order: what a copy of the process's memory must
+    /// take again.
+    public var reportedPages: [UInt64] { Self.addresses(ranges + zeroRanges + fileRanges).sorted() }
+
+    static func addresses(_ ranges: [Range<UInt64>]) -> [UInt64] {
         ranges.flatMap { stride(from: $0.lowerBound, to: $0.upperBound, by: Int(pageSize)) }
     }
 }

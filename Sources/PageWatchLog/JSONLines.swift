@@ -1,9 +1,11 @@
 import PageWatchAddressSpace
 
-/// Encodes log records as JSON Lines, schema `pagewatch/1` (docs/format.md).
-/// Written by hand so the field order is stable and the encoding cheap.
+/// Encodes log records as JSON Lines, schema `pagewatch/2` or `pagewatch/1`
+/// (docs/format.md; the `start` record names it). Written by hand so the
+/// field order is stable and the encoding cheap.
 public enum JSONLines {
-    public static let schema = "pagewatch/1"
+    /// The schemas `pagewatch report` reads, newest first.
+    public static let schemasRead = LogSchema.allCases.reversed().map(\.name)
     // `start` also carries `PageWatchVersion.current`: like the schema, a
     // property of the writer, not of what the engine saw.
 
@@ -15,8 +17,8 @@ public enum JSONLines {
 
     public static func encode(_ record: LogRecord) -> String {
         switch record {
-        case let .start(pid, pageSize, command, tracked, timeNs, selectedPages):
-            return "{\"type\":\"start\",\"schema\":\"\(schema)\",\"pid\":\(pid),\"page_size\":\(pageSize),"
+        case let .start(pid, pageSize, command, tracked, timeNs, selectedPages, schema):
+            return "{\"type\":\"start\",\"schema\":\"\(schema.name)\",\"pid\":\(pid),\"page_size\":\(pageSize),"
                 + "\"command\":\(array(command)),\"tracked\":\(array(tracked)),\"time_ns\":\(timeNs),"
                 + "\"selected_pages\":\(selectedPages),\"pagewatch_version\":\(string(PageWatchVersion.current))}"
         case let .exec(pid, path, timeNs):
@@ -89,6 +91,17 @@ public enum JSONLines {
             let pages = s.presumed.reduce(UInt64(0)) { $0 + $1.pageCount }
             out += ",\"presumed_pages\":\(pages),\"presumed\":".utf8
             appendRanges(s.presumed, to: &out)
+        }
+        // pagewatch/2 (format rule 6), each only when it says something.
+        if !s.zeroRanges.isEmpty {
+            let pages = s.zeroRanges.reduce(UInt64(0)) { $0 + $1.pageCount }
+            out += ",\"zero_pages\":\(pages),\"zero_ranges\":".utf8
+            appendRanges(s.zeroRanges, to: &out)
+        }
+        if !s.fileRanges.isEmpty {
+            let pages = s.fileRanges.reduce(UInt64(0)) { $0 + $1.pageCount }
+            out += ",\"file_pages\":\(pages),\"file_ranges\":".utf8
+            appendRanges(s.fileRanges, to: &out)
         }
         out.append(UInt8(ascii: "}"))
         if newline { out.append(UInt8(ascii: "\n")) }

@@ -2,7 +2,7 @@ import Foundation
 import Glibc
 import PageWatchAddressSpace
 
-/// A `pagewatch/1` log read back into typed values (docs/format.md): the
+/// A `pagewatch/2` or `pagewatch/1` log read back into typed values (docs/format.md): the
 /// program's `start`, then every tracked process with its own sweeps.
 public struct ParsedLog: Sendable {
     /// Where the log came from (a path, or `-` for stdin), for messages.
@@ -11,6 +11,8 @@ public struct ParsedLog: Sendable {
     public var pageSize: UInt64
     public var command: [String]
     public var tracked: [String]
+    /// The `start` record's `schema`.
+    public var schema: LogSchema
     /// The `start` record's `selected_pages`; nil in logs written before it existed.
     public var selectedPages: UInt64?
     /// The `start` record's `pagewatch_version`: the PageWatch that wrote
@@ -60,7 +62,7 @@ public struct LoggedProcess: Sendable {
 }
 
 /// A `sweep` record. `reason` stays a string: readers must accept reasons
-/// added later within `pagewatch/1`.
+/// added later within the schema.
 public struct LoggedSweep: Sendable, Equatable {
     public var seq: Int
     public var pid: Int32
@@ -80,6 +82,14 @@ public struct LoggedSweep: Sendable, Equatable {
     /// Of those, the pages reported because presumption left them writable
     /// (`presumed_pages`); 0 when absent.
     public var presumedPages: UInt64 = 0
+    /// `pagewatch/2`: pages new to PageWatch or changed without a store
+    /// that read as zeros (`zero_ranges`) or hold their file's contents
+    /// (`file_ranges`); empty when absent and in `pagewatch/1` logs, whose
+    /// `ranges` hold them.
+    public var zeroRanges: [AddressRange] = []
+    public var fileRanges: [AddressRange] = []
+    public var zeroPages: UInt64 { zeroRanges.reduce(0) { $0 + $1.pageCount } }
+    public var filePages: UInt64 { fileRanges.reduce(0) { $0 + $1.pageCount } }
     /// The pages written in its interval as far as PageWatch knows: those
     /// reported again are not known to be (the dirty rate counts these).
     public var newPages: UInt64 { dirtyPages - min(dirtyPages, reportedAgainPages) }
@@ -141,7 +151,8 @@ public struct LogReadError: Error, CustomStringConvertible, Equatable {
             return
                 "\(place): the first record is '\(type)', not 'start': not a pagewatch log, or its beginning is missing"
         case .unsupportedSchema(let schema):
-            return "\(place): schema '\(schema)' is not supported: this pagewatch reads \(JSONLines.schema) only"
+            return
+                "\(place): schema '\(schema)' is not supported: this pagewatch reads \(JSONLines.schemasRead.joined(separator: " and ")) only"
         case let .missingField(record, field): return "\(place): '\(record)' record without '\(field)'"
         case let .wrongType(record, field, expected):
             return "\(place): '\(record)' record: '\(field)' is not \(expected)"
@@ -151,7 +162,7 @@ public struct LogReadError: Error, CustomStringConvertible, Equatable {
     }
 }
 
-/// Reads a `pagewatch/1` log with Foundation's JSONSerialization, one line
+/// Reads a `pagewatch/2` or `pagewatch/1` log with Foundation's JSONSerialization, one line
 /// at a time, into a `ParsedLog`. Follows the versioning rules of
 /// docs/format.md: the schema is checked first, unknown record types and
 /// fields are skipped, unknown sweep reasons kept as they are.
@@ -388,13 +399,13 @@ struct Record {
     func startLog() throws(LogReadError) -> ParsedLog {
         guard type == "start" else { throw fail(.notStartFirst(type: type)) }
         // The schema before anything else: another schema may have other fields.
-        let schema = try string("schema")
-        guard schema == JSONLines.schema else { throw fail(.unsupportedSchema(schema)) }
+        let name = try string("schema")
+        guard let schema = LogSchema(name: name), name == schema.name else { throw fail(.unsupportedSchema(name)) }
         let pid: Int32 = try integer("pid")
         let startNs: UInt64 = try integer("time_ns")
         return ParsedLog(
             source: source, pid: pid, pageSize: try integer("page_size"), command: try strings("command"),
-            tracked: try strings("tracked"), selectedPages: try optionalInteger("selected_pages"),
+            tracked: try strings("tracked"), schema: schema, selectedPages: try optionalInteger("selected_pages"),
             pagewatchVersion: try optionalString("pagewatch_version"), startNs: startNs,
             processes: [LoggedProcess(pid: pid, parent: nil, beginNs: startNs)], end: nil)
     }
@@ -435,6 +446,8 @@ struct Record {
             sweep.leftWritable = try optionalInteger("left_writable") ?? 0
             sweep.reportedAgainPages = try optionalInteger("reported_again_pages") ?? 0
             sweep.presumedPages = try optionalInteger("presumed_pages") ?? 0
+            if let zero = fields["zero_ranges"] { sweep.zeroRanges = try ranges(zero, field: "zero_ranges") }
+            if let file = fields["file_ranges"] { sweep.fileRanges = try ranges(file, field: "file_ranges") }
             log.processes[index(sweep.pid, log.startNs)].sweeps.append(sweep)
         case "exec":
             let i = index(try integer("pid"), log.startNs)
@@ -461,7 +474,7 @@ struct Record {
             log.end = e
             log.processes[0].ending = e
         default:
-            break  // A record type added later within pagewatch/1: skipped, as docs/format.md requires.
+            break  // A record type added later within the schema: skipped, as docs/format.md requires.
         }
     }
 }

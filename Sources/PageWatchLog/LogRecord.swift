@@ -1,6 +1,24 @@
 import Glibc
 import PageWatchAddressSpace
 
+/// The log's schema (docs/format.md): `pagewatch/2` by default; `pagewatch/1`
+/// for readers that predate it (no `zero_ranges` or `file_ranges`: every
+/// page new to PageWatch is in `ranges`, as that schema says).
+public enum LogSchema: Int, Sendable, CaseIterable {
+    case v1 = 1, v2 = 2
+
+    public static let current = LogSchema.v2
+    /// `pagewatch/N`, as the `start` record's `schema` says it.
+    public var name: String { "pagewatch/\(rawValue)" }
+
+    /// `2`, `pagewatch/2`.
+    public init?(name: String) {
+        let digits = name.hasPrefix("pagewatch/") ? name.dropFirst("pagewatch/".count) : Substring(name)
+        guard let n = Int(digits), let schema = LogSchema(rawValue: n) else { return nil }
+        self = schema
+    }
+}
+
 /// Why a sweep happened (the log's `reason`).
 public enum SweepReason: String, Sendable {
     case interval, signal, exit, detach
@@ -16,7 +34,8 @@ public struct SweepRecord: Sendable, Equatable {
     public var pid: Int32
     public var reason: SweepReason
     public var timeNs: UInt64
-    /// Sorted, coalesced, half-open, page-aligned.
+    /// Sorted, coalesced, half-open, page-aligned: the pages that may hold
+    /// what the process wrote since the previous sweep.
     public var ranges: [AddressRange]
     public var faults: Int
     /// Who wrote the pages, most pages first; nil when
@@ -34,6 +53,14 @@ public struct SweepRecord: Sendable, Equatable {
     /// writable (rewritten at every sweep before): not seen written in its
     /// interval, reported in case they were. A subset of `reportedAgain`.
     public var presumed: [AddressRange] = []
+    /// `pagewatch/2`: pages whose contents may have changed unseen (new to
+    /// PageWatch, or changed without a store) and that read as zeros now:
+    /// never populated, or discarded. Disjoint from `ranges`.
+    public var zeroRanges: [AddressRange] = []
+    /// `pagewatch/2`: such pages of private file mappings that hold their
+    /// file's contents now (never copied on write, or discarded since).
+    /// Disjoint from `ranges` and `zeroRanges`.
+    public var fileRanges: [AddressRange] = []
 
     public var dirtyPages: UInt64 { ranges.reduce(0) { $0 + $1.pageCount } }
 
@@ -70,7 +97,8 @@ public enum LogRecord: Sendable, Equatable {
     /// `selectedPages`: the pages the selection picked in the process when
     /// the record was written (0 in a program whose memory is still to come).
     case start(
-        pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64, selectedPages: UInt64 = 0)
+        pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64, selectedPages: UInt64 = 0,
+        schema: LogSchema = .current)
     /// The program called exec: tracking restarted on the new image.
     case exec(pid: Int32, path: String, timeNs: UInt64)
     case sweep(SweepRecord)

@@ -77,7 +77,7 @@ public enum HTMLReport {
                 "\(process.pid)" + (process.parent.map { ", forked by \($0)" } ?? "") + ", "
                     + Format.ending(process.ending)
             ),
-            ("log", "\(log.source), schema \(JSONLines.schema)"),
+            ("log", "\(log.source), schema \(log.schema.name)"),
             ("tracked", log.tracked.joined(separator: " ")),
         ]
         if let d = report.durationNs { rows.append(("duration", Format.duration(ns: d))) }

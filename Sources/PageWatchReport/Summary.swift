@@ -17,7 +17,7 @@ public struct Summary {
 
     public mutating func add(_ record: LogRecord) {
         switch record {
-        case let .start(p, _, c, _, _, _): pid = p; command = c
+        case let .start(p, _, c, _, _, _, _): pid = p; command = c
         case .exec: execs += 1
         case .sweep(let s) where s.pid == pid: sweeps.append(s)
         case .sweep(let s):
@@ -54,6 +54,10 @@ public struct Summary {
             let again = reportedAgain - min(reportedAgain, presumed)
             if again > 0 { notes.append("\(again) again") }
             if presumed > 0 { notes.append("\(presumed) presumed") }
+            let zero = s.zeroRanges.reduce(UInt64(0)) { $0 + $1.pageCount }
+            let file = s.fileRanges.reduce(UInt64(0)) { $0 + $1.pageCount }
+            if zero > 0 { notes.append("\(zero) zero") }
+            if file > 0 { notes.append("\(file) file") }
             lines.append("  " + columns.joined() + (notes.isEmpty ? "" : "  (" + notes.joined(separator: ", ") + ")"))
         }
         // Pages reported again (the sweep before could not re-arm them) are

@@ -15,7 +15,7 @@ public enum TextReport {
                 "pid       \(process.pid), forked by \(process.parent.map(String.init) ?? "?"), \(Format.ending(process.ending))"
             )
         }
-        out.append("log       \(log.source), schema \(JSONLines.schema), page size \(log.pageSize)")
+        out.append("log       \(log.source), schema \(log.schema.name), page size \(log.pageSize)")
         out.append("tracked   \(log.tracked.joined(separator: " "))")
         if let d = report.durationNs {
             out.append(
@@ -37,6 +37,7 @@ public enum TextReport {
         out.append("rate      " + rateLine(report))
         if let note = reportedAgainLine(report) { out.append("again     " + note) }
         if let note = presumedLine(report) { out.append("presumed  " + note) }
+        if let note = unseenLine(report) { out.append("unwritten " + note) }
         let others = log.processes.filter { $0.pid != process.pid }
         if !others.isEmpty {
             let list = others.map { p in
@@ -78,6 +79,14 @@ public enum TextReport {
             + "left writable: --presume; not in the rate)"
     }
 
+    /// Pages new to PageWatch (or discarded) that hold nothing of the
+    /// process's own, when any (`pagewatch/2`).
+    static func unseenLine(_ report: ProcessReport) -> String? {
+        guard report.zeroPages > 0 || report.filePages > 0 else { return nil }
+        return "\(report.zeroPages) pages read as zeros, \(report.filePages) hold their file's contents "
+            + "(new to PageWatch or discarded, never written: zero_ranges, file_ranges; not in the pages above)"
+    }
+
     /// After a sweep's row: what it could not re-arm, and what it reported again.
     static func sweepNote(_ s: LoggedSweep) -> String {
         var notes: [String] = []
@@ -85,6 +94,8 @@ public enum TextReport {
         let again = s.reportedAgainPages - min(s.reportedAgainPages, s.presumedPages)
         if again > 0 { notes.append("\(again) again") }
         if s.presumedPages > 0 { notes.append("\(s.presumedPages) presumed") }
+        if s.zeroPages > 0 { notes.append("\(s.zeroPages) zero") }
+        if s.filePages > 0 { notes.append("\(s.filePages) file") }
         return notes.isEmpty ? "" : "  (" + notes.joined(separator: ", ") + ")"
     }
 
@@ -97,7 +108,7 @@ public enum TextReport {
         let last = report.sweeps.count
         return "\(Format.fixed(r.pagesPerSecond, 1)) pages/s, \(Format.fixed(mibPerSecond, 2)) MiB/s: "
             + "the \(r.pages) pages of sweeps 2-\(last) over the \(Format.duration(ns: UInt64(r.seconds * 1e9))) "
-            + "from sweep 1 to sweep \(last) (sweep 1 reports everything tracked, so it is left out"
+            + "from sweep 1 to sweep \(last) (sweep 1 reports what tracked memory held when tracking began, so it is left out"
             + (report.reportedAgainPages > 0 ? "; so are \(report.reportedAgainPages) pages reported again)" : ")")
     }
 

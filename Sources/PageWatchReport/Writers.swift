@@ -82,6 +82,10 @@ public struct ProcessReport: Sendable {
     public var reportedAgainPages: UInt64 { sweeps.reduce(0) { $0 + $1.reportedAgainPages } }
     /// Of those, the pages presumption left writable (`--presume`).
     public var presumedPages: UInt64 { sweeps.reduce(0) { $0 + $1.presumedPages } }
+    /// `pagewatch/2`: pages reported because their contents changed unseen
+    /// that read as zeros, or hold their file's contents (not in `totalPages`).
+    public var zeroPages: UInt64 { sweeps.reduce(0) { $0 + $1.zeroPages } }
+    public var filePages: UInt64 { sweeps.reduce(0) { $0 + $1.filePages } }
     /// Sweeps that could re-arm nothing (`rearmed: false`).
     public var reportOnlySweeps: Int { sweeps.filter { !$0.rearmed }.count }
     public var totalFaults: Int { sweeps.reduce(0) { $0 + $1.faults } }

@@ -8,7 +8,7 @@ import PageWatchReport
 /// presents it. Only parsing and I/O here; the reports are PageWatchReport's.
 struct Report: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Summarize a pagewatch/1 log: sweeps, dirty rate and the top writers.",
+        abstract: "Summarize a pagewatch/2 or pagewatch/1 log: sweeps, dirty rate and the top writers.",
         discussion: """
             Formats: text (default) is a summary, a table of sweeps and the top writers; \
             folded is one `outer;...;inner PAGES` line per call stack for flamegraph.pl, \

@@ -1,5 +1,6 @@
 import ArgumentParser
 import PageWatchEngine
+import PageWatchLog
 import PageWatchPtrace
 
 /// The options `run` and `attach` share (a public interface: names and meanings stay).
@@ -28,7 +29,7 @@ struct TrackingOptions: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Write the JSON Lines log (schema pagewatch/1) here; - for stdout. Without it a summary goes to stderr.",
+            "Write the JSON Lines log (schema pagewatch/2, see --schema) here; - for stdout. Without it a summary goes to stderr.",
             valueName: "PATH"))
     var output: String?
 
@@ -82,6 +83,15 @@ struct TrackingOptions: ParsableArguments {
             valueName: "WHEN"))
     var presume: String = "auto"
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "The log's schema: 2 (default) or 1, for readers written before pagewatch/2.",
+            discussion:
+                "pagewatch/2 reports pages new to PageWatch that hold nothing of the program's own apart, in zero_ranges (they read as zeros) and file_ranges (their file's contents), by reading /proc/PID/pagemap. pagewatch/1 keeps them in ranges (docs/format.md, Migrating).",
+            valueName: "N"))
+    var schema: String = "2"
+
     func validate() throws {
         if IntervalParser.parse(spinWait).map({ $0 > 1_000_000_000 }) ?? true {
             throw ValidationError("invalid --spin-wait '\(spinWait)' (expected 0 or a duration up to 1s: 50us, 200us)")
@@ -92,6 +102,9 @@ struct TrackingOptions: ParsableArguments {
         if IntervalParser.parse(interval) == nil {
             throw ValidationError(
                 "invalid --interval '\(interval)' (expected 0, or a number with ns, us, ms, s, m or h: 250ms, 2s)")
+        }
+        if LogSchema(name: schema) == nil {
+            throw ValidationError("invalid --schema '\(schema)' (expected 2 or 1, or pagewatch/2 or pagewatch/1)")
         }
         if PresumeMode(rawValue: presume) == nil {
             throw ValidationError("invalid --presume '\(presume)' (expected auto, never or always)")
@@ -116,6 +129,7 @@ struct TrackingOptions: ParsableArguments {
         c.idlePolling = idlePoll
         c.verifyContents = verifyContents
         c.presume = PresumeMode(rawValue: presume)!
+        c.schema = LogSchema(name: schema)!
         return c
     }
 

@@ -45,6 +45,11 @@ import Testing
         // Followed children must leave the program's own report exact.
         Case(fixture: "fx_fork", extraArguments: ["--follow-forks"], expectedStatus: 0),
         Case(fixture: "fx_follow", extraArguments: ["--follow-forks"], expectedStatus: 0),
+        // What unseen pages hold, with the fault path of each depth; and
+        // pagewatch/1, which keeps them all in `ranges`.
+        Case(fixture: "fx_zero", expectedStatus: 0),
+        Case(fixture: "fx_zero", extraArguments: ["--stack-depth", "0"], expectedStatus: 0),
+        Case(fixture: "fx_zero", extraArguments: ["--schema", "1"], expectedStatus: 0),
     ]
 
     @Test(arguments: cases)
@@ -68,7 +73,8 @@ import Testing
         let truth = try FixtureTruth(stdout: untracked.stdout)
         let records = try Harness.readLog(log)
         #expect(records.first?["type"] as? String == "start")
-        #expect(records.first?["schema"] as? String == "pagewatch/1")
+        let schema1 = c.extraArguments.contains("--schema")
+        #expect(records.first?["schema"] as? String == (schema1 ? "pagewatch/1" : "pagewatch/2"))
         #expect(records.last?["type"] as? String == "end")
         #expect(records.last?["exit_status"] as? Int == Int(c.expectedStatus))
         let pid = records.first?["pid"] as? Int
@@ -88,6 +94,22 @@ import Testing
             )
             let isLast = k == sweeps.count - 1
             #expect(sweep["reason"] as? String == (isLast ? "exit" : "signal"))
+            // What the unseen pages hold, where the fixture knows it.
+            guard k < expected.count, let unseen = truth.expectedUnseen[k] else { continue }
+            if c.fixture == "fx_zero" && k == 2 && Harness.swapIsActive {
+                // Phase 3 pages out what it wrote: with swap, the sort must see it there.
+                #expect(truth.segments[0].swapped[3] == Set(60...67), "fx_zero did not page out 60-67")
+            }
+            let zero = FixtureTruth.pages(in: want.region, of: sweep, fields: ["zero_ranges"])
+            let file = FixtureTruth.pages(in: want.region, of: sweep, fields: ["file_ranges"])
+            let data = FixtureTruth.pages(in: want.region, of: sweep, fields: ["ranges"])
+            if schema1 {
+                #expect(zero.isEmpty && file.isEmpty && data == want.pages, "sweep \(k + 1): pagewatch/1")
+            } else {
+                #expect(zero == unseen.zero, "sweep \(k + 1): zero_ranges")
+                #expect(file == unseen.file, "sweep \(k + 1): file_ranges")
+                #expect(data == want.pages.subtracting(unseen.zero).subtracting(unseen.file), "sweep \(k + 1): ranges")
+            }
         }
         if let never = c.neverReported {
             for sweep in records where sweep["type"] as? String == "sweep" {
@@ -95,13 +117,23 @@ import Testing
             }
         }
         for sweep in sweeps {
-            // dirty_pages counts the pages the ranges cover; ranges are sorted and coalesced.
-            let ranges = (sweep["ranges"] as? [[String]] ?? []).map {
-                (UInt64($0[0].dropFirst(2), radix: 16)!, UInt64($0[1].dropFirst(2), radix: 16)!)
+            // Each count is of the pages its ranges cover; ranges are sorted
+            // and coalesced, and the three fields disjoint.
+            var all: [(UInt64, UInt64)] = []
+            for (field, count) in [
+                ("ranges", "dirty_pages"), ("zero_ranges", "zero_pages"), ("file_ranges", "file_pages"),
+            ] {
+                let ranges = (sweep[field] as? [[String]] ?? []).map {
+                    (UInt64($0[0].dropFirst(2), radix: 16)!, UInt64($0[1].dropFirst(2), radix: 16)!)
+                }
+                #expect((sweep[count] as? Int ?? 0) == Int(ranges.reduce(0) { $0 + ($1.1 - $1.0) / 4096 }))
+                #expect(field == "ranges" || (sweep[field] == nil) == (sweep[count] == nil))
+                for (a, b) in zip(ranges, ranges.dropFirst()) { #expect(a.1 < b.0) }
+                for r in ranges { #expect(r.0 % 4096 == 0 && r.1 % 4096 == 0 && r.0 < r.1) }
+                all += ranges
             }
-            #expect(sweep["dirty_pages"] as? Int == Int(ranges.reduce(0) { $0 + ($1.1 - $1.0) / 4096 }))
-            for (a, b) in zip(ranges, ranges.dropFirst()) { #expect(a.1 < b.0) }
-            for r in ranges { #expect(r.0 % 4096 == 0 && r.1 % 4096 == 0 && r.0 < r.1) }
+            all.sort { $0.0 < $1.0 }
+            for (a, b) in zip(all, all.dropFirst()) { #expect(a.1 <= b.0, "overlapping fields") }
         }
     }
 
@@ -250,7 +282,7 @@ import Testing
             Harness.fixture("fx_exit3"),
         ])
         let lines = r.stdout.split(separator: "\n")
-        #expect(lines.first?.hasPrefix("{\"type\":\"start\",\"schema\":\"pagewatch/1\"") == true)
+        #expect(lines.first?.hasPrefix("{\"type\":\"start\",\"schema\":\"pagewatch/2\"") == true)
         #expect(lines.last?.hasPrefix("{\"type\":\"end\"") == true)
         #expect(lines.contains("ok"))
     }

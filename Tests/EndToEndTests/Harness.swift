@@ -142,6 +142,11 @@ enum Harness {
             .joined(separator: "\n")
     }
 
+    /// Whether the machine has swap on (`/proc/swaps` lists more than its header).
+    static var swapIsActive: Bool {
+        ((try? String(contentsOfFile: "/proc/swaps", encoding: .utf8)) ?? "").split(separator: "\n").count > 1
+    }
+
     static func temporaryPath(_ name: String) -> String {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("pagewatch-tests-\(getpid())")
         try? FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -169,6 +174,13 @@ struct FixtureTruth {
     struct Segment {
         var region: (start: UInt64, end: UInt64)
         var phases: [Int: Set<UInt64>]
+        /// `phase K zero <list>` and `phase K file <list>` (fx_zero): the
+        /// pages of phase K a `pagewatch/2` sweep reports in `zero_ranges`
+        /// and `file_ranges`.
+        var zero: [Int: Set<UInt64>] = [:]
+        var file: [Int: Set<UInt64>] = [:]
+        /// `phase K swapped <list>`: pages of phase K the fixture saw in swap.
+        var swapped: [Int: Set<UInt64>] = [:]
     }
     var segments: [Segment] = []
 
@@ -186,7 +198,9 @@ struct FixtureTruth {
                     Segment(
                         region: (UInt64(f[1].dropFirst(2), radix: 16)!, UInt64(f[2].dropFirst(2), radix: 16)!),
                         phases: [:]))
-            } else if f.first == "phase", f.count >= 3, let k = Int(f[1]), !segments.isEmpty {
+            } else if f.first == "phase", f.count >= 3, let k = Int(f[1]), !segments.isEmpty,
+                ["pages", "zero", "file", "swapped"].contains(f[2])
+            {
                 var pages = Set<UInt64>()
                 if f.count == 4 && !f[3].isEmpty {
                     for item in f[3].split(separator: ",") {
@@ -194,7 +208,12 @@ struct FixtureTruth {
                         pages.formUnion(bounds[0]...(bounds.count == 2 ? bounds[1] : bounds[0]))
                     }
                 }
-                segments[segments.count - 1].phases[k] = pages
+                switch f[2] {
+                case "zero": segments[segments.count - 1].zero[k] = pages
+                case "file": segments[segments.count - 1].file[k] = pages
+                case "swapped": segments[segments.count - 1].swapped[k] = pages
+                default: segments[segments.count - 1].phases[k] = pages
+                }
             }
         }
         guard !segments.isEmpty else { throw Harness.HarnessError.badTruth(stdout) }
@@ -207,10 +226,30 @@ struct FixtureTruth {
         }
     }
 
-    /// The pages of one sweep's ranges inside `region`, relative to it.
+    /// Sweep by sweep, as `expectedSweeps`: the pages the fixture says read
+    /// as zeros and hold their file's contents, when it says so (fx_zero).
+    var expectedUnseen: [(zero: Set<UInt64>, file: Set<UInt64>)?] {
+        segments.flatMap { seg in
+            (1...(seg.phases.keys.max() ?? 0)).map { k in
+                seg.zero[k].map { ($0, seg.file[k] ?? []) }
+            }
+        }
+    }
+
+    /// The pages of one sweep inside `region`, relative to it: every page
+    /// whose contents it says may have changed (`ranges`, and in
+    /// `pagewatch/2` `zero_ranges` and `file_ranges`). For a site (or any
+    /// object with `ranges` alone), its `ranges`.
     static func pages(in region: (start: UInt64, end: UInt64), of sweep: [String: Any]) -> Set<UInt64> {
+        pages(in: region, of: sweep, fields: ["ranges", "zero_ranges", "file_ranges"])
+    }
+
+    /// The pages of the sweep's `fields` inside `region`, relative to it.
+    static func pages(in region: (start: UInt64, end: UInt64), of sweep: [String: Any], fields: [String])
+        -> Set<UInt64>
+    {
         var pages = Set<UInt64>()
-        for pair in sweep["ranges"] as? [[String]] ?? [] {
+        for pair in fields.flatMap({ sweep[$0] as? [[String]] ?? [] }) {
             let a = UInt64(pair[0].dropFirst(2), radix: 16)!, b = UInt64(pair[1].dropFirst(2), radix: 16)!
             var p = max(a, region.start)
             while p < min(b, region.end) { pages.insert((p - region.start) / 4096); p += 4096 }

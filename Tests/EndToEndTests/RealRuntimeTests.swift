@@ -120,6 +120,29 @@ struct Runtime: Sendable, CustomTestStringConvertible {
         let dirty = records.filter { $0["type"] as? String == "sweep" }.map { $0["dirty_pages"] as? Int ?? 0 }.reduce(
             0, +)
         #expect(dirty > 100)
+        // Each runtime maps far more than it writes: some of it reads as zeros.
+        let zero = records.filter { $0["type"] as? String == "sweep" }.map { $0["zero_pages"] as? Int ?? 0 }.reduce(
+            0, +)
+        #expect(zero > 0)
+    }
+
+    /// Go ends with exit_group from any thread: by the exit sweep the main
+    /// thread may have left the address space, and maps and pagemap must be
+    /// read through another. Its only sweep then still tells zero pages apart.
+    @Test func goExitSweepSortsUnseenPages() throws {
+        let go = try #require(Runtime.all.first { $0.name == "go" })
+        let command = try go.command(Runtime.directory) + go.fixed
+        let log = Harness.temporaryPath("runtime-go-exit.jsonl")
+        let tracked = try Harness.run(
+            [Harness.pagewatch, "run", "--interval", "0", "--output", log, "--"] + command, timeout: 300)
+        #expect(tracked.status == 0, "\(tracked.stderr.suffix(2000))")
+        let sweeps = try Harness.readLog(log).filter { $0["type"] as? String == "sweep" }
+        #expect(sweeps.count == 1 && sweeps.first?["reason"] as? String == "exit")
+        let sweep = try #require(sweeps.first)
+        let data = sweep["dirty_pages"] as? Int ?? 0
+        let zero = sweep["zero_pages"] as? Int ?? 0
+        // Go reserves its heap arenas and stacks whole and writes a little of them.
+        #expect(zero > data, "exit sweep: \(data) pages in ranges, \(zero) in zero_ranges")
     }
 
     @Test(arguments: Runtime.all)

@@ -154,7 +154,7 @@ import Testing
         #expect(schema.status == 1)
         #expect(
             schema.stderr
-                == "pagewatch: <stdin>:1: schema 'pagewatch/9' is not supported: this pagewatch reads pagewatch/1 only\n"
+                == "pagewatch: <stdin>:1: schema 'pagewatch/9' is not supported: this pagewatch reads pagewatch/2 and pagewatch/1 only\n"
         )
         let run = try record()
         let lines = try String(contentsOfFile: run.log, encoding: .utf8).split(separator: "\n")

@@ -106,8 +106,11 @@ import PageWatchKit
         #expect(result.sweeps.map(\.reason) == [.signal, .signal, .signal, .signal, .exit])
         for phase in 1...5 {
             let sweep = try #require(result.sweep(phase))
-            #expect(Self.indexes(sweep.pages, base: base) == truth[phase], "sweep \(phase)")
+            #expect(Self.indexes(sweep.reportedPages, base: base) == truth[phase], "sweep \(phase)")
+            // What was written holds data; the rest of a new region reads as zeros.
             let written = result.writes.filter { $0.phase == phase }
+            #expect(Set(written.map(\.page)).isSubset(of: sweep.pages), "sweep \(phase)")
+            #expect(sweep.fileRanges.isEmpty)
             // Phase 1 maps the region (reported whole, "unseen") and stores to page 0 only.
             #expect(
                 Self.indexes(written.map(\.page), base: base) == (phase == 1 ? [0] : truth[phase]), "phase \(phase)")

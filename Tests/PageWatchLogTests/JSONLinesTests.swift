@@ -11,7 +11,22 @@ import PageWatchAddressSpace
                 tracked: ["writable", "0x1000-0x2000"], timeNs: 7, selectedPages: 3))
         #expect(
             line
-                == #"{"type":"start","schema":"pagewatch/1","pid":42,"page_size":4096,"command":["/bin/echo","a \"b\"\n"],"tracked":["writable","0x1000-0x2000"],"time_ns":7,"selected_pages":3,"pagewatch_version":"\#(PageWatchVersion.current)"}"#
+                == #"{"type":"start","schema":"pagewatch/2","pid":42,"page_size":4096,"command":["/bin/echo","a \"b\"\n"],"tracked":["writable","0x1000-0x2000"],"time_ns":7,"selected_pages":3,"pagewatch_version":"\#(PageWatchVersion.current)"}"#
+        )
+        // `--schema 1` names the older schema; nothing else in the record changes.
+        let v1 = JSONLines.encode(
+            .start(pid: 1, pageSize: 4096, command: [], tracked: [], timeNs: 2, selectedPages: 0, schema: .v1))
+        #expect(v1.hasPrefix(#"{"type":"start","schema":"pagewatch/1","pid":1,"#))
+    }
+
+    @Test func encodesZeroAndFileRangesAfterTheSweepsOwn() {
+        var s = SweepRecord(
+            seq: 1, pid: 42, reason: .attach, timeNs: 9, ranges: [AddressRange(0x1000, 0x2000)], faults: 0)
+        s.zeroRanges = [AddressRange(0x2000, 0x4000)]
+        s.fileRanges = [AddressRange(0x8000, 0x9000)]
+        #expect(
+            JSONLines.encode(.sweep(s))
+                == #"{"type":"sweep","seq":1,"pid":42,"reason":"attach","time_ns":9,"dirty_pages":1,"faults":0,"ranges":[["0x1000","0x2000"]],"zero_pages":2,"zero_ranges":[["0x2000","0x4000"]],"file_pages":1,"file_ranges":[["0x8000","0x9000"]]}"#
         )
     }
 

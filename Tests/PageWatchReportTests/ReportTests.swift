@@ -102,14 +102,20 @@ enum SampleLog {
     }
 
     @Test func refusesAnotherSchemaOnItsFirstLine() {
-        let text = SampleLog.text.replacingOccurrences(of: "pagewatch/1", with: "pagewatch/2")
-        #expect(throws: LogReadError(source: "sample.jsonl", line: 1, problem: .unsupportedSchema("pagewatch/2"))) {
+        let text = SampleLog.text.replacingOccurrences(of: "pagewatch/2", with: "pagewatch/3")
+        #expect(throws: LogReadError(source: "sample.jsonl", line: 1, problem: .unsupportedSchema("pagewatch/3"))) {
             try SampleLog.parsed(text)
         }
-        let error = LogReadError(source: "sample.jsonl", line: 1, problem: .unsupportedSchema("pagewatch/2"))
+        let error = LogReadError(source: "sample.jsonl", line: 1, problem: .unsupportedSchema("pagewatch/3"))
         #expect(
             error.description
-                == "sample.jsonl:1: schema 'pagewatch/2' is not supported: this pagewatch reads pagewatch/1 only")
+                == "sample.jsonl:1: schema 'pagewatch/3' is not supported: this pagewatch reads pagewatch/2 and pagewatch/1 only"
+        )
+        // Both schemas this version writes are read back.
+        for schema in ["pagewatch/1", "pagewatch/2"] {
+            let log = try? SampleLog.parsed(SampleLog.text.replacingOccurrences(of: "pagewatch/2", with: schema))
+            #expect(log?.schema.name == schema)
+        }
     }
 
     @Test func namesTheLineOfABadRecord() {
@@ -273,6 +279,39 @@ enum SampleLog {
         var summary = Summary()
         for r in records { summary.add(r) }
         #expect(summary.render().contains("(1 again, 2 presumed)"))
+    }
+
+    @Test func countsZeroAndFilePagesApartFromTheRate() throws {
+        let s = SampleLog.startNs
+        var first = SweepRecord(
+            seq: 1, pid: SampleLog.pid, reason: .interval, timeNs: s + 1_000_000,
+            ranges: [AddressRange(0x100 * 4096, 0x102 * 4096)], faults: 0)
+        first.zeroRanges = [AddressRange(0x102 * 4096, 0x110 * 4096)]
+        first.fileRanges = [AddressRange(0x200 * 4096, 0x203 * 4096)]
+        var second = SweepRecord(
+            seq: 2, pid: SampleLog.pid, reason: .exit, timeNs: s + 2_000_000,
+            ranges: [AddressRange(0x100 * 4096, 0x101 * 4096)], faults: 1)
+        second.zeroRanges = [AddressRange(0x300 * 4096, 0x302 * 4096)]
+        let records: [LogRecord] = [
+            .start(pid: SampleLog.pid, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: s),
+            .sweep(first), .sweep(second),
+            .end(pid: SampleLog.pid, end: .exited(code: 0), sweeps: 2, faults: 1, timeNs: s + 3_000_000),
+        ]
+        let log = try SampleLog.parsed(records.map { JSONLines.encode($0) + "\n" }.joined())
+        #expect(log.schema == .v2)
+        #expect(log.program.sweeps.map(\.zeroPages) == [14, 2])
+        #expect(log.program.sweeps.map(\.filePages) == [3, 0])
+        let report = try ProcessReport(log: log)
+        #expect(report.totalPages == 3)
+        #expect(report.zeroPages == 16 && report.filePages == 3)
+        let rendered = TextReport.render(report)
+        #expect(rendered.contains("unwritten 16 pages read as zeros, 3 hold their file's contents"))
+        #expect(rendered.contains("(14 zero, 3 file)"))
+        // The rate: sweep 2's one written page, not its zero pages.
+        #expect(rendered.contains("the 1 pages of sweeps 2-2"))
+        var summary = Summary()
+        for r in records { summary.add(r) }
+        #expect(summary.render().contains("(2 zero)"))
     }
 
     @Test func reportsAFollowedProcessOnItsOwn() throws {

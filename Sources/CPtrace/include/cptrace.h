@@ -197,6 +197,41 @@ enum {
 // 0 or -errno: -ENOENT when no VMA matches, -ENOTTY (or -EINVAL) before 6.11.
 int pw_procmap_query(int maps_fd, pw_procmap_query_args *query);
 
+// struct page_region and struct pm_scan_arg of Linux 6.7 (linux/fs.h), for
+// headers older than the kernel.
+typedef struct {
+    uint64_t start;
+    uint64_t end;
+    uint64_t categories;  // PW_PAGE_IS_*
+} pw_page_region;
+
+typedef struct {
+    uint64_t size;  // sizeof(pw_pm_scan_arg)
+    uint64_t flags;
+    uint64_t start;
+    uint64_t end;
+    uint64_t walk_end;  // where the scan stopped (out)
+    uint64_t vec;       // pw_page_region array
+    uint64_t vec_len;
+    uint64_t max_pages;
+    uint64_t category_inverted;
+    uint64_t category_mask;
+    uint64_t category_anyof_mask;
+    uint64_t return_mask;
+} pw_pm_scan_arg;
+
+enum {
+    PW_PAGE_IS_FILE = 1 << 2,
+    PW_PAGE_IS_PRESENT = 1 << 3,
+    PW_PAGE_IS_SWAPPED = 1 << 4,
+    PW_PAGE_IS_PFNZERO = 1 << 5,
+};
+
+// ioctl(pagemap_fd, PAGEMAP_SCAN, arg) on an open /proc/PID/pagemap, where
+// PAGEMAP_SCAN is _IOWR('f', 16, struct pm_scan_arg). The number of regions
+// filled, or -errno: -ENOTTY (or -EINVAL) before 6.7.
+int pw_pagemap_scan(int pagemap_fd, pw_pm_scan_arg *arg);
+
 #ifdef __cplusplus
 }
 #endif

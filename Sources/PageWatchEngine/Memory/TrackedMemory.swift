@@ -53,6 +53,13 @@ public struct TrackedMemory: Sendable {
     /// must be asked for them as if PageWatch had not been there.
     public private(set) var populated = PageSet()
 
+    /// Pages dirty without a write PageWatch saw: new to it (a new mapping,
+    /// the first sweep), changed behind its back (`madvise`, a protection
+    /// the program changed), or counted written conservatively. A sweep
+    /// tells from pagemap which of them hold data (`UnseenPages`). Kept
+    /// only while they are dirty (`keepUnseenStillDirty`).
+    public private(set) var unseen = PageSet()
+
     public init() {}
 
     public var trackedPageCount: UInt64 { regions.reduce(0) { $0 + $1.range.pageCount } }
@@ -90,6 +97,7 @@ public struct TrackedMemory: Sendable {
         guard let r = regionIndex(containing: a) else { return nil }
         regions[r].armed.clearAll()
         regions[r].dirty.setAll()
+        unseen.insert(regions[r].range)
         return ProtectionChange(range: regions[r].range, protection: regions[r].protection)
     }
 
@@ -127,6 +135,7 @@ public struct TrackedMemory: Sendable {
             }
         }
         regions = built.regions
+        unseen.formUnion(built.changed)
     }
 
     /// The calls that arm the whole region containing `a` (its pinned pages
@@ -347,6 +356,7 @@ public struct TrackedMemory: Sendable {
         regions.removeSubrange(isolate(r))
         anonVmaSettled.remove(r)
         populated.remove(r)
+        unseen.remove(r)
     }
 
     /// Tracks `range` afresh with the given state (replacing what was there).
@@ -355,7 +365,10 @@ public struct TrackedMemory: Sendable {
         forget(r)
         var region = TrackedRegion(range: r, protection: protection)
         if armed { region.armed.setAll() }
-        if dirty { region.dirty.setAll() }
+        if dirty {
+            region.dirty.setAll()
+            unseen.insert(r)
+        }
         let at = regions.firstIndex { $0.range.start > r.start } ?? regions.count
         regions.insert(region, at: at)
     }
@@ -379,6 +392,7 @@ public struct TrackedMemory: Sendable {
 
     /// madvise(MADV_DONTNEED/FREE/REMOVE): the contents changed without a store.
     public mutating func markDirty(_ range: AddressRange) {
+        unseen.insert(range.pageAligned)
         for i in regions.indices {
             guard let pages = regions[i].pageIndices(touching: range) else { continue }
             regions[i].dirty.set(pages, to: true)
@@ -431,6 +445,13 @@ public struct TrackedMemory: Sendable {
         pinned = PageSet()
         anonVmaSettled = PageSet()
         populated = PageSet()
+        unseen = PageSet()
+    }
+
+    /// After a sweep reported them: only pages still dirty stay unseen.
+    public mutating func keepUnseenStillDirty() {
+        guard !unseen.isEmpty else { return }
+        unseen = unseen.intersection(dirtyPages())
     }
 
     /// Remembers pages PageWatch populated.
@@ -488,6 +509,7 @@ extension TrackedMemory {
             }
         }
         regions.replaceSubrange(inside, with: built.regions)
+        unseen.formUnion(built.changed)
         // The whole reconcile makes one region of a run with one protection
         // across the window's ends too.
         join(at: window.end)
@@ -534,6 +556,8 @@ extension TrackedRegion {
 /// last region with its protection joins it.
 struct RegionBuilder {
     private(set) var regions: [TrackedRegion] = []
+    /// Pages made dirty here: new, or changed behind PageWatch's back.
+    private(set) var changed = PageSet()
 
     /// The region `range` joins, made if it continues none.
     private mutating func last(for range: AddressRange, _ protection: Protection) -> Int {
@@ -559,6 +583,7 @@ struct RegionBuilder {
             // Shown writable: armed pages were made writable by the program;
             // they stay, unarmed and dirty.
             regions[last(for: old.range(ofPages: pages), old.protection)].append(pages: pages, of: old, unarming: true)
+            for run in old.armed.runs(in: pages) { changed.insert(old.range(ofPages: run)) }
         case (true, false):
             // Shown armed: armed pages keep their state, unarmed ones changed.
             var i = pages.lowerBound
@@ -600,6 +625,7 @@ struct RegionBuilder {
     mutating func appendChanged(_ range: AddressRange, shown: Protection) {
         guard shown.contains(.write), !range.isEmpty else { return }
         regions[last(for: range, shown)].append(count: Int(range.pageCount), armed: false, dirty: true)
+        changed.insert(range)
     }
 
     /// `old`'s pages `pages` with their state. A whole region that continues

@@ -42,6 +42,10 @@ public struct TrackerConfiguration: Sendable {
     /// first writes cost no fault. Off for PageWatchKit, whose write events
     /// are each page's first write.
     public var newMemoryWaitsForTheSweep = true
+    /// The log's schema: `pagewatch/1` keeps every page new to PageWatch in
+    /// `ranges` (no pagemap reads); `pagewatch/2` sorts out those that hold
+    /// nothing of the process's own (`UnseenPages`).
+    public var schema = LogSchema.current
 
     /// Whether new memory waits for the next sweep to be armed (see above).
     public var newMemoryArmedAtSweep: Bool { stackDepth == 0 && newMemoryWaitsForTheSweep }
@@ -152,7 +156,7 @@ public final class Tracker {
             .start(
                 pid: pid, pageSize: Page.size, command: config.command,
                 tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
-                selectedPages: main.selectedPagesNow()))
+                selectedPages: main.selectedPagesNow(), schema: config.schema))
         warnAboutFileSpecs()
         started = true
         // The program shares our terminal: Ctrl-C and Ctrl-\ are for it, and

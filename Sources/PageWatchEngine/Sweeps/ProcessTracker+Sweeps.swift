@@ -147,9 +147,10 @@ extension ProcessTracker {
         memory.clearPinnedDirty()
         memory.clearReadOnlyDirty()
         if presumption.isActive { presumption.rearmed(memory.armedPages()) }
-        copyContents(dirty: dirty, tid: tid)
         publishForGuardian()
         emitSweep(reason: reason, dirty: dirty, presumed: presumed)
+        // After the sweep read pagemap: reading a page never written maps the zero page.
+        copyContents(dirty: dirty, tid: tid)
     }
 
     /// An interval sweep with no thread to run code in: report what is known.
@@ -186,13 +187,21 @@ extension ProcessTracker {
         busyNs = 0
         lastSweepNs = monotonicNs()
         if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
+        let held = sortUnseen(dirty: dirty, presumed: presumed)
+        if Tracker.debug {
+            trace(
+                "  sweep \(sweeps): \(dirty.pageCount) dirty: \(held.zero.pageCount) zero, \(held.file.pageCount) file")
+        }
         let sites = attribution.sites(
-            of: dirty, pinned: memory.pinned, presumed: presumed, reportedAgain: reportedAgain)
+            of: held.data, pinned: memory.pinned, presumed: presumed, reportedAgain: reportedAgain)
         var record = SweepRecord(
             seq: sweeps, pid: pid, reason: reason, timeNs: wallClockNs(),
-            ranges: dirty.ranges, faults: faultsThisInterval, sites: sites)
+            ranges: held.data.ranges, faults: faultsThisInterval, sites: sites)
         record.presumed = presumed.ranges
-        noteRearming(&record, dirty: dirty, reportOnly: reportedAgain)
+        record.zeroRanges = held.zero.ranges
+        record.fileRanges = held.file.ranges
+        noteRearming(&record, dirty: dirty, reported: held.data, reportOnly: reportedAgain)
+        memory.keepUnseenStillDirty()
         emit(.sweep(record))
         faultsThisInterval = 0
     }
@@ -257,10 +266,20 @@ extension ProcessTracker {
         // write there: a fatal SIGSEGV; seen under node's worker threads).
         let inFlight = pagesInFlight(in: nil)
         // Through a live thread: once the main thread has exited, /proc/PID/maps is empty.
-        let maps = try ProcFS.maps(of: liveThread())
+        var maps = try ProcFS.maps(of: liveThread())
         // Empty: the thread read through has just exited (its mm is gone),
-        // not a process without memory. Taken as is, every tracked page would
-        // be forgotten and every frame left unnamed.
+        // not a process without memory; at an exit_group another thread may
+        // still have it (the one stopped at its exit event does). Taken as
+        // is, every tracked page would be forgotten and every frame left
+        // unnamed, so with none it is not taken.
+        if maps.isEmpty {
+            for tid in threads.keys.sorted() where tid != liveThread() {
+                if let theirs = try? ProcFS.maps(of: tid), !theirs.isEmpty {
+                    maps = theirs
+                    break
+                }
+            }
+        }
         guard !maps.isEmpty else { return }
         reconcile(maps, keepingInFlight: inFlight) { memory, programs in
             memory.reconcile(maps: programs, selection: config.selection, stackAnchors: stackAnchors)

@@ -112,9 +112,10 @@ extension ProcessTracker {
     /// again by the next sweep), and which of its pages the previous sweep
     /// had reported and left writable. Only sweeps that re-arm leave pages
     /// for the next; a process's last sweep does not.
-    func noteRearming(_ record: inout SweepRecord, dirty: PageSet, reportOnly: Bool) {
+    func noteRearming(_ record: inout SweepRecord, dirty: PageSet, reported: PageSet, reportOnly: Bool) {
         session.timer?.sweepEnded()
-        let again = dirty.intersection(leftWritable)
+        // Of `ranges` only: a page left writable that reads as zeros now is in `zero_ranges`.
+        let again = reported.intersection(leftWritable)
         record.reportedAgain = again.ranges
         record.rearmed = !reportOnly
         switch record.reason {
