@@ -9,7 +9,8 @@ struct Run: ParsableCommand {
             Tracked memory is made read-only; each first write to a page is caught, recorded, \
             and the page made writable again. A sweep reports the pages written since the \
             previous sweep and re-arms them. Tracking starts at the first sweep, which reports \
-            every selected page (all of it is new to PageWatch).
+            every selected page (all of it is new to PageWatch): those that hold data in ranges, \
+            the rest in zero_ranges and file_ranges.
 
             Shared mappings (MAP_SHARED, SysV shm, memfd), [vdso], [vvar] and [vsyscall] are \
             never tracked.
