@@ -78,6 +78,23 @@ import Testing
         #expect(pageColumn == [8, 2, 1, 1, 1, 1])
     }
 
+    @Test func topAndMinPercentChooseTheRows() throws {
+        let run = try record()
+        let all = Self.rows(try report(["--top", "0", "--empty-rows", run.log]).stdout)
+        let one = try report(["--top", "1", run.log])
+        #expect(one.status == 0)
+        let rows = Self.rows(one.stdout)
+        let table = { (rows: [String]) in rows.drop { !$0.hasPrefix("pages share faults") }.dropFirst() }
+        // The first row (and its callers' line) is the same; the rest is one line saying what is left out.
+        #expect(table(rows).first == table(all).first)
+        #expect(rows.last?.contains("more row(s)") == true && rows.last?.contains("--top 0") == true)
+        #expect(!all.contains { $0.contains("more row(s)") })
+        let bad = try report(["--top", "-1", run.log])
+        #expect(bad.status == 2 && bad.stderr.contains("invalid --top -1"))
+        let badShare = try report(["--min-percent", "101", run.log])
+        #expect(badShare.status == 2 && badShare.stderr.contains("invalid --min-percent"))
+    }
+
     @Test func foldedHasOneStackPerWriterOutermostFirst() throws {
         let run = try record()
         let result = try report(["--format", "folded", run.log])
