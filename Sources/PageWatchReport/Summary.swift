@@ -11,21 +11,26 @@ public struct Summary {
     var untracked: [String] = []
     var attached = false, detached = false
     /// `--follow-forks`: the other processes, in the order they appeared.
-    var followed: [(pid: Int32, parent: Int32, pages: UInt64, faults: Int, end: ProgramEnd?)] = []
+    var followed: [(pid: Int32, parent: Int32, pages: UInt64, faults: Int, end: ProgramEnd?, name: String?)] = []
 
     public init() {}
 
     public mutating func add(_ record: LogRecord) {
         switch record {
         case let .start(p, _, c, _, _, _, _): pid = p; command = c
-        case .exec: execs += 1
+        case let .exec(p, path, command, _):
+            if p == pid {
+                execs += 1
+            } else if let i = followed.firstIndex(where: { $0.pid == p }) {
+                followed[i].name = ProcessNaming.name(command: command, path: path)
+            }
         case .sweep(let s) where s.pid == pid: sweeps.append(s)
         case .sweep(let s):
             if let i = followed.firstIndex(where: { $0.pid == s.pid }) {
                 followed[i].pages += s.dirtyPages
                 followed[i].faults += s.faults
             }
-        case let .fork(child, parent, _): followed.append((child, parent, 0, 0, nil))
+        case let .fork(child, parent, _): followed.append((child, parent, 0, 0, nil, nil))
         case let .exit(child, e, _, _, _):
             if let i = followed.firstIndex(where: { $0.pid == child }) { followed[i].end = e }
         case .attach: attached = true
@@ -71,8 +76,14 @@ public struct Summary {
         if execs > 0 { lines.append("  the program called exec \(execs) time(s); tracking restarted each time") }
         for f in followed {
             lines.append(
-                "  process \(f.pid) (forked by \(f.parent)): \(f.pages) dirty pages, \(f.faults) write faults, "
-                    + ended(f.end))
+                "  process \(f.pid)\(f.name.map { " " + $0 } ?? "") (forked by \(f.parent)): \(f.pages) dirty pages, "
+                    + "\(f.faults) write faults, " + ended(f.end))
+        }
+        if !followed.isEmpty {
+            let pages = totalPages + followed.reduce(UInt64(0)) { $0 + $1.pages }
+            let faults = totalFaults + followed.reduce(0) { $0 + $1.faults }
+            lines.append(
+                "  all \(followed.count + 1) processes: \(pages) dirty pages (\(mib(pages)) MiB), \(faults) write faults")
         }
         for u in untracked { lines.append("  " + u) }
         if let end { lines.append("  program " + ended(end)) }
@@ -95,5 +106,14 @@ public struct Summary {
     func format1(_ v: Double) -> String {
         let tenths = Int((v * 10).rounded())
         return "\(tenths / 10).\(tenths % 10)"
+    }
+}
+
+/// How reports name a process: its command's program name (`cc1`, `as`),
+/// from the `exec` record that gave it its image.
+public enum ProcessNaming {
+    public static func name(command: [String], path: String) -> String? {
+        let word = command.first ?? (path.isEmpty ? nil : path)
+        return word.map { String($0.split(separator: "/").last ?? Substring($0)) }
     }
 }

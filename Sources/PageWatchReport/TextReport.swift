@@ -27,6 +27,12 @@ public enum TextReport {
         let log = report.log, process = report.process
         let isProgram = process.pid == log.pid
         out.append("program   \(log.command.joined(separator: " "))")
+        if !isProgram {
+            // A followed child: its own command since its exec, else the image it was forked with.
+            out.append(
+                "command   "
+                    + (process.command?.joined(separator: " ") ?? "(no exec: the image of the process that forked it)"))
+        }
         if isProgram {
             out.append("pid       \(process.pid), \(Format.ending(process.ending))")
         } else {
@@ -60,10 +66,16 @@ public enum TextReport {
         let others = log.processes.filter { $0.pid != process.pid }
         if !others.isEmpty {
             let list = others.map { p in
-                p.pid == log.pid
-                    ? "\(p.pid) (the program)" : p.parent.map { "\(p.pid) (forked by \($0))" } ?? "\(p.pid)"
+                let name = p.command.flatMap { ProcessNaming.name(command: $0, path: "") }.map { " " + $0 } ?? ""
+                return p.pid == log.pid
+                    ? "\(p.pid) (the program)" : p.parent.map { "\(p.pid)\(name) (forked by \($0))" } ?? "\(p.pid)\(name)"
             }
             out.append("processes also in the log: \(list.joined(separator: ", ")); --pid PID reports one of them")
+            let pages = log.processes.reduce(UInt64(0)) { $0 + $1.sweeps.reduce(0) { $0 + $1.dirtyPages } }
+            let faults = log.processes.reduce(0) { $0 + $1.sweeps.reduce(0) { $0 + $1.faults } }
+            out.append(
+                "all       \(log.processes.count) processes: \(pages) pages (\(mib(pages)) MiB) over all their sweeps, \(faults) write faults"
+            )
         }
 
         out.append("")
