@@ -83,7 +83,8 @@ public struct Summary {
             let pages = totalPages + followed.reduce(UInt64(0)) { $0 + $1.pages }
             let faults = totalFaults + followed.reduce(0) { $0 + $1.faults }
             lines.append(
-                "  all \(followed.count + 1) processes: \(pages) dirty pages (\(mib(pages)) MiB), \(faults) write faults")
+                "  all \(followed.count + 1) processes: \(pages) dirty pages (\(mib(pages)) MiB), \(faults) write faults"
+            )
         }
         for u in untracked { lines.append("  " + u) }
         if let end { lines.append("  program " + ended(end)) }

@@ -68,7 +68,8 @@ public enum TextReport {
             let list = others.map { p in
                 let name = p.command.flatMap { ProcessNaming.name(command: $0, path: "") }.map { " " + $0 } ?? ""
                 return p.pid == log.pid
-                    ? "\(p.pid) (the program)" : p.parent.map { "\(p.pid)\(name) (forked by \($0))" } ?? "\(p.pid)\(name)"
+                    ? "\(p.pid) (the program)"
+                    : p.parent.map { "\(p.pid)\(name) (forked by \($0))" } ?? "\(p.pid)\(name)"
             }
             out.append("processes also in the log: \(list.joined(separator: ", ")); --pid PID reports one of them")
             let pages = log.processes.reduce(UInt64(0)) { $0 + $1.sweeps.reduce(0) { $0 + $1.dirtyPages } }
