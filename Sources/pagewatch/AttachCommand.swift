@@ -79,7 +79,7 @@ struct Attach: ParsableCommand {
             let durationText = duration.map { " for \($0)" } ?? ""
             let logName = sink.name
             tracker = Tracker(configuration: configuration) { record in
-                if case let .attach(p, threads, _) = record, isatty(STDERR_FILENO) == 1 {
+                if case let .attach(p, threads, _) = record, !tracking.quiet, isatty(STDERR_FILENO) == 1 {
                     writeAll(
                         STDERR_FILENO,
                         "pagewatch: attached to pid \(p) (\(threads) thread(s))\(durationText), log: \(logName); "

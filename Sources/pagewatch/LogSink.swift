@@ -36,6 +36,7 @@ final class LogSink {
     }
 
     func write(_ record: LogRecord) {
+        defer { StatusLine.shared.note(record) }
         if case let .untracked(pid, reason, _) = record, failure == nil {
             // Never only in the log: the user must know the report stops here.
             // (Not when the log's own failure stopped it: that was said.)
@@ -74,6 +75,7 @@ final class LogSink {
     }
 
     func finish() {
+        StatusLine.shared.clear()
         if let fd {
             // close(2) can report a delayed write error (NFS, quotas).
             if fd != STDOUT_FILENO, close(fd) != 0, failure == nil {

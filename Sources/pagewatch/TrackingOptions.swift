@@ -40,6 +40,11 @@ struct TrackingOptions: ParsableArguments {
     @Flag(name: .long, help: "Overwrite an existing --output file instead of keeping it as PATH.old.")
     var force = false
 
+    @Flag(
+        name: [.customShort("q"), .long],
+        help: "No live status line on a terminal (elapsed time, sweeps, dirty rate, faults per second, where the log goes).")
+    var quiet = false
+
     @Option(
         name: .long, parsing: .unconditional,
         help: ArgumentHelp(
@@ -144,7 +149,9 @@ struct TrackingOptions: ParsableArguments {
 
     func openSink() -> LogSink {
         do {
-            return try LogSink(path: output, keepingOld: !force)
+            let sink = try LogSink(path: output, keepingOld: !force)
+            if !quiet { StatusLine.shared.start(destination: output == nil ? "a summary at the end" : sink.name) }
+            return sink
         } catch {
             fail("cannot open --output '\(output ?? "")': \(error)", status: 1)
         }

@@ -64,6 +64,46 @@ import Testing
         #expect(!FileManager.default.fileExists(atPath: "/dev/null.old"))
     }
 
+    /// The live view, in a real terminal (tmux): one status line while the
+    /// program runs, gone before the summary; none with --quiet.
+    @Test(arguments: [false, true])
+    func statusLineAtATerminalOnly(quiet: Bool) throws {
+        let session = "pagewatch-status-\(getpid())-\(quiet)"
+        let done = Harness.temporaryPath("\(session).done")
+        try? FileManager.default.removeItem(atPath: done)
+        // A program that sweeps for about 2 s without a word of its own.
+        let program = "python3 -c 'import time\nfor _ in range(20): time.sleep(0.1); bytearray(10**6)'"
+        let command =
+            "\(Harness.pagewatch) run \(quiet ? "--quiet " : "")--interval 200ms \(program); touch \(done); sleep 60"
+        // Through system(3), not Foundation's Process: the tmux server stays
+        // behind, and Process would wait for it as for a child.
+        let pane = Harness.temporaryPath("\(session).pane")
+        func capture() -> String {
+            _ = system("tmux capture-pane -p -t \(session) > \(pane) 2>/dev/null")
+            return (try? String(contentsOfFile: pane, encoding: .utf8)) ?? ""
+        }
+        let quoted = "'" + command.replacingOccurrences(of: "'", with: "'\\''") + "'"
+        #expect(system("tmux new-session -d -s \(session) -x 200 -y 50 \(quoted) </dev/null >/dev/null 2>&1") == 0)
+        defer { _ = system("tmux kill-session -t \(session) >/dev/null 2>&1") }
+        usleep(1_500_000)
+        let during = capture()
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: done) && Date() < deadline { usleep(100_000) }
+        let after = capture()
+        let statusLines = { (pane: String) in pane.split(separator: "\n").filter { $0.contains(" faults/s, log: ") } }
+        if quiet {
+            #expect(statusLines(during).isEmpty, "\(during)")
+        } else {
+            #expect(statusLines(during).count == 1, "\(during)")
+            #expect(statusLines(during).first?.hasPrefix("pagewatch: ") == true)
+            #expect(statusLines(during).first?.hasSuffix("log: a summary at the end") == true)
+        }
+        // The summary stands alone: no status line left above or inside it.
+        #expect(statusLines(after).isEmpty, "\(after)")
+        #expect(after.split(separator: "\n").contains { $0.hasPrefix("pagewatch: pid ") })
+        #expect(after.contains("program exited with status 0"))
+    }
+
     @Test func missingProgramExits127LikeAShell() throws {
         let r = try pagewatch(["run", "--", "/nonexistent/program"])
         #expect(r.status == 127)
