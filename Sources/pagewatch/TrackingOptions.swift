@@ -42,7 +42,9 @@ struct TrackingOptions: ParsableArguments {
 
     @Flag(
         name: [.customShort("q"), .long],
-        help: "No live status line on a terminal (elapsed time, sweeps, dirty rate, faults per second, where the log goes).")
+        help:
+            "No live status line on a terminal (elapsed time, sweeps, dirty rate, faults per second, where the log goes)."
+    )
     var quiet = false
 
     @Option(
