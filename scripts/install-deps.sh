@@ -11,9 +11,9 @@ set -euo pipefail
 # report tests); chromium, headless, to render `pagewatch report --format html` in them;
 # binutils for `strip` (the stripped-program attribution test); the runtimes the
 # real-program tests run under PageWatch: a JVM, Go, Node.js, Rust, and liburing
-# for the io_uring fixture.
+# for the io_uring fixture; tmux, a terminal for the live status line's test.
 packages=(libunwind-dev libdw-dev pkg-config strace python3 chromium binutils
-          default-jdk-headless golang-go nodejs rustc liburing-dev)
+          default-jdk-headless golang-go nodejs rustc liburing-dev tmux)
 # `make bench`'s programs section: redis-server, attached under redis-benchmark
 # (redis-tools), and gcc, which it compiles with; java and node come with the list above.
 if [ "${1:-}" = bench ]; then

@@ -27,6 +27,15 @@ public struct WatchResult: Sendable {
         writes(inPhase: phase, pid: pid).filter { $0.writer == writer }.map(\.page).sorted()
     }
 
+    /// The pages of `phase` whose writer's call stack has `function` in it:
+    /// the storing function or any caller (`fill` that calls `memset`,
+    /// whatever libc's memset is named on this CPU), or a function that made
+    /// the call the kernel wrote for. Sorted, as `pages(writtenBy:)`.
+    public func pages(writtenThrough function: String, inPhase phase: Int, pid: Int32? = nil) -> [UInt64] {
+        writes(inPhase: phase, pid: pid).filter { w in w.frames.contains { $0.function == function } }.map(\.page)
+            .sorted()
+    }
+
     /// Who wrote each page first in `phase` of process `pid` (the program by
     /// default): page address → `WriteEvent.writer`.
     public func writers(inPhase phase: Int, pid: Int32? = nil) -> [UInt64: String] {

@@ -21,8 +21,9 @@ public enum JSONLines {
             return "{\"type\":\"start\",\"schema\":\"\(schema.name)\",\"pid\":\(pid),\"page_size\":\(pageSize),"
                 + "\"command\":\(array(command)),\"tracked\":\(array(tracked)),\"time_ns\":\(timeNs),"
                 + "\"selected_pages\":\(selectedPages),\"pagewatch_version\":\(string(PageWatchVersion.current))}"
-        case let .exec(pid, path, timeNs):
-            return "{\"type\":\"exec\",\"pid\":\(pid),\"path\":\(string(path)),\"time_ns\":\(timeNs)}"
+        case let .exec(pid, path, command, timeNs):
+            return "{\"type\":\"exec\",\"pid\":\(pid),\"path\":\(string(path)),\"time_ns\":\(timeNs)"
+                + (command.isEmpty ? "" : ",\"command\":\(array(command))") + "}"
         case let .sweep(s):
             return sweep(s, newline: false)
         case let .fork(pid, parent, timeNs):

@@ -44,6 +44,9 @@ public struct LoggedProcess: Sendable {
     public var sweeps: [LoggedSweep] = []
     /// Paths of the `exec` records, in order.
     public var execs: [String] = []
+    /// The command line of its last `exec` record that has one; nil
+    /// before any (the program's is the `start` record's).
+    public var command: [String]?
     /// Reasons of `untracked` records: tracking stopped for these.
     public var untracked: [String] = []
     /// `missed` records (`--verify-contents`): the sweep and how many pages
@@ -452,6 +455,10 @@ struct Record {
         case "exec":
             let i = index(try integer("pid"), log.startNs)
             log.processes[i].execs.append(try string("path"))
+            if let words = fields["command"] as? [Any] {
+                let command = words.compactMap { $0 as? String }
+                if !command.isEmpty { log.processes[i].command = command }
+            }
         case "fork":
             let pid: Int32 = try integer("pid")
             let i = index(pid, try integer("time_ns"))

@@ -100,7 +100,8 @@ public enum LogRecord: Sendable, Equatable {
         pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64, selectedPages: UInt64 = 0,
         schema: LogSchema = .current)
     /// The program called exec: tracking restarted on the new image.
-    case exec(pid: Int32, path: String, timeNs: UInt64)
+    /// `command`: its new command line (empty when it could not be read).
+    case exec(pid: Int32, path: String, command: [String] = [], timeNs: UInt64)
     case sweep(SweepRecord)
     /// `--follow-forks`: a new tracked process (a fork child, or a vfork
     /// child at its exec), with its own sweeps from here on.

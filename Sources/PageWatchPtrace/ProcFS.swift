@@ -73,6 +73,25 @@ public enum ProcFS {
         return String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// The process's command line (`/proc/PID/cmdline`), empty when it
+    /// cannot be read. At an exec stop it is the new image's.
+    public static func commandLine(of pid: Int32) -> [String] {
+        let fd = open("/proc/\(pid)/cmdline", O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return [] }
+        defer { close(fd) }
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 4096)
+        while bytes.count < 1 << 20 {
+            let n = Glibc.read(fd, &chunk, chunk.count)
+            if n < 0, errno == EINTR { continue }
+            guard n > 0 else { break }
+            bytes += chunk[0..<n]
+        }
+        if bytes.last == 0 { bytes.removeLast() }
+        guard !bytes.isEmpty else { return [] }
+        return bytes.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+    }
+
     /// A value of the process's auxiliary vector (`/proc/PID/auxv`), or nil.
     public static func auxiliaryValue(pid: Int32, key: UInt64) throws -> UInt64? {
         let fd = open("/proc/\(pid)/auxv", O_RDONLY | O_CLOEXEC)

@@ -3,11 +3,36 @@ import PageWatchLog
 /// `pagewatch report --format text`: the run's summary, a table of sweeps,
 /// the dirty rate, and the top writers in the manner of `perf report --stdio`.
 public enum TextReport {
-    public static func render(_ report: ProcessReport) -> String {
+    /// Which rows of the top writers a text report lists.
+    public struct WriterLimits: Sendable {
+        /// At most this many rows; nil for all.
+        public var top: Int?
+        /// Rows below this share of the pages are left out.
+        public var minPercent: Double
+        /// Rows of call stacks with no page (their writes all counted elsewhere).
+        public var emptyRows: Bool
+
+        public init(top: Int? = nil, minPercent: Double = 0, emptyRows: Bool = true) {
+            self.top = top
+            self.minPercent = minPercent
+            self.emptyRows = emptyRows
+        }
+
+        /// Everything, one row per call stack as logged.
+        public static let all = WriterLimits()
+    }
+
+    public static func render(_ report: ProcessReport, writers limits: WriterLimits = .all) -> String {
         var out: [String] = []
         let log = report.log, process = report.process
         let isProgram = process.pid == log.pid
         out.append("program   \(log.command.joined(separator: " "))")
+        if !isProgram {
+            // A followed child: its own command since its exec, else the image it was forked with.
+            out.append(
+                "command   "
+                    + (process.command?.joined(separator: " ") ?? "(no exec: the image of the process that forked it)"))
+        }
         if isProgram {
             out.append("pid       \(process.pid), \(Format.ending(process.ending))")
         } else {
@@ -41,10 +66,17 @@ public enum TextReport {
         let others = log.processes.filter { $0.pid != process.pid }
         if !others.isEmpty {
             let list = others.map { p in
-                p.pid == log.pid
-                    ? "\(p.pid) (the program)" : p.parent.map { "\(p.pid) (forked by \($0))" } ?? "\(p.pid)"
+                let name = p.command.flatMap { ProcessNaming.name(command: $0, path: "") }.map { " " + $0 } ?? ""
+                return p.pid == log.pid
+                    ? "\(p.pid) (the program)"
+                    : p.parent.map { "\(p.pid)\(name) (forked by \($0))" } ?? "\(p.pid)\(name)"
             }
             out.append("processes also in the log: \(list.joined(separator: ", ")); --pid PID reports one of them")
+            let pages = log.processes.reduce(UInt64(0)) { $0 + $1.sweeps.reduce(0) { $0 + $1.dirtyPages } }
+            let faults = log.processes.reduce(0) { $0 + $1.sweeps.reduce(0) { $0 + $1.faults } }
+            out.append(
+                "all       \(log.processes.count) processes: \(pages) pages (\(mib(pages)) MiB) over all their sweeps, \(faults) write faults"
+            )
         }
 
         out.append("")
@@ -59,7 +91,7 @@ public enum TextReport {
         }
 
         out.append("")
-        out += writersTable(report)
+        out += writersTable(report, limits: limits)
         return out.joined(separator: "\n") + "\n"
     }
 
@@ -112,27 +144,72 @@ public enum TextReport {
             + (report.reportedAgainPages > 0 ? "; so are \(report.reportedAgainPages) pages reported again)" : ")")
     }
 
-    static func writersTable(_ report: ProcessReport) -> [String] {
+    /// One row of the writers table: call stacks that print alike (the
+    /// same function, line and callers as far as the row shows them)
+    /// summed into one.
+    struct WriterRow: Equatable {
+        var function: String
+        var location: String?
+        var callers: String
+        var pages: UInt64
+        var faults: Int
+    }
+
+    static func rows(_ writers: [Writer]) -> [WriterRow] {
+        var rows: [WriterRow] = []
+        var index: [String: Int] = [:]
+        for w in writers {
+            let name = FrameNaming.writer(w.frames)
+            let callers = callerChain(w.frames)
+            let key = name.function + "\u{0}" + (name.location ?? "") + "\u{0}" + callers
+            if let i = index[key] {
+                rows[i].pages += w.pages
+                rows[i].faults += w.faults
+            } else {
+                index[key] = rows.count
+                rows.append(
+                    WriterRow(
+                        function: name.function, location: name.location, callers: callers, pages: w.pages,
+                        faults: w.faults))
+            }
+        }
+        // Stable: ties keep the order in which the stacks were first seen.
+        return rows.enumerated().sorted { a, b in
+            if a.element.pages != b.element.pages { return a.element.pages > b.element.pages }
+            if a.element.faults != b.element.faults { return a.element.faults > b.element.faults }
+            return a.offset < b.offset
+        }.map(\.element)
+    }
+
+    static func writersTable(_ report: ProcessReport, limits: WriterLimits = .all) -> [String] {
         guard !report.sweeps.isEmpty else { return ["top writers: none (no sweeps in this log)"] }
         guard report.hasSites else {
             return ["top writers: none in this log (it was written with --stack-depth 0)"]
         }
         let writers = report.writers
         let total = writers.reduce(UInt64(0)) { $0 + $1.pages }
+        let all = rows(writers)
+        let share = { (pages: UInt64) in total == 0 ? 0 : Double(pages) * 100 / Double(total) }
+        var shown = all.filter { (limits.emptyRows || $0.pages > 0) && share($0.pages) >= limits.minPercent }
+        if let top = limits.top { shown = Array(shown.prefix(top)) }
         var out = [
             "top writers: \(writers.count) call stacks, \(total) pages (each sweep's sites summed by call stack)"
         ]
-        let names = writers.map { FrameNaming.writer($0.frames) }
-        let width = min(60, max(8, names.map(\.function.count).max() ?? 0))
+        let width = min(60, max(8, shown.map(\.function.count).max() ?? 0))
         out.append("     pages    share   faults  " + Format.padRight("function", width) + "  file:line")
-        for (w, name) in zip(writers, names) {
-            let share = total == 0 ? 0 : Double(w.pages) * 100 / Double(total)
+        for row in shown {
             out.append(
-                Format.padLeft(String(w.pages), 10) + Format.padLeft(Format.fixed(share, 2) + "%", 9)
-                    + Format.padLeft(String(w.faults), 9) + "  " + Format.padRight(name.function, width)
-                    + "  " + (name.location ?? "-"))
-            let callers = callerChain(w.frames)
-            if !callers.isEmpty { out.append(String(repeating: " ", count: 30) + callers) }
+                Format.padLeft(String(row.pages), 10) + Format.padLeft(Format.fixed(share(row.pages), 2) + "%", 9)
+                    + Format.padLeft(String(row.faults), 9) + "  " + Format.padRight(row.function, width)
+                    + "  " + (row.location ?? "-"))
+            if !row.callers.isEmpty { out.append(String(repeating: " ", count: 30) + row.callers) }
+        }
+        let left = all.count - shown.count
+        if left > 0 {
+            let pages = total - shown.reduce(UInt64(0)) { $0 + $1.pages }
+            out.append(
+                "     \(left) more row(s), \(pages) pages (\(Format.fixed(share(pages), 2))%): --top 0 --min-percent 0 --empty-rows lists them all"
+            )
         }
         return out
     }

@@ -75,7 +75,18 @@ struct Attach: ParsableCommand {
             configuration.durationNs = duration.flatMap(IntervalParser.parse)
             configuration.maxSweeps = sweeps
             sink = tracking.openSink()
-            tracker = Tracker(configuration: configuration) { sink.write($0) }
+            // At a terminal, say that it is attached and how it ends (scripts see nothing of it).
+            let durationText = duration.map { " for \($0)" } ?? ""
+            let logName = sink.name
+            tracker = Tracker(configuration: configuration) { record in
+                if case let .attach(p, threads, _) = record, !tracking.quiet, isatty(STDERR_FILENO) == 1 {
+                    writeAll(
+                        STDERR_FILENO,
+                        "pagewatch: attached to pid \(p) (\(threads) thread(s))\(durationText), log: \(logName); "
+                            + "Ctrl-C detaches, the program runs on\n")
+                }
+                sink.write(record)
+            }
         } catch {
             fail("\(error)", status: 2)
         }

@@ -16,11 +16,18 @@ final class LogSink {
     /// Bytes of whole lines written: a line cut by a full disk is cut back to here.
     private var whole: off_t = 0
 
-    init(path: String?) throws {
+    /// `keepingOld`: an existing regular file at `path` is renamed to
+    /// `path.old` first (perf's habit), replacing an older one.
+    init(path: String?, keepingOld: Bool = false) throws {
         switch path {
         case nil: fd = nil; name = "stderr"
         case "-": fd = STDOUT_FILENO; name = "stdout"
         case let p?:
+            var st = stat()
+            // Not a FIFO or a device (/dev/null): those are written to as they are.
+            if keepingOld, stat(p, &st) == 0, st.st_mode & S_IFMT == S_IFREG, rename(p, p + ".old") != 0 {
+                throw LogSinkError.keepingOld(p + ".old", Errno(errno))
+            }
             let f = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
             guard f >= 0 else { throw Errno(errno) }
             fd = f
@@ -29,6 +36,7 @@ final class LogSink {
     }
 
     func write(_ record: LogRecord) {
+        defer { StatusLine.shared.note(record) }
         if case let .untracked(pid, reason, _) = record, failure == nil {
             // Never only in the log: the user must know the report stops here.
             // (Not when the log's own failure stopped it: that was said.)
@@ -67,6 +75,7 @@ final class LogSink {
     }
 
     func finish() {
+        StatusLine.shared.clear()
         if let fd {
             // close(2) can report a delayed write error (NFS, quotas).
             if fd != STDOUT_FILENO, close(fd) != 0, failure == nil {
@@ -76,6 +85,16 @@ final class LogSink {
             }
         } else {
             writeAll(STDERR_FILENO, summary.render())
+        }
+    }
+}
+
+enum LogSinkError: Error, CustomStringConvertible {
+    case keepingOld(String, Errno)
+
+    var description: String {
+        switch self {
+        case let .keepingOld(path, errno): "cannot keep the existing log as \(path): \(errno) (--force overwrites it)"
         }
     }
 }

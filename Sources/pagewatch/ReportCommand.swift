@@ -10,7 +10,9 @@ struct Report: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Summarize a pagewatch/2 or pagewatch/1 log: sweeps, dirty rate and the top writers.",
         discussion: """
-            Formats: text (default) is a summary, a table of sweeps and the top writers; \
+            Formats: text (default) is a summary, a table of sweeps and the top writers (call \
+            stacks that print alike summed into one row; --top, --min-percent and --empty-rows \
+            choose the rows); \
             folded is one `outer;...;inner PAGES` line per call stack for flamegraph.pl, \
             inferno or speedscope; html is one self-contained page with a chart of the dirty \
             rate, a map of the pages each sweep dirtied and the top writers.
@@ -39,8 +41,31 @@ struct Report: ParsableCommand {
     @Option(name: .long, help: ArgumentHelp("Report this process of the log (default: the program).", valueName: "PID"))
     var pid: Int32?
 
+    @Option(
+        name: .long, parsing: .unconditional,
+        help: ArgumentHelp("Text: list at most N top writers; 0 = all (default 20).", valueName: "N"))
+    var top: Int = 20
+
+    @Option(
+        name: .long, parsing: .unconditional,
+        help: ArgumentHelp(
+            "Text: leave out writers below this share of the pages (default 0).", valueName: "P"))
+    var minPercent: Double = 0
+
+    @Flag(
+        name: .long,
+        help: "Text: list writers with no page of their own too (their writes counted in another row).")
+    var emptyRows = false
+
     @Argument(help: ArgumentHelp("The JSON Lines log (pagewatch run --output); - for stdin.", valueName: "LOG.jsonl"))
     var log: String
+
+    func validate() throws {
+        if top < 0 { throw ValidationError("invalid --top \(top) (expected 0 for all, or a count)") }
+        if !(0...100).contains(minPercent) {
+            throw ValidationError("invalid --min-percent \(minPercent) (expected 0 to 100)")
+        }
+    }
 
     func run() throws {
         let report: ProcessReport
@@ -59,7 +84,11 @@ struct Report: ParsableCommand {
         }
         let text: String
         switch format {
-        case .text: text = TextReport.render(report)
+        case .text:
+            text = TextReport.render(
+                report,
+                writers: TextReport.WriterLimits(
+                    top: top == 0 ? nil : top, minPercent: minPercent, emptyRows: emptyRows))
         case .folded:
             text = FoldedReport.render(report)
             // An empty flame graph says nothing about why: say it once, off the data stream.

@@ -9,7 +9,8 @@ struct Run: ParsableCommand {
             Tracked memory is made read-only; each first write to a page is caught, recorded, \
             and the page made writable again. A sweep reports the pages written since the \
             previous sweep and re-arms them. Tracking starts at the first sweep, which reports \
-            every selected page (all of it is new to PageWatch).
+            every selected page (all of it is new to PageWatch): those that hold data in ranges, \
+            the rest in zero_ranges and file_ranges.
 
             Shared mappings (MAP_SHARED, SysV shm, memfd), [vdso], [vvar] and [vsyscall] are \
             never tracked.
@@ -28,13 +29,27 @@ struct Run: ParsableCommand {
 
     @OptionGroup var tracking: TrackingOptions
 
+    // As strace, perf and valgrind: the first argument that is not one of
+    // pagewatch's options starts the program's command line, and what
+    // follows is the program's own, dashes included. A `--` before it is
+    // still taken.
     @Argument(
-        parsing: .postTerminator, help: ArgumentHelp("The program and its arguments, after --.", valueName: "PROGRAM"))
-    var program: [String] = []
+        parsing: .captureForPassthrough,
+        help: ArgumentHelp("The program and its arguments (a -- before them is optional).", valueName: "PROGRAM"))
+    var words: [String] = []
+
+    /// The program's command line: `words` without the `--` before it.
+    var program: [String] { words.first == "--" ? Array(words.dropFirst()) : words }
 
     func validate() throws {
+        // Passthrough parsing captures what it does not know, flags too:
+        // the help flags, and a mistyped option, before the program.
+        if let first = words.first, first.hasPrefix("-"), first != "--" {
+            if ["-h", "--help"].contains(first) { throw CleanExit.helpRequest(self) }
+            throw ValidationError("unknown option '\(first)' (a program whose name starts with - goes after --)")
+        }
         if program.isEmpty {
-            throw ValidationError("missing PROGRAM after -- (pagewatch run [OPTIONS] -- PROGRAM [ARGS...])")
+            throw ValidationError("missing PROGRAM (pagewatch run [OPTIONS] [--] PROGRAM [ARGS...])")
         }
     }
 

@@ -1,3 +1,4 @@
+import Glibc
 import ArgumentParser
 import PageWatchEngine
 import PageWatchLog
@@ -14,8 +15,9 @@ struct TrackingOptions: ParsableArguments {
             valueName: "SPEC"))
     var track: [String] = []
 
+    // Unconditional: `--interval -1` is a bad value, not a missing one.
     @Option(
-        name: .long,
+        name: .long, parsing: .unconditional,
         help: ArgumentHelp("Time between periodic sweeps: 250ms, 2s, ...; 0 = none.", valueName: "DURATION"))
     var interval: String = "1s"
 
@@ -27,14 +29,26 @@ struct TrackingOptions: ParsableArguments {
     var sweepSignal: String?
 
     @Option(
-        name: .long,
+        name: [.customShort("o"), .long],
         help: ArgumentHelp(
             "Write the JSON Lines log (schema pagewatch/2, see --schema) here; - for stdout. Without it a summary goes to stderr.",
+            discussion:
+                "An existing file is kept as PATH.old (replacing an older one) unless --force. With -, `run` gives the program PageWatch's stderr as its stdout, so that the log can be piped (pagewatch run -o - PROG | pagewatch report -).",
             valueName: "PATH"))
     var output: String?
 
+    @Flag(name: .long, help: "Overwrite an existing --output file instead of keeping it as PATH.old.")
+    var force = false
+
+    @Flag(
+        name: [.customShort("q"), .long],
+        help:
+            "No live status line on a terminal (elapsed time, sweeps, dirty rate, faults per second, where the log goes)."
+    )
+    var quiet = false
+
     @Option(
-        name: .long,
+        name: .long, parsing: .unconditional,
         help: ArgumentHelp(
             "Frames recorded for each page's writer (its call stack at the first write, or at the syscall the kernel wrote for); 0 = no attribution, a cheaper fault path.",
             valueName: "N"))
@@ -130,12 +144,16 @@ struct TrackingOptions: ParsableArguments {
         c.verifyContents = verifyContents
         c.presume = PresumeMode(rawValue: presume)!
         c.schema = LogSchema(name: schema)!
+        // The log owns stdout: the program's output must not run into it.
+        if output == "-" { c.standardOutput = STDERR_FILENO }
         return c
     }
 
     func openSink() -> LogSink {
         do {
-            return try LogSink(path: output)
+            let sink = try LogSink(path: output, keepingOld: !force)
+            if !quiet { StatusLine.shared.start(destination: output == nil ? "a summary at the end" : sink.name) }
+            return sink
         } catch {
             fail("cannot open --output '\(output ?? "")': \(error)", status: 1)
         }

@@ -108,6 +108,25 @@ struct FIFODriven {
 
 /// `pagewatch attach` on programs started outside PageWatch.
 @Suite(.serialized) struct AttachTests {
+    /// At a terminal (a pty: `script`), attach says that it is attached and
+    /// how to detach; with stderr a file, nothing.
+    @Test func saysItIsAttachedAtATerminalOnly() throws {
+        let program = try Background([Harness.fixture("fx_busy"), "stdin"])
+        #expect(program.waitFor("ready"))
+        let log = Harness.temporaryPath("attach-tty.jsonl")
+        let attach = "\(Harness.pagewatch) attach --duration 500ms --force --output \(log) \(program.pid)"
+        let tty = try Harness.run(["/usr/bin/script", "-qec", attach, "/dev/null"], timeout: 60)
+        #expect(tty.status == 0, "\(tty.stdout)")
+        #expect(tty.stdout.contains("pagewatch: attached to pid \(program.pid) (1 thread(s)) for 500ms, log: \(log); "))
+        #expect(tty.stdout.contains("Ctrl-C detaches, the program runs on"))
+        let plain = try Harness.run(
+            [Harness.pagewatch, "attach", "--duration", "500ms", "--force", "--output", log, String(program.pid)])
+        #expect(plain.status == 0)
+        #expect(plain.stderr.isEmpty)
+        program.send("x")
+        #expect(program.finish() == 0)
+    }
+
     func attach(_ pid: Int32, _ extra: [String], log: String) throws -> Harness.Result {
         try Harness.run([Harness.pagewatch, "attach", "--output", log] + extra + [String(pid)], timeout: 120)
     }

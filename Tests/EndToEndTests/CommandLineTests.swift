@@ -13,7 +13,10 @@ import Testing
         (["run", "--track", "0xzz-0x1000", "--", "/bin/true"], "malformed range"),
         (["run", "--interval", "fast", "--", "/bin/true"], "invalid --interval 'fast'"),
         (["run", "--interval=-1s", "--", "/bin/true"], "invalid --interval"),
-        (["run", "/bin/true"], "missing PROGRAM after --"),
+        (["run", "--interval", "-1", "--", "/bin/true"], "invalid --interval '-1'"),
+        (["run", "--stack-depth", "-1", "/bin/true"], "invalid --stack-depth -1"),
+        (["run", "--"], "missing PROGRAM"),
+        (["run", "--intervall", "1s", "true"], "unknown option '--intervall'"),
         (["run", "--sweep-signal", "NOPE", "--", "/bin/true"], "invalid --sweep-signal 'NOPE'"),
         (["run", "--sweep-signal", "KILL", "--", "/bin/true"], "cannot be SIGKILL"),
         (["run", "--spin-wait", "2s", "--", "/bin/true"], "invalid --spin-wait '2s'"),
@@ -25,6 +28,80 @@ import Testing
         #expect(r.stderr.hasPrefix("pagewatch: "))
         #expect(r.stderr.contains(message))
         #expect(r.stdout.isEmpty)
+    }
+
+    /// As strace and perf: the program starts at the first word that is not
+    /// one of pagewatch's options, and everything after it is its own.
+    @Test func theProgramNeedsNoDoubleDash() throws {
+        let script = "echo \"$@\"; exit 4"
+        for args in [
+            ["run", "--interval", "0", "sh", "-c", script, "sh", "-x", "--interval", "5", "--"],
+            ["run", "--interval", "0", "--", "sh", "-c", script, "sh", "-x", "--interval", "5", "--"],
+        ] {
+            let r = try pagewatch(args)
+            #expect(r.stdout == "-x --interval 5 --\n", "\(args)")
+            #expect(r.status == 4)
+        }
+    }
+
+    /// `-o` is `--output`; an existing log is kept as NAME.old unless --force.
+    @Test func anExistingLogIsKeptAsOld() throws {
+        let log = Harness.temporaryPath("kept.jsonl")
+        try? FileManager.default.removeItem(atPath: log + ".old")
+        defer { try? FileManager.default.removeItem(atPath: log + ".old") }
+        func command(_ path: String) throws -> String? {
+            try Harness.readLog(path).first?["command"].flatMap { ($0 as? [String])?.last }
+        }
+        #expect(try pagewatch(["run", "-o", log, "echo", "first"]).status == 0)
+        #expect(try pagewatch(["run", "-o", log, "echo", "second"]).status == 0)
+        #expect(try command(log) == "second")
+        #expect(try command(log + ".old") == "first")
+        #expect(try pagewatch(["run", "--force", "--output", log, "echo", "third"]).status == 0)
+        #expect(try command(log) == "third")
+        #expect(try command(log + ".old") == "first")
+        // Not a regular file: written as it is, nothing renamed.
+        #expect(try pagewatch(["run", "-o", "/dev/null", "true"]).status == 0)
+        #expect(!FileManager.default.fileExists(atPath: "/dev/null.old"))
+    }
+
+    /// The live view, in a real terminal (tmux): one status line while the
+    /// program runs, gone before the summary; none with --quiet.
+    @Test(arguments: [false, true])
+    func statusLineAtATerminalOnly(quiet: Bool) throws {
+        let session = "pagewatch-status-\(getpid())-\(quiet)"
+        let done = Harness.temporaryPath("\(session).done")
+        try? FileManager.default.removeItem(atPath: done)
+        // A program that sweeps for about 2 s without a word of its own.
+        let program = "python3 -c 'import time\nfor _ in range(20): time.sleep(0.1); bytearray(10**6)'"
+        let command =
+            "\(Harness.pagewatch) run \(quiet ? "--quiet " : "")--interval 200ms \(program); touch \(done); sleep 60"
+        // Through system(3), not Foundation's Process: the tmux server stays
+        // behind, and Process would wait for it as for a child.
+        let pane = Harness.temporaryPath("\(session).pane")
+        func capture() -> String {
+            _ = system("tmux capture-pane -p -t \(session) > \(pane) 2>/dev/null")
+            return (try? String(contentsOfFile: pane, encoding: .utf8)) ?? ""
+        }
+        let quoted = "'" + command.replacingOccurrences(of: "'", with: "'\\''") + "'"
+        #expect(system("tmux new-session -d -s \(session) -x 200 -y 50 \(quoted) </dev/null >/dev/null 2>&1") == 0)
+        defer { _ = system("tmux kill-session -t \(session) >/dev/null 2>&1") }
+        usleep(1_500_000)
+        let during = capture()
+        let deadline = Date().addingTimeInterval(60)
+        while !FileManager.default.fileExists(atPath: done) && Date() < deadline { usleep(100_000) }
+        let after = capture()
+        let statusLines = { (pane: String) in pane.split(separator: "\n").filter { $0.contains(" faults/s, log: ") } }
+        if quiet {
+            #expect(statusLines(during).isEmpty, "\(during)")
+        } else {
+            #expect(statusLines(during).count == 1, "\(during)")
+            #expect(statusLines(during).first?.hasPrefix("pagewatch: ") == true)
+            #expect(statusLines(during).first?.hasSuffix("log: a summary at the end") == true)
+        }
+        // The summary stands alone: no status line left above or inside it.
+        #expect(statusLines(after).isEmpty, "\(after)")
+        #expect(after.split(separator: "\n").contains { $0.hasPrefix("pagewatch: pid ") })
+        #expect(after.contains("program exited with status 0"))
     }
 
     @Test func missingProgramExits127LikeAShell() throws {
@@ -96,6 +173,7 @@ import Testing
     @Test func helpNamesWhatIsNeverTracked() throws {
         let r = try pagewatch(["run", "--help"])
         #expect(r.status == 0)
+        #expect(try pagewatch(["run", "-h"]).stdout == r.stdout)
         #expect(r.stdout.contains("[vdso]"))
         #expect(r.stdout.contains("Shared mappings"))
         #expect(r.stdout.contains("PTRACE_O_EXITKILL"))

@@ -78,6 +78,46 @@ import Testing
         #expect(pageColumn == [8, 2, 1, 1, 1, 1])
     }
 
+    @Test func topAndMinPercentChooseTheRows() throws {
+        let run = try record()
+        let all = Self.rows(try report(["--top", "0", "--empty-rows", run.log]).stdout)
+        let one = try report(["--top", "1", run.log])
+        #expect(one.status == 0)
+        let rows = Self.rows(one.stdout)
+        let table = { (rows: [String]) in rows.drop { !$0.hasPrefix("pages share faults") }.dropFirst() }
+        // The first row (and its callers' line) is the same; the rest is one line saying what is left out.
+        #expect(table(rows).first == table(all).first)
+        #expect(rows.last?.contains("more row(s)") == true && rows.last?.contains("--top 0") == true)
+        #expect(!all.contains { $0.contains("more row(s)") })
+        let bad = try report(["--top", "-1", run.log])
+        #expect(bad.status == 2 && bad.stderr.contains("invalid --top -1"))
+        let badShare = try report(["--min-percent", "101", run.log])
+        #expect(badShare.status == 2 && badShare.stderr.contains("invalid --min-percent"))
+    }
+
+    /// A followed child is named by the command its exec gave it, in the
+    /// log, the summary and the report, with a total across processes.
+    @Test func followedChildrenAreNamedByTheirCommand() throws {
+        let log = Harness.temporaryPath("named-\(UUID().uuidString).jsonl")
+        let command = ["sh", "-c", "/bin/echo hi; true"]
+        let run = try Harness.run(
+            [Harness.pagewatch, "run", "--follow-forks", "--interval", "0", "--output", log] + command)
+        #expect(run.status == 0 && run.stdout == "hi\n")
+        let records = try Harness.readLog(log)
+        let exec = try #require(records.first { $0["type"] as? String == "exec" })
+        #expect(exec["command"] as? [String] == ["/bin/echo", "hi"])
+        let child = try #require(exec["pid"] as? Int)
+        let summary = try Harness.run(
+            [Harness.pagewatch, "run", "--follow-forks", "--interval", "0"] + command)
+        #expect(summary.stderr.contains(" echo (forked by "))
+        #expect(summary.stderr.contains("  all 2 processes: "))
+        let program = try report([log])
+        #expect(program.stdout.contains("processes also in the log: \(child) echo (forked by "))
+        #expect(Self.rows(program.stdout).contains { $0.hasPrefix("all 2 processes: ") })
+        let echo = try report(["--pid", String(child), log])
+        #expect(echo.stdout.contains("command   /bin/echo hi\n"))
+    }
+
     @Test func foldedHasOneStackPerWriterOutermostFirst() throws {
         let run = try record()
         let result = try report(["--format", "folded", run.log])

@@ -4,7 +4,7 @@ import Testing
 /// Where tracking begins, a sweep reports what memory holds, not all that
 /// is mapped (fx_many_threads: 200 threads with 8 MiB stacks of which each
 /// uses a few pages).
-@Suite struct UnwrittenPagesTests {
+@Suite(.serialized) struct UnwrittenPagesTests {
     /// The pages of `fields` of a sweep inside [lo, hi), counted.
     static func count(_ sweep: [String: Any], _ fields: [String], in lo: UInt64, _ hi: UInt64) -> UInt64 {
         var n: UInt64 = 0

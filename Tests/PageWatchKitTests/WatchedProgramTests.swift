@@ -142,6 +142,12 @@ import PageWatchKit
         #expect(result.pages(writtenBy: "[kernel] read", inPhase: 2) == [page(6)])
         #expect(result.pages(writtenBy: "descend", inPhase: 3) == [page(3)])
         #expect(result.pages(writtenBy: "fill_two", inPhase: 3) == [])
+        // Through the stack: main made every phase-2 write (libc's memset and
+        // the kernel's read included); descend's innermost frame is one of 30.
+        #expect(result.pages(writtenThrough: "main", inPhase: 2) == [1, 2, 5, 6, 7].map(page))
+        #expect(result.pages(writtenBy: "main", inPhase: 2) == [])
+        #expect(result.pages(writtenThrough: "descend", inPhase: 3) == [page(3)])
+        #expect(result.pages(writtenThrough: "fill_two", inPhase: 2) == [page(1), page(2)])
         // Phase 1: main mapped the region and wrote every page of it.
         #expect(result.writers(inPhase: 1) == Dictionary(uniqueKeysWithValues: (0..<8).map { (page($0), "main") }))
         #expect(Set(result.writers(inPhase: 2).keys) == Set([1, 2, 5, 6, 7].map(page)))

@@ -198,6 +198,48 @@ enum SampleLog {
         #expect(text.contains("processes also in the log: 101 (forked by 100)"))
     }
 
+    /// Stacks that print alike are one row; --top, --min-percent and
+    /// empty rows choose what is listed, and a last line says what is not.
+    @Test func mergesLookAlikeStacksAndLimitsTheRows() throws {
+        let s = SampleLog.startNs
+        // Two fill stacks differ only below what a row shows (a deeper caller
+        // chain cut at six callers: the same row); one writer has no page.
+        let deep = (0..<8).map { SampleLog.frame("level\($0)", 0x2000 + UInt64($0) * 16) }
+        let fillA = [SampleLog.frame("fill", 0x1200, line: 10)] + deep + [SampleLog.frame("a", 0x3000)]
+        let fillB = [SampleLog.frame("fill", 0x1200, line: 10)] + deep + [SampleLog.frame("b", 0x3100)]
+        let records: [LogRecord] = [
+            .start(pid: SampleLog.pid, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: s),
+            SampleLog.sweep(
+                1, at: s + 1_000_000,
+                [
+                    SampleLog.site(fillA, pages: 6, faults: 6, at: 0x100),
+                    SampleLog.site(fillB, pages: 3, faults: 3, at: 0x200),
+                    SampleLog.site(SampleLog.poke, pages: 1, faults: 1, at: 0x300),
+                    SampleLog.site(SampleLog.kernelRead, pages: 0, faults: 0, at: 0x400),
+                ]),
+            .end(pid: SampleLog.pid, end: .exited(code: 0), sweeps: 1, faults: 10, timeNs: s + 2_000_000),
+        ]
+        let report = try ProcessReport(log: SampleLog.parsed(records.map { JSONLines.encode($0) + "\n" }.joined()))
+        func rows(_ limits: TextReport.WriterLimits) -> [String] {
+            TextReport.render(report, writers: limits).split(separator: "\n").map {
+                $0.split(separator: " ", omittingEmptySubsequences: true).joined(separator: " ")
+            }
+        }
+        let all = rows(.all)
+        #expect(all.contains("9 90.00% 9 fill prog.c:10"))
+        #expect(all.contains("1 10.00% 1 poke prog.c:20"))
+        #expect(all.contains { $0.hasPrefix("0 0.00% 0 [kernel] read") })
+        #expect(!all.contains { $0.contains("more row") })
+        let screen = rows(TextReport.WriterLimits(top: 20, minPercent: 0, emptyRows: false))
+        #expect(!screen.contains { $0.contains("[kernel] read") })
+        #expect(screen.contains("1 more row(s), 0 pages (0.00%): --top 0 --min-percent 0 --empty-rows lists them all"))
+        let one = rows(TextReport.WriterLimits(top: 1, minPercent: 0, emptyRows: true))
+        #expect(one.contains("9 90.00% 9 fill prog.c:10") && !one.contains { $0.contains(" poke ") })
+        #expect(one.contains("2 more row(s), 1 pages (10.00%): --top 0 --min-percent 0 --empty-rows lists them all"))
+        let big = rows(TextReport.WriterLimits(top: nil, minPercent: 50, emptyRows: true))
+        #expect(big.contains("9 90.00% 9 fill prog.c:10") && !big.contains { $0.contains(" poke ") })
+    }
+
     /// A sweep that could not re-arm (format rule 9): the next one reports
     /// its pages again, marked, and the rate does not count them twice.
     @Test func leavesPagesReportedAgainOutOfTheRate() throws {

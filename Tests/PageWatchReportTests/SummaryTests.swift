@@ -40,6 +40,41 @@ import PageWatchLog
                 == #"{"type":"attach","pid":7,"threads":3,"time_ns":1}"#)
     }
 
+    /// Beyond 20 sweeps, the busiest 19 and the last, in order, a line for
+    /// the rest; the rate and the top five writers.
+    @Test func summaryFoldsQuietSweepsAndNamesTopWriters() {
+        var summary = Summary()
+        summary.add(.start(pid: 5, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: 0))
+        let writers = (0..<7).map { [Frame(ip: 0x1000 + UInt64($0), function: "w\($0)")] }
+        for seq in 1...30 {
+            // Sweep k dirties k pages (sweep 30: the exit, 1 page), written by w(k % 7).
+            let pages = UInt64(seq == 30 ? 1 : seq)
+            let site = WriteSite(
+                pages: pages, faults: Int(pages), ranges: [AddressRange(0, pages * 4096)], frames: writers[seq % 7])
+            summary.add(
+                .sweep(
+                    SweepRecord(
+                        seq: seq, pid: 5, reason: seq == 30 ? .exit : .interval, timeNs: UInt64(seq) * 100_000_000,
+                        ranges: [AddressRange(0, pages * 4096)], faults: Int(pages), sites: [site])))
+        }
+        summary.add(.end(pid: 5, end: .exited(code: 0), sweeps: 30, faults: 0, timeNs: 3_100_000_000))
+        let lines = summary.render().split(separator: "\n").map(String.init)
+        let rows = lines.filter { $0.contains(" interval ") || $0.contains(" exit ") }.compactMap {
+            Int($0.split(separator: " ").first ?? "")
+        }
+        // The 19 busiest (sweeps 11 to 29) and the last, in order.
+        #expect(rows == Array(11...30))
+        #expect(
+            lines.contains("  ... 10 quieter sweeps not shown: --output LOG, then pagewatch report LOG lists every one")
+        )
+        // Sweeps 2-30: 435 pages over the 2.9 s from sweep 1 to sweep 30.
+        #expect(lines.contains { $0.hasPrefix("  rate: 150.0 pages/s (0.6 MiB/s) from sweep 1 to sweep 30") })
+        #expect(lines.contains("  top writers (of 7 call stacks):"))
+        // w6 wrote sweeps 6, 13, 20, 27: 66 pages of 436.
+        #expect(lines.contains { $0.hasPrefix("          66   15.1%  w6") })
+        #expect(lines.filter { $0.contains("%  w") }.count == 5)
+    }
+
     @Test func summaryShowsEverySweepAndTheEnd() {
         var summary = Summary()
         summary.add(.start(pid: 5, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: 0))

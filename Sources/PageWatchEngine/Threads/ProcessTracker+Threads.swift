@@ -28,9 +28,10 @@ extension ProcessTracker {
         try injector.place(in: leader, completing: completing, journal: guardianJournal)
         injector.shareSlotData(leader, forkChild: parent != nil)
         try learnSignalActions(leader)  // exec reset the handlers; SIG_IGN stays
-        if sweeps > 0 || totalFaults > 0 {
+        // A followed child's exec is always said: it names the process (cc1, as).
+        if sweeps > 0 || totalFaults > 0 || parent != nil {
             let path = ProcFS.executable(of: pid) ?? (parent == nil ? config.command[0] : "")
-            emit(.exec(pid: pid, path: path, timeNs: wallClockNs()))
+            emit(.exec(pid: pid, path: path, command: ProcFS.commandLine(of: pid), timeNs: wallClockNs()))
         }
         session.checkExecPrivilege(pid: pid)
     }
