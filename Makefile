@@ -1,5 +1,7 @@
 # The two commands of the README, plus the benchmark. Each installs what is missing first.
-.PHONY: deps demo test bench lint format
+.PHONY: deps demo test bench lint format install
+
+PREFIX ?= /usr/local
 
 deps:
 	bash scripts/install-deps.sh
@@ -10,6 +12,11 @@ demo: deps
 test: deps
 	swift build --build-tests
 	swift test
+
+# A release binary with the Swift runtime linked in, man pages, completions.
+# Needs libunwind-dev and libdw-dev (`make deps` installs them with the test tools).
+install:
+	bash scripts/install.sh $(PREFIX)
 
 bench:
 	bash scripts/install-deps.sh bench

@@ -17,6 +17,20 @@ func writeFully(_ fd: Int32, _ text: String) -> Errno? {
     }
 }
 
+/// The same for bytes (a binary report).
+@discardableResult
+func writeFully(_ fd: Int32, _ bytes: [UInt8]) -> Errno? {
+    bytes.withUnsafeBufferPointer { buffer -> Errno? in
+        var offset = 0
+        while offset < buffer.count {
+            let n = Glibc.write(fd, buffer.baseAddress! + offset, buffer.count - offset)
+            if n < 0 { if errno == EINTR { continue }; return Errno(errno) }
+            offset += n
+        }
+        return nil
+    }
+}
+
 /// write(2) until done; EINTR retried; errors ignored (stderr). Text for
 /// stderr takes the live status line off first.
 func writeAll(_ fd: Int32, _ text: String) {

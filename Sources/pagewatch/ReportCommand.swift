@@ -15,7 +15,9 @@ struct Report: ParsableCommand {
             choose the rows); \
             folded is one `outer;...;inner PAGES` line per call stack for flamegraph.pl, \
             inferno or speedscope; html is one self-contained page with a chart of the dirty \
-            rate, a map of the pages each sweep dirtied and the top writers.
+            rate, a map of the pages each sweep dirtied and the top writers; pprof is a gzipped \
+            profile.proto (sample types pages and faults, one sample per call stack) for go tool \
+            pprof, speedscope, Pyroscope, Parca or Grafana.
 
             With --follow-forks logs, the program is reported unless --pid names another process.
 
@@ -28,14 +30,15 @@ struct Report: ParsableCommand {
     )
 
     enum OutputFormat: String, ExpressibleByArgument, CaseIterable {
-        case text, folded, html
+        case text, folded, html, pprof
     }
 
-    @Option(name: .long, help: ArgumentHelp("text, folded or html.", valueName: "FORMAT"))
+    @Option(name: .long, help: ArgumentHelp("text, folded, html or pprof.", valueName: "FORMAT"))
     var format: OutputFormat = .text
 
     @Option(
-        name: .long, help: ArgumentHelp("Write the report here instead of stdout; - for stdout.", valueName: "PATH"))
+        name: [.customShort("o"), .long],
+        help: ArgumentHelp("Write the report here instead of stdout; - for stdout.", valueName: "PATH"))
     var output: String?
 
     @Option(name: .long, help: ArgumentHelp("Report this process of the log (default: the program).", valueName: "PID"))
@@ -82,7 +85,8 @@ struct Report: ParsableCommand {
                 "pagewatch: warning: \(report.log.source):\(line): the last line is cut mid-record (no newline, not JSON); read up to line \(line - 1)\n"
             )
         }
-        let text: String
+        var text = ""
+        var binary: [UInt8]? = nil
         switch format {
         case .text:
             text = TextReport.render(
@@ -99,18 +103,20 @@ struct Report: ParsableCommand {
                 )
             }
         case .html: text = HTMLReport.render(report)
+        case .pprof: binary = PprofReport.render(report)
         }
+        let payload = binary ?? Array(text.utf8)
         // A report that cannot be written is an error, never a silent empty file.
         SignalForwarding.ignoreLogWriteSignals()
         guard let output, output != "-" else {
-            if let error = writeFully(STDOUT_FILENO, text) {
+            if let error = writeFully(STDOUT_FILENO, payload) {
                 fail("cannot write the report to stdout: \(error)", status: 1)
             }
             return
         }
         let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { fail("cannot open --output '\(output)': \(String(cString: strerror(errno)))", status: 1) }
-        if let error = writeFully(fd, text) { fail("cannot write the report to '\(output)': \(error)", status: 1) }
+        if let error = writeFully(fd, payload) { fail("cannot write the report to '\(output)': \(error)", status: 1) }
         if close(fd) != 0 { fail("cannot write the report to '\(output)': \(Errno(errno))", status: 1) }
     }
 }

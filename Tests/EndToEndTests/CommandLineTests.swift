@@ -98,6 +98,10 @@ import Testing
             #expect(statusLines(during).first?.hasPrefix("pagewatch: ") == true)
             #expect(statusLines(during).first?.hasSuffix("log: a summary at the end") == true)
         }
+        // Root keeps idle CPUs polling by default: a person at a terminal is told, once.
+        let idleLine = "pagewatch: idle CPUs are kept polling while tracing"
+        let told = access("/dev/cpu_dma_latency", W_OK) == 0 && !quiet
+        #expect(after.components(separatedBy: idleLine).count - 1 == (told ? 1 : 0), "\(after)")
         // The summary stands alone: no status line left above or inside it.
         #expect(statusLines(after).isEmpty, "\(after)")
         #expect(after.split(separator: "\n").contains { $0.hasPrefix("pagewatch: pid ") })

@@ -78,6 +78,46 @@ import Testing
         #expect(pageColumn == [8, 2, 1, 1, 1, 1])
     }
 
+    /// pprof, decoded by Go's own pprof (not by our writer's code): the
+    /// same writers, pages and faults as the text report.
+    @Test func pprofIsReadByGoToolPprof() throws {
+        let run = try record()
+        let profile = Harness.temporaryPath("report-\(UUID().uuidString).pb.gz")
+        let written = try report(["--format", "pprof", "-o", profile, run.log])
+        #expect(written.status == 0, "\(written.stderr)")
+        let bytes = try #require(FileManager.default.contents(atPath: profile))
+        #expect(bytes.prefix(2) == Data([0x1f, 0x8b]))  // gzip
+        let traces = try Harness.run(["/usr/bin/env", "go", "tool", "pprof", "-traces", profile], timeout: 300)
+        #expect(traces.status == 0, "\(traces.stderr)")
+        // Each trace: "VALUE LEAF" then its callers, one per line.
+        let blocks = traces.stdout.components(separatedBy: "-----------+").dropFirst().map {
+            $0.split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") }.filter {
+                !$0.isEmpty && !$0.hasPrefix("-")
+            }
+        }
+        func pages(leaf: String) -> Int {
+            blocks.filter { $0.first?.hasSuffix(" " + leaf) == true }.compactMap {
+                Int($0.first!.split(separator: " ")[0])
+            }
+            .reduce(0, +)
+        }
+        for (function, site) in run.sites where !function.hasPrefix("[") && function != "libc" {
+            #expect(pages(leaf: function) == site.pages, "\(function)")
+        }
+        #expect(blocks.contains { $0.first?.hasSuffix(" fill_two") == true && $0.dropFirst().first == "main" })
+        // The total: every page of every site, as the text report counts them.
+        let top = try Harness.run(
+            ["/usr/bin/env", "go", "tool", "pprof", "-top", "-sample_index=pages", profile], timeout: 300)
+        let text = try report(["--top", "0", "--empty-rows", run.log]).stdout
+        let total = try #require(
+            Self.rows(text).first { $0.hasPrefix("top writers: ") }?.split(separator: ",").last?.split(separator: " ")
+                .first)
+        #expect(top.stdout.contains("of \(total) total"), "\(top.stdout.prefix(400))")
+        let faults = try Harness.run(
+            ["/usr/bin/env", "go", "tool", "pprof", "-top", "-sample_index=faults", profile], timeout: 300)
+        #expect(faults.stdout.contains("Type: faults"))
+    }
+
     @Test func topAndMinPercentChooseTheRows() throws {
         let run = try record()
         let all = Self.rows(try report(["--top", "0", "--empty-rows", run.log]).stdout)
