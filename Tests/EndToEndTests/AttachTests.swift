@@ -373,6 +373,25 @@ struct FIFODriven {
         #expect(fixture.stdout == "ready\nfaults ok\nok\n")
     }
 
+    /// A write fault that reset the SIGSEGV action (only SIGSEGV blocked, in
+    /// a threaded program) whose check was left for later, still pending at
+    /// the detach: the detach puts the action back, or the program runs on
+    /// with SIG_DFL and its next own SIGSEGV kills it.
+    @Test func aResetSegvActionIsPutBackAtTheDetach() throws {
+        let fixture = try Background([Harness.fixture("fx_segv_action"), "detach"])
+        #expect(fixture.waitFor("ready\n"))
+        let log = Harness.temporaryPath("segv-action-detach.jsonl")
+        let pagewatch = try Background([
+            Harness.pagewatch, "attach", "--interval", "0", "--output", log, String(fixture.pid),
+        ])
+        #expect(fixture.waitFor("reset: seen\n"))
+        kill(pagewatch.pid, SIGINT)
+        #expect(pagewatch.finish() == 0, "\(pagewatch.stderr)")
+        fixture.send("x")
+        #expect(fixture.finish() == 0, "\(fixture.stderr)")
+        #expect(fixture.stdout == "ready\nreset: seen\nafter the detach: caught\nok\n")
+    }
+
     /// Killing the tracer child (SIGKILL: no code of PageWatch's runs after
     /// it) leaves the program to the guardian, which gives every armed page
     /// its protection back and releases it: then the program writes all of

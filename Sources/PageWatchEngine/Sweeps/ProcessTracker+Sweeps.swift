@@ -95,6 +95,7 @@ extension ProcessTracker {
         if reason == .attach, try stopTrackingForIOUringBeforeAttach(thread) { return }
         if givesUpAtSweep, let why = session.givingUp { return try stopTracking(because: why, thread) }
         pendingSweep = nil
+        try restoreSegvActionIfUnchecked(thread)  // once a sweep at least
         // Re-armed pages may fault again legitimately: forget the repeated-fault markers.
         for t in threads.values { t.suppressedFault.page = nil }
         try refreshMaps()
@@ -308,6 +309,7 @@ extension ProcessTracker {
         try? refreshMaps()
         try giveBackProtections(thread)
         try absorbHeldFaults(thread)
+        try restoreSegvActionIfUnchecked(thread)
         let dirty = memory.dirtyPages()
         pendingSweep = nil
         finalSweepDone = true
