@@ -34,7 +34,7 @@ public enum PresumeMode: String, Sendable, CaseIterable {
 /// Gaps of at most `gapPages` pages between presumed runs are presumed too
 /// (`filled`: the sweep un-arms them): each writable run inside an armed
 /// VMA splits it in three, and a program's rewritten pages lie in many
-/// small runs (python's pymalloc pools: a few pages apart), so filling them
+/// small runs (python's: most of them 1 to 8 pages apart), so filling them
 /// keeps its VMA count near the untracked one for a few hundred more
 /// pages reported presumed each sweep.
 struct WritePresumption {
