@@ -305,7 +305,7 @@ final class ProcessTracker {
             return
         }
         try absorbHeldFaults(thread)
-        leaveOwnFaultsToTheirInstructionWhileActionReset(thread)
+        try leaveOwnFaultsToTheirInstructionWhileActionReset(thread)
         guard let next = thread.signals.held.first, session.detaching == nil else {
             // (Detaching: held signals are sent again after the detach.)
             if fromEntry, !rewound, session.detaching == nil, session.resumeMode == .syscallStops {

@@ -60,6 +60,22 @@ final class Background {
     }
 }
 
+/// Writes `text` to a fixture's FIFO without blocking: with no reader left
+/// (the fixture died) the open fails with ENXIO instead of waiting for ever.
+func writeToFIFO(_ text: String, _ fifo: String) throws {
+    let fd = open(fifo, O_WRONLY | O_NONBLOCK | O_CLOEXEC)
+    guard fd >= 0 else { throw FIFOError.noReader(fifo, errno: errno) }
+    defer { close(fd) }
+    let bytes = Array(text.utf8)
+    let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+    guard written == bytes.count else { throw FIFOError.shortWrite(fifo, errno: errno) }
+}
+
+enum FIFOError: Error {
+    case noReader(String, errno: Int32)
+    case shortWrite(String, errno: Int32)
+}
+
 /// A fixture driven through a FIFO (fx_attach and its kind): it prints
 /// `ready`, starts its phases at `g` and ends them at `d`. With `attach`
 /// (`pagewatch attach` options, before the pid), PageWatch attaches before
@@ -81,13 +97,13 @@ struct FIFODriven {
             let pagewatch = try Background(
                 [Harness.pagewatch, "attach", "--output", logPath] + attach + [String(fixture.pid)])
             #expect(AttachTests().waitForLog(logPath, toContain: "\"reason\":\"attach\""))
-            try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
+            try writeToFIFO("g", fifo)
             #expect(pagewatch.finish() == 0)
             #expect(pagewatch.stderr == "")
         } else {
-            try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
+            try writeToFIFO("g", fifo)
         }
-        try "d".write(toFile: fifo, atomically: false, encoding: .utf8)
+        try writeToFIFO("d", fifo)
         status = fixture.finish()
         stdout = fixture.stdout
         stderr = fixture.stderr
@@ -392,6 +408,25 @@ struct FIFODriven {
         #expect(fixture.stdout == "ready\nfaults ok\nok\n")
     }
 
+    /// A write fault that reset the SIGSEGV action (only SIGSEGV blocked, in
+    /// a threaded program) whose check was left for later, still pending at
+    /// the detach: the detach puts the action back, or the program runs on
+    /// with SIG_DFL and its next own SIGSEGV kills it.
+    @Test func aResetSegvActionIsPutBackAtTheDetach() throws {
+        let fixture = try Background([Harness.fixture("fx_segv_action"), "detach"])
+        #expect(fixture.waitFor("ready\n"))
+        let log = Harness.temporaryPath("segv-action-detach.jsonl")
+        let pagewatch = try Background([
+            Harness.pagewatch, "attach", "--interval", "0", "--output", log, String(fixture.pid),
+        ])
+        #expect(fixture.waitFor("reset: seen\n"))
+        kill(pagewatch.pid, SIGINT)
+        #expect(pagewatch.finish() == 0, "\(pagewatch.stderr)")
+        fixture.send("x")
+        #expect(fixture.finish() == 0, "\(fixture.stderr)")
+        #expect(fixture.stdout == "ready\nreset: seen\nafter the detach: caught\nok\n")
+    }
+
     /// Killing the tracer child (SIGKILL: no code of PageWatch's runs after
     /// it) leaves the program to the guardian, which gives every armed page
     /// its protection back and releases it: then the program writes all of
@@ -418,8 +453,8 @@ struct FIFODriven {
         #expect(pagewatch.stderr.contains("pagewatch: its tracer process was killed by SIGKILL"))
         let released = "pagewatch guardian: PageWatch died; pid \(fixture.pid) restored and released"
         #expect(pagewatch.waitFor(released, onStderr: true), "the guardian said: \(pagewatch.stderr)")
-        try "g".write(toFile: fifo, atomically: false, encoding: .utf8)
-        try "d".write(toFile: fifo, atomically: false, encoding: .utf8)
+        try writeToFIFO("g", fifo)
+        try writeToFIFO("d", fifo)
         #expect(fixture.finish() == 0, "the guardian said: \(pagewatch.stderr)")
         #expect(fixture.stdout == untracked.stdout)
     }

@@ -68,6 +68,68 @@ import Testing
         }
     }
 
+    /// `fx_presume_gaps` under `--presume always`: its pattern's pages,
+    /// rewritten from phase 2 on, are presumed from sweep 3 on for 8 sweeps
+    /// (4-11), and again after the check (sweep 13, the exit sweep), and so
+    /// are the gaps of at most `WritePresumption.gapPages` pages between
+    /// their runs (never written: reported only as presumed), not the gap
+    /// of 20. Its region is then 4 VMAs (2 writable runs), not 17.
+    @Test func smallGapsBetweenPresumedRunsArePresumedToo() throws {
+        let program = Harness.fixture("fx_presume_gaps")
+        let untracked = try Harness.run([program])
+        #expect(untracked.status == 0)
+        let log = Harness.temporaryPath("presume-gaps.jsonl")
+        let tracked = try Harness.run([
+            Harness.pagewatch, "run", "--verify-contents", "--presume", "always", "--sweep-signal", "USR2",
+            "--interval", "0", "--output", log, "--", program,
+        ])
+        #expect(tracked.status == 0)
+        #expect(tracked.stdout == untracked.stdout)
+        // No `missed` line: every page whose contents changed was reported.
+        let lines = tracked.stderr.split(separator: "\n")
+        #expect(lines.filter { !$0.hasPrefix("vmas ") }.isEmpty, "\(tracked.stderr)")
+
+        let written: Set<UInt64> = [0, 1, 3, 4, 7, 8, 12, 13, 18, 19, 28, 29, 50, 51, 53, 54]
+        let gaps: Set<UInt64> = Set([2, 5, 6, 52]).union(9...11).union(14...17).union(20...27)
+        var presumedBySweep: [Int: Set<UInt64>] = [:]
+        for sweep in [4, 5, 6, 7, 8, 9, 10, 11, 13] { presumedBySweep[sweep] = written.union(gaps) }
+
+        let truth = try FixtureTruth(stdout: untracked.stdout)
+        let records = try Harness.readLog(log)
+        let pid = records.first?["pid"] as? Int
+        let sweeps = records.filter { $0["type"] as? String == "sweep" && $0["pid"] as? Int == pid }
+        let expected = truth.expectedSweeps
+        try #require(sweeps.count == expected.count)
+        for (k, (sweep, want)) in zip(sweeps, expected).enumerated() {
+            let seq = k + 1
+            let presumed = presumedBySweep[seq] ?? []
+            let got = FixtureTruth.pages(in: want.region, of: sweep)
+            let wanted = want.pages.union(presumed)
+            #expect(
+                got == wanted,
+                "sweep \(seq): extra \(got.subtracting(wanted).sorted()), missing \(wanted.subtracting(got).sorted())")
+            let named = FixtureTruth.pages(in: want.region, of: ["ranges": sweep["presumed"] ?? []])
+            #expect(named == presumed, "sweep \(seq): presumed \(named.sorted()), expected \(presumed.sorted())")
+            // A gap page is never reported but as presumed (or as new, in sweep 1).
+            if seq > 1 { #expect(got.intersection(gaps).isSubset(of: named), "sweep \(seq)") }
+        }
+
+        func vmas(_ stderr: String) -> (all: Int, region: Int)? {
+            for line in stderr.split(separator: "\n") where line.hasPrefix("vmas ") {
+                let f = line.split(separator: " ")
+                if f.count == 4, let all = Int(f[1]), let region = Int(f[3]) { return (all, region) }
+            }
+            return nil
+        }
+        let before = try #require(vmas(untracked.stderr)), after = try #require(vmas(tracked.stderr))
+        #expect(before.region == 1)
+        // Writable 0-29 and 50-54 inside the armed region: 4 VMAs.
+        #expect(after.region == 4, "\(tracked.stderr)")
+        // PageWatch's own pages (3), the region's 3 more, the fixture's own
+        // rewritten stack and data: a few more than untracked.
+        #expect(after.all <= before.all + 12, "untracked \(before.all), tracked \(after.all)")
+    }
+
     /// `pagewatch report` says how many pages were presumed.
     @Test func reportCountsPresumedPages() throws {
         let log = Harness.temporaryPath("presume-report.jsonl")

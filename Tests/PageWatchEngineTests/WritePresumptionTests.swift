@@ -16,7 +16,7 @@ import Testing
         var dirty = written
         dirty.formUnion(w.presumed)
         let unseen = w.unseen(dirty: dirty, eligible: w.presumed)
-        let kept = w.decide(dirty: dirty, eligible: dirty, presume: presume)
+        let kept = w.decide(dirty: dirty, eligible: dirty, fillable: region, presume: presume)
         w.rearmed(region.subtracting(kept))
         return (unseen, kept)
     }
@@ -51,6 +51,38 @@ import Testing
         held = 0
         while !sweep(&w, written: PageSet()).1.isEmpty { held += 1 }
         #expect(held == 15)
+    }
+
+    /// Gaps of at most `gapPages` pages between presumed runs are presumed
+    /// too (`filled`), where every page of the gap may be; the wider ones not.
+    @Test func smallGapsBetweenPresumedRunsAreFilled() {
+        var w = WritePresumption(mode: .always, intervalNs: 0)
+        var runs = pages(0, 2)
+        runs.formUnion(pages(5, 6))  // a gap of 3
+        runs.formUnion(pages(20, 21))  // a gap of 14
+        runs.formUnion(pages(24, 25))  // a gap of 3, not fillable below
+        var fillable = region
+        fillable.remove(AddressRange(22 * p, 23 * p))
+        var dirty = region
+        _ = w.decide(dirty: dirty, eligible: dirty, fillable: fillable, presume: true)
+        w.rearmed(region)
+        for _ in 0..<2 {
+            dirty = runs
+            dirty.formUnion(w.presumed)
+            _ = w.decide(dirty: dirty, eligible: dirty, fillable: fillable, presume: true)
+            w.rearmed(region.subtracting(w.presumed))
+        }
+        #expect(w.filled == pages(2, 5))
+        var expected = runs
+        expected.formUnion(pages(2, 5))
+        #expect(w.presumed == expected)
+        // Kept while presumed, and re-armed at the check with the rest.
+        for _ in 0..<8 {
+            dirty = w.presumed
+            _ = w.decide(dirty: dirty, eligible: dirty, fillable: fillable, presume: true)
+            w.rearmed(region.subtracting(w.presumed))
+        }
+        #expect(w.presumed.isEmpty && w.filled.isEmpty)
     }
 
     @Test func newPagesAndPagesWrittenOnceAreNotPresumed() {

@@ -128,6 +128,7 @@ extension ProcessTracker {
             // those calls: PageWatch's, its page reported; the write itself
             // runs again after the detach, on a page that is writable now.
             for held in threads.keys.sorted() { if let other = threads[held] { try absorbHeldFaults(other) } }
+            try restoreSegvActionIfUnchecked(thread)
             try injector.removeScratch(thread)
             if let entry { try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid) }
         }

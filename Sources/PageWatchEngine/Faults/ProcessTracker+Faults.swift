@@ -28,7 +28,7 @@ extension ProcessTracker {
             thread.suppressedFault.page = nil
             faultsThisInterval += 1
             totalFaults += 1
-            try restoreSegvActionIfReset(thread)
+            try noteAbsorbedWriteFault(thread)
             if try unarmThroughTrampoline(page, protection, thread) { return true }
             try unarm(page, protection, thread)
             try resume(thread)
@@ -46,7 +46,7 @@ extension ProcessTracker {
                 thread.suppressedFault.page = nil
                 return false
             }
-            try restoreSegvActionIfReset(thread)
+            try noteAbsorbedWriteFault(thread)
             if repeats == 1 {
                 try injector.protect(AddressRange(start: page, end: page + Page.size), protection, thread)
             }
@@ -128,13 +128,13 @@ extension ProcessTracker {
             case .armed(let protection):
                 thread.signals.held.remove(at: i)
                 noteWrite(page, by: attribution.writer(nil, tid: tid), fault: true, tid: tid)
-                try restoreSegvActionIfReset(thread)
+                try noteAbsorbedWriteFault(thread)
                 try unarm(page, protection, thread)
                 faultsThisInterval += 1
                 totalFaults += 1
             case .writable(let protection) where protection.contains(.write):
                 thread.signals.held.remove(at: i)
-                try restoreSegvActionIfReset(thread)
+                try noteAbsorbedWriteFault(thread)
             default:
                 return  // the program's own fault: delivered as it is
             }

@@ -221,6 +221,12 @@ public struct TrackedMemory: Sendable {
         return set.subtracting(pinned)
     }
 
+    /// Tracked pages the program may write, pinned pages excepted, armed or
+    /// not: the pages a sweep may un-arm to leave writable.
+    public func writableUnpinnedPages() -> PageSet {
+        PageSet(regions.filter { $0.protection.contains(.write) }.map(\.range)).subtracting(pinned)
+    }
+
     /// The `mprotect` calls that re-arm every dirty, unpinned page: one per
     /// region, from its first dirty page to its last, split only around
     /// pinned pages. Clean pages in between are armed already, and arming
@@ -238,6 +244,15 @@ public struct TrackedMemory: Sendable {
             }
         }
         return plan
+    }
+
+    /// After PageWatch un-armed `range` itself: writable, hence dirty.
+    public mutating func markUnarmed(_ range: AddressRange) {
+        for r in regions.indices {
+            guard let pages = regions[r].pageIndices(touching: range) else { continue }
+            regions[r].armed.set(pages, to: false)
+            regions[r].dirty.set(pages, to: true)
+        }
     }
 
     /// Records that `change` (from `rearmPlan`) was applied: armed, no longer dirty.

@@ -15,6 +15,7 @@ extension ProcessTracker {
     func learnSignalActions(_ thread: TrackedThread) throws {
         let caught = (try? caughtSignals()) ?? 0
         signalActions.onStack = 0
+        signalActions.resetUnchecked = false
         for sig in Int32(1)...64 where sig == Signal.SIGSEGV || caught & (UInt64(1) << UInt64(sig - 1)) != 0 {
             guard let action = try queryAction(sig, thread) else { continue }
             if sig == Signal.SIGSEGV { signalActions.segv = action }
@@ -92,28 +93,42 @@ extension ProcessTracker {
     /// A write fault's forced SIGSEGV in a thread that blocks SIGSEGV
     /// (inside a handler without SA_NODEFER, or by its mask), or while
     /// SIGSEGV is ignored, unblocked it and reset its action to SIG_DFL
-    /// before the stop (`force_sig_info_to_task`). Called for every SIGSEGV
-    /// PageWatch absorbs: puts the action back, and where the program had a
-    /// handler (so the reset means a thread blocked SIGSEGV) blocks it
-    /// again where that thread is most likely this one. With SIG_DFL nothing shows
-    /// whether it was blocked: the mask stays as the kernel left it
-    /// (docs/design.md, limits).
-    func restoreSegvActionIfReset(_ thread: TrackedThread) throws {
+    /// before the stop (`force_sig_info_to_task`). Called for every write
+    /// fault PageWatch absorbs. The action matters only where something
+    /// reads it (`restoreSegvActionIfUnchecked`): the check is left to
+    /// those places, which spares a `/proc` read at most faults of a
+    /// program with a handler (a JVM, node, Go). The mask is the thread's
+    /// at its fault: where the heuristic of `restoreSegvActionIfReset` may
+    /// block SIGSEGV again (the only thread, or one blocking most signals),
+    /// the action is checked at once. A vfork child has its own actions,
+    /// checked at once too.
+    func noteAbsorbedWriteFault(_ thread: TrackedThread) throws {
+        guard let action = signalActions.segv else { return }
+        let handler = littleEndian(action, at: 0)
+        guard handler != 0 else { return }  // SIG_DFL: a reset leaves it as it is
+        if thread.vforkChild { return try restoreSegvActionIfReset(thread) }
+        if handler != 1 {  // a handler, not SIG_IGN: the mask may be put back
+            if threads.count == 1 { return try restoreSegvActionIfReset(thread) }
+            let mask = try Ptrace.signalMask(thread.tid)
+            if mask.nonzeroBitCount >= 32 { return try restoreSegvActionIfReset(thread, mask: mask) }
+        }
+        signalActions.resetUnchecked = true
+    }
+
+    /// Puts the action back where a write fault reset it and, where the
+    /// program had a handler (so the reset means a thread blocked SIGSEGV),
+    /// blocks it again where that thread is most likely this one. With
+    /// SIG_DFL nothing shows whether it was blocked: the mask stays as the
+    /// kernel left it (docs/design.md, limits). `mask`: the thread's, if
+    /// already read.
+    func restoreSegvActionIfReset(_ thread: TrackedThread, mask known: UInt64? = nil) throws {
         let tid = thread.tid
         guard let action = signalActions.segv else { return }
         let handler = littleEndian(action, at: 0)
         let ignoring = handler == 1  // SIG_IGN; 0 is SIG_DFL, which a reset leaves as it is
         guard segvActionReset(tid: tid) else { return }
         trace("  SIGSEGV action reset by the kernel's forced signal in \(tid): put back")
-        guard let remote = injector.remote, let number = Arch.number(.rt_sigaction),
-            let (value, _) = try injector.run(
-                number, [UInt64(Signal.SIGSEGV), remote.argumentArea.value, 0, Self.sigsetSize],
-                input: action, outputCount: 0, thread)
-        else { return }
-        if value < 0 {
-            throw TraceError.remoteSyscall("rt_sigaction(SIGSEGV)", Errno(Int32(-value)), tid: tid, address: nil)
-        }
-        guard !ignoring else { return }
+        guard try putBackSegvAction(thread), !ignoring else { return }
         // The reset means the faulting thread blocked SIGSEGV; but the action
         // is shared, and in a threaded program another thread's fault, not yet
         // seen, may have reset it: blocking SIGSEGV in this one then would make
@@ -123,8 +138,52 @@ extension ProcessTracker {
         // SIGSEGV blocked: the only thread, or one that blocks most signals
         // (pthread_create's window, a JVM's handler). After the injection,
         // which restores the mask it found.
-        let mask = try Ptrace.signalMask(tid)
+        let mask = try known ?? Ptrace.signalMask(tid)
         if threads.count == 1 || mask.nonzeroBitCount >= 32 { try Ptrace.setSignalMask(tid, mask | Self.segvBit) }
+    }
+
+    /// Where the action is read (the program's own SIGSEGV about to be
+    /// delivered, its `rt_sigaction(SIGSEGV)`, a fork, clone or vfork that
+    /// copies the actions, an exec that keeps SIG_IGN, a sweep, the end of
+    /// tracking): puts it back if a write fault whose check was left for
+    /// later (`noteAbsorbedWriteFault`) reset it. The mask stays: that
+    /// fault's thread was not one whose mask is put back. Returns true when
+    /// it ran code in `thread` (at a syscall entry: the call is rewound).
+    @discardableResult
+    func restoreSegvActionIfUnchecked(_ thread: TrackedThread) throws -> Bool {
+        guard signalActions.resetUnchecked, !thread.vforkChild, !segvActionChangeInFlight(besides: thread.tid)
+        else { return false }
+        signalActions.resetUnchecked = false
+        guard segvActionReset(tid: thread.tid) else { return false }
+        trace("  SIGSEGV action reset by an earlier write fault, seen at \(thread.tid): put back")
+        return try putBackSegvAction(thread)
+    }
+
+    /// Whether another thread is inside the program's own
+    /// `rt_sigaction(SIGSEGV, act)`: until its exit the action may be the
+    /// new one, which a check against PageWatch's copy would undo.
+    func segvActionChangeInFlight(besides tid: Int32) -> Bool {
+        threads.contains { other, state in
+            guard other != tid, case .segvAction? = state.syscall.pendingExit else { return false }
+            return true
+        }
+    }
+
+    /// Sets the SIGSEGV action to PageWatch's copy by an injected
+    /// `rt_sigaction`. False when no code can be run in the program.
+    @discardableResult
+    func putBackSegvAction(_ thread: TrackedThread) throws -> Bool {
+        guard let action = signalActions.segv, let remote = injector.remote,
+            let number = Arch.number(.rt_sigaction),
+            let (value, _) = try injector.run(
+                number, [UInt64(Signal.SIGSEGV), remote.argumentArea.value, 0, Self.sigsetSize],
+                input: action, outputCount: 0, thread)
+        else { return false }
+        if value < 0 {
+            throw TraceError.remoteSyscall(
+                "rt_sigaction(SIGSEGV)", Errno(Int32(-value)), tid: thread.tid, address: nil)
+        }
+        return true
     }
 }
 
@@ -150,9 +209,24 @@ extension ProcessTracker {
     /// `ownFaultDeferralNs` it is delivered: the reset was its own (a fault
     /// inside its handler), which kills the program without PageWatch too.
     func deferOwnFaultWhileActionReset(_ info: SignalInfo, _ thread: TrackedThread) throws -> Bool {
-        guard info.isRaisedByItsInstruction, segvActionReset(tid: thread.tid) else {
+        let unchecked =
+            signalActions.resetUnchecked && !thread.vforkChild && !segvActionChangeInFlight(besides: thread.tid)
+        if unchecked { signalActions.resetUnchecked = false }
+        guard unchecked || info.isRaisedByItsInstruction, segvActionReset(tid: thread.tid) else {
             thread.ownFaultDeferredSinceNs = nil
             return false
+        }
+        if unchecked {
+            // An absorbed fault's check was left for this delivery: the
+            // action is put back first. A fault goes on without its signal
+            // (its instruction raises it again); a sent one is held meanwhile.
+            trace("  SIGSEGV action reset by an earlier write fault, seen at \(thread.tid): put back")
+            let sent = info.isRaisedByItsInstruction ? nil : try Ptrace.holdSignal(thread.tid)
+            try putBackSegvAction(thread)
+            thread.ownFaultDeferredSinceNs = nil
+            if let sent { thread.signals.held.insert(sent, at: 0) }
+            try resume(thread)
+            return true
         }
         let now = monotonicNs()
         let since = thread.ownFaultDeferredSinceNs ?? now
@@ -173,7 +247,10 @@ extension ProcessTracker {
     /// Held faults of the program's own, while its SIGSEGV action is reset
     /// (`deferOwnFaultWhileActionReset`): dropped, their instructions raise
     /// them again when the thread runs on.
-    func leaveOwnFaultsToTheirInstructionWhileActionReset(_ thread: TrackedThread) {
+    func leaveOwnFaultsToTheirInstructionWhileActionReset(_ thread: TrackedThread) throws {
+        if thread.signals.held.contains(where: { $0.signal == Signal.SIGSEGV }) {
+            try restoreSegvActionIfUnchecked(thread)  // about to be delivered
+        }
         let own = { (h: HeldSignal) in h.signal == Signal.SIGSEGV && h.isRaisedByItsInstruction }
         guard thread.signals.held.contains(where: own), segvActionReset(tid: thread.tid) else { return }
         trace("  held own SIGSEGV of \(thread.tid) while the action is reset: left to its instruction")
@@ -191,4 +268,7 @@ struct KnownSignalActions {
     var segv: [UInt8]?
     /// A thread's `/proc/PID/task/TID/stat`, held open (`signalDispositions`).
     var dispositionProbe: (tid: Int32, fd: Int32)?
+    /// A write fault was absorbed since the action was last checked: it may
+    /// have reset the action (`noteAbsorbedWriteFault`).
+    var resetUnchecked = false
 }

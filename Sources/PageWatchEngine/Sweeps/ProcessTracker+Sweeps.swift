@@ -95,6 +95,7 @@ extension ProcessTracker {
         if reason == .attach, try stopTrackingForIOUringBeforeAttach(thread) { return }
         if givesUpAtSweep, let why = session.givingUp { return try stopTracking(because: why, thread) }
         pendingSweep = nil
+        try restoreSegvActionIfUnchecked(thread)  // once a sweep at least
         // Re-armed pages may fault again legitimately: forget the repeated-fault markers.
         for t in threads.values { t.suppressedFault.page = nil }
         try refreshMaps()
@@ -117,7 +118,9 @@ extension ProcessTracker {
         if presume || presumption.isActive {
             let writable = memory.unarmedWritablePages()
             presumed = presumption.unseen(dirty: dirty, eligible: writable)
-            busy.formUnion(presumption.decide(dirty: dirty, eligible: writable, presume: presume))
+            busy.formUnion(
+                presumption.decide(
+                    dirty: dirty, eligible: writable, fillable: memory.writableUnpinnedPages(), presume: presume))
         }
         noteStarvation(reason: reason, elapsedNs: elapsed)
         // Mappings new since the last sweep get their anon_vma before their first arming.
@@ -132,9 +135,13 @@ extension ProcessTracker {
             for b in busy.intersection(planned.range).ranges { pieces.remove(b) }
             changes += pieces.ranges.map { ProtectionChange(range: $0, protection: planned.protection) }
         }
-        for (change, result) in zip(changes, try injector.protectAll(changes, thread)) {
+        // Gaps filled between presumed runs: un-armed, so that the runs and
+        // the gaps between them are one writable VMA (reported presumed).
+        let unarming = presumption.filled.ranges.flatMap { memory.armedPieces(in: $0) }
+        let results = try injector.protectAll(changes + unarming, thread)
+        for (i, (change, result)) in zip(changes + unarming, results).enumerated() {
             if result == 0 {
-                memory.markArmed(change.range)
+                if i < changes.count { memory.markArmed(change.range) } else { memory.markUnarmed(change.range) }
             } else if result == -Int64(Errno.ENOMEM.rawValue) {
                 // vm.max_map_count, possibly applied in part: give
                 // the region its program protection everywhere; its pages stay
@@ -327,6 +334,7 @@ extension ProcessTracker {
         try? refreshMaps()
         try giveBackProtections(thread)
         try absorbHeldFaults(thread)
+        try restoreSegvActionIfUnchecked(thread)
         let dirty = memory.dirtyPages()
         pendingSweep = nil
         finalSweepDone = true

@@ -30,6 +30,13 @@ public enum PresumeMode: String, Sendable, CaseIterable {
 /// Never a missed write: a presumed page is writable and dirty in the model,
 /// so every sweep until it is re-armed reports it (ranges stay a superset),
 /// and the sweep record names those pages (`presumed`).
+///
+/// Gaps of at most `gapPages` pages between presumed runs are presumed too
+/// (`filled`: the sweep un-arms them): each writable run inside an armed
+/// VMA splits it in three, and a program's rewritten pages lie in many
+/// small runs (python's: most of them 1 to 8 pages apart), so filling them
+/// keeps its VMA count near the untracked one for a few hundred more
+/// pages reported presumed each sweep.
 struct WritePresumption {
     /// The shortest presumption, in sweeps.
     static let sweepsPerCheck = 8
@@ -41,12 +48,18 @@ struct WritePresumption {
     /// The share of an interval's wall time PageWatch's handling of the
     /// process's stops must exceed for `auto` to presume.
     static let pressureShare = 0.25
+    /// The widest gap between presumed runs that is presumed too, in pages
+    /// (`PAGEWATCH_PRESUME_GAP`: another width, for measurements; 0 fills none).
+    static let gapPages = getenv("PAGEWATCH_PRESUME_GAP").flatMap { Int(String(cString: $0)) } ?? 8
 
     let mode: PresumeMode
     /// The longest presumption at this interval, in sweeps.
     let longest: Int
     /// Pages left writable by presumption now (reported by the next sweep unseen).
     private(set) var presumed = PageSet()
+    /// The part of `presumed` that fills gaps between presumed runs (none
+    /// of it seen written); the pages of it armed now, the sweep un-arms.
+    private(set) var filled = PageSet()
     /// Sweeps until `presumed` is re-armed, and how long this presumption lasts.
     private var sweepsLeft = 0
     private var length = Self.sweepsPerCheck
@@ -88,9 +101,12 @@ struct WritePresumption {
     /// presumed at all (writable to the program, not armed, not pinned).
     /// Pages new to PageWatch (a new mapping) were not seen written, so
     /// only pages written in two intervals in a row are presumed.
-    mutating func decide(dirty: PageSet, eligible: PageSet, presume: Bool) -> PageSet {
+    /// `fillable`: pages a gap may be filled with (writable to the program,
+    /// tracked, not pinned); those armed now the sweep must un-arm (`filled`).
+    mutating func decide(dirty: PageSet, eligible: PageSet, fillable: PageSet, presume: Bool) -> PageSet {
         let unseen = unseen(dirty: dirty, eligible: eligible)
         let seen = dirty.intersection(armedAtLastSweep)
+        let filledBefore = filled
         presumed = unseen
         if sinceCheck < Int.max { sinceCheck += 1 }
         if !presumed.isEmpty {
@@ -113,6 +129,7 @@ struct WritePresumption {
                 presumed.formUnion(candidates)
             }
         }
+        fillGaps(within: fillable)
         if !presume && presumed.isEmpty && (sinceCheck == Int.max || sinceCheck > Self.recentIntervals) {
             // Nothing presumed, no pressure, and no check in the recent
             // intervals (whose pages, rewritten, are presumed again at once):
@@ -122,11 +139,28 @@ struct WritePresumption {
             reset()
             return presumed
         }
-        var written = seen
-        written.formUnion(unseen)
+        // A filled gap was presumed for its neighbours, not for a write of its own.
+        var written = unseen.subtracting(filledBefore)
+        written.formUnion(seen)
         recent.append(written)
         if recent.count > Self.recentIntervals { recent.removeFirst() }
         return presumed
+    }
+
+    /// Adds to `presumed` the gaps of at most `gapPages` pages between its
+    /// runs that lie wholly in `fillable`; `filled` is those gaps, and those
+    /// filled before that are still presumed.
+    private mutating func fillGaps(within fillable: PageSet) {
+        filled = filled.intersection(presumed)
+        guard Self.gapPages > 0 else { return }
+        let runs = presumed.ranges
+        for (a, b) in zip(runs, runs.dropFirst()) {
+            let gap = AddressRange(start: a.end, end: b.start)
+            guard gap.pageCount <= UInt64(Self.gapPages), fillable.intersection(gap).pageCount == gap.pageCount
+            else { continue }
+            filled.insert(gap)
+        }
+        presumed.formUnion(filled)
     }
 
     /// Whether a sweep has anything to do for presumption: pages presumed,
@@ -139,6 +173,7 @@ struct WritePresumption {
     /// Pages unmapped, or replaced by a new mapping: their history is not the new pages'.
     mutating func forget(_ range: AddressRange) {
         presumed.remove(range)
+        filled.remove(range)
         armedAtLastSweep.remove(range)
         for i in recent.indices { recent[i].remove(range) }
     }
@@ -146,6 +181,7 @@ struct WritePresumption {
     /// A new address space (exec), or tracking ended.
     mutating func reset() {
         presumed = PageSet()
+        filled = PageSet()
         armedAtLastSweep = PageSet()
         recent = []
         sweepsLeft = 0

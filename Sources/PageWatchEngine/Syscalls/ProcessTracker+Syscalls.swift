@@ -65,6 +65,9 @@ extension ProcessTracker {
             try resume(thread, exit: .unknown(entry: entryRegisters(thread), attempt: thread.syscall.unknownAttempt))
             return
         }
+        if Self.readsSegvAction(call, args), try restoreSegvActionIfUnchecked(thread) {
+            return try resume(thread)  // rewound: the call stops here again
+        }
         if call.row.kind == .memory, memoryCallInFlight(besides: tid) {
             thread.waiting = .memoryCall  // one at a time (StopWaiting)
             return
@@ -165,6 +168,17 @@ extension ProcessTracker {
                 ? PendingSyscallExit.userfaultfdUndecoded(
                     entry: try entryRegisters(thread), attempt: thread.syscall.unknownAttempt) : nil
             try resume(thread, exit: newSegvAction.map { .segvAction($0) } ?? undecoded)
+        }
+    }
+
+    /// Calls that read the SIGSEGV action: `rt_sigaction(SIGSEGV)` (the old
+    /// action), those that may copy it to a child (a clone without
+    /// CLONE_SIGHAND, not told apart), an exec (SIG_IGN survives it).
+    static func readsSegvAction(_ call: Syscall, _ args: [UInt64]) -> Bool {
+        switch call {
+        case .rt_sigaction: return args[0] == UInt64(Signal.SIGSEGV)
+        case .fork, .vfork, .clone, .clone3, .execve, .execveat: return true
+        default: return false
         }
     }
 
