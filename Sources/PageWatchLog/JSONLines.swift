@@ -83,27 +83,11 @@ public enum JSONLines {
         // Added fields (format rule 9), each only when it says something.
         if !s.rearmed { out += ",\"rearmed\":false".utf8 }
         if s.leftWritable > 0 { out += ",\"left_writable\":\(s.leftWritable)".utf8 }
-        if !s.reportedAgain.isEmpty {
-            let pages = s.reportedAgain.reduce(UInt64(0)) { $0 + $1.pageCount }
-            out += ",\"reported_again_pages\":\(pages),\"reported_again\":".utf8
-            appendRanges(s.reportedAgain, to: &out)
-        }
-        if !s.presumed.isEmpty {
-            let pages = s.presumed.reduce(UInt64(0)) { $0 + $1.pageCount }
-            out += ",\"presumed_pages\":\(pages),\"presumed\":".utf8
-            appendRanges(s.presumed, to: &out)
-        }
-        // pagewatch/2 (format rule 6), each only when it says something.
-        if !s.zeroRanges.isEmpty {
-            let pages = s.zeroRanges.reduce(UInt64(0)) { $0 + $1.pageCount }
-            out += ",\"zero_pages\":\(pages),\"zero_ranges\":".utf8
-            appendRanges(s.zeroRanges, to: &out)
-        }
-        if !s.fileRanges.isEmpty {
-            let pages = s.fileRanges.reduce(UInt64(0)) { $0 + $1.pageCount }
-            out += ",\"file_pages\":\(pages),\"file_ranges\":".utf8
-            appendRanges(s.fileRanges, to: &out)
-        }
+        appendCounted("reported_again_pages", "reported_again", s.reportedAgain, to: &out)
+        appendCounted("presumed_pages", "presumed", s.presumed, to: &out)
+        // pagewatch/2 (format rule 12), each only when it says something.
+        appendCounted("zero_pages", "zero_ranges", s.zeroRanges, to: &out)
+        appendCounted("file_pages", "file_ranges", s.fileRanges, to: &out)
         out.append(UInt8(ascii: "}"))
         if newline { out.append(UInt8(ascii: "\n")) }
         return String(decoding: out, as: UTF8.self)
@@ -119,6 +103,14 @@ public enum JSONLines {
         if let v = f.file { fields.append("\"file\":" + string(v)) }
         if let v = f.line { fields.append("\"line\":\(v)") }
         return "{" + fields.joined(separator: ",") + "}"
+    }
+
+    /// `,"COUNT":N,"FIELD":[...]` for a field absent when empty.
+    static func appendCounted(_ count: String, _ field: String, _ rs: [AddressRange], to out: inout [UInt8]) {
+        guard !rs.isEmpty else { return }
+        let pages = rs.reduce(UInt64(0)) { $0 + $1.pageCount }
+        out += ",\"\(count)\":\(pages),\"\(field)\":".utf8
+        appendRanges(rs, to: &out)
     }
 
     /// `[["0x1000","0x3000"],...]`, as `RemoteAddress.hex` writes addresses.
