@@ -5,19 +5,10 @@ import PageWatchPtrace
 /// write(2) until done; EINTR retried. The errno of a failed write, or nil.
 @discardableResult
 func writeFully(_ fd: Int32, _ text: String) -> Errno? {
-    var text = text
-    return text.withUTF8 { bytes -> Errno? in
-        var offset = 0
-        while offset < bytes.count {
-            let n = Glibc.write(fd, bytes.baseAddress! + offset, bytes.count - offset)
-            if n < 0 { if errno == EINTR { continue }; return Errno(errno) }
-            offset += n
-        }
-        return nil
-    }
+    writeFully(fd, Array(text.utf8))
 }
 
-/// The same for bytes (a binary report).
+/// The same for bytes (a binary report, or text as UTF-8).
 @discardableResult
 func writeFully(_ fd: Int32, _ bytes: [UInt8]) -> Errno? {
     bytes.withUnsafeBufferPointer { buffer -> Errno? in
