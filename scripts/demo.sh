@@ -11,6 +11,6 @@ echo "(the fixture prints the pages it wrote in each phase; pagewatch's summary 
 echo
 "$bin/pagewatch" run --sweep-signal USR2 --interval 0 -- "$bin/fx_phases"
 echo
-echo "The same run as a JSON Lines log (schema pagewatch/1, docs/format.md), fixture output discarded:"
+echo "The same run as a JSON Lines log (schema pagewatch/2, docs/format.md), fixture output discarded:"
 "$bin/pagewatch" run --sweep-signal USR2 --interval 0 --output /dev/stderr -- "$bin/fx_phases" 2>&1 >/dev/null \
     | cut -c1-160
