@@ -24,8 +24,10 @@ final class LogSink {
         case "-": fd = STDOUT_FILENO; name = "stdout"
         case let p?:
             var st = stat()
-            // Not a FIFO or a device (/dev/null): those are written to as they are.
-            if keepingOld, stat(p, &st) == 0, st.st_mode & S_IFMT == S_IFREG, rename(p, p + ".old") != 0 {
+            // A regular file itself, not through a symlink (/dev/stderr to a
+            // file would rename the link), nor a FIFO or a device (/dev/null):
+            // those are written to as they are.
+            if keepingOld, lstat(p, &st) == 0, st.st_mode & S_IFMT == S_IFREG, rename(p, p + ".old") != 0 {
                 throw LogSinkError.keepingOld(p + ".old", Errno(errno))
             }
             let f = open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)

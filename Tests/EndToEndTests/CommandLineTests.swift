@@ -62,6 +62,11 @@ import Testing
         // Not a regular file: written as it is, nothing renamed.
         #expect(try pagewatch(["run", "-o", "/dev/null", "true"]).status == 0)
         #expect(!FileManager.default.fileExists(atPath: "/dev/null.old"))
+        // A symlink to a regular file (/dev/stderr into the harness's file): written through, the link kept.
+        let through = try pagewatch(["run", "-o", "/dev/stderr", "echo", "fourth"])
+        #expect(through.status == 0)
+        #expect(through.stderr.contains(#""command":["echo","fourth"]"#))
+        #expect(!FileManager.default.fileExists(atPath: "/dev/stderr.old"))
     }
 
     /// The live view, in a real terminal (tmux): one status line while the
