@@ -35,7 +35,6 @@ public enum HTMLReport {
             .note { color: #555; font-size: 13px; max-width: 900px; }
             code, .mono { font-family: ui-monospace, monospace; font-size: 13px; }
             svg text { font: 11px system-ui, sans-serif; fill: #333; }
-            #render-check { color: #999; font-size: 11px; }
             </style>
             </head>
             <body>
@@ -48,7 +47,8 @@ public enum HTMLReport {
         html += "<h2>Top writers</h2>\n" + writersTable(report)
         html += "<h2>Sweeps</h2>\n" + sweepsTable(report)
         html += """
-            <p id="render-check">the page's script did not run</p>
+            <!-- Hidden: what the page's script drew, for a test to read from the DOM (never shown). -->
+            <p id="render-check" hidden>the page's script did not run</p>
             <script>
             (function () {
               var bars = document.querySelectorAll('#rate-chart .rate-bar').length;

@@ -209,7 +209,7 @@ import Testing
         #expect(dom.status == 0, "\(dom.stderr)")
         #expect(
             dom.stdout.contains(
-                "<p id=\"render-check\" class=\"ok\">rendered: 4 bars, 14 map cells, chart 900x300</p>"),
+                "<p id=\"render-check\" hidden=\"\" class=\"ok\">rendered: 4 bars, 14 map cells, chart 900x300</p>"),
             "\(dom.stdout.suffix(600))")
         let consoleErrors = dom.stderr.split(separator: "\n").filter {
             $0.contains("CONSOLE") || $0.contains("Uncaught")
