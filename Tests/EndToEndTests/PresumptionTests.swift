@@ -23,6 +23,37 @@ import Testing
         var description: String { "--presume \(mode)" }
     }
 
+    /// The program's sweeps against the fixture's truth: sweep K reports
+    /// phase K's pages and `presumed(K)`, and its `presumed` field names
+    /// exactly those. `more` checks further, given the sweep, the truth's
+    /// region and pages, the pages presumed, those reported in the region
+    /// and those named presumed there.
+    static func checkSweeps(
+        log: String, truth: FixtureTruth, presumed: (Int) -> Set<UInt64>,
+        more: (
+            _ seq: Int, _ sweep: [String: Any], _ want: (region: (start: UInt64, end: UInt64), pages: Set<UInt64>),
+            _ presumed: Set<UInt64>, _ got: Set<UInt64>, _ named: Set<UInt64>
+        ) -> Void
+    ) throws {
+        let records = try Harness.readLog(log)
+        let pid = records.first?["pid"] as? Int
+        let sweeps = records.filter { $0["type"] as? String == "sweep" && $0["pid"] as? Int == pid }
+        let expected = truth.expectedSweeps
+        try #require(sweeps.count == expected.count)
+        for (k, (sweep, want)) in zip(sweeps, expected).enumerated() {
+            let seq = k + 1
+            let presumed = presumed(seq)
+            let got = FixtureTruth.pages(in: want.region, of: sweep)
+            let wanted = want.pages.union(presumed)
+            #expect(
+                got == wanted,
+                "sweep \(seq): extra \(got.subtracting(wanted).sorted()), missing \(wanted.subtracting(got).sorted())")
+            let named = FixtureTruth.pages(in: want.region, of: ["ranges": sweep["presumed"] ?? []])
+            #expect(named == presumed, "sweep \(seq): presumed \(named.sorted()), expected \(presumed.sorted())")
+            more(seq, sweep, want, presumed, got, named)
+        }
+    }
+
     @Test(arguments: [Case(mode: "always"), Case(mode: "never"), Case(mode: "auto")])
     func rewrittenPagesArePresumedOnlyWhenAsked(_ c: Case) throws {
         let program = Harness.fixture("fx_presume")
@@ -38,22 +69,10 @@ import Testing
         // No `missed` line: every page whose contents changed was reported.
         #expect(tracked.stderr.isEmpty, "\(tracked.stderr)")
 
-        let truth = try FixtureTruth(stdout: untracked.stdout)
-        let records = try Harness.readLog(log)
-        let pid = records.first?["pid"] as? Int
-        let sweeps = records.filter { $0["type"] as? String == "sweep" && $0["pid"] as? Int == pid }
-        let expected = truth.expectedSweeps
-        try #require(sweeps.count == expected.count)
-        for (k, (sweep, want)) in zip(sweeps, expected).enumerated() {
-            let seq = k + 1
-            let presumed = c.mode == "always" ? Self.presumedByAlways[seq] ?? [] : []
-            let got = FixtureTruth.pages(in: want.region, of: sweep)
-            let wanted = want.pages.union(presumed)
-            #expect(
-                got == wanted,
-                "sweep \(seq): extra \(got.subtracting(wanted).sorted()), missing \(wanted.subtracting(got).sorted())")
-            let named = FixtureTruth.pages(in: want.region, of: ["ranges": sweep["presumed"] ?? []])
-            #expect(named == presumed, "sweep \(seq): presumed \(named.sorted()), expected \(presumed.sorted())")
+        try Self.checkSweeps(
+            log: log, truth: FixtureTruth(stdout: untracked.stdout),
+            presumed: { c.mode == "always" ? Self.presumedByAlways[$0] ?? [] : [] }
+        ) { seq, sweep, want, presumed, _, _ in
             // (The fixture's stack and data, rewritten every phase, may be presumed too: the count is of all.)
             let all = FixtureTruth.pages(in: (0, UInt64.max), of: ["ranges": sweep["presumed"] ?? []])
             #expect((sweep["presumed_pages"] as? Int ?? 0) == all.count, "sweep \(seq)")
@@ -94,22 +113,9 @@ import Testing
         var presumedBySweep: [Int: Set<UInt64>] = [:]
         for sweep in [4, 5, 6, 7, 8, 9, 10, 11, 13] { presumedBySweep[sweep] = written.union(gaps) }
 
-        let truth = try FixtureTruth(stdout: untracked.stdout)
-        let records = try Harness.readLog(log)
-        let pid = records.first?["pid"] as? Int
-        let sweeps = records.filter { $0["type"] as? String == "sweep" && $0["pid"] as? Int == pid }
-        let expected = truth.expectedSweeps
-        try #require(sweeps.count == expected.count)
-        for (k, (sweep, want)) in zip(sweeps, expected).enumerated() {
-            let seq = k + 1
-            let presumed = presumedBySweep[seq] ?? []
-            let got = FixtureTruth.pages(in: want.region, of: sweep)
-            let wanted = want.pages.union(presumed)
-            #expect(
-                got == wanted,
-                "sweep \(seq): extra \(got.subtracting(wanted).sorted()), missing \(wanted.subtracting(got).sorted())")
-            let named = FixtureTruth.pages(in: want.region, of: ["ranges": sweep["presumed"] ?? []])
-            #expect(named == presumed, "sweep \(seq): presumed \(named.sorted()), expected \(presumed.sorted())")
+        try Self.checkSweeps(
+            log: log, truth: FixtureTruth(stdout: untracked.stdout), presumed: { presumedBySweep[$0] ?? [] }
+        ) { seq, _, _, _, got, named in
             // A gap page is never reported but as presumed (or as new, in sweep 1).
             if seq > 1 { #expect(got.intersection(gaps).isSubset(of: named), "sweep \(seq)") }
         }
