@@ -129,27 +129,11 @@ public struct Summary {
 
     /// The program's five top writers over its sweeps (call stacks summed as `report` does).
     func topWriters() -> [String] {
-        var pages: [[FrameKey]: (frames: [Frame], pages: UInt64)] = [:]
-        var order: [[FrameKey]] = []
-        for s in sweeps {
-            for site in s.sites ?? [] {
-                let key = site.frames.map(FrameKey.init)
-                if pages[key] == nil {
-                    pages[key] = (site.frames, 0)
-                    order.append(key)
-                }
-                pages[key]!.pages += site.pages
-            }
-        }
-        let total = pages.values.reduce(UInt64(0)) { $0 + $1.pages }
+        let writers = Writer.summed(sweeps.map { $0.sites ?? [] })
+        let total = writers.reduce(UInt64(0)) { $0 + $1.pages }
         guard total > 0 else { return [] }
-        let top = order.enumerated().sorted { a, b in
-            let (x, y) = (pages[a.element]!.pages, pages[b.element]!.pages)
-            return x != y ? x > y : a.offset < b.offset
-        }.prefix(5)
-        var out = ["  top writers (of \(pages.count) call stacks):"]
-        for (_, key) in top {
-            let w = pages[key]!
+        var out = ["  top writers (of \(writers.count) call stacks):"]
+        for w in writers.prefix(5) {
             let name = FrameNaming.writer(w.frames)
             let share = Double(w.pages) * 100 / Double(total)
             out.append(

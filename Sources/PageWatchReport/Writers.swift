@@ -94,13 +94,18 @@ public struct ProcessReport: Sendable {
 
     public func mib(_ pages: UInt64) -> Double { Double(pages) * Double(log.pageSize) / 1_048_576 }
 
-    /// The sites of every sweep, aggregated by call stack; most pages
-    /// first, then most faults, then by name so the order is stable.
-    public var writers: [Writer] {
+    /// The sites of every sweep, aggregated by call stack (`Writer.summed`).
+    public var writers: [Writer] { Writer.summed(sweeps.map { $0.sites ?? [] }) }
+}
+
+extension Writer {
+    /// Sweeps' sites aggregated by call stack; most pages first, then most
+    /// faults, then first seen first. For `report` and the end-of-run summary.
+    static func summed(_ sweepsSites: [[WriteSite]]) -> [Writer] {
         var order: [[Frame]] = []
         var byStack: [[FrameKey]: Writer] = [:]
-        for sweep in sweeps {
-            for site in sweep.sites ?? [] {
+        for sites in sweepsSites {
+            for site in sites {
                 let key = site.frames.map(FrameKey.init)
                 if byStack[key] == nil {
                     order.append(site.frames)
@@ -118,7 +123,9 @@ public struct ProcessReport: Sendable {
             return a.offset < b.offset  // first seen first
         }.map(\.element)
     }
+}
 
+extension ProcessReport {
     /// Dirty pages over time, from the sweeps: the pages reported by sweeps
     /// 2...N divided by the time between sweep 1 and sweep N. Sweep 1 is
     /// left out because it reports everything tracked (tracking begins
