@@ -172,9 +172,9 @@ struct FrameKey: Hashable {
 }
 
 /// Number formatting shared by the text and HTML reports.
-enum Format {
+public enum Format {
     /// Fixed decimals without Foundation's locale-dependent String(format:).
-    static func fixed(_ v: Double, _ decimals: Int) -> String {
+    public static func fixed(_ v: Double, _ decimals: Int) -> String {
         guard v.isFinite else { return "-" }
         var scale = 1.0
         for _ in 0..<decimals { scale *= 10 }

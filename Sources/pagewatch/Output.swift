@@ -1,6 +1,7 @@
 import Glibc
 import PageWatchLog
 import PageWatchPtrace
+import PageWatchReport
 
 /// write(2) until done; EINTR retried. The errno of a failed write, or nil.
 @discardableResult
@@ -105,10 +106,10 @@ final class StatusLine {
 
     private func draw(_ now: UInt64) {
         let seconds = Double(now - startNs) / 1e9
-        var parts = ["pagewatch: \(Self.fixed(seconds)) s", "\(sweeps) sweeps", "last \(lastPages) pages"]
+        var parts = ["pagewatch: \(Format.fixed(seconds, 1)) s", "\(sweeps) sweeps", "last \(lastPages) pages"]
         if let first = firstSweepNs, lastSweepNs > first {
             let rate = Double(ratePages) / (Double(lastSweepNs - first) / 1e9)
-            parts.append("\(Self.fixed(rate * 4096 / 1_048_576)) MiB/s (\(Int(rate)) pages/s)")
+            parts.append("\(Format.fixed(rate * 4096 / 1_048_576, 1)) MiB/s (\(Int(rate)) pages/s)")
         }
         if seconds > 0 { parts.append("\(Int(Double(faults) / seconds)) faults/s") }
         if processes.count > 1 { parts.append("\(processes.count) processes") }
@@ -132,10 +133,5 @@ final class StatusLine {
         var ts = timespec()
         clock_gettime(CLOCK_MONOTONIC, &ts)
         return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-
-    static func fixed(_ v: Double) -> String {
-        let tenths = Int((v * 10).rounded())
-        return "\(tenths / 10).\(tenths % 10)"
     }
 }
