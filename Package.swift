@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import Foundation
 import PackageDescription
 
@@ -41,14 +41,24 @@ struct FixtureSpec {
     }
 }
 
-/// The fixture list, read from the one file the tests read too.
-let fixtures: [FixtureSpec] = {
+/// The fixture list, read from the one file the tests read too; nil where
+/// the manifest is read without its folder. SwiftPM reads a dependency's
+/// manifest from git, alone, to learn what a version tag holds: such a
+/// package has no fixtures and no test targets, which only its own build
+/// needs (a fixture list that cannot be read in a checkout still fails).
+let fixtureList: String? = {
     let path = Context.packageDirectory + "/fixtures/fixtures.txt"
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { fatalError("cannot read \(path)") }
-    return text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
-        .filter { !$0.isEmpty && !$0.hasPrefix("#") }
-        .map { FixtureSpec(line: Substring($0)) }
+    if let text = try? String(contentsOfFile: path, encoding: .utf8) { return text }
+    if FileManager.default.fileExists(atPath: Context.packageDirectory + "/Sources") {
+        fatalError("cannot read \(path)")
+    }
+    return nil
 }()
+
+let fixtures: [FixtureSpec] = (fixtureList ?? "").split(separator: "\n")
+    .map { $0.trimmingCharacters(in: .whitespaces) }
+    .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+    .map { FixtureSpec(line: Substring($0)) }
 
 let fixtureNames = fixtures.filter { $0.language == "c" }.map(\.name)
 let cxxFixtureNames = fixtures.filter { $0.language == "cxx" }.map(\.name)
@@ -79,11 +89,43 @@ let fixtureTargets: [Target] =
         .executableTarget(name: name, path: "fixtures/\(name)")
     }
 
+/// The tests, and the fixtures they run.
+let testTargets: [Target] = [
+    .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
+    .testTarget(
+        name: "PageWatchPtraceTests",
+        dependencies: [
+            "PageWatchPtrace", "PageWatchEngine", "fx_blocked_read", "fx_sleeper", "fx_futex_wait",
+            "fx_sigaltstack",
+        ]),
+    .testTarget(
+        name: "PageWatchAttributionTests",
+        dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchLog", "CUnwind", "fx_callsites"]),
+    .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine", "PageWatchLog"]),
+    .testTarget(name: "PageWatchLogTests", dependencies: ["PageWatchLog"]),
+    .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport", "PageWatchLog"]),
+    .testTarget(
+        name: "PageWatchKitTests",
+        dependencies: [
+            "PageWatchKit", "fx_writers", "fx_phases", "fx_syscall_out", "fx_threads", "fx_exit3", "fx_sleeper",
+        ]),
+    .testTarget(
+        name: "EndToEndTests",
+        dependencies: ["pagewatch"] + (fixtureNames + cxxFixtureNames + swiftFixtureNames).map { .target(name: $0) }
+    ),
+]
+
 let package = Package(
     name: "PageWatch",
     products: [
         .executable(name: "pagewatch", targets: ["pagewatch"]),
         .library(name: "PageWatchKit", targets: ["PageWatchKit"]),
+    ],
+    // The `pagewatch` command alone needs swift-argument-parser. A package that
+    // depends on PageWatchKit with `traits: []` does not fetch it (docs/library.md).
+    traits: [
+        .trait(name: "CommandLineTool", description: "The pagewatch command (swift-argument-parser)"),
+        .default(enabledTraits: ["CommandLineTool"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
@@ -118,30 +160,10 @@ let package = Package(
             name: "pagewatch",
             dependencies: [
                 "PageWatchEngine", "PageWatchReport", "PageWatchLog", "PageWatchPtrace",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(
+                    name: "ArgumentParser", package: "swift-argument-parser",
+                    condition: .when(traits: ["CommandLineTool"])),
             ]
         ),
-        .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
-        .testTarget(
-            name: "PageWatchPtraceTests",
-            dependencies: [
-                "PageWatchPtrace", "PageWatchEngine", "fx_blocked_read", "fx_sleeper", "fx_futex_wait",
-                "fx_sigaltstack",
-            ]),
-        .testTarget(
-            name: "PageWatchAttributionTests",
-            dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchLog", "CUnwind", "fx_callsites"]),
-        .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine", "PageWatchLog"]),
-        .testTarget(name: "PageWatchLogTests", dependencies: ["PageWatchLog"]),
-        .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport", "PageWatchLog"]),
-        .testTarget(
-            name: "PageWatchKitTests",
-            dependencies: [
-                "PageWatchKit", "fx_writers", "fx_phases", "fx_syscall_out", "fx_threads", "fx_exit3", "fx_sleeper",
-            ]),
-        .testTarget(
-            name: "EndToEndTests",
-            dependencies: ["pagewatch"] + (fixtureNames + cxxFixtureNames + swiftFixtureNames).map { .target(name: $0) }
-        ),
-    ] + fixtureTargets
+    ] + (fixtureList == nil ? [] : testTargets + fixtureTargets)
 )
