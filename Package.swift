@@ -7,6 +7,7 @@ import PackageDescription
 //   CLibUnwind, CLibDW      system libraries: libunwind-ptrace (remote unwinding), elfutils libdw (DWARF lines)
 //   CUnwind                 thin C: libunwind's macro API and its accessor callbacks (a process_vm_readv page cache)
 //   PageWatchAddressSpace   pure Swift: RemoteAddress, AddressRange, Mapping, maps parser, PageSet
+//   PageWatchImage          pure Swift: the memory image of --dump (format, writer, reader, rebuild)
 //   PageWatchLog            pure Swift: the log's records (sweeps, write sites, frames), JSON Lines out and in, signal names
 //   PageWatchPtrace         Tracee, StopEvent, RemoteSyscall, per-arch registers
 //   PageWatchAttribution    Unwinder (the writer's call stack at a stop), Symbolizer (ELF symbols, demangling, lines)
@@ -150,16 +151,18 @@ let package = Package(
         .target(
             name: "PageWatchEngine",
             dependencies: [
-                "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog", "CPtrace",
+                "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog", "PageWatchImage",
+                "CPtrace",
             ]),
-        .target(name: "PageWatchReport", dependencies: ["PageWatchLog", "PageWatchAddressSpace"]),
+        .target(name: "PageWatchImage", dependencies: ["PageWatchAddressSpace"]),
+        .target(name: "PageWatchReport", dependencies: ["PageWatchLog", "PageWatchAddressSpace", "PageWatchImage"]),
         .target(
             name: "PageWatchKit",
             dependencies: ["PageWatchEngine", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog"]),
         .executableTarget(
             name: "pagewatch",
             dependencies: [
-                "PageWatchEngine", "PageWatchReport", "PageWatchLog", "PageWatchPtrace",
+                "PageWatchEngine", "PageWatchReport", "PageWatchLog", "PageWatchPtrace", "PageWatchImage",
                 .product(
                     name: "ArgumentParser", package: "swift-argument-parser",
                     condition: .when(traits: ["CommandLineTool"])),
