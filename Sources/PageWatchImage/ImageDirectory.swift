@@ -90,6 +90,7 @@ public struct ImageDirectory: Sendable {
     /// the image does not hold.
     public func read(pid: Int32, at seq: Int, range: AddressRange) throws(ImageError) -> [UInt8] {
         let (held, _) = try memory(pid: pid, at: seq)
+        try checkSweeps(pid: pid, upTo: seq, only: range)
         var out: [UInt8] = []
         out.reserveCapacity(Int(range.length))
         var at = range.start
@@ -107,13 +108,16 @@ public struct ImageDirectory: Sendable {
     }
 
     /// Writes the memory at sweep `seq` to `output` (the held pages one
-    /// after another) and its index to `output.index.json` (each run, its
-    /// mapping-free range and its offset in `output`). What is not held is
-    /// not written.
+    /// after another) and its index to `output.index.json` (each run's
+    /// range and its offset in `output`). What is not held is not written.
+    /// Every checksum it relies on is checked first, and `output` is
+    /// written under a temporary name: a broken image overwrites nothing.
     public func build(pid: Int32, at seq: Int, output: String) throws(ImageError) -> (pages: UInt64, runs: Int) {
         let (held, _) = try memory(pid: pid, at: seq)
-        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { throw .write(path: output, errno: errno) }
+        try checkSweeps(pid: pid, upTo: seq)
+        let temporary = output + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .write(path: temporary, errno: errno) }
         var files: [Int: FileHandle] = [:]
         defer { for f in files.values { try? f.close() } }
         var offset: UInt64 = 0
@@ -124,7 +128,7 @@ public struct ImageDirectory: Sendable {
                 while done < piece.length {
                     let count = min(UInt64(ImageWriter.chunkBytes), piece.length - done)
                     let chunk = try bytes(pid: pid, source: source, skip: done, count: Int(count), files: &files)
-                    try ImageWriter.writeAll(fd, chunk, path: output)
+                    try ImageWriter.writeAll(fd, chunk, path: temporary)
                     done += count
                 }
                 runs.append(BuiltRun(range: ImageRange(piece), offset: offset))
@@ -132,12 +136,20 @@ public struct ImageDirectory: Sendable {
             }
         } catch {
             close(fd)
+            unlink(temporary)
             throw error
         }
-        if close(fd) != 0 { throw .write(path: output, errno: errno) }
+        if close(fd) != 0 {
+            unlink(temporary)
+            throw .write(path: temporary, errno: errno)
+        }
         let index = BuiltIndex(
             schema: ImageSchema.name, pid: pid, seq: seq, pageSize: manifest.pageSize, runs: runs, bytes: offset)
-        try ImageWriter.writeJSON(index, to: output + ".index.json")
+        do throws(ImageError) { try ImageWriter.writeJSON(index, to: output + ".index.json") } catch {
+            unlink(temporary)
+            throw error
+        }
+        if rename(temporary, output) != 0 { throw .write(path: output, errno: errno) }
         return (offset / Page.size, runs.count)
     }
 
@@ -186,22 +198,23 @@ public struct ImageDirectory: Sendable {
         return problems
     }
 
-    /// A sweep's pages file against its index: size, and each range's checksum.
-    func check(_ sweep: SweepIndex, pid: Int32) -> [String] {
+    /// A sweep's pages file against its index: size, and the checksum of
+    /// each range (of those overlapping `only`, when given). Each problem
+    /// names the pages file.
+    func check(_ sweep: SweepIndex, pid: Int32, only: AddressRange? = nil) -> [String] {
         let file = path + "/\(pid)/" + sweep.pagesFile
-        guard let handle = FileHandle(forReadingAtPath: file) else { return ["pid \(pid): cannot read \(file)"] }
+        guard let handle = FileHandle(forReadingAtPath: file) else { return ["cannot read \(file)"] }
         defer { try? handle.close() }
         let size = (try? handle.seekToEnd()) ?? 0
         var problems: [String] = []
         if size != sweep.pagesBytes {
             problems.append(
-                "pid \(pid) sweep \(sweep.seq): \(sweep.pagesFile) has \(size) bytes, the index says \(sweep.pagesBytes)"
-            )
+                "\(file) has \(size) bytes, its index (sweep \(sweep.seq) of pid \(pid)) says \(sweep.pagesBytes)")
         }
-        for r in sweep.ranges where r.storesBytes {
+        for r in sweep.ranges where r.storesBytes && (only.map { r.range.range.overlaps($0) } ?? true) {
             let range = r.range.range
             guard let offset = r.offset, offset + range.length <= size else {
-                problems.append("pid \(pid) sweep \(sweep.seq): \(range) lies outside \(sweep.pagesFile)")
+                problems.append("\(file): \(range) lies outside the file")
                 continue
             }
             var crc = CRC32()
@@ -214,10 +227,20 @@ public struct ImageDirectory: Sendable {
                 done += UInt64(count)
             }
             if done != range.length || IndexedRange.hex8(crc.value) != r.crc32 {
-                problems.append("pid \(pid) sweep \(sweep.seq): \(range) does not match its checksum")
+                problems.append("\(file): \(range) does not match its checksum")
             }
         }
         return problems
+    }
+
+    /// Throws the first problem of the sweeps up to `seq` (those parts
+    /// overlapping `only`): what `read` and `build` rely on must be sound.
+    func checkSweeps(pid: Int32, upTo seq: Int, only: AddressRange? = nil) throws(ImageError) {
+        for sweep in try sweeps(pid: pid) where sweep.seq <= seq {
+            if let problem = check(sweep, pid: pid, only: only).first {
+                throw .damaged(problem: problem)
+            }
+        }
     }
 
     func bytes(pid: Int32, source: Source, skip: UInt64, count: Int, files: inout [Int: FileHandle])

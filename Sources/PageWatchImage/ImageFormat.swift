@@ -158,6 +158,8 @@ public enum ImageError: Error, Equatable, CustomStringConvertible {
     case noSuch(what: String, path: String)
     /// The image does not hold this page at that sweep.
     case notHeld(page: UInt64, seq: Int, pid: Int32)
+    /// A pages file does not match its index (`verify`'s first finding).
+    case damaged(problem: String)
 
     public var description: String {
         switch self {
@@ -167,6 +169,7 @@ public enum ImageError: Error, Equatable, CustomStringConvertible {
         case let .exists(path):
             return "\(path) already holds a memory image (image.json); remove it or name another directory"
         case let .noSuch(what, path): return "\(path) has no \(what)"
+        case let .damaged(problem): return "\(problem) (pagewatch image verify lists every problem)"
         case let .notHeld(page, seq, pid):
             return "the image does not hold page 0x\(String(page, radix: 16)) of pid \(pid) at sweep \(seq)"
         }

@@ -83,6 +83,23 @@ public final class ImageWriter {
         try Self.writeJSON(index, to: directory + "/" + SweepIndex.fileName(seq: seq))
     }
 
+    /// Before anything is traced: `root` made (with its parents) and
+    /// writable, and holding no image yet, so that a bad `--dump DIR` is
+    /// refused at once rather than at the first sweep.
+    public static func prepare(root: String) throws(ImageError) {
+        if access(root + "/image.json", F_OK) == 0 { throw .exists(path: root) }
+        var path = root.hasPrefix("/") ? "" : "."
+        for part in root.split(separator: "/") {
+            path += "/" + part
+            try makeDirectory(path)
+        }
+        let probe = root + "/.pagewatch-write-test"
+        let fd = open(probe, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .write(path: root, errno: errno) }
+        close(fd)
+        unlink(probe)
+    }
+
     static func makeDirectory(_ path: String) throws(ImageError) {
         if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .write(path: path, errno: errno) }
     }

@@ -1,6 +1,7 @@
 import Glibc
 import ArgumentParser
 import PageWatchEngine
+import PageWatchImage
 import PageWatchLog
 import PageWatchPtrace
 
@@ -132,10 +133,6 @@ struct TrackingOptions: ParsableArguments {
         if PresumeMode(rawValue: presume) == nil {
             throw ValidationError("invalid --presume '\(presume)' (expected auto, never or always)")
         }
-        if let dump, access(dump + "/image.json", F_OK) == 0 {
-            throw ValidationError(
-                "--dump \(dump) already holds a memory image (image.json): remove it or name another directory")
-        }
         if !(0...256).contains(stackDepth) {
             throw ValidationError("invalid --stack-depth \(stackDepth) (expected 0 to 256)")
         }
@@ -163,7 +160,17 @@ struct TrackingOptions: ParsableArguments {
         return c
     }
 
+    /// `--dump DIR` made and checked before the program starts: a directory
+    /// that cannot be written is refused at once (exit 1), not at the first sweep.
+    func prepareDump() {
+        guard let dump else { return }
+        do { try ImageWriter.prepare(root: dump) } catch {
+            fail("--dump: \(error)", status: 1)
+        }
+    }
+
     func openSink() -> LogSink {
+        prepareDump()
         do {
             let sink = try LogSink(path: output, keepingOld: !force)
             if !quiet {

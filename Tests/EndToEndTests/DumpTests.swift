@@ -151,8 +151,32 @@ import Testing
         let changed = try image(["verify", d.image])
         #expect(changed.status == 1)
         #expect(
-            changed.stderr.contains("sweep 2: ") && changed.stderr.contains("does not match its checksum"),
+            changed.stderr.contains("\(pages): 0x") && changed.stderr.contains(" does not match its checksum"),
             "\(changed.stderr)")
+        // build and read refuse it, naming the file, and overwrite nothing.
+        let output = d.image + "/kept.bin"
+        try Data("keep me".utf8).write(to: URL(fileURLWithPath: output))
+        let build = try image(["build", d.image, "--at", "2", "-o", output])
+        #expect(build.status == 1)
+        #expect(
+            build.stderr.hasPrefix("pagewatch: \(pages): 0x") && build.stderr.contains("does not match its checksum"),
+            "\(build.stderr)")
+        #expect(FileManager.default.contents(atPath: output) == Data("keep me".utf8))
+        #expect(!FileManager.default.fileExists(atPath: output + ".tmp"))
+        let read = try image(["read", d.image, "--at", "2", "0x2a0000000000-0x2a0000020000"])
+        #expect(read.status == 1 && read.stdout.isEmpty && read.stderr.contains("does not match its checksum"))
+        #expect(try image(["build", d.image, "--at", "1", "-o", d.image + "/one.bin"]).status == 0)
+        // A pages file cut short.
+        let cut = "\(d.image)/\(pid)/sweep-1.pages"
+        let size = try #require(try FileManager.default.attributesOfItem(atPath: cut)[.size] as? Int)
+        #expect(truncate(cut, off_t(size - 4096)) == 0)
+        let short = try image(["build", d.image, "--at", "1", "-o", output])
+        #expect(short.status == 1)
+        #expect(
+            short.stderr.hasPrefix(
+                "pagewatch: \(cut) has \(size - 4096) bytes, its index (sweep 1 of pid \(pid)) says \(size)"),
+            "\(short.stderr)")
+        #expect(FileManager.default.contents(atPath: output) == Data("keep me".utf8))
         try FileManager.default.removeItem(atPath: "\(d.image)/\(pid)/sweep-3.json")
         let broken = try image(["verify", d.image])
         #expect(broken.stderr.contains("sweep 3 is missing (the next is 4)"), "\(broken.stderr)")
@@ -160,15 +184,97 @@ import Testing
 
     @Test func refusesAnExistingImageAndShowsOne() throws {
         let d = try dump()
+        let before = try FileManager.default.contentsOfDirectory(atPath: d.image).sorted()
         let again = try Harness.run([Harness.pagewatch, "run", "--dump", d.image, "/bin/true"])
-        #expect(again.status == 2)
-        #expect(again.stderr.contains("--dump \(d.image) already holds a memory image"), "\(again.stderr)")
+        #expect(again.status == 1)
+        #expect(
+            again.stderr
+                == "pagewatch: --dump: \(d.image) already holds a memory image (image.json); remove it or name another directory\n"
+        )
+        #expect(try FileManager.default.contentsOfDirectory(atPath: d.image).sorted() == before)
         let show = try image(["show", d.image])
         #expect(show.status == 0)
         let rows = show.stdout.split(separator: "\n").map { $0.split(separator: " ").joined(separator: " ") }
         #expect(rows.contains { $0.hasPrefix("5 exit ") }, "\(show.stdout)")
         let missing = try image(["show", "/nonexistent"])
         #expect(missing.status == 1 && missing.stderr.hasPrefix("pagewatch: cannot read /nonexistent/image.json"))
+    }
+
+    /// `attach --dump` on a program nobody here wrote: python, blocked in a
+    /// read of stdin after building its data. The memory at the detach
+    /// sweep, rebuilt from the image, equals the process's memory read
+    /// through /proc/PID/mem after the detach, run by run.
+    @Test func attachDumpEqualsTheMemoryAfterTheDetach() throws {
+        let program = try Background([
+            "/usr/bin/python3", "-c",
+            "import sys; d = [bytes([i % 251]) * 4096 for i in range(3000)]; print('ready', flush=True); sys.stdin.read(); print(len(d))",
+        ])
+        #expect(program.waitFor("ready"))
+        let base = Harness.temporaryPath("attach-dump-\(UUID().uuidString)")
+        let image = base + "/image", log = base + ".jsonl", built = base + ".bin"
+        let attach = try Harness.run([
+            Harness.pagewatch, "attach", "--interval", "100ms", "--sweeps", "3", "--verify-contents", "-o", log,
+            "--dump", image, "\(program.pid)",
+        ])
+        #expect(attach.status == 0, "\(attach.stderr)")
+        let build = try Harness.run([Harness.pagewatch, "image", "build", image, "--at", "3", "-o", built])
+        #expect(build.status == 0, "\(build.stderr)")
+        let index = try #require(
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: built + ".index.json")))
+                as? [String: Any])
+        let runs = index["runs"] as? [[String: Any]] ?? []
+        #expect(runs.count > 10)
+        // Pages the kernel writes behind the program's back (its rseq area)
+        // are pinned: reported by every sweep. Only they may differ after
+        // the detach (the thread's interrupted read restarts, and the
+        // kernel refreshes the area on its way back to user space).
+        let sweeps = try Harness.readLog(log).filter { $0["type"] as? String == "sweep" }
+        var pinned: Set<UInt64>? = nil
+        for sweep in sweeps.dropFirst() {
+            let pages = FixtureTruth.pages(in: (0, UInt64.max), of: sweep, fields: ["ranges"])
+            pinned = pinned.map { $0.intersection(pages) } ?? pages
+        }
+        let memory = try #require(FileHandle(forReadingAtPath: "/proc/\(program.pid)/mem"))
+        let image_ = try #require(FileHandle(forReadingAtPath: built))
+        var compared = 0
+        var differing: [UInt64] = []
+        for run in runs {
+            let bounds = (run["range"] as? [String] ?? []).map { UInt64($0.dropFirst(2), radix: 16)! }
+            let length = Int(bounds[1] - bounds[0])
+            try memory.seek(toOffset: bounds[0])
+            try image_.seek(toOffset: UInt64(run["offset"] as? Int ?? 0))
+            let now = try #require(try memory.read(upToCount: length))
+            let then = try #require(try image_.read(upToCount: length))
+            for page in stride(from: 0, to: length, by: 4096) where now[page..<page + 4096] != then[page..<page + 4096]
+            {
+                differing.append(bounds[0] + UInt64(page))
+            }
+            compared += length
+        }
+        #expect(
+            differing.allSatisfy { pinned?.contains($0 / 4096) == true }, "\(differing.map { String($0, radix: 16) })")
+        // The program's 3,000 pages of data among them.
+        #expect(compared > 3000 * 4096)
+        let verify = try Harness.run([Harness.pagewatch, "image", "verify", image])
+        #expect(verify.status == 0, "\(verify.stderr)")
+        program.send("\n")
+        #expect(program.finish() == 0)
+        #expect(program.stdout == "ready\n3000\n")
+    }
+
+    /// A directory that cannot be written is refused before the program
+    /// starts (a read-only tmpfs in a mount namespace of its own: root only).
+    @Test(.enabled(if: getuid() == 0)) func aReadOnlyDirectoryIsRefusedAtOnce() throws {
+        let mount = Harness.temporaryPath("ro-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(atPath: mount, withIntermediateDirectories: true)
+        let run = try Harness.run([
+            "/usr/bin/unshare", "-m", "/bin/sh", "-c",
+            "mount -t tmpfs -o ro,size=64k none \(mount) && exec \(Harness.pagewatch) run --dump \(mount)/image /bin/echo ran",
+        ])
+        #expect(run.status == 1)
+        #expect(run.stdout == "", "the program must not start")
+        #expect(
+            run.stderr == "pagewatch: --dump: cannot write \(mount)/image: Read-only file system\n", "\(run.stderr)")
     }
 
     /// A full disk stops the dump with one line and exit status 1; the
@@ -179,7 +285,7 @@ import Testing
         try FileManager.default.createDirectory(atPath: mount, withIntermediateDirectories: true)
         let run = try Harness.run([
             "/usr/bin/unshare", "-m", "/bin/sh", "-c",
-            "mount -t tmpfs -o size=64k none \(mount) && exec \(Harness.pagewatch) run --sweep-signal USR2 --interval 0 -o /dev/null --dump \(mount)/image \(Harness.fixture("fx_dump"))",
+            "mount -t tmpfs -o size=64k none \(mount) && exec \(Harness.pagewatch) run --sweep-signal USR2 --interval 0 --verify-contents -o /dev/null --dump \(mount)/image \(Harness.fixture("fx_dump"))",
         ])
         let plain = try Harness.run([Harness.fixture("fx_dump")])
         #expect(run.status == 1)
