@@ -104,6 +104,7 @@ let testTargets: [Target] = [
         dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchLog", "CUnwind", "fx_callsites"]),
     .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine", "PageWatchLog"]),
     .testTarget(name: "PageWatchLogTests", dependencies: ["PageWatchLog"]),
+    .testTarget(name: "PageWatchImageTests", dependencies: ["PageWatchImage"]),
     .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport", "PageWatchLog"]),
     .testTarget(
         name: "PageWatchKitTests",

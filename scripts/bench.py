@@ -33,6 +33,12 @@ sweeps  Sweep time against the number of dirty pages, contiguous and
 python  Wall time of python3 running a fixed workload
         (scripts/bench_workload.py) untracked and under `pagewatch run
         --interval 100ms`, at --stack-depth 0 and at the default depth.
+dump    The cost of --dump: fx_sweep's rounds (contiguous dirty pages,
+        each round a timed sweep) under `pagewatch run` without and with
+        --dump DIR, beside fx_sweep copying the same pages to a new file
+        (a plain copy of the same bytes, write(2) from its own memory), in
+        the same run, alternated. The dump's cost is the sweep's time with
+        it minus without; per MiB dumped against the copy's per MiB.
 rss     PageWatch's peak RSS (VmHWM of its /proc/PID/status, polled) while
         it tracks a 16 GiB region (fx_sweep, MAP_NORESERVE) in which 256 Ki
         pages (--full: 1 Mi, the target's case) are written.
@@ -68,7 +74,7 @@ import tempfile
 import time
 
 DEFAULT_DEPTH = 16  # pagewatch's --stack-depth default
-SECTIONS = ["faults", "floor", "sweeps", "python", "rss", "programs"]
+SECTIONS = ["faults", "floor", "sweeps", "dump", "python", "rss", "programs"]
 SWEEP_BASE = 0x300000000000  # fx_sweep's region
 PAGE = 4096
 MIB = 1024 * 1024
@@ -78,6 +84,8 @@ FLOOR_TARGET = 1.3      # depth-0 fault <= 1.3x the bare ptrace stop round trip
 DEPTH_TARGET = 2.0      # depth 16 <= 2x depth 0, per tracked fault
 SWEEP_TARGET = 1.5      # re-arming 64 Ki scattered pages <= 1.5x the in-process loop
 SWEEP_TARGET_PAGES = 65536
+DUMP_TARGET = 2.0       # --dump's cost per MiB <= 2x a plain copy of the same bytes
+DUMP_TARGET_PAGES = 65536
 RSS_TARGET_MIB = 64     # tracker peak RSS for the 16 GiB case
 SORT_TARGET_100MS = 5.0  # programs: tracked / untracked wall time at --stack-depth 0
 SORT_TARGET_1S = 2.0
@@ -426,6 +434,48 @@ def run_sweeps(a, results):
               f"{med(d['fallbacks']):9.0f} {med(d['extra']):12.0f}   {med(d['pw_fault']):11.2f} "
               f"{med(d['in_fault']):8.2f}   {max(d['rss']):10.1f}")
     run_first_sweeps(a, results)
+
+
+def run_dump(a, results):
+    """--dump's cost per sweep against the same sweeps without it and a plain copy of the same bytes."""
+    rounds = 3
+    region = max(a.dump_sizes) * 2
+    track = f"0x{SWEEP_BASE:x}-0x{SWEEP_BASE + region * PAGE:x}"
+    # In memory (tmpfs) where there is one: the disk's writeback, shared with
+    # everything else on the machine, would swamp what is measured.
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    work = tempfile.mkdtemp(prefix="pagewatch-bench-dump-", dir=shm)
+    data = {(n, v): [] for n in a.dump_sizes for v in ("plain", "dump", "copy")}
+    for run in range(a.dump_runs):
+        for n in a.dump_sizes:
+            args = ["contiguous", str(n), str(rounds), str(region)]
+            for variant in ("plain", "dump", "copy"):
+                image = os.path.join(work, "image")
+                if variant == "copy":
+                    r = Run([f"{a.bin}/fx_sweep", "copy"] + args, env={**os.environ, "FX_COPY_DIR": work})
+                else:
+                    cmd = [f"{a.bin}/pagewatch", "run", "--sweep-signal", "USR2", "--interval", "0", "--track", track,
+                           "--stack-depth", "0", "--output", os.path.join(work, "log.jsonl"), "--force"]
+                    cmd += ["--dump", image] if variant == "dump" else []
+                    r = Run(cmd + ["--", f"{a.bin}/fx_sweep", "tracked"] + args)
+                r.check()
+                data[(n, variant)] += [ns / 1e6 for _, ns in parse_counts(r.stderr, "round")]
+                for name in os.listdir(work):
+                    path = os.path.join(work, name)
+                    shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+    os.rmdir(work)
+    print(f"--dump: fx_sweep, contiguous dirty pages, {a.dump_runs} run(s) x {rounds} round(s) in {work} "
+          f"({'tmpfs' if shm else 'the temporary directory'}); medians, milliseconds per round: the sweep (a timed "
+          f"raise(SIGUSR2)) without and with --dump, and fx_sweep writing the same pages to a new file")
+    print(f"{'dirty pages':>11} {'MiB':>6}   {'sweep':>8} {'+ --dump':>9} {'copy':>8}   "
+          f"{'dump ms/MiB':>11} {'copy ms/MiB':>11} {'ratio':>7}")
+    for n in a.dump_sizes:
+        plain, dump, copy = (statistics.median(data[(n, v)]) for v in ("plain", "dump", "copy"))
+        mib = n * PAGE / MIB
+        cost, per_copy = (dump - plain) / mib, copy / mib
+        print(f"{n:11} {mib:6.0f}   {plain:8.2f} {dump:9.2f} {copy:8.2f}   {cost:11.3f} {per_copy:11.3f} "
+              f"{cost / per_copy:6.2f}x")
+        results.setdefault("dump", {})[n] = (cost, per_copy)
 
 
 def run_first_sweeps(a, results):
@@ -952,6 +1002,9 @@ def print_targets(a, results):
     sw = results.get("sweeps", {}).get((SWEEP_TARGET_PAGES, "scattered"))
     line(f"re-arming {SWEEP_TARGET_PAGES} scattered pages / in-process mprotect loop",
          sw[0] / sw[1] if sw else None, SWEEP_TARGET)
+    dump = results.get("dump", {}).get(DUMP_TARGET_PAGES)
+    line(f"--dump of {DUMP_TARGET_PAGES} pages, cost per MiB / a plain copy's", dump[0] / dump[1] if dump else None,
+         DUMP_TARGET)
     line(f"tracker peak RSS, {results.get('rss_region', '16 GiB region')}", results.get("rss"), RSS_TARGET_MIB,
          unit=" MiB")
     program_targets(results)
@@ -980,6 +1033,8 @@ def main():
                     help="sweeps: rounds (sweeps) a run; default 3, 1 above 65536 dirty pages")
     ap.add_argument("--sweep-region-pages", type=int, default=2 * 1024 * 1024, help="sweeps: the region's size")
     ap.add_argument("--sweep-depth", type=int, default=0, help="sweeps: pagewatch's --stack-depth")
+    ap.add_argument("--dump-sizes", default="1024,16384,65536", help="dump: dirty pages, comma separated")
+    ap.add_argument("--dump-runs", type=int, default=3, help="dump: runs of each size")
     ap.add_argument("--python-runs", type=int, default=3)
     ap.add_argument("--python-timeout", type=float, default=120.0, help="python: seconds before a tracked run is killed")
     ap.add_argument("--rss-region-pages", type=int, default=4 * 1024 * 1024, help="rss: the region's size (16 GiB)")
@@ -1003,6 +1058,7 @@ def main():
     if a.rss_dirty is None:
         a.rss_dirty = 1024 * 1024 if a.full else 256 * 1024
     a.sweep_sizes = [int(n) for n in a.sweep_sizes.split(",")]
+    a.dump_sizes = [int(n) for n in a.dump_sizes.split(",")]
     a.sections = [s for s in a.sections.split(",") if s]
     a.programs = [p for p in a.programs.split(",") if p]
     if [p for p in a.programs if p not in PROGRAMS]:
@@ -1021,7 +1077,8 @@ def main():
     if "faults" in a.sections or "floor" in a.sections:
         blocks.append(("faults+floor" if "faults" in a.sections and "floor" in a.sections
                        else "faults" if "faults" in a.sections else "floor", run_faults_and_floor))
-    for name, block in (("sweeps", run_sweeps), ("python", run_python), ("rss", run_rss), ("programs", run_programs)):
+    for name, block in (("sweeps", run_sweeps), ("dump", run_dump), ("python", run_python), ("rss", run_rss),
+                        ("programs", run_programs)):
         if name in a.sections:
             blocks.append((name, block))
     took = []

@@ -72,7 +72,9 @@ public struct ImageDirectory: Sendable {
                 }
             }
         }
+        // Pages gone while this sweep read them are no longer part of it.
         let tracked = PageSet(last.tracked.map(\.range))
+            .subtracting(PageSet(last.ranges.filter { $0.kind == .gone }.map(\.range.range)))
         var held: [(AddressRange, Source)] = []
         var covered = PageSet()
         for (range, source) in map.segments {

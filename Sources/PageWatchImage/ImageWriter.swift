@@ -27,18 +27,27 @@ public final class ImageWriter {
 
     /// One sweep's increment. `pieces` are the sweep's pages, sorted and
     /// disjoint, each with its kind (`data`, `file` or `zero`) and mapping;
-    /// `read` reads the process's memory (nil: not readable, gone meanwhile).
+    /// `read` reads the process's memory at a range into a buffer of its
+    /// length (false: not readable whole, gone meanwhile).
+    ///
+    /// Each chunk is read into one buffer, reused, where the checksum finds
+    /// it in cache, and written from there. (Read straight into the pages
+    /// file, mapped, it was slower: a file page mapped is zeroed first, a
+    /// page written whole is not.)
     public func write(
         seq: Int, reason: String, timeNs: UInt64, tracked: PageSet,
         pieces: [(range: AddressRange, kind: IndexedRange.Kind, mapping: String)],
-        read: (AddressRange) -> [UInt8]?
+        read: (AddressRange, UnsafeMutableRawBufferPointer) -> Bool
     ) throws(ImageError) {
         let pagesName = SweepIndex.pagesFileName(seq: seq)
         let pagesPath = directory + "/" + pagesName
-        let fd = open(pagesPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let fd = open(pagesPath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .write(path: pagesPath, errno: errno) }
         var closed = false
         defer { if !closed { close(fd) } }
+        let total = pieces.reduce(UInt64(0)) { $0 + ($1.kind == .data || $1.kind == .file ? $1.range.length : 0) }
+        var file = PagesFile(fd: fd, path: pagesPath)
+        defer { file.release() }
         var offset: UInt64 = 0
         var indexed: [IndexedRange] = []
         for piece in pieces {
@@ -51,12 +60,13 @@ public final class ImageWriter {
             var readable = true
             while at < piece.range.end {
                 let count = min(Self.chunkBytes, Int(piece.range.end - at))
-                guard let bytes = read(AddressRange(start: at, end: at + UInt64(count))), bytes.count == count else {
+                let chunk = file.space(count: count)
+                guard read(AddressRange(start: at, end: at + UInt64(count)), chunk) else {
                     readable = false
                     break
                 }
-                bytes.withUnsafeBytes { crc.update($0) }
-                try Self.writeAll(fd, bytes, path: pagesPath)
+                crc.update(UnsafeRawBufferPointer(chunk))
+                try file.commit(chunk, at: offset + (at - piece.range.start))
                 at = at + UInt64(count)
             }
             if readable {
@@ -65,13 +75,15 @@ public final class ImageWriter {
                         range: piece.range, kind: piece.kind, offset: offset, crc32: crc.value, mapping: piece.mapping))
                 offset += piece.range.length
             } else {
-                // Unmapped by a running thread while being read: cut its bytes back off.
-                if ftruncate(fd, off_t(offset)) != 0 || lseek(fd, off_t(offset), SEEK_SET) < 0 {
-                    throw .write(path: pagesPath, errno: errno)
-                }
+                // Unmapped by a running thread while being read: the space it
+                // had stays unused (written in part, or a hole).
                 indexed.append(IndexedRange(range: piece.range, kind: .gone, mapping: piece.mapping))
+                offset += piece.range.length
             }
         }
+        file.release()
+        // The size the index gives, whatever the last run was.
+        if ftruncate(fd, off_t(total)) != 0 { throw .write(path: pagesPath, errno: errno) }
         // close(2) reports delayed write errors (NFS, quotas).
         closed = true
         if close(fd) != 0 { throw .write(path: pagesPath, errno: errno) }
@@ -79,7 +91,7 @@ public final class ImageWriter {
         lastTracked = tracked
         let index = SweepIndex(
             seq: seq, pid: pid, reason: reason, timeNs: timeNs, tracked: tracked.ranges, ranges: indexed,
-            gone: gone.ranges, pagesFile: pagesName, pagesBytes: offset)
+            gone: gone.ranges, pagesFile: pagesName, pagesBytes: total)
         try Self.writeJSON(index, to: directory + "/" + SweepIndex.fileName(seq: seq))
     }
 
@@ -136,5 +148,41 @@ public final class ImageWriter {
         }
         if close(fd) != 0 { throw .write(path: temporary, errno: errno) }
         if rename(temporary, path) != 0 { throw .write(path: path, errno: errno) }
+    }
+}
+
+/// A sweep's pages file as it is filled: each chunk read into one buffer,
+/// reused (it stays in cache for the checksum), then written at its offset.
+struct PagesFile {
+    let fd: Int32
+    let path: String
+    var buffer: UnsafeMutableRawBufferPointer? = .allocate(byteCount: ImageWriter.chunkBytes, alignment: 4096)
+
+    init(fd: Int32, path: String) {
+        self.fd = fd
+        self.path = path
+    }
+
+    /// Where a chunk of `count` bytes is to be read into.
+    func space(count: Int) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(rebasing: buffer![0..<count])
+    }
+
+    /// The chunk read into `space(count:)` written at `offset`.
+    func commit(_ chunk: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(ImageError) {
+        var done = 0
+        while done < chunk.count {
+            let n = pwrite(fd, chunk.baseAddress! + done, chunk.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw .write(path: path, errno: errno)
+            }
+            done += n
+        }
+    }
+
+    mutating func release() {
+        buffer?.deallocate()
+        buffer = nil
     }
 }

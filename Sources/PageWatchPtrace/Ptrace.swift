@@ -206,6 +206,23 @@ public enum Ptrace {
         return buffer
     }
 
+    /// Reads `destination.count` bytes into `destination` (bulk copies
+    /// such as a `--dump` into its mapped pages file); the bytes read.
+    public static func readMemory(
+        _ pid: Int32, _ address: RemoteAddress, into destination: UnsafeMutableRawBufferPointer
+    )
+        throws -> Int
+    {
+        if UserfaultRanges.shared.overlaps(address, count: destination.count) {
+            let bytes = try readMemoryAskingNoHandler(pid, address, count: destination.count)
+            bytes.withUnsafeBytes { destination.copyMemory(from: $0) }
+            return bytes.count
+        }
+        let n = pw_read_memory(pid, address.value, destination.baseAddress, destination.count)
+        if n < 0 { throw TraceError.call("process_vm_readv", Errno(Int32(-n)), tid: pid, address: address) }
+        return n
+    }
+
     public static func tgkill(_ tgid: Int32, _ tid: Int32, _ signal: Int32) throws {
         try check(pw_tgkill(tgid, tid, signal), "tgkill", tid: tid)
     }

@@ -262,6 +262,30 @@ import Testing
         #expect(program.stdout == "ready\n3000\n")
     }
 
+    /// `--follow-forks`: a directory per process, as many sweeps as the log
+    /// has for it, and the chain of each sound.
+    @Test func followedChildrenHaveImagesOfTheirOwn() throws {
+        let base = Harness.temporaryPath("fork-dump-\(UUID().uuidString)")
+        let run = try Harness.run([
+            Harness.pagewatch, "run", "--follow-forks", "--sweep-signal", "USR2", "--interval", "0", "-o",
+            base + ".jsonl", "--dump", base, Harness.fixture("fx_fork"),
+        ])
+        #expect(run.status == 0, "\(run.stderr)")
+        var logged: [Int: Int] = [:]
+        for sweep in try Harness.readLog(base + ".jsonl") where sweep["type"] as? String == "sweep" {
+            logged[sweep["pid"] as? Int ?? 0, default: 0] += 1
+        }
+        #expect(logged.count >= 2)
+        for (pid, count) in logged {
+            let names = try FileManager.default.contentsOfDirectory(atPath: "\(base)/\(pid)")
+            #expect(names.filter { $0.hasSuffix(".json") }.count == count, "pid \(pid): \(names.sorted())")
+        }
+        let verify = try Harness.run([Harness.pagewatch, "image", "verify", base])
+        #expect(verify.status == 0, "\(verify.stderr)")
+        #expect(
+            verify.stdout.hasSuffix("sound (\(logged.count) process(es), \(logged.values.reduce(0, +)) sweep(s))\n"))
+    }
+
     /// A directory that cannot be written is refused before the program
     /// starts (a read-only tmpfs in a mount namespace of its own: root only).
     @Test(.enabled(if: getuid() == 0)) func aReadOnlyDirectoryIsRefusedAtOnce() throws {

@@ -29,7 +29,7 @@ extension ProcessTracker {
             try imageWriter!.write(
                 seq: record.seq, reason: record.reason.rawValue, timeNs: record.timeNs, tracked: tracked,
                 pieces: Self.imagePieces(held, maps: attribution.lastMaps),
-                read: { range in try? Ptrace.readMemory(tid, range.start, count: Int(range.length)) })
+                read: { range, into in (try? Ptrace.readMemory(tid, range.start, into: into)) == into.count })
         } catch {
             session.dumpFailure = error
             session.giveUpTracking(because: "the memory image could not be written (\(error))")
