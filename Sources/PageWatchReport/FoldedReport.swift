@@ -5,15 +5,15 @@ import PageWatchLog
 /// line per distinct stack, weighted by dirtied pages.
 public enum FoldedReport {
     public static func render(_ report: ProcessReport) -> String {
-        stacks(report).map { "\($0.frames.joined(separator: ";")) \($0.pages)\n" }.joined()
+        stacks(report.writers).map { "\($0.frames.joined(separator: ";")) \($0.pages)\n" }.joined()
     }
 
     /// One entry per distinct stack, outermost frame first, most pages first
     /// (ties: first seen first). The HTML flame graph draws these too.
-    static func stacks(_ report: ProcessReport) -> [(frames: [String], pages: UInt64)] {
+    static func stacks(_ writers: [Writer]) -> [(frames: [String], pages: UInt64)] {
         var counts: [[String]: UInt64] = [:]
         var order: [[String]] = []
-        for w in report.writers {
+        for w in writers {
             // Writers differing only in what the names drop (ips, lines) are one stack here.
             let stack = w.frames.isEmpty ? ["[no frames]"] : w.frames.reversed().map { frameName($0) }
             if counts[stack] == nil { order.append(stack) }

@@ -26,7 +26,9 @@ public enum HTMLReport {
     /// The sections of one process, in the page's order. Ids start with
     /// `prefix`: empty for the process reported first, `pPID-` for the others.
     static func sections(_ report: ProcessReport, prefix: String) -> [Section] {
-        [
+        // Summed once: the table and the flame graph both need them.
+        let writers = report.writers
+        return [
             Section(id: "summary", link: "Summary", title: "Summary", body: summary(report)),
             Section(
                 id: "chart", link: "Dirty rate", title: "Dirty rate over time", body: rateChart(report, prefix: prefix)),
@@ -35,11 +37,12 @@ public enum HTMLReport {
                 id: "sweep-writers", link: "Sweep writers", title: "Writers of one sweep",
                 body: SweepWritersView.html(report, prefix: prefix)),
             Section(
-                id: "top-writers", link: "Top writers", title: "Top writers", body: writersTable(report, prefix: prefix)
+                id: "top-writers", link: "Top writers", title: "Top writers",
+                body: writersTable(report, writers: writers, prefix: prefix)
             ),
             Section(
                 id: "flame", link: "Flame graph", title: "Flame graph of the writers",
-                body: flameGraph(report, prefix: prefix)),
+                body: flameGraph(report, writers: writers, prefix: prefix)),
             Section(
                 id: "map", link: "Page map", title: "Pages dirtied, sweep by sweep",
                 body: scrolling(pageMap(report, prefix: prefix), tall: true)),
@@ -55,6 +58,15 @@ public enum HTMLReport {
                 try? ProcessReport(log: log, pid: $0.pid)
             }
         let several = reports.count > 1
+        // A build's log can hold thousands of processes: the biggest are drawn, all are listed.
+        let drawnPids = Set(
+            [report.process.pid]
+                + reports.dropFirst().enumerated().sorted { a, b in
+                    let pa = totals(a.element.process).pages, pb = totals(b.element.process).pages
+                    return pa != pb ? pa > pb : a.offset < b.offset
+                }.prefix(maxProcessesDrawn - 1).map(\.element.process.pid))
+        let drawn = reports.filter { drawnPids.contains($0.process.pid) }
+        let firstSections = sections(report, prefix: "")
         var html = """
             <!DOCTYPE html>
             <html lang="en">
@@ -96,20 +108,20 @@ public enum HTMLReport {
         // The table of contents links the first process's sections; the picker's script points it at the one shown.
         html += "<nav id=\"toc\">"
         if several { html += "<a href=\"#processes\">Processes</a>" }
-        for s in sections(report, prefix: "").map({ ($0.id, $0.link) }) {
-            html += "<a data-section=\"\(s.0)\" href=\"#\(s.0)\">\(escape(s.1))</a>"
+        for s in firstSections {
+            html += "<a data-section=\"\(s.id)\" href=\"#\(s.id)\">\(escape(s.link))</a>"
         }
-        if several { html += processPicker(reports) }
+        if several { html += processPicker(drawn) }
         html += "</nav>\n"
-        if several { html += processesSection(reports) }
-        for (i, r) in reports.enumerated() {
+        if several { html += processesSection(reports, drawn: drawnPids) }
+        for (i, r) in drawn.enumerated() {
             let prefix = i == 0 ? "" : idPrefix(r.process.pid)
             html += "<div class=\"process\" id=\"process-\(r.process.pid)\" data-pid=\"\(r.process.pid)\">\n"
             if several {
                 html +=
                     "<h2 class=\"process-title\">Process \(r.process.pid): \(escape(processName(r.process, log: log)))</h2>\n"
             }
-            for s in sections(r, prefix: prefix) {
+            for s in i == 0 ? firstSections : sections(r, prefix: prefix) {
                 html += "<section id=\"\(prefix)\(s.id)\">\n<h2>\(escape(s.title))</h2>\n\(s.body)</section>\n"
             }
             html += "</div>\n"
@@ -138,6 +150,9 @@ public enum HTMLReport {
     }
 
     static func idPrefix(_ pid: Int32) -> String { "p\(pid)-" }
+
+    /// Processes drawn in full on one page; the others are listed with their totals.
+    static let maxProcessesDrawn = 40
 
     /// A long table or map in a box of its own height, so that the sections after it are a screenful away.
     static func scrolling(_ body: String, tall: Bool = false) -> String {
@@ -215,31 +230,37 @@ public enum HTMLReport {
         return out + "</select></label>"
     }
 
-    static func processesSection(_ reports: [ProcessReport]) -> String {
+    static func processesSection(_ reports: [ProcessReport], drawn: Set<Int32>) -> String {
         let log = reports[0].log
-        let out =
+        var out =
             "<section id=\"processes\">\n<h2>Processes</h2>\n<p class=\"note\">This log holds \(reports.count) processes "
             + "(--follow-forks). Pick one at the top or here; a process that never called exec is named by its parent. "
-            + "Its sweeps, writers and page map follow.</p>\n"
+            + "Its sweeps, writers and page map follow."
+        if drawn.count < reports.count {
+            out +=
+                " The page draws the \(drawn.count) that dirtied most pages; "
+                + "pagewatch report --format html --pid PID draws any other."
+        }
+        out += "</p>\n"
         var rows =
             "<table class=\"rows\" id=\"process-table\">\n<tr><th class=\"num\">pid</th><th>command</th><th class=\"num\">forked by</th>"
             + "<th class=\"num\">sweeps</th><th class=\"num\">dirty pages</th><th class=\"num\">MiB</th><th class=\"num\">faults</th><th>end</th></tr>\n"
         var all: (pages: UInt64, faults: Int, sweeps: Int) = (0, 0, 0)
-        for r in reports.sorted(by: { a, b in
-            (log.processes.firstIndex { $0.pid == a.process.pid } ?? 0)
-                < (log.processes.firstIndex { $0.pid == b.process.pid } ?? 0)
-        }) {
-            let p = r.process, t = totals(p)
+        // In the log's order, the program first.
+        for p in log.processes {
+            let t = totals(p)
             all.pages += t.pages
             all.faults += t.faults
             all.sweeps += p.sweeps.count
             let command = p.command ?? (p.pid == log.pid ? log.command : nil)
+            let link = { (text: String) in
+                drawn.contains(p.pid) ? "<a href=\"#process-\(p.pid)\" data-pick=\"\(p.pid)\">\(text)</a>" : text
+            }
             rows +=
-                "<tr><td class=\"num\"><a href=\"#process-\(p.pid)\" data-pick=\"\(p.pid)\">\(p.pid)</a></td>"
-                + "<td><a href=\"#process-\(p.pid)\" data-pick=\"\(p.pid)\">\(escape(processName(p, log: log)))</a>"
+                "<tr><td class=\"num\">\(link(String(p.pid)))</td><td>\(link(escape(processName(p, log: log))))"
                 + (command.map { "<div class=\"callers\">\(escape($0.joined(separator: " ")))</div>" } ?? "") + "</td>"
                 + "<td class=\"num\">\(p.parent.map(String.init) ?? "-")</td><td class=\"num\">\(p.sweeps.count)</td>"
-                + "<td class=\"num\">\(t.pages)</td><td class=\"num\">\(Format.fixed(r.mib(t.pages), 2))</td>"
+                + "<td class=\"num\">\(t.pages)</td><td class=\"num\">\(Format.fixed(reports[0].mib(t.pages), 2))</td>"
                 + "<td class=\"num\">\(t.faults)</td><td>\(escape(Format.ending(p.ending)))</td></tr>\n"
         }
         rows +=
@@ -472,11 +493,10 @@ public enum HTMLReport {
 
     // MARK: tables
 
-    static func writersTable(_ report: ProcessReport, prefix: String = "") -> String {
+    static func writersTable(_ report: ProcessReport, writers: [Writer], prefix: String = "") -> String {
         guard report.hasSites else {
             return "<p class=\"note\">None in this log: it was written with --stack-depth 0.</p>\n"
         }
-        let writers = report.writers
         let total = writers.reduce(UInt64(0)) { $0 + $1.pages }
         var t =
             "<p class=\"note\">Each sweep's sites summed by call stack: \(writers.count) stacks, \(total) pages.</p>\n"
@@ -518,11 +538,11 @@ public enum HTMLReport {
         return t + "</table></div>\n<p class=\"note\">Click a sweep for its writers.</p>\n"
     }
 
-    static func flameGraph(_ report: ProcessReport, prefix: String) -> String {
+    static func flameGraph(_ report: ProcessReport, writers: [Writer], prefix: String) -> String {
         guard report.hasSites else {
             return "<p class=\"note\">None in this log: it was written with --stack-depth 0.</p>\n"
         }
-        let graph = FlameGraph(FoldedReport.stacks(report))
+        let graph = FlameGraph(FoldedReport.stacks(writers))
         guard let drawn = graph.svg(id: "\(prefix)flame-graph") else {
             return "<p class=\"note\">No writer wrote a page in this log.</p>\n"
         }

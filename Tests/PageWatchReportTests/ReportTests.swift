@@ -653,6 +653,35 @@ enum SampleLog {
         #expect(!one.contains("process-picker") && !one.contains("id=\"processes\""))
     }
 
+    /// A build's log: every process listed, the biggest drawn.
+    @Test func drawsTheBiggestProcessesAndListsThemAll() throws {
+        let s = SampleLog.startNs
+        var records: [LogRecord] = [
+            .start(pid: SampleLog.pid, pageSize: 4096, command: ["make"], tracked: ["writable"], timeNs: s)
+        ]
+        for i in 1...44 {
+            let child = SampleLog.pid + Int32(i)
+            records.append(.fork(pid: child, parent: SampleLog.pid, timeNs: s + UInt64(i) * 1_000))
+            // Pages 1...44: the children 1...5 are the smallest.
+            records.append(
+                SampleLog.sweep(
+                    1, pid: child, reason: .exit, at: s + UInt64(i) * 1_000 + 500,
+                    [SampleLog.site(SampleLog.fill, pages: UInt64(i), faults: i, at: 0x100)]))
+        }
+        let html = HTMLReport.render(
+            try ProcessReport(log: SampleLog.parsed(records.map { JSONLines.encode($0) + "\n" }.joined())))
+        let picker = Self.element(html, "<select id=\"process-picker\">", "</select>")
+        #expect(picker.components(separatedBy: "<option").count - 1 == HTMLReport.maxProcessesDrawn)
+        #expect(html.components(separatedBy: "<div class=\"process\"").count - 1 == 40)
+        #expect(!html.contains("id=\"process-105\"") && html.contains("id=\"process-106\""))
+        let table = Self.element(html, "<table class=\"rows\" id=\"process-table\">", "</table>")
+        #expect(table.components(separatedBy: "<tr>").count - 1 == 1 + 45)
+        #expect(table.contains("<tr><td class=\"num\">105</td><td>(no exec, forked by 100)</td>"))
+        #expect(table.contains("<th>all 45 processes</th><th></th><th class=\"num\">44</th><th class=\"num\">990</th>"))
+        #expect(html.contains("The page draws the 40 that dirtied most pages"))
+        #expect(try Self.unbalancedTags(html) == nil)
+    }
+
     @Test func everyTableOfContentsLinkHasItsSection() throws {
         let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(Self.forkedLog)))
         let nav = Self.element(html, "<nav id=\"toc\">", "</nav>")
