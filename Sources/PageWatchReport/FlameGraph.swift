@@ -94,21 +94,62 @@ struct FlameGraph {
                 : callers.prefix(Self.titleFrames).joined(separator: " <- ")
                     + (callers.count > Self.titleFrames ? " <- …" : "")
             let tip = "\(stack): \(node.pages) pages (\(share)%)"
+            // The full name stays on the group: the page's script labels the frames again when it zooms.
+            let name = node.depth == 0 ? "all (\(node.pages) pages)" : node.name
             out +=
-                "<g><rect class=\"flame-frame\" x=\"\(HTMLReport.n(x))\" y=\"\(HTMLReport.n(y))\" width=\"\(HTMLReport.n(w))\" "
+                "<g data-depth=\"\(node.depth)\" data-name=\"\(HTMLReport.escape(name))\"><rect class=\"flame-frame\" "
+                + "x=\"\(HTMLReport.n(x))\" y=\"\(HTMLReport.n(y))\" width=\"\(HTMLReport.n(w))\" "
                 + "height=\"\(HTMLReport.n(rowHeight - 1))\" fill=\"\(Self.colour(node.name, depth: node.depth))\">"
                 + "<title>\(HTMLReport.escape(tip))</title></rect>"
-            if let label = Self.label(node.depth == 0 ? "all (\(node.pages) pages)" : node.name, width: w) {
-                out +=
-                    "<text x=\"\(HTMLReport.n(x + 3))\" y=\"\(HTMLReport.n(y + rowHeight - 5))\">\(HTMLReport.escape(label))</text>"
-            }
-            out += "</g>\n"
+                + "<text x=\"\(HTMLReport.n(x + 3))\" y=\"\(HTMLReport.n(y + rowHeight - 5))\">"
+                + "\(HTMLReport.escape(Self.label(name, width: w) ?? ""))</text></g>\n"
         }
         return (out + "</svg>\n", nodes.count - drawn.count)
     }
 
     /// Frames named in a frame's tooltip, innermost first.
     static let titleFrames = 12
+
+    /// Click a frame to zoom in on it (its callers stay under it, full
+    /// width); click the bottom row to zoom out. Labels are cut as `label` cuts them.
+    static let script = """
+        document.querySelectorAll('svg.flame').forEach(function (svg) {
+          var width = Number(svg.getAttribute('width'));
+          var frames = Array.prototype.map.call(svg.querySelectorAll('g'), function (g) {
+            var rect = g.querySelector('rect');
+            return { g: g, rect: rect, text: g.querySelector('text'), x: Number(rect.getAttribute('x')),
+              w: Number(rect.getAttribute('width')), depth: Number(g.getAttribute('data-depth')), name: g.getAttribute('data-name') };
+          });
+          function label(name, w) {
+            var fits = Math.floor((w - 6) / 6.5);
+            return fits < 3 ? '' : (name.length <= fits ? name : name.slice(0, fits - 1) + '\\u2026');
+          }
+          // Coordinates are rounded to a tenth of a pixel: a little slack in what lies within a frame.
+          function zoom(on) {
+            frames.forEach(function (f) {
+              var caller = f.depth < on.depth, x, w, shown;
+              if (caller) {
+                shown = f.x <= on.x + 0.15 && f.x + f.w >= on.x + on.w - 0.15;
+                x = 0; w = width;
+              } else {
+                shown = f.x >= on.x - 0.15 && f.x + f.w <= on.x + on.w + 0.15;
+                x = (f.x - on.x) * width / on.w; w = f.w * width / on.w;
+              }
+              f.g.style.display = shown ? '' : 'none';
+              f.rect.setAttribute('x', x.toFixed(1));
+              f.rect.setAttribute('width', w.toFixed(1));
+              f.rect.style.opacity = caller ? '0.6' : '';
+              f.text.setAttribute('x', (x + 3).toFixed(1));
+              f.text.textContent = label(f.name, w);
+            });
+          }
+          frames.forEach(function (f) {
+            f.g.style.cursor = 'pointer';
+            f.g.addEventListener('click', function () { zoom(f); });
+          });
+        });
+
+        """
 
     /// The name cut to what fits in `width` pixels (about 6.5 per
     /// character at 11px), nil when not even three characters do.

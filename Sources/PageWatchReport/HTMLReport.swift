@@ -89,10 +89,11 @@ public enum HTMLReport {
             td, th { padding: 2px 10px 2px 0; text-align: left; vertical-align: top; }
             td.num, th.num { text-align: right; }
             table.rows td, table.rows th { border-bottom: 1px solid #ddd; }
-            .scroll { max-height: 420px; overflow: auto; border: 1px solid #ddd; padding: 0 4px; max-width: 1100px; }
+            .scroll { max-height: 420px; overflow: auto; border: 1px solid #ddd; padding: 0 4px; width: fit-content; max-width: 1100px; }
             .scroll.tall { max-height: 640px; }
             .scroll th { position: sticky; top: 0; background: #fff; }
-            tr[data-sweep] { cursor: pointer; } tr[data-sweep]:hover { background: #f0f4fa; }
+            tr[data-sweep] { cursor: pointer; } tr[data-sweep]:hover { background: #f0f4fa; } tr.picked { background: #dde8f6; }
+            td.end { white-space: nowrap; }
             .rate-bar { cursor: pointer; }
             .callers { color: #666; font-size: 12px; }
             .note { color: #555; font-size: 13px; max-width: 900px; }
@@ -126,7 +127,8 @@ public enum HTMLReport {
             }
             html += "</div>\n"
         }
-        html += "<script>\n" + SweepWritersView.script + (several ? pickerScript : "") + "</script>\n"
+        html +=
+            "<script>\n" + SweepWritersView.script + FlameGraph.script + (several ? pickerScript : "") + "</script>\n"
         html += """
             <!-- Hidden: what the page's script drew, for a test to read from the DOM (never shown). -->
             <p id="render-check" hidden>the page's script did not run</p>
@@ -234,8 +236,8 @@ public enum HTMLReport {
         let log = reports[0].log
         var out =
             "<section id=\"processes\">\n<h2>Processes</h2>\n<p class=\"note\">This log holds \(reports.count) processes "
-            + "(--follow-forks). Pick one at the top or here; a process that never called exec is named by its parent. "
-            + "Its sweeps, writers and page map follow."
+            + "(--follow-forks), each followed by its sections: click one to go to it (the picker at the top shows "
+            + "one at a time). A process that never called exec is named by the process that forked it."
         if drawn.count < reports.count {
             out +=
                 " The page draws the \(drawn.count) that dirtied most pages; "
@@ -261,7 +263,7 @@ public enum HTMLReport {
                 + (command.map { "<div class=\"callers\">\(escape($0.joined(separator: " ")))</div>" } ?? "") + "</td>"
                 + "<td class=\"num\">\(p.parent.map(String.init) ?? "-")</td><td class=\"num\">\(p.sweeps.count)</td>"
                 + "<td class=\"num\">\(t.pages)</td><td class=\"num\">\(Format.fixed(reports[0].mib(t.pages), 2))</td>"
-                + "<td class=\"num\">\(t.faults)</td><td>\(escape(Format.ending(p.ending)))</td></tr>\n"
+                + "<td class=\"num\">\(t.faults)</td><td class=\"end\">\(escape(Format.ending(p.ending)))</td></tr>\n"
         }
         rows +=
             "<tr class=\"total\"><th></th><th>all \(reports.count) processes</th><th></th><th class=\"num\">\(all.sweeps)</th>"
@@ -548,7 +550,8 @@ public enum HTMLReport {
         }
         return "<div class=\"scroll tall\">\n" + drawn.svg + "</div>\n"
             + "<p class=\"note\">The stacks of pagewatch report --format folded: callers below, the writer on top, "
-            + "each frame as wide as the pages written under it (hover for the stack and its pages). "
+            + "each frame as wide as the pages written under it (hover for the stack and its pages; click a frame "
+            + "to zoom in on it, the bottom row to zoom out). "
             + (drawn.omitted > 0
                 ? "\(drawn.omitted) frames under 0.1% of the \(graph.total) pages are left out. " : "")
             + "</p>\n"

@@ -181,6 +181,10 @@ enum SweepWritersView {
             ? 'No writer in this sweep.'
             : (sweep[1] > 0 ? sweep[1] + ' smaller stacks, ' + sweep[2] + ' pages, not listed.' : '');
           view.querySelector('.sweep-select').value = String(index);
+          var process = view.closest('.process');
+          process.querySelectorAll('tr.picked').forEach(function (row) { row.classList.remove('picked'); });
+          var row = process.querySelector('tr[data-sweep="' + index + '"]');
+          if (row) row.classList.add('picked');
         }
         document.querySelectorAll('.sweep-view').forEach(function (view) {
           var select = view.querySelector('.sweep-select');

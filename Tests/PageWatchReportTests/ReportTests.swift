@@ -621,7 +621,7 @@ enum SampleLog {
                 "<a href=\"#process-101\" data-pick=\"101\">cc1</a><div class=\"callers\">/usr/bin/cc1 -O2 x.c</div>"))
         #expect(
             table.contains(
-                "<td class=\"num\">100</td><td class=\"num\">1</td><td class=\"num\">7</td><td class=\"num\">0.03</td><td class=\"num\">0</td><td>exited with status 0</td>"
+                "<td class=\"num\">100</td><td class=\"num\">1</td><td class=\"num\">7</td><td class=\"num\">0.03</td><td class=\"num\">0</td><td class=\"end\">exited with status 0</td>"
             ))
         #expect(
             table.contains(
