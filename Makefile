@@ -13,9 +13,10 @@ test: deps
 	swift build --build-tests
 	swift test
 
-# A release binary with the Swift runtime linked in, man pages, completions.
-# Needs libunwind-dev and libdw-dev (`make deps` installs them with the test tools).
+# A release binary with the Swift runtime linked in, man pages, completions;
+# first the packages the build needs (libunwind-dev, libdw-dev), if missing.
 install:
+	bash scripts/install-deps.sh build
 	bash scripts/install.sh $(PREFIX)
 
 bench:

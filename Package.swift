@@ -1,4 +1,4 @@
-// swift-tools-version:6.0
+// swift-tools-version:6.1
 import Foundation
 import PackageDescription
 
@@ -7,6 +7,7 @@ import PackageDescription
 //   CLibUnwind, CLibDW      system libraries: libunwind-ptrace (remote unwinding), elfutils libdw (DWARF lines)
 //   CUnwind                 thin C: libunwind's macro API and its accessor callbacks (a process_vm_readv page cache)
 //   PageWatchAddressSpace   pure Swift: RemoteAddress, AddressRange, Mapping, maps parser, PageSet
+//   PageWatchImage          pure Swift: the memory image of --dump (format, writer, reader, rebuild)
 //   PageWatchLog            pure Swift: the log's records (sweeps, write sites, frames), JSON Lines out and in, signal names
 //   PageWatchPtrace         Tracee, StopEvent, RemoteSyscall, per-arch registers
 //   PageWatchAttribution    Unwinder (the writer's call stack at a stop), Symbolizer (ELF symbols, demangling, lines)
@@ -41,14 +42,24 @@ struct FixtureSpec {
     }
 }
 
-/// The fixture list, read from the one file the tests read too.
-let fixtures: [FixtureSpec] = {
+/// The fixture list, read from the one file the tests read too; nil where
+/// the manifest is read without its folder. SwiftPM reads a dependency's
+/// manifest from git, alone, to learn what a version tag holds: such a
+/// package has no fixtures and no test targets, which only its own build
+/// needs (a fixture list that cannot be read in a checkout still fails).
+let fixtureList: String? = {
     let path = Context.packageDirectory + "/fixtures/fixtures.txt"
-    guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { fatalError("cannot read \(path)") }
-    return text.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
-        .filter { !$0.isEmpty && !$0.hasPrefix("#") }
-        .map { FixtureSpec(line: Substring($0)) }
+    if let text = try? String(contentsOfFile: path, encoding: .utf8) { return text }
+    if FileManager.default.fileExists(atPath: Context.packageDirectory + "/Sources") {
+        fatalError("cannot read \(path)")
+    }
+    return nil
 }()
+
+let fixtures: [FixtureSpec] = (fixtureList ?? "").split(separator: "\n")
+    .map { $0.trimmingCharacters(in: .whitespaces) }
+    .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+    .map { FixtureSpec(line: Substring($0)) }
 
 let fixtureNames = fixtures.filter { $0.language == "c" }.map(\.name)
 let cxxFixtureNames = fixtures.filter { $0.language == "cxx" }.map(\.name)
@@ -79,11 +90,43 @@ let fixtureTargets: [Target] =
         .executableTarget(name: name, path: "fixtures/\(name)")
     }
 
+/// The tests, and the fixtures they run.
+let testTargets: [Target] = [
+    .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
+    .testTarget(
+        name: "PageWatchPtraceTests",
+        dependencies: [
+            "PageWatchPtrace", "PageWatchEngine", "fx_blocked_read", "fx_sleeper", "fx_futex_wait",
+            "fx_sigaltstack",
+        ]),
+    .testTarget(
+        name: "PageWatchAttributionTests",
+        dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchLog", "CUnwind", "fx_callsites"]),
+    .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine", "PageWatchLog"]),
+    .testTarget(name: "PageWatchLogTests", dependencies: ["PageWatchLog"]),
+    .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport", "PageWatchLog"]),
+    .testTarget(
+        name: "PageWatchKitTests",
+        dependencies: [
+            "PageWatchKit", "fx_writers", "fx_phases", "fx_syscall_out", "fx_threads", "fx_exit3", "fx_sleeper",
+        ]),
+    .testTarget(
+        name: "EndToEndTests",
+        dependencies: ["pagewatch"] + (fixtureNames + cxxFixtureNames + swiftFixtureNames).map { .target(name: $0) }
+    ),
+]
+
 let package = Package(
     name: "PageWatch",
     products: [
         .executable(name: "pagewatch", targets: ["pagewatch"]),
         .library(name: "PageWatchKit", targets: ["PageWatchKit"]),
+    ],
+    // The `pagewatch` command alone needs swift-argument-parser. A package that
+    // depends on PageWatchKit with `traits: []` does not fetch it (docs/library.md).
+    traits: [
+        .trait(name: "CommandLineTool", description: "The pagewatch command (swift-argument-parser)"),
+        .default(enabledTraits: ["CommandLineTool"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0")
@@ -108,40 +151,22 @@ let package = Package(
         .target(
             name: "PageWatchEngine",
             dependencies: [
-                "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog", "CPtrace",
+                "PageWatchAttribution", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog", "PageWatchImage",
+                "CPtrace",
             ]),
-        .target(name: "PageWatchReport", dependencies: ["PageWatchLog", "PageWatchAddressSpace"]),
+        .target(name: "PageWatchImage", dependencies: ["PageWatchAddressSpace"]),
+        .target(name: "PageWatchReport", dependencies: ["PageWatchLog", "PageWatchAddressSpace", "PageWatchImage"]),
         .target(
             name: "PageWatchKit",
             dependencies: ["PageWatchEngine", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog"]),
         .executableTarget(
             name: "pagewatch",
             dependencies: [
-                "PageWatchEngine", "PageWatchReport", "PageWatchLog", "PageWatchPtrace",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                "PageWatchEngine", "PageWatchReport", "PageWatchLog", "PageWatchPtrace", "PageWatchImage",
+                .product(
+                    name: "ArgumentParser", package: "swift-argument-parser",
+                    condition: .when(traits: ["CommandLineTool"])),
             ]
         ),
-        .testTarget(name: "PageWatchAddressSpaceTests", dependencies: ["PageWatchAddressSpace"]),
-        .testTarget(
-            name: "PageWatchPtraceTests",
-            dependencies: [
-                "PageWatchPtrace", "PageWatchEngine", "fx_blocked_read", "fx_sleeper", "fx_futex_wait",
-                "fx_sigaltstack",
-            ]),
-        .testTarget(
-            name: "PageWatchAttributionTests",
-            dependencies: ["PageWatchAttribution", "PageWatchPtrace", "PageWatchLog", "CUnwind", "fx_callsites"]),
-        .testTarget(name: "PageWatchEngineTests", dependencies: ["PageWatchEngine", "PageWatchLog"]),
-        .testTarget(name: "PageWatchLogTests", dependencies: ["PageWatchLog"]),
-        .testTarget(name: "PageWatchReportTests", dependencies: ["PageWatchReport", "PageWatchLog"]),
-        .testTarget(
-            name: "PageWatchKitTests",
-            dependencies: [
-                "PageWatchKit", "fx_writers", "fx_phases", "fx_syscall_out", "fx_threads", "fx_exit3", "fx_sleeper",
-            ]),
-        .testTarget(
-            name: "EndToEndTests",
-            dependencies: ["pagewatch"] + (fixtureNames + cxxFixtureNames + swiftFixtureNames).map { .target(name: $0) }
-        ),
-    ] + fixtureTargets
+    ] + (fixtureList == nil ? [] : testTargets + fixtureTargets)
 )

@@ -2,7 +2,8 @@
 # Installs what PageWatch needs that a fresh machine of our kind may lack.
 # Idempotent: installs nothing when everything is present.
 # `install-deps.sh bench` (`make bench`) also installs what the benchmark's
-# real programs need beyond these.
+# real programs need beyond these; `install-deps.sh build` (`make install`)
+# only what building PageWatch needs.
 set -euo pipefail
 
 # libunwind-ptrace for attribution (call stacks of writers), libdw (elfutils) for its file:line
@@ -18,6 +19,8 @@ packages=(libunwind-dev libdw-dev pkg-config strace python3 chromium binutils
 # (redis-tools), and gcc, which it compiles with; java and node come with the list above.
 if [ "${1:-}" = bench ]; then
     packages+=(redis-server redis-tools gcc)
+elif [ "${1:-}" = build ]; then
+    packages=(libunwind-dev libdw-dev pkg-config)
 fi
 missing=()
 for p in "${packages[@]}"; do
@@ -41,6 +44,8 @@ if ! command -v swift >/dev/null 2>&1; then
     fi
     exit 1
 fi
+
+[ "${1:-}" != build ] || exit 0
 
 # lld links fx_lld_callsites (the unwinder's test of lld's segment layout);
 # Swift toolchains ship it beside swiftc, else Debian's package provides it.

@@ -1,6 +1,7 @@
 import Glibc
 import PageWatchAddressSpace
 import PageWatchAttribution
+import PageWatchImage
 import PageWatchLog
 import PageWatchPtrace
 
@@ -79,6 +80,8 @@ final class ProcessTracker {
     var everSelected = false
     /// `--verify-contents`: the armed pages' copies (`checkContents`).
     lazy var contentCopies: ContentCopies? = config.verifyContents ? ContentCopies() : nil
+    /// `--dump`: this process's part of the memory image, from its first sweep.
+    var imageWriter: ImageWriter?
 
     /// `tid`'s state. Not among `threads`: the leader, forgotten after it
     /// ended, whose pid stays routed here for the process's end

@@ -1,5 +1,5 @@
 /// PageWatch's version: `pagewatch --version`, and the `start` record's
 /// `pagewatch_version`. The one place it is set.
 public enum PageWatchVersion {
-    public static let current = "0.9.0"
+    public static let current = "0.1.0"
 }

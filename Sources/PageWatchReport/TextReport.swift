@@ -22,7 +22,11 @@ public enum TextReport {
         public static let all = WriterLimits()
     }
 
-    public static func render(_ report: ProcessReport, writers limits: WriterLimits = .all) -> String {
+    /// `link` and `downtimeTarget` (seconds): the pre-copy model's (`PreCopyPlan`).
+    public static func render(
+        _ report: ProcessReport, writers limits: WriterLimits = .all, link: PreCopyPlan.Link = .standard,
+        downtimeTarget: Double = PreCopyPlan.standardDowntime
+    ) -> String {
         var out: [String] = []
         let log = report.log, process = report.process
         let isProgram = process.pid == log.pid
@@ -92,6 +96,8 @@ public enum TextReport {
 
         out.append("")
         out += writersTable(report, limits: limits)
+        out.append("")
+        out += PreCopyPlan(report, link: link, downtimeTarget: downtimeTarget).textLines()
         return out.joined(separator: "\n") + "\n"
     }
 

@@ -195,7 +195,7 @@ public enum Format {
         return fixed(v / 1e9, 3) + " s"
     }
 
-    static func padLeft(_ s: String, _ width: Int) -> String {
+    public static func padLeft(_ s: String, _ width: Int) -> String {
         s.count >= width ? s : String(repeating: " ", count: width - s.count) + s
     }
 

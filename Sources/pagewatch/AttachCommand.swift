@@ -97,7 +97,7 @@ struct Attach: ParsableCommand {
         do {
             let end = try tracker.attach(pid: pid)
             sink.finish()
-            if sink.failure != nil { return 1 }
+            if sink.failure != nil || tracker.dumpFailure != nil { return 1 }
             if tracker.missedPages > 0 { return missedWrites(tracker.missedPages) }
             if case .programEnded(let how) = end {
                 writeAll(STDERR_FILENO, "pagewatch: pid \(pid) ended while attached (status \(how.shellStatus))\n")

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Glibc
+import PageWatchEngine
 import PageWatchLog
 import PageWatchPtrace
 import PageWatchReport
@@ -60,13 +61,38 @@ struct Report: ParsableCommand {
         help: "Text: list writers with no page of their own too (their writes counted in another row).")
     var emptyRows = false
 
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Text: the pre-copy model's link speed, e.g. 1GiB/s, 500MB/s, 10Gbit/s (default 1GiB/s).",
+            valueName: "RATE"))
+    var link: String = "1GiB/s"
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "Text: the pre-copy model's downtime target, e.g. 300ms (default), 1s.", valueName: "DURATION"))
+    var downtime: String = "300ms"
+
     @Argument(help: ArgumentHelp("The JSON Lines log (pagewatch run --output); - for stdin.", valueName: "LOG.jsonl"))
     var log: String
+
+    /// `--downtime` in seconds; nil when it is not a positive duration.
+    var downtimeSeconds: Double? {
+        IntervalParser.parse(downtime).flatMap { $0 > 0 ? Double($0) / 1e9 : nil }
+    }
 
     func validate() throws {
         if top < 0 { throw ValidationError("invalid --top \(top) (expected 0 for all, or a count)") }
         if !(0...100).contains(minPercent) {
             throw ValidationError("invalid --min-percent \(minPercent) (expected 0 to 100)")
+        }
+        if PreCopyPlan.Link(parsing: link) == nil {
+            throw ValidationError(
+                "invalid --link '\(link)' (expected a positive rate such as 1GiB/s, 500MB/s, 10Gbit/s)")
+        }
+        if downtimeSeconds == nil {
+            throw ValidationError("invalid --downtime '\(downtime)' (expected a duration such as 300ms or 1s)")
         }
     }
 
@@ -92,7 +118,8 @@ struct Report: ParsableCommand {
             text = TextReport.render(
                 report,
                 writers: TextReport.WriterLimits(
-                    top: top == 0 ? nil : top, minPercent: minPercent, emptyRows: emptyRows))
+                    top: top == 0 ? nil : top, minPercent: minPercent, emptyRows: emptyRows),
+                link: PreCopyPlan.Link(parsing: link) ?? .standard, downtimeTarget: downtimeSeconds ?? 0.3)
         case .folded:
             text = FoldedReport.render(report)
             // An empty flame graph says nothing about why: say it once, off the data stream.

@@ -67,7 +67,7 @@ struct Run: ParsableCommand {
         do {
             let end = try tracker.run()
             sink.finish()
-            if sink.failure != nil { throw ExitCode(1) }
+            if sink.failure != nil || tracker.dumpFailure != nil { throw ExitCode(1) }
             if tracker.missedPages > 0 { throw ExitCode(missedWrites(tracker.missedPages)) }
             throw ExitCode(end.shellStatus)
         } catch let error as TraceError {

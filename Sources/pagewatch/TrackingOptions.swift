@@ -91,6 +91,15 @@ struct TrackingOptions: ParsableArguments {
     @Option(
         name: .long,
         help: ArgumentHelp(
+            "Copy each sweep's pages into a memory image in DIR: sweep 1 a full image of the tracked memory, each later sweep an increment (pagewatch image reads it).",
+            discussion:
+                "Pages that read as zeros are recorded as zero, not copied. A write error (a full disk) stops tracking with one line and exit status 1: the image is never short. docs/image-format.md.",
+            valueName: "DIR"))
+    var dump: String?
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
             "When pages rewritten at every sweep may be left writable and reported without a fault: auto, never or always.",
             discussion:
                 "auto (default): only at interval sweeps after an interval in which PageWatch's work took more than a quarter of the time (the program starves otherwise). Such pages are reported by every sweep, written or not, and re-armed every 8 to 64 sweeps to check; the log names them (`presumed`). never: every reported page was seen written. Either way no write is missed.",
@@ -123,6 +132,10 @@ struct TrackingOptions: ParsableArguments {
         if PresumeMode(rawValue: presume) == nil {
             throw ValidationError("invalid --presume '\(presume)' (expected auto, never or always)")
         }
+        if let dump, access(dump + "/image.json", F_OK) == 0 {
+            throw ValidationError(
+                "--dump \(dump) already holds a memory image (image.json): remove it or name another directory")
+        }
         if !(0...256).contains(stackDepth) {
             throw ValidationError("invalid --stack-depth \(stackDepth) (expected 0 to 256)")
         }
@@ -142,6 +155,7 @@ struct TrackingOptions: ParsableArguments {
         c.spinNs = IntervalParser.parse(spinWait)!
         c.idlePolling = idlePoll
         c.verifyContents = verifyContents
+        c.dumpDirectory = dump
         c.presume = PresumeMode(rawValue: presume)!
         c.schema = LogSchema(name: schema)!
         // The log owns stdout: the program's output must not run into it.

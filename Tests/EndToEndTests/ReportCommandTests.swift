@@ -72,7 +72,8 @@ import Testing
         let kernel = try #require(rows.firstIndex { $0.hasPrefix("1 7.14% 0 [kernel] read <- ") })
         #expect(rows[kernel + 1].hasPrefix("<- main (fixtures/fx_writers.c:\(run.sites["[kernel]read"]!.line))"))
         // Most pages first: sweep 1 reports all 8 pages, written by main's region setup.
-        let pageColumn = rows.drop { !$0.hasPrefix("pages share") }.dropFirst().filter { !$0.hasPrefix("<-") }.map {
+        let writerRows = rows.drop { !$0.hasPrefix("pages share") }.dropFirst().prefix { !$0.hasPrefix("pre-copy ") }
+        let pageColumn = writerRows.filter { !$0.hasPrefix("<-") }.map {
             Int($0.split(separator: " ")[0])!
         }
         #expect(pageColumn == [8, 2, 1, 1, 1, 1])
@@ -124,10 +125,12 @@ import Testing
         let one = try report(["--top", "1", run.log])
         #expect(one.status == 0)
         let rows = Self.rows(one.stdout)
-        let table = { (rows: [String]) in rows.drop { !$0.hasPrefix("pages share faults") }.dropFirst() }
+        let table = { (rows: [String]) in
+            rows.drop { !$0.hasPrefix("pages share faults") }.dropFirst().prefix { !$0.hasPrefix("pre-copy ") }
+        }
         // The first row (and its callers' line) is the same; the rest is one line saying what is left out.
         #expect(table(rows).first == table(all).first)
-        #expect(rows.last?.contains("more row(s)") == true && rows.last?.contains("--top 0") == true)
+        #expect(table(rows).last?.contains("more row(s)") == true && table(rows).last?.contains("--top 0") == true)
         #expect(!all.contains { $0.contains("more row(s)") })
         let bad = try report(["--top", "-1", run.log])
         #expect(bad.status == 2 && bad.stderr.contains("invalid --top -1"))
@@ -251,6 +254,31 @@ import Testing
         #expect(pid.stderr.hasPrefix("pagewatch: \(run.log) has no process 1 (processes: "))
         let usage = try report(["--format", "pdf", run.log])
         #expect(usage.status == 2)
+    }
+
+    /// The text report's pre-copy section follows `--link` and `--downtime`;
+    /// its round 1 is sweep 1's pages of data (the model itself:
+    /// PreCopyPlanTests).
+    @Test func preCopyFollowsLinkAndDowntime() throws {
+        let run = try record()
+        let sweep1 = try #require(try Harness.readLog(run.log).first { $0["type"] as? String == "sweep" })
+        let imagePages = (sweep1["ranges"] as? [[String]] ?? []).reduce(0) { total, range in
+            let ends = range.map { UInt64($0.dropFirst(2), radix: 16)! }
+            return total + Int((ends[1] - ends[0]) / 4096)
+        }
+        #expect(imagePages == 8)
+        let text = try report(["--link", "100MB/s", "--downtime", "50ms", run.log])
+        #expect(text.status == 0, "\(text.stderr)")
+        let rows = Self.rows(text.stdout)
+        #expect(rows.contains("link 95.4 MiB/s, downtime target 50.0 ms"), "\(text.stdout)")
+        #expect(rows.contains { $0.hasPrefix("round 1 \(imagePages) pages (") && $0.hasSuffix("(the image)") })
+        #expect(rows.contains { $0.hasPrefix("converges after") || $0.hasPrefix("does not converge") })
+        let link = try report(["--link", "fast", run.log])
+        #expect(link.status == 2)
+        #expect(link.stderr.hasPrefix("pagewatch: invalid --link 'fast' (expected a positive rate"))
+        let downtime = try report(["--downtime", "0", run.log])
+        #expect(downtime.status == 2)
+        #expect(downtime.stderr.hasPrefix("pagewatch: invalid --downtime '0'"))
     }
 
     @Test func readsStdinAndWritesWhereTold() throws {

@@ -1,6 +1,7 @@
 import Glibc
 import PageWatchAddressSpace
 import PageWatchAttribution
+import PageWatchImage
 import PageWatchLog
 import PageWatchPtrace
 
@@ -46,6 +47,9 @@ public struct TrackerConfiguration: Sendable {
     /// `ranges` (no pagemap reads); `pagewatch/2` sorts out those that hold
     /// nothing of the process's own (`UnseenPages`).
     public var schema = LogSchema.current
+    /// `--dump DIR`: each sweep copies its pages into a memory image there
+    /// (`PageWatchImage`): sweep 1 a full image, later sweeps increments.
+    public var dumpDirectory: String?
 
     /// Whether new memory waits for the next sweep to be armed (see above).
     public var newMemoryArmedAtSweep: Bool { stackDepth == 0 && newMemoryWaitsForTheSweep }
@@ -128,6 +132,8 @@ public final class Tracker {
     var givingUp: String?
     /// `--verify-contents`: pages found changed with no write reported, in every process.
     public internal(set) var missedPages = 0
+    /// The memory image's first write error (`--dump`): tracking stopped there.
+    public internal(set) var dumpFailure: ImageError?
 
     public init(configuration: TrackerConfiguration, emit: @escaping (LogRecord) -> Void) {
         config = configuration

@@ -209,6 +209,7 @@ extension ProcessTracker {
         record.fileRanges = held.file.ranges
         noteRearming(&record, dirty: dirty, reported: held.data, reportOnly: reportedAgain)
         memory.keepUnseenStillDirty()
+        dumpSweep(record, held: held)
         emit(.sweep(record))
         faultsThisInterval = 0
     }

@@ -1,0 +1,67 @@
+import PageWatchAddressSpace
+import PageWatchImage
+import PageWatchLog
+import PageWatchPtrace
+
+/// `--dump DIR`: each sweep's pages copied into the memory image.
+///
+/// A sweep reads its pages after re-arming them (`sweep`): the process's
+/// other threads run meanwhile, and a page one of them writes after its
+/// re-arming faults and is in the next increment too. Read before, such a
+/// write would be in neither. So the increment of sweep N holds each page
+/// as it was at some moment during that sweep, and every later change of it
+/// is in a later increment.
+extension ProcessTracker {
+    func dumpSweep(_ record: SweepRecord, held: UnseenPages) {
+        guard let root = config.dumpDirectory, session.dumpFailure == nil else { return }
+        do throws(ImageError) {
+            if imageWriter == nil {
+                let manifest =
+                    self === session.main
+                    ? ImageManifest(
+                        pid: pid, pageSize: Page.size, command: config.command,
+                        pagewatchVersion: PageWatchVersion.current) : nil
+                imageWriter = try ImageWriter(root: root, pid: pid, manifest: manifest)
+            }
+            var tracked = PageSet()
+            for region in memory.regions { tracked.insert(region.range) }
+            let tid = liveThread()
+            try imageWriter!.write(
+                seq: record.seq, reason: record.reason.rawValue, timeNs: record.timeNs, tracked: tracked,
+                pieces: Self.imagePieces(held, maps: attribution.lastMaps),
+                read: { range in try? Ptrace.readMemory(tid, range.start, count: Int(range.length)) })
+        } catch {
+            session.dumpFailure = error
+            session.giveUpTracking(because: "the memory image could not be written (\(error))")
+        }
+    }
+
+    /// The sweep's pages by kind, in address order, cut where mappings end
+    /// and named by their mapping.
+    static func imagePieces(_ held: UnseenPages, maps: [Mapping]) -> [(
+        range: AddressRange, kind: IndexedRange.Kind, mapping: String
+    )] {
+        let kinds: [(PageSet, IndexedRange.Kind)] = [(held.data, .data), (held.file, .file), (held.zero, .zero)]
+        let runs = kinds.flatMap { set, kind in set.ranges.map { ($0, kind) } }.sorted { $0.0.start < $1.0.start }
+        let sortedMaps = maps.sorted { $0.range.start < $1.range.start }
+        var out: [(range: AddressRange, kind: IndexedRange.Kind, mapping: String)] = []
+        var m = 0
+        for (range, kind) in runs {
+            var at = range.start
+            while at < range.end {
+                while m < sortedMaps.count, sortedMaps[m].range.end <= at { m += 1 }
+                // Pages outside every mapping known (gone since maps was read): cut at the next mapping.
+                let mapping = m < sortedMaps.count && sortedMaps[m].range.start <= at ? sortedMaps[m] : nil
+                let end =
+                    mapping.map { min($0.range.end, range.end) }
+                    ?? min(range.end, m < sortedMaps.count ? sortedMaps[m].range.start : range.end)
+                out.append((AddressRange(start: at, end: end), kind, mapping.map(Self.imageName) ?? "[unknown]"))
+                at = end
+            }
+        }
+        return out
+    }
+
+    /// A mapping as the image names it: its path, its `[pseudo]` name, or `[anon]`.
+    static func imageName(_ mapping: Mapping) -> String { mapping.path.isEmpty ? "[anon]" : mapping.path }
+}

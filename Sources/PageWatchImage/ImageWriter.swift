@@ -1,0 +1,123 @@
+import Foundation
+import PageWatchAddressSpace
+
+/// Writes one process's sweeps into `DIR/PID/` (docs/image-format.md).
+/// Every error is thrown: an image is whole or the dump stops, never short.
+public final class ImageWriter {
+    public let directory: String
+    public let pid: Int32
+    /// The pages tracked at the last sweep written: what the next one's `gone` is taken from.
+    var lastTracked = PageSet()
+    /// The largest read of the process's memory at once.
+    public static let chunkBytes = 64 * Int(Page.size)
+
+    /// Creates `root` (with `image.json` when `manifest` is given: the
+    /// program's writer) and `root/PID`.
+    public init(root: String, pid: Int32, manifest: ImageManifest?) throws(ImageError) {
+        self.pid = pid
+        directory = root + "/\(pid)"
+        if let manifest {
+            try Self.makeDirectory(root)
+            let path = root + "/image.json"
+            if access(path, F_OK) == 0 { throw .exists(path: root) }
+            try Self.writeJSON(manifest, to: path)
+        }
+        try Self.makeDirectory(directory)
+    }
+
+    /// One sweep's increment. `pieces` are the sweep's pages, sorted and
+    /// disjoint, each with its kind (`data`, `file` or `zero`) and mapping;
+    /// `read` reads the process's memory (nil: not readable, gone meanwhile).
+    public func write(
+        seq: Int, reason: String, timeNs: UInt64, tracked: PageSet,
+        pieces: [(range: AddressRange, kind: IndexedRange.Kind, mapping: String)],
+        read: (AddressRange) -> [UInt8]?
+    ) throws(ImageError) {
+        let pagesName = SweepIndex.pagesFileName(seq: seq)
+        let pagesPath = directory + "/" + pagesName
+        let fd = open(pagesPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .write(path: pagesPath, errno: errno) }
+        var closed = false
+        defer { if !closed { close(fd) } }
+        var offset: UInt64 = 0
+        var indexed: [IndexedRange] = []
+        for piece in pieces {
+            guard piece.kind == .data || piece.kind == .file else {
+                indexed.append(IndexedRange(range: piece.range, kind: piece.kind, mapping: piece.mapping))
+                continue
+            }
+            var crc = CRC32()
+            var at = piece.range.start
+            var readable = true
+            while at < piece.range.end {
+                let count = min(Self.chunkBytes, Int(piece.range.end - at))
+                guard let bytes = read(AddressRange(start: at, end: at + UInt64(count))), bytes.count == count else {
+                    readable = false
+                    break
+                }
+                bytes.withUnsafeBytes { crc.update($0) }
+                try Self.writeAll(fd, bytes, path: pagesPath)
+                at = at + UInt64(count)
+            }
+            if readable {
+                indexed.append(
+                    IndexedRange(
+                        range: piece.range, kind: piece.kind, offset: offset, crc32: crc.value, mapping: piece.mapping))
+                offset += piece.range.length
+            } else {
+                // Unmapped by a running thread while being read: cut its bytes back off.
+                if ftruncate(fd, off_t(offset)) != 0 || lseek(fd, off_t(offset), SEEK_SET) < 0 {
+                    throw .write(path: pagesPath, errno: errno)
+                }
+                indexed.append(IndexedRange(range: piece.range, kind: .gone, mapping: piece.mapping))
+            }
+        }
+        // close(2) reports delayed write errors (NFS, quotas).
+        closed = true
+        if close(fd) != 0 { throw .write(path: pagesPath, errno: errno) }
+        let gone = lastTracked.subtracting(tracked)
+        lastTracked = tracked
+        let index = SweepIndex(
+            seq: seq, pid: pid, reason: reason, timeNs: timeNs, tracked: tracked.ranges, ranges: indexed,
+            gone: gone.ranges, pagesFile: pagesName, pagesBytes: offset)
+        try Self.writeJSON(index, to: directory + "/" + SweepIndex.fileName(seq: seq))
+    }
+
+    static func makeDirectory(_ path: String) throws(ImageError) {
+        if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .write(path: path, errno: errno) }
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(ImageError) {
+        let failure: Int32 = bytes.withUnsafeBytes { buffer in
+            var done = 0
+            while done < buffer.count {
+                let n = Glibc.write(fd, buffer.baseAddress! + done, buffer.count - done)
+                if n < 0 {
+                    if errno == EINTR { continue }
+                    return errno
+                }
+                done += n
+            }
+            return 0
+        }
+        if failure != 0 { throw .write(path: path, errno: failure) }
+    }
+
+    /// Written under a temporary name and renamed: a file that exists is whole.
+    static func writeJSON<T: Encodable>(_ value: T, to path: String) throws(ImageError) {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        guard let data = try? encoder.encode(value) else { throw .malformed(path: path, reason: "cannot encode") }
+        let temporary = path + ".tmp"
+        let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        guard fd >= 0 else { throw .write(path: temporary, errno: errno) }
+        do throws(ImageError) {
+            try writeAll(fd, [UInt8](data) + [0x0a], path: temporary)
+        } catch {
+            close(fd)
+            throw error
+        }
+        if close(fd) != 0 { throw .write(path: temporary, errno: errno) }
+        if rename(temporary, path) != 0 { throw .write(path: path, errno: errno) }
+    }
+}
