@@ -25,6 +25,7 @@ public enum HTMLReport {
 
     /// The sections of one process, in the page's order. Ids start with
     /// `prefix`: empty for the process reported first, `pPID-` for the others.
+    /// A new section is one more entry: the table of contents follows.
     static func sections(_ report: ProcessReport, prefix: String) -> [Section] {
         // Summed once: the table and the flame graph both need them.
         let writers = report.writers
@@ -46,7 +47,7 @@ public enum HTMLReport {
             Section(
                 id: "map", link: "Page map", title: "Pages dirtied, sweep by sweep",
                 body: scrolling(pageMap(report, prefix: prefix), tall: true)),
-        ]
+        ].filter { !$0.body.isEmpty }  // A section with nothing to show for this log (none yet) is left out.
     }
 
     public static func render(_ report: ProcessReport) -> String {
