@@ -682,6 +682,28 @@ enum SampleLog {
         #expect(try Self.unbalancedTags(html) == nil)
     }
 
+    /// Logs written with --stack-depth 0, and a log cut before its first sweep.
+    @Test func saysSoWhenThereIsNothingToDraw() throws {
+        let noSites = SampleLog.text.replacing(/,"sites":\[.*\]\}$/.anchorsMatchLineEndings(), with: "}")
+        let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(noSites)))
+        for id in ["sweep-writers", "top-writers", "flame"] {
+            #expect(
+                Self.element(html, "<section id=\"\(id)\">", "</section>").contains(
+                    "None in this log: it was written with --stack-depth 0."), "\(id)")
+        }
+        #expect(!html.contains("class=\"sweep-data\"") && !html.contains("class=\"flame\""))
+        #expect(try Self.unbalancedTags(html) == nil)
+
+        let startOnly = String(SampleLog.text.prefix { $0 != "\n" }) + "\n"
+        let empty = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(startOnly)))
+        #expect(
+            empty.contains(
+                "<section id=\"sweep-writers\">\n<h2>Writers of one sweep</h2>\n<p class=\"note\">No sweeps in this log.</p>"
+            ))
+        #expect(empty.contains("<text class=\"time-label\" x=\"70\" y=\"272\" text-anchor=\"middle\">0</text>"))
+        #expect(try Self.unbalancedTags(empty) == nil)
+    }
+
     @Test func everyTableOfContentsLinkHasItsSection() throws {
         let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(Self.forkedLog)))
         let nav = Self.element(html, "<nav id=\"toc\">", "</nav>")
