@@ -200,7 +200,7 @@ public enum HTMLReport {
         for path in process.execs { rows.append(("exec", path)) }
         for reason in process.untracked { rows.append(("untracked", reason)) }
         if log.processes.count > 1 {
-            rows.append(("processes", "\(log.processes.count) in this log: the picker at the top shows one at a time"))
+            rows.append(("processes", "\(log.processes.count) in this log: see Processes at the top"))
         }
         return "<table class=\"summary\">\n"
             + rows.map { "<tr><th>\(escape($0.0))</th><td>\(escape($0.1))</td></tr>\n" }.joined() + "</table>\n"
@@ -209,7 +209,7 @@ public enum HTMLReport {
     // MARK: processes
 
     /// What a process is called: its command's program name as the text
-    /// report names it, and for a process that never called exec, its parent's.
+    /// report names it; for a process that never called exec, the pid that forked it.
     static func processName(_ process: LoggedProcess, log: ParsedLog) -> String {
         let command = process.command ?? (process.pid == log.pid ? log.command : nil)
         if let name = command.flatMap({ ProcessNaming.name(command: $0, path: "") }) { return name }
@@ -238,7 +238,7 @@ public enum HTMLReport {
         var out =
             "<section id=\"processes\">\n<h2>Processes</h2>\n<p class=\"note\">This log holds \(reports.count) processes "
             + "(--follow-forks), each followed by its sections: click one to go to it (the picker at the top shows "
-            + "one at a time). A process that never called exec is named by the process that forked it."
+            + "one at a time). A process that never called exec is named by the pid that forked it."
         if drawn.count < reports.count {
             out +=
                 " The page draws the \(drawn.count) that dirtied most pages; "
