@@ -5,12 +5,17 @@ import PageWatchLog
 /// line per distinct stack, weighted by dirtied pages.
 public enum FoldedReport {
     public static func render(_ report: ProcessReport) -> String {
-        var counts: [String: UInt64] = [:]
-        var order: [String] = []
-        for w in report.writers {
+        stacks(report.writers).map { "\($0.frames.joined(separator: ";")) \($0.pages)\n" }.joined()
+    }
+
+    /// One entry per distinct stack, outermost frame first, most pages first
+    /// (ties: first seen first). The HTML flame graph draws these too.
+    static func stacks(_ writers: [Writer]) -> [(frames: [String], pages: UInt64)] {
+        var counts: [[String]: UInt64] = [:]
+        var order: [[String]] = []
+        for w in writers {
             // Writers differing only in what the names drop (ips, lines) are one stack here.
-            let stack =
-                w.frames.isEmpty ? "[no frames]" : w.frames.reversed().map { frameName($0) }.joined(separator: ";")
+            let stack = w.frames.isEmpty ? ["[no frames]"] : w.frames.reversed().map { frameName($0) }
             if counts[stack] == nil { order.append(stack) }
             counts[stack, default: 0] += w.pages
         }
@@ -18,7 +23,7 @@ public enum FoldedReport {
             let ca = counts[a.element]!, cb = counts[b.element]!
             return ca != cb ? ca > cb : a.offset < b.offset
         }
-        return sorted.map { "\($0.element) \(counts[$0.element]!)\n" }.joined()
+        return sorted.map { ($0.element, counts[$0.element]!) }
     }
 
     /// The frame's name with what the format reserves replaced: `;`

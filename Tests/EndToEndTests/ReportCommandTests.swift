@@ -223,10 +223,13 @@ import Testing
         try? FileManager.default.removeItem(atPath: png)
         let shot = try Harness.run(common + ["--screenshot=\(png)", "file://\(html)"], timeout: 120)
         #expect(shot.status == 0, "\(shot.stderr)")
-        // The bars' colour is used nowhere else: its pixels are the chart, drawn.
+        // The bars' colour is used nowhere else: its pixels are the chart, drawn. The bars
+        // are as wide as the time between sweeps, and sweeps 2-4 come within a few
+        // milliseconds of a run of a few hundred: the fastest of them is at least 2 px wide
+        // and half the plot's 238 px high (the axis is rounded up to 1, 2 or 5 times ten to the N).
         let pixels = try Self.countPixels(png, colour: "d6336c")
         #expect(pixels.width == 1200 && pixels.height == 900)
-        #expect(pixels.matching > 5_000, "only \(pixels.matching) bar pixels in \(png)")
+        #expect(pixels.matching > 200, "only \(pixels.matching) bar pixels in \(png)")
     }
 
     @Test func refusesWhatItCannotRead() throws {

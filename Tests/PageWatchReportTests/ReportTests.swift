@@ -416,12 +416,305 @@ enum SampleLog {
         #expect(html.hasPrefix("<!DOCTYPE html>"))
         #expect(html.contains("<svg id=\"rate-chart\""))
         #expect(html.contains("<svg id=\"page-map\""))
-        #expect(html.components(separatedBy: "class=\"rate-bar\"").count - 1 == 3)
+        #expect(
+            Self.element(html, "<svg id=\"rate-chart\"", "</svg>").components(separatedBy: "class=\"rate-bar\"").count
+                - 1 == 3)
         #expect(html.contains("<table id=\"writers\""))
         #expect(html.contains("[kernel] read &lt;- read"))
         // One cell per dirty page here: 10 + 5 + 3 pages, one column per page.
-        #expect(html.components(separatedBy: "class=\"map-cell\"").count - 1 == 18)
-        #expect(html.contains("id=\"render-check\""))
+        #expect(
+            Self.element(html, "<svg id=\"page-map\"", "</svg>").components(separatedBy: "class=\"map-cell\"").count - 1
+                == 18)
+        // The render self-check is for tests: in the page, never shown.
+        #expect(html.contains("<p id=\"render-check\" hidden>"))
+        #expect(try Self.unbalancedTags(html) == nil)
+    }
+
+    /// From the first `start` to the next `end` after it, both included.
+    static func element(_ html: String, _ start: String, _ end: String) -> String {
+        guard let from = html.range(of: start), let to = html.range(of: end, range: from.upperBound..<html.endIndex)
+        else { return "" }
+        return String(html[from.lowerBound..<to.upperBound])
+    }
+
+    /// The first tag that does not close what it should, or nil when every
+    /// element is closed in order (void elements and `<x/>` need no end tag;
+    /// scripts and comments are skipped).
+    static func unbalancedTags(_ html: String) throws -> String? {
+        let void: Set<String> = ["meta", "br", "hr", "img", "input", "link", "!doctype"]
+        var open: [String] = []
+        var rest = Substring(html)
+        while let lt = rest.firstIndex(of: "<") {
+            rest = rest[lt...]
+            if rest.hasPrefix("<!--") {
+                guard let end = rest.range(of: "-->") else { return "an unclosed comment" }
+                rest = rest[end.upperBound...]
+                continue
+            }
+            guard let gt = rest.firstIndex(of: ">") else { return "an unclosed tag" }
+            let tag = rest[rest.index(after: lt)..<gt]
+            rest = rest[rest.index(after: gt)...]
+            let name = String(tag.prefix { !$0.isWhitespace && $0 != "/" || $0 == "/" && tag.first == "/" })
+                .lowercased()
+            if name.hasPrefix("/") {
+                guard open.last == String(name.dropFirst()) else {
+                    return "</\(name.dropFirst())> closes <\(open.last ?? "nothing")>"
+                }
+                open.removeLast()
+            } else if !void.contains(name) && !tag.hasSuffix("/") {
+                open.append(name)
+                if name == "script" {
+                    guard let end = rest.range(of: "</script>") else { return "an unclosed script" }
+                    rest = rest[end.lowerBound...]
+                }
+            }
+        }
+        return open.isEmpty ? nil : "<\(open.last!)> not closed"
+    }
+
+    /// The sample with its child named by an exec record.
+    static var forkedLog: String {
+        var records = SampleLog.records
+        let fork = records.firstIndex {
+            if case .fork = $0 { return true } else { return false }
+        }!
+        records.insert(
+            .exec(
+                pid: 101, path: "/usr/bin/cc1", command: ["/usr/bin/cc1", "-O2", "x.c"],
+                timeNs: SampleLog.startNs + 2_550_000),
+            at: fork + 1)
+        return records.map { JSONLines.encode($0) + "\n" }.joined()
+    }
+
+    @Test func putsTimeOnTheChartsXAxis() throws {
+        let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed()))
+        let chart = Self.element(html, "<svg id=\"rate-chart\"", "</svg>")
+        // 4 ms from the start record to the end record: a tick a millisecond, 810 px wide from x = 70.
+        let labels = chart.matches(
+            of: /<text class="time-label" x="([0-9.]+)" y="272" text-anchor="middle">([^<]*)<\/text>/)
+        #expect(labels.map { String($0.1) } == ["70", "272.5", "475", "677.5", "880"])
+        #expect(labels.map { String($0.2) } == ["0", "0.001", "0.002", "0.003", "0.004"])
+        #expect(chart.contains(">seconds since start</text>"))
+        // Sweep 2 spans 1 ms to 2 ms; its 5 pages in 1 ms are half of sweep 1's 10 in 1 ms: half of the 238 px.
+        #expect(
+            chart.contains(
+                "<rect class=\"rate-bar\" data-sweep=\"1\" x=\"272.5\" y=\"135\" width=\"202.5\" height=\"119\""))
+        // The followed child: from its fork, 0.2 ms.
+        let child = Self.element(html, "<svg id=\"p101-rate-chart\"", "</svg>")
+        #expect(child.contains(">seconds since its fork</text>"))
+        #expect(child.contains(">0.00020</text>"))
+
+        let hour = HTMLReport.timeAxis(beginNs: 5, endNs: 5 + 3_600_000_000_000)
+        #expect(hour.ticks.map(\.label) == ["0", "1000", "2000", "3000"])
+        let short = HTMLReport.timeAxis(beginNs: 0, endNs: 3_700_000_000)
+        #expect(short.ticks.map(\.label) == ["0", "1", "2", "3"])
+        #expect(short.span == 3.7)
+        let tenths = HTMLReport.timeAxis(beginNs: 0, endNs: 1_200_000_000)
+        #expect(tenths.ticks.map(\.label) == ["0", "0.2", "0.4", "0.6", "0.8", "1.0", "1.2"])
+    }
+
+    @Test func embedsEachSweepsWritersAsTheirSites() throws {
+        let report = try ProcessReport(log: SampleLog.parsed())
+        let html = HTMLReport.render(report)
+        let script = Self.element(html, "<script type=\"application/json\" class=\"sweep-data\">", "</script>")
+        let json = script.dropFirst("<script type=\"application/json\" class=\"sweep-data\">".count).dropLast(
+            "</script>".count)
+        let data = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        #expect(data["cap"] as? Int == 10)
+        let names = try #require(data["names"] as? [[Any]])
+        let sweeps = try #require(data["sweeps"] as? [[Any]])
+        #expect(sweeps.count == 3)
+        func writers(_ i: Int) -> [String] {
+            (sweeps[i][0] as? [[Int]] ?? []).map { w in
+                let name = names[w[0]]
+                return "\(name[0]) \(name[1] as? String ?? "-") \(w[1]) \(w[2])"
+            }
+        }
+        // Sweep 2: its three sites, biggest first.
+        #expect(
+            writers(1) == ["fill prog.c:10 3 3", "poke prog.c:20 1 1", "[kernel] read <- read prog.c:5 1 0"])
+        // Every sweep: its sites, named as the writers table names them.
+        for (i, s) in report.sweeps.enumerated() {
+            let sites = (s.sites ?? []).map {
+                let name = FrameNaming.writer($0.frames)
+                return "\(name.function) \(name.location ?? "-") \($0.pages) \($0.faults)"
+            }
+            #expect(writers(i) == sites)
+            #expect(sweeps[i][1] as? Int == 0)
+        }
+        #expect(names[0][2] as? String == "")
+        #expect(names[1][2] as? String == "<- main (prog.c:30) <- _start")
+        // Without script the page shows the busiest sweep after sweep 1: sweep 2.
+        #expect(html.contains("<option value=\"1\" selected>2 at 0.002 s: 5 pages, 4 faults (signal)</option>"))
+        let table = Self.element(html, "<table class=\"rows sweep-table\" id=\"sweep-table\">", "</table>")
+        #expect(table.components(separatedBy: "<tr>").count - 1 == 4)
+        #expect(
+            table.contains("<tr><td class=\"num\">3</td><td class=\"num\">3</td><td><span class=\"mono\">fill</span>"))
+        #expect(html.contains("The page keeps each sweep's 10 biggest writers"))
+    }
+
+    @Test func capsTheWritersKeptPerSweep() throws {
+        let s = SampleLog.startNs
+        let sites = (1...13).map { i in
+            SampleLog.site(
+                [SampleLog.frame("w\(i)", 0x1000 + UInt64(i) * 16)], pages: UInt64(20 - i), faults: 1,
+                at: UInt64(i) * 0x100)
+        }
+        let records: [LogRecord] = [
+            .start(pid: SampleLog.pid, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: s),
+            SampleLog.sweep(1, at: s + 1_000_000, sites),
+        ]
+        let report = try ProcessReport(log: SampleLog.parsed(records.map { JSONLines.encode($0) + "\n" }.joined()))
+        let model = SweepWritersView.model(report)
+        #expect(model.sweeps[0].entries.map(\.pages) == Array(10...19).reversed().map(UInt64.init))
+        #expect(model.sweeps[0].moreStacks == 3)
+        #expect(model.sweeps[0].morePages == 7 + 8 + 9)
+        #expect(SweepWritersView.json(model).contains("],3,24]"))
+        #expect(SweepWritersView.moreNote(model.sweeps[0]) == "3 smaller stacks, 24 pages, not listed.")
+        #expect(SweepWritersView.jsonString("</script>\"\u{1}") == #""\u003c/script\u003e\"\u0001""#)
+    }
+
+    @Test func drawsAFlameGraphOfTheFoldedStacks() throws {
+        let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed()))
+        let flame = Self.element(html, "<svg id=\"flame-graph\"", "</svg>")
+        // 18 pages over 900 px: 50 px a page. [unseen]'s 10 first, then _start's 8: main's
+        // fill (5), poke (2), read (1); four frames above the root, 17 px a row.
+        #expect(flame.contains("height=\"85\""))
+        let fill = try #require(
+            flame.firstMatch(
+                of:
+                    /<rect class="flame-frame" x="([0-9.]+)" y="17" width="([0-9.]+)" height="16" fill="[^"]+"><title>fill &lt;- main &lt;- _start: 5 pages \(27.78%\)<\/title>/
+            ))
+        #expect(fill.1 == "500" && fill.2 == "250")
+        #expect(
+            flame.contains(
+                "x=\"0\" y=\"51\" width=\"500\" height=\"16\" fill=\"rgb(185,185,185)\"><title>[unseen]: 10 pages (55.56%)</title>"
+            ))
+        #expect(flame.contains("<title>[kernel] read &lt;- read &lt;- main &lt;- _start: 1 pages (5.56%)</title>"))
+        #expect(flame.contains("<title>all writers: 18 pages (100.00%)</title>"))
+        #expect(flame.components(separatedBy: "class=\"flame-frame\"").count - 1 == 8)
+        #expect(!flame.contains(HTMLReport.barColour))
+    }
+
+    @Test func leavesOutFramesUnderATenthOfAPercent() {
+        let graph = FlameGraph([(["main", "big"], 10_000), (["main", "tiny"], 5), (["main", "small"], 20)])
+        let drawn = graph.svg(id: "f")!
+        #expect(drawn.omitted == 1)
+        #expect(drawn.svg.contains("main &lt;- … ") == false)
+        #expect(drawn.svg.contains("<title>small &lt;- main: 20 pages (0.20%)</title>"))
+        #expect(!drawn.svg.contains("tiny"))
+        // At most maxFrames: the lightest go first, never a caller before its callees.
+        #expect(graph.threshold(minShare: 0, maxFrames: 3, maxDepth: 64) == 21)
+        #expect(graph.svg(id: "f", maxFrames: 3)!.omitted == 2)
+    }
+
+    @Test func picksAProcessByCommandWithItsTotals() throws {
+        let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(Self.forkedLog)))
+        let picker = Self.element(html, "<select id=\"process-picker\">", "</select>")
+        #expect(
+            picker
+                == "<select id=\"process-picker\"><option value=\"100\" data-prefix=\"\">100 prog: 18 pages</option>"
+                + "<option value=\"101\" data-prefix=\"p101-\">101 cc1: 7 pages</option></select>")
+        let table = Self.element(html, "<table class=\"rows\" id=\"process-table\">", "</table>")
+        #expect(
+            table.contains(
+                "<a href=\"#process-101\" data-pick=\"101\">cc1</a><div class=\"callers\">/usr/bin/cc1 -O2 x.c</div>"))
+        #expect(
+            table.contains(
+                "<td class=\"num\">100</td><td class=\"num\">1</td><td class=\"num\">7</td><td class=\"num\">0.03</td><td class=\"num\">0</td><td class=\"end\">exited with status 0</td>"
+            ))
+        #expect(
+            table.contains(
+                "<th>all 2 processes</th><th></th><th class=\"num\">4</th><th class=\"num\">25</th><th class=\"num\">0.10</th><th class=\"num\">7</th>"
+            ))
+        // Each process's sections, the child's ids prefixed.
+        for id in [
+            "process-100", "process-101", "chart", "p101-chart", "p101-flame-graph", "p101-page-map",
+            "p101-sweep-table",
+        ] {
+            #expect(html.contains("id=\"\(id)\""), "\(id)")
+        }
+        #expect(html.contains("<h2 class=\"process-title\">Process 101: cc1</h2>"))
+        #expect(try Self.unbalancedTags(html) == nil)
+
+        // --pid 101: the child first, unprefixed; the program after it.
+        let child = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(Self.forkedLog), pid: 101))
+        #expect(
+            child.contains(
+                "<option value=\"101\" data-prefix=\"\">101 cc1: 7 pages</option><option value=\"100\" data-prefix=\"p100-\">"
+            ))
+        #expect(child.contains("<tr><th>command</th><td>/usr/bin/cc1 -O2 x.c</td></tr>"))
+        // One process: no picker.
+        let one = HTMLReport.render(
+            try ProcessReport(
+                log: SampleLog.parsed(
+                    SampleLog.text.split(separator: "\n").filter { !$0.contains("\"pid\":101") }.joined(separator: "\n")
+                        + "\n")))
+        #expect(!one.contains("process-picker") && !one.contains("id=\"processes\""))
+    }
+
+    /// A build's log: every process listed, the biggest drawn.
+    @Test func drawsTheBiggestProcessesAndListsThemAll() throws {
+        let s = SampleLog.startNs
+        var records: [LogRecord] = [
+            .start(pid: SampleLog.pid, pageSize: 4096, command: ["make"], tracked: ["writable"], timeNs: s)
+        ]
+        for i in 1...44 {
+            let child = SampleLog.pid + Int32(i)
+            records.append(.fork(pid: child, parent: SampleLog.pid, timeNs: s + UInt64(i) * 1_000))
+            // Pages 1...44: the children 1...5 are the smallest.
+            records.append(
+                SampleLog.sweep(
+                    1, pid: child, reason: .exit, at: s + UInt64(i) * 1_000 + 500,
+                    [SampleLog.site(SampleLog.fill, pages: UInt64(i), faults: i, at: 0x100)]))
+        }
+        let html = HTMLReport.render(
+            try ProcessReport(log: SampleLog.parsed(records.map { JSONLines.encode($0) + "\n" }.joined())))
+        let picker = Self.element(html, "<select id=\"process-picker\">", "</select>")
+        #expect(picker.components(separatedBy: "<option").count - 1 == HTMLReport.maxProcessesDrawn)
+        #expect(html.components(separatedBy: "<div class=\"process\"").count - 1 == 40)
+        #expect(!html.contains("id=\"process-105\"") && html.contains("id=\"process-106\""))
+        let table = Self.element(html, "<table class=\"rows\" id=\"process-table\">", "</table>")
+        #expect(table.components(separatedBy: "<tr>").count - 1 == 1 + 45)
+        #expect(table.contains("<tr><td class=\"num\">105</td><td>(no exec, forked by 100)</td>"))
+        #expect(table.contains("<th>all 45 processes</th><th></th><th class=\"num\">44</th><th class=\"num\">990</th>"))
+        #expect(html.contains("The page draws the 40 that dirtied most pages"))
+        #expect(try Self.unbalancedTags(html) == nil)
+    }
+
+    /// Logs written with --stack-depth 0, and a log cut before its first sweep.
+    @Test func saysSoWhenThereIsNothingToDraw() throws {
+        let noSites = SampleLog.text.replacing(/,"sites":\[.*\]\}$/.anchorsMatchLineEndings(), with: "}")
+        let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(noSites)))
+        for id in ["sweep-writers", "top-writers", "flame"] {
+            #expect(
+                Self.element(html, "<section id=\"\(id)\">", "</section>").contains(
+                    "None in this log: it was written with --stack-depth 0."), "\(id)")
+        }
+        #expect(!html.contains("class=\"sweep-data\"") && !html.contains("class=\"flame\""))
+        #expect(try Self.unbalancedTags(html) == nil)
+
+        let startOnly = String(SampleLog.text.prefix { $0 != "\n" }) + "\n"
+        let empty = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(startOnly)))
+        #expect(
+            empty.contains(
+                "<section id=\"sweep-writers\">\n<h2>Writers of one sweep</h2>\n<p class=\"note\">No sweeps in this log.</p>"
+            ))
+        #expect(empty.contains("<text class=\"time-label\" x=\"70\" y=\"272\" text-anchor=\"middle\">0</text>"))
+        #expect(try Self.unbalancedTags(empty) == nil)
+    }
+
+    @Test func everyTableOfContentsLinkHasItsSection() throws {
+        let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(Self.forkedLog)))
+        let nav = Self.element(html, "<nav id=\"toc\">", "</nav>")
+        let targets = nav.matches(of: /href="#([^"]+)"/).map { String($0.1) }
+        #expect(targets == ["processes", "summary", "chart", "sweeps", "sweep-writers", "top-writers", "flame", "map"])
+        let sections = nav.matches(of: /data-section="([^"]+)"/).map { String($0.1) }
+        for id in targets + sections.map({ "p101-" + $0 }) {
+            #expect(html.components(separatedBy: "id=\"\(id)\"").count - 1 == 1, "\(id)")
+        }
+        let ids = html.matches(of: /\sid="([^"]+)"/).map { String($0.1) }
+        #expect(Set(ids).count == ids.count)
     }
 
     @Test func escapesWhatTheProgramNamed() throws {
