@@ -26,7 +26,7 @@ public enum HTMLReport {
     /// The sections of one process, in the page's order. Ids start with
     /// `prefix`: empty for the process reported first, `pPID-` for the others.
     /// A new section is one more entry: the table of contents follows.
-    static func sections(_ report: ProcessReport, prefix: String) -> [Section] {
+    static func sections(_ report: ProcessReport, prefix: String, preCopy: PreCopyPlan.Settings) -> [Section] {
         // Summed once: the table and the flame graph both need them.
         let writers = report.writers
         return [
@@ -47,10 +47,14 @@ public enum HTMLReport {
             Section(
                 id: "map", link: "Page map", title: "Pages dirtied, sweep by sweep",
                 body: scrolling(pageMap(report, prefix: prefix), tall: true)),
+            Section(
+                id: "pre-copy", link: "Pre-copy", title: "Pre-copy planning",
+                body: "<pre>" + escape(PreCopyPlan(report, preCopy).textLines().joined(separator: "\n")) + "</pre>"),
         ].filter { !$0.body.isEmpty }  // A section with nothing to show for this log (none yet) is left out.
     }
 
-    public static func render(_ report: ProcessReport) -> String {
+    /// `preCopy`: what the pre-copy section's model is asked about.
+    public static func render(_ report: ProcessReport, preCopy: PreCopyPlan.Settings = .standard) -> String {
         let log = report.log
         // The process asked for first, then the others in the log's order.
         let reports =
@@ -67,7 +71,7 @@ public enum HTMLReport {
                     return pa != pb ? pa > pb : a.offset < b.offset
                 }.prefix(maxProcessesDrawn - 1).map(\.element.process.pid))
         let drawn = reports.filter { drawnPids.contains($0.process.pid) }
-        let firstSections = sections(report, prefix: "")
+        let firstSections = sections(report, prefix: "", preCopy: preCopy)
         var html = """
             <!DOCTYPE html>
             <html lang="en">
@@ -123,7 +127,7 @@ public enum HTMLReport {
                 html +=
                     "<h2 class=\"process-title\">Process \(r.process.pid): \(escape(processName(r.process, log: log)))</h2>\n"
             }
-            for s in i == 0 ? firstSections : sections(r, prefix: prefix) {
+            for s in i == 0 ? firstSections : sections(r, prefix: prefix, preCopy: preCopy) {
                 html += "<section id=\"\(prefix)\(s.id)\">\n<h2>\(escape(s.title))</h2>\n\(s.body)</section>\n"
             }
             html += "</div>\n"

@@ -44,6 +44,19 @@ public struct PreCopyPlan: Sendable, Equatable {
     /// `downtime-limit`.
     public static let standardDowntime = 0.3
 
+    /// What the model is asked about: the link, and the downtime aimed at (seconds).
+    public struct Settings: Sendable {
+        public var link: Link
+        public var downtimeTarget: Double
+
+        public init(link: Link = .standard, downtimeTarget: Double = PreCopyPlan.standardDowntime) {
+            self.link = link
+            self.downtimeTarget = downtimeTarget
+        }
+
+        public static let standard = Settings()
+    }
+
     /// The write working set over windows of one length.
     public struct WorkingSet: Sendable, Equatable {
         public var seconds: Double
@@ -97,10 +110,8 @@ public struct PreCopyPlan: Sendable, Equatable {
     /// At most this many windows are measured per length (evenly spread).
     static let maxWindowsMeasured = 256
 
-    public init(
-        _ report: ProcessReport, link: Link = .standard, downtimeTarget: Double = PreCopyPlan.standardDowntime,
-        windows: [Double] = PreCopyPlan.windows
-    ) {
+    public init(_ report: ProcessReport, _ settings: Settings = .standard, windows: [Double] = PreCopyPlan.windows) {
+        let link = settings.link, downtimeTarget = settings.downtimeTarget
         self.link = link
         self.downtimeTarget = downtimeTarget
         pageSize = report.log.pageSize

@@ -22,10 +22,9 @@ public enum TextReport {
         public static let all = WriterLimits()
     }
 
-    /// `link` and `downtimeTarget` (seconds): the pre-copy model's (`PreCopyPlan`).
+    /// `preCopy`: what the pre-copy model is asked about (`PreCopyPlan`).
     public static func render(
-        _ report: ProcessReport, writers limits: WriterLimits = .all, link: PreCopyPlan.Link = .standard,
-        downtimeTarget: Double = PreCopyPlan.standardDowntime
+        _ report: ProcessReport, writers limits: WriterLimits = .all, preCopy: PreCopyPlan.Settings = .standard
     ) -> String {
         var out: [String] = []
         let log = report.log, process = report.process
@@ -97,7 +96,7 @@ public enum TextReport {
         out.append("")
         out += writersTable(report, limits: limits)
         out.append("")
-        out += PreCopyPlan(report, link: link, downtimeTarget: downtimeTarget).textLines()
+        out += PreCopyPlan(report, preCopy).textLines()
         return out.joined(separator: "\n") + "\n"
     }
 

@@ -64,14 +64,14 @@ struct Report: ParsableCommand {
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Text: the pre-copy model's link speed, e.g. 1GiB/s, 500MB/s, 10Gbit/s (default 1GiB/s).",
+            "Text and html: the pre-copy model's link speed, e.g. 1GiB/s, 500MB/s, 10Gbit/s (default 1GiB/s).",
             valueName: "RATE"))
     var link: String = "1GiB/s"
 
     @Option(
         name: .long,
         help: ArgumentHelp(
-            "Text: the pre-copy model's downtime target, e.g. 300ms (default), 1s.", valueName: "DURATION"))
+            "Text and html: the pre-copy model's downtime target, e.g. 300ms (default), 1s.", valueName: "DURATION"))
     var downtime: String = "300ms"
 
     @Argument(help: ArgumentHelp("The JSON Lines log (pagewatch run --output); - for stdin.", valueName: "LOG.jsonl"))
@@ -80,6 +80,11 @@ struct Report: ParsableCommand {
     /// `--downtime` in seconds; nil when it is not a positive duration.
     var downtimeSeconds: Double? {
         IntervalParser.parse(downtime).flatMap { $0 > 0 ? Double($0) / 1e9 : nil }
+    }
+
+    /// `--link` and `--downtime`, validated.
+    var preCopy: PreCopyPlan.Settings {
+        PreCopyPlan.Settings(link: PreCopyPlan.Link(parsing: link) ?? .standard, downtimeTarget: downtimeSeconds ?? 0.3)
     }
 
     func validate() throws {
@@ -119,7 +124,7 @@ struct Report: ParsableCommand {
                 report,
                 writers: TextReport.WriterLimits(
                     top: top == 0 ? nil : top, minPercent: minPercent, emptyRows: emptyRows),
-                link: PreCopyPlan.Link(parsing: link) ?? .standard, downtimeTarget: downtimeSeconds ?? 0.3)
+                preCopy: preCopy)
         case .folded:
             text = FoldedReport.render(report)
             // An empty flame graph says nothing about why: say it once, off the data stream.
@@ -129,7 +134,7 @@ struct Report: ParsableCommand {
                     "pagewatch: \(report.log.source) has no call sites (written with --stack-depth 0): no stacks to fold\n"
                 )
             }
-        case .html: text = HTMLReport.render(report)
+        case .html: text = HTMLReport.render(report, preCopy: preCopy)
         case .pprof: binary = PprofReport.render(report)
         }
         let payload = binary ?? Array(text.utf8)

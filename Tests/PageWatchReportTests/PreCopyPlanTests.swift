@@ -40,7 +40,8 @@ import PageWatchAddressSpace
 
     static func plan(pagesPerSecond: Double) throws -> PreCopyPlan {
         try PreCopyPlan(
-            ProcessReport(log: log), link: .init(bytesPerSecond: pagesPerSecond * 4096), downtimeTarget: 0.3)
+            ProcessReport(log: log),
+            .init(link: .init(bytesPerSecond: pagesPerSecond * 4096), downtimeTarget: 0.3))
     }
 
     @Test func ratesAndWorkingSets() throws {
@@ -117,6 +118,16 @@ import PageWatchAddressSpace
         #expect(plan.outcome == .unknown && plan.rounds.isEmpty && plan.steadyRate == nil)
         #expect(plan.workingSets.allSatisfy { $0.medianPages == nil && $0.maxPages == nil })
         #expect(plan.textLines().last == "  n/a: it needs two sweeps at different times")
+    }
+
+    /// The HTML report has the same section, in its contents too.
+    @Test func htmlHasThePreCopySection() throws {
+        let report = try ProcessReport(log: Self.log)
+        let settings = PreCopyPlan.Settings(link: .init(bytesPerSecond: 100 * 4096), downtimeTarget: 0.3)
+        let html = HTMLReport.render(report, preCopy: settings)
+        #expect(html.contains(##"href="#pre-copy""##) && html.contains(#"id="pre-copy""#))
+        #expect(html.contains(HTMLReport.escape(PreCopyPlan(report, settings).textLines().last!)))
+        #expect(html.contains("does not converge: after 4 round(s)"))
     }
 
     @Test func linkSpeeds() {

@@ -708,7 +708,10 @@ enum SampleLog {
         let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(Self.forkedLog)))
         let nav = Self.element(html, "<nav id=\"toc\">", "</nav>")
         let targets = nav.matches(of: /href="#([^"]+)"/).map { String($0.1) }
-        #expect(targets == ["processes", "summary", "chart", "sweeps", "sweep-writers", "top-writers", "flame", "map"])
+        #expect(
+            targets == [
+                "processes", "summary", "chart", "sweeps", "sweep-writers", "top-writers", "flame", "map", "pre-copy",
+            ])
         let sections = nav.matches(of: /data-section="([^"]+)"/).map { String($0.1) }
         for id in targets + sections.map({ "p101-" + $0 }) {
             #expect(html.components(separatedBy: "id=\"\(id)\"").count - 1 == 1, "\(id)")
