@@ -7,7 +7,7 @@ import PackageDescription
 //   CLibUnwind, CLibDW      system libraries: libunwind-ptrace (remote unwinding), elfutils libdw (DWARF lines)
 //   CUnwind                 thin C: libunwind's macro API and its accessor callbacks (a process_vm_readv page cache)
 //   PageWatchAddressSpace   pure Swift: RemoteAddress, AddressRange, Mapping, maps parser, PageSet
-//   PageWatchImage          pure Swift: the memory image of --dump (format, writer, reader, rebuild)
+//   PageWatchImage          pure Swift: the memory image of --dump (format, writer, reader, rebuild, XXH64)
 //   PageWatchLog            pure Swift: the log's records (sweeps, write sites, frames), JSON Lines out and in, signal names
 //   PageWatchPtrace         Tracee, StopEvent, RemoteSyscall, per-arch registers
 //   PageWatchAttribution    Unwinder (the writer's call stack at a stop), Symbolizer (ELF symbols, demangling, lines)
@@ -156,7 +156,7 @@ let package = Package(
                 "CPtrace",
             ]),
         .target(name: "PageWatchImage", dependencies: ["PageWatchAddressSpace"]),
-        .target(name: "PageWatchReport", dependencies: ["PageWatchLog", "PageWatchAddressSpace", "PageWatchImage"]),
+        .target(name: "PageWatchReport", dependencies: ["PageWatchLog", "PageWatchAddressSpace"]),
         .target(
             name: "PageWatchKit",
             dependencies: ["PageWatchEngine", "PageWatchPtrace", "PageWatchAddressSpace", "PageWatchLog"]),

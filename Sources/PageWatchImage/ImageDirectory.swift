@@ -219,16 +219,16 @@ public struct ImageDirectory: Sendable {
                 problems.append("\(file): \(range) lies outside the file")
                 continue
             }
-            var crc = CRC32()
+            var hash = XXH64()
             var done: UInt64 = 0
             try? handle.seek(toOffset: offset)
             while done < range.length {
                 let count = Int(min(UInt64(ImageWriter.chunkBytes), range.length - done))
                 guard let data = try? handle.read(upToCount: count), data.count == count else { break }
-                data.withUnsafeBytes { crc.update($0) }
+                data.withUnsafeBytes { hash.update($0) }
                 done += UInt64(count)
             }
-            if done != range.length || IndexedRange.hex8(crc.value) != r.crc32 {
+            if done != range.length || IndexedRange.hex16(hash.value) != r.xxh64 {
                 problems.append("\(file): \(range) does not match its checksum")
             }
         }

@@ -76,22 +76,22 @@ public struct IndexedRange: Codable, Equatable, Sendable {
     public var kind: Kind
     /// Where its bytes start in the pages file (`data`, `file`).
     public var offset: UInt64?
-    /// CRC-32 of its bytes (`data`, `file`), as 8 hex digits.
-    public var crc32: String?
+    /// XXH64 of its bytes (`data`, `file`), as 16 hex digits.
+    public var xxh64: String?
     /// The mapping it belongs to: its path, `[heap]`, `[stack]`, or `[anon]`.
     public var mapping: String
 
-    public init(range: AddressRange, kind: Kind, offset: UInt64? = nil, crc32: UInt32? = nil, mapping: String) {
+    public init(range: AddressRange, kind: Kind, offset: UInt64? = nil, xxh64: UInt64? = nil, mapping: String) {
         self.range = ImageRange(range)
         self.kind = kind
         self.offset = offset
-        self.crc32 = crc32.map { Self.hex8($0) }
+        self.xxh64 = xxh64.map { Self.hex16($0) }
         self.mapping = mapping
     }
 
-    static func hex8(_ v: UInt32) -> String {
+    static func hex16(_ v: UInt64) -> String {
         let digits = String(v, radix: 16)
-        return String(repeating: "0", count: 8 - digits.count) + digits
+        return String(repeating: "0", count: 16 - digits.count) + digits
     }
 
     public var storesBytes: Bool { kind == .data || kind == .file }

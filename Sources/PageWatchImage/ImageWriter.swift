@@ -55,7 +55,7 @@ public final class ImageWriter {
                 indexed.append(IndexedRange(range: piece.range, kind: piece.kind, mapping: piece.mapping))
                 continue
             }
-            var crc = CRC32()
+            var hash = XXH64()
             var at = piece.range.start
             var readable = true
             while at < piece.range.end {
@@ -65,14 +65,15 @@ public final class ImageWriter {
                     readable = false
                     break
                 }
-                crc.update(UnsafeRawBufferPointer(chunk))
+                hash.update(UnsafeRawBufferPointer(chunk))
                 try file.commit(chunk, at: offset + (at - piece.range.start))
                 at = at + UInt64(count)
             }
             if readable {
                 indexed.append(
                     IndexedRange(
-                        range: piece.range, kind: piece.kind, offset: offset, crc32: crc.value, mapping: piece.mapping))
+                        range: piece.range, kind: piece.kind, offset: offset, xxh64: hash.value, mapping: piece.mapping)
+                )
                 offset += piece.range.length
             } else {
                 // Unmapped by a running thread while being read: the space it

@@ -1,4 +1,3 @@
-import PageWatchImage
 import PageWatchLog
 
 /// `pagewatch report --format pprof`: the writers as a gzipped
@@ -154,9 +153,21 @@ enum Gzip {
             out += data[offset..<offset + n]
             offset += n
         } while offset < data.count
-        out += littleEndian(CRC32.checksum(data)) + littleEndian(UInt32(truncatingIfNeeded: data.count))
+        out += littleEndian(crc32(data)) + littleEndian(UInt32(truncatingIfNeeded: data.count))
         return out
     }
 
     static func littleEndian(_ v: UInt32) -> [UInt8] { (0..<4).map { UInt8((v >> (8 * $0)) & 0xff) } }
+
+    static let table: [UInt32] = (0..<256).map { n in
+        var c = UInt32(n)
+        for _ in 0..<8 { c = c & 1 != 0 ? 0xedb8_8320 ^ (c >> 1) : c >> 1 }
+        return c
+    }
+
+    static func crc32(_ data: [UInt8]) -> UInt32 {
+        var c: UInt32 = 0xffff_ffff
+        for b in data { c = table[Int((c ^ UInt32(b)) & 0xff)] ^ (c >> 8) }
+        return c ^ 0xffff_ffff
+    }
 }

@@ -71,7 +71,7 @@ import PageWatchAddressSpace
         #expect(sweeps[0].ranges.map(\.kind) == [.data, .zero, .file, .gone])
         #expect(sweeps[0].ranges[2].mapping == "/lib/x.so")
         #expect(
-            sweeps[0].ranges[0].crc32 == IndexedRange.hex8(CRC32.checksum(Self.contents(Self.pages(0, 3), version: 1))))
+            sweeps[0].ranges[0].xxh64 == IndexedRange.hex16(XXH64.hash(Self.contents(Self.pages(0, 3), version: 1))))
         // Built: the held pages in address order, and where each run is.
         let built = image.path + "/built"
         let result = try image.build(pid: 42, at: 2, output: built)
