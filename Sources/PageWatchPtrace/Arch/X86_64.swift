@@ -305,6 +305,14 @@ public enum X86_64: Architecture {
         return Registers(raw: r)
     }
 
+    /// `orig_rax = -1`: released from the entry stop, the kernel runs no
+    /// call and leaves rax (the number) as it is; no restart fix-up either.
+    public static func abandoningSyscall(_ regs: Registers) -> Registers {
+        var r = rewindingSyscall(regs).raw
+        r.orig_rax = UInt64.max
+        return Registers(raw: r)
+    }
+
     public static func settingSyscallResult(_ regs: Registers, _ value: Int64) -> Registers {
         var r = regs.raw
         r.rax = UInt64(bitPattern: value)
