@@ -295,6 +295,7 @@ final class ProcessTracker {
             // call; the thread was given back rewound: it runs its syscall
             // instruction again and stops here again.
             thread.syscall.abandoned = false
+            session.attachState?.resumingAbandonedCall()
             rewound = true
         }
         if let pending, !rewound {
