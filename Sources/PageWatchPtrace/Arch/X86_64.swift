@@ -75,6 +75,7 @@ public enum X86_64: Architecture {
     /// guardian puts the registers back.
     ///   mov rax, r11 ; syscall ; mov r14, rax ; mov eax, 186 (gettid) ; syscall
     ///   mov rdi, rax ; mov esi, 19 (SIGSTOP) ; mov eax, 200 (tkill) ; syscall
+    ///   jmp (back to the gettid)
     public static let scratchGadget: [UInt8] = [0x4c, 0x89, 0xd8, 0x0f, 0x05, 0x49, 0x89, 0xc6] + selfStop + stopAgain
     static let selfStop: [UInt8] = [
         0xb8, 0xba, 0x00, 0x00, 0x00,  // mov eax, 186 (gettid)
