@@ -292,15 +292,14 @@ final class ProcessTracker {
         var rewound = false
         let fromEntry = thread.syscall.atEntry
         thread.syscall.atEntry = false
-        if let entry = thread.syscall.entryRegisters {
-            thread.syscall.entryRegisters = nil
-            if thread.syscall.injectedAtEntry {
-                // PageWatch ran code at this syscall entry, which abandoned the
-                // call: run the syscall instruction again (it stops here again).
-                thread.syscall.injectedAtEntry = false
-                try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid)
-                rewound = true
-            }
+        thread.syscall.entryRegisters = nil
+        if thread.syscall.abandoned {
+            // PageWatch ran code at this syscall entry, which abandoned the
+            // call; the thread was given back rewound: it runs its syscall
+            // instruction again and stops here again.
+            thread.syscall.abandoned = false
+            session.attachState?.resumingAbandonedCall()
+            rewound = true
         }
         if let pending, !rewound {
             thread.syscall.pendingExit = pending

@@ -10,13 +10,15 @@ final class Background {
     let errPath = Harness.temporaryPath("bg-err-\(UUID().uuidString)")
     var pid: Int32 { process.processIdentifier }
 
-    init(_ argv: [String]) throws {
+    /// `environment`: variables set besides this process's own.
+    init(_ argv: [String], environment extra: [String: String] = [:]) throws {
         // A program that ended early must fail its test, not kill the runner with SIGPIPE.
         signal(SIGPIPE, SIG_IGN)
         process.executableURL = URL(fileURLWithPath: argv[0])
         process.arguments = Array(argv.dropFirst())
         var environment = ProcessInfo.processInfo.environment
         environment["SWIFT_BACKTRACE"] = "enable=no"
+        environment.merge(extra) { $1 }
         process.environment = environment
         _ = FileManager.default.createFile(atPath: outPath, contents: nil)
         _ = FileManager.default.createFile(atPath: errPath, contents: nil)
@@ -463,6 +465,36 @@ struct FIFODriven {
         try writeToFIFO("d", fifo)
         #expect(fixture.finish() == 0, "the guardian said: \(pagewatch.stderr)")
         #expect(fixture.stdout == untracked.stdout)
+    }
+
+    /// The tracer dead right after it skipped one of the program's calls to
+    /// run its own code at the call's entry (a `read` into an armed page,
+    /// un-armed there): the program makes its call again and never sees the
+    /// skipped call's ENOSYS. The test hook `PAGEWATCH_TEST_DIE_AT_REWIND`
+    /// makes the tracer SIGKILL itself there. Only the fixture's region is
+    /// tracked, and it reads into no other armed page until the guardian
+    /// gave them back: a write to an armed page in between is the race the
+    /// guardian cannot win for sure (design.md), not what this test is about.
+    @Test func killingTheTracerAfterItSkippedACallLetsTheCallRunAgain() throws {
+        let fifo = Harness.temporaryPath("fifo-\(UUID().uuidString)")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let fixture = try Background([Harness.fixture("fx_attach_reads"), fifo, "1"])
+        #expect(fixture.waitFor("ready\n"))
+        let log = Harness.temporaryPath("abandoned-\(UUID().uuidString).jsonl")
+        let pagewatch = try Background(
+            [
+                Harness.pagewatch, "attach", "--interval", "0", "--track", "0x2d0000000000-0x2d0000040000",
+                "--output", log, String(fixture.pid),
+            ],
+            environment: ["PAGEWATCH_TEST_DIE_AT_REWIND": "1"])
+        #expect(waitForLog(log, toContain: "\"reason\":\"attach\""))
+        try writeToFIFO("g", fifo)
+        #expect(pagewatch.finish(timeout: 30) == 128 + SIGKILL, "pagewatch said: \(pagewatch.stderr)")
+        let released = "pagewatch guardian: PageWatch died; pid \(fixture.pid) restored and released"
+        #expect(pagewatch.waitFor(released, onStderr: true), "the guardian said: \(pagewatch.stderr)")
+        #expect(throws: Never.self, "the program said: \(fixture.stdout)") { try writeToFIFO("d", fifo) }
+        #expect(fixture.finish(timeout: 30) == 0)
+        #expect(fixture.stdout == "ready\nok\n")
     }
 
     /// PageWatch killed: the process the user started SIGKILLed, many times, while

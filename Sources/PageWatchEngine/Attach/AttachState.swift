@@ -1,3 +1,4 @@
+import Glibc
 import PageWatchLog
 import PageWatchPtrace
 
@@ -27,4 +28,17 @@ final class AttachState {
     var lastUnparkNs: UInt64 = 0
     /// PAGEWATCH_DEBUG: the threads a detach last waited for (said once).
     var lastDetachWait = ""
+
+    /// `PAGEWATCH_TEST_DIE_AT_REWIND=N`, for tests of the guardian: the
+    /// tracer SIGKILLs itself as it resumes, for the Nth time, a thread
+    /// whose syscall it abandoned at the entry to run code there: the
+    /// moment PageWatch dying must not leave that call skipped. Unset, nil.
+    var resumesBeforeDying: Int? = getenv("PAGEWATCH_TEST_DIE_AT_REWIND").flatMap { Int(String(cString: $0)) }
+
+    /// Counts one such resume; the tracer's end at the Nth (`resumesBeforeDying`).
+    func resumingAbandonedCall() {
+        guard let left = resumesBeforeDying else { return }
+        resumesBeforeDying = left - 1
+        if left <= 1 { kill(getpid(), SIGKILL) }
+    }
 }

@@ -121,7 +121,9 @@ extension ProcessTracker {
             return (rank(a), a.0) < (rank(b), b.0)
         }
         if let (tid, kind, _) = candidates.first, let thread = threads[tid] {
-            let entry = kind == .entry ? try Arch.readRegisters(tid: tid) : nil
+            // Parked at a syscall entry: the injections below abandon the
+            // call and give the thread back rewound, to make it after the detach.
+            if kind == .entry { thread.syscall.atEntry = true }
             checkContents(tid: tid)  // every thread parked: nothing moves
             try giveBackProtections(thread)
             // A write fault pending when the thread was parked arrives during
@@ -130,7 +132,6 @@ extension ProcessTracker {
             for held in threads.keys.sorted() { if let other = threads[held] { try absorbHeldFaults(other) } }
             try restoreSegvActionIfUnchecked(thread)
             try injector.removeScratch(thread)
-            if let entry { try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid) }
         }
         let dirty = memory.dirtyPages()
         finalSweepDone = true

@@ -45,12 +45,13 @@ final class ProcessInjector {
 
     /// Unmaps the scratch pages (the detach), from `thread`.
     func removeScratch(_ thread: TrackedThread) throws {
-        guard let remote else { return }
+        guard var remote else { return }
+        remote.restoring = try abandoningEntry(thread)
         thread.signals.held += try remote.unmapScratch(in: thread.tid)
     }
 
     /// One injection into `thread`, and the thread's side of it: one made at
-    /// a syscall entry abandons the call (rewound at the resume); signals
+    /// a syscall entry abandons the call (`abandoningEntry`); signals
     /// that arrived meanwhile are held; an interrupt stop passed on the way
     /// was consumed.
     func inject<Result>(
@@ -58,19 +59,30 @@ final class ProcessInjector {
     )
         throws -> Result?
     {
-        guard let remote else { return nil }
-        if thread.syscall.atEntry {
-            // The registers to rewind to, read now if the entry had not
-            // needed them: nothing changed them yet.
-            if thread.syscall.entryRegisters == nil {
-                thread.syscall.entryRegisters = try HostArchitecture.readRegisters(tid: thread.tid)
-            }
-            thread.syscall.injectedAtEntry = true
-        }
+        guard var remote else { return nil }
+        remote.restoring = try abandoningEntry(thread)
         let (result, outcome) = try body(remote, thread.syscall.completing)
         thread.signals.held.append(contentsOf: outcome.heldSignals)
         if outcome.consumedInterrupt { thread.interrupt.pending = false }
         return result
+    }
+
+    /// At a syscall entry: the registers an injection gives the thread back.
+    /// Its first injection skips the call (`orig_rax = -1`), so each gives
+    /// it back already rewound onto its `syscall` instruction with the call
+    /// skipped (`abandoningSyscall`), and the guardian's journal names
+    /// those: PageWatch dying at any moment leaves the thread to make its
+    /// call again, never to return the skipped call's -ENOSYS (a rewind
+    /// left to the resume was lost with PageWatch). Before that first
+    /// injection the thread is untouched at its entry, and released there
+    /// it makes its call. Nil elsewhere: the thread's own registers.
+    func abandoningEntry(_ thread: TrackedThread) throws -> HostArchitecture.Registers? {
+        guard thread.syscall.atEntry else { return nil }
+        // Read now if the entry had not needed them: nothing changed them yet.
+        let entry = try thread.syscall.entryRegisters ?? HostArchitecture.readRegisters(tid: thread.tid)
+        thread.syscall.entryRegisters = entry
+        thread.syscall.abandoned = true
+        return HostArchitecture.abandoningSyscall(entry)
     }
 
     /// Runs a call that takes or fills a structure in the scratch pages

@@ -272,10 +272,13 @@ extension ProcessTracker {
         let childClearTid: UInt64 = 0x20_0000, childSetTid: UInt64 = 0x100_0000
         thread.exitWords.newThreadClearTid = flags & childClearTid != 0 && childTid != 0 ? RemoteAddress(childTid) : nil
         if flags & cloneVM != 0, stackTop != 0 { stackAnchors.append(RemoteAddress(stackTop &- 1)) }
+        // The writer unwound once, before an injection gives the thread back rewound.
+        var kernel: Writer?
         for (flag, word) in [(parentSetTid, parentTid), (childSetTid, childTid)] where flags & flag != 0 && word != 0 {
+            let writer = kernel ?? attribution.writer(call.rawValue, tid: tid)
+            kernel = writer
             try unarmForKernel(
-                AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4),
-                by: attribution.writer(call.rawValue, tid: tid), thread)
+                AddressRange(start: RemoteAddress(word), end: RemoteAddress(word) + 4), by: writer, thread)
         }
         try resume(thread)
     }
@@ -364,23 +367,24 @@ extension ProcessTracker {
             // Un-arm the armed pages behind every argument that points into
             // tracked memory, and run the call again (never an EFAULT the
             // program would not have had).
-            var changed = false
+            var armed: [(RemoteAddress, Protection)] = []
             for a in Arch.syscallArguments(entry) {
                 let page = Page.floor(RemoteAddress(a))
-                for p in [page, page + Page.size] {
-                    if case .armed(let protection) = memory.state(of: p) {
-                        let nr = Arch.syscallNumber(entry)
-                        noteWrite(
-                            p, by: attribution.writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid),
-                            fault: false, tid: tid)
-                        try unarm(p, protection, thread)
-                        changed = true
-                    }
+                for p in [page, page + Page.size] where !armed.contains(where: { $0.0 == p }) {
+                    if case .armed(let protection) = memory.state(of: p) { armed.append((p, protection)) }
                 }
             }
-            guard changed else { try resume(thread); return }
-            thread.syscall.unknownAttempt = attempt + 1
+            guard !armed.isEmpty else { try resume(thread); return }
+            let nr = Arch.syscallNumber(entry)
+            let kernel = attribution.writer(Arch.syscall(number: nr)?.rawValue ?? "syscall \(nr)", tid: tid)
+            // Rewound before the injections, which keep it so: PageWatch dying
+            // in between leaves the call to run again, not its EFAULT.
             try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid)
+            for (p, protection) in armed {
+                noteWrite(p, by: kernel, fault: false, tid: tid)
+                try unarm(p, protection, thread)
+            }
+            thread.syscall.unknownAttempt = attempt + 1
             try resume(thread)
         }
     }

@@ -214,9 +214,11 @@ extension ProcessTracker {
             return
         }
         let kernel = attribution.writer(call.rawValue, tid: tid)
+        // Rewound before the injections, which keep it so: PageWatch dying
+        // in between leaves the call to run again, not its EFAULT.
+        try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid)
         for range in ranges { try unarmForKernel(range, by: kernel, thread) }
         thread.syscall.unknownAttempt = attempt + 1
-        try Arch.writeRegisters(Arch.rewindingSyscall(entry), tid: tid)
         try resume(thread)
     }
 }

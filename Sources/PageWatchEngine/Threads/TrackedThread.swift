@@ -60,10 +60,11 @@ final class TrackedThread {
         var atEntry = false
         /// At a syscall entry: the registers there, read at the first need
         /// (`ProcessTracker.entryRegisters`; an entry that runs nothing of
-        /// PageWatch's needs none). An injection abandons the call, so the
-        /// thread is then rewound to run it again.
+        /// PageWatch's needs none).
         var entryRegisters: HostArchitecture.Registers?
-        var injectedAtEntry = false
+        /// An injection at this entry abandoned the call: the thread was
+        /// given back rewound, to make it again (`ProcessInjector.abandoningEntry`).
+        var abandoned = false
         /// Resumed from a syscall-entry stop with `PTRACE_SYSCALL`, the call
         /// untouched and nothing wanted at its exit: its next syscall stop,
         /// if no other stop comes first, is that call's exit (the kernel

@@ -87,6 +87,11 @@ public protocol Architecture {
     /// Registers that make the thread execute its syscall instruction again
     /// (after PageWatch ran code at a syscall-entry stop, abandoning the call).
     static func rewindingSyscall(_ regs: Registers) -> Registers
+    /// At a syscall-entry stop, before PageWatch runs code there: the call
+    /// skipped (no number) and the thread already rewound, so that resumed
+    /// by anyone (PageWatch, or the kernel once PageWatch died) it executes
+    /// its syscall instruction again.
+    static func abandoningSyscall(_ regs: Registers) -> Registers
     /// Registers with the syscall's return value set (x86_64 rax).
     static func settingSyscallResult(_ regs: Registers, _ value: Int64) -> Registers
     static func settingSyscallArgument(_ regs: Registers, _ index: Int, to value: UInt64) -> Registers

@@ -75,7 +75,8 @@ public enum X86_64: Architecture {
     /// guardian puts the registers back.
     ///   mov rax, r11 ; syscall ; mov r14, rax ; mov eax, 186 (gettid) ; syscall
     ///   mov rdi, rax ; mov esi, 19 (SIGSTOP) ; mov eax, 200 (tkill) ; syscall
-    public static let scratchGadget: [UInt8] = [0x4c, 0x89, 0xd8, 0x0f, 0x05, 0x49, 0x89, 0xc6] + selfStop
+    ///   jmp (back to the gettid)
+    public static let scratchGadget: [UInt8] = [0x4c, 0x89, 0xd8, 0x0f, 0x05, 0x49, 0x89, 0xc6] + selfStop + stopAgain
     static let selfStop: [UInt8] = [
         0xb8, 0xba, 0x00, 0x00, 0x00,  // mov eax, 186 (gettid)
         0x0f, 0x05,  // syscall
@@ -84,7 +85,13 @@ public enum X86_64: Architecture {
         0xb8, 0xc8, 0x00, 0x00, 0x00,  // mov eax, 200 (tkill)
         0x0f, 0x05,  // syscall
     ]
-    public static let scratchGadgetStopOffset = UInt64(scratchGadget.count)
+    /// After the stop: `jmp` back to `selfStop`. PageWatch dying while the
+    /// thread is at the stop releases it with the SIGSTOP dropped (the
+    /// kernel delivers no signal of a signal-delivery stop whose tracer
+    /// died): it stops itself again, for the guardian, instead of running
+    /// on into the `int3` padding and dying of SIGTRAP.
+    static let stopAgain: [UInt8] = [0xeb, 0xe8]  // jmp -24
+    public static let scratchGadgetStopOffset = UInt64(scratchGadget.count - stopAgain.count)
     public static let scratchGadgetSyscallEnd: UInt64 = 5
     /// The injected call's result at the scratch gadget's stop.
     public static func scratchGadgetResult(_ regs: Registers) -> Int64 { Int64(bitPattern: regs.raw.r14) }
@@ -210,10 +217,10 @@ public enum X86_64: Architecture {
             0x48, 0x83, 0xc3, 0x20,  // add rbx, 32
             0x49, 0xff, 0xcc,  // dec r12
             0xeb, 0xdc,  // jmp loop (-36)
-        ] + selfStop  // done: stop, as the scratch gadget does
+        ] + selfStop + stopAgain  // done: stop, as the scratch gadget does
     public static let batchCodeOffset: UInt64 = 4096 - 64
     /// The instruction pointer at the loop's stop, from its start.
-    public static let batchTrapOffset = UInt64(batchCode.count)
+    public static let batchTrapOffset = UInt64(batchCode.count - stopAgain.count)
 
     public static func preparingBatch(_ regs: Registers, array: RemoteAddress, count: Int, code: RemoteAddress)
         -> Registers
@@ -296,6 +303,14 @@ public enum X86_64: Architecture {
         var r = regs.raw
         r.rip &-= 2
         r.rax = r.orig_rax
+        return Registers(raw: r)
+    }
+
+    /// `orig_rax = -1`: released from the entry stop, the kernel runs no
+    /// call and leaves rax (the number) as it is; no restart fix-up either.
+    public static func abandoningSyscall(_ regs: Registers) -> Registers {
+        var r = rewindingSyscall(regs).raw
+        r.orig_rax = UInt64.max
         return Registers(raw: r)
     }
 

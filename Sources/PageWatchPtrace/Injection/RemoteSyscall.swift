@@ -27,6 +27,12 @@ public struct RemoteSyscall: Sendable {
     /// Where the saved registers of a thread inside an injection are
     /// published for the guardian (attach mode), if anywhere.
     public var journal: (any InjectionJournal)?
+    /// The registers each run gives the thread back, when they are not the
+    /// ones it has: at a syscall entry, the call abandoned and the thread
+    /// rewound (`Architecture.abandoningSyscall` of the entry's registers),
+    /// so that the thread never holds, nor the journal names, a state in
+    /// which the skipped call would return its -ENOSYS. Nil: its own.
+    public var restoring: Arch.Registers?
 
     public init(gadget: RemoteAddress, journal: (any InjectionJournal)? = nil) {
         self.gadget = gadget
@@ -73,7 +79,7 @@ public struct RemoteSyscall: Sendable {
         in tid: Int32, completing: Int64?, stopAt stop: RemoteAddress,
         prepare: (Arch.Registers) -> Arch.Registers
     ) throws -> Outcome {
-        var saved = try Arch.readRegisters(tid: tid)
+        var saved = try restoring ?? Arch.readRegisters(tid: tid)
         if let completing { saved = Arch.settingSyscallResult(saved, completing) }
         let prepared = prepare(saved)
         var restored = false
@@ -349,8 +355,11 @@ public struct RemoteSyscall: Sendable {
     /// the process's own code: the gadget cannot unmap its own page and then
     /// reach its stop.
     public func unmapScratch(in tid: Int32) throws -> [HeldSignal] {
-        try RemoteSyscall(stepping: try Self.syscallInstruction(in: tid))
-            .call("munmap", Arch.syscalls.munmap, [scratch.start.value, scratch.length], in: tid, address: gadget).held
+        var stepped = RemoteSyscall(stepping: try Self.syscallInstruction(in: tid))
+        stepped.restoring = restoring
+        return try stepped.call(
+            "munmap", Arch.syscalls.munmap, [scratch.start.value, scratch.length], in: tid, address: gadget
+        ).held
     }
 
     /// A `syscall` instruction in the process's executable code: the vDSO's
