@@ -13,14 +13,14 @@ import Testing
         var logPath: String
     }
 
-    /// fx_hidden_write under `--verify-contents`; `hide`: page 2 is written
-    /// through /proc/PID/mem while the program waits.
-    func run(hiding hide: Bool) throws -> Run {
-        let log = Harness.temporaryPath("hidden-\(hide).jsonl")
+    /// fx_hidden_write under `--verify-contents`; `hide`: page `page` is
+    /// written through /proc/PID/mem while the program waits.
+    func run(hiding hide: Bool, page: Int = 2) throws -> Run {
+        let log = Harness.temporaryPath("hidden-\(hide)-\(page).jsonl")
         let pagewatch = try Background([
             Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2",
-            "--interval", "0", "--track", "0x380000000000-0x380000004000", "--output", log,
-            "--", Harness.fixture("fx_hidden_write"),
+            "--interval", "0", "--track", "0x380000000000-0x380000005000", "--output", log,
+            "--", Harness.fixture("fx_hidden_write"), "\(page)",
         ])
         #expect(pagewatch.waitFor("armed\n"))
         if hide {
@@ -30,7 +30,7 @@ import Testing
             let fd = open("/proc/\(child)/mem", O_RDWR)
             #expect(fd >= 0)
             var byte: UInt8 = 0x5a
-            #expect(pwrite(fd, &byte, 1, off_t(0x3800_0000_2000 + 100)) == 1)
+            #expect(pwrite(fd, &byte, 1, off_t(0x3800_0000_0000 + page * 4096 + 100)) == 1)
             close(fd)
         }
         pagewatch.send("go\n")
@@ -66,6 +66,18 @@ import Testing
         let report = try Harness.run([Harness.pagewatch, "report", r.logPath])
         #expect(
             report.stdout.contains("missed    1 page(s) changed with no write seen before sweep 2"), "\(report.stdout)")
+    }
+
+    /// A page that read as zeros is kept as an empty copy; a hidden write
+    /// to it is found all the same.
+    @Test func aHiddenWriteToAZeroPageIsReportedAsMissed() throws {
+        let r = try run(hiding: true, page: 4)
+        #expect(r.stdout.contains("hidden write seen\n"))
+        #expect(r.status == 3, "stderr: \(r.stderr)")
+        let missed = r.log.filter { $0["type"] as? String == "missed" }
+        #expect(missed.count == 1)
+        #expect(missed.first?["ranges"] as? [[String]] == [["0x380000004000", "0x380000005000"]])
+        #expect(try FixtureTruth(stdout: r.stdout).expectedSweeps.last?.pages == [0, 4])
     }
 
     @Test func withoutAHiddenWriteNothingIsMissed() throws {

@@ -10,6 +10,8 @@ import PageWatchPtrace
 /// "never miss a write" on programs that do not know their own truth. A
 /// write of the same bytes stays invisible to it, and is harmless.
 final class ContentCopies {
+    /// A page that read as zeros is kept as an empty copy: a program with
+    /// large stacks or heaps it never touched has gigabytes of them.
     var pages: [RemoteAddress: [UInt8]] = [:]
     /// Pages found changed with no write reported, over the whole run.
     var missedPages = 0
@@ -35,9 +37,12 @@ extension ProcessTracker {
                     for k in 0..<bytes.count / Int(Page.size) {
                         let page = start + UInt64(k) * Page.size
                         guard !dirty.contains(page), let copy = copies.pages[page] else { continue }
-                        let differs = copy.withUnsafeBytes {
-                            memcmp(now.baseAddress! + k * Int(Page.size), $0.baseAddress!, Int(Page.size)) != 0
-                        }
+                        let differs =
+                            copy.isEmpty
+                            ? !Self.isZero(now.baseAddress! + k * Int(Page.size))
+                            : copy.withUnsafeBytes {
+                                memcmp(now.baseAddress! + k * Int(Page.size), $0.baseAddress!, Int(Page.size)) != 0
+                            }
                         if differs { missed.insert(page: page) }
                     }
                 }
@@ -69,9 +74,12 @@ extension ProcessTracker {
         }
         for range in needed.ranges {
             forEachChunk(of: range, tid: tid) { start, bytes in
-                for k in 0..<bytes.count / Int(Page.size) {
-                    copies.pages[start + UInt64(k) * Page.size] = Array(
-                        bytes[k * Int(Page.size)..<(k + 1) * Int(Page.size)])
+                bytes.withUnsafeBytes { all in
+                    for k in 0..<bytes.count / Int(Page.size) {
+                        let page = all.baseAddress! + k * Int(Page.size)
+                        copies.pages[start + UInt64(k) * Page.size] =
+                            Self.isZero(page) ? [] : Array(UnsafeRawBufferPointer(start: page, count: Int(Page.size)))
+                    }
                 }
             }
         }
@@ -86,6 +94,15 @@ extension ProcessTracker {
             if let bytes = try? Ptrace.readMemory(tid, start, count: count), bytes.count == count { body(start, bytes) }
             start = start + UInt64(count)
         }
+    }
+
+    /// Whether the page at `bytes` is all zeros.
+    static func isZero(_ bytes: UnsafeRawPointer) -> Bool {
+        for i in stride(from: 0, to: Int(Page.size), by: 8)
+        where bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self) != 0 {
+            return false
+        }
+        return true
     }
 
     static let everything = AddressRange(start: RemoteAddress(0), end: RemoteAddress(UInt64.max & ~(Page.size - 1)))
