@@ -71,6 +71,23 @@ public struct LoggedProcess: Sendable {
         self.beginNs = beginNs
     }
 
+    /// Every name a record of it gave, a later one over an earlier (an
+    /// exec's over the old image's where they overlap): for naming
+    /// addresses over the whole log, as a page map does.
+    public func allMappingNames() -> MappingNames {
+        var names = MappingNames()
+        var next = namedSets.startIndex
+        for (i, sweep) in sweeps.enumerated() {
+            while next < namedSets.endIndex && namedSets[next].beforeSweep <= i {
+                names.overlay(namedSets[next].mappings)
+                next += 1
+            }
+            names.overlay(sweep.mappings)
+        }
+        for set in namedSets[next...] { names.overlay(set.mappings) }
+        return names
+    }
+
     /// Each sweep (its index) with the names its pages had, as the records
     /// up to it and its own `mappings` say.
     public func forEachSweepNamed(_ body: (Int, MappingNames) -> Void) {
