@@ -121,7 +121,8 @@ public struct MappingNames: Sendable, Equatable {
                 i += 1
             }
             if cursor < c.range.end {
-                NamedMapping.append(NamedMapping(range: AddressRange(start: cursor, end: c.range.end), name: c.name), to: &news)
+                NamedMapping.append(
+                    NamedMapping(range: AddressRange(start: cursor, end: c.range.end), name: c.name), to: &news)
             }
         }
         pieces = current

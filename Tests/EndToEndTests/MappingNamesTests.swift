@@ -79,10 +79,11 @@ import Testing
         let sweeps = log.filter { $0["type"] as? String == "sweep" }
         let first = try #require(Self.entries(sweeps[0]))
         let inRegion = first.filter { $0.start < region.end && region.start < $0.end }
-        #expect(inRegion.map { [Self.hex($0.start), Self.hex($0.end), $0.name] } == [
-            [Self.hex(region.start), Self.hex(anonEnd), "[anon]"],
-            [Self.hex(anonEnd), Self.hex(region.end), "/memfd:fx_zero (deleted)"],
-        ])
+        #expect(
+            inRegion.map { [Self.hex($0.start), Self.hex($0.end), $0.name] } == [
+                [Self.hex(region.start), Self.hex(anonEnd), "[anon]"],
+                [Self.hex(anonEnd), Self.hex(region.end), "/memfd:fx_zero (deleted)"],
+            ])
         for s in sweeps.dropFirst() {
             #expect(!(Self.entries(s) ?? []).contains { $0.start < region.end && region.start < $0.end })
         }
@@ -121,8 +122,10 @@ import Testing
         let log = Harness.temporaryPath("names-report-\(UUID().uuidString).jsonl")
         defer { try? FileManager.default.removeItem(atPath: log) }
         let run = try Harness.run(
-            [Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0", "--stack-depth", "0",
-             "--output", log, "--", Harness.fixture("fx_phases")], timeout: 60)
+            [
+                Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0", "--stack-depth", "0",
+                "--output", log, "--", Harness.fixture("fx_phases"),
+            ], timeout: 60)
         #expect(run.status == 0, "\(run.stderr)")
         let report = try Harness.run([Harness.pagewatch, "report", "--top", "0", log], timeout: 60)
         #expect(report.status == 0, "\(report.stderr)")

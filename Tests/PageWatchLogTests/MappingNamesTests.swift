@@ -109,7 +109,9 @@ import PageWatchAddressSpace
 
     @Test func mapsEntriesNameTheTrackedPagesTheyHold() {
         let maps = [
-            Mapping(range: AddressRange(0x1000, 0x3000), protection: [.read, .write], isPrivate: true, inode: 5, path: "/bin/p"),
+            Mapping(
+                range: AddressRange(0x1000, 0x3000), protection: [.read, .write], isPrivate: true, inode: 5,
+                path: "/bin/p"),
             Mapping(range: AddressRange(0x3000, 0x5000), protection: [.read, .write], isPrivate: true),
             Mapping(range: AddressRange(0x5000, 0x6000), protection: [.read, .write], isPrivate: true),
             Mapping(range: AddressRange(0x9000, 0xa000), protection: [.read, .write], isPrivate: true, path: "[heap]"),
