@@ -16,7 +16,7 @@ public struct NamedMapping: Sendable, Equatable {
 
     /// The name the log gives a maps entry.
     public static func name(of m: Mapping) -> String {
-        if m.path.isEmpty { return m.isDeleted ? "[anon] (deleted)" : "[anon]" }
+        if m.path.isEmpty { return "[anon]" }
         return m.isDeleted ? m.path + " (deleted)" : m.path
     }
 
@@ -76,24 +76,43 @@ public struct MappingNames: Sendable, Equatable {
     }
 
     /// Names `new`'s ranges (not overlapping each other) by `new`'s names,
-    /// over whatever named them before.
+    /// over whatever named them before. One pass over both lists: a report
+    /// applies every sweep's `mappings` to a map of thousands of pieces.
     public mutating func overlay(_ new: [NamedMapping]) {
         guard !new.isEmpty else { return }
         let added = new.filter { !$0.range.isEmpty }.sorted { $0.range < $1.range }
-        let cover = PageSet(added.map(\.range))
-        var out: [NamedMapping] = []
-        out.reserveCapacity(pieces.count + added.count)
-        var a = 0
+        // The old pieces less what `added` covers, cut where it begins and ends.
+        var kept: [NamedMapping] = []
+        kept.reserveCapacity(pieces.count + 2)
+        var j = 0
         for old in pieces {
-            for part in PageSet([old.range]).subtracting(cover.intersection(old.range)).ranges {
-                while a < added.count && added[a].range.start < part.start {
-                    NamedMapping.append(added[a], to: &out)
-                    a += 1
+            var start = old.range.start
+            while j < added.count && added[j].range.end <= start { j += 1 }
+            var k = j
+            while k < added.count && added[k].range.start < old.range.end {
+                if added[k].range.start > start {
+                    kept.append(
+                        NamedMapping(range: AddressRange(start: start, end: added[k].range.start), name: old.name))
                 }
-                NamedMapping.append(NamedMapping(range: part, name: old.name), to: &out)
+                start = max(start, added[k].range.end)
+                k += 1
+            }
+            if start < old.range.end {
+                kept.append(NamedMapping(range: AddressRange(start: start, end: old.range.end), name: old.name))
             }
         }
-        for piece in added[a...] { NamedMapping.append(piece, to: &out) }
+        var out: [NamedMapping] = []
+        out.reserveCapacity(kept.count + added.count)
+        var i = 0, a = 0
+        while i < kept.count || a < added.count {
+            if a == added.count || (i < kept.count && kept[i].range.start < added[a].range.start) {
+                NamedMapping.append(kept[i], to: &out)
+                i += 1
+            } else {
+                NamedMapping.append(added[a], to: &out)
+                a += 1
+            }
+        }
         pieces = out
     }
 

@@ -151,4 +151,22 @@ import PageWatchAddressSpace
             ])
         #expect(names.pages(in: [AddressRange(0x0, 0xb000)]) == [nil: 2, "[anon]": 6, "/f": 1, "[heap]": 2])
     }
+
+    /// A new piece across several old ones (an exec'd image over the old
+    /// one's pieces) replaces all it covers and keeps their outer parts.
+    @Test func overlayAcrossSeveralPieces() {
+        var names = MappingNames([
+            Self.named(0x1000, 0x3000, "/a"), Self.named(0x3000, 0x5000, "[anon]"), Self.named(0x6000, 0x8000, "/b"),
+        ])
+        names.overlay([Self.named(0x2000, 0x7000, "/c"), Self.named(0x9000, 0xa000, "/a")])
+        #expect(
+            names.pieces == [
+                Self.named(0x1000, 0x2000, "/a"), Self.named(0x2000, 0x7000, "/c"), Self.named(0x7000, 0x8000, "/b"),
+                Self.named(0x9000, 0xa000, "/a"),
+            ])
+        // Named alike again: nothing changes, touching pieces stay one.
+        names.overlay([Self.named(0x7000, 0x8000, "/b"), Self.named(0x8000, 0x9000, "/b")])
+        #expect(names.pieces.map(\.name) == ["/a", "/c", "/b", "/a"])
+        #expect(names.pieces[2].range == AddressRange(0x7000, 0x9000))
+    }
 }
