@@ -78,6 +78,8 @@ final class ProcessTracker {
     var ioUring = IOUringState()
     /// A sweep of it had selected pages (`warnIfNothingWasEverSelected`).
     var everSelected = false
+    /// The names of its tracked mappings a reader of the log knows (`ProcessTracker+MappingNames`).
+    var namedMappings = MappingNames()
     /// `--verify-contents`: the armed pages' copies (`checkContents`).
     lazy var contentCopies: ContentCopies? = config.verifyContents ? ContentCopies() : nil
     /// `--dump`: this process's part of the memory image, from its first sweep.

@@ -17,13 +17,15 @@ public enum JSONLines {
 
     public static func encode(_ record: LogRecord) -> String {
         switch record {
-        case let .start(pid, pageSize, command, tracked, timeNs, selectedPages, schema):
+        case let .start(pid, pageSize, command, tracked, timeNs, selectedPages, schema, mappings):
             return "{\"type\":\"start\",\"schema\":\"\(schema.name)\",\"pid\":\(pid),\"page_size\":\(pageSize),"
                 + "\"command\":\(array(command)),\"tracked\":\(array(tracked)),\"time_ns\":\(timeNs),"
-                + "\"selected_pages\":\(selectedPages),\"pagewatch_version\":\(string(PageWatchVersion.current))}"
-        case let .exec(pid, path, command, timeNs):
+                + "\"selected_pages\":\(selectedPages),\"pagewatch_version\":\(string(PageWatchVersion.current))"
+                + (mappings.map { ",\"mappings\":" + self.mappings($0) } ?? "") + "}"
+        case let .exec(pid, path, command, timeNs, mappings):
             return "{\"type\":\"exec\",\"pid\":\(pid),\"path\":\(string(path)),\"time_ns\":\(timeNs)"
-                + (command.isEmpty ? "" : ",\"command\":\(array(command))") + "}"
+                + (command.isEmpty ? "" : ",\"command\":\(array(command))")
+                + (mappings.map { ",\"mappings\":" + self.mappings($0) } ?? "") + "}"
         case let .sweep(s):
             return sweep(s, newline: false)
         case let .fork(pid, parent, timeNs):
@@ -88,6 +90,8 @@ public enum JSONLines {
         // pagewatch/2 (format rule 12), each only when it says something.
         appendCounted("zero_pages", "zero_ranges", s.zeroRanges, to: &out)
         appendCounted("file_pages", "file_ranges", s.fileRanges, to: &out)
+        // Added within pagewatch/2: only when the sweep found tracked memory not named before.
+        if !s.mappings.isEmpty { out += ",\"mappings\":\(mappings(s.mappings))".utf8 }
         out.append(UInt8(ascii: "}"))
         if newline { out.append(UInt8(ascii: "\n")) }
         return String(decoding: out, as: UTF8.self)
@@ -135,6 +139,20 @@ public enum JSONLines {
             let nibble = UInt8((v >> UInt64(4 * d)) & 0xf)
             out.append(nibble < 10 ? UInt8(ascii: "0") + nibble : UInt8(ascii: "a") + nibble - 10)
         }
+    }
+
+    /// `[{"range":["0x1000","0x3000"],"name":"[heap]"},...]`.
+    static func mappings(_ ms: [NamedMapping]) -> String {
+        var out: [UInt8] = [UInt8(ascii: "[")]
+        for (i, m) in ms.enumerated() {
+            out += (i == 0 ? "{\"range\":[\"" : ",{\"range\":[\"").utf8
+            appendHex(m.range.start.value, to: &out)
+            out += #"",""#.utf8
+            appendHex(m.range.end.value, to: &out)
+            out += "\"],\"name\":\(string(m.name))}".utf8
+        }
+        out.append(UInt8(ascii: "]"))
+        return String(decoding: out, as: UTF8.self)
     }
 
     static func array(_ items: [String]) -> String { "[" + items.map(string).joined(separator: ",") + "]" }

@@ -18,6 +18,9 @@ public struct ParsedLog: Sendable {
     /// The `start` record's `pagewatch_version`: the PageWatch that wrote
     /// the log; nil in logs written before it existed.
     public var pagewatchVersion: String?
+    /// Whether the log names its tracked mappings (the `start` record's
+    /// `mappings`, written since `pagewatch/2` logs have it); false for older logs.
+    public var namesMappings = false
     public var startNs: UInt64
     /// The program first, then each followed process in the order its `fork` record came.
     public var processes: [LoggedProcess]
@@ -49,6 +52,11 @@ public struct LoggedProcess: Sendable {
     public var command: [String]?
     /// Reasons of `untracked` records: tracking stopped for these.
     public var untracked: [String] = []
+    /// The `mappings` of its `start` (the program) and `exec` records: the
+    /// whole named set from the sweep at `beforeSweep` (an index of
+    /// `sweeps`) on, replacing what was named before; each sweep's own
+    /// `mappings` then add to it (`forEachSweepNamed`).
+    public var namedSets: [(beforeSweep: Int, mappings: [NamedMapping])] = []
     /// `missed` records (`--verify-contents`): the sweep and how many pages
     /// changed with no write seen before it.
     public var missed: [(seq: Int, pages: Int)] = []
@@ -61,6 +69,38 @@ public struct LoggedProcess: Sendable {
         self.pid = pid
         self.parent = parent
         self.beginNs = beginNs
+    }
+
+    /// Every name a record of it gave, a later one over an earlier (an
+    /// exec's over the old image's where they overlap): for naming
+    /// addresses over the whole log, as a page map does.
+    public func allMappingNames() -> MappingNames {
+        var names = MappingNames()
+        var next = namedSets.startIndex
+        for (i, sweep) in sweeps.enumerated() {
+            while next < namedSets.endIndex && namedSets[next].beforeSweep <= i {
+                names.overlay(namedSets[next].mappings)
+                next += 1
+            }
+            names.overlay(sweep.mappings)
+        }
+        for set in namedSets[next...] { names.overlay(set.mappings) }
+        return names
+    }
+
+    /// Each sweep (its index) with the names its pages had, as the records
+    /// up to it and its own `mappings` say.
+    public func forEachSweepNamed(_ body: (Int, MappingNames) -> Void) {
+        var names = MappingNames()
+        var next = namedSets.startIndex
+        for (i, sweep) in sweeps.enumerated() {
+            while next < namedSets.endIndex && namedSets[next].beforeSweep <= i {
+                names = MappingNames(namedSets[next].mappings)
+                next += 1
+            }
+            names.overlay(sweep.mappings)
+            body(i, names)
+        }
     }
 }
 
@@ -91,6 +131,9 @@ public struct LoggedSweep: Sendable, Equatable {
     /// `ranges` hold them.
     public var zeroRanges: [AddressRange] = []
     public var fileRanges: [AddressRange] = []
+    /// Tracked mappings new or renamed since the previous record that named
+    /// them; empty when absent.
+    public var mappings: [NamedMapping] = []
     public var zeroPages: UInt64 { zeroRanges.reduce(0) { $0 + $1.pageCount } }
     public var filePages: UInt64 { fileRanges.reduce(0) { $0 + $1.pageCount } }
     /// The pages written in its interval as far as PageWatch knows: those
@@ -355,6 +398,25 @@ struct Record {
         return out
     }
 
+    /// `[{"range":["0xSTART","0xEND"],"name":"..."}, ...]`.
+    func mappings(_ value: Any) throws(LogReadError) -> [NamedMapping] {
+        guard let items = value as? [Any] else {
+            throw fail(.wrongType(record: type, field: "mappings", expected: "an array of objects"))
+        }
+        var out: [NamedMapping] = []
+        out.reserveCapacity(items.count)
+        for item in items {
+            guard let m = item as? [String: Any] else {
+                throw fail(.wrongType(record: type, field: "mappings", expected: "an array of objects"))
+            }
+            let entry = Record(fields: m, type: "\(type) mapping", source: source, line: line)
+            guard let pair = m["range"] else { throw entry.fail(.missingField(record: entry.type, field: "range")) }
+            guard let range = try entry.ranges([pair], field: "range").first else { continue }
+            out.append(NamedMapping(range: range, name: try entry.string("name")))
+        }
+        return out
+    }
+
     static func hex(_ s: String) -> UInt64? {
         guard s.hasPrefix("0x") else { return nil }
         return UInt64(s.dropFirst(2), radix: 16)
@@ -406,11 +468,13 @@ struct Record {
         guard let schema = LogSchema(name: name), name == schema.name else { throw fail(.unsupportedSchema(name)) }
         let pid: Int32 = try integer("pid")
         let startNs: UInt64 = try integer("time_ns")
+        var program = LoggedProcess(pid: pid, parent: nil, beginNs: startNs)
+        if let named = fields["mappings"] { program.namedSets.append((0, try mappings(named))) }
         return ParsedLog(
             source: source, pid: pid, pageSize: try integer("page_size"), command: try strings("command"),
             tracked: try strings("tracked"), schema: schema, selectedPages: try optionalInteger("selected_pages"),
-            pagewatchVersion: try optionalString("pagewatch_version"), startNs: startNs,
-            processes: [LoggedProcess(pid: pid, parent: nil, beginNs: startNs)], end: nil)
+            pagewatchVersion: try optionalString("pagewatch_version"), namesMappings: fields["mappings"] != nil,
+            startNs: startNs, processes: [program], end: nil)
     }
 
     /// Any later line. Records of a pid never announced (no `fork` seen)
@@ -451,10 +515,14 @@ struct Record {
             sweep.presumedPages = try optionalInteger("presumed_pages") ?? 0
             if let zero = fields["zero_ranges"] { sweep.zeroRanges = try ranges(zero, field: "zero_ranges") }
             if let file = fields["file_ranges"] { sweep.fileRanges = try ranges(file, field: "file_ranges") }
+            if let named = fields["mappings"] { sweep.mappings = try mappings(named) }
             log.processes[index(sweep.pid, log.startNs)].sweeps.append(sweep)
         case "exec":
             let i = index(try integer("pid"), log.startNs)
             log.processes[i].execs.append(try string("path"))
+            if let named = fields["mappings"] {
+                log.processes[i].namedSets.append((log.processes[i].sweeps.count, try mappings(named)))
+            }
             if let words = fields["command"] as? [Any] {
                 let command = words.compactMap { $0 as? String }
                 if !command.isEmpty { log.processes[i].command = command }

@@ -61,6 +61,10 @@ public struct SweepRecord: Sendable, Equatable {
     /// file's contents now (never copied on write, or discarded since).
     /// Disjoint from `ranges` and `zeroRanges`.
     public var fileRanges: [AddressRange] = []
+    /// The tracked mappings new or renamed since the previous record that
+    /// named them (`start`, `exec`, a sweep): a new `mmap`, heap growth, a
+    /// new thread's stack. Empty under `pagewatch/1`, which names none.
+    public var mappings: [NamedMapping] = []
 
     public var dirtyPages: UInt64 { ranges.reduce(0) { $0 + $1.pageCount } }
 
@@ -96,12 +100,14 @@ public enum ProgramEnd: Sendable, Equatable {
 public enum LogRecord: Sendable, Equatable {
     /// `selectedPages`: the pages the selection picked in the process when
     /// the record was written (0 in a program whose memory is still to come).
+    /// `mappings`: those pages, named; nil under `pagewatch/1` (not written).
     case start(
         pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64, selectedPages: UInt64 = 0,
-        schema: LogSchema = .current)
+        schema: LogSchema = .current, mappings: [NamedMapping]? = nil)
     /// The program called exec: tracking restarted on the new image.
     /// `command`: its new command line (empty when it could not be read).
-    case exec(pid: Int32, path: String, command: [String] = [], timeNs: UInt64)
+    /// `mappings`: the new image's selected pages, named; nil under `pagewatch/1`.
+    case exec(pid: Int32, path: String, command: [String] = [], timeNs: UInt64, mappings: [NamedMapping]? = nil)
     case sweep(SweepRecord)
     /// `--follow-forks`: a new tracked process (a fork child, or a vfork
     /// child at its exec), with its own sweeps from here on.

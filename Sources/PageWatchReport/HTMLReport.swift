@@ -48,6 +48,8 @@ public enum HTMLReport {
                 id: "map", link: "Page map", title: "Pages dirtied, sweep by sweep",
                 body: scrolling(pageMap(report, prefix: prefix), tall: true)),
             Section(
+                id: "mappings", link: "Mappings", title: "Mappings dirtied", body: mappingsSection(report)),
+            Section(
                 id: "pre-copy", link: "Pre-copy", title: "Pre-copy planning",
                 body: "<pre>" + escape(PreCopyPlan(report, preCopy).textLines().joined(separator: "\n")) + "</pre>"),
         ].filter { !$0.body.isEmpty }  // A section with nothing to show for this log (none yet) is left out.
@@ -441,10 +443,14 @@ public enum HTMLReport {
         svg +=
             "<rect x=\"\(n(left))\" y=\"\(n(top))\" width=\"\(n(plotWidth))\" height=\"\(n(gridBottom - top))\" fill=\"#f4f4f4\"/>\n"
         var lastLabelEnd = -Double.infinity
+        // Logs that name their mappings: each block's names, most pages first.
+        let names = report.log.namesMappings ? report.process.allMappingNames() : nil
+        let blockNames = map.blocks.map { b in names.map { blockMappings(b, of: map, names: $0) } ?? "" }
         for (i, b) in map.blocks.enumerated() {
             let x = left + cellWidth * Double(b.firstColumn)
+            let title = blockNames[i].isEmpty ? "" : "<title>\(escape(label(i) + ": " + blockNames[i]))</title>"
             svg +=
-                "<text x=\"\(n(x + cellWidth * Double(b.columns) / 2))\" y=\"\(n(top - 8))\" text-anchor=\"middle\">\(label(i))</text>"
+                "<text x=\"\(n(x + cellWidth * Double(b.columns) / 2))\" y=\"\(n(top - 8))\" text-anchor=\"middle\">\(label(i))\(title)</text>"
             if i > 0 {
                 svg +=
                     "<line x1=\"\(n(x))\" x2=\"\(n(x))\" y1=\"\(n(top - 4))\" y2=\"\(n(gridBottom + 4))\" stroke=\"#888\"/>"
@@ -468,6 +474,7 @@ public enum HTMLReport {
                 let bucket = map.bucket(column)
                 let tip =
                     "sweep \(s.seq): \(dirty) of \(bucket.pages) pages dirty in 0x\(String(bucket.start, radix: 16))-0x\(String(bucket.end, radix: 16))"
+                    + (names?.name(of: RemoteAddress(bucket.start)).map { " (\($0))" } ?? "")
                 svg +=
                     "<rect class=\"map-cell\" x=\"\(n(left + cellWidth * Double(column)))\" y=\"\(n(y))\" width=\"\(n(cellWidth))\" "
                     + "height=\"\(n(rowHeight))\" fill=\"\(heat(Double(dirty) / Double(max(1, bucket.pages))))\"><title>\(escape(tip))</title></rect>\n"
@@ -479,12 +486,46 @@ public enum HTMLReport {
             + "the darker a cell, the more of its pages the sweep reported dirty (hover for counts). "
             + "The columns are every page some sweep reported (sweep 1 reports all that is tracked), side by side: "
             + "the gaps between mappings are left out, and the blocks are cut at the widest of them.</p>\n<table class=\"rows mono\">\n"
-            + "<tr><th>block</th><th>from</th><th>to</th><th class=\"num\">pages reported</th></tr>\n"
+            + "<tr><th>block</th><th>from</th><th>to</th><th class=\"num\">pages reported</th>"
+            + (names == nil ? "" : "<th>mappings (pages reported)</th>") + "</tr>\n"
         for (i, b) in map.blocks.enumerated() {
             legend +=
-                "<tr><td>\(label(i))</td><td>\(b.span.start.hex)</td><td>\(b.span.end.hex)</td><td class=\"num\">\(b.pages)</td></tr>\n"
+                "<tr><td>\(label(i))</td><td>\(b.span.start.hex)</td><td>\(b.span.end.hex)</td><td class=\"num\">\(b.pages)</td>"
+                + (names == nil ? "" : "<td class=\"block-mappings\">\(escape(blockNames[i]))</td>") + "</tr>\n"
         }
         return svg + legend + "</table>\n"
+    }
+
+    /// The names of the mappings a block of the page map holds, most reported pages first.
+    static func blockMappings(_ block: AddressMap.Block, of map: AddressMap, names: MappingNames) -> String {
+        let pages = names.pages(in: Array(map.pieces[block.pieces]))
+        return pages.sorted { a, b in a.value != b.value ? a.value > b.value : (a.key ?? "") < (b.key ?? "") }
+            .map { "\($0.key ?? ProcessReport.unnamedMapping) (\($0.value))" }.joined(separator: ", ")
+    }
+
+    /// Which mappings the sweeps dirtied, for a log that names them: one
+    /// self-contained section (empty for older logs).
+    static func mappingsSection(_ report: ProcessReport) -> String {
+        guard let rows = report.mappingsDirtied else { return "" }
+        let total = report.totalPages
+        var t =
+            "<p class=\"note\">The pages the sweeps reported, by the mapping they lie in "
+            + "(its path as /proc/PID/maps shows it, [heap], [stack], or [anon] for anonymous memory).</p>\n"
+            + "<table class=\"rows mappings\">\n<tr><th class=\"num\">pages</th><th class=\"num\">share</th>"
+            + "<th class=\"num\">sweeps</th><th>mapping</th></tr>\n"
+        for row in rows.prefix(maxWriterRows) {
+            let share = total == 0 ? 0 : Double(row.pages) * 100 / Double(total)
+            t +=
+                "<tr><td class=\"num\">\(row.pages)</td><td class=\"num\">\(Format.fixed(share, 2))%</td>"
+                + "<td class=\"num\">\(row.sweeps)</td><td class=\"mono\">\(escape(row.name))</td></tr>\n"
+        }
+        t += "</table>\n"
+        if rows.count > maxWriterRows {
+            t +=
+                "<p class=\"note\">\(rows.count - maxWriterRows) smaller rows not shown here: "
+                + "pagewatch report --format text --top 0 lists them all.</p>\n"
+        }
+        return t
     }
 
     /// Light to dark blue by the share of the bucket's pages that are dirty.

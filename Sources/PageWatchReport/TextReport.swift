@@ -95,9 +95,35 @@ public enum TextReport {
 
         out.append("")
         out += writersTable(report, limits: limits)
+        if let rows = report.mappingsDirtied {
+            out.append("")
+            out += mappingsTable(rows, total: report.totalPages, top: limits.top)
+        }
         out.append("")
         out += PreCopyPlan(report, preCopy).textLines()
         return out.joined(separator: "\n") + "\n"
+    }
+
+    /// Which mappings the sweeps dirtied, most pages first (`--top` rows),
+    /// for a log that names its mappings.
+    static func mappingsTable(_ rows: [MappingDirtied], total: UInt64, top: Int?) -> [String] {
+        guard !rows.isEmpty else { return ["mappings dirtied: none (no sweep reported a page)"] }
+        let shown = top.map { Array(rows.prefix($0)) } ?? rows
+        let share = { (pages: UInt64) in total == 0 ? 0 : Double(pages) * 100 / Double(total) }
+        var out = ["mappings dirtied: \(rows.count) mapping name(s), \(total) pages over all sweeps"]
+        out.append("     pages    share   sweeps  mapping")
+        for row in shown {
+            out.append(
+                Format.padLeft(String(row.pages), 10) + Format.padLeft(Format.fixed(share(row.pages), 2) + "%", 9)
+                    + Format.padLeft(String(row.sweeps), 9) + "  " + row.name)
+        }
+        if rows.count > shown.count {
+            let pages = rows.dropFirst(shown.count).reduce(UInt64(0)) { $0 + $1.pages }
+            out.append(
+                "     \(rows.count - shown.count) more row(s), \(pages) pages (\(Format.fixed(share(pages), 2))%): --top 0 lists them all"
+            )
+        }
+        return out
     }
 
     /// Pages reported again because sweeps could not re-arm them, when any

@@ -13,10 +13,12 @@ struct Report: ParsableCommand {
         discussion: """
             Formats: text (default) is a summary, a table of sweeps and the top writers (call \
             stacks that print alike summed into one row; --top, --min-percent and --empty-rows \
-            choose the rows); \
+            choose the rows), and for logs that name their mappings the pages dirtied per mapping \
+            (--top rows); \
             folded is one `outer;...;inner PAGES` line per call stack for flamegraph.pl, \
             inferno or speedscope; html is one self-contained page with a chart of the dirty \
-            rate, a map of the pages each sweep dirtied and the top writers; pprof is a gzipped \
+            rate, a map of the pages each sweep dirtied (its blocks named by their mappings), \
+            the mappings dirtied and the top writers; pprof is a gzipped \
             profile.proto (sample types pages and faults, one sample per call stack) for go tool \
             pprof, speedscope, Pyroscope, Parca or Grafana.
 
@@ -47,7 +49,7 @@ struct Report: ParsableCommand {
 
     @Option(
         name: .long, parsing: .unconditional,
-        help: ArgumentHelp("Text: list at most N top writers; 0 = all (default 20).", valueName: "N"))
+        help: ArgumentHelp("Text: list at most N top writers and mappings; 0 = all (default 20).", valueName: "N"))
     var top: Int = 20
 
     @Option(

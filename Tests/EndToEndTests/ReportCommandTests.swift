@@ -72,7 +72,10 @@ import Testing
         let kernel = try #require(rows.firstIndex { $0.hasPrefix("1 7.14% 0 [kernel] read <- ") })
         #expect(rows[kernel + 1].hasPrefix("<- main (fixtures/fx_writers.c:\(run.sites["[kernel]read"]!.line))"))
         // Most pages first: sweep 1 reports all 8 pages, written by main's region setup.
-        let writerRows = rows.drop { !$0.hasPrefix("pages share") }.dropFirst().prefix { !$0.hasPrefix("pre-copy ") }
+        // The writers table ends where the mappings table (or the pre-copy plan) begins.
+        let writerRows = rows.drop { !$0.hasPrefix("pages share") }.dropFirst().prefix {
+            !$0.hasPrefix("mappings dirtied:") && !$0.hasPrefix("pre-copy ")
+        }
         let pageColumn = writerRows.filter { !$0.hasPrefix("<-") }.map {
             Int($0.split(separator: " ")[0])!
         }
@@ -126,7 +129,9 @@ import Testing
         #expect(one.status == 0)
         let rows = Self.rows(one.stdout)
         let table = { (rows: [String]) in
-            rows.drop { !$0.hasPrefix("pages share faults") }.dropFirst().prefix { !$0.hasPrefix("pre-copy ") }
+            rows.drop { !$0.hasPrefix("pages share faults") }.dropFirst().prefix {
+                !$0.hasPrefix("mappings dirtied:") && !$0.hasPrefix("pre-copy ")
+            }
         }
         // The first row (and its callers' line) is the same; the rest is one line saying what is left out.
         #expect(table(rows).first == table(all).first)

@@ -66,7 +66,7 @@ extension Tracker {
             .start(
                 pid: pid, pageSize: Page.size, command: config.command,
                 tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
-                selectedPages: selected, schema: config.schema))
+                selectedPages: selected, schema: config.schema, mappings: main.namedSelectionNow()))
         warnIfNothingSelected(selected)
         emit(.attach(pid: pid, threads: main.threads.count, timeNs: wallClockNs()))
         started = true

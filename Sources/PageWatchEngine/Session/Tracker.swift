@@ -162,7 +162,7 @@ public final class Tracker {
             .start(
                 pid: pid, pageSize: Page.size, command: config.command,
                 tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
-                selectedPages: main.selectedPagesNow(), schema: config.schema))
+                selectedPages: main.selectedPagesNow(), schema: config.schema, mappings: main.namedSelectionNow()))
         warnAboutFileSpecs()
         started = true
         // The program shares our terminal: Ctrl-C and Ctrl-\ are for it, and

@@ -207,6 +207,7 @@ extension ProcessTracker {
         record.presumed = presumed.ranges
         record.zeroRanges = held.zero.ranges
         record.fileRanges = held.file.ranges
+        record.mappings = mappingsNewToTheLog()
         noteRearming(&record, dirty: dirty, reported: held.data, reportOnly: reportedAgain)
         memory.keepUnseenStillDirty()
         dumpSweep(record, held: held)

@@ -31,7 +31,10 @@ extension ProcessTracker {
         // A followed child's exec is always said: it names the process (cc1, as).
         if sweeps > 0 || totalFaults > 0 || parent != nil {
             let path = ProcFS.executable(of: pid) ?? (parent == nil ? config.command[0] : "")
-            emit(.exec(pid: pid, path: path, command: ProcFS.commandLine(of: pid), timeNs: wallClockNs()))
+            emit(
+                .exec(
+                    pid: pid, path: path, command: ProcFS.commandLine(of: pid), timeNs: wallClockNs(),
+                    mappings: namedSelectionNow()))
         }
         session.checkExecPrivilege(pid: pid)
     }
