@@ -118,14 +118,27 @@ import Testing
                         && UInt64($0[1].dropFirst(2), radix: 16)! <= Self.region.end
                 }
         }
+        let sweep1Index = try index(1)
         // Sweep 1: pages 0-23 hold data, 24-31 are zero; sweep 4: 2-3 discarded.
         #expect(regionRanges(try index(1), kind: "data") == [["0x2a0000000000", "0x2a0000018000"]])
         #expect(regionRanges(try index(1), kind: "zero") == [["0x2a0000018000", "0x2a0000020000"]])
         #expect(regionRanges(try index(4), kind: "zero") == [["0x2a0000002000", "0x2a0000004000"]])
         let gone = try index(5)["gone"] as? [[String]]
         #expect(gone?.contains(["0x2a000001c000", "0x2a0000020000"]) == true, "\(gone ?? [])")
+        // Ranges are named as the log names mappings: the region is
+        // anonymous, and the main stack, split by arming, is `[stack]` whole.
+        let named = (sweep1Index["ranges"] as? [[String: Any]] ?? []).map {
+            ($0["range"] as? [String] ?? [], $0["mapping"] as? String ?? "")
+        }
+        #expect(named.filter { $0.0.first?.hasPrefix("0x2a00000") == true }.allSatisfy { $0.1 == "[anon]" })
+        #expect(named.contains { $0.1 == "[stack]" } && named.contains { $0.1 == "[heap]" })
+        let maps = try Harness.readLog(d.log).first?["mappings"] as? [[String: Any]] ?? []
+        let stackInLog = maps.filter { $0["name"] as? String == "[stack]" }.compactMap { $0["range"] as? [String] }
+        for (range, name) in named where stackInLog.contains(where: { $0[0] <= range[0] && range[1] <= $0[1] }) {
+            #expect(name == "[stack]", "\(range)")
+        }
         // The pages file holds only data and file pages.
-        let sweep1 = try index(1)
+        let sweep1 = sweep1Index
         let stored = (sweep1["ranges"] as? [[String: Any]] ?? []).filter {
             ["data", "file"].contains($0["kind"] as? String)
         }

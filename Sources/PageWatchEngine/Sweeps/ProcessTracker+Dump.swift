@@ -43,7 +43,8 @@ extension ProcessTracker {
     )] {
         let kinds: [(PageSet, IndexedRange.Kind)] = [(held.data, .data), (held.file, .file), (held.zero, .zero)]
         let runs = kinds.flatMap { set, kind in set.ranges.map { ($0, kind) } }.sorted { $0.0.start < $1.0.start }
-        let sortedMaps = maps.sorted { $0.range.start < $1.range.start }
+        // Named as the log names them (the main stack's pieces one `[stack]`).
+        let sortedMaps = namedMaps(maps).sorted { $0.range.start < $1.range.start }
         var out: [(range: AddressRange, kind: IndexedRange.Kind, mapping: String)] = []
         var m = 0
         for (range, kind) in runs {
@@ -55,13 +56,10 @@ extension ProcessTracker {
                 let end =
                     mapping.map { min($0.range.end, range.end) }
                     ?? min(range.end, m < sortedMaps.count ? sortedMaps[m].range.start : range.end)
-                out.append((AddressRange(start: at, end: end), kind, mapping.map(Self.imageName) ?? "[unknown]"))
+                out.append((AddressRange(start: at, end: end), kind, mapping.map(NamedMapping.name(of:)) ?? "[unknown]"))
                 at = end
             }
         }
         return out
     }
-
-    /// A mapping as the image names it: its path, its `[pseudo]` name, or `[anon]`.
-    static func imageName(_ mapping: Mapping) -> String { mapping.path.isEmpty ? "[anon]" : mapping.path }
 }
