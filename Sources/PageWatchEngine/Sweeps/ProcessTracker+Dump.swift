@@ -56,7 +56,8 @@ extension ProcessTracker {
                 let end =
                     mapping.map { min($0.range.end, range.end) }
                     ?? min(range.end, m < sortedMaps.count ? sortedMaps[m].range.start : range.end)
-                out.append((AddressRange(start: at, end: end), kind, mapping.map(NamedMapping.name(of:)) ?? "[unknown]"))
+                out.append(
+                    (AddressRange(start: at, end: end), kind, mapping.map(NamedMapping.name(of:)) ?? "[unknown]"))
                 at = end
             }
         }
