@@ -1,3 +1,5 @@
+import PageWatchLog
+
 /// The HTML report's per-sweep writer view: who dirtied the pages of one
 /// sweep. Every sweep's biggest writers are embedded as JSON (names once,
 /// in a table, then indices: a 3,600-sweep log repeats the same few
@@ -71,24 +73,20 @@ enum SweepWritersView {
         return out + "]}"
     }
 
-    /// A JSON string that is also safe inside a `<script>` element: no
-    /// `<`, `>` or `&` (no `</script>` can end it early).
+    /// A JSON string that is also safe inside a `<script>` element: the
+    /// log's JSON string with `<`, `>`, `&` (no `</script>` can end it
+    /// early) and the two line separators JavaScript once rejected escaped.
     static func jsonString(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
+        var out = ""
+        for scalar in JSONLines.string(s).unicodeScalars {
             switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\r": out += "\\r"
-            case "\t": out += "\\t"
-            case "<", ">", "&", "\u{2028}", "\u{2029}", "\u{0}"..."\u{1f}":
+            case "<", ">", "&", "\u{2028}", "\u{2029}":
                 let hex = String(scalar.value, radix: 16)
                 out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
             default: out.unicodeScalars.append(scalar)
             }
         }
-        return out + "\""
+        return out
     }
 
     /// The sweep shown first: the one that reported most after sweep 1

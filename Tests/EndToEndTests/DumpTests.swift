@@ -241,6 +241,11 @@ import Testing
         // are pinned: reported by every sweep. Only they may differ after
         // the detach (the thread's interrupted read restarts, and the
         // kernel refreshes the area on its way back to user space).
+        // The attach's start record names the mappings it tracks.
+        let start = try #require(try Harness.readLog(log).first { $0["type"] as? String == "start" })
+        let names = Set((start["mappings"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String })
+        #expect(names.isSuperset(of: ["[heap]", "[stack]", "[anon]"]), "\(names)")
+        #expect(names.contains { $0.hasSuffix(".so") || $0.contains(".so.") }, "\(names)")
         let sweeps = try Harness.readLog(log).filter { $0["type"] as? String == "sweep" }
         var pinned: Set<UInt64>? = nil
         for sweep in sweeps.dropFirst() {
