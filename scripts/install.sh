@@ -23,7 +23,7 @@ out=.build/static/share
 rm -rf "$out" && mkdir -p "$out"
 "$dir/generate-manual" "$dir/pagewatch" --multi-page --output-directory "$out" >/dev/null
 # One page per command a user runs (not the internal guardian, not help).
-for page in pagewatch pagewatch.run pagewatch.attach pagewatch.report; do
+for page in pagewatch pagewatch.run pagewatch.attach pagewatch.report pagewatch.image pagewatch.probe; do
     install -D -m 644 "$out/$page.1" "$root/share/man/man1/$page.1"
 done
 

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 #include <linux/filter.h>
+#include <linux/userfaultfd.h>
 #include <linux/seccomp.h>
 #include <sys/prctl.h>
 #include <sys/ioctl.h>
@@ -158,6 +159,20 @@ _Static_assert(sizeof(pw_pm_scan_arg) == 96, "struct pm_scan_arg of Linux 6.7");
 int pw_pagemap_scan(int pagemap_fd, pw_pm_scan_arg *arg) {
     int n = ioctl(pagemap_fd, PW_PAGEMAP_SCAN, arg);
     return n < 0 ? -errno : n;
+}
+
+long pw_userfaultfd_features(uint64_t *features) {
+    // User-mode only first: what an unprivileged process may open.
+    int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | UFFD_USER_MODE_ONLY);
+    if (fd < 0 && errno == EINVAL) fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
+    if (fd < 0) return -errno;
+    struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+    int r = ioctl(fd, UFFDIO_API, &api);
+    int e = errno;
+    close(fd);
+    if (r < 0) return -e;
+    *features = api.features;
+    return 0;
 }
 
 static void pw_wakeup(int signal) { (void)signal; }

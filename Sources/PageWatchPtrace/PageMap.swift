@@ -84,6 +84,28 @@ public final class PageMap {
         return try readRuns(range)
     }
 
+    /// Whether the kernel answers PAGEMAP_SCAN (Linux 6.7+), whatever
+    /// `PAGEWATCH_PAGEMAP` says: one page of this process's own stack asked.
+    public static func kernelScans() -> Bool {
+        guard let map = try? PageMap(pid: getpid()) else { return false }
+        var probe: UInt8 = 0
+        var region = pw_page_region()
+        return withUnsafeMutablePointer(to: &probe) { p in
+            withUnsafeMutablePointer(to: &region) { r in
+                let page = Page.floor(RemoteAddress(UInt64(UInt(bitPattern: p))))
+                var arg = pw_pm_scan_arg()
+                arg.size = UInt64(MemoryLayout<pw_pm_scan_arg>.size)
+                arg.start = page.value
+                arg.end = page.value + Page.size
+                arg.vec = UInt64(UInt(bitPattern: r))
+                arg.vec_len = 1
+                arg.category_anyof_mask = UInt64(PW_PAGE_IS_PRESENT)
+                arg.return_mask = UInt64(PW_PAGE_IS_PRESENT)
+                return pw_pagemap_scan(map.fd, &arg) >= 0
+            }
+        }
+    }
+
     /// Set once the kernel answered PAGEMAP_SCAN with ENOTTY or EINVAL.
     private static let scanUnsupported = Atomic<Bool>(getenv("PAGEWATCH_PAGEMAP").map { String(cString: $0) } == "read")
 

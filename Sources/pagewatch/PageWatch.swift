@@ -8,7 +8,7 @@ struct PageWatch: ParsableCommand {
         commandName: "pagewatch",
         abstract: "Report which memory pages a process writes, on any Linux kernel (ptrace + mprotect).",
         version: PageWatchVersion.current,
-        subcommands: [Run.self, Attach.self, Report.self, Image.self, GuardianCommand.self]
+        subcommands: [Run.self, Attach.self, Report.self, Image.self, Probe.self, GuardianCommand.self]
     )
 
     /// Usage errors exit 2, as in most Linux tools (ArgumentParser's default is 64).

@@ -42,7 +42,9 @@ import Testing
             #expect(hidden.stderr == "hi\n")
         }
 
-        for page in ["pagewatch", "pagewatch.run", "pagewatch.attach", "pagewatch.report"] {
+        for page in [
+            "pagewatch", "pagewatch.run", "pagewatch.attach", "pagewatch.report", "pagewatch.image", "pagewatch.probe",
+        ] {
             let text = try String(contentsOfFile: "\(prefix)/share/man/man1/\(page).1", encoding: .utf8)
             #expect(text.contains(".Sh NAME") && text.contains(".Dt \(page.uppercased()) 1"), "\(page).1")
         }

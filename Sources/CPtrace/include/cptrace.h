@@ -232,6 +232,11 @@ enum {
 // filled, or -errno: -ENOTTY (or -EINVAL) before 6.7.
 int pw_pagemap_scan(int pagemap_fd, pw_pm_scan_arg *arg);
 
+// A userfaultfd opened (user-mode only where the kernel knows the flag),
+// its UFFDIO_API handshake made with no feature asked, and closed:
+// `features` gets what the kernel offers. 0, or -errno.
+long pw_userfaultfd_features(uint64_t *features);
+
 #ifdef __cplusplus
 }
 #endif
