@@ -41,9 +41,50 @@ public enum Demangler {
             var status: Int32 = 0
             if let result = cxxDemangle(name, nil, nil, &status), status == 0 {
                 defer { free(result) }
-                return String(cString: result)
+                let demangled = String(cString: result)
+                return isRustLegacy(name) ? rustLegacy(demangled) : demangled
             }
         }
         return name
+    }
+
+    /// Rust's legacy mangling is the Itanium scheme with a last component
+    /// `h` + 16 hex digits (a hash): `..._ZN1q12quokka_touch17h114bb9707596f047E`.
+    static func isRustLegacy(_ name: String) -> Bool {
+        let u = Array(name.utf8)
+        guard u.count > 21, u.last == UInt8(ascii: "E") else { return false }
+        let tail = u[(u.count - 20)..<(u.count - 1)]
+        return tail.starts(with: Array("17h".utf8)) && tail.dropFirst(3).allSatisfy { isxdigit(Int32($0)) != 0 }
+    }
+
+    /// As rustc-demangle displays a legacy name: without the hash, each
+    /// component's `$LT$`-style escapes decoded, `..` as `::`
+    /// (`<q::W<T> as core::fmt::Display>::fmt`).
+    static func rustLegacy(_ demangled: String) -> String {
+        var parts = demangled.split(separator: "::", omittingEmptySubsequences: false).map(String.init)
+        if let last = parts.last, last.count == 17, last.hasPrefix("h") { parts.removeLast() }
+        return parts.map { part -> String in
+            var p = Substring(part)
+            if p.hasPrefix("_$") { p = p.dropFirst() }
+            var out = ""
+            while let dollar = p.firstIndex(of: "$") {
+                out += p[..<dollar].replacing("..", with: "::")
+                let rest = p[p.index(after: dollar)...]
+                guard let end = rest.firstIndex(of: "$") else { break }
+                let code = String(rest[..<end])
+                let named = ["SP": "@", "BP": "*", "RF": "&", "LT": "<", "GT": ">", "LP": "(", "RP": ")", "C": ","]
+                if let c = named[code] {
+                    out += c
+                } else if code.hasPrefix("u"), let v = UInt32(code.dropFirst(), radix: 16),
+                    let scalar = Unicode.Scalar(v)
+                {
+                    out.unicodeScalars.append(scalar)
+                } else {
+                    out += "$" + code + "$"
+                }
+                p = rest[rest.index(after: end)...]
+            }
+            return out + p.replacing("..", with: "::")
+        }.joined(separator: "::")
     }
 }

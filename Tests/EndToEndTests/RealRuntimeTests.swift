@@ -124,6 +124,16 @@ struct Runtime: Sendable, CustomTestStringConvertible {
         let zero = records.filter { $0["type"] as? String == "sweep" }.map { $0["zero_pages"] as? Int ?? 0 }.reduce(
             0, +)
         #expect(zero > 0)
+        // Rust's writers are named as its own tools name them: legacy
+        // names without their `::h<hash>` (rustc-demangle's display).
+        if runtime.name == "rust" && depth != 0 {
+            let functions = records.filter { $0["type"] as? String == "sweep" }
+                .flatMap { $0["sites"] as? [[String: Any]] ?? [] }
+                .flatMap { $0["frames"] as? [[String: Any]] ?? [] }.compactMap { $0["function"] as? String }
+            #expect(functions.contains { $0.contains("::") }, "no Rust path among \(Set(functions))")
+            let hashed = functions.filter { $0.contains(/::h[0-9a-f]{16}$/) }
+            #expect(hashed.isEmpty, "\(Set(hashed))")
+        }
     }
 
     /// Go ends with exit_group from any thread: by the exit sweep the main
