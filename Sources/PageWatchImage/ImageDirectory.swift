@@ -130,7 +130,7 @@ public struct ImageDirectory: Sendable {
                 while done < piece.length {
                     let count = min(UInt64(ImageWriter.chunkBytes), piece.length - done)
                     let chunk = try bytes(pid: pid, source: source, skip: done, count: Int(count), files: &files)
-                    try ImageWriter.writeAll(fd, chunk, path: temporary)
+                    try ImageWriter.writeAll(fd, chunk, at: offset + done, path: temporary)
                     done += count
                 }
                 runs.append(BuiltRun(range: ImageRange(piece), offset: offset))

@@ -31,7 +31,7 @@ public final class ImageWriter {
     /// length (false: not readable whole, gone meanwhile).
     ///
     /// Each chunk is read into one buffer, reused, where the checksum finds
-    /// it in cache, and written from there. (Read straight into the pages
+    /// it in cache, and written from there at its offset. (Read straight into the pages
     /// file, mapped, it was slower: a file page mapped is zeroed first, a
     /// page written whole is not.)
     public func write(
@@ -41,13 +41,13 @@ public final class ImageWriter {
     ) throws(ImageError) {
         let pagesName = SweepIndex.pagesFileName(seq: seq)
         let pagesPath = directory + "/" + pagesName
-        let fd = open(pagesPath, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+        let fd = open(pagesPath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .write(path: pagesPath, errno: errno) }
         var closed = false
         defer { if !closed { close(fd) } }
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Self.chunkBytes, alignment: Int(Page.size))
+        defer { buffer.deallocate() }
         let total = pieces.reduce(UInt64(0)) { $0 + ($1.kind == .data || $1.kind == .file ? $1.range.length : 0) }
-        var file = PagesFile(fd: fd, path: pagesPath)
-        defer { file.release() }
         var offset: UInt64 = 0
         var indexed: [IndexedRange] = []
         for piece in pieces {
@@ -59,30 +59,26 @@ public final class ImageWriter {
             var at = piece.range.start
             var readable = true
             while at < piece.range.end {
-                let count = min(Self.chunkBytes, Int(piece.range.end - at))
-                let chunk = file.space(count: count)
-                guard read(AddressRange(start: at, end: at + UInt64(count)), chunk) else {
+                let chunk = UnsafeMutableRawBufferPointer(
+                    rebasing: buffer[0..<min(Self.chunkBytes, Int(piece.range.end - at))])
+                guard read(AddressRange(start: at, end: at + UInt64(chunk.count)), chunk) else {
                     readable = false
                     break
                 }
                 hash.update(UnsafeRawBufferPointer(chunk))
-                try file.commit(chunk, at: offset + (at - piece.range.start))
-                at = at + UInt64(count)
+                try Self.writeAll(
+                    fd, UnsafeRawBufferPointer(chunk), at: offset + (at - piece.range.start), path: pagesPath)
+                at = at + UInt64(chunk.count)
             }
-            if readable {
-                indexed.append(
-                    IndexedRange(
+            // Unmapped by a running thread while being read: `gone`, and the
+            // space it had stays unused (written in part, or a hole).
+            indexed.append(
+                readable
+                    ? IndexedRange(
                         range: piece.range, kind: piece.kind, offset: offset, xxh64: hash.value, mapping: piece.mapping)
-                )
-                offset += piece.range.length
-            } else {
-                // Unmapped by a running thread while being read: the space it
-                // had stays unused (written in part, or a hole).
-                indexed.append(IndexedRange(range: piece.range, kind: .gone, mapping: piece.mapping))
-                offset += piece.range.length
-            }
+                    : IndexedRange(range: piece.range, kind: .gone, mapping: piece.mapping))
+            offset += piece.range.length
         }
-        file.release()
         // The size the index gives, whatever the last run was.
         if ftruncate(fd, off_t(total)) != 0 { throw .write(path: pagesPath, errno: errno) }
         // close(2) reports delayed write errors (NFS, quotas).
@@ -117,20 +113,32 @@ public final class ImageWriter {
         if mkdir(path, 0o755) != 0 && errno != EEXIST { throw .write(path: path, errno: errno) }
     }
 
-    static func writeAll(_ fd: Int32, _ bytes: [UInt8], path: String) throws(ImageError) {
-        let failure: Int32 = bytes.withUnsafeBytes { buffer in
-            var done = 0
-            while done < buffer.count {
-                let n = Glibc.write(fd, buffer.baseAddress! + done, buffer.count - done)
-                if n < 0 {
-                    if errno == EINTR { continue }
-                    return errno
-                }
-                done += n
-            }
-            return 0
-        }
+    /// Writes all of `bytes` at `offset` of the file (`pwrite`, again
+    /// after a short write or EINTR).
+    static func writeAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64, path: String)
+        throws(ImageError)
+    {
+        let failure = pwriteAll(fd, bytes, at: offset)
         if failure != 0 { throw .write(path: path, errno: failure) }
+    }
+
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8], at offset: UInt64, path: String) throws(ImageError) {
+        let failure = bytes.withUnsafeBytes { pwriteAll(fd, $0, at: offset) }
+        if failure != 0 { throw .write(path: path, errno: failure) }
+    }
+
+    /// 0, or the errno that stopped it.
+    private static func pwriteAll(_ fd: Int32, _ bytes: UnsafeRawBufferPointer, at offset: UInt64) -> Int32 {
+        var done = 0
+        while done < bytes.count {
+            let n = pwrite(fd, bytes.baseAddress! + done, bytes.count - done, off_t(offset) + off_t(done))
+            if n < 0 {
+                if errno == EINTR { continue }
+                return errno
+            }
+            done += n
+        }
+        return 0
     }
 
     /// Written under a temporary name and renamed: a file that exists is whole.
@@ -142,48 +150,12 @@ public final class ImageWriter {
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .write(path: temporary, errno: errno) }
         do throws(ImageError) {
-            try writeAll(fd, [UInt8](data) + [0x0a], path: temporary)
+            try writeAll(fd, [UInt8](data) + [0x0a], at: 0, path: temporary)
         } catch {
             close(fd)
             throw error
         }
         if close(fd) != 0 { throw .write(path: temporary, errno: errno) }
         if rename(temporary, path) != 0 { throw .write(path: path, errno: errno) }
-    }
-}
-
-/// A sweep's pages file as it is filled: each chunk read into one buffer,
-/// reused (it stays in cache for the checksum), then written at its offset.
-struct PagesFile {
-    let fd: Int32
-    let path: String
-    var buffer: UnsafeMutableRawBufferPointer? = .allocate(byteCount: ImageWriter.chunkBytes, alignment: 4096)
-
-    init(fd: Int32, path: String) {
-        self.fd = fd
-        self.path = path
-    }
-
-    /// Where a chunk of `count` bytes is to be read into.
-    func space(count: Int) -> UnsafeMutableRawBufferPointer {
-        UnsafeMutableRawBufferPointer(rebasing: buffer![0..<count])
-    }
-
-    /// The chunk read into `space(count:)` written at `offset`.
-    func commit(_ chunk: UnsafeMutableRawBufferPointer, at offset: UInt64) throws(ImageError) {
-        var done = 0
-        while done < chunk.count {
-            let n = pwrite(fd, chunk.baseAddress! + done, chunk.count - done, off_t(offset) + off_t(done))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw .write(path: path, errno: errno)
-            }
-            done += n
-        }
-    }
-
-    mutating func release() {
-        buffer?.deallocate()
-        buffer = nil
     }
 }
