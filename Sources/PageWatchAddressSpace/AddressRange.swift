@@ -13,6 +13,19 @@ public struct AddressRange: Hashable, Comparable, Sendable, CustomStringConverti
         self.init(start: RemoteAddress(start), end: RemoteAddress(end))
     }
 
+    /// `0xSTART-0xEND` in hex (the second `0x` may be left out), START below
+    /// END: how the command line names a range (`--track`, `image read`).
+    public init?(parsing text: String) {
+        let parts = text.split(separator: "-", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts[0].hasPrefix("0x") || parts[0].hasPrefix("0X") else { return nil }
+        func hex(_ s: Substring) -> UInt64? {
+            let body = s.hasPrefix("0x") || s.hasPrefix("0X") ? s.dropFirst(2) : s
+            return body.isEmpty ? nil : UInt64(body, radix: 16)
+        }
+        guard let a = hex(parts[0]), let b = hex(parts[1]), a < b else { return nil }
+        self.init(a, b)
+    }
+
     public var length: UInt64 { end - start }
     public var isEmpty: Bool { start == end }
     public var pageCount: UInt64 { length / Page.size }

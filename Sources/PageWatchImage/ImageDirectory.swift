@@ -57,7 +57,13 @@ public struct ImageDirectory: Sendable {
     public func memory(pid: Int32, at seq: Int) throws(ImageError) -> (
         held: [(range: AddressRange, source: Source)], missing: PageSet
     ) {
-        let sweeps = try self.sweeps(pid: pid)
+        try memory(of: try sweeps(pid: pid), pid: pid, at: seq)
+    }
+
+    /// `memory(pid:at:)` from the process's sweeps, already read.
+    func memory(of sweeps: [SweepIndex], pid: Int32, at seq: Int) throws(ImageError) -> (
+        held: [(range: AddressRange, source: Source)], missing: PageSet
+    ) {
         guard let last = sweeps.first(where: { $0.seq == seq }) else {
             throw .noSuch(what: "sweep \(seq) of process \(pid)", path: path)
         }
@@ -91,8 +97,9 @@ public struct ImageDirectory: Sendable {
     /// The bytes of `range` at sweep `seq`; an error naming the first page
     /// the image does not hold.
     public func read(pid: Int32, at seq: Int, range: AddressRange) throws(ImageError) -> [UInt8] {
-        let (held, _) = try memory(pid: pid, at: seq)
-        try checkSweeps(pid: pid, upTo: seq, only: range)
+        let sweeps = try self.sweeps(pid: pid)
+        let (held, _) = try memory(of: sweeps, pid: pid, at: seq)
+        try check(sweeps, pid: pid, upTo: seq, only: range)
         var out: [UInt8] = []
         out.reserveCapacity(Int(range.length))
         var at = range.start
@@ -115,8 +122,9 @@ public struct ImageDirectory: Sendable {
     /// Every checksum it relies on is checked first, and `output` is
     /// written under a temporary name: a broken image overwrites nothing.
     public func build(pid: Int32, at seq: Int, output: String) throws(ImageError) -> (pages: UInt64, runs: Int) {
-        let (held, _) = try memory(pid: pid, at: seq)
-        try checkSweeps(pid: pid, upTo: seq)
+        let sweeps = try self.sweeps(pid: pid)
+        let (held, _) = try memory(of: sweeps, pid: pid, at: seq)
+        try check(sweeps, pid: pid, upTo: seq)
         let temporary = output + ".tmp"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .write(path: temporary, errno: errno) }
@@ -174,9 +182,11 @@ public struct ImageDirectory: Sendable {
         var offset: UInt64
     }
 
-    /// What `verify` found wrong, one line each; empty when the image is sound.
-    public func verify() -> [String] {
+    /// What `verify` found wrong, one line each (empty when the image is
+    /// sound), and the processes and sweeps it read.
+    public func verify() -> (problems: [String], processes: Int, sweeps: Int) {
         var problems: [String] = []
+        var count = 0
         let pids = pids()
         if !pids.contains(manifest.pid) { problems.append("no directory for the program, pid \(manifest.pid)") }
         for pid in pids {
@@ -185,19 +195,22 @@ public struct ImageDirectory: Sendable {
                 problems.append(error.description)
                 continue
             }
+            count += sweeps.count
             if sweeps.isEmpty { problems.append("pid \(pid): no sweep") }
             for (i, sweep) in sweeps.enumerated() where sweep.seq != i + 1 {
                 problems.append("pid \(pid): sweep \(i + 1) is missing (the next is \(sweep.seq))")
                 break
             }
             for sweep in sweeps { problems += check(sweep, pid: pid) }
-            if let last = sweeps.last, let (_, missing) = try? memory(pid: pid, at: last.seq), !missing.isEmpty {
+            if let last = sweeps.last, let (_, missing) = try? memory(of: sweeps, pid: pid, at: last.seq),
+                !missing.isEmpty
+            {
                 problems.append(
                     "pid \(pid): \(missing.pageCount) tracked page(s) at sweep \(last.seq) held by no sweep, first \(missing.ranges[0].start)"
                 )
             }
         }
-        return problems
+        return (problems, pids.count, count)
     }
 
     /// A sweep's pages file against its index: size, and the checksum of
@@ -237,8 +250,8 @@ public struct ImageDirectory: Sendable {
 
     /// Throws the first problem of the sweeps up to `seq` (those parts
     /// overlapping `only`): what `read` and `build` rely on must be sound.
-    func checkSweeps(pid: Int32, upTo seq: Int, only: AddressRange? = nil) throws(ImageError) {
-        for sweep in try sweeps(pid: pid) where sweep.seq <= seq {
+    func check(_ sweeps: [SweepIndex], pid: Int32, upTo seq: Int, only: AddressRange? = nil) throws(ImageError) {
+        for sweep in sweeps where sweep.seq <= seq {
             if let problem = check(sweep, pid: pid, only: only).first {
                 throw .damaged(problem: problem)
             }

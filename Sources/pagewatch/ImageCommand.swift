@@ -116,15 +116,7 @@ struct Image: ParsableCommand {
         @Argument(help: ArgumentHelp("The range, 0xSTART-0xEND (half-open).", valueName: "RANGE"))
         var range: String
 
-        var addresses: AddressRange? {
-            let parts = range.split(separator: "-")
-            guard parts.count == 2, parts.allSatisfy({ $0.hasPrefix("0x") }),
-                let start = UInt64(parts[0].dropFirst(2), radix: 16),
-                let end = UInt64(parts[1].dropFirst(2), radix: 16),
-                start < end
-            else { return nil }
-            return AddressRange(start, end)
-        }
+        var addresses: AddressRange? { AddressRange(parsing: range) }
 
         func validate() throws {
             if addresses == nil {
@@ -138,14 +130,7 @@ struct Image: ParsableCommand {
             do { bytes = try image.read(pid: pid, at: at, range: addresses!) } catch {
                 fail(error.description, status: 1)
             }
-            let fd = output.map { Glibc.open($0, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644) } ?? STDOUT_FILENO
-            guard fd >= 0 else {
-                fail("cannot open --output '\(output!)': \(String(cString: strerror(errno)))", status: 1)
-            }
-            if let error = writeFully(fd, bytes) { fail("cannot write \(output ?? "stdout"): \(error)", status: 1) }
-            if fd != STDOUT_FILENO, close(fd) != 0 {
-                fail("cannot write \(output!): \(String(cString: strerror(errno)))", status: 1)
-            }
+            writeOutput(bytes, to: output, what: "the bytes")
         }
     }
 
@@ -157,11 +142,9 @@ struct Image: ParsableCommand {
 
         func run() throws {
             let (image, _) = selection.open()
-            let problems = image.verify()
+            let (problems, processes, sweeps) = image.verify()
             if problems.isEmpty {
-                let sweeps = image.pids().map { (try? image.sweeps(pid: $0).count) ?? 0 }.reduce(0, +)
-                writeAll(
-                    STDOUT_FILENO, "\(image.path): sound (\(image.pids().count) process(es), \(sweeps) sweep(s))\n")
+                writeAll(STDOUT_FILENO, "\(image.path): sound (\(processes) process(es), \(sweeps) sweep(s))\n")
                 return
             }
             writeAll(STDERR_FILENO, problems.map { "pagewatch: \(image.path): \($0)\n" }.joined())

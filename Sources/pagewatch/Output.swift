@@ -23,6 +23,21 @@ func writeFully(_ fd: Int32, _ bytes: [UInt8]) -> Errno? {
     }
 }
 
+/// Writes `bytes` to `path` (created or truncated), or to stdout when
+/// `path` is nil or `-`; any failure is one line naming `what` and exit 1,
+/// never a silently short file. SIGPIPE and SIGXFSZ become errors.
+func writeOutput(_ bytes: [UInt8], to path: String?, what: String) {
+    SignalForwarding.ignoreLogWriteSignals()
+    guard let path, path != "-" else {
+        if let error = writeFully(STDOUT_FILENO, bytes) { fail("cannot write \(what) to stdout: \(error)", status: 1) }
+        return
+    }
+    let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+    guard fd >= 0 else { fail("cannot open --output '\(path)': \(String(cString: strerror(errno)))", status: 1) }
+    if let error = writeFully(fd, bytes) { fail("cannot write \(what) to '\(path)': \(error)", status: 1) }
+    if close(fd) != 0 { fail("cannot write \(what) to '\(path)': \(Errno(errno))", status: 1) }
+}
+
 /// write(2) until done; EINTR retried; errors ignored (stderr). Text for
 /// stderr takes the live status line off first.
 func writeAll(_ fd: Int32, _ text: String) {

@@ -139,18 +139,7 @@ struct Report: ParsableCommand {
         case .html: text = HTMLReport.render(report, preCopy: preCopy)
         case .pprof: binary = PprofReport.render(report)
         }
-        let payload = binary ?? Array(text.utf8)
         // A report that cannot be written is an error, never a silent empty file.
-        SignalForwarding.ignoreLogWriteSignals()
-        guard let output, output != "-" else {
-            if let error = writeFully(STDOUT_FILENO, payload) {
-                fail("cannot write the report to stdout: \(error)", status: 1)
-            }
-            return
-        }
-        let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-        guard fd >= 0 else { fail("cannot open --output '\(output)': \(String(cString: strerror(errno)))", status: 1) }
-        if let error = writeFully(fd, payload) { fail("cannot write the report to '\(output)': \(error)", status: 1) }
-        if close(fd) != 0 { fail("cannot write the report to '\(output)': \(Errno(errno))", status: 1) }
+        writeOutput(binary ?? Array(text.utf8), to: output, what: "the report")
     }
 }

@@ -49,7 +49,8 @@ import PageWatchAddressSpace
     @Test func whatIsWrittenIsReadBack() throws {
         let image = try ImageDirectory(path: try writeImage())
         #expect(image.pids() == [42])
-        #expect(image.verify() == [])
+        #expect(image.verify().problems == [])
+        #expect(image.verify().processes == 1 && image.verify().sweeps == 2)
         let zeros = [UInt8](repeating: 0, count: 2 * 4096)
         #expect(
             try image.read(pid: 42, at: 1, range: Self.pages(0, 5)) == Self.contents(Self.pages(0, 3), version: 1)

@@ -54,14 +54,8 @@ public enum TrackSpec: Hashable, Sendable, CustomStringConvertible {
             return .file(path)
         }
         if text.hasPrefix("0x") || text.hasPrefix("0X") {
-            let parts = text.split(separator: "-", omittingEmptySubsequences: false)
-            guard parts.count == 2 else { throw ParseError.malformedRange(text) }
-            func hex(_ s: Substring) -> UInt64? {
-                let body = s.hasPrefix("0x") || s.hasPrefix("0X") ? s.dropFirst(2) : s
-                return body.isEmpty ? nil : UInt64(body, radix: 16)
-            }
-            guard let a = hex(parts[0]), let b = hex(parts[1]), a < b else { throw ParseError.malformedRange(text) }
-            return .range(AddressRange(a, b).pageAligned)
+            guard let range = AddressRange(parsing: text) else { throw ParseError.malformedRange(text) }
+            return .range(range.pageAligned)
         }
         throw ParseError.unknown(text)
     }
