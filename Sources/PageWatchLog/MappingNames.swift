@@ -22,19 +22,28 @@ public struct NamedMapping: Sendable, Equatable {
 
     /// The tracked pages (`tracked`, sorted, not overlapping) named by the
     /// maps entries they lie in (`maps`, sorted as maps lists them),
-    /// touching pieces of one name coalesced. Pages in no entry are left out.
-    public static func named(tracked: [AddressRange], maps: [Mapping]) -> [NamedMapping] {
+    /// touching pieces of one name coalesced. Pages in no entry are left
+    /// out, or named `unnamed` when it is given.
+    public static func named(tracked: [AddressRange], maps: [Mapping], unnamed: String? = nil) -> [NamedMapping] {
         var out: [NamedMapping] = []
         var m = maps.startIndex
         for t in tracked {
             // Entries wholly below this range are below every later one too.
             while m < maps.endIndex && maps[m].range.end <= t.start { m += 1 }
+            var at = t.start
             var i = m
             while i < maps.endIndex && maps[i].range.start < t.end {
                 if let piece = maps[i].range.intersection(t) {
+                    if let unnamed, piece.start > at {
+                        append(NamedMapping(range: AddressRange(start: at, end: piece.start), name: unnamed), to: &out)
+                    }
                     append(NamedMapping(range: piece, name: name(of: maps[i])), to: &out)
+                    at = piece.end
                 }
                 i += 1
+            }
+            if let unnamed, at < t.end {
+                append(NamedMapping(range: AddressRange(start: at, end: t.end), name: unnamed), to: &out)
             }
         }
         return out

@@ -129,6 +129,24 @@ import PageWatchAddressSpace
             ])
     }
 
+    /// Pages in no maps entry: left out, or named `unnamed` (the memory
+    /// image keeps them), before, between and after the entries.
+    @Test func pagesInNoEntryAreLeftOutOrNamedAsAsked() {
+        let maps = [
+            Mapping(range: AddressRange(0x2000, 0x3000), protection: [.read, .write], isPrivate: true),
+            Mapping(range: AddressRange(0x5000, 0x6000), protection: [.read, .write], isPrivate: true, path: "[heap]"),
+        ]
+        let tracked = [AddressRange(0x1000, 0x7000)]
+        #expect(
+            NamedMapping.named(tracked: tracked, maps: maps)
+                == [Self.named(0x2000, 0x3000, "[anon]"), Self.named(0x5000, 0x6000, "[heap]")])
+        #expect(
+            NamedMapping.named(tracked: tracked, maps: maps, unnamed: "?") == [
+                Self.named(0x1000, 0x2000, "?"), Self.named(0x2000, 0x3000, "[anon]"), Self.named(0x3000, 0x5000, "?"),
+                Self.named(0x5000, 0x6000, "[heap]"), Self.named(0x6000, 0x7000, "?"),
+            ])
+    }
+
     @Test func updateSaysOnlyWhatAReaderDoesNotKnow() {
         var known = MappingNames([Self.heap, Self.data])
         let grownHeap = Self.named(0x5000_0000, 0x5004_1000, "[heap]")

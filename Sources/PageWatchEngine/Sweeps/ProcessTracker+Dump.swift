@@ -37,30 +37,15 @@ extension ProcessTracker {
     }
 
     /// The sweep's pages by kind, in address order, cut where mappings end
-    /// and named by their mapping.
+    /// and named as the log names them (the main stack's pieces one
+    /// `[stack]`); pages in no mapping maps showed (gone since) `[unknown]`.
     static func imagePieces(_ held: UnseenPages, maps: [Mapping]) -> [(
         range: AddressRange, kind: IndexedRange.Kind, mapping: String
     )] {
+        let named = namedMaps(maps)
         let kinds: [(PageSet, IndexedRange.Kind)] = [(held.data, .data), (held.file, .file), (held.zero, .zero)]
-        let runs = kinds.flatMap { set, kind in set.ranges.map { ($0, kind) } }.sorted { $0.0.start < $1.0.start }
-        // Named as the log names them (the main stack's pieces one `[stack]`).
-        let sortedMaps = namedMaps(maps).sorted { $0.range.start < $1.range.start }
-        var out: [(range: AddressRange, kind: IndexedRange.Kind, mapping: String)] = []
-        var m = 0
-        for (range, kind) in runs {
-            var at = range.start
-            while at < range.end {
-                while m < sortedMaps.count, sortedMaps[m].range.end <= at { m += 1 }
-                // Pages outside every mapping known (gone since maps was read): cut at the next mapping.
-                let mapping = m < sortedMaps.count && sortedMaps[m].range.start <= at ? sortedMaps[m] : nil
-                let end =
-                    mapping.map { min($0.range.end, range.end) }
-                    ?? min(range.end, m < sortedMaps.count ? sortedMaps[m].range.start : range.end)
-                out.append(
-                    (AddressRange(start: at, end: end), kind, mapping.map(NamedMapping.name(of:)) ?? "[unknown]"))
-                at = end
-            }
-        }
-        return out
+        return kinds.flatMap { set, kind in
+            NamedMapping.named(tracked: set.ranges, maps: named, unnamed: "[unknown]").map { ($0.range, kind, $0.name) }
+        }.sorted { $0.range.start < $1.range.start }
     }
 }
