@@ -62,12 +62,9 @@ public struct KernelProbe: Sendable, Equatable {
             } ?? false)
     }
 
+    /// The first line of a /proc file; nil when it cannot be read.
     static func text(_ path: String) -> String? {
-        guard let f = fopen(path, "r") else { return nil }
-        defer { fclose(f) }
-        var buffer = [CChar](repeating: 0, count: 4096)
-        guard fgets(&buffer, Int32(buffer.count), f) != nil else { return nil }
-        return String(String(cString: buffer).split(separator: "\n").first ?? "")
+        (try? ProcFS.read(path, pid: getpid())).map { String($0.split(separator: "\n").first ?? "") }
     }
 
     /// A page of its own written after `clear_refs` 4: soft-dirty when its
@@ -93,6 +90,15 @@ public struct KernelProbe: Sendable, Equatable {
         return entry & (1 << 55) != 0
     }
 
+    /// Whether PageWatch can track here at all: x86_64, and ptrace allowed.
+    public var tracks: Bool { architecture == "x86_64" && ptraceScope != 3 }
+
+    /// Whether userfaultfd offers the feature (`UserfaultFeature`).
+    public func offers(_ feature: UInt64) -> Bool {
+        if case .success(let f) = userfaultfdFeatures { return f & feature != 0 }
+        return false
+    }
+
     /// Whether PageWatch's tracking works here, and how; one line each.
     public var verdict: [String] {
         var out: [String] = []
@@ -114,7 +120,7 @@ public struct KernelProbe: Sendable, Equatable {
         if seccompActions?.contains("trace") != true {
             out.append("seccomp RET_TRACE is not offered: `run` cannot stop at system calls only; it will refuse")
         }
-        if case .success(let f) = userfaultfdFeatures, f & UserfaultFeature.writeProtectAsync != 0 {
+        if offers(UserfaultFeature.writeProtectAsync) {
             out.append(
                 "asynchronous userfaultfd write-protection and PAGEMAP_SCAN are here"
                     + (pagemapScan ? "" : " (PAGEMAP_SCAN is not)")

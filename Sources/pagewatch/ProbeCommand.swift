@@ -20,21 +20,17 @@ struct Probe: ParsableCommand {
 
     func run() throws {
         let p = KernelProbe.run()
-        let feature = { (bit: UInt64) -> Bool in
-            if case .success(let f) = p.userfaultfdFeatures { return f & bit != 0 }
-            return false
-        }
+        let feature = p.offers
         let uffd: String
         switch p.userfaultfdFeatures {
         case .success(let f): uffd = "available, features 0x" + String(f, radix: 16)
         case .failure(let e): uffd = "not available (\(e))"
         }
-        let works = p.architecture == "x86_64" && p.ptraceScope != 3
         if json {
             let number = { (v: Int?) in v.map(String.init) ?? "null" }
             var fields = [
                 ("architecture", JSONLines.string(p.architecture)), ("kernel", JSONLines.string(p.kernelRelease)),
-                ("tracks", String(works)), ("soft_dirty", String(p.softDirty)),
+                ("tracks", String(p.tracks)), ("soft_dirty", String(p.softDirty)),
             ]
             switch p.userfaultfdFeatures {
             case .success(let f): fields.append(("userfaultfd_features", String(f)))
@@ -69,6 +65,6 @@ struct Probe: ParsableCommand {
             let text = rows.map { $0.0.padding(toLength: 19, withPad: " ", startingAt: 0) + $0.1 }
             writeAll(STDOUT_FILENO, (text + [""] + p.verdict).joined(separator: "\n") + "\n")
         }
-        if !works { throw ExitCode(1) }
+        if !p.tracks { throw ExitCode(1) }
     }
 }

@@ -23,8 +23,7 @@ extension ProcessTracker {
                         pagewatchVersion: PageWatchVersion.current) : nil
                 imageWriter = try ImageWriter(root: root, pid: pid, manifest: manifest)
             }
-            var tracked = PageSet()
-            for region in memory.regions { tracked.insert(region.range) }
+            let tracked = PageSet(memory.regions.map(\.range))
             let tid = liveThread()
             try imageWriter!.write(
                 seq: record.seq, reason: record.reason.rawValue, timeNs: record.timeNs, tracked: tracked,
