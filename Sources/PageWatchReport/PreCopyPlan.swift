@@ -67,6 +67,12 @@ public struct PreCopyPlan: Sendable, Equatable {
         public var maxPages: UInt64?
     }
 
+    /// One sweep's pages over the time since the sweep before.
+    public struct Rate: Sendable, Equatable {
+        public var seq: Int
+        public var pagesPerSecond: Double
+    }
+
     /// One round of the pre-copy: the pages it sends and how long that takes.
     public struct Round: Sendable, Equatable {
         public var pages: UInt64
@@ -87,21 +93,13 @@ public struct PreCopyPlan: Sendable, Equatable {
     public var link: Link
     public var downtimeTarget: Double
     /// Each sweep's pages over the time since the one before, from sweep 2 on.
-    public var rates: [(seq: Int, pagesPerSecond: Double)]
+    public var rates: [Rate]
     /// The median of `rates`: the rate once start-up bursts are outweighed.
     public var steadyRate: Double?
     public var workingSets: [WorkingSet]
     public var rounds: [Round]
     public var outcome: Outcome
     public var pageSize: UInt64
-
-    public static func == (a: PreCopyPlan, b: PreCopyPlan) -> Bool {
-        a.link == b.link && a.downtimeTarget == b.downtimeTarget && a.steadyRate == b.steadyRate
-            && a.rates.map(\.seq) == b.rates.map(\.seq)
-            && a.rates.map(\.pagesPerSecond) == b.rates.map(\.pagesPerSecond)
-            && a.workingSets == b.workingSets && a.rounds == b.rounds && a.outcome == b.outcome
-            && a.pageSize == b.pageSize
-    }
 
     /// The windows of the working-set table.
     public static let windows: [Double] = [1, 5, 30]
@@ -116,13 +114,13 @@ public struct PreCopyPlan: Sendable, Equatable {
         self.downtimeTarget = downtimeTarget
         pageSize = report.log.pageSize
         let sweeps = report.sweeps
-        var rates: [(Int, Double)] = []
+        var rates: [Rate] = []
         for i in sweeps.indices.dropFirst() where sweeps[i].timeNs > sweeps[i - 1].timeNs {
             let seconds = Double(sweeps[i].timeNs - sweeps[i - 1].timeNs) / 1e9
-            rates.append((sweeps[i].seq, Double(sweeps[i].dirtyPages) / seconds))
+            rates.append(Rate(seq: sweeps[i].seq, pagesPerSecond: Double(sweeps[i].dirtyPages) / seconds))
         }
         self.rates = rates
-        steadyRate = Self.median(rates.map(\.1))
+        steadyRate = Self.median(rates.map(\.pagesPerSecond))
         let sets = WindowedUnion(sweeps: sweeps)
         workingSets = windows.map { w in
             let counts = sets.unions(seconds: w)
@@ -193,9 +191,16 @@ struct WindowedUnion {
                 ranges += sweeps[i].ranges
                 i -= 1
             }
-            if i < j { counts.append(Self.pageCount(ranges)) }
+            if i < j { counts.append(Self.union(ranges)) }
         }
         return counts
+    }
+
+    /// Distinct pages of `ranges`: sorted first, so that the set is built
+    /// by appending (sweeps' ranges one after another would each be
+    /// spliced into the middle).
+    static func union(_ ranges: [AddressRange]) -> UInt64 {
+        PageSet(ranges.sorted { $0.start < $1.start }).pageCount
     }
 
     /// Pages a program dirties in `seconds`: the median union over windows
@@ -205,25 +210,8 @@ struct WindowedUnion {
     func dirtied(seconds: Double, rate: Double) -> UInt64 {
         let counts = unions(seconds: seconds)
         if let median = PreCopyPlan.median(counts.map { Double($0) }) { return UInt64(median.rounded()) }
-        let all = Self.pageCount(sweeps.flatMap(\.ranges))
+        let all = Self.union(sweeps.flatMap(\.ranges))
         return min(all, UInt64((rate * seconds).rounded(.up)))
-    }
-
-    static func pageCount(_ ranges: [AddressRange]) -> UInt64 {
-        var total: UInt64 = 0
-        var end: RemoteAddress? = nil
-        for r in ranges.sorted(by: { $0.start < $1.start }) {
-            if let e = end, r.start < e {
-                if r.end > e {
-                    total += (r.end - e) / Page.size
-                    end = r.end
-                }
-            } else {
-                total += r.pageCount
-                end = r.end
-            }
-        }
-        return total
     }
 }
 
