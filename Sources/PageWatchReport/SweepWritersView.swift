@@ -43,12 +43,11 @@ enum SweepWritersView {
             var sweep = Sweep(entries: [], moreStacks: max(0, rows.count - cap), morePages: 0)
             for row in rows.dropFirst(cap) { sweep.morePages += row.pages }
             for row in rows.prefix(cap) {
-                let key = row.function + "\u{0}" + (row.location ?? "") + "\u{0}" + row.callers
                 let name =
-                    index[key]
+                    index[row.key]
                     ?? {
                         model.names.append(Name(function: row.function, location: row.location, callers: row.callers))
-                        index[key] = model.names.count - 1
+                        index[row.key] = model.names.count - 1
                         return model.names.count - 1
                     }()
                 sweep.entries.append(Entry(name: name, pages: row.pages, faults: row.faults))

@@ -184,6 +184,9 @@ public enum TextReport {
         var callers: String
         var pages: UInt64
         var faults: Int
+
+        /// What a row shows of its stack: rows alike in it are one.
+        var key: String { function + "\u{0}" + (location ?? "") + "\u{0}" + callers }
     }
 
     static func rows(_ writers: [Writer]) -> [WriterRow] {
@@ -191,17 +194,15 @@ public enum TextReport {
         var index: [String: Int] = [:]
         for w in writers {
             let name = FrameNaming.writer(w.frames)
-            let callers = callerChain(w.frames)
-            let key = name.function + "\u{0}" + (name.location ?? "") + "\u{0}" + callers
-            if let i = index[key] {
+            let row = WriterRow(
+                function: name.function, location: name.location, callers: callerChain(w.frames), pages: w.pages,
+                faults: w.faults)
+            if let i = index[row.key] {
                 rows[i].pages += w.pages
                 rows[i].faults += w.faults
             } else {
-                index[key] = rows.count
-                rows.append(
-                    WriterRow(
-                        function: name.function, location: name.location, callers: callers, pages: w.pages,
-                        faults: w.faults))
+                index[row.key] = rows.count
+                rows.append(row)
             }
         }
         // Stable: ties keep the order in which the stacks were first seen.
