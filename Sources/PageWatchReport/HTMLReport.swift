@@ -69,7 +69,7 @@ public enum HTMLReport {
         let drawnPids = Set(
             [report.process.pid]
                 + reports.dropFirst().enumerated().sorted { a, b in
-                    let pa = totals(a.element.process).pages, pb = totals(b.element.process).pages
+                    let pa = a.element.process.totalPages, pb = b.element.process.totalPages
                     return pa != pb ? pa > pb : a.offset < b.offset
                 }.prefix(maxProcessesDrawn - 1).map(\.element.process.pid))
         let drawn = reports.filter { drawnPids.contains($0.process.pid) }
@@ -222,19 +222,14 @@ public enum HTMLReport {
         return process.parent.map { "(no exec, forked by \($0))" } ?? "(no command)"
     }
 
-    static func totals(_ p: LoggedProcess) -> (pages: UInt64, faults: Int) {
-        (p.sweeps.reduce(0) { $0 + $1.dirtyPages }, p.sweeps.reduce(0) { $0 + $1.faults })
-    }
-
     /// The picker in the table of contents: hidden until the script runs
     /// (without it, the processes table's links lead to each process).
     static func processPicker(_ reports: [ProcessReport]) -> String {
         var out = "<label id=\"process-picker-label\" hidden>process <select id=\"process-picker\">"
         for (i, r) in reports.enumerated() {
-            let t = totals(r.process)
             out +=
                 "<option value=\"\(r.process.pid)\" data-prefix=\"\(i == 0 ? "" : idPrefix(r.process.pid))\">"
-                + "\(r.process.pid) \(escape(processName(r.process, log: r.log))): \(t.pages) pages</option>"
+                + "\(r.process.pid) \(escape(processName(r.process, log: r.log))): \(r.process.totalPages) pages</option>"
         }
         return out + "</select></label>"
     }
@@ -257,7 +252,7 @@ public enum HTMLReport {
         var all: (pages: UInt64, faults: Int, sweeps: Int) = (0, 0, 0)
         // In the log's order, the program first.
         for p in log.processes {
-            let t = totals(p)
+            let t = (pages: p.totalPages, faults: p.totalFaults)
             all.pages += t.pages
             all.faults += t.faults
             all.sweeps += p.sweeps.count

@@ -75,8 +75,8 @@ public enum TextReport {
                     : p.parent.map { "\(p.pid)\(name) (forked by \($0))" } ?? "\(p.pid)\(name)"
             }
             out.append("processes also in the log: \(list.joined(separator: ", ")); --pid PID reports one of them")
-            let pages = log.processes.reduce(UInt64(0)) { $0 + $1.sweeps.reduce(0) { $0 + $1.dirtyPages } }
-            let faults = log.processes.reduce(0) { $0 + $1.sweeps.reduce(0) { $0 + $1.faults } }
+            let pages = log.processes.reduce(UInt64(0)) { $0 + $1.totalPages }
+            let faults = log.processes.reduce(0) { $0 + $1.totalFaults }
             out.append(
                 "all       \(log.processes.count) processes: \(pages) pages (\(mib(pages)) MiB) over all their sweeps, \(faults) write faults"
             )

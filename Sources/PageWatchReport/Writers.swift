@@ -52,6 +52,12 @@ public enum FrameNaming {
 }
 
 /// What the report formats share: the sweeps and writers of one process.
+extension LoggedProcess {
+    /// The pages its sweeps reported, summed (a page reported twice counts twice).
+    public var totalPages: UInt64 { sweeps.reduce(0) { $0 + $1.dirtyPages } }
+    public var totalFaults: Int { sweeps.reduce(0) { $0 + $1.faults } }
+}
+
 public struct ProcessReport: Sendable {
     public var log: ParsedLog
     public var process: LoggedProcess
@@ -77,7 +83,7 @@ public struct ProcessReport: Sendable {
     }
 
     public var sweeps: [LoggedSweep] { process.sweeps }
-    public var totalPages: UInt64 { sweeps.reduce(0) { $0 + $1.dirtyPages } }
+    public var totalPages: UInt64 { process.totalPages }
     /// Pages reported again (the previous sweep could not re-arm them): in `totalPages`, not in the rate.
     public var reportedAgainPages: UInt64 { sweeps.reduce(0) { $0 + $1.reportedAgainPages } }
     /// Of those, the pages presumption left writable (`--presume`).
@@ -88,7 +94,7 @@ public struct ProcessReport: Sendable {
     public var filePages: UInt64 { sweeps.reduce(0) { $0 + $1.filePages } }
     /// Sweeps that could re-arm nothing (`rearmed: false`).
     public var reportOnlySweeps: Int { sweeps.filter { !$0.rearmed }.count }
-    public var totalFaults: Int { sweeps.reduce(0) { $0 + $1.faults } }
+    public var totalFaults: Int { process.totalFaults }
     /// Whether the log has `sites` (not written with `--stack-depth 0`).
     public var hasSites: Bool { sweeps.contains { $0.sites != nil } }
 
