@@ -106,7 +106,7 @@ import Testing
     /// (4-11), and again after the check (sweep 13, the exit sweep), and so
     /// are the gaps of at most `WritePresumption.gapPages` pages between
     /// their runs (never written: reported only as presumed), not the gap
-    /// of 40. In the phases where the pattern's pages are armed (2, 3 and
+    /// of 80. In the phases where the pattern's pages are armed (2, 3 and
     /// 12, after the check) the write faults fill the same gaps (at most
     /// `WritePresumption.faultGapPages`): reported presumed, the pattern's
     /// pages not. Its region is then 4 VMAs (2 writable runs), not 17.
@@ -125,8 +125,8 @@ import Testing
         let lines = tracked.stderr.split(separator: "\n")
         #expect(lines.filter { !$0.hasPrefix("vmas ") }.isEmpty, "\(tracked.stderr)")
 
-        let written: Set<UInt64> = [0, 1, 3, 4, 7, 8, 12, 13, 18, 19, 28, 29, 70, 71, 73, 74]
-        let gaps: Set<UInt64> = Set([2, 5, 6, 72]).union(9...11).union(14...17).union(20...27)
+        let written: Set<UInt64> = [0, 1, 3, 4, 7, 8, 12, 13, 18, 19, 28, 29, 110, 111, 113, 114]
+        let gaps: Set<UInt64> = Set([2, 5, 6, 112]).union(9...11).union(14...17).union(20...27)
         var presumedBySweep: [Int: Set<UInt64>] = [:]
         for sweep in [2, 3, 12] { presumedBySweep[sweep] = gaps }
         for sweep in [4, 5, 6, 7, 8, 9, 10, 11, 13] { presumedBySweep[sweep] = written.union(gaps) }
@@ -147,7 +147,7 @@ import Testing
         }
         let before = try #require(vmas(untracked.stderr)), after = try #require(vmas(tracked.stderr))
         #expect(before.region == 1)
-        // Writable 0-29 and 70-74 inside the armed region: 4 VMAs.
+        // Writable 0-29 and 110-114 inside the armed region: 4 VMAs.
         #expect(after.region == 4, "\(tracked.stderr)")
         // PageWatch's own pages (3), the region's 3 more, the fixture's own
         // rewritten stack and data: a few more than untracked.

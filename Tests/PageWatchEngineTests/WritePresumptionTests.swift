@@ -59,10 +59,11 @@ import Testing
         var w = WritePresumption(mode: .always, intervalNs: 0)
         var runs = pages(0, 2)
         runs.formUnion(pages(5, 6))  // a gap of 3
-        runs.formUnion(pages(46, 47))  // a gap of 40
-        runs.formUnion(pages(50, 51))  // a gap of 3, not fillable below
+        runs.formUnion(pages(86, 87))  // a gap of 80
+        runs.formUnion(pages(90, 91))  // a gap of 3, not fillable below
+        let region = pages(0, 128)
         var fillable = region
-        fillable.remove(AddressRange(48 * p, 49 * p))
+        fillable.remove(AddressRange(88 * p, 89 * p))
         var dirty = region
         _ = w.decide(dirty: dirty, eligible: dirty, fillable: fillable, presume: true)
         w.rearmed(region)

@@ -57,10 +57,10 @@ struct WritePresumption {
     static let pressureShare = 0.25
     /// The widest gap between presumed runs that is presumed too, in pages
     /// (`PAGEWATCH_PRESUME_GAP`: another width, for measurements; 0 fills none).
-    static let gapPages = getenv("PAGEWATCH_PRESUME_GAP").flatMap { Int(String(cString: $0)) } ?? 32
+    static let gapPages = getenv("PAGEWATCH_PRESUME_GAP").flatMap { Int(String(cString: $0)) } ?? 64
     /// The widest gap a write fault fills beside its page, in pages
     /// (`PAGEWATCH_FAULT_GAP`: another width, for measurements; 0 fills none).
-    static let faultGapPages = getenv("PAGEWATCH_FAULT_GAP").flatMap { Int(String(cString: $0)) } ?? 32
+    static let faultGapPages = getenv("PAGEWATCH_FAULT_GAP").flatMap { Int(String(cString: $0)) } ?? 64
 
     let mode: PresumeMode
     /// The longest presumption at this interval, in sweeps.
