@@ -421,15 +421,29 @@ public enum HTMLReport {
 
     // MARK: the page map
 
+    /// The page map's most rows: a longer log's consecutive sweeps share a
+    /// row. One row per sweep made an hour of 1 s sweeps 165,000 cells,
+    /// 27 MB of a 30 MB page.
+    static let pageMapRows = 240
+
+    /// The page map's rows: runs of consecutive sweeps, at most `pageMapRows`
+    /// of them, each of the same number of sweeps (the last one fewer).
+    static func pageMapRowSweeps(_ sweeps: [LoggedSweep]) -> [ArraySlice<LoggedSweep>] {
+        let perRow = max(1, (sweeps.count + pageMapRows - 1) / pageMapRows)
+        return stride(from: 0, to: sweeps.count, by: perRow).map { sweeps[$0..<min($0 + perRow, sweeps.count)] }
+    }
+
     static func pageMap(_ report: ProcessReport, prefix: String = "") -> String {
         let sweeps = report.sweeps
         let pageSize = report.log.pageSize
         let map = AddressMap(sweeps, pageSize: pageSize)
         guard map.columns > 0 else { return "<p class=\"note\">No dirty pages in this log.</p>\n" }
+        let rows = pageMapRowSweeps(sweeps)
+        let perRow = rows.first?.count ?? 1
         let left = 60.0, top = 24.0, plotWidth = 820.0
         let cellWidth = plotWidth / Double(map.columns)
-        let rowHeight = min(16, max(2, (600 / Double(sweeps.count)).rounded(.down)))
-        let gridBottom = top + rowHeight * Double(sweeps.count)
+        let rowHeight = min(16, max(2, (600 / Double(rows.count)).rounded(.down)))
+        let gridBottom = top + rowHeight * Double(rows.count)
         // Room under the grid for the blocks' first addresses.
         let height = gridBottom + 22
         var svg =
@@ -459,16 +473,27 @@ public enum HTMLReport {
         }
         svg += "<text x=\"4\" y=\"\(n(top - 8))\">sweep</text>\n"
         let labelEvery = max(1, Int((12 / rowHeight).rounded(.up)))
-        for (row, s) in sweeps.enumerated() {
+        for (row, group) in rows.enumerated() {
             let y = top + rowHeight * Double(row)
+            guard let first = group.first, let last = group.last else { continue }
             if row % labelEvery == 0 {
                 svg +=
-                    "<text x=\"\(n(left - 6))\" y=\"\(n(y + min(rowHeight, 12) - 1))\" text-anchor=\"end\">\(s.seq)</text>\n"
+                    "<text x=\"\(n(left - 6))\" y=\"\(n(y + min(rowHeight, 12) - 1))\" text-anchor=\"end\">\(first.seq)</text>\n"
             }
-            for (column, dirty) in map.dirtyPerColumn(s.ranges).sorted(by: { $0.key < $1.key }) {
+            // A row of several sweeps: the pages any of them reported.
+            let ranges: [AddressRange]
+            if group.count == 1 {
+                ranges = first.ranges
+            } else {
+                var union = PageSet()
+                for s in group { for r in s.ranges { union.insert(r) } }
+                ranges = union.ranges
+            }
+            let sweepsLabel = group.count == 1 ? "sweep \(first.seq)" : "sweeps \(first.seq)-\(last.seq)"
+            for (column, dirty) in map.dirtyPerColumn(ranges).sorted(by: { $0.key < $1.key }) {
                 let bucket = map.bucket(column)
                 let tip =
-                    "sweep \(s.seq): \(dirty) of \(bucket.pages) pages dirty in 0x\(String(bucket.start, radix: 16))-0x\(String(bucket.end, radix: 16))"
+                    "\(sweepsLabel): \(dirty) of \(bucket.pages) pages dirty in 0x\(String(bucket.start, radix: 16))-0x\(String(bucket.end, radix: 16))"
                     + (names?.name(of: RemoteAddress(bucket.start)).map { " (\($0))" } ?? "")
                 svg +=
                     "<rect class=\"map-cell\" x=\"\(n(left + cellWidth * Double(column)))\" y=\"\(n(y))\" width=\"\(n(cellWidth))\" "
@@ -477,7 +502,12 @@ public enum HTMLReport {
         }
         svg += "</svg>\n"
         var legend =
-            "<p class=\"note\">Rows are sweeps, columns hold \(map.pagesPerColumn) page\(map.pagesPerColumn == 1 ? "" : "s") each; "
+            "<p class=\"note\">"
+            + (perRow == 1
+                ? "Rows are sweeps"
+                : "Rows are \(perRow) sweeps each (the log has \(sweeps.count), the map at most \(pageMapRows) rows), "
+                    + "labelled with the first; a cell counts the pages any of them reported")
+            + ", columns hold \(map.pagesPerColumn) page\(map.pagesPerColumn == 1 ? "" : "s") each; "
             + "the darker a cell, the more of its pages the sweep reported dirty (hover for counts). "
             + "The columns are every page some sweep reported (sweep 1 reports all that is tracked), side by side: "
             + "the gaps between mappings are left out, and the blocks are cut at the widest of them.</p>\n<table class=\"rows mono\">\n"

@@ -430,6 +430,39 @@ enum SampleLog {
         #expect(try Self.unbalancedTags(html) == nil)
     }
 
+    /// A long log's page map groups consecutive sweeps into at most
+    /// `pageMapRows` rows, each cell the pages any of its sweeps reported.
+    @Test(arguments: [(240, 1, 240), (1000, 5, 200), (1001, 5, 201)])
+    func longLogsShareRowsOfThePageMap(sweeps: Int, perRow: Int, rows: Int) throws {
+        var records: [LogRecord] = [
+            .start(pid: SampleLog.pid, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: SampleLog.startNs)
+        ]
+        for k in 1...sweeps {
+            // Page 0x100 in every sweep, page 0x101 in every tenth.
+            var sites = [SampleLog.site(SampleLog.fill, pages: 1, faults: 1, at: 0x100)]
+            if k % 10 == 0 { sites.append(SampleLog.site(SampleLog.poke, pages: 1, faults: 1, at: 0x101)) }
+            records.append(SampleLog.sweep(k, at: SampleLog.startNs + UInt64(k) * 1_000_000, sites))
+        }
+        records.append(
+            .end(pid: SampleLog.pid, end: .exited(code: 0), sweeps: sweeps, faults: 0, timeNs: SampleLog.startNs + 1))
+        let text = records.map { JSONLines.encode($0) + "\n" }.joined()
+        let html = HTMLReport.render(try ProcessReport(log: SampleLog.parsed(text)))
+        let map = Self.element(html, "<svg id=\"page-map\"", "</svg>")
+        let cells = map.components(separatedBy: "class=\"map-cell\"").count - 1
+        // Page 0x100 in every row; 0x101 in the rows holding a tenth sweep.
+        let rowsWithTenth = Set((1...sweeps).filter { $0 % 10 == 0 }.map { ($0 - 1) / perRow }).count
+        #expect(cells == rows + rowsWithTenth)
+        if perRow == 1 {
+            #expect(html.contains("Rows are sweeps, "))
+            #expect(map.contains("sweep 10: 1 of 1 pages dirty in 0x101000-0x102000"))
+        } else {
+            #expect(html.contains("Rows are \(perRow) sweeps each (the log has \(sweeps),"))
+            #expect(map.contains("sweeps 6-10: 1 of 1 pages dirty in 0x101000-0x102000"))
+            #expect(!map.contains("sweeps 1-5: 1 of 1 pages dirty in 0x101000"))
+        }
+        #expect(try Self.unbalancedTags(html) == nil)
+    }
+
     /// From the first `start` to the next `end` after it, both included.
     static func element(_ html: String, _ start: String, _ end: String) -> String {
         guard let from = html.range(of: start), let to = html.range(of: end, range: from.upperBound..<html.endIndex)
