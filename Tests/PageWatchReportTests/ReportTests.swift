@@ -435,7 +435,8 @@ enum SampleLog {
     @Test(arguments: [(240, 1, 240), (1000, 5, 200), (1001, 5, 201)])
     func longLogsShareRowsOfThePageMap(sweeps: Int, perRow: Int, rows: Int) throws {
         var records: [LogRecord] = [
-            .start(pid: SampleLog.pid, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: SampleLog.startNs)
+            .start(
+                pid: SampleLog.pid, pageSize: 4096, command: ["prog"], tracked: ["writable"], timeNs: SampleLog.startNs)
         ]
         for k in 1...sweeps {
             // Page 0x100 in every sweep, page 0x101 in every tenth.
