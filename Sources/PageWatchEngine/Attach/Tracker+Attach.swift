@@ -106,7 +106,7 @@ extension ProcessTracker {
         try settleAllTrampolines()
         try? refreshMaps()
         // No thread needed: the scan reads from outside. Before the content check, which looks at its result.
-        scanWriteProtected(tid: liveThread())
+        scanWriteProtected(tid: liveThread(), reprotect: false)
         // Write faults pending at the parking stops (taken before anything
         // runs: one would otherwise kill its thread after the detach).
         for tid in threads.keys.sorted()

@@ -114,6 +114,10 @@ extension ProcessTracker {
         }
         // Buffers of io_uring requests not yet completed: the kernel writes them later.
         busy.formUnion(ioUringBuffersInFlight())
+        // The same buffers in write-protected memory, which the scan
+        // protected again: a call may write them through pages it pinned
+        // (O_DIRECT), past any write-protect bit. Counted written again.
+        let busyWriteProtected = busy.intersection(writeProtect.covered)
         // Pages rewritten at every sweep of a starving program stay writable (presumed written).
         let elapsed = monotonicNs() &- lastSweepNs
         let presume = presumption.applies(toInterval: reason == .interval, busyNs: busyNs, elapsedNs: elapsed)
@@ -159,6 +163,7 @@ extension ProcessTracker {
         if presumption.isActive { presumption.rearmed(memory.armedPages()) }
         publishForGuardian()
         emitSweep(reason: reason, dirty: dirty, presumed: presumed)
+        writeProtect.countWrittenAgain(busyWriteProtected)
         // After the sweep read pagemap: reading a page never written maps the zero page.
         copyContents(dirty: dirty, tid: tid)
     }
@@ -170,7 +175,8 @@ extension ProcessTracker {
         pendingSweep = nil
         try refreshMaps()
         coverWithWriteProtection(window: nil, maps: attribution.lastMaps)
-        scanWriteProtected(tid: liveThread())
+        // Left as found, like the ptrace path's pages: reported again next time.
+        scanWriteProtected(tid: liveThread(), reprotect: false)
         checkContents(tid: liveThread())
         let dirty = dirtyPagesOfBothBackends()
         memory.clearPinnedDirty()
@@ -182,7 +188,7 @@ extension ProcessTracker {
         finalSweepDone = true
         pendingSweep = nil
         try? refreshMaps()
-        scanWriteProtected(tid: liveThread())
+        scanWriteProtected(tid: liveThread(), reprotect: false)
         checkContents(tid: liveThread())
         emitSweep(reason: reason, dirty: dirtyPagesOfBothBackends())
         // The program is ending: its registrations go with its memory.
@@ -343,7 +349,7 @@ extension ProcessTracker {
     func stopTracking(because reason: String, _ thread: TrackedThread) throws {
         try settleAllTrampolines()
         try? refreshMaps()
-        scanWriteProtected(tid: thread.tid)
+        scanWriteProtected(tid: thread.tid, reprotect: false)
         try giveBackProtections(thread)
         try absorbHeldFaults(thread)
         try restoreSegvActionIfUnchecked(thread)

@@ -146,13 +146,13 @@ extension ProcessTracker {
     /// With `--verify-contents` the covered pages' contents are compared
     /// first: a page found changed must then be found written too (its
     /// write came before the scan), or the write was missed.
-    func scanWriteProtected(tid: Int32) {
+    func scanWriteProtected(tid: Int32, reprotect: Bool = true) {
         guard writeProtect.isActive, !writeProtect.covered.isEmpty else { return }
         let changed = changedWriteProtectedPages(tid: tid)
         guard let pagemap = writeProtect.pagemap else { return }
         for range in writeProtect.covered.ranges {
             do {
-                let found = try PageMapScan.takeWritten(range, in: pagemap)
+                let found = try PageMapScan.takeWritten(range, in: pagemap, reprotect: reprotect)
                 writeProtect.written.written.formUnion(found.written)
                 writeProtect.written.zeroPages.formUnion(found.zeroPages)
             } catch {
@@ -236,17 +236,21 @@ extension ProcessTracker {
         coverWithWriteProtection(window: window, maps: entries)
     }
 
-    /// The program registers `range` with its own userfaultfd: a range
-    /// PageWatch's holds would make its `UFFDIO_REGISTER` fail with EBUSY.
-    /// PageWatch's registration is given up there first (which drops the
-    /// pages' write-protect bits: the program finds them as without
-    /// PageWatch) and the range goes to the ptrace path, new to it: its
-    /// next sweep reports all of it.
-    func yieldWriteProtection(_ range: AddressRange) throws {
+    /// Covered memory the userfaultfd path cannot hold goes to the ptrace
+    /// path, new to it (its next sweep reports all of it):
+    /// - the program registers it with its own userfaultfd (PageWatch's
+    ///   registration would make its `UFFDIO_REGISTER` fail with EBUSY);
+    ///   given up first, which drops the pages' write-protect bits: the
+    ///   program finds them as without PageWatch;
+    /// - io_uring pins it (registered or provided buffers): the kernel
+    ///   writes pinned pages through its own mapping, which no
+    ///   write-protect bit sees; the ptrace path reports them every sweep.
+    func yieldWriteProtection(_ range: AddressRange, to whom: String = "the program's own userfaultfd") throws {
         guard let fd = writeProtect.fd else { return }
         let overlap = writeProtect.covered.intersection(range.pageAligned)
         guard !overlap.isEmpty else { return }
         for piece in overlap.ranges {
+            trace("  \(piece) given up to \(whom): ptrace path")
             do { try fd.unregister(piece) } catch { trace("  \(error)") }
             writeProtect.decline(piece)
         }

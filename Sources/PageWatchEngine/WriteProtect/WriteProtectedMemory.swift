@@ -101,6 +101,12 @@ struct WriteProtectedMemory {
         if zeroed { zeroKnown.formUnion(discarded) }
     }
 
+    /// After a sweep: `pages` (buffers calls in flight may still write)
+    /// are counted written again by the next.
+    mutating func countWrittenAgain(_ pages: PageSet) {
+        unseen.formUnion(pages.intersection(covered))
+    }
+
     /// Counts the covered part of `pages` written (`--verify-contents` found them changed).
     mutating func markWritten(_ pages: PageSet) {
         written.written.formUnion(pages.intersection(covered))
