@@ -225,6 +225,12 @@ extension ProcessTracker {
             guard let oldEnd = heapEnd(in: attribution.lastMaps), oldEnd != newEnd else { return }
             window = AddressRange(start: min(oldEnd, newEnd), end: max(oldEnd, newEnd))
             if newEnd < oldEnd { writeProtect.forget(window!) }
+        case .shmat:
+            // SHM_REMAP may replace covered memory; the segment's size is maps'.
+            let at = range(UInt64(bitPattern: result), Page.size)
+            for m in try entries(overlapping: at, tid: liveThread()) where m.range.contains(at.start) {
+                writeProtect.forget(m.range)
+            }
         case .madvise:
             // MADV_DONTNEED, MADV_REMOVE, MADV_DONTNEED_LOCKED: zeros from now on.
             writeProtect.markDiscarded(range(a[0], a[1]), zeroed: [4, 9, 24].contains(a[2]))
