@@ -55,12 +55,16 @@ public final class WriteProtectFD {
 
     /// `UFFDIO_REGISTER` of `range` in write-protect mode.
     public func register(_ range: AddressRange) throws {
-        try check(pw_uffd_register_wp(fd, range.start.value, range.length), "UFFDIO_REGISTER", tid: pid, address: range.start)
+        try check(
+            pw_uffd_register_wp(fd, range.start.value, range.length), "UFFDIO_REGISTER", tid: pid,
+            address: range.start)
     }
 
     /// `UFFDIO_UNREGISTER` of `range`: its pages lose their write-protect bits.
     public func unregister(_ range: AddressRange) throws {
-        try check(pw_uffd_unregister(fd, range.start.value, range.length), "UFFDIO_UNREGISTER", tid: pid, address: range.start)
+        try check(
+            pw_uffd_unregister(fd, range.start.value, range.length), "UFFDIO_UNREGISTER", tid: pid,
+            address: range.start)
     }
 
     /// `UFFDIO_WRITEPROTECT` of `range` (registered): every page, populated

@@ -87,7 +87,9 @@ import Testing
         }
         #expect(registered.isEmpty, "still registered: \(registered)")
         let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(fixture.pid)/fd")) ?? []
-        let links = fds.compactMap { try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(fixture.pid)/fd/\($0)") }
+        let links = fds.compactMap {
+            try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(fixture.pid)/fd/\($0)")
+        }
         #expect(!links.contains { $0.contains("userfaultfd") }, "\(links)")
         fixture.send("x")
         #expect(fixture.finish() == 0)
