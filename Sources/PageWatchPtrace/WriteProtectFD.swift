@@ -13,13 +13,13 @@ public final class WriteProtectFD {
     private var fd: Int32
 
     /// `UFFD_FEATURE_*` asked for: write faults resolved by the kernel
-    /// itself (no handler, no signal, no stop). Not `WP_UNPOPULATED`: in
-    /// anonymous memory a page never populated holds nothing, and its first
-    /// write (or read) maps a page without the write-protect bit, which
-    /// `PAGEMAP_SCAN` counts written; its pte markers would cost a page
-    /// table per 2 MiB of a sparse reservation, and pagemap shows a marker
-    /// as a swapped page (data, to the sweep's look at unseen pages).
-    public static let features: UInt64 = KernelProbe.UserfaultFeature.writeProtectAsync
+    /// itself (no handler, no signal, no stop), and pages never populated
+    /// protected too, by a pte marker each: without one, `PAGEMAP_SCAN`
+    /// counts an empty pte written (it has no write-protect bit). 6.18
+    /// leaves markers in anonymous memory without being asked; asked, the
+    /// behaviour is the same on every kernel that has both features.
+    public static let features: UInt64 =
+        KernelProbe.UserfaultFeature.writeProtectAsync | KernelProbe.UserfaultFeature.writeProtectUnpopulated
 
     /// `userfaultfd(2)`'s flags for the injected call: close-on-exec, and
     /// user-mode only, which an unprivileged process may open

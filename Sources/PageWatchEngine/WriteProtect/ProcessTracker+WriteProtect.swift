@@ -104,6 +104,9 @@ extension ProcessTracker {
         guard let fd = writeProtect.fd else { return }
         var excluded = userfaultRangesHere
         if let scratch = injector.remote?.scratch { excluded.insert(scratch) }
+        // Writable in the model, but their slot's mprotect may not have run:
+        // still read-only by PageWatch, they must stay where they are armed.
+        for page in pagesInFlight(in: window) { excluded.insert(page: page) }
         let armed = window.map { w in PageSet(memory.armedPieces(in: w).map(\.range)) } ?? memory.armedPages()
         let candidates = writeProtect.candidates(
             maps: maps, window: window, selection: config.selection, stackAnchors: stackAnchors,

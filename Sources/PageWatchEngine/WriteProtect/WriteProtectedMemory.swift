@@ -47,6 +47,14 @@ struct WriteProtectedMemory {
 
     var isActive: Bool { fd != nil }
 
+    /// Larger pieces stay on the ptrace path. Write-protection leaves a pte
+    /// marker in every page never populated (on 6.18 whatever the features
+    /// asked), so covering a range costs the program a page table per 2 MiB
+    /// of it (2 MiB per GiB), and each sweep's scan walks them all (about
+    /// 12 ns a page here): a sparse reservation of terabytes (a sanitizer's
+    /// shadow) would run the program out of memory.
+    static let largestRange: UInt64 = 16 << 30
+
     /// The pieces of `maps` (entries overlapping `window`, or all) that
     /// should be covered and are not: private anonymous writable memory
     /// the selection takes, not covered or declined yet, not in `excluded`
@@ -63,7 +71,7 @@ struct WriteProtectedMemory {
             var wanted = PageSet(selection.specifiedPart(of: m, protection: m.protection, isThreadStack: isThreadStack))
             if let window { wanted = wanted.intersection(window) }
             wanted = wanted.subtracting(covered).subtracting(declined).subtracting(excluded).subtracting(armed)
-            out += wanted.ranges
+            out += wanted.ranges.filter { $0.length <= Self.largestRange }
         }
         return out
     }
