@@ -95,4 +95,30 @@ import Testing
         #expect(fixture.finish() == 0)
         #expect(fixture.stdout == untracked.stdout)
     }
+
+    /// Real programs on the userfaultfd backend, checked by
+    /// `--verify-contents`: python, and a shell pipeline whose processes
+    /// are followed (each fork child on ptrace until its exec makes it a
+    /// userfaultfd of its own). The same output, no page changed unseen.
+    @Test(arguments: [
+        ["python3", "-c", "d = {str(i): i * i for i in range(50000)}\nprint(sum(len(k) for k in sorted(d)))"],
+        ["sh", "-c", "seq 1 200000 | sort -r | sha256sum"],
+    ])
+    func realProgramsMissNothing(_ command: [String]) throws {
+        let untracked = try Harness.run(["/usr/bin/env"] + command)
+        #expect(untracked.status == 0)
+        let log = Harness.temporaryPath("uffd-real.jsonl")
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--verify-contents", "--follow-forks", "--interval", "50ms",
+                "--output", log,
+            ] + Self.uffd + ["--", "/usr/bin/env"] + command, timeout: 300)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == 0, "pagewatch's stderr: \(tracked.stderr.suffix(3000))")
+        let records = try Harness.readLog(log)
+        #expect((records.first?["backends"] as? [String: String])?["anonymous"] == "uffd")
+        #expect(!records.contains { ["missed", "warning", "untracked"].contains($0["type"] as? String) })
+        let dirty = records.filter { $0["type"] as? String == "sweep" }.map { $0["dirty_pages"] as? Int ?? 0 }
+        #expect(dirty.reduce(0, +) > 100)
+    }
 }
