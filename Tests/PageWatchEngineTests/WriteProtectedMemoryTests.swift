@@ -15,7 +15,8 @@ import PageWatchAddressSpace
         let maps = [
             anon(0x10000, 0x18000, rw, path: "[heap]"),
             anon(0x18000, 0x1a000, [.read]),
-            Mapping(range: AddressRange(0x20000, 0x22000), protection: rw, isPrivate: true, inode: 7, path: "/lib/x.so"),
+            Mapping(
+                range: AddressRange(0x20000, 0x22000), protection: rw, isPrivate: true, inode: 7, path: "/lib/x.so"),
             Mapping(range: AddressRange(0x30000, 0x32000), protection: rw, isPrivate: false, path: "/dev/zero"),
             anon(0x40000, 0x48000, rw, path: "[stack]"),
             anon(0x50000, 0x51000, rw, path: "[vvar]"),
