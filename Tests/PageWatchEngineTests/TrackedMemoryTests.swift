@@ -41,6 +41,30 @@ import PageWatchAddressSpace
         #expect(m.state(of: RemoteAddress(0x13000)) == .armed(rw))
     }
 
+    /// A fault's span when gaps are filled: up to the nearest page not
+    /// armed on either side within `maxGap` pages, inside the region only.
+    @Test func gapSpansReachTheNearestWritablePage() {
+        var m = armedModel()  // pages 0x10-0x17
+        m.markWritten(RemoteAddress(0x10000))
+        m.markWritten(RemoteAddress(0x14000))
+        func span(_ a: UInt64, _ gap: Int) -> AddressRange { m.gapSpan(around: RemoteAddress(a), maxGap: gap) }
+        // Between 0x10 and 0x14: both gaps of 1 and 2 pages filled.
+        #expect(span(0x12000, 8) == AddressRange(0x11000, 0x14000))
+        #expect(span(0x12000, 1) == AddressRange(0x11000, 0x14000))
+        // Gaps of 2 pages on one side: filled at 2, not at 1.
+        #expect(span(0x11000, 2) == AddressRange(0x11000, 0x14000))
+        #expect(span(0x13000, 2) == AddressRange(0x11000, 0x14000))
+        #expect(span(0x13000, 1) == AddressRange(0x13000, 0x14000))
+        // The region's end is no writable page: nothing filled towards it.
+        #expect(span(0x16000, 2) == AddressRange(0x15000, 0x17000))
+        #expect(span(0x17000, 1) == AddressRange(0x17000, 0x18000))
+        // No filling asked, or no writable page near: the page alone.
+        #expect(span(0x12000, 0) == AddressRange(0x12000, 0x13000))
+        #expect(span(0x17000, 0) == AddressRange(0x17000, 0x18000))
+        // Outside the model: the page alone.
+        #expect(span(0x30000, 8) == AddressRange(0x30000, 0x31000))
+    }
+
     @Test func reconcileKeepsStateWhereMapsShowsWhatWeDid() {
         var m = armedModel()
         m.markWritten(RemoteAddress(0x13000))

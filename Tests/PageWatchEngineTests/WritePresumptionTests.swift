@@ -59,10 +59,11 @@ import Testing
         var w = WritePresumption(mode: .always, intervalNs: 0)
         var runs = pages(0, 2)
         runs.formUnion(pages(5, 6))  // a gap of 3
-        runs.formUnion(pages(20, 21))  // a gap of 14
-        runs.formUnion(pages(24, 25))  // a gap of 3, not fillable below
+        runs.formUnion(pages(86, 87))  // a gap of 80
+        runs.formUnion(pages(90, 91))  // a gap of 3, not fillable below
+        let region = pages(0, 128)
         var fillable = region
-        fillable.remove(AddressRange(22 * p, 23 * p))
+        fillable.remove(AddressRange(88 * p, 89 * p))
         var dirty = region
         _ = w.decide(dirty: dirty, eligible: dirty, fillable: fillable, presume: true)
         w.rearmed(region)
@@ -83,6 +84,34 @@ import Testing
             w.rearmed(region.subtracting(w.presumed))
         }
         #expect(w.presumed.isEmpty && w.filled.isEmpty)
+    }
+
+    /// Faults fill gaps only after a sweep that presumed; the next sweep
+    /// reports them unseen, and neither presumes them for themselves nor
+    /// counts them as written (they are re-armed with their neighbours).
+    @Test func gapsFilledAtFaultsAreReportedOnceUnseen() {
+        var w = WritePresumption(mode: .auto, intervalNs: 100_000_000)
+        #expect(!w.fillsAtFaults)
+        _ = w.decide(dirty: region, eligible: region, fillable: region, presume: false)
+        #expect(!w.fillsAtFaults)
+        _ = w.decide(dirty: region, eligible: region, fillable: region, presume: true)
+        w.rearmed(region)
+        #expect(w.fillsAtFaults)
+        // Pages 2 and 5 written, 3-4 filled by the fault at 5.
+        w.filledAtFault(AddressRange(3 * p, 5 * p))
+        let dirty = pages(2, 6)
+        #expect(w.unseen(dirty: dirty, eligible: dirty) == pages(3, 5))
+        let kept = w.decide(dirty: dirty, eligible: dirty, fillable: region, presume: true)
+        #expect(kept.isEmpty && w.filledAtFaults.isEmpty)
+        w.rearmed(region)
+        // All four written now: 2 and 5 are rewrites, presumed; 3-4 were
+        // not seen written before, so they are only the gap between them.
+        let again = w.decide(dirty: dirty, eligible: dirty, fillable: region, presume: true)
+        #expect(again == pages(2, 6))
+        #expect(w.filled == pages(3, 5))
+        // No pressure, nothing presumed: faults stop filling.
+        for _ in 0..<8 { _ = w.decide(dirty: w.presumed, eligible: w.presumed, fillable: region, presume: false) }
+        #expect(!w.fillsAtFaults)
     }
 
     @Test func newPagesAndPagesWrittenOnceAreNotPresumed() {

@@ -29,8 +29,9 @@ extension ProcessTracker {
             faultsThisInterval += 1
             totalFaults += 1
             try noteAbsorbedWriteFault(thread)
-            if try unarmThroughTrampoline(page, protection, thread) { return true }
-            try unarm(page, protection, thread)
+            let span = fillingGaps(around: page)
+            if try unarmThroughTrampoline(page, span, protection, thread) { return true }
+            try unarm(page, protection, thread, span: span)
             try resume(thread)
             return true
         case .writable(let protection):
@@ -71,12 +72,27 @@ extension ProcessTracker {
         }
     }
 
-    /// Makes one armed page writable again and marks it dirty.
-    func unarm(_ page: RemoteAddress, _ protection: Protection, _ thread: TrackedThread) throws {
-        let range = AddressRange(start: page, end: page + Page.size)
+    /// What a write fault at armed `page` un-arms: the page, and while a
+    /// presumption lasts the gaps beside it (`WritePresumption`), noted
+    /// as filled: reported presumed by the next sweep, not seen written.
+    func fillingGaps(around page: RemoteAddress) -> AddressRange {
+        let only = AddressRange(start: page, end: page + Page.size)
+        guard presumption.fillsAtFaults else { return only }
+        let span = memory.gapSpan(around: page, maxGap: WritePresumption.faultGapPages)
+        if span.start < page { presumption.filledAtFault(AddressRange(start: span.start, end: page)) }
+        if span.end > only.end { presumption.filledAtFault(AddressRange(start: only.end, end: span.end)) }
+        return span
+    }
+
+    /// Makes one armed page writable again and marks it dirty; `span`, when
+    /// given, the armed pages around it un-armed with it (a filled gap).
+    func unarm(
+        _ page: RemoteAddress, _ protection: Protection, _ thread: TrackedThread, span: AddressRange? = nil
+    ) throws {
+        let range = span ?? AddressRange(start: page, end: page + Page.size)
         do {
             try injector.protect(range, protection, thread)
-            memory.markWritten(page)
+            memory.markUnarmed(range)
             return
         } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
             // vm.max_map_count reached: every page made writable
@@ -89,7 +105,7 @@ extension ProcessTracker {
                 for change in plan { try injector.protect(change.range, change.protection, thread) }
                 memory.markRegionArmedKeepingDirty(containing: page)
                 try injector.protect(range, protection, thread)
-                memory.markWritten(page)
+                memory.markUnarmed(range)
                 return
             } catch TraceError.remoteSyscall(_, let errno, _, _) where errno == .ENOMEM {
                 // Still no room: fall through to the last resort.

@@ -13,8 +13,9 @@ extension ProcessTracker {
     /// Un-arms `page` through the thread's trampoline slot and resumes the
     /// thread. False when it cannot be used here (no slot free, signals
     /// held for the thread, a syscall stop); the caller takes the slow path.
-    func unarmThroughTrampoline(_ page: RemoteAddress, _ protection: Protection, _ thread: TrackedThread) throws -> Bool
-    {
+    func unarmThroughTrampoline(
+        _ page: RemoteAddress, _ span: AddressRange, _ protection: Protection, _ thread: TrackedThread
+    ) throws -> Bool {
         let tid = thread.tid
         guard Self.oneStopFaults, injector.slotsUsable, let slots = injector.slots, thread.signals.held.isEmpty,
             !thread.syscall.atEntry, thread.syscall.pendingExit == nil, thread.syscall.completing == nil,
@@ -24,12 +25,13 @@ extension ProcessTracker {
             thread.trampoline.slowPathPage = nil
             return false
         }
-        try slots.enter(slot, tid: tid, mprotect: AddressRange(start: page, end: page + Page.size), protection)
+        try slots.enter(slot, tid: tid, mprotect: span, protection)
         thread.trampoline.slot = slot
         thread.trampoline.page = page
+        thread.trampoline.span = span
         thread.trampoline.ownSyscallStops = session.resumeMode == .syscallStops ? 2 : 0
         thread.trampoline.ownCallDone = false
-        memory.markWritten(page)
+        memory.markUnarmed(span)
         try Ptrace.resume(tid, mode: session.resumeMode)
         return true
     }
@@ -80,6 +82,7 @@ extension ProcessTracker {
             // faulted on `page` (had the slot's mprotect failed, that write
             // would have faulted again on `page`): nothing to settle or read.
             thread.trampoline.page = nil
+            thread.trampoline.span = nil
             stopSignalInfo = (tid, info)
             return false
         }
@@ -94,11 +97,14 @@ extension ProcessTracker {
             return true
         case .exited, .killed, .event(_, .exit):
             thread.trampoline.page = nil
+            thread.trampoline.span = nil
             return false
         default:
             break
         }
+        let span = thread.trampoline.span ?? AddressRange(start: page, end: page + Page.size)
         thread.trampoline.page = nil
+        thread.trampoline.span = nil
         if inside, !thread.exiting, let regs {
             let settled = try trampoline.settle(tid: tid, registers: regs)
             trace("  settled slot \(slot) of \(tid) (call ran: \(settled?.ran ?? false))")
@@ -106,7 +112,7 @@ extension ProcessTracker {
         let result = try trampoline.result(slot, tid: tid)
         if result != 0, case .writable = memory.state(of: page) {
             trace("  slot \(slot) mprotect of \(page) gave \(result): armed again")
-            memory.markArmedKeepingDirty(AddressRange(start: page, end: page + Page.size))
+            memory.markArmedKeepingDirty(span)
             // A failure, or a signal before the call (1): the next fault there
             // takes the slow path. A program signalled more often than a
             // slot's round trip (Go preempts every 10 ms with SIGURG) would

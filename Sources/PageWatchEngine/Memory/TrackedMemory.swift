@@ -91,6 +91,30 @@ public struct TrackedMemory: Sendable {
         regions[r].dirty[i] = true
     }
 
+    /// What a fault at armed page `a` un-arms when gaps are filled: `a`,
+    /// and on either side the armed pages between it and the nearest page
+    /// of its region not armed (written since the last sweep, presumed or
+    /// pinned), when at most `maxGap` pages lie between. One `mprotect`
+    /// then leaves one writable run where page-by-page un-arming leaves
+    /// two or three, each splitting the armed VMA around it.
+    public func gapSpan(around a: RemoteAddress, maxGap: Int) -> AddressRange {
+        let page = AddressRange(start: Page.floor(a), end: Page.floor(a) + Page.size)
+        guard maxGap > 0, let r = regionIndex(containing: a) else { return page }
+        let region = regions[r]
+        let i = region.index(of: a)
+        var lo = i
+        var hi = i + 1
+        for j in stride(from: i - 1, through: max(0, i - 1 - maxGap), by: -1) where !region.armed[j] {
+            lo = j + 1
+            break
+        }
+        for k in (i + 1)..<min(region.armed.pageCount, i + 2 + maxGap) where !region.armed[k] {
+            hi = k
+            break
+        }
+        return region.range(ofPages: lo..<hi)
+    }
+
     /// Marks every page of region `r` writable and dirty (the fallback when a
     /// single-page mprotect fails at vm.max_map_count).
     public mutating func markRegionWritten(containing a: RemoteAddress) -> ProtectionChange? {

@@ -202,7 +202,7 @@ extension ProcessTracker {
     func emitSweep(reason: SweepReason, dirty: PageSet, reportedAgain: Bool = false, presumed: PageSet? = nil) {
         let presumed =
             presumed
-            ?? (presumption.presumed.isEmpty
+            ?? (!presumption.leavesPagesUnseen
                 ? PageSet() : presumption.unseen(dirty: dirty, eligible: memory.unarmedWritablePages()))
         sweeps += 1
         busyNs = 0
@@ -264,12 +264,13 @@ extension ProcessTracker {
     /// last fault, as at a barrier, had that page reported again at every
     /// sweep, never written).
     func pagesInFlight(in range: AddressRange?, besides tid: Int32? = nil) -> [RemoteAddress] {
-        threads.compactMap { other, state -> RemoteAddress? in
-            guard other != tid, let page = state.trampoline.page,
-                range.map({ $0.pageAligned.contains(page) }) ?? true, case .writable = memory.state(of: page),
-                !slotCallSucceeded(state)
-            else { return nil }
-            return page
+        threads.flatMap { other, state -> [RemoteAddress] in
+            guard other != tid, let span = state.trampoline.span, !slotCallSucceeded(state) else { return [] }
+            return (0..<span.pageCount).map { span.start + $0 * Page.size }.filter { page in
+                guard range.map({ $0.pageAligned.contains(page) }) ?? true, case .writable = memory.state(of: page)
+                else { return false }
+                return true
+            }
         }
     }
 

@@ -115,12 +115,17 @@ extension ProcessTracker {
         guard !candidates.isEmpty else { return UnseenPages(data: dirty) }
         // Any thread's view will do, but at an exit the one PageWatch takes
         // for live may have left the address space already.
-        let tids = [liveThread()] + threads.keys.sorted()
-        guard
-            let (tid, pagemap) = tids.lazy.compactMap({ tid in
-                (try? PageMap(pid: tid)).flatMap { $0.hasAddressSpace ? (tid, $0) : nil }
-            }).first
-        else { return UnseenPages(data: dirty) }
+        // A loop, not `lazy.compactMap(...).first`: that evaluates its
+        // closure twice for the element it returns, and a thread leaving
+        // the address space in between made the second look nil (a trap).
+        var found: (tid: Int32, pagemap: PageMap)?
+        for tid in [liveThread()] + threads.keys.sorted() {
+            if let pagemap = try? PageMap(pid: tid), pagemap.hasAddressSpace {
+                found = (tid, pagemap)
+                break
+            }
+        }
+        guard let (tid, pagemap) = found else { return UnseenPages(data: dirty) }
         let populated = memory.populated
         return UnseenPages.sort(
             dirty: dirty, candidates: candidates, maps: attribution.lastMaps, populated: populated,

@@ -37,6 +37,13 @@ public enum PresumeMode: String, Sendable, CaseIterable {
 /// small runs (python's: most of them 1 to 8 pages apart), so filling them
 /// keeps its VMA count near the untracked one for a few hundred more
 /// pages reported presumed each sweep.
+///
+/// Between the sweeps of a presumption, a write fault fills such a gap
+/// too, between its page and a page already writable (`filledAtFaults`):
+/// the program's fresh writes land in small runs a few pages apart (python's
+/// allocator writes 8 pages of every 12), and un-armed page by page each
+/// run is a VMA of its own until the next sweep. Those gaps are reported
+/// presumed by the next sweep and re-armed with their neighbours.
 struct WritePresumption {
     /// The shortest presumption, in sweeps.
     static let sweepsPerCheck = 8
@@ -50,7 +57,10 @@ struct WritePresumption {
     static let pressureShare = 0.25
     /// The widest gap between presumed runs that is presumed too, in pages
     /// (`PAGEWATCH_PRESUME_GAP`: another width, for measurements; 0 fills none).
-    static let gapPages = getenv("PAGEWATCH_PRESUME_GAP").flatMap { Int(String(cString: $0)) } ?? 8
+    static let gapPages = getenv("PAGEWATCH_PRESUME_GAP").flatMap { Int(String(cString: $0)) } ?? 64
+    /// The widest gap a write fault fills beside its page, in pages
+    /// (`PAGEWATCH_FAULT_GAP`: another width, for measurements; 0 fills none).
+    static let faultGapPages = getenv("PAGEWATCH_FAULT_GAP").flatMap { Int(String(cString: $0)) } ?? 64
 
     let mode: PresumeMode
     /// The longest presumption at this interval, in sweeps.
@@ -60,6 +70,11 @@ struct WritePresumption {
     /// The part of `presumed` that fills gaps between presumed runs (none
     /// of it seen written); the pages of it armed now, the sweep un-arms.
     private(set) var filled = PageSet()
+    /// Pages un-armed by write faults to fill a gap beside their page
+    /// since the last sweep (none of them seen written).
+    private(set) var filledAtFaults = PageSet()
+    /// Whether write faults fill gaps now: the last sweep presumed.
+    private(set) var fillsAtFaults = false
     /// Sweeps until `presumed` is re-armed, and how long this presumption lasts.
     private var sweepsLeft = 0
     private var length = Self.sweepsPerCheck
@@ -93,8 +108,16 @@ struct WritePresumption {
     /// The pages of `dirty` this sweep reports presumed, not seen written:
     /// those left writable by presumption that still are (`eligible`).
     func unseen(dirty: PageSet, eligible: PageSet) -> PageSet {
-        presumed.intersection(dirty).intersection(eligible)
+        var unseen = presumed
+        unseen.formUnion(filledAtFaults)
+        return unseen.intersection(dirty).intersection(eligible)
     }
+
+    /// Whether a sweep now reports pages it did not see written.
+    var leavesPagesUnseen: Bool { !presumed.isEmpty || !filledAtFaults.isEmpty }
+
+    /// A write fault un-armed `gap` beside its own page.
+    mutating func filledAtFault(_ gap: AddressRange) { filledAtFaults.insert(gap) }
 
     /// A sweep that re-arms reports `dirty`: the pages to leave writable
     /// (presumed) until the next sweep. `eligible`: pages that may be
@@ -105,9 +128,14 @@ struct WritePresumption {
     /// tracked, not pinned); those armed now the sweep must un-arm (`filled`).
     mutating func decide(dirty: PageSet, eligible: PageSet, fillable: PageSet, presume: Bool) -> PageSet {
         let unseen = unseen(dirty: dirty, eligible: eligible)
-        let seen = dirty.intersection(armedAtLastSweep)
-        let filledBefore = filled
-        presumed = unseen
+        // Gaps filled at faults were armed at the last sweep, not seen
+        // written since: re-armed now, never presumed for themselves.
+        let seen = dirty.intersection(armedAtLastSweep).subtracting(filledAtFaults)
+        var filledBefore = filled
+        filledBefore.formUnion(filledAtFaults)
+        presumed = unseen.subtracting(filledAtFaults)
+        filledAtFaults = PageSet()
+        fillsAtFaults = presume && Self.faultGapPages > 0
         if sinceCheck < Int.max { sinceCheck += 1 }
         if !presumed.isEmpty {
             sweepsLeft -= 1
@@ -165,7 +193,7 @@ struct WritePresumption {
 
     /// Whether a sweep has anything to do for presumption: pages presumed,
     /// or a history kept since the last sweep under pressure.
-    var isActive: Bool { !presumed.isEmpty || !recent.isEmpty }
+    var isActive: Bool { leavesPagesUnseen || !recent.isEmpty }
 
     /// After the sweep's re-arming: what is armed now.
     mutating func rearmed(_ armed: PageSet) { armedAtLastSweep = armed }
@@ -174,6 +202,7 @@ struct WritePresumption {
     mutating func forget(_ range: AddressRange) {
         presumed.remove(range)
         filled.remove(range)
+        filledAtFaults.remove(range)
         armedAtLastSweep.remove(range)
         for i in recent.indices { recent[i].remove(range) }
     }
@@ -182,6 +211,8 @@ struct WritePresumption {
     mutating func reset() {
         presumed = PageSet()
         filled = PageSet()
+        filledAtFaults = PageSet()
+        fillsAtFaults = false
         armedAtLastSweep = PageSet()
         recent = []
         sweepsLeft = 0

@@ -113,6 +113,8 @@ final class TrackedThread {
         var slot: Int?
         /// Sent through its slot to un-arm this page, not seen stopped since.
         var page: RemoteAddress?
+        /// What its slot's `mprotect` un-arms: `page`, and a gap filled beside it.
+        var span: AddressRange?
         /// Its slot's call failed for this page: the next fault there takes the slow path.
         var slowPathPage: RemoteAddress?
         /// Sent through its slot with `PTRACE_SYSCALL` (attach mode): its next
