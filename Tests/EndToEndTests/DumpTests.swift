@@ -27,10 +27,11 @@ import Testing
         let plain = try Harness.run([Harness.fixture("fx_dump"), untracked])
         #expect(plain.status == 0, "\(plain.stderr)")
         let log = base + "/log.jsonl"
-        let run = try Harness.run([
-            Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0", "--verify-contents", "-o", log,
-            "--dump", image,
-        ] + extra + [Harness.fixture("fx_dump"), copies])
+        let run = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0", "--verify-contents", "-o", log,
+                "--dump", image,
+            ] + extra + [Harness.fixture("fx_dump"), copies])
         #expect(run.status == 0, "\(run.stderr)")
         #expect(run.stdout == plain.stdout.replacingOccurrences(of: untracked, with: copies))
         #expect(run.stderr == "", "\(run.stderr)")
