@@ -46,6 +46,17 @@ extension ProcessTracker {
     /// than without PageWatch. Anything failing leaves the ptrace path alone.
     func setUpWriteProtectionIfPending(_ thread: TrackedThread) throws {
         guard case .pending = writeProtect.state, injector.remote != nil else { return }
+        do {
+            try setUpWriteProtection(thread)
+        } catch TraceError.traceeGone(let tid) {
+            throw TraceError.traceeGone(tid: tid)
+        } catch {
+            // An injection that failed: the ptrace path, as without the backend.
+            fallBackFromWriteProtection("\(error)")
+        }
+    }
+
+    private func setUpWriteProtection(_ thread: TrackedThread) throws {
         guard threads.count == 1 else {
             return fallBackFromWriteProtection(
                 "pid \(pid) has \(threads.count) threads at the attach (a descriptor made in it could change the numbers the others get)"
