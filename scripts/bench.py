@@ -12,7 +12,9 @@ faults  The same writer (one byte into every page of a region, several
         on the old two-stop fault path (PAGEWATCH_FAULT_PATH=two-stop). The
         writer's loop runs below `--frames` extra stack frames, so that every
         depth has frames to unwind. The fixtures time their own write loops,
-        so process start-up and sweeps are not counted.
+        so process start-up and sweeps are not counted. Also `--backend uffd
+        --stack-depth 0`: asynchronous userfaultfd write-protection, whose
+        first write costs a minor fault the kernel resolves, no stop.
 floor   A bare ptrace stop round trip, no PageWatch (fx_ptrace_floor): a
         traced child's `int3`, the tracer's waitpid and PTRACE_CONT; also
         with a blocking waitpid, and a real write fault on a read-only page
@@ -27,7 +29,9 @@ sweeps  Sweep time against the number of dirty pages, contiguous and
         scattered (every other page), in a fixed region (fx_sweep):
         PageWatch's sweep as the program sees it (a timed raise(SIGUSR2))
         beside an in-process loop re-arming the same pages with one mprotect
-        per contiguous run. Then sweep 1 of the region (all of it new to
+        per contiguous run; and under `--backend uffd`, where the sweep is
+        one PAGEMAP_SCAN finding and re-protecting the written pages. Then
+        sweep 1 of the region (all of it new to
         PageWatch), pagewatch/2 sorting it by /proc/PID/pagemap beside
         --schema 1, which does not.
 python  Wall time of python3 running a fixed workload
@@ -45,7 +49,8 @@ rss     PageWatch's peak RSS (VmHWM of its /proc/PID/status, polled) while
 programs
         Real programs untracked and under `pagewatch run`, at each
         --program-intervals and --program-depths (default 1s and 100ms, depth
-        0 and the default): sort of a generated 50 MB text, the python
+        0 and the default), depth 0 on each --program-backends (ptrace and
+        uffd): sort of a generated 50 MB text, the python
         workload, gcc -O2 -c of a generated 4,000-line C file (with
         --follow-forks, for cc1 and as), a JVM allocation workload and a
         Node.js one with worker threads (scripts/bench-programs/), and
@@ -92,6 +97,10 @@ SORT_TARGET_1S = 2.0
 PYTHON_TARGET = 6.0      # at the default depth, --interval 100ms
 PYTHON_VMA_TARGET = 1.5  # VMAs at the end, tracked / untracked
 NODE_TARGET = 4.0        # --interval 100ms --stack-depth 0
+UFFD_FAULT_TARGET_US = 2.0   # --backend uffd: cost per first write, microseconds
+UFFD_SWEEP_TARGET = 1.0      # --backend uffd: a sweep of 64 Ki scattered pages <= the in-process mprotect loop
+UFFD_SORT_TARGET_100MS = 1.5  # --backend uffd --stack-depth 0 --interval 100ms, tracked / untracked
+UFFD_PYTHON_TARGET_100MS = 2.0
 REDIS_TARGET = 0.7       # attached requests/s / untracked, --interval 1s
 
 
@@ -221,6 +230,7 @@ def fault_variants(a, logs):
              None, None, "faults"),
         ]
         runs = [(d, None) for d in a.depths] + ([(0, "two-stop")] if not a.no_two_stop else []) + [(0, "no-idle-poll")]
+        runs += [(0, "uffd")]
         for depth, mode in runs:
             label = f"pagewatch run --stack-depth {depth}" + (" (default)" if depth == DEFAULT_DEPTH else "")
             env, extra = None, []
@@ -230,10 +240,16 @@ def fault_variants(a, logs):
             elif mode == "no-idle-poll":
                 label = f"pagewatch run --stack-depth {depth} --no-idle-poll"
                 extra = ["--no-idle-poll"]
+            elif mode == "uffd":
+                label = f"pagewatch run --stack-depth {depth} --backend uffd"
+                extra = ["--backend", "uffd"]
             # The log is written at sweeps, which are not timed; it shows how deep the stacks really were.
             log = os.path.join(logs, f"depth-{depth}{'-' + mode if mode else ''}.jsonl")
             cmd = [f"{a.bin}/pagewatch", "run", "--sweep-signal", "USR2", "--interval", "0",
                    "--track", "0x180000000000-0x190000000000", "--stack-depth", str(depth), "--output", log] + extra + ["--"] + writer
+            if mode != "uffd":
+                # --stack-depth 0 alone is `auto`, which takes uffd where the kernel offers it.
+                cmd[cmd.index("--output"):cmd.index("--output")] = ["--backend", "ptrace"]
             variants.append((label, cmd, env, (depth, log, mode), "faults"))
     if "floor" in a.sections:
         floor = [f"{a.bin}/fx_ptrace_floor", str(a.pages), str(a.rounds)]
@@ -295,6 +311,9 @@ def run_faults_and_floor(a, results):
             elif mode == "two-stop":
                 results["two_stop"] = c
                 print(f"  --stack-depth {depth:<3} two-stop path  {c:9.2f} us")
+            elif mode == "uffd":
+                results["uffd_fault"] = c
+                print(f"  --stack-depth {depth:<3} --backend uffd {c:9.2f} us")
             else:
                 results["no_idle_poll"] = c
                 print(f"  --stack-depth {depth:<3} --no-idle-poll {c:9.2f} us")
@@ -371,7 +390,7 @@ def run_sweeps(a, results):
     logs = tempfile.mkdtemp(prefix="pagewatch-bench-")
     cases = [(n, pattern) for n in a.sweep_sizes for pattern in ("contiguous", "scattered")]
     data = {c: {"pw": [], "inproc": [], "pw_vmas": [], "in_vmas": [], "fallbacks": [], "pw_fault": [],
-                "in_fault": [], "extra": [], "rss": []} for c in cases}
+                "in_fault": [], "extra": [], "rss": [], "uffd": [], "uffd_fault": []} for c in cases}
     for run in range(max(a.sweep_runs, a.sweep_runs_large)):
         for n, pattern in cases:
             if run >= sweep_runs(a, n):
@@ -389,7 +408,8 @@ def run_sweeps(a, results):
 
             log = os.path.join(logs, "sweep.jsonl")
             cmd = [f"{a.bin}/pagewatch", "run", "--sweep-signal", "USR2", "--interval", "0", "--track", track,
-                   "--stack-depth", str(a.sweep_depth), "--output", log, "--", f"{a.bin}/fx_sweep", "tracked"] + args
+                   "--stack-depth", str(a.sweep_depth), "--backend", "ptrace", "--output", log, "--",
+                   f"{a.bin}/fx_sweep", "tracked"] + args
             r = Run(cmd, poll_rss=True)
             r.check()
             d["pw"] += [ns / 1e6 for _, ns in parse_counts(r.stderr, "round")]
@@ -402,6 +422,19 @@ def run_sweeps(a, results):
                 fail(f"fx_sweep {' '.join(args)}: sweeps reported {[s['dirty_pages'] for s in sweeps]} pages")
             d["extra"] += [s["faults"] - n for s in sweeps]
             os.remove(log)
+
+            # The same rounds with the region write-protected by userfaultfd.
+            cmd = [f"{a.bin}/pagewatch", "run", "--sweep-signal", "USR2", "--interval", "0", "--track", track,
+                   "--stack-depth", "0", "--backend", "uffd", "--output", log, "--",
+                   f"{a.bin}/fx_sweep", "tracked"] + args
+            r = Run(cmd)
+            r.check()
+            d["uffd"] += [ns / 1e6 for _, ns in parse_counts(r.stderr, "round")]
+            d["uffd_fault"] += [ns / n / 1000 for ns in parse_counts(r.stderr, "writes")]
+            sweeps = [s for s in log_records(log, "sweep") if s["reason"] == "signal"][1:]
+            if len(sweeps) != rounds or any(s["dirty_pages"] != n for s in sweeps):
+                fail(f"fx_sweep {' '.join(args)} (uffd): sweeps reported {[s['dirty_pages'] for s in sweeps]} pages")
+            os.remove(log)
             if n > 65536:
                 results["large_sweeps_s"] = results.get("large_sweeps_s", 0) + time.monotonic() - t0
     os.rmdir(logs)
@@ -412,27 +445,29 @@ def run_sweeps(a, results):
     print(f"pagewatch: --stack-depth {a.sweep_depth}, a timed raise(SIGUSR2) (stop, /proc/PID/maps, re-arming, "
           f"the sweep's log record); in-process: one mprotect per contiguous run of dirty pages")
     print(f"{'dirty pages':>11}  {'pattern':10}   {'pagewatch':>9} {'min':>9} {'max':>9}   "
-          f"{'in-process':>10} {'min':>8} {'max':>8}   {'ratio':>8}")
+          f"{'in-process':>10} {'min':>8} {'max':>8}   {'ratio':>8}   {'uffd':>8} {'min':>8} {'max':>8} {'ratio':>8}")
     for n, pattern in cases:
         d = data[(n, pattern)]
         pm, plo, phi = stats(d["pw"])
         im, ilo, ihi = stats(d["inproc"])
+        um, ulo, uhi = stats(d["uffd"])
         print(f"{n:11}  {pattern:10}   {pm:9.2f} {plo:9.2f} {phi:9.2f}   {im:10.2f} {ilo:8.2f} {ihi:8.2f}   "
-              f"{pm / im:7.1f}x")
+              f"{pm / im:7.1f}x   {um:8.2f} {ulo:8.2f} {uhi:8.2f} {um / im:7.2f}x")
         results.setdefault("sweeps", {})[(n, pattern)] = (pm, im)
+        results.setdefault("uffd_sweeps", {})[(n, pattern)] = (um, im)
     limit = map_count_limit()
     print(f"\nWhat happened (medians over the rounds; vm.max_map_count = {limit}): the region's VMAs just before "
           f"re-arming, in-process ENOMEM fallbacks (the handler re-armed the whole region, as PageWatch does), "
           f"PageWatch's extra faults (a page whose un-arming failed with ENOMEM faults again and takes the slow path), "
           f"microseconds per first write while dirtying, PageWatch's peak RSS")
     print(f"{'dirty pages':>11}  {'pattern':10}   {'VMAs pw':>8} {'in-proc':>8}   {'fallbacks':>9} {'extra faults':>12}   "
-          f"{'us/fault pw':>11} {'in-proc':>8}   {'pw RSS MiB':>10}")
+          f"{'us/fault pw':>11} {'in-proc':>8} {'uffd':>8}   {'pw RSS MiB':>10}")
     for n, pattern in cases:
         d = data[(n, pattern)]
         med = statistics.median
         print(f"{n:11}  {pattern:10}   {med(d['pw_vmas']):8.0f} {med(d['in_vmas']):8.0f}   "
               f"{med(d['fallbacks']):9.0f} {med(d['extra']):12.0f}   {med(d['pw_fault']):11.2f} "
-              f"{med(d['in_fault']):8.2f}   {max(d['rss']):10.1f}")
+              f"{med(d['in_fault']):8.2f} {med(d['uffd_fault']):8.2f}   {max(d['rss']):10.1f}")
     run_first_sweeps(a, results)
 
 
@@ -528,7 +563,10 @@ def run_python(a, results):
     pw = [f"{a.bin}/pagewatch", "run", "--interval", "100ms"]
     variants = [
         ("python3 untracked", workload, False),
-        ("pagewatch run --interval 100ms --stack-depth 0", pw + ["--stack-depth", "0", "--output", log, "--"] + workload, True),
+        ("pagewatch run --interval 100ms --stack-depth 0", pw + ["--stack-depth", "0", "--backend", "ptrace", "--output",
+                                                               log, "--"] + workload, True),
+        ("  the same, --backend uffd", pw + ["--stack-depth", "0", "--backend", "uffd", "--output", log, "--"] + workload,
+         True),
         (f"pagewatch run --interval 100ms (depth {DEFAULT_DEPTH})", pw + ["--output", log, "--"] + workload, True),
     ]
     wall = {name: [] for name, *_ in variants}
@@ -734,12 +772,13 @@ def run_program(a, name, spec, logs):
     base_vmas = vmas_printed(base.stderr) if prints_vmas else None
     rows = []
     for interval in a.program_intervals:
-        for depth in a.program_depths:
+        for depth, backend in [(d, b) for d in a.program_depths for b in (a.program_backends if d == 0 else ["ptrace"])]:
             log = os.path.join(logs, f"{name}.jsonl")
-            pw = [f"{a.bin}/pagewatch", "run", "--interval", interval] + depth_args(depth) + ["--output", log]
+            pw = [f"{a.bin}/pagewatch", "run", "--interval", interval, "--backend", backend] + depth_args(depth) + [
+                "--output", log]
             r = Run(pw + (["--follow-forks"] if follow else []) + ["--"] + cmd, env=env, timeout=a.program_timeout)
             row = {"program": name, "label": label, "interval": interval, "depth": depth, "base": base.wall,
-                   "base_vmas": base_vmas, "unit": "s"}
+                   "base_vmas": base_vmas, "unit": "s", "backend": backend}
             digest = output_digest(cmd)
             if r.timed_out:
                 row["tracked"] = "timeout"
@@ -833,7 +872,7 @@ def run_redis(a, logs):
                 base = redis_rps(port, n, a.program_timeout)
                 base_vmas = map_count(server.pid)
                 log = os.path.join(logs, "redis.jsonl")
-                cmd = [f"{a.bin}/pagewatch", "attach", "--interval", interval] + depth_args(depth) + \
+                cmd = [f"{a.bin}/pagewatch", "attach", "--interval", interval, "--backend", "ptrace"] + depth_args(depth) + \
                       ["--output", log, str(server.pid)]
                 with tempfile.TemporaryFile("w+") as err:
                     pw = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
@@ -883,7 +922,8 @@ def print_program_row(row):
     else:
         tracked, ratio = f"{t:10.0f}", f"{100 * t / row['base']:7.0f}%"
     sweeps, faults, presumed = row["totals"] if row.get("totals") else ("-", "-", "-")
-    depth = f"{row['depth']}" + (" (default)" if row["depth"] == DEFAULT_DEPTH else "")
+    depth = f"{row['depth']}" + (" (default)" if row["depth"] == DEFAULT_DEPTH else "") + (
+        " uffd" if row.get("backend") == "uffd" else "")
     vb = "-" if row.get("base_vmas") is None else row["base_vmas"]
     vt = "-" if row.get("vmas") is None else row["vmas"]
     print(f"{row['label']:44} {row['interval']:>8} {depth:>12} {base} {tracked} {ratio} {sweeps:>7} {faults:>9} "
@@ -921,8 +961,9 @@ def program_targets(results):
     """The real programs' targets, each as a line of print_targets."""
     rows = results.get("programs")
 
-    def find(program, interval, depth):
-        return [r for r in rows or [] if r["program"] == program and r["interval"] == interval and r["depth"] == depth]
+    def find(program, interval, depth, backend="ptrace"):
+        return [r for r in rows or [] if r["program"] == program and r["interval"] == interval and r["depth"] == depth
+                and r.get("backend", "ptrace") == backend]
 
     def verdict(text, found, limit, higher_is_better=False, vmas_limit=None):
         if rows is None:
@@ -960,6 +1001,10 @@ def program_targets(results):
     verdict("node workers, --interval 100ms --stack-depth 0 / untracked", find("node", "100ms", 0), NODE_TARGET)
     verdict("redis-server attached, --interval 1s --stack-depth 0, req/s", find("redis", "1s", 0),
             REDIS_TARGET, higher_is_better=True)
+    verdict("sort, --interval 100ms --stack-depth 0 --backend uffd / untracked",
+            find("sort", "100ms", 0, "uffd"), UFFD_SORT_TARGET_100MS)
+    verdict("python workload, --interval 100ms --stack-depth 0 --backend uffd / untracked",
+            find("python", "100ms", 0, "uffd"), UFFD_PYTHON_TARGET_100MS)
 
 
 def print_targets(a, results):
@@ -1002,6 +1047,11 @@ def print_targets(a, results):
     sw = results.get("sweeps", {}).get((SWEEP_TARGET_PAGES, "scattered"))
     line(f"re-arming {SWEEP_TARGET_PAGES} scattered pages / in-process mprotect loop",
          sw[0] / sw[1] if sw else None, SWEEP_TARGET)
+    line("--backend uffd: cost per first write, microseconds", results.get("uffd_fault"), UFFD_FAULT_TARGET_US,
+         unit=" us")
+    usw = results.get("uffd_sweeps", {}).get((SWEEP_TARGET_PAGES, "scattered"))
+    line(f"--backend uffd: a sweep of {SWEEP_TARGET_PAGES} scattered pages / in-process mprotect loop",
+         usw[0] / usw[1] if usw else None, UFFD_SWEEP_TARGET)
     dump = results.get("dump", {}).get(DUMP_TARGET_PAGES)
     line(f"--dump of {DUMP_TARGET_PAGES} pages, cost per MiB / a plain copy's", dump[0] / dump[1] if dump else None,
          DUMP_TARGET)
@@ -1046,6 +1096,8 @@ def main():
     ap.add_argument("--program-intervals", default="1s,100ms", help="programs: pagewatch --interval values")
     ap.add_argument("--program-depths", default=f"0,{DEFAULT_DEPTH}",
                     help=f"programs: --stack-depth values (default: 0 and the default, {DEFAULT_DEPTH})")
+    ap.add_argument("--program-backends", default="ptrace,uffd",
+                    help="programs: --backend values for the depth-0 runs (deeper runs are ptrace)")
     ap.add_argument("--program-timeout", type=float, default=300.0,
                     help="programs: seconds before a tracked run is killed (printed as timeout)")
     ap.add_argument("--program-scale", type=float, default=1.0,
@@ -1061,6 +1113,7 @@ def main():
     a.dump_sizes = [int(n) for n in a.dump_sizes.split(",")]
     a.sections = [s for s in a.sections.split(",") if s]
     a.programs = [p for p in a.programs.split(",") if p]
+    a.program_backends = [b for b in a.program_backends.split(",") if b]
     if [p for p in a.programs if p not in PROGRAMS]:
         fail(f"unknown program(s) in --programs {','.join(a.programs)}; known: {', '.join(PROGRAMS)}")
     a.program_intervals = [i for i in a.program_intervals.split(",") if i]

@@ -175,6 +175,38 @@ long pw_userfaultfd_features(uint64_t *features) {
     return 0;
 }
 
+int pw_uffd_api(int fd, uint64_t features, uint64_t *offered) {
+    struct uffdio_api api = { .api = UFFD_API, .features = features };
+    if (ioctl(fd, UFFDIO_API, &api) < 0) return -errno;
+    *offered = api.features;
+    return 0;
+}
+
+int pw_uffd_register_wp(int fd, uint64_t start, uint64_t len) {
+    struct uffdio_register r = { .range = { .start = start, .len = len }, .mode = UFFDIO_REGISTER_MODE_WP };
+    return ioctl(fd, UFFDIO_REGISTER, &r) < 0 ? -errno : 0;
+}
+
+int pw_uffd_unregister(int fd, uint64_t start, uint64_t len) {
+    struct uffdio_range r = { .start = start, .len = len };
+    return ioctl(fd, UFFDIO_UNREGISTER, &r) < 0 ? -errno : 0;
+}
+
+int pw_uffd_writeprotect(int fd, uint64_t start, uint64_t len, int protect) {
+    struct uffdio_writeprotect w = {
+        .range = { .start = start, .len = len }, .mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0 };
+    return ioctl(fd, UFFDIO_WRITEPROTECT, &w) < 0 ? -errno : 0;
+}
+
+int pw_take_fd(int pid, int target_fd) {
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+    if (pidfd < 0) return -errno;
+    int fd = (int)syscall(SYS_pidfd_getfd, pidfd, target_fd, 0);
+    int e = errno;
+    close(pidfd);
+    return fd < 0 ? -e : fd;
+}
+
 static void pw_wakeup(int signal) { (void)signal; }
 
 // No SA_RESTART: a blocking waitpid in the tracer must return EINTR.

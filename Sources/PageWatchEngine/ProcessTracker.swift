@@ -23,6 +23,8 @@ final class ProcessTracker {
     /// Who wrote which page: unwinder, frame cache, the ledger.
     let attribution: WriterAttribution
     var memory = TrackedMemory()
+    /// The private anonymous memory tracked by userfaultfd instead (`--backend`).
+    var writeProtect = WriteProtectedMemory()
     /// Addresses inside thread stacks (stack pointers seen at clone), for `--track stack`.
     var stackAnchors: [RemoteAddress] = []
     var pendingSweep: SweepReason?
@@ -61,6 +63,8 @@ final class ProcessTracker {
         injector = ProcessInjector(session: session)
         presumption = WritePresumption(mode: session.config.presume, intervalNs: session.config.intervalNs)
         attribution = WriterAttribution(session: session, pid: pid)
+        // A fork child's memory lost the registrations (no UFFD_FEATURE_EVENT_FORK): ptrace until its exec.
+        if parent == nil, session.config.triesWriteProtect { writeProtect.state = .pending }
     }
 
     deinit {

@@ -150,7 +150,7 @@ public struct WatchedProgram: Sendable {
                 onEvent(event)
             }
             let tracker = Tracker(configuration: configuration) { record in
-                if case .start(let started, _, _, _, _, _, _, _) = record { pid = started }
+                if case .start(let started, _, _, _, _, _, _, _, _) = record { pid = started }
                 if let event = WatchEvent(record) { deliver(event) }
             }
             tracker.writeObserver = { deliver(.write(WriteEvent($0))) }

@@ -17,11 +17,12 @@ public enum JSONLines {
 
     public static func encode(_ record: LogRecord) -> String {
         switch record {
-        case let .start(pid, pageSize, command, tracked, timeNs, selectedPages, schema, mappings):
+        case let .start(pid, pageSize, command, tracked, timeNs, selectedPages, schema, mappings, backends):
             return "{\"type\":\"start\",\"schema\":\"\(schema.name)\",\"pid\":\(pid),\"page_size\":\(pageSize),"
                 + "\"command\":\(array(command)),\"tracked\":\(array(tracked)),\"time_ns\":\(timeNs),"
                 + "\"selected_pages\":\(selectedPages),\"pagewatch_version\":\(string(PageWatchVersion.current))"
-                + (mappings.map { ",\"mappings\":" + self.mappings($0) } ?? "") + "}"
+                + (mappings.map { ",\"mappings\":" + self.mappings($0) } ?? "")
+                + (backends.map { ",\"backends\":" + self.backends($0) } ?? "") + "}"
         case let .exec(pid, path, command, timeNs, mappings):
             return "{\"type\":\"exec\",\"pid\":\(pid),\"path\":\(string(path)),\"time_ns\":\(timeNs)"
                 + (command.isEmpty ? "" : ",\"command\":\(array(command))")
@@ -153,6 +154,11 @@ public enum JSONLines {
         }
         out.append(UInt8(ascii: "]"))
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// `start`'s `backends` (rule 15): an object, keys sorted.
+    static func backends(_ names: [String: String]) -> String {
+        "{" + names.keys.sorted().map { string($0) + ":" + string(names[$0]!) }.joined(separator: ",") + "}"
     }
 
     static func array(_ items: [String]) -> String { "[" + items.map(string).joined(separator: ",") + "]" }

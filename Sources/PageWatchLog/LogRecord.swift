@@ -103,7 +103,7 @@ public enum LogRecord: Sendable, Equatable {
     /// `mappings`: those pages, named; nil under `pagewatch/1` (not written).
     case start(
         pid: Int32, pageSize: UInt64, command: [String], tracked: [String], timeNs: UInt64, selectedPages: UInt64 = 0,
-        schema: LogSchema = .current, mappings: [NamedMapping]? = nil)
+        schema: LogSchema = .current, mappings: [NamedMapping]? = nil, backends: [String: String]? = nil)
     /// The program called exec: tracking restarted on the new image.
     /// `command`: its new command line (empty when it could not be read).
     /// `mappings`: the new image's selected pages, named; nil under `pagewatch/1`.

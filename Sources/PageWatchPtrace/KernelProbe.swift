@@ -124,7 +124,9 @@ public struct KernelProbe: Sendable, Equatable {
             out.append(
                 "asynchronous userfaultfd write-protection and PAGEMAP_SCAN are here"
                     + (pagemapScan ? "" : " (PAGEMAP_SCAN is not)")
-                    + ": a kernel fast path PageWatch does not use yet")
+                    + (pagemapScan
+                        ? ": `--backend uffd` (and `auto` at --stack-depth 0) tracks anonymous memory with them"
+                        : ": PageWatch's userfaultfd backend needs both, it stays on ptrace"))
         }
         return out
     }

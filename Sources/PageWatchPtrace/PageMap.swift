@@ -36,7 +36,7 @@ public struct PageMapEntry: Equatable, Sendable {
 /// The pagemap of one process, opened once for the reads of a sweep.
 public final class PageMap {
     public let pid: Int32
-    private let fd: Int32
+    let fd: Int32
 
     public init(pid: Int32) throws {
         self.pid = pid

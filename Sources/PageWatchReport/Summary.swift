@@ -17,7 +17,7 @@ public struct Summary {
 
     public mutating func add(_ record: LogRecord) {
         switch record {
-        case let .start(p, _, c, _, _, _, _, _): pid = p; command = c
+        case let .start(p, _, c, _, _, _, _, _, _): pid = p; command = c
         case let .exec(p, path, command, _, _):
             if p == pid {
                 execs += 1

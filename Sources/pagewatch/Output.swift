@@ -97,7 +97,7 @@ final class StatusLine {
     func note(_ record: LogRecord) {
         guard enabled else { return }
         switch record {
-        case let .start(pid, _, _, _, _, _, _, _), let .attach(pid, _, _):
+        case let .start(pid, _, _, _, _, _, _, _, _), let .attach(pid, _, _):
             programPid = pid
             processes = [pid]
         case .sweep(let s):

@@ -58,7 +58,7 @@ struct Run: ParsableCommand {
         let sink = tracking.openSink()
         var tracker: Tracker!
         tracker = Tracker(configuration: configuration) { record in
-            if case .start(let pid, _, _, _, _, _, _, _) = record { SignalForwarding.forward(to: pid) }
+            if case .start(let pid, _, _, _, _, _, _, _, _) = record { SignalForwarding.forward(to: pid) }
             sink.write(record)
         }
         tracker.onWarning = warning

@@ -18,7 +18,7 @@ import Testing
 
     /// fx_dump untracked and under `pagewatch run --dump`: the same output,
     /// status and copies.
-    func dump() throws -> Dumped {
+    func dump(_ extra: [String] = []) throws -> Dumped {
         let base = Harness.temporaryPath("dump-\(UUID().uuidString)")
         let untracked = base + "/untracked", copies = base + "/copies", image = base + "/image"
         for dir in [untracked, copies] {
@@ -27,10 +27,11 @@ import Testing
         let plain = try Harness.run([Harness.fixture("fx_dump"), untracked])
         #expect(plain.status == 0, "\(plain.stderr)")
         let log = base + "/log.jsonl"
-        let run = try Harness.run([
-            Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0", "--verify-contents", "-o", log,
-            "--dump", image, Harness.fixture("fx_dump"), copies,
-        ])
+        let run = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0", "--verify-contents", "-o", log,
+                "--dump", image,
+            ] + extra + [Harness.fixture("fx_dump"), copies])
         #expect(run.status == 0, "\(run.stderr)")
         #expect(run.stdout == plain.stdout.replacingOccurrences(of: untracked, with: copies))
         #expect(run.stderr == "", "\(run.stderr)")
@@ -46,8 +47,10 @@ import Testing
         try Harness.run([Harness.pagewatch, "image"] + arguments)
     }
 
-    @Test func eachSweepRebuildsThePhaseByteForByte() throws {
-        let d = try dump()
+    /// On either backend: the userfaultfd one's sweeps copy the same pages.
+    @Test(arguments: [[], ["--backend", "uffd", "--stack-depth", "0"]])
+    func eachSweepRebuildsThePhaseByteForByte(_ backend: [String]) throws {
+        let d = try dump(backend)
         // The log reports exactly the fixture's pages, phase by phase.
         let truth = try FixtureTruth(stdout: d.stdout)
         let sweeps = try Harness.readLog(d.log).filter { $0["type"] as? String == "sweep" }

@@ -55,6 +55,38 @@ import Testing
 
     @Test(arguments: cases)
     func dirtySetsMatchTheFixturesTruth(_ c: Case) throws {
+        // At the default depth `auto` is ptrace; fx_zero at depth 0 is uffd.
+        let uffd = c.extraArguments.contains("--stack-depth")
+        try Self.checkAgainstTruth(c, backendArguments: [], backend: uffd ? "uffd" : "ptrace")
+    }
+
+    /// The same fixtures on the userfaultfd backend (which needs depth 0):
+    /// page for page the same sweeps. Where the rules let it differ from
+    /// ptrace (pinned pages reported only when written, a page read after
+    /// its discard reported as zeros), no fixture's truth tells them apart.
+    static let writeProtectCases = cases.filter { !$0.extraArguments.contains("--stack-depth") }
+
+    @Test(arguments: writeProtectCases)
+    func writeProtectBackendMatchesTheFixturesTruth(_ c: Case) throws {
+        try Self.checkAgainstTruth(
+            c, backendArguments: ["--backend", "uffd", "--stack-depth", "0"], backend: "uffd",
+            unwritten: Self.reportedUnwrittenByPtrace[c.fixture] ?? [:])
+    }
+
+    /// Pages the fixtures' truth records because the ptrace path must count
+    /// a call's output buffer written at the call's entry, written or not
+    /// (rule 5's superset); asynchronous write-protection sees the kernel's
+    /// own store, so it reports them only once written. By sweep (from 1).
+    static let reportedUnwrittenByPtrace: [String: [Int: Set<UInt64>]] = [
+        // nanosleep's `rem`, written only when the sleep is interrupted.
+        "fx_syscall_out": [2: [11]],
+        // The blocked read's buffer, in the sweep before the data arrives.
+        "fx_blocked_reader": [2: [1]],
+    ]
+
+    static func checkAgainstTruth(
+        _ c: Case, backendArguments: [String], backend: String, unwritten: [Int: Set<UInt64>] = [:]
+    ) throws {
         let program = Harness.fixture(c.fixture)
         let untracked = try Harness.run([program])
         #expect(untracked.status == c.expectedStatus)
@@ -66,7 +98,7 @@ import Testing
             [
                 Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2", "--interval", "0",
                 "--output", log,
-            ] + c.extraArguments + ["--", program])
+            ] + backendArguments + c.extraArguments + ["--", program])
         #expect(tracked.stdout == untracked.stdout)
         #expect(tracked.stderr == untracked.stderr)
         #expect(tracked.status == untracked.status)
@@ -74,6 +106,8 @@ import Testing
         let truth = try FixtureTruth(stdout: untracked.stdout)
         let records = try Harness.readLog(log)
         #expect(records.first?["type"] as? String == "start")
+        let backends = records.first?["backends"] as? [String: String]
+        #expect(backends == ["anonymous": backend, "file": "ptrace"])
         let schema1 = c.extraArguments.contains("--schema")
         #expect(records.first?["schema"] as? String == (schema1 ? "pagewatch/1" : "pagewatch/2"))
         #expect(records.last?["type"] as? String == "end")
@@ -87,7 +121,8 @@ import Testing
         let expected = truth.expectedSweeps
         #expect(sweeps.count == expected.count || (c.expectedStatus > 128 && sweeps.count == expected.count + 1))
         for (k, sweep) in sweeps.enumerated() {
-            let want = k < expected.count ? expected[k] : (expected.last!.region, Set<UInt64>())
+            var want = k < expected.count ? expected[k] : (expected.last!.region, Set<UInt64>())
+            want.pages.subtract(unwritten[k + 1] ?? [])
             let got = FixtureTruth.pages(in: want.region, of: sweep)
             #expect(
                 got == want.pages,

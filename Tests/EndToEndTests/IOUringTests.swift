@@ -43,11 +43,18 @@ import Testing
         let sweeps = Self.sweepsOf(records)
         let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
         #expect(sweeps.count == truth.count)
+        // At depth 0 `auto` may track this memory by userfaultfd, which sees
+        // the kernel's own store: the READ still in flight at sweep 3 has
+        // not written page 9 yet (the ptrace path counts a request's buffer
+        // written from its submission on).
+        let backends = records.first?["backends"] as? [String: String]
+        let asyncWrites = backends?["anonymous"] == "uffd"
         for (k, sweep) in sweeps.enumerated() where k < truth.count {
             let got = FixtureTruth.pages(in: truth[k].region, of: sweep)
+            let want = asyncWrites && k == 2 ? truth[k].pages.subtracting([9]) : truth[k].pages
             #expect(
-                got == truth[k].pages,
-                "sweep \(k + 1): extra \(got.subtracting(truth[k].pages).sorted()), missing \(truth[k].pages.subtracting(got).sorted())"
+                got == want,
+                "sweep \(k + 1): extra \(got.subtracting(want).sorted()), missing \(want.subtracting(got).sorted())"
             )
         }
         #expect(!records.contains { $0["type"] as? String == "untracked" })

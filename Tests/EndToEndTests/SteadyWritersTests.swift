@@ -54,8 +54,11 @@ import Testing
         #expect(truth.count == 5)
 
         // The phases: each ends with its signal sweep; the exit sweep is phase 5.
+        let records = try Harness.readLog(log)
+        // At depth 0 `auto` may track this memory by userfaultfd: no fault is counted there.
+        let countsFaults = (records.first?["backends"] as? [String: String])?["anonymous"] != "uffd"
         var phases: [[Sweep]] = [[]]
-        for s in Self.sweeps(try Harness.readLog(log)) {
+        for s in Self.sweeps(records) {
             phases[phases.count - 1].append(s)
             if s.reason == "signal" || s.reason == "exit" { phases.append([]) }
         }
@@ -87,7 +90,9 @@ import Testing
             // a fault of their own (not understood yet; docs/design.md, Known
             // limits). A sweep that re-armed nothing and did not say so
             // reports all 64 again with no fault.
-            if k >= 2 { #expect(freshPages <= faults + 4, "phase \(k): \(freshPages) pages, \(faults) faults") }
+            if k >= 2, countsFaults {
+                #expect(freshPages <= faults + 4, "phase \(k): \(freshPages) pages, \(faults) faults")
+            }
             #expect(written == want, "phase \(k): missing \(want.subtracting(written).sorted().prefix(20))")
             // Sweeps on time while the threads write: several interval
             // sweeps, none far apart (before: none in a whole phase).

@@ -221,10 +221,18 @@ typedef struct {
 } pw_pm_scan_arg;
 
 enum {
+    PW_PAGE_IS_WRITTEN = 1 << 1,
     PW_PAGE_IS_FILE = 1 << 2,
     PW_PAGE_IS_PRESENT = 1 << 3,
     PW_PAGE_IS_SWAPPED = 1 << 4,
     PW_PAGE_IS_PFNZERO = 1 << 5,
+};
+
+// pm_scan_arg.flags: write-protect the pages found (PM_SCAN_WP_MATCHING),
+// and fail with EPERM on a VMA without asynchronous uffd-WP (PM_SCAN_CHECK_WPASYNC).
+enum {
+    PW_PM_SCAN_WP_MATCHING = 1 << 0,
+    PW_PM_SCAN_CHECK_WPASYNC = 1 << 1,
 };
 
 // ioctl(pagemap_fd, PAGEMAP_SCAN, arg) on an open /proc/PID/pagemap, where
@@ -236,6 +244,21 @@ int pw_pagemap_scan(int pagemap_fd, pw_pm_scan_arg *arg);
 // its UFFDIO_API handshake made with no feature asked, and closed:
 // `features` gets what the kernel offers. 0, or -errno.
 long pw_userfaultfd_features(uint64_t *features);
+
+// The userfaultfd ioctls PageWatch makes on its own copy of a tracee's
+// userfaultfd (which acts on the tracee's memory). 0, or -errno.
+// UFFDIO_API asking `features`; what the kernel offers in `offered`.
+int pw_uffd_api(int fd, uint64_t features, uint64_t *offered);
+// UFFDIO_REGISTER of [start, start+len) in write-protect mode.
+int pw_uffd_register_wp(int fd, uint64_t start, uint64_t len);
+// UFFDIO_UNREGISTER of [start, start+len).
+int pw_uffd_unregister(int fd, uint64_t start, uint64_t len);
+// UFFDIO_WRITEPROTECT of [start, start+len): protect (1) or not (0).
+int pw_uffd_writeprotect(int fd, uint64_t start, uint64_t len, int protect);
+
+// pidfd_getfd(2) of descriptor `target_fd` of process `pid` (through
+// pidfd_open): a copy in this process, close-on-exec. The fd, or -errno.
+int pw_take_fd(int pid, int target_fd);
 
 #ifdef __cplusplus
 }

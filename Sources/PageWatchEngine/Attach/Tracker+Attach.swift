@@ -66,7 +66,8 @@ extension Tracker {
             .start(
                 pid: pid, pageSize: Page.size, command: config.command,
                 tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
-                selectedPages: selected, schema: config.schema, mappings: main.namedSelectionNow()))
+                selectedPages: selected, schema: config.schema, mappings: main.namedSelectionNow(),
+                backends: main.backendNames))
         warnIfNothingSelected(selected)
         emit(.attach(pid: pid, threads: main.threads.count, timeNs: wallClockNs()))
         started = true
@@ -104,6 +105,8 @@ extension ProcessTracker {
     func detachSweep() throws {
         try settleAllTrampolines()
         try? refreshMaps()
+        // No thread needed: the scan reads from outside. Before the content check, which looks at its result.
+        scanWriteProtected(tid: liveThread(), reprotect: false)
         // Write faults pending at the parking stops (taken before anything
         // runs: one would otherwise kill its thread after the detach).
         for tid in threads.keys.sorted()
@@ -133,9 +136,10 @@ extension ProcessTracker {
             try restoreSegvActionIfUnchecked(thread)
             try injector.removeScratch(thread)
         }
-        let dirty = memory.dirtyPages()
+        let dirty = dirtyPagesOfBothBackends()
         finalSweepDone = true
         emitSweep(reason: .detach, dirty: dirty)
+        releaseWriteProtection()
         injector.remote = nil
         memory.reset()
         presumption.reset()

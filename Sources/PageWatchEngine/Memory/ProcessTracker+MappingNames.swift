@@ -31,7 +31,7 @@ extension ProcessTracker {
     func mappingsNewToTheLog() -> [NamedMapping] {
         guard config.schema != .v1 else { return [] }
         let current = NamedMapping.named(
-            tracked: memory.regions.map(\.range), maps: Self.namedMaps(attribution.lastMaps))
+            tracked: trackedRangesOfBothBackends, maps: Self.namedMaps(attribution.lastMaps))
         return namedMappings.update(to: current)
     }
 

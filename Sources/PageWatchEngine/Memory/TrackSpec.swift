@@ -64,6 +64,9 @@ public enum TrackSpec: Hashable, Sendable, CustomStringConvertible {
 /// The union of the user's `--track` specs.
 public struct Selection: Sendable, CustomStringConvertible {
     public var specs: [TrackSpec]
+    /// Pages left to another backend (userfaultfd write-protection): never
+    /// selected for the ptrace path, whatever the specs say.
+    public var excluded = PageSet()
 
     public init(_ specs: [TrackSpec]) { self.specs = specs.isEmpty ? [.writable] : specs }
 
@@ -73,6 +76,13 @@ public struct Selection: Sendable, CustomStringConvertible {
     /// that is selected, or nil. Shared mappings and `[vdso]`/`[vvar]`/`[vsyscall]`
     /// are never selected.
     public func selectedPart(of mapping: Mapping, protection: Protection, isThreadStack: Bool) -> [AddressRange] {
+        let parts = specifiedPart(of: mapping, protection: protection, isThreadStack: isThreadStack)
+        guard !excluded.isEmpty, !parts.isEmpty else { return parts }
+        return PageSet(parts).subtracting(excluded).ranges
+    }
+
+    /// `selectedPart` as the specs alone pick it.
+    func specifiedPart(of mapping: Mapping, protection: Protection, isThreadStack: Bool) -> [AddressRange] {
         guard mapping.isPrivate, protection.contains(.write), !mapping.isSpecialKernelMapping else { return [] }
         var whole = false
         var pieces: [AddressRange] = []

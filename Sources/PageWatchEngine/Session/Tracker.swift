@@ -47,6 +47,10 @@ public struct TrackerConfiguration: Sendable {
     /// `ranges` (no pagemap reads); `pagewatch/2` sorts out those that hold
     /// nothing of the process's own (`UnseenPages`).
     public var schema = LogSchema.current
+    /// `--backend`: what tracks writes to private anonymous memory
+    /// (`WriteTrackingBackend`). PageWatchKit keeps ptrace: its write
+    /// events are each page's first write, which only ptrace sees.
+    public var backend = WriteTrackingBackend.ptrace
     /// `--dump DIR`: each sweep copies its pages into a memory image there
     /// (`PageWatchImage`): sweep 1 a full image, later sweeps increments.
     public var dumpDirectory: String?
@@ -162,7 +166,8 @@ public final class Tracker {
             .start(
                 pid: pid, pageSize: Page.size, command: config.command,
                 tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
-                selectedPages: main.selectedPagesNow(), schema: config.schema, mappings: main.namedSelectionNow()))
+                selectedPages: main.selectedPagesNow(), schema: config.schema, mappings: main.namedSelectionNow(),
+                backends: main.backendNames))
         warnAboutFileSpecs()
         started = true
         // The program shares our terminal: Ctrl-C and Ctrl-\ are for it, and

@@ -48,6 +48,9 @@ extension ProcessTracker {
                 }
             }
         }
+        // Covered pages found changed before the scan, and not by it.
+        missed.formUnion(writeProtect.missed)
+        writeProtect.missed = PageSet()
         guard !missed.isEmpty else { return }
         let count = missed.ranges.reduce(0) { $0 + Int($1.pageCount) }
         copies.missedPages += count
@@ -63,6 +66,8 @@ extension ProcessTracker {
         guard let copies = contentCopies else { return }
         var armed = PageSet()
         for piece in memory.armedPieces(in: Self.everything) { armed.insert(piece.range) }
+        // Write-protected again by the sweep's scan, like armed pages.
+        armed.formUnion(writeProtect.covered)
         copies.pages = copies.pages.filter { armed.contains($0.key) && !dirty.contains($0.key) }
         var needed = PageSet()
         for range in armed.ranges {

@@ -23,7 +23,7 @@ extension ProcessTracker {
                         pagewatchVersion: PageWatchVersion.current) : nil
                 imageWriter = try ImageWriter(root: root, pid: pid, manifest: manifest)
             }
-            let tracked = PageSet(memory.regions.map(\.range))
+            let tracked = PageSet(trackedRangesOfBothBackends)
             let tid = liveThread()
             try imageWriter!.write(
                 seq: record.seq, reason: record.reason.rawValue, timeNs: record.timeNs, tracked: tracked,

@@ -99,8 +99,11 @@ extension ProcessTracker {
         // Re-armed pages may fault again legitimately: forget the repeated-fault markers.
         for t in threads.values { t.suppressedFault.page = nil }
         try refreshMaps()
+        try setUpWriteProtectionIfPending(thread)
+        coverWithWriteProtection(window: nil, maps: attribution.lastMaps)
+        scanWriteProtected(tid: tid)
         checkContents(tid: tid)
-        let dirty = memory.dirtyPages()
+        let dirty = dirtyPagesOfBothBackends()
         var busy = outputsOfBlockedCalls(excluding: tid)
         // A page another thread was sent to un-arm through its trampoline
         // slot, not seen since, its call not yet run: that mprotect may still
@@ -111,6 +114,10 @@ extension ProcessTracker {
         }
         // Buffers of io_uring requests not yet completed: the kernel writes them later.
         busy.formUnion(ioUringBuffersInFlight())
+        // The same buffers in write-protected memory, which the scan
+        // protected again: a call may write them through pages it pinned
+        // (O_DIRECT), past any write-protect bit. Counted written again.
+        let busyWriteProtected = busy.intersection(writeProtect.covered)
         // Pages rewritten at every sweep of a starving program stay writable (presumed written).
         let elapsed = monotonicNs() &- lastSweepNs
         let presume = presumption.applies(toInterval: reason == .interval, busyNs: busyNs, elapsedNs: elapsed)
@@ -156,6 +163,7 @@ extension ProcessTracker {
         if presumption.isActive { presumption.rearmed(memory.armedPages()) }
         publishForGuardian()
         emitSweep(reason: reason, dirty: dirty, presumed: presumed)
+        writeProtect.countWrittenAgain(busyWriteProtected)
         // After the sweep read pagemap: reading a page never written maps the zero page.
         copyContents(dirty: dirty, tid: tid)
     }
@@ -166,8 +174,11 @@ extension ProcessTracker {
     func reportOnlySweep(reason: SweepReason) throws {
         pendingSweep = nil
         try refreshMaps()
+        coverWithWriteProtection(window: nil, maps: attribution.lastMaps)
+        // Left as found, like the ptrace path's pages: reported again next time.
+        scanWriteProtected(tid: liveThread(), reprotect: false)
         checkContents(tid: liveThread())
-        let dirty = memory.dirtyPages()
+        let dirty = dirtyPagesOfBothBackends()
         memory.clearPinnedDirty()
         emitSweep(reason: reason, dirty: dirty, reportedAgain: true)
     }
@@ -177,8 +188,11 @@ extension ProcessTracker {
         finalSweepDone = true
         pendingSweep = nil
         try? refreshMaps()
+        scanWriteProtected(tid: liveThread(), reprotect: false)
         checkContents(tid: liveThread())
-        emitSweep(reason: reason, dirty: memory.dirtyPages())
+        emitSweep(reason: reason, dirty: dirtyPagesOfBothBackends())
+        // The program is ending: its registrations go with its memory.
+        writeProtect.reset(to: .off)
     }
 
     /// `reported again`: the pages stay dirty for the next sweep (nothing
@@ -193,7 +207,7 @@ extension ProcessTracker {
         sweeps += 1
         busyNs = 0
         lastSweepNs = monotonicNs()
-        if !dirty.isEmpty || !memory.regions.isEmpty { everSelected = true }
+        if !dirty.isEmpty || !memory.regions.isEmpty || !writeProtect.covered.isEmpty { everSelected = true }
         let held = sortUnseen(dirty: dirty, presumed: presumed)
         if Tracker.debug {
             trace(
@@ -210,6 +224,7 @@ extension ProcessTracker {
         record.mappings = mappingsNewToTheLog()
         noteRearming(&record, dirty: dirty, reported: held.data, reportOnly: reportedAgain)
         memory.keepUnseenStillDirty()
+        writeProtect.reported()
         dumpSweep(record, held: held)
         emit(.sweep(record))
         faultsThisInterval = 0
@@ -292,7 +307,7 @@ extension ProcessTracker {
         }
         guard !maps.isEmpty else { return }
         reconcile(maps, keepingInFlight: inFlight) { memory, programs in
-            memory.reconcile(maps: programs, selection: config.selection, stackAnchors: stackAnchors)
+            memory.reconcile(maps: programs, selection: trackingSelection, stackAnchors: stackAnchors)
         }
         attribution.mapsRead(maps)
     }
@@ -335,13 +350,15 @@ extension ProcessTracker {
     func stopTracking(because reason: String, _ thread: TrackedThread) throws {
         try settleAllTrampolines()
         try? refreshMaps()
+        scanWriteProtected(tid: thread.tid, reprotect: false)
         try giveBackProtections(thread)
         try absorbHeldFaults(thread)
         try restoreSegvActionIfUnchecked(thread)
-        let dirty = memory.dirtyPages()
+        let dirty = dirtyPagesOfBothBackends()
         pendingSweep = nil
         finalSweepDone = true
         emitSweep(reason: .untracked, dirty: dirty)
+        releaseWriteProtection()
         emit(.untracked(pid: pid, reason: reason, timeNs: wallClockNs()))
         releasedRanges = memory.trackedRanges
         memory.reset()

@@ -96,6 +96,18 @@ extension ProcessTracker {
     /// userfaultfd ranges (a missing page there is its handler's to fill).
     /// `pagewatch/1` has no place for them: every page stays in `ranges`.
     func sortUnseen(dirty: PageSet, presumed: PageSet) -> UnseenPages {
+        var held = sortTrackedUnseen(dirty: dirty, presumed: presumed)
+        // Write-protected pages were sorted when they became unseen
+        // (`WriteProtectedMemory.zeroKnown`): pagemap shows their pte
+        // markers as swapped pages.
+        guard session.config.schema != .v1, writeProtect.isActive else { return held }
+        let zero = writeProtect.zeroNow.intersection(dirty)
+        held.zero.formUnion(zero)
+        held.data = held.data.subtracting(zero)
+        return held
+    }
+
+    func sortTrackedUnseen(dirty: PageSet, presumed: PageSet) -> UnseenPages {
         guard session.config.schema != .v1, !memory.unseen.isEmpty else { return UnseenPages(data: dirty) }
         var candidates = dirty.intersection(memory.unseen)
         candidates = candidates.subtracting(memory.pinned).subtracting(presumed)

@@ -72,7 +72,10 @@ extension ProcessTracker {
                 try stopTrackingForIOUring(reason, thread)
                 return true
             case .pins(let buffers):
-                for b in buffers { try injector.pin(b.pageAligned, in: &memory, thread) }
+                for b in buffers {
+                    try yieldWriteProtection(b, to: "io_uring's registered buffers")
+                    try injector.pin(b.pageAligned, in: &memory, thread)
+                }
             case .none:
                 break
             }
@@ -205,9 +208,15 @@ extension ProcessTracker {
                     try unarmForKernel(b, by: kernel!, thread)
                 }
             case .provides(let buffers):
-                for b in buffers { try injector.pin(b.pageAligned, in: &memory, thread) }
+                for b in buffers {
+                    try yieldWriteProtection(b, to: "io_uring's provided buffers")
+                    try injector.pin(b.pageAligned, in: &memory, thread)
+                }
             case .zeroes(let ranges):
-                for r in ranges { memory.markDirty(r) }
+                for r in ranges {
+                    memory.markDirty(r)
+                    writeProtect.markDiscarded(r, zeroed: false)
+                }
             case .none, .unknowable:
                 break
             }

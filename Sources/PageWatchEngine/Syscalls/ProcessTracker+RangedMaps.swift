@@ -43,7 +43,7 @@ extension ProcessTracker {
         guard let entries = entries(confinedTo: window) else { return try refreshMaps() }
         trace("  maps of \(window): \(entries.count) entries")
         reconcile(entries, keepingInFlight: inFlight) { memory, programs in
-            memory.reconcile(maps: programs, within: window, selection: config.selection, stackAnchors: stackAnchors)
+            memory.reconcile(maps: programs, within: window, selection: trackingSelection, stackAnchors: stackAnchors)
         }
         spliceAttributionMaps(entries, window)
     }

@@ -393,6 +393,7 @@ extension ProcessTracker {
         let tid = thread.tid
         let failed = result < 0 && result > -4096
         userfaultfdMemoryExit(call, a, result: result)
+        try writeProtectMemoryExit(call, a, result: result)
         func range(_ start: UInt64, _ length: UInt64) -> AddressRange {
             AddressRange(start: RemoteAddress(start), end: RemoteAddress(start) + length).pageAligned
         }
@@ -482,7 +483,7 @@ extension ProcessTracker {
         for piece in untracked.ranges {
             for m in maps where m.range.overlaps(piece) {
                 let part = m.range.intersection(piece)!
-                let selected = PageSet(config.selection.selectedPart(of: m, protection: prot, isThreadStack: false))
+                let selected = PageSet(trackingSelection.selectedPart(of: m, protection: prot, isThreadStack: false))
                     .intersection(part)
                 for s in selected.ranges {
                     memory.insert(s, protection: prot, armed: ranArmed, dirty: true)

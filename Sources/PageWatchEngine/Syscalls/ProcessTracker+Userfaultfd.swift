@@ -99,6 +99,7 @@ extension ProcessTracker {
         trace("  \(call.name) fills \(call.fills) writes \(call.writes)")
         if let (range, mode) = call.registers {
             if mode & Self.registerModeMissing != 0 { try returnPopulatedPages(in: range, thread) }
+            try yieldWriteProtection(range)
             // Before the call runs: from its first instant no read of PageWatch may go there.
             UserfaultRanges.shared.register(range, mode: mode, pid: pid)
         }

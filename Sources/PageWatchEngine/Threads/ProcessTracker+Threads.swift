@@ -27,6 +27,7 @@ extension ProcessTracker {
         attribution.startImage()
         try injector.place(in: leader, completing: completing, journal: guardianJournal)
         injector.shareSlotData(leader, forkChild: parent != nil)
+        try startWriteProtection(leader)
         try learnSignalActions(leader)  // exec reset the handlers; SIG_IGN stays
         // A followed child's exec is always said: it names the process (cc1, as).
         if sweeps > 0 || totalFaults > 0 || parent != nil {

@@ -8,6 +8,9 @@ public enum X86_64: Architecture {
     }
 
     public static let name = "x86_64"
+    /// `userfaultfd(2)`, which PageWatch injects itself (the program's own
+    /// calls are let through: it knows them by their ioctls).
+    public static let userfaultfdNumber: Int64 = 323
 
     public static func readRegisters(tid: Int32) throws -> Registers {
         var r = user_regs_struct()
