@@ -33,6 +33,7 @@ final class WriterAttribution {
         unwinder = nil
         lastMaps = []
         frameCache = [:]
+        session.symbolizer.forgetPerfMap(pid: pid)
     }
 
     /// The writer at `tid`'s stop: its call stack (`--stack-depth` frames),
@@ -92,8 +93,10 @@ final class WriterAttribution {
     func frame(_ ip: UInt64, isReturnAddress: Bool) -> Frame {
         let key = FrameKey(ip: ip, isReturnAddress: isReturnAddress)
         if let known = frameCache[key] { return known }
-        let f = session.symbolizer.frame(ip: ip, in: lastMaps, isReturnAddress: isReturnAddress)
-        frameCache[key] = f
+        let f = session.symbolizer.frame(ip: ip, in: lastMaps, isReturnAddress: isReturnAddress, pid: pid)
+        // Not kept for code in anonymous memory: a JIT names it in its perf
+        // map later, or puts other code there.
+        if f.module != nil { frameCache[key] = f }
         return f
     }
 
