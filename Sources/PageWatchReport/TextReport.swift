@@ -248,11 +248,9 @@ public enum TextReport {
         return out
     }
 
-    /// ` [jit]`: named by a JIT's perf map; ` [fp]`: found by frame pointer,
-    /// past a frame without unwind information (format rule 14).
-    static func origin(_ f: Frame) -> String {
-        (f.jit ? " [jit]" : "") + (f.foundByFramePointer ? " [fp]" : "")
-    }
+    /// ` [jit]`: named by a JIT's perf map (format rule 14). Frames found
+    /// by frame pointer are not marked: all of Go's are.
+    static func origin(_ f: Frame) -> String { f.jit ? " [jit]" : "" }
 
     /// `<- main (fx_writers.c:71) <- __libc_start_main <- _start`: who called
     /// the writer, so that two rows with the same function are told apart.
