@@ -35,7 +35,7 @@ public final class Symbolizer {
     /// perf map names code in anonymous executable memory.
     public func frame(ip: UInt64, in maps: [Mapping], isReturnAddress: Bool = false, pid: Int32? = nil) -> Frame {
         // Anonymous memory ([heap], [stack], JIT code) has no module; [vdso] is one.
-        let mapping = maps.first(where: { $0.range.contains(RemoteAddress(ip)) })
+        let mapping = Self.mapping(at: ip, in: maps)
         guard let mapping, !mapping.isAnonymous else {
             // Code a JIT generated: named by its map, read again when it grew.
             guard let pid, mapping?.protection.contains(.execute) ?? true else { return Frame(ip: ip) }
@@ -58,6 +58,19 @@ public final class Symbolizer {
         return frame
     }
 
+    /// The mapping holding `ip`: by halving, as `/proc/PID/maps` is sorted
+    /// (a JVM has hundreds, and frames of JIT code are looked up at every
+    /// sweep); one by one when that finds none, for a list in another order.
+    static func mapping(at ip: UInt64, in maps: [Mapping]) -> Mapping? {
+        var lo = 0, hi = maps.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if maps[mid].range.end.value <= ip { lo = mid + 1 } else { hi = mid }
+        }
+        if lo < maps.count, maps[lo].range.contains(RemoteAddress(ip)) { return maps[lo] }
+        return maps.first { $0.range.contains(RemoteAddress(ip)) }
+    }
+
     /// The frames of a call stack from `Unwinder.callStack`: the first IP is
     /// exact, the others are return addresses.
     public func frames(callStack ips: [UInt64], in maps: [Mapping], pid: Int32? = nil) -> [Frame] {
@@ -66,7 +79,7 @@ public final class Symbolizer {
 
     /// `ip` in anonymous memory, named by the perf map of `pid` when it has
     /// an entry there: the map is read again (its new tail) only when it
-    /// does not, so a map that stopped growing costs one `stat` a lookup.
+    /// does not, at most once a millisecond (`PerfMap.refreshIfDue`).
     /// A return address is looked up at the call before it, as in modules.
     func jitFrame(ip: UInt64, pid: Int32, isReturnAddress: Bool = false) -> Frame {
         let map: PerfMap
@@ -78,7 +91,7 @@ public final class Symbolizer {
         }
         let at = isReturnAddress && ip > 0 ? ip - 1 : ip
         var name = map.name(at: at)
-        if name == nil, map.refresh() { name = map.name(at: at) }
+        if name == nil, map.refreshIfDue() { name = map.name(at: at) }
         return Frame(ip: ip, function: name, jit: name != nil)
     }
 

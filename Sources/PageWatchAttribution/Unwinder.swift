@@ -147,10 +147,20 @@ public final class Unwinder {
     /// Whether `ip` is in an executable mapping (maps read again once when
     /// it is in none: code mapped since).
     private func isCode(_ ip: UInt64) -> Bool {
-        let at = RemoteAddress(ip)
-        if let m = maps?.first(where: { $0.range.contains(at) }) { return m.protection.contains(.execute) }
-        return moduleMissed(ip: ip)
-            && maps?.contains { $0.range.contains(at) && $0.protection.contains(.execute) } == true
+        if let m = mapping(at: ip) { return m.protection.contains(.execute) }
+        return moduleMissed(ip: ip) && mapping(at: ip)?.protection.contains(.execute) == true
+    }
+
+    /// The mapping holding `ip`, by halving: this is the fault path, and
+    /// a JVM has hundreds of mappings.
+    private func mapping(at ip: UInt64) -> Mapping? {
+        guard let maps else { return nil }
+        var lo = 0, hi = maps.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if maps[mid].range.end.value <= ip { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < maps.count && maps[lo].range.contains(RemoteAddress(ip)) ? maps[lo] : nil
     }
 
     /// Call after the process's mappings changed (mmap, munmap, mprotect of

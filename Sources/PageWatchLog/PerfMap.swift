@@ -39,6 +39,8 @@ public final class PerfMap {
     private var identity: (device: UInt64, inode: UInt64, size: Int, mtime: timespec)?
     /// Reads of the file that found something new, for tests.
     public private(set) var reads = 0
+    /// When `refreshIfDue` last looked at the file (CLOCK_MONOTONIC_COARSE, ns).
+    private var lastLookNs: UInt64?
 
     /// `/tmp/perf-PID.map`, where perf looks for the map of process `pid`.
     public static func path(pid: Int32) -> String { "/tmp/perf-\(pid).map" }
@@ -88,6 +90,19 @@ public final class PerfMap {
         parsedBytes += UInt64(lastNewline + 1)
         reads += 1
         return entries.count > before
+    }
+
+    /// `refresh`, unless the last call was less than `intervalNs` ago: a
+    /// sweep names thousands of frames a JIT never named (the JVM's before
+    /// its exit), and one `stat` a millisecond is enough to see a growing map.
+    @discardableResult
+    public func refreshIfDue(intervalNs: UInt64 = 1_000_000) -> Bool {
+        var now = timespec()
+        clock_gettime(CLOCK_MONOTONIC_COARSE, &now)
+        let ns = UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec)
+        if let last = lastLookNs, ns &- last < intervalNs { return false }
+        lastLookNs = ns
+        return refresh()
     }
 
     /// The name of the code holding `ip`: the last entry covering it.

@@ -74,6 +74,19 @@ import Testing
         #expect(map.name(at: 0x3007) == "third")
     }
 
+    @Test func looksAtTheFileAtMostOnceAMillisecondWhenAskedToo() throws {
+        let path = Self.temporaryMap("due.map")
+        try Self.append("1000 10 first\n", to: path)
+        let map = PerfMap(path: path)
+        #expect(map.refreshIfDue(intervalNs: 1_000_000_000))
+        try Self.append("2000 10 second\n", to: path)
+        #expect(!map.refreshIfDue(intervalNs: 1_000_000_000))
+        #expect(map.entries.map(\.name) == ["first"])
+        usleep(20_000)
+        #expect(map.refreshIfDue(intervalNs: 1_000_000))
+        #expect(map.entries.map(\.name) == ["first", "second"])
+    }
+
     @Test func readsAReplacedOrShortenedFileAnew() throws {
         let path = Self.temporaryMap("replace.map")
         try Self.append("1000 10 first\n2000 10 second\n", to: path)
