@@ -194,9 +194,8 @@ public enum TextReport {
         var index: [String: Int] = [:]
         for w in writers {
             let name = FrameNaming.writer(w.frames)
-            let own = w.frames.first.map(FrameNaming.isKernel) == true ? w.frames.dropFirst().first : w.frames.first
             let row = WriterRow(
-                function: name.function + (own.map(origin) ?? ""), location: name.location,
+                function: name.function + writerOrigin(w.frames), location: name.location,
                 callers: callerChain(w.frames), pages: w.pages,
                 faults: w.faults)
             if let i = index[row.key] {
@@ -251,6 +250,12 @@ public enum TextReport {
     /// ` [jit]`: named by a JIT's perf map (format rule 14). Frames found
     /// by frame pointer are not marked: all of Go's are.
     static func origin(_ f: Frame) -> String { f.jit ? " [jit]" : "" }
+
+    /// The mark of the frame a writer row is named by (after a kernel pseudo-frame, the next).
+    static func writerOrigin(_ frames: [Frame]) -> String {
+        let own = frames.first.map(FrameNaming.isKernel) == true ? frames.dropFirst().first : frames.first
+        return own.map(origin) ?? ""
+    }
 
     /// `<- main (fx_writers.c:71) <- __libc_start_main <- _start`: who called
     /// the writer, so that two rows with the same function are told apart.

@@ -832,6 +832,8 @@ enum SampleLog {
         let text = TextReport.render(try ProcessReport(log: JITNames.applied(to: log, mapPath: { _ in path })))
         #expect(text.contains("void W.fill(long[], long) [jit]"))
         #expect(text.contains("<- Interpreter [jit] <- main\n"))
+        let html = HTMLReport.render(try ProcessReport(log: JITNames.applied(to: log, mapPath: { _ in path })))
+        #expect(html.contains("<span class=\"mono\">void W.fill(long[], long) [jit]</span>"))
     }
 
     @Test func leavesAMapOfAnotherRunAlone() throws {
