@@ -43,7 +43,11 @@ import Testing
 
     @Test func nodeNamesItsCompiledFunctionFromItsPerfMap() throws {
         let script = "\(Runtime.sources)/jitwrite.js"
-        let (log, report) = try Self.runAndReport("node", ["/usr/bin/env", "node", "--perf-basic-prof", script])
+        // From a directory of its own: with the flag V8 also writes its log (isolate-*-v8.log) there.
+        let directory = Harness.temporaryPath("node-perf")
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        let (log, report) = try Self.runAndReport(
+            "node", ["/usr/bin/env", "-C", directory, "node", "--perf-basic-prof", script])
         defer { Self.removePerfMap(log) }
         // V8 names code `JS:` + its tier (`*` optimized, `^` baseline, `+` Maglev) + name and position.
         let ownName = "fillPages \(script):5:19"
