@@ -73,6 +73,9 @@ struct cu_call {
     void *thread;
     struct user_regs_struct regs;
     int in_find_proc_info;
+    // Set when find_proc_info had no unwind information for an IP: the
+    // step under way follows the frame pointer instead.
+    int no_info;
 };
 static __thread struct cu_call *current_call;
 
@@ -373,8 +376,10 @@ static int module_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_in
         if (call != NULL)
             call->in_find_proc_info++;
         int r = _UPT_find_proc_info(as, ip, info, need_unwind_info, arg);
-        if (call != NULL)
+        if (call != NULL) {
             call->in_find_proc_info--;
+            call->no_info |= r == -UNW_ENOINFO;
+        }
         return r;
     }
     cu_unwinder *u = call->unwinder;
@@ -386,8 +391,10 @@ static int module_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_in
         if (u->miss != NULL && u->miss(u->miss_context, ip))
             m = module_at(u, ip);
     }
-    if (m == NULL || m->segbase == 0)
+    if (m == NULL || m->segbase == 0) {
+        call->no_info = 1;
         return -UNW_ENOINFO;
+    }
     unw_dyn_info_t di;
     memset(&di, 0, sizeof di);
     di.start_ip = m->start_ip;
@@ -399,6 +406,8 @@ static int module_find_proc_info(unw_addr_space_t as, unw_word_t ip, unw_proc_in
     call->in_find_proc_info++;
     int r = _Ux86_64_dwarf_search_unwind_table(as, ip, &di, info, need_unwind_info, call->thread);
     call->in_find_proc_info--;
+    // A module whose table has no FDE for the IP: assembly without CFI.
+    call->no_info |= r == -UNW_ENOINFO;
     return r;
 }
 
@@ -532,26 +541,43 @@ void cu_thread_destroy(void *thread)
         _UPT_destroy(thread);
 }
 
-// The walk itself: the IP of each frame, innermost first.
-static int walk(unw_addr_space_t as, void *thread, uint64_t *ips, int max_depth)
+// The walk itself: the IP of each frame, innermost first. With `call` and
+// `by_fp`, by_fp[i] is set to 1 for a frame reached by frame pointer (the
+// frame below had no unwind information) and 0 otherwise; such a step must
+// move the stack pointer up, or the walk ends there (a frame pointer that
+// is really data).
+static int walk(unw_addr_space_t as, void *thread, struct cu_call *call, uint64_t *ips, uint8_t *by_fp,
+                int max_depth)
 {
     unw_cursor_t cursor;
     int count = 0;
     int r = unw_init_remote(&cursor, as, thread);
     if (r < 0)
         return r;
+    int fp_step = 0;
     for (;;) {
         unw_word_t ip;
         if (unw_get_reg(&cursor, UNW_REG_IP, &ip) < 0 || ip == 0)
             break;
+        if (by_fp != NULL)
+            by_fp[count] = (uint8_t)fp_step;
         ips[count++] = ip;
-        if (count == max_depth || unw_step(&cursor) <= 0)
+        if (count == max_depth)
+            break;
+        unw_word_t sp = 0, caller_sp = 0;
+        unw_get_reg(&cursor, UNW_REG_SP, &sp);
+        if (call != NULL)
+            call->no_info = 0;
+        if (unw_step(&cursor) <= 0)
+            break;
+        fp_step = call != NULL && call->no_info;
+        if (fp_step && (unw_get_reg(&cursor, UNW_REG_SP, &caller_sp) < 0 || caller_sp <= sp))
             break;
     }
     return count;
 }
 
-int cu_call_stack(cu_unwinder *u, int32_t tid, void *thread, uint64_t *ips, int max_depth)
+int cu_call_stack(cu_unwinder *u, int32_t tid, void *thread, uint64_t *ips, uint8_t *by_fp, int max_depth)
 {
     if (max_depth <= 0)
         return 0;
@@ -560,7 +586,7 @@ int cu_call_stack(cu_unwinder *u, int32_t tid, void *thread, uint64_t *ips, int 
         return -errno;
     u->generation++;
     current_call = &call;
-    int count = walk(u->as, thread, ips, max_depth);
+    int count = walk(u->as, thread, &call, ips, by_fp, max_depth);
     current_call = NULL;
     return count;
 }
@@ -572,7 +598,7 @@ int cu_stock_call_stack(void *thread, uint64_t *ips, int max_depth)
     unw_addr_space_t as = unw_create_addr_space(&_UPT_accessors, 0);
     if (as == NULL)
         return -ENOMEM;
-    int count = walk(as, thread, ips, max_depth);
+    int count = walk(as, thread, NULL, ips, NULL, max_depth);
     unw_destroy_addr_space(as);
     return count;
 }

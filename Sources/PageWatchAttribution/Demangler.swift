@@ -1,6 +1,7 @@
 import Glibc
 
-/// Readable names for mangled Swift and C++ symbols. Both demanglers are found
+/// Readable names for mangled Swift, C++ and Rust symbols (Rust's v0
+/// mangling by `RustV0Demangler`, its legacy one as C++ without the hash). The Swift and C++ demanglers are found
 /// at run time with `dlsym`: `swift_demangle` is in the Swift runtime every
 /// Swift program has loaded, `__cxa_demangle` in libstdc++, which the Swift
 /// runtime on Linux loads; neither needs a link-time dependency, and a missing
@@ -37,15 +38,28 @@ public enum Demangler {
                 defer { free(result) }
                 return String(cString: result)
             }
+        } else if name.hasPrefix("_R") {
+            if let demangled = RustV0Demangler.demangle(name) { return demangled }
         } else if name.hasPrefix("_Z"), let cxxDemangle {
+            // A Rust symbol LLVM made local (`.llvm.1234`) is the symbol without it.
+            let rust = isRustLegacy(withoutLLVMSuffix(name))
+            let base = rust ? withoutLLVMSuffix(name) : name
             var status: Int32 = 0
-            if let result = cxxDemangle(name, nil, nil, &status), status == 0 {
+            if let result = cxxDemangle(base, nil, nil, &status), status == 0 {
                 defer { free(result) }
                 let demangled = String(cString: result)
-                return isRustLegacy(name) ? rustLegacy(demangled) : demangled
+                return rust ? rustLegacy(demangled) : demangled
             }
         }
         return name
+    }
+
+    /// `name` without a last `.llvm.` and hex digits (or `@`), as rustc-demangle drops it.
+    static func withoutLLVMSuffix(_ name: String) -> String {
+        guard let llvm = name.ranges(of: ".llvm.").last,
+            name[llvm.upperBound...].allSatisfy({ $0.isHexDigit && !$0.isLowercase || $0 == "@" })
+        else { return name }
+        return String(name[..<llvm.lowerBound])
     }
 
     /// Rust's legacy mangling is the Itanium scheme with a last component

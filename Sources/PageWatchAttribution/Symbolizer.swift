@@ -11,23 +11,36 @@ public final class Symbolizer {
     /// By mapping identity (device, inode, path); nil when the file could not be read.
     private var modules: [ModuleKey: Module?] = [:]
     private var sites: [SiteKey: Site] = [:]
+    /// The JITs' maps of the processes asked about, by pid (`perfMapPath`).
+    private var perfMaps: [Int32: PerfMap] = [:]
     private let debugRoot: String
+    /// Where the perf map of a process is: `/tmp/perf-PID.map` as perf looks
+    /// for it (a test points it elsewhere).
+    let perfMapPath: @Sendable (Int32) -> String
 
     public convenience init() { self.init(debugRoot: "/usr/lib/debug") }
 
     /// `debugRoot`: where separate debug files live (`.build-id/xx/yyyy.debug`, and debuglink paths).
-    init(debugRoot: String) { self.debugRoot = debugRoot }
+    init(debugRoot: String, perfMapPath: @escaping @Sendable (Int32) -> String = PerfMap.path(pid:)) {
+        self.debugRoot = debugRoot
+        self.perfMapPath = perfMapPath
+    }
 
     /// The frame of `ip` in the process whose `/proc/PID/maps` snapshot (taken
     /// when the stack was recorded) is `maps`. `isReturnAddress`: `ip` is a
     /// caller's return address (every frame of a call stack but the first), so
     /// the call instruction before it is looked up: the return address may be
     /// past the end of the calling function, or on the next source line.
-    /// `offset` always describes `ip` itself.
-    public func frame(ip: UInt64, in maps: [Mapping], isReturnAddress: Bool = false) -> Frame {
+    /// `offset` always describes `ip` itself. `pid`: the process, whose JIT's
+    /// perf map names code in anonymous executable memory.
+    public func frame(ip: UInt64, in maps: [Mapping], isReturnAddress: Bool = false, pid: Int32? = nil) -> Frame {
         // Anonymous memory ([heap], [stack], JIT code) has no module; [vdso] is one.
-        guard let mapping = maps.first(where: { $0.range.contains(RemoteAddress(ip)) }), !mapping.isAnonymous
-        else { return Frame(ip: ip) }
+        let mapping = Self.mapping(at: ip, in: maps)
+        guard let mapping, !mapping.isAnonymous else {
+            // Code a JIT generated: named by its map, read again when it grew.
+            guard let pid, mapping?.protection.contains(.execute) ?? true else { return Frame(ip: ip) }
+            return jitFrame(ip: ip, pid: pid, isReturnAddress: isReturnAddress)
+        }
         let offset = ip - mapping.range.start.value + mapping.offset
         var frame = Frame(ip: ip, module: mapping.path, offset: offset)
         guard mapping.isFileBacked, !mapping.isDeleted else { return frame }
@@ -45,11 +58,45 @@ public final class Symbolizer {
         return frame
     }
 
+    /// The mapping holding `ip`: by halving, as `/proc/PID/maps` is sorted
+    /// (a JVM has hundreds, and frames of JIT code are looked up at every
+    /// sweep); one by one when that finds none, for a list in another order.
+    static func mapping(at ip: UInt64, in maps: [Mapping]) -> Mapping? {
+        var lo = 0, hi = maps.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if maps[mid].range.end.value <= ip { lo = mid + 1 } else { hi = mid }
+        }
+        if lo < maps.count, maps[lo].range.contains(RemoteAddress(ip)) { return maps[lo] }
+        return maps.first { $0.range.contains(RemoteAddress(ip)) }
+    }
+
     /// The frames of a call stack from `Unwinder.callStack`: the first IP is
     /// exact, the others are return addresses.
-    public func frames(callStack ips: [UInt64], in maps: [Mapping]) -> [Frame] {
-        ips.enumerated().map { frame(ip: $0.element, in: maps, isReturnAddress: $0.offset > 0) }
+    public func frames(callStack ips: [UInt64], in maps: [Mapping], pid: Int32? = nil) -> [Frame] {
+        ips.enumerated().map { frame(ip: $0.element, in: maps, isReturnAddress: $0.offset > 0, pid: pid) }
     }
+
+    /// `ip` in anonymous memory, named by the perf map of `pid` when it has
+    /// an entry there: the map is read again (its new tail) only when it
+    /// does not, at most once a millisecond (`PerfMap.refreshIfDue`).
+    /// A return address is looked up at the call before it, as in modules.
+    func jitFrame(ip: UInt64, pid: Int32, isReturnAddress: Bool = false) -> Frame {
+        let map: PerfMap
+        if let known = perfMaps[pid] {
+            map = known
+        } else {
+            map = PerfMap(path: perfMapPath(pid))
+            perfMaps[pid] = map
+        }
+        let at = isReturnAddress && ip > 0 ? ip - 1 : ip
+        var name = map.name(at: at)
+        if name == nil, map.refreshIfDue() { name = map.name(at: at) }
+        return Frame(ip: ip, function: name, jit: name != nil)
+    }
+
+    /// A process is gone (or exec'd): its perf map is read anew if asked again.
+    public func forgetPerfMap(pid: Int32) { perfMaps[pid] = nil }
 
     private func module(_ key: ModuleKey) -> Module? {
         if let known = modules[key] { return known }

@@ -95,21 +95,72 @@ public final class Unwinder {
     /// is the thread's current IP, the others are return addresses. The
     /// thread must be ptrace-stopped. At most `maxDepth` entries; empty when
     /// the thread is gone or its stack cannot be unwound at all.
-    public func callStack(tid: Int32, maxDepth: Int) -> [UInt64] {
-        guard maxDepth > 0 else { return [] }
+    public func callStack(tid: Int32, maxDepth: Int) -> [UInt64] { unwind(tid: tid, maxDepth: maxDepth).ips }
+
+    /// A call stack, and which of its frames were reached by frame pointer.
+    public struct CallStack: Sendable, Equatable {
+        /// Innermost first, as `callStack` gives them.
+        public var ips: [UInt64] = []
+        /// Indices of `ips` the unwinder reached by following the frame
+        /// pointer, the frame below having no unwind information (JIT code,
+        /// assembly without CFI); ascending, usually empty.
+        public var framePointerFrames: [Int] = []
+
+        public init(ips: [UInt64] = [], framePointerFrames: [Int] = []) {
+            self.ips = ips
+            self.framePointerFrames = framePointerFrames
+        }
+    }
+
+    /// `callStack` with the frames found by frame pointer marked. Such a
+    /// frame is kept only when it looks like one: the stack pointer moved
+    /// up (checked in C) and the return address is in executable memory;
+    /// the stack ends before the first that does not.
+    public func unwind(tid: Int32, maxDepth: Int) -> CallStack {
+        guard maxDepth > 0 else { return CallStack() }
         // Through the thread: once the main thread has exited, /proc/PID/maps is empty.
         mapsReader = tid
         if maps == nil { use(maps: (try? ProcFS.maps(of: tid)) ?? []) }
         if guardedGeneration != UserfaultRanges.shared.generation { loadGuardedRanges() }
-        guard let thread = handle(for: tid) else { return [] }
+        guard let thread = handle(for: tid) else { return CallStack() }
         let depth = Int32(clamping: maxDepth)
         var ips = [UInt64](repeating: 0, count: Int(depth))
-        let count = ips.withUnsafeMutableBufferPointer {
-            cu_call_stack(unwinder, tid, thread, $0.baseAddress, depth)
+        var byFramePointer = [UInt8](repeating: 0, count: Int(depth))
+        let count = ips.withUnsafeMutableBufferPointer { ips in
+            byFramePointer.withUnsafeMutableBufferPointer {
+                cu_call_stack(unwinder, tid, thread, ips.baseAddress, $0.baseAddress, depth)
+            }
         }
-        guard count > 0 else { return [] }
+        guard count > 0 else { return CallStack() }
         ips.removeLast(ips.count - Int(count))
-        return ips
+        var stack = CallStack(ips: ips)
+        for i in 1..<ips.count where byFramePointer[i] != 0 {
+            guard isCode(ips[i]) else {
+                stack.ips.removeLast(ips.count - i)
+                break
+            }
+            stack.framePointerFrames.append(i)
+        }
+        return stack
+    }
+
+    /// Whether `ip` is in an executable mapping (maps read again once when
+    /// it is in none: code mapped since).
+    private func isCode(_ ip: UInt64) -> Bool {
+        if let m = mapping(at: ip) { return m.protection.contains(.execute) }
+        return moduleMissed(ip: ip) && mapping(at: ip)?.protection.contains(.execute) == true
+    }
+
+    /// The mapping holding `ip`, by halving: this is the fault path, and
+    /// a JVM has hundreds of mappings.
+    private func mapping(at ip: UInt64) -> Mapping? {
+        guard let maps else { return nil }
+        var lo = 0, hi = maps.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if maps[mid].range.end.value <= ip { lo = mid + 1 } else { hi = mid }
+        }
+        return lo < maps.count && maps[lo].range.contains(RemoteAddress(ip)) ? maps[lo] : nil
     }
 
     /// Call after the process's mappings changed (mmap, munmap, mprotect of

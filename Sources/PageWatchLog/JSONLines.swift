@@ -107,6 +107,9 @@ public enum JSONLines {
         if let v = f.offset { fields.append("\"offset\":\"0x\(String(v, radix: 16))\"") }
         if let v = f.file { fields.append("\"file\":" + string(v)) }
         if let v = f.line { fields.append("\"line\":\(v)") }
+        // Added within pagewatch/2 (format rule 14), each only when true.
+        if f.jit { fields.append("\"jit\":true") }
+        if f.foundByFramePointer { fields.append("\"found_by\":\"fp\"") }
         return "{" + fields.joined(separator: ",") + "}"
     }
 

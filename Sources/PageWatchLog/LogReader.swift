@@ -432,7 +432,9 @@ struct Record {
         let line = (f["line"] as? NSNumber).flatMap { Self.isBoolean($0) ? nil : Int(exactly: $0.int64Value) }
         return Frame(
             ip: ip, module: f["module"] as? String, offset: offset, function: f["function"] as? String,
-            file: f["file"] as? String, line: line)
+            file: f["file"] as? String, line: line,
+            jit: (f["jit"] as? NSNumber).map { Self.isBoolean($0) && $0.boolValue } ?? false,
+            foundByFramePointer: f["found_by"] as? String == "fp")
     }
 
     func site(_ value: Any) throws(LogReadError) -> WriteSite {

@@ -31,10 +31,18 @@ public struct Frame: Sendable, Equatable {
     public var function: String?
     public var file: String?
     public var line: Int?
+    /// `function` is a JIT's name for code it generated, from its perf map
+    /// (`/tmp/perf-PID.map`, format rule 14).
+    public var jit: Bool
+    /// The unwinder reached this frame by following the frame pointer of
+    /// the frame below it, which had no unwind information (JIT code,
+    /// assembly without CFI): likelier wrong than a frame found by
+    /// unwind tables (format rule 14).
+    public var foundByFramePointer: Bool
 
     public init(
         ip: UInt64, module: String? = nil, offset: UInt64? = nil, function: String? = nil,
-        file: String? = nil, line: Int? = nil
+        file: String? = nil, line: Int? = nil, jit: Bool = false, foundByFramePointer: Bool = false
     ) {
         self.ip = ip
         self.module = module
@@ -42,6 +50,8 @@ public struct Frame: Sendable, Equatable {
         self.function = function
         self.file = file
         self.line = line
+        self.jit = jit
+        self.foundByFramePointer = foundByFramePointer
     }
 
     /// The function if known, else `module+0xOFFSET`, else `0xIP`.

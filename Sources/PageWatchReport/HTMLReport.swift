@@ -583,7 +583,7 @@ public enum HTMLReport {
             let callers = TextReport.callerChain(w.frames)
             t +=
                 "<tr><td class=\"num\">\(w.pages)</td><td class=\"num\">\(Format.fixed(share, 2))%</td><td class=\"num\">\(w.faults)</td>"
-                + "<td><span class=\"mono\">\(escape(name.function))</span>"
+                + "<td><span class=\"mono\">\(escape(name.function + TextReport.writerOrigin(w.frames)))</span>"
                 + (callers.isEmpty ? "" : "<div class=\"callers\">\(escape(callers))</div>")
                 + "</td><td class=\"mono\">\(escape(name.location ?? "-"))</td></tr>\n"
         }

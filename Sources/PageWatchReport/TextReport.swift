@@ -195,7 +195,8 @@ public enum TextReport {
         for w in writers {
             let name = FrameNaming.writer(w.frames)
             let row = WriterRow(
-                function: name.function, location: name.location, callers: callerChain(w.frames), pages: w.pages,
+                function: name.function + writerOrigin(w.frames), location: name.location,
+                callers: callerChain(w.frames), pages: w.pages,
                 faults: w.faults)
             if let i = index[row.key] {
                 rows[i].pages += w.pages
@@ -246,6 +247,16 @@ public enum TextReport {
         return out
     }
 
+    /// ` [jit]`: named by a JIT's perf map (format rule 14). Frames found
+    /// by frame pointer are not marked: all of Go's are.
+    static func origin(_ f: Frame) -> String { f.jit ? " [jit]" : "" }
+
+    /// The mark of the frame a writer row is named by (after a kernel pseudo-frame, the next).
+    static func writerOrigin(_ frames: [Frame]) -> String {
+        let own = frames.first.map(FrameNaming.isKernel) == true ? frames.dropFirst().first : frames.first
+        return own.map(origin) ?? ""
+    }
+
     /// `<- main (fx_writers.c:71) <- __libc_start_main <- _start`: who called
     /// the writer, so that two rows with the same function are told apart.
     /// A recursion's repeated frames are folded into one `×N`.
@@ -253,7 +264,7 @@ public enum TextReport {
         let skip = frames.first.map(FrameNaming.isKernel) == true ? 2 : 1
         var groups: [(name: String, count: Int)] = []
         for (i, f) in frames.dropFirst(skip).enumerated() {
-            var name = FrameNaming.name(f)
+            var name = FrameNaming.name(f) + origin(f)
             // Only the immediate caller's line: where the writer was called from.
             if i == 0, let loc = FrameNaming.location(f) { name += " (\(loc))" }
             if groups.last?.name == name { groups[groups.count - 1].count += 1 } else { groups.append((name, 1)) }

@@ -106,7 +106,7 @@ struct Report: ParsableCommand {
     func run() throws {
         let report: ProcessReport
         do {
-            report = try ProcessReport(log: try LogReader.read(path: log), pid: pid)
+            report = try ProcessReport(log: JITNames.applied(to: try LogReader.read(path: log)), pid: pid)
         } catch let error as LogReadError {
             fail(error.description, status: 1)
         } catch let error as ProcessReport.SelectionError {

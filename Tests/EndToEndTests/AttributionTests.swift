@@ -107,3 +107,28 @@ import Testing
         #expect(sweeps.allSatisfy { $0["sites"] == nil })
     }
 }
+
+/// Past code without unwind information: `fx_fp_asm`'s writer is called from
+/// assembly without CFI, and its callers above are found by frame pointer.
+@Suite struct FramePointerFallbackTests {
+    @Test func callersAboveAssemblyWithoutCFIAreFoundByFramePointer() throws {
+        let program = Harness.fixture("fx_fp_asm")
+        let untracked = try Harness.run([program])
+        let log = Harness.temporaryPath("fp-asm.jsonl")
+        let tracked = try Harness.run([
+            Harness.pagewatch, "run", "--track", "0x2b0000000000-0x2b0000004000", "--sweep-signal", "USR2",
+            "--interval", "0", "--output", log, "--", program,
+        ])
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == 0)
+        let sweeps = try Harness.readLog(log).filter { $0["type"] as? String == "sweep" }
+        let sites = try #require(sweeps.count == 3 ? sweeps[1]["sites"] as? [[String: Any]] : nil)
+        #expect(sites.count == 1)
+        let frames = try #require(sites.first?["frames"] as? [[String: Any]])
+        let names = frames.prefix(4).map { $0["function"] as? String ?? "?" }
+        #expect(names == ["fp_writer", "asm_bridge", "outer_caller", "main"])
+        // Only the step from asm_bridge, which has no FDE, followed a frame pointer.
+        #expect(frames.prefix(4).map { $0["found_by"] as? String } == [nil, nil, "fp", nil])
+        #expect((frames[2]["file"] as? String)?.hasSuffix("fx_fp_asm.c") == true)
+    }
+}

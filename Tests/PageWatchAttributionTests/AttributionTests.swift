@@ -1,4 +1,5 @@
 import CUnwind
+import Foundation
 import Glibc
 import Testing
 import PageWatchAddressSpace
@@ -327,6 +328,39 @@ import PageWatchPtrace
             symbolizer.frame(ip: 0x1010, in: maps) == Frame(ip: 0x1010, module: "/nonexistent/lib.so", offset: 0x5010))
         #expect(symbolizer.frame(ip: 0x8010, in: maps) == Frame(ip: 0x8010))
         #expect(symbolizer.frame(ip: 0x4000, in: maps) == Frame(ip: 0x4000))
+    }
+
+    /// Code in anonymous executable memory is named by the process's perf
+    /// map, read again when it grew; other anonymous memory is not looked up.
+    @Test func jitCodeIsNamedByThePerfMapAsItGrows() throws {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("symbolizer-perfmap-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let path = dir.appendingPathComponent("perf-77.map").path
+        try Data("8000 20 JS:*fill /w.js:1:1\n".utf8).write(to: URL(fileURLWithPath: path))
+        let maps = [
+            Mapping(range: AddressRange(0x8000, 0x9000), protection: [.read, .execute], isPrivate: true),
+            Mapping(range: AddressRange(0xa000, 0xb000), protection: [.read, .write], isPrivate: true),
+        ]
+        let symbolizer = Symbolizer(debugRoot: "/nonexistent", perfMapPath: { "\(dir.path)/perf-\($0).map" })
+        #expect(
+            symbolizer.frame(ip: 0x8010, in: maps, pid: 77)
+                == Frame(ip: 0x8010, function: "JS:*fill /w.js:1:1", jit: true))
+        // A return address just past the function is its call's.
+        #expect(symbolizer.frame(ip: 0x8020, in: maps, isReturnAddress: true, pid: 77).function == "JS:*fill /w.js:1:1")
+        #expect(symbolizer.frame(ip: 0x8020, in: maps, pid: 77) == Frame(ip: 0x8020))
+        #expect(symbolizer.frame(ip: 0x8010, in: maps, pid: 78) == Frame(ip: 0x8010))
+        #expect(symbolizer.frame(ip: 0xa010, in: maps, pid: 77) == Frame(ip: 0xa010))
+        // Compiled since: the next lookup of it reads the map's new tail.
+        let h = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        try h.seekToEnd()
+        try h.write(contentsOf: Data("8100 40 void W.fill(long[], long)\n".utf8))
+        try h.close()
+        usleep(20_000)  // past the millisecond between two reads (and the coarse clock's tick)
+        #expect(
+            symbolizer.frame(ip: 0x8120, in: maps, pid: 77)
+                == Frame(ip: 0x8120, function: "void W.fill(long[], long)", jit: true))
+        // Without a pid (a report's old caller), as before.
+        #expect(symbolizer.frame(ip: 0x8010, in: maps) == Frame(ip: 0x8010))
     }
 
     @Test func functionTableLooksUpByContainment() {

@@ -82,4 +82,21 @@ import PageWatchLog
         // Equal page counts may sort either way: compare as sets of sites.
         #expect(sites.count == want.count && want.allSatisfy { w in sites.contains(w) }, "seed \(seed)")
     }
+
+    /// The frames the unwinder reached by frame pointer are marked so in the
+    /// sites, whatever the symbolizer gave; a kernel pseudo-frame does not shift them.
+    @Test func framesFoundByFramePointerAreMarked() {
+        var ledger = WriterLedger()
+        let store = Writer(kernel: nil, stack: [0x1000, 0x2000, 0x3000], framePointerFrames: [2])
+        let read = Writer(kernel: "read", stack: [0x4000, 0x5000], framePointerFrames: [1])
+        ledger.record(RemoteAddress(0x100 * p), by: store, fault: true)
+        ledger.record(RemoteAddress(0x101 * p), by: read, fault: false)
+        let sites = ledger.sites(of: PageSet([AddressRange(0x100 * p, 0x102 * p)]), pinned: PageSet()) {
+            $0.map { Frame(ip: $0, function: "f\($0)") }
+        }
+        let marked = Dictionary(
+            uniqueKeysWithValues: sites.map { ($0.frames.last!.ip, $0.frames.map(\.foundByFramePointer)) })
+        #expect(marked[0x3000] == [false, false, true])
+        #expect(marked[0x5000] == [false, false, true])
+    }
 }

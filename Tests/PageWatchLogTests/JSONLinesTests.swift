@@ -83,3 +83,38 @@ import PageWatchAddressSpace
         #expect(obj?["type"] as? String == "exec")
     }
 }
+
+@Suite struct FrameOriginTests {
+    /// Format rule 14: `jit` and `found_by` only when they say something, read back alike.
+    @Test func writesAndReadsJITAndFramePointerMarks() throws {
+        let frames = [
+            Frame(ip: 0x7f00_0000_1000, function: "JS:*fill /w.js:1:1", jit: true),
+            Frame(ip: 0x7f00_0000_2000, foundByFramePointer: true),
+            Frame(ip: 0x1500, module: "/bin/prog", offset: 0x500, function: "main", foundByFramePointer: true),
+            Frame(ip: 0x1600, module: "/bin/prog", offset: 0x600, function: "_start"),
+        ]
+        #expect(
+            frames.map(JSONLines.frame) == [
+                #"{"ip":"0x7f0000001000","function":"JS:*fill /w.js:1:1","jit":true}"#,
+                #"{"ip":"0x7f0000002000","found_by":"fp"}"#,
+                #"{"ip":"0x1500","function":"main","module":"/bin/prog","offset":"0x500","found_by":"fp"}"#,
+                #"{"ip":"0x1600","function":"_start","module":"/bin/prog","offset":"0x600"}"#,
+            ])
+        let site = WriteSite(pages: 1, faults: 1, ranges: [AddressRange(0x1000, 0x2000)], frames: frames)
+        let records: [LogRecord] = [
+            .start(pid: 1, pageSize: 4096, command: ["p"], tracked: [], timeNs: 1),
+            .sweep(
+                SweepRecord(seq: 1, pid: 1, reason: .exit, timeNs: 2, ranges: site.ranges, faults: 1, sites: [site])),
+            .end(pid: 1, end: .exited(code: 0), sweeps: 1, faults: 1, timeNs: 3),
+        ]
+        let text = records.map { JSONLines.line($0) }.joined()
+        let log = try LogReader.parse(Data(text.utf8), source: "origins.jsonl")
+        #expect(log.program.sweeps.first?.sites?.first?.frames == frames)
+        // Values a later version may add are not ours: no mark.
+        let other = text.replacingOccurrences(of: #""found_by":"fp""#, with: #""found_by":"guess""#)
+            .replacingOccurrences(of: #""jit":true"#, with: #""jit":1"#)
+        let read = try LogReader.parse(Data(other.utf8), source: "other.jsonl").program.sweeps.first?.sites?.first?
+            .frames
+        #expect(read?.contains { $0.jit || $0.foundByFramePointer } == false)
+    }
+}

@@ -812,3 +812,73 @@ enum SampleLog {
         #expect(map.dirtyPerColumn(ranges).values.reduce(0, +) == 40)
     }
 }
+
+/// JIT code the log could not name (the JVM writes its map at exit): `report`
+/// names it from the process's perf map, when that was written during the run.
+@Suite struct JITNamesTests {
+    static let jitFrame = Frame(ip: 0x7f00_0000_1010)
+    static let caller = Frame(ip: 0x7f00_0000_2008)
+
+    static func log(endNs: UInt64?) throws -> ParsedLog {
+        let site = SampleLog.site([jitFrame, caller, SampleLog.main], pages: 1, faults: 1, at: 0x100)
+        let kernel = SampleLog.site(
+            [Frame(ip: 0, function: "[kernel] read"), Frame(ip: 0x7f00_0000_2000)], pages: 1, faults: 0, at: 0x101)
+        var records: [LogRecord] = [
+            .start(
+                pid: SampleLog.pid, pageSize: 4096, command: ["java"], tracked: ["writable"], timeNs: SampleLog.startNs),
+            SampleLog.sweep(1, at: SampleLog.startNs + 1, [site, kernel]),
+        ]
+        if let endNs {
+            records.append(.end(pid: SampleLog.pid, end: .exited(code: 0), sweeps: 1, faults: 1, timeNs: endNs))
+        }
+        return try SampleLog.parsed(records.map { JSONLines.line($0) }.joined())
+    }
+
+    static func map(_ text: String, modified: Date, name: String) throws -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("jitnames-\(getpid())")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        let path = dir.appendingPathComponent("\(name)-perf-\(SampleLog.pid).map").path
+        try Data(text.utf8).write(to: URL(fileURLWithPath: path))
+        try FileManager.default.setAttributes([.modificationDate: modified], ofItemAtPath: path)
+        return path
+    }
+
+    static func frames(_ log: ParsedLog) -> [[Frame]] { log.program.sweeps[0].sites!.map(\.frames) }
+
+    @Test func namesUnnamedCodeFromAMapWrittenDuringTheRun() throws {
+        let now = Date()
+        let nowNs = UInt64(now.timeIntervalSince1970 * 1e9)
+        let path = try Self.map(
+            "0x00007f0000001000 0x0000000000000100 void W.fill(long[], long)\n7f0000002000 8 Interpreter\n",
+            modified: now, name: "now")
+        let log = try Self.log(endNs: nowNs + 1_000_000_000)
+        let named = Self.frames(JITNames.applied(to: log, mapPath: { _ in path }))
+        #expect(named[0][0] == Frame(ip: 0x7f00_0000_1010, function: "void W.fill(long[], long)", jit: true))
+        // A return address is looked up at its call: just past the end of `Interpreter`, still in it.
+        #expect(named[0][1] == Frame(ip: 0x7f00_0000_2008, function: "Interpreter", jit: true))
+        #expect(named[0][2] == SampleLog.main)
+        // After the kernel's pseudo-frame the writer's own IP, looked up as is.
+        #expect(
+            named[1] == [
+                Frame(ip: 0, function: "[kernel] read"),
+                Frame(ip: 0x7f00_0000_2000, function: "Interpreter", jit: true),
+            ])
+        let text = TextReport.render(try ProcessReport(log: JITNames.applied(to: log, mapPath: { _ in path })))
+        #expect(text.contains("void W.fill(long[], long) [jit]"))
+        #expect(text.contains("<- Interpreter [jit] <- main\n"))
+        let html = HTMLReport.render(try ProcessReport(log: JITNames.applied(to: log, mapPath: { _ in path })))
+        #expect(html.contains("<span class=\"mono\">void W.fill(long[], long) [jit]</span>"))
+    }
+
+    @Test func leavesAMapOfAnotherRunAlone() throws {
+        // Modified before the log's start (a file left behind by an earlier process with this pid).
+        let path = try Self.map(
+            "7f0000001000 100 stale\n", modified: Date(timeIntervalSince1970: 1_700_000_000), name: "stale")
+        let log = try Self.log(endNs: SampleLog.startNs + 2)
+        #expect(Self.frames(JITNames.applied(to: log, mapPath: { _ in path })) == Self.frames(log))
+        // Modified long after the process ended: another process's with the pid used again.
+        let late = try Self.map("7f0000001000 100 late\n", modified: Date(), name: "late")
+        #expect(Self.frames(JITNames.applied(to: log, mapPath: { _ in late })) == Self.frames(log))
+        #expect(Self.frames(JITNames.applied(to: log, mapPath: { _ in "/nonexistent/perf.map" })) == Self.frames(log))
+    }
+}

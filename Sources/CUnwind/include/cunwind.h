@@ -94,8 +94,11 @@ void cu_thread_destroy(void *thread);
 /// `thread`) into ips, innermost first, at most max_depth entries. Stops at a
 /// zero IP or when unw_step returns <= 0. Returns the count, or -errno when the
 /// registers cannot be read (ESRCH: the thread is gone), or libunwind's
-/// negative UNW_E* code when unwinding cannot start.
-int cu_call_stack(cu_unwinder *unwinder, int32_t tid, void *thread, uint64_t *ips, int max_depth);
+/// negative UNW_E* code when unwinding cannot start. `by_fp` (NULL, or
+/// max_depth bytes): 1 for each frame reached by frame pointer because the
+/// frame below it had no unwind information, else 0.
+int cu_call_stack(cu_unwinder *unwinder, int32_t tid, void *thread, uint64_t *ips, uint8_t *by_fp,
+                  int max_depth);
 
 void cu_unwinder_stats(const cu_unwinder *unwinder, cu_stats *stats);
 

@@ -33,6 +33,7 @@ final class WriterAttribution {
         unwinder = nil
         lastMaps = []
         frameCache = [:]
+        session.symbolizer.forgetPerfMap(pid: pid)
     }
 
     /// The writer at `tid`'s stop: its call stack (`--stack-depth` frames),
@@ -41,7 +42,8 @@ final class WriterAttribution {
     func writer(_ kernel: String?, tid: Int32) -> Writer {
         guard stackDepth > 0 else { return Writer(kernel: kernel, stack: []) }
         if unwinder == nil { unwinder = try? Unwinder(pid: pid, images: session.unwindImages) }
-        return Writer(kernel: kernel, stack: unwinder?.callStack(tid: tid, maxDepth: stackDepth) ?? [])
+        let stack = unwinder?.unwind(tid: tid, maxDepth: stackDepth) ?? Unwinder.CallStack()
+        return Writer(kernel: kernel, stack: stack.ips, framePointerFrames: stack.framePointerFrames)
     }
 
     /// Every page write the engine records goes through here: into the
@@ -55,7 +57,7 @@ final class WriterAttribution {
         // ledger's map would cost memory per dirty page).
         guard stackDepth > 0 || session.writeObserver != nil else { return }
         guard ledger.record(page, by: writer, fault: fault), let observe = session.writeObserver else { return }
-        let frames = writer.stack.enumerated().map { i, ip in frame(ip, isReturnAddress: i > 0) }
+        let frames = writer.marking(writer.stack.enumerated().map { i, ip in frame(ip, isReturnAddress: i > 0) })
         observe(
             PageWrite(
                 pid: pid, tid: tid, page: Page.floor(page), phase: phase, kernel: writer.kernel,
@@ -92,8 +94,10 @@ final class WriterAttribution {
     func frame(_ ip: UInt64, isReturnAddress: Bool) -> Frame {
         let key = FrameKey(ip: ip, isReturnAddress: isReturnAddress)
         if let known = frameCache[key] { return known }
-        let f = session.symbolizer.frame(ip: ip, in: lastMaps, isReturnAddress: isReturnAddress)
-        frameCache[key] = f
+        let f = session.symbolizer.frame(ip: ip, in: lastMaps, isReturnAddress: isReturnAddress, pid: pid)
+        // Not kept for code in anonymous memory: a JIT names it in its perf
+        // map later, or puts other code there.
+        if f.module != nil { frameCache[key] = f }
         return f
     }
 

@@ -11,6 +11,16 @@ struct Writer: Hashable {
     /// Instruction pointers, innermost first: the faulting instruction, or
     /// where the thread entered the kernel; then return addresses.
     var stack: [UInt64]
+    /// Indices of `stack` reached by frame pointer (`Unwinder.CallStack`).
+    var framePointerFrames: [Int] = []
+
+    /// `frames`, symbolized from `stack`, with those found by frame pointer marked.
+    func marking(_ frames: [Frame]) -> [Frame] {
+        guard !framePointerFrames.isEmpty else { return frames }
+        var frames = frames
+        for i in framePointerFrames where i < frames.count { frames[i].foundByFramePointer = true }
+        return frames
+    }
 }
 
 struct FrameKey: Hashable {
@@ -95,7 +105,7 @@ struct WriterLedger {
         var sites: [WriteSite] = []
         for (i, w) in writers.enumerated() where !pages[i].isEmpty || faults[i] > 0 {
             let top = w.kernel.map { [Frame(ip: 0, function: "[kernel] " + $0)] } ?? []
-            sites.append(site(pages[i], faults[i], top + symbolizing(w.stack)))
+            sites.append(site(pages[i], faults[i], top + w.marking(symbolizing(w.stack))))
         }
         if !unseen.isEmpty { sites.append(site(unseen, 0, [Frame(ip: 0, function: "[unseen]")])) }
         if !presumedPages.isEmpty {
