@@ -150,3 +150,19 @@ public enum MapsParser {
             offset: offset, device: device, inode: inode, path: path, isDeleted: deleted)
     }
 }
+
+extension Array where Element == Mapping {
+    /// The mapping holding `address`, by halving: `/proc/PID/maps` lists
+    /// them sorted and apart, and a JVM has hundreds. Looked at one by one
+    /// when that finds none, for a list in another order.
+    public func mapping(containing address: UInt64) -> Mapping? {
+        var lo = 0
+        var hi = count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if self[mid].range.end.value <= address { lo = mid + 1 } else { hi = mid }
+        }
+        if lo < count, self[lo].range.contains(RemoteAddress(address)) { return self[lo] }
+        return first { $0.range.contains(RemoteAddress(address)) }
+    }
+}

@@ -35,7 +35,7 @@ public final class Symbolizer {
     /// perf map names code in anonymous executable memory.
     public func frame(ip: UInt64, in maps: [Mapping], isReturnAddress: Bool = false, pid: Int32? = nil) -> Frame {
         // Anonymous memory ([heap], [stack], JIT code) has no module; [vdso] is one.
-        let mapping = Self.mapping(at: ip, in: maps)
+        let mapping = maps.mapping(containing: ip)
         guard let mapping, !mapping.isAnonymous else {
             // Code a JIT generated: named by its map, read again when it grew.
             guard let pid, mapping?.protection.contains(.execute) ?? true else { return Frame(ip: ip) }
@@ -56,19 +56,6 @@ public final class Symbolizer {
         frame.file = site.file
         frame.line = site.line
         return frame
-    }
-
-    /// The mapping holding `ip`: by halving, as `/proc/PID/maps` is sorted
-    /// (a JVM has hundreds, and frames of JIT code are looked up at every
-    /// sweep); one by one when that finds none, for a list in another order.
-    static func mapping(at ip: UInt64, in maps: [Mapping]) -> Mapping? {
-        var lo = 0, hi = maps.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if maps[mid].range.end.value <= ip { lo = mid + 1 } else { hi = mid }
-        }
-        if lo < maps.count, maps[lo].range.contains(RemoteAddress(ip)) { return maps[lo] }
-        return maps.first { $0.range.contains(RemoteAddress(ip)) }
     }
 
     /// The frames of a call stack from `Unwinder.callStack`: the first IP is

@@ -151,17 +151,8 @@ public final class Unwinder {
         return moduleMissed(ip: ip) && mapping(at: ip)?.protection.contains(.execute) == true
     }
 
-    /// The mapping holding `ip`, by halving: this is the fault path, and
-    /// a JVM has hundreds of mappings.
-    private func mapping(at ip: UInt64) -> Mapping? {
-        guard let maps else { return nil }
-        var lo = 0, hi = maps.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if maps[mid].range.end.value <= ip { lo = mid + 1 } else { hi = mid }
-        }
-        return lo < maps.count && maps[lo].range.contains(RemoteAddress(ip)) ? maps[lo] : nil
-    }
+    /// The mapping holding `ip` (this is the fault path: by halving).
+    private func mapping(at ip: UInt64) -> Mapping? { maps?.mapping(containing: ip) }
 
     /// Call after the process's mappings changed (mmap, munmap, mprotect of
     /// code, exec): drops cached pages and unwind info, and makes the module
