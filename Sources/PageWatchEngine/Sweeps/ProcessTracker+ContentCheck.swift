@@ -18,6 +18,32 @@ final class ContentCopies {
 }
 
 extension ProcessTracker {
+    /// The pages of `ranges` with a copy in `copies` (but those in `except`)
+    /// whose contents differ from it now.
+    func pagesDiffering(
+        from copies: ContentCopies, in ranges: [AddressRange], except: PageSet = PageSet(), tid: Int32
+    ) -> PageSet {
+        var changed = PageSet()
+        for range in ranges {
+            forEachChunk(of: range, tid: tid) { start, bytes in
+                bytes.withUnsafeBytes { now in
+                    for k in 0..<bytes.count / Int(Page.size) {
+                        let page = start + UInt64(k) * Page.size
+                        guard !except.contains(page), let copy = copies.pages[page] else { continue }
+                        let differs =
+                            copy.isEmpty
+                            ? !Self.isZero(now.baseAddress! + k * Int(Page.size))
+                            : copy.withUnsafeBytes {
+                                memcmp(now.baseAddress! + k * Int(Page.size), $0.baseAddress!, Int(Page.size)) != 0
+                            }
+                        if differs { changed.insert(page: page) }
+                    }
+                }
+            }
+        }
+        return changed
+    }
+
     /// The largest read of the program's memory at once.
     static let contentChunk = 64 * Int(Page.size)
 
@@ -29,25 +55,9 @@ extension ProcessTracker {
     /// at the call's exit.
     func checkContents(tid: Int32) {
         guard let copies = contentCopies, !memoryCallInFlight(besides: tid) else { return }
-        let dirty = memory.dirtyPages()
-        var missed = PageSet()
-        for piece in memory.armedPieces(in: Self.everything) {
-            forEachChunk(of: piece.range, tid: tid) { start, bytes in
-                bytes.withUnsafeBytes { now in
-                    for k in 0..<bytes.count / Int(Page.size) {
-                        let page = start + UInt64(k) * Page.size
-                        guard !dirty.contains(page), let copy = copies.pages[page] else { continue }
-                        let differs =
-                            copy.isEmpty
-                            ? !Self.isZero(now.baseAddress! + k * Int(Page.size))
-                            : copy.withUnsafeBytes {
-                                memcmp(now.baseAddress! + k * Int(Page.size), $0.baseAddress!, Int(Page.size)) != 0
-                            }
-                        if differs { missed.insert(page: page) }
-                    }
-                }
-            }
-        }
+        var missed = pagesDiffering(
+            from: copies, in: memory.armedPieces(in: Self.everything).map(\.range), except: memory.dirtyPages(),
+            tid: tid)
         // Covered pages found changed before the scan, and not by it.
         missed.formUnion(writeProtect.missed)
         writeProtect.missed = PageSet()

@@ -290,24 +290,6 @@ extension ProcessTracker {
     /// copies, read before the scan.
     func changedWriteProtectedPages(tid: Int32) -> PageSet {
         guard let copies = contentCopies, !memoryCallInFlight(besides: tid) else { return PageSet() }
-        var changed = PageSet()
-        for range in writeProtect.covered.ranges {
-            forEachChunk(of: range, tid: tid) { start, bytes in
-                bytes.withUnsafeBytes { now in
-                    for k in 0..<bytes.count / Int(Page.size) {
-                        let page = start + UInt64(k) * Page.size
-                        guard let copy = copies.pages[page] else { continue }
-                        let differs =
-                            copy.isEmpty
-                            ? !Self.isZero(now.baseAddress! + k * Int(Page.size))
-                            : copy.withUnsafeBytes {
-                                memcmp(now.baseAddress! + k * Int(Page.size), $0.baseAddress!, Int(Page.size)) != 0
-                            }
-                        if differs { changed.insert(page: page) }
-                    }
-                }
-            }
-        }
-        return changed
+        return pagesDiffering(from: copies, in: writeProtect.covered.ranges, tid: tid)
     }
 }
