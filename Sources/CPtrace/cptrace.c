@@ -329,6 +329,8 @@ static void pw_flag(int signal) { pw_raised_signal = signal; }
 
 int pw_install_flag_handler(int signal) { return pw_install_handler(signal, pw_flag); }
 
+int pw_raised_signal_pending(void) { return pw_raised_signal != 0; }
+
 int pw_take_raised_signal(void) {
     int s = pw_raised_signal;
     pw_raised_signal = 0;

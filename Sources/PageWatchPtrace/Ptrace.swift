@@ -252,14 +252,19 @@ public enum Wait {
     /// the poll instead. Set to 0 to always block.
     nonisolated(unsafe) public static var spinNs: UInt64 = 50_000
 
-    /// Like `next`, but polls for up to `spinNs` first.
-    public static func nextSpinning(_ pid: Int32 = -1) throws -> StopEvent? {
+    /// Like `next`, but polls for up to `spinNs` first. Returns nil without
+    /// blocking once `wake` is true: a signal whose handler ran before the
+    /// blocking wait began (it was pending while blocked, and ran as it was
+    /// unblocked) interrupts nothing, and the wait would outlast it.
+    public static func nextSpinning(_ pid: Int32 = -1, wake: () -> Bool = { false }) throws -> StopEvent? {
         if spinNs > 0 {
             let deadline = monotonicNow() &+ spinNs
             repeat {
                 if let e = try poll(pid) { return e }
+                if wake() { return nil }
             } while monotonicNow() < deadline
         }
+        if wake() { return nil }
         return try next(pid)
     }
 
@@ -318,6 +323,9 @@ public func signalMask(of signals: [Int32]) -> UInt64 {
 public func installFlagHandler(_ signal: Int32) throws {
     try check(pw_install_flag_handler(signal), "sigaction", tid: getpid())
 }
+
+/// Whether a flag handler recorded a signal that `takeRaisedSignal` has not taken yet.
+public func raisedSignalPending() -> Bool { pw_raised_signal_pending() != 0 }
 
 /// The last signal a flag handler recorded since the previous call (nil: none).
 public func takeRaisedSignal() -> Int32? {

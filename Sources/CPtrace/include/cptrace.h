@@ -155,6 +155,8 @@ int pw_ptrace_syscall_info(pid_t tid, struct pw_syscall_info *out);
 // EINTR); pw_take_raised_signal returns and clears the last one recorded (0: none).
 int pw_install_flag_handler(int signal);
 int pw_take_raised_signal(void);
+// Whether a flag handler recorded a signal not yet taken (it stays recorded).
+int pw_raised_signal_pending(void);
 
 // get_robust_list(2) of another thread: the address of its robust-futex list head.
 int pw_get_robust_list(pid_t tid, uint64_t *head);

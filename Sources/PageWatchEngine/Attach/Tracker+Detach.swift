@@ -8,8 +8,13 @@ import PageWatchPtrace
 extension Tracker {
     /// Why to detach now, if at all.
     func detachCondition() -> SweepReason? {
-        guard resumeMode == .syscallStops, detaching == nil, main.end == nil else { return nil }
-        if takeRaisedSignal() != nil || givingUp != nil { return .detach }
+        guard resumeMode == .syscallStops else { return nil }
+        // Taken whatever follows: one left recorded would keep the wait
+        // for the next stop from blocking (`Wait.nextSpinning`'s `wake`).
+        let raised = takeRaisedSignal() != nil
+        // A detach or the end under way: a signal asks for nothing more.
+        guard detaching == nil, main.end == nil else { return nil }
+        if raised || givingUp != nil { return .detach }
         if timer?.hasExpired == true { return .detach }
         if let n = config.maxSweeps, main.sweeps >= n { return .detach }
         return nil

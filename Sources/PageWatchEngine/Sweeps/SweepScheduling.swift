@@ -47,7 +47,9 @@ extension Tracker {
     /// detach was asked by a signal); otherwise as before
     /// (`Wait.nextSpinning`, which SIGALRM from the timer interrupts).
     func waitForNextStop() throws -> StopEvent? {
-        guard interruptOutstanding else { return try Wait.nextSpinning(-1) }
+        // A detach asked by a signal while the wake-up signals were blocked:
+        // its handler ran as they were unblocked, before this wait.
+        guard interruptOutstanding else { return try Wait.nextSpinning(-1, wake: raisedSignalPending) }
         let now = monotonicNs()
         let until = now + Self.interruptPatienceNs, spinUntil = now + Wait.spinNs
         repeat {
