@@ -207,7 +207,17 @@ int pw_take_fd(int pid, int target_fd) {
     return fd < 0 ? -e : fd;
 }
 
-static void pw_wakeup(int signal) { (void)signal; }
+// Set by every handler PageWatch installs: a signal whose handler ran
+// before a blocking wait began interrupts nothing, so the wait looks here.
+static volatile sig_atomic_t pw_woken;
+
+void pw_clear_woken(void) { pw_woken = 0; }
+int pw_woken_pending(void) { return pw_woken != 0; }
+
+static void pw_wakeup(int signal) {
+    (void)signal;
+    pw_woken = 1;
+}
 
 // No SA_RESTART: a blocking waitpid in the tracer must return EINTR.
 static int pw_install_handler(int signal, void (*handler)(int)) {
@@ -325,11 +335,12 @@ int pw_shared_memory(const char *name, size_t size) {
 
 static volatile sig_atomic_t pw_raised_signal;
 
-static void pw_flag(int signal) { pw_raised_signal = signal; }
+static void pw_flag(int signal) {
+    pw_raised_signal = signal;
+    pw_woken = 1;
+}
 
 int pw_install_flag_handler(int signal) { return pw_install_handler(signal, pw_flag); }
-
-int pw_raised_signal_pending(void) { return pw_raised_signal != 0; }
 
 int pw_take_raised_signal(void) {
     int s = pw_raised_signal;

@@ -303,6 +303,14 @@ public func installWakeupHandler(_ signal: Int32) throws {
     try check(pw_install_wakeup_handler(signal), "sigaction", tid: getpid())
 }
 
+/// Forgets that a wake-up or flag handler ran (`wokenSinceCleared`). Called
+/// while those signals are blocked, right before they are unblocked for a
+/// wait: one that came meanwhile runs as they are unblocked, and counts.
+public func clearWoken() { pw_clear_woken() }
+
+/// Whether a wake-up or flag handler ran since `clearWoken`.
+public func wokenSinceCleared() -> Bool { pw_woken_pending() != 0 }
+
 /// Blocks or unblocks `signal` for the calling thread.
 public func setSignalBlocked(_ signal: Int32, _ blocked: Bool) {
     _ = pw_block_signal(signal, blocked ? 1 : 0)
@@ -323,9 +331,6 @@ public func signalMask(of signals: [Int32]) -> UInt64 {
 public func installFlagHandler(_ signal: Int32) throws {
     try check(pw_install_flag_handler(signal), "sigaction", tid: getpid())
 }
-
-/// Whether a flag handler recorded a signal that `takeRaisedSignal` has not taken yet.
-public func raisedSignalPending() -> Bool { pw_raised_signal_pending() != 0 }
 
 /// The last signal a flag handler recorded since the previous call (nil: none).
 public func takeRaisedSignal() -> Int32? {

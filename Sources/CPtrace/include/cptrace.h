@@ -133,6 +133,10 @@ int pw_shared_memory(const char *name, size_t size);
 // Install a no-op handler for `signal` without SA_RESTART, so that a blocking
 // waitpid in the tracer returns EINTR when it arrives.
 int pw_install_wakeup_handler(int signal);
+// Whether a handler installed by pw_install_wakeup_handler or
+// pw_install_flag_handler ran since pw_clear_woken.
+void pw_clear_woken(void);
+int pw_woken_pending(void);
 // Block (1) or unblock (0) `signal` in the calling thread.
 int pw_block_signal(int signal, int block);
 // One pthread_sigmask for every signal in `mask` (bit N-1 for signal N).
@@ -155,8 +159,6 @@ int pw_ptrace_syscall_info(pid_t tid, struct pw_syscall_info *out);
 // EINTR); pw_take_raised_signal returns and clears the last one recorded (0: none).
 int pw_install_flag_handler(int signal);
 int pw_take_raised_signal(void);
-// Whether a flag handler recorded a signal not yet taken (it stays recorded).
-int pw_raised_signal_pending(void);
 
 // get_robust_list(2) of another thread: the address of its robust-futex list head.
 int pw_get_robust_list(pid_t tid, uint64_t *head);

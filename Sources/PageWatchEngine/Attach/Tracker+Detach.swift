@@ -9,8 +9,7 @@ extension Tracker {
     /// Why to detach now, if at all.
     func detachCondition() -> SweepReason? {
         guard resumeMode == .syscallStops else { return nil }
-        // Taken whatever follows: one left recorded would keep the wait
-        // for the next stop from blocking (`Wait.nextSpinning`'s `wake`).
+        // Taken whatever follows (a second signal during a detach asks for nothing).
         let raised = takeRaisedSignal() != nil
         // A detach or the end under way: a signal asks for nothing more.
         guard detaching == nil, main.end == nil else { return nil }

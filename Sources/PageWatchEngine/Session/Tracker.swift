@@ -217,6 +217,7 @@ public final class Tracker {
             if detaching != nil { resendDetachInterrupts() }
             if next == nil, detaching != nil, try finishDetachIfParked() { return }
             if next == nil {
+                clearWoken()
                 setWakeupSignalsBlocked(false)
                 next = try waitForNextStop()
                 setWakeupSignalsBlocked(true)

@@ -47,9 +47,10 @@ extension Tracker {
     /// detach was asked by a signal); otherwise as before
     /// (`Wait.nextSpinning`, which SIGALRM from the timer interrupts).
     func waitForNextStop() throws -> StopEvent? {
-        // A detach asked by a signal while the wake-up signals were blocked:
-        // its handler ran as they were unblocked, before this wait.
-        guard interruptOutstanding else { return try Wait.nextSpinning(-1, wake: raisedSignalPending) }
+        // A timer tick or a detach signal that came while the wake-up
+        // signals were blocked: its handler ran as they were unblocked,
+        // before this wait, and interrupts nothing.
+        guard interruptOutstanding else { return try Wait.nextSpinning(-1, wake: wokenSinceCleared) }
         let now = monotonicNs()
         let until = now + Self.interruptPatienceNs, spinUntil = now + Wait.spinNs
         repeat {
