@@ -229,11 +229,17 @@ public struct PageBitmap: Equatable, Sendable {
     public func firstClear(in range: Range<Int>) -> Int? { next(false, in: range) }
 
     /// The last set bit in `range`, if any.
-    public func lastSet(in range: Range<Int>) -> Int? {
+    public func lastSet(in range: Range<Int>) -> Int? { previous(true, in: range) }
+
+    /// The last clear bit in `range`, if any.
+    public func lastClear(in range: Range<Int>) -> Int? { previous(false, in: range) }
+
+    /// The last bit equal to `value` in `range`, if any.
+    private func previous(_ value: Bool, in range: Range<Int>) -> Int? {
         var i = range.upperBound
         while i > range.lowerBound {
             let w = (i - 1) >> 6, lo = max(range.lowerBound, w << 6)
-            let x = words[w] & (Self.lowBits(i - (w << 6)) & ~Self.lowBits(lo - (w << 6)))
+            let x = (value ? words[w] : ~words[w]) & (Self.lowBits(i - (w << 6)) & ~Self.lowBits(lo - (w << 6)))
             if x != 0 { return (w << 6) + 63 - x.leadingZeroBitCount }
             i = lo
         }

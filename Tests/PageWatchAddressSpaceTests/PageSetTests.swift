@@ -156,6 +156,7 @@ import Testing
                 #expect(b.firstSet(in: range) == range.first { source[$0] })
                 #expect(b.firstClear(in: range) == range.first { !source[$0] })
                 #expect(b.lastSet(in: range) == range.last { source[$0] })
+                #expect(b.lastClear(in: range) == range.last { !source[$0] })
                 var runs: [Range<Int>] = []
                 for i in range where source[i] {
                     if let last = runs.last, last.upperBound == i {

@@ -102,17 +102,10 @@ public struct TrackedMemory: Sendable {
         guard maxGap > 0, let r = regionIndex(containing: a) else { return page }
         let region = regions[r]
         let i = region.index(of: a)
-        var lo = i
-        var hi = i + 1
-        for j in stride(from: i - 1, through: max(0, i - 1 - maxGap), by: -1) where !region.armed[j] {
-            lo = j + 1
-            break
-        }
-        for k in (i + 1)..<min(region.armed.pageCount, i + 2 + maxGap) where !region.armed[k] {
-            hi = k
-            break
-        }
-        return region.range(ofPages: lo..<hi)
+        // The nearest page not armed within maxGap + 1 on each side.
+        let below = region.armed.lastClear(in: max(0, i - 1 - maxGap)..<i)
+        let above = region.armed.firstClear(in: (i + 1)..<min(region.armed.pageCount, i + 2 + maxGap))
+        return region.range(ofPages: (below.map { $0 + 1 } ?? i)..<(above ?? i + 1))
     }
 
     /// Marks every page of region `r` writable and dirty (the fallback when a
