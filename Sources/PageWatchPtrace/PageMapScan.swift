@@ -21,14 +21,19 @@ public struct WrittenPages: Sendable, Equatable {
 /// either found now or faults and is found by the next scan. Needs no stop
 /// of the process. `PM_SCAN_CHECK_WPASYNC` makes a VMA without
 /// asynchronous write-protection an error (EPERM) instead of being skipped.
+///
+/// `onlyData`: pages present or swapped only (`category_anyof_mask`), for
+/// ranges whose holes carry no protection. Such a hole counts written
+/// otherwise (no write-protect bit), and the walk skips the 2 MiB pieces
+/// without a page table instead of visiting each of their pages.
 public enum PageMapScan {
     /// Regions per ioctl; the kernel stops where the vector is full and
     /// says where (`walk_end`), and the scan goes on from there.
     static let regions = 4096
 
-    public static func takeWritten(_ range: AddressRange, in pagemap: PageMap, reprotect: Bool = true) throws
-        -> WrittenPages
-    {
+    public static func takeWritten(
+        _ range: AddressRange, in pagemap: PageMap, reprotect: Bool = true, onlyData: Bool = false
+    ) throws -> WrittenPages {
         var found = WrittenPages()
         var vector = [pw_page_region](repeating: pw_page_region(), count: regions)
         var start = range.start.value
@@ -43,6 +48,7 @@ public enum PageMapScan {
                 arg.vec = UInt64(UInt(bitPattern: buffer.baseAddress))
                 arg.vec_len = UInt64(buffer.count)
                 arg.category_mask = UInt64(PW_PAGE_IS_WRITTEN)
+                if onlyData { arg.category_anyof_mask = UInt64(PW_PAGE_IS_PRESENT | PW_PAGE_IS_SWAPPED) }
                 arg.return_mask = UInt64(PW_PAGE_IS_WRITTEN | PW_PAGE_IS_PFNZERO)
                 return pw_pagemap_scan(pagemap.fd, &arg)
             }

@@ -51,6 +51,8 @@ import Testing
         Case(fixture: "fx_zero", expectedStatus: 0),
         Case(fixture: "fx_zero", extraArguments: ["--stack-depth", "0"], expectedStatus: 0),
         Case(fixture: "fx_zero", extraArguments: ["--schema", "1"], expectedStatus: 0),
+        // A large region written sparsely: holes written, read, and filled under MADV_HUGEPAGE.
+        Case(fixture: "fx_sparse", expectedStatus: 0),
     ]
 
     @Test(arguments: cases)

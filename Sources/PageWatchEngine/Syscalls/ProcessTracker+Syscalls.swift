@@ -91,6 +91,10 @@ extension ProcessTracker {
         case .mprotect, .pkey_mprotect:
             try mprotectEntry(call, args, regs: entryRegisters(thread), thread)
         case .madvise:
+            if Self.madviseAsksHugePages(args[2]) {
+                let start = RemoteAddress(args[0])
+                protectHolesBeforeHugePages(AddressRange(start: start, end: max(start, start + args[1])))
+            }
             // The contents of these pages become zero (or may) without a store.
             guard Self.madviseChangesContents(args[2]) else { return try resume(thread) }
             memory.markDirty(AddressRange(start: RemoteAddress(args[0]), end: RemoteAddress(args[0]) + args[1]))
@@ -185,6 +189,8 @@ extension ProcessTracker {
     /// madvise advice after which the pages read as zero (or may) without
     /// a store: DONTNEED, FREE, REMOVE, DONTNEED_LOCKED, GUARD_INSTALL.
     static func madviseChangesContents(_ advice: UInt64) -> Bool { [4, 8, 9, 24, 102].contains(advice) }
+    /// `MADV_HUGEPAGE`, `MADV_COLLAPSE`.
+    static func madviseAsksHugePages(_ advice: UInt64) -> Bool { advice == 14 || advice == 25 }
 
     /// The registers at the syscall entry `thread` is stopped at, read once.
     func entryRegisters(_ thread: TrackedThread) throws -> Arch.Registers {

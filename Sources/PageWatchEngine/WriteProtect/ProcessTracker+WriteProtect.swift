@@ -134,8 +134,13 @@ extension ProcessTracker {
             // like swapped pages: populated or swapped now, or populated
             // between this look and the protection (present after it).
             let before = try? writeProtect.pagemap?.runs(range)
+            let unprotected = before.flatMap { holesLeftUnprotected(in: range, holding: $0) }
             do {
-                try fd.writeProtect(range)
+                if let unprotected {
+                    for piece in PageSet([range]).subtracting(unprotected).ranges { try fd.writeProtect(piece) }
+                } else {
+                    try fd.writeProtect(range)
+                }
             } catch {
                 trace("  \(error): \(range) stays on the ptrace path")
                 try? fd.unregister(range)
@@ -148,10 +153,62 @@ extension ProcessTracker {
                 for run in after where run.isPresent && !run.isZeroPage { data.insert(run.range) }
                 writeProtect.noteZero(PageSet([range]).subtracting(data))
             }
-            writeProtect.cover(range)
+            writeProtect.cover(range, unprotected: unprotected)
             // Never armed (candidates): its pages were all dirty there, and are unseen here.
             memory.forget(range)
             presumption.forget(range)
+        }
+    }
+
+    /// The holes of a large `range` (`WriteProtectedMemory.sparseMinimum`)
+    /// to leave unprotected, given what it holds (`runs`, read before the
+    /// protection): every 2 MiB piece without data, or nil to protect it
+    /// whole. Whole where the kernel could fill a hole with a huge page
+    /// (`smaps` says `THPeligible`: 512 pages unprotected at a first
+    /// touch, all reported) or replace a page written with zeros by the
+    /// zero page (KSM's `use_zero_pages`: a written hole would look read).
+    func holesLeftUnprotected(in range: AddressRange, holding runs: [PageMapRun]) -> PageSet? {
+        guard range.length >= WriteProtectedMemory.sparseMinimum, !WriteProtectedMemory.kernelMergesZeroPages,
+            let smaps = try? ProcFS.read("/proc/\(pid)/smaps", pid: pid),
+            WriteProtectedMemory.hugePagesEligible(inSmaps: smaps, at: range.start) == false
+        else { return nil }
+        var data = PageSet()
+        for run in runs where run.isPresent || run.isSwapped { data.insert(run.range) }
+        return PageSet([range]).subtracting(WriteProtectedMemory.pageTablePieces(of: range, holding: data))
+    }
+
+    /// The program asks for huge pages in `range` (`madvise` with
+    /// `MADV_HUGEPAGE` or `MADV_COLLAPSE`, at the call's entry): the
+    /// unprotected holes of sparse ranges there are protected first, as
+    /// without the sparse protection, so that no huge page maps 512 pages
+    /// unprotected. What was populated there since the last scan is found
+    /// first (and kept for the sweep); a page populated between that scan
+    /// and the protection lost its evidence, and counts written.
+    func protectHolesBeforeHugePages(_ range: AddressRange) {
+        guard let fd = writeProtect.fd, let pagemap = writeProtect.pagemap else { return }
+        for piece in writeProtect.sparse.intersection(range.pageAligned).ranges {
+            let holes: PageSet
+            do {
+                let found = try PageMapScan.takeWritten(piece, in: pagemap, onlyData: true)
+                let kept = writeProtect.takeFound(found, reprotect: true)
+                writeProtect.written.written.formUnion(kept.written)
+                writeProtect.written.zeroPages.formUnion(kept.zeroPages)
+                holes = writeProtect.holes.intersection(piece)
+                try fd.writeProtect(piece)
+            } catch {
+                trace("  \(error): \(piece) counted written")
+                recoverWriteProtection(piece)
+                continue
+            }
+            writeProtect.protectedWhole(piece)
+            guard !holes.isEmpty else { continue }
+            var populated = PageSet()
+            if let after = try? pagemap.runs(piece) {
+                for run in after where run.isPresent { populated.insert(run.range) }
+                writeProtect.countWrittenAgain(populated.intersection(holes))
+            } else {
+                writeProtect.countWrittenAgain(holes)
+            }
         }
     }
 
@@ -165,15 +222,22 @@ extension ProcessTracker {
         let changed = changedWriteProtectedPages(tid: tid)
         guard let pagemap = writeProtect.pagemap else { return }
         for range in writeProtect.covered.ranges {
-            do {
-                let found = try PageMapScan.takeWritten(range, in: pagemap, reprotect: reprotect)
-                writeProtect.written.written.formUnion(found.written)
-                writeProtect.written.zeroPages.formUnion(found.zeroPages)
-            } catch {
-                // A registration lost behind PageWatch's back: everything
-                // still mapped there counts written, and is covered again.
-                trace("  \(error): \(range) counted written")
-                recoverWriteProtection(range)
+            let sparse = writeProtect.sparse.intersection(range)
+            let pieces =
+                sparse.ranges.map { ($0, true) } + PageSet([range]).subtracting(sparse).ranges.map { ($0, false) }
+            for (piece, isSparse) in pieces {
+                do {
+                    var found = try PageMapScan.takeWritten(
+                        piece, in: pagemap, reprotect: reprotect, onlyData: isSparse)
+                    if isSparse { found = writeProtect.takeFound(found, reprotect: reprotect) }
+                    writeProtect.written.written.formUnion(found.written)
+                    writeProtect.written.zeroPages.formUnion(found.zeroPages)
+                } catch {
+                    // A registration lost behind PageWatch's back: everything
+                    // still mapped there counts written, and is covered again.
+                    trace("  \(error): \(piece) counted written")
+                    recoverWriteProtection(piece)
+                }
             }
         }
         let missed = changed.subtracting(writeProtect.dirty)
