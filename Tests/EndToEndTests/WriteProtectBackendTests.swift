@@ -54,6 +54,17 @@ import Testing
         }
     }
 
+    /// fx_sparse's holes on the userfaultfd backend without
+    /// `--verify-contents`, whose reads of every covered page map the zero
+    /// page there (and a page table with it): writes into holes of
+    /// populated and of empty 2 MiB pieces found, reads not reported, and
+    /// a first write under `MADV_HUGEPAGE` one page, not a huge page's 512.
+    @Test func holesOfALargeRegionAreExact() throws {
+        try FixtureTests.checkAgainstTruth(
+            FixtureTests.Case(fixture: "fx_sparse", expectedStatus: 0), backendArguments: Self.uffd, backend: "uffd",
+            verifyContents: false)
+    }
+
     /// Attached on the userfaultfd backend and detached: the program keeps
     /// no registration (no `uw` in smaps' VmFlags), no userfaultfd
     /// descriptor, and finishes as without the tool.

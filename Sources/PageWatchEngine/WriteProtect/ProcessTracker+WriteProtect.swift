@@ -154,6 +154,7 @@ extension ProcessTracker {
                 writeProtect.noteZero(PageSet([range]).subtracting(data))
             }
             writeProtect.cover(range, unprotected: unprotected)
+            if let unprotected { trace("  \(range): \(unprotected.pageCount) pages of holes left unprotected") }
             // Never armed (candidates): its pages were all dirty there, and are unseen here.
             memory.forget(range)
             presumption.forget(range)
@@ -201,6 +202,7 @@ extension ProcessTracker {
                 continue
             }
             writeProtect.protectedWhole(piece)
+            trace("  \(piece): huge pages asked, \(holes.pageCount) pages of holes protected")
             guard !holes.isEmpty else { continue }
             var populated = PageSet()
             if let after = try? pagemap.runs(piece) {
