@@ -1,5 +1,6 @@
 import Testing
 import PageWatchAddressSpace
+import PageWatchPtrace
 @testable import PageWatchEngine
 
 /// The userfaultfd backend's model on synthetic maps: what it covers, what
@@ -96,5 +97,61 @@ import PageWatchAddressSpace
         selection.excluded = PageSet([AddressRange(0x12000, 0x14000)])
         let parts = selection.selectedPart(of: anon(0x10000, 0x18000, rw), protection: rw, isThreadStack: false)
         #expect(parts == [AddressRange(0x10000, 0x12000), AddressRange(0x14000, 0x18000)])
+    }
+
+    /// A sparse range is protected in the 2 MiB pieces that hold data, the
+    /// rest left as holes.
+    @Test func pageTablePiecesRoundDataOutTo2MiBWithinTheRange() {
+        let mib: UInt64 = 1 << 20
+        let range = AddressRange(0x4000_0000 + mib, 0x4000_0000 + 64 * mib)
+        let data = PageSet([
+            AddressRange(0x4000_0000 + mib, 0x4000_0000 + mib + 0x1000),  // in the first, partial piece
+            AddressRange(0x4000_0000 + 9 * mib, 0x4000_0000 + 9 * mib + 0x3000),
+            AddressRange(0x4000_0000 + 10 * mib - 0x1000, 0x4000_0000 + 10 * mib + 0x1000),
+        ])
+        let pieces = WriteProtectedMemory.pageTablePieces(of: range, holding: data)
+        #expect(
+            pieces.ranges == [
+                AddressRange(0x4000_0000 + mib, 0x4000_0000 + 2 * mib),
+                AddressRange(0x4000_0000 + 8 * mib, 0x4000_0000 + 12 * mib),
+            ])
+    }
+
+    /// `THPeligible` of the mapping holding an address, from smaps.
+    @Test func hugePageEligibilityComesFromSmaps() {
+        let smaps = """
+            7f0000000000-7f0004000000 rw-p 00000000 00:00 0
+            Size:              65536 kB
+            THPeligible:    0
+            VmFlags: rd wr mr mw me ac
+            7f0004000000-7f0008000000 rw-p 00000000 00:00 0
+            Size:              65536 kB
+            THPeligible:    1
+            VmFlags: rd wr mr mw me ac hg
+            """
+        #expect(WriteProtectedMemory.hugePagesEligible(inSmaps: smaps, at: RemoteAddress(0x7f00_0000_1000)) == false)
+        #expect(WriteProtectedMemory.hugePagesEligible(inSmaps: smaps, at: RemoteAddress(0x7f00_0400_0000)) == true)
+        #expect(WriteProtectedMemory.hugePagesEligible(inSmaps: smaps, at: RemoteAddress(0x7f00_0800_0000)) == nil)
+    }
+
+    /// A scan of a sparse range: a hole found mapping the zero page was
+    /// only read (not reported); every page found is a hole no more.
+    @Test func holesFoundMappingTheZeroPageWereOnlyRead() {
+        var w = WriteProtectedMemory()
+        let range = AddressRange(0x100000, 0x200000)
+        w.cover(range, unprotected: PageSet([AddressRange(0x140000, 0x200000)]))
+        var found = WrittenPages()
+        found.written = PageSet([AddressRange(0x100000, 0x101000), AddressRange(0x140000, 0x143000)])
+        found.zeroPages = PageSet([AddressRange(0x100000, 0x101000), AddressRange(0x142000, 0x143000)])
+        let kept = w.takeFound(found, reprotect: true)
+        // A zero page outside the holes (populated after a discard) is reported, as before.
+        #expect(kept.written == PageSet([AddressRange(0x100000, 0x101000), AddressRange(0x140000, 0x142000)]))
+        #expect(kept.zeroPages == PageSet([AddressRange(0x100000, 0x101000)]))
+        #expect(w.holes == PageSet([AddressRange(0x143000, 0x200000)]))
+        // Discarded to zeros: holes again; unmapped: forgotten.
+        w.markDiscarded(AddressRange(0x100000, 0x102000), zeroed: true)
+        #expect(w.holes.contains(RemoteAddress(0x101000)))
+        w.forget(range)
+        #expect(w.holes.isEmpty && w.sparse.isEmpty)
     }
 }
