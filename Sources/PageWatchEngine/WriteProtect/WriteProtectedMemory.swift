@@ -58,10 +58,11 @@ struct WriteProtectedMemory {
 
     /// Larger pieces stay on the ptrace path. Write-protection leaves a pte
     /// marker in every page never populated (on 6.18 whatever the features
-    /// asked), so covering a range costs the program a page table per 2 MiB
-    /// of it (2 MiB per GiB), and each sweep's scan walks them all (about
-    /// 12 ns a page here): a sparse reservation of terabytes (a sanitizer's
-    /// shadow) would run the program out of memory.
+    /// asked), so protecting a range whole costs the program a page table
+    /// per 2 MiB of it (2 MiB per GiB), and each sweep's scan walks them all
+    /// (about 12 ns a page here): a sparse reservation of terabytes (a
+    /// sanitizer's shadow) protected whole (huge pages possible) would run
+    /// the program out of memory.
     static let largestRange: UInt64 = 16 << 30
 
     /// From this size on, a range's holes are left unprotected (no marker,
