@@ -10,7 +10,7 @@ demo: deps
 	bash scripts/demo.sh
 
 test: deps
-	swift build --build-tests
+	swift build --build-tests $$(bash scripts/plan.sh)
 	swift test
 
 # A release binary with the Swift runtime linked in, man pages, completions;

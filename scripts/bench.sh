@@ -6,7 +6,10 @@
 # Arguments go to bench.py, e.g. `bash scripts/bench.sh --sections faults,floor`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+plan=$(bash scripts/plan.sh)
 for p in pagewatch fx_writer fx_baseline fx_ptrace_floor fx_sweep; do
-    swift build -c release --product "$p" >/dev/null
+    # shellcheck disable=SC2086 # empty or one option
+    swift build -c release $plan --product "$p" >/dev/null
+    plan=""
 done
 python3 scripts/bench.py --bin "$(swift build -c release --show-bin-path)" "$@"

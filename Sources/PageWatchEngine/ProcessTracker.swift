@@ -31,6 +31,9 @@ final class ProcessTracker {
     /// Since when the pending sweep waits (`pursuePendingSweep`), with the
     /// sweep count then (a sweep since: a new one is pending).
     var sweepPendingSince: (sweeps: Int, ns: UInt64)?
+    /// The sweep count when a sweep without a stop was last found not
+    /// enough (`sweepWithoutStop`): tried once per pending sweep.
+    var stoplessSweepDeclined: Int?
     /// The pages the last sweep reported and left writable (it could not
     /// re-arm them): reported again by the next, which says so.
     var leftWritable = PageSet()

@@ -35,7 +35,7 @@ import Testing
         for (name, _) in Harness.fixtureList {
             #expect(
                 FileManager.default.isExecutableFile(atPath: Harness.fixture(name)),
-                "\(name) is not built: SwiftPM plans again only when Package.swift changes: touch Package.swift after editing fixtures/fixtures.txt"
+                "\(name) is not built: SwiftPM plans again only when Package.swift changes: build with `make test` (scripts/plan.sh) after editing fixtures/fixtures.txt"
             )
         }
     }

@@ -40,6 +40,7 @@ import Testing
         Case(fixture: "fx_segv_handler", expectedStatus: 0),
         Case(fixture: "fx_segv_action", expectedStatus: 0),
         Case(fixture: "fx_shared", expectedStatus: 0, neverReported: 0x2980_0000_0000..<0x2980_0000_4000),
+        Case(fixture: "fx_stopless_sweep", expectedStatus: 0),
         // Attribution fixtures that print the truth too: a C++ and a Swift program.
         Case(fixture: "fx_cxx_writer", expectedStatus: 0),
         Case(fixture: "fx_swift_writer", expectedStatus: 0),

@@ -132,4 +132,57 @@ import Testing
         let dirty = records.filter { $0["type"] as? String == "sweep" }.map { $0["dirty_pages"] as? Int ?? 0 }
         #expect(dirty.reduce(0, +) > 100)
     }
+
+    /// Interval sweeps while the program's only thread sits in a call
+    /// PageWatch cannot interrupt (fx_stopless_sweep: msgrcv for 500 ms
+    /// after writing pages 4-7). On the userfaultfd backend they re-arm
+    /// from outside, without a stop: pages 4-7 reported once, every sweep
+    /// re-armed. On the ptrace path they can only report: the same pages
+    /// again, `rearmed` false. Either way phase 3 (pages 4 and 5) is exact.
+    @Test(arguments: ["uffd", "ptrace"])
+    func sweepsDuringACallThatCannotBeInterrupted(_ backend: String) throws {
+        let program = [Harness.fixture("fx_stopless_sweep"), "500"]
+        let untracked = try Harness.run(program)
+        #expect(untracked.status == 0)
+        let log = Harness.temporaryPath("stopless-\(backend).jsonl")
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--verify-contents", "--sweep-signal", "USR2", "--interval", "50ms",
+                "--presume", "never", "--backend", backend, "--stack-depth", "0", "--output", log, "--",
+            ] + program, timeout: 60)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.stderr == untracked.stderr)
+        #expect(tracked.status == 0)
+        let truth = try FixtureTruth(stdout: untracked.stdout).segments[0]
+        let records = try Harness.readLog(log)
+        #expect((records.first?["backends"] as? [String: String])?["anonymous"] == backend)
+        #expect(!records.contains { $0["type"] as? String == "missed" })
+        var phases: [[[String: Any]]] = [[]]
+        for s in records where s["type"] as? String == "sweep" {
+            phases[phases.count - 1].append(s)
+            if s["reason"] as? String != "interval" { phases.append([]) }
+        }
+        phases.removeLast()
+        #expect(phases.count == 4)
+        guard phases.count == 4 else { return }
+        func pages(_ s: [String: Any]) -> Set<UInt64> { FixtureTruth.pages(in: truth.region, of: s) }
+        func again(_ s: [String: Any]) -> Set<UInt64> {
+            FixtureTruth.pages(in: truth.region, of: ["ranges": s["reported_again"] ?? []])
+        }
+        for (i, sweeps) in phases.enumerated() {
+            let k = i + 1
+            #expect(sweeps.reduce(into: Set()) { $0.formUnion(pages($1)) } == truth.phases[k] ?? [], "phase \(k)")
+        }
+        let blocked = phases[1].filter { $0["reason"] as? String == "interval" }
+        #expect(blocked.count >= 3, "interval sweeps during the call: \(blocked.count)")
+        if backend == "uffd" {
+            #expect(phases[1].allSatisfy { $0["rearmed"] as? Bool ?? true })
+            #expect(phases[1].allSatisfy { again($0).isEmpty })
+            #expect(phases[1].map { pages($0).count }.reduce(0, +) == 4, "pages 4-7 reported once")
+        } else {
+            #expect(blocked.contains { $0["rearmed"] as? Bool == false })
+            #expect(blocked.contains { again($0) == truth.phases[2] })
+        }
+        #expect(phases[2].allSatisfy { again($0).isEmpty })
+    }
 }

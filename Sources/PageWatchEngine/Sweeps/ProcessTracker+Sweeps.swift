@@ -168,6 +168,51 @@ extension ProcessTracker {
         copyContents(dirty: dirty, tid: tid)
     }
 
+    /// An interval sweep that runs no code in the program: where memory is
+    /// write-protected by userfaultfd, the scan (PAGEMAP_SCAN on
+    /// /proc/PID/pagemap) reports and re-protects it from outside. With
+    /// the ptrace side clean (nothing to re-arm, populate or check, which
+    /// takes a stopped thread) no thread stops for the sweep. With
+    /// `ptraceSideLeft`, in place of a report-only sweep when no thread can
+    /// be stopped: the ptrace side's pages stay writable and are reported
+    /// again, the write-protected ones are re-armed all the same. False
+    /// where it does not apply (then a thread is stopped as usual).
+    func sweepWithoutStop(reason: SweepReason, ptraceSideLeft: Bool = false) throws -> Bool {
+        guard reason == .interval, writeProtect.isActive, !writeProtect.covered.isEmpty,
+            session.allThreadsSeen, !givesUpAtSweep
+        else { return false }
+        if !ptraceSideLeft {
+            stoplessSweepDeclined = sweeps  // until it proves possible: tried once per pending sweep
+            guard !signalActions.resetUnchecked, !presumption.isActive, memory.rearmPlan().isEmpty else { return false }
+            try refreshMaps()
+            var probe = memory  // planning marks mappings settled: only a look here
+            guard memory.rearmPlan().isEmpty,
+                probe.pagesToPopulate(maps: attribution.lastMaps, excluded: userfaultRangesHere).isEmpty
+            else { return false }
+        } else {
+            try refreshMaps()
+        }
+        pendingSweep = nil
+        let tid = liveThread()
+        coverWithWriteProtection(window: nil, maps: attribution.lastMaps)
+        scanWriteProtected(tid: tid)
+        checkContents(tid: tid)
+        let dirty = dirtyPagesOfBothBackends()
+        // As in a sweep at a stop: buffers the kernel may still write
+        // through pages it pinned count written again.
+        var busy = outputsOfBlockedCalls(excluding: 0)
+        for page in pagesInFlight(in: nil) { busy.insert(AddressRange(start: page, end: page + Page.size)) }
+        busy.formUnion(ioUringBuffersInFlight())
+        noteStarvation(reason: reason, elapsedNs: monotonicNs() &- lastSweepNs)
+        memory.clearPinnedDirty()
+        memory.clearReadOnlyDirty()
+        emitSweep(reason: reason, dirty: dirty)
+        writeProtect.countWrittenAgain(busy.intersection(writeProtect.covered))
+        copyContents(dirty: dirty, tid: tid)
+        trace("  sweep \(sweeps) without a stop\(ptraceSideLeft ? ", the ptrace side's pages left writable" : "")")
+        return true
+    }
+
     /// An interval sweep with no thread to run code in: report what is known.
     /// Dirty pages stay unarmed and dirty, so they are reported again next
     /// time: extra pages, never a missed one.

@@ -78,6 +78,7 @@ extension ProcessTracker {
         // A memory call in flight: its exit serves the sweep (the model is
         // true again only there), and any other stop would wait for it.
         if memoryCallInFlight(besides: 0) { return }
+        if stoplessSweepDeclined != sweeps, try sweepWithoutStop(reason: reason) { return }
         let outstanding = threads.filter { $0.value.interrupt.pending }
         if !outstanding.isEmpty {
             for (tid, state) in outstanding.sorted(by: { $0.key < $1.key }) {
@@ -97,6 +98,7 @@ extension ProcessTracker {
         guard reason == .interval else { return }  // the others wait for their thread's stop
         let waited = now &- sweepPendingSince!.ns
         if !stopQueued || waited >= max(intervalNs, 100_000_000) {
+            if try sweepWithoutStop(reason: .interval, ptraceSideLeft: true) { return }
             try reportOnlySweep(reason: .interval)
         }
     }
