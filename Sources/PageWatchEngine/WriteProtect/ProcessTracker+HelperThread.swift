@@ -1,0 +1,183 @@
+import Glibc
+import PageWatchAddressSpace
+import PageWatchPtrace
+
+/// Why the helper thread could not make the userfaultfd: the process
+/// stays on the ptrace path (or, with one thread, the in-program set-up).
+enum HelperThreadFailure: Error, CustomStringConvertible {
+    /// `pidfd_open` has no `PIDFD_THREAD` here (before Linux 6.9).
+    case noThreadPidfds(Errno)
+    /// A seccomp filter of the program's would see one of the helper's
+    /// calls and answer in a way the program would notice.
+    case seccomp(String)
+    /// The injected `clone` failed (RLIMIT_NPROC, a pids cgroup: EAGAIN).
+    case cloneRefused(pid: Int32, Errno)
+    /// `userfaultfd(2)` failed in the helper (a sandbox: EPERM, ENOSYS).
+    case userfaultfdRefused(pid: Int32, Errno)
+    /// The helper ended before it was done (the program exec'd or exited).
+    case gone(tid: Int32)
+
+    var description: String {
+        switch self {
+        case .noThreadPidfds(let errno):
+            return "this kernel has no PIDFD_THREAD for a helper thread (pidfd_open: \(errno))"
+        case .seccomp(let why):
+            return why
+        case let .cloneRefused(pid, errno):
+            return "a helper thread in pid \(pid) was refused: clone(2) failed: \(errno)"
+        case let .userfaultfdRefused(pid, errno):
+            return "userfaultfd(2) in pid \(pid) failed: \(errno)"
+        case .gone(let tid):
+            return "the helper thread \(tid) ended before its userfaultfd was taken"
+        }
+    }
+}
+
+/// The userfaultfd made by a helper thread (`pagewatch attach`), never in
+/// the program's descriptor table: injected into a stopped thread, `clone`
+/// makes a thread of the program that shares its memory, signal handlers
+/// and thread group but has a copy of its descriptor table (no
+/// `CLONE_FILES`). Traced from birth (`PTRACE_O_TRACECLONE`), it stops
+/// before running any instruction; with every signal blocked it runs
+/// `userfaultfd(2)` from the gadget (the context is bound to the shared
+/// address space), PageWatch takes the descriptor from its table through a
+/// thread pidfd, and it leaves with `exit(2)` (the thread alone). So
+/// nothing sharing the program's table (its other threads, io-wq workers,
+/// a `CLONE_FILES` process) can see a number taken, and the attach does
+/// not need the process to have a single thread. The helper is never one
+/// of the engine's threads: it is waited for here, by tid, and reaped here.
+extension ProcessTracker {
+    /// A thread (`CLONE_THREAD`: no exit signal, reaped by its tracer here,
+    /// invisible to the program's `wait`) sharing memory, filesystem
+    /// information, signal handlers and SysV semaphore undo (what
+    /// `pthread_create` shares) but not the descriptor table. No
+    /// `CLONE_SETTLS`, no tid words (nothing written at its birth or exit),
+    /// stack 0 (it keeps the parent's stack pointer, and never uses it:
+    /// the gadget touches no memory, and no signal is delivered to it).
+    static let helperCloneFlags: UInt64 = 0x100 | 0x200 | 0x800 | 0x1_0000 | 0x4_0000
+
+    /// Makes the userfaultfd in a helper thread cloned from `thread` and
+    /// takes it over. The helper has exited and been reaped on every return.
+    func userfaultfdFromHelperThread(_ thread: TrackedThread) throws -> WriteProtectFD {
+        if let lacking = WriteProtectFD.threadPidfdsLacking { throw HelperThreadFailure.noThreadPidfds(lacking) }
+        guard let gadget = injector.remote?.gadget else { throw HelperThreadFailure.gone(tid: thread.tid) }
+        if let refusal = seccompRefusal(of: thread.tid, gadget: gadget) { throw HelperThreadFailure.seccomp(refusal) }
+        let cloned = try injector.inject(thread) { remote, completing in
+            let outcome = try remote.run(
+                Arch.number(.clone)!, [Self.helperCloneFlags, 0, 0, 0, 0], in: thread.tid, completing: completing)
+            return (outcome.value, outcome)
+        }
+        guard let cloned else { throw HelperThreadFailure.gone(tid: thread.tid) }
+        if cloned < 0 { throw HelperThreadFailure.cloneRefused(pid: pid, Errno(Int32(truncatingIfNeeded: -cloned))) }
+        let helper = Int32(truncatingIfNeeded: cloned)
+        trace("  helper thread \(helper) makes the userfaultfd")
+        var reaped = false
+        defer { if !reaped { endHelperThread(helper) } }
+        guard try waitForHelperFirstStop(helper) else {
+            reaped = true
+            throw HelperThreadFailure.gone(tid: helper)
+        }
+        do {
+            // Blocked before it runs anything: no process-directed signal
+            // is delivered to it (nor its frame written on the parent's stack).
+            try Ptrace.setSignalMask(helper, ~0)
+            // What it runs if PageWatch lets go of it anywhere from here on
+            // (each injection gives these registers back, and the guardian's
+            // journal names them): `exit`, its only way out.
+            let leaving = try Arch.preparingSyscall(
+                Arch.readRegisters(tid: helper), number: Arch.number(.exit)!, arguments: [0], gadget: gadget)
+            try Arch.writeRegisters(leaving, tid: helper)
+            var remote = injector.remote!
+            remote.restoring = leaving
+            let made = try remote.run(Arch.userfaultfdNumber, [WriteProtectFD.creationFlags], in: helper).value
+            if made < 0 {
+                throw HelperThreadFailure.userfaultfdRefused(pid: pid, Errno(Int32(truncatingIfNeeded: -made)))
+            }
+            return try WriteProtectFD(pid: pid, remoteFD: Int32(truncatingIfNeeded: made), thread: helper)
+        } catch TraceError.traceeGone(let tid) where tid == helper {
+            throw HelperThreadFailure.gone(tid: helper)
+        }
+    }
+
+    /// The helper's registers at the gadget about to run `exit(0)`.
+    private func leavingRegisters(_ helper: Int32, gadget: RemoteAddress) -> Arch.Registers? {
+        guard let regs = try? Arch.readRegisters(tid: helper) else { return nil }
+        return Arch.preparingSyscall(regs, number: Arch.number(.exit)!, arguments: [0], gadget: gadget)
+    }
+
+    /// Its first stop (the seized thread's `PTRACE_EVENT_STOP`, before any
+    /// instruction of its own); false when it ended first (reaped).
+    private func waitForHelperFirstStop(_ helper: Int32) throws -> Bool {
+        while true {
+            guard let event = try Wait.nextSpinning(helper) else { continue }
+            switch event {
+            case .exited, .killed: return false
+            case .event(_, .exit): try? Ptrace.cont(helper)
+            default: return true
+            }
+        }
+    }
+
+    /// Lets the stopped helper run `exit(0)` and reaps it: gone from
+    /// `/proc/PID/task` when this returns. Its copy of the descriptor table
+    /// (with the userfaultfd, whose context PageWatch's copy keeps) goes
+    /// with it. A helper that is not stopped is on its way out (killed with
+    /// the process, or let go at its exit event): only reaped.
+    func endHelperThread(_ helper: Int32) {
+        if let gadget = injector.remote?.gadget, let leaving = leavingRegisters(helper, gadget: gadget),
+            (try? Arch.writeRegisters(leaving, tid: helper)) != nil
+        {
+            try? Ptrace.cont(helper)
+        }
+        while true {
+            let event: StopEvent?
+            do { event = try Wait.nextSpinning(helper) } catch { return }  // ECHILD: reaped already
+            switch event {
+            case nil:
+                continue  // EINTR: a signal to PageWatch, seen by the event loop later
+            case .exited?, .killed?:
+                trace("  helper thread \(helper) gone")
+                return
+            default:
+                // Its exit event, or a stop on the way (a group stop): on, no signal.
+                try? Ptrace.cont(helper)
+            }
+        }
+    }
+
+    /// Why the program's seccomp filters forbid the helper, if they do:
+    /// every filter is run on each call the helper makes (`clone` from the
+    /// injecting thread, `userfaultfd` and `exit` from the helper, all at
+    /// the gadget's `syscall`). An answer that fails the call (ERRNO, or
+    /// TRACE: no `PTRACE_O_TRACESECCOMP` at attach, so ENOSYS) is a plain
+    /// failure, seen by PageWatch only; KILL, TRAP (SIGSYS) and USER_NOTIF
+    /// (a supervisor would see the call) would change what the program
+    /// does. A filter that cannot be read (no CAP_SYS_ADMIN) forbids too.
+    func seccompRefusal(of tid: Int32, gadget: RemoteAddress) -> String? {
+        guard let mode = try? ProcFS.seccompMode(of: tid), mode != 0 else { return nil }
+        guard mode == 2 else { return "pid \(pid) runs in seccomp strict mode" }
+        let filters: [[SeccompFilter.Instruction]]
+        do { filters = try Ptrace.seccompFilters(tid) } catch {
+            return "pid \(pid) has a seccomp filter PageWatch cannot read (\(error))"
+        }
+        let ip = gadget.value &+ Arch.scratchGadgetSyscallEnd
+        let calls: [(name: String, number: Int64, arguments: [UInt64])] = [
+            ("clone", Arch.number(.clone)!, [Self.helperCloneFlags, 0, 0, 0, 0, 0]),
+            ("userfaultfd", Arch.userfaultfdNumber, [WriteProtectFD.creationFlags, 0, 0, 0, 0, 0]),
+            ("exit", Arch.number(.exit)!, [0, 0, 0, 0, 0, 0]),
+        ]
+        let noticed: Set<UInt32> = [0x8000_0000, 0, 0x0003_0000, 0x7fc0_0000]  // KILL_PROCESS, KILL_THREAD, TRAP, USER_NOTIF
+        for call in calls {
+            let data = SeccompData(
+                nr: Int32(call.number), arch: Arch.auditArch, instructionPointer: ip, arguments: call.arguments)
+            for filter in filters {
+                let action = SeccompFilter.run(filter, on: data)
+                if noticed.contains(action & 0xffff_0000) {
+                    return
+                        "the seccomp filter of pid \(pid) answers the helper thread's \(call.name) with \(SeccompFilter.actionName(action))"
+                }
+            }
+        }
+        return nil
+    }
+}
