@@ -96,6 +96,49 @@ import Testing
         #expect(fixture.stdout == untracked.stdout)
     }
 
+    /// Attached to a process with several threads: a helper thread with a
+    /// descriptor table of its own makes the userfaultfd, so the program's
+    /// table never holds it. Every phase exact with no fault taken (the
+    /// workers' writes found by the scans), and after the detach the
+    /// program counts its threads (no helper left in /proc/self/task) and
+    /// opens a file: the same lines as untracked.
+    @Test func severalThreadsAttachedThroughAHelperThread() throws {
+        let fixture = [Harness.fixture("fx_attach_threads")]
+        let untracked = try FIFODriven(fixture, attach: nil)
+        let tracked = try FIFODriven(fixture, attach: Self.attachThreads + Self.uffd + ["--verify-contents"])
+        #expect(untracked.status == 0)
+        #expect(tracked.status == 0)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(untracked.stdout.contains("threads 4 next descriptor "))
+        #expect((tracked.log.first?["backends"] as? [String: String])?["anonymous"] == "uffd")
+        #expect(tracked.log.dropFirst().first?["threads"] as? Int == 4)
+        #expect(!tracked.log.contains { ["warning", "missed", "untracked"].contains($0["type"] as? String) })
+        #expect(tracked.sweeps.allSatisfy { $0["faults"] as? Int == 0 })
+        #expect(tracked.sweeps.map { $0["reason"] as? String } == ["attach", "signal", "signal", "detach"])
+        try tracked.expectSweepsMatchTheTruth(of: untracked)
+    }
+
+    /// The same program under a seccomp filter that kills the process at
+    /// `userfaultfd(2)` (as systemd's SystemCallFilter= does): PageWatch
+    /// runs the filter first, makes no call and tracks on ptrace, exactly;
+    /// the program runs to its end as without the tool.
+    @Test func aSeccompFilterThatWouldKillKeepsTheAttachOnPtrace() throws {
+        let fixture = [Harness.fixture("fx_no_uffd"), "--kill", Harness.fixture("fx_attach_threads")]
+        let untracked = try FIFODriven(fixture, attach: nil)
+        let tracked = try FIFODriven(fixture, attach: Self.attachThreads + ["--stack-depth", "0"])
+        #expect(untracked.status == 0)
+        #expect(tracked.status == 0)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(!tracked.log.contains { ["warning", "missed", "untracked"].contains($0["type"] as? String) })
+        // On ptrace: the workers' writes were faults.
+        #expect(tracked.sweeps.reduce(0) { $0 + ($1["faults"] as? Int ?? 0) } == 9)
+        try tracked.expectSweepsMatchTheTruth(of: untracked)
+    }
+
+    static let attachThreads = [
+        "--track", "0x2c4000000000-0x2c4000010000", "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "3",
+    ]
+
     /// Real programs on the userfaultfd backend, checked by
     /// `--verify-contents`: python, and a shell pipeline whose processes
     /// are followed (each fork child on ptrace until its exec makes it a
