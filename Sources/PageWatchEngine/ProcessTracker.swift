@@ -84,6 +84,8 @@ final class ProcessTracker {
     var everSelected = false
     /// The names of its tracked mappings a reader of the log knows (`ProcessTracker+MappingNames`).
     var namedMappings = MappingNames()
+    /// The backends the log last named for it (`start`, `exec`); nil before either.
+    var backendsSaid: [String: String]?
     /// `--verify-contents`: the armed pages' copies (`checkContents`).
     lazy var contentCopies: ContentCopies? = config.verifyContents ? ContentCopies() : nil
     /// `--dump`: this process's part of the memory image, from its first sweep.
