@@ -59,6 +59,37 @@ import Testing
         }
     }
 
+    /// A sandbox whose filter kills the process at `userfaultfd(2)`
+    /// (`fx_no_uffd --kill`), installed while tracked: PageWatch judges the
+    /// filter as it is installed and never makes the call in the exec'd
+    /// image, which runs to its end on ptrace, exactly.
+    @Test(arguments: ["uffd", "auto"])
+    func aFilterThatKillsUserfaultfdNeverSeesTheCall(_ backend: String) throws {
+        let program = [Harness.fixture("fx_no_uffd"), "--kill", Harness.fixture("fx_phases")]
+        let untracked = try Harness.run(program)
+        #expect(untracked.status == 0)
+        let log = Harness.temporaryPath("kill-uffd-\(backend).jsonl")
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0", "--backend", backend,
+                "--stack-depth", "0", "--output", log, "--",
+            ] + program)
+        #expect(tracked.status == 0, "\(tracked.stderr)")
+        #expect(tracked.stdout == untracked.stdout)
+        if backend == "uffd" {
+            #expect(tracked.stderr.contains("answers userfaultfd with SECCOMP_RET_KILL_PROCESS"), "\(tracked.stderr)")
+        }
+        let records = try Harness.readLog(log)
+        let exec = records.first { $0["type"] as? String == "exec" }
+        #expect(exec?["backends"] as? [String: String] == ["anonymous": "ptrace", "file": "ptrace"])
+        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
+        let sweeps = records.filter { $0["type"] as? String == "sweep" }
+        #expect(sweeps.count == truth.count)
+        for (k, sweep) in sweeps.enumerated() where k < truth.count {
+            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
+        }
+    }
+
     /// Attached on the userfaultfd backend and detached: the program keeps
     /// no registration (no `uw` in smaps' VmFlags), no userfaultfd
     /// descriptor, and finishes as without the tool.

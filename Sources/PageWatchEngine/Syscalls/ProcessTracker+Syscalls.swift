@@ -318,6 +318,10 @@ extension ProcessTracker {
                     break
                 }
             }
+            // The userfaultfd backend's set-up at a later image (or attach) must not be seen by it either.
+            if seccompForbidsUserfaultfd == nil, let gadget = injector.remote?.gadget {
+                seccompForbidsUserfaultfd = Self.noticedCall(in: [filter], gadget: gadget, pid: pid, helper: true)
+            }
         }
         guard let verdict else { return false }
         try stopTracking(

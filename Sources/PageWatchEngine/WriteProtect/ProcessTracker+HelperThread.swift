@@ -7,9 +7,6 @@ import PageWatchPtrace
 enum HelperThreadFailure: Error, CustomStringConvertible {
     /// `pidfd_open` has no `PIDFD_THREAD` here (before Linux 6.9).
     case noThreadPidfds(Errno)
-    /// A seccomp filter of the program's would see one of the helper's
-    /// calls and answer in a way the program would notice.
-    case seccomp(String)
     /// The injected `clone` failed (RLIMIT_NPROC, a pids cgroup: EAGAIN).
     case cloneRefused(pid: Int32, Errno)
     /// `userfaultfd(2)` failed in the helper (a sandbox: EPERM, ENOSYS).
@@ -21,8 +18,6 @@ enum HelperThreadFailure: Error, CustomStringConvertible {
         switch self {
         case .noThreadPidfds(let errno):
             return "this kernel has no PIDFD_THREAD for a helper thread (pidfd_open: \(errno))"
-        case .seccomp(let why):
-            return why
         case let .cloneRefused(pid, errno):
             return "a helper thread in pid \(pid) was refused: clone(2) failed: \(errno)"
         case let .userfaultfdRefused(pid, errno):
@@ -61,7 +56,6 @@ extension ProcessTracker {
     func userfaultfdFromHelperThread(_ thread: TrackedThread) throws -> WriteProtectFD {
         if let lacking = WriteProtectFD.threadPidfdsLacking { throw HelperThreadFailure.noThreadPidfds(lacking) }
         guard let gadget = injector.remote?.gadget else { throw HelperThreadFailure.gone(tid: thread.tid) }
-        if let refusal = seccompRefusal(of: thread.tid, gadget: gadget) { throw HelperThreadFailure.seccomp(refusal) }
         let cloned = try injector.inject(thread) { remote, completing in
             let outcome = try remote.run(
                 Arch.number(.clone)!, [Self.helperCloneFlags, 0, 0, 0, 0], in: thread.tid, completing: completing)
@@ -148,24 +142,46 @@ extension ProcessTracker {
     /// Why the program's seccomp filters forbid the helper, if they do:
     /// every filter is run on each call the helper makes (`clone` from the
     /// injecting thread, `userfaultfd` and `exit` from the helper, all at
-    /// the gadget's `syscall`). An answer that fails the call (ERRNO, or
-    /// TRACE: no `PTRACE_O_TRACESECCOMP` at attach, so ENOSYS) is a plain
-    /// failure, seen by PageWatch only; KILL, TRAP (SIGSYS) and USER_NOTIF
-    /// (a supervisor would see the call) would change what the program
-    /// does. A filter that cannot be read (no CAP_SYS_ADMIN) forbids too.
+    /// the gadget's `syscall`), and on `close` (the set-up in the program).
+    /// A filter that cannot be read (no CAP_SYS_ADMIN) forbids too.
+    /// Remembered for later images (`seccompForbidsUserfaultfd`).
     func seccompRefusal(of tid: Int32, gadget: RemoteAddress) -> String? {
+        if let known = seccompForbidsUserfaultfd { return known }
         guard let mode = try? ProcFS.seccompMode(of: tid), mode != 0 else { return nil }
-        guard mode == 2 else { return "pid \(pid) runs in seccomp strict mode" }
-        let filters: [[SeccompFilter.Instruction]]
-        do { filters = try Ptrace.seccompFilters(tid) } catch {
-            return "pid \(pid) has a seccomp filter PageWatch cannot read (\(error))"
+        let refusal: String?
+        if mode != 2 {
+            refusal = "pid \(pid) runs in seccomp strict mode"
+        } else {
+            do {
+                refusal = Self.noticedCall(
+                    in: try Ptrace.seccompFilters(tid), gadget: gadget, pid: pid, helper: true)
+            } catch {
+                refusal = "pid \(pid) has a seccomp filter PageWatch cannot read (\(error))"
+            }
         }
+        seccompForbidsUserfaultfd = refusal
+        return refusal
+    }
+
+    /// The first of the set-up's calls that one of `filters` answers in a
+    /// way the program would notice, said as a reason; nil if none. An
+    /// answer that fails the call (ERRNO; TRACE, which without
+    /// `PTRACE_O_TRACESECCOMP` is ENOSYS, and under `run` is PageWatch's
+    /// own stop) is seen by PageWatch alone; KILL, TRAP (a SIGSYS to the
+    /// program) and USER_NOTIF (a supervisor would see the call) are not.
+    /// `helper`: the helper thread's calls too.
+    static func noticedCall(
+        in filters: [[SeccompFilter.Instruction]], gadget: RemoteAddress, pid: Int32, helper: Bool
+    ) -> String? {
         let ip = gadget.value &+ Arch.scratchGadgetSyscallEnd
-        let calls: [(name: String, number: Int64, arguments: [UInt64])] = [
-            ("clone", Arch.number(.clone)!, [Self.helperCloneFlags, 0, 0, 0, 0, 0]),
+        var calls: [(name: String, number: Int64, arguments: [UInt64])] = [
             ("userfaultfd", Arch.userfaultfdNumber, [WriteProtectFD.creationFlags, 0, 0, 0, 0, 0]),
-            ("exit", Arch.number(.exit)!, [0, 0, 0, 0, 0, 0]),
+            ("close", Arch.number(.close)!, [3, 0, 0, 0, 0, 0]),
         ]
+        if helper {
+            calls.append(("clone", Arch.number(.clone)!, [helperCloneFlags, 0, 0, 0, 0, 0]))
+            calls.append(("exit", Arch.number(.exit)!, [0, 0, 0, 0, 0, 0]))
+        }
         let noticed: Set<UInt32> = [0x8000_0000, 0, 0x0003_0000, 0x7fc0_0000]  // KILL_PROCESS, KILL_THREAD, TRAP, USER_NOTIF
         for call in calls {
             let data = SeccompData(
@@ -174,7 +190,7 @@ extension ProcessTracker {
                 let action = SeccompFilter.run(filter, on: data)
                 if noticed.contains(action & 0xffff_0000) {
                     return
-                        "the seccomp filter of pid \(pid) answers the helper thread's \(call.name) with \(SeccompFilter.actionName(action))"
+                        "the seccomp filter of pid \(pid) answers \(call.name) with \(SeccompFilter.actionName(action))"
                 }
             }
         }

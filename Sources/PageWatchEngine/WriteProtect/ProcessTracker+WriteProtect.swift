@@ -62,7 +62,14 @@ extension ProcessTracker {
 
     private func setUpWriteProtection(_ thread: TrackedThread, newImage: Bool) throws {
         if let why = WriteTrackingBackend.kernelLacks { return fallBackFromWriteProtection(why) }
+        // A call a filter of the program's would kill, trap or show to a
+        // supervisor is never made: judged at an attach (the filters then
+        // in place) and at each filter the program installs while tracked.
+        if let why = seccompForbidsUserfaultfd { return fallBackFromWriteProtection(why) }
         if !newImage {
+            if let gadget = injector.remote?.gadget, let why = seccompRefusal(of: thread.tid, gadget: gadget) {
+                return fallBackFromWriteProtection(why)
+            }
             do {
                 return activateWriteProtection(try userfaultfdFromHelperThread(thread))
             } catch let failure as HelperThreadFailure {
