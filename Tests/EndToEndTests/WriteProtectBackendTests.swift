@@ -171,6 +171,33 @@ import Testing
         try tracked.expectSweepsMatchTheTruth(of: untracked)
     }
 
+    /// The tracer dead while the helper thread exists (the test hook
+    /// `PAGEWATCH_TEST_DIE_IN_HELPER`): right after its clone, before
+    /// PageWatch touched it (it stops the process at the gadget's
+    /// self-stop), or once its registers are set to leave. The guardian
+    /// finds it in the gadget and lets it exit before it removes the
+    /// gadget page: the program runs on with its own threads and
+    /// descriptors, as untracked.
+    @Test(arguments: ["clone", "registers"])
+    func theTracerDeadWhileTheHelperLivesLeavesNoHelper(_ moment: String) throws {
+        let untracked = try FIFODriven([Harness.fixture("fx_attach_threads")], attach: nil)
+        let fifo = Harness.temporaryPath("fifo-\(UUID().uuidString)")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let fixture = try Background([Harness.fixture("fx_attach_threads"), fifo])
+        #expect(fixture.waitFor("ready\n"))
+        let log = Harness.temporaryPath("helper-\(moment).jsonl")
+        let pagewatch = try Background(
+            [Harness.pagewatch, "attach", "--output", log] + Self.attachThreads + Self.uffd + [String(fixture.pid)],
+            environment: ["PAGEWATCH_TEST_DIE_IN_HELPER": moment])
+        #expect(pagewatch.finish(timeout: 30) == 128 + SIGKILL, "pagewatch said: \(pagewatch.stderr)")
+        let released = "pagewatch guardian: PageWatch died; pid \(fixture.pid) restored and released"
+        #expect(pagewatch.waitFor(released, onStderr: true), "the guardian said: \(pagewatch.stderr)")
+        #expect(throws: Never.self) { try writeToFIFO("g", fifo) }
+        #expect(throws: Never.self) { try writeToFIFO("d", fifo) }
+        #expect(fixture.finish(timeout: 30) == 0)
+        #expect(fixture.stdout == untracked.stdout)
+    }
+
     static let attachThreads = [
         "--track", "0x2c4000000000-0x2c4000010000", "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "3",
     ]

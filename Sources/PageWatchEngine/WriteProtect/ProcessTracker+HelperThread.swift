@@ -65,6 +65,7 @@ extension ProcessTracker {
         if cloned < 0 { throw HelperThreadFailure.cloneRefused(pid: pid, Errno(Int32(truncatingIfNeeded: -cloned))) }
         let helper = Int32(truncatingIfNeeded: cloned)
         trace("  helper thread \(helper) makes the userfaultfd")
+        session.attachState?.atHelperMoment("clone")
         var reaped = false
         defer { if !reaped { endHelperThread(helper) } }
         guard try waitForHelperFirstStop(helper) else {
@@ -81,6 +82,7 @@ extension ProcessTracker {
             let leaving = try Arch.preparingSyscall(
                 Arch.readRegisters(tid: helper), number: Arch.number(.exit)!, arguments: [0], gadget: gadget)
             try Arch.writeRegisters(leaving, tid: helper)
+            session.attachState?.atHelperMoment("registers")
             var remote = injector.remote!
             remote.restoring = leaving
             let made = try remote.run(Arch.userfaultfdNumber, [WriteProtectFD.creationFlags], in: helper).value
