@@ -124,7 +124,10 @@ import PageWatchAddressSpace
         let uffd = ["anonymous": "uffd", "file": "ptrace"]
         let ptrace = ["anonymous": "ptrace", "file": "ptrace"]
         let exec = JSONLines.encode(.exec(pid: 1, path: "/bin/b", timeNs: 3, backends: ptrace))
-        #expect(exec == #"{"type":"exec","pid":1,"path":"/bin/b","time_ns":3,"backends":{"anonymous":"ptrace","file":"ptrace"}}"#)
+        #expect(
+            exec
+                == #"{"type":"exec","pid":1,"path":"/bin/b","time_ns":3,"backends":{"anonymous":"ptrace","file":"ptrace"}}"#
+        )
         #expect(!JSONLines.encode(.exec(pid: 1, path: "/bin/b", timeNs: 3)).contains("backends"))
         let records: [LogRecord] = [
             .start(pid: 1, pageSize: 4096, command: ["a"], tracked: ["writable"], timeNs: 2, backends: uffd),
@@ -136,7 +139,8 @@ import PageWatchAddressSpace
         let log = try LogReader.parse(Data(records.map(JSONLines.line).joined().utf8), source: "b.jsonl")
         #expect(log.program.backends.map(\.beforeSweep) == [0, 1])
         #expect(log.program.backends.map(\.backends) == [uffd, ptrace])
-        let bad = #"{"type":"start","schema":"pagewatch/2","pid":1,"page_size":4096,"command":[],"tracked":[],"time_ns":2,"backends":{"anonymous":1}}"#
+        let bad =
+            #"{"type":"start","schema":"pagewatch/2","pid":1,"page_size":4096,"command":[],"tracked":[],"time_ns":2,"backends":{"anonymous":1}}"#
         #expect(throws: LogReadError.self) { try LogReader.parse(Data((bad + "\n").utf8), source: "bad.jsonl") }
     }
 }

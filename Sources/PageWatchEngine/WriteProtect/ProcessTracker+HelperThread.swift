@@ -184,7 +184,8 @@ extension ProcessTracker {
             calls.append(("clone", Arch.number(.clone)!, [helperCloneFlags, 0, 0, 0, 0, 0]))
             calls.append(("exit", Arch.number(.exit)!, [0, 0, 0, 0, 0, 0]))
         }
-        let noticed: Set<UInt32> = [0x8000_0000, 0, 0x0003_0000, 0x7fc0_0000]  // KILL_PROCESS, KILL_THREAD, TRAP, USER_NOTIF
+        // KILL_PROCESS, KILL_THREAD, TRAP, USER_NOTIF.
+        let noticed: Set<UInt32> = [0x8000_0000, 0, 0x0003_0000, 0x7fc0_0000]
         for call in calls {
             let data = SeccompData(
                 nr: Int32(call.number), arch: Arch.auditArch, instructionPointer: ip, arguments: call.arguments)
