@@ -318,9 +318,11 @@ extension ProcessTracker {
                     break
                 }
             }
-            // The userfaultfd backend's set-up at a later image (or attach) must not be seen by it either.
-            if seccompForbidsUserfaultfd == nil, let gadget = injector.remote?.gadget {
-                seccompForbidsUserfaultfd = Self.noticedCall(in: [filter], gadget: gadget, pid: pid, helper: true)
+            // The userfaultfd backend's set-up at a later image must not be
+            // seen by it either (kept even if the install then fails: ptrace).
+            if seccompForbidsUserfaultfd == nil {
+                seccompForbidsUserfaultfd = Self.noticedCall(
+                    in: [filter], gadget: injector.remote?.gadget ?? RemoteAddress(0), pid: pid, helper: true)
             }
         }
         guard let verdict else { return false }

@@ -61,13 +61,17 @@ extension ProcessTracker {
                 Arch.number(.clone)!, [Self.helperCloneFlags, 0, 0, 0, 0], in: thread.tid, completing: completing)
             return (outcome.value, outcome)
         }
+        let bornNs = monotonicNs()
         guard let cloned else { throw HelperThreadFailure.gone(tid: thread.tid) }
         if cloned < 0 { throw HelperThreadFailure.cloneRefused(pid: pid, Errno(Int32(truncatingIfNeeded: -cloned))) }
         let helper = Int32(truncatingIfNeeded: cloned)
         trace("  helper thread \(helper) makes the userfaultfd")
         session.attachState?.atHelperMoment("clone")
         var reaped = false
-        defer { if !reaped { endHelperThread(helper) } }
+        defer {
+            if !reaped { endHelperThread(helper) }
+            trace("  helper thread \(helper) lived \((monotonicNs() &- bornNs) / 1000) µs")
+        }
         guard try waitForHelperFirstStop(helper) else {
             reaped = true
             throw HelperThreadFailure.gone(tid: helper)
@@ -132,7 +136,6 @@ extension ProcessTracker {
             case nil:
                 continue  // EINTR: a signal to PageWatch, seen by the event loop later
             case .exited?, .killed?:
-                trace("  helper thread \(helper) gone")
                 return
             default:
                 // Its exit event, or a stop on the way (a group stop): on, no signal.
