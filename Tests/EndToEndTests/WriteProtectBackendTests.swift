@@ -198,6 +198,46 @@ import Testing
         #expect(fixture.stdout == untracked.stdout)
     }
 
+    /// The helper's clone refused (RLIMIT_NPROC: the fixture runs as
+    /// another user, limited to the four threads it has): a process with
+    /// several threads stays on ptrace, with one line saying why, exactly.
+    @Test func aRefusedHelperCloneKeepsSeveralThreadsOnPtrace() throws {
+        let tools = ["/usr/bin/setpriv", "/usr/bin/prlimit"]
+        // Root only (a limit on another user; root's own clones ignore it).
+        guard getuid() == 0, tools.allSatisfy({ FileManager.default.isExecutableFile(atPath: $0) }) else { return }
+        let untracked = try FIFODriven([Harness.fixture("fx_attach_threads")], attach: nil)
+        let fifo = Harness.temporaryPath("fifo-\(UUID().uuidString)")
+        #expect(mkfifo(fifo, 0o600) == 0 && chmod(fifo, 0o666) == 0)
+        let limited = [
+            tools[0], "--reuid", "54321", "--regid", "54321", "--clear-groups", tools[1], "--nproc=4:4",
+        ]
+        let fixture = try Background(limited + [Harness.fixture("fx_attach_threads"), fifo])
+        #expect(fixture.waitFor("ready\n"))
+        let log = Harness.temporaryPath("nproc-\(UUID().uuidString).jsonl")
+        let pagewatch = try Background(
+            [Harness.pagewatch, "attach", "--output", log] + Self.attachThreads + Self.uffd + [String(fixture.pid)])
+        #expect(AttachTests().waitForLog(log, toContain: "\"reason\":\"attach\""))
+        try writeToFIFO("g", fifo)
+        #expect(pagewatch.finish() == 0)
+        let lines = pagewatch.stderr.split(separator: "\n")
+        #expect(lines.count == 1, "\(pagewatch.stderr)")
+        #expect(
+            lines.first?.contains(
+                "clone(2) failed: Resource temporarily unavailable (EAGAIN), and pid \(fixture.pid) has 4 threads")
+                == true, "\(pagewatch.stderr)")
+        try writeToFIFO("d", fifo)
+        #expect(fixture.finish() == 0)
+        #expect(fixture.stdout == untracked.stdout)
+        let records = try Harness.readLog(log)
+        let sweeps = records.filter { $0["type"] as? String == "sweep" }
+        #expect(sweeps.reduce(0) { $0 + ($1["faults"] as? Int ?? 0) } == 9)
+        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
+        #expect(sweeps.count == truth.count)
+        for (k, sweep) in sweeps.enumerated() where k < truth.count {
+            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
+        }
+    }
+
     static let attachThreads = [
         "--track", "0x2c4000000000-0x2c4000010000", "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "3",
     ]
