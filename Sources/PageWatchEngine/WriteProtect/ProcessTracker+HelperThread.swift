@@ -78,7 +78,10 @@ extension ProcessTracker {
         }
         do {
             // Blocked before it runs anything: no process-directed signal
-            // is delivered to it (nor its frame written on the parent's stack).
+            // is delivered to it (nor its frame written on the parent's
+            // stack), the synchronous ones too: it runs only the gadget's
+            // register moves and `syscall`s, which do not fault, and an
+            // unblocked SIGSEGV sent to the process could be taken (and lost) here.
             try Ptrace.setSignalMask(helper, ~0)
             // What it runs if PageWatch lets go of it anywhere from here on
             // (each injection gives these registers back, and the guardian's
