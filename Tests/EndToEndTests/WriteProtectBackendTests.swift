@@ -138,10 +138,13 @@ import Testing
     /// workers' writes found by the scans), and after the detach the
     /// program counts its threads (no helper left in /proc/self/task) and
     /// opens a file: the same lines as untracked.
-    @Test func severalThreadsAttachedThroughAHelperThread() throws {
+    @Test(arguments: ["uffd", "auto"])
+    func severalThreadsAttachedThroughAHelperThread(_ backend: String) throws {
         let fixture = [Harness.fixture("fx_attach_threads")]
         let untracked = try FIFODriven(fixture, attach: nil)
-        let tracked = try FIFODriven(fixture, attach: Self.attachThreads + Self.uffd + ["--verify-contents"])
+        let tracked = try FIFODriven(
+            fixture,
+            attach: Self.attachThreads + ["--backend", backend, "--stack-depth", "0", "--verify-contents"])
         #expect(untracked.status == 0)
         #expect(tracked.status == 0)
         #expect(tracked.stdout == untracked.stdout)
