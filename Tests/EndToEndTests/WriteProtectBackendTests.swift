@@ -59,37 +59,6 @@ import Testing
         }
     }
 
-    /// A sandbox whose filter kills the process at `userfaultfd(2)`
-    /// (`fx_no_uffd --kill`), installed while tracked: PageWatch judges the
-    /// filter as it is installed and never makes the call in the exec'd
-    /// image, which runs to its end on ptrace, exactly.
-    @Test(arguments: ["uffd", "auto"])
-    func aFilterThatKillsUserfaultfdNeverSeesTheCall(_ backend: String) throws {
-        let program = [Harness.fixture("fx_no_uffd"), "--kill", Harness.fixture("fx_phases")]
-        let untracked = try Harness.run(program)
-        #expect(untracked.status == 0)
-        let log = Harness.temporaryPath("kill-uffd-\(backend).jsonl")
-        let tracked = try Harness.run(
-            [
-                Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0", "--backend", backend,
-                "--stack-depth", "0", "--output", log, "--",
-            ] + program)
-        #expect(tracked.status == 0, "\(tracked.stderr)")
-        #expect(tracked.stdout == untracked.stdout)
-        if backend == "uffd" {
-            #expect(tracked.stderr.contains("answers userfaultfd with SECCOMP_RET_KILL_PROCESS"), "\(tracked.stderr)")
-        }
-        let records = try Harness.readLog(log)
-        let exec = records.first { $0["type"] as? String == "exec" }
-        #expect(exec?["backends"] as? [String: String] == ["anonymous": "ptrace", "file": "ptrace"])
-        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
-        let sweeps = records.filter { $0["type"] as? String == "sweep" }
-        #expect(sweeps.count == truth.count)
-        for (k, sweep) in sweeps.enumerated() where k < truth.count {
-            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
-        }
-    }
-
     /// Attached on the userfaultfd backend and detached: the program keeps
     /// no registration (no `uw` in smaps' VmFlags), no userfaultfd
     /// descriptor, and finishes as without the tool.
@@ -130,6 +99,63 @@ import Testing
         fixture.send("x")
         #expect(fixture.finish() == 0)
         #expect(fixture.stdout == untracked.stdout)
+    }
+
+    /// Real programs on the userfaultfd backend, checked by
+    /// `--verify-contents`: python, and a shell pipeline whose processes
+    /// are followed (each fork child on ptrace until its exec makes it a
+    /// userfaultfd of its own). The same output, no page changed unseen.
+    @Test(arguments: [
+        ["python3", "-c", "d = {str(i): i * i for i in range(50000)}\nprint(sum(len(k) for k in sorted(d)))"],
+        ["sh", "-c", "seq 1 200000 | sort -r | sha256sum"],
+    ])
+    func realProgramsMissNothing(_ command: [String]) throws {
+        let untracked = try Harness.run(["/usr/bin/env"] + command)
+        #expect(untracked.status == 0)
+        let log = Harness.temporaryPath("uffd-real.jsonl")
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--verify-contents", "--follow-forks", "--interval", "50ms",
+                "--output", log,
+            ] + Self.uffd + ["--", "/usr/bin/env"] + command, timeout: 300)
+        #expect(tracked.stdout == untracked.stdout)
+        #expect(tracked.status == 0, "pagewatch's stderr: \(tracked.stderr.suffix(3000))")
+        let records = try Harness.readLog(log)
+        #expect((records.first?["backends"] as? [String: String])?["anonymous"] == "uffd")
+        #expect(!records.contains { ["missed", "warning", "untracked"].contains($0["type"] as? String) })
+        let dirty = records.filter { $0["type"] as? String == "sweep" }.map { $0["dirty_pages"] as? Int ?? 0 }
+        #expect(dirty.reduce(0, +) > 100)
+    }
+
+    /// A sandbox whose filter kills the process at `userfaultfd(2)`
+    /// (`fx_no_uffd --kill`), installed while tracked: PageWatch judges the
+    /// filter as it is installed and never makes the call in the exec'd
+    /// image, which runs to its end on ptrace, exactly.
+    @Test(arguments: ["uffd", "auto"])
+    func aFilterThatKillsUserfaultfdNeverSeesTheCall(_ backend: String) throws {
+        let program = [Harness.fixture("fx_no_uffd"), "--kill", Harness.fixture("fx_phases")]
+        let untracked = try Harness.run(program)
+        #expect(untracked.status == 0)
+        let log = Harness.temporaryPath("kill-uffd-\(backend).jsonl")
+        let tracked = try Harness.run(
+            [
+                Harness.pagewatch, "run", "--sweep-signal", "USR2", "--interval", "0", "--backend", backend,
+                "--stack-depth", "0", "--output", log, "--",
+            ] + program)
+        #expect(tracked.status == 0, "\(tracked.stderr)")
+        #expect(tracked.stdout == untracked.stdout)
+        if backend == "uffd" {
+            #expect(tracked.stderr.contains("answers userfaultfd with SECCOMP_RET_KILL_PROCESS"), "\(tracked.stderr)")
+        }
+        let records = try Harness.readLog(log)
+        let exec = records.first { $0["type"] as? String == "exec" }
+        #expect(exec?["backends"] as? [String: String] == ["anonymous": "ptrace", "file": "ptrace"])
+        let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps
+        let sweeps = records.filter { $0["type"] as? String == "sweep" }
+        #expect(sweeps.count == truth.count)
+        for (k, sweep) in sweeps.enumerated() where k < truth.count {
+            #expect(FixtureTruth.pages(in: truth[k].region, of: sweep) == truth[k].pages, "sweep \(k + 1)")
+        }
     }
 
     /// Attached to a process with several threads: a helper thread with a
@@ -244,30 +270,4 @@ import Testing
     static let attachThreads = [
         "--track", "0x2c4000000000-0x2c4000010000", "--sweep-signal", "USR2", "--interval", "0", "--sweeps", "3",
     ]
-
-    /// Real programs on the userfaultfd backend, checked by
-    /// `--verify-contents`: python, and a shell pipeline whose processes
-    /// are followed (each fork child on ptrace until its exec makes it a
-    /// userfaultfd of its own). The same output, no page changed unseen.
-    @Test(arguments: [
-        ["python3", "-c", "d = {str(i): i * i for i in range(50000)}\nprint(sum(len(k) for k in sorted(d)))"],
-        ["sh", "-c", "seq 1 200000 | sort -r | sha256sum"],
-    ])
-    func realProgramsMissNothing(_ command: [String]) throws {
-        let untracked = try Harness.run(["/usr/bin/env"] + command)
-        #expect(untracked.status == 0)
-        let log = Harness.temporaryPath("uffd-real.jsonl")
-        let tracked = try Harness.run(
-            [
-                Harness.pagewatch, "run", "--verify-contents", "--follow-forks", "--interval", "50ms",
-                "--output", log,
-            ] + Self.uffd + ["--", "/usr/bin/env"] + command, timeout: 300)
-        #expect(tracked.stdout == untracked.stdout)
-        #expect(tracked.status == 0, "pagewatch's stderr: \(tracked.stderr.suffix(3000))")
-        let records = try Harness.readLog(log)
-        #expect((records.first?["backends"] as? [String: String])?["anonymous"] == "uffd")
-        #expect(!records.contains { ["missed", "warning", "untracked"].contains($0["type"] as? String) })
-        let dirty = records.filter { $0["type"] as? String == "sweep" }.map { $0["dirty_pages"] as? Int ?? 0 }
-        #expect(dirty.reduce(0, +) > 100)
-    }
 }
