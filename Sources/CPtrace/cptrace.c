@@ -207,6 +207,30 @@ int pw_take_fd(int pid, int target_fd) {
     return fd < 0 ? -e : fd;
 }
 
+// PIDFD_THREAD (Linux 6.9): a pidfd naming one thread, not its group.
+#define PW_PIDFD_THREAD O_EXCL
+
+int pw_take_thread_fd(int tid, int target_fd) {
+    int pidfd = (int)syscall(SYS_pidfd_open, tid, PW_PIDFD_THREAD);
+    if (pidfd < 0) return -errno;
+    int fd = (int)syscall(SYS_pidfd_getfd, pidfd, target_fd, 0);
+    int e = errno;
+    close(pidfd);
+    return fd < 0 ? -e : fd;
+}
+
+int pw_thread_pidfds(void) {
+    int pidfd = (int)syscall(SYS_pidfd_open, getpid(), PW_PIDFD_THREAD);
+    if (pidfd < 0) return -errno;
+    close(pidfd);
+    return 0;
+}
+
+long pw_seccomp_filter(int tid, unsigned long index, void *instructions) {
+    long r = ptrace((enum __ptrace_request)0x420c /* PTRACE_SECCOMP_GET_FILTER */, tid, (void *)index, instructions);
+    return r < 0 ? -errno : r;
+}
+
 // Set by every handler PageWatch installs: a signal whose handler ran
 // before a blocking wait began interrupts nothing, so the wait looks here.
 static volatile sig_atomic_t pw_woken;

@@ -87,6 +87,13 @@ final class ProcessTracker {
     var everSelected = false
     /// The names of its tracked mappings a reader of the log knows (`ProcessTracker+MappingNames`).
     var namedMappings = MappingNames()
+    /// The backends the log last named for it (`start`, `exec`); nil before either.
+    var backendsSaid: [String: String]?
+    /// Why a seccomp filter of the program's forbids making a userfaultfd
+    /// in it (the call would be killed, trapped or seen by a supervisor);
+    /// filters are inherited and never removed, so this holds for every
+    /// later image and fork child. Nil: none known to.
+    var seccompForbidsUserfaultfd: String?
     /// `--verify-contents`: the armed pages' copies (`checkContents`).
     lazy var contentCopies: ContentCopies? = config.verifyContents ? ContentCopies() : nil
     /// `--dump`: this process's part of the memory image, from its first sweep.
@@ -116,6 +123,7 @@ final class ProcessTracker {
         copy.stackAnchors = stackAnchors
         copy.signalActions.onStack = signalActions.onStack
         copy.signalActions.segv = signalActions.segv
+        copy.seccompForbidsUserfaultfd = seccompForbidsUserfaultfd
         UserfaultRanges.shared.forked(from: pid, child: child)
         let state = TrackedThread(tid: child)
         state.signals.altStack = thread.signals.altStack

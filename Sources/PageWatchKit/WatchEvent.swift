@@ -26,7 +26,7 @@ public enum WatchEvent: Sendable, Equatable {
     init?(_ record: LogRecord) {
         switch record {
         case let .start(pid, _, _, _, _, _, _, _, _): self = .start(pid: pid)
-        case let .exec(pid, path, _, _, _): self = .exec(pid: pid, path: path)
+        case let .exec(pid, path, _, _, _, _): self = .exec(pid: pid, path: path)
         case let .sweep(r): self = .sweep(SweepEvent(r))
         case let .fork(pid, parent, _): self = .fork(pid: pid, parent: parent)
         case let .untracked(pid, reason, _): self = .untracked(pid: pid, reason: reason)

@@ -23,10 +23,11 @@ public enum JSONLines {
                 + "\"selected_pages\":\(selectedPages),\"pagewatch_version\":\(string(PageWatchVersion.current))"
                 + (mappings.map { ",\"mappings\":" + self.mappings($0) } ?? "")
                 + (backends.map { ",\"backends\":" + self.backends($0) } ?? "") + "}"
-        case let .exec(pid, path, command, timeNs, mappings):
+        case let .exec(pid, path, command, timeNs, mappings, backends):
             return "{\"type\":\"exec\",\"pid\":\(pid),\"path\":\(string(path)),\"time_ns\":\(timeNs)"
                 + (command.isEmpty ? "" : ",\"command\":\(array(command))")
-                + (mappings.map { ",\"mappings\":" + self.mappings($0) } ?? "") + "}"
+                + (mappings.map { ",\"mappings\":" + self.mappings($0) } ?? "")
+                + (backends.map { ",\"backends\":" + self.backends($0) } ?? "") + "}"
         case let .sweep(s):
             return sweep(s, newline: false)
         case let .fork(pid, parent, timeNs):
@@ -159,7 +160,7 @@ public enum JSONLines {
         return String(decoding: out, as: UTF8.self)
     }
 
-    /// `start`'s `backends` (rule 15): an object, keys sorted.
+    /// `start`'s and `exec`'s `backends` (rule 15): an object, keys sorted.
     static func backends(_ names: [String: String]) -> String {
         "{" + names.keys.sorted().map { string($0) + ":" + string(names[$0]!) }.joined(separator: ",") + "}"
     }

@@ -57,6 +57,11 @@ public struct LoggedProcess: Sendable {
     /// `sweeps`) on, replacing what was named before; each sweep's own
     /// `mappings` then add to it (`forEachSweepNamed`).
     public var namedSets: [(beforeSweep: Int, mappings: [NamedMapping])] = []
+    /// The `backends` of its `start` (the program) and `exec` records
+    /// (rule 15): what tracked each class of its memory from the sweep at
+    /// `beforeSweep` (an index of `sweeps`) on. Empty in older logs, and for
+    /// a followed child before its first exec (tracked on `ptrace`).
+    public var backends: [(beforeSweep: Int, backends: [String: String])] = []
     /// `missed` records (`--verify-contents`): the sweep and how many pages
     /// changed with no write seen before it.
     public var missed: [(seq: Int, pages: Int)] = []
@@ -399,6 +404,21 @@ struct Record {
     }
 
     /// `[{"range":["0xSTART","0xEND"],"name":"..."}, ...]`.
+    /// A `backends` object (rule 15): class of memory to backend, both strings.
+    func backends(_ value: Any) throws(LogReadError) -> [String: String] {
+        guard let object = value as? [String: Any] else {
+            throw fail(.wrongType(record: type, field: "backends", expected: "an object"))
+        }
+        var names: [String: String] = [:]
+        for (key, name) in object {
+            guard let name = name as? String else {
+                throw fail(.wrongType(record: type, field: "backends", expected: "an object of strings"))
+            }
+            names[key] = name
+        }
+        return names
+    }
+
     func mappings(_ value: Any) throws(LogReadError) -> [NamedMapping] {
         guard let items = value as? [Any] else {
             throw fail(.wrongType(record: type, field: "mappings", expected: "an array of objects"))
@@ -472,6 +492,7 @@ struct Record {
         let startNs: UInt64 = try integer("time_ns")
         var program = LoggedProcess(pid: pid, parent: nil, beginNs: startNs)
         if let named = fields["mappings"] { program.namedSets.append((0, try mappings(named))) }
+        if let names = fields["backends"] { program.backends.append((0, try backends(names))) }
         return ParsedLog(
             source: source, pid: pid, pageSize: try integer("page_size"), command: try strings("command"),
             tracked: try strings("tracked"), schema: schema, selectedPages: try optionalInteger("selected_pages"),
@@ -524,6 +545,9 @@ struct Record {
             log.processes[i].execs.append(try string("path"))
             if let named = fields["mappings"] {
                 log.processes[i].namedSets.append((log.processes[i].sweeps.count, try mappings(named)))
+            }
+            if let names = fields["backends"] {
+                log.processes[i].backends.append((log.processes[i].sweeps.count, try backends(names)))
             }
             if let words = fields["command"] as? [Any] {
                 let command = words.compactMap { $0 as? String }

@@ -107,7 +107,10 @@ public enum LogRecord: Sendable, Equatable {
     /// The program called exec: tracking restarted on the new image.
     /// `command`: its new command line (empty when it could not be read).
     /// `mappings`: the new image's selected pages, named; nil under `pagewatch/1`.
-    case exec(pid: Int32, path: String, command: [String] = [], timeNs: UInt64, mappings: [NamedMapping]? = nil)
+    /// `backends`: what tracks the new image's memory, as `start` says it (rule 15).
+    case exec(
+        pid: Int32, path: String, command: [String] = [], timeNs: UInt64, mappings: [NamedMapping]? = nil,
+        backends: [String: String]? = nil)
     case sweep(SweepRecord)
     /// `--follow-forks`: a new tracked process (a fork child, or a vfork
     /// child at its exec), with its own sweeps from here on.

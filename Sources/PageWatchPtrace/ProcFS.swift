@@ -22,6 +22,13 @@ public enum ProcFS {
         return (mask("SigPnd") | (shared ? mask("ShdPnd") : 0)) & ~mask("SigBlk")
     }
 
+    /// The thread's seccomp mode (`Seccomp` of its status): 0 none, 1
+    /// strict, 2 filters.
+    public static func seccompMode(of tid: Int32) throws -> Int {
+        let status = try read("/proc/\(tid)/status", pid: tid)
+        return statusField("Seccomp", in: status).flatMap { Int($0) } ?? 0
+    }
+
     /// The process's ignored and caught signals (bit N-1 for signal N): the
     /// `sigignore` and `sigcatch` fields of a thread's `/proc/PID/task/TID/stat`
     /// held open as `fd`, read again from offset 0 (about a third of the cost

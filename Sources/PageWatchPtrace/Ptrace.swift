@@ -170,6 +170,23 @@ public enum Ptrace {
         try check(pw_ptrace_setsigmask(tid, mask), "PTRACE_SETSIGMASK", tid: tid)
     }
 
+    /// Every seccomp filter of stopped tracee `tid`, newest first
+    /// (`PTRACE_SECCOMP_GET_FILTER`: CAP_SYS_ADMIN; EINVAL for a thread
+    /// not in filter mode).
+    public static func seccompFilters(_ tid: Int32) throws -> [[SeccompFilter.Instruction]] {
+        var filters: [[SeccompFilter.Instruction]] = []
+        for index in 0... {
+            let count = pw_seccomp_filter(tid, UInt(index), nil)
+            if count == -Int(ENOENT) { return filters }
+            try check(Int32(clamping: min(count, 0)), "PTRACE_SECCOMP_GET_FILTER", tid: tid)
+            var raw = [UInt8](repeating: 0, count: count * 8)
+            let got = raw.withUnsafeMutableBytes { pw_seccomp_filter(tid, UInt(index), $0.baseAddress) }
+            try check(Int32(clamping: min(got, 0)), "PTRACE_SECCOMP_GET_FILTER", tid: tid)
+            filters.append(SeccompFilter.decode(raw))
+        }
+        return filters
+    }
+
     /// Resume a thread stopped in a signal-delivery-stop, delivering `held`
     /// with its original siginfo.
     public static func deliver(_ held: HeldSignal, to tid: Int32, mode: ResumeMode = .continuing) throws {

@@ -28,11 +28,13 @@ public final class WriteProtectFD {
     public static let creationFlags: UInt64 = UInt64(O_CLOEXEC) | 1  // UFFD_USER_MODE_ONLY
 
     /// Takes a copy of `remoteFD`, a userfaultfd of process `pid`, and
-    /// makes the `UFFDIO_API` handshake asking `features`.
-    public init(pid: Int32, remoteFD: Int32) throws {
+    /// makes the `UFFDIO_API` handshake asking `features`. `thread`: the
+    /// descriptor is in that thread's own table (a helper thread of `pid`
+    /// cloned without `CLONE_FILES`), taken through a thread pidfd.
+    public init(pid: Int32, remoteFD: Int32, thread: Int32? = nil) throws {
         self.pid = pid
-        let taken = pw_take_fd(pid, remoteFD)
-        if taken < 0 { throw TraceError.call("pidfd_getfd", Errno(-taken), tid: pid) }
+        let taken = thread.map { pw_take_thread_fd($0, remoteFD) } ?? pw_take_fd(pid, remoteFD)
+        if taken < 0 { throw TraceError.call("pidfd_getfd", Errno(-taken), tid: thread ?? pid) }
         fd = taken
         var offered: UInt64 = 0
         let r = pw_uffd_api(fd, Self.features, &offered)
@@ -44,6 +46,13 @@ public final class WriteProtectFD {
     }
 
     deinit { close() }
+
+    /// Why a descriptor cannot be taken from one thread's own table here:
+    /// nil when `pidfd_open` takes `PIDFD_THREAD` (Linux 6.9+), else its error.
+    public static let threadPidfdsLacking: Errno? = {
+        let r = pw_thread_pidfds()
+        return r < 0 ? Errno(-r) : nil
+    }()
 
     /// Gives the descriptor up: the userfaultfd goes with it, and with it
     /// every registration still made through it (the kernel unregisters

@@ -18,7 +18,7 @@ public struct Summary {
     public mutating func add(_ record: LogRecord) {
         switch record {
         case let .start(p, _, c, _, _, _, _, _, _): pid = p; command = c
-        case let .exec(p, path, command, _, _):
+        case let .exec(p, path, command, _, _, _):
             if p == pid {
                 execs += 1
             } else if let i = followed.firstIndex(where: { $0.pid == p }) {

@@ -44,6 +44,11 @@ import Testing
             #expect(tracked.stderr == untracked.stderr)
             #expect(warnings.isEmpty)
         }
+        // The exec (before any sweep) is said, with the new image's backends.
+        #expect((records.first?["backends"] as? [String: String])?["anonymous"] == "uffd")
+        let execs = records.filter { $0["type"] as? String == "exec" }
+        #expect(execs.count == 1)
+        #expect(execs.first?["backends"] as? [String: String] == ["anonymous": "ptrace", "file": "ptrace"])
         // The exec'd image, on ptrace: faults taken, sweeps exact.
         #expect((records.last?["faults"] as? Int ?? 0) > 0)
         let truth = try FixtureTruth(stdout: untracked.stdout).expectedSweeps

@@ -117,4 +117,30 @@ import PageWatchAddressSpace
             .frames
         #expect(read?.contains { $0.jit || $0.foundByFramePointer } == false)
     }
+
+    /// Rule 16: `exec` names the new image's backends; the reader keeps
+    /// those of `start` and of each `exec`, with the sweep they begin at.
+    @Test func execRecordsNameTheBackendsOfTheNewImage() throws {
+        let uffd = ["anonymous": "uffd", "file": "ptrace"]
+        let ptrace = ["anonymous": "ptrace", "file": "ptrace"]
+        let exec = JSONLines.encode(.exec(pid: 1, path: "/bin/b", timeNs: 3, backends: ptrace))
+        #expect(
+            exec
+                == #"{"type":"exec","pid":1,"path":"/bin/b","time_ns":3,"backends":{"anonymous":"ptrace","file":"ptrace"}}"#
+        )
+        #expect(!JSONLines.encode(.exec(pid: 1, path: "/bin/b", timeNs: 3)).contains("backends"))
+        let records: [LogRecord] = [
+            .start(pid: 1, pageSize: 4096, command: ["a"], tracked: ["writable"], timeNs: 2, backends: uffd),
+            .sweep(SweepRecord(seq: 1, pid: 1, reason: .signal, timeNs: 3, ranges: [], faults: 0)),
+            .exec(pid: 1, path: "/bin/b", timeNs: 4, backends: ptrace),
+            .sweep(SweepRecord(seq: 2, pid: 1, reason: .exit, timeNs: 5, ranges: [], faults: 0)),
+            .end(pid: 1, end: .exited(code: 0), sweeps: 2, faults: 0, timeNs: 6),
+        ]
+        let log = try LogReader.parse(Data(records.map(JSONLines.line).joined().utf8), source: "b.jsonl")
+        #expect(log.program.backends.map(\.beforeSweep) == [0, 1])
+        #expect(log.program.backends.map(\.backends) == [uffd, ptrace])
+        let bad =
+            #"{"type":"start","schema":"pagewatch/2","pid":1,"page_size":4096,"command":[],"tracked":[],"time_ns":2,"backends":{"anonymous":1}}"#
+        #expect(throws: LogReadError.self) { try LogReader.parse(Data((bad + "\n").utf8), source: "bad.jsonl") }
+    }
 }

@@ -263,6 +263,16 @@ int pw_uffd_writeprotect(int fd, uint64_t start, uint64_t len, int protect);
 // pidfd_getfd(2) of descriptor `target_fd` of process `pid` (through
 // pidfd_open): a copy in this process, close-on-exec. The fd, or -errno.
 int pw_take_fd(int pid, int target_fd);
+// The same from thread `tid`'s own descriptor table (pidfd_open with
+// PIDFD_THREAD, Linux 6.9+). The fd, or -errno.
+int pw_take_thread_fd(int tid, int target_fd);
+// 0 when pidfd_open takes PIDFD_THREAD here, else -errno (EINVAL before 6.9).
+int pw_thread_pidfds(void);
+// PTRACE_SECCOMP_GET_FILTER: the instructions of filter `index` (0: the
+// newest) of stopped tracee `tid` into `instructions` (8 bytes each; NULL
+// asks only the count). The count, or -errno (ENOENT past the oldest,
+// EACCES without CAP_SYS_ADMIN, EMEDIUMTYPE for no filter).
+long pw_seccomp_filter(int tid, unsigned long index, void *instructions);
 
 #ifdef __cplusplus
 }

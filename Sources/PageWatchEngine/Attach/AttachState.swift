@@ -35,6 +35,17 @@ final class AttachState {
     /// moment PageWatch dying must not leave that call skipped. Unset, nil.
     var resumesBeforeDying: Int? = getenv("PAGEWATCH_TEST_DIE_AT_REWIND").flatMap { Int(String(cString: $0)) }
 
+    /// `PAGEWATCH_TEST_DIE_IN_HELPER=clone|registers`, for tests of the
+    /// guardian: the tracer SIGKILLs itself right after the helper thread's
+    /// clone (the helper untouched), or once the helper's registers are set
+    /// to leave (`userfaultfdFromHelperThread`). Unset, nil.
+    let helperDeath: String? = getenv("PAGEWATCH_TEST_DIE_IN_HELPER").map { String(cString: $0) }
+
+    /// The tracer's end at the helper's moment `moment`, if asked for.
+    func atHelperMoment(_ moment: String) {
+        if helperDeath == moment { kill(getpid(), SIGKILL) }
+    }
+
     /// Counts one such resume; the tracer's end at the Nth (`resumesBeforeDying`).
     func resumingAbandonedCall() {
         guard let left = resumesBeforeDying else { return }

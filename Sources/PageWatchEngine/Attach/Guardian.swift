@@ -99,6 +99,7 @@ public enum Guardian {
                     try? HostArchitecture.writeRegisters(saved, tid: tid)
                 }
             }
+            stopped.removeAll { endHelperThread($0, gadget: gadget) }
         }
         // A write fault pending at a stop is PageWatch's: dropped below.
         var later: [Int32: [HeldSignal]] = [:]
@@ -124,6 +125,32 @@ public enum Guardian {
                 try? Ptrace.tgkill(pid, tid, h.signal)
             }
         }
+    }
+
+    /// A thread still in the gadget once the journal's registers are back
+    /// is the userfaultfd's helper thread (`ProcessTracker+HelperThread`:
+    /// no thread of the program's is there outside an injection), left
+    /// between its clone and its `exit`: it runs `exit(0)` now, before the
+    /// gadget page goes. True when it was one (and is gone).
+    static func endHelperThread(_ tid: Int32, gadget: RemoteAddress) -> Bool {
+        typealias Arch = HostArchitecture
+        let code = AddressRange(start: gadget, end: gadget + UInt64(Arch.scratchGadget.count))
+        guard let regs = try? Arch.readRegisters(tid: tid), code.contains(Arch.instructionPointer(regs)) else {
+            return false
+        }
+        let leaving = Arch.preparingSyscall(regs, number: Arch.number(.exit)!, arguments: [0], gadget: gadget)
+        guard (try? Arch.writeRegisters(leaving, tid: tid)) != nil, (try? Ptrace.cont(tid)) != nil else { return false }
+        let deadline = monotonicNs() + 1_000_000_000
+        while monotonicNs() < deadline {
+            let event: StopEvent?
+            do { event = try Wait.poll(tid) } catch { return true }  // reaped
+            switch event {
+            case .exited?, .killed?: return true
+            case let event?: try? Ptrace.cont(event.tid)
+            case nil: usleep(100)
+            }
+        }
+        return true
     }
 
     /// A SIGSEGV that PageWatch's armed pages caused: a write fault in them,

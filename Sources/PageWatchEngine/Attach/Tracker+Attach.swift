@@ -68,6 +68,7 @@ extension Tracker {
                 tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
                 selectedPages: selected, schema: config.schema, mappings: main.namedSelectionNow(),
                 backends: main.backendNames))
+        main.backendsSaid = main.backendNames
         warnIfNothingSelected(selected)
         emit(.attach(pid: pid, threads: main.threads.count, timeNs: wallClockNs()))
         started = true

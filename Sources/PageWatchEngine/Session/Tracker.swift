@@ -168,6 +168,7 @@ public final class Tracker {
                 tracked: config.selection.specs.map(\.description), timeNs: wallClockNs(),
                 selectedPages: main.selectedPagesNow(), schema: config.schema, mappings: main.namedSelectionNow(),
                 backends: main.backendNames))
+        main.backendsSaid = main.backendNames
         warnAboutFileSpecs()
         started = true
         // The program shares our terminal: Ctrl-C and Ctrl-\ are for it, and

@@ -324,6 +324,12 @@ extension ProcessTracker {
                     break
                 }
             }
+            // The userfaultfd backend's set-up at a later image must not be
+            // seen by it either (kept even if the install then fails: ptrace).
+            if seccompForbidsUserfaultfd == nil {
+                seccompForbidsUserfaultfd = Self.noticedCall(
+                    in: [filter], gadget: injector.remote?.gadget ?? RemoteAddress(0), pid: pid, helper: true)
+            }
         }
         guard let verdict else { return false }
         try stopTracking(

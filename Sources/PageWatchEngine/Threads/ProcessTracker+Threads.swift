@@ -29,13 +29,16 @@ extension ProcessTracker {
         injector.shareSlotData(leader, forkChild: parent != nil)
         try startWriteProtection(leader)
         try learnSignalActions(leader)  // exec reset the handlers; SIG_IGN stays
-        // A followed child's exec is always said: it names the process (cc1, as).
-        if sweeps > 0 || totalFaults > 0 || parent != nil {
+        // A followed child's exec is always said: it names the process (cc1,
+        // as); so is one whose backends differ from those the log last named.
+        let backends = backendNames
+        if sweeps > 0 || totalFaults > 0 || parent != nil || (backendsSaid != nil && backendsSaid != backends) {
             let path = ProcFS.executable(of: pid) ?? (parent == nil ? config.command[0] : "")
             emit(
                 .exec(
                     pid: pid, path: path, command: ProcFS.commandLine(of: pid), timeNs: wallClockNs(),
-                    mappings: namedSelectionNow()))
+                    mappings: namedSelectionNow(), backends: backends))
+            backendsSaid = backends
         }
         session.checkExecPrivilege(pid: pid)
     }

@@ -36,18 +36,22 @@ extension ProcessTracker {
     /// whose userfaultfd must be new too): set up from its only thread.
     func startWriteProtection(_ thread: TrackedThread) throws {
         writeProtect.reset(to: config.triesWriteProtect ? .pending : .off)
-        try setUpWriteProtectionIfPending(thread)
+        try setUpWriteProtectionIfPending(thread, newImage: true)
     }
 
-    /// Makes the userfaultfd in the program and takes it over, when one is
-    /// to be made. Only while `thread` is the process's one thread: the
-    /// descriptor exists in the program between the two injected calls, and
-    /// another thread opening a file meanwhile would get another number
-    /// than without PageWatch. Anything failing leaves the ptrace path alone.
-    func setUpWriteProtectionIfPending(_ thread: TrackedThread) throws {
+    /// Makes the userfaultfd and takes it over, when one is to be made.
+    /// A new image (`newImage`) has one thread and a descriptor table of its
+    /// own (exec unshares it): the descriptor is made in the program and
+    /// closed there at once. An attached process may have other threads
+    /// running, io-wq workers, processes sharing its table: a descriptor
+    /// made there could change the numbers they get, so a helper thread
+    /// with a table of its own makes it (`userfaultfdFromHelperThread`);
+    /// failing that (no `PIDFD_THREAD`, clone refused), the program makes it
+    /// only while it has one thread. Anything failing leaves the ptrace path alone.
+    func setUpWriteProtectionIfPending(_ thread: TrackedThread, newImage: Bool = false) throws {
         guard case .pending = writeProtect.state, injector.remote != nil else { return }
         do {
-            try setUpWriteProtection(thread)
+            try setUpWriteProtection(thread, newImage: newImage)
         } catch TraceError.traceeGone(let tid) {
             throw TraceError.traceeGone(tid: tid)
         } catch {
@@ -56,13 +60,32 @@ extension ProcessTracker {
         }
     }
 
-    private func setUpWriteProtection(_ thread: TrackedThread) throws {
-        guard threads.count == 1 else {
-            return fallBackFromWriteProtection(
-                "pid \(pid) has \(threads.count) threads at the attach (a descriptor made in it could change the numbers the others get)"
-            )
-        }
+    private func setUpWriteProtection(_ thread: TrackedThread, newImage: Bool) throws {
         if let why = WriteTrackingBackend.kernelLacks { return fallBackFromWriteProtection(why) }
+        // A call a filter of the program's would kill, trap or show to a
+        // supervisor is never made: judged at an attach (the filters then
+        // in place) and at each filter the program installs while tracked.
+        if let why = seccompForbidsUserfaultfd { return fallBackFromWriteProtection(why) }
+        if !newImage {
+            if let gadget = injector.remote?.gadget, let why = seccompRefusal(of: thread.tid, gadget: gadget) {
+                return fallBackFromWriteProtection(why)
+            }
+            do {
+                return activateWriteProtection(try userfaultfdFromHelperThread(thread))
+            } catch let failure as HelperThreadFailure {
+                switch failure {
+                case .noThreadPidfds, .cloneRefused:
+                    guard threads.count == 1 else {
+                        return fallBackFromWriteProtection(
+                            "\(failure), and pid \(pid) has \(threads.count) threads (a descriptor made in it could change the numbers the others get)"
+                        )
+                    }
+                    trace("  \(failure): the userfaultfd is made in the program's one thread")
+                default:
+                    return fallBackFromWriteProtection("\(failure)")
+                }
+            }
+        }
         let tid = thread.tid
         let made = try injector.inject(thread) { remote, completing in
             let outcome = try remote.run(
@@ -85,15 +108,17 @@ extension ProcessTracker {
             return ((), outcome)
         }
         switch taken {
-        case .success(let fd):
-            guard let pagemap = try? PageMap(pid: pid) else {
-                return fallBackFromWriteProtection("/proc/\(pid)/pagemap cannot be opened")
-            }
-            writeProtect.state = .active(fd, pagemap)
-            trace("  userfaultfd backend on in \(pid)")
-        case .failure(let error):
-            fallBackFromWriteProtection("\(error)")
+        case .success(let fd): activateWriteProtection(fd)
+        case .failure(let error): fallBackFromWriteProtection("\(error)")
         }
+    }
+
+    private func activateWriteProtection(_ fd: WriteProtectFD) {
+        guard let pagemap = try? PageMap(pid: pid) else {
+            return fallBackFromWriteProtection("/proc/\(pid)/pagemap cannot be opened")
+        }
+        writeProtect.state = .active(fd, pagemap)
+        trace("  userfaultfd backend on in \(pid)")
     }
 
     /// The ptrace path for everything in this process; under `--backend
