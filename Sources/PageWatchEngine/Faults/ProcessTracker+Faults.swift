@@ -62,6 +62,13 @@ extension ProcessTracker {
     /// Un-arms every armed page in `range` (they become dirty), written by `writer`.
     func unarmRange(_ range: AddressRange, by writer: Writer, _ thread: TrackedThread) throws {
         let tid = thread.tid
+        // Pages another thread was sent to un-arm through its slot are
+        // writable in the model, maybe not yet in the kernel: made so now.
+        for inFlight in pagesInFlight(in: range, besides: tid) {
+            if case .writable(let protection) = memory.state(of: inFlight) {
+                try injector.protect(AddressRange(start: inFlight, end: inFlight + Page.size), protection, thread)
+            }
+        }
         var page = range.start
         while page < range.end {
             if case .armed(let protection) = memory.state(of: page) {

@@ -85,10 +85,14 @@ extension ProcessTracker {
         return AddressRange(start: RemoteAddress(sp.value &- frameBytes), end: sp).pageAligned
     }
 
-    /// The armed pages of a `signalFrameArea`.
+    /// The pages of a `signalFrameArea` armed in fact: armed in the model,
+    /// or another thread's slot is to un-arm them and has not yet (a Go
+    /// thread's SIGURG frame failed on its signal stack, un-armed in the
+    /// model by a fault of another thread whose slot had not run).
     func armedPages(ofFrame area: AddressRange?) -> PageSet {
         guard let area else { return PageSet() }
         var armed = PageSet()
+        for page in pagesInFlight(in: area) { armed.insert(page: page) }
         var page = area.start
         while page < area.end {
             if case .armed = memory.state(of: page) { armed.insert(page: page) }

@@ -44,6 +44,8 @@ extension ProcessTracker {
                 return false
             }
             return written.allSatisfy { range in
+                // Armed in fact too: pages another thread's slot has yet to un-arm.
+                guard pagesInFlight(in: range).isEmpty else { return false }
                 var page = Page.floor(range.start)
                 while page < range.end {
                     if case .armed = memory.state(of: page) { return false }

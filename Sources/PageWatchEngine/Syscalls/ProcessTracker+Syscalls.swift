@@ -379,11 +379,18 @@ extension ProcessTracker {
             // Un-arm the armed pages behind every argument that points into
             // tracked memory, and run the call again (never an EFAULT the
             // program would not have had).
+            // (Also pages another thread's slot is to un-arm, not yet done:
+            // writable in the model, armed in fact.)
             var armed: [(RemoteAddress, Protection)] = []
             for a in Arch.syscallArguments(entry) {
                 let page = Page.floor(RemoteAddress(a))
                 for p in [page, page + Page.size] where !armed.contains(where: { $0.0 == p }) {
-                    if case .armed(let protection) = memory.state(of: p) { armed.append((p, protection)) }
+                    let inFlight = !pagesInFlight(in: AddressRange(start: p, end: p + Page.size)).isEmpty
+                    switch memory.state(of: p) {
+                    case .armed(let protection): armed.append((p, protection))
+                    case .writable(let protection) where inFlight: armed.append((p, protection))
+                    default: break
+                    }
                 }
             }
             guard !armed.isEmpty else { try resume(thread); return }
