@@ -37,7 +37,9 @@ import Testing
                 "--stack-depth", "0", "--output", log, "--",
             ] + command, timeout: 300)
         #expect(tracked.stdout == untracked.stdout)
-        #expect(tracked.status == untracked.status, "pagewatch's stderr: \(tracked.stderr.suffix(3000))")
+        #expect(
+            tracked.status == untracked.status,
+            "pagewatch's stderr: \(tracked.stderr.prefix(2000)) … \(tracked.stderr.suffix(1000))")
         let records = try Harness.readLog(log)
         #expect(records.last?["type"] as? String == "end")
         #expect(records.contains { $0["reason"] as? String == "exit" })
