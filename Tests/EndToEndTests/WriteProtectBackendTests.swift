@@ -123,7 +123,7 @@ import Testing
     func realProgramsMissNothing(_ command: [String]) throws {
         let untracked = try Harness.run(["/usr/bin/env"] + command)
         #expect(untracked.status == 0)
-        let log = Harness.temporaryPath("uffd-real.jsonl")
+        let log = Harness.temporaryPath("uffd-real-\(command[0]).jsonl")
         let tracked = try Harness.run(
             [
                 Harness.pagewatch, "run", "--verify-contents", "--follow-forks", "--interval", "50ms",
@@ -133,7 +133,10 @@ import Testing
         #expect(tracked.status == 0, "pagewatch's stderr: \(tracked.stderr.suffix(3000))")
         let records = try Harness.readLog(log)
         #expect((records.first?["backends"] as? [String: String])?["anonymous"] == "uffd")
-        #expect(!records.contains { ["missed", "warning", "untracked"].contains($0["type"] as? String) })
+        // (A loaded machine may starve the program: that warning says so, nothing more.)
+        let starved = { (r: [String: Any]) in (r["message"] as? String)?.contains("PageWatch's work took") == true }
+        #expect(
+            !records.contains { ["missed", "warning", "untracked"].contains($0["type"] as? String) && !starved($0) })
         let dirty = records.filter { $0["type"] as? String == "sweep" }.map { $0["dirty_pages"] as? Int ?? 0 }
         #expect(dirty.reduce(0, +) > 100)
     }
@@ -156,7 +159,7 @@ import Testing
                 "--presume", "never", "--backend", backend, "--stack-depth", "0", "--output", log, "--",
             ] + program, timeout: 60)
         #expect(tracked.stdout == untracked.stdout)
-        #expect(tracked.stderr == untracked.stderr)
+        #expect(Harness.withoutStarvationWarning(tracked.stderr) == untracked.stderr)
         #expect(tracked.status == 0)
         let truth = try FixtureTruth(stdout: untracked.stdout).segments[0]
         let records = try Harness.readLog(log)
