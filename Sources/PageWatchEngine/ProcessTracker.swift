@@ -54,6 +54,11 @@ final class ProcessTracker {
     var stopSignalInfo: (tid: Int32, info: SignalInfo)?
     var totalFaults = 0
     var finalSweepDone = false
+    /// A thread of the program has gone into `exit_group`: any thread may
+    /// be killed at any moment now, in the middle of an injection too (whose
+    /// wait then watches for that: `RemoteSyscall.watchesForSilentDeath`).
+    /// No more sweeps: the exit's is the last.
+    var groupExiting = false
     var end: ProgramEnd?
     var endTimeNs: UInt64 = 0
     /// The program's signal actions, as far as PageWatch needs them.

@@ -58,7 +58,7 @@ extension ProcessTracker {
 
     func sweepIfPending(in thread: TrackedThread) throws {
         let tid = thread.tid
-        guard let reason = pendingSweep, session.allThreadsSeen,
+        guard let reason = pendingSweep, session.allThreadsSeen, !groupExiting,
             !memoryCallInFlight(besides: tid)
         else { return }
         try sweep(reason: reason, in: thread)

@@ -72,7 +72,7 @@ extension ProcessTracker {
     /// is queued, else once it has waited longer than the interval (the
     /// stops queued may never be ones that serve sweeps).
     func pursuePendingSweep(stopQueued: Bool, intervalNs: UInt64) throws {
-        guard let reason = pendingSweep else { return }
+        guard let reason = pendingSweep, !groupExiting else { return }
         let now = monotonicNs()
         if sweepPendingSince == nil || sweepPendingSince!.sweeps != sweeps { sweepPendingSince = (sweeps, now) }
         // A memory call in flight: its exit serves the sweep (the model is

@@ -111,6 +111,13 @@ extension ProcessTracker {
             try resume(thread)
         case .exit:
             try threadExitEntry(thread)
+        case .exit_group:
+            // (A vfork child's ends the child only, not this process.)
+            if !thread.vforkChild {
+                groupExiting = true
+                injector.remote?.watchesForSilentDeath = true
+            }
+            try resume(thread)
         case .seccomp where args[0] <= 1, .prctl where args[0] == 22 && (args[1] == 1 || args[1] == 2):
             // seccomp(SECCOMP_SET_MODE_STRICT/FILTER, flags, prog) or
             // prctl(PR_SET_SECCOMP, SECCOMP_MODE_STRICT/FILTER, prog).

@@ -33,6 +33,12 @@ public struct RemoteSyscall: Sendable {
     /// so that the thread never holds, nor the journal names, a state in
     /// which the skipped call would return its -ENOSYS. Nil: its own.
     public var restoring: Arch.Registers?
+    /// The process may be killed during an injection (a thread is in
+    /// `exit_group`): the kernel may end the injected thread without an
+    /// exit stop, and reports a thread-group leader's end only once every
+    /// other thread is reaped, whose exit stops wait for the tracer. So the
+    /// wait polls, and gives up when the thread is dead.
+    public var watchesForSilentDeath = false
 
     public init(gadget: RemoteAddress, journal: (any InjectionJournal)? = nil) {
         self.gadget = gadget
@@ -104,7 +110,8 @@ public struct RemoteSyscall: Sendable {
         var savedMask: UInt64?
         defer { if let savedMask { try? Ptrace.setSignalMask(tid, savedMask) } }
         while true {
-            guard let event = try Wait.nextSpinning(tid) else { continue }
+            let next = watchesForSilentDeath ? try Self.nextUnlessDead(tid) : try Wait.nextSpinning(tid)
+            guard let event = next else { continue }
             switch event {
             case .signalDelivery(_, let sig):
                 if sig == (stepping ? Signal.SIGTRAP : Signal.SIGSTOP) {
@@ -171,6 +178,21 @@ public struct RemoteSyscall: Sendable {
                 restored = true
                 throw TraceError.traceeGone(tid: tid)
             }
+        }
+    }
+
+    /// The next event of `tid`, polled; throws `traceeGone` once it is dead
+    /// without one (a zombie, or gone).
+    static func nextUnlessDead(_ tid: Int32) throws -> StopEvent? {
+        var pause = timespec(tv_sec: 0, tv_nsec: 20_000)
+        while true {
+            if let event = try Wait.poll(tid) { return event }
+            let state = (try? ProcFS.read("/proc/\(tid)/stat", pid: tid)).flatMap {
+                $0.split(separator: ")").last?.first(where: { $0 != " " })
+            }
+            if state == nil || state == "Z" || state == "X" { throw TraceError.traceeGone(tid: tid) }
+            nanosleep(&pause, nil)
+            pause.tv_nsec = min(pause.tv_nsec * 2, 1_000_000)
         }
     }
 
