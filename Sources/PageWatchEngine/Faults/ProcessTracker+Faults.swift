@@ -62,13 +62,7 @@ extension ProcessTracker {
     /// Un-arms every armed page in `range` (they become dirty), written by `writer`.
     func unarmRange(_ range: AddressRange, by writer: Writer, _ thread: TrackedThread) throws {
         let tid = thread.tid
-        // Pages another thread was sent to un-arm through its slot are
-        // writable in the model, maybe not yet in the kernel: made so now.
-        for inFlight in pagesInFlight(in: range, besides: tid) {
-            if case .writable(let protection) = memory.state(of: inFlight) {
-                try injector.protect(AddressRange(start: inFlight, end: inFlight + Page.size), protection, thread)
-            }
-        }
+        try makeWritablePagesInFlight(in: range, thread)
         var page = range.start
         while page < range.end {
             if case .armed(let protection) = memory.state(of: page) {
@@ -76,6 +70,18 @@ extension ProcessTracker {
                 try unarm(page, protection, thread)
             }
             page = page + Page.size
+        }
+    }
+
+    /// Pages of `range` another thread was sent to un-arm through its slot
+    /// are writable in the model, maybe not yet in the kernel: made so now,
+    /// by `thread`, before the kernel writes there for it. (`thread`'s own
+    /// slot was settled at this stop.)
+    func makeWritablePagesInFlight(in range: AddressRange, _ thread: TrackedThread) throws {
+        for page in pagesInFlight(in: range, besides: thread.tid) {
+            if case .writable(let protection) = memory.state(of: page) {
+                try injector.protect(AddressRange(start: page, end: page + Page.size), protection, thread)
+            }
         }
     }
 

@@ -106,16 +106,7 @@ extension ProcessTracker {
         scanWriteProtected(tid: tid)
         checkContents(tid: tid)
         let dirty = dirtyPagesOfBothBackends()
-        var busy = outputsOfBlockedCalls(excluding: tid)
-        // A page another thread was sent to un-arm through its trampoline
-        // slot, not seen since, its call not yet run: that mprotect may still
-        // run after this sweep and would leave the page writable behind an
-        // armed model. It stays dirty, reported again next sweep.
-        for page in pagesInFlight(in: nil, besides: tid) {
-            busy.insert(AddressRange(start: page, end: page + Page.size))
-        }
-        // Buffers of io_uring requests not yet completed: the kernel writes them later.
-        busy.formUnion(ioUringBuffersInFlight())
+        var busy = pagesStillToBeWritten(besides: tid)
         // The same buffers in write-protected memory, which the scan
         // protected again: a call may write them through pages it pinned
         // (O_DIRECT), past any write-protect bit. Counted written again.
@@ -202,9 +193,7 @@ extension ProcessTracker {
         let dirty = dirtyPagesOfBothBackends()
         // As in a sweep at a stop: buffers the kernel may still write
         // through pages it pinned count written again.
-        var busy = outputsOfBlockedCalls(excluding: 0)
-        for page in pagesInFlight(in: nil) { busy.insert(AddressRange(start: page, end: page + Page.size)) }
-        busy.formUnion(ioUringBuffersInFlight())
+        let busy = pagesStillToBeWritten(besides: 0)
         noteStarvation(reason: reason, elapsedNs: monotonicNs() &- lastSweepNs)
         memory.clearPinnedDirty()
         memory.clearReadOnlyDirty()
@@ -275,6 +264,22 @@ extension ProcessTracker {
         dumpSweep(record, held: held)
         emit(.sweep(record))
         faultsThisInterval = 0
+    }
+
+    /// What a sweep must leave writable, besides `tid`'s: the outputs of
+    /// the calls other threads are blocked in, and of io_uring requests not
+    /// yet completed (the kernel writes them later), and the pages another
+    /// thread was sent to un-arm through its trampoline slot, not seen
+    /// since, its call not yet run (that mprotect may still run after the
+    /// sweep and would leave the page writable behind an armed model).
+    /// They stay dirty, reported again next sweep.
+    func pagesStillToBeWritten(besides tid: Int32) -> PageSet {
+        var busy = outputsOfBlockedCalls(excluding: tid)
+        for page in pagesInFlight(in: nil, besides: tid) {
+            busy.insert(AddressRange(start: page, end: page + Page.size))
+        }
+        busy.formUnion(ioUringBuffersInFlight())
+        return busy
     }
 
     /// The output buffers of the calls other threads are in now: those

@@ -211,13 +211,7 @@ extension ProcessTracker {
     /// they count as dirty.
     func unarmForKernel(_ range: AddressRange, by writer: Writer, _ thread: TrackedThread) throws {
         let tid = thread.tid
-        // Pages another thread was sent to un-arm through its slot are
-        // writable in the model, maybe not yet in the kernel: made so now.
-        for page in pagesInFlight(in: range) {
-            if case .writable(let protection) = memory.state(of: page) {
-                try injector.protect(AddressRange(start: page, end: page + Page.size), protection, thread)
-            }
-        }
+        try makeWritablePagesInFlight(in: range, thread)
         for piece in memory.armedPieces(in: range) {
             try injector.protect(piece.range, piece.protection, thread)
             var page = piece.range.start

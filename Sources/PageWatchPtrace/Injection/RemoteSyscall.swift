@@ -187,9 +187,7 @@ public struct RemoteSyscall: Sendable {
         var pause = timespec(tv_sec: 0, tv_nsec: 20_000)
         while true {
             if let event = try Wait.poll(tid) { return event }
-            let state = (try? ProcFS.read("/proc/\(tid)/stat", pid: tid)).flatMap {
-                $0.split(separator: ")").last?.first(where: { $0 != " " })
-            }
+            let state = ProcFS.statusField("State", of: tid)?.first
             if state == nil || state == "Z" || state == "X" { throw TraceError.traceeGone(tid: tid) }
             nanosleep(&pause, nil)
             pause.tv_nsec = min(pause.tv_nsec * 2, 1_000_000)
