@@ -201,8 +201,12 @@ final class ProcessTracker {
         case .event(_, .exit):
             thread.exiting = true
             keepExitWordsWritable(thread)
-            if threads.values.allSatisfy({ $0.exiting || $0.vforkChild }) && !finalSweepDone && !thread.vforkChild {
-                // The last thread: memory is still readable, nothing can run.
+            // The last thread, or the one that called exit_group: the others
+            // were killed before its exit event, and a thread killed in a
+            // ptrace stop may end with no exit event of its own (seen with Go).
+            // Memory is still readable, no code of the program runs again.
+            let lastToRun = thread.endsTheGroup || threads.values.allSatisfy { $0.exiting || $0.vforkChild }
+            if lastToRun && !finalSweepDone && !thread.vforkChild {
                 try finalSweep(reason: .exit)
             }
             try session.proceed(tid)

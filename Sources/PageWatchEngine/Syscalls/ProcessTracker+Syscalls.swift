@@ -115,6 +115,7 @@ extension ProcessTracker {
             // (A vfork child's ends the child only, not this process.)
             if !thread.vforkChild {
                 groupExiting = true
+                thread.endsTheGroup = true
                 injector.remote?.watchesForSilentDeath = true
             }
             try resume(thread)

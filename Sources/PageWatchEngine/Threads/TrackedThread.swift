@@ -11,6 +11,9 @@ final class TrackedThread {
 
     /// Set when the thread is at its `PTRACE_EVENT_EXIT` stop: it can run no more code.
     var exiting = false
+    /// It entered `exit_group`: at its exit event every other thread of the
+    /// group has been sent SIGKILL and runs no more code of the program.
+    var endsTheGroup = false
     var inGroupStop = false
     /// Its rseq area was looked up and pinned.
     var rseqKnown = false
