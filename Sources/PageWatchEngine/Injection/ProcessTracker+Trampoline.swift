@@ -55,6 +55,17 @@ extension ProcessTracker {
         guard let page = thread.trampoline.page, let slot = thread.trampoline.slot,
             injector.remote != nil
         else { return false }
+        switch event {
+        case .exited, .killed, .event(_, .exit):
+            // Ending (killed in the slot, say): nothing to settle, and a
+            // reaped thread has no registers to read (ESRCH there dropped the
+            // end of a killed leader, and PageWatch then failed in waitpid).
+            thread.trampoline.page = nil
+            thread.trampoline.span = nil
+            return false
+        default:
+            break
+        }
         let ownSyscallStop: Bool
         if case .syscallStop = event {
             ownSyscallStop = thread.trampoline.ownSyscallStops > 0
@@ -95,10 +106,6 @@ extension ProcessTracker {
             // The kernel dropped a pending PTRACE_INTERRUPT at this stop: ask again.
             if thread.interrupt.pending { try? Ptrace.interrupt(tid) }
             return true
-        case .exited, .killed, .event(_, .exit):
-            thread.trampoline.page = nil
-            thread.trampoline.span = nil
-            return false
         default:
             break
         }
