@@ -56,7 +56,7 @@ final class ProcessTracker {
     var finalSweepDone = false
     /// A thread of the program has gone into `exit_group`: any thread may
     /// be killed at any moment now, in the middle of an injection too (whose
-    /// wait then watches for that: `RemoteSyscall.watchesForSilentDeath`).
+    /// wait gives up on a dead thread: `Wait.nextUnlessDead`).
     /// No more sweeps: the exit's is the last.
     var groupExiting = false
     var end: ProgramEnd?

@@ -143,8 +143,7 @@ public enum Ptrace {
         var taken: [HeldSignal] = []
         try cont(tid)
         while true {
-            guard let event = try Wait.nextSpinning(tid) else { continue }
-            switch event {
+            switch try Wait.nextUnlessDead(tid) {
             case .signalDelivery(_, let sig):
                 taken.append(try holdSignal(tid))
                 if sig == Signal.SIGSEGV || taken.count > 8 { return taken }
@@ -298,6 +297,55 @@ public enum Wait {
         if r == 0 || r == -Int32(EINTR) { return nil }
         try check(r, "waitpid", tid: pid)
         return StopEvent.decode(tid: r, status: status)
+    }
+
+    /// The next event of one thread, `tid`, like `nextSpinning(tid)`; throws
+    /// `traceeGone` once the thread is dead with no event to come. A
+    /// thread-group leader killed without an exit stop (the process killed,
+    /// or in `exit_group`, while PageWatch runs code in it) is reported
+    /// only once every other thread is reaped, and those may be waiting at
+    /// their exit stops for this tracer: a plain wait would never return.
+    /// So the blocking wait is cut every `deathCheckNs` by a kernel timer's
+    /// signal, to look at the thread's state; nothing polls meanwhile.
+    public static func nextUnlessDead(_ tid: Int32) throws -> StopEvent {
+        let spinUntil = monotonicNow() &+ spinNs
+        repeat {
+            if let e = try poll(tid) { return e }
+        } while monotonicNow() < spinUntil
+        // Without a timer (none left to the process): poll, sleeping a little longer each time.
+        let timer =
+            DeathCheck.ready
+            ? try? KernelTimer(signal: DeathCheck.signal, firstNs: deathCheckNs, periodNs: deathCheckNs) : nil
+        defer { timer?.cancel() }
+        var pause = timespec(tv_sec: 0, tv_nsec: 20_000)
+        while true {
+            if timer != nil {
+                setSignalBlocked(DeathCheck.signal, false)
+                let e = try next(tid)
+                setSignalBlocked(DeathCheck.signal, true)
+                if let e { return e }
+            } else {
+                if let e = try poll(tid) { return e }
+                nanosleep(&pause, nil)
+                pause.tv_nsec = min(pause.tv_nsec * 2, 1_000_000)
+            }
+            let state = ProcFS.statusField("State", of: tid)?.first
+            if state == nil || state == "Z" || state == "X" { throw TraceError.traceeGone(tid: tid) }
+        }
+    }
+
+    /// How often `nextUnlessDead` looks at a thread it waits for.
+    static let deathCheckNs: UInt64 = 10_000_000
+
+    /// The signal that cuts `nextUnlessDead`'s wait: one PageWatch uses for
+    /// nothing else, kept blocked but around that wait, its handler a no-op
+    /// without SA_RESTART.
+    enum DeathCheck {
+        static let signal = Signal.SIGVTALRM
+        static let ready: Bool = {
+            setSignalBlocked(signal, true)
+            return (try? installWakeupHandler(signal)) != nil
+        }()
     }
 
     /// Waits for a non-traced child to stop or exit (`WUNTRACED`).

@@ -116,7 +116,6 @@ extension ProcessTracker {
             if !thread.vforkChild {
                 groupExiting = true
                 thread.endsTheGroup = true
-                injector.remote?.watchesForSilentDeath = true
             }
             try resume(thread)
         case .seccomp where args[0] <= 1, .prctl where args[0] == 22 && (args[1] == 1 || args[1] == 2):

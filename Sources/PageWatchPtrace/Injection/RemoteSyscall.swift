@@ -33,13 +33,6 @@ public struct RemoteSyscall: Sendable {
     /// so that the thread never holds, nor the journal names, a state in
     /// which the skipped call would return its -ENOSYS. Nil: its own.
     public var restoring: Arch.Registers?
-    /// The process may be killed during an injection (a thread is in
-    /// `exit_group`): the kernel may end the injected thread without an
-    /// exit stop, and reports a thread-group leader's end only once every
-    /// other thread is reaped, whose exit stops wait for the tracer. So the
-    /// wait polls, and gives up when the thread is dead.
-    public var watchesForSilentDeath = false
-
     public init(gadget: RemoteAddress, journal: (any InjectionJournal)? = nil) {
         self.gadget = gadget
         self.stepping = false
@@ -110,8 +103,10 @@ public struct RemoteSyscall: Sendable {
         var savedMask: UInt64?
         defer { if let savedMask { try? Ptrace.setSignalMask(tid, savedMask) } }
         while true {
-            let next = watchesForSilentDeath ? try Self.nextUnlessDead(tid) : try Wait.nextSpinning(tid)
-            guard let event = next else { continue }
+            // The process may be killed meanwhile (by a signal, by
+            // `exit_group` in another thread), the injected thread with no
+            // exit stop: the wait gives up once it is dead.
+            let event = try Wait.nextUnlessDead(tid)
             switch event {
             case .signalDelivery(_, let sig):
                 if sig == (stepping ? Signal.SIGTRAP : Signal.SIGSTOP) {
@@ -178,19 +173,6 @@ public struct RemoteSyscall: Sendable {
                 restored = true
                 throw TraceError.traceeGone(tid: tid)
             }
-        }
-    }
-
-    /// The next event of `tid`, polled; throws `traceeGone` once it is dead
-    /// without one (a zombie, or gone).
-    static func nextUnlessDead(_ tid: Int32) throws -> StopEvent? {
-        var pause = timespec(tv_sec: 0, tv_nsec: 20_000)
-        while true {
-            if let event = try Wait.poll(tid) { return event }
-            let state = ProcFS.statusField("State", of: tid)?.first
-            if state == nil || state == "Z" || state == "X" { throw TraceError.traceeGone(tid: tid) }
-            nanosleep(&pause, nil)
-            pause.tv_nsec = min(pause.tv_nsec * 2, 1_000_000)
         }
     }
 
