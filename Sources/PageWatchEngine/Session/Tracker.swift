@@ -189,6 +189,22 @@ public final class Tracker {
         return end
     }
 
+    /// Runs `body`; a thread of `owner` found dead in it (killed under us:
+    /// SIGKILL, or a fatal signal to its process, at any step of the
+    /// handling) is forgotten, its end event still to come. False then.
+    @discardableResult
+    func survivingThreadDeaths(in owner: ProcessTracker?, _ body: () throws -> Void) throws -> Bool {
+        do {
+            try body()
+            return true
+        } catch TraceError.traceeGone(let tid) {
+            owner?.threadGone(tid)
+        } catch TraceError.call(_, let errno, let tid, _) where errno == .ESRCH {
+            owner?.threadGone(tid)
+        }
+        return false
+    }
+
     /// The idle-polling request for the session (`TrackerConfiguration.idlePolling`),
     /// held by the caller until the program is let go.
     func holdIdlePolling() -> CPUIdlePolling? {
@@ -225,15 +241,14 @@ public final class Tracker {
             }
             guard let event = next else { continue }
             let owner = process(ofThread: event.tid)
-            do {
-                try handle(event, owner: owner)
-            } catch TraceError.traceeGone(let tid) {
-                owner?.threadGone(tid)
-            } catch TraceError.call(_, let errno, let tid, _) where errno == .ESRCH {
-                // The thread was killed under us (SIGKILL): its exit event follows.
-                owner?.threadGone(tid)
+            try survivingThreadDeaths(in: owner) { try handle(event, owner: owner) }
+            // A death ends that thread's waiting: serving again goes on to the others.
+            while let owner {
+                let before = owner.threads.count
+                if try survivingThreadDeaths(in: owner, { try owner.serveWaiting() }) || owner.threads.count == before {
+                    break
+                }
             }
-            try owner?.serveWaiting()
             if let owner, owner !== main, owner.isDone { processEnded(owner) }
         }
     }
