@@ -321,9 +321,9 @@ public enum Wait {
         while true {
             if timer != nil {
                 setSignalBlocked(DeathCheck.signal, false)
-                let e = try next(tid)
+                let e = Result { try next(tid) }
                 setSignalBlocked(DeathCheck.signal, true)
-                if let e { return e }
+                if let e = try e.get() { return e }
             } else {
                 if let e = try poll(tid) { return e }
                 nanosleep(&pause, nil)
@@ -338,8 +338,8 @@ public enum Wait {
     static let deathCheckNs: UInt64 = 10_000_000
 
     /// The signal that cuts `nextUnlessDead`'s wait: one PageWatch uses for
-    /// nothing else, kept blocked but around that wait, its handler a no-op
-    /// without SA_RESTART.
+    /// nothing else, kept blocked but around that wait, its handler the
+    /// wake-up one (no SA_RESTART: the wait returns EINTR).
     enum DeathCheck {
         static let signal = Signal.SIGVTALRM
         static let ready: Bool = {
