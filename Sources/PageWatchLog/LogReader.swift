@@ -403,7 +403,6 @@ struct Record {
         return out
     }
 
-    /// `[{"range":["0xSTART","0xEND"],"name":"..."}, ...]`.
     /// A `backends` object (rule 15): class of memory to backend, both strings.
     func backends(_ value: Any) throws(LogReadError) -> [String: String] {
         guard let object = value as? [String: Any] else {
@@ -419,6 +418,7 @@ struct Record {
         return names
     }
 
+    /// `[{"range":["0xSTART","0xEND"],"name":"..."}, ...]`.
     func mappings(_ value: Any) throws(LogReadError) -> [NamedMapping] {
         guard let items = value as? [Any] else {
             throw fail(.wrongType(record: type, field: "mappings", expected: "an array of objects"))

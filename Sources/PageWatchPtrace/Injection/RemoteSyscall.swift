@@ -33,6 +33,7 @@ public struct RemoteSyscall: Sendable {
     /// so that the thread never holds, nor the journal names, a state in
     /// which the skipped call would return its -ENOSYS. Nil: its own.
     public var restoring: Arch.Registers?
+
     public init(gadget: RemoteAddress, journal: (any InjectionJournal)? = nil) {
         self.gadget = gadget
         self.stepping = false
