@@ -90,15 +90,7 @@ extension ProcessTracker {
     /// thread's SIGURG frame failed on its signal stack, un-armed in the
     /// model by a fault of another thread whose slot had not run).
     func armedPages(ofFrame area: AddressRange?) -> PageSet {
-        guard let area else { return PageSet() }
-        var armed = PageSet()
-        for page in pagesInFlight(in: area) { armed.insert(page: page) }
-        var page = area.start
-        while page < area.end {
-            if case .armed = memory.state(of: page) { armed.insert(page: page) }
-            page = page + Page.size
-        }
-        return armed
+        area.map(pagesArmedInFact) ?? PageSet()
     }
 
     /// The kernel writes a delivered signal's frame when the thread next

@@ -43,16 +43,7 @@ extension ProcessTracker {
             guard let written = SyscallOutputs.writtenOnInterruption(number: number, arguments: arguments) else {
                 return false
             }
-            return written.allSatisfy { range in
-                // Armed in fact too: pages another thread's slot has yet to un-arm.
-                guard pagesInFlight(in: range).isEmpty else { return false }
-                var page = Page.floor(range.start)
-                while page < range.end {
-                    if case .armed = memory.state(of: page) { return false }
-                    page = page + Page.size
-                }
-                return true
-            }
+            return written.allSatisfy { pagesArmedInFact(in: $0).isEmpty }
         }
     }
 
@@ -324,6 +315,15 @@ extension ProcessTracker {
                 return true
             }
         }
+    }
+
+    /// The pages touching `range` a write would fault on now: armed in the
+    /// model, or writable in it but in flight (another thread's slot is to
+    /// un-arm them and has not yet).
+    func pagesArmedInFact(in range: AddressRange) -> PageSet {
+        var armed = PageSet(memory.armedPieces(in: range).map(\.range))
+        for page in pagesInFlight(in: range) { armed.insert(page: page) }
+        return armed
     }
 
     /// Whether `tid`'s slot has run its `mprotect`, successfully.

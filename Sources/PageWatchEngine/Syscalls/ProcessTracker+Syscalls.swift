@@ -386,11 +386,10 @@ extension ProcessTracker {
             for a in Arch.syscallArguments(entry) {
                 let page = Page.floor(RemoteAddress(a))
                 for p in [page, page + Page.size] where !armed.contains(where: { $0.0 == p }) {
-                    let inFlight = !pagesInFlight(in: AddressRange(start: p, end: p + Page.size)).isEmpty
+                    guard !pagesArmedInFact(in: AddressRange(start: p, end: p + Page.size)).isEmpty else { continue }
                     switch memory.state(of: p) {
-                    case .armed(let protection): armed.append((p, protection))
-                    case .writable(let protection) where inFlight: armed.append((p, protection))
-                    default: break
+                    case .armed(let protection), .writable(let protection): armed.append((p, protection))
+                    case .untracked: break
                     }
                 }
             }
