@@ -121,7 +121,12 @@ import Testing
         let limited = [
             tools[0], "--reuid", "54321", "--regid", "54321", "--clear-groups", tools[1], "--nproc=4:4",
         ]
-        let fixture = try Background(limited + [Harness.fixture("fx_attach_threads"), fifo])
+        // A copy the other user can run: the checkout may be a directory
+        // only its owner may enter (a clone into `mktemp -d`).
+        let program = Harness.temporaryPath("fx_attach_threads-\(UUID().uuidString)")
+        try FileManager.default.copyItem(atPath: Harness.fixture("fx_attach_threads"), toPath: program)
+        #expect(chmod(program, 0o755) == 0)
+        let fixture = try Background(limited + [program, fifo])
         #expect(fixture.waitFor("ready\n"))
         let log = Harness.temporaryPath("nproc-\(UUID().uuidString).jsonl")
         let pagewatch = try Background(
